@@ -1,0 +1,119 @@
+/*
+ * talaria: constants shared by the parser and the controls.
+ *
+ * Every value here that another component also knows is checked by
+ * tests/tests/p4_consistency.rs against its Rust twin: the drop reasons and
+ * load-balancer events against common/src/drop.rs, the wire constants
+ * against common/src/wire.rs, the hash modes against common/src/hash.rs and
+ * the table and counter sizes against common/src/p4.rs.
+ */
+
+#ifndef _TALARIA_CONSTANTS_P4_
+#define _TALARIA_CONSTANTS_P4_
+
+/* ------------------------------------------------------------ protocols -- */
+
+const bit<16> ETHERTYPE_IPV4 = 0x0800;
+const bit<8>  IP_PROTO_TCP   = 6;
+const bit<8>  IP_PROTO_UDP   = 17;
+/* IPv4 `flags` field (3 bits: reserved, DF, MF): more fragments follow. */
+const bit<3>  IPV4_FLAG_MF   = 0x1;
+/* TTL of the outer header when the switch re-originates a tunnel. */
+const bit<8>  TUNNEL_TTL     = 64;
+
+/* ----------------------------------------------------------------- wire -- */
+/* Must match common/src/wire.rs. */
+
+const bit<16> GENEVE_UDP_PORT   = 6081;
+const bit<16> GENEVE_PROTO_IPV4 = 0x0800;
+/* Geneve option type bit: "drop the packet if you do not know me". */
+const bit<8>  OPT_TYPE_CRITICAL = 0x80;
+const bit<16> TALARIA_OPT_CLASS = 0xFF7A;
+/* 0x21 with the critical bit set. */
+const bit<8>  TALARIA_OPT_TYPE  = 0xA1;
+/* Option class and type as the parser peeks them: class ++ type. */
+const bit<24> TALARIA_OPT_CLASS_TYPE = 0xFF7AA1;
+/* Talaria option data length in 4-byte words (the option's length field). */
+const bit<5>  TALARIA_OPT_WORDS = 2;
+/* Geneve option area of a talaria packet in words: our option alone (4-byte
+ * option header + 2 data words). The parser reads exactly one option. */
+const bit<6>  TALARIA_GENEVE_OPT_LEN = 3;
+const bit<8>  TALARIA_VERSION   = 1;
+
+/* Talaria option flags. */
+const bit<8>  TALARIA_FLAG_NEW_FLOW     = 0x01;
+const bit<8>  TALARIA_FLAG_REPLY        = 0x02;
+const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
+
+/* ----------------------------------------------------------- hash modes -- */
+/* The `hash_mode` parameter of `set_service`; must match common/src/hash.rs. */
+
+/* CRC32 over the inner 5-tuple. */
+const bit<8> HASH_MODE_FIVE_TUPLE = 0;
+/* CRC32 over the inner source address alone: sessionAffinity ClientIP. */
+const bit<8> HASH_MODE_CLIENT_IP  = 1;
+
+/* --------------------------------------------------------- drop reasons -- */
+/* Index of TalariaIngress.drop_counter. Must match `DropReason` in
+ * common/src/drop.rs: one code space for the switch and the hosts, so the
+ * host-only reasons (pod_encap .. unknown_pod) are listed too. */
+
+const bit<8> DROP_MALFORMED               = 1;
+const bit<8> DROP_GENEVE_VERSION          = 2;
+const bit<8> DROP_GENEVE_PROTOCOL         = 3;
+const bit<8> DROP_OPTION_LENGTH           = 4;
+const bit<8> DROP_UNKNOWN_CRITICAL_OPTION = 5;
+const bit<8> DROP_TALARIA_VERSION         = 6;
+const bit<8> DROP_MISSING_OPTION          = 7;
+const bit<8> DROP_NO_SERVICE              = 8;
+const bit<8> DROP_NO_BUCKET               = 9;
+const bit<8> DROP_NO_BACKEND              = 10;
+const bit<8> DROP_NO_ROUTE                = 11;
+const bit<8> DROP_TTL_EXPIRED             = 12;
+const bit<8> DROP_IP_OPTIONS              = 13;
+const bit<8> DROP_FRAGMENT                = 14;
+const bit<8> DROP_UNSUPPORTED_PROTOCOL    = 15;
+const bit<8> DROP_NO_CLIENT_NODE          = 16;
+const bit<8> DROP_POD_ENCAP               = 17;
+const bit<8> DROP_POD_SPOOF               = 18;
+const bit<8> DROP_TUNNEL_SOURCE           = 19;
+const bit<8> DROP_UNKNOWN_POD             = 20;
+
+/* Size of drop_counter; every code is below it. */
+const bit<32> DROP_REASON_COUNT = 32;
+
+/* ------------------------------------------------------------ lb events -- */
+/* Index of TalariaIngress.lb_event_counter. Must match `LbEvent` in
+ * common/src/drop.rs. */
+
+const bit<8> LB_EVENT_NEW_FLOW     = 0;
+const bit<8> LB_EVENT_COOKIE_HIT   = 1;
+const bit<8> LB_EVENT_COOKIE_STALE = 2;
+const bit<8> LB_EVENT_REPLY        = 3;
+
+const bit<32> LB_EVENT_COUNT = 4;
+
+/* ---------------------------------------------------------------- sizes -- */
+/* Table and counter sizes. Must match common/src/p4.rs, which the
+ * switch-agent uses to size its BPF maps. */
+
+/* Routes of one rack: node /32s, pod CIDRs, uplinks and a default. */
+const bit<32> IPV4_ROUTE_SIZE   = 1024;
+/* Tunnel addresses of this switch; one is enough, a few allow renumbering. */
+const bit<32> SWITCH_ADDR_SIZE  = 16;
+/* (ClusterIP, port, protocol) triples: one per Service port. */
+const bit<32> SERVICE_V4_SIZE   = 4096;
+/* Live (service, backend) pairs, including backends in quarantine whose
+ * cookies must keep working until the quarantine ends. */
+const bit<32> COOKIE_CHECK_SIZE = 65536;
+/* Buckets of all services together: e.g. 256 services of 256 buckets. */
+const bit<32> LB_BUCKET_SIZE    = 65536;
+/* Backend ids in use, including quarantined ones. */
+const bit<32> BACKEND_SIZE      = 16384;
+/* Pod CIDRs: one per node. */
+const bit<32> POD_NODE_SIZE     = 1024;
+/* Service ids are 16 bits, so the per-service counter covers the whole id
+ * space and needs no bounds check. */
+const bit<32> SERVICE_COUNTER_SIZE = 65536;
+
+#endif  /* _TALARIA_CONSTANTS_P4_ */

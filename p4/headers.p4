@@ -1,0 +1,163 @@
+/*
+ * talaria: packet headers and per-packet metadata.
+ *
+ * Header fields are in network byte order, as P4 extracts them; table keys
+ * and action parameters built from them are big-endian byte strings in
+ * P4Runtime (the controller sends an IPv4 address as its 4 bytes in
+ * network order, a port as 2 bytes, and so on).
+ */
+
+#ifndef _TALARIA_HEADERS_P4_
+#define _TALARIA_HEADERS_P4_
+
+typedef bit<48> mac_addr_t;
+typedef bit<32> ipv4_addr_t;
+/* v1model egress_spec width. */
+typedef bit<9>  port_t;
+typedef bit<16> l4_port_t;
+typedef bit<16> service_id_t;
+typedef bit<32> backend_id_t;
+/* A bucket index: the flow hash masked with the service's bucket_mask. */
+typedef bit<16> bucket_t;
+typedef bit<8>  hash_mode_t;
+
+header ethernet_t {
+    mac_addr_t dst_addr;
+    mac_addr_t src_addr;
+    bit<16>    ether_type;
+}
+
+/* IPv4 without options: the outer header talaria emits and the inner
+ * header it load-balances never have any. */
+header ipv4_t {
+    bit<4>      version;
+    bit<4>      ihl;
+    bit<8>      diffserv;
+    bit<16>     total_len;
+    bit<16>     identification;
+    bit<3>      flags;
+    bit<13>     frag_offset;
+    bit<8>      ttl;
+    bit<8>      protocol;
+    bit<16>     hdr_checksum;
+    ipv4_addr_t src_addr;
+    ipv4_addr_t dst_addr;
+}
+
+/* Options of an outer (routed) IPv4 header, (ihl - 5) words. Parsed only so
+ * that the header checksum stays right when the TTL changes. */
+header ipv4_options_t {
+    varbit<320> options;
+}
+
+header udp_t {
+    l4_port_t src_port;
+    l4_port_t dst_port;
+    bit<16>   length;
+    bit<16>   checksum;
+}
+
+/* TCP without options; options, if any, are payload to the parser and
+ * still covered by the checksum (update_checksum_with_payload). */
+header tcp_t {
+    l4_port_t src_port;
+    l4_port_t dst_port;
+    bit<32>   seq_no;
+    bit<32>   ack_no;
+    bit<4>    data_offset;
+    bit<4>    res;
+    bit<8>    flags;
+    bit<16>   window;
+    bit<16>   checksum;
+    bit<16>   urgent_ptr;
+}
+
+/* Geneve base header (RFC 8926). Must match `GeneveHdr` in
+ * common/src/wire.rs. */
+header geneve_t {
+    bit<2>  version;
+    /* Length of the option area in 4-byte words. */
+    bit<6>  opt_len;
+    bit<1>  oam;
+    bit<1>  critical;
+    bit<6>  reserved;
+    bit<16> protocol_type;
+    bit<24> vni;
+    bit<8>  reserved2;
+}
+
+/* The header of a Geneve option that is not ours. Extracted only to read
+ * its critical bit (the top bit of opt_type). */
+header geneve_opt_t {
+    bit<16> opt_class;
+    bit<8>  opt_type;
+    bit<3>  reserved;
+    /* Data length in 4-byte words. */
+    bit<5>  length;
+}
+
+/* The Talaria option, its 4-byte option header included. Must match
+ * `TalariaOpt` in common/src/wire.rs. */
+header talaria_opt_t {
+    bit<16>      opt_class;
+    /* TALARIA_OPT_TYPE: the critical bit and type 0x21. */
+    bit<8>       opt_type;
+    bit<3>       reserved;
+    /* Data length in 4-byte words: TALARIA_OPT_WORDS. */
+    bit<5>       length;
+    bit<8>       version;
+    bit<8>       flags;
+    service_id_t service_id;
+    /* The cookie; meaningful with TALARIA_FLAG_COOKIE_VALID. */
+    backend_id_t backend_id;
+}
+
+struct headers_t {
+    ethernet_t     ethernet;
+    ipv4_t         ipv4;
+    ipv4_options_t ipv4_options;
+    udp_t          udp;
+    geneve_t       geneve;
+    /* Valid only when the first Geneve option is not ours. */
+    geneve_opt_t   foreign_opt;
+    talaria_opt_t  talaria;
+    ipv4_t         inner_ipv4;
+    tcp_t          inner_tcp;
+    udp_t          inner_udp;
+}
+
+struct metadata_t {
+    /* A DROP_* code, or 0 while the packet lives. */
+    bit<8>       drop_reason;
+    /* 1: the outer destination is one of this switch's tunnel addresses. */
+    bit<1>       terminate;
+    /* 1: the packet's cookie passed cookie_check. */
+    bit<1>       cookie_ok;
+    /* 1: the inner destination was rewritten; inner checksums need update. */
+    bit<1>       dnat;
+    /* The tunnel address the packet came to: the outer source on the way out. */
+    ipv4_addr_t  switch_ip;
+    /* Inner L4 ports (TCP or UDP), set by the parser. */
+    l4_port_t    l4_src_port;
+    l4_port_t    l4_dst_port;
+    /* Inner L4 length (IPv4 total length minus the 20-byte header), for the
+     * L4 pseudo-header checksum. */
+    bit<16>      inner_l4_len;
+    /* From service_v4. */
+    service_id_t service_id;
+    bucket_t     bucket_mask;
+    hash_mode_t  hash_mode;
+    /* crc32 of the flow, then its bucket. */
+    bit<32>      flow_hash;
+    bucket_t     bucket;
+    /* From cookie_check or lb_bucket. */
+    backend_id_t backend_id;
+    /* From backend. */
+    ipv4_addr_t  backend_ip;
+    l4_port_t    backend_port;
+    /* The node the packet is tunnelled to: the backend's, or for a reply the
+     * client's (pod_node). */
+    ipv4_addr_t  node_ip;
+}
+
+#endif  /* _TALARIA_HEADERS_P4_ */

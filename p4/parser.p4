@@ -1,0 +1,240 @@
+/*
+ * talaria: parser, checksum controls and deparser.
+ *
+ * The parser never drops. Whatever it rejects it records in
+ * standard_metadata.parser_error (v1model hands the packet to the ingress
+ * anyway), and TalariaIngress turns the error into a drop reason, because
+ * only the ingress knows whether the packet is addressed to this switch: a
+ * Geneve packet in transit is routed like any other IPv4 packet, however
+ * odd its Geneve part.
+ *
+ * Limitation: P4 parses exactly one Geneve option. A talaria packet carries
+ * exactly one, ours, so the parser accepts a packet only if its option area
+ * is our option and nothing else (opt_len == 3 words). A first option that
+ * is not ours ends parsing: critical -> unknown_critical_option, otherwise
+ * missing_option (the non-critical option could be skipped, but talaria
+ * never sends one, so nothing valid is lost).
+ */
+
+#ifndef _TALARIA_PARSER_P4_
+#define _TALARIA_PARSER_P4_
+
+/* Parser errors beyond core.p4's, one per drop reason the parser can tell. */
+error {
+    /* Outer IPv4 with version != 4 or ihl < 5: malformed. */
+    BadIpv4Header,
+    /* Inner IPv4 with version != 4 or ihl < 5: malformed if terminated. */
+    BadInnerIpv4Header,
+    GeneveVersion,
+    GeneveProtocol,
+    OptionLength,
+    UnknownCriticalOption,
+    TalariaVersion,
+    MissingOption
+}
+
+parser TalariaParser(packet_in packet,
+                     out headers_t hdr,
+                     inout metadata_t meta,
+                     inout standard_metadata_t standard_metadata) {
+
+    state start {
+        transition parse_ethernet;
+    }
+
+    state parse_ethernet {
+        packet.extract(hdr.ethernet);
+        transition select(hdr.ethernet.ether_type) {
+            ETHERTYPE_IPV4: parse_ipv4;
+            default: accept;
+        }
+    }
+
+    state parse_ipv4 {
+        packet.extract(hdr.ipv4);
+        verify(hdr.ipv4.version == 4 && hdr.ipv4.ihl >= 5, error.BadIpv4Header);
+        transition select(hdr.ipv4.ihl) {
+            5: parse_ipv4_payload;
+            default: parse_ipv4_options;
+        }
+    }
+
+    state parse_ipv4_options {
+        packet.extract(hdr.ipv4_options, (bit<32>)(hdr.ipv4.ihl - 5) * 32);
+        transition parse_ipv4_payload;
+    }
+
+    /* Only first fragments carry a UDP header. */
+    state parse_ipv4_payload {
+        transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
+            (13w0, IP_PROTO_UDP): parse_udp;
+            default: accept;
+        }
+    }
+
+    state parse_udp {
+        packet.extract(hdr.udp);
+        transition select(hdr.udp.dst_port) {
+            GENEVE_UDP_PORT: parse_geneve;
+            default: accept;
+        }
+    }
+
+    state parse_geneve {
+        packet.extract(hdr.geneve);
+        verify(hdr.geneve.version == 0, error.GeneveVersion);
+        verify(hdr.geneve.protocol_type == GENEVE_PROTO_IPV4, error.GeneveProtocol);
+        transition select(hdr.geneve.opt_len) {
+            0: no_talaria_option;
+            default: parse_option;
+        }
+    }
+
+    /* Peek at the first option's class and type. */
+    state parse_option {
+        transition select(packet.lookahead<bit<24>>()) {
+            TALARIA_OPT_CLASS_TYPE: parse_talaria;
+            default: parse_foreign_option;
+        }
+    }
+
+    state parse_foreign_option {
+        packet.extract(hdr.foreign_opt);
+        transition select(hdr.foreign_opt.opt_type) {
+            OPT_TYPE_CRITICAL &&& OPT_TYPE_CRITICAL: unknown_critical_option;
+            default: no_talaria_option;
+        }
+    }
+
+    state unknown_critical_option {
+        verify(false, error.UnknownCriticalOption);
+        transition accept;
+    }
+
+    state no_talaria_option {
+        verify(false, error.MissingOption);
+        transition accept;
+    }
+
+    state parse_talaria {
+        packet.extract(hdr.talaria);
+        verify(hdr.talaria.length == TALARIA_OPT_WORDS
+                   && hdr.geneve.opt_len == TALARIA_GENEVE_OPT_LEN,
+               error.OptionLength);
+        verify(hdr.talaria.version == TALARIA_VERSION, error.TalariaVersion);
+        transition parse_inner_ipv4;
+    }
+
+    state parse_inner_ipv4 {
+        packet.extract(hdr.inner_ipv4);
+        verify(hdr.inner_ipv4.version == 4 && hdr.inner_ipv4.ihl >= 5,
+               error.BadInnerIpv4Header);
+        meta.inner_l4_len = hdr.inner_ipv4.total_len - 20;
+        /* The ports sit at a fixed offset only in an unfragmented packet
+         * without options. Anything else stays unparsed: the ingress drops
+         * it on the load-balanced path (ip_options, fragment,
+         * unsupported_protocol) and passes it on the reply path. */
+        transition select(hdr.inner_ipv4.ihl, hdr.inner_ipv4.flags,
+                          hdr.inner_ipv4.frag_offset, hdr.inner_ipv4.protocol) {
+            (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_TCP): parse_inner_tcp;
+            (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_UDP): parse_inner_udp;
+            default: accept;
+        }
+    }
+
+    state parse_inner_tcp {
+        packet.extract(hdr.inner_tcp);
+        meta.l4_src_port = hdr.inner_tcp.src_port;
+        meta.l4_dst_port = hdr.inner_tcp.dst_port;
+        transition accept;
+    }
+
+    state parse_inner_udp {
+        packet.extract(hdr.inner_udp);
+        meta.l4_src_port = hdr.inner_udp.src_port;
+        meta.l4_dst_port = hdr.inner_udp.dst_port;
+        transition accept;
+    }
+}
+
+/* Outer IPv4 header checksum; a failure is a malformed drop. bmv2 allows
+ * only calls here, no if statements, hence one call with and one without
+ * options. */
+control TalariaVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {
+    apply {
+        verify_checksum(hdr.ipv4.isValid() && !hdr.ipv4_options.isValid(),
+            { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv,
+              hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
+              hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr },
+            hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
+        verify_checksum(hdr.ipv4.isValid() && hdr.ipv4_options.isValid(),
+            { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv,
+              hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
+              hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr, hdr.ipv4_options.options },
+            hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
+    }
+}
+
+/* Recomputes the outer IPv4 checksum (TTL, and addresses on re-originated
+ * tunnels) and, after DNAT, the inner IPv4, TCP and UDP checksums. The L4
+ * checksums cover the pseudo header and everything after the L4 header
+ * (TCP options included), which the parser leaves unparsed. A zero UDP
+ * checksum means "none" and stays zero. bmv2 computes these in full; a
+ * hardware target would update them incrementally. */
+control TalariaComputeChecksum(inout headers_t hdr, inout metadata_t meta) {
+    apply {
+        update_checksum(hdr.ipv4.isValid() && !hdr.ipv4_options.isValid(),
+            { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv,
+              hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
+              hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr },
+            hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
+        update_checksum(hdr.ipv4.isValid() && hdr.ipv4_options.isValid(),
+            { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv,
+              hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
+              hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
+              hdr.ipv4.src_addr, hdr.ipv4.dst_addr, hdr.ipv4_options.options },
+            hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
+        update_checksum(meta.dnat == 1,
+            { hdr.inner_ipv4.version, hdr.inner_ipv4.ihl, hdr.inner_ipv4.diffserv,
+              hdr.inner_ipv4.total_len, hdr.inner_ipv4.identification,
+              hdr.inner_ipv4.flags, hdr.inner_ipv4.frag_offset,
+              hdr.inner_ipv4.ttl, hdr.inner_ipv4.protocol,
+              hdr.inner_ipv4.src_addr, hdr.inner_ipv4.dst_addr },
+            hdr.inner_ipv4.hdr_checksum, HashAlgorithm.csum16);
+        update_checksum_with_payload(meta.dnat == 1 && hdr.inner_tcp.isValid(),
+            { hdr.inner_ipv4.src_addr, hdr.inner_ipv4.dst_addr, 8w0,
+              hdr.inner_ipv4.protocol, meta.inner_l4_len,
+              hdr.inner_tcp.src_port, hdr.inner_tcp.dst_port,
+              hdr.inner_tcp.seq_no, hdr.inner_tcp.ack_no,
+              hdr.inner_tcp.data_offset, hdr.inner_tcp.res, hdr.inner_tcp.flags,
+              hdr.inner_tcp.window, hdr.inner_tcp.urgent_ptr },
+            hdr.inner_tcp.checksum, HashAlgorithm.csum16);
+        update_checksum_with_payload(meta.dnat == 1 && hdr.inner_udp.isValid()
+                                         && hdr.inner_udp.checksum != 0,
+            { hdr.inner_ipv4.src_addr, hdr.inner_ipv4.dst_addr, 8w0,
+              hdr.inner_ipv4.protocol, meta.inner_l4_len,
+              hdr.inner_udp.src_port, hdr.inner_udp.dst_port,
+              hdr.inner_udp.length },
+            hdr.inner_udp.checksum, HashAlgorithm.csum16);
+    }
+}
+
+control TalariaDeparser(packet_out packet, in headers_t hdr) {
+    apply {
+        packet.emit(hdr.ethernet);
+        packet.emit(hdr.ipv4);
+        packet.emit(hdr.ipv4_options);
+        packet.emit(hdr.udp);
+        packet.emit(hdr.geneve);
+        packet.emit(hdr.foreign_opt);
+        packet.emit(hdr.talaria);
+        packet.emit(hdr.inner_ipv4);
+        packet.emit(hdr.inner_tcp);
+        packet.emit(hdr.inner_udp);
+    }
+}
+
+#endif  /* _TALARIA_PARSER_P4_ */

@@ -1,0 +1,409 @@
+/*
+ * talaria: Kubernetes Service load balancing in the top-of-rack switch.
+ *
+ * P4_16 for v1model (bmv2 simple_switch). docs/design.md walks a packet
+ * through this program; common/src/p4.rs carries the names, ids and sizes
+ * of every table, action and counter below, p4/talaria.p4info.txtpb is the
+ * P4Info p4c emits for it, and tests/tests/p4_consistency.rs checks the
+ * three against each other.
+ *
+ * Ids: every table, action and counter carries an explicit @id with its
+ * P4Runtime type prefix already in place (0x01 action, 0x02 table,
+ * 0x12 counter, 0x13 direct counter). p4c keeps a prefixed @id as written
+ * (it ORs the prefix into an unprefixed one and rejects a wrong one), so
+ * the ids are stable whatever the names, and readable in the P4Info.
+ *
+ * Build:
+ *   p4c-bm2-ss --arch v1model --p4runtime-files talaria.p4info.txtpb \
+ *       -o talaria.json talaria.p4
+ */
+
+#include <core.p4>
+#include <v1model.p4>
+
+#include "constants.p4"
+#include "headers.p4"
+#include "parser.p4"
+
+control TalariaIngress(inout headers_t hdr,
+                       inout metadata_t meta,
+                       inout standard_metadata_t standard_metadata) {
+
+    /* Packets and bytes that reached a service (client to backend), indexed
+     * by service id. */
+    @id(0x12000001)
+    counter(SERVICE_COUNTER_SIZE, CounterType.packets_and_bytes) service_counter;
+
+    /* Dropped packets, indexed by DROP_* reason. */
+    @id(0x12000002)
+    counter(DROP_REASON_COUNT, CounterType.packets) drop_counter;
+
+    /* Load-balancer events, indexed by LB_EVENT_*. */
+    @id(0x12000003)
+    counter(LB_EVENT_COUNT, CounterType.packets) lb_event_counter;
+
+    /* Packets and bytes per backend entry. */
+    @id(0x13000001)
+    direct_counter(CounterType.packets_and_bytes) backend_counter;
+
+    /* ---------------------------------------------------- ipv4_route -- */
+
+    /* Send out of `port` to the next hop `dst_mac`. */
+    @id(0x01000001)
+    action forward(port_t port, mac_addr_t src_mac, mac_addr_t dst_mac) {
+        standard_metadata.egress_spec = port;
+        hdr.ethernet.src_addr = src_mac;
+        hdr.ethernet.dst_addr = dst_mac;
+        hdr.ipv4.ttl = hdr.ipv4.ttl - 1;
+    }
+
+    /* No route (the default), or a blackhole route. */
+    @id(0x01000002)
+    action drop() {
+        meta.drop_reason = DROP_NO_ROUTE;
+    }
+
+    /* Routes every IPv4 packet the switch sends on: plain traffic, and
+     * talaria packets after the outer header was re-originated. */
+    @id(0x02000001)
+    table ipv4_route {
+        key = {
+            hdr.ipv4.dst_addr : lpm @name("dst_addr");
+        }
+        actions = {
+            forward;
+            drop;
+        }
+        default_action = drop();
+        size = IPV4_ROUTE_SIZE; // node /32s, pod CIDRs, uplinks, default
+    }
+
+    /* --------------------------------------------------- switch_addr -- */
+
+    /* The packet is for this switch: it terminates the tunnel and
+     * re-originates it from the address it came to. */
+    @id(0x01000003)
+    action terminate_tunnel() {
+        meta.terminate = 1;
+        meta.switch_ip = hdr.ipv4.dst_addr;
+    }
+
+    /* Geneve for someone else: route it unchanged. */
+    @id(0x01000004)
+    action transit() {
+        meta.terminate = 0;
+    }
+
+    @id(0x02000002)
+    table switch_addr {
+        key = {
+            hdr.ipv4.dst_addr : exact @name("dst_addr");
+        }
+        actions = {
+            terminate_tunnel;
+            @defaultonly transit;
+        }
+        default_action = transit();
+        size = SWITCH_ADDR_SIZE; // this switch's tunnel addresses
+    }
+
+    /* ---------------------------------------------------- service_v4 -- */
+
+    /* `bucket_mask` is the service's bucket count minus one (a power of
+     * two); `hash_mode` is HASH_MODE_*. */
+    @id(0x01000005)
+    action set_service(service_id_t service_id, bucket_t bucket_mask,
+                       hash_mode_t hash_mode) {
+        meta.service_id = service_id;
+        meta.bucket_mask = bucket_mask;
+        meta.hash_mode = hash_mode;
+    }
+
+    @id(0x01000006)
+    action service_miss() {
+        meta.drop_reason = DROP_NO_SERVICE;
+    }
+
+    /* (ClusterIP, port, protocol) -> service. */
+    @id(0x02000003)
+    table service_v4 {
+        key = {
+            hdr.inner_ipv4.dst_addr : exact @name("vip");
+            meta.l4_dst_port        : exact @name("port");
+            hdr.inner_ipv4.protocol : exact @name("proto");
+        }
+        actions = {
+            set_service;
+            @defaultonly service_miss;
+        }
+        default_action = service_miss();
+        size = SERVICE_V4_SIZE; // one entry per Service port
+    }
+
+    /* -------------------------------------------------- cookie_check -- */
+
+    /* The cookie names a backend of this service: use it. */
+    @id(0x01000007)
+    action cookie_valid() {
+        meta.cookie_ok = 1;
+        meta.backend_id = hdr.talaria.backend_id;
+    }
+
+    /* The backend is gone or belongs to another service: the packet is
+     * counted (LB_EVENT_COOKIE_STALE) and treated as a new flow. */
+    @id(0x01000008)
+    action cookie_stale() {
+        meta.cookie_ok = 0;
+    }
+
+    /* The (service, backend) pairs a cookie may name. A host can forge a
+     * cookie, but only to reach a backend of the service it asked for. */
+    @id(0x02000004)
+    table cookie_check {
+        key = {
+            meta.service_id        : exact @name("service_id");
+            hdr.talaria.backend_id : exact @name("backend_id");
+        }
+        actions = {
+            cookie_valid;
+            @defaultonly cookie_stale;
+        }
+        default_action = cookie_stale();
+        size = COOKIE_CHECK_SIZE; // live and quarantined (service, backend) pairs
+    }
+
+    /* ----------------------------------------------------- lb_bucket -- */
+
+    @id(0x01000009)
+    action select_backend(backend_id_t backend_id) {
+        meta.backend_id = backend_id;
+    }
+
+    @id(0x0100000A)
+    action bucket_miss() {
+        meta.drop_reason = DROP_NO_BUCKET;
+    }
+
+    /* The resilient bucket table: (service, bucket) -> backend. The
+     * controller moves only the buckets of a backend that comes or goes. */
+    @id(0x02000005)
+    table lb_bucket {
+        key = {
+            meta.service_id : exact @name("service_id");
+            meta.bucket     : exact @name("bucket");
+        }
+        actions = {
+            select_backend;
+            @defaultonly bucket_miss;
+        }
+        default_action = bucket_miss();
+        size = LB_BUCKET_SIZE; // buckets of all services together
+    }
+
+    /* ------------------------------------------------------- backend -- */
+
+    /* The backend pod's address and port, and the node that hosts it. */
+    @id(0x0100000B)
+    action set_backend(ipv4_addr_t backend_ip, l4_port_t backend_port,
+                       ipv4_addr_t node_ip) {
+        meta.backend_ip = backend_ip;
+        meta.backend_port = backend_port;
+        meta.node_ip = node_ip;
+    }
+
+    @id(0x0100000C)
+    action backend_miss() {
+        meta.drop_reason = DROP_NO_BACKEND;
+    }
+
+    @id(0x02000006)
+    table backend {
+        key = {
+            meta.backend_id : exact @name("backend_id");
+        }
+        actions = {
+            set_backend;
+            @defaultonly backend_miss;
+        }
+        default_action = backend_miss();
+        counters = backend_counter;
+        size = BACKEND_SIZE; // backend ids in use, quarantined ones included
+    }
+
+    /* ------------------------------------------------------ pod_node -- */
+
+    @id(0x0100000D)
+    action set_client_node(ipv4_addr_t node_ip) {
+        meta.node_ip = node_ip;
+    }
+
+    @id(0x0100000E)
+    action pod_node_miss() {
+        meta.drop_reason = DROP_NO_CLIENT_NODE;
+    }
+
+    /* Replies: the client pod's address -> its node, from the Nodes' pod
+     * CIDRs. */
+    @id(0x02000007)
+    table pod_node {
+        key = {
+            hdr.inner_ipv4.dst_addr : lpm @name("pod_addr");
+        }
+        actions = {
+            set_client_node;
+            @defaultonly pod_node_miss;
+        }
+        default_action = pod_node_miss();
+        size = POD_NODE_SIZE; // one pod CIDR per node
+    }
+
+    apply {
+        /* bmv2 zeroes metadata anyway; say so for other targets. */
+        meta.drop_reason = 0;
+        meta.terminate = 0;
+        meta.cookie_ok = 0;
+        meta.dnat = 0;
+
+        if (!hdr.ipv4.isValid()) {
+            /* The switch routes IPv4 only; anything else has no route. A
+             * parser error here means the frame ended inside a header. */
+            if (standard_metadata.parser_error == error.NoError) {
+                meta.drop_reason = DROP_NO_ROUTE;
+            } else {
+                meta.drop_reason = DROP_MALFORMED;
+            }
+        } else if (standard_metadata.parser_error == error.BadIpv4Header
+                   || standard_metadata.checksum_error == 1) {
+            meta.drop_reason = DROP_MALFORMED;
+        } else {
+            if (hdr.udp.isValid() && hdr.udp.dst_port == GENEVE_UDP_PORT) {
+                switch_addr.apply();
+            }
+
+            if (meta.terminate == 1) {
+                /* A tunnel to this switch. The parser's verdict counts now. */
+                if (standard_metadata.parser_error == error.GeneveVersion) {
+                    meta.drop_reason = DROP_GENEVE_VERSION;
+                } else if (standard_metadata.parser_error == error.GeneveProtocol) {
+                    meta.drop_reason = DROP_GENEVE_PROTOCOL;
+                } else if (standard_metadata.parser_error == error.OptionLength) {
+                    meta.drop_reason = DROP_OPTION_LENGTH;
+                } else if (standard_metadata.parser_error == error.UnknownCriticalOption) {
+                    meta.drop_reason = DROP_UNKNOWN_CRITICAL_OPTION;
+                } else if (standard_metadata.parser_error == error.TalariaVersion) {
+                    meta.drop_reason = DROP_TALARIA_VERSION;
+                } else if (standard_metadata.parser_error == error.MissingOption) {
+                    meta.drop_reason = DROP_MISSING_OPTION;
+                } else if (standard_metadata.parser_error != error.NoError) {
+                    /* Cut short, or a bad inner IPv4 header. */
+                    meta.drop_reason = DROP_MALFORMED;
+                } else if ((hdr.talaria.flags & TALARIA_FLAG_REPLY) != 0) {
+                    /* Backend to client: back to the client pod's node. */
+                    pod_node.apply();
+                    if (meta.drop_reason == 0) {
+                        lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
+                    }
+                } else if (hdr.inner_ipv4.ihl != 5) {
+                    meta.drop_reason = DROP_IP_OPTIONS;
+                } else if ((hdr.inner_ipv4.flags & IPV4_FLAG_MF) != 0
+                           || hdr.inner_ipv4.frag_offset != 0) {
+                    meta.drop_reason = DROP_FRAGMENT;
+                } else if (!hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
+                    meta.drop_reason = DROP_UNSUPPORTED_PROTOCOL;
+                } else {
+                    /* Client to service: pick a backend. */
+                    service_v4.apply();
+                    if (meta.drop_reason == 0) {
+                        service_counter.count((bit<32>)meta.service_id);
+                        if ((hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) != 0) {
+                            cookie_check.apply();
+                            if (meta.cookie_ok == 1) {
+                                lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_HIT);
+                            } else {
+                                lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_STALE);
+                            }
+                        } else {
+                            lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                        }
+                        if (meta.cookie_ok == 0) {
+                            /* The bucket hash: crc32 over exactly these
+                             * fields in this order (13 bytes), or the client
+                             * address alone. Must match common/src/hash.rs. */
+                            if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
+                                hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                                     { hdr.inner_ipv4.src_addr },
+                                     (bit<64>)4294967296);
+                            } else {
+                                hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                                     { hdr.inner_ipv4.src_addr,
+                                       hdr.inner_ipv4.dst_addr,
+                                       hdr.inner_ipv4.protocol,
+                                       meta.l4_src_port,
+                                       meta.l4_dst_port },
+                                     (bit<64>)4294967296);
+                            }
+                            /* Tofino has no modulo, so bucket counts are
+                             * powers of two and we mask. */
+                            meta.bucket = (bucket_t)meta.flow_hash & meta.bucket_mask;
+                            lb_bucket.apply();
+                        }
+                    }
+                    if (meta.drop_reason == 0) {
+                        backend.apply();
+                    }
+                    if (meta.drop_reason == 0) {
+                        /* DNAT to the backend pod; TalariaComputeChecksum
+                         * fixes the inner checksums. */
+                        hdr.inner_ipv4.dst_addr = meta.backend_ip;
+                        if (hdr.inner_tcp.isValid()) {
+                            hdr.inner_tcp.dst_port = meta.backend_port;
+                        } else {
+                            hdr.inner_udp.dst_port = meta.backend_port;
+                        }
+                        meta.dnat = 1;
+                        /* The cookie travels on to the backend's node, which
+                         * hands it back to the client in the reply. */
+                        hdr.talaria.service_id = meta.service_id;
+                        hdr.talaria.backend_id = meta.backend_id;
+                        hdr.talaria.flags = hdr.talaria.flags | TALARIA_FLAG_COOKIE_VALID;
+                    }
+                }
+
+                if (meta.drop_reason == 0) {
+                    /* Re-originate the tunnel: from the address it came to,
+                     * to the chosen node; routed below. */
+                    hdr.ipv4.src_addr = meta.switch_ip;
+                    hdr.ipv4.dst_addr = meta.node_ip;
+                    hdr.ipv4.ttl = TUNNEL_TTL;
+                    /* A non-zero outer UDP checksum would not be recomputed
+                     * per segment of a GSO packet (docs/design.md). */
+                    hdr.udp.checksum = 0;
+                }
+            } else if (hdr.ipv4.ttl <= 1) {
+                meta.drop_reason = DROP_TTL_EXPIRED;
+            }
+
+            if (meta.drop_reason == 0) {
+                ipv4_route.apply();
+            }
+        }
+
+        if (meta.drop_reason != 0) {
+            drop_counter.count((bit<32>)meta.drop_reason);
+            mark_to_drop(standard_metadata);
+        }
+    }
+}
+
+control TalariaEgress(inout headers_t hdr,
+                      inout metadata_t meta,
+                      inout standard_metadata_t standard_metadata) {
+    apply { }
+}
+
+V1Switch(TalariaParser(),
+         TalariaVerifyChecksum(),
+         TalariaIngress(),
+         TalariaEgress(),
+         TalariaComputeChecksum(),
+         TalariaDeparser()) main;
