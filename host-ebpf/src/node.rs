@@ -1,0 +1,416 @@
+//! The loaded node programs and their maps.
+
+use std::{
+    io,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    maps::{lpm_trie, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
+    programs::{
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use talaria_common::{
+    drop::{DropReason, DROP_REASON_COUNT},
+    maps::{
+        node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry, ReverseEntry, ServiceAddr,
+        FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+    },
+    net::IPPROTO_UDP,
+};
+
+use crate::{Error, Result, EBPF_OBJECT};
+
+/// Program on the ingress of each pod's host-side veth.
+pub const PROG_POD: &str = "node_pod_egress";
+/// Program on the ingress of the uplink.
+pub const PROG_UPLINK: &str = "node_uplink_ingress";
+
+/// Map names (also their pin file names).
+pub const MAP_COOKIES: &str = "NODE_COOKIES";
+pub const MAP_REVERSE: &str = "NODE_REVERSE";
+pub const MAP_PODS: &str = "NODE_PODS";
+pub const MAP_SVC_CIDRS: &str = "NODE_SVC_CIDRS";
+pub const MAP_SERVICES: &str = "NODE_SERVICES";
+pub const MAP_CONFIG: &str = "NODE_CONFIG";
+pub const MAP_STATS: &str = "NODE_STATS";
+pub const MAP_DROPS: &str = "NODE_DROPS";
+
+/// Counters summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Indexed by `node_stat`.
+    pub events: Vec<(&'static str, u64)>,
+    /// Every drop reason with its count.
+    pub drops: Vec<(DropReason, u64)>,
+}
+
+impl Stats {
+    /// An event counter by `node_stat` index.
+    pub fn event(&self, idx: u32) -> u64 {
+        self.events.get(idx as usize).map_or(0, |e| e.1)
+    }
+
+    /// A drop counter.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops.iter().find(|d| d.0 == reason).map_or(0, |d| d.1)
+    }
+
+    /// Reads the two per-CPU counter maps.
+    pub fn read(stats: &Map, drops: &Map) -> Result<Self> {
+        let stats: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(stats).map_err(|e| Error::map(MAP_STATS, e))?;
+        let drops: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(drops).map_err(|e| Error::map(MAP_DROPS, e))?;
+        let sum = |m: &PerCpuArray<_, u64>, i: u32, name| -> Result<u64> {
+            Ok(m.get(&i, 0).map_err(|e| Error::map(name, e))?.iter().sum())
+        };
+        let mut out = Self::default();
+        for (i, name) in node_stat::NAMES.iter().enumerate() {
+            out.events.push((name, sum(&stats, i as u32, MAP_STATS)?));
+        }
+        for r in DropReason::ALL {
+            debug_assert!(u32::from(r.code()) < DROP_REASON_COUNT);
+            out.drops
+                .push((r, sum(&drops, u32::from(r.code()), MAP_DROPS)?));
+        }
+        Ok(out)
+    }
+
+    /// Reads the counters of a running node from its pinned maps.
+    pub fn read_pinned(pin_dir: &Path) -> Result<Self> {
+        let stats = open_pinned(pin_dir, MAP_STATS)?;
+        let drops = open_pinned(pin_dir, MAP_DROPS)?;
+        Self::read(&stats, &drops)
+    }
+}
+
+/// Opens a pinned map of a running node.
+pub fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| Error::map(name, e))?;
+    Map::from_map_data(data).map_err(|e| Error::map(name, e))
+}
+
+/// Number of entries in a pinned flow map whose values are `V`.
+pub fn count_pinned<V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<usize> {
+    let map = open_pinned(pin_dir, name)?;
+    let h: HashMap<_, FlowKey, V> = HashMap::try_from(&map).map_err(|e| Error::map(name, e))?;
+    Ok(h.keys().filter(|k| k.is_ok()).count())
+}
+
+/// The node programs, loaded, and their maps.
+pub struct Node {
+    ebpf: Ebpf,
+    pin_dir: Option<PathBuf>,
+}
+
+impl Node {
+    /// Loads and verifies both programs. With `pin_dir`, the maps are
+    /// pinned there and maps already pinned there are reused, so a
+    /// restarted agent keeps every flow. `lru_size` sizes the flow maps.
+    pub fn load(pin_dir: Option<&Path>, lru_size: u32) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(MAP_COOKIES, lru_size)
+            .map_max_entries(MAP_REVERSE, lru_size);
+        // The maps are declared pinned-by-name; without a pin directory they
+        // are pinned in a private scratch directory that is removed right
+        // after loading (the maps live on as long as this process holds them).
+        static SCRATCH: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let scratch = pin_dir.is_none().then(|| {
+            let n = SCRATCH.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            PathBuf::from(format!(
+                "/sys/fs/bpf/talaria/scratch-{}-{n}",
+                std::process::id()
+            ))
+        });
+        let dir = pin_dir.or(scratch.as_deref()).expect("a pin directory");
+        crate::sys::ensure_bpffs(dir)?;
+        loader.default_map_pin_directory(dir);
+        let loaded = loader
+            .load(EBPF_OBJECT)
+            .map_err(|e| Error::Load(Box::new(e)));
+        if let Some(dir) = &scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let mut ebpf = loaded?;
+        for name in [PROG_POD, PROG_UPLINK] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| Error::Invalid(format!("no program {name}")))?
+                .try_into()
+                .map_err(|e| Error::program(name, e))?;
+            prog.load().map_err(|e| Error::program(name, e))?;
+        }
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_owned),
+        })
+    }
+
+    /// A loaded program (for `BPF_PROG_TEST_RUN`).
+    pub fn program(&self, name: &str) -> Result<&SchedClassifier> {
+        self.ebpf
+            .program(name)
+            .ok_or_else(|| Error::Invalid(format!("no program {name}")))?
+            .try_into()
+            .map_err(|e| Error::program(name, e))
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| Error::Invalid(format!("no map {name}")))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| Error::Invalid(format!("no map {name}")))
+    }
+
+    /// Attaches `prog` (one of [`PROG_POD`], [`PROG_UPLINK`]) to the TCX
+    /// ingress of `ifname`. With a pin directory the link is pinned as
+    /// `links/<prog>@<ifname>`: if that pin exists the running program is
+    /// replaced atomically (`BPF_LINK_UPDATE`), so packets never see the
+    /// hook empty; the link outlives the agent. Without one the link lives
+    /// as long as this [`Node`].
+    pub fn attach(&mut self, prog: &str, ifname: &str) -> Result<()> {
+        let pin = self
+            .pin_dir
+            .as_ref()
+            .map(|d| d.join("links").join(link_pin_name(prog, ifname)));
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| Error::Invalid(format!("no program {prog}")))?
+            .try_into()
+            .map_err(|e| Error::program(prog, e))?;
+        let existing = match &pin {
+            Some(path) => match PinnedLink::from_pin(path) {
+                Ok(old) => Some(old),
+                Err(LinkError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.kind() == io::ErrorKind::NotFound =>
+                {
+                    None
+                }
+                Err(e) => return Err(pin_err(path, e)),
+            },
+            None => None,
+        };
+        let id = match existing {
+            Some(old) => {
+                let path = pin.as_ref().expect("pinned");
+                let fd_link = old.unpin().map_err(|e| pin_err(path, e))?;
+                let link = SchedClassifierLink::try_from(fd_link).map_err(|e| pin_err(path, e))?;
+                match program.attach_to_link(link) {
+                    Ok(id) => id,
+                    // The interface is gone and back (new ifindex): attach anew.
+                    Err(_) => program
+                        .attach_with_options(
+                            ifname,
+                            TcAttachType::Ingress,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .map_err(|e| Error::program(prog, e))?,
+                }
+            }
+            None => program
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| Error::program(prog, e))?,
+        };
+        if let Some(path) = pin {
+            let link = program.take_link(id).map_err(|e| Error::program(prog, e))?;
+            let fd_link = FdLink::try_from(link).map_err(|e| pin_err(&path, e))?;
+            std::fs::create_dir_all(path.parent().expect("links dir"))
+                .map_err(|e| Error::io("create links dir", e))?;
+            fd_link.pin(&path).map_err(|e| pin_err(&path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the node-wide settings.
+    pub fn set_config(&mut self, cfg: &NodeConfig) -> Result<()> {
+        let mut a: Array<_, NodeConfig> =
+            Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(|e| Error::map(MAP_CONFIG, e))?;
+        a.set(0, cfg, 0).map_err(|e| Error::map(MAP_CONFIG, e))
+    }
+
+    /// Replaces the service CIDRs.
+    pub fn set_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+        let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
+            .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        let want: Vec<lpm_trie::Key<[u8; 4]>> = cidrs
+            .iter()
+            .map(|(a, l)| lpm_trie::Key::new(u32::from(*l), a.octets()))
+            .collect();
+        let stale: Vec<_> = t
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                !want
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
+        for k in stale {
+            t.remove(&k).map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        }
+        for k in &want {
+            t.insert(k, 1, 0)
+                .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the services (id → VIP, port, protocol).
+    pub fn set_services(&mut self, services: &[(u16, ServiceAddr)]) -> Result<()> {
+        let mut h: HashMap<_, u32, ServiceAddr> = HashMap::try_from(self.map_mut(MAP_SERVICES)?)
+            .map_err(|e| Error::map(MAP_SERVICES, e))?;
+        let stale: Vec<u32> = h
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !services.iter().any(|s| u32::from(s.0) == *k))
+            .collect();
+        for k in stale {
+            h.remove(&k).map_err(|e| Error::map(MAP_SERVICES, e))?;
+        }
+        for (id, s) in services {
+            h.insert(u32::from(*id), s, 0)
+                .map_err(|e| Error::map(MAP_SERVICES, e))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the local pods (pod IP → veth and MACs).
+    pub fn set_pods(&mut self, pods: &[(Ipv4Addr, PodEntry)]) -> Result<()> {
+        let mut h: HashMap<_, [u8; 4], PodEntry> =
+            HashMap::try_from(self.map_mut(MAP_PODS)?).map_err(|e| Error::map(MAP_PODS, e))?;
+        let stale: Vec<[u8; 4]> = h
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !pods.iter().any(|p| p.0.octets() == *k))
+            .collect();
+        for k in stale {
+            h.remove(&k).map_err(|e| Error::map(MAP_PODS, e))?;
+        }
+        for (ip, p) in pods {
+            h.insert(ip.octets(), p, 0)
+                .map_err(|e| Error::map(MAP_PODS, e))?;
+        }
+        Ok(())
+    }
+
+    /// The counters, summed over CPUs.
+    pub fn stats(&self) -> Result<Stats> {
+        Stats::read(self.map(MAP_STATS)?, self.map(MAP_DROPS)?)
+    }
+
+    /// Every cached cookie (client side).
+    pub fn cookies(&self) -> Result<Vec<(FlowKey, CookieEntry)>> {
+        let h: HashMap<_, FlowKey, CookieEntry> =
+            HashMap::try_from(self.map(MAP_COOKIES)?).map_err(|e| Error::map(MAP_COOKIES, e))?;
+        Ok(h.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Every reverse-flow entry (backend side).
+    pub fn reverse_flows(&self) -> Result<Vec<(FlowKey, ReverseEntry)>> {
+        let h: HashMap<_, FlowKey, ReverseEntry> =
+            HashMap::try_from(self.map(MAP_REVERSE)?).map_err(|e| Error::map(MAP_REVERSE, e))?;
+        Ok(h.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Inserts a cookie (tests and benches: a warm cache).
+    pub fn insert_cookie(&mut self, key: &FlowKey, entry: &CookieEntry) -> Result<()> {
+        let mut h: HashMap<_, FlowKey, CookieEntry> = HashMap::try_from(self.map_mut(MAP_COOKIES)?)
+            .map_err(|e| Error::map(MAP_COOKIES, e))?;
+        h.insert(key, entry, 0)
+            .map_err(|e| Error::map(MAP_COOKIES, e))
+    }
+
+    /// Removes idle flow state: UDP flows idle longer than `udp_idle_ns`,
+    /// and TCP flows that finished in both directions and idled
+    /// `fin_grace_ns`. Returns (cookies, reverse entries) removed.
+    pub fn gc(
+        &mut self,
+        now_ns: u64,
+        udp_idle_ns: u64,
+        fin_grace_ns: u64,
+    ) -> Result<(usize, usize)> {
+        let expired = |k: &FlowKey, last: u64, fin: u8| {
+            let idle = now_ns.saturating_sub(last);
+            if k.proto == IPPROTO_UDP {
+                idle > udp_idle_ns
+            } else {
+                fin & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT | FIN_FROM_BACKEND
+                    && idle > fin_grace_ns
+            }
+        };
+        let mut cookies: HashMap<_, FlowKey, CookieEntry> =
+            HashMap::try_from(self.map_mut(MAP_COOKIES)?)
+                .map_err(|e| Error::map(MAP_COOKIES, e))?;
+        let dead: Vec<FlowKey> = cookies
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| expired(k, v.last_seen_ns, v.fin_seen))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &dead {
+            let _ = cookies.remove(k);
+        }
+        let mut rev: HashMap<_, FlowKey, ReverseEntry> =
+            HashMap::try_from(self.map_mut(MAP_REVERSE)?)
+                .map_err(|e| Error::map(MAP_REVERSE, e))?;
+        let dead_rev: Vec<FlowKey> = rev
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| expired(k, v.last_seen_ns, v.fin_seen))
+            .map(|(k, _)| k)
+            .collect();
+        for k in &dead_rev {
+            let _ = rev.remove(k);
+        }
+        Ok((dead.len(), dead_rev.len()))
+    }
+}
+
+/// File name of a pinned link (bpffs refuses dots in names).
+pub fn link_pin_name(prog: &str, ifname: &str) -> String {
+    format!("{prog}@{}", ifname.replace('.', "_"))
+}
+
+fn pin_err(path: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::Pin {
+        path: path.display().to_string(),
+        source: Box::new(e),
+    }
+}
+
+/// Removes a node's pins (links first, which detaches the programs, then
+/// the maps). For tests and decommissioning.
+pub fn unpin_all(pin_dir: &Path) -> Result<()> {
+    let _ = std::fs::remove_dir_all(pin_dir.join("links"));
+    match std::fs::remove_dir_all(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", pin_dir.display()), e)),
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of `bpf_ktime_get_ns()`.
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime into a zeroed timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}

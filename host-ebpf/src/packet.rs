@@ -1,0 +1,263 @@
+//! Packet builders and parsers for the `BPF_PROG_TEST_RUN` scenarios and
+//! the bench: Ethernet + IPv4 + TCP/UDP, optionally inside the Talaria
+//! encapsulation, with real checksums.
+
+use std::net::Ipv4Addr;
+
+use talaria_common::{
+    be::{Be16, Be32},
+    maps::FlowKey,
+    net::{fold, IPPROTO_TCP, IPPROTO_UDP},
+    wire::{TalariaEncap, GENEVE_UDP_PORT},
+};
+
+/// An IPv4 5-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuple {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl Tuple {
+    pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto: IPPROTO_TCP,
+        }
+    }
+
+    pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            proto: IPPROTO_UDP,
+        }
+    }
+
+    /// The other direction.
+    pub fn reversed(self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+
+    /// As a node map key.
+    pub fn key(self) -> FlowKey {
+        FlowKey {
+            src: Be32(self.src.octets()),
+            dst: Be32(self.dst.octets()),
+            src_port: Be16::new(self.sport),
+            dst_port: Be16::new(self.dport),
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+fn sum16(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+/// Internet checksum of an IPv4 header.
+pub fn ip_checksum(hdr: &[u8]) -> u16 {
+    !fold(sum16(hdr))
+}
+
+/// Whether the L4 checksum of an IPv4 packet (no Ethernet) verifies.
+/// UDP checksum 0 counts as valid (not computed).
+pub fn l4_checksum_ok(ip: &[u8]) -> bool {
+    let hl = usize::from(ip[0] & 0xf) * 4;
+    let l4 = &ip[hl..usize::from(u16::from_be_bytes([ip[2], ip[3]]))];
+    if ip[9] == IPPROTO_UDP && l4[6..8] == [0, 0] {
+        return true;
+    }
+    let pseudo = sum16(&ip[12..20]) + u32::from(ip[9]) + l4.len() as u32;
+    fold(pseudo + sum16(l4)) == 0xffff
+}
+
+/// Whether the IPv4 header checksum verifies.
+pub fn ip_checksum_ok(ip: &[u8]) -> bool {
+    let hl = usize::from(ip[0] & 0xf) * 4;
+    fold(sum16(&ip[..hl])) == 0xffff
+}
+
+/// An IPv4 packet (no Ethernet) carrying TCP (with `tcp_flags`) or UDP.
+pub fn ipv4(t: Tuple, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+    let l4_len = if t.proto == IPPROTO_TCP { 20 } else { 8 } + payload.len();
+    let total = 20 + l4_len;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[6] = 0x40;
+    p[8] = 64;
+    p[9] = t.proto;
+    p[12..16].copy_from_slice(&t.src.octets());
+    p[16..20].copy_from_slice(&t.dst.octets());
+    let c = ip_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let l4 = &mut p[20..];
+    l4[0..2].copy_from_slice(&t.sport.to_be_bytes());
+    l4[2..4].copy_from_slice(&t.dport.to_be_bytes());
+    let check_at = if t.proto == IPPROTO_TCP {
+        l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        l4[12] = 0x50;
+        l4[13] = tcp_flags;
+        l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
+        l4[20..].copy_from_slice(payload);
+        16
+    } else {
+        l4[4..6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+        l4[8..].copy_from_slice(payload);
+        6
+    };
+    let pseudo =
+        sum16(&t.src.octets()) + sum16(&t.dst.octets()) + u32::from(t.proto) + l4_len as u32;
+    let mut c = !fold(pseudo + sum16(l4));
+    if c == 0 && t.proto == IPPROTO_UDP {
+        c = 0xffff;
+    }
+    l4[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Prepends an Ethernet header.
+pub fn eth(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(14 + ip.len());
+    p.extend_from_slice(&dst);
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&0x0800u16.to_be_bytes());
+    p.extend_from_slice(ip);
+    p
+}
+
+/// An Ethernet frame with `inner` (an IPv4 packet) in Geneve/Talaria.
+pub fn talaria(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    outer_src: Ipv4Addr,
+    outer_dst: Ipv4Addr,
+    enc: TalariaEncap,
+    inner: &[u8],
+) -> Vec<u8> {
+    let total = 20 + 8 + TalariaEncap::LEN + inner.len();
+    let mut ip = vec![0u8; total];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = IPPROTO_UDP;
+    ip[12..16].copy_from_slice(&outer_src.octets());
+    ip[16..20].copy_from_slice(&outer_dst.octets());
+    let c = ip_checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip[20..22].copy_from_slice(&50000u16.to_be_bytes());
+    ip[22..24].copy_from_slice(&GENEVE_UDP_PORT.to_be_bytes());
+    ip[24..26].copy_from_slice(&((total - 20) as u16).to_be_bytes());
+    ip[28..48].copy_from_slice(&enc.to_bytes());
+    ip[48..].copy_from_slice(inner);
+    eth(dst_mac, src_mac, &ip)
+}
+
+/// A received Ethernet frame taken apart.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    /// The IPv4 packet after the Ethernet header.
+    pub ip: Vec<u8>,
+}
+
+impl Frame {
+    pub fn parse(b: &[u8]) -> Self {
+        Self {
+            dst_mac: b[0..6].try_into().unwrap(),
+            src_mac: b[6..12].try_into().unwrap(),
+            ip: b[14..].to_vec(),
+        }
+    }
+
+    pub fn ip_src(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.ip[12], self.ip[13], self.ip[14], self.ip[15])
+    }
+
+    pub fn ip_dst(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.ip[16], self.ip[17], self.ip[18], self.ip[19])
+    }
+
+    /// The 5-tuple of the (outer) IPv4 packet.
+    pub fn tuple(&self) -> Tuple {
+        let l4 = &self.ip[20..];
+        Tuple {
+            src: self.ip_src(),
+            dst: self.ip_dst(),
+            sport: u16::from_be_bytes([l4[0], l4[1]]),
+            dport: u16::from_be_bytes([l4[2], l4[3]]),
+            proto: self.ip[9],
+        }
+    }
+
+    /// For a Talaria frame: the Geneve/Talaria header and the inner packet.
+    pub fn talaria(&self) -> Option<(TalariaEncap, Vec<u8>)> {
+        if self.ip[9] != IPPROTO_UDP
+            || u16::from_be_bytes([self.ip[22], self.ip[23]]) != GENEVE_UDP_PORT
+        {
+            return None;
+        }
+        let parsed = talaria_common::wire::parse(&self.ip[28..]).ok()?;
+        let enc = TalariaEncap {
+            geneve: parsed.geneve,
+            opt: parsed.opt,
+        };
+        Some((enc, self.ip[28 + parsed.inner_offset..].to_vec()))
+    }
+}
+
+/// An ICMP error (`icmp_type`/`code`, e.g. 3/4 fragmentation needed with
+/// `mtu`) from `src` to `dst` quoting the start of `quoted` (an IPv4
+/// packet): its header and 8 bytes, as routers do.
+pub fn icmp_error(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    mtu: u16,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let q = &quoted[..quoted.len().min(28)];
+    let total = 20 + 8 + q.len();
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = talaria_common::net::IPPROTO_ICMP;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = ip_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p[20] = icmp_type;
+    p[21] = code;
+    p[26..28].copy_from_slice(&mtu.to_be_bytes());
+    p[28..].copy_from_slice(q);
+    let c = !fold(sum16(&p[20..]));
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Whether the ICMP checksum of an IPv4/ICMP packet (no Ethernet) verifies.
+pub fn icmp_checksum_ok(ip: &[u8]) -> bool {
+    fold(sum16(&ip[20..])) == 0xffff
+}

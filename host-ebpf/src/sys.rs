@@ -1,0 +1,242 @@
+//! Small Linux helpers: interface facts from sysfs, bpffs, and network
+//! namespaces (used by the lab mode, the tests and the bench).
+
+use std::{fs, os::fd::AsRawFd, path::Path, process::Command};
+
+use crate::{Error, Result};
+
+/// The ifindex of `ifname` in the calling thread's network namespace
+/// (ioctl-based, so unlike sysfs it follows `setns`).
+pub fn ifindex(ifname: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(ifname)
+        .map_err(|_| Error::Invalid(format!("interface {ifname:?}")))?;
+    // SAFETY: NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        return Err(Error::io(
+            format!("interface {ifname}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(idx)
+}
+
+/// The MAC address of `ifname` in the calling thread's network namespace.
+pub fn mac(ifname: &str) -> Result<[u8; 6]> {
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(Error::Invalid(format!("interface {ifname:?}")));
+    }
+    // SAFETY: a datagram socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::io("socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: zeroed ifreq with a NUL-terminated name that fits.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(Error::io(format!("SIOCGIFHWADDR {ifname}"), err));
+    }
+    // SAFETY: the kernel filled ifru_hwaddr.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
+    }
+    Ok(mac)
+}
+
+/// Moves the calling thread (call it before spawning others) into the
+/// network namespace `/var/run/netns/<name>`. Unlike `ip netns exec`, this
+/// keeps the host's mount namespace, so the pins under /sys/fs/bpf stay
+/// visible across agent restarts.
+pub fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/var/run/netns/{name}");
+    let file = fs::File::open(&path).map_err(|e| Error::io(path.clone(), e))?;
+    // SAFETY: valid netns fd.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(Error::io(
+            format!("setns {path}"),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    Ok(())
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Makes sure `/sys/fs/bpf` is a bpffs (mounting it if not) and creates
+/// `dir` under it.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let root = c"/sys/fs/bpf";
+    // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(root.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type != BPF_FS_MAGIC {
+        // SAFETY: plain mount(2) with static strings.
+        let rc = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                root.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(Error::io(
+                "mount bpffs on /sys/fs/bpf",
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
+    fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))
+}
+
+/// Runs `ip`/`ethtool`/`iptables`-style commands; fails with their stderr.
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .map_err(|e| Error::io(format!("spawn {cmd}"), e))?;
+    if !out.status.success() {
+        return Err(Error::Invalid(format!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `f` on a new thread inside the network namespace `name` (created
+/// with `ip netns add`), returning its result.
+pub fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
+    let path = format!("/var/run/netns/{name}");
+    let file = fs::File::open(&path).map_err(|e| Error::io(path.clone(), e))?;
+    let handle = std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, with a valid netns fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            return Err(Error::io("setns", std::io::Error::last_os_error()));
+        }
+        Ok(f())
+    });
+    handle
+        .join()
+        .map_err(|_| Error::Invalid(format!("thread in netns {name} panicked")))?
+}
+
+/// Spawns `f` on a thread inside the network namespace `name` and returns
+/// its join handle (for servers and long transfers).
+pub fn spawn_in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<std::thread::JoinHandle<T>> {
+    let path = format!("/var/run/netns/{name}");
+    let file = fs::File::open(&path).map_err(|e| Error::io(path.clone(), e))?;
+    Ok(std::thread::spawn(move || {
+        // SAFETY: setns on this thread only, with a valid netns fd.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+        f()
+    }))
+}
+
+/// A network namespace that is deleted when dropped (also on panic).
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    /// `ip netns add name` with loopback up.
+    pub fn new(name: &str) -> Result<Self> {
+        let _ = run("ip", &["netns", "del", name]);
+        run("ip", &["netns", "add", name])?;
+        let ns = Self { name: name.into() };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n name args…`
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        let mut v = vec!["-n", self.name.as_str()];
+        v.extend_from_slice(args);
+        run("ip", &v)
+    }
+
+    /// `ip netns exec name cmd args…`
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut v = vec!["netns", "exec", self.name.as_str(), cmd];
+        v.extend_from_slice(args);
+        run("ip", &v)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = run("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Blocks on an rtnetlink socket subscribed to link events in the calling
+/// thread's network namespace and calls `on_event` after each batch of
+/// messages (lab mode: new pod veths). Returns only on a socket error.
+pub fn watch_links(mut on_event: impl FnMut()) -> Result<()> {
+    // SAFETY: plain socket(2)/bind(2) on a zeroed sockaddr_nl; the fd is
+    // owned by `fd` below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if raw < 0 {
+        return Err(Error::io("netlink socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: we own the new fd.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = libc::RTMGRP_LINK as u32;
+    // SAFETY: valid sockaddr_nl of the right size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::io(
+            "netlink bind RTMGRP_LINK",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // SAFETY: reading into our buffer.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            // ENOBUFS: events were lost; a rescan covers them.
+            if e.raw_os_error() != Some(libc::ENOBUFS) {
+                return Err(Error::io("netlink recv", e));
+            }
+        }
+        on_event();
+    }
+}

@@ -1,0 +1,1061 @@
+//! Root-only end-to-end tests in network namespaces: the real switch data
+//! plane (`talaria-switch-dataplane`, the eBPF pipeline of p4/talaria.p4)
+//! on a switch namespace, two node namespaces running the node programs,
+//! and pod namespaces behind veths. All traffic stays inside namespaces
+//! these tests create (10.200.0.0/16 tunnel, 10.244.0.0/16 pods,
+//! 10.96.0.0/12 services); every namespace and pin is removed on drop,
+//! also when a test panics.
+//!
+//! Topology (per test, names made unique with the pid and a counter):
+//!
+//! ```text
+//!  pod a 10.244.1.2 ─ vpa ┐                         ┌ vpb ─ pod b 10.244.2.2 (backend 101/201)
+//!  pod c 10.244.1.3 ─ vpc ┤ node1 uplink 10.200.1.2 ─ sw1 ┤ switch 10.200.0.1
+//!                                          node2 uplink 10.200.2.2 ─ sw2 ┘
+//! ```
+//! Pod c is a second backend (102) on node1, used for pool changes.
+
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    path::PathBuf,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use talaria_common::{
+    drop::DropReason,
+    hash::hash_mode,
+    maps::node_stat,
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+    wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
+};
+use talaria_node::{
+    agent,
+    config::{Config, PodConfig, ServiceConfig},
+    node::{self, Node, Stats},
+    sys::{self, NetNs},
+};
+use talaria_switch_dataplane::{Dataplane, Entry, Ipv4Prefix, RouteAction, Target};
+
+const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+const NODE1_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
+const NODE2_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 2);
+const POD_A: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const POD_C: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const SVC_TCP: u16 = 7;
+const SVC_UDP: u16 = 8;
+const BACKEND_B_TCP: u32 = 101;
+const BACKEND_C_TCP: u32 = 102;
+const BACKEND_B_UDP: u32 = 201;
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+const BUCKETS: u16 = 4;
+
+fn is_root() -> bool {
+    // SAFETY: trivial libc call.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (network namespaces, BPF)");
+            return;
+        }
+    };
+}
+
+/// Two nodes, a switch, three pods. Tears everything down on drop.
+struct Lab {
+    id: String,
+    dp: Option<Dataplane>,
+    /// In-process node agents (None while an agent process owns the node).
+    nodes: [Option<Node>; 2],
+    node_pins: [PathBuf; 2],
+    sw_pin: PathBuf,
+    sw_macs: [[u8; 6]; 2],
+    up_macs: [[u8; 6]; 2],
+    // Namespaces last: deleted after the pins are gone.
+    pods: Vec<NetNs>,
+    n: [NetNs; 2],
+    sw: NetNs,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.nodes = [None, None];
+        for p in &self.node_pins {
+            let _ = node::unpin_all(p);
+        }
+        if let Some(dp) = self.dp.take() {
+            let _ = dp.detach();
+        }
+        let _ = std::fs::remove_dir_all(&self.sw_pin);
+    }
+}
+
+/// A pod namespace behind a veth pair: host side `veth` in `node` (with
+/// the 169.254.1.1 gateway address), `eth0` in the pod with `ip`/32.
+fn add_pod(node: &NetNs, veth: &str, ip: Ipv4Addr, name: &str) -> NetNs {
+    let pod = NetNs::new(name).unwrap();
+    node.ip(&[
+        "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", &pod.name,
+    ])
+    .unwrap();
+    node.ip(&["addr", "add", "169.254.1.1/32", "dev", veth])
+        .unwrap();
+    node.ip(&["link", "set", veth, "up"]).unwrap();
+    pod.ip(&["addr", "add", &format!("{ip}/32"), "dev", "eth0"])
+        .unwrap();
+    // Pod MTU = uplink MTU (1500) − 48 bytes of encapsulation.
+    pod.ip(&["link", "set", "eth0", "mtu", "1452", "up"])
+        .unwrap();
+    pod.ip(&[
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ])
+    .unwrap();
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ])
+    .unwrap();
+    pod
+}
+
+fn unique_id() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn mac_in(ns: &str, ifname: &'static str) -> [u8; 6] {
+    sys::in_netns(ns, move || sys::mac(ifname))
+        .unwrap()
+        .unwrap()
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Lab {
+    fn new() -> Self {
+        let id = unique_id();
+        let sw = NetNs::new(&format!("tlr-sw-{id}")).unwrap();
+        let n = [
+            NetNs::new(&format!("tlr-n1-{id}")).unwrap(),
+            NetNs::new(&format!("tlr-n2-{id}")).unwrap(),
+        ];
+        for (i, (node, ip)) in n.iter().zip([NODE1_IP, NODE2_IP]).enumerate() {
+            let port = format!("sw{}", i + 1);
+            sw.ip(&[
+                "link", "add", &port, "type", "veth", "peer", "name", "uplink", "netns", &node.name,
+            ])
+            .unwrap();
+            sw.ip(&["link", "set", &port, "up"]).unwrap();
+            node.ip(&["addr", "add", &format!("{ip}/24"), "dev", "uplink"])
+                .unwrap();
+            node.ip(&["link", "set", "uplink", "up"]).unwrap();
+        }
+        let mut pods = Vec::new();
+        for (node, veth, ip, tag) in [
+            (&n[0], "vpa", POD_A, "pa"),
+            (&n[1], "vpb", POD_B, "pb"),
+            (&n[0], "vpc", POD_C, "pc"),
+        ] {
+            pods.push(add_pod(node, veth, ip, &format!("tlr-{tag}-{id}")));
+        }
+        let sw_macs = [mac_in(&sw.name, "sw1"), mac_in(&sw.name, "sw2")];
+        let up_macs = [mac_in(&n[0].name, "uplink"), mac_in(&n[1].name, "uplink")];
+        let sw_pin = PathBuf::from(format!("/sys/fs/bpf/talaria/switch/test-{id}"));
+        let node_pins =
+            [1, 2].map(|i| PathBuf::from(format!("/sys/fs/bpf/talaria/node-test-{id}-{i}")));
+        let mut lab = Self {
+            id,
+            dp: None,
+            nodes: [None, None],
+            node_pins,
+            sw_pin,
+            sw_macs,
+            up_macs,
+            pods,
+            n,
+            sw,
+        };
+        lab.start_switch();
+        lab.start_node(0);
+        lab.start_node(1);
+        lab
+    }
+
+    fn start_switch(&mut self) {
+        let mut cfg = talaria_switch_dataplane::Config::for_instance(&format!("test-{}", self.id));
+        cfg.pin_dir = self.sw_pin.clone();
+        cfg.ports.insert(1, "sw1".into());
+        cfg.ports.insert(2, "sw2".into());
+        let dp = sys::in_netns(&self.sw.name, move || Dataplane::open(cfg))
+            .unwrap()
+            .expect("switch data plane");
+        let fwd = |port: u16, i: usize| RouteAction::Forward {
+            port,
+            src_mac: self.sw_macs[i],
+            dst_mac: self.up_macs[i],
+        };
+        let mut entries = vec![
+            Entry::SwitchAddr { addr: SWITCH_IP },
+            Entry::Ipv4Route {
+                dst: Ipv4Prefix {
+                    addr: NODE1_IP,
+                    len: 32,
+                },
+                action: fwd(1, 0),
+            },
+            Entry::Ipv4Route {
+                dst: Ipv4Prefix {
+                    addr: NODE2_IP,
+                    len: 32,
+                },
+                action: fwd(2, 1),
+            },
+            Entry::PodNode {
+                dst: Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 244, 1, 0),
+                    len: 24,
+                },
+                node_ip: NODE1_IP,
+            },
+            Entry::PodNode {
+                dst: Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 244, 2, 0),
+                    len: 24,
+                },
+                node_ip: NODE2_IP,
+            },
+            Entry::ServiceV4 {
+                vip: VIP,
+                port: 80,
+                proto: IPPROTO_TCP,
+                service_id: SVC_TCP,
+                bucket_mask: BUCKETS - 1,
+                hash_mode: hash_mode::FIVE_TUPLE,
+            },
+            Entry::ServiceV4 {
+                vip: VIP,
+                port: 53,
+                proto: IPPROTO_UDP,
+                service_id: SVC_UDP,
+                bucket_mask: BUCKETS - 1,
+                hash_mode: hash_mode::FIVE_TUPLE,
+            },
+            Entry::Backend {
+                backend_id: BACKEND_B_TCP,
+                ip: POD_B,
+                port: TCP_PORT,
+                node_ip: NODE2_IP,
+            },
+            Entry::Backend {
+                backend_id: BACKEND_C_TCP,
+                ip: POD_C,
+                port: TCP_PORT,
+                node_ip: NODE1_IP,
+            },
+            Entry::Backend {
+                backend_id: BACKEND_B_UDP,
+                ip: POD_B,
+                port: UDP_PORT,
+                node_ip: NODE2_IP,
+            },
+            Entry::CookieCheck {
+                service_id: SVC_TCP,
+                backend_id: BACKEND_B_TCP,
+            },
+            Entry::CookieCheck {
+                service_id: SVC_UDP,
+                backend_id: BACKEND_B_UDP,
+            },
+        ];
+        for b in 0..BUCKETS {
+            entries.push(Entry::LbBucket {
+                service_id: SVC_TCP,
+                bucket: b,
+                backend_id: BACKEND_B_TCP,
+            });
+            entries.push(Entry::LbBucket {
+                service_id: SVC_UDP,
+                bucket: b,
+                backend_id: BACKEND_B_UDP,
+            });
+        }
+        for e in &entries {
+            dp.insert(e)
+                .unwrap_or_else(|err| panic!("switch insert {e:?}: {err}"));
+        }
+        self.dp = Some(dp);
+    }
+
+    fn node_config(&self, i: usize) -> Config {
+        let pods = if i == 0 {
+            vec![
+                PodConfig {
+                    ip: POD_A,
+                    veth: "vpa".into(),
+                    mac: None,
+                },
+                PodConfig {
+                    ip: POD_C,
+                    veth: "vpc".into(),
+                    mac: None,
+                },
+            ]
+        } else {
+            vec![PodConfig {
+                ip: POD_B,
+                veth: "vpb".into(),
+                mac: None,
+            }]
+        };
+        Config {
+            uplink: "uplink".into(),
+            node_ip: [NODE1_IP, NODE2_IP][i],
+            switch_ip: SWITCH_IP,
+            switch_mac: fmt_mac(self.sw_macs[i]),
+            service_cidrs: vec!["10.96.0.0/12".into()],
+            services: vec![
+                ServiceConfig {
+                    id: SVC_TCP,
+                    vip: VIP,
+                    port: 80,
+                    protocol: "tcp".into(),
+                },
+                ServiceConfig {
+                    id: SVC_UDP,
+                    vip: VIP,
+                    port: 53,
+                    protocol: "udp".into(),
+                },
+            ],
+            pods,
+            lru_size: 65536,
+            pin_dir: self.node_pins[i].clone(),
+            metrics_addr: "127.0.0.1:0".into(),
+            ..Config::default()
+        }
+    }
+
+    /// Loads and configures node `i` in-process (as the agent does).
+    fn start_node(&mut self, i: usize) {
+        let cfg = self.node_config(i);
+        let node = sys::in_netns(&self.n[i].name, move || -> talaria_node::Result<Node> {
+            let mut node = Node::load(Some(&cfg.pin_dir), cfg.lru_size)?;
+            let missing = agent::apply(&mut node, &cfg)?;
+            assert!(missing.is_empty(), "veths missing: {missing:?}");
+            Ok(node)
+        })
+        .unwrap()
+        .expect("node agent");
+        self.nodes[i] = Some(node);
+    }
+
+    fn stats(&self, i: usize) -> Stats {
+        Stats::read_pinned(&self.node_pins[i]).unwrap()
+    }
+
+    fn pod(&self, tag: &str) -> &str {
+        let name = format!("tlr-{tag}-{}", self.id);
+        &self.pods.iter().find(|p| p.name == name).expect("pod").name
+    }
+
+    fn set_buckets(&self, service_id: u16, backend_id: u32) {
+        let dp = self.dp.as_ref().unwrap();
+        for b in 0..BUCKETS {
+            dp.modify(&Entry::LbBucket {
+                service_id,
+                bucket: b,
+                backend_id,
+            })
+            .unwrap();
+        }
+    }
+}
+
+/// A TCP server in a pod: for each connection, answers a first line with
+/// "<server addr> saw <peer addr>", then sinks bytes and reports
+/// "<count> <fnv hash>" when the client half-closes.
+fn tcp_server(pod: &str, ip: Ipv4Addr, conns: usize) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h = sys::spawn_in_netns(pod, move || {
+        let l = TcpListener::bind((ip, TCP_PORT)).unwrap();
+        tx.send(()).unwrap();
+        let mut handles = Vec::new();
+        for _ in 0..conns {
+            let (mut s, peer) = l.accept().unwrap();
+            handles.push(std::thread::spawn(move || {
+                let mut line = Vec::new();
+                let mut b = [0u8; 1];
+                while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                    line.push(b[0]);
+                }
+                writeln!(s, "{ip} saw {peer}").unwrap();
+                let (mut n, mut h) = (0u64, Fnv::default());
+                let mut buf = vec![0u8; 1 << 16];
+                loop {
+                    let k = s.read(&mut buf).unwrap();
+                    if k == 0 {
+                        break;
+                    }
+                    n += k as u64;
+                    h.update(&buf[..k]);
+                }
+                writeln!(s, "{n} {}", h.0).unwrap();
+            }));
+        }
+        for h in handles {
+            h.join().unwrap();
+        }
+    })
+    .unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    h
+}
+
+#[derive(Clone, Copy)]
+struct Fnv(u64);
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+impl Fnv {
+    fn update(&mut self, b: &[u8]) {
+        for x in b {
+            self.0 = (self.0 ^ u64::from(*x)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+fn read_line(s: &mut TcpStream) -> String {
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+        line.push(b[0]);
+    }
+    String::from_utf8(line).unwrap()
+}
+
+/// Connects from `pod` to VIP:80 and sends the greeting; returns the
+/// stream and the server's first line.
+fn connect_vip(pod: &str) -> (TcpStream, String) {
+    sys::in_netns(pod, || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(5))
+                .expect("connect VIP:80");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        assert_eq!(s.peer_addr().unwrap(), SocketAddr::from((VIP, 80)));
+        s.write_all(b"hello\n").unwrap();
+        let line = read_line(&mut s);
+        (s, line)
+    })
+    .unwrap()
+}
+
+/// Sends `total` pseudo-random bytes over `s` in `chunk`s, pausing `pause`
+/// between chunks, half-closes, and returns (server's count, hash) and the
+/// local hash.
+fn transfer(mut s: TcpStream, total: usize, chunk: usize, pause: Duration) -> ((u64, u64), u64) {
+    let mut h = Fnv::default();
+    let mut buf = vec![0u8; chunk];
+    let mut x = 0x1234_5678u32;
+    let mut sent = 0;
+    while sent < total {
+        let k = chunk.min(total - sent);
+        for b in &mut buf[..k] {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        s.write_all(&buf[..k]).unwrap();
+        h.update(&buf[..k]);
+        sent += k;
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+    }
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let line = read_line(&mut s);
+    let mut it = line.split(' ').map(|v| v.parse::<u64>().unwrap());
+    ((it.next().unwrap(), it.next().unwrap()), h.0)
+}
+
+fn in_csum_errors(pod: &str) -> u64 {
+    sys::in_netns(pod, || {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp").unwrap();
+        let lines: Vec<&str> = snmp.lines().collect();
+        let mut total = 0;
+        for pair in lines.chunks(2) {
+            let (h, v) = (
+                pair[0].split_whitespace().collect::<Vec<_>>(),
+                pair[1].split_whitespace().collect::<Vec<_>>(),
+            );
+            if let Some(i) = h.iter().position(|f| *f == "InCsumErrors") {
+                total += v[i].parse::<u64>().unwrap();
+            }
+        }
+        total
+    })
+    .unwrap()
+}
+
+#[test]
+fn tcp_and_udp_reach_a_backend_replies_come_from_the_vip_and_cookies_are_learned() {
+    require_root!();
+    let lab = Lab::new();
+    // Real checksums: no tx checksum offload on either pod, so the
+    // receiver verifies every L4 checksum in software.
+    for tag in ["pa", "pb"] {
+        sys::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                lab.pod(tag),
+                "ethtool",
+                "-K",
+                "eth0",
+                "tx",
+                "off",
+            ],
+        )
+        .unwrap();
+    }
+    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(lab.pod("pa"));
+    // The backend saw the client's own address (no SNAT); the client's
+    // socket is connected to VIP:80, so the reply came from the VIP.
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
+    let ((n, hash), local) = transfer(s, 200_000, 10_000, Duration::ZERO);
+    assert_eq!((n, hash), (200_000, local));
+    server.join().unwrap();
+
+    // UDP: the reply's source is VIP:53.
+    let (ready, bound) = std::sync::mpsc::channel();
+    let udp = sys::spawn_in_netns(lab.pod("pb"), move || {
+        let s = UdpSocket::bind((POD_B, UDP_PORT)).unwrap();
+        ready.send(()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for _ in 0..3 {
+            let mut buf = [0u8; 1500];
+            let (k, peer) = s.recv_from(&mut buf).unwrap();
+            s.send_to(
+                format!("{} from {peer}", String::from_utf8_lossy(&buf[..k])).as_bytes(),
+                peer,
+            )
+            .unwrap();
+        }
+    })
+    .unwrap();
+    bound.recv_timeout(Duration::from_secs(5)).unwrap();
+    let replies = sys::in_netns(lab.pod("pa"), || {
+        let s = UdpSocket::bind((POD_A, 40053)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (0..3)
+            .map(|i| {
+                s.send_to(format!("q{i}").as_bytes(), (VIP, 53)).unwrap();
+                let mut buf = [0u8; 1500];
+                let (k, from) = s.recv_from(&mut buf).expect("UDP reply");
+                (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    udp.join().unwrap();
+    for (i, (text, from)) in replies.iter().enumerate() {
+        assert_eq!(*from, SocketAddr::from((VIP, 53)), "UDP reply source");
+        assert_eq!(text, &format!("q{i} from {POD_A}:40053"));
+    }
+
+    // Cookies: learned from the first reply, carried afterwards.
+    let cookies = lab.nodes[0].as_ref().unwrap().cookies().unwrap();
+    let udp_cookie = cookies
+        .iter()
+        .find(|c| c.0.proto == IPPROTO_UDP)
+        .expect("UDP cookie");
+    assert_eq!(
+        (udp_cookie.1.service_id, udp_cookie.1.backend_id),
+        (SVC_UDP, BACKEND_B_UDP)
+    );
+    let s1 = lab.stats(0);
+    let s2 = lab.stats(1);
+    eprintln!("node1 {:?}\nnode2 {:?}", s1.events, s2.events);
+    assert!(
+        s1.event(node_stat::COOKIE_LEARN) >= 2,
+        "one cookie per flow"
+    );
+    assert_eq!(
+        s1.event(node_stat::CACHE_MISS),
+        2,
+        "only the first packet of each flow lacks a cookie"
+    );
+    assert!(
+        s1.event(node_stat::CACHE_HIT) > 10,
+        "later packets carry the cookie"
+    );
+    assert!(s2.event(node_stat::REVERSE_NAT) > 3 && s2.event(node_stat::REVERSE_LEARN) >= 2);
+    assert_eq!(
+        in_csum_errors(lab.pod("pa")) + in_csum_errors(lab.pod("pb")),
+        0,
+        "InCsumErrors"
+    );
+    for s in [&s1, &s2] {
+        assert!(s.drops.iter().all(|d| d.1 == 0), "no drops: {:?}", s.drops);
+    }
+}
+
+fn ethtool_on(pod: &str, feature: &str) -> bool {
+    let out = sys::run("ip", &["netns", "exec", pod, "ethtool", "-k", "eth0"]).unwrap();
+    out.lines()
+        .any(|l| l.trim_start().starts_with(&format!("{feature}: on")))
+}
+
+#[test]
+fn tcp_100mb_transfer_with_gso_on() {
+    require_root!();
+    let lab = Lab::new();
+    assert!(
+        ethtool_on(lab.pod("pa"), "tcp-segmentation-offload"),
+        "TSO on in the client pod"
+    );
+    assert!(
+        ethtool_on(lab.pod("pa"), "generic-segmentation-offload"),
+        "GSO on in the client pod"
+    );
+    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(lab.pod("pa"));
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
+    const TOTAL: usize = 100 * 1024 * 1024;
+    let t = Instant::now();
+    let ((n, hash), local) = transfer(s, TOTAL, 1 << 16, Duration::ZERO);
+    let secs = t.elapsed().as_secs_f64();
+    server.join().unwrap();
+    assert_eq!(n, TOTAL as u64, "every byte arrived");
+    assert_eq!(hash, local, "payload hash matches (data intact end to end)");
+    assert_eq!(
+        in_csum_errors(lab.pod("pa")) + in_csum_errors(lab.pod("pb")),
+        0,
+        "InCsumErrors"
+    );
+    let s1 = lab.stats(0);
+    let encaps = s1.event(node_stat::ENCAP);
+    eprintln!(
+        "100 MiB in {secs:.2} s = {:.2} Gbit/s; node1 encapsulated {encaps} skbs",
+        TOTAL as f64 * 8.0 / secs / 1e9
+    );
+    // Far fewer encapsulations than 1452-byte packets: GSO super-packets
+    // were encapsulated whole and segmented after the encapsulation.
+    assert!(
+        encaps < (TOTAL / 1400 / 2) as u64,
+        "GSO packets encapsulated ({encaps} encaps)"
+    );
+    for i in 0..2 {
+        assert!(
+            lab.stats(i).drops.iter().all(|d| d.1 == 0),
+            "no drops: {:?}",
+            lab.stats(i).drops
+        );
+    }
+}
+
+#[test]
+fn established_connection_survives_a_pool_change() {
+    require_root!();
+    let lab = Lab::new();
+    let server_b = tcp_server(lab.pod("pb"), POD_B, 1);
+    let server_c = tcp_server(lab.pod("pc"), POD_C, 1);
+    let (s, line) = connect_vip(lab.pod("pa"));
+    assert!(
+        line.starts_with(&format!("{POD_B} saw")),
+        "first connection on backend b: {line}"
+    );
+    // ~4 MB over ~1.5 s; the pool changes in the middle.
+    let sender =
+        std::thread::spawn(move || transfer(s, 4 << 20, 16 << 10, Duration::from_millis(6)));
+    std::thread::sleep(Duration::from_millis(500));
+    // Backend c added, backend b removed from every bucket (its cookie
+    // stays valid while it drains, as the controller's quarantine keeps it).
+    lab.dp
+        .as_ref()
+        .unwrap()
+        .insert(&Entry::CookieCheck {
+            service_id: SVC_TCP,
+            backend_id: BACKEND_C_TCP,
+        })
+        .unwrap();
+    lab.set_buckets(SVC_TCP, BACKEND_C_TCP);
+    let (s2, line2) = connect_vip(lab.pod("pa"));
+    assert!(
+        line2.starts_with(&format!("{POD_C} saw {POD_A}:")),
+        "a new connection goes to backend c: {line2}"
+    );
+    let ((n, hash), local) = sender.join().unwrap();
+    assert_eq!(
+        (n, hash),
+        (4 << 20, local),
+        "the old connection finished on backend b, intact"
+    );
+    let ((n2, hash2), local2) = transfer(s2, 1 << 20, 64 << 10, Duration::ZERO);
+    assert_eq!((n2, hash2), (1 << 20, local2));
+    server_b.join().unwrap();
+    server_c.join().unwrap();
+    let cookies = lab.nodes[0].as_ref().unwrap().cookies().unwrap();
+    eprintln!("node1 cookies: {cookies:?}");
+}
+
+#[test]
+fn forged_encapsulation_from_a_pod_is_dropped() {
+    require_root!();
+    let lab = Lab::new();
+    // Pod a forges a reply "from the switch" for a flow of its own choosing
+    // and sends it to the switch and to node 2.
+    let inner = talaria_node::packet::ipv4(
+        talaria_node::packet::Tuple::tcp(VIP, 80, POD_A, 45000),
+        talaria_common::net::tcp_flags::ACK,
+        b"",
+    );
+    let mut payload = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 999)
+        .to_bytes()
+        .to_vec();
+    payload.extend_from_slice(&inner);
+    sys::in_netns(lab.pod("pa"), move || {
+        let s = UdpSocket::bind((POD_A, 0)).unwrap();
+        for dst in [SWITCH_IP, NODE2_IP, NODE1_IP] {
+            s.send_to(&payload, (dst, GENEVE_UDP_PORT)).unwrap();
+        }
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let s1 = lab.stats(0);
+    assert_eq!(
+        s1.dropped(DropReason::PodEncap),
+        3,
+        "dropped at the pod's veth"
+    );
+    assert_eq!(s1.event(node_stat::ENCAP), 0);
+    assert_eq!(
+        lab.stats(1).event(node_stat::DECAP),
+        0,
+        "nothing reached node 2"
+    );
+    assert!(
+        lab.nodes[0].as_ref().unwrap().cookies().unwrap().is_empty(),
+        "no cookie poisoned"
+    );
+}
+
+#[test]
+fn kube_proxy_dnat_rule_is_present_but_bypassed() {
+    require_root!();
+    let lab = Lab::new();
+    let n1 = &lab.n[0].name;
+    // A KUBE-SERVICES-style chain that would DNAT the VIP to pod c, and a
+    // node route that would make that work.
+    let ipt = |args: &[&str]| {
+        let mut v = vec!["netns", "exec", n1.as_str(), "iptables", "-t", "nat"];
+        v.extend_from_slice(args);
+        sys::run("ip", &v).unwrap()
+    };
+    ipt(&["-N", "KUBE-SERVICES"]);
+    ipt(&["-N", "KUBE-SVC-TALARIA"]);
+    ipt(&["-N", "KUBE-SEP-TALARIA"]);
+    ipt(&["-A", "PREROUTING", "-j", "KUBE-SERVICES"]);
+    ipt(&["-A", "OUTPUT", "-j", "KUBE-SERVICES"]);
+    ipt(&[
+        "-A",
+        "KUBE-SERVICES",
+        "-d",
+        "10.96.0.10/32",
+        "-p",
+        "tcp",
+        "--dport",
+        "80",
+        "-j",
+        "KUBE-SVC-TALARIA",
+    ]);
+    ipt(&["-A", "KUBE-SVC-TALARIA", "-j", "KUBE-SEP-TALARIA"]);
+    ipt(&[
+        "-A",
+        "KUBE-SEP-TALARIA",
+        "-p",
+        "tcp",
+        "-j",
+        "DNAT",
+        "--to-destination",
+        "10.244.1.3:8080",
+    ]);
+    lab.n[0]
+        .ip(&["route", "add", "10.244.1.3/32", "dev", "vpc"])
+        .unwrap();
+    let server_b = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(lab.pod("pa"));
+    assert!(
+        line.starts_with(&format!("{POD_B} saw {POD_A}:")),
+        "the switch's choice, not iptables': {line}"
+    );
+    let ((n, hash), local) = transfer(s, 1 << 20, 64 << 10, Duration::ZERO);
+    assert_eq!((n, hash), (1 << 20, local));
+    server_b.join().unwrap();
+    let counters = ipt(&["-L", "KUBE-SEP-TALARIA", "-v", "-n", "-x"]);
+    let dnat = counters
+        .lines()
+        .find(|l| l.contains("DNAT"))
+        .expect("the DNAT rule is present");
+    assert_eq!(
+        dnat.split_whitespace().next(),
+        Some("0"),
+        "the DNAT rule saw no packet: {dnat}"
+    );
+}
+
+/// A `talaria-node run` process, killed on drop.
+struct Agent(std::process::Child);
+
+impl Agent {
+    fn start(netns: &str, config: &std::path::Path) -> Self {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_talaria-node"))
+            .args(["--netns", netns, "run", "--config"])
+            .arg(config)
+            .spawn()
+            .expect("spawn talaria-node");
+        Self(child)
+    }
+
+    /// SIGTERM and wait: the agent exits, leaving everything pinned.
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let status = self.0.wait().unwrap();
+        assert!(status.success(), "agent exit: {status}");
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn agent_restart_mid_transfer_breaks_no_connection() {
+    require_root!();
+    let mut lab = Lab::new();
+    // Hand node 1 to the agent binary; the in-process loader goes away,
+    // its pinned maps and links stay.
+    lab.nodes[0] = None;
+    let cfg_path = std::env::temp_dir().join(format!("talaria-node-e2e-{}.yaml", lab.id));
+    let mut cfg = lab.node_config(0);
+    // The node namespace has its own loopback: a fixed port cannot clash.
+    cfg.metrics_addr = "127.0.0.1:9465".into();
+    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let agent = Agent::start(&lab.n[0].name, &cfg_path);
+    std::thread::sleep(Duration::from_millis(800));
+
+    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(lab.pod("pa"));
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
+    // ~8 MB over ~2 s; the agent stops, stays away, and comes back
+    // (reloading and atomically replacing both programs) in the middle.
+    let sender =
+        std::thread::spawn(move || transfer(s, 8 << 20, 16 << 10, Duration::from_millis(4)));
+    std::thread::sleep(Duration::from_millis(400));
+    let before = lab.stats(0).event(node_stat::ENCAP);
+    agent.stop();
+    std::thread::sleep(Duration::from_millis(300));
+    let agent = Agent::start(&lab.n[0].name, &cfg_path);
+    let ((n, hash), local) = sender.join().unwrap();
+    server.join().unwrap();
+    assert_eq!(
+        (n, hash),
+        (8 << 20, local),
+        "transfer intact across the restart"
+    );
+    let after = lab.stats(0).event(node_stat::ENCAP);
+    assert!(
+        after > before && before > 0,
+        "counters kept across the restart ({before} → {after})"
+    );
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_talaria-node"))
+        .args(["status", "--pin-dir"])
+        .arg(&lab.node_pins[0])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    eprintln!("{text}");
+    assert!(
+        status.status.success() && text.contains("node_uplink_ingress@uplink"),
+        "status lists the links"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = sys::in_netns(&lab.n[0].name, || {
+        let mut s = TcpStream::connect("127.0.0.1:9465").expect("metrics endpoint");
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body
+    })
+    .unwrap();
+    assert!(metrics.contains(&format!(
+        "talaria_node_events_total{{event=\"encap\"}} {}",
+        lab.stats(0).event(node_stat::ENCAP)
+    )));
+    assert!(
+        metrics.contains("talaria_node_drops_total{reason=\"pod_spoof\"} 0"),
+        "{metrics}"
+    );
+    agent.stop();
+    let _ = std::fs::remove_file(&cfg_path);
+}
+
+const UDP_SEGMENT: libc::c_int = 103;
+
+#[test]
+fn udp_gso_datagrams_reach_the_backend() {
+    require_root!();
+    let lab = Lab::new();
+    // The agent turned UDP segmentation off on the uplinks (the fix for the
+    // UDP-GSO-after-decap quirk); with it on, this test loses all 40.
+    let features = sys::run(
+        "ip",
+        &["netns", "exec", &lab.n[0].name, "ethtool", "-k", "uplink"],
+    )
+    .unwrap();
+    assert!(
+        features.contains("tx-udp-segmentation: off"),
+        "agent set tx-udp-segmentation off"
+    );
+    let (ready, bound) = std::sync::mpsc::channel();
+    let server = sys::spawn_in_netns(lab.pod("pb"), move || {
+        let s = UdpSocket::bind((POD_B, UDP_PORT)).unwrap();
+        ready.send(()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2000];
+        while let Ok((k, _)) = s.recv_from(&mut buf) {
+            got.push(buf[..k].to_vec());
+        }
+        got
+    })
+    .unwrap();
+    bound.recv_timeout(Duration::from_secs(5)).unwrap();
+    sys::in_netns(lab.pod("pa"), || {
+        use std::os::fd::AsRawFd;
+        let s = UdpSocket::bind((POD_A, 0)).unwrap();
+        let seg: libc::c_int = 1000;
+        // SAFETY: setsockopt with a valid int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_UDP,
+                UDP_SEGMENT,
+                &seg as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "UDP_SEGMENT");
+        for i in 0..5u8 {
+            // One send, eight 1000-byte datagrams (a UDP GSO skb).
+            s.send_to(&[i; 8000], (VIP, 53)).unwrap();
+        }
+    })
+    .unwrap();
+    let got = server.join().unwrap();
+    let s1 = lab.stats(0);
+    let s2 = lab.stats(1);
+    eprintln!(
+        "received {} datagrams; node1 {:?}; node2 {:?} drops {:?}",
+        got.len(),
+        s1.events,
+        s2.events,
+        s2.drops
+    );
+    assert_eq!(got.len(), 40, "every segment of every UDP GSO send arrived");
+    assert!(got.iter().all(|d| d.len() == 1000));
+}
+
+#[test]
+fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
+    require_root!();
+    let lab = Lab::new();
+    // Nothing listens on backend b's UDP port: its kernel answers with ICMP
+    // port unreachable, which must reach the client as coming from the
+    // VIP about VIP:53 (a connected UDP socket then reports ECONNREFUSED).
+    let err = sys::in_netns(lab.pod("pa"), || {
+        let s = UdpSocket::bind((POD_A, 0)).unwrap();
+        s.connect((VIP, 53)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        s.send(b"anyone?").unwrap();
+        let mut buf = [0u8; 100];
+        s.recv(&mut buf).unwrap_err()
+    })
+    .unwrap();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(lab.stats(1).event(node_stat::REVERSE_NAT) >= 1);
+}
+
+#[test]
+fn agent_attaches_a_pod_veth_that_appears_later() {
+    require_root!();
+    let mut lab = Lab::new();
+    lab.nodes[0] = None;
+    const POD_D: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
+    let mut cfg = lab.node_config(0);
+    cfg.pods.push(PodConfig {
+        ip: POD_D,
+        veth: "vpd".into(),
+        mac: None,
+    });
+    let cfg_path = std::env::temp_dir().join(format!("talaria-node-e2e-{}.yaml", lab.id));
+    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let agent = Agent::start(&lab.n[0].name, &cfg_path);
+    std::thread::sleep(Duration::from_millis(800));
+    // The pod (and its veth) is created after the agent started.
+    let name = format!("tlr-pd-{}", lab.id);
+    let pod = add_pod(&lab.n[0], "vpd", POD_D, &name);
+    lab.pods.push(pod);
+    let link = lab.node_pins[0]
+        .join("links")
+        .join(node::link_pin_name(node::PROG_POD, "vpd"));
+    let t = Instant::now();
+    while !link.exists() && t.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(link.exists(), "agent attached to the new veth within 5 s");
+    eprintln!("attached {:?} after the veth appeared", t.elapsed());
+    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(&name);
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_D}:")), "{line}");
+    let ((n, hash), local) = transfer(s, 1 << 20, 64 << 10, Duration::ZERO);
+    assert_eq!((n, hash), (1 << 20, local));
+    server.join().unwrap();
+    agent.stop();
+    let _ = std::fs::remove_file(&cfg_path);
+}

@@ -1,0 +1,616 @@
+//! Packet scenarios for both node programs through `BPF_PROG_TEST_RUN`:
+//! a table-like series of {input packet, verdict, output packet, map
+//! state}. Root-only (loading programs needs CAP_BPF); skipped otherwise.
+//!
+//! `BPF_PROG_TEST_RUN` runs the program on a fake skb whose device is `lo`
+//! (ifindex 1), so the test pods are registered on ifindex 1; redirects
+//! are returned as `TC_ACT_REDIRECT` without being carried out.
+
+use std::net::Ipv4Addr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use talaria_common::{
+    be::{Be16, Be32},
+    drop::DropReason,
+    maps::{node_stat, CookieEntry, NodeConfig, PodEntry, ServiceAddr},
+    net::tcp_flags,
+    wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_UDP_PORT},
+};
+use talaria_node::{
+    node::{Node, PROG_POD, PROG_UPLINK},
+    packet::{eth, ip_checksum_ok, ipv4, l4_checksum_ok, talaria, Frame, Tuple},
+};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
+const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+const NODE_MAC: [u8; 6] = [2, 0, 0, 0, 1, 1];
+const SWITCH_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 2);
+const BACKEND: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 3);
+const REMOTE_CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const VIP_UDP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const POD_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
+const HOST_VETH_MAC: [u8; 6] = [2, 0, 0, 0, 3, 3];
+const SVC_TCP: u16 = 7;
+const SVC_UDP: u16 = 8;
+
+fn is_root() -> bool {
+    // SAFETY: trivial libc call.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
+            return;
+        }
+    };
+}
+
+fn node() -> Node {
+    let mut n = Node::load(None, 4096).expect("load and verify the node programs");
+    n.set_config(&NodeConfig {
+        node_ip: Be32(NODE_IP.octets()),
+        switch_ip: Be32(SWITCH_IP.octets()),
+        uplink_ifindex: 1,
+        node_mac: NODE_MAC,
+        switch_mac: SWITCH_MAC,
+        udp_idle_ns: 120_000_000_000,
+    })
+    .unwrap();
+    n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])
+        .unwrap();
+    n.set_services(&[
+        (
+            SVC_TCP,
+            ServiceAddr {
+                vip: Be32(VIP.octets()),
+                port: Be16::new(80),
+                proto: 6,
+                _pad: 0,
+            },
+        ),
+        (
+            SVC_UDP,
+            ServiceAddr {
+                vip: Be32(VIP_UDP.octets()),
+                port: Be16::new(53),
+                proto: 17,
+                _pad: 0,
+            },
+        ),
+    ])
+    .unwrap();
+    let pod = PodEntry {
+        ifindex: 1,
+        mac: POD_MAC,
+        host_mac: HOST_VETH_MAC,
+    };
+    n.set_pods(&[(CLIENT, pod), (BACKEND, pod)]).unwrap();
+    n
+}
+
+/// Runs `prog` once on `pkt`: (verdict, output frame).
+fn run(n: &Node, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; pkt.len() + 256];
+    let r = n
+        .program(prog)
+        .unwrap()
+        .test_run(TestRunOptions {
+            data_in: Some(pkt),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+fn from_pod(t: Tuple, tcp: u8, payload: &[u8]) -> Vec<u8> {
+    eth(HOST_VETH_MAC, POD_MAC, &ipv4(t, tcp, payload))
+}
+
+fn from_switch(outer_src: Ipv4Addr, enc: TalariaEncap, inner: &[u8]) -> Vec<u8> {
+    talaria(NODE_MAC, SWITCH_MAC, outer_src, NODE_IP, enc, inner)
+}
+
+/// Checks the outer headers of an encapsulated frame and returns its
+/// Talaria header and inner packet.
+fn check_encap(out: &[u8], inner_len: usize) -> (TalariaEncap, Vec<u8>) {
+    assert_eq!(
+        out.len(),
+        14 + inner_len + ENCAP_OVERHEAD,
+        "grown by the encapsulation"
+    );
+    let f = Frame::parse(out);
+    assert_eq!(
+        (f.dst_mac, f.src_mac),
+        (SWITCH_MAC, NODE_MAC),
+        "MACs node → switch"
+    );
+    assert_eq!(
+        (f.ip_src(), f.ip_dst()),
+        (NODE_IP, SWITCH_IP),
+        "outer node → switch"
+    );
+    assert!(ip_checksum_ok(&f.ip), "outer IPv4 checksum");
+    assert_eq!(
+        u16::from_be_bytes([f.ip[2], f.ip[3]]) as usize,
+        f.ip.len(),
+        "outer total length"
+    );
+    let t = f.tuple();
+    assert_eq!(t.dport, GENEVE_UDP_PORT);
+    assert!(t.sport >= 49152, "outer sport {} in 49152–65535", t.sport);
+    assert_eq!(&f.ip[26..28], &[0, 0], "outer UDP checksum 0");
+    assert_eq!(
+        u16::from_be_bytes([f.ip[24], f.ip[25]]) as usize,
+        f.ip.len() - 20,
+        "outer UDP length"
+    );
+    let (enc, inner) = f.talaria().expect("a Talaria packet");
+    enc.validate().expect("valid Talaria header");
+    (enc, inner)
+}
+
+#[test]
+fn encap_on_cache_miss_marks_new_flow() {
+    require_root!();
+    let n = node();
+    let t = Tuple::tcp(CLIENT, 40000, VIP, 80);
+    let inner = ipv4(t, tcp_flags::SYN, b"");
+    let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &inner));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (enc, got_inner) = check_encap(&out, inner.len());
+    assert_eq!(enc.opt.flags, flags::NEW_FLOW);
+    assert_eq!((enc.opt.service_id.get(), enc.opt.backend_id.get()), (0, 0));
+    assert_eq!(got_inner, inner, "inner packet untouched");
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::ENCAP),
+            s.event(node_stat::CACHE_MISS),
+            s.event(node_stat::CACHE_HIT)
+        ),
+        (1, 1, 0)
+    );
+}
+
+#[test]
+fn encap_on_cache_hit_carries_the_cookie() {
+    require_root!();
+    let mut n = node();
+    let t = Tuple::udp(CLIENT, 40001, VIP_UDP, 53);
+    n.insert_cookie(
+        &t.key(),
+        &CookieEntry {
+            service_id: SVC_UDP,
+            backend_id: 42,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let inner = ipv4(t, 0, b"query");
+    let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &inner));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (enc, got_inner) = check_encap(&out, inner.len());
+    assert_eq!(enc.opt.flags, flags::COOKIE_VALID);
+    assert_eq!(
+        (enc.opt.service_id.get(), enc.opt.backend_id.get()),
+        (SVC_UDP, 42)
+    );
+    assert_eq!(got_inner, inner);
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::CACHE_HIT),
+            s.event(node_stat::CACHE_MISS)
+        ),
+        (1, 0)
+    );
+    let cookies = n.cookies().unwrap();
+    assert!(
+        cookies[0].1.last_seen_ns > 0,
+        "last use recorded for UDP idle expiry"
+    );
+}
+
+#[test]
+fn forged_encap_from_a_pod_is_dropped() {
+    require_root!();
+    let n = node();
+    let inner = ipv4(Tuple::tcp(CLIENT, 1, VIP, 80), tcp_flags::SYN, b"");
+    let enc = TalariaEncap::new(flags::COOKIE_VALID | flags::REPLY, SVC_TCP, 1);
+    // A pod hand-crafting Geneve/Talaria, to the switch and to anywhere.
+    for dst in [SWITCH_IP, VIP, Ipv4Addr::new(10, 244, 2, 9)] {
+        let forged = talaria(HOST_VETH_MAC, POD_MAC, CLIENT, dst, enc, &inner);
+        let (verdict, _) = run(&n, PROG_POD, &forged);
+        assert_eq!(verdict, TC_ACT_SHOT, "forged encapsulation to {dst}");
+    }
+    assert_eq!(n.stats().unwrap().dropped(DropReason::PodEncap), 3);
+    assert_eq!(n.stats().unwrap().event(node_stat::ENCAP), 0);
+}
+
+#[test]
+fn spoofed_source_is_dropped() {
+    require_root!();
+    let n = node();
+    for src in [Ipv4Addr::new(10, 244, 1, 99), REMOTE_CLIENT] {
+        let (verdict, _) = run(
+            &n,
+            PROG_POD,
+            &from_pod(Tuple::tcp(src, 40000, VIP, 80), tcp_flags::SYN, b""),
+        );
+        assert_eq!(verdict, TC_ACT_SHOT, "spoofed source {src}");
+    }
+    assert_eq!(n.stats().unwrap().dropped(DropReason::PodSpoof), 2);
+    assert!(
+        n.cookies().unwrap().is_empty(),
+        "no state from spoofed packets"
+    );
+}
+
+#[test]
+fn other_pod_traffic_passes_untouched() {
+    require_root!();
+    let n = node();
+    let pkt = from_pod(
+        Tuple::tcp(CLIENT, 40000, REMOTE_CLIENT, 8080),
+        tcp_flags::SYN,
+        b"hi",
+    );
+    let (verdict, out) = run(&n, PROG_POD, &pkt);
+    assert_eq!((verdict, out), (TC_ACT_OK, pkt));
+    let arp = [
+        vec![0xff; 6],
+        POD_MAC.to_vec(),
+        vec![0x08, 0x06],
+        vec![0; 28],
+    ]
+    .concat();
+    assert_eq!(run(&n, PROG_POD, &arp).0, TC_ACT_OK);
+}
+
+#[test]
+fn decap_of_a_reply_learns_the_cookie() {
+    require_root!();
+    let n = node();
+    let client_flow = Tuple::tcp(CLIENT, 40000, VIP, 80);
+    let reply = ipv4(client_flow.reversed(), tcp_flags::SYN | tcp_flags::ACK, b"");
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let f = Frame::parse(&out);
+    assert_eq!(f.ip, reply, "decapsulated to the inner packet");
+    assert_eq!((f.dst_mac, f.src_mac), (POD_MAC, HOST_VETH_MAC));
+    let cookies = n.cookies().unwrap();
+    assert_eq!(cookies.len(), 1);
+    assert_eq!(
+        cookies[0].0,
+        client_flow.key(),
+        "keyed on the client's flow"
+    );
+    assert_eq!(
+        (cookies[0].1.service_id, cookies[0].1.backend_id),
+        (SVC_TCP, 42)
+    );
+    // The client's next packet carries the cookie.
+    let (_, out) = run(
+        &n,
+        PROG_POD,
+        &from_pod(client_flow, tcp_flags::ACK, b"GET /"),
+    );
+    let (enc, _) = check_encap(&out, ipv4(client_flow, tcp_flags::ACK, b"GET /").len());
+    assert_eq!(
+        (enc.opt.flags, enc.opt.backend_id.get()),
+        (flags::COOKIE_VALID, 42)
+    );
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::DECAP),
+            s.event(node_stat::COOKIE_LEARN),
+            s.event(node_stat::CACHE_HIT)
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn tunnel_from_anyone_but_the_switch_is_dropped() {
+    require_root!();
+    let n = node();
+    let inner = ipv4(Tuple::tcp(VIP, 80, CLIENT, 40000), tcp_flags::ACK, b"");
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 66);
+    let (verdict, _) = run(
+        &n,
+        PROG_UPLINK,
+        &from_switch(Ipv4Addr::new(10, 200, 2, 1), enc, &inner),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::TunnelSource), 1);
+    assert!(
+        n.cookies().unwrap().is_empty(),
+        "nothing learned from a forged tunnel"
+    );
+}
+
+#[test]
+fn malformed_or_misaddressed_tunnel_packets() {
+    require_root!();
+    let n = node();
+    let inner = ipv4(Tuple::tcp(VIP, 80, CLIENT, 40000), tcp_flags::ACK, b"");
+    let mut bad = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 1);
+    bad.geneve.ver_opt_len |= 0x40; // Geneve version 1
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, bad, &inner)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(n.stats().unwrap().dropped(DropReason::GeneveVersion), 1);
+
+    let to_nobody = ipv4(
+        Tuple::tcp(VIP, 80, Ipv4Addr::new(10, 244, 1, 200), 40000),
+        tcp_flags::ACK,
+        b"",
+    );
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 1);
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &to_nobody)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(n.stats().unwrap().dropped(DropReason::UnknownPod), 1);
+
+    // Plain UDP and tunnels addressed to someone else pass untouched.
+    let plain = eth(
+        NODE_MAC,
+        SWITCH_MAC,
+        &ipv4(Tuple::udp(SWITCH_IP, 5000, NODE_IP, 53), 0, b"x"),
+    );
+    assert_eq!(run(&n, PROG_UPLINK, &plain).0, TC_ACT_OK);
+    let other = talaria(
+        NODE_MAC,
+        SWITCH_MAC,
+        SWITCH_IP,
+        Ipv4Addr::new(10, 200, 9, 9),
+        enc,
+        &inner,
+    );
+    assert_eq!(run(&n, PROG_UPLINK, &other).0, TC_ACT_OK);
+}
+
+/// Backend side: a request records the reverse-flow entry; the backend's
+/// reply is reverse-NATed to VIP:port with valid checksums and sent with
+/// REPLY | COOKIE_VALID.
+fn reverse_nat_roundtrip(proto_tcp: bool) {
+    let n = node();
+    let (vip, port, svc) = if proto_tcp {
+        (VIP, 80, SVC_TCP)
+    } else {
+        (VIP_UDP, 53, SVC_UDP)
+    };
+    let mk = |src, sp, dst, dp| {
+        if proto_tcp {
+            Tuple::tcp(src, sp, dst, dp)
+        } else {
+            Tuple::udp(src, sp, dst, dp)
+        }
+    };
+    // After the switch's DNAT: remote client → backend pod:8080.
+    let request = mk(REMOTE_CLIENT, 40000, BACKEND, 8080);
+    let req = ipv4(request, tcp_flags::SYN, b"ping");
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, svc, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &req));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(Frame::parse(&out).ip, req);
+    let rev = n.reverse_flows().unwrap();
+    assert_eq!(rev.len(), 1);
+    assert_eq!(
+        rev[0].0,
+        request.reversed().key(),
+        "keyed on backend → client"
+    );
+    assert_eq!(
+        (rev[0].1.vip.0, rev[0].1.vip_port.get()),
+        (vip.octets(), port)
+    );
+    assert_eq!((rev[0].1.service_id, rev[0].1.backend_id), (svc, 42));
+
+    let reply = ipv4(
+        request.reversed(),
+        tcp_flags::SYN | tcp_flags::ACK,
+        b"pong!",
+    );
+    let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (enc, inner) = check_encap(&out, reply.len());
+    assert_eq!(enc.opt.flags, flags::REPLY | flags::COOKIE_VALID);
+    assert_eq!(
+        (enc.opt.service_id.get(), enc.opt.backend_id.get()),
+        (svc, 42)
+    );
+    let f = Frame {
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        ip: inner,
+    };
+    assert_eq!(
+        f.tuple(),
+        mk(vip, port, REMOTE_CLIENT, 40000),
+        "source restored to VIP:port"
+    );
+    assert!(
+        ip_checksum_ok(&f.ip),
+        "inner IPv4 checksum after reverse NAT"
+    );
+    assert!(l4_checksum_ok(&f.ip), "inner L4 checksum after reverse NAT");
+    assert_eq!(n.stats().unwrap().event(node_stat::REVERSE_NAT), 1);
+}
+
+#[test]
+fn reverse_nat_on_tcp_reply() {
+    require_root!();
+    reverse_nat_roundtrip(true);
+}
+
+#[test]
+fn reverse_nat_on_udp_reply() {
+    require_root!();
+    reverse_nat_roundtrip(false);
+}
+
+#[test]
+fn rst_removes_flow_state_and_fin_is_recorded() {
+    require_root!();
+    let mut n = node();
+    let t = Tuple::tcp(CLIENT, 40002, VIP, 80);
+    n.insert_cookie(
+        &t.key(),
+        &CookieEntry {
+            service_id: SVC_TCP,
+            backend_id: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    run(
+        &n,
+        PROG_POD,
+        &from_pod(t, tcp_flags::FIN | tcp_flags::ACK, b""),
+    );
+    assert_eq!(
+        n.cookies().unwrap()[0].1.fin_seen,
+        talaria_common::maps::FIN_FROM_CLIENT
+    );
+    let (verdict, out) = run(&n, PROG_POD, &from_pod(t, tcp_flags::RST, b""));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (enc, _) = check_encap(&out, ipv4(t, tcp_flags::RST, b"").len());
+    assert_eq!(
+        enc.opt.backend_id.get(),
+        5,
+        "the RST itself still carries the cookie"
+    );
+    assert!(n.cookies().unwrap().is_empty(), "RST removed the cookie");
+
+    // Backend side: an inbound RST removes the reverse-flow entry.
+    let request = Tuple::tcp(REMOTE_CLIENT, 40003, BACKEND, 8080);
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 42);
+    run(
+        &n,
+        PROG_UPLINK,
+        &from_switch(SWITCH_IP, enc, &ipv4(request, tcp_flags::SYN, b"")),
+    );
+    assert_eq!(n.reverse_flows().unwrap().len(), 1);
+    run(
+        &n,
+        PROG_UPLINK,
+        &from_switch(SWITCH_IP, enc, &ipv4(request, tcp_flags::RST, b"")),
+    );
+    assert!(n.reverse_flows().unwrap().is_empty());
+    assert_eq!(n.stats().unwrap().event(node_stat::FLOW_RESET), 2);
+}
+
+#[test]
+fn gc_removes_idle_udp_and_finished_tcp_flows() {
+    require_root!();
+    let mut n = node();
+    let udp = Tuple::udp(CLIENT, 40004, VIP_UDP, 53);
+    let tcp_open = Tuple::tcp(CLIENT, 40005, VIP, 80);
+    let tcp_done = Tuple::tcp(CLIENT, 40006, VIP, 80);
+    let e = CookieEntry {
+        service_id: 1,
+        backend_id: 1,
+        last_seen_ns: 1_000,
+        ..Default::default()
+    };
+    n.insert_cookie(&udp.key(), &e).unwrap();
+    n.insert_cookie(&tcp_open.key(), &e).unwrap();
+    n.insert_cookie(&tcp_done.key(), &CookieEntry { fin_seen: 3, ..e })
+        .unwrap();
+    assert_eq!(
+        n.gc(2_000, 10_000, 10_000).unwrap(),
+        (0, 0),
+        "nothing idle yet"
+    );
+    assert_eq!(n.gc(1_000_000, 10_000, 10_000).unwrap(), (2, 0));
+    let left: Vec<_> = n.cookies().unwrap().into_iter().map(|c| c.0).collect();
+    assert_eq!(
+        left,
+        vec![tcp_open.key()],
+        "an open TCP flow stays however idle"
+    );
+}
+
+#[test]
+fn icmp_error_from_a_backend_is_reverse_natted() {
+    require_root!();
+    let n = node();
+    let request = Tuple::tcp(REMOTE_CLIENT, 40000, BACKEND, 8080);
+    let req = ipv4(request, tcp_flags::ACK, &[0u8; 1400]);
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 42);
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &req)).0,
+        TC_ACT_REDIRECT
+    );
+    // The backend pod answers "fragmentation needed, MTU 1000" about it.
+    let icmp = talaria_node::packet::icmp_error(BACKEND, REMOTE_CLIENT, 3, 4, 1000, &req);
+    let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &icmp));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (enc, inner) = check_encap(&out, icmp.len());
+    assert_eq!(enc.opt.flags, flags::REPLY | flags::COOKIE_VALID);
+    assert_eq!(
+        (enc.opt.service_id.get(), enc.opt.backend_id.get()),
+        (SVC_TCP, 42)
+    );
+    let f = Frame {
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        ip: inner.clone(),
+    };
+    assert_eq!(
+        (f.ip_src(), f.ip_dst()),
+        (VIP, REMOTE_CLIENT),
+        "error comes from the VIP"
+    );
+    assert!(ip_checksum_ok(&inner), "outer IPv4 checksum");
+    assert!(
+        talaria_node::packet::icmp_checksum_ok(&inner),
+        "ICMP checksum"
+    );
+    let quoted = Frame {
+        dst_mac: [0; 6],
+        src_mac: [0; 6],
+        ip: inner[28..].to_vec(),
+    };
+    assert_eq!(quoted.ip_dst(), VIP, "quoted destination is the VIP");
+    assert_eq!(
+        u16::from_be_bytes([quoted.ip[22], quoted.ip[23]]),
+        80,
+        "quoted port is the Service port"
+    );
+    assert!(ip_checksum_ok(&quoted.ip), "quoted IPv4 checksum");
+    assert_eq!(u16::from_be_bytes([inner[26], inner[27]]), 1000, "MTU kept");
+
+    // On the client's node the error is decapsulated and delivered.
+    let client_side = talaria_node::packet::icmp_error(
+        VIP,
+        CLIENT,
+        3,
+        4,
+        1000,
+        &ipv4(Tuple::tcp(CLIENT, 40000, VIP, 80), 0, b""),
+    );
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &client_side));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(Frame::parse(&out).ip, client_side);
+    assert!(
+        n.cookies().unwrap().is_empty(),
+        "nothing learned from an ICMP error"
+    );
+}

@@ -1,0 +1,497 @@
+//! [`Target`] over the pinned maps: P4Runtime write semantics with one
+//! bpf(2) call per check-and-write (`BPF_NOEXIST` for INSERT, `BPF_EXIST`
+//! for MODIFY), table sizes from `talaria_common::p4`.
+
+use std::{
+    io,
+    net::Ipv4Addr,
+    os::fd::{AsFd, OwnedFd},
+};
+
+use talaria_common::{
+    be::{Be16, Be32},
+    drop::{DROP_REASON_COUNT, LB_EVENT_COUNT},
+    maps::{
+        BackendValue, BucketValue, Ipv4LpmKey, NodeValue, PacketBytes, RouteValue, ServiceKey,
+        ServiceScopedKey, ServiceValue,
+    },
+    p4::Table,
+};
+use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
+
+use crate::{
+    entry::{CounterId, Entry, Ipv4Prefix, RouteAction, TableKind, Target, TargetError},
+    sys, Dataplane,
+};
+
+/// The bytes of a `repr(C)` map key or value without padding.
+fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
+    // SAFETY: `Pod` types have no padding and no invalid bit patterns.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+fn from_bytes<T: aya::Pod>(b: &[u8]) -> T {
+    assert_eq!(b.len(), std::mem::size_of::<T>());
+    // SAFETY: `Pod`, and the length was checked; read_unaligned copes with
+    // any alignment of the buffer.
+    unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<T>()) }
+}
+
+fn map_err(e: io::Error) -> TargetError {
+    TargetError::Map(Box::new(e))
+}
+
+/// Unused value of the exact-match tables whose actions have no
+/// parameters (`switch_addr`, `cookie_check`).
+const PRESENT: u32 = 1;
+
+fn lpm_key(p: &Ipv4Prefix) -> Result<Ipv4LpmKey, TargetError> {
+    if p.len > 32 {
+        return Err(TargetError::Invalid(format!(
+            "prefix length {} > 32",
+            p.len
+        )));
+    }
+    let addr = u32::from(p.addr);
+    let mask = if p.len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - p.len)
+    };
+    if addr & !mask != 0 {
+        return Err(TargetError::Invalid(format!(
+            "{}/{} has host bits set",
+            p.addr, p.len
+        )));
+    }
+    Ok(Ipv4LpmKey {
+        prefix_len: u32::from(p.len),
+        addr: Be32::new(addr),
+    })
+}
+
+fn be32(a: Ipv4Addr) -> Be32 {
+    Be32(a.octets())
+}
+
+fn addr(b: Be32) -> Ipv4Addr {
+    Ipv4Addr::from(b.0)
+}
+
+impl Dataplane {
+    fn table_fd(&self, table: TableKind) -> &OwnedFd {
+        match table {
+            Table::Ipv4Route => &self.maps.ipv4_route,
+            Table::SwitchAddr => &self.maps.switch_addr,
+            Table::ServiceV4 => &self.maps.service_v4,
+            Table::CookieCheck => &self.maps.cookie_check,
+            Table::LbBucket => &self.maps.lb_bucket,
+            Table::Backend => &self.maps.backend,
+            Table::PodNode => &self.maps.pod_node,
+        }
+    }
+
+    /// The map key and value of `entry`.
+    fn encode(entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), TargetError> {
+        Ok(match *entry {
+            Entry::Ipv4Route { dst, action } => {
+                let value = match action {
+                    RouteAction::Forward {
+                        port,
+                        src_mac,
+                        dst_mac,
+                    } => {
+                        if u32::from(port) >= PORT_COUNT {
+                            return Err(TargetError::Invalid(format!(
+                                "port {port} does not fit 9 bits"
+                            )));
+                        }
+                        RouteValue {
+                            port: u32::from(port),
+                            src_mac,
+                            dst_mac,
+                        }
+                    }
+                    RouteAction::Drop => RouteValue {
+                        port: ROUTE_DROP_PORT,
+                        ..Default::default()
+                    },
+                };
+                (bytes_of(&lpm_key(&dst)?), bytes_of(&value))
+            }
+            Entry::SwitchAddr { addr } => (be32(addr).0.to_vec(), PRESENT.to_ne_bytes().to_vec()),
+            Entry::ServiceV4 {
+                vip,
+                port,
+                proto,
+                service_id,
+                bucket_mask,
+                hash_mode,
+            } => (
+                bytes_of(&ServiceKey {
+                    vip: be32(vip),
+                    port: Be16::new(port),
+                    proto,
+                    _pad: 0,
+                }),
+                bytes_of(&ServiceValue {
+                    service_id,
+                    bucket_mask,
+                    hash_mode,
+                    _pad: [0; 3],
+                }),
+            ),
+            Entry::CookieCheck {
+                service_id,
+                backend_id,
+            } => (
+                bytes_of(&ServiceScopedKey {
+                    service_id,
+                    _pad: 0,
+                    id: backend_id,
+                }),
+                PRESENT.to_ne_bytes().to_vec(),
+            ),
+            Entry::LbBucket {
+                service_id,
+                bucket,
+                backend_id,
+            } => (
+                bytes_of(&ServiceScopedKey {
+                    service_id,
+                    _pad: 0,
+                    id: u32::from(bucket),
+                }),
+                bytes_of(&BucketValue { backend_id }),
+            ),
+            Entry::Backend {
+                backend_id,
+                ip,
+                port,
+                node_ip,
+            } => (
+                backend_id.to_ne_bytes().to_vec(),
+                bytes_of(&BackendValue {
+                    ip: be32(ip),
+                    port: Be16::new(port),
+                    _pad: 0,
+                    node_ip: be32(node_ip),
+                }),
+            ),
+            Entry::PodNode { dst, node_ip } => (
+                bytes_of(&lpm_key(&dst)?),
+                bytes_of(&NodeValue {
+                    node_ip: be32(node_ip),
+                }),
+            ),
+        })
+    }
+
+    /// The entry of `table` stored under `key` with `value`.
+    fn decode(table: TableKind, key: &[u8], value: &[u8]) -> Entry {
+        let prefix = |k: Ipv4LpmKey| Ipv4Prefix {
+            addr: addr(k.addr),
+            len: k.prefix_len as u8,
+        };
+        match table {
+            Table::Ipv4Route => {
+                let v: RouteValue = from_bytes(value);
+                let action = if v.port == ROUTE_DROP_PORT {
+                    RouteAction::Drop
+                } else {
+                    RouteAction::Forward {
+                        port: v.port as u16,
+                        src_mac: v.src_mac,
+                        dst_mac: v.dst_mac,
+                    }
+                };
+                Entry::Ipv4Route {
+                    dst: prefix(from_bytes(key)),
+                    action,
+                }
+            }
+            Table::SwitchAddr => Entry::SwitchAddr {
+                addr: Ipv4Addr::new(key[0], key[1], key[2], key[3]),
+            },
+            Table::ServiceV4 => {
+                let k: ServiceKey = from_bytes(key);
+                let v: ServiceValue = from_bytes(value);
+                Entry::ServiceV4 {
+                    vip: addr(k.vip),
+                    port: k.port.get(),
+                    proto: k.proto,
+                    service_id: v.service_id,
+                    bucket_mask: v.bucket_mask,
+                    hash_mode: v.hash_mode,
+                }
+            }
+            Table::CookieCheck => {
+                let k: ServiceScopedKey = from_bytes(key);
+                Entry::CookieCheck {
+                    service_id: k.service_id,
+                    backend_id: k.id,
+                }
+            }
+            Table::LbBucket => {
+                let k: ServiceScopedKey = from_bytes(key);
+                let v: BucketValue = from_bytes(value);
+                Entry::LbBucket {
+                    service_id: k.service_id,
+                    bucket: k.id as u16,
+                    backend_id: v.backend_id,
+                }
+            }
+            Table::Backend => {
+                let v: BackendValue = from_bytes(value);
+                Entry::Backend {
+                    backend_id: from_bytes(key),
+                    ip: addr(v.ip),
+                    port: v.port.get(),
+                    node_ip: addr(v.node_ip),
+                }
+            }
+            Table::PodNode => {
+                let v: NodeValue = from_bytes(value);
+                Entry::PodNode {
+                    dst: prefix(from_bytes(key)),
+                    node_ip: addr(v.node_ip),
+                }
+            }
+        }
+    }
+
+    fn write(&self, entry: &Entry, flags: u64) -> Result<(), TargetError> {
+        let table = entry.table();
+        let (key, value) = Self::encode(entry)?;
+        sys::map_update(self.table_fd(table).as_fd(), &key, &value, flags).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::EEXIST) => TargetError::AlreadyExists,
+                Some(libc::ENOENT) => TargetError::NotFound,
+                // Hash maps say E2BIG when full, LPM tries ENOSPC.
+                Some(libc::E2BIG) | Some(libc::ENOSPC) => TargetError::Full {
+                    size: table_size(table),
+                },
+                _ => map_err(e),
+            }
+        })
+    }
+
+    /// A zeroed direct-counter cell for a new `backend` entry.
+    fn reset_backend_counter(&self, backend_id: u32) -> Result<(), TargetError> {
+        let zero = vec![0u8; std::mem::size_of::<PacketBytes>() * self.ncpus];
+        sys::map_update(
+            self.maps.backend_counter.as_fd(),
+            &backend_id.to_ne_bytes(),
+            &zero,
+            sys::BPF_ANY,
+        )
+        .map_err(map_err)
+    }
+}
+
+/// The P4 `size` of `table`, which is its map's `max_entries`.
+pub fn table_size(table: TableKind) -> u32 {
+    match table {
+        Table::Ipv4Route => size::IPV4_ROUTE,
+        Table::SwitchAddr => size::SWITCH_ADDR,
+        Table::ServiceV4 => size::SERVICE_V4,
+        Table::CookieCheck => size::COOKIE_CHECK,
+        Table::LbBucket => size::LB_BUCKET,
+        Table::Backend => size::BACKEND,
+        Table::PodNode => size::POD_NODE,
+    }
+}
+
+impl Target for Dataplane {
+    fn insert(&self, entry: &Entry) -> Result<(), TargetError> {
+        self.write(entry, sys::BPF_NOEXIST)?;
+        if let Entry::Backend { backend_id, .. } = entry {
+            // P4 direct counters start at zero with their entry.
+            self.reset_backend_counter(*backend_id)?;
+        }
+        Ok(())
+    }
+
+    fn modify(&self, entry: &Entry) -> Result<(), TargetError> {
+        self.write(entry, sys::BPF_EXIST)
+    }
+
+    fn delete(&self, entry: &Entry) -> Result<(), TargetError> {
+        let table = entry.table();
+        let (key, _) = Self::encode(entry)?;
+        sys::map_delete(self.table_fd(table).as_fd(), &key).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOENT) => TargetError::NotFound,
+                _ => map_err(e),
+            }
+        })?;
+        if let Entry::Backend { backend_id, .. } = entry {
+            let _ = sys::map_delete(self.maps.backend_counter.as_fd(), &backend_id.to_ne_bytes());
+        }
+        Ok(())
+    }
+
+    fn entries(&self, table: TableKind) -> Result<Vec<Entry>, TargetError> {
+        let fd = self.table_fd(table).as_fd();
+        let (key_len, value_len) = match table {
+            Table::Ipv4Route => (8, 16),
+            Table::SwitchAddr => (4, 4),
+            Table::ServiceV4 => (8, 8),
+            Table::CookieCheck => (8, 4),
+            Table::LbBucket => (8, 4),
+            Table::Backend => (4, 12),
+            Table::PodNode => (8, 4),
+        };
+        let mut out = Vec::new();
+        let mut key = vec![0u8; key_len];
+        let mut prev: Option<Vec<u8>> = None;
+        let mut value = vec![0u8; value_len];
+        while sys::map_next_key(fd, prev.as_deref(), &mut key).map_err(map_err)? {
+            // An entry deleted between the two calls is skipped.
+            if sys::map_lookup(fd, &key, &mut value).map_err(map_err)? {
+                out.push(Self::decode(table, &key, &value));
+            }
+            prev = Some(key.clone());
+        }
+        Ok(out)
+    }
+
+    fn counter(&self, counter: CounterId, index: u32) -> Result<PacketBytes, TargetError> {
+        let (fd, cells) = match counter {
+            CounterId::Service => (&self.maps.service_counter, size::SERVICE_COUNTER),
+            CounterId::Drop => (&self.maps.drop_counter, DROP_REASON_COUNT),
+            CounterId::LbEvent => (&self.maps.lb_event_counter, LB_EVENT_COUNT),
+        };
+        if index >= cells {
+            return Err(TargetError::Invalid(format!(
+                "{counter:?} counter index {index} >= {cells}"
+            )));
+        }
+        Ok(self
+            .percpu_sum(fd, &index.to_ne_bytes())
+            .map_err(map_err)?
+            .unwrap_or_default())
+    }
+
+    fn backend_counter(&self, backend_id: u32) -> Result<PacketBytes, TargetError> {
+        let mut value = [0u8; 12];
+        if !sys::map_lookup(
+            self.maps.backend.as_fd(),
+            &backend_id.to_ne_bytes(),
+            &mut value,
+        )
+        .map_err(map_err)?
+        {
+            return Err(TargetError::NotFound);
+        }
+        Ok(self
+            .percpu_sum(&self.maps.backend_counter, &backend_id.to_ne_bytes())
+            .map_err(map_err)?
+            .unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lpm_keys_reject_host_bits_and_long_prefixes() {
+        let p = |a: [u8; 4], len| Ipv4Prefix {
+            addr: Ipv4Addr::from(a),
+            len,
+        };
+        assert!(lpm_key(&p([10, 1, 0, 0], 16)).is_ok());
+        assert!(lpm_key(&p([0, 0, 0, 0], 0)).is_ok());
+        assert!(lpm_key(&p([10, 1, 2, 3], 32)).is_ok());
+        assert!(matches!(
+            lpm_key(&p([10, 1, 0, 1], 16)),
+            Err(TargetError::Invalid(_))
+        ));
+        assert!(matches!(
+            lpm_key(&p([10, 0, 0, 0], 33)),
+            Err(TargetError::Invalid(_))
+        ));
+        assert!(matches!(
+            lpm_key(&p([1, 0, 0, 0], 0)),
+            Err(TargetError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn entries_round_trip_through_map_bytes() {
+        let entries = [
+            Entry::Ipv4Route {
+                dst: Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 2, 0, 0),
+                    len: 16,
+                },
+                action: RouteAction::Forward {
+                    port: 3,
+                    src_mac: [2, 0, 0, 0, 0, 1],
+                    dst_mac: [2, 0, 0, 0, 0, 2],
+                },
+            },
+            Entry::Ipv4Route {
+                dst: Ipv4Prefix {
+                    addr: Ipv4Addr::new(0, 0, 0, 0),
+                    len: 0,
+                },
+                action: RouteAction::Drop,
+            },
+            Entry::SwitchAddr {
+                addr: Ipv4Addr::new(10, 0, 0, 1),
+            },
+            Entry::ServiceV4 {
+                vip: Ipv4Addr::new(10, 96, 0, 10),
+                port: 80,
+                proto: 6,
+                service_id: 7,
+                bucket_mask: 255,
+                hash_mode: 1,
+            },
+            Entry::CookieCheck {
+                service_id: 7,
+                backend_id: 70000,
+            },
+            Entry::LbBucket {
+                service_id: 7,
+                bucket: 200,
+                backend_id: 70000,
+            },
+            Entry::Backend {
+                backend_id: 70000,
+                ip: Ipv4Addr::new(10, 244, 1, 5),
+                port: 8080,
+                node_ip: Ipv4Addr::new(192, 0, 2, 1),
+            },
+            Entry::PodNode {
+                dst: Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 244, 1, 0),
+                    len: 24,
+                },
+                node_ip: Ipv4Addr::new(192, 0, 2, 1),
+            },
+        ];
+        for e in entries {
+            let (k, v) = Dataplane::encode(&e).unwrap();
+            assert_eq!(Dataplane::decode(e.table(), &k, &v), e);
+        }
+        let too_far = Entry::Ipv4Route {
+            dst: Ipv4Prefix {
+                addr: Ipv4Addr::new(10, 2, 0, 0),
+                len: 16,
+            },
+            action: RouteAction::Forward {
+                port: 512,
+                src_mac: [0; 6],
+                dst_mac: [0; 6],
+            },
+        };
+        assert!(matches!(
+            Dataplane::encode(&too_far),
+            Err(TargetError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,282 @@
+//! P4Runtime write semantics of [`Dataplane`] over the real maps, and
+//! restart through the pins. Root only.
+
+use std::net::Ipv4Addr;
+
+use talaria_common::{net::IPPROTO_TCP, p4};
+use talaria_switch_dataplane::{
+    testing::{self, mac, TestSwitch},
+    Config, Dataplane, Entry, Ipv4Prefix, RouteAction, TableKind, Target, TargetError,
+};
+
+fn backend(id: u32, last: u8) -> Entry {
+    Entry::Backend {
+        backend_id: id,
+        ip: Ipv4Addr::new(10, 244, 0, last),
+        port: 8080,
+        node_ip: Ipv4Addr::new(192, 168, 0, 2),
+    }
+}
+
+#[test]
+fn insert_modify_delete_follow_p4runtime() {
+    if !testing::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let sw = TestSwitch::new("tgt", 1);
+    let dp = sw.dp();
+
+    dp.insert(&backend(1, 5)).unwrap();
+    assert!(matches!(
+        dp.insert(&backend(1, 6)),
+        Err(TargetError::AlreadyExists)
+    ));
+    dp.modify(&backend(1, 7)).unwrap();
+    assert!(matches!(
+        dp.modify(&backend(2, 7)),
+        Err(TargetError::NotFound)
+    ));
+    assert_eq!(dp.entries(TableKind::Backend).unwrap(), vec![backend(1, 7)]);
+    assert_eq!(dp.backend_counter(1).unwrap().packets, 0);
+    dp.delete(&backend(1, 0)).unwrap();
+    assert!(matches!(
+        dp.delete(&backend(1, 0)),
+        Err(TargetError::NotFound)
+    ));
+    assert!(matches!(dp.backend_counter(1), Err(TargetError::NotFound)));
+    assert!(dp.entries(TableKind::Backend).unwrap().is_empty());
+
+    // LPM: host bits are invalid; the same prefix twice already exists.
+    let route = |a: [u8; 4], len| Entry::Ipv4Route {
+        dst: Ipv4Prefix {
+            addr: Ipv4Addr::from(a),
+            len,
+        },
+        action: RouteAction::Forward {
+            port: 1,
+            src_mac: mac(1),
+            dst_mac: mac(2),
+        },
+    };
+    assert!(matches!(
+        dp.insert(&route([10, 1, 2, 3], 16)),
+        Err(TargetError::Invalid(_))
+    ));
+    dp.insert(&route([10, 1, 0, 0], 16)).unwrap();
+    dp.insert(&route([10, 1, 0, 0], 24)).unwrap();
+    assert!(matches!(
+        dp.insert(&route([10, 1, 0, 0], 16)),
+        Err(TargetError::AlreadyExists)
+    ));
+    let blackhole = Entry::Ipv4Route {
+        dst: Ipv4Prefix {
+            addr: Ipv4Addr::new(10, 1, 0, 0),
+            len: 16,
+        },
+        action: RouteAction::Drop,
+    };
+    dp.modify(&blackhole).unwrap();
+    let mut routes = dp.entries(TableKind::Ipv4Route).unwrap();
+    routes.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(routes.len(), 2);
+    assert!(routes.contains(&blackhole) && routes.contains(&route([10, 1, 0, 0], 24)));
+    assert!(matches!(
+        dp.delete(&route([10, 2, 0, 0], 16)),
+        Err(TargetError::NotFound)
+    ));
+
+    // Exact tables fill up at their P4 size.
+    for i in 0..p4::SWITCH_ADDR_SIZE {
+        dp.insert(&Entry::SwitchAddr {
+            addr: Ipv4Addr::from(0x0a00_0000 + i),
+        })
+        .unwrap();
+    }
+    match dp.insert(&Entry::SwitchAddr {
+        addr: Ipv4Addr::new(10, 9, 9, 9),
+    }) {
+        Err(TargetError::Full { size }) => assert_eq!(size, p4::SWITCH_ADDR_SIZE),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    // So do LPM tables.
+    for i in 0..p4::POD_NODE_SIZE {
+        let dst = Ipv4Prefix {
+            addr: Ipv4Addr::from(0x0a00_0000 + (i << 8)),
+            len: 24,
+        };
+        dp.insert(&Entry::PodNode {
+            dst,
+            node_ip: Ipv4Addr::new(192, 168, 0, 2),
+        })
+        .unwrap();
+    }
+    let dst = Ipv4Prefix {
+        addr: Ipv4Addr::new(11, 0, 0, 0),
+        len: 24,
+    };
+    match dp.insert(&Entry::PodNode {
+        dst,
+        node_ip: Ipv4Addr::new(192, 168, 0, 2),
+    }) {
+        Err(TargetError::Full { size }) => assert_eq!(size, p4::POD_NODE_SIZE),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    assert_eq!(
+        dp.entries(TableKind::PodNode).unwrap().len() as u32,
+        p4::POD_NODE_SIZE
+    );
+    assert!(matches!(
+        dp.counter(talaria_switch_dataplane::CounterId::Drop, 32),
+        Err(TargetError::Invalid(_))
+    ));
+}
+
+#[test]
+fn restart_keeps_entries_and_the_attachment() {
+    if !testing::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut sw = TestSwitch::new("restart", 2);
+    let svc = Entry::ServiceV4 {
+        vip: Ipv4Addr::new(10, 96, 0, 1),
+        port: 443,
+        proto: IPPROTO_TCP,
+        service_id: 3,
+        bucket_mask: 0,
+        hash_mode: 0,
+    };
+    let dp = sw.dp.take().unwrap();
+    dp.insert(&svc).unwrap();
+    let config = Config {
+        pin_dir: dp.pin_dir().to_path_buf(),
+        ports: dp
+            .ports()
+            .iter()
+            .map(|(p, (n, _))| (*p, n.clone()))
+            .collect(),
+    };
+    let (_, before) =
+        aya::programs::SchedClassifier::query_tcx("sw1", aya::programs::TcAttachType::Ingress)
+            .unwrap();
+    assert_eq!(before.len(), 1);
+    dp.close();
+
+    // Still attached with the process's handle gone.
+    let (_, closed) =
+        aya::programs::SchedClassifier::query_tcx("sw1", aya::programs::TcAttachType::Ingress)
+            .unwrap();
+    assert_eq!(
+        closed.len(),
+        1,
+        "the pinned link keeps the program attached"
+    );
+
+    let dp = Dataplane::open(config).unwrap();
+    assert_eq!(dp.entries(TableKind::ServiceV4).unwrap(), vec![svc]);
+    let (_, after) =
+        aya::programs::SchedClassifier::query_tcx("sw1", aya::programs::TcAttachType::Ingress)
+            .unwrap();
+    assert_eq!(
+        after.len(),
+        1,
+        "the new program replaced the old one in the same link"
+    );
+    assert_ne!(after[0].id(), before[0].id(), "a new program");
+    sw.dp = Some(dp);
+}
+
+#[test]
+fn detach_removes_the_attachment_and_the_pins() {
+    if !testing::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut sw = TestSwitch::new("detach", 1);
+    let dp = sw.dp.take().unwrap();
+    let dir = dp.pin_dir().to_path_buf();
+    assert!(dir.join("SWITCH_BACKEND").exists() && dir.join("link_port1").exists());
+    dp.detach().unwrap();
+    let (_, progs) =
+        aya::programs::SchedClassifier::query_tcx("sw1", aya::programs::TcAttachType::Ingress)
+            .unwrap();
+    assert!(progs.is_empty(), "still attached: {progs:?}");
+    assert!(!dir.exists());
+}
+
+#[test]
+fn maps_pinned_with_another_layout_are_refused() {
+    if !testing::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut sw = TestSwitch::new("layout", 1);
+    let dp = sw.dp.take().unwrap();
+    let config = Config {
+        pin_dir: dp.pin_dir().to_path_buf(),
+        ports: Default::default(),
+    };
+    dp.detach().unwrap();
+
+    // An "older build" left SWITCH_ADDR with 8 entries instead of 16.
+    std::fs::create_dir_all(&config.pin_dir).unwrap();
+    struct RemoveOnDrop(std::path::PathBuf);
+    impl Drop for RemoveOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveOnDrop(config.pin_dir.clone());
+    let pin = std::ffi::CString::new(config.pin_dir.join("SWITCH_ADDR").to_str().unwrap()).unwrap();
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_MAP_TYPE_HASH
+    attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
+    attr[8..12].copy_from_slice(&4u32.to_ne_bytes());
+    attr[12..16].copy_from_slice(&8u32.to_ne_bytes());
+    // SAFETY: BPF_MAP_CREATE and BPF_OBJ_PIN with valid attributes.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, attr.as_ptr(), attr.len()) };
+    assert!(fd >= 0, "map create: {}", std::io::Error::last_os_error());
+    let mut attr = [0u8; 128];
+    attr[0..8].copy_from_slice(&(pin.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 6, attr.as_ptr(), attr.len()) };
+    assert_eq!(r, 0, "pin: {}", std::io::Error::last_os_error());
+    unsafe { libc::close(fd as i32) };
+
+    match Dataplane::open(config.clone()) {
+        Err(talaria_switch_dataplane::Error::Layout { name, want, got }) => {
+            assert_eq!(name, "SWITCH_ADDR");
+            assert_eq!(want.2, p4::SWITCH_ADDR_SIZE);
+            assert_eq!(got.2, 8);
+        }
+        other => panic!("expected a layout error, got {other:?}"),
+    }
+}
+
+#[test]
+fn reopen_with_fewer_ports_detaches_the_dropped_port() {
+    if !testing::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let mut sw = TestSwitch::new("ports", 2);
+    let dp = sw.dp.take().unwrap();
+    let mut config = Config {
+        pin_dir: dp.pin_dir().to_path_buf(),
+        ports: Default::default(),
+    };
+    config.ports.insert(1, "sw1".to_string());
+    dp.close();
+    let dp = Dataplane::open(config).unwrap();
+    let attached = |ifname: &str| {
+        aya::programs::SchedClassifier::query_tcx(ifname, aya::programs::TcAttachType::Ingress)
+            .unwrap()
+            .1
+            .len()
+    };
+    assert_eq!(attached("sw1"), 1);
+    assert_eq!(attached("sw2"), 0);
+    assert_eq!(dp.port_stats().unwrap().len(), 1);
+    sw.dp = Some(dp);
+}

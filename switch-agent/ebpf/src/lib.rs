@@ -1,0 +1,72 @@
+//! Layout facts the switch eBPF program and its loader share: map names,
+//! sizes and sentinel values. The program itself is the
+//! `talaria-switch-pipeline` binary (src/main.rs), built for BPF by
+//! aya-build from talaria-switch-dataplane's build.rs.
+#![no_std]
+
+/// Highest P4 port number + 1 (v1model ports are 9 bits).
+pub const PORT_COUNT: u32 = 512;
+
+/// `RouteValue::port` meaning "the `drop` action of `ipv4_route`", which
+/// the shared `RouteValue` has no other way to say. No P4 port (9 bits) can
+/// take this value.
+pub const ROUTE_DROP_PORT: u32 = u32::MAX;
+
+/// Map names, as the loader finds (and pins) them.
+pub mod map_name {
+    pub const IPV4_ROUTE: &str = "SWITCH_IPV4_ROUTE";
+    pub const SWITCH_ADDR: &str = "SWITCH_ADDR";
+    pub const SERVICE_V4: &str = "SWITCH_SERVICE_V4";
+    pub const COOKIE_CHECK: &str = "SWITCH_COOKIE_CHECK";
+    pub const LB_BUCKET: &str = "SWITCH_LB_BUCKET";
+    pub const BACKEND: &str = "SWITCH_BACKEND";
+    pub const POD_NODE: &str = "SWITCH_POD_NODE";
+    pub const BACKEND_COUNTER: &str = "SWITCH_BACKEND_COUNTER";
+    pub const SERVICE_COUNTER: &str = "SWITCH_SERVICE_COUNTER";
+    pub const DROP_COUNTER: &str = "SWITCH_DROP_COUNTER";
+    pub const LB_EVENT_COUNTER: &str = "SWITCH_LB_EVENT_COUNTER";
+    pub const PORT_RX: &str = "SWITCH_PORT_RX";
+    pub const PORT_TX: &str = "SWITCH_PORT_TX";
+    pub const PORT_IFINDEX: &str = "SWITCH_PORT_IFINDEX";
+    pub const IFINDEX_PORT: &str = "SWITCH_IFINDEX_PORT";
+
+    /// Every map, for pinning and cleanup.
+    pub const ALL: [&str; 15] = [
+        IPV4_ROUTE,
+        SWITCH_ADDR,
+        SERVICE_V4,
+        COOKIE_CHECK,
+        LB_BUCKET,
+        BACKEND,
+        POD_NODE,
+        BACKEND_COUNTER,
+        SERVICE_COUNTER,
+        DROP_COUNTER,
+        LB_EVENT_COUNTER,
+        PORT_RX,
+        PORT_TX,
+        PORT_IFINDEX,
+        IFINDEX_PORT,
+    ];
+}
+
+/// The classifier's name in the object file.
+pub const PROGRAM_NAME: &str = "switch_ingress";
+
+/// Table sizes (P4 `size`, from `talaria_common::p4`), the maps' `max_entries`.
+pub mod size {
+    use talaria_common::p4;
+
+    pub const IPV4_ROUTE: u32 = p4::IPV4_ROUTE_SIZE;
+    pub const SWITCH_ADDR: u32 = p4::SWITCH_ADDR_SIZE;
+    pub const SERVICE_V4: u32 = p4::SERVICE_V4_SIZE;
+    pub const COOKIE_CHECK: u32 = p4::COOKIE_CHECK_SIZE;
+    pub const LB_BUCKET: u32 = p4::LB_BUCKET_SIZE;
+    pub const BACKEND: u32 = p4::BACKEND_SIZE;
+    pub const POD_NODE: u32 = p4::POD_NODE_SIZE;
+    pub const SERVICE_COUNTER: u32 = p4::SERVICE_COUNTER_SIZE;
+}
+
+/// TTL of the outer header when the switch re-originates a tunnel, before
+/// `ipv4_route` decrements it. Must match `TUNNEL_TTL` in p4/constants.p4.
+pub const TUNNEL_TTL: u8 = 64;
