@@ -101,15 +101,17 @@ const bit<32> LB_EVENT_COUNT = 4;
 const bit<32> IPV4_ROUTE_SIZE   = 1024;
 /* Tunnel addresses of this switch; one is enough, a few allow renumbering. */
 const bit<32> SWITCH_ADDR_SIZE  = 16;
-/* (ClusterIP, port, protocol) triples: one per Service port. */
-const bit<32> SERVICE_V4_SIZE   = 4096;
+/* (ClusterIP, port, protocol) triples: one per Service port, up to the
+ * 16-bit service id space. */
+const bit<32> SERVICE_V4_SIZE   = 65536;
 /* Live (service, backend) pairs, including backends in quarantine whose
  * cookies must keep working until the quarantine ends. */
-const bit<32> COOKIE_CHECK_SIZE = 65536;
-/* Buckets of all services together: e.g. 256 services of 256 buckets. */
-const bit<32> LB_BUCKET_SIZE    = 65536;
+const bit<32> COOKIE_CHECK_SIZE = 262144;
+/* Buckets of all services together: 10k Service ports of 10 backends at
+ * 64 buckets each, with headroom. */
+const bit<32> LB_BUCKET_SIZE    = 1048576;
 /* Backend ids in use, including quarantined ones. */
-const bit<32> BACKEND_SIZE      = 16384;
+const bit<32> BACKEND_SIZE      = 262144;
 /* Pod CIDRs: one per node. */
 const bit<32> POD_NODE_SIZE     = 1024;
 /* Service ids are 16 bits, so the per-service counter covers the whole id

@@ -23,15 +23,7 @@ fi
 scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
 
-log "building talaria-lab"
-cargo build --release --locked -p talaria-lab
-# The components are built separately so a component that does not build yet
-# does not hide the lab: the demo names what is missing.
-for pkg in talaria-switch talaria-node talaria-controller; do
-    log "building $pkg"
-    if ! cargo build --release --locked -p "$pkg"; then
-        log "WARNING: $pkg did not build; the demo will report it missing"
-    fi
-done
+log "building the lab and the talaria components (release)"
+cargo build --release --locked -p talaria-lab -p talaria-switch -p talaria-node -p talaria-controller
 
 exec target/release/talaria-lab demo "$@"

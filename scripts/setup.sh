@@ -45,3 +45,6 @@ if [[ "$(bpf-linker --version 2>/dev/null)" != *"$want_linker"* ]]; then
     log "cargo: installing bpf-linker $want_linker"
     cargo install --locked "bpf-linker@$want_linker"
 fi
+
+# Python P4Runtime tools (p4runtime-shell, finsy), each in its own venv under .cache/.
+"$(dirname "${BASH_SOURCE[0]}")/python-tools.sh"

@@ -42,13 +42,13 @@ pub const IPV4_ROUTE_SIZE: u32 = 1024;
 /// Must match `const bit<32> SWITCH_ADDR_SIZE` in p4/constants.p4.
 pub const SWITCH_ADDR_SIZE: u32 = 16;
 /// Must match `const bit<32> SERVICE_V4_SIZE` in p4/constants.p4.
-pub const SERVICE_V4_SIZE: u32 = 4096;
+pub const SERVICE_V4_SIZE: u32 = 65536;
 /// Must match `const bit<32> COOKIE_CHECK_SIZE` in p4/constants.p4.
-pub const COOKIE_CHECK_SIZE: u32 = 65536;
+pub const COOKIE_CHECK_SIZE: u32 = 262_144;
 /// Must match `const bit<32> LB_BUCKET_SIZE` in p4/constants.p4.
-pub const LB_BUCKET_SIZE: u32 = 65536;
+pub const LB_BUCKET_SIZE: u32 = 1_048_576;
 /// Must match `const bit<32> BACKEND_SIZE` in p4/constants.p4.
-pub const BACKEND_SIZE: u32 = 16384;
+pub const BACKEND_SIZE: u32 = 262_144;
 /// Must match `const bit<32> POD_NODE_SIZE` in p4/constants.p4.
 pub const POD_NODE_SIZE: u32 = 1024;
 /// Size of `service_counter`: the whole 16-bit service id space. Must match

@@ -159,8 +159,8 @@ fn unprefixed_id_in_source_is_accepted() {
 fn changed_size_is_reported() {
     let source = edit(
         &source(),
-        "const bit<32> BACKEND_SIZE      = 16384;",
-        "const bit<32> BACKEND_SIZE      = 8192;",
+        "const bit<32> BACKEND_SIZE      = 262144;",
+        "const bit<32> BACKEND_SIZE      = 131072;",
     );
     let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
     assert_reported(&mismatches, "table TalariaIngress.backend", "size");

@@ -57,6 +57,12 @@ use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT, TUNNEL_TTL};
 
 // ------------------------------------------------------------------ tables --
 
+/// `BPF_F_NO_PREALLOC`: the service tables are sized for 10k Services
+/// (a million buckets); preallocating them would pin ~100 MB of kernel
+/// memory per switch whatever the load. Entries are allocated on insert,
+/// which is control-plane time, and the kernel still enforces max_entries.
+const NO_PREALLOC: u32 = 1;
+
 /// `TalariaIngress.ipv4_route`: outer (or plain) destination, LPM → egress.
 #[map]
 static SWITCH_IPV4_ROUTE: LpmTrie<Be32, RouteValue> = LpmTrie::pinned(size::IPV4_ROUTE, 0);
@@ -67,20 +73,22 @@ static SWITCH_ADDR: HashMap<Be32, u32> = HashMap::pinned(size::SWITCH_ADDR, 0);
 
 /// `TalariaIngress.service_v4`: (VIP, port, proto) → service id, bucket mask, hash mode.
 #[map]
-static SWITCH_SERVICE_V4: HashMap<ServiceKey, ServiceValue> = HashMap::pinned(size::SERVICE_V4, 0);
+static SWITCH_SERVICE_V4: HashMap<ServiceKey, ServiceValue> =
+    HashMap::pinned(size::SERVICE_V4, NO_PREALLOC);
 
 /// `TalariaIngress.cookie_check`: (service id, backend id) pairs a cookie may name (value unused).
 #[map]
-static SWITCH_COOKIE_CHECK: HashMap<ServiceScopedKey, u32> = HashMap::pinned(size::COOKIE_CHECK, 0);
+static SWITCH_COOKIE_CHECK: HashMap<ServiceScopedKey, u32> =
+    HashMap::pinned(size::COOKIE_CHECK, NO_PREALLOC);
 
 /// `TalariaIngress.lb_bucket`: (service id, bucket) → backend id.
 #[map]
 static SWITCH_LB_BUCKET: HashMap<ServiceScopedKey, BucketValue> =
-    HashMap::pinned(size::LB_BUCKET, 0);
+    HashMap::pinned(size::LB_BUCKET, NO_PREALLOC);
 
 /// `TalariaIngress.backend`: backend id (host order) → backend IP, port and node.
 #[map]
-static SWITCH_BACKEND: HashMap<u32, BackendValue> = HashMap::pinned(size::BACKEND, 0);
+static SWITCH_BACKEND: HashMap<u32, BackendValue> = HashMap::pinned(size::BACKEND, NO_PREALLOC);
 
 /// `TalariaIngress.pod_node`: client pod address, LPM → the client's node.
 #[map]
@@ -91,7 +99,7 @@ static SWITCH_POD_NODE: LpmTrie<Be32, NodeValue> = LpmTrie::pinned(size::POD_NOD
 /// Direct counter of `backend`, per CPU; userspace creates and deletes the cell with the entry.
 #[map]
 static SWITCH_BACKEND_COUNTER: PerCpuHashMap<u32, PacketBytes> =
-    PerCpuHashMap::pinned(size::BACKEND, 0);
+    PerCpuHashMap::pinned(size::BACKEND, NO_PREALLOC);
 
 /// `TalariaIngress.service_counter`, per CPU, indexed by service id.
 #[map]

@@ -1,0 +1,311 @@
+//! REST API (axum). Described in `controller/openapi.yaml`.
+//!
+//! Table and counter endpoints read the switch live over P4Runtime; the
+//! services endpoints show the controller's model and plan.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{
+    extract::{Path, State},
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::{
+    controller::{Context, SwitchStatus},
+    model::{ObjectRef, ServiceView},
+    p4rt::client,
+    plan::PlannedPort,
+    state::{Entry, Table},
+};
+
+/// A Service with what the controller programmed for it.
+#[derive(Debug, Serialize)]
+pub struct ServiceReport {
+    /// The model's view (ports, notes, …).
+    #[serde(flatten)]
+    pub view: ServiceView,
+    /// Per data-path port: ids, buckets and backends.
+    pub data_path: Vec<PlannedPort>,
+}
+
+/// A switch as listed by `/v1/switches`.
+#[derive(Debug, Serialize)]
+pub struct SwitchReport {
+    /// Id.
+    pub id: String,
+    /// gRPC address.
+    pub address: String,
+    /// Device id.
+    pub device_id: u64,
+    /// Status.
+    pub status: SwitchStatus,
+}
+
+/// Live table contents.
+#[derive(Debug, Serialize)]
+pub struct TableDump {
+    /// Short table name.
+    pub table: String,
+    /// P4Info name.
+    pub p4_name: String,
+    /// Entry count.
+    pub count: usize,
+    /// Decoded entries.
+    pub entries: Vec<Entry>,
+    /// Entries that did not decode, as text.
+    pub undecodable: Vec<String>,
+}
+
+fn error(code: StatusCode, msg: impl Into<String>) -> Response {
+    (code, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// The router.
+pub fn router(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/v1/services", get(services))
+        .route("/v1/services/{namespace}/{name}", get(service))
+        .route("/v1/switches", get(switches))
+        .route("/v1/switches/{id}/tables", get(tables))
+        .route("/v1/switches/{id}/tables/{table}", get(table))
+        .route("/v1/switches/{id}/counters", get(counters))
+        .route("/v1/status", get(status))
+        .with_state(ctx)
+}
+
+async fn readyz(State(ctx): State<Arc<Context>>) -> Response {
+    match ctx.ready() {
+        Ok(()) => "ready".into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        ctx.metrics.render(),
+    )
+        .into_response()
+}
+
+fn service_reports(ctx: &Context) -> Vec<ServiceReport> {
+    let Some(s) = ctx.snapshot() else {
+        return Vec::new();
+    };
+    s.model
+        .services
+        .values()
+        .map(|v| ServiceReport {
+            view: v.clone(),
+            data_path: v
+                .keys
+                .iter()
+                .filter_map(|k| s.plan.ports.get(k).cloned())
+                .collect(),
+        })
+        .collect()
+}
+
+async fn services(State(ctx): State<Arc<Context>>) -> Json<Vec<ServiceReport>> {
+    Json(service_reports(&ctx))
+}
+
+async fn service(
+    State(ctx): State<Arc<Context>>,
+    Path((namespace, name)): Path<(String, String)>,
+) -> Response {
+    let want = ObjectRef { namespace, name };
+    match service_reports(&ctx)
+        .into_iter()
+        .find(|r| r.view.service == want)
+    {
+        Some(r) => Json(r).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("no service {want}")),
+    }
+}
+
+fn switch_reports(ctx: &Context) -> Vec<SwitchReport> {
+    ctx.switches
+        .iter()
+        .map(|s| SwitchReport {
+            id: s.cfg.id.clone(),
+            address: s.cfg.address.clone(),
+            device_id: s.cfg.device_id,
+            status: s.status.read().expect("poisoned").clone(),
+        })
+        .collect()
+}
+
+async fn switches(State(ctx): State<Arc<Context>>) -> Json<Vec<SwitchReport>> {
+    Json(switch_reports(&ctx))
+}
+
+async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
+    let snap = ctx.snapshot();
+    let (sid, bid) = {
+        let p = ctx.planner.lock().expect("poisoned");
+        (p.service_id_usage(), p.backend_id_usage())
+    };
+    let notes: Vec<Value> = snap
+        .as_ref()
+        .map(|s| {
+            s.model
+                .services
+                .values()
+                .filter(|v| !v.notes.is_empty())
+                .map(|v| json!({"service": v.service.to_string(), "notes": v.notes}))
+                .collect()
+        })
+        .unwrap_or_default();
+    let skipped: Vec<Value> = snap
+        .as_ref()
+        .map(|s| {
+            s.model
+                .skipped
+                .iter()
+                .map(|k| json!({"kind": k.kind, "object": k.object.to_string(), "reason": k.reason, "detail": k.detail}))
+                .collect()
+        })
+        .unwrap_or_default();
+    Json(json!({
+        "ready": ctx.ready().err().unwrap_or_else(|| "ready".into()),
+        "plan_version": snap.as_ref().map(|s| s.version).unwrap_or(0),
+        "services": snap.as_ref().map(|s| s.model.services.len()).unwrap_or(0),
+        "service_ports": snap.as_ref().map(|s| s.plan.ports.len()).unwrap_or(0),
+        "desired_entries": snap.as_ref().map(|s| s.plan.state.counts().into_iter().map(|(t, c)| (t.to_string(), c)).collect::<BTreeMap<_, _>>()).unwrap_or_default(),
+        "service_ids": {"in_use": sid.0, "quarantined": sid.1},
+        "backend_ids": {"in_use": bid.0, "quarantined": bid.1},
+        "switches": switch_reports(&ctx),
+        "not_in_data_path": notes,
+        "skipped": skipped,
+        "plan_errors": snap.as_ref().map(|s| s.plan.errors.clone()).unwrap_or_default(),
+    }))
+}
+
+async fn live_tables(ctx: &Context, id: &str, which: &[Table]) -> Result<Vec<TableDump>, Response> {
+    let Some(sw) = ctx.switch(id) else {
+        return Err(error(StatusCode::NOT_FOUND, format!("no switch {id}")));
+    };
+    let reader = sw.reader.read().expect("poisoned").clone();
+    let mut c = match reader {
+        Some(c) => c,
+        None => client::channel(&sw.cfg.address, std::time::Duration::from_secs(2))
+            .await
+            .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("switch {id}: {e}")))?,
+    };
+    let raw = client::read_tables(&mut c, sw.cfg.device_id, &ctx.codec, which)
+        .await
+        .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("switch {id}: {e}")))?;
+    let mut out: BTreeMap<Table, TableDump> = which
+        .iter()
+        .map(|t| {
+            (
+                *t,
+                TableDump {
+                    table: t.to_string(),
+                    p4_name: t.p4_name().into(),
+                    count: 0,
+                    entries: Vec::new(),
+                    undecodable: Vec::new(),
+                },
+            )
+        })
+        .collect();
+    for te in raw {
+        let Some(t) = ctx.codec.table_of(te.table_id) else {
+            continue;
+        };
+        let Some(d) = out.get_mut(&t) else { continue };
+        d.count += 1;
+        match ctx.codec.decode(&te) {
+            Ok(e) => d.entries.push(e),
+            Err(e) => d.undecodable.push(e.to_string()),
+        }
+    }
+    let mut v: Vec<TableDump> = out.into_values().collect();
+    for d in &mut v {
+        d.entries.sort();
+    }
+    Ok(v)
+}
+
+async fn tables(State(ctx): State<Arc<Context>>, Path(id): Path<String>) -> Response {
+    match live_tables(&ctx, &id, &Table::INSERT_ORDER).await {
+        Ok(v) => Json(v).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn table(
+    State(ctx): State<Arc<Context>>,
+    Path((id, table)): Path<(String, String)>,
+) -> Response {
+    let Some(t) = Table::from_name(&table) else {
+        return error(StatusCode::NOT_FOUND, format!("no table {table}"));
+    };
+    match live_tables(&ctx, &id, &[t]).await {
+        Ok(mut v) => Json(v.remove(0)).into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn counters(State(ctx): State<Arc<Context>>, Path(id): Path<String>) -> Response {
+    let Some(sw) = ctx.switch(&id) else {
+        return error(StatusCode::NOT_FOUND, format!("no switch {id}"));
+    };
+    let reader = sw.reader.read().expect("poisoned").clone();
+    let mut c = match reader {
+        Some(c) => c,
+        None => match client::channel(&sw.cfg.address, std::time::Duration::from_secs(2)).await {
+            Ok(c) => c,
+            Err(e) => return error(StatusCode::BAD_GATEWAY, format!("switch {id}: {e}")),
+        },
+    };
+    match client::read_counters(&mut c, sw.cfg.device_id, &ctx.codec).await {
+        Ok(m) => {
+            let v: BTreeMap<String, Vec<Value>> = m
+                .into_iter()
+                .map(|(name, cells)| {
+                    let rows = cells
+                        .into_iter()
+                        .map(|(i, (p, b))| {
+                            let mut row = json!({"index": i, "packets": p, "bytes": b});
+                            if name.ends_with("drop_counter") {
+                                row["reason"] = json!(drop_reason(i));
+                            }
+                            row
+                        })
+                        .collect();
+                    (name, rows)
+                })
+                .collect();
+            Json(v).into_response()
+        }
+        Err(e) => error(StatusCode::BAD_GATEWAY, format!("switch {id}: {e}")),
+    }
+}
+
+/// Drop reason name of a `drop_counter` index (common/src/drop.rs).
+fn drop_reason(i: i64) -> &'static str {
+    u8::try_from(i)
+        .ok()
+        .and_then(talaria_common::drop::DropReason::from_code)
+        .map(|r| r.name())
+        .unwrap_or("unknown")
+}
+
+/// Serves the API on `listener` until the task is dropped.
+pub async fn serve(ctx: Arc<Context>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    axum::serve(listener, router(ctx)).await
+}

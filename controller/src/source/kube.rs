@@ -1,0 +1,246 @@
+//! The Kubernetes source: kube-rs reflectors on Services, EndpointSlices
+//! (`discovery.k8s.io/v1`) and Nodes, with managed fields stripped, and
+//! leader election on a `coordination.k8s.io/v1` Lease.
+//!
+//! The source reports ready only once all three reflectors have finished
+//! their initial list, so a partial list is never planned (it would delete
+//! live entries). Every watch event pokes the reconciler; the watcher
+//! relists by itself on `410 Gone` (the store is swapped atomically at the
+//! end of the relist).
+
+use std::{
+    fmt::Debug,
+    future::Future,
+    hash::Hash,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use futures::TryStreamExt;
+use k8s_openapi::{
+    api::{
+        coordination::v1::{Lease, LeaseSpec},
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
+use kube::{
+    api::{ObjectMeta, PostParams},
+    runtime::{
+        reflector::{self, Store},
+        watcher, WatchStreamExt,
+    },
+    Api, Client, Resource, ResourceExt,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{watch, Notify};
+use tracing::{info, warn};
+
+use crate::{
+    config::LeaderElectionConfig,
+    controller::Source,
+    model::{self, Model},
+};
+
+/// Reflector stores of the three kinds.
+pub struct KubeSource {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    nodes: Store<Node>,
+    ready: AtomicBool,
+    /// Poked on every watch event.
+    pub changed: Arc<Notify>,
+}
+
+impl Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("ready", &self.ready)
+            .finish()
+    }
+}
+
+impl Source for KubeSource {
+    fn model(&self) -> Model {
+        let s = self.services.state();
+        let e = self.slices.state();
+        let n = self.nodes.state();
+        model::build(
+            s.iter().map(|x| x.as_ref()),
+            e.iter().map(|x| x.as_ref()),
+            n.iter().map(|x| x.as_ref()),
+        )
+    }
+
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+async fn run_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    let stream = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(|o: &mut K| o.managed_fields_mut().clear())
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    loop {
+        match stream.try_next().await {
+            Ok(Some(_)) => changed.notify_one(),
+            Ok(None) => return,
+            Err(e) => warn!(kind, error = %e, "watch error (retrying with backoff)"),
+        }
+    }
+}
+
+/// Starts reflectors on the three kinds (cluster-wide). Returns the source
+/// and the future that drives them (spawn it).
+pub fn start(client: Client) -> (Arc<KubeSource>, impl Future<Output = ()> + Send + 'static) {
+    let (services, sw) = reflector::store::<Service>();
+    let (slices, ew) = reflector::store::<EndpointSlice>();
+    let (nodes, nw) = reflector::store::<Node>();
+    let src = Arc::new(KubeSource {
+        services,
+        slices,
+        nodes,
+        ready: AtomicBool::new(false),
+        changed: Arc::new(Notify::new()),
+    });
+    let s = src.clone();
+    let fut = async move {
+        let ready = {
+            let s = s.clone();
+            async move {
+                let ok = s.services.wait_until_ready().await.is_ok()
+                    && s.slices.wait_until_ready().await.is_ok()
+                    && s.nodes.wait_until_ready().await.is_ok();
+                if ok {
+                    info!("initial list of Services, EndpointSlices and Nodes complete");
+                    s.ready.store(true, Ordering::SeqCst);
+                    s.changed.notify_one();
+                }
+            }
+        };
+        tokio::join!(
+            run_reflector(Api::<Service>::all(client.clone()), sw, s.changed.clone()),
+            run_reflector(
+                Api::<EndpointSlice>::all(client.clone()),
+                ew,
+                s.changed.clone()
+            ),
+            run_reflector(Api::<Node>::all(client), nw, s.changed.clone()),
+            ready,
+        );
+    };
+    (src, fut)
+}
+
+/// The holder identity: config, else $POD_NAME, else $HOSTNAME.
+pub fn identity(cfg: &LeaderElectionConfig) -> String {
+    cfg.identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("talaria-controller-{}", std::process::id()))
+}
+
+/// One acquire-or-renew attempt. `Ok(true)` when we hold the Lease after it.
+pub async fn try_lead(
+    api: &Api<Lease>,
+    cfg: &LeaderElectionConfig,
+    me: &str,
+) -> Result<bool, kube::Error> {
+    let now = MicroTime(Timestamp::now());
+    let dur = i32::try_from(cfg.lease_seconds).unwrap_or(15);
+    let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
+    match api.get_opt(&cfg.name).await? {
+        None => {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(cfg.name.clone()),
+                    namespace: Some(cfg.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(me.into()),
+                    lease_duration_seconds: Some(dur),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..Default::default()
+                }),
+            };
+            match api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if conflict(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+        Some(mut lease) => {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            let mine = spec.holder_identity.as_deref() == Some(me);
+            let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
+                (Some(MicroTime(t)), Some(d)) => {
+                    Timestamp::now().as_millisecond() > t.as_millisecond() + i64::from(d) * 1000
+                }
+                _ => true,
+            };
+            let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
+            if !(mine || expired || free) {
+                return Ok(false);
+            }
+            if !mine {
+                spec.acquire_time = Some(now.clone());
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                spec.holder_identity = Some(me.into());
+            }
+            spec.renew_time = Some(now);
+            spec.lease_duration_seconds = Some(dur);
+            // replace carries resourceVersion: a concurrent writer gets 409.
+            match api.replace(&cfg.name, &PostParams::default(), &lease).await {
+                Ok(_) => Ok(true),
+                Err(e) if conflict(&e) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Runs leader election forever, publishing leadership on `leader`.
+/// Renews every lease/3; steps down when a renewal has not succeeded for
+/// a whole lease duration.
+pub async fn lead(client: Client, cfg: LeaderElectionConfig, leader: watch::Sender<bool>) {
+    let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
+    let me = identity(&cfg);
+    let period = Duration::from_secs(u64::from(cfg.lease_seconds.max(3)) / 3);
+    let mut last_ok = tokio::time::Instant::now();
+    loop {
+        match try_lead(&api, &cfg, &me).await {
+            Ok(held) => {
+                if held {
+                    last_ok = tokio::time::Instant::now();
+                }
+                if *leader.borrow() != held {
+                    info!(identity = %me, held, "leadership changed");
+                }
+                leader.send_replace(held);
+            }
+            Err(e) => {
+                warn!(error = %e, "lease renewal failed");
+                if last_ok.elapsed() > Duration::from_secs(u64::from(cfg.lease_seconds)) {
+                    leader.send_replace(false);
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}

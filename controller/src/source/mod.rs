@@ -1,0 +1,7 @@
+//! Where Services, EndpointSlices and Nodes come from.
+
+pub mod files;
+pub mod kube;
+pub mod memory;
+
+pub use memory::{MemorySource, Objects};

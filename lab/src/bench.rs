@@ -1,0 +1,699 @@
+//! `talaria-lab bench`: Talaria's questions on the lab.
+//!
+//! 1. Throughput and latency against the number of Services and against
+//!    concurrency, for short (connection per request) and long (keep-alive)
+//!    connections, per mode.
+//! 2. Host CPU per request (see [`crate::cpu`] for the method).
+//! 3. Connection consistency: N long-lived connections while the pool of one
+//!    Service changes 100 times; broken connections counted.
+//!
+//! Every mode gets a fresh lab (so no netfilter state from one mode lingers
+//! into another). Results go to `<out>/*.csv`, `<out>/*.svg` and
+//! `<out>/summary.md`, which records the exact command line.
+
+use crate::cpu::{clk_tck, process_jiffies, CpuTimes};
+use crate::manifests::ServiceSet;
+use crate::modes::{self, apply_rules, ipvs_unavailable, pick_services, run_in_pod, LoadRun, Mode};
+use crate::netns::Lab;
+use crate::topology::Topology;
+use crate::traffic::{LoadResult, Proto};
+use crate::{components, demo, plot};
+use anyhow::{bail, Result};
+use serde::Serialize;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Benchmark options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Minutes on 2 cores: fewer points, 2 s per point, 20 held connections.
+    #[arg(long)]
+    pub quick: bool,
+    /// Output directory.
+    #[arg(long, default_value = "bench/results")]
+    pub out: PathBuf,
+    /// Modes to run (default: direct, iptables, nftables, ipvs, talaria).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub modes: Vec<Mode>,
+    /// Service counts (default: 10,100,1000,5000,10000; quick: 10,1000,10000).
+    #[arg(long, value_delimiter = ',')]
+    pub services: Vec<u32>,
+    /// Concurrency levels (default: 1,10,50,100).
+    #[arg(long, value_delimiter = ',')]
+    pub concurrency: Vec<u32>,
+    /// Seconds per point (default 10; quick 2).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Concurrency of the Services sweep.
+    #[arg(long, default_value_t = 10)]
+    pub sweep_concurrency: u32,
+    /// Services of the concurrency sweep.
+    #[arg(long, default_value_t = 100)]
+    pub sweep_services: u32,
+    /// Skip the consistency experiment.
+    #[arg(long)]
+    pub no_consistency: bool,
+    /// Long-lived connections of the consistency experiment (default 100; quick 20).
+    #[arg(long)]
+    pub connections: Option<u32>,
+    /// Pool changes of the consistency experiment.
+    #[arg(long, default_value_t = 100)]
+    pub changes: u32,
+}
+
+/// One measured point.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Row {
+    /// Experiment: `services` or `concurrency` sweep, or `single`.
+    pub experiment: String,
+    /// Mode.
+    pub mode: String,
+    /// What forwarded between nodes (`linux-forwarding` or `switch-agent`).
+    pub switch: String,
+    /// Load kind.
+    pub proto: String,
+    /// Services programmed.
+    pub services: u32,
+    /// Concurrency.
+    pub concurrency: u32,
+    /// Seconds measured.
+    pub duration_s: f64,
+    /// Successful requests.
+    pub requests: u64,
+    /// Failed requests.
+    pub errors: u64,
+    /// Requests per second.
+    pub rps: f64,
+    /// Latency, µs.
+    pub avg_us: f64,
+    /// Latency, µs.
+    pub p50_us: f64,
+    /// Latency, µs.
+    pub p90_us: f64,
+    /// Latency, µs.
+    pub p99_us: f64,
+    /// Host CPU (all non-idle time) per request, µs.
+    pub cpu_us_per_req: f64,
+    /// CPU of the lab's load generator and servers per request, µs.
+    pub app_cpu_us_per_req: f64,
+    /// The rest (kernel packet path etc.) per request, µs.
+    pub kernel_cpu_us_per_req: f64,
+    /// softirq + irq per request, µs.
+    pub softirq_us_per_req: f64,
+    /// Seconds to program the mode's rules on all nodes.
+    pub rule_apply_s: f64,
+    /// Free-text note (skips, failures).
+    pub note: String,
+}
+
+/// One consistency result.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ConsistencyRow {
+    /// Mode or variant.
+    pub variant: String,
+    /// What forwarded between nodes.
+    pub switch: String,
+    /// Long-lived connections.
+    pub connections: u64,
+    /// Pool changes applied.
+    pub changes: u32,
+    /// Connections broken (error/reset/timeout or moved backend).
+    pub broken: u64,
+    /// Of those, connections answered by another backend.
+    pub moved: u64,
+    /// Requests served on the held connections.
+    pub requests: u64,
+    /// Note (skips, failures).
+    pub note: String,
+}
+
+/// The switch used in a lab, for the record.
+pub fn switch_kind(mode: Mode) -> &'static str {
+    if mode == Mode::Talaria {
+        "switch-agent"
+    } else {
+        // Plain L3 through switch-agent needs a P4Runtime route writer that
+        // the lab does not have yet: the switch netns forwards with Linux.
+        "linux-forwarding"
+    }
+}
+
+/// Measures one point on a running lab.
+pub async fn measure(
+    lab: &mut Lab,
+    mode: Mode,
+    set: &ServiceSet,
+    proto: Proto,
+    concurrency: u32,
+    duration: Duration,
+) -> Result<Row> {
+    let picked = pick_services(set.services.len() as u32, 8);
+    let targets = modes::targets(&lab.topo, set, mode, proto, &picked);
+    let client = lab.topo.client_pods()[0];
+    let servers = lab.pids("serve-");
+    let app0: u64 = servers.iter().map(|&p| process_jiffies(p)).sum();
+    let cpu0 = CpuTimes::now();
+    let r: LoadResult = run_in_pod(
+        lab,
+        &LoadRun {
+            client,
+            proto,
+            targets,
+            concurrency,
+            duration,
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_millis(20),
+            stop_file: None,
+        },
+    )
+    .await?;
+    let cpu = CpuTimes::now().since(&cpu0);
+    let app: u64 = servers
+        .iter()
+        .map(|&p| process_jiffies(p))
+        .sum::<u64>()
+        .saturating_sub(app0);
+    let us = 1e6 / clk_tck() as f64;
+    // No successful request: no per-request figures (not infinity).
+    let req = if r.requests == 0 {
+        f64::INFINITY
+    } else {
+        r.requests as f64
+    };
+    let total = cpu.busy() as f64 * us;
+    let app_us = app as f64 * us + r.self_cpu_us;
+    Ok(Row {
+        experiment: "single".into(),
+        mode: mode.name().into(),
+        switch: switch_kind(mode).into(),
+        proto: r.proto.clone(),
+        services: set.services.len() as u32,
+        concurrency,
+        duration_s: r.duration_s,
+        requests: r.requests,
+        errors: r.errors,
+        rps: r.rps,
+        avg_us: r.latency.avg_us,
+        p50_us: r.latency.p50_us,
+        p90_us: r.latency.p90_us,
+        p99_us: r.latency.p99_us,
+        cpu_us_per_req: total / req,
+        app_cpu_us_per_req: app_us / req,
+        kernel_cpu_us_per_req: (total - app_us).max(0.0) / req,
+        softirq_us_per_req: cpu.irq as f64 * us / req,
+        rule_apply_s: 0.0,
+        note: String::new(),
+    })
+}
+
+/// Brings a lab up in a mode (servers started, rules/components applied).
+pub async fn lab_for(t: Topology, mode: Mode) -> Result<(Lab, ServiceSet)> {
+    if mode == Mode::Ipvs {
+        bail!("{}", ipvs_unavailable().unwrap_or_default());
+    }
+    if mode == Mode::Talaria {
+        let missing = components::talaria_missing();
+        if !missing.is_empty() {
+            bail!("talaria mode needs: {}", missing.join("; "));
+        }
+    }
+    let mut lab = Lab::create(t, mode.name())?;
+    lab.start_servers()?;
+    let set = ServiceSet::from_topology(&lab.topo);
+    if mode == Mode::Talaria {
+        demo::start_talaria(&mut lab).await?;
+    } else {
+        apply_rules(&lab, mode, &set)?;
+    }
+    Ok((lab, set))
+}
+
+/// `talaria-lab run`: one point on a fresh lab.
+pub async fn single_run(
+    t: Topology,
+    mode: Mode,
+    proto: Proto,
+    concurrency: u32,
+    duration: Duration,
+) -> Result<Row> {
+    let (mut lab, set) = lab_for(t, mode).await?;
+    let r = measure(&mut lab, mode, &set, proto, concurrency, duration).await;
+    let problems = lab.down();
+    anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
+    r
+}
+
+/// Reprograms a running lab for a new Service set.
+async fn reprogram(lab: &mut Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
+    lab.write_configs(set)?;
+    if mode == Mode::Talaria {
+        let t0 = Instant::now();
+        demo::talaria_apply_services(lab, set).await?;
+        Ok(t0.elapsed().as_secs_f64())
+    } else {
+        apply_rules(lab, mode, set)
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!("[bench {}] {msg}", chrono_now());
+}
+
+fn chrono_now() -> String {
+    let s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
+}
+
+/// Runs the throughput/latency/CPU sweeps for one mode on a fresh lab.
+async fn sweep_mode(
+    a: &BenchArgs,
+    mode: Mode,
+    services: &[u32],
+    conc: &[u32],
+    secs: u64,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    // Start with the plan's first count; later points reprogram.
+    let first = services.first().copied().unwrap_or(a.sweep_services);
+    let t = Topology {
+        services: first.max(1),
+        ..Topology::embedded_default()
+    };
+    let (mut lab, _) = lab_for(t.clone(), mode).await?;
+    let dur = Duration::from_secs(secs);
+    let result = async {
+        let mut plan: Vec<(&str, u32, u32)> = services.iter().map(|&s| ("services", s, a.sweep_concurrency)).collect();
+        plan.extend(conc.iter().map(|&c| ("concurrency", a.sweep_services, c)));
+        let mut current = Some(first);
+        for (exp, svc, c) in plan {
+            let set = ServiceSet::with_count(&t, svc);
+            let mut apply = 0.0;
+            if current != Some(svc) {
+                match reprogram(&mut lab, mode, &set).await {
+                    Ok(s) => apply = s,
+                    Err(e) => {
+                        let note = format!("{svc} Services could not be programmed: {e:#}");
+                        progress(&format!("{}: {note}", mode.name()));
+                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_kind(mode).into(), services: svc, concurrency: c, note, ..Default::default() });
+                        current = None;
+                        continue;
+                    }
+                }
+                current = Some(svc);
+            }
+            for proto in [Proto::HttpShort, Proto::HttpLong] {
+                let mut row = match measure(&mut lab, mode, &set, proto, c, dur).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let note = format!("measurement failed: {e:#}");
+                        progress(&format!("{}: {note}", mode.name()));
+                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_kind(mode).into(), services: svc, concurrency: c, note, ..Default::default() });
+                        continue;
+                    }
+                };
+                row.experiment = exp.into();
+                row.rule_apply_s = apply;
+                progress(&format!(
+                    "{:<8} {:<10} svc={:<5} c={:<3} {:>9.0} req/s  p99 {:>7.0} µs  cpu/req {:>6.1} µs  errors {}",
+                    mode.name(),
+                    row.proto,
+                    svc,
+                    c,
+                    row.rps,
+                    row.p99_us,
+                    row.cpu_us_per_req,
+                    row.errors
+                ));
+                rows.push(row);
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let problems = lab.down();
+    anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
+    result
+}
+
+/// The consistency experiment for one variant.
+pub async fn consistency(
+    variant: &str,
+    connections: u32,
+    changes: u32,
+    quick: bool,
+) -> Result<ConsistencyRow> {
+    let mode = match variant {
+        "iptables" => Mode::Iptables,
+        "nftables" => Mode::Nftables,
+        "talaria" | "talaria-hash-only" => Mode::Talaria,
+        v => bail!("unknown variant {v}"),
+    };
+    if variant == "talaria-hash-only" {
+        demo::hash_only_supported()?;
+    }
+    // 1 Service whose pool cycles through the 8 backend pods of nodes 1-2.
+    let t = Topology {
+        services: 1,
+        endpoints_per_service: 4,
+        ..Topology::embedded_default()
+    };
+    let (mut lab, mut set) = lab_for(t.clone(), mode).await?;
+    if variant == "talaria-hash-only" {
+        demo::set_hash_only(&mut lab, true).await?;
+    }
+    let result = async {
+        let pool = t.backend_pods();
+        let gap = Duration::from_millis(if quick { 60 } else { 100 });
+        // Bounded by time; normally ended early through the stop file.
+        let hold = ((gap + Duration::from_secs(1)) * changes + Duration::from_secs(10)).min(Duration::from_secs(590));
+        let stop_file = lab.run_dir.join("hold.stop");
+        let client = t.client_pods()[0];
+        let targets = modes::targets(&t, &set, mode, Proto::Hold, &[0]);
+        let exe = LoadRun {
+            client,
+            proto: Proto::Hold,
+            targets,
+            concurrency: connections,
+            duration: hold,
+            timeout: Duration::from_secs(1),
+            interval: Duration::from_millis(20),
+            stop_file: Some(stop_file.clone()),
+        };
+        let started = modes::start_load(&mut lab, &exe)?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut next = 4usize;
+        let mut applied = 0;
+        for i in 0..changes {
+            let eps = &mut set.services[0].endpoints;
+            if i % 2 == 0 {
+                // Add a backend.
+                eps.push(pool[next % pool.len()]);
+                next += 1;
+            } else {
+                // Remove the oldest backend (its server keeps running, as a
+                // terminating pod's would while it drains).
+                eps.remove(0);
+            }
+            reprogram(&mut lab, mode, &set).await?;
+            applied += 1;
+            tokio::time::sleep(gap).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(&stop_file, b"stop")?;
+        let r = modes::wait_load(&mut lab, started).await?;
+        Ok::<_, anyhow::Error>(ConsistencyRow {
+            variant: variant.into(),
+            switch: switch_kind(mode).into(),
+            connections: r.connections,
+            changes: applied,
+            broken: r.broken,
+            moved: r.moved,
+            requests: r.requests,
+            note: if variant == "talaria-hash-only" {
+                "approximation: client node flow cache of 2 entries, so nearly all packets go without cookie".into()
+            } else {
+                String::new()
+            },
+        })
+    }
+    .await;
+    let problems = lab.down();
+    anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
+    result
+}
+
+fn csv<T: Serialize>(rows: &[T]) -> String {
+    // serde_yaml's mapping keeps field order (serde_json's sorts it).
+    let mut out = String::new();
+    for (i, r) in rows.iter().enumerate() {
+        let v = serde_yaml::to_value(r).expect("rows serialize");
+        let m = v.as_mapping().expect("rows are structs");
+        if i == 0 {
+            let keys: Vec<String> = m
+                .keys()
+                .map(|k| k.as_str().unwrap_or("").to_string())
+                .collect();
+            out.push_str(&keys.join(","));
+            out.push('\n');
+        }
+        let vals: Vec<String> = m
+            .values()
+            .map(|x| match x {
+                serde_yaml::Value::String(s) => format!("\"{}\"", s.replace('"', "'")),
+                serde_yaml::Value::Number(n) if n.is_f64() => {
+                    format!("{:.2}", n.as_f64().unwrap_or(0.0))
+                }
+                serde_yaml::Value::Number(n) => n.to_string(),
+                o => serde_yaml::to_string(o)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            })
+            .collect();
+        out.push_str(&vals.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// `talaria-lab bench`.
+pub async fn run(a: BenchArgs) -> Result<()> {
+    let started = Instant::now();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let modes_list = if a.modes.is_empty() {
+        vec![
+            Mode::Direct,
+            Mode::Iptables,
+            Mode::Nftables,
+            Mode::Ipvs,
+            Mode::Talaria,
+        ]
+    } else {
+        a.modes.clone()
+    };
+    let services = if !a.services.is_empty() {
+        a.services.clone()
+    } else if a.quick {
+        vec![10, 1000, 10000]
+    } else {
+        vec![10, 100, 1000, 5000, 10000]
+    };
+    let conc = if !a.concurrency.is_empty() {
+        a.concurrency.clone()
+    } else {
+        vec![1, 10, 50, 100]
+    };
+    let secs = a.seconds.unwrap_or(if a.quick { 2 } else { 10 });
+    let connections = a.connections.unwrap_or(if a.quick { 20 } else { 100 });
+    std::fs::create_dir_all(&a.out)?;
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    for &mode in &modes_list {
+        progress(&format!("mode {}: fresh lab", mode.name()));
+        if let Err(e) = sweep_mode(&a, mode, &services, &conc, secs, &mut rows).await {
+            let msg = format!("{}: not measured: {e:#}", mode.name());
+            progress(&msg);
+            notes.push(msg);
+        }
+    }
+    let mut cons = Vec::new();
+    if !a.no_consistency {
+        for v in ["talaria", "talaria-hash-only", "iptables"] {
+            progress(&format!(
+                "consistency {v}: {connections} connections, {} pool changes",
+                a.changes
+            ));
+            match consistency(v, connections, a.changes, a.quick).await {
+                Ok(r) => {
+                    progress(&format!(
+                        "consistency {v}: {} of {} connections broken ({} moved)",
+                        r.broken, r.connections, r.moved
+                    ));
+                    cons.push(r)
+                }
+                Err(e) => {
+                    let msg = format!("consistency {v}: not measured: {e:#}");
+                    progress(&msg);
+                    notes.push(msg);
+                    cons.push(ConsistencyRow {
+                        variant: v.into(),
+                        note: format!("{e:#}"),
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+    }
+    std::fs::write(a.out.join("throughput.csv"), csv(&rows))?;
+    std::fs::write(a.out.join("consistency.csv"), csv(&cons))?;
+    let plots = plot::all(&a.out, &rows)?;
+    let summary = summary(
+        &command,
+        &rows,
+        &cons,
+        &notes,
+        &plots,
+        started.elapsed(),
+        &a,
+        secs,
+    );
+    std::fs::write(a.out.join("summary.md"), &summary)?;
+    println!("{summary}");
+    eprintln!(
+        "wrote {}/summary.md, throughput.csv, consistency.csv and {} plots",
+        a.out.display(),
+        plots.len()
+    );
+    Ok(())
+}
+
+fn find<'a>(rows: &'a [Row], exp: &str, mode: &str, proto: &str, svc: u32) -> Option<&'a Row> {
+    // A point where every request failed counts as not measured.
+    rows.iter().find(|r| {
+        r.experiment == exp
+            && r.mode == mode
+            && r.proto == proto
+            && r.services == svc
+            && r.requests > 0
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    command: &str,
+    rows: &[Row],
+    cons: &[ConsistencyRow],
+    notes: &[String],
+    plots: &[String],
+    took: Duration,
+    a: &BenchArgs,
+    secs: u64,
+) -> String {
+    let mut s = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    writeln!(s, "# talaria-lab benchmark results\n").unwrap();
+    writeln!(
+        s,
+        "Command (from the repository root, as root):\n\n```sh\n{command}\n```\n"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "Machine: kernel {}, {} CPUs. Took {:.0} s. {} s per point, sweep concurrency {}, concurrency sweep at {} Services. \
+         Clients: one load generator in pod-n0-0 (node-0), targets: 8 Services spread over the programmed range. \
+         Topology: 1 switch, 3 nodes, 4 pods per node, 3 endpoints per Service on node-1/node-2.\n",
+        kernel.trim(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        took.as_secs_f64(),
+        secs,
+        a.sweep_concurrency,
+        a.sweep_services
+    )
+    .unwrap();
+    writeln!(s, "CPU per request: host-wide non-idle time from /proc/stat over the run / requests; `app` is the lab's own load generator and servers (/proc/<pid>/stat), `kernel` the rest (packet path: veths, netfilter, routing, eBPF). All nodes share one kernel, so client and backend node shares cannot be separated.\n").unwrap();
+    if !notes.is_empty() {
+        writeln!(s, "## Not measured\n").unwrap();
+        for n in notes {
+            writeln!(s, "- {n}").unwrap();
+        }
+        writeln!(s).unwrap();
+    }
+    for (exp, title) in [
+        ("services", "Throughput and latency against Services"),
+        ("concurrency", "Throughput and latency against concurrency"),
+    ] {
+        writeln!(s, "## {title}\n").unwrap();
+        writeln!(s, "| mode | switch | conn | Services | concurrency | req/s | avg µs | p50 µs | p90 µs | p99 µs | CPU µs/req | kernel µs/req | errors | rules s |").unwrap();
+        writeln!(
+            s,
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )
+        .unwrap();
+        for r in rows.iter().filter(|r| r.experiment == exp) {
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {:.2} |",
+                r.mode, r.switch, r.proto, r.services, r.concurrency, r.rps, r.avg_us, r.p50_us, r.p90_us, r.p99_us, r.cpu_us_per_req, r.kernel_cpu_us_per_req, r.errors, r.rule_apply_s
+            )
+            .unwrap();
+        }
+        writeln!(s).unwrap();
+    }
+    writeln!(s, "## Connection consistency\n").unwrap();
+    writeln!(s, "| variant | switch | connections | pool changes | broken | moved backend | requests | note |").unwrap();
+    writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|").unwrap();
+    for c in cons {
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.variant, c.switch, c.connections, c.changes, c.broken, c.moved, c.requests, c.note
+        )
+        .unwrap();
+    }
+    writeln!(s).unwrap();
+    writeln!(s, "## Targets\n").unwrap();
+    let big = rows
+        .iter()
+        .filter(|r| r.experiment == "services")
+        .map(|r| r.services)
+        .max()
+        .unwrap_or(0);
+    for proto in ["HttpShort", "HttpLong"] {
+        let g = |m| find(rows, "services", m, proto, big);
+        match (g("talaria"), g("iptables"), g("direct")) {
+            (Some(t), Some(i), Some(d)) => writeln!(
+                s,
+                "- {proto} at {big} Services: talaria/iptables = {:.2} (target >= 1.5), talaria/direct = {:.2} (target >= 0.85), CPU/req talaria vs iptables {:+.0}% (target <= -40%)",
+                t.rps / i.rps,
+                t.rps / d.rps,
+                (t.cpu_us_per_req / i.cpu_us_per_req - 1.0) * 100.0
+            )
+            .unwrap(),
+            (None, Some(i), Some(d)) => writeln!(
+                s,
+                "- {proto} at {big} Services: talaria not measured; iptables/direct = {:.2}, CPU/req iptables vs direct {:+.0}%",
+                i.rps / d.rps,
+                (i.cpu_us_per_req / d.cpu_us_per_req - 1.0) * 100.0
+            )
+            .unwrap(),
+            _ => writeln!(s, "- {proto} at {big} Services: not enough modes measured to compare").unwrap(),
+        }
+    }
+    writeln!(s).unwrap();
+    if !plots.is_empty() {
+        writeln!(s, "## Plots\n").unwrap();
+        for p in plots {
+            writeln!(s, "- [{p}]({p})").unwrap();
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_has_header_and_rows() {
+        let rows = vec![Row {
+            mode: "direct".into(),
+            rps: 1.5,
+            requests: 3,
+            ..Default::default()
+        }];
+        let c = csv(&rows);
+        let mut l = c.lines();
+        assert!(l
+            .next()
+            .unwrap()
+            .starts_with("experiment,mode,switch,proto,services"));
+        assert!(l
+            .next()
+            .unwrap()
+            .starts_with("\"\",\"direct\",\"\",\"\",0,0,0.00,3,0,1.50"));
+    }
+}

@@ -1,0 +1,466 @@
+//! `talaria-lab demo`, and bringing up talaria mode on a lab.
+
+use crate::bench::{measure, Row};
+use crate::components::{talaria_missing, Component};
+use crate::manifests::ServiceSet;
+use crate::modes::Mode;
+use crate::netns::in_ns;
+use crate::netns::Lab;
+use crate::topology::Topology;
+use crate::traffic::Proto;
+use anyhow::{bail, Result};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// P4 port of switch port `p<n>` (port 0 is avoided: bmv2 and many targets
+/// reserve it).
+pub fn p4_port(node: u32) -> u16 {
+    node as u16 + 1
+}
+
+/// Controller REST address inside the switch netns.
+pub const CONTROLLER_REST: &str = "127.0.0.1:9080";
+/// P4Runtime address inside the switch netns.
+pub const P4RT_ADDR: &str = "127.0.0.1:9559";
+
+fn find_p4info() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TALARIA_P4INFO") {
+        return Ok(PathBuf::from(p));
+    }
+    let mut roots = vec![std::env::current_dir()?];
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().map(|p| p.to_path_buf()));
+    }
+    roots
+        .into_iter()
+        .map(|r| r.join("p4/talaria.p4info.txtpb"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow::anyhow!("p4/talaria.p4info.txtpb not found (set TALARIA_P4INFO)"))
+}
+
+/// Whether `pid`'s network namespace has a TCP listener on `port`.
+fn listening(pid: u32, port: u16) -> bool {
+    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    let want = format!(":{port:04X}");
+    t.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+    })
+}
+
+async fn wait_listening(
+    lab: &mut Lab,
+    pid: u32,
+    port: u16,
+    what: &str,
+    limit: Duration,
+) -> Result<()> {
+    let t0 = Instant::now();
+    while !listening(pid, port) {
+        if let Some(st) = lab.exited(pid) {
+            bail!("{what} exited ({st}); log: {}", tail_log(lab, what));
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "{what} not listening on port {port} after {limit:?}; log: {}",
+                tail_log(lab, what)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn tail_log(lab: &Lab, what: &str) -> String {
+    let t = std::fs::read_to_string(lab.run_dir.join("logs").join(format!("{what}.log")))
+        .unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(6)..].join(" | ")
+}
+
+/// The controller's configuration for a lab: fabric routes and the switch
+/// tunnel address (everything not from Kubernetes objects).
+pub fn controller_config(
+    t: &Topology,
+    names: &crate::topology::Names,
+    manifests: &std::path::Path,
+) -> String {
+    let sc = crate::manifests::switch_config(t, names);
+    let routes: Vec<serde_json::Value> = sc
+        .routes
+        .iter()
+        .map(|r| serde_json::json!({"prefix": r.prefix, "port": p4_port(r.port), "src_mac": r.src_mac, "dst_mac": r.dst_mac}))
+        .collect();
+    let v = serde_json::json!({
+        "source": {"kind": "files", "dir": manifests, "poll_ms": 200},
+        "switches": [{"id": "sw", "address": format!("http://{P4RT_ADDR}"), "device_id": 1}],
+        "fabric": {"switch_addrs": [t.switch_addr.to_string()], "routes": routes},
+        "listen": CONTROLLER_REST,
+    });
+    serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
+}
+
+/// Runs talariactl in the switch netns.
+pub fn talariactl(lab: &Lab, args: &[&str]) -> Result<String> {
+    let bin = Component::Talariactl
+        .usable()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let server = format!("http://{CONTROLLER_REST}");
+    let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("talariactl"), "--server", &server];
+    cmd.extend_from_slice(args);
+    in_ns(&lab.names.switch(), &cmd, None)
+}
+
+/// (service id, vip, port, protocol) of every programmed Service port, from
+/// the controller's REST API.
+fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
+    let text = talariactl(lab, &["services", "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let mut out = Vec::new();
+    for s in v.as_array().into_iter().flatten() {
+        for p in s["data_path"].as_array().into_iter().flatten() {
+            let proto = p["key"]["proto"]
+                .as_str()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            out.push(serde_json::json!({
+                "id": p["service_id"],
+                "vip": p["key"]["vip"],
+                "port": p["key"]["port"],
+                "protocol": proto,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+fn node_agent_config(
+    lab: &Lab,
+    n: u32,
+    services: &[serde_json::Value],
+    lru_size: Option<u32>,
+) -> String {
+    let t = &lab.topo;
+    let nc = crate::manifests::node_config(t, &lab.names, n);
+    let pods: Vec<serde_json::Value> = nc
+        .pods
+        .iter()
+        .map(|p| serde_json::json!({"ip": p.ip, "veth": p.dev, "mac": p.mac}))
+        .collect();
+    let mut v = serde_json::json!({
+        "uplink": nc.uplink,
+        "node_ip": nc.node_ip,
+        "switch_ip": nc.switch_addr,
+        "switch_mac": nc.gateway_mac,
+        "service_cidrs": [nc.service_cidr],
+        "services": services,
+        "pods": pods,
+        "pin_dir": pin_root(lab).join(format!("n{n}")),
+        "metrics_addr": "127.0.0.1:9465",
+    });
+    if let Some(l) = lru_size {
+        v["lru_size"] = l.into();
+    }
+    serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
+}
+
+fn pin_root(lab: &Lab) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/talaria-lab").join(lab.prefix())
+}
+
+/// Starts (or restarts) the node agents with the controller's service ids.
+async fn start_node_agents(lab: &mut Lab, lru_client: Option<u32>) -> Result<()> {
+    let bin = Component::NodeAgent
+        .usable()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let services = service_ids(lab)?;
+    for n in 0..lab.topo.nodes {
+        let what = format!("talaria-node-{n}");
+        for pid in lab.pids(&what) {
+            lab.stop(pid);
+        }
+        let lru = if n < lab.topo.client_nodes {
+            lru_client
+        } else {
+            None
+        };
+        let cfg = lab.run_dir.join(format!("talaria-node-{n}.yaml"));
+        std::fs::write(&cfg, node_agent_config(lab, n, &services, lru))?;
+        let argv: Vec<String> = vec![
+            bin.to_string_lossy().into_owned(),
+            "--netns".into(),
+            lab.names.node(n),
+            "run".into(),
+            "--config".into(),
+            cfg.to_string_lossy().into_owned(),
+        ];
+        let pid = lab.spawn_host(&what, &argv)?;
+        wait_listening(lab, pid, 9465, &what, Duration::from_secs(20)).await?;
+    }
+    Ok(())
+}
+
+/// Starts switch-agent, the controller and the node agents on a lab.
+pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
+    let missing = talaria_missing();
+    if !missing.is_empty() {
+        bail!("talaria mode cannot start: {}", missing.join("; "));
+    }
+    let sw_bin = Component::SwitchAgent
+        .usable()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let ctl_bin = Component::Controller
+        .usable()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let p4info = find_p4info()?;
+    let t = lab.topo.clone();
+    let sw = lab.names.switch();
+    let pins = pin_root(lab);
+    lab.record_pin(pins.clone())?;
+    std::fs::create_dir_all(&pins)?;
+    let mut argv: Vec<String> = vec![
+        sw_bin.to_string_lossy().into_owned(),
+        "--grpc-addr".into(),
+        P4RT_ADDR.into(),
+        "--pin-dir".into(),
+        pins.join("sw").to_string_lossy().into_owned(),
+        "--state-dir".into(),
+        lab.run_dir
+            .join("switch-state")
+            .to_string_lossy()
+            .into_owned(),
+        "--no-metrics".into(),
+    ];
+    for n in 0..t.nodes {
+        argv.push("-i".into());
+        argv.push(format!(
+            "{}@{}",
+            p4_port(n),
+            crate::topology::switch_port_dev(n)
+        ));
+    }
+    let pid = lab.spawn(&sw, "switch-agent", &argv)?;
+    wait_listening(lab, pid, 9559, "switch-agent", Duration::from_secs(20)).await?;
+    let manifests = lab.run_dir.join("manifests");
+    let cfg = lab.run_dir.join("controller.yaml");
+    std::fs::write(&cfg, controller_config(&t, &lab.names, &manifests))?;
+    let argv: Vec<String> = vec![
+        ctl_bin.to_string_lossy().into_owned(),
+        "--config".into(),
+        cfg.to_string_lossy().into_owned(),
+        "--p4info".into(),
+        p4info.to_string_lossy().into_owned(),
+    ];
+    let pid = lab.spawn(&sw, "talaria-controller", &argv)?;
+    wait_listening(
+        lab,
+        pid,
+        9080,
+        "talaria-controller",
+        Duration::from_secs(20),
+    )
+    .await?;
+    wait_programmed(lab, t.services as usize * 2, Duration::from_secs(60)).await?;
+    start_node_agents(lab, None).await?;
+    Ok(())
+}
+
+/// Waits until the controller reports `ports` programmed Service ports.
+async fn wait_programmed(lab: &mut Lab, ports: usize, limit: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let got = service_ids(lab).map(|v| v.len()).unwrap_or(0);
+        if got >= ports {
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "controller programmed {got} of {ports} Service ports after {limit:?}; log: {}",
+                tail_log(lab, "talaria-controller")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Pushes a new Service set to the controller of a talaria-mode lab (it
+/// polls the manifests directory), waits until it has the Service ports,
+/// and restarts the node agents if the set of Service ports changed.
+pub async fn talaria_apply_services(lab: &mut Lab, set: &ServiceSet) -> Result<()> {
+    // write_configs has already rewritten manifests/services.yaml.
+    let want = set
+        .services
+        .iter()
+        .filter(|s| !s.endpoints.is_empty())
+        .count()
+        * 2;
+    let before = service_ids(lab).map(|v| v.len()).unwrap_or(0);
+    if before != want {
+        wait_programmed(lab, want, Duration::from_secs(120)).await?;
+        start_node_agents(lab, None).await?;
+    } else {
+        // Same ports, new endpoints: give the controller a poll + debounce.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    Ok(())
+}
+
+/// Whether a hash-only (cookies ignored) variant can be emulated.
+///
+/// No component has a switch to ignore cookies, so the lab approximates it:
+/// the client node's agent runs with a 2-entry flow cache (`lru_size: 2`),
+/// so with many concurrent connections almost every packet leaves without a
+/// cookie (`NEW_FLOW`) and the switch picks its backend by hash alone.
+pub fn hash_only_supported() -> Result<()> {
+    Component::NodeAgent
+        .usable()
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!(e))
+}
+
+/// Switches the hash-only approximation on or off (restarts node agents).
+pub async fn set_hash_only(lab: &mut Lab, on: bool) -> Result<()> {
+    start_node_agents(lab, if on { Some(2) } else { None }).await
+}
+
+fn step(i: u32, n: u32, msg: &str) {
+    println!("[{i}/{n}] {msg}");
+}
+
+fn table(rows: &[(String, Row)]) {
+    println!();
+    println!(
+        "{:<46} {:>8} {:>7} {:>10} {:>8} {:>8} {:>8} {:>8}",
+        "test", "requests", "errors", "req/s", "avg µs", "p50 µs", "p99 µs", "backends"
+    );
+    for (name, r) in rows {
+        println!(
+            "{:<46} {:>8} {:>7} {:>10.0} {:>8.0} {:>8.0} {:>8.0} {:>8}",
+            name, r.requests, r.errors, r.rps, r.avg_us, r.p50_us, r.p99_us, r.note
+        );
+    }
+    println!();
+}
+
+/// The demo: default topology in talaria mode, HTTP and UDP echo from a pod
+/// to ClusterIPs, a results table, teardown (or `keep`).
+///
+/// While the talaria components are not usable it still builds the
+/// topology and proves it with pod-to-pod traffic across the switch, then
+/// fails naming what is missing; it never prints ClusterIP results it did
+/// not measure.
+pub async fn run(t: Topology, keep: bool, per_test: Duration) -> Result<()> {
+    let n = 5;
+    println!(
+        "talaria demo: 1 switch, {} nodes, {} pods per node, {} Services",
+        t.nodes, t.pods_per_node, t.services
+    );
+    step(1, n, "checking talaria components");
+    let missing = talaria_missing();
+    for c in Component::ALL {
+        match c.usable() {
+            Ok(p) => println!("      {:<20} {}", c.binary(), p.display()),
+            Err(e) => println!("      {:<20} MISSING: {e}", c.binary()),
+        }
+    }
+    step(
+        2,
+        n,
+        "building the topology (network namespaces, veths, routes, static neighbours)",
+    );
+    let mut lab = Lab::create(t.clone(), "talaria")?;
+    println!(
+        "      lab {}: {} namespaces, manifests in {}",
+        lab.prefix(),
+        lab.state().netns.len(),
+        lab.run_dir.display()
+    );
+    step(3, n, "starting the HTTP + UDP echo server in every pod");
+    lab.start_servers()?;
+    let set = ServiceSet::from_topology(&t);
+    let mut rows: Vec<(String, Row)> = Vec::new();
+    let mut talaria_up = false;
+    step(4, n, "starting switch-agent, controller and node agents");
+    if missing.is_empty() {
+        match start_talaria(&mut lab).await {
+            Ok(()) => talaria_up = true,
+            Err(e) => println!("      FAILED: {e:#}"),
+        }
+    } else {
+        println!("      NOT STARTED: missing {}", missing.join("; "));
+    }
+    let client = Topology::pod_name(t.client_pods()[0].0, t.client_pods()[0].1);
+    if talaria_up {
+        step(
+            5,
+            n,
+            &format!(
+                "traffic from {client} to ClusterIPs ({} s per test)",
+                per_test.as_secs()
+            ),
+        );
+        for (proto, name) in [
+            (Proto::HttpShort, "HTTP, connection per request"),
+            (Proto::HttpLong, "HTTP keep-alive"),
+            (Proto::Udp, "UDP echo"),
+        ] {
+            println!("      {name} ...");
+            let mut r = measure(&mut lab, Mode::Talaria, &set, proto, 4, per_test).await?;
+            r.note = backends_note(&lab, &r);
+            rows.push((format!("talaria ClusterIP: {name}"), r));
+        }
+    } else {
+        step(5, n, &format!("talaria is not running: proving the topology with {client} -> backend pod IPs (direct mode, no Service LB)"));
+        for (proto, name) in [
+            (Proto::HttpShort, "HTTP, connection per request"),
+            (Proto::Udp, "UDP echo"),
+        ] {
+            println!("      {name} ...");
+            let r = measure(&mut lab, Mode::Direct, &set, proto, 4, per_test).await?;
+            rows.push((format!("direct pod IP: {name}"), r));
+        }
+    }
+    table(&rows);
+    if keep {
+        let prefix = lab.prefix().to_string();
+        lab.keep();
+        println!("The lab stays up ({prefix}). Try:");
+        println!(
+            "  ip netns exec {} curl -s http://{}/",
+            lab.names.pod(0, 0),
+            t.cluster_ip(0)
+        );
+        let ctl = Component::Talariactl
+            .find()
+            .map(|p| p.display().to_string())
+            .unwrap_or("talariactl".into());
+        println!(
+            "  ip netns exec {} {ctl} --server http://{CONTROLLER_REST} services",
+            lab.names.switch()
+        );
+        println!("  ip netns exec {} {ctl} --server http://{CONTROLLER_REST} tables dump --table service_v4", lab.names.switch());
+        println!("  ip netns exec {} curl -s http://{CONTROLLER_REST}/v1/status      # the REST API (lives in the switch netns)", lab.names.switch());
+        println!("  talaria-lab down {prefix}                    # remove it");
+    } else {
+        let problems = lab.down();
+        anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
+        println!("torn down.");
+    }
+    if !talaria_up {
+        bail!(
+            "demo incomplete: talaria mode did not run ({}); only the direct pod-IP path above was measured",
+            if missing.is_empty() { "components failed to start".to_string() } else { missing.join("; ") }
+        );
+    }
+    Ok(())
+}
+
+fn backends_note(_lab: &Lab, r: &Row) -> String {
+    if r.requests > 0 {
+        "ok".into()
+    } else {
+        "none".into()
+    }
+}

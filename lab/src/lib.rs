@@ -1,0 +1,24 @@
+//! talaria-lab: a network-namespace testbed for talaria.
+//!
+//! - [`topology`]: the YAML topology and its address plan.
+//! - [`manifests`]: Services, EndpointSlices, Nodes, switch and node configs.
+//! - [`rules`]: kube-proxy iptables and nftables rule generation.
+//! - [`netns`]: building a lab, its state file and teardown.
+//! - [`modes`]: load-balancing modes and load runs in pods.
+//! - [`components`]: finding and starting switch-agent, node agents, controller.
+//! - [`traffic`]: the pod servers and the tokio load generator.
+//! - [`stats`], [`cpu`]: latency statistics and CPU accounting.
+//! - [`demo`], [`bench`], [`plot`]: the demo, the benchmarks and their plots.
+
+pub mod bench;
+pub mod components;
+pub mod cpu;
+pub mod demo;
+pub mod manifests;
+pub mod modes;
+pub mod netns;
+pub mod plot;
+pub mod rules;
+pub mod stats;
+pub mod topology;
+pub mod traffic;

@@ -1,0 +1,368 @@
+//! `talaria-lab`: the talaria network-namespace testbed.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use talaria_lab::manifests::{self, ServiceSet};
+use talaria_lab::modes::{self, Mode};
+use talaria_lab::netns::{self, Lab, State};
+use talaria_lab::topology::{Names, Topology};
+use talaria_lab::traffic::{self, LoadSpec, Proto};
+use talaria_lab::{bench, components, demo, rules};
+
+#[derive(Parser)]
+#[command(
+    name = "talaria-lab",
+    version,
+    about = "talaria network-namespace testbed: topology, kube-proxy baselines, load, demo, benchmarks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bring up the embedded demo in talaria mode, run HTTP and UDP echo from
+    /// pods to ClusterIPs, print a results table, tear down.
+    Demo {
+        /// Keep the lab up afterwards (remove it with `talaria-lab down`).
+        #[arg(long)]
+        keep: bool,
+        /// Topology YAML (default: the embedded 1 switch / 3 nodes / 4 pods / 20 Services).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Seconds of traffic per test.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+    /// Run the benchmarks; writes CSV, SVG plots and summary.md.
+    Bench(bench::BenchArgs),
+    /// Bring up a lab, start the pod servers, apply a mode, and keep it up.
+    Up {
+        /// Topology YAML (default: embedded).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Load-balancing mode.
+        #[arg(long, value_enum, default_value = "direct")]
+        mode: Mode,
+    },
+    /// Remove labs recorded in state files: the given prefixes, or all.
+    Down {
+        /// Prefixes (e.g. tl3f2a); none = every lab in the state dir.
+        prefixes: Vec<String>,
+    },
+    /// List labs recorded in the state dir.
+    Status,
+    /// One measurement on a fresh lab: mode, load kind, Services, concurrency.
+    Run {
+        /// Topology YAML (default: embedded).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Load-balancing mode.
+        #[arg(long, value_enum, default_value = "direct")]
+        mode: Mode,
+        /// Load kind.
+        #[arg(long, value_enum, default_value = "http-short")]
+        proto: Proto,
+        /// Number of Services programmed (overrides the topology's).
+        #[arg(long)]
+        services: Option<u32>,
+        /// Concurrent workers.
+        #[arg(long, default_value_t = 10)]
+        concurrency: u32,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
+    /// Write the generated manifests and configs of a topology (no root).
+    Manifests {
+        /// Topology YAML (default: embedded).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "lab-manifests")]
+        out: PathBuf,
+        /// Number of Services (overrides the topology's).
+        #[arg(long)]
+        services: Option<u32>,
+    },
+    /// Print a node's kube-proxy rules (iptables-restore or nft -f input).
+    Rules {
+        /// iptables or nftables.
+        #[arg(long, value_enum)]
+        mode: Mode,
+        /// Topology YAML (default: embedded).
+        #[arg(long)]
+        topology: Option<PathBuf>,
+        /// Number of Services (overrides the topology's).
+        #[arg(long)]
+        services: Option<u32>,
+    },
+    /// Pod server: HTTP/1.1 on --http-port, UDP echo on --udp-port (run inside a pod netns).
+    Serve {
+        /// Backend name put in every response.
+        #[arg(long)]
+        name: String,
+        /// HTTP port.
+        #[arg(long, default_value_t = 8080)]
+        http_port: u16,
+        /// UDP echo port.
+        #[arg(long, default_value_t = 5353)]
+        udp_port: u16,
+        /// File to create once listening.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+        /// Exit after this many seconds (bounded lifetime).
+        #[arg(long, default_value_t = 4 * 3600)]
+        max_seconds: u64,
+    },
+    /// Load generator (run inside a pod netns); prints a JSON result.
+    Load {
+        /// Load kind.
+        #[arg(long, value_enum)]
+        proto: Proto,
+        /// Targets IP:PORT, comma-separated, used round-robin.
+        #[arg(long, value_delimiter = ',', required = true)]
+        target: Vec<SocketAddr>,
+        /// Workers (connections for `hold`).
+        #[arg(long, default_value_t = 10)]
+        concurrency: u32,
+        /// Run length in milliseconds (capped at 600 s).
+        #[arg(long, default_value_t = 3000)]
+        duration_ms: u64,
+        /// Stop after this many requests.
+        #[arg(long, default_value_t = u64::MAX)]
+        max_requests: u64,
+        /// Per-request timeout in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        timeout_ms: u64,
+        /// `hold`: milliseconds between requests of one connection.
+        #[arg(long, default_value_t = 20)]
+        interval_ms: u64,
+        /// Write the JSON here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `hold`: stop early once this file exists.
+        #[arg(long)]
+        stop_file: Option<PathBuf>,
+    },
+}
+
+fn load_topology(p: &Option<PathBuf>) -> Result<Topology> {
+    match p {
+        Some(p) => Ok(Topology::from_yaml(
+            &std::fs::read_to_string(p).with_context(|| format!("read {}", p.display()))?,
+        )?),
+        None => Ok(Topology::embedded_default()),
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.cmd {
+        Cmd::Serve {
+            name,
+            http_port,
+            udp_port,
+            ready_file,
+            max_seconds,
+        } => rt.block_on(traffic::serve(
+            name,
+            http_port,
+            udp_port,
+            ready_file,
+            Duration::from_secs(max_seconds),
+        )),
+        Cmd::Load {
+            proto,
+            target,
+            concurrency,
+            duration_ms,
+            max_requests,
+            timeout_ms,
+            interval_ms,
+            out,
+            stop_file,
+        } => {
+            let r = rt.block_on(traffic::run_load(LoadSpec {
+                proto,
+                targets: target,
+                concurrency,
+                duration: Duration::from_millis(duration_ms),
+                max_requests,
+                timeout: Duration::from_millis(timeout_ms),
+                interval: Duration::from_millis(interval_ms),
+                stop_file,
+            }))?;
+            let j = serde_json::to_string_pretty(&r)?;
+            match out {
+                Some(p) => std::fs::write(p, j)?,
+                None => println!("{j}"),
+            }
+            Ok(())
+        }
+        Cmd::Manifests {
+            topology,
+            out,
+            services,
+        } => {
+            let mut t = load_topology(&topology)?;
+            if let Some(s) = services {
+                t.services = s;
+            }
+            let names = Names {
+                prefix: "tlXXXX".into(),
+            };
+            std::fs::create_dir_all(&out)?;
+            let set = ServiceSet::from_topology(&t);
+            std::fs::write(
+                out.join("services.yaml"),
+                manifests::services_yaml(&t, &set),
+            )?;
+            std::fs::write(out.join("nodes.yaml"), manifests::nodes_yaml(&t))?;
+            std::fs::write(
+                out.join("switch.yaml"),
+                serde_yaml::to_string(&manifests::switch_config(&t, &names))?,
+            )?;
+            for n in 0..t.nodes {
+                std::fs::write(
+                    out.join(format!("node-{n}.yaml")),
+                    serde_yaml::to_string(&manifests::node_config(&t, &names, n))?,
+                )?;
+            }
+            println!("wrote {}", out.display());
+            Ok(())
+        }
+        Cmd::Rules {
+            mode,
+            topology,
+            services,
+        } => {
+            let mut t = load_topology(&topology)?;
+            if let Some(s) = services {
+                t.services = s;
+            }
+            let set = ServiceSet::from_topology(&t);
+            match mode {
+                Mode::Iptables => print!("{}", rules::iptables_restore(&t, &set)),
+                Mode::Nftables => print!("{}", rules::nft_script(&t, &set)),
+                m => bail!("{} has no host rules", m.name()),
+            }
+            Ok(())
+        }
+        Cmd::Status => {
+            let files = State::list();
+            if files.is_empty() {
+                println!("no labs in {}", netns::state_dir().display());
+            }
+            for f in files {
+                match State::load(&f) {
+                    Ok(s) => println!(
+                        "{}  mode={}  netns={}  processes={}  owner pid {}",
+                        s.prefix,
+                        s.mode,
+                        s.netns.len(),
+                        s.procs.len(),
+                        s.owner_pid
+                    ),
+                    Err(e) => println!("{}: unreadable: {e}", f.display()),
+                }
+            }
+            Ok(())
+        }
+        Cmd::Down { prefixes } => {
+            let files: Vec<PathBuf> = if prefixes.is_empty() {
+                State::list()
+            } else {
+                prefixes.iter().map(|p| State::path(p)).collect()
+            };
+            let mut failed = false;
+            for f in files {
+                let s = State::load(&f).with_context(|| format!("state file {}", f.display()))?;
+                let problems = netns::teardown(&s);
+                if problems.is_empty() {
+                    println!(
+                        "removed lab {} ({} namespaces, {} processes)",
+                        s.prefix,
+                        s.netns.len(),
+                        s.procs.len()
+                    );
+                } else {
+                    failed = true;
+                    for p in problems {
+                        eprintln!("{}: {p}", s.prefix);
+                    }
+                }
+            }
+            if failed {
+                bail!("some resources could not be removed");
+            }
+            Ok(())
+        }
+        Cmd::Up { topology, mode } => {
+            let t = load_topology(&topology)?;
+            rt.block_on(async {
+                let mut lab = Lab::create(t, mode.name())?;
+                lab.start_servers()?;
+                let set = ServiceSet::from_topology(&lab.topo);
+                if mode == Mode::Talaria {
+                    demo::start_talaria(&mut lab).await?;
+                } else {
+                    modes::apply_rules(&lab, mode, &set)?;
+                }
+                lab.keep();
+                println!("lab {} is up in {} mode", lab.prefix(), mode.name());
+                println!("  manifests and configs: {}", lab.run_dir.display());
+                println!(
+                    "  a pod shell:           ip netns exec {} bash",
+                    lab.names.pod(0, 0)
+                );
+                println!("  remove it:             talaria-lab down {}", lab.prefix());
+                Ok(())
+            })
+        }
+        Cmd::Run {
+            topology,
+            mode,
+            proto,
+            services,
+            concurrency,
+            seconds,
+        } => {
+            let mut t = load_topology(&topology)?;
+            if let Some(s) = services {
+                t.services = s;
+            }
+            rt.block_on(async {
+                let r =
+                    bench::single_run(t, mode, proto, concurrency, Duration::from_secs(seconds))
+                        .await?;
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                Ok(())
+            })
+        }
+        Cmd::Demo {
+            keep,
+            topology,
+            seconds,
+        } => {
+            let t = load_topology(&topology)?;
+            rt.block_on(demo::run(t, keep, Duration::from_secs(seconds)))
+        }
+        Cmd::Bench(args) => rt.block_on(bench::run(args)),
+    }
+    .map_err(|e| {
+        let missing = components::talaria_missing();
+        if !missing.is_empty() && format!("{e:#}").contains("talaria") {
+            eprintln!("talaria components missing: {}", missing.join("; "));
+        }
+        e
+    })
+}

@@ -1,0 +1,387 @@
+//! The objects generated from a topology: Kubernetes Services, EndpointSlices
+//! (`discovery.k8s.io/v1`) and Nodes for the controller, and the switch and
+//! node configurations.
+
+use crate::topology::{
+    node_pod_dev, switch_port_dev, Names, Topology, NODE_UPLINK_DEV, POD_DEV, POD_GATEWAY,
+};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::net::Ipv4Addr;
+
+/// One Service as the lab sees it: a ClusterIP with its current endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Service index (names and ClusterIP derive from it).
+    pub index: u32,
+    /// Service name.
+    pub name: String,
+    /// ClusterIP.
+    pub cluster_ip: Ipv4Addr,
+    /// Endpoints as (node, pod).
+    pub endpoints: Vec<(u32, u32)>,
+}
+
+/// The Services of a lab at one moment; the consistency benchmark edits the
+/// endpoint lists and regenerates everything from it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSet {
+    /// The Services, in index order.
+    pub services: Vec<ServiceSpec>,
+}
+
+impl ServiceSet {
+    /// The topology's Services with their default endpoints.
+    pub fn from_topology(t: &Topology) -> Self {
+        Self::with_count(t, t.services)
+    }
+
+    /// `count` Services (the benchmark sweeps this) with default endpoints.
+    pub fn with_count(t: &Topology, count: u32) -> Self {
+        let services = (0..count)
+            .map(|k| ServiceSpec {
+                index: k,
+                name: Topology::service_name(k),
+                cluster_ip: t.cluster_ip(k),
+                endpoints: t.service_endpoints(k),
+            })
+            .collect();
+        Self { services }
+    }
+}
+
+fn service_object(t: &Topology, s: &ServiceSpec) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": s.name,
+            "namespace": t.namespace,
+            "labels": { "app.kubernetes.io/part-of": "talaria-lab" },
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "clusterIP": s.cluster_ip.to_string(),
+            "clusterIPs": [s.cluster_ip.to_string()],
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "internalTrafficPolicy": "Cluster",
+            "sessionAffinity": "None",
+            "selector": { "app": s.name },
+            "ports": [
+                { "name": "http", "protocol": "TCP", "port": t.service_http_port, "targetPort": t.http_port },
+                { "name": "udp", "protocol": "UDP", "port": t.service_udp_port, "targetPort": t.udp_port },
+            ],
+        },
+    })
+}
+
+fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
+    let endpoints: Vec<Value> = s
+        .endpoints
+        .iter()
+        .map(|&(n, p)| {
+            json!({
+                "addresses": [t.pod_ip(n, p).to_string()],
+                "conditions": { "ready": true, "serving": true, "terminating": false },
+                "nodeName": Topology::node_name(n),
+                "targetRef": { "kind": "Pod", "name": Topology::pod_name(n, p), "namespace": t.namespace },
+            })
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": format!("{}-lab01", s.name),
+            "namespace": t.namespace,
+            "labels": {
+                "kubernetes.io/service-name": s.name,
+                "endpointslice.kubernetes.io/managed-by": "talaria-lab",
+            },
+        },
+        "addressType": "IPv4",
+        "ports": [
+            { "name": "http", "protocol": "TCP", "port": t.http_port },
+            { "name": "udp", "protocol": "UDP", "port": t.udp_port },
+        ],
+        "endpoints": endpoints,
+    })
+}
+
+fn node_object(t: &Topology, n: u32) -> Value {
+    let (net, len) = t.pod_cidr(n);
+    json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": Topology::node_name(n) },
+        "spec": { "podCIDR": format!("{net}/{len}"), "podCIDRs": [format!("{net}/{len}")] },
+        "status": { "addresses": [
+            { "type": "InternalIP", "address": t.node_ip(n).to_string() },
+            { "type": "Hostname", "address": Topology::node_name(n) },
+        ] },
+    })
+}
+
+fn multi_doc(objs: impl IntoIterator<Item = Value>) -> String {
+    let mut out = String::new();
+    for o in objs {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&o).expect("JSON values serialize as YAML"));
+    }
+    out
+}
+
+/// Services and their EndpointSlices, one multi-document YAML stream.
+pub fn services_yaml(t: &Topology, set: &ServiceSet) -> String {
+    multi_doc(
+        set.services
+            .iter()
+            .flat_map(|s| [service_object(t, s), endpoint_slice_object(t, s)]),
+    )
+}
+
+/// The lab's Nodes (pod CIDR and InternalIP), for the controller's `pod_node`
+/// table.
+pub fn nodes_yaml(t: &Topology) -> String {
+    multi_doc((0..t.nodes).map(|n| node_object(t, n)))
+}
+
+/// One switch port.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SwitchPort {
+    /// Port number (= node index).
+    pub port: u32,
+    /// Device in the switch netns.
+    pub dev: String,
+    /// Address of the port.
+    pub ip: Ipv4Addr,
+    /// MAC of the port.
+    pub mac: String,
+    /// The attached node's uplink address and MAC.
+    pub peer_ip: Ipv4Addr,
+    /// MAC of the attached node's uplink.
+    pub peer_mac: String,
+}
+
+/// One `ipv4_route` entry: prefix → forward(port, src_mac, dst_mac).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SwitchRoute {
+    /// Destination prefix, e.g. `10.244.1.0/24`.
+    pub prefix: String,
+    /// Egress port.
+    pub port: u32,
+    /// Egress device.
+    pub dev: String,
+    /// Source MAC to write.
+    pub src_mac: String,
+    /// Destination MAC to write.
+    pub dst_mac: String,
+}
+
+/// The switch configuration the lab generates (`switch.yaml`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SwitchConfig {
+    /// The switch netns.
+    pub netns: String,
+    /// Tunnel address.
+    pub switch_addr: Ipv4Addr,
+    /// Ports.
+    pub ports: Vec<SwitchPort>,
+    /// `ipv4_route` entries: each node's pod CIDR and uplink address.
+    pub routes: Vec<SwitchRoute>,
+}
+
+/// Builds the switch configuration.
+pub fn switch_config(t: &Topology, names: &Names) -> SwitchConfig {
+    let ports: Vec<SwitchPort> = (0..t.nodes)
+        .map(|n| SwitchPort {
+            port: n,
+            dev: switch_port_dev(n),
+            ip: t.switch_port_ip(n),
+            mac: Topology::switch_port_mac(n),
+            peer_ip: t.node_ip(n),
+            peer_mac: Topology::node_uplink_mac(n),
+        })
+        .collect();
+    let mut routes = Vec::new();
+    for p in &ports {
+        let (net, len) = t.pod_cidr(p.port);
+        for prefix in [format!("{net}/{len}"), format!("{}/32", p.peer_ip)] {
+            routes.push(SwitchRoute {
+                prefix,
+                port: p.port,
+                dev: p.dev.clone(),
+                src_mac: p.mac.clone(),
+                dst_mac: p.peer_mac.clone(),
+            });
+        }
+    }
+    SwitchConfig {
+        netns: names.switch(),
+        switch_addr: t.switch_addr,
+        ports,
+        routes,
+    }
+}
+
+/// One pod as its node sees it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodePod {
+    /// Pod name.
+    pub name: String,
+    /// Node-side veth device.
+    pub dev: String,
+    /// Pod address.
+    pub ip: Ipv4Addr,
+    /// Pod MAC (eth0 inside the pod).
+    pub mac: String,
+    /// MAC of the node-side veth.
+    pub host_mac: String,
+    /// The pod's netns.
+    pub netns: String,
+}
+
+/// A node agent's configuration (`node-<i>.yaml`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Node name.
+    pub node_name: String,
+    /// The node netns.
+    pub netns: String,
+    /// Uplink device towards the switch.
+    pub uplink: String,
+    /// Uplink address.
+    pub node_ip: Ipv4Addr,
+    /// Uplink MAC.
+    pub node_mac: String,
+    /// The switch's tunnel address.
+    pub switch_addr: Ipv4Addr,
+    /// MAC of the switch port (next hop).
+    pub gateway_mac: String,
+    /// Switch port address (next hop).
+    pub gateway_ip: Ipv4Addr,
+    /// Node pod CIDR.
+    pub pod_cidr: String,
+    /// Service CIDR.
+    pub service_cidr: String,
+    /// Pod MTU.
+    pub pod_mtu: u32,
+    /// Pod device inside each pod netns.
+    pub pod_dev: String,
+    /// Pods on this node.
+    pub pods: Vec<NodePod>,
+}
+
+/// Builds node `n`'s configuration.
+pub fn node_config(t: &Topology, names: &Names, n: u32) -> NodeConfig {
+    let (net, len) = t.pod_cidr(n);
+    let (snet, slen) = t.service_net();
+    NodeConfig {
+        node_name: Topology::node_name(n),
+        netns: names.node(n),
+        uplink: NODE_UPLINK_DEV.into(),
+        node_ip: t.node_ip(n),
+        node_mac: Topology::node_uplink_mac(n),
+        switch_addr: t.switch_addr,
+        gateway_mac: Topology::switch_port_mac(n),
+        gateway_ip: t.switch_port_ip(n),
+        pod_cidr: format!("{net}/{len}"),
+        service_cidr: format!("{snet}/{slen}"),
+        pod_mtu: t.pod_mtu(),
+        pod_dev: POD_DEV.into(),
+        pods: (0..t.pods_per_node)
+            .map(|p| NodePod {
+                name: Topology::pod_name(n, p),
+                dev: node_pod_dev(p),
+                ip: t.pod_ip(n, p),
+                mac: Topology::pod_mac(n, p),
+                host_mac: Topology::node_pod_veth_mac(n, p),
+                netns: names.pod(n, p),
+            })
+            .collect(),
+    }
+}
+
+/// The pod gateway as text (for docs and configs).
+pub fn pod_gateway() -> Ipv4Addr {
+    POD_GATEWAY
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn docs(yaml: &str) -> Vec<serde_yaml::Value> {
+        use serde::Deserialize;
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn services_and_slices_have_kubernetes_shape() {
+        let t = Topology::default();
+        let set = ServiceSet::from_topology(&t);
+        let d = docs(&services_yaml(&t, &set));
+        assert_eq!(d.len(), 40);
+        let svc = &d[0];
+        assert_eq!(svc["apiVersion"], "v1");
+        assert_eq!(svc["kind"], "Service");
+        assert_eq!(svc["metadata"]["name"], "svc-00000");
+        assert_eq!(svc["spec"]["clusterIP"], "10.96.0.10");
+        assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(svc["spec"]["ports"][1]["protocol"], "UDP");
+        let es = &d[1];
+        assert_eq!(es["apiVersion"], "discovery.k8s.io/v1");
+        assert_eq!(es["kind"], "EndpointSlice");
+        assert_eq!(es["addressType"], "IPv4");
+        assert_eq!(
+            es["metadata"]["labels"]["kubernetes.io/service-name"],
+            "svc-00000"
+        );
+        assert_eq!(es["endpoints"].as_sequence().unwrap().len(), 3);
+        assert_eq!(es["endpoints"][0]["addresses"][0], "10.244.1.10");
+        assert_eq!(es["endpoints"][0]["conditions"]["ready"], true);
+        assert_eq!(es["endpoints"][0]["nodeName"], "node-1");
+        assert_eq!(es["ports"][0]["port"], 8080);
+    }
+
+    #[test]
+    fn nodes_carry_pod_cidrs() {
+        let t = Topology::default();
+        let d = docs(&nodes_yaml(&t));
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[2]["spec"]["podCIDR"], "10.244.2.0/24");
+        assert_eq!(d[2]["status"]["addresses"][0]["address"], "172.30.2.2");
+    }
+
+    #[test]
+    fn switch_routes_cover_pods_and_nodes() {
+        let t = Topology::default();
+        let names = Names {
+            prefix: "tlx".into(),
+        };
+        let c = switch_config(&t, &names);
+        assert_eq!(c.ports.len(), 3);
+        assert_eq!(c.routes.len(), 6);
+        assert_eq!(c.routes[2].prefix, "10.244.1.0/24");
+        assert_eq!(c.routes[2].dst_mac, Topology::node_uplink_mac(1));
+        assert_eq!(c.routes[3].prefix, "172.30.1.2/32");
+    }
+
+    #[test]
+    fn node_config_lists_pods() {
+        let t = Topology::default();
+        let names = Names {
+            prefix: "tlx".into(),
+        };
+        let c = node_config(&t, &names, 1);
+        assert_eq!(c.pods.len(), 4);
+        assert_eq!(c.pods[3].ip, Ipv4Addr::new(10, 244, 1, 13));
+        assert_eq!(c.pod_mtu, 1452);
+        assert_eq!(c.netns, "tlx-n1");
+        assert_eq!(c.service_cidr, "10.96.0.0/16");
+    }
+}

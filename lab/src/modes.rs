@@ -1,0 +1,294 @@
+//! Service-load-balancing modes on one topology, and running load in pods.
+
+use crate::manifests::ServiceSet;
+use crate::netns::{in_ns, Lab};
+use crate::rules;
+use crate::topology::Topology;
+use crate::traffic::{LoadResult, Proto};
+use anyhow::{bail, Context, Result};
+use clap::ValueEnum;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// How Service traffic is load-balanced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Clients address backend pod IPs (the lower bound); no Service LB.
+    Direct,
+    /// kube-proxy iptables mode on every node.
+    Iptables,
+    /// kube-proxy nftables mode on every node.
+    Nftables,
+    /// kube-proxy IPVS mode (needs CONFIG_IP_VS).
+    Ipvs,
+    /// talaria: host eBPF + switch-agent LB + controller.
+    Talaria,
+}
+
+impl Mode {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+            Mode::Ipvs => "ipvs",
+            Mode::Talaria => "talaria",
+        }
+    }
+}
+
+/// Why IPVS mode cannot run here, if it cannot.
+pub fn ipvs_unavailable() -> Option<String> {
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        if which("ipvsadm").is_none() {
+            return Some("ipvs: the kernel has IPVS but ipvsadm is not installed".into());
+        }
+        return Some("ipvs: mode not implemented in this lab yet".into());
+    }
+    Some(
+        "ipvs: skipped: this kernel has no IPVS (CONFIG_IP_VS is not set, /proc/net/ip_vs is absent) \
+         and cannot load modules"
+            .into(),
+    )
+}
+
+/// First match for a program on PATH.
+pub fn which(prog: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(prog))
+        .find(|p| p.is_file())
+}
+
+/// The iptables-restore to use: legacy (kube-proxy's classic backend) when
+/// installed, else the distribution default.
+pub fn iptables_restore_bin() -> &'static str {
+    if which("iptables-legacy-restore").is_some() {
+        "iptables-legacy-restore"
+    } else {
+        "iptables-restore"
+    }
+}
+
+/// Programs a kube-proxy baseline's rules for `set` on the client nodes;
+/// returns the seconds it took.
+///
+/// kube-proxy programs every node; the lab programs only the client nodes,
+/// the only ones whose rules are on the path of the measured traffic (DNAT
+/// and its reverse happen on the client's node). This keeps set-up time in
+/// check: loading the nftables ruleset for 10k Services takes minutes per
+/// node on this kernel (one anonymous verdict map per Service port, and the
+/// kernel's set-name allocation is linear in the number of sets).
+pub fn apply_rules(lab: &Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
+    let t0 = Instant::now();
+    match mode {
+        Mode::Direct | Mode::Talaria => {}
+        Mode::Iptables => {
+            let text = rules::iptables_restore(&lab.topo, set);
+            for n in 0..lab.topo.client_nodes {
+                in_ns(
+                    &lab.names.node(n),
+                    &[iptables_restore_bin(), "-w"],
+                    Some(&text),
+                )
+                .with_context(|| format!("iptables rules on node {n}"))?;
+            }
+        }
+        Mode::Nftables => {
+            let text = rules::nft_script(&lab.topo, set);
+            for n in 0..lab.topo.client_nodes {
+                in_ns(&lab.names.node(n), &["nft", "-f", "-"], Some(&text))
+                    .with_context(|| format!("nftables rules on node {n}"))?;
+            }
+        }
+        Mode::Ipvs => bail!("{}", ipvs_unavailable().unwrap_or_default()),
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// `k` Service indices spread evenly over `0..count` (so a linear rule list
+/// is scanned half-way on average).
+pub fn pick_services(count: u32, k: u32) -> Vec<u32> {
+    let k = k.min(count).max(1);
+    (0..k)
+        .map(|i| ((i as u64 * count as u64 + count as u64 / 2) / k as u64) as u32)
+        .map(|x| x.min(count.saturating_sub(1)))
+        .collect()
+}
+
+/// Load targets for a mode: ClusterIP:port, or in `direct` mode every
+/// endpoint pod IP:targetPort of the chosen Services.
+pub fn targets(
+    t: &Topology,
+    set: &ServiceSet,
+    mode: Mode,
+    proto: Proto,
+    services: &[u32],
+) -> Vec<SocketAddr> {
+    let udp = proto == Proto::Udp;
+    let mut v = Vec::new();
+    for &k in services {
+        let s = &set.services[k as usize];
+        if mode == Mode::Direct {
+            for &(n, p) in &s.endpoints {
+                v.push(SocketAddr::from((
+                    t.pod_ip(n, p),
+                    if udp { t.udp_port } else { t.http_port },
+                )));
+            }
+        } else {
+            v.push(SocketAddr::from((
+                s.cluster_ip,
+                if udp {
+                    t.service_udp_port
+                } else {
+                    t.service_http_port
+                },
+            )));
+        }
+    }
+    v
+}
+
+/// One load run from a client pod.
+#[derive(Debug, Clone)]
+pub struct LoadRun {
+    /// Client pod (node, pod).
+    pub client: (u32, u32),
+    /// Kind of load.
+    pub proto: Proto,
+    /// Targets.
+    pub targets: Vec<SocketAddr>,
+    /// Workers / connections.
+    pub concurrency: u32,
+    /// Duration.
+    pub duration: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// `hold` request interval.
+    pub interval: Duration,
+    /// `hold`: stop early once this file exists.
+    pub stop_file: Option<std::path::PathBuf>,
+}
+
+/// A load generator started in a pod.
+pub struct StartedLoad {
+    pid: u32,
+    out: std::path::PathBuf,
+    limit: Duration,
+    started: Instant,
+}
+
+/// Starts `talaria-lab load` in the client pod (recorded in the lab state
+/// while it runs).
+pub fn start_load(lab: &mut Lab, r: &LoadRun) -> Result<StartedLoad> {
+    let exe = crate::netns::lab_exe()?;
+    let ns = lab.names.pod(r.client.0, r.client.1);
+    let targets: Vec<String> = r.targets.iter().map(|a| a.to_string()).collect();
+    let out = lab.run_dir.join("logs").join("load-result.json");
+    let argv: Vec<String> = vec![
+        exe,
+        "load".into(),
+        "--proto".into(),
+        r.proto
+            .to_possible_value()
+            .expect("no skipped variants")
+            .get_name()
+            .to_string(),
+        "--target".into(),
+        targets.join(","),
+        "--concurrency".into(),
+        r.concurrency.to_string(),
+        "--duration-ms".into(),
+        r.duration.as_millis().to_string(),
+        "--timeout-ms".into(),
+        r.timeout.as_millis().to_string(),
+        "--interval-ms".into(),
+        r.interval.as_millis().to_string(),
+        "--out".into(),
+        out.to_string_lossy().into_owned(),
+    ];
+    let mut argv = argv;
+    if let Some(f) = &r.stop_file {
+        argv.push("--stop-file".into());
+        argv.push(f.to_string_lossy().into_owned());
+    }
+    let _ = std::fs::remove_file(&out);
+    let pid = lab.spawn(&ns, "load", &argv)?;
+    Ok(StartedLoad {
+        pid,
+        out,
+        limit: r.duration + r.timeout * 2 + Duration::from_secs(20),
+        started: Instant::now(),
+    })
+}
+
+/// Waits for a started load generator (bounded) and parses its result.
+pub async fn wait_load(lab: &mut Lab, s: StartedLoad) -> Result<LoadResult> {
+    let status = loop {
+        if let Some(st) = lab.exited(s.pid) {
+            break st;
+        }
+        if s.started.elapsed() > s.limit {
+            lab.stop(s.pid);
+            bail!("load generator did not finish within {:?}", s.limit);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    lab.stop(s.pid);
+    if !status.success() {
+        let log = std::fs::read_to_string(lab.run_dir.join("logs/load.log")).unwrap_or_default();
+        bail!("load generator failed ({status}): {}", log.trim());
+    }
+    let text = std::fs::read_to_string(&s.out).context("load result")?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+/// Runs `talaria-lab load` in the client pod and parses its JSON result.
+pub async fn run_in_pod(lab: &mut Lab, r: &LoadRun) -> Result<LoadResult> {
+    let s = start_load(lab, r)?;
+    wait_load(lab, s).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picks_spread_services() {
+        assert_eq!(pick_services(10, 4), vec![1, 3, 6, 8]);
+        assert_eq!(pick_services(2, 8), vec![0, 1]);
+        assert_eq!(pick_services(10000, 2), vec![2500, 7500]);
+        assert_eq!(pick_services(1, 1), vec![0]);
+    }
+
+    #[test]
+    fn targets_per_mode() {
+        let t = Topology::default();
+        let set = ServiceSet::from_topology(&t);
+        let v = targets(&t, &set, Mode::Iptables, Proto::HttpShort, &[0, 1]);
+        assert_eq!(
+            v,
+            vec![
+                "10.96.0.10:80".parse().unwrap(),
+                "10.96.0.11:80".parse().unwrap()
+            ]
+        );
+        let v = targets(&t, &set, Mode::Talaria, Proto::Udp, &[0]);
+        assert_eq!(v, vec!["10.96.0.10:53".parse().unwrap()]);
+        let v = targets(&t, &set, Mode::Direct, Proto::HttpLong, &[0]);
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0], "10.244.1.10:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn ipvs_explains_itself() {
+        if !std::path::Path::new("/proc/net/ip_vs").exists() {
+            assert!(ipvs_unavailable().unwrap().contains("CONFIG_IP_VS"));
+        }
+    }
+}

@@ -1,0 +1,607 @@
+//! Building and removing a lab: network namespaces, veths, addresses, routes,
+//! static neighbours, and the processes started in them.
+//!
+//! Everything a lab creates is first written to its state file
+//! (`<state dir>/<prefix>.json`, default state dir `/run/talaria-lab`), then
+//! created. [`Lab`] tears down on drop (also on panic) unless kept, and
+//! `talaria-lab down` removes exactly what a state file lists, so a crashed
+//! lab can always be cleaned. Processes are recorded with their start time
+//! and are only signalled while that still matches (no PID reuse accidents).
+
+use crate::cpu::process_start_time;
+use crate::manifests::{self, ServiceSet};
+use crate::topology::{
+    node_pod_dev, switch_port_dev, Names, Topology, NODE_UPLINK_DEV, POD_DEV, POD_GATEWAY,
+};
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Default directory of state files.
+pub const DEFAULT_STATE_DIR: &str = "/run/talaria-lab";
+
+/// The state directory (`TALARIA_LAB_STATE_DIR` overrides the default).
+pub fn state_dir() -> PathBuf {
+    std::env::var_os("TALARIA_LAB_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// The `talaria-lab` binary run inside pods (`serve`, `load`):
+/// `$TALARIA_LAB_EXE`, else the running executable.
+pub fn lab_exe() -> Result<String> {
+    match std::env::var_os("TALARIA_LAB_EXE") {
+        Some(p) => Ok(p.to_string_lossy().into_owned()),
+        None => Ok(std::env::current_exe()?.to_string_lossy().into_owned()),
+    }
+}
+
+/// A process the lab started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcRecord {
+    /// PID.
+    pub pid: u32,
+    /// Start time (jiffies since boot), to recognise PID reuse.
+    pub start_time: u64,
+    /// What it is.
+    pub what: String,
+}
+
+/// Everything one lab instance created.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct State {
+    /// Unique prefix of every namespace name.
+    pub prefix: String,
+    /// Mode the lab was brought up in.
+    pub mode: String,
+    /// Creator PID.
+    pub owner_pid: u32,
+    /// Network namespaces, recorded before creation.
+    pub netns: Vec<String>,
+    /// Processes started.
+    pub procs: Vec<ProcRecord>,
+    /// Directories created (manifests, logs).
+    pub dirs: Vec<PathBuf>,
+    /// bpffs pins created by lab components.
+    pub pins: Vec<PathBuf>,
+}
+
+impl State {
+    /// Path of a prefix's state file.
+    pub fn path(prefix: &str) -> PathBuf {
+        state_dir().join(format!("{prefix}.json"))
+    }
+
+    /// Writes the state file atomically.
+    pub fn save(&self) -> Result<()> {
+        let dir = state_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let p = Self::path(&self.prefix);
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?)?;
+        std::fs::rename(&tmp, &p)?;
+        Ok(())
+    }
+
+    /// Loads a state file.
+    pub fn load(path: &Path) -> Result<Self> {
+        Ok(serde_json::from_slice(&std::fs::read(path)?)?)
+    }
+
+    /// All state files in the state directory.
+    pub fn list() -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(state_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn proc_alive(r: &ProcRecord) -> bool {
+    process_start_time(r.pid) == Some(r.start_time)
+}
+
+/// Removes everything a state lists: processes (TERM, then KILL after 3 s),
+/// namespaces, pins, directories, then the state file. Idempotent; returns
+/// what it could not remove.
+pub fn teardown(state: &State) -> Vec<String> {
+    let mut problems = Vec::new();
+    for r in state.procs.iter().rev() {
+        if proc_alive(r) {
+            // SAFETY: kill(2) on a PID whose start time we just checked.
+            unsafe { libc::kill(r.pid as i32, libc::SIGTERM) };
+        }
+    }
+    let t0 = Instant::now();
+    while state.procs.iter().any(proc_alive) && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for r in state.procs.iter().filter(|r| proc_alive(r)) {
+        // SAFETY: as above.
+        unsafe { libc::kill(r.pid as i32, libc::SIGKILL) };
+    }
+    let t0 = Instant::now();
+    while state.procs.iter().any(proc_alive) && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for r in state.procs.iter().filter(|r| proc_alive(r)) {
+        problems.push(format!("process {} ({}) still running", r.pid, r.what));
+    }
+    for ns in state.netns.iter().rev() {
+        if Path::new("/run/netns").join(ns).exists() {
+            let out = Command::new("ip").args(["netns", "del", ns]).output();
+            if !matches!(&out, Ok(o) if o.status.success()) {
+                problems.push(format!("netns {ns}: delete failed"));
+            }
+        }
+    }
+    for p in &state.pins {
+        if p.exists() {
+            let _ = std::fs::remove_file(p).or_else(|_| std::fs::remove_dir_all(p));
+        }
+    }
+    for d in &state.dirs {
+        if d.exists() {
+            if let Err(e) = std::fs::remove_dir_all(d) {
+                problems.push(format!("{}: {e}", d.display()));
+            }
+        }
+    }
+    if problems.is_empty() {
+        let _ = std::fs::remove_file(State::path(&state.prefix));
+    }
+    problems
+}
+
+/// Runs a command, failing with its stderr.
+pub fn run(cmd: &str, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut c = Command::new(cmd);
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = c.spawn().with_context(|| format!("spawn {cmd}"))?;
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {} failed: {}",
+            args.iter().take(6).cloned().collect::<Vec<_>>().join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `ip -n <ns> -batch -` with the given commands.
+pub fn ip_batch(ns: &str, cmds: &str) -> Result<()> {
+    run("ip", &["-n", ns, "-batch", "-"], Some(cmds)).map(|_| ())
+}
+
+/// Runs a command inside a netns.
+pub fn in_ns(ns: &str, cmd: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut args = vec!["netns", "exec", ns];
+    args.extend_from_slice(cmd);
+    run("ip", &args, stdin)
+}
+
+/// A fresh unique prefix: `tl` + 4 hex digits, unused by any netns or state.
+pub fn fresh_prefix() -> String {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+        ^ std::process::id().wrapping_mul(2654435761);
+    for i in 0..4096u32 {
+        let p = format!(
+            "tl{:04x}",
+            (seed.wrapping_add(i.wrapping_mul(40503))) & 0xffff
+        );
+        let used = std::fs::read_dir("/run/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{p}-"))
+            });
+        if !used && !State::path(&p).exists() {
+            return p;
+        }
+    }
+    format!("tl{:x}", std::process::id())
+}
+
+/// A running lab. Dropping it tears everything down unless [`Lab::keep`] was
+/// called.
+pub struct Lab {
+    /// The topology.
+    pub topo: Topology,
+    /// Namespace names.
+    pub names: Names,
+    /// Manifests, configs, logs, ready files.
+    pub run_dir: PathBuf,
+    state: State,
+    children: Vec<Child>,
+    keep: bool,
+}
+
+impl Lab {
+    /// Records and creates a lab's namespaces, links, addresses, routes and
+    /// neighbours (Linux forwarding in the switch netns), and writes its
+    /// manifests and configs into the run dir.
+    pub fn create(topo: Topology, mode: &str) -> Result<Self> {
+        anyhow::ensure!(
+            unsafe { libc::geteuid() } == 0,
+            "talaria-lab needs root (network namespaces)"
+        );
+        topo.validate()?;
+        let prefix = fresh_prefix();
+        let names = Names {
+            prefix: prefix.clone(),
+        };
+        let run_dir = state_dir().join(&prefix);
+        let state = State {
+            prefix,
+            mode: mode.into(),
+            owner_pid: std::process::id(),
+            dirs: vec![run_dir.clone()],
+            ..Default::default()
+        };
+        state.save()?;
+        let mut lab = Lab {
+            topo,
+            names,
+            run_dir,
+            state,
+            children: Vec::new(),
+            keep: false,
+        };
+        std::fs::create_dir_all(lab.run_dir.join("ready"))?;
+        std::fs::create_dir_all(lab.run_dir.join("logs"))?;
+        lab.build()?;
+        lab.write_configs(&ServiceSet::from_topology(&lab.topo))?;
+        Ok(lab)
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.names.prefix
+    }
+
+    /// The state (for reporting).
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Keeps the lab up after this handle is dropped (`down` removes it).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+
+    fn add_netns(&mut self, ns: &str) -> Result<()> {
+        self.state.netns.push(ns.to_string());
+        self.state.save()?;
+        run("ip", &["netns", "add", ns], None)?;
+        Ok(())
+    }
+
+    /// Records a bpffs pin (or pin directory) a component will create.
+    pub fn record_pin(&mut self, p: PathBuf) -> Result<()> {
+        self.state.pins.push(p);
+        self.state.save()
+    }
+
+    fn sysctls(ns: &str, kv: &[&str]) -> Result<()> {
+        let mut cmd = vec!["sysctl", "-qw"];
+        cmd.extend_from_slice(kv);
+        in_ns(ns, &cmd, None).map(|_| ())
+    }
+
+    fn build(&mut self) -> Result<()> {
+        let t = self.topo.clone();
+        let sw = self.names.switch();
+        self.add_netns(&sw)?;
+        for n in 0..t.nodes {
+            let node = self.names.node(n);
+            self.add_netns(&node)?;
+            for p in 0..t.pods_per_node {
+                let pod = self.names.pod(n, p);
+                self.add_netns(&pod)?;
+            }
+        }
+        let base = [
+            "net.ipv4.ip_forward=1",
+            "net.ipv4.conf.all.rp_filter=0",
+            "net.ipv4.conf.default.rp_filter=0",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ];
+        Self::sysctls(&sw, &base)?;
+        // Switch side: one veth per node, created straight into both netns.
+        let mut swb = String::from("link set lo up\n");
+        swb.push_str(&format!("addr add {}/32 dev lo\n", t.switch_addr));
+        for n in 0..t.nodes {
+            let node = self.names.node(n);
+            Self::sysctls(&node, &base)?;
+            swb.push_str(&format!(
+                "link add {dev} address {mac} mtu {mtu} type veth peer name {up} address {pmac} mtu {mtu} netns {node}\n",
+                dev = switch_port_dev(n),
+                mac = Topology::switch_port_mac(n),
+                mtu = t.uplink_mtu,
+                up = NODE_UPLINK_DEV,
+                pmac = Topology::node_uplink_mac(n),
+            ));
+        }
+        ip_batch(&sw, &swb)?;
+        let mut swb = String::new();
+        for n in 0..t.nodes {
+            let dev = switch_port_dev(n);
+            let (net, len) = t.pod_cidr(n);
+            swb.push_str(&format!(
+                "addr add {}/24 dev {dev}\nlink set {dev} up\n",
+                t.switch_port_ip(n)
+            ));
+            swb.push_str(&format!(
+                "neigh replace {} lladdr {} dev {dev} nud permanent\n",
+                t.node_ip(n),
+                Topology::node_uplink_mac(n)
+            ));
+            swb.push_str(&format!(
+                "route replace {net}/{len} via {} dev {dev}\n",
+                t.node_ip(n)
+            ));
+        }
+        ip_batch(&sw, &swb)?;
+        for n in 0..t.nodes {
+            let node = self.names.node(n);
+            let mut nb = String::from("link set lo up\n");
+            nb.push_str(&format!(
+                "addr add {}/24 dev {NODE_UPLINK_DEV}\nlink set {NODE_UPLINK_DEV} up\n",
+                t.node_ip(n)
+            ));
+            nb.push_str(&format!(
+                "neigh replace {} lladdr {} dev {NODE_UPLINK_DEV} nud permanent\n",
+                t.switch_port_ip(n),
+                Topology::switch_port_mac(n)
+            ));
+            nb.push_str(&format!(
+                "route replace default via {} dev {NODE_UPLINK_DEV}\n",
+                t.switch_port_ip(n)
+            ));
+            for p in 0..t.pods_per_node {
+                nb.push_str(&format!(
+                    "link add {dev} address {mac} mtu {mtu} type veth peer name {POD_DEV} address {pmac} mtu {mtu} netns {pod}\n",
+                    dev = node_pod_dev(p),
+                    mac = Topology::node_pod_veth_mac(n, p),
+                    mtu = t.pod_mtu(),
+                    pmac = Topology::pod_mac(n, p),
+                    pod = self.names.pod(n, p),
+                ));
+            }
+            ip_batch(&node, &nb)?;
+            let mut nb = String::new();
+            for p in 0..t.pods_per_node {
+                let dev = node_pod_dev(p);
+                nb.push_str(&format!("link set {dev} up\n"));
+                nb.push_str(&format!(
+                    "neigh replace {} lladdr {} dev {dev} nud permanent\n",
+                    t.pod_ip(n, p),
+                    Topology::pod_mac(n, p)
+                ));
+                nb.push_str(&format!("route replace {}/32 dev {dev}\n", t.pod_ip(n, p)));
+            }
+            ip_batch(&node, &nb)?;
+            for p in 0..t.pods_per_node {
+                let pod = self.names.pod(n, p);
+                Self::sysctls(
+                    &pod,
+                    &[
+                        "net.ipv6.conf.all.disable_ipv6=1",
+                        "net.ipv6.conf.default.disable_ipv6=1",
+                        "net.ipv4.tcp_tw_reuse=1",
+                        "net.ipv4.ip_local_port_range=1024 65000",
+                    ],
+                )?;
+                let pb = format!(
+                    "link set lo up\naddr add {ip}/32 dev {POD_DEV}\nlink set {POD_DEV} up\n\
+                     neigh replace {POD_GATEWAY} lladdr {gmac} dev {POD_DEV} nud permanent\n\
+                     route replace default via {POD_GATEWAY} dev {POD_DEV} onlink\n",
+                    ip = t.pod_ip(n, p),
+                    gmac = Topology::node_pod_veth_mac(n, p),
+                );
+                ip_batch(&pod, &pb)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes manifests (`services.yaml`, `nodes.yaml`), `switch.yaml` and
+    /// `node-<i>.yaml` for the given Services into the run dir.
+    pub fn write_configs(&self, set: &ServiceSet) -> Result<()> {
+        let d = &self.run_dir;
+        std::fs::create_dir_all(d.join("manifests"))?;
+        std::fs::write(
+            d.join("manifests/services.yaml"),
+            manifests::services_yaml(&self.topo, set),
+        )?;
+        std::fs::write(
+            d.join("manifests/nodes.yaml"),
+            manifests::nodes_yaml(&self.topo),
+        )?;
+        std::fs::write(
+            d.join("switch.yaml"),
+            serde_yaml::to_string(&manifests::switch_config(&self.topo, &self.names))?,
+        )?;
+        for n in 0..self.topo.nodes {
+            std::fs::write(
+                d.join(format!("node-{n}.yaml")),
+                serde_yaml::to_string(&manifests::node_config(&self.topo, &self.names, n))?,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Starts a process inside a netns (`ip netns exec` execs in place, so
+    /// the PID is the process itself), logging to `logs/<what>.log`, and
+    /// records it before returning.
+    pub fn spawn(&mut self, ns: &str, what: &str, argv: &[String]) -> Result<u32> {
+        let log = std::fs::File::create(self.run_dir.join("logs").join(format!("{what}.log")))?;
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns]).args(argv);
+        c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = c.spawn().with_context(|| format!("start {what}"))?;
+        let pid = child.id();
+        // Wait until the exec has happened so the start time is the final one.
+        let start_time = process_start_time(pid).unwrap_or(0);
+        self.state.procs.push(ProcRecord {
+            pid,
+            start_time,
+            what: what.into(),
+        });
+        self.state.save()?;
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// Starts a process in the root namespace (for programs that enter a
+    /// netns themselves, like `talaria-node --netns`), recorded like
+    /// [`Lab::spawn`].
+    pub fn spawn_host(&mut self, what: &str, argv: &[String]) -> Result<u32> {
+        let log = std::fs::File::create(self.run_dir.join("logs").join(format!("{what}.log")))?;
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+        let child = c.spawn().with_context(|| format!("start {what}"))?;
+        let pid = child.id();
+        let start_time = process_start_time(pid).unwrap_or(0);
+        self.state.procs.push(ProcRecord {
+            pid,
+            start_time,
+            what: what.into(),
+        });
+        self.state.save()?;
+        self.children.push(child);
+        Ok(pid)
+    }
+
+    /// PIDs of recorded processes whose description starts with `what`.
+    pub fn pids(&self, what: &str) -> Vec<u32> {
+        self.state
+            .procs
+            .iter()
+            .filter(|p| p.what.starts_with(what))
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Whether a started process has exited (and its status).
+    pub fn exited(&mut self, pid: u32) -> Option<std::process::ExitStatus> {
+        self.children
+            .iter_mut()
+            .find(|c| c.id() == pid)
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Stops one recorded process (TERM, then KILL after 3 s).
+    pub fn stop(&mut self, pid: u32) {
+        let recs: Vec<ProcRecord> = self
+            .state
+            .procs
+            .iter()
+            .filter(|p| p.pid == pid)
+            .cloned()
+            .collect();
+        let _ = teardown(&State {
+            prefix: String::new(),
+            procs: recs,
+            ..Default::default()
+        });
+        if let Some(i) = self.children.iter().position(|c| c.id() == pid) {
+            let mut c = self.children.remove(i);
+            let _ = c.wait();
+        }
+        self.state.procs.retain(|p| p.pid != pid);
+        let _ = self.state.save();
+    }
+
+    /// Starts the HTTP + UDP echo server in every pod and waits until all
+    /// are listening (at most 15 s).
+    pub fn start_servers(&mut self) -> Result<()> {
+        let exe = lab_exe()?;
+        let t = self.topo.clone();
+        let mut ready = Vec::new();
+        for (n, p) in t.pods() {
+            let name = Topology::pod_name(n, p);
+            let rf = self.run_dir.join("ready").join(&name);
+            let _ = std::fs::remove_file(&rf);
+            let argv = vec![
+                exe.clone(),
+                "serve".into(),
+                "--name".into(),
+                name.clone(),
+                "--http-port".into(),
+                t.http_port.to_string(),
+                "--udp-port".into(),
+                t.udp_port.to_string(),
+                "--ready-file".into(),
+                rf.to_string_lossy().into_owned(),
+            ];
+            let pid = self.spawn(&self.names.pod(n, p), &format!("serve-{name}"), &argv)?;
+            ready.push((rf, pid, name));
+        }
+        let t0 = Instant::now();
+        for (rf, pid, name) in ready {
+            while !rf.exists() {
+                if let Some(st) = self.exited(pid) {
+                    bail!(
+                        "server {name} exited: {st} (see {}/logs)",
+                        self.run_dir.display()
+                    );
+                }
+                if t0.elapsed() > Duration::from_secs(15) {
+                    bail!("server {name} not ready after 15 s");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+
+    /// Tears the lab down now.
+    pub fn down(mut self) -> Vec<String> {
+        self.keep = true; // Drop must not run teardown a second time.
+        let problems = teardown(&self.state);
+        for c in &mut self.children {
+            let _ = c.try_wait();
+        }
+        problems
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.keep {
+            let problems = teardown(&self.state);
+            for c in &mut self.children {
+                let _ = c.try_wait();
+            }
+            for p in problems {
+                eprintln!("talaria-lab: teardown: {p}");
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! SVG plots of benchmark rows (plotters, SVG backend only).
+
+use crate::bench::Row;
+use anyhow::Result;
+use plotters::prelude::*;
+use std::path::Path;
+
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+];
+
+/// One line: label and (x, y) points.
+pub type Series = (String, Vec<(f64, f64)>);
+
+/// Draws a line chart; `log_x` puts x on a log scale.
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    log_x: bool,
+) -> Result<()> {
+    let pts = series.iter().flat_map(|s| s.1.iter());
+    let (mut xmin, mut xmax, mut ymax) = (f64::MAX, f64::MIN, 0.0f64);
+    for &(x, y) in pts {
+        xmin = xmin.min(x);
+        xmax = xmax.max(x);
+        ymax = ymax.max(y);
+    }
+    if xmin > xmax {
+        (xmin, xmax) = (1.0, 10.0);
+    }
+    if xmin == xmax {
+        xmax = xmin * 2.0 + 1.0;
+    }
+    let ymax = if ymax <= 0.0 { 1.0 } else { ymax * 1.1 };
+    let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut builder = ChartBuilder::on(&root);
+    builder
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(70);
+    macro_rules! draw {
+        ($chart:expr) => {{
+            let mut chart = $chart;
+            chart
+                .configure_mesh()
+                .x_desc(xlabel)
+                .y_desc(ylabel)
+                .draw()?;
+            for (i, (label, points)) in series.iter().enumerate() {
+                let c = COLORS[i % COLORS.len()];
+                chart
+                    .draw_series(LineSeries::new(points.iter().copied(), c.stroke_width(2)))?
+                    .label(label.clone())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2))
+                    });
+                chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, c.filled())))?;
+            }
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }};
+    }
+    if log_x {
+        draw!(builder.build_cartesian_2d((xmin * 0.8..xmax * 1.25).log_scale(), 0.0..ymax)?);
+    } else {
+        draw!(builder.build_cartesian_2d(xmin..xmax, 0.0..ymax)?);
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn series(
+    rows: &[Row],
+    exp: &str,
+    proto: &str,
+    x: fn(&Row) -> f64,
+    y: fn(&Row) -> f64,
+) -> Vec<Series> {
+    let mut modes: Vec<String> = rows
+        .iter()
+        .filter(|r| r.experiment == exp && r.proto == proto)
+        .map(|r| r.mode.clone())
+        .collect();
+    modes.dedup();
+    modes
+        .into_iter()
+        .map(|m| {
+            let mut pts: Vec<(f64, f64)> = rows
+                .iter()
+                .filter(|r| {
+                    r.experiment == exp && r.proto == proto && r.mode == m && r.requests > 0
+                })
+                .map(|r| (x(r), y(r)))
+                .collect();
+            pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            (m, pts)
+        })
+        .collect()
+}
+
+/// Writes every plot for a benchmark; returns the file names.
+pub fn all(dir: &Path, rows: &[Row]) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    type Getter = fn(&Row) -> f64;
+    let metrics: [(&str, &str, Getter); 3] = [
+        ("rps", "requests/s", |r| r.rps),
+        ("p99", "p99 latency (µs)", |r| r.p99_us),
+        ("cpu", "host CPU per request (µs)", |r| r.cpu_us_per_req),
+    ];
+    for (exp, xl, xf, log) in [
+        (
+            "services",
+            "Services",
+            (|r: &Row| r.services as f64) as Getter,
+            true,
+        ),
+        (
+            "concurrency",
+            "concurrency",
+            (|r: &Row| r.concurrency as f64) as Getter,
+            false,
+        ),
+    ] {
+        for proto in ["HttpShort", "HttpLong"] {
+            for (m, yl, yf) in metrics {
+                let s = series(rows, exp, proto, xf, yf);
+                if s.is_empty() {
+                    continue;
+                }
+                let name = format!(
+                    "{m}_vs_{exp}_{}.svg",
+                    if proto == "HttpShort" {
+                        "short"
+                    } else {
+                        "long"
+                    }
+                );
+                let title = format!(
+                    "{yl} vs {xl}, {} connections",
+                    if proto == "HttpShort" {
+                        "short"
+                    } else {
+                        "long"
+                    }
+                );
+                line_chart(&dir.join(&name), &title, xl, yl, &s, log)?;
+                out.push(name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_svg() {
+        let dir = std::env::temp_dir().join(format!("talaria-lab-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rows: Vec<Row> = [10, 1000, 10000]
+            .iter()
+            .flat_map(|&s| {
+                ["direct", "iptables"].map(|m| Row {
+                    experiment: "services".into(),
+                    mode: m.into(),
+                    proto: "HttpShort".into(),
+                    services: s,
+                    rps: 1000.0 / (1.0 + s as f64 / 1000.0),
+                    ..Default::default()
+                })
+            })
+            .collect();
+        let files = all(&dir, &rows).unwrap();
+        assert_eq!(files.len(), 3);
+        let svg = std::fs::read_to_string(dir.join(&files[0])).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("iptables"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,343 @@
+//! kube-proxy baselines: the rule structure kube-proxy programs on every
+//! node, generated from a [`ServiceSet`].
+//!
+//! - [`iptables_restore`]: iptables mode (`KUBE-SERVICES` → `KUBE-SVC-*` with
+//!   `-m statistic --mode random --probability` → `KUBE-SEP-*` DNAT, plus
+//!   `KUBE-MARK-MASQ`/`KUBE-POSTROUTING` for hairpin and off-cluster sources),
+//!   as `iptables-restore` input for the nat table.
+//! - [`nft_script`]: nftables mode (table `ip kube-proxy`, a
+//!   `service-ips` verdict map keyed on daddr . l4proto . dport, per-service
+//!   chains choosing an endpoint with `numgen random mod N vmap`), as `nft -f`
+//!   input that atomically replaces the table.
+//!
+//! Chain names use a short stable hash of the service port / endpoint, as
+//! kube-proxy does (it uses base32(sha256); we use FNV-1a, the shape is what
+//! matters). NodePorts, LoadBalancer and the filter-table chains are omitted:
+//! the lab has ClusterIP Services only.
+
+use crate::manifests::{ServiceSet, ServiceSpec};
+use crate::topology::Topology;
+use std::fmt::Write;
+
+fn fnv64(s: &str) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in s.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// 16 base32 characters of a stable hash, like kube-proxy's chain suffixes.
+pub fn chain_hash(s: &str) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut h = fnv64(s) as u128 | ((fnv64(&format!("{s}#")) as u128) << 64);
+    (0..16)
+        .map(|_| {
+            let c = A[(h & 31) as usize] as char;
+            h >>= 5;
+            c
+        })
+        .collect()
+}
+
+struct Port {
+    name: &'static str,
+    proto: &'static str,
+    port: u16,
+    target: u16,
+}
+
+fn ports(t: &Topology) -> [Port; 2] {
+    [
+        Port {
+            name: "http",
+            proto: "tcp",
+            port: t.service_http_port,
+            target: t.http_port,
+        },
+        Port {
+            name: "udp",
+            proto: "udp",
+            port: t.service_udp_port,
+            target: t.udp_port,
+        },
+    ]
+}
+
+fn cluster_cidr(t: &Topology) -> String {
+    let (net, _) = t.pod_cidr(0);
+    format!("{net}/16")
+}
+
+/// iptables-restore input for the nat table of one node (every node gets the
+/// same rules, as with kube-proxy).
+pub fn iptables_restore(t: &Topology, set: &ServiceSet) -> String {
+    let mut chains = String::new();
+    let mut rules = String::new();
+    let cluster = cluster_cidr(t);
+    let ns = &t.namespace;
+    for c in [
+        "KUBE-SERVICES",
+        "KUBE-POSTROUTING",
+        "KUBE-MARK-MASQ",
+        "KUBE-NODEPORTS",
+    ] {
+        writeln!(chains, ":{c} - [0:0]").unwrap();
+    }
+    rules.push_str(
+        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
+         -A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING\n\
+         -A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000\n\
+         -A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
+         -A KUBE-POSTROUTING -j MARK --set-xmark 0x4000/0x0\n\
+         -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
+    );
+    let mut svc_rules = String::new();
+    for s in &set.services {
+        for p in ports(t) {
+            let spn = format!("{ns}/{}:{}", s.name, p.name);
+            let svc_chain = format!("KUBE-SVC-{}", chain_hash(&format!("{spn}:{}", p.proto)));
+            let vip = s.cluster_ip;
+            if s.endpoints.is_empty() {
+                // kube-proxy rejects in the filter table; the nat table has no rule.
+                continue;
+            }
+            writeln!(chains, ":{svc_chain} - [0:0]").unwrap();
+            writeln!(
+                svc_rules,
+                "-A KUBE-SERVICES -d {vip}/32 -p {pr} -m comment --comment \"{spn} cluster IP\" -m {pr} --dport {port} -j {svc_chain}",
+                pr = p.proto,
+                port = p.port
+            )
+            .unwrap();
+            writeln!(
+                rules,
+                "-A {svc_chain} ! -s {cluster} -d {vip}/32 -p {pr} -m comment --comment \"{spn} cluster IP\" -m {pr} --dport {port} -j KUBE-MARK-MASQ",
+                pr = p.proto,
+                port = p.port
+            )
+            .unwrap();
+            let n = s.endpoints.len();
+            for (i, &(node, pod)) in s.endpoints.iter().enumerate() {
+                let ip = t.pod_ip(node, pod);
+                let ep = format!("{ip}:{}", p.target);
+                let sep_chain = format!(
+                    "KUBE-SEP-{}",
+                    chain_hash(&format!("{spn}:{}:{ep}", p.proto))
+                );
+                writeln!(chains, ":{sep_chain} - [0:0]").unwrap();
+                if i + 1 < n {
+                    writeln!(
+                        rules,
+                        "-A {svc_chain} -m comment --comment \"{spn} -> {ep}\" -m statistic --mode random --probability {:.11} -j {sep_chain}",
+                        1.0 / (n - i) as f64
+                    )
+                    .unwrap();
+                } else {
+                    writeln!(
+                        rules,
+                        "-A {svc_chain} -m comment --comment \"{spn} -> {ep}\" -j {sep_chain}"
+                    )
+                    .unwrap();
+                }
+                writeln!(
+                    rules,
+                    "-A {sep_chain} -s {ip}/32 -m comment --comment \"{spn}\" -j KUBE-MARK-MASQ"
+                )
+                .unwrap();
+                writeln!(
+                    rules,
+                    "-A {sep_chain} -p {pr} -m comment --comment \"{spn}\" -m {pr} -j DNAT --to-destination {ep}",
+                    pr = p.proto
+                )
+                .unwrap();
+            }
+        }
+    }
+    svc_rules.push_str(
+        "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n",
+    );
+    format!("*nat\n{chains}{rules}{svc_rules}COMMIT\n")
+}
+
+fn nft_service_chain(t: &Topology, s: &ServiceSpec, proto: &str, pname: &str) -> String {
+    let spn = format!("{}/{}/{proto}/{pname}", t.namespace, s.name);
+    format!("service-{}-{spn}", &chain_hash(&spn)[..8])
+}
+
+fn nft_endpoint_chain(t: &Topology, s: &ServiceSpec, proto: &str, pname: &str, ep: &str) -> String {
+    let spn = format!("{}/{}/{proto}/{pname}", t.namespace, s.name);
+    let key = format!("{spn}__{ep}");
+    format!(
+        "endpoint-{}-{}",
+        &chain_hash(&key)[..8],
+        key.replace(':', "/")
+    )
+}
+
+/// `nft -f` input for one node: replaces table `ip kube-proxy` atomically.
+pub fn nft_script(t: &Topology, set: &ServiceSet) -> String {
+    let cluster = cluster_cidr(t);
+    let mut o = String::new();
+    o.push_str("add table ip kube-proxy\ndelete table ip kube-proxy\n");
+    o.push_str("table ip kube-proxy {\n\tcomment \"rules for kube-proxy\"\n");
+    o.push_str("\tchain mark-for-masquerade {\n\t\tmeta mark set meta mark or 0x4000\n\t}\n");
+    o.push_str(
+        "\tchain masquerading {\n\t\tmeta mark & 0x4000 == 0 return\n\t\tmeta mark set meta mark ^ 0x4000\n\t\tmasquerade fully-random\n\t}\n",
+    );
+    o.push_str("\tchain nat-prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tjump services\n\t}\n");
+    o.push_str("\tchain nat-output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tjump services\n\t}\n");
+    o.push_str("\tchain nat-postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tjump masquerading\n\t}\n");
+    let mut elements = Vec::new();
+    let mut cluster_ips = Vec::new();
+    for s in &set.services {
+        cluster_ips.push(s.cluster_ip.to_string());
+        for p in ports(t) {
+            if s.endpoints.is_empty() {
+                continue;
+            }
+            let chain = nft_service_chain(t, s, p.proto, p.name);
+            elements.push(format!(
+                "{} . {} . {} : goto {chain}",
+                s.cluster_ip, p.proto, p.port
+            ));
+            let mut vmap = Vec::new();
+            for (i, &(node, pod)) in s.endpoints.iter().enumerate() {
+                let ip = t.pod_ip(node, pod);
+                let ep = format!("{ip}:{}", p.target);
+                let echain = nft_endpoint_chain(t, s, p.proto, p.name, &ep);
+                writeln!(
+                    o,
+                    "\tchain {echain} {{\n\t\tip saddr {ip} jump mark-for-masquerade\n\t\tmeta l4proto {} dnat to {ep}\n\t}}",
+                    p.proto
+                )
+                .unwrap();
+                vmap.push(format!("{i} : goto {echain}"));
+            }
+            writeln!(
+                o,
+                "\tchain {chain} {{\n\t\tip daddr {} {} dport {} ip saddr != {cluster} jump mark-for-masquerade\n\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
+                s.cluster_ip,
+                p.proto,
+                p.port,
+                s.endpoints.len(),
+                vmap.join(", ")
+            )
+            .unwrap();
+        }
+    }
+    o.push_str("\tset cluster-ips {\n\t\ttype ipv4_addr\n\t\tcomment \"Active ClusterIPs\"\n");
+    if !cluster_ips.is_empty() {
+        writeln!(o, "\t\telements = {{ {} }}", cluster_ips.join(", ")).unwrap();
+    }
+    o.push_str("\t}\n");
+    o.push_str("\tmap service-ips {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n\t\tcomment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\"\n");
+    if !elements.is_empty() {
+        writeln!(o, "\t\telements = {{ {} }}", elements.join(",\n\t\t\t")).unwrap();
+    }
+    o.push_str("\t}\n");
+    o.push_str(
+        "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n",
+    );
+    o.push_str("}\n");
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> (Topology, ServiceSet) {
+        let t = Topology::from_yaml(
+            "nodes: 2\npods_per_node: 3\nservices: 2\nendpoints_per_service: 3",
+        )
+        .unwrap();
+        let s = ServiceSet::from_topology(&t);
+        (t, s)
+    }
+
+    #[test]
+    fn chain_hash_is_stable_and_kube_proxy_shaped() {
+        let h = chain_hash("default/svc-00000:http:tcp");
+        assert_eq!(h.len(), 16);
+        assert!(h
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || ('2'..='7').contains(&c)));
+        assert_eq!(h, chain_hash("default/svc-00000:http:tcp"));
+        assert_ne!(h, chain_hash("default/svc-00001:http:tcp"));
+    }
+
+    #[test]
+    fn iptables_structure() {
+        let (t, set) = small();
+        let r = iptables_restore(&t, &set);
+        assert!(r.starts_with("*nat\n") && r.ends_with("COMMIT\n"));
+        // 2 services x 2 ports: 4 KUBE-SVC chains, 12 KUBE-SEP chains.
+        assert_eq!(r.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count(), 4);
+        assert_eq!(
+            r.lines().filter(|l| l.starts_with(":KUBE-SEP-")).count(),
+            12
+        );
+        assert!(r.contains("-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"default/svc-00000:http cluster IP\" -m tcp --dport 80 -j KUBE-SVC-"));
+        assert!(r.contains("-A KUBE-SERVICES -d 10.96.0.11/32 -p udp"));
+        // Probabilities 1/3, 1/2, then the unconditional last endpoint.
+        assert_eq!(r.matches("--probability 0.33333333333").count(), 4);
+        assert_eq!(r.matches("--probability 0.50000000000").count(), 4);
+        assert!(r.contains("-j DNAT --to-destination 10.244.1.10:8080"));
+        assert!(r.contains("-j DNAT --to-destination 10.244.1.10:5353"));
+        // The nodeports rule is the last rule of KUBE-SERVICES.
+        let last = r
+            .lines()
+            .rfind(|l| l.starts_with("-A KUBE-SERVICES"))
+            .unwrap();
+        assert!(last.contains("KUBE-NODEPORTS"));
+        // Every jump target is declared.
+        for l in r.lines().filter(|l| l.starts_with("-A ")) {
+            let target = l.rsplit("-j ").next().unwrap().split(' ').next().unwrap();
+            if target.starts_with("KUBE-") {
+                assert!(
+                    r.contains(&format!(":{target} - [0:0]")),
+                    "undeclared {target}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn iptables_single_endpoint_has_no_statistic() {
+        let t = Topology::from_yaml(
+            "nodes: 2\npods_per_node: 1\nservices: 1\nendpoints_per_service: 1",
+        )
+        .unwrap();
+        let r = iptables_restore(&t, &ServiceSet::from_topology(&t));
+        assert!(!r.contains("statistic"));
+    }
+
+    #[test]
+    fn nft_structure() {
+        let (t, set) = small();
+        let s = nft_script(&t, &set);
+        assert!(s.starts_with("add table ip kube-proxy\ndelete table ip kube-proxy\n"));
+        assert!(s.contains("type ipv4_addr . inet_proto . inet_service : verdict"));
+        assert!(s.contains("ip daddr . meta l4proto . th dport vmap @service-ips"));
+        assert!(s.contains("10.96.0.10 . tcp . 80 : goto service-"));
+        assert!(s.contains("10.96.0.11 . udp . 53 : goto service-"));
+        assert_eq!(s.matches("numgen random mod 3 vmap").count(), 4);
+        assert!(s.contains("meta l4proto tcp dnat to 10.244.1.10:8080"));
+        assert!(s.contains("type nat hook prerouting priority dstnat"));
+        // Balanced braces.
+        assert_eq!(s.matches('{').count(), s.matches('}').count());
+    }
+
+    #[test]
+    fn empty_service_has_no_rules() {
+        let (t, mut set) = small();
+        set.services[1].endpoints.clear();
+        let r = iptables_restore(&t, &set);
+        assert!(!r.contains("10.96.0.11"));
+        let s = nft_script(&t, &set);
+        assert!(!s.contains("10.96.0.11 . tcp"));
+    }
+}

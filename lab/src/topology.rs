@@ -1,0 +1,390 @@
+//! The lab topology: its YAML description and the address plan derived from it.
+//!
+//! The plan is a pure function of the [`Topology`], so manifests, rules and
+//! the namespaces built from it always agree, and it is unit-tested without
+//! root.
+//!
+//! Addressing (defaults):
+//!
+//! | what | address |
+//! |---|---|
+//! | switch port `i` | `172.30.i.1/24` (netns `<prefix>-sw`, device `p<i>`) |
+//! | node `i` uplink | `172.30.i.2/24` (netns `<prefix>-n<i>`, device `up0`), default route via the switch port |
+//! | switch tunnel address | `172.30.255.1/32` on the switch's loopback |
+//! | node `i` pod CIDR | `10.244.i.0/24`, routed by the switch to the node |
+//! | pod `j` of node `i` | `10.244.i.(10+j)/32` (netns `<prefix>-n<i>p<j>`, device `eth0`), default route via `169.254.1.1` onlink |
+//! | ClusterIP of Service `k` | service CIDR base + 10 + `k` |
+//!
+//! Pod MTU is the uplink MTU minus the 48 bytes of Geneve + Talaria option.
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+/// Bytes the Talaria encapsulation adds: outer IPv4 20 + UDP 8 + Geneve 8 + option 12.
+pub const ENCAP_OVERHEAD: u32 = 48;
+
+/// Gateway address pods use; it lives on no interface (a static neighbour
+/// entry in the pod resolves it to the node-side veth).
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The embedded default topology.
+pub const DEFAULT_YAML: &str = include_str!("../topologies/default.yaml");
+
+/// A lab topology, loaded from YAML. Every field has a default, so `{}` is a
+/// valid topology (the embedded default).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Topology {
+    /// Number of nodes, each attached to one switch port (1..=200).
+    pub nodes: u32,
+    /// Pod namespaces per node (1..=200).
+    pub pods_per_node: u32,
+    /// Number of Services to generate (0..=60000).
+    pub services: u32,
+    /// Endpoints (backend pods) per Service.
+    pub endpoints_per_service: u32,
+    /// Nodes whose pods act as clients; their pods are never endpoints
+    /// (unless every node is a client node), so service traffic always
+    /// crosses the switch.
+    pub client_nodes: u32,
+    /// MTU of the switch↔node links. Pod MTU is this minus 48.
+    pub uplink_mtu: u32,
+    /// Service CIDR (a /16); ClusterIPs are allocated from base + 10.
+    pub service_cidr: String,
+    /// Base of the pod CIDRs (a /16); node `i` gets the `i`-th /24.
+    pub pod_cidr_base: String,
+    /// Base of the switch↔node links (a /16); link `i` is the `i`-th /24.
+    pub underlay_base: String,
+    /// The switch's tunnel address (terminates Talaria Geneve traffic).
+    pub switch_addr: Ipv4Addr,
+    /// Port the pods' HTTP servers listen on (Service targetPort).
+    pub http_port: u16,
+    /// Port the pods' UDP echo servers listen on (Service targetPort).
+    pub udp_port: u16,
+    /// Service port for HTTP (TCP).
+    pub service_http_port: u16,
+    /// Service port for UDP echo.
+    pub service_udp_port: u16,
+    /// Kubernetes namespace of the generated objects.
+    pub namespace: String,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            pods_per_node: 4,
+            services: 20,
+            endpoints_per_service: 3,
+            client_nodes: 1,
+            uplink_mtu: 1500,
+            service_cidr: "10.96.0.0/16".into(),
+            pod_cidr_base: "10.244.0.0/16".into(),
+            underlay_base: "172.30.0.0/16".into(),
+            switch_addr: Ipv4Addr::new(172, 30, 255, 1),
+            http_port: 8080,
+            udp_port: 5353,
+            service_http_port: 80,
+            service_udp_port: 53,
+            namespace: "default".into(),
+        }
+    }
+}
+
+/// A topology that cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The YAML did not parse.
+    #[error("topology YAML: {0}")]
+    Yaml(#[from] serde_yaml::Error),
+    /// A field is out of range or malformed.
+    #[error("topology: {0}")]
+    Invalid(String),
+}
+
+fn base16(cidr: &str, field: &str) -> Result<[u8; 2], TopologyError> {
+    let (addr, len) = cidr
+        .split_once('/')
+        .ok_or_else(|| TopologyError::Invalid(format!("{field}: {cidr:?} is not a CIDR")))?;
+    let addr: Ipv4Addr = addr
+        .parse()
+        .map_err(|_| TopologyError::Invalid(format!("{field}: bad address in {cidr:?}")))?;
+    if len != "16" {
+        return Err(TopologyError::Invalid(format!(
+            "{field}: {cidr:?} must be a /16"
+        )));
+    }
+    let o = addr.octets();
+    Ok([o[0], o[1]])
+}
+
+impl Topology {
+    /// Parses and validates a topology.
+    pub fn from_yaml(text: &str) -> Result<Self, TopologyError> {
+        let t: Topology = serde_yaml::from_str(text)?;
+        t.validate()?;
+        Ok(t)
+    }
+
+    /// The embedded default topology.
+    pub fn embedded_default() -> Self {
+        Self::from_yaml(DEFAULT_YAML).expect("embedded default topology is valid")
+    }
+
+    /// Checks ranges and CIDRs.
+    pub fn validate(&self) -> Result<(), TopologyError> {
+        let bad = |m: String| Err(TopologyError::Invalid(m));
+        if !(1..=200).contains(&self.nodes) {
+            return bad(format!("nodes must be 1..=200, got {}", self.nodes));
+        }
+        if !(1..=200).contains(&self.pods_per_node) {
+            return bad(format!(
+                "pods_per_node must be 1..=200, got {}",
+                self.pods_per_node
+            ));
+        }
+        if self.services > 60000 {
+            return bad(format!("services must be <= 60000, got {}", self.services));
+        }
+        if self.client_nodes == 0 || self.client_nodes > self.nodes {
+            return bad(format!(
+                "client_nodes must be 1..=nodes, got {}",
+                self.client_nodes
+            ));
+        }
+        if self.endpoints_per_service == 0 {
+            return bad("endpoints_per_service must be >= 1".into());
+        }
+        if !(576 + ENCAP_OVERHEAD..=9000).contains(&self.uplink_mtu) {
+            return bad(format!(
+                "uplink_mtu must be 624..=9000, got {}",
+                self.uplink_mtu
+            ));
+        }
+        base16(&self.service_cidr, "service_cidr")?;
+        base16(&self.pod_cidr_base, "pod_cidr_base")?;
+        base16(&self.underlay_base, "underlay_base")?;
+        Ok(())
+    }
+
+    /// Pod MTU: uplink MTU minus the encapsulation.
+    pub fn pod_mtu(&self) -> u32 {
+        self.uplink_mtu - ENCAP_OVERHEAD
+    }
+
+    /// Switch port `i`'s address (gateway of node `i`).
+    pub fn switch_port_ip(&self, node: u32) -> Ipv4Addr {
+        let b = base16(&self.underlay_base, "").unwrap();
+        Ipv4Addr::new(b[0], b[1], node as u8, 1)
+    }
+
+    /// Node `i`'s uplink address.
+    pub fn node_ip(&self, node: u32) -> Ipv4Addr {
+        let b = base16(&self.underlay_base, "").unwrap();
+        Ipv4Addr::new(b[0], b[1], node as u8, 2)
+    }
+
+    /// Node `i`'s pod CIDR as (network, prefix length).
+    pub fn pod_cidr(&self, node: u32) -> (Ipv4Addr, u8) {
+        let b = base16(&self.pod_cidr_base, "").unwrap();
+        (Ipv4Addr::new(b[0], b[1], node as u8, 0), 24)
+    }
+
+    /// Pod `j` of node `i`.
+    pub fn pod_ip(&self, node: u32, pod: u32) -> Ipv4Addr {
+        let b = base16(&self.pod_cidr_base, "").unwrap();
+        Ipv4Addr::new(b[0], b[1], node as u8, (10 + pod) as u8)
+    }
+
+    /// The service CIDR as (network, prefix length).
+    pub fn service_net(&self) -> (Ipv4Addr, u8) {
+        let b = base16(&self.service_cidr, "").unwrap();
+        (Ipv4Addr::new(b[0], b[1], 0, 0), 16)
+    }
+
+    /// ClusterIP of Service `k`.
+    pub fn cluster_ip(&self, k: u32) -> Ipv4Addr {
+        let (net, _) = self.service_net();
+        Ipv4Addr::from(u32::from(net) + 10 + k)
+    }
+
+    /// Deterministic MAC: `02:74:<kind>:<a>:<b>:<side>`.
+    pub fn mac(kind: u8, a: u32, b: u32, side: u8) -> String {
+        format!(
+            "02:74:{kind:02x}:{:02x}:{:02x}:{side:02x}",
+            a as u8, b as u8
+        )
+    }
+
+    /// MAC of switch port `i`.
+    pub fn switch_port_mac(node: u32) -> String {
+        Self::mac(1, node, 0, 0)
+    }
+    /// MAC of node `i`'s uplink.
+    pub fn node_uplink_mac(node: u32) -> String {
+        Self::mac(1, node, 0, 1)
+    }
+    /// MAC of the node-side veth of pod `j` on node `i`.
+    pub fn node_pod_veth_mac(node: u32, pod: u32) -> String {
+        Self::mac(2, node, pod, 0)
+    }
+    /// MAC of pod `j`'s eth0 on node `i`.
+    pub fn pod_mac(node: u32, pod: u32) -> String {
+        Self::mac(2, node, pod, 1)
+    }
+
+    /// All pods as (node, pod).
+    pub fn pods(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        (0..self.nodes).flat_map(move |n| (0..self.pods_per_node).map(move |p| (n, p)))
+    }
+
+    /// Pods that act as clients (pods of the client nodes).
+    pub fn client_pods(&self) -> Vec<(u32, u32)> {
+        self.pods()
+            .filter(|(n, _)| *n < self.client_nodes)
+            .collect()
+    }
+
+    /// Pods that may be endpoints: pods of non-client nodes, or every pod
+    /// when every node is a client node.
+    pub fn backend_pods(&self) -> Vec<(u32, u32)> {
+        let b: Vec<_> = self
+            .pods()
+            .filter(|(n, _)| *n >= self.client_nodes)
+            .collect();
+        if b.is_empty() {
+            self.pods().collect()
+        } else {
+            b
+        }
+    }
+
+    /// The endpoints of Service `k`: `endpoints_per_service` backend pods,
+    /// assigned round-robin so consecutive Services use different pods.
+    pub fn service_endpoints(&self, k: u32) -> Vec<(u32, u32)> {
+        let pool = self.backend_pods();
+        let n = (self.endpoints_per_service as usize).min(pool.len());
+        (0..n)
+            .map(|e| pool[(k as usize * n + e) % pool.len()])
+            .collect()
+    }
+
+    /// Name of Service `k`.
+    pub fn service_name(k: u32) -> String {
+        format!("svc-{k:05}")
+    }
+
+    /// Kubernetes-style pod name.
+    pub fn pod_name(node: u32, pod: u32) -> String {
+        format!("pod-n{node}-{pod}")
+    }
+
+    /// Kubernetes-style node name.
+    pub fn node_name(node: u32) -> String {
+        format!("node-{node}")
+    }
+}
+
+/// Namespace names of one lab instance, all starting with its unique prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Names {
+    /// Unique prefix, e.g. `tl3f2a`.
+    pub prefix: String,
+}
+
+impl Names {
+    /// The switch's netns.
+    pub fn switch(&self) -> String {
+        format!("{}-sw", self.prefix)
+    }
+    /// Node `i`'s netns.
+    pub fn node(&self, node: u32) -> String {
+        format!("{}-n{node}", self.prefix)
+    }
+    /// Pod `j` of node `i`'s netns.
+    pub fn pod(&self, node: u32, pod: u32) -> String {
+        format!("{}-n{node}p{pod}", self.prefix)
+    }
+}
+
+/// Switch port device name in the switch netns.
+pub fn switch_port_dev(node: u32) -> String {
+    format!("p{node}")
+}
+/// Node uplink device name in the node netns.
+pub const NODE_UPLINK_DEV: &str = "up0";
+/// Node-side veth of pod `j` in the node netns.
+pub fn node_pod_dev(pod: u32) -> String {
+    format!("pod{pod}")
+}
+/// Pod-side device.
+pub const POD_DEV: &str = "eth0";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_the_documented_default() {
+        let t = Topology::embedded_default();
+        assert_eq!(t, Topology::default());
+        assert_eq!(t.nodes, 3);
+        assert_eq!(t.pods_per_node, 4);
+        assert_eq!(t.services, 20);
+        assert_eq!(t.pod_mtu(), 1452);
+    }
+
+    #[test]
+    fn partial_yaml_fills_defaults() {
+        let t = Topology::from_yaml("nodes: 2\npods_per_node: 2\nservices: 5\n").unwrap();
+        assert_eq!(t.nodes, 2);
+        assert_eq!(t.services, 5);
+        assert_eq!(t.uplink_mtu, 1500);
+        let t = Topology::from_yaml("{}").unwrap();
+        assert_eq!(t, Topology::default());
+    }
+
+    #[test]
+    fn rejects_bad_yaml() {
+        assert!(Topology::from_yaml("nodes: 0").is_err());
+        assert!(Topology::from_yaml("nodez: 2").is_err());
+        assert!(Topology::from_yaml("service_cidr: 10.96.0.0/12").is_err());
+        assert!(Topology::from_yaml("client_nodes: 4").is_err());
+        assert!(Topology::from_yaml("uplink_mtu: 100").is_err());
+        assert!(Topology::from_yaml("services: [1]").is_err());
+    }
+
+    #[test]
+    fn address_plan() {
+        let t = Topology::default();
+        assert_eq!(t.node_ip(2), Ipv4Addr::new(172, 30, 2, 2));
+        assert_eq!(t.switch_port_ip(2), Ipv4Addr::new(172, 30, 2, 1));
+        assert_eq!(t.pod_ip(1, 3), Ipv4Addr::new(10, 244, 1, 13));
+        assert_eq!(t.pod_cidr(1), (Ipv4Addr::new(10, 244, 1, 0), 24));
+        assert_eq!(t.cluster_ip(0), Ipv4Addr::new(10, 96, 0, 10));
+        assert_eq!(t.cluster_ip(9999), Ipv4Addr::new(10, 96, 39, 25));
+        assert_eq!(Topology::pod_mac(1, 3), "02:74:02:01:03:01");
+    }
+
+    #[test]
+    fn endpoints_avoid_client_nodes_and_rotate() {
+        let t = Topology::default();
+        for k in 0..t.services {
+            let eps = t.service_endpoints(k);
+            assert_eq!(eps.len(), 3);
+            assert!(eps.iter().all(|(n, _)| *n >= 1));
+        }
+        assert_ne!(t.service_endpoints(0), t.service_endpoints(1));
+        let one = Topology::from_yaml("nodes: 1\npods_per_node: 2").unwrap();
+        assert_eq!(one.service_endpoints(0).len(), 2);
+    }
+
+    #[test]
+    fn names_are_prefixed() {
+        let n = Names {
+            prefix: "tlab12".into(),
+        };
+        assert_eq!(n.pod(1, 2), "tlab12-n1p2");
+        assert_eq!(n.switch(), "tlab12-sw");
+    }
+}

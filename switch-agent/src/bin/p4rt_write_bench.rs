@@ -1,0 +1,223 @@
+//! P4Runtime write throughput over loopback gRPC: a switch-agent server
+//! and a tonic client in one process, INSERT then DELETE of `lb_bucket`
+//! entries in batches of 1 and of 1000. Prints a table.
+//!
+//!     cargo run --release -p talaria-switch --bin p4rt-write-bench [-- --entries N]
+//!
+//! Two targets: the in-memory table store (the cost of gRPC, protobuf,
+//! validation and translation alone) and, when run as root, the eBPF data
+//! plane on no ports with a private pin directory (one map syscall more per
+//! entry), detached afterwards.
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::{Context, Result};
+use talaria_p4rt::p4::v1::{
+    entity, field_match, forwarding_pipeline_config, p4_runtime_client::P4RuntimeClient,
+    set_forwarding_pipeline_config_request::Action as SetAction, stream_message_request,
+    stream_message_response, table_action, update::Type, Action, Entity, FieldMatch,
+    ForwardingPipelineConfig, MasterArbitrationUpdate, SetForwardingPipelineConfigRequest,
+    StreamMessageRequest, TableAction, TableEntry, Uint128, Update, WriteRequest,
+};
+use talaria_switch::{
+    entry::{TableKind, Target},
+    layout::Layout,
+    memory::MemoryTarget,
+    server::{self, Switch},
+    translate::encode_bytes,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+const ELECTION: Option<Uint128> = Some(Uint128 { high: 0, low: 1 });
+
+fn bucket_entry(layout: &Layout, i: u32) -> TableEntry {
+    let t = layout.table_of(TableKind::LbBucket);
+    let a = t.entry_action(0);
+    let exact = |id, v: u64| FieldMatch {
+        field_id: id,
+        field_match_type: Some(field_match::FieldMatchType::Exact(field_match::Exact {
+            value: encode_bytes(v),
+        })),
+    };
+    TableEntry {
+        table_id: t.id,
+        r#match: vec![
+            exact(t.fields[0].id, u64::from(i >> 16)),
+            exact(t.fields[1].id, u64::from(i & 0xffff)),
+        ],
+        action: Some(TableAction {
+            r#type: Some(table_action::Type::Action(Action {
+                action_id: a.id,
+                params: vec![talaria_p4rt::p4::v1::action::Param {
+                    param_id: a.params[0].id,
+                    value: encode_bytes(u64::from(i)),
+                }],
+            })),
+        }),
+        ..Default::default()
+    }
+}
+
+fn update(kind: Type, te: TableEntry) -> Update {
+    Update {
+        r#type: kind as i32,
+        entity: Some(Entity {
+            entity: Some(entity::Entity::TableEntry(te)),
+        }),
+    }
+}
+
+/// Writes `entries` entries as `kind` in batches of `batch`; entries/s.
+async fn run(
+    client: &mut P4RuntimeClient<Channel>,
+    layout: &Layout,
+    kind: Type,
+    base: u32,
+    entries: u32,
+    batch: u32,
+) -> Result<f64> {
+    // Build the requests first: the client's own protobuf work is not the
+    // server's throughput.
+    let reqs: Vec<WriteRequest> = (0..entries.div_ceil(batch))
+        .map(|b| WriteRequest {
+            device_id: 1,
+            election_id: ELECTION,
+            updates: (b * batch..((b + 1) * batch).min(entries))
+                .map(|i| update(kind, bucket_entry(layout, base + i)))
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    let start = Instant::now();
+    for r in reqs {
+        client.write(r).await.context("write")?;
+    }
+    Ok(f64::from(entries) / start.elapsed().as_secs_f64())
+}
+
+/// Starts a server over `target`, becomes primary, commits the pipeline and
+/// prints the throughput rows for `target_name`.
+async fn bench(
+    target_name: &str,
+    layout: Arc<Layout>,
+    target: Arc<dyn Target>,
+    entries: u32,
+) -> Result<()> {
+    let (stop, stop_rx) = watch::channel(false);
+    let switch = Arc::new(Switch::new(
+        1,
+        layout.clone(),
+        target,
+        None,
+        stop_rx.clone(),
+    )?);
+    let (listener, addr) = server::bind(([127, 0, 0, 1], 0).into()).await?;
+    let server = tokio::spawn(server::serve(switch, listener, stop_rx));
+
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let mut client = P4RuntimeClient::new(channel);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(StreamMessageRequest {
+        update: Some(stream_message_request::Update::Arbitration(
+            MasterArbitrationUpdate {
+                device_id: 1,
+                election_id: ELECTION,
+                ..Default::default()
+            },
+        )),
+    })
+    .await?;
+    let mut stream = client
+        .stream_channel(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    match stream.message().await?.and_then(|m| m.update) {
+        Some(stream_message_response::Update::Arbitration(a))
+            if a.status.as_ref().is_some_and(|s| s.code == 0) => {}
+        other => anyhow::bail!("not primary: {other:?}"),
+    }
+    client
+        .set_forwarding_pipeline_config(SetForwardingPipelineConfigRequest {
+            device_id: 1,
+            election_id: ELECTION,
+            action: SetAction::VerifyAndCommit as i32,
+            config: Some(ForwardingPipelineConfig {
+                p4info: Some(layout.p4info.clone()),
+                cookie: Some(forwarding_pipeline_config::Cookie { cookie: 1 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await?;
+
+    let single = (entries / 20).max(1);
+    for (batch, n) in [(1u32, single), (1000, entries)] {
+        let ins = run(&mut client, &layout, Type::Insert, 0, n, batch).await?;
+        println!(
+            "{target_name:<9} {:<7} {batch:>6} {n:>9} {ins:>14.0}",
+            "insert"
+        );
+        let del = run(&mut client, &layout, Type::Delete, 0, n, batch).await?;
+        println!(
+            "{target_name:<9} {:<7} {batch:>6} {n:>9} {del:>14.0}",
+            "delete"
+        );
+    }
+    drop((tx, stream));
+    let _ = stop.send(true);
+    let _ = server.await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let mut entries = 100_000u32;
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--entries" => entries = args.next().context("--entries N")?.parse()?,
+            _ => anyhow::bail!("usage: p4rt-write-bench [--entries N]"),
+        }
+    }
+    let layout = Arc::new(Layout::talaria()?);
+    println!("P4Runtime write throughput over loopback gRPC (lb_bucket entries; batch 1 runs entries/20)");
+    println!(
+        "{:<9} {:<7} {:>6} {:>9} {:>14}",
+        "target", "op", "batch", "entries", "entries/s"
+    );
+    bench(
+        "memory",
+        layout.clone(),
+        Arc::new(MemoryTarget::new(|_| u32::MAX)),
+        entries,
+    )
+    .await?;
+
+    // The eBPF data plane, on no ports, with its own pin directory.
+    let pin_dir = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/talaria-p4rt-bench-{}",
+        std::process::id()
+    ));
+    let config = talaria_switch_dataplane::Config {
+        pin_dir: pin_dir.clone(),
+        ports: Default::default(),
+    };
+    match talaria_switch_dataplane::Dataplane::open(config) {
+        Ok(dp) => {
+            let dp = Arc::new(dp);
+            // lb_bucket holds LB_BUCKET_SIZE entries.
+            let n = entries.min(layout.size(TableKind::LbBucket));
+            let r = bench("ebpf", layout.clone(), dp.clone(), n).await;
+            if let Ok(dp) = Arc::try_unwrap(dp) {
+                dp.detach()?;
+            }
+            r?;
+        }
+        Err(e) => println!("ebpf      (skipped: cannot open the data plane: {e}; needs root)"),
+    }
+    Ok(())
+}
