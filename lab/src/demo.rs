@@ -9,7 +9,7 @@ use crate::netns::Lab;
 use crate::topology::Topology;
 use crate::traffic::Proto;
 use anyhow::{bail, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// P4 port of switch port `p<n>` (port 0 is avoided: bmv2 and many targets
@@ -27,9 +27,12 @@ fn find_p4info() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TALARIA_P4INFO") {
         return Ok(PathBuf::from(p));
     }
-    let mut roots = vec![std::env::current_dir()?];
+    // From the repository or any directory below it (tests run in `lab/`),
+    // or from a binary inside the repository's target directory.
+    let cwd = std::env::current_dir()?;
+    let mut roots: Vec<PathBuf> = cwd.ancestors().map(Path::to_path_buf).collect();
     if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().map(|p| p.to_path_buf()));
+        roots.extend(exe.ancestors().map(Path::to_path_buf));
     }
     roots
         .into_iter()
