@@ -26,4 +26,5 @@ export PATH="$HOME/.cargo/bin:$PATH"
 log "building the lab and the talaria components (release)"
 cargo build --release --locked -p talaria-lab -p talaria-switch -p talaria-node -p talaria-controller
 
-exec target/release/talaria-lab demo "$@"
+target_dir="${CARGO_TARGET_DIR:-target}"
+exec "$target_dir/release/talaria-lab" demo "$@"

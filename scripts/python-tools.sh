@@ -7,7 +7,8 @@
 #
 # Each tool gets its own venv because their protobuf pins conflict (3.20 vs
 # 6.x). Idempotent and fast: a venv whose stamp file matches the wanted
-# version is left alone. Needs python3-venv (scripts/setup.sh installs it) and
+# version, or that already imports the wanted version, is left alone;
+# anything else is recreated from PyPI. Needs python3-venv (scripts/setup.sh installs it) and
 # PyPI. Usage: scripts/python-tools.sh [p4runtime-shell|finsy]...
 set -euo pipefail
 
@@ -30,6 +31,16 @@ declare -A probe=(
 install_tool() {
     local tool="$1" req="${want[$1]}" dir="$venvs/$1"
     if [[ -f "$dir/.stamp" && "$(cat "$dir/.stamp")" == "$req" && -x "$dir/bin/python" ]]; then
+        return 0
+    fi
+    # A venv made some other way (or by an older version of this script)
+    # that already holds the wanted version is kept: only the stamp is new.
+    local name="${req%%==*}" version="${req##*==}"
+    if [[ -x "$dir/bin/python" ]] &&
+        [[ "$("$dir/bin/python" -c "import importlib.metadata as m; print(m.version('$name'))" 2>/dev/null)" == "$version" ]] &&
+        "$dir/bin/python" -c "import ${probe[$tool]}" 2>/dev/null; then
+        log "$dir already has $req"
+        printf '%s' "$req" >"$dir/.stamp"
         return 0
     fi
     log "creating $dir ($req)"

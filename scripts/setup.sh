@@ -3,7 +3,8 @@
 # a second run with everything present takes a second or two.
 #
 #   apt packages  the tools tests and the lab drive (ip, ethtool, iptables,
-#                 nft, tcpdump) and python3-venv for the P4Runtime interop tools
+#                 nft, ipvsadm, tcpdump, mininet with bridge-utils) and python3-venv
+#                 for the P4Runtime interop tools
 #   rust-src      for the nightly toolchain, used only to build eBPF crates
 #   bpf-linker    0.10.4, which links with the nightly's own LLVM
 #
@@ -12,7 +13,7 @@ set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-apt_packages=(iproute2 ethtool iptables nftables tcpdump procps python3-venv python3-pip)
+apt_packages=(iproute2 ethtool iptables nftables ipvsadm tcpdump procps python3-venv python3-pip mininet bridge-utils)
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -3,21 +3,27 @@
 //! leaves the pinned programs, links and maps in place.
 
 use std::{
+    collections::BTreeSet,
     net::Ipv4Addr,
+    os::fd::AsRawFd,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
 use talaria_common::{
     be::{Be16, Be32},
-    maps::{CookieEntry, NodeConfig, PodEntry, ReverseEntry, ServiceAddr},
+    maps::{CookieEntry, NodeConfig, ReverseEntry, ServiceAddr},
 };
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::{
-    config::{parse_cidr, parse_mac, Config},
+    config::{parse_cidr, parse_mac, Config, Mode, ServiceConfig},
+    k8s,
     metrics::{self, Gauges},
-    node::{self, Node, PROG_POD, PROG_UPLINK},
+    netlink::{self, Snapshot},
+    node::{self, Node, PROG_UPLINK},
+    pods::PodSync,
     sys, Error, Result,
 };
 
@@ -33,9 +39,18 @@ pub fn node_config(cfg: &Config) -> Result<NodeConfig> {
     })
 }
 
-/// Writes every map from `cfg` and attaches the uplink and the pod veths
-/// that exist. Returns the pods whose veth is not there yet.
-pub fn apply(node: &mut Node, cfg: &Config) -> Result<Vec<String>> {
+/// The MTU the path MTU check uses: `uplink_mtu` from the config, else the
+/// uplink's own.
+pub fn uplink_mtu(cfg: &Config) -> Result<u32> {
+    match cfg.uplink_mtu {
+        Some(m) => Ok(m),
+        None => sys::mtu(&cfg.uplink),
+    }
+}
+
+/// Writes the node-wide maps from `cfg` (settings, service CIDRs, static
+/// Services, uplink MTU) and attaches the uplink.
+pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
     node.set_config(&node_config(cfg)?)?;
     let cidrs = cfg
         .service_cidrs
@@ -43,55 +58,42 @@ pub fn apply(node: &mut Node, cfg: &Config) -> Result<Vec<String>> {
         .map(|c| parse_cidr(c))
         .collect::<Result<Vec<_>>>()?;
     node.set_service_cidrs(&cidrs)?;
-    let services = cfg
-        .services
-        .iter()
-        .map(|s| {
-            Ok((
-                s.id,
-                ServiceAddr {
-                    vip: Be32(s.vip.octets()),
-                    port: Be16::new(s.port),
-                    proto: s.proto()?,
-                    _pad: 0,
-                },
-            ))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    node.set_services(&services)?;
+    // Kubernetes mode: the controller's services (merged over these) are
+    // written by `k8s::refresh_services`; until it answers, a restarted
+    // agent keeps the pinned ones.
+    if cfg.mode == Mode::Lab {
+        let services = cfg
+            .services
+            .iter()
+            .map(|s| Ok((s.id, service_addr(s)?)))
+            .collect::<Result<Vec<_>>>()?;
+        node.set_services(&services)?;
+    }
+    node.set_uplink_mtu(uplink_mtu(cfg)?)?;
+    node.set_ignore_cookies(cfg.ignore_cookies)?;
     if cfg.uplink_udp_segmentation_off {
         disable_uplink_udp_gso(&cfg.uplink);
     }
-    node.attach(PROG_UPLINK, &cfg.uplink)?;
-    let mut pods: Vec<(Ipv4Addr, PodEntry)> = Vec::new();
-    let mut missing = Vec::new();
-    for p in &cfg.pods {
-        let (Ok(ifindex), Ok(host_mac)) = (sys::ifindex(&p.veth), sys::mac(&p.veth)) else {
-            missing.push(p.veth.clone());
-            continue;
-        };
-        let mac = p
-            .mac
-            .as_deref()
-            .map(parse_mac)
-            .transpose()?
-            .unwrap_or_default();
-        pods.push((
-            p.ip,
-            PodEntry {
-                ifindex,
-                mac,
-                host_mac,
-            },
-        ));
-    }
-    node.set_pods(&pods)?;
-    for p in &cfg.pods {
-        if !missing.contains(&p.veth) {
-            node.attach(PROG_POD, &p.veth)?;
-        }
-    }
-    Ok(missing)
+    node.attach(PROG_UPLINK, &cfg.uplink)
+}
+
+/// The `NODE_SERVICES` value of a Service.
+pub fn service_addr(s: &ServiceConfig) -> Result<ServiceAddr> {
+    Ok(ServiceAddr {
+        vip: Be32(s.vip.octets()),
+        port: Be16::new(s.port),
+        proto: s.proto()?,
+        _pad: 0,
+    })
+}
+
+/// Writes every map from `cfg` and attaches the uplink and the pod veths
+/// that exist (lab mode: configured pods, and pods learned from routes).
+/// Returns the configured veths that are not there yet.
+pub fn apply(node: &mut Node, cfg: &Config) -> Result<Vec<String>> {
+    apply_node(node, cfg)?;
+    let snap = Snapshot::read()?;
+    Ok(PodSync::default().sync(node, cfg, &snap, None)?.missing)
 }
 
 /// Turns off `tx-udp-segmentation` on the uplink (with `ethtool`, which
@@ -115,13 +117,10 @@ pub fn disable_uplink_udp_gso(uplink: &str) {
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> Result<()> {
     let mut node = Node::load(Some(&cfg.pin_dir), cfg.lru_size)?;
-    let missing = apply(&mut node, &cfg)?;
-    info!(uplink = %cfg.uplink, pods = cfg.pods.len(), ?missing, pin_dir = %cfg.pin_dir.display(), "talaria-node attached");
+    apply_node(&mut node, &cfg)?;
+    info!(uplink = %cfg.uplink, mode = ?cfg.mode, pin_dir = %cfg.pin_dir.display(), "talaria-node attached to the uplink");
     let node = Arc::new(Mutex::new(node));
-    let gauges = Arc::new(Mutex::new(Gauges {
-        pods: cfg.pods.len(),
-        ..Default::default()
-    }));
+    let gauges = Arc::new(Mutex::new(Gauges::default()));
 
     let listener = tokio::net::TcpListener::bind(&cfg.metrics_addr)
         .await
@@ -165,35 +164,118 @@ pub async fn run(cfg: Config) -> Result<()> {
         });
     }
 
-    // Lab mode: attach to pod veths as they appear, on rtnetlink link
-    // events (with a slow rescan as a safety net).
+    // Resyncs are driven by rtnetlink link and route events, by pod events
+    // from the API (Kubernetes mode), and by a slow rescan.
+    let changed = Arc::new(Notify::new());
+    {
+        let notify = changed.clone();
+        let netns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| Error::io("open own network namespace", e))?;
+        std::thread::spawn(move || {
+            // Tokio threads may not share the caller's namespace (`--netns`
+            // set it on the main thread only): join it explicitly.
+            // SAFETY: setns on this thread with a valid netns fd.
+            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                warn!(error = %std::io::Error::last_os_error(), "setns for the netlink watcher");
+                return;
+            }
+            if let Err(e) = netlink::watch(|| notify.notify_one()) {
+                warn!(error = %e, "netlink events unavailable; rescanning only");
+            }
+        });
+    }
+    let api_pods: Option<Arc<Mutex<Option<BTreeSet<Ipv4Addr>>>>> = match cfg.mode {
+        Mode::Lab => None,
+        Mode::Kubernetes => {
+            let pods = Arc::new(Mutex::new(None));
+            let client = k8s::client(&cfg.kubernetes).await?;
+            let node_name = k8s::node_name(&cfg.kubernetes)?;
+            info!(node = %node_name, "watching this node's Pods");
+            tokio::spawn(k8s::watch_pods(
+                client,
+                node_name,
+                pods.clone(),
+                changed.clone(),
+            ));
+            tokio::spawn(k8s::refresh_services(
+                cfg.kubernetes.clone(),
+                cfg.services.clone(),
+                node.clone(),
+            ));
+            Some(pods)
+        }
+    };
     {
         let node = node.clone();
         let cfg = cfg.clone();
-        let mut missing = missing;
-        let events = Arc::new(tokio::sync::Notify::new());
-        let notify = events.clone();
+        let gauges = gauges.clone();
+        let rescan = Duration::from_secs(cfg.rescan_secs.max(1));
+        let netns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| Error::io("open own network namespace", e))?;
+        // Netlink dumps and attaches must run in the node's namespace: a
+        // dedicated thread joins it and resyncs on every trigger. A
+        // trigger that finds one pending is dropped: the pending resync
+        // reads the newest state anyway.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let sync_pods = api_pods.clone();
         std::thread::spawn(move || {
-            if let Err(e) = sys::watch_links(|| notify.notify_one()) {
-                warn!(error = %e, "link events unavailable; rescanning every 10 s");
+            // SAFETY: setns on this thread with a valid netns fd.
+            let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
+            if rc != 0 {
+                warn!(error = %std::io::Error::last_os_error(), "setns for the pod sync");
+                return;
+            }
+            let mut sync = PodSync::default();
+            let mut last_missing = None;
+            while rx.recv().is_ok() {
+                let api = match &sync_pods {
+                    None => None,
+                    // Until the first list is complete nothing is known:
+                    // syncing would forget every pod.
+                    Some(p) => match p.lock().expect("pods lock").clone() {
+                        Some(set) => Some(set),
+                        None => continue,
+                    },
+                };
+                let snap = match Snapshot::read() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "netlink dump");
+                        continue;
+                    }
+                };
+                let res = sync.sync(
+                    &mut node.lock().expect("node lock"),
+                    &cfg,
+                    &snap,
+                    api.as_ref(),
+                );
+                match res {
+                    Ok(plan) => {
+                        gauges.lock().expect("gauges lock").pods = plan.pods.len();
+                        if last_missing.as_ref() != Some(&plan.missing) {
+                            info!(pods = plan.pods.len(), missing = ?plan.missing, "pods synced");
+                            last_missing = Some(plan.missing);
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "pod sync"),
+                }
             }
         });
         tokio::spawn(async move {
-            while !missing.is_empty() {
-                tokio::select! {
-                    _ = events.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            loop {
+                match tx.try_send(()) {
+                    Ok(()) | Err(std::sync::mpsc::TrySendError::Full(())) => {}
+                    Err(std::sync::mpsc::TrySendError::Disconnected(())) => return,
                 }
-                if missing.iter().any(|v| sys::ifindex(v).is_ok()) {
-                    // Give the new interface a moment to come up.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    match apply(&mut node.lock().expect("node lock"), &cfg) {
-                        Ok(m) => {
-                            info!(now_missing = ?m, "attached new pod veths");
-                            missing = m;
-                        }
-                        Err(e) => warn!(error = %e, "attaching pod veths"),
+                tokio::select! {
+                    _ = changed.notified() => {
+                        // Let a burst of events settle (a new pod brings a
+                        // link, an address and a route).
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
+                    _ = tokio::time::sleep(rescan) => {}
                 }
             }
         });

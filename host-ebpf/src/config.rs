@@ -11,6 +11,11 @@ use crate::{Error, Result};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Where the local pods come from: `lab` (the `pods` list, plus
+    /// `/32 dev <veth>` routes when `learn_pods_from_routes`) or
+    /// `kubernetes` (this node's Pods from the API server, each pod's veth
+    /// from its `/32` route; Services from the controller).
+    pub mode: Mode,
     /// The interface towards the switch (its ingress gets the decap
     /// program; encapsulated packets are redirected out of it).
     pub uplink: String,
@@ -32,6 +37,18 @@ pub struct Config {
     /// The pods on this node (lab mode: given here; the agent attaches to
     /// their host-side veths as they appear).
     pub pods: Vec<PodConfig>,
+    /// Lab mode: also take as local pods the `/32` routes (no gateway, main
+    /// table) whose device is a veth, following route and link events: a
+    /// new route attaches the pod, a removed route or veth forgets it.
+    pub learn_pods_from_routes: bool,
+    /// Only pod addresses inside these CIDRs are learned from routes (and,
+    /// in Kubernetes mode, taken from the API). Empty: any address.
+    pub pod_cidrs: Vec<String>,
+    /// Full resync of links, routes and pods this often, besides the
+    /// netlink events (a safety net for lost events).
+    pub rescan_secs: u64,
+    /// Kubernetes mode settings.
+    pub kubernetes: KubernetesConfig,
     /// Capacity of each flow LRU map (cookie cache, reverse flows).
     pub lru_size: u32,
     /// UDP flows idle this long are removed by the GC loop.
@@ -45,10 +62,60 @@ pub struct Config {
     pub pin_dir: PathBuf,
     /// Address of the Prometheus `/metrics` endpoint.
     pub metrics_addr: String,
+    /// The uplink's L3 MTU for the path MTU check: a pod's packet that
+    /// would not fit once encapsulated (+48 bytes) is answered with ICMP
+    /// fragmentation-needed (DF set) or dropped (DF clear). Absent: the
+    /// uplink interface's own MTU, read at start and again on link events.
+    /// `0` turns the check off.
+    pub uplink_mtu: Option<u32>,
+    /// Learn no cookies, so the switch balances every packet by hash alone
+    /// and established flows move when the pool changes. Only for measuring
+    /// what cookies are worth (the lab's hash-only variant).
+    pub ignore_cookies: bool,
     /// Turn off `tx-udp-segmentation` on the uplink so UDP GSO packets are
     /// segmented before they are tunnelled (see
     /// [`crate::agent::disable_uplink_udp_gso`]).
     pub uplink_udp_segmentation_off: bool,
+}
+
+/// Where the local pods come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Pods from the configuration and from `/32` routes; Services from
+    /// `services`.
+    #[default]
+    Lab,
+    /// Pods from the Kubernetes API; Services from the controller.
+    Kubernetes,
+}
+
+/// Kubernetes mode settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// This node's name (the Pods watched are `spec.nodeName=<node_name>`).
+    /// Empty: the `NODE_NAME` environment variable (downward API).
+    pub node_name: String,
+    /// API server URL without credentials (tests, `kubectl proxy`). Empty:
+    /// the in-cluster service account or `KUBECONFIG`.
+    pub api_server: String,
+    /// Base URL of the controller's REST API; `GET <url>/v1/services` gives
+    /// the service ids (`data_path[].service_id`, `key`).
+    pub controller_url: String,
+    /// How often the Services are fetched from the controller.
+    pub services_refresh_secs: u64,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            node_name: String::new(),
+            api_server: String::new(),
+            controller_url: "http://talaria-controller.kube-system:8080".into(),
+            services_refresh_secs: 10,
+        }
+    }
 }
 
 /// One Service, as the backend side needs it.
@@ -100,6 +167,13 @@ impl Default for Config {
             pin_dir: DEFAULT_PIN_DIR.into(),
             metrics_addr: "127.0.0.1:9465".into(),
             uplink_udp_segmentation_off: true,
+            uplink_mtu: None,
+            ignore_cookies: false,
+            mode: Mode::Lab,
+            learn_pods_from_routes: true,
+            pod_cidrs: Vec::new(),
+            rescan_secs: 10,
+            kubernetes: KubernetesConfig::default(),
         }
     }
 }
@@ -169,5 +243,22 @@ mod tests {
             (Ipv4Addr::new(10, 96, 0, 0), 12)
         );
         assert!(parse_cidr("10.96.0.0/33").is_err());
+        assert_eq!(c.mode, Mode::Lab);
+        assert!(c.learn_pods_from_routes);
+        assert_eq!(c.uplink_mtu, None);
+    }
+
+    #[test]
+    fn kubernetes_mode_yaml() {
+        let c = Config::from_yaml(
+            "mode: kubernetes\nuplink_mtu: 9000\npod_cidrs: [10.244.1.0/24]\n\
+             kubernetes: {node_name: n1, controller_url: \"http://10.0.0.1:8080\"}\n",
+        )
+        .unwrap();
+        assert_eq!(c.mode, Mode::Kubernetes);
+        assert_eq!(c.uplink_mtu, Some(9000));
+        assert_eq!(c.kubernetes.node_name, "n1");
+        assert_eq!(c.kubernetes.services_refresh_secs, 10);
+        assert!(Config::from_yaml("mode: cluster").is_err());
     }
 }

@@ -2,17 +2,28 @@
 //! (`talaria-node-ebpf`), pins and fills their maps, attaches them, reads
 //! their counters and garbage-collects idle flows.
 //!
+//! - [`abi`]: map indexes shared with the programs only (MTU settings and
+//!   counters).
 //! - [`config`]: the YAML configuration.
 //! - [`node`]: the loaded programs and their maps.
 //! - [`metrics`]: counters as Prometheus text.
+//! - [`netlink`]: link and route dumps and events (raw rtnetlink).
+//! - [`pods`]: which pods are local, behind which veth; attach/detach.
+//! - [`k8s`]: Kubernetes mode (Pods from the API, Services from the
+//!   controller).
 //! - [`packet`]: packet builders and parsers for tests and the bench.
 //! - [`sys`]: small Linux helpers (sysfs, bpffs, network namespaces).
 
+#[path = "../ebpf/src/abi.rs"]
+pub mod abi;
 pub mod agent;
 pub mod config;
+pub mod k8s;
 pub mod metrics;
+pub mod netlink;
 pub mod node;
 pub mod packet;
+pub mod pods;
 pub mod sys;
 
 /// The compiled TC programs (`talaria-node-ebpf`, built by build.rs).
@@ -52,6 +63,12 @@ pub enum Error {
     /// A configuration value is out of range or unparsable.
     #[error("invalid value: {0}")]
     Invalid(String),
+    /// A Kubernetes API client could not be built or a call failed.
+    #[error("kubernetes API")]
+    Kube(#[source] Box<kube::Error>),
+    /// An HTTP request to the controller failed.
+    #[error("controller HTTP")]
+    Http(#[source] Box<reqwest::Error>),
     /// A system call or file operation failed.
     #[error("{what}")]
     Io {

@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
                 let v = serde_json::json!({
                     "events": stats.events.iter().map(|(n, v)| (n.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
                     "drops": stats.drops.iter().map(|(r, v)| (r.name().to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
+                    "mtu": stats.mtu.iter().map(|(n, v)| (n.to_string(), *v)).collect::<std::collections::BTreeMap<_, _>>(),
                     "cookie_cache_entries": cookies,
                     "reverse_flow_entries": reverse,
                     "links": links,
@@ -127,6 +128,10 @@ fn main() -> anyhow::Result<()> {
                 println!("reverse flows  {reverse} flows");
                 println!("events:");
                 for (n, v) in &stats.events {
+                    println!("  {n:<14} {v}");
+                }
+                println!("mtu check:");
+                for (n, v) in &stats.mtu {
                     println!("  {n:<14} {v}");
                 }
                 println!("drops:");

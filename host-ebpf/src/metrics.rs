@@ -8,7 +8,7 @@ use tokio::{
     net::TcpListener,
 };
 
-use crate::node::Stats;
+use crate::{abi::mtu_stat, node::Stats};
 
 /// Metric name prefix.
 pub const PREFIX: &str = "talaria_node";
@@ -33,6 +33,13 @@ pub fn render(stats: &Stats, gauges: &Gauges) -> String {
     for (name, v) in &stats.events {
         let _ = writeln!(out, "{PREFIX}_events_total{{event=\"{name}\"}} {v}");
     }
+    // The MTU check: ICMP fragmentation-needed sent is an event, its two
+    // drops are drop reasons (node-local, so not in `DropReason`).
+    let frag_needed = stats.mtu_event(mtu_stat::FRAG_NEEDED);
+    let _ = writeln!(
+        out,
+        "{PREFIX}_events_total{{event=\"frag_needed\"}} {frag_needed}"
+    );
     let _ = writeln!(
         out,
         "# HELP {PREFIX}_drops_total Packets dropped by the node TC programs, by reason."
@@ -40,6 +47,14 @@ pub fn render(stats: &Stats, gauges: &Gauges) -> String {
     let _ = writeln!(out, "# TYPE {PREFIX}_drops_total counter");
     for (r, v) in &stats.drops {
         let _ = writeln!(out, "{PREFIX}_drops_total{{reason=\"{}\"}} {v}", r.name());
+    }
+    for idx in [mtu_stat::TOO_BIG_NO_DF, mtu_stat::TOO_BIG_ICMP] {
+        let _ = writeln!(
+            out,
+            "{PREFIX}_drops_total{{reason=\"{}\"}} {}",
+            mtu_stat::NAMES[idx as usize],
+            stats.mtu_event(idx)
+        );
     }
     for (name, help, v) in [
         (
@@ -98,6 +113,11 @@ mod tests {
         let stats = Stats {
             events: vec![("encap", 3), ("decap", 1)],
             drops: vec![(DropReason::PodSpoof, 2)],
+            mtu: vec![
+                ("frag_needed", 4),
+                ("too_big_no_df", 1),
+                ("too_big_icmp", 0),
+            ],
         };
         let text = render(
             &stats,
@@ -109,5 +129,8 @@ mod tests {
         assert!(text.contains("talaria_node_events_total{event=\"encap\"} 3"));
         assert!(text.contains("talaria_node_drops_total{reason=\"pod_spoof\"} 2"));
         assert!(text.contains("talaria_node_cookie_cache_entries 5"));
+        assert!(text.contains("talaria_node_events_total{event=\"frag_needed\"} 4"));
+        assert!(text.contains("talaria_node_drops_total{reason=\"too_big_no_df\"} 1"));
+        assert!(text.contains("talaria_node_drops_total{reason=\"too_big_icmp\"} 0"));
     }
 }

@@ -10,7 +10,7 @@ use aya::{
     maps::{lpm_trie, Array, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         links::{FdLink, LinkError, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
+        tc::{SchedClassifierLink, SchedClassifierLinkId, TcAttachOptions},
         LinkOrder, SchedClassifier, TcAttachType,
     },
     sys::SyscallError,
@@ -25,7 +25,10 @@ use talaria_common::{
     net::IPPROTO_UDP,
 };
 
-use crate::{Error, Result, EBPF_OBJECT};
+use crate::{
+    abi::{mtu, mtu_stat, node_flags},
+    Error, Result, EBPF_OBJECT,
+};
 
 /// Program on the ingress of each pod's host-side veth.
 pub const PROG_POD: &str = "node_pod_egress";
@@ -41,6 +44,9 @@ pub const MAP_SERVICES: &str = "NODE_SERVICES";
 pub const MAP_CONFIG: &str = "NODE_CONFIG";
 pub const MAP_STATS: &str = "NODE_STATS";
 pub const MAP_DROPS: &str = "NODE_DROPS";
+pub const MAP_MTU: &str = "NODE_MTU";
+pub const MAP_FLAGS: &str = "NODE_FLAGS";
+pub const MAP_MTU_STATS: &str = "NODE_MTU_STATS";
 
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -49,6 +55,8 @@ pub struct Stats {
     pub events: Vec<(&'static str, u64)>,
     /// Every drop reason with its count.
     pub drops: Vec<(DropReason, u64)>,
+    /// The MTU check's counters, indexed by [`mtu_stat`].
+    pub mtu: Vec<(&'static str, u64)>,
 }
 
 impl Stats {
@@ -62,12 +70,19 @@ impl Stats {
         self.drops.iter().find(|d| d.0 == reason).map_or(0, |d| d.1)
     }
 
-    /// Reads the two per-CPU counter maps.
-    pub fn read(stats: &Map, drops: &Map) -> Result<Self> {
+    /// An MTU check counter by [`mtu_stat`] index.
+    pub fn mtu_event(&self, idx: u32) -> u64 {
+        self.mtu.get(idx as usize).map_or(0, |e| e.1)
+    }
+
+    /// Reads the three per-CPU counter maps (events, drops, MTU check).
+    pub fn read(stats: &Map, drops: &Map, mtu: &Map) -> Result<Self> {
         let stats: PerCpuArray<_, u64> =
             PerCpuArray::try_from(stats).map_err(|e| Error::map(MAP_STATS, e))?;
         let drops: PerCpuArray<_, u64> =
             PerCpuArray::try_from(drops).map_err(|e| Error::map(MAP_DROPS, e))?;
+        let mtu: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(mtu).map_err(|e| Error::map(MAP_MTU_STATS, e))?;
         let sum = |m: &PerCpuArray<_, u64>, i: u32, name| -> Result<u64> {
             Ok(m.get(&i, 0).map_err(|e| Error::map(name, e))?.iter().sum())
         };
@@ -80,6 +95,9 @@ impl Stats {
             out.drops
                 .push((r, sum(&drops, u32::from(r.code()), MAP_DROPS)?));
         }
+        for (i, name) in mtu_stat::NAMES.iter().enumerate() {
+            out.mtu.push((name, sum(&mtu, i as u32, MAP_MTU_STATS)?));
+        }
         Ok(out)
     }
 
@@ -87,7 +105,8 @@ impl Stats {
     pub fn read_pinned(pin_dir: &Path) -> Result<Self> {
         let stats = open_pinned(pin_dir, MAP_STATS)?;
         let drops = open_pinned(pin_dir, MAP_DROPS)?;
-        Self::read(&stats, &drops)
+        let mtu = open_pinned(pin_dir, MAP_MTU_STATS)?;
+        Self::read(&stats, &drops, &mtu)
     }
 }
 
@@ -104,10 +123,38 @@ pub fn count_pinned<V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<u
     Ok(h.keys().filter(|k| k.is_ok()).count())
 }
 
+/// The pod addresses in a running node's pinned `NODE_PODS`, with the
+/// ifindex of their veth.
+pub fn pinned_pods(pin_dir: &Path) -> Result<Vec<(Ipv4Addr, u32)>> {
+    let map = open_pinned(pin_dir, MAP_PODS)?;
+    let h: HashMap<_, [u8; 4], PodEntry> =
+        HashMap::try_from(&map).map_err(|e| Error::map(MAP_PODS, e))?;
+    let mut out: Vec<(Ipv4Addr, u32)> = h
+        .iter()
+        .filter_map(|r| r.ok())
+        .map(|(k, v)| (Ipv4Addr::from(k), v.ifindex))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// The services in a running node's pinned `NODE_SERVICES` (id → VIP,
+/// port, protocol), sorted by id.
+pub fn pinned_services(pin_dir: &Path) -> Result<Vec<(u32, ServiceAddr)>> {
+    let map = open_pinned(pin_dir, MAP_SERVICES)?;
+    let h: HashMap<_, u32, ServiceAddr> =
+        HashMap::try_from(&map).map_err(|e| Error::map(MAP_SERVICES, e))?;
+    let mut out: Vec<(u32, ServiceAddr)> = h.iter().filter_map(|r| r.ok()).collect();
+    out.sort_by_key(|s| s.0);
+    Ok(out)
+}
+
 /// The node programs, loaded, and their maps.
 pub struct Node {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
+    /// Links of an unpinned node, by (program, interface).
+    links: std::collections::HashMap<(String, String), SchedClassifierLinkId>,
 }
 
 impl Node {
@@ -151,6 +198,7 @@ impl Node {
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.map(Path::to_owned),
+            links: Default::default(),
         })
     }
 
@@ -235,8 +283,60 @@ impl Node {
             std::fs::create_dir_all(path.parent().expect("links dir"))
                 .map_err(|e| Error::io("create links dir", e))?;
             fd_link.pin(&path).map_err(|e| pin_err(&path, e))?;
+        } else if let Some(old) = self.links.insert((prog.into(), ifname.into()), id) {
+            let _ = program.detach(old);
         }
         Ok(())
+    }
+
+    /// Detaches `prog` from `ifname`: removes the pinned link (the pin is
+    /// its only reference, so this detaches it), or detaches the link of
+    /// an unpinned node. Nothing attached: nothing to do.
+    pub fn detach(&mut self, prog: &str, ifname: &str) -> Result<()> {
+        if self.pin_dir.is_some() {
+            return self.remove_link_pin(&link_pin_name(prog, ifname));
+        }
+        if let Some(id) = self.links.remove(&(prog.to_string(), ifname.to_string())) {
+            let program: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| Error::Invalid(format!("no program {prog}")))?
+                .try_into()
+                .map_err(|e| Error::program(prog, e))?;
+            // A deleted interface took its attachment with it.
+            let _ = program.detach(id);
+        }
+        Ok(())
+    }
+
+    /// File names of the pinned links (`<prog>@<ifname>`); empty without
+    /// a pin directory.
+    pub fn pinned_links(&self) -> Result<Vec<String>> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(Vec::new());
+        };
+        match std::fs::read_dir(dir.join("links")) {
+            Ok(d) => Ok(d
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(Error::io("read links dir", e)),
+        }
+    }
+
+    /// Removes the pinned link `name` (a file name from
+    /// [`Node::pinned_links`]), which detaches it.
+    pub fn remove_link_pin(&mut self, name: &str) -> Result<()> {
+        let Some(dir) = &self.pin_dir else {
+            return Ok(());
+        };
+        let path = dir.join("links").join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+        }
     }
 
     /// Writes the node-wide settings.
@@ -244,6 +344,32 @@ impl Node {
         let mut a: Array<_, NodeConfig> =
             Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(|e| Error::map(MAP_CONFIG, e))?;
         a.set(0, cfg, 0).map_err(|e| Error::map(MAP_CONFIG, e))
+    }
+
+    /// Sets the uplink's L3 MTU for the path MTU check (0 turns the check
+    /// off).
+    pub fn set_uplink_mtu(&mut self, uplink_mtu: u32) -> Result<()> {
+        let mut a: Array<_, u32> =
+            Array::try_from(self.map_mut(MAP_MTU)?).map_err(|e| Error::map(MAP_MTU, e))?;
+        a.set(mtu::UPLINK_MTU, uplink_mtu, 0)
+            .map_err(|e| Error::map(MAP_MTU, e))
+    }
+
+    /// Learn no cookies (every packet leaves as a new flow): the hash-only
+    /// variant of the lab's consistency experiment.
+    pub fn set_ignore_cookies(&mut self, ignore: bool) -> Result<()> {
+        let mut a: Array<_, u32> =
+            Array::try_from(self.map_mut(MAP_FLAGS)?).map_err(|e| Error::map(MAP_FLAGS, e))?;
+        a.set(node_flags::IGNORE_COOKIES, u32::from(ignore), 0)
+            .map_err(|e| Error::map(MAP_FLAGS, e))
+    }
+
+    /// The uplink MTU the programs check against (0 = no check).
+    pub fn uplink_mtu(&self) -> Result<u32> {
+        let a: Array<_, u32> =
+            Array::try_from(self.map(MAP_MTU)?).map_err(|e| Error::map(MAP_MTU, e))?;
+        a.get(&mtu::UPLINK_MTU, 0)
+            .map_err(|e| Error::map(MAP_MTU, e))
     }
 
     /// Replaces the service CIDRs.
@@ -313,7 +439,11 @@ impl Node {
 
     /// The counters, summed over CPUs.
     pub fn stats(&self) -> Result<Stats> {
-        Stats::read(self.map(MAP_STATS)?, self.map(MAP_DROPS)?)
+        Stats::read(
+            self.map(MAP_STATS)?,
+            self.map(MAP_DROPS)?,
+            self.map(MAP_MTU_STATS)?,
+        )
     }
 
     /// Every cached cookie (client side).

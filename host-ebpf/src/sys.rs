@@ -51,6 +51,33 @@ pub fn mac(ifname: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// The L3 MTU of `ifname` in the calling thread's network namespace
+/// (`SIOCGIFMTU`).
+pub fn mtu(ifname: &str) -> Result<u32> {
+    if ifname.len() >= libc::IFNAMSIZ {
+        return Err(Error::Invalid(format!("interface {ifname:?}")));
+    }
+    // SAFETY: a datagram socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(Error::io("socket", std::io::Error::last_os_error()));
+    }
+    // SAFETY: zeroed ifreq with a NUL-terminated name that fits.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(Error::io(format!("SIOCGIFMTU {ifname}"), err));
+    }
+    // SAFETY: the kernel filled ifru_mtu.
+    let mtu = unsafe { req.ifr_ifru.ifru_mtu };
+    Ok(mtu.max(0) as u32)
+}
+
 /// Moves the calling thread (call it before spawning others) into the
 /// network namespace `/var/run/netns/<name>`. Unlike `ip netns exec`, this
 /// keeps the host's mount namespace, so the pins under /sys/fs/bpf stay
@@ -185,58 +212,5 @@ impl NetNs {
 impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = run("ip", &["netns", "del", &self.name]);
-    }
-}
-
-/// Blocks on an rtnetlink socket subscribed to link events in the calling
-/// thread's network namespace and calls `on_event` after each batch of
-/// messages (lab mode: new pod veths). Returns only on a socket error.
-pub fn watch_links(mut on_event: impl FnMut()) -> Result<()> {
-    // SAFETY: plain socket(2)/bind(2) on a zeroed sockaddr_nl; the fd is
-    // owned by `fd` below.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(Error::io("netlink socket", std::io::Error::last_os_error()));
-    }
-    // SAFETY: we own the new fd.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
-    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    addr.nl_family = libc::AF_NETLINK as u16;
-    addr.nl_groups = libc::RTMGRP_LINK as u32;
-    // SAFETY: valid sockaddr_nl of the right size.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            &addr as *const libc::sockaddr_nl as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(Error::io(
-            "netlink bind RTMGRP_LINK",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        // SAFETY: reading into our buffer.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            // ENOBUFS: events were lost; a rescan covers them.
-            if e.raw_os_error() != Some(libc::ENOBUFS) {
-                return Err(Error::io("netlink recv", e));
-            }
-        }
-        on_event();
     }
 }

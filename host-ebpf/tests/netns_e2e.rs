@@ -1059,3 +1059,390 @@ fn agent_attaches_a_pod_veth_that_appears_later() {
     agent.stop();
     let _ = std::fs::remove_file(&cfg_path);
 }
+
+/// Sets the MTU of a pod's `eth0` and of its host-side `veth` on `node`.
+fn set_pod_mtu(lab: &Lab, node: usize, veth: &str, tag: &str, mtu: u32) {
+    let m = mtu.to_string();
+    lab.n[node].ip(&["link", "set", veth, "mtu", &m]).unwrap();
+    sys::run(
+        "ip",
+        &["-n", lab.pod(tag), "link", "set", "eth0", "mtu", &m],
+    )
+    .unwrap();
+}
+
+/// `ip route get dst` inside `netns` (shows a learned PMTU as `mtu N`).
+fn route_get(netns: &str, dst: Ipv4Addr) -> String {
+    sys::run("ip", &["-n", netns, "route", "get", &dst.to_string()]).unwrap()
+}
+
+fn getsockopt_int(fd: i32, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int option into an int.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            name,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt: {}", std::io::Error::last_os_error());
+    v
+}
+
+#[test]
+fn pmtu_discovery_clamps_pods_with_a_too_large_mtu() {
+    require_root!();
+    use std::os::fd::AsRawFd;
+    use talaria_node::abi::mtu_stat;
+    let lab = Lab::new();
+    // Client a and backend b get MTU 1500 on a 1500 uplink: their
+    // full-size packets cannot be encapsulated (1548 bytes).
+    set_pod_mtu(&lab, 0, "vpa", "pa", 1500);
+    set_pod_mtu(&lab, 1, "vpb", "pb", 1500);
+
+    // UDP with DF (IP_PMTUDISC_DO, what `ping -M do` sets): a 1500-byte
+    // datagram to the VIP comes back as ICMP fragmentation-needed with MTU
+    // 1452, the socket learns it, and a datagram that fits goes through.
+    let (ready, bound) = std::sync::mpsc::channel();
+    let udp_server = sys::spawn_in_netns(lab.pod("pb"), move || {
+        let s = UdpSocket::bind((POD_B, UDP_PORT)).unwrap();
+        ready.send(()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut sizes = Vec::new();
+        let mut buf = [0u8; 2000];
+        while let Ok((k, _)) = s.recv_from(&mut buf) {
+            sizes.push(k);
+        }
+        sizes
+    })
+    .unwrap();
+    bound.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (learned, too_big, fits) = sys::in_netns(lab.pod("pa"), || {
+        let s = UdpSocket::bind((POD_A, 0)).unwrap();
+        let fd = s.as_raw_fd();
+        let v: libc::c_int = libc::IP_PMTUDISC_DO;
+        // SAFETY: an int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        assert_eq!(rc, 0);
+        s.connect((VIP, 53)).unwrap();
+        assert_eq!(getsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU), 1500);
+        s.send(&[1u8; 1472])
+            .expect("1500 bytes fit the pod's own MTU");
+        // The error arrives asynchronously as the socket's pending error
+        // (EMSGSIZE, set after the PMTU update): poll (at most 50 × 100 ms).
+        let mut pending = None;
+        for _ in 0..50 {
+            pending = s.take_error().unwrap();
+            if pending.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mtu = getsockopt_int(fd, libc::IPPROTO_IP, libc::IP_MTU);
+        let too_big = s.send(&[2u8; 1472]).map_err(|e| e.raw_os_error());
+        let fits = s.send(&[3u8; 1452 - 28]).map_err(|e| e.raw_os_error());
+        ((pending.and_then(|e| e.raw_os_error()), mtu), too_big, fits)
+    })
+    .unwrap();
+    assert_eq!(
+        learned,
+        (Some(libc::EMSGSIZE), 1452),
+        "the socket got EMSGSIZE and learned PMTU = uplink − 48"
+    );
+    assert_eq!(too_big, Err(Some(libc::EMSGSIZE)), "1500 bytes now refused");
+    assert_eq!(fits, Ok(1424));
+    assert_eq!(
+        udp_server.join().unwrap(),
+        vec![1424],
+        "only the datagram that fits reached the backend"
+    );
+    assert!(route_get(lab.pod("pa"), VIP).contains("mtu 1452"));
+    let s1 = lab.stats(0);
+    assert_eq!(s1.mtu_event(mtu_stat::FRAG_NEEDED), 1);
+
+    // TCP both ways (the backend's MTU is 1500 too, so MSS negotiation
+    // clamps nothing: 1460 each way). Forget the learned PMTU first.
+    sys::run("ip", &["-n", lab.pod("pa"), "route", "flush", "cache"]).unwrap();
+    assert!(!route_get(lab.pod("pa"), VIP).contains("mtu 1452"));
+    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(lab.pod("pa"));
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
+    let ((n, hash), local) = transfer(s, 4 << 20, 64 << 10, Duration::ZERO);
+    server.join().unwrap();
+    assert_eq!((n, hash), (4 << 20, local), "upload intact");
+    assert!(
+        lab.stats(0).mtu_event(mtu_stat::FRAG_NEEDED) > 1,
+        "the client's big segments were answered with frag-needed"
+    );
+    assert!(route_get(lab.pod("pa"), VIP).contains("mtu 1452"));
+
+    // Download: the backend's big segments are answered on node 2, "from"
+    // the client, before reverse NAT. The client forgets its PMTU first,
+    // or it would advertise MSS 1412 and the backend would never send a
+    // segment too big.
+    sys::run("ip", &["-n", lab.pod("pa"), "route", "flush", "cache"]).unwrap();
+    const DOWN: usize = 2 << 20;
+    let (ready, listening) = std::sync::mpsc::channel();
+    let sender = sys::spawn_in_netns(lab.pod("pb"), move || {
+        let l = TcpListener::bind((POD_B, TCP_PORT)).unwrap();
+        ready.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        let mut h = Fnv::default();
+        let chunk: Vec<u8> = (0..65536u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut sent = 0;
+        while sent < DOWN {
+            let k = chunk.len().min(DOWN - sent);
+            s.write_all(&chunk[..k]).unwrap();
+            h.update(&chunk[..k]);
+            sent += k;
+        }
+        h.0
+    })
+    .unwrap();
+    listening.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (got, got_hash) = sys::in_netns(lab.pod("pa"), || {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(5))
+                .expect("connect VIP:80");
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let (mut n, mut h) = (0usize, Fnv::default());
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let k = s.read(&mut buf).expect("download");
+            if k == 0 {
+                break;
+            }
+            n += k;
+            h.update(&buf[..k]);
+        }
+        (n, h.0)
+    })
+    .unwrap();
+    assert_eq!(
+        (got, got_hash),
+        (DOWN, sender.join().unwrap()),
+        "download intact"
+    );
+    let s2 = lab.stats(1);
+    assert!(s2.mtu_event(mtu_stat::FRAG_NEEDED) >= 1, "{:?}", s2.mtu);
+    assert!(route_get(lab.pod("pb"), POD_A).contains("mtu 1452"));
+    eprintln!(
+        "frag-needed sent: node1 {}, node2 {}",
+        lab.stats(0).mtu_event(mtu_stat::FRAG_NEEDED),
+        s2.mtu_event(mtu_stat::FRAG_NEEDED)
+    );
+    for i in 0..2 {
+        let s = lab.stats(i);
+        assert!(s.drops.iter().all(|d| d.1 == 0), "no drops: {:?}", s.drops);
+        assert_eq!(s.mtu_event(mtu_stat::TOO_BIG_NO_DF), 0);
+    }
+}
+
+/// Polls `cond` (at most 100 × 50 ms); returns whether it came true.
+fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    for _ in 0..100 {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
+
+fn pod_link_pin(lab: &Lab, node: usize, veth: &str) -> PathBuf {
+    lab.node_pins[node]
+        .join("links")
+        .join(node::link_pin_name(node::PROG_POD, veth))
+}
+
+fn node_pods(lab: &Lab, node: usize) -> Vec<Ipv4Addr> {
+    node::pinned_pods(&lab.node_pins[node])
+        .unwrap()
+        .into_iter()
+        .map(|p| p.0)
+        .collect()
+}
+
+#[test]
+fn agent_follows_pod_routes_and_forgets_removed_ones() {
+    require_root!();
+    let mut lab = Lab::new();
+    lab.nodes[0] = None;
+    const POD_D: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
+    let mut cfg = lab.node_config(0);
+    // Pod d is not configured: only its route tells the agent about it.
+    cfg.pod_cidrs = vec!["10.244.0.0/16".into()];
+    let cfg_path = std::env::temp_dir().join(format!("talaria-node-e2e-{}.yaml", lab.id));
+    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let agent = Agent::start(&lab.n[0].name, &cfg_path);
+    assert!(
+        eventually(|| pod_link_pin(&lab, 0, "vpa").exists()),
+        "agent attached the configured pods"
+    );
+    let name = format!("tlr-pd-{}", lab.id);
+    lab.pods.push(add_pod(&lab.n[0], "vpd", POD_D, &name));
+
+    // The CNI's route for the pod appears: learned and attached.
+    lab.n[0]
+        .ip(&["route", "add", "10.244.1.4/32", "dev", "vpd"])
+        .unwrap();
+    assert!(
+        eventually(|| pod_link_pin(&lab, 0, "vpd").exists()),
+        "route event → pod veth attached"
+    );
+    assert!(node_pods(&lab, 0).contains(&POD_D));
+    let server = tcp_server(lab.pod("pb"), POD_B, 2);
+    let (s, line) = connect_vip(&name);
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_D}:")), "{line}");
+    let ((n, hash), local) = transfer(s, 1 << 20, 64 << 10, Duration::ZERO);
+    assert_eq!((n, hash), (1 << 20, local));
+
+    // The route goes: the pod is forgotten and its veth detached.
+    lab.n[0]
+        .ip(&["route", "del", "10.244.1.4/32", "dev", "vpd"])
+        .unwrap();
+    assert!(
+        eventually(
+            || !pod_link_pin(&lab, 0, "vpd").exists() && !node_pods(&lab, 0).contains(&POD_D)
+        ),
+        "route removed → pod forgotten"
+    );
+    // Back again, then the veth itself is deleted (taking the route).
+    lab.n[0]
+        .ip(&["route", "add", "10.244.1.4/32", "dev", "vpd"])
+        .unwrap();
+    assert!(eventually(|| pod_link_pin(&lab, 0, "vpd").exists()));
+    let (s, line) = connect_vip(&name);
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_D}:")), "{line}");
+    let ((n, _), _) = transfer(s, 1 << 16, 1 << 16, Duration::ZERO);
+    assert_eq!(n, 1 << 16);
+    server.join().unwrap();
+    lab.n[0].ip(&["link", "del", "vpd"]).unwrap();
+    assert!(
+        eventually(
+            || !pod_link_pin(&lab, 0, "vpd").exists() && !node_pods(&lab, 0).contains(&POD_D)
+        ),
+        "veth removed → state cleaned"
+    );
+    assert!(
+        node_pods(&lab, 0).contains(&POD_A) && pod_link_pin(&lab, 0, "vpa").exists(),
+        "the other pods are untouched"
+    );
+    agent.stop();
+    let _ = std::fs::remove_file(&cfg_path);
+}
+
+#[path = "common/fake_api.rs"]
+mod fake_api;
+
+#[test]
+fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
+    require_root!();
+    let mut lab = Lab::new();
+    lab.nodes[0] = None;
+    // Node 1's pods are known only to the API; their veths only through
+    // the routes the CNI would add.
+    for (ip, veth) in [("10.244.1.2/32", "vpa"), ("10.244.1.3/32", "vpc")] {
+        lab.n[0].ip(&["route", "add", ip, "dev", veth]).unwrap();
+    }
+    let api = fake_api::Shared::default();
+    {
+        let mut a = api.lock().unwrap();
+        a.put_pod(fake_api::pod("a", "n1", "10.244.1.2", false));
+        a.put_pod(fake_api::pod("c", "n1", "10.244.1.3", false));
+        a.put_pod(fake_api::pod("agent", "n1", "10.200.1.2", true));
+        a.put_pod(fake_api::pod("b", "n2", "10.244.2.2", false));
+        a.services = fake_api::services(&[
+            (SVC_TCP, "10.96.0.10", 80, "TCP"),
+            (SVC_UDP, "10.96.0.10", 53, "UDP"),
+        ]);
+    }
+    // Served inside node 1's namespace, where the agent runs.
+    let api_for_ns = api.clone();
+    let fake = sys::in_netns(&lab.n[0].name, move || fake_api::serve(api_for_ns)).unwrap();
+    let url = fake.url.clone();
+    let mut cfg = lab.node_config(0);
+    cfg.mode = talaria_node::config::Mode::Kubernetes;
+    cfg.pods = vec![];
+    cfg.services = vec![];
+    cfg.kubernetes = talaria_node::config::KubernetesConfig {
+        node_name: "n1".into(),
+        api_server: url.clone(),
+        controller_url: url,
+        services_refresh_secs: 1,
+    };
+    let cfg_path = std::env::temp_dir().join(format!("talaria-node-e2e-{}.yaml", lab.id));
+    std::fs::write(&cfg_path, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let agent = Agent::start(&lab.n[0].name, &cfg_path);
+    assert!(
+        eventually(
+            || pod_link_pin(&lab, 0, "vpa").exists() && pod_link_pin(&lab, 0, "vpc").exists()
+        ),
+        "API pods attached through their routes"
+    );
+    assert_eq!(
+        node_pods(&lab, 0),
+        vec![POD_A, POD_C],
+        "no hostNetwork pod, no other node's"
+    );
+    assert!(
+        eventually(|| node::pinned_services(&lab.node_pins[0])
+            .map(|s| s.len())
+            .unwrap_or(0)
+            == 2),
+        "services from the controller"
+    );
+
+    // Client side: pod a → VIP → backend b on node 2.
+    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(lab.pod("pa"));
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
+    let ((n, _), _) = transfer(s, 1 << 20, 64 << 10, Duration::ZERO);
+    assert_eq!(n, 1 << 20);
+    server.join().unwrap();
+
+    // Backend side: the pool moves to pod c on node 1, whose agent must
+    // map the service id from the controller back to VIP:80.
+    lab.dp
+        .as_ref()
+        .unwrap()
+        .insert(&Entry::CookieCheck {
+            service_id: SVC_TCP,
+            backend_id: BACKEND_C_TCP,
+        })
+        .unwrap();
+    lab.set_buckets(SVC_TCP, BACKEND_C_TCP);
+    let server = tcp_server(lab.pod("pc"), POD_C, 1);
+    let (s, line) = connect_vip(lab.pod("pb"));
+    assert!(line.starts_with(&format!("{POD_C} saw {POD_B}:")), "{line}");
+    let ((n, _), _) = transfer(s, 1 << 20, 64 << 10, Duration::ZERO);
+    assert_eq!(n, 1 << 20);
+    server.join().unwrap();
+
+    // Pod c is deleted in the API: forgotten though its route remains.
+    api.lock().unwrap().delete_pod("c");
+    assert!(
+        eventually(|| !pod_link_pin(&lab, 0, "vpc").exists() && node_pods(&lab, 0) == vec![POD_A]),
+        "deleted pod forgotten"
+    );
+    let selectors = api.lock().unwrap().field_selectors.clone();
+    assert!(
+        selectors.iter().all(|s| s == "spec.nodeName=n1"),
+        "{selectors:?}"
+    );
+    agent.stop();
+    drop(fake);
+    let _ = std::fs::remove_file(&cfg_path);
+}

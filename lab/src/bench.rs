@@ -15,6 +15,7 @@ use crate::cpu::{clk_tck, process_jiffies, CpuTimes};
 use crate::manifests::ServiceSet;
 use crate::modes::{self, apply_rules, ipvs_unavailable, pick_services, run_in_pod, LoadRun, Mode};
 use crate::netns::Lab;
+use crate::switch::SwitchKind;
 use crate::topology::Topology;
 use crate::traffic::{LoadResult, Proto};
 use crate::{components, demo, plot};
@@ -52,8 +53,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 100)]
     pub sweep_services: u32,
     /// Skip the consistency experiment.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "consistency_only")]
     pub no_consistency: bool,
+    /// Run only the consistency experiment (no throughput sweeps).
+    #[arg(long)]
+    pub consistency_only: bool,
     /// Long-lived connections of the consistency experiment (default 100; quick 20).
     #[arg(long)]
     pub connections: Option<u32>,
@@ -69,7 +73,7 @@ pub struct Row {
     pub experiment: String,
     /// Mode.
     pub mode: String,
-    /// What forwarded between nodes (`linux-forwarding` or `switch-agent`).
+    /// What forwarded between nodes (`switch-agent` or `bmv2`).
     pub switch: String,
     /// Load kind.
     pub proto: String,
@@ -128,15 +132,12 @@ pub struct ConsistencyRow {
     pub note: String,
 }
 
-/// The switch used in a lab, for the record.
-pub fn switch_kind(mode: Mode) -> &'static str {
-    if mode == Mode::Talaria {
-        "switch-agent"
-    } else {
-        // Plain L3 through switch-agent needs a P4Runtime route writer that
-        // the lab does not have yet: the switch netns forwards with Linux.
-        "linux-forwarding"
-    }
+/// What forwards between nodes, for the record: every mode runs on the same
+/// switch (talaria mode adds its Service tables).
+fn switch_name() -> String {
+    SwitchKind::from_env()
+        .map(|s| s.name().to_string())
+        .unwrap_or_else(|e| format!("{e:#}"))
 }
 
 /// Measures one point on a running lab.
@@ -186,7 +187,7 @@ pub async fn measure(
     Ok(Row {
         experiment: "single".into(),
         mode: mode.name().into(),
-        switch: switch_kind(mode).into(),
+        switch: switch_name(),
         proto: r.proto.clone(),
         services: set.services.len() as u32,
         concurrency,
@@ -209,8 +210,8 @@ pub async fn measure(
 
 /// Brings a lab up in a mode (servers started, rules/components applied).
 pub async fn lab_for(t: Topology, mode: Mode) -> Result<(Lab, ServiceSet)> {
-    if mode == Mode::Ipvs {
-        bail!("{}", ipvs_unavailable().unwrap_or_default());
+    if let Some(why) = ipvs_unavailable().filter(|_| mode == Mode::Ipvs) {
+        bail!("{why}");
     }
     if mode == Mode::Talaria {
         let missing = components::talaria_missing();
@@ -221,9 +222,11 @@ pub async fn lab_for(t: Topology, mode: Mode) -> Result<(Lab, ServiceSet)> {
     let mut lab = Lab::create(t, mode.name())?;
     lab.start_servers()?;
     let set = ServiceSet::from_topology(&lab.topo);
+    // On an error the lab's Drop tears it down.
     if mode == Mode::Talaria {
         demo::start_talaria(&mut lab).await?;
     } else {
+        demo::start_switch(&mut lab, false).await?;
         apply_rules(&lab, mode, &set)?;
     }
     Ok((lab, set))
@@ -298,7 +301,7 @@ async fn sweep_mode(
                     Err(e) => {
                         let note = format!("{svc} Services could not be programmed: {e:#}");
                         progress(&format!("{}: {note}", mode.name()));
-                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_kind(mode).into(), services: svc, concurrency: c, note, ..Default::default() });
+                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_name(), services: svc, concurrency: c, note, ..Default::default() });
                         current = None;
                         continue;
                     }
@@ -311,7 +314,7 @@ async fn sweep_mode(
                     Err(e) => {
                         let note = format!("measurement failed: {e:#}");
                         progress(&format!("{}: {note}", mode.name()));
-                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_kind(mode).into(), services: svc, concurrency: c, note, ..Default::default() });
+                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_name(), services: svc, concurrency: c, note, ..Default::default() });
                         continue;
                     }
                 };
@@ -352,9 +355,6 @@ pub async fn consistency(
         "talaria" | "talaria-hash-only" => Mode::Talaria,
         v => bail!("unknown variant {v}"),
     };
-    if variant == "talaria-hash-only" {
-        demo::hash_only_supported()?;
-    }
     // 1 Service whose pool cycles through the 8 backend pods of nodes 1-2.
     let t = Topology {
         services: 1,
@@ -369,7 +369,8 @@ pub async fn consistency(
         let pool = t.backend_pods();
         let gap = Duration::from_millis(if quick { 60 } else { 100 });
         // Bounded by time; normally ended early through the stop file.
-        let hold = ((gap + Duration::from_secs(1)) * changes + Duration::from_secs(10)).min(Duration::from_secs(590));
+        let hold = ((gap + Duration::from_secs(1)) * changes + Duration::from_secs(10))
+            .min(Duration::from_secs(590));
         let stop_file = lab.run_dir.join("hold.stop");
         let client = t.client_pods()[0];
         let targets = modes::targets(&t, &set, mode, Proto::Hold, &[0]);
@@ -407,20 +408,32 @@ pub async fn consistency(
         let r = modes::wait_load(&mut lab, started).await?;
         Ok::<_, anyhow::Error>(ConsistencyRow {
             variant: variant.into(),
-            switch: switch_kind(mode).into(),
+            switch: switch_name(),
             connections: r.connections,
             changes: applied,
             broken: r.broken,
             moved: r.moved,
             requests: r.requests,
             note: if variant == "talaria-hash-only" {
-                "approximation: client node flow cache of 2 entries, so nearly all packets go without cookie".into()
+                "client node agents with ignore_cookies: the switch balances every packet by hash"
+                    .into()
             } else {
                 String::new()
             },
         })
     }
     .await;
+    if std::env::var_os("TALARIA_LAB_KEEP_BROKEN").is_some()
+        && result.as_ref().is_ok_and(|r| r.broken > 0)
+    {
+        // For a post-mortem of the switch and node counters.
+        progress(&format!(
+            "consistency {variant}: keeping lab {} (TALARIA_LAB_KEEP_BROKEN)",
+            lab.prefix()
+        ));
+        lab.keep();
+        return result;
+    }
     let problems = lab.down();
     anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
     result
@@ -463,6 +476,7 @@ fn csv<T: Serialize>(rows: &[T]) -> String {
 /// `talaria-lab bench`.
 pub async fn run(a: BenchArgs) -> Result<()> {
     let started = Instant::now();
+    let load_at_start = loadavg();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let modes_list = if a.modes.is_empty() {
         vec![
@@ -492,7 +506,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     std::fs::create_dir_all(&a.out)?;
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for &mode in &modes_list {
+    for &mode in modes_list.iter().filter(|_| !a.consistency_only) {
         progress(&format!("mode {}: fresh lab", mode.name()));
         if let Err(e) = sweep_mode(&a, mode, &services, &conc, secs, &mut rows).await {
             let msg = format!("{}: not measured: {e:#}", mode.name());
@@ -540,6 +554,7 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         started.elapsed(),
         &a,
         secs,
+        (&load_at_start, &loadavg()),
     );
     std::fs::write(a.out.join("summary.md"), &summary)?;
     println!("{summary}");
@@ -549,6 +564,14 @@ pub async fn run(a: BenchArgs) -> Result<()> {
         plots.len()
     );
     Ok(())
+}
+
+/// The 1, 5 and 15-minute load averages, for the record: other work on the
+/// machine inflates every mode's latency and CPU figures.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn find<'a>(rows: &'a [Row], exp: &str, mode: &str, proto: &str, svc: u32) -> Option<&'a Row> {
@@ -572,6 +595,7 @@ fn summary(
     took: Duration,
     a: &BenchArgs,
     secs: u64,
+    load: (&str, &str),
 ) -> String {
     let mut s = String::new();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -592,6 +616,12 @@ fn summary(
         secs,
         a.sweep_concurrency,
         a.sweep_services
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "Load average (1, 5, 15 min) at the start: {}; at the end: {}. The lab itself keeps about 2 busy; more means other work shared the CPUs with every mode.\n",
+        load.0, load.1
     )
     .unwrap();
     writeln!(s, "CPU per request: host-wide non-idle time from /proc/stat over the run / requests; `app` is the lab's own load generator and servers (/proc/<pid>/stat), `kernel` the rest (packet path: veths, netfilter, routing, eBPF). All nodes share one kernel, so client and backend node shares cannot be separated.\n").unwrap();
@@ -662,6 +692,19 @@ fn summary(
             .unwrap(),
             _ => writeln!(s, "- {proto} at {big} Services: not enough modes measured to compare").unwrap(),
         }
+    }
+    let broken = |v: &str| {
+        cons.iter()
+            .find(|c| c.variant == v && c.connections > 0)
+            .map(|c| c.broken)
+    };
+    match (broken("talaria"), broken("talaria-hash-only")) {
+        (Some(t), Some(h)) => writeln!(
+            s,
+            "- Consistency: talaria {t} broken (target 0), hash-only {h} broken (target > 0, measured)"
+        )
+        .unwrap(),
+        _ => writeln!(s, "- Consistency: not measured for both talaria variants").unwrap(),
     }
     writeln!(s).unwrap();
     if !plots.is_empty() {

@@ -94,8 +94,19 @@ impl Component {
 
 /// What is missing for talaria mode, one line per component.
 pub fn talaria_missing() -> Vec<String> {
-    Component::ALL
-        .iter()
-        .filter_map(|c| c.usable().err())
-        .collect()
+    missing(&Component::ALL)
+}
+
+/// What is missing for the lab switch every mode forwards through
+/// (switch-agent, with the controller writing its routes).
+pub fn fabric_missing() -> Vec<String> {
+    missing(&[
+        Component::SwitchAgent,
+        Component::Controller,
+        Component::Talariactl,
+    ])
+}
+
+fn missing(components: &[Component]) -> Vec<String> {
+    components.iter().filter_map(|c| c.usable().err()).collect()
 }

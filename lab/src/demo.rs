@@ -1,11 +1,12 @@
 //! `talaria-lab demo`, and bringing up talaria mode on a lab.
 
 use crate::bench::{measure, Row};
-use crate::components::{talaria_missing, Component};
+use crate::components::{fabric_missing, talaria_missing, Component};
 use crate::manifests::ServiceSet;
 use crate::modes::Mode;
 use crate::netns::in_ns;
 use crate::netns::Lab;
+use crate::switch::SwitchKind;
 use crate::topology::Topology;
 use crate::traffic::Proto;
 use anyhow::{bail, Result};
@@ -89,6 +90,7 @@ pub fn controller_config(
     t: &Topology,
     names: &crate::topology::Names,
     manifests: &std::path::Path,
+    switch: &SwitchKind,
 ) -> String {
     let sc = crate::manifests::switch_config(t, names);
     let routes: Vec<serde_json::Value> = sc
@@ -96,12 +98,15 @@ pub fn controller_config(
         .iter()
         .map(|r| serde_json::json!({"prefix": r.prefix, "port": p4_port(r.port), "src_mac": r.src_mac, "dst_mac": r.dst_mac}))
         .collect();
-    let v = serde_json::json!({
+    let mut v = serde_json::json!({
         "source": {"kind": "files", "dir": manifests, "poll_ms": 200},
         "switches": [{"id": "sw", "address": format!("http://{P4RT_ADDR}"), "device_id": 1}],
         "fabric": {"switch_addrs": [t.switch_addr.to_string()], "routes": routes},
         "listen": CONTROLLER_REST,
     });
+    if let SwitchKind::Bmv2(b) = switch {
+        v["device_config"] = serde_json::json!(b.json);
+    }
     serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
 }
 
@@ -143,7 +148,7 @@ fn node_agent_config(
     lab: &Lab,
     n: u32,
     services: &[serde_json::Value],
-    lru_size: Option<u32>,
+    ignore_cookies: bool,
 ) -> String {
     let t = &lab.topo;
     let nc = crate::manifests::node_config(t, &lab.names, n);
@@ -163,8 +168,8 @@ fn node_agent_config(
         "pin_dir": pin_root(lab).join(format!("n{n}")),
         "metrics_addr": "127.0.0.1:9465",
     });
-    if let Some(l) = lru_size {
-        v["lru_size"] = l.into();
+    if ignore_cookies {
+        v["ignore_cookies"] = true.into();
     }
     serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
 }
@@ -173,24 +178,36 @@ fn pin_root(lab: &Lab) -> PathBuf {
     PathBuf::from("/sys/fs/bpf/talaria-lab").join(lab.prefix())
 }
 
+/// Where the lab keeps the service ids the node agents were started with.
+const AGENT_SERVICES: &str = "agent-services.json";
+
+/// The service ids the running node agents map (empty before the first start).
+fn agent_services(lab: &Lab) -> Vec<serde_json::Value> {
+    std::fs::read(lab.run_dir.join(AGENT_SERVICES))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
 /// Starts (or restarts) the node agents with the controller's service ids.
-async fn start_node_agents(lab: &mut Lab, lru_client: Option<u32>) -> Result<()> {
+async fn start_node_agents(lab: &mut Lab) -> Result<()> {
     let bin = Component::NodeAgent
         .usable()
         .map_err(|e| anyhow::anyhow!(e))?;
     let services = service_ids(lab)?;
+    std::fs::write(
+        lab.run_dir.join(AGENT_SERVICES),
+        serde_json::to_vec(&services)?,
+    )?;
     for n in 0..lab.topo.nodes {
         let what = format!("talaria-node-{n}");
         for pid in lab.pids(&what) {
             lab.stop(pid);
         }
-        let lru = if n < lab.topo.client_nodes {
-            lru_client
-        } else {
-            None
-        };
+        // Cookies are learnt on the client side only.
+        let ignore_cookies = lab.run_dir.join(HASH_ONLY).exists() && n < lab.topo.client_nodes;
         let cfg = lab.run_dir.join(format!("talaria-node-{n}.yaml"));
-        std::fs::write(&cfg, node_agent_config(lab, n, &services, lru))?;
+        std::fs::write(&cfg, node_agent_config(lab, n, &services, ignore_cookies))?;
         let argv: Vec<String> = vec![
             bin.to_string_lossy().into_owned(),
             "--netns".into(),
@@ -205,50 +222,75 @@ async fn start_node_agents(lab: &mut Lab, lru_client: Option<u32>) -> Result<()>
     Ok(())
 }
 
-/// Starts switch-agent, the controller and the node agents on a lab.
-pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
-    let missing = talaria_missing();
+/// Starts switch-agent and the controller on a lab's switch, and waits until
+/// the fabric routes are in the switch. Every mode forwards through
+/// switch-agent, so modes differ only in where Services are load-balanced;
+/// `services` false points the controller at an empty manifests directory
+/// (routes only, for the kube-proxy baselines and `direct`).
+pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
+    let missing = fabric_missing();
     if !missing.is_empty() {
-        bail!("talaria mode cannot start: {}", missing.join("; "));
+        bail!("the lab switch cannot start: {}", missing.join("; "));
     }
-    let sw_bin = Component::SwitchAgent
-        .usable()
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let switch = SwitchKind::from_env()?;
     let ctl_bin = Component::Controller
         .usable()
         .map_err(|e| anyhow::anyhow!(e))?;
-    let p4info = find_p4info()?;
+    let p4info = match &switch {
+        SwitchKind::SwitchAgent => find_p4info()?,
+        SwitchKind::Bmv2(b) => b.p4info.clone(),
+    };
     let t = lab.topo.clone();
     let sw = lab.names.switch();
     let pins = pin_root(lab);
     lab.record_pin(pins.clone())?;
     std::fs::create_dir_all(&pins)?;
-    let mut argv: Vec<String> = vec![
-        sw_bin.to_string_lossy().into_owned(),
-        "--grpc-addr".into(),
-        P4RT_ADDR.into(),
-        "--pin-dir".into(),
-        pins.join("sw").to_string_lossy().into_owned(),
-        "--state-dir".into(),
-        lab.run_dir
-            .join("switch-state")
-            .to_string_lossy()
-            .into_owned(),
-        "--no-metrics".into(),
-    ];
-    for n in 0..t.nodes {
-        argv.push("-i".into());
-        argv.push(format!(
-            "{}@{}",
-            p4_port(n),
-            crate::topology::switch_port_dev(n)
-        ));
-    }
-    let pid = lab.spawn(&sw, "switch-agent", &argv)?;
-    wait_listening(lab, pid, 9559, "switch-agent", Duration::from_secs(20)).await?;
-    let manifests = lab.run_dir.join("manifests");
+    let ports: Vec<(u16, String)> = (0..t.nodes)
+        .map(|n| (p4_port(n), crate::topology::switch_port_dev(n)))
+        .collect();
+    let (what, argv) = match &switch {
+        SwitchKind::SwitchAgent => {
+            let bin = Component::SwitchAgent
+                .usable()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let mut argv: Vec<String> = vec![
+                bin.to_string_lossy().into_owned(),
+                "--grpc-addr".into(),
+                P4RT_ADDR.into(),
+                "--pin-dir".into(),
+                pins.join("sw").to_string_lossy().into_owned(),
+                "--state-dir".into(),
+                lab.run_dir
+                    .join("switch-state")
+                    .to_string_lossy()
+                    .into_owned(),
+                "--no-metrics".into(),
+            ];
+            for (port, dev) in &ports {
+                argv.push("-i".into());
+                argv.push(format!("{port}@{dev}"));
+            }
+            ("switch-agent", argv)
+        }
+        SwitchKind::Bmv2(b) => {
+            // bmv2 reads and writes frames through packet sockets and
+            // computes no offloaded checksum: every veth must hand it
+            // finished packets.
+            lab.disable_offloads()?;
+            ("bmv2", b.argv(&ports, P4RT_ADDR))
+        }
+    };
+    let pid = lab.spawn(&sw, what, &argv)?;
+    wait_listening(lab, pid, 9559, what, Duration::from_secs(20)).await?;
+    let manifests = if services {
+        lab.run_dir.join("manifests")
+    } else {
+        let empty = lab.run_dir.join("manifests-none");
+        std::fs::create_dir_all(&empty)?;
+        empty
+    };
     let cfg = lab.run_dir.join("controller.yaml");
-    std::fs::write(&cfg, controller_config(&t, &lab.names, &manifests))?;
+    std::fs::write(&cfg, controller_config(&t, &lab.names, &manifests, &switch))?;
     let argv: Vec<String> = vec![
         ctl_bin.to_string_lossy().into_owned(),
         "--config".into(),
@@ -265,18 +307,64 @@ pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
         Duration::from_secs(20),
     )
     .await?;
-    wait_programmed(lab, t.services as usize * 2, Duration::from_secs(60)).await?;
-    start_node_agents(lab, None).await?;
+    wait_synced(lab, Duration::from_secs(30)).await?;
+    // From here on only switch-agent forwards: a packet its pipeline does
+    // not handle must be lost, not quietly routed by Linux.
+    in_ns(&sw, &["sysctl", "-qw", "net.ipv4.ip_forward=0"], None)?;
     Ok(())
 }
 
-/// Waits until the controller reports `ports` programmed Service ports.
+/// Starts switch-agent, the controller and the node agents on a lab.
+pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
+    let missing = talaria_missing();
+    if !missing.is_empty() {
+        bail!("talaria mode cannot start: {}", missing.join("; "));
+    }
+    start_switch(lab, true).await?;
+    wait_programmed(lab, lab.topo.services as usize * 2, Duration::from_secs(60)).await?;
+    start_node_agents(lab).await?;
+    Ok(())
+}
+
+/// Waits until every switch holds the controller's latest plan (its
+/// `synced_version` has caught up with `plan_version`): planned is not yet
+/// forwarding.
+async fn wait_synced(lab: &mut Lab, limit: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let status = talariactl(lab, &["status", "-o", "json"])
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        if let Some(v) = &status {
+            let plan = v["plan_version"].as_u64().unwrap_or(0);
+            let switches = v["switches"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let synced = |sw: &serde_json::Value| {
+                sw["status"]["connected"] == true
+                    && sw["status"]["synced_version"].as_u64().unwrap_or(0) >= plan
+            };
+            if plan > 0 && !switches.is_empty() && switches.iter().all(synced) {
+                return Ok(());
+            }
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "switch not synced with the controller's plan after {limit:?}; log: {}",
+                tail_log(lab, "talaria-controller")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the controller has planned `ports` Service ports and the
+/// switch holds that plan.
 async fn wait_programmed(lab: &mut Lab, ports: usize, limit: Duration) -> Result<()> {
     let t0 = Instant::now();
     loop {
         let got = service_ids(lab).map(|v| v.len()).unwrap_or(0);
-        if got >= ports {
-            return Ok(());
+        if got == ports {
+            let left = limit.saturating_sub(t0.elapsed());
+            return wait_synced(lab, left.max(Duration::from_secs(1))).await;
         }
         if t0.elapsed() > limit {
             bail!(
@@ -289,8 +377,8 @@ async fn wait_programmed(lab: &mut Lab, ports: usize, limit: Duration) -> Result
 }
 
 /// Pushes a new Service set to the controller of a talaria-mode lab (it
-/// polls the manifests directory), waits until it has the Service ports,
-/// and restarts the node agents if the set of Service ports changed.
+/// polls the manifests directory), waits until the switch holds it, and
+/// restarts the node agents only if the service ids they map changed.
 pub async fn talaria_apply_services(lab: &mut Lab, set: &ServiceSet) -> Result<()> {
     // write_configs has already rewritten manifests/services.yaml.
     let want = set
@@ -299,33 +387,30 @@ pub async fn talaria_apply_services(lab: &mut Lab, set: &ServiceSet) -> Result<(
         .filter(|s| !s.endpoints.is_empty())
         .count()
         * 2;
-    let before = service_ids(lab).map(|v| v.len()).unwrap_or(0);
-    if before != want {
-        wait_programmed(lab, want, Duration::from_secs(120)).await?;
-        start_node_agents(lab, None).await?;
-    } else {
-        // Same ports, new endpoints: give the controller a poll + debounce.
-        tokio::time::sleep(Duration::from_millis(400)).await;
+    // Give the controller a poll and its debounce to notice the new file,
+    // else an endpoint-only change would find the old plan "in sync".
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_programmed(lab, want, Duration::from_secs(120)).await?;
+    if service_ids(lab)? != agent_services(lab) {
+        start_node_agents(lab).await?;
     }
     Ok(())
 }
 
-/// Whether a hash-only (cookies ignored) variant can be emulated.
-///
-/// No component has a switch to ignore cookies, so the lab approximates it:
-/// the client node's agent runs with a 2-entry flow cache (`lru_size: 2`),
-/// so with many concurrent connections almost every packet leaves without a
-/// cookie (`NEW_FLOW`) and the switch picks its backend by hash alone.
-pub fn hash_only_supported() -> Result<()> {
-    Component::NodeAgent
-        .usable()
-        .map(|_| ())
-        .map_err(|e| anyhow::anyhow!(e))
-}
+/// Marker file: the lab's client node agents learn no cookies.
+const HASH_ONLY: &str = "hash-only";
 
-/// Switches the hash-only approximation on or off (restarts node agents).
+/// Switches the hash-only variant on or off: the client nodes' agents run
+/// with `ignore_cookies`, so every packet leaves as a new flow and the
+/// switch balances it by hash alone (restarts the node agents).
 pub async fn set_hash_only(lab: &mut Lab, on: bool) -> Result<()> {
-    start_node_agents(lab, if on { Some(2) } else { None }).await
+    let marker = lab.run_dir.join(HASH_ONLY);
+    if on {
+        std::fs::write(&marker, b"")?;
+    } else if marker.exists() {
+        std::fs::remove_file(&marker)?;
+    }
+    start_node_agents(lab).await
 }
 
 fn step(i: u32, n: u32, msg: &str) {

@@ -20,5 +20,6 @@ pub mod netns;
 pub mod plot;
 pub mod rules;
 pub mod stats;
+pub mod switch;
 pub mod topology;
 pub mod traffic;

@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use talaria_lab::manifests::{self, ServiceSet};
-use talaria_lab::modes::{self, Mode};
-use talaria_lab::netns::{self, Lab, State};
+use talaria_lab::modes::Mode;
+use talaria_lab::netns::{self, State};
+use talaria_lab::switch::{BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
 use talaria_lab::traffic::{self, LoadSpec, Proto};
 use talaria_lab::{bench, components, demo, rules};
@@ -19,6 +20,14 @@ use talaria_lab::{bench, components, demo, rules};
     about = "talaria network-namespace testbed: topology, kube-proxy baselines, load, demo, benchmarks"
 )]
 struct Cli {
+    /// What runs on the switch ports: talaria's switch-agent, or bmv2's
+    /// simple_switch_grpc with the p4c build in --bmv2-dir.
+    #[arg(long, global = true, env = SWITCH_ENV, default_value = "switch-agent", value_parser = ["switch-agent", "bmv2"])]
+    switch: String,
+    /// p4c's output for p4/talaria.p4 (talaria.json, talaria.p4info.txtpb),
+    /// for `--switch bmv2`.
+    #[arg(long, global = true, env = BMV2_DIR_ENV)]
+    bmv2_dir: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -162,6 +171,13 @@ fn load_topology(p: &Option<PathBuf>) -> Result<Topology> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The library reads the switch choice from the environment, so that
+    // every lab this process (and its tests) builds agrees; set it before
+    // any thread starts.
+    std::env::set_var(SWITCH_ENV, &cli.switch);
+    if let Some(d) = &cli.bmv2_dir {
+        std::env::set_var(BMV2_DIR_ENV, d);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -309,14 +325,7 @@ fn main() -> Result<()> {
         Cmd::Up { topology, mode } => {
             let t = load_topology(&topology)?;
             rt.block_on(async {
-                let mut lab = Lab::create(t, mode.name())?;
-                lab.start_servers()?;
-                let set = ServiceSet::from_topology(&lab.topo);
-                if mode == Mode::Talaria {
-                    demo::start_talaria(&mut lab).await?;
-                } else {
-                    modes::apply_rules(&lab, mode, &set)?;
-                }
+                let (mut lab, _) = bench::lab_for(t, mode).await?;
                 lab.keep();
                 println!("lab {} is up in {} mode", lab.prefix(), mode.name());
                 println!("  manifests and configs: {}", lab.run_dir.display());

@@ -42,17 +42,17 @@ impl Mode {
 
 /// Why IPVS mode cannot run here, if it cannot.
 pub fn ipvs_unavailable() -> Option<String> {
-    if std::path::Path::new("/proc/net/ip_vs").exists() {
-        if which("ipvsadm").is_none() {
-            return Some("ipvs: the kernel has IPVS but ipvsadm is not installed".into());
-        }
-        return Some("ipvs: mode not implemented in this lab yet".into());
+    if !std::path::Path::new("/proc/net/ip_vs").exists() {
+        return Some(
+            "ipvs: skipped: this kernel has no IPVS (CONFIG_IP_VS is not set, /proc/net/ip_vs is absent) \
+             and cannot load modules"
+                .into(),
+        );
     }
-    Some(
-        "ipvs: skipped: this kernel has no IPVS (CONFIG_IP_VS is not set, /proc/net/ip_vs is absent) \
-         and cannot load modules"
-            .into(),
-    )
+    ["ipvsadm", "ipvsadm-restore"]
+        .iter()
+        .find(|p| which(p).is_none())
+        .map(|p| format!("ipvs: skipped: the kernel has IPVS but {p} is not installed (scripts/setup.sh installs it)"))
 }
 
 /// First match for a program on PATH.
@@ -105,7 +105,21 @@ pub fn apply_rules(lab: &Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
                     .with_context(|| format!("nftables rules on node {n}"))?;
             }
         }
-        Mode::Ipvs => bail!("{}", ipvs_unavailable().unwrap_or_default()),
+        Mode::Ipvs => {
+            if let Some(why) = ipvs_unavailable() {
+                bail!("{why}");
+            }
+            let r = rules::ipvs(&lab.topo, set);
+            for n in 0..lab.topo.client_nodes {
+                let node = lab.names.node(n);
+                // Replace, not merge: a re-run starts from no VIPs and no servers.
+                let _ = in_ns(&node, &["ip", "link", "del", rules::IPVS_DEVICE], None);
+                in_ns(&node, &["ipvsadm", "-C"], None)
+                    .and_then(|_| in_ns(&node, &["ip", "-batch", "-"], Some(&r.addresses)))
+                    .and_then(|_| in_ns(&node, &["ipvsadm-restore"], Some(&r.servers)))
+                    .with_context(|| format!("ipvs rules on node {n}"))?;
+            }
+        }
     }
     Ok(t0.elapsed().as_secs_f64())
 }

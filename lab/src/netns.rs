@@ -16,6 +16,7 @@ use crate::topology::{
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -349,38 +350,25 @@ impl Lab {
         ip_batch(&sw, &swb)?;
         let mut swb = String::new();
         for n in 0..t.nodes {
-            let dev = switch_port_dev(n);
             let (net, len) = t.pod_cidr(n);
-            swb.push_str(&format!(
-                "addr add {}/24 dev {dev}\nlink set {dev} up\n",
-                t.switch_port_ip(n)
-            ));
-            swb.push_str(&format!(
-                "neigh replace {} lladdr {} dev {dev} nud permanent\n",
+            swb.push_str(&link_end(
+                &switch_port_dev(n),
+                t.switch_port_ip(n),
                 t.node_ip(n),
-                Topology::node_uplink_mac(n)
-            ));
-            swb.push_str(&format!(
-                "route replace {net}/{len} via {} dev {dev}\n",
-                t.node_ip(n)
+                &Topology::node_uplink_mac(n),
+                &format!("{net}/{len}"),
             ));
         }
         ip_batch(&sw, &swb)?;
         for n in 0..t.nodes {
             let node = self.names.node(n);
             let mut nb = String::from("link set lo up\n");
-            nb.push_str(&format!(
-                "addr add {}/24 dev {NODE_UPLINK_DEV}\nlink set {NODE_UPLINK_DEV} up\n",
-                t.node_ip(n)
-            ));
-            nb.push_str(&format!(
-                "neigh replace {} lladdr {} dev {NODE_UPLINK_DEV} nud permanent\n",
+            nb.push_str(&link_end(
+                NODE_UPLINK_DEV,
+                t.node_ip(n),
                 t.switch_port_ip(n),
-                Topology::switch_port_mac(n)
-            ));
-            nb.push_str(&format!(
-                "route replace default via {} dev {NODE_UPLINK_DEV}\n",
-                t.switch_port_ip(n)
+                &Topology::switch_port_mac(n),
+                "default",
             ));
             for p in 0..t.pods_per_node {
                 nb.push_str(&format!(
@@ -434,23 +422,42 @@ impl Lab {
     pub fn write_configs(&self, set: &ServiceSet) -> Result<()> {
         let d = &self.run_dir;
         std::fs::create_dir_all(d.join("manifests"))?;
-        std::fs::write(
-            d.join("manifests/services.yaml"),
-            manifests::services_yaml(&self.topo, set),
+        write_atomic(
+            &d.join("manifests/services.yaml"),
+            &manifests::services_yaml(&self.topo, set),
         )?;
-        std::fs::write(
-            d.join("manifests/nodes.yaml"),
-            manifests::nodes_yaml(&self.topo),
+        write_atomic(
+            &d.join("manifests/nodes.yaml"),
+            &manifests::nodes_yaml(&self.topo),
         )?;
-        std::fs::write(
-            d.join("switch.yaml"),
-            serde_yaml::to_string(&manifests::switch_config(&self.topo, &self.names))?,
+        write_atomic(
+            &d.join("switch.yaml"),
+            &serde_yaml::to_string(&manifests::switch_config(&self.topo, &self.names))?,
         )?;
         for n in 0..self.topo.nodes {
-            std::fs::write(
-                d.join(format!("node-{n}.yaml")),
-                serde_yaml::to_string(&manifests::node_config(&self.topo, &self.names, n))?,
+            write_atomic(
+                &d.join(format!("node-{n}.yaml")),
+                &serde_yaml::to_string(&manifests::node_config(&self.topo, &self.names, n))?,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Turns checksum and segmentation offloads off on every veth of the
+    /// lab, for a switch that handles raw frames (bmv2).
+    pub fn disable_offloads(&self) -> Result<()> {
+        for ns in &self.state.netns {
+            let links = in_ns(ns, &["ip", "-o", "link", "show", "type", "veth"], None)?;
+            for dev in links.lines().filter_map(veth_name) {
+                in_ns(
+                    ns,
+                    &[
+                        "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                    ],
+                    None,
+                )
+                .with_context(|| format!("offloads off on {ns}/{dev}"))?;
+            }
         }
         Ok(())
     }
@@ -459,34 +466,26 @@ impl Lab {
     /// the PID is the process itself), logging to `logs/<what>.log`, and
     /// records it before returning.
     pub fn spawn(&mut self, ns: &str, what: &str, argv: &[String]) -> Result<u32> {
-        let log = std::fs::File::create(self.run_dir.join("logs").join(format!("{what}.log")))?;
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).args(argv);
-        c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        let child = c.spawn().with_context(|| format!("start {what}"))?;
-        let pid = child.id();
-        // Wait until the exec has happened so the start time is the final one.
-        let start_time = process_start_time(pid).unwrap_or(0);
-        self.state.procs.push(ProcRecord {
-            pid,
-            start_time,
-            what: what.into(),
-        });
-        self.state.save()?;
-        self.children.push(child);
-        Ok(pid)
+        self.launch(what, c)
     }
 
     /// Starts a process in the root namespace (for programs that enter a
     /// netns themselves, like `talaria-node --netns`), recorded like
     /// [`Lab::spawn`].
     pub fn spawn_host(&mut self, what: &str, argv: &[String]) -> Result<u32> {
-        let log = std::fs::File::create(self.run_dir.join("logs").join(format!("{what}.log")))?;
         let mut c = Command::new(&argv[0]);
         c.args(&argv[1..]);
+        self.launch(what, c)
+    }
+
+    fn launch(&mut self, what: &str, mut c: Command) -> Result<u32> {
+        let log = std::fs::File::create(self.run_dir.join("logs").join(format!("{what}.log")))?;
         c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = c.spawn().with_context(|| format!("start {what}"))?;
         let pid = child.id();
+        // Wait until the exec has happened so the start time is the final one.
         let start_time = process_start_time(pid).unwrap_or(0);
         self.state.procs.push(ProcRecord {
             pid,
@@ -592,6 +591,34 @@ impl Lab {
     }
 }
 
+/// `ip -batch` lines for one end of a switch–node link: its /24 address,
+/// up, a static neighbour for the far end (nothing on the path answers
+/// ARP), and `route` via the far end.
+fn link_end(dev: &str, addr: Ipv4Addr, peer: Ipv4Addr, peer_mac: &str, route: &str) -> String {
+    format!(
+        "addr add {addr}/24 dev {dev}\nlink set {dev} up\n\
+         neigh replace {peer} lladdr {peer_mac} dev {dev} nud permanent\n\
+         route replace {route} via {peer} dev {dev}\n"
+    )
+}
+
+/// The device name of an `ip -o link show` line (`3: p0@if2: <...>`).
+fn veth_name(line: &str) -> Option<&str> {
+    let name = line.split(": ").nth(1)?;
+    Some(name.split('@').next().unwrap_or(name))
+}
+
+/// Replaces `path` with `text` in one rename: the controller polls the
+/// manifests directory, and must never read a half-written file (an empty
+/// one would read as "every Service deleted").
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
 impl Drop for Lab {
     fn drop(&mut self) {
         if !self.keep {
@@ -603,5 +630,20 @@ impl Drop for Lab {
                 eprintln!("talaria-lab: teardown: {p}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn veth_names_from_ip_link() {
+        assert_eq!(
+            veth_name("3: p0@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500"),
+            Some("p0")
+        );
+        assert_eq!(veth_name("7: up0: <BROADCAST> mtu 1500"), Some("up0"));
+        assert_eq!(veth_name("garbage"), None);
     }
 }

@@ -10,6 +10,11 @@
 //!   chains choosing an endpoint with `numgen random mod N vmap`), as `nft -f`
 //!   input that atomically replaces the table.
 //!
+//! - [`ipvs`]: IPVS mode (every ClusterIP bound to the dummy device
+//!   `kube-ipvs0`, one virtual server per Service port with a real server
+//!   per endpoint, round robin, NAT forwarding), as `ip -batch` and
+//!   `ipvsadm-restore` input.
+//!
 //! Chain names use a short stable hash of the service port / endpoint, as
 //! kube-proxy does (it uses base32(sha256); we use FNV-1a, the shape is what
 //! matters). NodePorts, LoadBalancer and the filter-table chains are omitted:
@@ -245,6 +250,42 @@ pub fn nft_script(t: &Topology, set: &ServiceSet) -> String {
     o
 }
 
+/// The dummy device kube-proxy's IPVS mode binds every ClusterIP to: Service
+/// traffic is then local and meets IPVS at LOCAL_IN.
+pub const IPVS_DEVICE: &str = "kube-ipvs0";
+
+/// IPVS mode for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpvsRules {
+    /// `ip -batch` input creating [`IPVS_DEVICE`] with the ClusterIPs.
+    pub addresses: String,
+    /// `ipvsadm-restore` input: the virtual and real servers.
+    pub servers: String,
+}
+
+/// IPVS mode's state for `set`, with kube-proxy's defaults (scheduler `rr`,
+/// masquerading forwarding, weight 1).
+pub fn ipvs(t: &Topology, set: &ServiceSet) -> IpvsRules {
+    let mut addresses = format!("link add {IPVS_DEVICE} type dummy\nlink set {IPVS_DEVICE} up\n");
+    let mut servers = String::new();
+    for s in &set.services {
+        writeln!(addresses, "addr add {}/32 dev {IPVS_DEVICE}", s.cluster_ip).unwrap();
+        if s.endpoints.is_empty() {
+            continue;
+        }
+        for p in ports(t) {
+            let kind = if p.proto == "udp" { "-u" } else { "-t" };
+            let vs = format!("{}:{}", s.cluster_ip, p.port);
+            writeln!(servers, "-A {kind} {vs} -s rr").unwrap();
+            for &(node, pod) in &s.endpoints {
+                let rs = format!("{}:{}", t.pod_ip(node, pod), p.target);
+                writeln!(servers, "-a {kind} {vs} -r {rs} -m -w 1").unwrap();
+            }
+        }
+    }
+    IpvsRules { addresses, servers }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +380,36 @@ mod tests {
         assert!(!r.contains("10.96.0.11"));
         let s = nft_script(&t, &set);
         assert!(!s.contains("10.96.0.11 . tcp"));
+    }
+
+    #[test]
+    fn ipvs_structure() {
+        let (t, mut set) = small();
+        set.services[1].endpoints.clear();
+        let r = ipvs(&t, &set);
+        // Every ClusterIP is bound, with or without endpoints (kube-proxy
+        // binds them all), but only Services with endpoints get servers.
+        assert!(r.addresses.starts_with("link add kube-ipvs0 type dummy\n"));
+        for s in &set.services {
+            assert!(r
+                .addresses
+                .contains(&format!("addr add {}/32 dev kube-ipvs0\n", s.cluster_ip)));
+        }
+        let s0 = &set.services[0];
+        let vs = format!("{}:{}", s0.cluster_ip, t.service_http_port);
+        assert!(r.servers.contains(&format!("-A -t {vs} -s rr\n")));
+        let reals: Vec<&str> = r
+            .servers
+            .lines()
+            .filter(|l| l.starts_with(&format!("-a -t {vs} ")))
+            .collect();
+        assert_eq!(reals.len(), s0.endpoints.len());
+        let (n, p) = s0.endpoints[0];
+        assert!(reals.contains(
+            &format!("-a -t {vs} -r {}:{} -m -w 1", t.pod_ip(n, p), t.http_port).as_str()
+        ));
+        let udp_vs = format!("-A -u {}:{} -s rr", s0.cluster_ip, t.service_udp_port);
+        assert!(r.servers.contains(&udp_vs));
+        assert!(!r.servers.contains(&set.services[1].cluster_ip.to_string()));
     }
 }

@@ -5,9 +5,10 @@
 //! `Lab`'s Drop even when an assertion panics; the test then checks that no
 //! namespace with its prefix is left.
 //!
-//! Talaria mode needs the switch-agent, talaria-node, talaria-controller and
-//! talariactl binaries next to talaria-lab (`cargo test --workspace` builds
-//! them); without them that test says so and returns.
+//! Every mode forwards through switch-agent, whose routes the controller
+//! writes; talaria mode also runs the node agents. The binaries are found
+//! next to talaria-lab (`cargo test --workspace` builds them). Without them a
+//! test says so and returns, except under `CI=true`, where that is a failure.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -49,7 +50,28 @@ fn assert_gone(prefix: &str) {
     assert!(!State::path(prefix).exists(), "state file left behind");
 }
 
+/// Whether `mode`'s components are built (under CI they must be).
+fn components_built(mode: Mode) -> bool {
+    let missing = if mode == Mode::Talaria {
+        talaria_lab::components::talaria_missing()
+    } else {
+        talaria_lab::components::fabric_missing()
+    };
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{mode:?}: components missing under CI: {missing:?}"
+    );
+    eprintln!("skipped: {mode:?} needs components: {missing:?}");
+    false
+}
+
 async fn exercise(mode: Mode) {
+    if !components_built(mode) {
+        return;
+    }
     let t = small();
     let (mut lab, set): (Lab, ServiceSet) = lab_for(t.clone(), mode).await.expect("lab up");
     let prefix = lab.prefix().to_string();
@@ -128,13 +150,25 @@ async fn talaria_mode_end_to_end() {
     if !root() {
         return;
     }
-    let missing = talaria_lab::components::talaria_missing();
-    if !missing.is_empty() {
-        eprintln!("skipped: talaria components missing: {missing:?}");
+    state_dir_for_tests();
+    exercise(Mode::Talaria).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipvs_mode_end_to_end() {
+    if !root() {
+        return;
+    }
+    if let Some(why) = talaria_lab::modes::ipvs_unavailable() {
+        // The mode must say why it cannot run, never half-run.
+        assert!(why.starts_with("ipvs: skipped: "), "{why}");
+        let err = lab_for(small(), Mode::Ipvs).await.err().expect("refused");
+        assert_eq!(err.to_string(), why);
+        eprintln!("{why}");
         return;
     }
     state_dir_for_tests();
-    exercise(Mode::Talaria).await;
+    exercise(Mode::Ipvs).await;
 }
 
 #[test]

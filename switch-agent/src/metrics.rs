@@ -1,6 +1,7 @@
 //! The Prometheus `/metrics` endpoint: data plane counters (drops per
-//! reason, load-balancer events, per-service packets and bytes), table
-//! occupancy, per-port interface statistics and P4Runtime write outcomes.
+//! reason, and per ingress port and reason; load-balancer events;
+//! per-service packets and bytes), table occupancy, per-port interface and
+//! pipeline statistics, and P4Runtime write outcomes.
 //! Every metric name starts with `talaria_switch_`.
 //!
 //! The endpoint is a deliberately tiny HTTP/1.1 responder (one request per
@@ -243,6 +244,25 @@ impl Metrics {
                             out,
                             "{name}{{port=\"{}\",interface=\"{}\"}} {v}",
                             p.port, p.ifname
+                        );
+                    }
+                }
+                let name = "talaria_switch_port_drops_total";
+                header(
+                    &mut out,
+                    name,
+                    "counter",
+                    "Packets the pipeline dropped, by ingress port and reason.",
+                );
+                for p in &ports {
+                    for (reason, c) in &p.drops {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{port=\"{}\",interface=\"{}\",reason=\"{}\"}} {}",
+                            p.port,
+                            p.ifname,
+                            reason.name(),
+                            c.packets
                         );
                     }
                 }

@@ -156,3 +156,84 @@ async fn writes_reach_the_maps_and_survive_an_agent_restart() {
     drop(switch);
     sw.dp = Some(sole(dp).await);
 }
+
+/// `/metrics` reports pipeline drops per ingress port and reason, read from
+/// the data plane's per-CPU counters.
+#[test]
+fn metrics_count_drops_per_port_and_reason() {
+    if !testing::is_root() {
+        eprintln!("skipped: needs root (loads BPF, creates a netns)");
+        return;
+    }
+    let mut sw = TestSwitch::new("p4rt-drops", 2);
+    let layout = Arc::new(Layout::talaria().unwrap());
+    // Dropped after the switch and metrics below, panics included: then it
+    // is the last owner and detaches the data plane.
+    let guard = Detach(Some(Arc::new(sw.dp.take().unwrap())));
+    let dp = guard.0.clone().unwrap();
+    let (_stop, rx) = watch::channel(false);
+    let switch = Arc::new(Switch::new(1, layout, dp.clone(), None, rx).unwrap());
+    let metrics = talaria_switch::metrics::Metrics {
+        switch: switch.clone(),
+        ports: dp
+            .ports()
+            .iter()
+            .map(|(p, (n, _))| format!("{p}@{n}").parse().unwrap())
+            .collect(),
+        sysfs_net: "/sys/class/net".into(),
+        dataplane: Some(dp.clone()),
+    };
+
+    // TTL 1 is ttl_expired; a wrong IPv4 header checksum is malformed.
+    // Neither can come from the stray IPv6 or ARP packets the kernel may
+    // send over the veths meanwhile (those are no_route), so the counts
+    // are exact. Two of the first on port 1, one of each on port 2.
+    let frame = |ttl| {
+        testing::eth(
+            testing::mac(1),
+            testing::mac(2),
+            &testing::ipv4(
+                Ipv4Addr::new(10, 0, 0, 1),
+                Ipv4Addr::new(10, 0, 0, 2),
+                ttl,
+                17,
+                &testing::udp(1, 2, b"x"),
+            ),
+        )
+    };
+    let expiring = frame(1);
+    let mut bad = frame(64);
+    bad[14 + 10] ^= 0xff;
+    for (frame, port) in [(&expiring, 1), (&expiring, 1), (&expiring, 2), (&bad, 2)] {
+        assert_eq!(
+            dp.test_run(frame, Some(port)).unwrap().retval,
+            2,
+            "TC_ACT_SHOT"
+        );
+    }
+
+    let text = metrics.render();
+    for line in [
+        "talaria_switch_port_drops_total{port=\"1\",interface=\"sw1\",reason=\"ttl_expired\"} 2",
+        "talaria_switch_port_drops_total{port=\"1\",interface=\"sw1\",reason=\"malformed\"} 0",
+        "talaria_switch_port_drops_total{port=\"2\",interface=\"sw2\",reason=\"ttl_expired\"} 1",
+        "talaria_switch_port_drops_total{port=\"2\",interface=\"sw2\",reason=\"malformed\"} 1",
+        "talaria_switch_drops_total{reason=\"ttl_expired\"} 3",
+        "talaria_switch_drops_total{reason=\"malformed\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    drop((metrics, switch, dp));
+    drop(guard);
+}
+
+/// Detaches a shared data plane when dropped, once it is the last owner.
+struct Detach(Option<Arc<Dataplane>>);
+
+impl Drop for Detach {
+    fn drop(&mut self) {
+        if let Some(Ok(dp)) = self.0.take().map(Arc::try_unwrap) {
+            let _ = dp.detach();
+        }
+    }
+}

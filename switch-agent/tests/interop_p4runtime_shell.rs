@@ -5,46 +5,21 @@
 //! GetForwardingPipelineConfig (P4INFO_AND_COOKIE), insert, read, modify,
 //! a duplicate insert decoded from grpc-status-details-bin, delete.
 //!
-//! Skips (with a message) only when the venv cannot be created, e.g. with
-//! no network.
+//! Skips (with a message) only when the venv is missing and cannot be
+//! created, e.g. with no network, and `CI` is unset.
 
 mod common;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use common::Server;
+use common::{interop_python, workspace, Server};
 use talaria_switch::entry::TableKind;
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The venv's python, creating the venv if needed; `None` if that fails.
-fn python() -> Option<PathBuf> {
-    let py = workspace().join(".cache/venv/p4runtime-shell/bin/python");
-    if !py.exists()
-        || !workspace()
-            .join(".cache/venv/p4runtime-shell/.stamp")
-            .exists()
-    {
-        let status = Command::new("bash")
-            .arg(workspace().join("scripts/python-tools.sh"))
-            .arg("p4runtime-shell")
-            .status();
-        if !matches!(status, Ok(s) if s.success()) {
-            eprintln!("SKIP: cannot create the p4runtime-shell venv (scripts/python-tools.sh failed; no network?)");
-            return None;
-        }
-    }
-    Some(py)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p4runtime_shell_pushes_the_pipeline_and_manages_entries() {
-    let Some(py) = python() else { return };
+    let Some(py) = interop_python("p4runtime-shell") else {
+        return;
+    };
     let server = Server::start().await;
     let dir = tempfile::tempdir().unwrap();
     let device_config = dir.path().join("talaria.json");

@@ -15,6 +15,10 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
+// `abi::mtu_stat::NAMES` is for the agent only.
+#[cfg(target_arch = "bpf")]
+#[allow(dead_code)]
+mod abi;
 #[cfg(target_arch = "bpf")]
 mod programs;
 

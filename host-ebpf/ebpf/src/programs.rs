@@ -6,7 +6,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
     },
-    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer},
+    helpers::{bpf_ktime_get_ns, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -24,6 +24,8 @@ use talaria_common::{
     },
     wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_UDP_PORT},
 };
+
+use crate::abi::{mtu, mtu_stat, node_flags};
 
 /// Client side cookie cache: the client pod's flow towards a VIP → the
 /// service and backend id the switch chose (learned from the first reply).
@@ -59,6 +61,18 @@ static NODE_STATS: PerCpuArray<u64> = PerCpuArray::pinned(node_stat::COUNT, 0);
 /// Per-CPU drop counters, indexed by `DropReason` code.
 #[map]
 static NODE_DROPS: PerCpuArray<u64> = PerCpuArray::pinned(DROP_REASON_COUNT, 0);
+
+/// Path MTU settings, indexed by `abi::mtu` (the uplink MTU).
+#[map]
+static NODE_MTU: Array<u32> = Array::pinned(mtu::COUNT, 0);
+
+/// Data path switches, indexed by `abi::node_flags`.
+#[map]
+static NODE_FLAGS: Array<u32> = Array::pinned(node_flags::COUNT, 0);
+
+/// Per-CPU counters of the MTU check, indexed by `abi::mtu_stat`.
+#[map]
+static NODE_MTU_STATS: PerCpuArray<u64> = PerCpuArray::pinned(mtu_stat::COUNT, 0);
 
 const IP_OFF: usize = ETH_HDR_LEN;
 const L4_OFF: usize = IP_OFF + IPV4_HDR_LEN;
@@ -211,6 +225,7 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     let tcp = tcp_flags_at(ctx, ip.proto, L4_OFF);
 
     if to_service {
+        check_mtu(ctx, &ip, false)?;
         let (fl, service_id, backend_id) = match NODE_COOKIES.get_ptr_mut(key) {
             Some(e) => {
                 // SAFETY: LRU value pointer, valid during this run; races
@@ -249,6 +264,7 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     let Some(rev) = NODE_REVERSE.get_ptr_mut(key) else {
         return Ok(PASS);
     };
+    check_mtu(ctx, &ip, false)?;
     // SAFETY: as above.
     let rev = unsafe { &mut *rev };
     let (vip, vip_port, service_id, backend_id) =
@@ -278,6 +294,199 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         flow_sport(&nat_key),
         ip.tos,
     )
+}
+
+#[inline(always)]
+fn mtu_stat(idx: u32) {
+    if let Some(p) = NODE_MTU_STATS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot.
+        unsafe { *p += 1 };
+    }
+}
+
+/// IPv4 "don't fragment".
+const IP_DF: u16 = 0x4000;
+
+/// Path MTU check, before a pod's packet (`ip`, no options) is
+/// encapsulated: the packet, or each GSO segment of it, plus the 48 bytes
+/// of encapsulation must fit in the uplink MTU (`NODE_MTU`; 0 = no check).
+/// `adjust_room` does no such check and veth drops oversize frames
+/// silently, so without this a pod whose MTU is larger than uplink − 48
+/// loses its full-size packets and never learns why.
+///
+/// Too big with DF set: the packet is rewritten into an ICMP
+/// fragmentation-needed error to the pod ([`frag_needed`]), so its PMTU
+/// discovery clamps to uplink − 48. Too big without DF, or an ICMP error
+/// (`icmp_error`; no error about an error): dropped and counted.
+/// `Err` carries the verdict.
+#[inline(always)]
+fn check_mtu(ctx: &TcContext, ip: &Ipv4Hdr, icmp_error: bool) -> Result<(), i32> {
+    let uplink_mtu = match NODE_MTU.get(mtu::UPLINK_MTU) {
+        Some(m) if *m != 0 => *m,
+        _ => return Ok(()),
+    };
+    // SAFETY: the context pointer is valid for the program's run.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let seg_len = if gso_size == 0 {
+        ip.total_len.get() as u32
+    } else {
+        // A GSO packet: each segment carries the headers and gso_size
+        // bytes of payload.
+        let l4_hdr = if ip.proto == IPPROTO_TCP {
+            let doff: u8 = ctx
+                .load(L4_OFF + 12)
+                .map_err(|_| drop_pkt(DropReason::Malformed))?;
+            ((doff >> 4) as u32) * 4
+        } else {
+            UDP_HDR_LEN as u32
+        };
+        IPV4_HDR_LEN as u32 + l4_hdr + gso_size
+    };
+    if seg_len + ENCAP_OVERHEAD as u32 <= uplink_mtu {
+        return Ok(());
+    }
+    if icmp_error {
+        mtu_stat(mtu_stat::TOO_BIG_ICMP);
+        return Err(SHOT);
+    }
+    if ip.frag.get() & IP_DF == 0 {
+        mtu_stat(mtu_stat::TOO_BIG_NO_DF);
+        return Err(SHOT);
+    }
+    let next_hop = uplink_mtu.saturating_sub(ENCAP_OVERHEAD as u32);
+    Err(frag_needed(ctx, ip, next_hop as u16))
+}
+
+/// Bytes of the offending packet quoted in the ICMP error: its IPv4 header
+/// (never with options on this path) and the first 8 bytes of L4 (the
+/// ports, and the TCP sequence number), which is what RFC 792 asks for and
+/// all that Linux's `tcp_v4_err`/`__udp4_lib_err` read.
+const FRAG_QUOTE_LEN: usize = IPV4_HDR_LEN + 8;
+
+/// The ICMP fragmentation-needed frame that replaces a too-big packet.
+#[repr(C)]
+struct FragNeeded {
+    macs: [u8; 12],
+    ether_type: [u8; 2],
+    ip: [u8; IPV4_HDR_LEN],
+    icmp: [u8; 8],
+    quoted: [u8; FRAG_QUOTE_LEN],
+}
+
+/// Length of [`FragNeeded`] on the wire (70 bytes).
+const FRAG_NEEDED_LEN: usize = ETH_HDR_LEN + IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN;
+
+/// Internet checksum over an even number of bytes.
+#[inline(always)]
+fn csum16(b: &[u8]) -> u16 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < b.len() {
+        sum += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+        i += 2;
+    }
+    !talaria_common::net::fold(sum)
+}
+
+/// Rewrites the pod's packet in place into ICMP destination unreachable /
+/// fragmentation needed (type 3 code 4) with next-hop MTU `next_hop`, as a
+/// router on the path would, and hands it straight back to the pod
+/// (`bpf_redirect_peer` to this veth's peer, i.e. the pod's ingress).
+///
+/// - Addresses: source = the packet's destination (the VIP, or on the
+///   backend side the client the reply was going to), destination = the
+///   pod. Linux accepts fragmentation-needed from any source; it matches
+///   the quoted header to its socket (and TCP checks the quoted sequence
+///   number), so the error needs no address of the node's, and the pod
+///   sees it "from" the peer it was talking to, which also keeps it
+///   RELATED to that flow for a conntrack inside the pod.
+/// - MACs swapped: the pod's MAC becomes the destination.
+/// - `bpf_skb_change_tail` trims the skb to 70 bytes and clears its GSO
+///   state; every checksum is computed in full here. The skb keeps the
+///   pod's CHECKSUM_PARTIAL mark if it had one; local delivery treats
+///   that as verified and never completes it, so it does no harm.
+#[inline(always)]
+fn frag_needed(ctx: &TcContext, ip: &Ipv4Hdr, next_hop: u16) -> i32 {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let macs: [u8; 12] = match ctx.load(0) {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    let quoted: [u8; FRAG_QUOTE_LEN] = match ctx.load(IP_OFF) {
+        Ok(q) => q,
+        Err(e) => return err(e),
+    };
+    let total = ((IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN) as u16).to_be_bytes();
+    let (s, d) = (ip.dst.0, ip.src.0);
+    let mut out = FragNeeded {
+        macs: [
+            macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1], macs[2],
+            macs[3], macs[4], macs[5],
+        ],
+        ether_type: ETH_P_IP.to_be_bytes(),
+        ip: [
+            0x45,
+            0xc0, // IPTOS_PREC_INTERNETCONTROL, as Linux sends ICMP errors
+            total[0],
+            total[1],
+            0,
+            0,
+            0,
+            0,
+            64,
+            IPPROTO_ICMP,
+            0,
+            0,
+            s[0],
+            s[1],
+            s[2],
+            s[3],
+            d[0],
+            d[1],
+            d[2],
+            d[3],
+        ],
+        icmp: [0; 8],
+        quoted,
+    };
+    let check = csum16(&out.ip);
+    out.ip[10..12].copy_from_slice(&check.to_be_bytes());
+    let mtu = next_hop.to_be_bytes();
+    out.icmp = [
+        ICMP_DEST_UNREACH,
+        ICMP_FRAG_NEEDED,
+        0,
+        0,
+        0,
+        0,
+        mtu[0],
+        mtu[1],
+    ];
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 8 {
+        sum += u16::from_be_bytes([out.icmp[i], out.icmp[i + 1]]) as u32;
+        i += 2;
+    }
+    i = 0;
+    while i < FRAG_QUOTE_LEN {
+        sum += u16::from_be_bytes([out.quoted[i], out.quoted[i + 1]]) as u32;
+        i += 2;
+    }
+    let check = !talaria_common::net::fold(sum);
+    out.icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    // SAFETY: plain helper call on this program's skb.
+    let rc = unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAG_NEEDED_LEN as u32, 0) };
+    if rc != 0 {
+        return drop_pkt(DropReason::Malformed);
+    }
+    if let Err(e) = ctx.store(0, &out, 0) {
+        return err(e);
+    }
+    mtu_stat(mtu_stat::FRAG_NEEDED);
+    // SAFETY: plain helper call. The peer of this veth is the pod.
+    unsafe { bpf_redirect_peer(skb_ifindex(ctx), 0) };
+    REDIRECT
 }
 
 /// Rewrites the source of a backend reply back to VIP:port, fixing the IPv4
@@ -510,6 +719,8 @@ fn decap_to_pod(ctx: &TcContext, pod: &PodEntry) -> Result<i32, i32> {
 
 /// ICMP error types reverse-NATed for Service flows.
 const ICMP_DEST_UNREACH: u8 = 3;
+/// Destination unreachable code: fragmentation needed and DF set.
+const ICMP_FRAG_NEEDED: u8 = 4;
 const ICMP_TIME_EXCEEDED: u8 = 11;
 const ICMP_OFF: usize = L4_OFF;
 /// The packet the error is about, quoted after the 8-byte ICMP header.
@@ -550,6 +761,7 @@ fn icmp_error_reply(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<i
         Some(r) => *r,
         None => return Ok(PASS),
     };
+    check_mtu(ctx, ip, true)?;
     let err = |_| drop_pkt(DropReason::Malformed);
     let raw32 = |v: Be32| u32::from_ne_bytes(v.0) as u64;
     let raw16 = |v: Be16| u16::from_ne_bytes(v.0) as u64;
@@ -601,6 +813,12 @@ fn learn_cookie(key: &FlowKey, fl: u8, service_id: u16, backend_id: u32, fin: bo
         return;
     }
     if fl & flags::COOKIE_VALID == 0 {
+        return;
+    }
+    if NODE_FLAGS
+        .get(node_flags::IGNORE_COOKIES)
+        .is_some_and(|v| *v != 0)
+    {
         return;
     }
     let fin_bit = if fin { FIN_FROM_BACKEND } else { 0 };

@@ -30,8 +30,11 @@ use aya::{
 };
 pub use entry::{CounterId, Entry, Ipv4Prefix, RouteAction, TableKind, Target, TargetError};
 pub use sys::TestRunOutput;
-use talaria_common::maps::PacketBytes;
-use talaria_switch_ebpf::{map_name, PORT_COUNT, PROGRAM_NAME};
+use talaria_common::{
+    drop::{DropReason, DROP_REASON_COUNT},
+    maps::PacketBytes,
+};
+use talaria_switch_ebpf::{map_name, PORT_COUNT, PORT_DROP_ROWS, PROGRAM_NAME};
 
 /// The compiled pipeline (crate talaria-switch-ebpf), built by build.rs.
 pub static PROGRAM: &[u8] =
@@ -155,6 +158,9 @@ pub struct PortStats {
     pub rx: PacketBytes,
     /// Packets (and bytes) the pipeline redirected out of the port.
     pub tx: PacketBytes,
+    /// Packets (and bytes) the pipeline dropped that arrived on the port,
+    /// for every reason in [`DropReason::ALL`] order.
+    pub drops: Vec<(DropReason, PacketBytes)>,
 }
 
 /// File descriptors of the pinned maps.
@@ -172,6 +178,7 @@ pub(crate) struct Maps {
     pub lb_event_counter: OwnedFd,
     pub port_rx: OwnedFd,
     pub port_tx: OwnedFd,
+    pub port_drop: OwnedFd,
     pub port_ifindex: OwnedFd,
     pub ifindex_port: OwnedFd,
 }
@@ -198,6 +205,7 @@ impl Maps {
             lb_event_counter: get(map_name::LB_EVENT_COUNTER)?,
             port_rx: get(map_name::PORT_RX)?,
             port_tx: get(map_name::PORT_TX)?,
+            port_drop: get(map_name::PORT_DROP)?,
             port_ifindex: get(map_name::PORT_IFINDEX)?,
             ifindex_port: get(map_name::IFINDEX_PORT)?,
         };
@@ -247,6 +255,11 @@ impl Maps {
                 map_name::SERVICE_COUNTER,
                 &self.service_counter,
                 (4, 16, size::SERVICE_COUNTER),
+            ),
+            (
+                map_name::PORT_DROP,
+                &self.port_drop,
+                (4, 16, PORT_DROP_ROWS * DROP_REASON_COUNT),
             ),
         ];
         for (name, fd, want) in want {
@@ -506,19 +519,24 @@ impl Dataplane {
         self.ports
             .iter()
             .map(|(&port, (ifname, _))| {
-                let read = |fd: &OwnedFd| {
-                    self.percpu_sum(fd, &u32::from(port).to_ne_bytes())
+                let read = |fd: &OwnedFd, index: u32| {
+                    self.percpu_sum(fd, &index.to_ne_bytes())
                         .map(Option::unwrap_or_default)
                         .map_err(|source| Error::Sys {
                             what: "reading port counters".into(),
                             source,
                         })
                 };
+                let row = u32::from(port) * DROP_REASON_COUNT;
                 Ok(PortStats {
                     port,
                     ifname: ifname.clone(),
-                    rx: read(&self.maps.port_rx)?,
-                    tx: read(&self.maps.port_tx)?,
+                    rx: read(&self.maps.port_rx, port.into())?,
+                    tx: read(&self.maps.port_tx, port.into())?,
+                    drops: DropReason::ALL
+                        .iter()
+                        .map(|&r| Ok((r, read(&self.maps.port_drop, row + u32::from(r.code()))?)))
+                        .collect::<Result<_>>()?,
                 })
             })
             .collect()

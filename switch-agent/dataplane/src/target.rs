@@ -24,11 +24,40 @@ use crate::{
     sys, Dataplane,
 };
 
+/// A map key or value of at most `N` bytes, kept on the stack: a write
+/// encodes its entry without allocating.
+#[derive(Clone, Copy)]
+struct MapBytes<const N: usize> {
+    bytes: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> MapBytes<N> {
+    fn from_slice(b: &[u8]) -> Self {
+        let mut bytes = [0; N];
+        bytes[..b.len()].copy_from_slice(b);
+        Self {
+            bytes,
+            len: b.len(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+/// The largest map key (`Ipv4LpmKey`, `ServiceKey`, `ServiceScopedKey`).
+type KeyBytes = MapBytes<8>;
+/// The largest map value (`RouteValue`).
+type ValueBytes = MapBytes<16>;
+
 /// The bytes of a `repr(C)` map key or value without padding.
-fn bytes_of<T: aya::Pod>(v: &T) -> Vec<u8> {
+fn bytes_of<T: aya::Pod, const N: usize>(v: &T) -> MapBytes<N> {
     // SAFETY: `Pod` types have no padding and no invalid bit patterns.
-    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
-        .to_vec()
+    MapBytes::from_slice(unsafe {
+        std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+    })
 }
 
 fn from_bytes<T: aya::Pod>(b: &[u8]) -> T {
@@ -93,7 +122,7 @@ impl Dataplane {
     }
 
     /// The map key and value of `entry`.
-    fn encode(entry: &Entry) -> Result<(Vec<u8>, Vec<u8>), TargetError> {
+    fn encode(entry: &Entry) -> Result<(KeyBytes, ValueBytes), TargetError> {
         Ok(match *entry {
             Entry::Ipv4Route { dst, action } => {
                 let value = match action {
@@ -120,7 +149,10 @@ impl Dataplane {
                 };
                 (bytes_of(&lpm_key(&dst)?), bytes_of(&value))
             }
-            Entry::SwitchAddr { addr } => (be32(addr).0.to_vec(), PRESENT.to_ne_bytes().to_vec()),
+            Entry::SwitchAddr { addr } => (
+                MapBytes::from_slice(&be32(addr).0),
+                MapBytes::from_slice(&PRESENT.to_ne_bytes()),
+            ),
             Entry::ServiceV4 {
                 vip,
                 port,
@@ -151,7 +183,7 @@ impl Dataplane {
                     _pad: 0,
                     id: backend_id,
                 }),
-                PRESENT.to_ne_bytes().to_vec(),
+                MapBytes::from_slice(&PRESENT.to_ne_bytes()),
             ),
             Entry::LbBucket {
                 service_id,
@@ -171,7 +203,7 @@ impl Dataplane {
                 port,
                 node_ip,
             } => (
-                backend_id.to_ne_bytes().to_vec(),
+                MapBytes::from_slice(&backend_id.to_ne_bytes()),
                 bytes_of(&BackendValue {
                     ip: be32(ip),
                     port: Be16::new(port),
@@ -264,7 +296,13 @@ impl Dataplane {
     fn write(&self, entry: &Entry, flags: u64) -> Result<(), TargetError> {
         let table = entry.table();
         let (key, value) = Self::encode(entry)?;
-        sys::map_update(self.table_fd(table).as_fd(), &key, &value, flags).map_err(|e| {
+        sys::map_update(
+            self.table_fd(table).as_fd(),
+            key.as_slice(),
+            value.as_slice(),
+            flags,
+        )
+        .map_err(|e| {
             match e.raw_os_error() {
                 Some(libc::EEXIST) => TargetError::AlreadyExists,
                 Some(libc::ENOENT) => TargetError::NotFound,
@@ -320,7 +358,7 @@ impl Target for Dataplane {
     fn delete(&self, entry: &Entry) -> Result<(), TargetError> {
         let table = entry.table();
         let (key, _) = Self::encode(entry)?;
-        sys::map_delete(self.table_fd(table).as_fd(), &key).map_err(|e| {
+        sys::map_delete(self.table_fd(table).as_fd(), key.as_slice()).map_err(|e| {
             match e.raw_os_error() {
                 Some(libc::ENOENT) => TargetError::NotFound,
                 _ => map_err(e),
@@ -476,7 +514,7 @@ mod tests {
         ];
         for e in entries {
             let (k, v) = Dataplane::encode(&e).unwrap();
-            assert_eq!(Dataplane::decode(e.table(), &k, &v), e);
+            assert_eq!(Dataplane::decode(e.table(), k.as_slice(), v.as_slice()), e);
         }
         let too_far = Entry::Ipv4Route {
             dst: Ipv4Prefix {

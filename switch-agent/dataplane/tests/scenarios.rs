@@ -271,10 +271,14 @@ struct Snapshot {
     services: Vec<u64>,
     backends: Vec<u64>,
     tx: Vec<u64>,
+    /// Drops of packets from port 1 (where every scenario enters), by
+    /// reason in `DropReason::ALL` order.
+    port1_drops: Vec<u64>,
 }
 
 fn snapshot(dp: &Dataplane) -> Snapshot {
     let c = |id, i| dp.counter(id, i).unwrap().packets;
+    let ports = dp.port_stats().unwrap();
     Snapshot {
         drops: (0..32).map(|i| c(CounterId::Drop, i)).collect(),
         events: (0..4).map(|i| c(CounterId::LbEvent, i)).collect(),
@@ -286,12 +290,8 @@ fn snapshot(dp: &Dataplane) -> Snapshot {
             .iter()
             .map(|b| dp.backend_counter(b.0).unwrap().packets)
             .collect(),
-        tx: dp
-            .port_stats()
-            .unwrap()
-            .iter()
-            .map(|p| p.tx.packets)
-            .collect(),
+        tx: ports.iter().map(|p| p.tx.packets).collect(),
+        port1_drops: ports[0].drops.iter().map(|(_, c)| c.packets).collect(),
     }
 }
 
@@ -315,6 +315,8 @@ fn run(dp: &Dataplane, s: &Scenario) {
         Verdict::Drop(reason) => {
             assert_eq!(out.retval, TC_ACT_SHOT, "{}: verdict", s.name);
             want.drops[usize::from(reason.code())] += 1;
+            let i = DropReason::ALL.iter().position(|r| r == reason).unwrap();
+            want.port1_drops[i] += 1;
         }
         Verdict::Lost => assert_eq!(out.retval, TC_ACT_SHOT, "{}: verdict", s.name),
     }

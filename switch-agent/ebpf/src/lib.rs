@@ -7,6 +7,14 @@
 /// Highest P4 port number + 1 (v1model ports are 9 bits).
 pub const PORT_COUNT: u32 = 512;
 
+/// The row of `SWITCH_PORT_DROP` for packets that arrived on an interface
+/// that is no switch port (BPF_PROG_TEST_RUN on no port).
+pub const NO_PORT: u32 = PORT_COUNT;
+
+/// Rows (ingress ports, `NO_PORT` included) of `SWITCH_PORT_DROP`, which
+/// has `DROP_REASON_COUNT` cells per row.
+pub const PORT_DROP_ROWS: u32 = PORT_COUNT + 1;
+
 /// `RouteValue::port` meaning "the `drop` action of `ipv4_route`", which
 /// the shared `RouteValue` has no other way to say. No P4 port (9 bits) can
 /// take this value.
@@ -27,11 +35,12 @@ pub mod map_name {
     pub const LB_EVENT_COUNTER: &str = "SWITCH_LB_EVENT_COUNTER";
     pub const PORT_RX: &str = "SWITCH_PORT_RX";
     pub const PORT_TX: &str = "SWITCH_PORT_TX";
+    pub const PORT_DROP: &str = "SWITCH_PORT_DROP";
     pub const PORT_IFINDEX: &str = "SWITCH_PORT_IFINDEX";
     pub const IFINDEX_PORT: &str = "SWITCH_IFINDEX_PORT";
 
     /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         IPV4_ROUTE,
         SWITCH_ADDR,
         SERVICE_V4,
@@ -45,6 +54,7 @@ pub mod map_name {
         LB_EVENT_COUNTER,
         PORT_RX,
         PORT_TX,
+        PORT_DROP,
         PORT_IFINDEX,
         IFINDEX_PORT,
     ];

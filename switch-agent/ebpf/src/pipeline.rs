@@ -53,7 +53,7 @@ use talaria_common::{
         TALARIA_OPT_WORDS, TALARIA_VERSION,
     },
 };
-use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT, TUNNEL_TTL};
+use talaria_switch_ebpf::{size, NO_PORT, PORT_COUNT, PORT_DROP_ROWS, ROUTE_DROP_PORT, TUNNEL_TTL};
 
 // ------------------------------------------------------------------ tables --
 
@@ -122,6 +122,13 @@ static SWITCH_PORT_RX: PerCpuArray<PacketBytes> = PerCpuArray::pinned(PORT_COUNT
 #[map]
 static SWITCH_PORT_TX: PerCpuArray<PacketBytes> = PerCpuArray::pinned(PORT_COUNT, 0);
 
+/// Drops per ingress P4 port and reason, per CPU (metrics only), indexed by
+/// `port * DROP_REASON_COUNT + reason`; row `NO_PORT` counts packets from
+/// an interface that is no switch port (test runs).
+#[map]
+static SWITCH_PORT_DROP: PerCpuArray<PacketBytes> =
+    PerCpuArray::pinned(PORT_DROP_ROWS * DROP_REASON_COUNT, 0);
+
 // ------------------------------------------------------------------- ports --
 
 /// P4 port number → ifindex of its Linux interface (0: no such port).
@@ -156,6 +163,15 @@ const SHOT: i32 = TC_ACT_SHOT as i32;
 const IP_MF: u16 = 0x2000;
 const IP_FRAG_OFFSET: u16 = 0x1fff;
 
+/// What every drop and counter needs to know about the packet at hand.
+#[derive(Clone, Copy)]
+struct Pkt {
+    /// `skb->len`.
+    len: u32,
+    /// The ingress P4 port, `NO_PORT` if the interface is none.
+    port: u32,
+}
+
 // -------------------------------------------------------------- the program --
 
 /// Ingress of every switch port (TCX): packets arriving from the link.
@@ -171,19 +187,24 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     // SAFETY: the context pointer is the kernel's __sk_buff.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain value read of a map the loader fills.
-    if let Some(port) = unsafe { SWITCH_IFINDEX_PORT.get(ifindex) } {
-        count(&SWITCH_PORT_RX, *port, len);
-    }
+    let port = match unsafe { SWITCH_IFINDEX_PORT.get(ifindex) } {
+        Some(&port) => {
+            count(&SWITCH_PORT_RX, port, len);
+            port
+        }
+        None => NO_PORT,
+    };
+    let pkt = Pkt { len, port };
 
-    let eth: EthHdr = ctx.load(0).map_err(|_| drop(DropReason::Malformed, len))?;
+    let eth: EthHdr = ctx.load(0).map_err(|_| drop(DropReason::Malformed, pkt))?;
     if eth.ether_type.get() != ETH_P_IP {
-        return Err(drop(DropReason::NoRoute, len));
+        return Err(drop(DropReason::NoRoute, pkt));
     }
     let ip: Ipv4Hdr = ctx
         .load(IP_OFF)
-        .map_err(|_| drop(DropReason::Malformed, len))?;
+        .map_err(|_| drop(DropReason::Malformed, pkt))?;
     if ip.version_ihl >> 4 != 4 || ip.header_len() < IPV4_HDR_LEN || !ipv4_checksum_ok(ctx, &ip) {
-        return Err(drop(DropReason::Malformed, len));
+        return Err(drop(DropReason::Malformed, pkt));
     }
     let udp_off = IP_OFF + ip.header_len();
 
@@ -193,15 +214,15 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
             // SAFETY: plain value read.
             if udp.dst_port.get() == GENEVE_UDP_PORT && unsafe { SWITCH_ADDR.get(ip.dst) }.is_some()
             {
-                return terminate(ctx, len, &ip, udp_off, &udp);
+                return terminate(ctx, pkt, &ip, udp_off, &udp);
             }
         }
     }
     if ip.ttl <= 1 {
-        return Err(drop(DropReason::TtlExpired, len));
+        return Err(drop(DropReason::TtlExpired, pkt));
     }
-    let route = lookup_route(ip.dst, len)?;
-    forward(ctx, len, &route, ip.ttl, ip.ttl - 1, ip.proto)
+    let route = lookup_route(ip.dst, pkt)?;
+    forward(ctx, pkt, &route, ip.ttl, ip.ttl - 1, ip.proto)
 }
 
 /// Whether the outer IPv4 header checksum (options included) is right:
@@ -236,19 +257,19 @@ fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
 #[inline(always)]
 fn parse_tunnel(
     ctx: &TcContext,
-    len: u32,
+    pkt: Pkt,
     geneve_off: usize,
 ) -> Result<(TalariaOpt, Ipv4Hdr), i32> {
-    let malformed = |_| drop(DropReason::Malformed, len);
+    let malformed = |_| drop(DropReason::Malformed, pkt);
     let geneve: GeneveHdr = ctx.load(geneve_off).map_err(malformed)?;
     if geneve.version() != 0 {
-        return Err(drop(DropReason::GeneveVersion, len));
+        return Err(drop(DropReason::GeneveVersion, pkt));
     }
     if geneve.protocol.get() != GENEVE_PROTO_IPV4 {
-        return Err(drop(DropReason::GeneveProtocol, len));
+        return Err(drop(DropReason::GeneveProtocol, pkt));
     }
     if geneve.options_len() == 0 {
-        return Err(drop(DropReason::MissingOption, len));
+        return Err(drop(DropReason::MissingOption, pkt));
     }
     let opt_off = geneve_off + GENEVE_HDR_LEN;
     let class_type: [u8; 3] = ctx.load(opt_off).map_err(malformed)?;
@@ -257,22 +278,22 @@ fn parse_tunnel(
     {
         let _foreign: [u8; OPT_HDR_LEN] = ctx.load(opt_off).map_err(malformed)?;
         return Err(if class_type[2] & OPT_TYPE_CRITICAL != 0 {
-            drop(DropReason::UnknownCriticalOption, len)
+            drop(DropReason::UnknownCriticalOption, pkt)
         } else {
-            drop(DropReason::MissingOption, len)
+            drop(DropReason::MissingOption, pkt)
         });
     }
     let opt: TalariaOpt = ctx.load(opt_off).map_err(malformed)?;
     if opt.len & 0x1f != TALARIA_OPT_WORDS || geneve.options_len() != TALARIA_GENEVE_OPT_WORDS * 4 {
-        return Err(drop(DropReason::OptionLength, len));
+        return Err(drop(DropReason::OptionLength, pkt));
     }
     if opt.version != TALARIA_VERSION {
-        return Err(drop(DropReason::TalariaVersion, len));
+        return Err(drop(DropReason::TalariaVersion, pkt));
     }
     let inner_off = geneve_off + ENCAP_LEN;
     let inner: Ipv4Hdr = ctx.load(inner_off).map_err(malformed)?;
     if inner.version_ihl >> 4 != 4 || inner.header_len() < IPV4_HDR_LEN {
-        return Err(drop(DropReason::Malformed, len));
+        return Err(drop(DropReason::Malformed, pkt));
     }
     // The L4 header is parsed (and must be whole) only where the ports sit
     // at a fixed offset.
@@ -294,36 +315,36 @@ fn parse_tunnel(
 #[inline(always)]
 fn terminate(
     ctx: &TcContext,
-    len: u32,
+    pkt: Pkt,
     outer: &Ipv4Hdr,
     udp_off: usize,
     udp: &UdpHdr,
 ) -> Result<i32, i32> {
     let geneve_off = udp_off + UDP_HDR_LEN;
-    let (opt, inner) = parse_tunnel(ctx, len, geneve_off)?;
+    let (opt, inner) = parse_tunnel(ctx, pkt, geneve_off)?;
     let opt_off = geneve_off + GENEVE_HDR_LEN;
     let inner_off = geneve_off + ENCAP_LEN;
 
     let node_ip = if opt.flags & flags::REPLY != 0 {
         let node = SWITCH_POD_NODE
             .get(Key::new(32, inner.dst))
-            .ok_or_else(|| drop(DropReason::NoClientNode, len))?;
-        event(LbEvent::Reply, len);
+            .ok_or_else(|| drop(DropReason::NoClientNode, pkt))?;
+        event(LbEvent::Reply, pkt);
         node.node_ip
     } else {
-        load_balance(ctx, len, &inner, inner_off, &opt, opt_off)?
+        load_balance(ctx, pkt, &inner, inner_off, &opt, opt_off)?
     };
 
-    let route = lookup_route(node_ip, len)?;
+    let route = lookup_route(node_ip, pkt)?;
     // Re-originate: from the address the tunnel came to, to the node.
-    let err = |_| drop(DropReason::Malformed, len);
+    let err = |_| drop(DropReason::Malformed, pkt);
     set_addr(ctx, IP_OFF + IP_SRC, outer.src, outer.dst).map_err(err)?;
     set_addr(ctx, IP_OFF + IP_DST, outer.dst, node_ip).map_err(err)?;
     if udp.check.get() != 0 {
         ctx.store(udp_off + UDP_CHECK, &0u16, BPF_F_RECOMPUTE_CSUM as u64)
             .map_err(err)?;
     }
-    forward(ctx, len, &route, outer.ttl, TUNNEL_TTL - 1, outer.proto)
+    forward(ctx, pkt, &route, outer.ttl, TUNNEL_TTL - 1, outer.proto)
 }
 
 /// Client to service: service, cookie or bucket, backend; DNAT and cookie
@@ -331,25 +352,25 @@ fn terminate(
 #[inline(always)]
 fn load_balance(
     ctx: &TcContext,
-    len: u32,
+    pkt: Pkt,
     inner: &Ipv4Hdr,
     inner_off: usize,
     opt: &TalariaOpt,
     opt_off: usize,
 ) -> Result<Be32, i32> {
     if inner.header_len() != IPV4_HDR_LEN {
-        return Err(drop(DropReason::IpOptions, len));
+        return Err(drop(DropReason::IpOptions, pkt));
     }
     if inner.frag.get() & (IP_MF | IP_FRAG_OFFSET) != 0 {
-        return Err(drop(DropReason::Fragment, len));
+        return Err(drop(DropReason::Fragment, pkt));
     }
     let l4_off = inner_off + IPV4_HDR_LEN;
     let check_off = match inner.proto {
         IPPROTO_TCP => l4_off + TCP_CHECK,
         IPPROTO_UDP => l4_off + UDP_CHECK,
-        _ => return Err(drop(DropReason::UnsupportedProtocol, len)),
+        _ => return Err(drop(DropReason::UnsupportedProtocol, pkt)),
     };
-    let malformed = |_| drop(DropReason::Malformed, len);
+    let malformed = |_| drop(DropReason::Malformed, pkt);
     let [src_port, dst_port]: [Be16; 2] = ctx.load(l4_off).map_err(malformed)?;
     let l4_check: Be16 = ctx.load(check_off).map_err(malformed)?;
 
@@ -361,8 +382,8 @@ fn load_balance(
     };
     // SAFETY: plain value read.
     let svc =
-        *unsafe { SWITCH_SERVICE_V4.get(skey) }.ok_or_else(|| drop(DropReason::NoService, len))?;
-    count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, len);
+        *unsafe { SWITCH_SERVICE_V4.get(skey) }.ok_or_else(|| drop(DropReason::NoService, pkt))?;
+    count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
 
     let mut cookie_ok = false;
     if opt.flags & flags::COOKIE_VALID != 0 {
@@ -379,10 +400,10 @@ fn load_balance(
             } else {
                 LbEvent::CookieStale
             },
-            len,
+            pkt,
         );
     } else {
-        event(LbEvent::NewFlow, len);
+        event(LbEvent::NewFlow, pkt);
     }
     let backend_id = if cookie_ok {
         opt.backend_id.get()
@@ -406,17 +427,17 @@ fn load_balance(
         };
         // SAFETY: plain value read.
         unsafe { SWITCH_LB_BUCKET.get(bkey) }
-            .ok_or_else(|| drop(DropReason::NoBucket, len))?
+            .ok_or_else(|| drop(DropReason::NoBucket, pkt))?
             .backend_id
     };
     // SAFETY: plain value read.
     let backend = *unsafe { SWITCH_BACKEND.get(backend_id) }
-        .ok_or_else(|| drop(DropReason::NoBackend, len))?;
+        .ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
     if let Some(cell) = SWITCH_BACKEND_COUNTER.get_ptr_mut(backend_id) {
         // SAFETY: this CPU's cell of a per-CPU map.
         unsafe {
             (*cell).packets += 1;
-            (*cell).bytes += len as u64;
+            (*cell).bytes += pkt.len as u64;
         }
     }
 
@@ -470,10 +491,10 @@ struct Cookie {
 
 /// `ipv4_route`: a miss or the `drop` action is `no_route`.
 #[inline(always)]
-fn lookup_route(dst: Be32, len: u32) -> Result<RouteValue, i32> {
+fn lookup_route(dst: Be32, pkt: Pkt) -> Result<RouteValue, i32> {
     match SWITCH_IPV4_ROUTE.get(Key::new(32, dst)) {
         Some(r) if r.port != ROUTE_DROP_PORT => Ok(*r),
-        _ => Err(drop(DropReason::NoRoute, len)),
+        _ => Err(drop(DropReason::NoRoute, pkt)),
     }
 }
 
@@ -483,7 +504,7 @@ fn lookup_route(dst: Be32, len: u32) -> Result<RouteValue, i32> {
 #[inline(always)]
 fn forward(
     ctx: &TcContext,
-    len: u32,
+    pkt: Pkt,
     route: &RouteValue,
     old_ttl: u8,
     new_ttl: u8,
@@ -493,7 +514,7 @@ fn forward(
         Some(&i) if i != 0 => i,
         _ => return Err(SHOT),
     };
-    let err = |_| drop(DropReason::Malformed, len);
+    let err = |_| drop(DropReason::Malformed, pkt);
     let old = u16::from_be_bytes([old_ttl, proto]);
     let new = u16::from_be_bytes([new_ttl, proto]);
     ctx.store(IP_OFF + IP_TTL, &new_ttl, 0).map_err(err)?;
@@ -504,7 +525,7 @@ fn forward(
         src: route.src_mac,
     };
     ctx.store(0, &macs, 0).map_err(err)?;
-    count(&SWITCH_PORT_TX, route.port, len);
+    count(&SWITCH_PORT_TX, route.port, pkt.len);
     // SAFETY: helper call with a plain ifindex.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
 }
@@ -555,14 +576,20 @@ fn count(map: &PerCpuArray<PacketBytes>, index: u32, len: u32) {
 }
 
 #[inline(always)]
-fn event(e: LbEvent, len: u32) {
-    count(&SWITCH_LB_EVENT_COUNTER, e as u32, len);
+fn event(e: LbEvent, pkt: Pkt) {
+    count(&SWITCH_LB_EVENT_COUNTER, e as u32, pkt.len);
 }
 
-/// Counts a drop and returns the verdict.
+/// Counts a drop (per reason, and per ingress port and reason) and returns
+/// the verdict.
 #[inline(always)]
-fn drop(reason: DropReason, len: u32) -> i32 {
-    count(&SWITCH_DROP_COUNTER, reason.code() as u32, len);
+fn drop(reason: DropReason, pkt: Pkt) -> i32 {
+    count(&SWITCH_DROP_COUNTER, reason.code() as u32, pkt.len);
+    count(
+        &SWITCH_PORT_DROP,
+        pkt.port * DROP_REASON_COUNT + reason.code() as u32,
+        pkt.len,
+    );
     SHOT
 }
 

@@ -183,15 +183,24 @@ impl Switch {
         write::check_atomicity(req)?;
         let mut results = Vec::with_capacity(req.updates.len());
         let mut failed = false;
+        // Counted per batch: one atomic add per cell, not per update.
+        let mut counts = [[0u64; 2]; 3];
         for u in &req.updates {
             let r = write::apply(&self.layout, self.target.as_ref(), u);
             let op = (u.r#type - 1).clamp(0, 2) as usize;
-            self.stats.updates[op][usize::from(r.is_err())].fetch_add(1, Ordering::Relaxed);
+            counts[op][usize::from(r.is_err())] += 1;
             if let Err(e) = &r {
                 debug!(code = ?e.code, message = %e.message, "update failed");
                 failed = true;
             }
             results.push(r);
+        }
+        for (cells, n) in self.stats.updates.iter().zip(counts) {
+            for (cell, n) in cells.iter().zip(n) {
+                if n != 0 {
+                    cell.fetch_add(n, Ordering::Relaxed);
+                }
+            }
         }
         if failed {
             Err(write::batch_status(&results))

@@ -2,7 +2,7 @@
 //! port over a [`MemoryTarget`], a tonic client, and entry builders.
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::Command, sync::Arc, time::Duration};
 
 use talaria_p4rt::p4::{
     config::v1::P4Info,
@@ -355,4 +355,39 @@ pub fn table_entries(entities: Vec<Entity>) -> Vec<TableEntry> {
             other => panic!("expected a table entry, got {other:?}"),
         })
         .collect()
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The python of the interop venv of `tool` (`scripts/python-tools.sh`),
+/// creating the venv if it is missing. `None` (the caller skips) only when
+/// the venv cannot be created outside CI, e.g. with no network; in CI
+/// (`CI` set) that is a failure.
+pub fn interop_python(tool: &str) -> Option<PathBuf> {
+    let dir = workspace().join(".cache/venv").join(tool);
+    let py = dir.join("bin/python");
+    if py.exists() && dir.join(".stamp").exists() {
+        return Some(py);
+    }
+    let status = Command::new("bash")
+        .arg(workspace().join("scripts/python-tools.sh"))
+        .arg(tool)
+        .status();
+    if matches!(status, Ok(s) if s.success()) {
+        return Some(py);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("cannot create the {tool} venv with scripts/python-tools.sh ({status:?}), and CI is set");
+    }
+    eprintln!(
+        "SKIP: no {tool} venv and scripts/python-tools.sh failed ({status:?}; no network?): \
+         run scripts/python-tools.sh {tool}"
+    );
+    None
 }

@@ -1,0 +1,309 @@
+//! Kubernetes mode: this node's Pods from the API server (a kube-rs
+//! reflector on Pods with `fieldSelector=spec.nodeName=<node>`), and the
+//! service ids the backend side needs from the controller's REST API
+//! (`GET /v1/services`, refreshed periodically).
+
+use std::{
+    collections::BTreeSet,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::TryStreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::{
+    runtime::{reflector, watcher, WatchStreamExt},
+    Api, Client, ResourceExt,
+};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use crate::{
+    agent::service_addr,
+    config::{KubernetesConfig, ServiceConfig},
+    node::Node,
+    Error, Result,
+};
+
+/// A client for `cfg.api_server` (no credentials), or the in-cluster /
+/// `KUBECONFIG` one.
+pub async fn client(cfg: &KubernetesConfig) -> Result<Client> {
+    if cfg.api_server.is_empty() {
+        return Client::try_default()
+            .await
+            .map_err(|e| Error::Kube(Box::new(e)));
+    }
+    let url = cfg
+        .api_server
+        .parse()
+        .map_err(|e| Error::Invalid(format!("api_server {:?}: {e}", cfg.api_server)))?;
+    Client::try_from(kube::Config::new(url)).map_err(|e| Error::Kube(Box::new(e)))
+}
+
+/// `cfg.node_name`, else `$NODE_NAME`.
+pub fn node_name(cfg: &KubernetesConfig) -> Result<String> {
+    if !cfg.node_name.is_empty() {
+        return Ok(cfg.node_name.clone());
+    }
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| Error::Invalid("kubernetes.node_name unset and no NODE_NAME".into()))
+}
+
+/// The IPv4 addresses of the pods that need the data path: every pod
+/// with an address, except `hostNetwork` pods (their address is the
+/// node's, with no veth) and pods that have finished (`Succeeded`,
+/// `Failed`: their address may already be reused).
+pub fn pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeSet<Ipv4Addr> {
+    let mut out = BTreeSet::new();
+    for p in pods {
+        let host_network = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let Some(status) = &p.status else { continue };
+        let finished = matches!(status.phase.as_deref(), Some("Succeeded" | "Failed"));
+        if host_network || finished {
+            continue;
+        }
+        let ips = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .map(|a| a.ip.as_str())
+            .chain(status.pod_ip.as_deref());
+        for ip in ips {
+            if let Ok(v4) = ip.parse::<Ipv4Addr>() {
+                out.insert(v4);
+            }
+        }
+    }
+    out
+}
+
+/// Watches the Pods on `node_name` and keeps `out` at their addresses
+/// ([`pod_ips`]); `None` until the first list is complete. Pokes `changed`
+/// on every change. Runs until the watch stream ends; errors are retried
+/// with the watcher's backoff.
+pub async fn watch_pods(
+    client: Client,
+    node_name: String,
+    out: Arc<Mutex<Option<BTreeSet<Ipv4Addr>>>>,
+    changed: Arc<Notify>,
+) {
+    let api: Api<Pod> = Api::all(client);
+    let (store, writer) = reflector::store::<Pod>();
+    let config = watcher::Config::default()
+        .fields(&format!("spec.nodeName={node_name}"))
+        .any_semantic();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(|p: &mut Pod| p.managed_fields_mut().clear())
+        .reflect(writer);
+    futures::pin_mut!(stream);
+    loop {
+        match stream.try_next().await {
+            // A (re)list in progress: the store changes at InitDone.
+            Ok(Some(watcher::Event::Init | watcher::Event::InitApply(_))) => {}
+            Ok(Some(_)) => {
+                let state = store.state();
+                let ips = pod_ips(state.iter().map(|p| p.as_ref()));
+                let mut cur = out.lock().expect("pods lock");
+                if cur.as_ref() != Some(&ips) {
+                    info!(node = %node_name, pods = ips.len(), "pods from the API");
+                    *cur = Some(ips);
+                    changed.notify_one();
+                }
+            }
+            Ok(None) => return,
+            Err(e) => warn!(error = %e, "pod watch error (retrying with backoff)"),
+        }
+    }
+}
+
+/// The Services of a controller `GET /v1/services` answer: one per
+/// `data_path` entry (service id, `key.vip`, `key.port`, `key.proto`).
+pub fn services_from_json(v: &serde_json::Value) -> Result<Vec<ServiceConfig>> {
+    let bad = |what: &str| Error::Invalid(format!("controller /v1/services: {what}"));
+    let mut out = Vec::new();
+    for s in v.as_array().ok_or_else(|| bad("not an array"))? {
+        for p in s["data_path"].as_array().into_iter().flatten() {
+            let id = p["service_id"]
+                .as_u64()
+                .and_then(|i| u16::try_from(i).ok())
+                .ok_or_else(|| bad("service_id"))?;
+            let key = &p["key"];
+            let vip = key["vip"]
+                .as_str()
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| bad("key.vip"))?;
+            let port = key["port"]
+                .as_u64()
+                .and_then(|i| u16::try_from(i).ok())
+                .ok_or_else(|| bad("key.port"))?;
+            let protocol = key["proto"]
+                .as_str()
+                .ok_or_else(|| bad("key.proto"))?
+                .to_ascii_lowercase();
+            out.push(ServiceConfig {
+                id,
+                vip,
+                port,
+                protocol,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Fetches `GET <controller_url>/v1/services`.
+pub async fn fetch_services(
+    http: &reqwest::Client,
+    controller_url: &str,
+) -> Result<Vec<ServiceConfig>> {
+    let url = format!("{}/v1/services", controller_url.trim_end_matches('/'));
+    let v: serde_json::Value = http
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| Error::Http(Box::new(e)))?
+        .json()
+        .await
+        .map_err(|e| Error::Http(Box::new(e)))?;
+    services_from_json(&v)
+}
+
+/// The services to program: the configured ones, then the controller's
+/// (which win on the same id). Sorted by id.
+pub fn merge_services(
+    configured: &[ServiceConfig],
+    controller: &[ServiceConfig],
+) -> Vec<ServiceConfig> {
+    let mut by_id = std::collections::BTreeMap::new();
+    for s in configured.iter().chain(controller) {
+        by_id.insert(s.id, s.clone());
+    }
+    by_id.into_values().collect()
+}
+
+/// Keeps `NODE_SERVICES` at [`merge_services`] of `configured` and the
+/// controller's answer, fetched every `services_refresh_secs`. A failed
+/// fetch keeps the last good set (the data path must not lose its
+/// services because the controller restarts).
+pub async fn refresh_services(
+    cfg: KubernetesConfig,
+    configured: Vec<ServiceConfig>,
+    node: Arc<Mutex<Node>>,
+) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            warn!(error = %e, "HTTP client for the controller");
+            return;
+        }
+    };
+    let every = Duration::from_secs(cfg.services_refresh_secs.max(1));
+    let mut last: Option<Vec<ServiceConfig>> = None;
+    loop {
+        match fetch_services(&http, &cfg.controller_url).await {
+            Ok(list) => {
+                let merged = merge_services(&configured, &list);
+                if last.as_ref() != Some(&merged) {
+                    match merged
+                        .iter()
+                        .map(|s| Ok((s.id, service_addr(s)?)))
+                        .collect::<Result<Vec<_>>>()
+                        .and_then(|v| node.lock().expect("node lock").set_services(&v))
+                    {
+                        Ok(()) => {
+                            info!(services = merged.len(), "services from the controller");
+                            last = Some(merged);
+                        }
+                        Err(e) => warn!(error = %e, "writing services"),
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(url = %cfg.controller_url, error = %e, "fetching services (keeping the last set)")
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn services_from_the_controller_answer() {
+        let v = json!([
+            {"service": {"namespace": "default", "name": "web"}, "cluster_ips": ["10.96.0.10"],
+             "data_path": [
+                {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16, "active": {}, "draining": {}},
+                {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 16}
+             ]},
+            {"service": {"namespace": "default", "name": "headless"}, "headless": true, "data_path": []},
+            {"service": {"namespace": "default", "name": "noports"}}
+        ]);
+        let s = services_from_json(&v).unwrap();
+        assert_eq!(
+            s,
+            vec![
+                ServiceConfig {
+                    id: 7,
+                    vip: "10.96.0.10".parse().unwrap(),
+                    port: 80,
+                    protocol: "tcp".into()
+                },
+                ServiceConfig {
+                    id: 8,
+                    vip: "10.96.0.10".parse().unwrap(),
+                    port: 53,
+                    protocol: "udp".into()
+                },
+            ]
+        );
+        assert!(services_from_json(&json!({"error": "x"})).is_err());
+        assert!(services_from_json(&json!([{"data_path": [{"service_id": 70000}]}])).is_err());
+        let merged = merge_services(
+            &[ServiceConfig {
+                id: 8,
+                vip: "10.96.0.99".parse().unwrap(),
+                port: 1,
+                protocol: "tcp".into(),
+            }],
+            &s,
+        );
+        assert_eq!(merged, s, "the controller wins on the same id");
+    }
+
+    #[test]
+    fn pod_ips_skip_host_network_and_finished_pods() {
+        let pods: Vec<Pod> = [
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}, "spec": {"containers": [], "nodeName": "n1"},
+                   "status": {"phase": "Running", "podIP": "10.244.1.2", "podIPs": [{"ip": "10.244.1.2"}, {"ip": "fd00::2"}]}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "host"}, "spec": {"containers": [], "hostNetwork": true},
+                   "status": {"phase": "Running", "podIP": "10.200.1.2"}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "done"}, "spec": {"containers": []},
+                   "status": {"phase": "Succeeded", "podIP": "10.244.1.3"}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "pending"}, "spec": {"containers": []},
+                   "status": {"phase": "Pending"}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"}, "spec": {"containers": []},
+                   "status": {"phase": "Pending", "podIP": "10.244.1.4"}}),
+        ]
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect();
+        let ips: Vec<String> = pod_ips(&pods).iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, vec!["10.244.1.2", "10.244.1.4"]);
+    }
+}
