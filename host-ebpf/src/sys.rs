@@ -21,8 +21,9 @@ pub fn ifindex(ifname: &str) -> Result<u32> {
     Ok(idx)
 }
 
-/// The MAC address of `ifname` in the calling thread's network namespace.
-pub fn mac(ifname: &str) -> Result<[u8; 6]> {
+/// Runs an interface ioctl (`SIOCGIF*`) on `ifname` in the calling
+/// thread's network namespace and returns the filled `ifreq`.
+fn ifreq_ioctl(ifname: &str, request: libc::c_ulong, what: &str) -> Result<libc::ifreq> {
     if ifname.len() >= libc::IFNAMSIZ {
         return Err(Error::Invalid(format!("interface {ifname:?}")));
     }
@@ -36,12 +37,20 @@ pub fn mac(ifname: &str) -> Result<[u8; 6]> {
     for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
         *d = s as libc::c_char;
     }
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    // SAFETY: `req` is a valid ifreq for these get-requests.
+    let rc = unsafe { libc::ioctl(fd, request, &mut req) };
     let err = std::io::Error::last_os_error();
+    // SAFETY: fd is ours.
     unsafe { libc::close(fd) };
     if rc != 0 {
-        return Err(Error::io(format!("SIOCGIFHWADDR {ifname}"), err));
+        return Err(Error::io(format!("{what} {ifname}"), err));
     }
+    Ok(req)
+}
+
+/// The MAC address of `ifname` in the calling thread's network namespace.
+pub fn mac(ifname: &str) -> Result<[u8; 6]> {
+    let req = ifreq_ioctl(ifname, libc::SIOCGIFHWADDR, "SIOCGIFHWADDR")?;
     // SAFETY: the kernel filled ifru_hwaddr.
     let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
     let mut mac = [0u8; 6];
@@ -54,25 +63,7 @@ pub fn mac(ifname: &str) -> Result<[u8; 6]> {
 /// The L3 MTU of `ifname` in the calling thread's network namespace
 /// (`SIOCGIFMTU`).
 pub fn mtu(ifname: &str) -> Result<u32> {
-    if ifname.len() >= libc::IFNAMSIZ {
-        return Err(Error::Invalid(format!("interface {ifname:?}")));
-    }
-    // SAFETY: a datagram socket for the ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(Error::io("socket", std::io::Error::last_os_error()));
-    }
-    // SAFETY: zeroed ifreq with a NUL-terminated name that fits.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(ifname.bytes()) {
-        *d = s as libc::c_char;
-    }
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut req) };
-    let err = std::io::Error::last_os_error();
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(Error::io(format!("SIOCGIFMTU {ifname}"), err));
-    }
+    let req = ifreq_ioctl(ifname, libc::SIOCGIFMTU, "SIOCGIFMTU")?;
     // SAFETY: the kernel filled ifru_mtu.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
     Ok(mtu.max(0) as u32)
