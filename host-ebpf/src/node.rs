@@ -486,31 +486,35 @@ impl Node {
                     && idle > fin_grace_ns
             }
         };
-        let mut cookies: HashMap<_, FlowKey, CookieEntry> =
-            HashMap::try_from(self.map_mut(MAP_COOKIES)?)
-                .map_err(|e| Error::map(MAP_COOKIES, e))?;
-        let dead: Vec<FlowKey> = cookies
+        let cookies = self.sweep(MAP_COOKIES, |k, v: &CookieEntry| {
+            expired(k, v.last_seen_ns, v.fin_seen)
+        })?;
+        let reverse = self.sweep(MAP_REVERSE, |k, v: &ReverseEntry| {
+            expired(k, v.last_seen_ns, v.fin_seen)
+        })?;
+        Ok((cookies, reverse))
+    }
+
+    /// Removes the entries of flow map `name` that `dead` picks; returns how
+    /// many. Keys are collected first: deleting while iterating a BPF hash
+    /// map restarts the walk.
+    fn sweep<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        dead: impl Fn(&FlowKey, &V) -> bool,
+    ) -> Result<usize> {
+        let mut map: HashMap<_, FlowKey, V> =
+            HashMap::try_from(self.map_mut(name)?).map_err(|e| Error::map(name, e))?;
+        let keys: Vec<FlowKey> = map
             .iter()
             .filter_map(|r| r.ok())
-            .filter(|(k, v)| expired(k, v.last_seen_ns, v.fin_seen))
+            .filter(|(k, v)| dead(k, v))
             .map(|(k, _)| k)
             .collect();
-        for k in &dead {
-            let _ = cookies.remove(k);
+        for k in &keys {
+            let _ = map.remove(k);
         }
-        let mut rev: HashMap<_, FlowKey, ReverseEntry> =
-            HashMap::try_from(self.map_mut(MAP_REVERSE)?)
-                .map_err(|e| Error::map(MAP_REVERSE, e))?;
-        let dead_rev: Vec<FlowKey> = rev
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, v)| expired(k, v.last_seen_ns, v.fin_seen))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &dead_rev {
-            let _ = rev.remove(k);
-        }
-        Ok((dead.len(), dead_rev.len()))
+        Ok(keys.len())
     }
 }
 
