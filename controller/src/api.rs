@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
-    controller::{Context, SwitchStatus},
+    controller::{Context, Planned, SwitchStatus},
     model::{ObjectRef, ServiceView},
     p4rt::client,
     plan::PlannedPort,
@@ -99,22 +99,20 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
         .into_response()
 }
 
+fn report(p: &Planned, v: &ServiceView) -> ServiceReport {
+    ServiceReport {
+        view: v.clone(),
+        data_path: v
+            .keys
+            .iter()
+            .filter_map(|k| p.planner.desired().port(k).map(|p| p.view()))
+            .collect(),
+    }
+}
+
 fn service_reports(ctx: &Context) -> Vec<ServiceReport> {
-    let Some(s) = ctx.snapshot() else {
-        return Vec::new();
-    };
-    s.model
-        .services
-        .values()
-        .map(|v| ServiceReport {
-            view: v.clone(),
-            data_path: v
-                .keys
-                .iter()
-                .filter_map(|k| s.plan.ports.get(k).cloned())
-                .collect(),
-        })
-        .collect()
+    let p = ctx.planned.read().expect("poisoned");
+    p.model.services.values().map(|v| report(&p, v)).collect()
 }
 
 async fn services(State(ctx): State<Arc<Context>>) -> Json<Vec<ServiceReport>> {
@@ -126,10 +124,11 @@ async fn service(
     Path((namespace, name)): Path<(String, String)>,
 ) -> Response {
     let want = ObjectRef { namespace, name };
-    match service_reports(&ctx)
-        .into_iter()
-        .find(|r| r.view.service == want)
-    {
+    let found = {
+        let p = ctx.planned.read().expect("poisoned");
+        p.model.services.get(&want).map(|v| report(&p, v))
+    };
+    match found {
         Some(r) => Json(r).into_response(),
         None => error(StatusCode::NOT_FOUND, format!("no service {want}")),
     }
@@ -152,45 +151,39 @@ async fn switches(State(ctx): State<Arc<Context>>) -> Json<Vec<SwitchReport>> {
 }
 
 async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
-    let snap = ctx.snapshot();
-    let (sid, bid) = {
-        let p = ctx.planner.lock().expect("poisoned");
-        (p.service_id_usage(), p.backend_id_usage())
+    let v = {
+        let p = ctx.planned.read().expect("poisoned");
+        let (sid, bid) = (p.planner.service_id_usage(), p.planner.backend_id_usage());
+        let notes: Vec<Value> = p
+            .model
+            .services
+            .values()
+            .filter(|v| !v.notes.is_empty())
+            .map(|v| json!({"service": v.service.to_string(), "notes": v.notes}))
+            .collect();
+        let skipped: Vec<Value> = p
+            .model
+            .skipped
+            .iter()
+            .map(|k| json!({"kind": k.kind, "object": k.object.to_string(), "reason": k.reason, "detail": k.detail}))
+            .collect();
+        let desired = p.planner.desired();
+        json!({
+            "plan_version": p.version,
+            "services": p.model.services.len(),
+            "service_ports": desired.ports().count(),
+            "desired_entries": desired.counts().into_iter().map(|(t, c)| (t.to_string(), c)).collect::<BTreeMap<_, _>>(),
+            "service_ids": {"in_use": sid.0, "quarantined": sid.1},
+            "backend_ids": {"in_use": bid.0, "quarantined": bid.1},
+            "not_in_data_path": notes,
+            "skipped": skipped,
+            "plan_errors": p.planner.errors(),
+        })
     };
-    let notes: Vec<Value> = snap
-        .as_ref()
-        .map(|s| {
-            s.model
-                .services
-                .values()
-                .filter(|v| !v.notes.is_empty())
-                .map(|v| json!({"service": v.service.to_string(), "notes": v.notes}))
-                .collect()
-        })
-        .unwrap_or_default();
-    let skipped: Vec<Value> = snap
-        .as_ref()
-        .map(|s| {
-            s.model
-                .skipped
-                .iter()
-                .map(|k| json!({"kind": k.kind, "object": k.object.to_string(), "reason": k.reason, "detail": k.detail}))
-                .collect()
-        })
-        .unwrap_or_default();
-    Json(json!({
-        "ready": ctx.ready().err().unwrap_or_else(|| "ready".into()),
-        "plan_version": snap.as_ref().map(|s| s.version).unwrap_or(0),
-        "services": snap.as_ref().map(|s| s.model.services.len()).unwrap_or(0),
-        "service_ports": snap.as_ref().map(|s| s.plan.ports.len()).unwrap_or(0),
-        "desired_entries": snap.as_ref().map(|s| s.plan.state.counts().into_iter().map(|(t, c)| (t.to_string(), c)).collect::<BTreeMap<_, _>>()).unwrap_or_default(),
-        "service_ids": {"in_use": sid.0, "quarantined": sid.1},
-        "backend_ids": {"in_use": bid.0, "quarantined": bid.1},
-        "switches": switch_reports(&ctx),
-        "not_in_data_path": notes,
-        "skipped": skipped,
-        "plan_errors": snap.as_ref().map(|s| s.plan.errors.clone()).unwrap_or_default(),
-    }))
+    let mut v = v;
+    v["ready"] = json!(ctx.ready().err().unwrap_or_else(|| "ready".into()));
+    v["switches"] = json!(switch_reports(&ctx));
+    Json(v)
 }
 
 async fn live_tables(ctx: &Context, id: &str, which: &[Table]) -> Result<Vec<TableDump>, Response> {

@@ -109,6 +109,9 @@ pub struct Config {
     pub election_id: u64,
     /// Most updates per P4Runtime Write.
     pub write_batch: usize,
+    /// Most Write RPCs in flight per switch. Only updates of one kind to one
+    /// table (no dependencies among them) are ever in flight together.
+    pub write_pipeline: usize,
     /// Switch configuration that does not come from Kubernetes.
     pub fabric: FabricConfig,
     /// Bucket sizing.
@@ -117,7 +120,9 @@ pub struct Config {
     /// still name it); should exceed the hosts' flow-cache idle timeout.
     #[serde(with = "humantime_ms")]
     pub id_quarantine_ms: Duration,
-    /// Full resync (read back and diff) interval per switch.
+    /// Safety resync interval: every switch is read back and diffed in
+    /// full, and every port is re-planned (changes are otherwise applied
+    /// incrementally).
     #[serde(with = "humantime_ms")]
     pub resync_ms: Duration,
     /// Reconnect backoff: first delay.
@@ -145,6 +150,7 @@ impl Default for Config {
             device_config: None,
             election_id: 1,
             write_batch: 1000,
+            write_pipeline: 4,
             fabric: FabricConfig::default(),
             buckets: BucketPolicy::default(),
             id_quarantine_ms: Duration::from_secs(600),

@@ -1,13 +1,24 @@
 //! The running controller: a [`Context`] shared by the reconciler (source →
 //! model → plan), one sync task per switch (plan → diff → write) and the
 //! REST API.
+//!
+//! Incremental by default: the source says which objects changed, the model
+//! re-evaluates only their Services, the planner re-plans only the ports
+//! that changed and reports them ([`PlanChanges`]), and each switch task
+//! diffs only that region of its tables ([`diff::region_diff`]). Full paths
+//! remain for what needs them: a full plan on start, relist, Node changes
+//! and every `resync_ms`; a full read-back and diff ([`diff::FullDiff`]) on
+//! every (re)connect and every `resync_ms`.
+//!
+//! Memory: the model and the planner's compact desired state live once,
+//! behind [`Context::planned`]; each switch task keeps the switch's tables
+//! as last read or written (needed to diff without reading back). Nothing
+//! else holds a copy: a full sync works from a snapshot that shares the
+//! per-port plans, and produces its diff chunk by chunk.
 
 use std::{
     collections::BTreeSet,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex, RwLock,
-    },
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -19,17 +30,24 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::{
     config::{Config, SwitchConfig},
-    diff::{self, Op},
+    diff::{self, FullDiff, Op},
     metrics::{Metrics, SkipLabel, SwitchLabel, TableLabel},
-    model::{Model, Skipped},
-    p4rt::{client::ConnectParams, ClientError, Codec, SwitchConn},
-    plan::{Plan, Planner},
+    model::{Delta, Model, Skipped},
+    p4rt::{client::ConnectParams, ClientError, Codec, SwitchConn, WriteReport},
+    plan::{PlanChanges, PlannedPort, Planner},
     state::SwitchState,
+    types::ServiceKey,
 };
 
-/// Something that yields the current cluster objects as a model.
+/// Something that yields the cluster objects as a model.
 pub trait Source: Send + Sync {
-    /// Builds the model from the source's current objects.
+    /// Brings `model` up to date with the objects that changed since the
+    /// last call (everything when `full`, or when the source cannot tell),
+    /// and says which data-path ports changed.
+    fn update_model(&self, model: &mut Model, full: bool) -> Delta;
+
+    /// A model of all current objects, built from scratch (tools, tests;
+    /// leaves the change log alone).
     fn model(&self) -> Model;
 
     /// False until the source has loaded everything once (a partial
@@ -47,17 +65,16 @@ pub enum ReconcileError {
     Partial(usize),
 }
 
-/// A published plan.
+/// The model and the plan, kept up to date by the reconciler.
 #[derive(Debug)]
-pub struct Snapshot {
-    /// Increases by one per plan.
+pub struct Planned {
+    /// The model.
+    pub model: Model,
+    /// Ids, bucket history and the desired state.
+    pub planner: Planner,
+    /// Increases by one per reconcile that changed the desired state
+    /// (0 = no plan yet).
     pub version: u64,
-    /// When the change that led to this plan was noticed.
-    pub trigger: Instant,
-    /// The model it came from.
-    pub model: Arc<Model>,
-    /// The plan.
-    pub plan: Plan,
 }
 
 /// What the REST API shows about a switch.
@@ -77,10 +94,20 @@ pub struct SwitchStatus {
     pub updates_written: u64,
     /// Per-update failures in total.
     pub write_errors: u64,
+    /// Full syncs (read back, diff everything) so far.
+    pub full_syncs: u64,
     /// Entries on the switch that did not decode (left alone).
     pub undecodable: usize,
     /// Last error, if the last session ended in one.
     pub last_error: Option<String>,
+}
+
+/// Plan changes a switch has not synced yet.
+#[derive(Debug, Default)]
+struct Pending {
+    changes: PlanChanges,
+    /// When the oldest of them was noticed.
+    trigger: Option<Instant>,
 }
 
 /// One configured switch.
@@ -92,6 +119,9 @@ pub struct SwitchHandle {
     pub status: RwLock<SwitchStatus>,
     /// A gRPC client for live reads while connected.
     pub reader: RwLock<Option<P4RuntimeClient<Channel>>>,
+    /// Changes to sync; written under the [`Context::planned`] write lock
+    /// and taken under its read lock, so they always match the version.
+    pending: Mutex<Pending>,
 }
 
 /// Everything the controller's tasks share.
@@ -102,10 +132,10 @@ pub struct Context {
     pub source: Arc<dyn Source>,
     /// Poked by the source on every change.
     pub changed: Arc<Notify>,
-    /// Ids and bucket history.
-    pub planner: Mutex<Planner>,
-    /// Latest plan.
-    pub plan_tx: watch::Sender<Option<Arc<Snapshot>>>,
+    /// The model and the plan.
+    pub planned: RwLock<Planned>,
+    /// The current plan version.
+    pub version_tx: watch::Sender<u64>,
     /// Switches.
     pub switches: Vec<Arc<SwitchHandle>>,
     /// Metrics.
@@ -120,8 +150,6 @@ pub struct Context {
     pub leader: watch::Sender<bool>,
     /// Set once ids were adopted from a switch (or adoption was given up).
     adopted: watch::Sender<bool>,
-    planned: Mutex<bool>,
-    version: AtomicU64,
     last_skipped: Mutex<BTreeSet<Skipped>>,
 }
 
@@ -151,6 +179,7 @@ impl Context {
                     cfg: s.clone(),
                     status: RwLock::default(),
                     reader: RwLock::default(),
+                    pending: Mutex::default(),
                 })
             })
             .collect();
@@ -170,8 +199,12 @@ impl Context {
             config,
             source,
             changed,
-            planner: Mutex::new(planner),
-            plan_tx: watch::channel(None).0,
+            planned: RwLock::new(Planned {
+                model: Model::default(),
+                planner,
+                version: 0,
+            }),
+            version_tx: watch::channel(0).0,
             switches,
             metrics,
             codec,
@@ -179,15 +212,45 @@ impl Context {
             device_config: Arc::new(device_config),
             leader: watch::channel(true).0,
             adopted: watch::channel(false).0,
-            planned: Mutex::new(false),
-            version: AtomicU64::new(0),
             last_skipped: Mutex::default(),
         }))
     }
 
-    /// The latest plan.
-    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.plan_tx.borrow().clone()
+    /// The current plan version (0 = no plan yet).
+    pub fn version(&self) -> u64 {
+        *self.version_tx.borrow()
+    }
+
+    /// What the planner decided for `key`.
+    pub fn planned_port(&self, key: &ServiceKey) -> Option<PlannedPort> {
+        let p = self.planned.read().expect("poisoned");
+        p.planner.desired().port(key).map(|p| p.view())
+    }
+
+    /// What the planner decided for every port.
+    pub fn planned_ports(&self) -> Vec<PlannedPort> {
+        let p = self.planned.read().expect("poisoned");
+        p.planner.desired().ports().map(|p| p.view()).collect()
+    }
+
+    /// Desired entries in total.
+    pub fn desired_len(&self) -> usize {
+        self.planned
+            .read()
+            .expect("poisoned")
+            .planner
+            .desired()
+            .len()
+    }
+
+    /// The whole desired state as tables (big: for tests and tools).
+    pub fn desired_state(&self) -> SwitchState {
+        self.planned
+            .read()
+            .expect("poisoned")
+            .planner
+            .desired()
+            .state()
     }
 
     /// A switch by id.
@@ -197,11 +260,11 @@ impl Context {
 
     /// Adopts ids from a switch's tables, if no plan was made yet.
     fn try_adopt(&self, switch: &str, actual: &SwitchState) {
-        let planned = self.planned.lock().expect("poisoned");
-        if *planned || *self.adopted.borrow() {
+        let mut p = self.planned.write().expect("poisoned");
+        if p.version > 0 || *self.adopted.borrow() {
             return;
         }
-        let warnings = self.planner.lock().expect("poisoned").adopt(actual);
+        let warnings = p.planner.adopt(actual);
         for w in &warnings {
             warn!(switch, "not adopted: {w}");
         }
@@ -216,29 +279,27 @@ impl Context {
 
     /// True when a plan exists and every switch holds it.
     pub fn ready(&self) -> Result<(), String> {
-        let Some(s) = self.snapshot() else {
+        let version = self.version();
+        if version == 0 {
             return Err("no plan yet".into());
-        };
+        }
         for sw in &self.switches {
             let st = sw.status.read().expect("poisoned");
             if !st.connected {
                 return Err(format!("switch {} not connected", sw.cfg.id));
             }
-            if st.synced_version != s.version {
+            if st.synced_version != version {
                 return Err(format!("switch {} not synced", sw.cfg.id));
             }
         }
         Ok(())
     }
-}
 
-/// Builds the model, plans and publishes. Logs newly skipped objects.
-#[instrument(skip_all, fields(version))]
-pub fn reconcile(ctx: &Context, trigger: Instant) -> Result<Arc<Snapshot>, ReconcileError> {
-    let t0 = Instant::now();
-    let model = ctx.source.model();
-    {
-        let mut last = ctx.last_skipped.lock().expect("poisoned");
+    fn log_skipped(&self, model: &Model) {
+        let mut last = self.last_skipped.lock().expect("poisoned");
+        if model.skipped.len() == last.len() && model.skipped.iter().all(|s| last.contains(s)) {
+            return;
+        }
         let now: BTreeSet<Skipped> = model.skipped.iter().cloned().collect();
         for s in now.difference(&last) {
             warn!(
@@ -249,9 +310,9 @@ pub fn reconcile(ctx: &Context, trigger: Instant) -> Result<Arc<Snapshot>, Recon
                 s.detail
             );
         }
-        ctx.metrics.skipped.clear();
+        self.metrics.skipped.clear();
         for s in &now {
-            ctx.metrics
+            self.metrics
                 .skipped
                 .get_or_create(&SkipLabel {
                     kind: s.kind.into(),
@@ -261,43 +322,67 @@ pub fn reconcile(ctx: &Context, trigger: Instant) -> Result<Arc<Snapshot>, Recon
         }
         *last = now;
     }
-    let plan = {
-        let mut planned = ctx.planned.lock().expect("poisoned");
-        *planned = true;
-        ctx.planner
-            .lock()
-            .expect("poisoned")
-            .plan(&model, &ctx.config.fabric, Instant::now())
+}
+
+/// Brings the model and the plan up to date with the source (only what
+/// changed, or everything when `full`) and hands the changes to the
+/// switches. Returns the plan version.
+#[instrument(skip_all, fields(version, full))]
+pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, ReconcileError> {
+    let t0 = Instant::now();
+    let mut guard = ctx.planned.write().expect("poisoned");
+    let p = &mut *guard;
+    let full = full || p.version == 0;
+    let delta = ctx.source.update_model(&mut p.model, full);
+    let now = Instant::now();
+    let changes = match delta {
+        Delta::Rebuilt => {
+            ctx.log_skipped(&p.model);
+            p.planner.plan_full(&p.model, &ctx.config.fabric, now)
+        }
+        Delta::Ports(keys) => {
+            if !keys.is_empty() {
+                ctx.log_skipped(&p.model);
+            }
+            p.planner.replan(&p.model, keys, now)
+        }
     };
-    let errors = plan.errors.len();
-    for e in &plan.errors {
+    let errors = p.planner.errors();
+    if changes.is_empty() && p.version > 0 {
+        return Ok(p.version);
+    }
+    for e in errors.iter().take(10) {
         warn!("not planned: {e}");
     }
-    let version = ctx.version.fetch_add(1, Ordering::SeqCst) + 1;
+    p.version += 1;
+    let version = p.version;
+    for sw in &ctx.switches {
+        let mut pending = sw.pending.lock().expect("poisoned");
+        pending.changes.merge(&changes);
+        pending.trigger.get_or_insert(trigger);
+    }
+    drop(guard);
     tracing::Span::current().record("version", version);
-    let snap = Arc::new(Snapshot {
-        version,
-        trigger,
-        model: Arc::new(model),
-        plan,
-    });
+    tracing::Span::current().record("full", changes.full);
     ctx.metrics.plan_seconds.observe(t0.elapsed().as_secs_f64());
     ctx.metrics.reconciles.inc();
     debug!(
-        ports = snap.plan.ports.len(),
-        entries = snap.plan.state.len(),
-        elapsed_ms = t0.elapsed().as_millis() as u64,
+        ports = changes.keys.len(),
+        full = changes.full,
+        elapsed_us = t0.elapsed().as_micros() as u64,
         "planned"
     );
-    ctx.plan_tx.send_replace(Some(snap.clone()));
-    if errors > 0 {
-        return Err(ReconcileError::Partial(errors));
+    ctx.version_tx.send_replace(version);
+    if !errors.is_empty() {
+        return Err(ReconcileError::Partial(errors.len()));
     }
-    Ok(snap)
+    Ok(version)
 }
 
 /// Waits for changes and reconciles, forever. The first plan waits (up to
 /// 5 s) for ids to be adopted from a switch, so a restart rewrites nothing.
+/// Re-plans everything every `resync_ms`, and wakes up when a departed
+/// backend's quarantine ends.
 pub async fn run_reconciler(ctx: Arc<Context>) {
     while !ctx.source.is_ready() {
         ctx.changed.notified().await;
@@ -312,12 +397,29 @@ pub async fn run_reconciler(ctx: Arc<Context>) {
         }
     }
     let mut trigger = Instant::now();
+    let mut full = true;
+    let mut resync = tokio::time::interval(ctx.config.resync_ms);
+    resync.tick().await;
     loop {
-        if let Err(e) = reconcile(&ctx, trigger) {
+        if let Err(e) = reconcile(&ctx, trigger, full) {
             ctx.metrics.reconcile_errors.inc();
             warn!(%e, "reconcile incomplete");
         }
-        ctx.changed.notified().await;
+        let expiry = ctx.planned.read().expect("poisoned").planner.next_expiry();
+        let expiry = async {
+            match expiry {
+                Some(t) => tokio::time::sleep_until(t.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        full = tokio::select! {
+            _ = ctx.changed.notified() => false,
+            _ = expiry => false,
+            _ = resync.tick() => {
+                debug!("periodic full re-plan");
+                true
+            }
+        };
         trigger = Instant::now();
         if !ctx.config.debounce_ms.is_zero() {
             tokio::time::sleep(ctx.config.debounce_ms).await;
@@ -363,7 +465,7 @@ async fn session(ctx: &Context, sw: &SwitchHandle, label: &SwitchLabel) -> Resul
         timeout: Duration::from_secs(3),
     };
     let mut conn = SwitchConn::connect(&params, ctx.codec.clone()).await?;
-    let (mut actual, bad) = conn.read_state().await?;
+    let (mut have, bad) = conn.read_state().await?;
     let sessions = {
         let mut st = sw.status.write().expect("poisoned");
         st.sessions += 1;
@@ -380,22 +482,23 @@ async fn session(ctx: &Context, sw: &SwitchHandle, label: &SwitchLabel) -> Resul
         warn!(switch = %sw.cfg.id, "undecodable entry left alone: {b}");
     }
     *sw.reader.write().expect("poisoned") = Some(conn.reader());
-    info!(switch = %sw.cfg.id, entries = actual.len(), pushed = conn.pushed_pipeline, "switch session up");
-    ctx.try_adopt(&sw.cfg.id, &actual);
-    let mut rx = ctx.plan_tx.subscribe();
+    info!(switch = %sw.cfg.id, entries = have.len(), pushed = conn.pushed_pipeline, "switch session up");
+    ctx.try_adopt(&sw.cfg.id, &have);
+    let mut rx = ctx.version_tx.subscribe();
     let mut leader = ctx.leader.subscribe();
     let mut resync = tokio::time::interval(ctx.config.resync_ms);
     resync.tick().await;
+    // A session starts with a full diff against what was just read.
+    let mut full = true;
     loop {
-        let snap = rx.borrow_and_update().clone();
-        if let Some(snap) = snap {
-            sync_once(ctx, sw, label, &mut conn, &mut actual, &snap).await?;
-        }
+        let _ = rx.borrow_and_update();
+        full = sync_once(ctx, sw, label, &mut conn, &mut have, full).await?;
         tokio::select! {
             r = rx.changed() => if r.is_err() { return Ok(()) },
             _ = resync.tick() => {
                 debug!(switch = %sw.cfg.id, "periodic resync");
-                actual = conn.read_state().await?.0;
+                have = conn.read_state().await?.0;
+                full = true;
             }
             _ = async { leader.wait_for(|l| !*l).await.map(|_| ()) } => return Ok(()),
             _ = conn.closed() => return Err(ClientError::StreamClosed),
@@ -403,58 +506,131 @@ async fn session(ctx: &Context, sw: &SwitchHandle, label: &SwitchLabel) -> Resul
     }
 }
 
+/// What one sync writes.
+enum Work {
+    /// The batches of the changed region.
+    Region(Vec<diff::Batch>),
+    /// Everything, diffed against this snapshot.
+    Full(Box<crate::plan::Desired>),
+}
+
+/// Syncs the pending changes (everything when `full`). Returns whether the
+/// next sync must be a full one (after per-update failures).
 async fn sync_once(
     ctx: &Context,
     sw: &SwitchHandle,
     label: &SwitchLabel,
     conn: &mut SwitchConn,
-    actual: &mut SwitchState,
-    snap: &Snapshot,
-) -> Result<(), ClientError> {
-    let batches = diff::diff(&snap.plan.state, actual);
-    let n = diff::update_count(&batches);
-    if n > 0 {
-        let r = conn.write(&batches, ctx.config.write_batch).await;
-        let report = match r {
-            Ok(r) => r,
-            Err(e) => {
-                ctx.metrics
-                    .write_errors
-                    .get_or_create(label)
-                    .inc_by(n as u64);
-                sw.status.write().expect("poisoned").write_errors += n as u64;
-                return Err(e);
-            }
-        };
-        for (op, e) in &report.done {
+    have: &mut SwitchState,
+    full: bool,
+) -> Result<bool, ClientError> {
+    let max = ctx.config.write_batch;
+    let depth = ctx.config.write_pipeline;
+    let mut report = WriteReport::default();
+    let apply = |have: &mut SwitchState, c: &WriteReport| {
+        for (op, e) in &c.done {
             match op {
-                Op::Delete => actual.remove(e),
-                _ => actual.insert(*e),
+                Op::Delete => have.remove(e),
+                _ => have.insert(*e),
             }
         }
+    };
+    // Take the pending changes together with the state they belong to.
+    let (version, trigger, result) = {
+        let p = ctx.planned.read().expect("poisoned");
+        if p.version == 0 {
+            return Ok(full);
+        }
+        let pending = std::mem::take(&mut *sw.pending.lock().expect("poisoned"));
+        if full || pending.changes.full {
+            // A consistent snapshot (ports are shared, not copied).
+            let want = Box::new(p.planner.desired().clone());
+            (p.version, pending.trigger, Work::Full(want))
+        } else {
+            let batches = diff::region_diff(p.planner.desired(), have, &pending.changes);
+            (p.version, pending.trigger, Work::Region(batches))
+        }
+    };
+    let t0 = Instant::now();
+    let res = match result {
+        Work::Region(batches) => {
+            let mut queue = diff::chunks(batches, max).into_iter();
+            conn.write_pipelined(
+                || queue.next(),
+                depth,
+                |c| {
+                    apply(have, &c);
+                    report.add(c);
+                },
+            )
+            .await
+        }
+        Work::Full(want) => {
+            sw.status.write().expect("poisoned").full_syncs += 1;
+            let mut gen = FullDiff::default();
+            // The generator reads `have` while finished chunks update it:
+            // they are behind its cursor, so an update never changes what
+            // it still has to look at.
+            // (A mutex, not a RefCell: the session future must be Send.)
+            let r = {
+                let have_cell = Mutex::new(&mut *have);
+                conn.write_pipelined(
+                    || gen.next_chunk(&want, &have_cell.lock().expect("poisoned"), max),
+                    depth,
+                    |c| {
+                        apply(&mut have_cell.lock().expect("poisoned"), &c);
+                        report.add(c);
+                    },
+                )
+                .await
+            };
+            drop(want);
+            have.compact();
+            r
+        }
+    };
+    if let Err(e) = res {
         ctx.metrics
-            .writes
+            .write_errors
             .get_or_create(label)
-            .inc_by(report.applied as u64);
-        {
-            let mut st = sw.status.write().expect("poisoned");
-            st.updates_written += report.applied as u64;
-            st.write_errors += report.failed.len() as u64;
-        }
-        if !report.failed.is_empty() {
-            ctx.metrics
-                .write_errors
-                .get_or_create(label)
-                .inc_by(report.failed.len() as u64);
-            for (t, op, code, msg) in report.failed.iter().take(5) {
-                warn!(switch = %sw.cfg.id, table = %t, ?op, code, "update failed: {msg}");
-            }
-            // Re-read so the next diff starts from the truth.
-            *actual = conn.read_state().await?.0;
-        }
-        debug!(switch = %sw.cfg.id, updates = n, retried = report.retried, "synced");
+            .inc_by(report.failed.len().max(1) as u64);
+        sw.status.write().expect("poisoned").write_errors += report.failed.len().max(1) as u64;
+        return Err(e);
     }
-    let counts = actual.counts();
+    ctx.metrics
+        .writes
+        .get_or_create(label)
+        .inc_by(report.applied as u64);
+    {
+        let mut st = sw.status.write().expect("poisoned");
+        st.updates_written += report.applied as u64;
+        st.write_errors += report.failed.len() as u64;
+    }
+    let mut next_full = false;
+    if !report.failed.is_empty() {
+        ctx.metrics
+            .write_errors
+            .get_or_create(label)
+            .inc_by(report.failed.len() as u64);
+        for (t, op, code, msg) in report.failed.iter().take(5) {
+            warn!(switch = %sw.cfg.id, table = %t, ?op, code, "update failed: {msg}");
+        }
+        // Re-read so the next diff starts from the truth, and make it a
+        // full one: the failed region must be retried.
+        *have = conn.read_state().await?.0;
+        next_full = true;
+    }
+    if report.applied > 0 {
+        debug!(
+            switch = %sw.cfg.id,
+            updates = report.applied,
+            retried = report.retried,
+            full,
+            elapsed_ms = t0.elapsed().as_millis() as u64,
+            "synced"
+        );
+    }
+    let counts = have.counts();
     for (t, c) in &counts {
         ctx.metrics
             .entries
@@ -465,15 +641,15 @@ async fn sync_once(
             .set(*c as i64);
     }
     let mut st = sw.status.write().expect("poisoned");
-    if st.synced_version != snap.version {
+    if let Some(t) = trigger {
         ctx.metrics
             .sync_seconds
             .get_or_create(label)
-            .observe(snap.trigger.elapsed().as_secs_f64());
+            .observe(t.elapsed().as_secs_f64());
     }
-    st.synced_version = snap.version;
+    st.synced_version = version;
     st.entries = counts.iter().map(|(t, c)| (t.to_string(), *c)).collect();
-    Ok(())
+    Ok(next_full)
 }
 
 /// Starts the reconciler and one sync task per switch on `tasks`.

@@ -11,12 +11,24 @@
 //! step 1) before its high buckets are deleted (step 2); a removed backend
 //! has its buckets re-pointed (step 1) before its cookie_check and backend
 //! entries go (step 2).
+//!
+//! Three ways to diff, all with that order:
+//! - [`diff`]: two [`SwitchState`]s (small states, tests);
+//! - [`region_diff`]: only the part of the tables a [`PlanChanges`] touches
+//!   (the incremental path: a change to one Service diffs that Service's
+//!   entries, not the whole switch);
+//! - [`FullDiff`]: everything, produced chunk by chunk from the compact
+//!   desired state, so a full sync never holds the whole diff in memory.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::state::{Entry, SwitchState, Table};
+use crate::{
+    plan::{Desired, PlanChanges},
+    state::{Entry, SwitchState, Table},
+    types::ServiceKey,
+};
 
 /// The kind of a P4Runtime update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -157,6 +169,234 @@ pub fn diff(want: &SwitchState, have: &SwitchState) -> Vec<Batch> {
 /// Total updates in `batches`.
 pub fn update_count(batches: &[Batch]) -> usize {
     batches.iter().map(|b| b.entries.len()).sum()
+}
+
+/// The ordered batches that bring the region `ch` touches from `have` to
+/// `want`, plus the (small) fabric tables in full.
+///
+/// The region is closed over the references between tables: the ports
+/// `ch` names, every service id those ports have in `want` or `have`, every
+/// port (in either) holding one of those ids, and every backend id their
+/// cookie_check or lb_bucket entries name in either. Outside the region
+/// `have` is assumed to match `want` (the switch task keeps that true by
+/// diffing every change it is told about, and resyncing in full otherwise),
+/// so a backend entry is deleted only when no port wants it at all.
+pub fn region_diff(want: &Desired, have: &SwitchState, ch: &PlanChanges) -> Vec<Batch> {
+    let mut keys: BTreeSet<ServiceKey> = ch.keys.clone();
+    let mut sids: BTreeSet<u16> = ch.sids.clone();
+    loop {
+        let before = (keys.len(), sids.len());
+        for k in &keys {
+            sids.extend(want.port(k).map(|p| p.service_id));
+            sids.extend(have.service_v4.get(k).map(|a| a.service_id));
+        }
+        for s in &sids {
+            keys.extend(want.port_by_sid(*s).map(|p| p.key));
+        }
+        keys.extend(
+            have.service_v4
+                .iter()
+                .filter(|(_, a)| sids.contains(&a.service_id))
+                .map(|(k, _)| *k),
+        );
+        if (keys.len(), sids.len()) == before {
+            break;
+        }
+    }
+    let mut w = SwitchState {
+        ipv4_route: want.fabric.ipv4_route.clone(),
+        switch_addr: want.fabric.switch_addr.clone(),
+        pod_node: want.fabric.pod_node.clone(),
+        ..SwitchState::default()
+    };
+    let mut h = SwitchState {
+        ipv4_route: have.ipv4_route.clone(),
+        switch_addr: have.switch_addr.clone(),
+        pod_node: have.pod_node.clone(),
+        ..SwitchState::default()
+    };
+    let mut backends: BTreeSet<u32> = ch.backends.clone();
+    for k in &keys {
+        if let Some(action) = want.port(k).and_then(|p| p.action()) {
+            w.service_v4.insert(*k, action);
+        }
+        if let Some(a) = have.service_v4.get(k) {
+            h.service_v4.insert(*k, *a);
+        }
+    }
+    for s in &sids {
+        if let Some(p) = want.port_by_sid(*s) {
+            for (b, id) in p.buckets.iter().enumerate() {
+                w.lb_bucket.insert((*s, b as u16), *id);
+            }
+            for (id, _) in p.entry_backends() {
+                w.cookie_check.insert((*s, id));
+                backends.insert(id);
+            }
+        }
+        for (k, id) in have.lb_bucket.range((*s, 0)..=(*s, u16::MAX)) {
+            h.lb_bucket.insert(*k, *id);
+            backends.insert(*id);
+        }
+        for k in have.cookie_check.range((*s, 0)..=(*s, u32::MAX)) {
+            h.cookie_check.insert(*k);
+            backends.insert(k.1);
+        }
+    }
+    for id in backends {
+        if let Some(b) = want.backend(id) {
+            w.backend.insert(id, b);
+        }
+        if let Some(b) = have.backend.get(&id) {
+            h.backend.insert(id, *b);
+        }
+    }
+    diff(&w, &h)
+}
+
+/// One Write's worth of updates: one kind, one table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    /// Chunks of one phase have no dependencies among them (they may be
+    /// written in parallel); a phase starts after the previous one is done.
+    pub phase: usize,
+    /// Update kind.
+    pub op: Op,
+    /// Table.
+    pub table: Table,
+    /// Entries.
+    pub entries: Vec<Entry>,
+}
+
+/// Splits batches into chunks of at most `max` entries, one phase per batch.
+pub fn chunks(batches: Vec<Batch>, max: usize) -> Vec<Chunk> {
+    let max = max.max(1);
+    let mut out = Vec::new();
+    for (phase, b) in batches.into_iter().enumerate() {
+        if b.entries.len() <= max {
+            out.push(Chunk {
+                phase,
+                op: b.op,
+                table: b.table,
+                entries: b.entries,
+            });
+            continue;
+        }
+        for c in b.entries.chunks(max) {
+            out.push(Chunk {
+                phase,
+                op: b.op,
+                table: b.table,
+                entries: c.to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// The phases of a full diff: inserts and modifies table by table in
+/// [`Table::INSERT_ORDER`], then deletes in reverse.
+fn full_phases() -> Vec<(Op, Table)> {
+    let mut v = Vec::new();
+    for t in Table::INSERT_ORDER {
+        v.push((Op::Insert, t));
+        v.push((Op::Modify, t));
+    }
+    for t in Table::INSERT_ORDER.into_iter().rev() {
+        v.push((Op::Delete, t));
+    }
+    v
+}
+
+/// A full diff produced lazily, chunk by chunk, in dependency order.
+///
+/// It keeps a cursor (the last key handed out) instead of the diff itself;
+/// each [`FullDiff::next_chunk`] merges `want` and `have` from the cursor on.
+/// `have` may be updated with the results of chunks already handed out:
+/// those keys are behind the cursor.
+#[derive(Debug, Clone)]
+pub struct FullDiff {
+    phases: Vec<(Op, Table)>,
+    phase: usize,
+    cursor: Option<Entry>,
+}
+
+impl Default for FullDiff {
+    fn default() -> Self {
+        Self {
+            phases: full_phases(),
+            phase: 0,
+            cursor: None,
+        }
+    }
+}
+
+impl FullDiff {
+    /// The next chunk of at most `max` updates, or `None` when done.
+    pub fn next_chunk(&mut self, want: &Desired, have: &SwitchState, max: usize) -> Option<Chunk> {
+        let max = max.max(1);
+        while let Some(&(op, table)) = self.phases.get(self.phase) {
+            let mut w = want.entries_after(table, self.cursor.as_ref()).peekable();
+            let mut h = have.entries_after(table, self.cursor.as_ref()).peekable();
+            let mut out = Vec::new();
+            let exhausted = loop {
+                if out.len() >= max {
+                    break false;
+                }
+                let (a, b) = (w.peek(), h.peek());
+                match (a, b, op) {
+                    (None, None, _)
+                    | (None, _, Op::Insert | Op::Modify)
+                    | (_, None, Op::Modify | Op::Delete) => break true,
+                    (Some(a), None, _) => {
+                        out.push(*a);
+                        w.next();
+                    }
+                    (None, Some(b), _) => {
+                        out.push(*b);
+                        h.next();
+                    }
+                    (Some(a), Some(b), _) => match a.key().cmp(&b.key()) {
+                        std::cmp::Ordering::Less => {
+                            if op == Op::Insert {
+                                out.push(*a);
+                            }
+                            w.next();
+                        }
+                        std::cmp::Ordering::Greater => {
+                            if op == Op::Delete {
+                                out.push(*b);
+                            }
+                            h.next();
+                        }
+                        std::cmp::Ordering::Equal => {
+                            if op == Op::Modify && a != b {
+                                out.push(*a);
+                            }
+                            w.next();
+                            h.next();
+                        }
+                    },
+                }
+            };
+            let phase = self.phase;
+            if exhausted {
+                self.phase += 1;
+                self.cursor = None;
+            } else {
+                self.cursor = out.last().copied();
+            }
+            if !out.is_empty() {
+                return Some(Chunk {
+                    phase,
+                    op,
+                    table,
+                    entries: out,
+                });
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]

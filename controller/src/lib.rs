@@ -2,11 +2,14 @@
 //! objects from YAML files) → talaria switch tables over P4Runtime, with a
 //! REST API.
 //!
-//! The shape is "desired state → diff → apply":
-//! - [`model`]: objects → per-port backends (pure, kube-proxy semantics);
-//! - [`plan`]: model → desired [`state::SwitchState`], keeping ids
-//!   ([`ids`]) and resilient bucket assignments ([`buckets`]);
-//! - [`diff`]: desired vs actual → ordered batches.
+//! The shape is "desired state → diff → apply", incremental by default:
+//! - [`model`]: objects → per-port backends (pure, kube-proxy semantics),
+//!   updated per changed object;
+//! - [`plan`]: model → compact desired state ([`plan::Desired`]), keeping
+//!   ids ([`ids`]) and resilient bucket assignments ([`buckets`]), re-planned
+//!   per changed port;
+//! - [`diff`]: desired vs actual → ordered batches, for the changed region
+//!   or (on connect and resync) everything, chunk by chunk.
 
 pub mod api;
 pub mod buckets;

@@ -132,8 +132,140 @@ pub struct Model {
     pub pod_nodes: BTreeMap<Ipv4Prefix, Ipv4Addr>,
     /// Node name → InternalIP.
     pub node_ips: BTreeMap<String, Ipv4Addr>,
-    /// Objects or parts skipped, with reasons.
+    /// Objects or parts skipped, with reasons (sorted, no duplicates).
     pub skipped: Vec<Skipped>,
+    /// Per-object results that let one object's change be applied without
+    /// rebuilding the rest.
+    #[serde(skip)]
+    index: Index,
+}
+
+/// A slice after evaluation: the Service it feeds (from its label) and
+/// what it contributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SliceEntry {
+    /// The Service named by the `kubernetes.io/service-name` label.
+    service: Option<ObjectRef>,
+    /// Ports and endpoints (empty when skipped).
+    info: SliceInfo,
+    /// What was skipped in it.
+    skipped: Vec<Skipped>,
+}
+
+/// A Service after evaluation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct ServiceEntry {
+    /// Every data-path port it asks for, in spec order; it gets the keys it
+    /// owns (see [`Index::claims`]).
+    candidates: Vec<ServicePort>,
+    /// What was skipped in it, apart from `duplicate_key`.
+    skipped: Vec<Skipped>,
+    /// `duplicate_key` skips from the last key resolution.
+    duplicates: Vec<Skipped>,
+}
+
+/// The incremental side of the model.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Index {
+    node_skipped: Vec<Skipped>,
+    slices: BTreeMap<ObjectRef, SliceEntry>,
+    /// Service → the slices labelled with its name.
+    by_service: BTreeMap<ObjectRef, VecSet<ObjectRef>>,
+    services: BTreeMap<ObjectRef, ServiceEntry>,
+    /// Key → the Services asking for it. The smallest namespace/name owns
+    /// it (independent of list order, so an incremental update resolves a
+    /// conflict exactly as a full build does).
+    claims: BTreeMap<ServiceKey, VecSet<ObjectRef>>,
+}
+
+/// A sorted set in one `Vec`. The index's sets nearly always hold one
+/// element, where a `BTreeSet` allocates a node for eleven: at 10k
+/// Services that is megabytes of empty slots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct VecSet<T>(Vec<T>);
+
+impl<T> Default for VecSet<T> {
+    fn default() -> Self {
+        VecSet(Vec::new())
+    }
+}
+
+impl<T: Ord> VecSet<T> {
+    fn insert(&mut self, v: T) {
+        if let Err(i) = self.0.binary_search(&v) {
+            self.0.insert(i, v);
+        }
+    }
+    fn remove(&mut self, v: &T) {
+        if let Ok(i) = self.0.binary_search(v) {
+            self.0.remove(i);
+        }
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn first(&self) -> Option<&T> {
+        self.0.first()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a VecSet<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+/// Object changes for [`Model::apply`]: which objects to look up again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Everything may have changed (initial list, relist): rebuild.
+    pub all: bool,
+    /// A Node changed (node addresses and pod CIDRs feed every endpoint):
+    /// rebuild.
+    pub nodes: bool,
+    /// Services added, changed or deleted.
+    pub services: BTreeSet<ObjectRef>,
+    /// EndpointSlices added, changed or deleted.
+    pub slices: BTreeSet<ObjectRef>,
+}
+
+impl Changes {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && !self.nodes && self.services.is_empty() && self.slices.is_empty()
+    }
+
+    /// True when only a rebuild can apply these changes.
+    pub fn needs_rebuild(&self) -> bool {
+        self.all || self.nodes
+    }
+
+    /// Adds `other` to these changes.
+    pub fn merge(&mut self, other: Changes) {
+        self.all |= other.all;
+        self.nodes |= other.nodes;
+        self.services.extend(other.services);
+        self.slices.extend(other.slices);
+    }
+}
+
+/// Where [`Model::apply`] looks changed objects up (absent = deleted).
+pub trait Lookup {
+    /// The Service `r`, if it exists.
+    fn service(&self, r: &ObjectRef) -> Option<std::sync::Arc<Service>>;
+    /// The EndpointSlice `r`, if it exists.
+    fn slice(&self, r: &ObjectRef) -> Option<std::sync::Arc<EndpointSlice>>;
+}
+
+/// What a model update changed in the data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    /// Everything was rebuilt: plan everything.
+    Rebuilt,
+    /// These ports appeared, changed or went away.
+    Ports(BTreeSet<ServiceKey>),
 }
 
 fn obj_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
@@ -144,7 +276,7 @@ fn obj_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) ->
 }
 
 /// Endpoint after condition evaluation, before the per-port join.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct EpInfo {
     ip: Ipv4Addr,
     node_ip: Ipv4Addr,
@@ -153,8 +285,10 @@ struct EpInfo {
 }
 
 /// One usable slice: its ports (name, proto) → number, and its endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct SliceInfo {
-    ports: BTreeMap<(String, Proto), u16>,
+    /// (name, protocol) → port number, sorted, unique (a slice has few).
+    ports: Vec<((String, Proto), u16)>,
     endpoints: Vec<EpInfo>,
 }
 
@@ -166,24 +300,227 @@ pub fn build<'a>(
     nodes: impl IntoIterator<Item = &'a Node>,
 ) -> Model {
     let mut m = Model::default();
-    build_nodes(&mut m, nodes);
-    let by_service = build_slices(&mut m, slices);
-    for svc in services {
-        build_service(&mut m, svc, &by_service);
-    }
-    m.skipped.sort();
-    m.skipped.dedup();
+    m.rebuild(services, slices, nodes);
     m
 }
 
+impl Model {
+    /// Rebuilds everything from the full object lists.
+    pub fn rebuild<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        nodes: impl IntoIterator<Item = &'a Node>,
+    ) {
+        *self = Model::default();
+        let mut node_skipped = Vec::new();
+        build_nodes(self, nodes, &mut node_skipped);
+        self.index.node_skipped = node_skipped;
+        for s in slices {
+            let (r, e) = eval_slice(self, s);
+            self.put_slice_entry(r, Some(e));
+        }
+        let mut keys = BTreeSet::new();
+        for svc in services {
+            let r = obj_ref(&svc.metadata);
+            let slices = self.slice_infos(&r);
+            let (view, entry) = eval_service(svc, &slices);
+            self.put_service_entry(r, view, Some(entry), &mut keys);
+        }
+        self.resolve(&keys);
+        self.collect_skipped();
+    }
+
+    /// Applies object changes, looking changed objects up in `lookup`.
+    /// Rebuilds through `rebuild` when the changes need it (Nodes, relist).
+    /// Returns the data-path ports that changed.
+    pub fn apply(
+        &mut self,
+        changes: &Changes,
+        lookup: &dyn Lookup,
+        rebuild: impl FnOnce(&mut Model),
+    ) -> Delta {
+        if changes.needs_rebuild() {
+            rebuild(self);
+            return Delta::Rebuilt;
+        }
+        // Slices first: a Service is evaluated with its current slices.
+        let mut groups: BTreeSet<ObjectRef> = changes.services.clone();
+        for r in &changes.slices {
+            let entry = lookup.slice(r).map(|s| eval_slice(self, &s).1);
+            if let Some(old) = self.index.slices.get(r) {
+                groups.extend(old.service.clone());
+            }
+            if let Some(e) = &entry {
+                groups.extend(e.service.clone());
+            }
+            self.put_slice_entry(r.clone(), entry);
+        }
+        let mut keys = BTreeSet::new();
+        for g in &groups {
+            match lookup.service(g) {
+                Some(svc) => {
+                    let slices = self.slice_infos(g);
+                    let (view, entry) = eval_service(&svc, &slices);
+                    self.put_service_entry(g.clone(), view, Some(entry), &mut keys);
+                }
+                None => self.put_service_entry(g.clone(), None, None, &mut keys),
+            }
+        }
+        let changed = self.resolve(&keys);
+        self.collect_skipped();
+        Delta::Ports(changed)
+    }
+
+    fn slice_infos(&self, service: &ObjectRef) -> Vec<SliceInfo> {
+        self.index
+            .by_service
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|s| self.index.slices.get(s))
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
+    fn put_slice_entry(&mut self, r: ObjectRef, entry: Option<SliceEntry>) {
+        if let Some(old) = self.index.slices.remove(&r) {
+            if let Some(svc) = &old.service {
+                if let Some(set) = self.index.by_service.get_mut(svc) {
+                    set.remove(&r);
+                    if set.is_empty() {
+                        self.index.by_service.remove(svc);
+                    }
+                }
+            }
+        }
+        if let Some(e) = entry {
+            if let Some(svc) = &e.service {
+                self.index
+                    .by_service
+                    .entry(svc.clone())
+                    .or_default()
+                    .insert(r.clone());
+            }
+            self.index.slices.insert(r, e);
+        }
+    }
+
+    /// Replaces a Service's evaluation; `keys` collects every key it asked
+    /// for before or after (their owner may change).
+    fn put_service_entry(
+        &mut self,
+        r: ObjectRef,
+        view: Option<ServiceView>,
+        entry: Option<ServiceEntry>,
+        keys: &mut BTreeSet<ServiceKey>,
+    ) {
+        if let Some(old) = self.index.services.remove(&r) {
+            for p in &old.candidates {
+                keys.insert(p.key);
+                if let Some(c) = self.index.claims.get_mut(&p.key) {
+                    c.remove(&r);
+                    if c.is_empty() {
+                        self.index.claims.remove(&p.key);
+                    }
+                }
+            }
+        }
+        self.services.remove(&r);
+        if let Some(v) = view {
+            self.services.insert(r.clone(), v);
+        }
+        if let Some(e) = entry {
+            for p in &e.candidates {
+                keys.insert(p.key);
+                self.index
+                    .claims
+                    .entry(p.key)
+                    .or_default()
+                    .insert(r.clone());
+            }
+            self.index.services.insert(r, e);
+        }
+    }
+
+    /// Settles the owner of each of `keys`, updates `ports` and the views
+    /// and duplicate notes of every Service involved. Returns the keys whose
+    /// port changed.
+    fn resolve(&mut self, keys: &BTreeSet<ServiceKey>) -> BTreeSet<ServiceKey> {
+        let mut changed = BTreeSet::new();
+        let mut involved = BTreeSet::new();
+        for key in keys {
+            let claimants = self.index.claims.get(key);
+            involved.extend(claimants.into_iter().flatten().cloned());
+            let port = claimants
+                .and_then(|c| c.first())
+                .and_then(|owner| self.index.services.get(owner))
+                .and_then(|e| e.candidates.iter().find(|p| p.key == *key))
+                .cloned();
+            let old = match port {
+                Some(p) => self.ports.insert(*key, p),
+                None => self.ports.remove(key),
+            };
+            if old.as_ref() != self.ports.get(key) {
+                changed.insert(*key);
+            }
+        }
+        for r in involved {
+            let Some(e) = self.index.services.get_mut(&r) else {
+                continue;
+            };
+            let mut owned = Vec::new();
+            let mut duplicates = Vec::new();
+            for p in &e.candidates {
+                let owner = self.index.claims.get(&p.key).and_then(|c| c.first());
+                if owner == Some(&r) && !owned.contains(&p.key) {
+                    owned.push(p.key);
+                } else {
+                    let owner = owner.map(ToString::to_string).unwrap_or_default();
+                    skip(
+                        &mut duplicates,
+                        "Service",
+                        &r,
+                        "duplicate_key",
+                        format!("{} already served by {owner}", p.key),
+                    );
+                }
+            }
+            e.duplicates = duplicates;
+            if let Some(v) = self.services.get_mut(&r) {
+                v.keys = owned;
+            }
+        }
+        changed
+    }
+
+    fn collect_skipped(&mut self) {
+        let i = &self.index;
+        let mut v: Vec<Skipped> = i
+            .node_skipped
+            .iter()
+            .chain(i.slices.values().flat_map(|e| &e.skipped))
+            .chain(
+                i.services
+                    .values()
+                    .flat_map(|e| e.skipped.iter().chain(&e.duplicates)),
+            )
+            .cloned()
+            .collect();
+        v.sort();
+        v.dedup();
+        self.skipped = v;
+    }
+}
+
 fn skip(
-    m: &mut Model,
+    out: &mut Vec<Skipped>,
     kind: &'static str,
     object: &ObjectRef,
     reason: &'static str,
     detail: String,
 ) {
-    m.skipped.push(Skipped {
+    out.push(Skipped {
         kind,
         object: object.clone(),
         reason,
@@ -191,12 +528,16 @@ fn skip(
     });
 }
 
-fn build_nodes<'a>(m: &mut Model, nodes: impl IntoIterator<Item = &'a Node>) {
+fn build_nodes<'a>(
+    m: &mut Model,
+    nodes: impl IntoIterator<Item = &'a Node>,
+    skipped: &mut Vec<Skipped>,
+) {
     for node in nodes {
         let r = obj_ref(&node.metadata);
         if r.name.is_empty() {
             skip(
-                m,
+                skipped,
                 "Node",
                 &r,
                 "no_name",
@@ -216,7 +557,7 @@ fn build_nodes<'a>(m: &mut Model, nodes: impl IntoIterator<Item = &'a Node>) {
             });
         let Some(ip) = internal else {
             skip(
-                m,
+                skipped,
                 "Node",
                 &r,
                 "no_internal_ip",
@@ -238,7 +579,7 @@ fn build_nodes<'a>(m: &mut Model, nodes: impl IntoIterator<Item = &'a Node>) {
                 Ok(p) => {
                     m.pod_nodes.insert(p, ip);
                 }
-                Err(e) => skip(m, "Node", &r, "bad_pod_cidr", e),
+                Err(e) => skip(skipped, "Node", &r, "bad_pod_cidr", e),
             }
         }
     }
@@ -252,146 +593,183 @@ fn parse_proto(p: Option<&String>) -> Result<Proto, String> {
     }
 }
 
-fn build_slices<'a>(
-    m: &mut Model,
-    slices: impl IntoIterator<Item = &'a EndpointSlice>,
-) -> BTreeMap<ObjectRef, Vec<SliceInfo>> {
-    let mut out: BTreeMap<ObjectRef, Vec<SliceInfo>> = BTreeMap::new();
-    for s in slices {
-        let r = obj_ref(&s.metadata);
-        if s.address_type != "IPv4" {
-            skip(
-                m,
-                "EndpointSlice",
-                &r,
-                "unsupported_address_type",
-                format!(
-                    "addressType {} has no data path (IPv4 only)",
-                    s.address_type
-                ),
-            );
-            continue;
-        }
-        let Some(svc_name) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-        else {
-            skip(
-                m,
-                "EndpointSlice",
-                &r,
-                "no_service_label",
-                format!("no {SERVICE_NAME_LABEL} label"),
-            );
-            continue;
-        };
-        let mut ports = BTreeMap::new();
-        for p in s.ports.iter().flatten() {
-            let proto = match parse_proto(p.protocol.as_ref()) {
-                Ok(pr) => pr,
-                Err(other) => {
-                    skip(
-                        m,
-                        "EndpointSlice",
-                        &r,
-                        "unsupported_protocol",
-                        format!("port {:?}: protocol {other} not load-balanced", p.name),
-                    );
-                    continue;
-                }
-            };
-            match p.port.map(u16::try_from) {
-                Some(Ok(n)) if n != 0 => {
-                    ports.insert((p.name.clone().unwrap_or_default(), proto), n);
-                }
-                _ => skip(
-                    m,
-                    "EndpointSlice",
-                    &r,
-                    "bad_port",
-                    format!("port {:?} has no valid number", p.name),
-                ),
-            }
-        }
-        let mut endpoints = Vec::new();
-        for ep in &s.endpoints {
-            let c = ep.conditions.as_ref();
-            let ready = c.and_then(|c| c.ready).unwrap_or(true);
-            let serving = c.and_then(|c| c.serving).unwrap_or(true);
-            let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-            if !(ready || (serving && terminating)) {
-                continue;
-            }
-            for a in &ep.addresses {
-                let Ok(ip) = a.parse::<Ipv4Addr>() else {
-                    skip(
-                        m,
-                        "EndpointSlice",
-                        &r,
-                        "bad_address",
-                        format!("address {a:?} is not IPv4"),
-                    );
-                    continue;
-                };
-                let node_ip = ep
-                    .node_name
-                    .as_ref()
-                    .and_then(|n| m.node_ips.get(n).copied())
-                    .or_else(|| {
-                        m.pod_nodes
-                            .iter()
-                            .filter(|(p, _)| p.contains(ip))
-                            .max_by_key(|(p, _)| p.len)
-                            .map(|(_, n)| *n)
-                    });
-                let Some(node_ip) = node_ip else {
-                    skip(
-                        m,
-                        "EndpointSlice",
-                        &r,
-                        "unknown_node",
-                        format!(
-                            "endpoint {ip}: node {:?} unknown and no pod CIDR contains it",
-                            ep.node_name
-                        ),
-                    );
-                    continue;
-                };
-                endpoints.push(EpInfo {
-                    ip,
-                    node_ip,
-                    ready,
-                    serving_terminating: serving && terminating,
-                });
-            }
-        }
-        out.entry(ObjectRef {
-            namespace: r.namespace.clone(),
-            name: svc_name.clone(),
-        })
-        .or_default()
-        .push(SliceInfo { ports, endpoints });
-    }
-    out
+/// Evaluates one slice against the nodes of `m`.
+fn eval_slice(m: &Model, s: &EndpointSlice) -> (ObjectRef, SliceEntry) {
+    let r = obj_ref(&s.metadata);
+    let mut skipped = Vec::new();
+    let (service, info) = match eval_slice_info(m, s, &r, &mut skipped) {
+        Some((svc, info)) => (Some(svc), info),
+        None => (None, SliceInfo::default()),
+    };
+    (
+        r,
+        SliceEntry {
+            service,
+            info,
+            skipped,
+        },
+    )
 }
 
-fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<SliceInfo>>) {
+fn eval_slice_info(
+    m: &Model,
+    s: &EndpointSlice,
+    r: &ObjectRef,
+    skipped: &mut Vec<Skipped>,
+) -> Option<(ObjectRef, SliceInfo)> {
+    if s.address_type != "IPv4" {
+        skip(
+            skipped,
+            "EndpointSlice",
+            r,
+            "unsupported_address_type",
+            format!(
+                "addressType {} has no data path (IPv4 only)",
+                s.address_type
+            ),
+        );
+        return None;
+    }
+    let Some(svc_name) = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+    else {
+        skip(
+            skipped,
+            "EndpointSlice",
+            r,
+            "no_service_label",
+            format!("no {SERVICE_NAME_LABEL} label"),
+        );
+        return None;
+    };
+    let mut ports = BTreeMap::new();
+    for p in s.ports.iter().flatten() {
+        let proto = match parse_proto(p.protocol.as_ref()) {
+            Ok(pr) => pr,
+            Err(other) => {
+                skip(
+                    skipped,
+                    "EndpointSlice",
+                    r,
+                    "unsupported_protocol",
+                    format!("port {:?}: protocol {other} not load-balanced", p.name),
+                );
+                continue;
+            }
+        };
+        match p.port.map(u16::try_from) {
+            Some(Ok(n)) if n != 0 => {
+                ports.insert((p.name.clone().unwrap_or_default(), proto), n);
+            }
+            _ => skip(
+                skipped,
+                "EndpointSlice",
+                r,
+                "bad_port",
+                format!("port {:?} has no valid number", p.name),
+            ),
+        }
+    }
+    let mut endpoints = Vec::new();
+    for ep in &s.endpoints {
+        let c = ep.conditions.as_ref();
+        let ready = c.and_then(|c| c.ready).unwrap_or(true);
+        let serving = c.and_then(|c| c.serving).unwrap_or(true);
+        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
+        if !(ready || (serving && terminating)) {
+            continue;
+        }
+        for a in &ep.addresses {
+            let Ok(ip) = a.parse::<Ipv4Addr>() else {
+                skip(
+                    skipped,
+                    "EndpointSlice",
+                    r,
+                    "bad_address",
+                    format!("address {a:?} is not IPv4"),
+                );
+                continue;
+            };
+            let node_ip = ep
+                .node_name
+                .as_ref()
+                .and_then(|n| m.node_ips.get(n).copied())
+                .or_else(|| {
+                    m.pod_nodes
+                        .iter()
+                        .filter(|(p, _)| p.contains(ip))
+                        .max_by_key(|(p, _)| p.len)
+                        .map(|(_, n)| *n)
+                });
+            let Some(node_ip) = node_ip else {
+                skip(
+                    skipped,
+                    "EndpointSlice",
+                    r,
+                    "unknown_node",
+                    format!(
+                        "endpoint {ip}: node {:?} unknown and no pod CIDR contains it",
+                        ep.node_name
+                    ),
+                );
+                continue;
+            };
+            endpoints.push(EpInfo {
+                ip,
+                node_ip,
+                ready,
+                serving_terminating: serving && terminating,
+            });
+        }
+    }
+    Some((
+        ObjectRef {
+            namespace: r.namespace.clone(),
+            name: svc_name.clone(),
+        },
+        SliceInfo {
+            ports: ports.into_iter().collect(),
+            endpoints,
+        },
+    ))
+}
+
+/// Evaluates one Service with the slices labelled for it: its view (absent
+/// when the Service is unusable) and the data-path ports it asks for.
+fn eval_service(svc: &Service, my_slices: &[SliceInfo]) -> (Option<ServiceView>, ServiceEntry) {
+    let mut e = ServiceEntry::default();
+    let view = eval_service_into(svc, my_slices, &mut e);
+    (view, e)
+}
+
+fn eval_service_into(
+    svc: &Service,
+    my_slices: &[SliceInfo],
+    e: &mut ServiceEntry,
+) -> Option<ServiceView> {
     let r = obj_ref(&svc.metadata);
     if r.name.is_empty() || r.namespace.is_empty() {
         skip(
-            m,
+            &mut e.skipped,
             "Service",
             &r,
             "no_name",
             "Service without name or namespace".into(),
         );
-        return;
+        return None;
     }
     let Some(spec) = svc.spec.as_ref() else {
-        skip(m, "Service", &r, "no_spec", "Service without spec".into());
-        return;
+        skip(
+            &mut e.skipped,
+            "Service",
+            &r,
+            "no_spec",
+            "Service without spec".into(),
+        );
+        return None;
     };
     let service_type = spec.type_.clone().unwrap_or_else(|| "ClusterIP".into());
     let mut view = ServiceView {
@@ -424,8 +802,7 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
     if service_type == "ExternalName" {
         view.notes
             .push("ExternalName: resolved by DNS, nothing to program (as kube-proxy)".into());
-        m.services.insert(r, view);
-        return;
+        return Some(view);
     }
     // ClusterIPs: spec.clusterIPs, else spec.clusterIP.
     let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
@@ -437,20 +814,18 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
         view.notes.push(
             "headless: no ClusterIP, clients use endpoint IPs directly (as kube-proxy)".into(),
         );
-        m.services.insert(r, view);
-        return;
+        return Some(view);
     }
     if ips.is_empty() {
         skip(
-            m,
+            &mut e.skipped,
             "Service",
             &r,
             "no_cluster_ip",
             "ClusterIP not allocated yet".into(),
         );
         view.notes.push("no ClusterIP allocated yet".into());
-        m.services.insert(r, view);
-        return;
+        return Some(view);
     }
     for ip in &ips {
         match ip.parse::<IpAddr>() {
@@ -459,7 +834,7 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
                 "IPv6 ClusterIP {ip}: not in data path yet (IPv4 only)"
             )),
             Err(_) => skip(
-                m,
+                &mut e.skipped,
                 "Service",
                 &r,
                 "bad_cluster_ip",
@@ -505,15 +880,14 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
         "ClusterIP" | "NodePort" | "LoadBalancer"
     ) {
         skip(
-            m,
+            &mut e.skipped,
             "Service",
             &r,
             "unsupported_type",
             format!("spec.type {service_type:?} unknown"),
         );
         view.notes.push(format!("unknown type {service_type}"));
-        m.services.insert(r, view);
-        return;
+        return Some(view);
     }
     for eip in spec.external_ips.iter().flatten() {
         view.notes
@@ -539,15 +913,13 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
         );
     }
 
-    let empty = Vec::new();
-    let my_slices = slices.get(&r).unwrap_or(&empty);
     for p in spec.ports.iter().flatten() {
         let pname = p.name.clone().unwrap_or_default();
         let proto = match parse_proto(p.protocol.as_ref()) {
             Ok(pr) => pr,
             Err(other) => {
                 skip(
-                    m,
+                    &mut e.skipped,
                     "Service",
                     &r,
                     "unsupported_protocol",
@@ -564,7 +936,7 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
             Ok(n) if n != 0 => n,
             _ => {
                 skip(
-                    m,
+                    &mut e.skipped,
                     "Service",
                     &r,
                     "bad_port",
@@ -578,9 +950,11 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
         let mut ready = BTreeSet::new();
         let mut st = BTreeSet::new();
         for s in my_slices {
-            let Some(&target) = s.ports.get(&(pname.clone(), proto)) else {
+            let wanted = (pname.clone(), proto);
+            let Ok(i) = s.ports.binary_search_by(|(k, _)| k.cmp(&wanted)) else {
                 continue;
             };
+            let target = s.ports[i].1;
             for e in &s.endpoints {
                 let b = Backend {
                     ip: e.ip,
@@ -608,32 +982,18 @@ fn build_service(m: &mut Model, svc: &Service, slices: &BTreeMap<ObjectRef, Vec<
                 port,
                 proto,
             };
-            if let Some(prev) = m.ports.get(&key) {
-                skip(
-                    m,
-                    "Service",
-                    &r,
-                    "duplicate_key",
-                    format!("{key} already served by {}", prev.service),
-                );
-                continue;
-            }
-            view.keys.push(key);
-            m.ports.insert(
+            e.candidates.push(ServicePort {
+                service: r.clone(),
+                port_name: pname.clone(),
                 key,
-                ServicePort {
-                    service: r.clone(),
-                    port_name: pname.clone(),
-                    key,
-                    hash_mode,
-                    active: active.clone(),
-                    draining: draining.clone(),
-                    terminating_fallback: fallback && !active.is_empty(),
-                },
-            );
+                hash_mode,
+                active: active.clone(),
+                draining: draining.clone(),
+                terminating_fallback: fallback && !active.is_empty(),
+            });
         }
     }
-    m.services.insert(r, view);
+    Some(view)
 }
 
 #[cfg(test)]

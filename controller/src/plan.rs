@@ -1,12 +1,26 @@
 //! The planner: model + fabric config + id allocation + bucket assignment →
-//! desired [`SwitchState`]. It keeps the ids and bucket assignments from one
-//! plan to the next (that is what makes buckets resilient and ids stable),
-//! and adopts them from the switch on start, so a restarted controller
-//! computes exactly what the switch already holds.
+//! the desired switch state ([`Desired`]). It keeps the ids and bucket
+//! assignments from one plan to the next (that is what makes buckets
+//! resilient and ids stable), and adopts them from the switch on start, so a
+//! restarted controller computes exactly what the switch already holds.
+//!
+//! Planning is per service port: [`Planner::replan`] re-plans only the ports
+//! a change touched (plus those whose departed backends' quarantine ended)
+//! and reports what changed ([`PlanChanges`]); [`Planner::plan_full`]
+//! re-plans every port (start, relist, Node changes, periodic safety
+//! resync). Both give the same result for the same history: the full plan
+//! is the incremental one over every key, plus releasing ids that nothing
+//! holds (ids adopted from a switch but no longer wanted).
+//!
+//! The desired state is kept compact, per port ([`PortPlan`]: its bucket
+//! vector and backend maps), shared with the switch tasks by `Arc`, so a
+//! consistent snapshot for a full sync is cheap.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    ops::Bound,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -14,10 +28,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     buckets::{self, BucketPolicy},
-    ids::{IdError, IdPool},
-    model::{Model, ObjectRef},
-    state::SwitchState,
-    types::{Backend, Ipv4Prefix, Mac, RouteAction, ServiceAction, ServiceKey},
+    ids::IdPool,
+    model::{Model, ObjectRef, ServicePort},
+    state::{Entry, SwitchState, Table},
+    types::{Backend, HashMode, Ipv4Prefix, Mac, RouteAction, ServiceAction, ServiceKey},
 };
 
 /// A static route of the fabric (`ipv4_route`), from the config: fabric
@@ -49,7 +63,7 @@ pub struct FabricConfig {
     pub routes: Vec<RouteConfig>,
 }
 
-/// What the planner decided for one service port.
+/// What the planner decided for one service port (the REST view).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedPort {
     /// The Service.
@@ -68,32 +82,325 @@ pub struct PlannedPort {
     pub draining: BTreeMap<u32, Backend>,
 }
 
-/// A plan: the desired state and what it is made of.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Plan {
-    /// Desired switch state.
-    pub state: SwitchState,
-    /// Per service port.
-    pub ports: BTreeMap<ServiceKey, PlannedPort>,
-    /// Ports left out (id exhaustion), one line each.
-    pub errors: Vec<String>,
+/// Everything one service port's entries derive from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortPlan {
+    /// The Service.
+    pub service: ObjectRef,
+    /// Port name.
+    pub port_name: String,
+    /// Switch key.
+    pub key: ServiceKey,
+    /// Allocated service id.
+    pub service_id: u16,
+    /// sessionAffinity → hash mode.
+    pub hash_mode: HashMode,
+    /// Bucket → backend id; empty = no active backend, so no entries at all.
+    pub buckets: Vec<u32>,
+    /// Backends taking new flows, by id.
+    pub active: BTreeMap<u32, Backend>,
+    /// Backends keeping established flows only, by id.
+    pub draining: BTreeMap<u32, Backend>,
+    /// Backends that left, with when: their cookies stay valid for the
+    /// quarantine, as kube-proxy's conntrack keeps an established flow on a
+    /// removed endpoint (the pod may still be serving).
+    pub departed: BTreeMap<u32, (Backend, Instant)>,
 }
 
-/// Keeps ids and bucket assignments across plans.
+impl PortPlan {
+    /// True when the port has switch entries (it has active backends).
+    pub fn has_entries(&self) -> bool {
+        !self.buckets.is_empty()
+    }
+
+    /// The `service_v4` action, when the port has entries.
+    pub fn action(&self) -> Option<ServiceAction> {
+        self.has_entries().then(|| ServiceAction {
+            service_id: self.service_id,
+            bucket_mask: (self.buckets.len() - 1) as u16,
+            hash_mode: self.hash_mode,
+        })
+    }
+
+    /// Backends with `backend` and `cookie_check` entries, by ascending id
+    /// (none when the port has no entries).
+    pub fn entry_backends(&self) -> Vec<(u32, Backend)> {
+        if !self.has_entries() {
+            return Vec::new();
+        }
+        let mut v: Vec<(u32, Backend)> = self
+            .active
+            .iter()
+            .chain(&self.draining)
+            .map(|(id, b)| (*id, *b))
+            .chain(self.departed.iter().map(|(id, (b, _))| (*id, *b)))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// When the first departed backend's quarantine ends.
+    fn next_expiry(&self, quarantine: Duration) -> Option<Instant> {
+        self.departed
+            .values()
+            .map(|(_, since)| *since + quarantine)
+            .min()
+    }
+
+    /// The REST view.
+    pub fn view(&self) -> PlannedPort {
+        PlannedPort {
+            service: self.service.clone(),
+            port_name: self.port_name.clone(),
+            key: self.key,
+            service_id: self.service_id,
+            buckets: self.buckets.len(),
+            active: self.active.clone(),
+            draining: self.draining.clone(),
+        }
+    }
+}
+
+/// A backend id's references.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendRefs {
+    /// The backend holding the id.
+    pub backend: Backend,
+    /// Ports naming it active or draining (the id is in use while > 0).
+    live: u32,
+    /// Ports with entries naming it (its `backend` entry exists while > 0).
+    entries: u32,
+}
+
+/// The desired switch state, compact: per port plus the backend table.
+/// Cloning it is cheap enough for a consistent full-sync snapshot (the
+/// ports are shared).
+#[derive(Debug, Clone, Default)]
+pub struct Desired {
+    /// `ipv4_route`, `switch_addr` and `pod_node` (the other tables empty).
+    pub fabric: SwitchState,
+    /// Ports by key.
+    by_key: BTreeMap<ServiceKey, Arc<PortPlan>>,
+    /// Ports by service id.
+    by_sid: BTreeMap<u16, Arc<PortPlan>>,
+    /// Backend ids in use or with entries.
+    backends: BTreeMap<u32, BackendRefs>,
+}
+
+impl Desired {
+    /// The port planned for `key`.
+    pub fn port(&self, key: &ServiceKey) -> Option<&PortPlan> {
+        self.by_key.get(key).map(AsRef::as_ref)
+    }
+
+    /// The port holding service id `sid`.
+    pub fn port_by_sid(&self, sid: u16) -> Option<&PortPlan> {
+        self.by_sid.get(&sid).map(AsRef::as_ref)
+    }
+
+    /// Every planned port, by key.
+    pub fn ports(&self) -> impl Iterator<Item = &PortPlan> {
+        self.by_key.values().map(AsRef::as_ref)
+    }
+
+    /// The desired `backend` entry for `id`.
+    pub fn backend(&self, id: u32) -> Option<Backend> {
+        self.backends
+            .get(&id)
+            .filter(|r| r.entries > 0)
+            .map(|r| r.backend)
+    }
+
+    /// Entries per table.
+    pub fn counts(&self) -> BTreeMap<Table, usize> {
+        let mut c = self.fabric.counts();
+        let with = || self.by_key.values().filter(|p| p.has_entries());
+        c.insert(Table::ServiceV4, with().count());
+        c.insert(Table::LbBucket, with().map(|p| p.buckets.len()).sum());
+        c.insert(
+            Table::CookieCheck,
+            with()
+                .map(|p| p.active.len() + p.draining.len() + p.departed.len())
+                .sum(),
+        );
+        c.insert(
+            Table::Backend,
+            self.backends.values().filter(|r| r.entries > 0).count(),
+        );
+        c
+    }
+
+    /// Total entries.
+    pub fn len(&self) -> usize {
+        self.counts().values().sum()
+    }
+
+    /// True when there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The whole desired state as tables (tests, tools: this is the big
+    /// representation the controller otherwise avoids).
+    pub fn state(&self) -> SwitchState {
+        let mut s = SwitchState::default();
+        for t in Table::INSERT_ORDER {
+            for e in self.entries_after(t, None) {
+                s.insert(e);
+            }
+        }
+        s
+    }
+
+    /// Entries of table `t` in key order, starting after `after` (an entry
+    /// of the same table; only its key counts).
+    pub fn entries_after<'a>(
+        &'a self,
+        t: Table,
+        after: Option<&Entry>,
+    ) -> Box<dyn Iterator<Item = Entry> + 'a> {
+        match t {
+            Table::Ipv4Route | Table::SwitchAddr | Table::PodNode => {
+                self.fabric.entries_after(t, after)
+            }
+            Table::Backend => {
+                let from = match after {
+                    Some(Entry::Backend { backend_id, .. }) => Bound::Excluded(*backend_id),
+                    _ => Bound::Unbounded,
+                };
+                Box::new(
+                    self.backends
+                        .range((from, Bound::Unbounded))
+                        .filter(|(_, r)| r.entries > 0)
+                        .map(|(id, r)| Entry::Backend {
+                            backend_id: *id,
+                            backend: r.backend,
+                        }),
+                )
+            }
+            Table::CookieCheck => {
+                let (sid, bid) = match after {
+                    Some(Entry::CookieCheck {
+                        service_id,
+                        backend_id,
+                    }) => (
+                        Bound::Included(*service_id),
+                        Some((*service_id, *backend_id)),
+                    ),
+                    _ => (Bound::Unbounded, None),
+                };
+                Box::new(
+                    self.by_sid
+                        .range((sid, Bound::Unbounded))
+                        .flat_map(|(s, p)| {
+                            p.entry_backends().into_iter().map(move |(id, _)| (*s, id))
+                        })
+                        .filter(move |k| bid.is_none_or(|a| *k > a))
+                        .map(|(service_id, backend_id)| Entry::CookieCheck {
+                            service_id,
+                            backend_id,
+                        }),
+                )
+            }
+            Table::LbBucket => {
+                let (sid, first) = match after {
+                    Some(Entry::LbBucket {
+                        service_id, bucket, ..
+                    }) => (Bound::Included(*service_id), Some((*service_id, *bucket))),
+                    _ => (Bound::Unbounded, None),
+                };
+                Box::new(
+                    self.by_sid
+                        .range((sid, Bound::Unbounded))
+                        .flat_map(move |(s, p)| {
+                            let start = match first {
+                                Some((fs, fb)) if fs == *s => usize::from(fb) + 1,
+                                _ => 0,
+                            };
+                            p.buckets
+                                .iter()
+                                .enumerate()
+                                .skip(start)
+                                .map(move |(b, id)| Entry::LbBucket {
+                                    service_id: *s,
+                                    bucket: b as u16,
+                                    backend_id: *id,
+                                })
+                        }),
+                )
+            }
+            Table::ServiceV4 => {
+                let from = match after {
+                    Some(Entry::ServiceV4 { key, .. }) => Bound::Excluded(*key),
+                    _ => Bound::Unbounded,
+                };
+                Box::new(
+                    self.by_key
+                        .range((from, Bound::Unbounded))
+                        .filter_map(|(k, p)| {
+                            p.action()
+                                .map(|action| Entry::ServiceV4 { key: *k, action })
+                        }),
+                )
+            }
+        }
+    }
+}
+
+/// What a plan changed: the region of the tables a switch must diff.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanChanges {
+    /// Everything may have changed (full plan): diff every table.
+    pub full: bool,
+    /// Service ports whose plan changed (or that came or went).
+    pub keys: BTreeSet<ServiceKey>,
+    /// Their service ids, before and after.
+    pub sids: BTreeSet<u16>,
+    /// Backend ids they named, before and after.
+    pub backends: BTreeSet<u32>,
+}
+
+impl PlanChanges {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.full && self.keys.is_empty() && self.sids.is_empty() && self.backends.is_empty()
+    }
+
+    /// Adds `other`.
+    pub fn merge(&mut self, other: &PlanChanges) {
+        self.full |= other.full;
+        self.keys.extend(&other.keys);
+        self.sids.extend(&other.sids);
+        self.backends.extend(&other.backends);
+    }
+
+    fn note(&mut self, p: &PortPlan) {
+        self.keys.insert(p.key);
+        self.sids.insert(p.service_id);
+        self.backends.extend(
+            p.active
+                .keys()
+                .chain(p.draining.keys())
+                .chain(p.departed.keys()),
+        );
+    }
+}
+
+/// Keeps ids, bucket assignments and the desired state across plans.
 #[derive(Debug, Clone)]
 pub struct Planner {
     policy: BucketPolicy,
+    quarantine: Duration,
     service_ids: IdPool<ServiceKey>,
     backend_ids: IdPool<Backend>,
-    /// Current assignment per service id.
-    buckets: BTreeMap<u16, Vec<u32>>,
-    /// Backends (active or draining) per service id in the last plan.
-    members: BTreeMap<u16, BTreeMap<u32, Backend>>,
-    /// Backends that left a service, with when they left. Their cookies stay
-    /// valid for the quarantine, as kube-proxy's conntrack keeps an
-    /// established flow on a removed endpoint: the pod may still be serving.
-    departed: BTreeMap<u16, BTreeMap<u32, (Backend, Instant)>>,
-    quarantine: Duration,
+    desired: Desired,
+    /// Bucket assignments read back from a switch, used by a port's first
+    /// plan (until the first full plan).
+    adopted: BTreeMap<u16, Vec<u32>>,
+    /// Ports left out or partly planned (ids exhausted), one line each.
+    errors: BTreeMap<ServiceKey, Vec<String>>,
+    /// When ports' departed backends leave their quarantine.
+    expiries: BTreeSet<(Instant, ServiceKey)>,
 }
 
 impl Planner {
@@ -101,13 +408,29 @@ impl Planner {
     pub fn new(policy: BucketPolicy, quarantine: Duration) -> Self {
         Self {
             policy: policy.normalized(),
+            quarantine,
             service_ids: IdPool::new("service", u64::from(u16::MAX), quarantine),
             backend_ids: IdPool::new("backend", u64::from(u32::MAX), quarantine),
-            buckets: BTreeMap::new(),
-            members: BTreeMap::new(),
-            departed: BTreeMap::new(),
-            quarantine,
+            desired: Desired::default(),
+            adopted: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            expiries: BTreeSet::new(),
         }
+    }
+
+    /// The desired state.
+    pub fn desired(&self) -> &Desired {
+        &self.desired
+    }
+
+    /// Ports left out or partly planned (ids exhausted), one line each.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors.values().flatten().cloned().collect()
+    }
+
+    /// When the next departed backend leaves its quarantine (re-plan then).
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.expiries.first().map(|(t, _)| *t)
     }
 
     /// Adopts ids and bucket assignments read back from a switch. Returns
@@ -137,7 +460,7 @@ impl Planner {
                         .unwrap_or(0)
                 })
                 .collect();
-            self.buckets.insert(a.service_id, v);
+            self.adopted.insert(a.service_id, v);
         }
         for (id, b) in &actual.backend {
             if let Err(e) = self.backend_ids.adopt(*b, u64::from(*id)) {
@@ -147,134 +470,234 @@ impl Planner {
         warnings
     }
 
-    /// Computes the desired state for `model` at `now`.
-    pub fn plan(&mut self, model: &Model, fabric: &FabricConfig, now: Instant) -> Plan {
-        let mut plan = Plan::default();
-        let st = &mut plan.state;
-        st.switch_addr.extend(fabric.switch_addrs.iter().copied());
-        for r in &fabric.routes {
-            let action = match r.port {
-                Some(port) => RouteAction::Forward {
-                    port,
-                    src_mac: r.src_mac,
-                    dst_mac: r.dst_mac,
-                },
-                None => RouteAction::Drop,
-            };
-            st.ipv4_route.insert(r.prefix, action);
-        }
-        st.pod_node
-            .extend(model.pod_nodes.iter().map(|(p, n)| (*p, *n)));
-
-        let mut live_services = BTreeSet::new();
-        let mut live_backends = BTreeSet::new();
-        for (key, port) in &model.ports {
-            let sid = match self.service_ids.acquire(key, now) {
-                Ok(id) => id as u16,
-                Err(e) => {
-                    plan.errors.push(format!("{key} ({}): {e}", port.service));
-                    continue;
-                }
-            };
-            live_services.insert(*key);
-            let mut ids = |set: &BTreeSet<Backend>,
-                           errors: &mut Vec<String>|
-             -> BTreeMap<u32, Backend> {
-                let mut out = BTreeMap::new();
-                for b in set {
-                    match self.backend_ids.acquire(b, now) {
-                        Ok(id) => {
-                            live_backends.insert(*b);
-                            out.insert(id as u32, *b);
-                        }
-                        Err(e @ IdError::Exhausted { .. }) | Err(e @ IdError::Conflict { .. }) => {
-                            errors.push(format!("{key} backend {b}: {e}"));
-                        }
-                    }
-                }
-                out
-            };
-            let active = ids(&port.active, &mut plan.errors);
-            let draining = ids(&port.draining, &mut plan.errors);
-            let active_ids: BTreeSet<u32> = active.keys().copied().collect();
-            let departed = self.note_departures(sid, &active, &draining, now);
-            let old = self.buckets.get(&sid).map(Vec::as_slice).unwrap_or(&[]);
-            let assignment = buckets::assign(old, &active_ids, &self.policy);
-            if assignment.is_empty() {
-                self.buckets.remove(&sid);
-            } else {
-                for (b, id) in assignment.iter().enumerate() {
-                    st.lb_bucket.insert((sid, b as u16), *id);
-                }
-                for (id, b) in active.iter().chain(&draining).chain(&departed) {
-                    st.backend.insert(*id, *b);
-                    st.cookie_check.insert((sid, *id));
-                }
-                st.service_v4.insert(
-                    *key,
-                    ServiceAction {
-                        service_id: sid,
-                        bucket_mask: (assignment.len() - 1) as u16,
-                        hash_mode: port.hash_mode,
-                    },
-                );
-                self.buckets.insert(sid, assignment.clone());
-            }
-            plan.ports.insert(
-                *key,
-                PlannedPort {
-                    service: port.service.clone(),
-                    port_name: port.port_name.clone(),
-                    key: *key,
-                    service_id: sid,
-                    buckets: assignment.len(),
-                    active,
-                    draining,
-                },
-            );
-        }
+    /// Re-plans every port of `model`, and the fabric tables, at `now`.
+    pub fn plan_full(&mut self, model: &Model, fabric: &FabricConfig, now: Instant) -> PlanChanges {
+        self.desired.fabric = fabric_state(model, fabric);
+        let keys: BTreeSet<ServiceKey> = model
+            .ports
+            .keys()
+            .chain(self.desired.by_key.keys())
+            .chain(self.errors.keys())
+            .copied()
+            .collect();
+        let mut ch = self.replan(model, keys, now);
+        // Ids adopted from a switch that no port wants any more.
+        let by_key = &self.desired.by_key;
         self.service_ids
-            .release_unless(now, |k| live_services.contains(k));
-        self.backend_ids
-            .release_unless(now, |b| live_backends.contains(b));
+            .release_unless(now, |k| by_key.contains_key(k));
+        let live: BTreeSet<Backend> = self
+            .desired
+            .backends
+            .values()
+            .filter(|r| r.live > 0)
+            .map(|r| r.backend)
+            .collect();
+        self.backend_ids.release_unless(now, |b| live.contains(b));
         self.service_ids.sweep(now);
         self.backend_ids.sweep(now);
-        // Forget assignments of services whose id is gone or not live.
-        let live_ids: BTreeSet<u16> = plan.ports.values().map(|p| p.service_id).collect();
-        self.buckets.retain(|sid, _| live_ids.contains(sid));
-        self.members.retain(|sid, _| live_ids.contains(sid));
-        self.departed.retain(|sid, _| live_ids.contains(sid));
-        plan
+        self.adopted.clear();
+        ch.full = true;
+        ch
     }
 
-    /// Records which backends left service `sid` since the last plan and
-    /// returns those still within their quarantine (a backend that comes
-    /// back is no longer departed).
-    fn note_departures(
+    /// Re-plans the ports `keys` of `model` at `now`, and every port whose
+    /// departed backends' quarantine has ended by then.
+    pub fn replan(
         &mut self,
-        sid: u16,
-        active: &BTreeMap<u32, Backend>,
-        draining: &BTreeMap<u32, Backend>,
+        model: &Model,
+        keys: impl IntoIterator<Item = ServiceKey>,
         now: Instant,
-    ) -> BTreeMap<u32, Backend> {
+    ) -> PlanChanges {
+        let mut keys: BTreeSet<ServiceKey> = keys.into_iter().collect();
+        while let Some(&(t, k)) = self.expiries.first() {
+            if t > now {
+                break;
+            }
+            self.expiries.pop_first();
+            keys.insert(k);
+        }
+        let mut ch = PlanChanges::default();
+        let mut dropped: Vec<u32> = Vec::new();
+        let mut released_keys: Vec<ServiceKey> = Vec::new();
+        for key in keys {
+            let old = self.desired.by_key.get(&key).cloned();
+            let new = match model.ports.get(&key) {
+                Some(port) => self.plan_port(port, old.as_deref(), now),
+                None => {
+                    self.errors.remove(&key);
+                    if old.is_some() {
+                        released_keys.push(key);
+                    }
+                    None
+                }
+            };
+            // The new plan took its references in plan_port; drop the old's.
+            if let Some(o) = &old {
+                self.unref(o, &mut dropped);
+                if let Some(t) = o.next_expiry(self.quarantine) {
+                    self.expiries.remove(&(t, key));
+                }
+                if self
+                    .desired
+                    .by_sid
+                    .get(&o.service_id)
+                    .is_some_and(|p| p.key == key)
+                {
+                    self.desired.by_sid.remove(&o.service_id);
+                }
+                self.desired.by_key.remove(&key);
+            }
+            if let Some(n) = &new {
+                self.add_entries(n);
+                if let Some(t) = n.next_expiry(self.quarantine) {
+                    self.expiries.insert((t, key));
+                }
+            }
+            if old.as_deref() != new.as_ref() {
+                if let Some(o) = &old {
+                    ch.note(o);
+                }
+                if let Some(n) = &new {
+                    ch.note(n);
+                }
+                ch.keys.insert(key);
+            }
+            if let Some(n) = new {
+                // Unchanged plans keep their Arc (snapshots share it).
+                let n = match old {
+                    Some(o) if *o == n => o,
+                    _ => Arc::new(n),
+                };
+                self.desired.by_sid.insert(n.service_id, n.clone());
+                self.desired.by_key.insert(key, n);
+            }
+        }
+        for id in dropped {
+            if let Some(r) = self.desired.backends.get(&id).copied() {
+                if r.live == 0 {
+                    self.backend_ids.release(&r.backend, now);
+                    if r.entries == 0 {
+                        self.desired.backends.remove(&id);
+                    }
+                }
+            }
+        }
+        for key in released_keys {
+            self.service_ids.release(&key, now);
+        }
+        self.service_ids.sweep(now);
+        self.backend_ids.sweep(now);
+        ch
+    }
+
+    /// Plans one port; takes the `live` references of its backends.
+    fn plan_port(
+        &mut self,
+        port: &ServicePort,
+        old: Option<&PortPlan>,
+        now: Instant,
+    ) -> Option<PortPlan> {
+        let key = port.key;
+        let mut errors = Vec::new();
+        let sid = match self.service_ids.acquire(&key, now) {
+            Ok(id) => id as u16,
+            Err(e) => {
+                self.errors
+                    .insert(key, vec![format!("{key} ({}): {e}", port.service)]);
+                return None;
+            }
+        };
+        let active = self.acquire_backends(&port.active, key, now, &mut errors);
+        let draining = self.acquire_backends(&port.draining, key, now, &mut errors);
+        if errors.is_empty() {
+            self.errors.remove(&key);
+        } else {
+            self.errors.insert(key, errors);
+        }
         let present = |id: &u32| active.contains_key(id) || draining.contains_key(id);
-        let departed = self.departed.entry(sid).or_default();
-        if let Some(previous) = self.members.get(&sid) {
-            for (id, b) in previous.iter().filter(|(id, _)| !present(id)) {
-                departed.entry(*id).or_insert((*b, now));
+        let mut departed = old.map(|o| o.departed.clone()).unwrap_or_default();
+        if let Some(o) = old {
+            for (id, b) in o.active.iter().chain(&o.draining) {
+                if !present(id) {
+                    departed.entry(*id).or_insert((*b, now));
+                }
             }
         }
         let quarantine = self.quarantine;
         departed.retain(|id, (_, since)| !present(id) && now.duration_since(*since) < quarantine);
-        self.members.insert(
-            sid,
-            active
-                .iter()
-                .chain(draining)
-                .map(|(id, b)| (*id, *b))
-                .collect(),
-        );
-        departed.iter().map(|(id, (b, _))| (*id, *b)).collect()
+        let old_buckets = match old {
+            Some(o) => o.buckets.as_slice(),
+            None => self.adopted.get(&sid).map(Vec::as_slice).unwrap_or(&[]),
+        };
+        let active_ids: BTreeSet<u32> = active.keys().copied().collect();
+        let buckets = buckets::assign(old_buckets, &active_ids, &self.policy);
+        Some(PortPlan {
+            service: port.service.clone(),
+            port_name: port.port_name.clone(),
+            key,
+            service_id: sid,
+            hash_mode: port.hash_mode,
+            buckets,
+            active,
+            draining,
+            departed,
+        })
+    }
+
+    fn acquire_backends(
+        &mut self,
+        set: &BTreeSet<Backend>,
+        key: ServiceKey,
+        now: Instant,
+        errors: &mut Vec<String>,
+    ) -> BTreeMap<u32, Backend> {
+        let mut out = BTreeMap::new();
+        for b in set {
+            match self.backend_ids.acquire(b, now) {
+                Ok(id) => {
+                    let id = id as u32;
+                    let r = self.desired.backends.entry(id).or_insert(BackendRefs {
+                        backend: *b,
+                        live: 0,
+                        entries: 0,
+                    });
+                    // An id is only handed to another backend once nothing
+                    // names it any more.
+                    r.backend = *b;
+                    r.live += 1;
+                    out.insert(id, *b);
+                }
+                Err(e) => errors.push(format!("{key} backend {b}: {e}")),
+            }
+        }
+        out
+    }
+
+    fn add_entries(&mut self, p: &PortPlan) {
+        for (id, b) in p.entry_backends() {
+            let r = self.desired.backends.entry(id).or_insert(BackendRefs {
+                backend: b,
+                live: 0,
+                entries: 0,
+            });
+            r.entries += 1;
+        }
+    }
+
+    /// Drops the references of `p`; `dropped` collects ids that lost one.
+    fn unref(&mut self, p: &PortPlan, dropped: &mut Vec<u32>) {
+        for id in p.active.keys().chain(p.draining.keys()) {
+            if let Some(r) = self.desired.backends.get_mut(id) {
+                r.live = r.live.saturating_sub(1);
+                dropped.push(*id);
+            }
+        }
+        for (id, _) in p.entry_backends() {
+            if let Some(r) = self.desired.backends.get_mut(&id) {
+                r.entries = r.entries.saturating_sub(1);
+                dropped.push(id);
+            }
+        }
     }
 
     /// (in use, quarantined) service ids.
@@ -286,6 +709,26 @@ impl Planner {
     pub fn backend_id_usage(&self) -> (usize, usize) {
         (self.backend_ids.in_use(), self.backend_ids.quarantined())
     }
+}
+
+/// The fabric tables: configured routes and switch addresses, pod CIDRs.
+fn fabric_state(model: &Model, fabric: &FabricConfig) -> SwitchState {
+    let mut st = SwitchState::default();
+    st.switch_addr.extend(fabric.switch_addrs.iter().copied());
+    for r in &fabric.routes {
+        let action = match r.port {
+            Some(port) => RouteAction::Forward {
+                port,
+                src_mac: r.src_mac,
+                dst_mac: r.dst_mac,
+            },
+            None => RouteAction::Drop,
+        };
+        st.ipv4_route.insert(r.prefix, action);
+    }
+    st.pod_node
+        .extend(model.pod_nodes.iter().map(|(p, n)| (*p, *n)));
+    st
 }
 
 #[cfg(test)]
@@ -336,6 +779,12 @@ endpoints:
         }
     }
 
+    /// A full plan, as tables.
+    fn plan_state(p: &mut Planner, m: &Model, now: Instant) -> SwitchState {
+        p.plan_full(m, &fabric(), now);
+        p.desired().state()
+    }
+
     const READY: &str = "{ready: true}";
     const TERM: &str = "{ready: false, serving: true, terminating: true}";
 
@@ -347,8 +796,7 @@ endpoints:
             ("10.244.1.7", TERM),
         ]);
         let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
-        let plan = p.plan(&m, &fabric(), Instant::now());
-        let s = &plan.state;
+        let s = &plan_state(&mut p, &m, Instant::now());
         assert_eq!(s.switch_addr.len(), 1);
         assert_eq!(s.ipv4_route.len(), 1);
         assert_eq!(s.pod_node.len(), 2);
@@ -361,9 +809,9 @@ endpoints:
         assert_eq!(s.lb_bucket.len(), 16);
         assert_eq!(s.backend.len(), 3);
         assert_eq!(s.cookie_check.len(), 3, "draining backend keeps its cookie");
-        let draining_id = plan
-            .ports
-            .values()
+        let draining_id = p
+            .desired()
+            .ports()
             .next()
             .unwrap()
             .draining
@@ -383,12 +831,12 @@ endpoints:
         let m = model_with(&[("10.244.1.5", READY), ("10.244.1.6", READY)]);
         let t0 = Instant::now();
         let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
-        let first = p.plan(&m, &fabric(), t0).state;
-        assert_eq!(p.plan(&m, &fabric(), t0).state, first);
+        let first = plan_state(&mut p, &m, t0);
+        assert_eq!(plan_state(&mut p, &m, t0), first);
         // A new controller adopting the switch contents plans the same.
         let mut q = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
         assert!(q.adopt(&first).is_empty());
-        let again = q.plan(&m, &fabric(), t0).state;
+        let again = plan_state(&mut q, &m, t0);
         assert!(diff(&again, &first).is_empty());
     }
 
@@ -397,16 +845,12 @@ endpoints:
         let t0 = Instant::now();
         let q = Duration::from_secs(300);
         let mut p = Planner::new(BucketPolicy::default(), q);
-        let s1 = p
-            .plan(
-                &model_with(&[("10.244.1.5", READY), ("10.244.1.6", READY)]),
-                &fabric(),
-                t0,
-            )
-            .state;
-        let s2 = p
-            .plan(&model_with(&[("10.244.1.5", READY)]), &fabric(), t0)
-            .state;
+        let s1 = plan_state(
+            &mut p,
+            &model_with(&[("10.244.1.5", READY), ("10.244.1.6", READY)]),
+            t0,
+        );
+        let s2 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0);
         let gone: Vec<u32> = s1
             .backend
             .keys()
@@ -417,23 +861,19 @@ endpoints:
         // Its established flows keep their cookie through the quarantine.
         assert!(s2.backend.contains_key(&gone[0]));
         assert!(s2.cookie_check.iter().any(|(_, id)| *id == gone[0]));
-        let s3 = p
-            .plan(
-                &model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]),
-                &fabric(),
-                t0,
-            )
-            .state;
+        let s3 = plan_state(
+            &mut p,
+            &model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]),
+            t0,
+        );
         assert_eq!(s3.backend.len(), 3, "new id, old one still draining");
         assert!(!s3.lb_bucket.values().any(|b| *b == gone[0]));
         assert_eq!(p.backend_id_usage(), (2, 1));
-        let s4 = p
-            .plan(
-                &model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]),
-                &fabric(),
-                t0 + q,
-            )
-            .state;
+        let s4 = plan_state(
+            &mut p,
+            &model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]),
+            t0 + q,
+        );
         assert!(
             !s4.backend.contains_key(&gone[0]),
             "expired with the quarantine"
@@ -446,10 +886,10 @@ endpoints:
     fn no_endpoints_means_no_service_entry_but_id_kept() {
         let t0 = Instant::now();
         let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
-        let s1 = p.plan(&model_with(&[("10.244.1.5", READY)]), &fabric(), t0);
-        let plan = p.plan(&model_with(&[]), &fabric(), t0);
-        assert!(plan.state.service_v4.is_empty() && plan.state.lb_bucket.is_empty());
-        let s3 = p.plan(&model_with(&[("10.244.1.5", READY)]), &fabric(), t0);
-        assert_eq!(s1.state, s3.state);
+        let s1 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0);
+        let s2 = plan_state(&mut p, &model_with(&[]), t0);
+        assert!(s2.service_v4.is_empty() && s2.lb_bucket.is_empty());
+        let s3 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0);
+        assert_eq!(s1, s3);
     }
 }

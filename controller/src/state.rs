@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::Ipv4Addr,
+    ops::Bound,
 };
 
 use serde::Serialize;
@@ -129,7 +130,44 @@ pub enum Entry {
     },
 }
 
+/// The match key of an entry, ordered as the tables order their keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EntryKey {
+    /// `ipv4_route`.
+    Ipv4Route(Ipv4Prefix),
+    /// `switch_addr`.
+    SwitchAddr(Ipv4Addr),
+    /// `pod_node`.
+    PodNode(Ipv4Prefix),
+    /// `backend`.
+    Backend(u32),
+    /// `cookie_check`: (service id, backend id).
+    CookieCheck(u16, u32),
+    /// `lb_bucket`: (service id, bucket).
+    LbBucket(u16, u16),
+    /// `service_v4`.
+    ServiceV4(ServiceKey),
+}
+
 impl Entry {
+    /// The match key.
+    pub fn key(&self) -> EntryKey {
+        match *self {
+            Entry::Ipv4Route { prefix, .. } => EntryKey::Ipv4Route(prefix),
+            Entry::SwitchAddr { addr } => EntryKey::SwitchAddr(addr),
+            Entry::PodNode { prefix, .. } => EntryKey::PodNode(prefix),
+            Entry::Backend { backend_id, .. } => EntryKey::Backend(backend_id),
+            Entry::CookieCheck {
+                service_id,
+                backend_id,
+            } => EntryKey::CookieCheck(service_id, backend_id),
+            Entry::LbBucket {
+                service_id, bucket, ..
+            } => EntryKey::LbBucket(service_id, bucket),
+            Entry::ServiceV4 { key, .. } => EntryKey::ServiceV4(key),
+        }
+    }
+
     /// The table this entry belongs to.
     pub fn table(&self) -> Table {
         match self {
@@ -161,6 +199,29 @@ pub struct SwitchState {
     pub lb_bucket: BTreeMap<(u16, u16), u32>,
     /// `service_v4`.
     pub service_v4: BTreeMap<ServiceKey, ServiceAction>,
+}
+
+/// The range of `map` after `from` (all of it for `None`), as entries.
+fn map_after<'a, K: Ord + Copy + 'a, V: Copy + 'a>(
+    map: &'a BTreeMap<K, V>,
+    from: Option<K>,
+    entry: impl Fn(K, V) -> Entry + 'a,
+) -> Box<dyn Iterator<Item = Entry> + 'a> {
+    let lower = from.map_or(Bound::Unbounded, Bound::Excluded);
+    Box::new(
+        map.range((lower, Bound::Unbounded))
+            .map(move |(k, v)| entry(*k, *v)),
+    )
+}
+
+/// [`map_after`] for the tables whose actions have no data.
+fn set_after<'a, K: Ord + Copy + 'a>(
+    set: &'a BTreeSet<K>,
+    from: Option<K>,
+    entry: impl Fn(K) -> Entry + 'a,
+) -> Box<dyn Iterator<Item = Entry> + 'a> {
+    let lower = from.map_or(Bound::Unbounded, Bound::Excluded);
+    Box::new(set.range((lower, Bound::Unbounded)).map(move |k| entry(*k)))
 }
 
 impl SwitchState {
@@ -245,64 +306,96 @@ impl SwitchState {
         }
     }
 
-    /// All entries of one table.
-    pub fn entries(&self, t: Table) -> Vec<Entry> {
+    /// Entries of table `t` in key order, starting after `after` (an entry
+    /// of the same table; only its key counts).
+    pub fn entries_after<'a>(
+        &'a self,
+        t: Table,
+        after: Option<&Entry>,
+    ) -> Box<dyn Iterator<Item = Entry> + 'a> {
+        let key = after.map(Entry::key);
         match t {
-            Table::Ipv4Route => self
-                .ipv4_route
-                .iter()
-                .map(|(p, a)| Entry::Ipv4Route {
-                    prefix: *p,
-                    action: *a,
+            Table::Ipv4Route => {
+                let from = key.and_then(|k| match k {
+                    EntryKey::Ipv4Route(p) => Some(p),
+                    _ => None,
+                });
+                map_after(&self.ipv4_route, from, |prefix, action| Entry::Ipv4Route {
+                    prefix,
+                    action,
                 })
-                .collect(),
-            Table::SwitchAddr => self
-                .switch_addr
-                .iter()
-                .map(|a| Entry::SwitchAddr { addr: *a })
-                .collect(),
-            Table::PodNode => self
-                .pod_node
-                .iter()
-                .map(|(p, n)| Entry::PodNode {
-                    prefix: *p,
-                    node_ip: *n,
+            }
+            Table::SwitchAddr => {
+                let from = key.and_then(|k| match k {
+                    EntryKey::SwitchAddr(a) => Some(a),
+                    _ => None,
+                });
+                set_after(&self.switch_addr, from, |addr| Entry::SwitchAddr { addr })
+            }
+            Table::PodNode => {
+                let from = key.and_then(|k| match k {
+                    EntryKey::PodNode(p) => Some(p),
+                    _ => None,
+                });
+                map_after(&self.pod_node, from, |prefix, node_ip| Entry::PodNode {
+                    prefix,
+                    node_ip,
                 })
-                .collect(),
-            Table::Backend => self
-                .backend
-                .iter()
-                .map(|(id, b)| Entry::Backend {
-                    backend_id: *id,
-                    backend: *b,
+            }
+            Table::Backend => {
+                let from = key.and_then(|k| match k {
+                    EntryKey::Backend(id) => Some(id),
+                    _ => None,
+                });
+                map_after(&self.backend, from, |backend_id, backend| Entry::Backend {
+                    backend_id,
+                    backend,
                 })
-                .collect(),
-            Table::CookieCheck => self
-                .cookie_check
-                .iter()
-                .map(|(s, b)| Entry::CookieCheck {
-                    service_id: *s,
-                    backend_id: *b,
+            }
+            Table::CookieCheck => {
+                let from = key.and_then(|k| match k {
+                    EntryKey::CookieCheck(s, b) => Some((s, b)),
+                    _ => None,
+                });
+                set_after(&self.cookie_check, from, |(service_id, backend_id)| {
+                    Entry::CookieCheck {
+                        service_id,
+                        backend_id,
+                    }
                 })
-                .collect(),
-            Table::LbBucket => self
-                .lb_bucket
-                .iter()
-                .map(|((s, k), b)| Entry::LbBucket {
-                    service_id: *s,
-                    bucket: *k,
-                    backend_id: *b,
+            }
+            Table::LbBucket => {
+                let from = key.and_then(|k| match k {
+                    EntryKey::LbBucket(s, b) => Some((s, b)),
+                    _ => None,
+                });
+                map_after(&self.lb_bucket, from, |(service_id, bucket), backend_id| {
+                    Entry::LbBucket {
+                        service_id,
+                        bucket,
+                        backend_id,
+                    }
                 })
-                .collect(),
-            Table::ServiceV4 => self
-                .service_v4
-                .iter()
-                .map(|(k, a)| Entry::ServiceV4 {
-                    key: *k,
-                    action: *a,
+            }
+            Table::ServiceV4 => {
+                let from = key.and_then(|k| match k {
+                    EntryKey::ServiceV4(k) => Some(k),
+                    _ => None,
+                });
+                map_after(&self.service_v4, from, |key, action| Entry::ServiceV4 {
+                    key,
+                    action,
                 })
-                .collect(),
+            }
         }
+    }
+
+    /// Rebuilds the big maps in one pass, so their nodes are full: maps
+    /// filled by scattered inserts are about half empty.
+    pub fn compact(&mut self) {
+        self.lb_bucket = std::mem::take(&mut self.lb_bucket).into_iter().collect();
+        self.cookie_check = std::mem::take(&mut self.cookie_check).into_iter().collect();
+        self.backend = std::mem::take(&mut self.backend).into_iter().collect();
     }
 
     /// Entries per table.

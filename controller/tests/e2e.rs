@@ -142,7 +142,7 @@ async fn sync_restart_resync_rest_and_cli() {
     src.replace(objects(&["10.244.1.5", "10.244.1.6", "10.244.1.7"]));
     let (ctx, mut tasks) = start(config(addr), src.clone());
     wait_for("first sync", || ctx.ready().is_ok()).await;
-    let want = ctx.snapshot().unwrap().plan.state.len();
+    let want = ctx.desired_len();
     // 1 switch_addr + 1 pod_node + 3 backend + 3 cookie + 16 buckets + 1 service.
     assert_eq!(want, 25);
     assert_eq!(fake_count(&fake), want);
@@ -172,13 +172,12 @@ async fn sync_restart_resync_rest_and_cli() {
     let codec = ctx.codec.clone();
     let backend_id = codec.table_id(Table::Backend);
     wait_for("endpoint out of the plan", || {
-        ctx.snapshot()
-            .map(|s| s.plan.ports.values().all(|p| p.active.len() == 2))
-            .unwrap_or(false)
+        let ports = ctx.planned_ports();
+        !ports.is_empty() && ports.iter().all(|p| p.active.len() == 2)
     })
     .await;
     wait_for("synced", || ctx.ready().is_ok()).await;
-    assert_eq!(fake_count(&fake), ctx.snapshot().unwrap().plan.state.len());
+    assert_eq!(fake_count(&fake), ctx.desired_len());
     // It takes no new flows, but its cookies stay valid through the quarantine.
     let backends = fake.state.lock().unwrap().tables[&backend_id].len();
     assert_eq!(backends, 3);
@@ -199,7 +198,7 @@ async fn sync_restart_resync_rest_and_cli() {
             Err(e) => panic!("rebinding {addr}: {e}"),
         }
     };
-    let want = ctx.snapshot().unwrap().plan.state.len();
+    let want = ctx.desired_len();
     wait_for("resync after switch restart", || fake_count(&fake2) == want).await;
     assert!(fake2.state.lock().unwrap().pipeline.is_some());
     wait_for("reconnect counted", || {
@@ -240,7 +239,15 @@ async fn sync_restart_resync_rest_and_cli() {
             .contains("nodePort 30080"),
         "{body}"
     );
-    assert_eq!(v[0]["data_path"][0]["key"]["vip"], "10.96.0.10");
+    // What the node agent's Kubernetes mode reads (host-ebpf k8s.rs).
+    let port = &v[0]["data_path"][0];
+    assert_eq!(port["key"]["vip"], "10.96.0.10");
+    assert_eq!(port["key"]["port"], 80);
+    assert_eq!(port["key"]["proto"], "TCP");
+    assert!(
+        port["service_id"].as_u64().is_some_and(|id| id > 0),
+        "{body}"
+    );
     let (code, body) = get("/v1/services/default/web").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(get("/v1/services/default/nope").await.0, 404);
@@ -396,7 +403,7 @@ async fn against_switch_agent_binary() {
     wait_for("first sync", || ctx.ready().is_ok()).await;
     assert_eq!(
         ctx.switches[0].status.read().unwrap().updates_written,
-        ctx.snapshot().unwrap().plan.state.len() as u64
+        ctx.desired_len() as u64
     );
 
     // Controller restart: nothing rewritten.
@@ -410,7 +417,7 @@ async fn against_switch_agent_binary() {
     agent.kill().unwrap();
     agent.wait().unwrap();
     let mut agent = spawn_agent();
-    let want = ctx.snapshot().unwrap().plan.state.len() as u64;
+    let want = ctx.desired_len() as u64;
     wait_for("resync after switch-agent restart", || {
         let st = ctx.switches[0].status.read().unwrap();
         st.sessions >= 2 && st.updates_written == want && st.connected

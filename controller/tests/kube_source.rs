@@ -19,9 +19,13 @@ use axum::{
 use futures::StreamExt;
 use serde_json::{json, Value};
 use talaria_controller::{
-    config::LeaderElectionConfig,
-    controller::Source,
-    source::kube::{start, try_lead},
+    config::{Config, LeaderElectionConfig, SwitchConfig},
+    controller::{self, Context, Source},
+    p4rt::fake::{self, FakeSwitch},
+    source::{
+        kube::{elect, start, try_lead},
+        MemorySource, Objects,
+    },
 };
 use tokio::sync::broadcast;
 
@@ -39,6 +43,8 @@ struct Api {
     kinds: BTreeMap<&'static str, Kind>,
     lists: BTreeMap<&'static str, u32>,
     lease: Option<Value>,
+    /// Lease GETs served (each acquire-or-renew attempt makes one).
+    lease_gets: u32,
 }
 
 type Shared = Arc<Mutex<Api>>;
@@ -140,7 +146,9 @@ async fn lease_get(
     State(api): State<Shared>,
     Path((_ns, _name)): Path<(String, String)>,
 ) -> Response {
-    match &api.lock().unwrap().lease {
+    let mut a = api.lock().unwrap();
+    a.lease_gets += 1;
+    match &a.lease {
         Some(l) => Json(l.clone()).into_response(),
         None => (
             StatusCode::NOT_FOUND,
@@ -381,4 +389,100 @@ async fn lease_leader_election() {
     assert_eq!(l["spec"]["holderIdentity"], "b");
     assert_eq!(l["spec"]["leaseTransitions"], 1);
     assert!(!try_lead(&lease_api, &cfg, "a").await.unwrap());
+}
+
+fn now_micro() -> Value {
+    serde_json::to_value(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+        k8s_openapi::jiff::Timestamp::now(),
+    ))
+    .unwrap()
+}
+
+/// The binary's wiring (`elect`): a replica that does not hold the Lease
+/// plans but never writes to the switch; once the holder's Lease expires it
+/// takes over and syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_writes() {
+    let api: Shared = Arc::default();
+    api.lock().unwrap().lease = Some(json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "talaria-controller", "namespace": "talaria-system", "resourceVersion": "1"},
+        "spec": {"holderIdentity": "other", "leaseDurationSeconds": 3, "renewTime": now_micro()},
+    }));
+    let url = serve(api.clone()).await;
+
+    let switch = FakeSwitch::default();
+    let server = fake::spawn(switch.clone(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let src = MemorySource::new();
+    let mut objects = Objects::default();
+    objects.put_node(serde_json::from_value(node()).unwrap());
+    objects.put_service(serde_json::from_value(service("10.96.0.10")).unwrap());
+    objects.put_slice(serde_json::from_value(slice(&["10.244.1.5"])).unwrap());
+    src.replace(objects);
+    let p4info =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../p4/talaria.p4info.txtpb");
+    let config = Config {
+        switches: vec![SwitchConfig {
+            id: "s1".into(),
+            address: format!("http://{}", server.addr),
+            device_id: 1,
+        }],
+        p4info: p4info.clone(),
+        backoff_min_ms: Duration::from_millis(50),
+        backoff_max_ms: Duration::from_millis(200),
+        ..Config::default()
+    };
+    let info = talaria_p4rt::p4info::load(&p4info).unwrap();
+    let ctx = Context::new(config, src.clone(), src.changed.clone(), info, Vec::new()).unwrap();
+    let cfg = LeaderElectionConfig {
+        namespace: "talaria-system".into(),
+        name: "talaria-controller".into(),
+        identity: Some("me".into()),
+        lease_seconds: 3,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(elect(&ctx, client(&url), cfg));
+    controller::spawn(&ctx, &mut tasks);
+
+    // "other" keeps renewing: we try (and fail) to take the Lease a few
+    // times, plan meanwhile, and never touch the switch.
+    let gets = api.lock().unwrap().lease_gets;
+    wait_for("three lease attempts and a plan", || {
+        let mut a = api.lock().unwrap();
+        a.lease.as_mut().unwrap()["spec"]["renewTime"] = now_micro();
+        a.lease_gets >= gets + 3 && ctx.version() > 0
+    })
+    .await;
+    assert!(!*ctx.leader.borrow());
+    assert_eq!(
+        switch.state.lock().unwrap().write_rpcs,
+        0,
+        "a follower wrote"
+    );
+    assert!(switch.state.lock().unwrap().pipeline.is_none());
+    assert_eq!(ctx.switches[0].status.read().unwrap().sessions, 0);
+    assert_eq!(
+        api.lock().unwrap().lease.as_ref().unwrap()["spec"]["holderIdentity"],
+        "other"
+    );
+
+    // "other" stops renewing; its Lease expires and we take over.
+    api.lock().unwrap().lease.as_mut().unwrap()["spec"]["renewTime"] =
+        json!("2020-01-01T00:00:00.000000Z");
+    wait_for("leadership and a synced switch", || ctx.ready().is_ok()).await;
+    assert!(*ctx.leader.borrow());
+    assert_eq!(
+        api.lock().unwrap().lease.as_ref().unwrap()["spec"]["holderIdentity"],
+        "me"
+    );
+    let entries: usize = switch
+        .state
+        .lock()
+        .unwrap()
+        .tables
+        .values()
+        .map(|t| t.len())
+        .sum();
+    assert_eq!(entries, ctx.desired_len());
+    tasks.abort_all();
 }

@@ -112,9 +112,11 @@ pub fn controller_config(
 
 /// Runs talariactl in the switch netns.
 pub fn talariactl(lab: &Lab, args: &[&str]) -> Result<String> {
-    let bin = Component::Talariactl
-        .usable()
-        .map_err(|e| anyhow::anyhow!(e))?;
+    // `find`, not `usable`: this runs on every poll, and the lab checked
+    // every component once at start.
+    let bin = Component::Talariactl.find().ok_or_else(|| {
+        anyhow::anyhow!("talariactl not built (cargo build -p talaria-controller)")
+    })?;
     let server = format!("http://{CONTROLLER_REST}");
     let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("talariactl"), "--server", &server];
     cmd.extend_from_slice(args);

@@ -178,6 +178,12 @@ impl Target for MemoryTarget {
             .collect())
     }
 
+    fn get(&self, key: &Entry) -> Result<Option<Entry>, TargetError> {
+        Ok(self.lock().entries[index(key.table())]
+            .get(&EntryKey::of(key))
+            .copied())
+    }
+
     fn counter(&self, counter: CounterId, index: u32) -> Result<PacketBytes, TargetError> {
         Ok(self
             .lock()

@@ -4,9 +4,12 @@
 //! - full sync: wall time from controller start to the switch holding every
 //!   entry, and entries/s;
 //! - incremental: latency from an EndpointSlice change (one endpoint
-//!   replaced) to the new backend being visible through a P4Runtime Read,
-//!   p50/p99;
-//! - RSS of this process (controller + the bench's own object copies).
+//!   replaced) to a bucket naming the new backend being readable through a
+//!   P4Runtime Read (buckets are written last), p50/p99;
+//! - RSS of this process: the controller (its source holds the objects),
+//!   plus the fake with `--fake`; run `--serve-fake ADDR` in another
+//!   process and `--switch http://ADDR` here to measure the controller
+//!   alone against the fake.
 
 use std::{
     net::Ipv4Addr,
@@ -42,6 +45,11 @@ struct Cli {
     /// Use the in-process fake P4Runtime server instead (no table limits).
     #[arg(long)]
     fake: bool,
+    /// Only serve the fake P4Runtime server on this address, until killed
+    /// (to bench against the fake in another process, so this process's
+    /// RSS is the controller's alone).
+    #[arg(long, conflicts_with_all = ["fake", "switch"])]
+    serve_fake: Option<std::net::SocketAddr>,
     /// Services.
     #[arg(long, default_value_t = 10_000)]
     services: usize,
@@ -55,17 +63,20 @@ struct Cli {
     #[arg(long, default_value_t = 200)]
     updates: usize,
     /// Buckets per backend (before rounding to a power of two).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = BucketPolicy::default().per_backend)]
     per_backend: u32,
     /// Fewest buckets per service.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = BucketPolicy::default().min)]
     min_buckets: u32,
     /// Most buckets per service.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = BucketPolicy::default().max)]
     max_buckets: u32,
     /// Updates per P4Runtime Write.
     #[arg(long, default_value_t = 1000)]
     write_batch: usize,
+    /// Writes in flight at once.
+    #[arg(long, default_value_t = Config::default().write_pipeline)]
+    write_pipeline: usize,
     /// P4Info.
     #[arg(long, default_value = "p4/talaria.p4info.txtpb")]
     p4info: std::path::PathBuf,
@@ -138,10 +149,11 @@ fn vip(svc: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 0)) + svc as u32 + 1)
 }
 
-fn rss_mb() -> f64 {
+/// A `/proc/self/status` memory line (`VmRSS`, `VmHWM`) in MB.
+fn status_mb(field: &str) -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|k| k.parse::<f64>().ok())
         .map(|k| k / 1024.0)
@@ -166,6 +178,12 @@ async fn main() -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    if let Some(addr) = cli.serve_fake {
+        let server = fake::spawn(fake::FakeSwitch::default(), addr)?;
+        println!("fake P4Runtime server on {}", server.addr);
+        tokio::signal::ctrl_c().await?;
+        return Ok(());
+    }
     let (address, target) = match (&cli.switch, cli.fake) {
         (Some(a), _) => (a.clone(), "switch-agent"),
         (None, true) => {
@@ -216,6 +234,7 @@ async fn main() -> Result<()> {
     }
     let src = MemorySource::new();
     src.replace(objs);
+    let rss_objects = status_mb("VmRSS:");
 
     let config = Config {
         switches: vec![SwitchConfig {
@@ -231,6 +250,7 @@ async fn main() -> Result<()> {
             shrink_factor: 4,
         },
         write_batch: cli.write_batch,
+        write_pipeline: cli.write_pipeline,
         debounce_ms: Duration::ZERO,
         ..Config::default()
     };
@@ -251,10 +271,9 @@ async fn main() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let full = t0.elapsed();
-    let snap = ctx.snapshot().unwrap();
-    let entries = snap.plan.state.len();
+    let entries = ctx.desired_len();
     let st = ctx.switches[0].status.read().unwrap().clone();
-    let rss_full = rss_mb();
+    let rss_full = status_mb("VmRSS:");
 
     // Incremental updates.
     let mut reader = client::channel(&address, Duration::from_secs(3)).await?;
@@ -266,37 +285,37 @@ async fn main() -> Result<()> {
         gens[s][e] += 1;
         let slice = slice_for(s, cli.endpoints, cli.nodes, &gens[s], cli.services);
         let (new_ip, _) = pod_ip(s, e, cli.nodes, gens[s][e], (cli.services, cli.endpoints));
-        let before = ctx.snapshot().map(|s| s.version).unwrap_or(0);
+        let before = ctx.version();
         let t = Instant::now();
         src.update(|o| o.put_slice(slice));
-        // Wait for the plan, find the new backend's id, then Read it back.
+        // Wait for the plan, then Read back a bucket that names the new
+        // backend: buckets are written last (after the backend and its
+        // cookie_check), so this is the moment new flows can reach it.
         let key = ServiceKey {
             vip: vip(s),
             port: 80,
             proto: Proto::Tcp,
         };
-        let id = loop {
-            if let Some(sn) = ctx.snapshot().filter(|sn| sn.version > before) {
-                let p = &sn.plan.ports[&key];
-                if let Some((id, _)) = p.active.iter().find(|(_, b)| b.ip == new_ip) {
-                    break Some(*id);
-                }
-                break None;
+        let planned = loop {
+            if ctx.version() > before {
+                let p = ctx.planned.read().expect("poisoned");
+                break p.planner.desired().port(&key).and_then(|p| {
+                    let (&id, _) = p.active.iter().find(|(_, b)| b.ip == new_ip)?;
+                    let bucket = p.buckets.iter().position(|&b| b == id)?;
+                    Some((p.service_id, bucket as u16, id))
+                });
             }
             tokio::time::sleep(Duration::from_micros(200)).await;
         };
-        let Some(id) = id else {
+        let Some((service_id, bucket, id)) = planned else {
             missing += 1;
             continue;
         };
         let probe = ctx.codec.encode(
-            &Entry::Backend {
+            &Entry::LbBucket {
+                service_id,
+                bucket,
                 backend_id: id,
-                backend: talaria_controller::types::Backend {
-                    ip: Ipv4Addr::UNSPECIFIED,
-                    port: 0,
-                    node_ip: Ipv4Addr::UNSPECIFIED,
-                },
             },
             false,
         )?;
@@ -313,8 +332,13 @@ async fn main() -> Result<()> {
                 .into_inner();
             let mut found = false;
             while let Some(r) = futures::StreamExt::next(&mut stream).await {
-                if let Ok(r) = r {
-                    found |= !r.entities.is_empty();
+                for e in r.into_iter().flat_map(|r| r.entities) {
+                    if let Some(v1::entity::Entity::TableEntry(te)) = e.entity {
+                        found |= matches!(
+                            ctx.codec.decode(&te),
+                            Ok(Entry::LbBucket { backend_id, .. }) if backend_id == id
+                        );
+                    }
                 }
             }
             if found {
@@ -327,7 +351,8 @@ async fn main() -> Result<()> {
         }
         lat.push(t.elapsed().as_secs_f64() * 1000.0);
     }
-    let rss_end = rss_mb();
+    let rss_end = status_mb("VmRSS:");
+    let rss_peak = status_mb("VmHWM:");
     let (p50, p99) = (pct(&mut lat.clone(), 0.5), pct(&mut lat, 0.99));
 
     println!("target                 {target} ({address})");
@@ -361,7 +386,15 @@ async fn main() -> Result<()> {
             String::new()
         }
     );
-    println!("RSS                    {rss_full:.1} MB after full sync, {rss_end:.1} MB at end");
+    println!("RSS (objects only)     {rss_objects:.1} MB before the controller starts");
+    println!(
+        "RSS ({})  {rss_full:.1} MB after full sync, {rss_end:.1} MB at end, {rss_peak:.1} MB peak",
+        if cli.fake {
+            "controller + fake"
+        } else {
+            "controller"
+        }
+    );
     tasks.abort_all();
     Ok(())
 }

@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use talaria_controller::{
     api,
-    config::{Config, SourceConfig, SwitchConfig},
+    config::{Config, LeaderElectionConfig, SourceConfig, SwitchConfig},
     controller::{self, Context, Source},
     metrics::SkipLabel,
     source::{files, MemorySource},
@@ -28,6 +28,23 @@ struct Cli {
     /// Read from the Kubernetes API (kubeconfig or in-cluster).
     #[arg(long)]
     kubernetes: bool,
+    /// Leader election on a coordination.k8s.io/v1 Lease (needs the
+    /// Kubernetes source): only the holder writes to the switches, the
+    /// others plan and stand by.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Lease namespace (default: $POD_NAMESPACE, else talaria-system).
+    #[arg(long, requires = "leader_elect")]
+    lease_namespace: Option<String>,
+    /// Lease name (default: talaria-controller).
+    #[arg(long, requires = "leader_elect")]
+    lease_name: Option<String>,
+    /// Lease duration in seconds.
+    #[arg(long, requires = "leader_elect")]
+    lease_seconds: Option<u32>,
+    /// Holder identity (default: $POD_NAME, else the hostname).
+    #[arg(long, requires = "leader_elect")]
+    lease_identity: Option<String>,
     /// A switch as `ID=http://HOST:PORT[@DEVICE_ID]`; repeatable; replaces
     /// the config's list.
     #[arg(long = "switch")]
@@ -80,10 +97,33 @@ async fn main() -> Result<()> {
             poll_ms: std::time::Duration::from_millis(500),
         };
     }
-    if cli.kubernetes {
+    if cli.kubernetes && !matches!(config.source, SourceConfig::Kubernetes { .. }) {
         config.source = SourceConfig::Kubernetes {
             leader_election: None,
         };
+    }
+    if cli.leader_elect {
+        let SourceConfig::Kubernetes { leader_election } = &mut config.source else {
+            bail!("--leader-elect needs the Kubernetes source (--kubernetes)");
+        };
+        let le = leader_election.get_or_insert_with(|| LeaderElectionConfig {
+            namespace: std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "talaria-system".into()),
+            name: "talaria-controller".into(),
+            identity: None,
+            lease_seconds: 15,
+        });
+        if let Some(ns) = cli.lease_namespace {
+            le.namespace = ns;
+        }
+        if let Some(n) = cli.lease_name {
+            le.name = n;
+        }
+        if let Some(s) = cli.lease_seconds {
+            le.lease_seconds = s;
+        }
+        if let Some(i) = cli.lease_identity {
+            le.identity = Some(i);
+        }
     }
     if !cli.switches.is_empty() {
         config.switches = cli
@@ -149,12 +189,8 @@ async fn main() -> Result<()> {
         }));
     }
     if let Some((client, le)) = election {
-        ctx.leader.send_replace(false);
-        tasks.spawn(talaria_controller::source::kube::lead(
-            client,
-            le,
-            ctx.leader.clone(),
-        ));
+        info!(namespace = %le.namespace, name = %le.name, "leader election on");
+        tasks.spawn(talaria_controller::source::kube::elect(&ctx, client, le));
     }
     controller::spawn(&ctx, &mut tasks);
     let listener = tokio::net::TcpListener::bind(config.listen)

@@ -16,7 +16,7 @@ use tracing::{debug, info, warn};
 
 use super::codec::{Codec, CodecError};
 use crate::{
-    diff::{Batch, Op},
+    diff::{Batch, Chunk, Op},
     state::{Entry, SwitchState, Table},
 };
 
@@ -60,7 +60,7 @@ fn rpc_err(rpc: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
     }
 }
 
-/// Result of one logical write.
+/// Result of a write (one chunk, or a whole sync when added up).
 #[derive(Debug, Default, Clone)]
 pub struct WriteReport {
     /// Updates that took effect (including retried ones).
@@ -72,6 +72,15 @@ pub struct WriteReport {
     pub failed: Vec<(Table, Op, i32, String)>,
     /// The entries that did take effect, in order (to update the cache).
     pub done: Vec<(Op, Entry)>,
+}
+
+impl WriteReport {
+    /// Adds the counts and failures of `other` (not its `done` list).
+    pub fn add(&mut self, other: WriteReport) {
+        self.applied += other.applied;
+        self.retried += other.retried;
+        self.failed.extend(other.failed);
+    }
 }
 
 /// A counter read: index → (packets, bytes), non-zero cells only.
@@ -279,18 +288,82 @@ impl SwitchConn {
         batches: &[Batch],
         max: usize,
     ) -> Result<WriteReport, ClientError> {
+        let mut queue = crate::diff::chunks(batches.to_vec(), max).into_iter();
         let mut report = WriteReport::default();
-        for b in batches {
-            for chunk in b.entries.chunks(max.max(1)) {
-                self.write_chunk(b.table, b.op, chunk, &mut report, true)
-                    .await?;
-            }
-        }
+        self.write_pipelined(
+            || queue.next(),
+            1,
+            |c| {
+                report.done.extend(c.done.iter().copied());
+                report.add(c);
+            },
+        )
+        .await?;
         Ok(report)
     }
 
-    async fn write_chunk(
+    /// Writes the chunks `next` yields, keeping up to `depth` Write RPCs in
+    /// flight within a phase (chunks of one phase are independent); a chunk
+    /// of a new phase waits until every earlier one is done. `done` gets
+    /// each chunk's result, in order. Encoding runs on the runtime's worker
+    /// threads.
+    pub async fn write_pipelined(
         &mut self,
+        mut next: impl FnMut() -> Option<Chunk>,
+        depth: usize,
+        mut done: impl FnMut(WriteReport),
+    ) -> Result<(), ClientError> {
+        let depth = depth.max(1);
+        let mut inflight = futures::stream::FuturesOrdered::new();
+        let mut phase = None;
+        let join = |r: Result<Result<WriteReport, ClientError>, tokio::task::JoinError>| match r {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(ClientError::StreamClosed),
+        };
+        while let Some(chunk) = next() {
+            if phase.is_some_and(|p| p != chunk.phase) {
+                while let Some(r) = inflight.next().await {
+                    done(join(r)?);
+                }
+            }
+            phase = Some(chunk.phase);
+            if inflight.len() >= depth {
+                if let Some(r) = inflight.next().await {
+                    done(join(r)?);
+                }
+            }
+            let w = Writer {
+                client: self.client.clone(),
+                device_id: self.device_id,
+                election_id: self.election_id,
+                codec: self.codec.clone(),
+            };
+            inflight.push_back(tokio::spawn(async move {
+                let mut report = WriteReport::default();
+                w.write_chunk(chunk.table, chunk.op, &chunk.entries, &mut report, true)
+                    .await
+                    .map(|()| report)
+            }));
+        }
+        while let Some(r) = inflight.next().await {
+            done(join(r)?);
+        }
+        Ok(())
+    }
+}
+
+/// What one Write needs: a client (channels multiplex, clones are cheap).
+struct Writer {
+    client: P4Client,
+    device_id: u64,
+    election_id: v1::Uint128,
+    codec: Arc<Codec>,
+}
+
+impl Writer {
+    async fn write_chunk(
+        &self,
         table: Table,
         op: Op,
         entries: &[Entry],
@@ -314,6 +387,7 @@ impl SwitchConn {
         }
         let res = self
             .client
+            .clone()
             .write(v1::WriteRequest {
                 device_id: self.device_id,
                 election_id: Some(self.election_id),
@@ -414,31 +488,36 @@ fn verify_p4info(theirs: &P4Info, ours: &P4Info) -> Result<(), ClientError> {
     }
 }
 
-/// Reads every controller-owned table through `client`.
+/// Reads every controller-owned table through `client`, decoding each
+/// response as it arrives.
 pub async fn read_state(
     client: &mut P4Client,
     device_id: u64,
     codec: &Codec,
 ) -> Result<(SwitchState, Vec<String>), ClientError> {
-    let raw = read_tables(client, device_id, codec, &Table::INSERT_ORDER).await?;
     let mut st = SwitchState::default();
     let mut bad = Vec::new();
-    for te in raw {
-        match codec.decode(&te) {
-            Ok(e) => st.insert(e),
-            Err(e) => bad.push(e.to_string()),
+    let mut stream = read_stream(client, device_id, codec, &Table::INSERT_ORDER).await?;
+    while let Some(r) = stream.next().await {
+        for e in r.map_err(rpc_err("Read"))?.entities {
+            if let Some(v1::entity::Entity::TableEntry(te)) = e.entity {
+                match codec.decode(&te) {
+                    Ok(e) => st.insert(e),
+                    Err(e) => bad.push(e.to_string()),
+                }
+            }
         }
     }
+    st.compact();
     Ok((st, bad))
 }
 
-/// Raw entries of `tables`.
-pub async fn read_tables(
+async fn read_stream(
     client: &mut P4Client,
     device_id: u64,
     codec: &Codec,
     tables: &[Table],
-) -> Result<Vec<v1::TableEntry>, ClientError> {
+) -> Result<tonic::Streaming<v1::ReadResponse>, ClientError> {
     let entities = tables
         .iter()
         .map(|t| v1::Entity {
@@ -448,7 +527,7 @@ pub async fn read_tables(
             })),
         })
         .collect();
-    let mut stream = client
+    Ok(client
         .read(v1::ReadRequest {
             device_id,
             entities,
@@ -456,7 +535,17 @@ pub async fn read_tables(
         })
         .await
         .map_err(rpc_err("Read"))?
-        .into_inner();
+        .into_inner())
+}
+
+/// Raw entries of `tables`.
+pub async fn read_tables(
+    client: &mut P4Client,
+    device_id: u64,
+    codec: &Codec,
+    tables: &[Table],
+) -> Result<Vec<v1::TableEntry>, ClientError> {
+    let mut stream = read_stream(client, device_id, codec, tables).await?;
     let mut out = Vec::new();
     while let Some(r) = stream.next().await {
         let r = r.map_err(rpc_err("Read"))?;

@@ -298,7 +298,8 @@ pub fn spawn(fake: FakeSwitch, addr: SocketAddr) -> std::io::Result<FakeServer> 
         let Ok(listener) = tokio::net::TcpListener::from_std(std_listener) else {
             return;
         };
-        let incoming = tokio_stream_shim(listener);
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let _ = tonic::transport::Server::builder()
             .add_service(
                 v1::p4_runtime_server::P4RuntimeServer::new(fake)
@@ -310,17 +311,5 @@ pub fn spawn(fake: FakeSwitch, addr: SocketAddr) -> std::io::Result<FakeServer> 
     Ok(FakeServer {
         addr: local,
         rt: Some(rt),
-    })
-}
-
-fn tokio_stream_shim(
-    l: tokio::net::TcpListener,
-) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
-    futures::stream::unfold(l, |l| async move {
-        let r = l.accept().await.map(|(s, _)| {
-            let _ = s.set_nodelay(true);
-            s
-        });
-        Some((r, l))
     })
 }

@@ -1,10 +1,20 @@
 //! YAML manifests in a directory: every `*.yaml`/`*.yml` file (recursively),
 //! multi-document, `kind: List` unwrapped. Polled for changes (mtime and
-//! size of every file), so no inotify is needed. Documents that do not parse,
-//! or kinds the controller does not use, are skipped with a log line and
-//! counted; they never stop the rest of the directory from loading.
+//! size of every file), so no inotify is needed.
+//!
+//! Bad input loses nothing:
+//! - a document that does not decode, or a kind the controller does not use,
+//!   is skipped with a log line and counted; the rest of the file loads;
+//! - a file that cannot be read, or whose YAML stream breaks, keeps its last
+//!   good contents until it is fixed;
+//! - a change is read only once the directory looks the same on two polls in
+//!   a row, so a file caught half-written (truncated, then filled) is never
+//!   taken for a file whose objects were deleted. Writers should still
+//!   rename into place; the settle rule covers the editors and tools that
+//!   do not.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, SystemTime},
@@ -29,7 +39,7 @@ pub enum FilesError {
     },
 }
 
-/// A document that was skipped.
+/// A document that was skipped, or a file held at its last good contents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadDocument {
     /// File.
@@ -56,33 +66,31 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), FilesError> {
     Ok(())
 }
 
-/// (path, mtime, len) of every manifest: changes when any file does.
-pub fn fingerprint(dir: &Path) -> Result<Vec<(PathBuf, Option<SystemTime>, u64)>, FilesError> {
+/// What a poll compares: a file's mtime and size.
+type Stamp = (Option<SystemTime>, u64);
+
+/// Every manifest's stamp, by path: it changes when any file does.
+fn fingerprint(dir: &Path) -> Result<BTreeMap<PathBuf, Stamp>, FilesError> {
     let mut v = Vec::new();
     files(dir, &mut v)?;
-    v.sort();
     Ok(v.into_iter()
         .map(|p| {
             let md = std::fs::metadata(&p).ok();
             let mt = md.as_ref().and_then(|m| m.modified().ok());
             let len = md.map(|m| m.len()).unwrap_or(0);
-            (p, mt, len)
+            (p, (mt, len))
         })
         .collect())
 }
 
 fn add_value(
     o: &mut Objects,
-    v: serde_yaml::Value,
+    v: &serde_yaml::Value,
     file: &Path,
     index: usize,
     bad: &mut Vec<BadDocument>,
 ) {
-    let kind = v
-        .get("kind")
-        .and_then(|k| k.as_str())
-        .unwrap_or("")
-        .to_string();
+    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("");
     let mut fail = |reason: String| {
         bad.push(BadDocument {
             file: file.into(),
@@ -90,23 +98,23 @@ fn add_value(
             reason,
         })
     };
-    match kind.as_str() {
+    match kind {
         "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
             if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
-                for it in items.clone() {
+                for it in items {
                     add_value(o, it, file, index, bad);
                 }
             }
         }
-        "Service" => match serde_yaml::from_value(v) {
+        "Service" => match serde_yaml::from_value(v.clone()) {
             Ok(s) => o.put_service(s),
             Err(e) => fail(format!("Service: {e}")),
         },
-        "EndpointSlice" => match serde_yaml::from_value(v) {
+        "EndpointSlice" => match serde_yaml::from_value(v.clone()) {
             Ok(s) => o.put_slice(s),
             Err(e) => fail(format!("EndpointSlice: {e}")),
         },
-        "Node" => match serde_yaml::from_value(v) {
+        "Node" => match serde_yaml::from_value(v.clone()) {
             Ok(n) => o.put_node(n),
             Err(e) => fail(format!("Node: {e}")),
         },
@@ -115,75 +123,145 @@ fn add_value(
     }
 }
 
-/// Loads every manifest under `dir`.
-pub fn load_dir(dir: &Path) -> Result<(Objects, Vec<BadDocument>), FilesError> {
-    let mut paths = Vec::new();
-    files(dir, &mut paths)?;
-    paths.sort();
-    let mut o = Objects::default();
-    let mut bad = Vec::new();
-    for p in paths {
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
+/// Reads one file's documents, or says why the file as a whole is unusable.
+fn read_file(path: &Path) -> Result<Vec<serde_yaml::Value>, BadDocument> {
+    let text = std::fs::read_to_string(path).map_err(|e| BadDocument {
+        file: path.into(),
+        index: 0,
+        reason: e.to_string(),
+    })?;
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        match serde_yaml::Value::deserialize(doc) {
+            Ok(serde_yaml::Value::Null) => {}
+            Ok(v) => docs.push(v),
             Err(e) => {
-                bad.push(BadDocument {
-                    file: p,
-                    index: 0,
-                    reason: e.to_string(),
-                });
-                continue;
-            }
-        };
-        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-            match serde_yaml::Value::deserialize(doc) {
-                Ok(serde_yaml::Value::Null) => {}
-                Ok(v) => add_value(&mut o, v, &p, i, &mut bad),
-                Err(e) => {
-                    bad.push(BadDocument {
-                        file: p.clone(),
-                        index: i,
-                        reason: format!("YAML: {e}"),
-                    });
-                    // The YAML stream cannot be resumed after a syntax error.
-                    break;
-                }
+                return Err(BadDocument {
+                    file: path.into(),
+                    index: i,
+                    reason: format!("YAML: {e}"),
+                })
             }
         }
     }
-    Ok((o, bad))
+    Ok(docs)
 }
 
-/// Loads `dir` into `src` now, then every `poll` when files change. Returns
-/// the number of bad documents of each load through `on_bad`.
+/// The parsed documents of one file and the stamp they were read at.
+struct LoadedFile {
+    stamp: Stamp,
+    docs: Vec<serde_yaml::Value>,
+}
+
+/// A manifest directory and the last good parse of each of its files.
+pub struct ManifestDir {
+    dir: PathBuf,
+    files: BTreeMap<PathBuf, LoadedFile>,
+    /// The fingerprint last loaded (None before the first load).
+    loaded: Option<BTreeMap<PathBuf, Stamp>>,
+    /// The fingerprint seen by the previous poll.
+    previous: Option<BTreeMap<PathBuf, Stamp>>,
+}
+
+impl ManifestDir {
+    /// A directory not read yet.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        ManifestDir {
+            dir: dir.into(),
+            files: BTreeMap::new(),
+            loaded: None,
+            previous: None,
+        }
+    }
+
+    /// Loads the directory: the first call always, later calls only when a
+    /// change has settled (the same fingerprint as the previous poll).
+    /// `None` means nothing new to load.
+    pub fn poll(&mut self) -> Result<Option<(Objects, Vec<BadDocument>)>, FilesError> {
+        let fp = fingerprint(&self.dir)?;
+        let settled = self.previous.as_ref() == Some(&fp);
+        self.previous = Some(fp.clone());
+        match &self.loaded {
+            Some(l) if *l == fp || !settled => Ok(None),
+            _ => Ok(Some(self.load(fp))),
+        }
+    }
+
+    /// Re-reads the files whose stamp changed and rebuilds the object set.
+    fn load(&mut self, fp: BTreeMap<PathBuf, Stamp>) -> (Objects, Vec<BadDocument>) {
+        let mut bad = Vec::new();
+        let mut files = BTreeMap::new();
+        for (path, stamp) in &fp {
+            let old = self.files.remove(path);
+            let file = match old {
+                Some(f) if f.stamp == *stamp => f,
+                old => match read_file(path) {
+                    Ok(docs) => LoadedFile {
+                        stamp: *stamp,
+                        docs,
+                    },
+                    Err(b) => {
+                        let kept = old.map(|f| f.docs).unwrap_or_default();
+                        bad.push(BadDocument {
+                            reason: format!(
+                                "{}; keeping the last good contents ({} documents)",
+                                b.reason,
+                                kept.len()
+                            ),
+                            ..b
+                        });
+                        LoadedFile {
+                            stamp: *stamp,
+                            docs: kept,
+                        }
+                    }
+                },
+            };
+            files.insert(path.clone(), file);
+        }
+        self.files = files;
+        self.loaded = Some(fp);
+        let mut o = Objects::default();
+        for (path, f) in &self.files {
+            for (i, v) in f.docs.iter().enumerate() {
+                add_value(&mut o, v, path, i, &mut bad);
+            }
+        }
+        (o, bad)
+    }
+}
+
+/// Loads `dir` into `src` now, then on every settled change (polled every
+/// `poll`). Reports the bad documents of each load through `on_bad`.
 pub async fn watch_dir(
     dir: PathBuf,
     poll: Duration,
     src: Arc<MemorySource>,
     on_bad: impl Fn(&[BadDocument]) + Send + 'static,
 ) {
-    let mut last = None;
+    let mut manifests = ManifestDir::new(dir);
     loop {
-        match fingerprint(&dir) {
-            Ok(fp) if Some(&fp) != last.as_ref() => match load_dir(&dir) {
-                Ok((objs, bad)) => {
-                    for b in &bad {
-                        warn!(file = %b.file.display(), doc = b.index, "manifest skipped: {}", b.reason);
-                    }
-                    on_bad(&bad);
-                    let (s, e, n) = (objs.services.len(), objs.slices.len(), objs.nodes.len());
-                    if src.replace(objs) {
-                        info!(
-                            services = s,
-                            endpointslices = e,
-                            nodes = n,
-                            "manifests loaded"
-                        );
-                    }
-                    last = Some(fp);
+        match manifests.poll() {
+            Ok(Some((objs, bad))) => {
+                for b in &bad {
+                    warn!(file = %b.file.display(), doc = b.index, "manifest skipped: {}", b.reason);
                 }
-                Err(e) => warn!(error = %e, "manifest load failed"),
-            },
-            Ok(_) => {}
+                on_bad(&bad);
+                let (s, e, n) = (
+                    objs.services().len(),
+                    objs.slices().len(),
+                    objs.nodes().len(),
+                );
+                if src.replace(objs) {
+                    info!(
+                        services = s,
+                        endpointslices = e,
+                        nodes = n,
+                        "manifests loaded"
+                    );
+                }
+            }
+            Ok(None) => {}
             Err(e) => warn!(error = %e, "manifest directory unreadable"),
         }
         tokio::time::sleep(poll).await;
@@ -214,14 +292,85 @@ mod tests {
         .unwrap();
         std::fs::write(d.path().join("c.yaml"), "kind: Service\n  bad: [\n").unwrap();
         std::fs::write(d.path().join("ignored.txt"), "kind: Service").unwrap();
-        let (o, bad) = load_dir(d.path()).unwrap();
-        assert_eq!(o.nodes.len(), 2);
-        assert_eq!(o.services.len(), 1);
+        let (o, bad) = ManifestDir::new(d.path()).poll().unwrap().unwrap();
+        assert_eq!(o.nodes().len(), 2);
+        assert_eq!(o.services().len(), 1);
         assert_eq!(bad.len(), 2, "{bad:?}");
         let src = MemorySource::new();
         assert!(src.replace(o.clone()));
         assert!(!src.replace(o));
         assert_eq!(src.model().ports.len(), 1);
+    }
+
+    fn service(name: &str, ip: &str) -> String {
+        format!(
+            "kind: Service\napiVersion: v1\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n"
+        )
+    }
+
+    #[test]
+    fn a_half_written_file_is_not_read_until_it_settles() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("s.yaml");
+        let two = format!(
+            "{}---\n{}",
+            service("a", "10.96.0.1"),
+            service("b", "10.96.0.2")
+        );
+        std::fs::write(&f, &two).unwrap();
+        let mut m = ManifestDir::new(d.path());
+        let (o, _) = m.poll().unwrap().expect("first poll loads");
+        assert_eq!(o.services().len(), 2);
+        assert!(m.poll().unwrap().is_none(), "nothing changed");
+
+        // Truncated in place, as a non-atomic writer leaves it mid-write.
+        std::fs::write(&f, "").unwrap();
+        assert!(
+            m.poll().unwrap().is_none(),
+            "an unsettled change is not read"
+        );
+        // The writer finishes, with one more Service.
+        let three = format!("{two}---\n{}", service("c", "10.96.0.3"));
+        std::fs::write(&f, &three).unwrap();
+        assert!(
+            m.poll().unwrap().is_none(),
+            "changed again since the last poll"
+        );
+        let (o, bad) = m.poll().unwrap().expect("settled");
+        assert_eq!(o.services().len(), 3);
+        assert!(bad.is_empty(), "{bad:?}");
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_last_good_contents() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("s.yaml");
+        std::fs::write(&f, service("a", "10.96.0.1")).unwrap();
+        std::fs::write(d.path().join("t.yaml"), service("t", "10.96.0.9")).unwrap();
+        let mut m = ManifestDir::new(d.path());
+        assert_eq!(m.poll().unwrap().unwrap().0.services().len(), 2);
+
+        std::fs::write(&f, "kind: Service\n  bad: [\n").unwrap();
+        assert!(m.poll().unwrap().is_none());
+        let (o, bad) = m.poll().unwrap().expect("settled");
+        assert_eq!(o.services().len(), 2, "the broken file's Service is kept");
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0]
+            .reason
+            .contains("keeping the last good contents (1 documents)"));
+
+        // Fixed: the new contents replace the kept ones.
+        std::fs::write(&f, service("z", "10.96.0.26")).unwrap();
+        assert!(m.poll().unwrap().is_none());
+        let (o, bad) = m.poll().unwrap().expect("settled");
+        assert!(bad.is_empty(), "{bad:?}");
+        let names: Vec<_> = o.services().keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["t", "z"]);
+
+        // A deleted file's objects go.
+        std::fs::remove_file(&f).unwrap();
+        assert!(m.poll().unwrap().is_none());
+        assert_eq!(m.poll().unwrap().unwrap().0.services().len(), 1);
     }
 
     #[tokio::test]

@@ -4,9 +4,10 @@
 //!
 //! The source reports ready only once all three reflectors have finished
 //! their initial list, so a partial list is never planned (it would delete
-//! live entries). Every watch event pokes the reconciler; the watcher
-//! relists by itself on `410 Gone` (the store is swapped atomically at the
-//! end of the relist).
+//! live entries). Every watch event records which object changed and pokes
+//! the reconciler, which re-evaluates only that object's Service; the
+//! watcher relists by itself on `410 Gone` (the store is swapped atomically
+//! at the end of the relist), and a finished relist asks for a rebuild.
 
 use std::{
     fmt::Debug,
@@ -14,7 +15,7 @@ use std::{
     hash::Hash,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     time::Duration,
 };
@@ -43,8 +44,8 @@ use tracing::{info, warn};
 
 use crate::{
     config::LeaderElectionConfig,
-    controller::Source,
-    model::{self, Model},
+    controller::{Context, Source},
+    model::{self, Changes, Delta, Lookup, Model, ObjectRef},
 };
 
 /// Reflector stores of the three kinds.
@@ -53,8 +54,33 @@ pub struct KubeSource {
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
     ready: AtomicBool,
+    /// Objects changed since the model last took them; starts as "all".
+    pending: Arc<Mutex<Changes>>,
     /// Poked on every watch event.
     pub changed: Arc<Notify>,
+}
+
+fn lookup<K>(store: &Store<K>, r: &ObjectRef) -> Option<Arc<K>>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Default + Eq + Hash + Clone,
+{
+    let key = reflector::ObjectRef::<K>::new(&r.name);
+    let key = if r.namespace.is_empty() {
+        key
+    } else {
+        key.within(&r.namespace)
+    };
+    store.get(&key)
+}
+
+impl Lookup for KubeSource {
+    fn service(&self, r: &ObjectRef) -> Option<Arc<Service>> {
+        lookup(&self.services, r)
+    }
+    fn slice(&self, r: &ObjectRef) -> Option<Arc<EndpointSlice>> {
+        lookup(&self.slices, r)
+    }
 }
 
 impl Debug for KubeSource {
@@ -66,6 +92,21 @@ impl Debug for KubeSource {
 }
 
 impl Source for KubeSource {
+    fn update_model(&self, model: &mut Model, full: bool) -> Delta {
+        let mut changes = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
+        changes.all |= full;
+        model.apply(&changes, self, |m| {
+            let s = self.services.state();
+            let e = self.slices.state();
+            let n = self.nodes.state();
+            m.rebuild(
+                s.iter().map(|x| x.as_ref()),
+                e.iter().map(|x| x.as_ref()),
+                n.iter().map(|x| x.as_ref()),
+            );
+        })
+    }
+
     fn model(&self) -> Model {
         let s = self.services.state();
         let e = self.slices.state();
@@ -82,8 +123,16 @@ impl Source for KubeSource {
     }
 }
 
-async fn run_reflector<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>)
-where
+/// Records one changed object of kind `K` in a [`Changes`].
+type Record = fn(&mut Changes, ObjectRef);
+
+async fn run_reflector<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    pending: Arc<Mutex<Changes>>,
+    record: Record,
+) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default + Eq + Hash + Clone,
 {
@@ -95,7 +144,24 @@ where
     futures::pin_mut!(stream);
     loop {
         match stream.try_next().await {
-            Ok(Some(_)) => changed.notify_one(),
+            Ok(Some(ev)) => {
+                {
+                    let mut p = pending.lock().expect("poisoned");
+                    match &ev {
+                        watcher::Event::Apply(o) | watcher::Event::Delete(o) => {
+                            let r = ObjectRef {
+                                namespace: o.namespace().unwrap_or_default(),
+                                name: o.name_any(),
+                            };
+                            record(&mut p, r);
+                        }
+                        // The store is swapped at the end of a relist.
+                        watcher::Event::InitDone => p.all = true,
+                        watcher::Event::Init | watcher::Event::InitApply(_) => {}
+                    }
+                }
+                changed.notify_one();
+            }
             Ok(None) => return,
             Err(e) => warn!(kind, error = %e, "watch error (retrying with backoff)"),
         }
@@ -113,6 +179,10 @@ pub fn start(client: Client) -> (Arc<KubeSource>, impl Future<Output = ()> + Sen
         slices,
         nodes,
         ready: AtomicBool::new(false),
+        pending: Arc::new(Mutex::new(Changes {
+            all: true,
+            ..Changes::default()
+        })),
         changed: Arc::new(Notify::new()),
     });
     let s = src.clone();
@@ -131,13 +201,31 @@ pub fn start(client: Client) -> (Arc<KubeSource>, impl Future<Output = ()> + Sen
             }
         };
         tokio::join!(
-            run_reflector(Api::<Service>::all(client.clone()), sw, s.changed.clone()),
+            run_reflector(
+                Api::<Service>::all(client.clone()),
+                sw,
+                s.changed.clone(),
+                s.pending.clone(),
+                |c, r| {
+                    c.services.insert(r);
+                }
+            ),
             run_reflector(
                 Api::<EndpointSlice>::all(client.clone()),
                 ew,
-                s.changed.clone()
+                s.changed.clone(),
+                s.pending.clone(),
+                |c, r| {
+                    c.slices.insert(r);
+                }
             ),
-            run_reflector(Api::<Node>::all(client), nw, s.changed.clone()),
+            run_reflector(
+                Api::<Node>::all(client),
+                nw,
+                s.changed.clone(),
+                s.pending.clone(),
+                |c, _| c.nodes = true
+            ),
             ready,
         );
     };
@@ -213,6 +301,18 @@ pub async fn try_lead(
             }
         }
     }
+}
+
+/// Makes `ctx` write to switches only while it holds the Lease: leadership
+/// drops to false now and then follows [`lead`] (spawn the future). Planning
+/// goes on meanwhile, so a new leader starts with a plan.
+pub fn elect(
+    ctx: &Context,
+    client: Client,
+    cfg: LeaderElectionConfig,
+) -> impl Future<Output = ()> + Send + 'static {
+    ctx.leader.send_replace(false);
+    lead(client, cfg, ctx.leader.clone())
 }
 
 /// Runs leader election forever, publishing leadership on `leader`.

@@ -1,9 +1,10 @@
 //! An in-memory object set: the YAML source fills it from files, tests and
-//! the bench fill it directly.
+//! the bench fill it directly. It records which objects changed, so the
+//! controller re-evaluates only those.
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use k8s_openapi::api::{
@@ -14,18 +15,23 @@ use tokio::sync::Notify;
 
 use crate::{
     controller::Source,
-    model::{self, Model, ObjectRef},
+    model::{self, Changes, Delta, Lookup, Model, ObjectRef},
 };
 
-/// Services, EndpointSlices and Nodes by namespace/name.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Services, EndpointSlices and Nodes by namespace/name. Change them through
+/// the `put_*`/`remove_*` methods: those record what changed.
+#[derive(Debug, Clone, Default)]
 pub struct Objects {
-    /// Services.
-    pub services: BTreeMap<ObjectRef, Service>,
-    /// EndpointSlices.
-    pub slices: BTreeMap<ObjectRef, EndpointSlice>,
-    /// Nodes (namespace "").
-    pub nodes: BTreeMap<ObjectRef, Node>,
+    services: BTreeMap<ObjectRef, Arc<Service>>,
+    slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
+    nodes: BTreeMap<ObjectRef, Arc<Node>>,
+    changes: Changes,
+}
+
+impl PartialEq for Objects {
+    fn eq(&self, other: &Self) -> bool {
+        self.services == other.services && self.slices == other.slices && self.nodes == other.nodes
+    }
 }
 
 fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
@@ -35,18 +41,106 @@ fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Obj
     }
 }
 
+/// The keys whose value differs between `a` and `b` (present in one only,
+/// or different).
+fn changed_keys<V: PartialEq>(
+    a: &BTreeMap<ObjectRef, Arc<V>>,
+    b: &BTreeMap<ObjectRef, Arc<V>>,
+) -> impl Iterator<Item = ObjectRef> {
+    let mut out = Vec::new();
+    for (k, v) in a {
+        match b.get(k) {
+            Some(w) if Arc::ptr_eq(v, w) || v == w => {}
+            _ => out.push(k.clone()),
+        }
+    }
+    out.extend(b.keys().filter(|k| !a.contains_key(*k)).cloned());
+    out.into_iter()
+}
+
 impl Objects {
     /// Adds or replaces a Service.
     pub fn put_service(&mut self, s: Service) {
-        self.services.insert(key(&s.metadata), s);
+        let k = key(&s.metadata);
+        self.changes.services.insert(k.clone());
+        self.services.insert(k, Arc::new(s));
     }
     /// Adds or replaces an EndpointSlice.
     pub fn put_slice(&mut self, s: EndpointSlice) {
-        self.slices.insert(key(&s.metadata), s);
+        let k = key(&s.metadata);
+        self.changes.slices.insert(k.clone());
+        self.slices.insert(k, Arc::new(s));
     }
     /// Adds or replaces a Node.
     pub fn put_node(&mut self, n: Node) {
-        self.nodes.insert(key(&n.metadata), n);
+        self.changes.nodes = true;
+        self.nodes.insert(key(&n.metadata), Arc::new(n));
+    }
+    /// Removes a Service.
+    pub fn remove_service(&mut self, r: &ObjectRef) {
+        if self.services.remove(r).is_some() {
+            self.changes.services.insert(r.clone());
+        }
+    }
+    /// Removes an EndpointSlice.
+    pub fn remove_slice(&mut self, r: &ObjectRef) {
+        if self.slices.remove(r).is_some() {
+            self.changes.slices.insert(r.clone());
+        }
+    }
+    /// Removes a Node.
+    pub fn remove_node(&mut self, r: &ObjectRef) {
+        if self.nodes.remove(r).is_some() {
+            self.changes.nodes = true;
+        }
+    }
+    /// Services.
+    pub fn services(&self) -> &BTreeMap<ObjectRef, Arc<Service>> {
+        &self.services
+    }
+    /// EndpointSlices.
+    pub fn slices(&self) -> &BTreeMap<ObjectRef, Arc<EndpointSlice>> {
+        &self.slices
+    }
+    /// Nodes (namespace "").
+    pub fn nodes(&self) -> &BTreeMap<ObjectRef, Arc<Node>> {
+        &self.nodes
+    }
+
+    /// What differs from `old` to `self`.
+    fn changes_from(&self, old: &Objects) -> Changes {
+        Changes {
+            all: false,
+            nodes: changed_keys(&old.nodes, &self.nodes).next().is_some(),
+            services: changed_keys(&old.services, &self.services).collect(),
+            slices: changed_keys(&old.slices, &self.slices).collect(),
+        }
+    }
+
+    /// Builds a model of everything.
+    pub fn model(&self) -> Model {
+        model::build(
+            self.services.values().map(AsRef::as_ref),
+            self.slices.values().map(AsRef::as_ref),
+            self.nodes.values().map(AsRef::as_ref),
+        )
+    }
+
+    fn rebuild(&self, m: &mut Model) {
+        m.rebuild(
+            self.services.values().map(AsRef::as_ref),
+            self.slices.values().map(AsRef::as_ref),
+            self.nodes.values().map(AsRef::as_ref),
+        );
+    }
+}
+
+impl Lookup for Objects {
+    fn service(&self, r: &ObjectRef) -> Option<Arc<Service>> {
+        self.services.get(r).cloned()
+    }
+    fn slice(&self, r: &ObjectRef) -> Option<Arc<EndpointSlice>> {
+        self.slices.get(r).cloned()
     }
 }
 
@@ -55,6 +149,8 @@ impl Objects {
 #[derive(Debug, Default)]
 pub struct MemorySource {
     objects: RwLock<Objects>,
+    /// Changes not yet taken by [`Source::update_model`]; starts as "all".
+    pending: Mutex<Changes>,
     ready: std::sync::atomic::AtomicBool,
     /// Poked on every change.
     pub changed: Arc<Notify>,
@@ -63,24 +159,32 @@ pub struct MemorySource {
 impl MemorySource {
     /// An empty source.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        let s = Self::default();
+        s.pending.lock().expect("poisoned").all = true;
+        Arc::new(s)
     }
 
     /// Replaces everything; pokes only if something changed.
-    pub fn replace(&self, objects: Objects) -> bool {
+    pub fn replace(&self, mut objects: Objects) -> bool {
         let mut o = self.objects.write().expect("poisoned");
         let first = !self.ready.swap(true, std::sync::atomic::Ordering::SeqCst);
-        if *o == objects && !first {
+        let changes = objects.changes_from(&o);
+        if changes.is_empty() && !first {
             return false;
         }
+        objects.changes = Changes::default();
         *o = objects;
+        self.pending.lock().expect("poisoned").merge(changes);
         self.changed.notify_one();
         true
     }
 
-    /// Edits the objects in place and pokes.
+    /// Edits the objects in place (through the recording methods) and pokes.
     pub fn update(&self, f: impl FnOnce(&mut Objects)) {
-        f(&mut self.objects.write().expect("poisoned"));
+        let mut o = self.objects.write().expect("poisoned");
+        f(&mut o);
+        let changes = std::mem::take(&mut o.changes);
+        self.pending.lock().expect("poisoned").merge(changes);
         self.ready.store(true, std::sync::atomic::Ordering::SeqCst);
         self.changed.notify_one();
     }
@@ -88,8 +192,14 @@ impl MemorySource {
 
 impl Source for MemorySource {
     fn model(&self) -> Model {
+        self.objects.read().expect("poisoned").model()
+    }
+
+    fn update_model(&self, model: &mut Model, full: bool) -> Delta {
         let o = self.objects.read().expect("poisoned");
-        model::build(o.services.values(), o.slices.values(), o.nodes.values())
+        let mut changes = std::mem::take(&mut *self.pending.lock().expect("poisoned"));
+        changes.all |= full;
+        model.apply(&changes, &*o, |m| o.rebuild(m))
     }
 
     fn is_ready(&self) -> bool {

@@ -111,6 +111,9 @@ pub trait Target: Send + Sync {
     fn delete(&self, entry: &Entry) -> Result<(), TargetError>;
     /// Every entry of `table`, in no set order.
     fn entries(&self, table: TableKind) -> Result<Vec<Entry>, TargetError>;
+    /// The stored entry with `key`'s match key, if any; `key`'s action
+    /// fields are ignored. A Read of one key must not cost a table walk.
+    fn get(&self, key: &Entry) -> Result<Option<Entry>, TargetError>;
     /// A counter cell summed over CPUs.
     fn counter(&self, counter: CounterId, index: u32) -> Result<PacketBytes, TargetError>;
     /// The direct counter of the `backend` entry for `backend_id`.

@@ -328,6 +328,28 @@ impl Dataplane {
     }
 }
 
+/// The map key size of `table`.
+fn key_len(table: TableKind) -> usize {
+    match table {
+        Table::SwitchAddr | Table::Backend => 4,
+        Table::Ipv4Route
+        | Table::ServiceV4
+        | Table::CookieCheck
+        | Table::LbBucket
+        | Table::PodNode => 8,
+    }
+}
+
+/// The map value size of `table`.
+fn value_len(table: TableKind) -> usize {
+    match table {
+        Table::Ipv4Route => 16,
+        Table::Backend => 12,
+        Table::ServiceV4 => 8,
+        Table::SwitchAddr | Table::CookieCheck | Table::LbBucket | Table::PodNode => 4,
+    }
+}
+
 /// The P4 `size` of `table`, which is its map's `max_entries`.
 pub fn table_size(table: TableKind) -> u32 {
     match table {
@@ -372,19 +394,10 @@ impl Target for Dataplane {
 
     fn entries(&self, table: TableKind) -> Result<Vec<Entry>, TargetError> {
         let fd = self.table_fd(table).as_fd();
-        let (key_len, value_len) = match table {
-            Table::Ipv4Route => (8, 16),
-            Table::SwitchAddr => (4, 4),
-            Table::ServiceV4 => (8, 8),
-            Table::CookieCheck => (8, 4),
-            Table::LbBucket => (8, 4),
-            Table::Backend => (4, 12),
-            Table::PodNode => (8, 4),
-        };
         let mut out = Vec::new();
-        let mut key = vec![0u8; key_len];
+        let mut key = vec![0u8; key_len(table)];
         let mut prev: Option<Vec<u8>> = None;
-        let mut value = vec![0u8; value_len];
+        let mut value = vec![0u8; value_len(table)];
         while sys::map_next_key(fd, prev.as_deref(), &mut key).map_err(map_err)? {
             // An entry deleted between the two calls is skipped.
             if sys::map_lookup(fd, &key, &mut value).map_err(map_err)? {
@@ -393,6 +406,27 @@ impl Target for Dataplane {
             prev = Some(key.clone());
         }
         Ok(out)
+    }
+
+    fn get(&self, key: &Entry) -> Result<Option<Entry>, TargetError> {
+        let table = key.table();
+        match *key {
+            // A trie lookup answers the longest match, not the exact
+            // prefix; these tables are small, so walk them.
+            Entry::Ipv4Route { dst, .. } | Entry::PodNode { dst, .. } => {
+                Ok(self.entries(table)?.into_iter().find(|e| {
+                    matches!(*e, Entry::Ipv4Route { dst: d, .. } | Entry::PodNode { dst: d, .. } if d == dst)
+                }))
+            }
+            _ => {
+                let (k, _) = Self::encode(key)?;
+                let mut buf = [0u8; 16];
+                let value = &mut buf[..value_len(table)];
+                let fd = self.table_fd(table).as_fd();
+                let found = sys::map_lookup(fd, k.as_slice(), value).map_err(map_err)?;
+                Ok(found.then(|| Self::decode(table, k.as_slice(), value)))
+            }
+        }
     }
 
     fn counter(&self, counter: CounterId, index: u32) -> Result<PacketBytes, TargetError> {
@@ -514,6 +548,7 @@ mod tests {
         ];
         for e in entries {
             let (k, v) = Dataplane::encode(&e).unwrap();
+            assert_eq!((k.len, v.len), (key_len(e.table()), value_len(e.table())));
             assert_eq!(Dataplane::decode(e.table(), k.as_slice(), v.as_slice()), e);
         }
         let too_far = Entry::Ipv4Route {

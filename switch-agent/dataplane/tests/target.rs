@@ -38,6 +38,8 @@ fn insert_modify_delete_follow_p4runtime() {
         Err(TargetError::NotFound)
     ));
     assert_eq!(dp.entries(TableKind::Backend).unwrap(), vec![backend(1, 7)]);
+    assert_eq!(dp.get(&backend(1, 0)).unwrap(), Some(backend(1, 7)));
+    assert_eq!(dp.get(&backend(2, 0)).unwrap(), None);
     assert_eq!(dp.backend_counter(1).unwrap().packets, 0);
     dp.delete(&backend(1, 0)).unwrap();
     assert!(matches!(
@@ -81,6 +83,9 @@ fn insert_modify_delete_follow_p4runtime() {
     routes.sort_by_key(|e| format!("{e:?}"));
     assert_eq!(routes.len(), 2);
     assert!(routes.contains(&blackhole) && routes.contains(&route([10, 1, 0, 0], 24)));
+    // A key read is exact, not a longest-prefix match.
+    assert_eq!(dp.get(&route([10, 1, 0, 0], 16)).unwrap(), Some(blackhole));
+    assert_eq!(dp.get(&route([10, 1, 2, 0], 24)).unwrap(), None);
     assert!(matches!(
         dp.delete(&route([10, 2, 0, 0], 16)),
         Err(TargetError::NotFound)

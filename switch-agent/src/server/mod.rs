@@ -462,9 +462,11 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // The builder's `tcp_nodelay` does not reach sockets we accept
+    // ourselves; without it a WriteResponse's trailers wait out the
+    // client's delayed ACK (~40 ms a Write).
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(P4RuntimeService::new(switch).into_server())
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|s| *s).await;

@@ -10,7 +10,6 @@ use tonic::Status;
 use crate::{
     entry::{Entry, Target, TargetError},
     layout::{CounterLayout, Layout, TableLayout},
-    memory::EntryKey,
     server::write::UpdateError,
 };
 
@@ -44,16 +43,9 @@ fn select(
     table: &TableLayout,
     filter: &TableEntry,
 ) -> Result<Vec<Entry>, Status> {
-    let entries = target.entries(table.kind).map_err(status)?;
     match layout.decode_read_key(filter).map_err(status)? {
-        None => Ok(entries),
-        Some(key) => {
-            let key = EntryKey::of(&key);
-            Ok(entries
-                .into_iter()
-                .filter(|e| EntryKey::of(e) == key)
-                .collect())
-        }
+        None => target.entries(table.kind).map_err(status),
+        Some(key) => Ok(target.get(&key).map_err(status)?.into_iter().collect()),
     }
 }
 

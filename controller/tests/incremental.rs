@@ -1,0 +1,332 @@
+//! Incremental reconcile ≡ full reconcile.
+//!
+//! A random history of object changes (Services, EndpointSlices, Nodes,
+//! with clock steps across the id quarantine) is fed two ways:
+//! - incrementally, as the controller does: the source's change log →
+//!   `Model::apply` → `Planner::replan` → `region_diff` applied to a
+//!   simulated switch;
+//! - from scratch at every step: `model::build` of all objects and
+//!   `Planner::plan_full`.
+//!
+//! After every step the two models, the two desired states, the errors and
+//! the id usage must be equal, and the simulated switch must hold exactly
+//! the desired state. Every batch is applied in order and the switch must
+//! never hold a dangling reference in between (dependency order). At the
+//! end a restarted planner adopting the switch must want no write at all.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use proptest::prelude::*;
+use talaria_controller::{
+    buckets::BucketPolicy,
+    controller::Source,
+    diff::{self, Batch, FullDiff},
+    model::{Delta, Model, ObjectRef},
+    plan::{FabricConfig, PlanChanges, Planner},
+    source::{MemorySource, Objects},
+    state::SwitchState,
+};
+
+const QUARANTINE: Duration = Duration::from_secs(30);
+const VIPS: [&str; 3] = ["10.96.0.10", "10.96.0.11", "10.96.0.12"];
+const SERVICES: usize = 4;
+
+#[derive(Debug, Clone)]
+enum Change {
+    PutService {
+        svc: usize,
+        vip: usize,
+        ports: u8,
+        affinity: bool,
+    },
+    RemoveService(usize),
+    PutSlice {
+        svc: usize,
+        slot: usize,
+        /// The Service its label names (usually `svc`).
+        label: usize,
+        /// (pod index, condition: 0 ready, 1 serving+terminating, 2 not ready)
+        endpoints: Vec<(u8, u8)>,
+    },
+    RemoveSlice {
+        svc: usize,
+        slot: usize,
+    },
+    /// Moves node n2's InternalIP (a Node change: full rebuild).
+    MoveNode(bool),
+    Tick(u64),
+}
+
+fn change() -> impl Strategy<Value = Change> {
+    prop_oneof![
+        3 => (0..SERVICES, 0..VIPS.len(), 1u8..4, any::<bool>()).prop_map(
+            |(svc, vip, ports, affinity)| Change::PutService { svc, vip, ports, affinity }
+        ),
+        1 => (0..SERVICES).prop_map(Change::RemoveService),
+        6 => (
+            0..SERVICES,
+            0..2usize,
+            prop_oneof![4 => Just(None), 1 => (0..SERVICES).prop_map(Some)],
+            proptest::collection::vec((0u8..12, 0u8..3), 0..6),
+        )
+            .prop_map(|(svc, slot, label, endpoints)| Change::PutSlice {
+                svc,
+                slot,
+                label: label.unwrap_or(svc),
+                endpoints,
+            }),
+        1 => (0..SERVICES, 0..2usize).prop_map(|(svc, slot)| Change::RemoveSlice { svc, slot }),
+        1 => any::<bool>().prop_map(Change::MoveNode),
+        2 => (0u64..25).prop_map(Change::Tick),
+    ]
+}
+
+fn yaml<T: serde::de::DeserializeOwned>(y: &str) -> T {
+    serde_yaml::from_str(y).unwrap()
+}
+
+fn node(name: &str, cidr: &str, ip: &str) -> Node {
+    yaml(&format!(
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}}}\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n"
+    ))
+}
+
+fn service(svc: usize, vip: usize, ports: u8, affinity: bool) -> Service {
+    let mut p = Vec::new();
+    if ports & 1 != 0 {
+        p.push("{name: http, port: 80, targetPort: http}");
+    }
+    if ports & 2 != 0 {
+        p.push("{name: dns, port: 53, protocol: UDP, targetPort: 5353}");
+    }
+    let aff = if affinity { "ClientIP" } else { "None" };
+    yaml(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{svc}, namespace: ns}}\nspec: {{clusterIP: {}, sessionAffinity: {aff}, selector: {{app: s{svc}}}, ports: [{}]}}\n",
+        VIPS[vip],
+        p.join(", ")
+    ))
+}
+
+fn slice(svc: usize, slot: usize, label: usize, endpoints: &[(u8, u8)]) -> EndpointSlice {
+    let mut eps = String::new();
+    for (pod, cond) in endpoints {
+        let cond = match cond {
+            0 => "{ready: true}",
+            1 => "{ready: false, serving: true, terminating: true}",
+            _ => "{ready: false}",
+        };
+        // Pods 0..6 on n1, 6..12 on n2 (found through the pod CIDR).
+        let (ip, node) = if *pod < 6 {
+            (format!("10.244.1.{}", pod + 1), "nodeName: n1, ")
+        } else {
+            (format!("10.244.2.{}", pod + 1), "")
+        };
+        eps.push_str(&format!(
+            "- {{addresses: [{ip}], {node}conditions: {cond}}}\n"
+        ));
+    }
+    if eps.is_empty() {
+        eps.push_str("  []\n");
+    }
+    yaml(&format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{svc}-{slot}, namespace: ns, labels: {{kubernetes.io/service-name: s{label}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{eps}"
+    ))
+}
+
+fn oref(name: String) -> ObjectRef {
+    ObjectRef {
+        namespace: "ns".into(),
+        name,
+    }
+}
+
+fn fabric() -> FabricConfig {
+    FabricConfig {
+        switch_addrs: vec!["192.168.0.1".parse().unwrap()],
+        routes: Vec::new(),
+    }
+}
+
+fn policy() -> BucketPolicy {
+    BucketPolicy {
+        per_backend: 2,
+        min: 4,
+        max: 16,
+        shrink_factor: 2,
+    }
+}
+
+/// Panics if `s` holds an entry that points at a missing one.
+fn check_references(s: &SwitchState, when: &str) {
+    for (key, a) in &s.service_v4 {
+        for b in 0..=a.bucket_mask {
+            assert!(
+                s.lb_bucket.contains_key(&(a.service_id, b)),
+                "{when}: {key} (mask {}) lacks bucket {b}",
+                a.bucket_mask
+            );
+        }
+    }
+    for ((sid, b), id) in &s.lb_bucket {
+        assert!(
+            s.cookie_check.contains(&(*sid, *id)) && s.backend.contains_key(id),
+            "{when}: bucket ({sid}, {b}) names backend {id} without its entries"
+        );
+    }
+    for (sid, id) in &s.cookie_check {
+        assert!(
+            s.backend.contains_key(id),
+            "{when}: cookie_check ({sid}, {id}) without backend"
+        );
+    }
+}
+
+fn apply_checked(have: &mut SwitchState, batches: &[Batch], when: &str) {
+    for b in batches {
+        have.apply(std::slice::from_ref(b));
+        check_references(have, when);
+    }
+}
+
+/// What the switch task does with a plan change.
+fn sync(planner: &Planner, have: &mut SwitchState, ch: &PlanChanges, when: &str) {
+    if ch.full {
+        let want = planner.desired().clone();
+        let mut gen = FullDiff::default();
+        // Small chunks, applied one at a time, in order.
+        while let Some(c) = gen.next_chunk(&want, have, 3) {
+            let b = Batch {
+                op: c.op,
+                table: c.table,
+                entries: c.entries,
+            };
+            apply_checked(have, &[b], when);
+        }
+    } else {
+        let batches = diff::region_diff(planner.desired(), have, ch);
+        apply_checked(have, &batches, when);
+    }
+}
+
+fn run(history: Vec<Change>) {
+    let t0 = Instant::now();
+    let mut now = t0;
+    let src = MemorySource::new();
+    let mut objects = Objects::default();
+    objects.put_node(node("n1", "10.244.1.0/24", "192.168.0.11"));
+    objects.put_node(node("n2", "10.244.2.0/24", "192.168.0.12"));
+    src.replace(objects.clone());
+
+    let mut model = Model::default();
+    let mut inc = Planner::new(policy(), QUARANTINE);
+    let mut full = Planner::new(policy(), QUARANTINE);
+    let mut have = SwitchState::default();
+
+    for (step, c) in std::iter::once(None)
+        .chain(history.into_iter().map(Some))
+        .enumerate()
+    {
+        let when = format!("step {step} ({c:?})");
+        match c {
+            None => {}
+            Some(Change::PutService {
+                svc,
+                vip,
+                ports,
+                affinity,
+            }) => src.update(|o| o.put_service(service(svc, vip, ports, affinity))),
+            Some(Change::RemoveService(svc)) => {
+                src.update(|o| o.remove_service(&oref(format!("s{svc}"))))
+            }
+            Some(Change::PutSlice {
+                svc,
+                slot,
+                label,
+                endpoints,
+            }) => src.update(|o| o.put_slice(slice(svc, slot, label, &endpoints))),
+            Some(Change::RemoveSlice { svc, slot }) => {
+                src.update(|o| o.remove_slice(&oref(format!("s{svc}-{slot}"))))
+            }
+            Some(Change::MoveNode(moved)) => {
+                let ip = if moved {
+                    "192.168.0.22"
+                } else {
+                    "192.168.0.12"
+                };
+                src.update(|o| o.put_node(node("n2", "10.244.2.0/24", ip)))
+            }
+            Some(Change::Tick(s)) => now += Duration::from_secs(s),
+        }
+
+        // Incremental, as the reconciler does it.
+        let ch = match src.update_model(&mut model, false) {
+            Delta::Rebuilt => inc.plan_full(&model, &fabric(), now),
+            Delta::Ports(keys) => inc.replan(&model, keys, now),
+        };
+        sync(&inc, &mut have, &ch, &when);
+
+        // From scratch.
+        let reference = src.model();
+        full.plan_full(&reference, &fabric(), now);
+
+        assert_eq!(model, reference, "{when}: model");
+        let want = full.desired().state();
+        assert_eq!(inc.desired().state(), want, "{when}: desired state");
+        assert_eq!(inc.errors(), full.errors(), "{when}: errors");
+        assert_eq!(inc.backend_id_usage(), full.backend_id_usage(), "{when}");
+        assert_eq!(inc.service_id_usage(), full.service_id_usage(), "{when}");
+        assert_eq!(have, want, "{when}: switch differs from the plan");
+    }
+
+    // Once departed backends are out of quarantine (a restart forgets
+    // departures), a restarted controller adopts what the switch holds and
+    // writes nothing.
+    now += QUARANTINE * 2;
+    let ch = inc.replan(&model, [], now);
+    sync(&inc, &mut have, &ch, "after the quarantine");
+    assert_eq!(have, inc.desired().state());
+    let mut restarted = Planner::new(policy(), QUARANTINE);
+    assert!(restarted.adopt(&have).is_empty());
+    restarted.plan_full(&model, &fabric(), now);
+    let batches = diff::diff(&restarted.desired().state(), &have);
+    assert!(batches.is_empty(), "restart would write {batches:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn incremental_equals_full(history in proptest::collection::vec(change(), 1..40)) {
+        run(history);
+    }
+}
+
+#[test]
+fn departed_backend_expires_without_other_changes() {
+    run(vec![
+        Change::PutService {
+            svc: 0,
+            vip: 0,
+            ports: 1,
+            affinity: false,
+        },
+        Change::PutSlice {
+            svc: 0,
+            slot: 0,
+            label: 0,
+            endpoints: vec![(0, 0), (1, 0)],
+        },
+        Change::PutSlice {
+            svc: 0,
+            slot: 0,
+            label: 0,
+            endpoints: vec![(0, 0)],
+        },
+        Change::Tick(20),
+        Change::Tick(20),
+    ]);
+}
