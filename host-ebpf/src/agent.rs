@@ -114,6 +114,9 @@ pub fn disable_uplink_udp_gso(uplink: &str) {
     }
 }
 
+/// How long the agent waits for its first pod sync before serving metrics.
+const FIRST_SYNC_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> Result<()> {
     let mut node = Node::load(Some(&cfg.pin_dir), cfg.lru_size)?;
@@ -121,18 +124,6 @@ pub async fn run(cfg: Config) -> Result<()> {
     info!(uplink = %cfg.uplink, mode = ?cfg.mode, pin_dir = %cfg.pin_dir.display(), "talaria-node attached to the uplink");
     let node = Arc::new(Mutex::new(node));
     let gauges = Arc::new(Mutex::new(Gauges::default()));
-
-    let listener = tokio::net::TcpListener::bind(&cfg.metrics_addr)
-        .await
-        .map_err(|e| Error::io(format!("bind {}", cfg.metrics_addr), e))?;
-    {
-        let node = node.clone();
-        let gauges = gauges.clone();
-        tokio::spawn(metrics::serve(listener, move || {
-            let stats = node.lock().expect("node lock").stats().unwrap_or_default();
-            metrics::render(&stats, &gauges.lock().expect("gauges lock"))
-        }));
-    }
 
     // GC of idle UDP and finished TCP flows; also samples the gauges.
     {
@@ -206,6 +197,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             Some(pods)
         }
     };
+    let (first_sync_tx, mut first_sync) = tokio::sync::watch::channel(false);
     {
         let node = node.clone();
         let cfg = cfg.clone();
@@ -218,6 +210,7 @@ pub async fn run(cfg: Config) -> Result<()> {
         // trigger that finds one pending is dropped: the pending resync
         // reads the newest state anyway.
         let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let first_synced = first_sync_tx;
         let sync_pods = api_pods.clone();
         std::thread::spawn(move || {
             // SAFETY: setns on this thread with a valid netns fd.
@@ -261,6 +254,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                     }
                     Err(e) => warn!(error = %e, "pod sync"),
                 }
+                first_synced.send_replace(true);
             }
         });
         tokio::spawn(async move {
@@ -279,6 +273,28 @@ pub async fn run(cfg: Config) -> Result<()> {
                 }
             }
         });
+    }
+
+    // The metrics port opens once the first pod sync has run, so "the
+    // agent listens" means "its pods are attached" (the lab and a
+    // readiness probe wait for it). Kubernetes mode may wait on the API.
+    let first = FIRST_SYNC_WAIT;
+    if tokio::time::timeout(first, first_sync.wait_for(|done| *done))
+        .await
+        .is_err()
+    {
+        warn!(?first, "no pod sync yet; serving metrics anyway");
+    }
+    let listener = tokio::net::TcpListener::bind(&cfg.metrics_addr)
+        .await
+        .map_err(|e| Error::io(format!("bind {}", cfg.metrics_addr), e))?;
+    {
+        let node = node.clone();
+        let gauges = gauges.clone();
+        tokio::spawn(metrics::serve(listener, move || {
+            let stats = node.lock().expect("node lock").stats().unwrap_or_default();
+            metrics::render(&stats, &gauges.lock().expect("gauges lock"))
+        }));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -1251,8 +1251,10 @@ fn pmtu_discovery_clamps_pods_with_a_too_large_mtu() {
 }
 
 /// Polls `cond` (at most 100 × 50 ms); returns whether it came true.
+/// Polls `cond` for up to 10 s (the agent resyncs on events, but a loaded
+/// CI machine can take seconds to deliver one).
 fn eventually(mut cond: impl FnMut() -> bool) -> bool {
-    for _ in 0..100 {
+    for _ in 0..200 {
         if cond() {
             return true;
         }
