@@ -15,7 +15,9 @@
 //! Then the forwarding rate through real veths: an AF_PACKET sender blasts
 //! one frame kind into switch port 1 for 2 s and the switch's port
 //! counters tell how many it redirected. Sender, veth and switch share one
-//! pinned core, so the rate is a lower bound for the switch alone.
+//! pinned core, so the rate is a lower bound for the switch alone. A
+//! second table steers the switch to its own core with RPS and divides the
+//! rate by that core's busy share: the rate of one fully busy switch core.
 
 use std::{net::Ipv4Addr, time::Instant};
 
@@ -241,6 +243,38 @@ fn main() {
         );
     }
 
+    // The same, with the switch on its own core: RPS steers port 1's
+    // receive path (and so the switch program) to CPU 1 while the sender
+    // stays on CPU 0. CPU 1's busy share then gives the rate one fully
+    // busy core would switch.
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        println!();
+        println!("two cores: sender on CPU 0, switch port 1's receive path (and the switch) steered by RPS to CPU 1");
+        println!(
+            "{:<32} {:>12} {:>14} {:>12} {:>16}",
+            "packet", "sent Mpps", "switched Mpps", "CPU 1 busy", "Mpps/busy core"
+        );
+        set_rps(&sw.ns.name, "sw1", "2");
+        for (name, frame) in [
+            ("new flow", &new_flow),
+            ("cookied", &cookied),
+            ("plain routed", &routed),
+        ] {
+            let before = cpu_jiffies(1);
+            let (sent, switched) = lab.blast(dp, frame, secs);
+            let after = cpu_jiffies(1);
+            let busy = (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64;
+            println!(
+                "{name:<32} {:>12.3} {:>14.3} {:>11.0}% {:>16.3}",
+                sent / secs / 1e6,
+                switched / secs / 1e6,
+                busy * 100.0,
+                switched / secs / 1e6 / busy.max(0.01)
+            );
+        }
+        set_rps(&sw.ns.name, "sw1", "0");
+    }
+
     let b = testing::NetNs::create("benchb");
     let (median, p99, n) = latency(&lab.a, &b, 20_000);
     println!();
@@ -358,6 +392,42 @@ fn sender(ns: &str, ifindex: u32, frame: &[u8], secs: f64) -> u64 {
         libc::close(fd);
         sent
     }
+}
+
+/// Writes `dev`'s receive-queue RPS mask in namespace `ns` (sysfs shows a
+/// namespace's devices only to a mount made inside it, hence `ip netns exec`).
+fn set_rps(ns: &str, dev: &str, mask: &str) {
+    let path = format!("/sys/class/net/{dev}/queues/rx-0/rps_cpus");
+    let ok = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "sh",
+            "-c",
+            &format!("echo {mask} > {path}"),
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot set {path} to {mask} in {ns}");
+}
+
+/// (busy, total) jiffies of CPU `n` from /proc/stat.
+fn cpu_jiffies(n: usize) -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").expect("/proc/stat");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(&format!("cpu{n}")))
+        .expect("cpu line");
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    // idle and iowait are the 4th and 5th fields.
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
 }
 
 fn kernel() -> String {
