@@ -22,10 +22,15 @@ tag="ctlbench$$"
 state=$(mktemp -d)
 pin="/sys/fs/bpf/talaria-$tag"
 agent=""
+# Every step may fail (errexit is still on in the trap): none may stop the
+# rest of the clean-up.
 cleanup() {
-    [[ -n "$agent" ]] && kill "$agent" 2>/dev/null && wait "$agent" 2>/dev/null
+    if [[ -n "$agent" ]]; then
+        kill "$agent" 2>/dev/null || true
+        wait "$agent" 2>/dev/null || true
+    fi
     ip netns del "$tag" 2>/dev/null || true
-    rm -rf "$state" "$pin"
+    rm -rf "$state" "$pin" || true
 }
 trap cleanup EXIT
 ip netns add "$tag"

@@ -36,7 +36,6 @@ use crate::{
     p4rt::{client::ConnectParams, ClientError, Codec, SwitchConn, WriteReport},
     plan::{PlanChanges, PlannedPort, Planner},
     state::SwitchState,
-    types::ServiceKey,
 };
 
 /// Something that yields the cluster objects as a model.
@@ -221,12 +220,6 @@ impl Context {
         *self.version_tx.borrow()
     }
 
-    /// What the planner decided for `key`.
-    pub fn planned_port(&self, key: &ServiceKey) -> Option<PlannedPort> {
-        let p = self.planned.read().expect("poisoned");
-        p.planner.desired().port(key).map(|p| p.view())
-    }
-
     /// What the planner decided for every port.
     pub fn planned_ports(&self) -> Vec<PlannedPort> {
         let p = self.planned.read().expect("poisoned");
@@ -241,16 +234,6 @@ impl Context {
             .planner
             .desired()
             .len()
-    }
-
-    /// The whole desired state as tables (big: for tests and tools).
-    pub fn desired_state(&self) -> SwitchState {
-        self.planned
-            .read()
-            .expect("poisoned")
-            .planner
-            .desired()
-            .state()
     }
 
     /// A switch by id.

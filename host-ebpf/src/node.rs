@@ -211,6 +211,15 @@ impl Node {
             .map_err(|e| Error::program(name, e))
     }
 
+    /// [`Node::program`] for attaching and detaching; a function of the
+    /// loaded object alone, so the link table stays borrowable meanwhile.
+    fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+        ebpf.program_mut(name)
+            .ok_or_else(|| Error::Invalid(format!("no program {name}")))?
+            .try_into()
+            .map_err(|e| Error::program(name, e))
+    }
+
     fn map(&self, name: &'static str) -> Result<&Map> {
         self.ebpf
             .map(name)
@@ -234,12 +243,7 @@ impl Node {
             .pin_dir
             .as_ref()
             .map(|d| d.join("links").join(link_pin_name(prog, ifname)));
-        let program: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(prog)
-            .ok_or_else(|| Error::Invalid(format!("no program {prog}")))?
-            .try_into()
-            .map_err(|e| Error::program(prog, e))?;
+        let program = Self::program_mut(&mut self.ebpf, prog)?;
         let existing = match &pin {
             Some(path) => match PinnedLink::from_pin(path) {
                 Ok(old) => Some(old),
@@ -297,12 +301,7 @@ impl Node {
             return self.remove_link_pin(&link_pin_name(prog, ifname));
         }
         if let Some(id) = self.links.remove(&(prog.to_string(), ifname.to_string())) {
-            let program: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(prog)
-                .ok_or_else(|| Error::Invalid(format!("no program {prog}")))?
-                .try_into()
-                .map_err(|e| Error::program(prog, e))?;
+            let program = Self::program_mut(&mut self.ebpf, prog)?;
             // A deleted interface took its attachment with it.
             let _ = program.detach(id);
         }

@@ -385,8 +385,16 @@ impl Lab {
         &self.pods.iter().find(|p| p.name == name).expect("pod").name
     }
 
-    fn set_buckets(&self, service_id: u16, backend_id: u32) {
+    /// Makes `backend_id` the only backend taking new flows of the
+    /// service, with a valid cookie; the old backends' cookies stay valid
+    /// (as the controller's quarantine keeps them).
+    fn move_pool(&self, service_id: u16, backend_id: u32) {
         let dp = self.dp.as_ref().unwrap();
+        dp.insert(&Entry::CookieCheck {
+            service_id,
+            backend_id,
+        })
+        .unwrap();
         for b in 0..BUCKETS {
             dp.modify(&Entry::LbBucket {
                 service_id,
@@ -702,15 +710,7 @@ fn established_connection_survives_a_pool_change() {
     std::thread::sleep(Duration::from_millis(500));
     // Backend c added, backend b removed from every bucket (its cookie
     // stays valid while it drains, as the controller's quarantine keeps it).
-    lab.dp
-        .as_ref()
-        .unwrap()
-        .insert(&Entry::CookieCheck {
-            service_id: SVC_TCP,
-            backend_id: BACKEND_C_TCP,
-        })
-        .unwrap();
-    lab.set_buckets(SVC_TCP, BACKEND_C_TCP);
+    lab.move_pool(SVC_TCP, BACKEND_C_TCP);
     let (s2, line2) = connect_vip(lab.pod("pa"));
     assert!(
         line2.starts_with(&format!("{POD_C} saw {POD_A}:")),
@@ -1417,15 +1417,7 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
 
     // Backend side: the pool moves to pod c on node 1, whose agent must
     // map the service id from the controller back to VIP:80.
-    lab.dp
-        .as_ref()
-        .unwrap()
-        .insert(&Entry::CookieCheck {
-            service_id: SVC_TCP,
-            backend_id: BACKEND_C_TCP,
-        })
-        .unwrap();
-    lab.set_buckets(SVC_TCP, BACKEND_C_TCP);
+    lab.move_pool(SVC_TCP, BACKEND_C_TCP);
     let server = tcp_server(lab.pod("pc"), POD_C, 1);
     let (s, line) = connect_vip(lab.pod("pb"));
     assert!(line.starts_with(&format!("{POD_C} saw {POD_B}:")), "{line}");

@@ -98,6 +98,11 @@ fn node() -> Node {
 
 /// Runs `prog` once on `pkt`: (verdict, output frame).
 fn run(n: &Node, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
+    test_run(n, prog, pkt, None)
+}
+
+/// Runs `prog` once on `pkt`, with a `__sk_buff` context in if given.
+fn test_run(n: &Node, prog: &str, pkt: &[u8], ctx: Option<&[u8]>) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; pkt.len() + 256];
     let r = n
         .program(prog)
@@ -105,6 +110,7 @@ fn run(n: &Node, prog: &str, pkt: &[u8]) -> (u32, Vec<u8>) {
         .test_run(TestRunOptions {
             data_in: Some(pkt),
             data_out: Some(&mut out),
+            ctx_in: ctx,
             ..Default::default()
         })
         .expect("BPF_PROG_TEST_RUN");
@@ -626,23 +632,6 @@ fn gso_ctx(gso_size: u32, gso_segs: u32) -> [u8; 192] {
     ctx
 }
 
-/// Like [`run`], with a `__sk_buff` context in.
-fn run_with_ctx(n: &Node, prog: &str, pkt: &[u8], ctx: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; pkt.len() + 256];
-    let r = n
-        .program(prog)
-        .unwrap()
-        .test_run(TestRunOptions {
-            data_in: Some(pkt),
-            data_out: Some(&mut out),
-            ctx_in: Some(ctx),
-            ..Default::default()
-        })
-        .expect("BPF_PROG_TEST_RUN with a context");
-    out.truncate(r.data_size_out as usize);
-    (r.return_value, out)
-}
-
 /// The frame a too-big packet `orig` (an IPv4 packet from `pod_mac` to
 /// `host_mac`) must become: ICMP 3/4 from `orig`'s destination to its
 /// source, next-hop MTU `mtu`, quoting `orig`'s header and first 8 L4
@@ -759,11 +748,11 @@ fn gso_packet_whose_segments_do_not_fit_gets_frag_needed() {
     // 1448 bytes (the MSS of a 1500-MTU pod with timestamps, here without
     // options: 20 + 20 + 1448 = 1488, + 48 > 1500).
     let gso = ipv4(t, tcp_flags::ACK, &[1; 3000]);
-    let (verdict, out) = run_with_ctx(
+    let (verdict, out) = test_run(
         &n,
         PROG_POD,
         &eth(HOST_VETH_MAC, POD_MAC, &gso),
-        &gso_ctx(1448, 3),
+        Some(&gso_ctx(1448, 3)),
     );
     assert_eq!(verdict, TC_ACT_REDIRECT);
     assert_eq!(

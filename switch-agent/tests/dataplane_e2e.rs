@@ -93,6 +93,9 @@ async fn writes_reach_the_maps_and_survive_an_agent_restart() {
         layout: layout.clone(),
     };
     let dp = Arc::new(sw.dp.take().unwrap());
+    // Out of `sw` the data plane is not detached on a panic; this removes
+    // its pins (maps and links) then, and `sw` deletes the namespace.
+    let _pins = RemovePinsOnPanic(dp.pin_dir().to_path_buf());
 
     let (switch, mut run) = start(layout.clone(), dp.clone(), state.path()).await;
     let stream = configured(&mut run.client, 1).await;
@@ -225,6 +228,17 @@ fn metrics_count_drops_per_port_and_reason() {
     }
     drop((metrics, switch, dp));
     drop(guard);
+}
+
+/// Removes a pin directory when dropped during a panic.
+struct RemovePinsOnPanic(std::path::PathBuf);
+
+impl Drop for RemovePinsOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 /// Detaches a shared data plane when dropped, once it is the last owner.

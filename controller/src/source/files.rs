@@ -156,9 +156,10 @@ struct LoadedFile {
 /// A manifest directory and the last good parse of each of its files.
 pub struct ManifestDir {
     dir: PathBuf,
+    /// The files of the last load, with the stamps they were read at.
     files: BTreeMap<PathBuf, LoadedFile>,
-    /// The fingerprint last loaded (None before the first load).
-    loaded: Option<BTreeMap<PathBuf, Stamp>>,
+    /// Whether a load has happened (an empty directory loads too).
+    loaded: bool,
     /// The fingerprint seen by the previous poll.
     previous: Option<BTreeMap<PathBuf, Stamp>>,
 }
@@ -169,7 +170,7 @@ impl ManifestDir {
         ManifestDir {
             dir: dir.into(),
             files: BTreeMap::new(),
-            loaded: None,
+            loaded: false,
             previous: None,
         }
     }
@@ -180,18 +181,29 @@ impl ManifestDir {
     pub fn poll(&mut self) -> Result<Option<(Objects, Vec<BadDocument>)>, FilesError> {
         let fp = fingerprint(&self.dir)?;
         let settled = self.previous.as_ref() == Some(&fp);
-        self.previous = Some(fp.clone());
-        match &self.loaded {
-            Some(l) if *l == fp || !settled => Ok(None),
-            _ => Ok(Some(self.load(fp))),
-        }
+        let out = if self.loaded && (self.is_loaded(&fp) || !settled) {
+            None
+        } else {
+            Some(self.load(&fp))
+        };
+        self.previous = Some(fp);
+        Ok(out)
+    }
+
+    /// Whether `fp` is exactly what the last load read.
+    fn is_loaded(&self, fp: &BTreeMap<PathBuf, Stamp>) -> bool {
+        fp.len() == self.files.len()
+            && fp
+                .iter()
+                .zip(&self.files)
+                .all(|((p, s), (q, f))| p == q && *s == f.stamp)
     }
 
     /// Re-reads the files whose stamp changed and rebuilds the object set.
-    fn load(&mut self, fp: BTreeMap<PathBuf, Stamp>) -> (Objects, Vec<BadDocument>) {
+    fn load(&mut self, fp: &BTreeMap<PathBuf, Stamp>) -> (Objects, Vec<BadDocument>) {
         let mut bad = Vec::new();
         let mut files = BTreeMap::new();
-        for (path, stamp) in &fp {
+        for (path, stamp) in fp {
             let old = self.files.remove(path);
             let file = match old {
                 Some(f) if f.stamp == *stamp => f,
@@ -220,7 +232,7 @@ impl ManifestDir {
             files.insert(path.clone(), file);
         }
         self.files = files;
-        self.loaded = Some(fp);
+        self.loaded = true;
         let mut o = Objects::default();
         for (path, f) in &self.files {
             for (i, v) in f.docs.iter().enumerate() {

@@ -230,11 +230,12 @@ fn main() {
         base / 1e6,
         "-"
     );
-    for (name, frame) in [
+    let kinds = [
         ("new flow", &new_flow),
         ("cookied", &cookied),
         ("plain routed", &routed),
-    ] {
+    ];
+    for (name, frame) in kinds {
         let (sent, switched) = lab.blast(dp, frame, secs);
         println!(
             "{name:<32} {:>12.3} {:>14.3}",
@@ -255,11 +256,7 @@ fn main() {
             "packet", "sent Mpps", "switched Mpps", "CPU 1 busy", "Mpps/busy core"
         );
         set_rps(&sw.ns.name, "sw1", "2");
-        for (name, frame) in [
-            ("new flow", &new_flow),
-            ("cookied", &cookied),
-            ("plain routed", &routed),
-        ] {
+        for (name, frame) in kinds {
             let before = cpu_jiffies(1);
             let (sent, switched) = lab.blast(dp, frame, secs);
             let after = cpu_jiffies(1);
