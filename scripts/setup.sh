@@ -7,13 +7,28 @@
 #                 for the P4Runtime interop tools
 #   rust-src      for the nightly toolchain, used only to build eBPF crates
 #   bpf-linker    0.10.4, which links with the nightly's own LLVM
+#   p4-toolchain  the runtime packages (apt-runtime.txt) of a relocatable
+#                 p4c + bmv2 folder, when there is one: $TALARIA_P4_TOOLCHAIN,
+#                 $P4_TOOLCHAIN, or ../shared/p4-toolchain beside the repo
 #
 # Must run as root (apt). Idempotent.
 set -euo pipefail
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
-apt_packages=(iproute2 ethtool iptables nftables ipvsadm tcpdump procps python3-venv python3-pip mininet bridge-utils)
+apt_packages=(iproute2 ethtool iptables nftables ipvsadm tcpdump procps util-linux python3-venv python3-pip mininet bridge-utils)
+
+# p4c and bmv2 are in no registry; a relocatable build of them lists the
+# Debian packages its binaries load.
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+for dir in "${TALARIA_P4_TOOLCHAIN:-}" "${P4_TOOLCHAIN:-}" "$repo/../shared/p4-toolchain"; do
+    if [[ -n "$dir" && -f "$dir/apt-runtime.txt" ]]; then
+        log "p4 toolchain in $(cd "$dir" && pwd): adding its runtime packages"
+        mapfile -t p4_runtime < <(grep -v '^\s*\(#\|$\)' "$dir/apt-runtime.txt")
+        apt_packages+=("${p4_runtime[@]}")
+        break
+    fi
+done
 missing=()
 for pkg in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

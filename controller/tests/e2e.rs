@@ -371,11 +371,12 @@ async fn per_update_errors_are_decoded_and_handled() {
 }
 
 /// The same against the real switch-agent binary (memory data plane), when
-/// `TALARIA_SWITCH_AGENT` names it; skipped (with a message) otherwise.
+/// `TALARIA_SWITCH_AGENT` names it (scripts/test.sh sets it); skipped with
+/// a message otherwise, and failed under `CI=true`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn against_switch_agent_binary() {
     let Ok(bin) = std::env::var("TALARIA_SWITCH_AGENT") else {
-        eprintln!("skipped: set TALARIA_SWITCH_AGENT=path/to/switch-agent to run");
+        talaria_preflight::skip("set TALARIA_SWITCH_AGENT=path/to/switch-agent to run");
         return;
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0")

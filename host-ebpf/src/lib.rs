@@ -33,6 +33,9 @@ pub static EBPF_OBJECT: &[u8] =
 /// Why a node agent operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The machine lacks what the node needs (bpffs not mountable).
+    #[error(transparent)]
+    Preflight(#[from] talaria_preflight::Error),
     /// The eBPF object could not be loaded or verified.
     #[error("loading the eBPF object")]
     Load(#[source] Box<aya::EbpfError>),

@@ -96,6 +96,8 @@ fn main() -> anyhow::Result<()> {
             cfg.pin_dir = pin_dir.unwrap_or(cfg.pin_dir);
             cfg.lru_size = lru_size.unwrap_or(cfg.lru_size);
             cfg.metrics_addr = metrics_addr.unwrap_or(cfg.metrics_addr);
+            talaria_preflight::ensure(&talaria_preflight::LOADS_BPF)
+                .context("the node agent cannot start")?;
             let rt = tokio::runtime::Runtime::new()?;
             rt.block_on(talaria_node::agent::run(cfg))?;
         }

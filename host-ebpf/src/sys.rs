@@ -87,33 +87,9 @@ pub fn enter_netns(name: &str) -> Result<()> {
     Ok(())
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-/// Makes sure `/sys/fs/bpf` is a bpffs (mounting it if not) and creates
-/// `dir` under it.
+/// Makes sure bpffs is mounted (mounting it if not) and creates `dir`.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
-    let root = c"/sys/fs/bpf";
-    // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(root.as_ptr(), &mut st) };
-    if rc != 0 || st.f_type != BPF_FS_MAGIC {
-        // SAFETY: plain mount(2) with static strings.
-        let rc = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                root.as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(Error::io(
-                "mount bpffs on /sys/fs/bpf",
-                std::io::Error::last_os_error(),
-            ));
-        }
-    }
+    talaria_preflight::ensure(&[talaria_preflight::Need::Bpffs])?;
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))
 }
 

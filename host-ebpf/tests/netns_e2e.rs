@@ -22,6 +22,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
+use talaria_preflight::{require, LOADS_BPF};
 
 use talaria_common::{
     drop::DropReason,
@@ -53,20 +54,6 @@ const BACKEND_B_UDP: u32 = 201;
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 const BUCKETS: u16 = 4;
-
-fn is_root() -> bool {
-    // SAFETY: trivial libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (network namespaces, BPF)");
-            return;
-        }
-    };
-}
 
 /// Two nodes, a switch, three pods. Tears everything down on drop.
 struct Lab {
@@ -536,7 +523,7 @@ fn in_csum_errors(pod: &str) -> u64 {
 
 #[test]
 fn tcp_and_udp_reach_a_backend_replies_come_from_the_vip_and_cookies_are_learned() {
-    require_root!();
+    require!(LOADS_BPF);
     let lab = Lab::new();
     // Real checksums: no tx checksum offload on either pod, so the
     // receiver verifies every L4 checksum in software.
@@ -647,7 +634,7 @@ fn ethtool_on(pod: &str, feature: &str) -> bool {
 
 #[test]
 fn tcp_100mb_transfer_with_gso_on() {
-    require_root!();
+    require!(LOADS_BPF);
     let lab = Lab::new();
     assert!(
         ethtool_on(lab.pod("pa"), "tcp-segmentation-offload"),
@@ -695,7 +682,7 @@ fn tcp_100mb_transfer_with_gso_on() {
 
 #[test]
 fn established_connection_survives_a_pool_change() {
-    require_root!();
+    require!(LOADS_BPF);
     let lab = Lab::new();
     let server_b = tcp_server(lab.pod("pb"), POD_B, 1);
     let server_c = tcp_server(lab.pod("pc"), POD_C, 1);
@@ -732,7 +719,7 @@ fn established_connection_survives_a_pool_change() {
 
 #[test]
 fn forged_encapsulation_from_a_pod_is_dropped() {
-    require_root!();
+    require!(LOADS_BPF);
     let lab = Lab::new();
     // Pod a forges a reply "from the switch" for a flow of its own choosing
     // and sends it to the switch and to node 2.
@@ -773,7 +760,7 @@ fn forged_encapsulation_from_a_pod_is_dropped() {
 
 #[test]
 fn kube_proxy_dnat_rule_is_present_but_bypassed() {
-    require_root!();
+    require!(LOADS_BPF);
     let lab = Lab::new();
     let n1 = &lab.n[0].name;
     // A KUBE-SERVICES-style chain that would DNAT the VIP to pod c, and a
@@ -866,7 +853,7 @@ impl Drop for Agent {
 
 #[test]
 fn agent_restart_mid_transfer_breaks_no_connection() {
-    require_root!();
+    require!(LOADS_BPF);
     let mut lab = Lab::new();
     // Hand node 1 to the agent binary; the in-process loader goes away,
     // its pinned maps and links stay.
@@ -939,7 +926,7 @@ const UDP_SEGMENT: libc::c_int = 103;
 
 #[test]
 fn udp_gso_datagrams_reach_the_backend() {
-    require_root!();
+    require!(LOADS_BPF);
     let lab = Lab::new();
     // The agent turned UDP segmentation off on the uplinks (the fix for the
     // UDP-GSO-after-decap quirk); with it on, this test loses all 40.
@@ -1003,7 +990,7 @@ fn udp_gso_datagrams_reach_the_backend() {
 
 #[test]
 fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
-    require_root!();
+    require!(LOADS_BPF);
     let lab = Lab::new();
     // Nothing listens on backend b's UDP port: its kernel answers with ICMP
     // port unreachable, which must reach the client as coming from the
@@ -1023,7 +1010,7 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
 
 #[test]
 fn agent_attaches_a_pod_veth_that_appears_later() {
-    require_root!();
+    require!(LOADS_BPF);
     let mut lab = Lab::new();
     lab.nodes[0] = None;
     const POD_D: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
@@ -1095,7 +1082,7 @@ fn getsockopt_int(fd: i32, level: libc::c_int, name: libc::c_int) -> libc::c_int
 
 #[test]
 fn pmtu_discovery_clamps_pods_with_a_too_large_mtu() {
-    require_root!();
+    require!(LOADS_BPF);
     use std::os::fd::AsRawFd;
     use talaria_node::abi::mtu_stat;
     let lab = Lab::new();
@@ -1279,7 +1266,7 @@ fn node_pods(lab: &Lab, node: usize) -> Vec<Ipv4Addr> {
 
 #[test]
 fn agent_follows_pod_routes_and_forgets_removed_ones() {
-    require_root!();
+    require!(LOADS_BPF);
     let mut lab = Lab::new();
     lab.nodes[0] = None;
     const POD_D: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 4);
@@ -1351,7 +1338,7 @@ mod fake_api;
 
 #[test]
 fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
-    require_root!();
+    require!(LOADS_BPF);
     let mut lab = Lab::new();
     lab.nodes[0] = None;
     // Node 1's pods are known only to the API; their veths only through

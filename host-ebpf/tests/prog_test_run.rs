@@ -7,6 +7,7 @@
 //! are returned as `TC_ACT_REDIRECT` without being carried out.
 
 use std::net::Ipv4Addr;
+use talaria_preflight::{require, LOADS_BPF};
 
 use aya::programs::{TestRun, TestRunOptions};
 use talaria_common::{
@@ -38,20 +39,6 @@ const POD_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
 const HOST_VETH_MAC: [u8; 6] = [2, 0, 0, 0, 3, 3];
 const SVC_TCP: u16 = 7;
 const SVC_UDP: u16 = 8;
-
-fn is_root() -> bool {
-    // SAFETY: trivial libc call.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root (BPF_PROG_TEST_RUN)");
-            return;
-        }
-    };
-}
 
 fn node() -> Node {
     let mut n = Node::load(None, 4096).expect("load and verify the node programs");
@@ -167,7 +154,7 @@ fn check_encap(out: &[u8], inner_len: usize) -> (TalariaEncap, Vec<u8>) {
 
 #[test]
 fn encap_on_cache_miss_marks_new_flow() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     let t = Tuple::tcp(CLIENT, 40000, VIP, 80);
     let inner = ipv4(t, tcp_flags::SYN, b"");
@@ -190,7 +177,7 @@ fn encap_on_cache_miss_marks_new_flow() {
 
 #[test]
 fn encap_on_cache_hit_carries_the_cookie() {
-    require_root!();
+    require!(LOADS_BPF);
     let mut n = node();
     let t = Tuple::udp(CLIENT, 40001, VIP_UDP, 53);
     n.insert_cookie(
@@ -229,7 +216,7 @@ fn encap_on_cache_hit_carries_the_cookie() {
 
 #[test]
 fn forged_encap_from_a_pod_is_dropped() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     let inner = ipv4(Tuple::tcp(CLIENT, 1, VIP, 80), tcp_flags::SYN, b"");
     let enc = TalariaEncap::new(flags::COOKIE_VALID | flags::REPLY, SVC_TCP, 1);
@@ -245,7 +232,7 @@ fn forged_encap_from_a_pod_is_dropped() {
 
 #[test]
 fn spoofed_source_is_dropped() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     for src in [Ipv4Addr::new(10, 244, 1, 99), REMOTE_CLIENT] {
         let (verdict, _) = run(
@@ -264,7 +251,7 @@ fn spoofed_source_is_dropped() {
 
 #[test]
 fn other_pod_traffic_passes_untouched() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     let pkt = from_pod(
         Tuple::tcp(CLIENT, 40000, REMOTE_CLIENT, 8080),
@@ -285,7 +272,7 @@ fn other_pod_traffic_passes_untouched() {
 
 #[test]
 fn decap_of_a_reply_learns_the_cookie() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     let client_flow = Tuple::tcp(CLIENT, 40000, VIP, 80);
     let reply = ipv4(client_flow.reversed(), tcp_flags::SYN | tcp_flags::ACK, b"");
@@ -330,7 +317,7 @@ fn decap_of_a_reply_learns_the_cookie() {
 
 #[test]
 fn tunnel_from_anyone_but_the_switch_is_dropped() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     let inner = ipv4(Tuple::tcp(VIP, 80, CLIENT, 40000), tcp_flags::ACK, b"");
     let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 66);
@@ -349,7 +336,7 @@ fn tunnel_from_anyone_but_the_switch_is_dropped() {
 
 #[test]
 fn malformed_or_misaddressed_tunnel_packets() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     let inner = ipv4(Tuple::tcp(VIP, 80, CLIENT, 40000), tcp_flags::ACK, b"");
     let mut bad = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 1);
@@ -460,19 +447,19 @@ fn reverse_nat_roundtrip(proto_tcp: bool) {
 
 #[test]
 fn reverse_nat_on_tcp_reply() {
-    require_root!();
+    require!(LOADS_BPF);
     reverse_nat_roundtrip(true);
 }
 
 #[test]
 fn reverse_nat_on_udp_reply() {
-    require_root!();
+    require!(LOADS_BPF);
     reverse_nat_roundtrip(false);
 }
 
 #[test]
 fn rst_removes_flow_state_and_fin_is_recorded() {
-    require_root!();
+    require!(LOADS_BPF);
     let mut n = node();
     let t = Tuple::tcp(CLIENT, 40002, VIP, 80);
     n.insert_cookie(
@@ -523,7 +510,7 @@ fn rst_removes_flow_state_and_fin_is_recorded() {
 
 #[test]
 fn gc_removes_idle_udp_and_finished_tcp_flows() {
-    require_root!();
+    require!(LOADS_BPF);
     let mut n = node();
     let udp = Tuple::udp(CLIENT, 40004, VIP_UDP, 53);
     let tcp_open = Tuple::tcp(CLIENT, 40005, VIP, 80);
@@ -554,7 +541,7 @@ fn gc_removes_idle_udp_and_finished_tcp_flows() {
 
 #[test]
 fn icmp_error_from_a_backend_is_reverse_natted() {
-    require_root!();
+    require!(LOADS_BPF);
     let n = node();
     let request = Tuple::tcp(REMOTE_CLIENT, 40000, BACKEND, 8080);
     let req = ipv4(request, tcp_flags::ACK, &[0u8; 1400]);
@@ -662,7 +649,7 @@ fn expected_frag_needed(orig: &[u8], pod_mac: [u8; 6], host_mac: [u8; 6], mtu: u
 
 #[test]
 fn too_big_with_df_is_answered_with_icmp_frag_needed() {
-    require_root!();
+    require!(LOADS_BPF);
     use talaria_node::abi::mtu_stat;
     let mut n = node();
     n.set_uplink_mtu(1500).unwrap();
@@ -739,7 +726,7 @@ fn too_big_with_df_is_answered_with_icmp_frag_needed() {
 
 #[test]
 fn gso_packet_whose_segments_do_not_fit_gets_frag_needed() {
-    require_root!();
+    require!(LOADS_BPF);
     use talaria_node::abi::mtu_stat;
     let mut n = node();
     n.set_uplink_mtu(1500).unwrap();
@@ -767,7 +754,7 @@ fn gso_packet_whose_segments_do_not_fit_gets_frag_needed() {
 
 #[test]
 fn too_big_backend_reply_gets_frag_needed_before_reverse_nat() {
-    require_root!();
+    require!(LOADS_BPF);
     use talaria_node::abi::mtu_stat;
     let mut n = node();
     n.set_uplink_mtu(1500).unwrap();

@@ -19,7 +19,7 @@ use crate::switch::SwitchKind;
 use crate::topology::Topology;
 use crate::traffic::{LoadResult, Proto};
 use crate::{components, demo, plot};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -210,6 +210,8 @@ pub async fn measure(
 
 /// Brings a lab up in a mode (servers started, rules/components applied).
 pub async fn lab_for(t: Topology, mode: Mode) -> Result<(Lab, ServiceSet)> {
+    talaria_preflight::ensure(mode.needs())
+        .with_context(|| format!("{} mode cannot run", mode.name()))?;
     if let Some(why) = ipvs_unavailable().filter(|_| mode == Mode::Ipvs) {
         bail!("{why}");
     }

@@ -67,7 +67,7 @@ impl Component {
         dirs.into_iter()
             .map(|d| d.join(name))
             .find(|p| p.is_file())
-            .or_else(|| crate::modes::which(name))
+            .or_else(|| talaria_preflight::which(name))
     }
 
     /// Whether the binary exists and answers `--help` like the real thing

@@ -9,11 +9,13 @@
 //! - [`traffic`]: the pod servers and the tokio load generator.
 //! - [`stats`], [`cpu`]: latency statistics and CPU accounting.
 //! - [`demo`], [`bench`], [`plot`]: the demo, the benchmarks and their plots.
+//! - [`doctor`]: what the lab needs from the machine.
 
 pub mod bench;
 pub mod components;
 pub mod cpu;
 pub mod demo;
+pub mod doctor;
 pub mod manifests;
 pub mod modes;
 pub mod netns;

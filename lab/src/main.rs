@@ -11,7 +11,7 @@ use talaria_lab::netns::{self, State};
 use talaria_lab::switch::{BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
 use talaria_lab::traffic::{self, LoadSpec, Proto};
-use talaria_lab::{bench, components, demo, rules};
+use talaria_lab::{bench, components, demo, doctor, rules};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +34,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Check what the lab needs from this machine (root, bpffs, kernel,
+    /// tools, components, bmv2) and say how to fix what is missing; exits 1
+    /// when the demo cannot run.
+    Doctor {
+        /// Also fix what can be fixed (mount bpffs).
+        #[arg(long)]
+        fix: bool,
+    },
     /// Bring up the embedded demo in talaria mode, run HTTP and UDP echo from
     /// pods to ClusterIPs, print a results table, tear down.
     Demo {
@@ -183,6 +191,14 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
+        Cmd::Doctor { fix } => {
+            let findings = doctor::examine(fix);
+            print!("{}", doctor::report(&findings));
+            if !doctor::demo_ready(&findings) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Serve {
             name,
             http_port,

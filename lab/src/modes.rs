@@ -10,6 +10,7 @@ use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use talaria_preflight::{commands, which, Need};
 
 /// How Service traffic is load-balanced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
@@ -28,6 +29,17 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// What the machine must have for this mode beyond what every lab
+    /// needs ([`crate::netns::LAB_NEEDS`]).
+    pub fn needs(self) -> &'static [Need] {
+        match self {
+            Mode::Iptables => &[commands::IPTABLES],
+            Mode::Nftables => &[commands::NFT],
+            Mode::Ipvs => &[commands::IPVSADM],
+            Mode::Direct | Mode::Talaria => &[],
+        }
+    }
+
     /// Lower-case name.
     pub fn name(self) -> &'static str {
         match self {
@@ -53,15 +65,6 @@ pub fn ipvs_unavailable() -> Option<String> {
         .iter()
         .find(|p| which(p).is_none())
         .map(|p| format!("ipvs: skipped: the kernel has IPVS but {p} is not installed (scripts/setup.sh installs it)"))
-}
-
-/// First match for a program on PATH.
-pub fn which(prog: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| std::path::Path::new(d).join(prog))
-        .find(|p| p.is_file())
 }
 
 /// The iptables-restore to use: legacy (kube-proxy's classic backend) when

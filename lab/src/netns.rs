@@ -20,6 +20,12 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use talaria_preflight::{commands, Need};
+
+/// What every lab needs: root for namespaces, `ip`, and what switch-agent
+/// and the node agents need to load and pin BPF (bpffs is mounted here,
+/// before the lab creates its pin directory).
+pub const LAB_NEEDS: [Need; 4] = [Need::Root, Need::Bpffs, Need::Tcx, commands::IP];
 
 /// Default directory of state files.
 pub const DEFAULT_STATE_DIR: &str = "/run/talaria-lab";
@@ -245,10 +251,7 @@ impl Lab {
     /// neighbours (Linux forwarding in the switch netns), and writes its
     /// manifests and configs into the run dir.
     pub fn create(topo: Topology, mode: &str) -> Result<Self> {
-        anyhow::ensure!(
-            unsafe { libc::geteuid() } == 0,
-            "talaria-lab needs root (network namespaces)"
-        );
+        talaria_preflight::ensure(&LAB_NEEDS).context("talaria-lab cannot build a lab")?;
         topo.validate()?;
         let prefix = fresh_prefix();
         let names = Names {

@@ -74,7 +74,7 @@ impl Bmv2Build {
                 );
             }
         }
-        if crate::modes::which(BMV2_BINARY).is_none() {
+        if talaria_preflight::which(BMV2_BINARY).is_none() {
             bail!("bmv2: {BMV2_BINARY} is not installed");
         }
         Ok(b)

@@ -1,7 +1,8 @@
 //! Root-only end-to-end tests of the lab topology: 1 switch, 2 nodes, 2 pods
 //! per node, real TCP and UDP through the switch netns.
 //!
-//! Skipped (with a message) when not root. Each test's lab is torn down by
+//! Skipped (with one line) when not root or bpffs cannot be mounted, and
+//! failed instead under `CI=true` (`talaria_preflight`). Each test's lab is torn down by
 //! `Lab`'s Drop even when an assertion panics; the test then checks that no
 //! namespace with its prefix is left.
 //!
@@ -15,17 +16,12 @@ use std::time::Duration;
 use talaria_lab::bench::lab_for;
 use talaria_lab::manifests::ServiceSet;
 use talaria_lab::modes::{run_in_pod, targets, LoadRun, Mode};
-use talaria_lab::netns::{self, Lab, State};
+use talaria_lab::netns::{self, Lab, State, LAB_NEEDS};
 use talaria_lab::topology::Topology;
 use talaria_lab::traffic::Proto;
 
-fn root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let r = unsafe { libc::geteuid() } == 0;
-    if !r {
-        eprintln!("skipped: needs root (network namespaces)");
-    }
-    r
+fn lab_ready() -> bool {
+    talaria_preflight::test_ready(&LAB_NEEDS)
 }
 
 fn small() -> Topology {
@@ -57,15 +53,8 @@ fn components_built(mode: Mode) -> bool {
     } else {
         talaria_lab::components::fabric_missing()
     };
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{mode:?}: components missing under CI: {missing:?}"
-    );
-    eprintln!("skipped: {mode:?} needs components: {missing:?}");
-    false
+    missing.is_empty()
+        || talaria_preflight::skip(&format!("{mode:?} needs components: {missing:?}"))
 }
 
 async fn exercise(mode: Mode) {
@@ -120,7 +109,7 @@ async fn exercise(mode: Mode) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_mode_end_to_end() {
-    if !root() {
+    if !lab_ready() {
         return;
     }
     state_dir_for_tests();
@@ -129,7 +118,7 @@ async fn direct_mode_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn iptables_mode_end_to_end() {
-    if !root() {
+    if !lab_ready() {
         return;
     }
     state_dir_for_tests();
@@ -138,7 +127,7 @@ async fn iptables_mode_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nftables_mode_end_to_end() {
-    if !root() {
+    if !lab_ready() {
         return;
     }
     state_dir_for_tests();
@@ -147,7 +136,7 @@ async fn nftables_mode_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn talaria_mode_end_to_end() {
-    if !root() {
+    if !lab_ready() {
         return;
     }
     state_dir_for_tests();
@@ -156,7 +145,7 @@ async fn talaria_mode_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipvs_mode_end_to_end() {
-    if !root() {
+    if !lab_ready() {
         return;
     }
     if let Some(why) = talaria_lab::modes::ipvs_unavailable() {
@@ -173,7 +162,7 @@ async fn ipvs_mode_end_to_end() {
 
 #[test]
 fn down_removes_a_crashed_lab() {
-    if !root() {
+    if !lab_ready() {
         return;
     }
     state_dir_for_tests();
@@ -196,7 +185,7 @@ fn down_removes_a_crashed_lab() {
 
 #[test]
 fn drop_tears_down_on_panic() {
-    if !root() {
+    if !lab_ready() {
         return;
     }
     state_dir_for_tests();

@@ -36,6 +36,8 @@ fn open_target(config: &Config, layout: &Layout) -> Result<Opened> {
     match config.dataplane {
         DataplaneKind::Memory => Ok((Arc::new(MemoryTarget::new(|k| layout.size(k))), None)),
         DataplaneKind::Ebpf => {
+            talaria_preflight::ensure(&talaria_preflight::LOADS_BPF)
+                .context("the eBPF data plane cannot start")?;
             let dp_config = talaria_switch_dataplane::Config {
                 pin_dir: config.pin_dir.clone(),
                 ports: config

@@ -11,6 +11,7 @@
 mod common;
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+use talaria_preflight::{require, LOADS_BPF};
 
 use common::{
     configured, read_entities, table_entries, table_filter, update, write_request, Builder,
@@ -82,10 +83,7 @@ async fn sole(mut dp: Arc<Dataplane>) -> Dataplane {
 
 #[tokio::test(flavor = "current_thread")]
 async fn writes_reach_the_maps_and_survive_an_agent_restart() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root (loads BPF, creates a netns)");
-        return;
-    }
+    require!(LOADS_BPF);
     let mut sw = TestSwitch::new("p4rt-e2e", 2);
     let state = tempfile::tempdir().unwrap();
     let layout = Arc::new(Layout::talaria().unwrap());
@@ -164,10 +162,7 @@ async fn writes_reach_the_maps_and_survive_an_agent_restart() {
 /// the data plane's per-CPU counters.
 #[test]
 fn metrics_count_drops_per_port_and_reason() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root (loads BPF, creates a netns)");
-        return;
-    }
+    require!(LOADS_BPF);
     let mut sw = TestSwitch::new("p4rt-drops", 2);
     let layout = Arc::new(Layout::talaria().unwrap());
     // Dropped after the switch and metrics below, panics included: then it

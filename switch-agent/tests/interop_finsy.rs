@@ -26,8 +26,9 @@ use std::{
 };
 
 use common::{interop_python, workspace};
+use talaria_preflight::{under_ci, LOADS_BPF};
 use talaria_switch::entry::{TableKind, Target};
-use talaria_switch_dataplane::{testing::is_root, Dataplane};
+use talaria_switch_dataplane::Dataplane;
 
 /// A loopback port that was free a moment ago.
 fn free_port() -> SocketAddr {
@@ -149,10 +150,16 @@ fn finsy_pushes_the_pipeline_manages_entries_and_decodes_write_errors() {
     let Some(py) = interop_python("finsy") else {
         return;
     };
-    let ebpf = is_root();
-    if !ebpf {
-        eprintln!("not root: running switch-agent on the in-memory data plane");
-    }
+    // Without root the gRPC side still runs, on the in-memory store; CI
+    // must run the eBPF data plane.
+    let ebpf = match talaria_preflight::ensure(&LOADS_BPF) {
+        Ok(()) => true,
+        Err(e) => {
+            assert!(!under_ci(), "CI=true and {e}");
+            eprintln!("{e}: running switch-agent on the in-memory data plane");
+            false
+        }
+    };
     let mut agent = Agent::start(ebpf);
     let dir = tempfile::tempdir().unwrap();
     let device_config = dir.path().join("talaria.json");

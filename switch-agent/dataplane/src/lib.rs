@@ -40,14 +40,15 @@ use talaria_switch_ebpf::{map_name, PORT_COUNT, PORT_DROP_ROWS, PROGRAM_NAME};
 pub static PROGRAM: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/talaria-switch-pipeline"));
 
-/// Where bpffs is mounted.
-pub const BPFFS: &str = "/sys/fs/bpf";
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub use talaria_preflight::BPFFS;
 
 /// Errors of the loader and of the non-table operations.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// bpffs could not be mounted or the pin directory created.
+    /// The machine lacks what the data plane needs (bpffs not mountable).
+    #[error(transparent)]
+    Preflight(#[from] talaria_preflight::Error),
+    /// The pin directory could not be created.
     #[error("pin directory {path}")]
     PinDir {
         path: PathBuf,
@@ -306,7 +307,7 @@ impl Dataplane {
             source,
         };
         if pin_dir.starts_with(BPFFS) {
-            ensure_bpffs().map_err(dir_err)?;
+            talaria_preflight::ensure(&[talaria_preflight::Need::Bpffs])?;
         }
         fs::create_dir_all(&pin_dir).map_err(dir_err)?;
 
@@ -654,31 +655,6 @@ fn link_err(pin: &Path, e: impl std::error::Error + Send + Sync + 'static) -> Er
         what: format!("link {}", pin.display()),
         source: Box::new(e),
     }
-}
-
-/// Mounts bpffs on /sys/fs/bpf unless it is there already.
-fn ensure_bpffs() -> io::Result<()> {
-    let path = std::ffi::CString::new(BPFFS).unwrap();
-    // SAFETY: statfs on a valid C string into a zeroed struct.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    let fstype = std::ffi::CString::new("bpf").unwrap();
-    // SAFETY: mount(2) with valid C strings and no data.
-    if unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            path.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The ifindex of `ifname` in the calling thread's network namespace.

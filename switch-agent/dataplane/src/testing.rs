@@ -17,12 +17,6 @@ use talaria_common::{
     wire::{TalariaEncap, GENEVE_UDP_PORT},
 };
 
-/// Whether the process may load BPF programs and create namespaces.
-pub fn is_root() -> bool {
-    // SAFETY: no arguments, no side effects.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Runs `ip` with `args`, panicking on failure.
 pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("running ip");

@@ -8,6 +8,7 @@
 //! pipeline's incremental checksum updates.
 
 use std::net::Ipv4Addr;
+use talaria_preflight::{require, LOADS_BPF};
 
 use talaria_common::{
     drop::{DropReason, LbEvent},
@@ -945,10 +946,7 @@ fn scenarios() -> Vec<Scenario> {
 
 #[test]
 fn packet_scenarios() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let sw = TestSwitch::new("scen", 2);
     install(sw.dp());
     for s in scenarios() {
@@ -958,10 +956,7 @@ fn packet_scenarios() {
 
 #[test]
 fn cookie_survives_pool_change() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let sw = TestSwitch::new("pool", 2);
     let dp = sw.dp();
     install(dp);
@@ -1042,10 +1037,7 @@ fn cookie_survives_pool_change() {
 
 #[test]
 fn egress_port_without_interface_loses_the_packet_uncounted() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let sw = TestSwitch::new("lost", 2);
     let dp = sw.dp();
     install(dp);

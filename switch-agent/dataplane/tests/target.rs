@@ -2,10 +2,11 @@
 //! restart through the pins. Root only.
 
 use std::net::Ipv4Addr;
+use talaria_preflight::{require, LOADS_BPF};
 
 use talaria_common::{net::IPPROTO_TCP, p4};
 use talaria_switch_dataplane::{
-    testing::{self, mac, TestSwitch},
+    testing::{mac, TestSwitch},
     Config, Dataplane, Entry, Ipv4Prefix, RouteAction, TableKind, Target, TargetError,
 };
 
@@ -20,10 +21,7 @@ fn backend(id: u32, last: u8) -> Entry {
 
 #[test]
 fn insert_modify_delete_follow_p4runtime() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let sw = TestSwitch::new("tgt", 1);
     let dp = sw.dp();
 
@@ -139,10 +137,7 @@ fn insert_modify_delete_follow_p4runtime() {
 
 #[test]
 fn restart_keeps_entries_and_the_attachment() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let mut sw = TestSwitch::new("restart", 2);
     let svc = Entry::ServiceV4 {
         vip: Ipv4Addr::new(10, 96, 0, 1),
@@ -194,10 +189,7 @@ fn restart_keeps_entries_and_the_attachment() {
 
 #[test]
 fn detach_removes_the_attachment_and_the_pins() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let mut sw = TestSwitch::new("detach", 1);
     let dp = sw.dp.take().unwrap();
     let dir = dp.pin_dir().to_path_buf();
@@ -212,10 +204,7 @@ fn detach_removes_the_attachment_and_the_pins() {
 
 #[test]
 fn maps_pinned_with_another_layout_are_refused() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let mut sw = TestSwitch::new("layout", 1);
     let dp = sw.dp.take().unwrap();
     let config = Config {
@@ -261,10 +250,7 @@ fn maps_pinned_with_another_layout_are_refused() {
 
 #[test]
 fn reopen_with_fewer_ports_detaches_the_dropped_port() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let mut sw = TestSwitch::new("ports", 2);
     let dp = sw.dp.take().unwrap();
     let mut config = Config {

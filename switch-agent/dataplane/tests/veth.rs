@@ -9,6 +9,7 @@ use std::{
     os::fd::AsRawFd,
     time::Duration,
 };
+use talaria_preflight::{require, LOADS_BPF};
 
 use talaria_common::{
     be::{Be16, Be32},
@@ -131,10 +132,7 @@ fn recv_socket(ns: &NetNs, addr: Ipv4Addr, port: u16) -> UdpSocket {
 
 #[test]
 fn plain_udp_crosses_the_switch() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let lab = lab();
     let rx = recv_socket(&lab.b, NODE_B, 9000);
     let tx = in_ns(&lab.a, || {
@@ -157,10 +155,7 @@ fn plain_udp_crosses_the_switch() {
 
 #[test]
 fn tunnel_is_load_balanced_across_the_switch() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let lab = lab();
     let dp = lab.sw.dp();
     for e in [
@@ -248,10 +243,7 @@ fn tunnel_is_load_balanced_across_the_switch() {
 
 #[test]
 fn forwarding_survives_close_and_reopen() {
-    if !testing::is_root() {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    require!(LOADS_BPF);
     let mut lab = lab();
     let rx = recv_socket(&lab.b, NODE_B, 9001);
     let tx = in_ns(&lab.a, || {

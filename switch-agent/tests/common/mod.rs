@@ -367,8 +367,8 @@ pub fn workspace() -> PathBuf {
 
 /// The python of the interop venv of `tool` (`scripts/python-tools.sh`),
 /// creating the venv if it is missing. `None` (the caller skips) only when
-/// the venv cannot be created outside CI, e.g. with no network; in CI
-/// (`CI` set) that is a failure.
+/// the venv cannot be created outside CI, e.g. with no network; under
+/// `CI=true` that is a failure (`talaria_preflight::skip`).
 pub fn interop_python(tool: &str) -> Option<PathBuf> {
     let dir = workspace().join(".cache/venv").join(tool);
     let py = dir.join("bin/python");
@@ -382,12 +382,9 @@ pub fn interop_python(tool: &str) -> Option<PathBuf> {
     if matches!(status, Ok(s) if s.success()) {
         return Some(py);
     }
-    if std::env::var_os("CI").is_some() {
-        panic!("cannot create the {tool} venv with scripts/python-tools.sh ({status:?}), and CI is set");
-    }
-    eprintln!(
-        "SKIP: no {tool} venv and scripts/python-tools.sh failed ({status:?}; no network?): \
+    talaria_preflight::skip(&format!(
+        "no {tool} venv and scripts/python-tools.sh failed ({status:?}; no network?): \
          run scripts/python-tools.sh {tool}"
-    );
+    ));
     None
 }

@@ -122,8 +122,8 @@ fn measure(dp: &Dataplane, name: &'static str, packet: &[u8], runs: u32) -> Row 
 }
 
 fn main() {
-    if !testing::is_root() {
-        eprintln!("switch-dataplane-bench needs root (BPF, network namespaces)");
+    if let Err(e) = talaria_preflight::ensure(&talaria_preflight::LOADS_BPF) {
+        eprintln!("switch-dataplane-bench cannot run:\n{e}");
         std::process::exit(1);
     }
     let runs: u32 = std::env::args()
