@@ -31,8 +31,8 @@ const bit<8>  OPT_TYPE_CRITICAL = 0x80;
 const bit<16> TALARIA_OPT_CLASS = 0xFF7A;
 /* 0x21 with the critical bit set. */
 const bit<8>  TALARIA_OPT_TYPE  = 0xA1;
-/* Option class and type as the parser peeks them: class ++ type. */
-const bit<24> TALARIA_OPT_CLASS_TYPE = 0xFF7AA1;
+/* Option class and type as the parser peeks them. */
+const bit<24> TALARIA_OPT_CLASS_TYPE = TALARIA_OPT_CLASS ++ TALARIA_OPT_TYPE;
 /* Talaria option data length in 4-byte words (the option's length field). */
 const bit<5>  TALARIA_OPT_WORDS = 2;
 /* Geneve option area of a talaria packet in words: our option alone (4-byte
@@ -40,7 +40,9 @@ const bit<5>  TALARIA_OPT_WORDS = 2;
 const bit<6>  TALARIA_GENEVE_OPT_LEN = 3;
 const bit<8>  TALARIA_VERSION   = 1;
 
-/* Talaria option flags. */
+/* Talaria option flags. The switch passes NEW_FLOW on untouched: hosts set
+ * it, and the data path is the same with or without it. */
+@noWarn("unused")
 const bit<8>  TALARIA_FLAG_NEW_FLOW     = 0x01;
 const bit<8>  TALARIA_FLAG_REPLY        = 0x02;
 const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
@@ -48,7 +50,9 @@ const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
 /* ----------------------------------------------------------- hash modes -- */
 /* The `hash_mode` parameter of `set_service`; must match common/src/hash.rs. */
 
-/* CRC32 over the inner 5-tuple. */
+/* CRC32 over the inner 5-tuple: every mode but CLIENT_IP, so the program
+ * never compares against it. */
+@noWarn("unused")
 const bit<8> HASH_MODE_FIVE_TUPLE = 0;
 /* CRC32 over the inner source address alone: sessionAffinity ClientIP. */
 const bit<8> HASH_MODE_CLIENT_IP  = 1;
@@ -74,9 +78,15 @@ const bit<8> DROP_IP_OPTIONS              = 13;
 const bit<8> DROP_FRAGMENT                = 14;
 const bit<8> DROP_UNSUPPORTED_PROTOCOL    = 15;
 const bit<8> DROP_NO_CLIENT_NODE          = 16;
+/* Host-only reasons: listed so that the code space has one definition, never
+ * counted by the switch. */
+@noWarn("unused")
 const bit<8> DROP_POD_ENCAP               = 17;
+@noWarn("unused")
 const bit<8> DROP_POD_SPOOF               = 18;
+@noWarn("unused")
 const bit<8> DROP_TUNNEL_SOURCE           = 19;
+@noWarn("unused")
 const bit<8> DROP_UNKNOWN_POD             = 20;
 
 /* Size of drop_counter; every code is below it. */
