@@ -88,6 +88,12 @@ const bit<8> DROP_POD_SPOOF               = 18;
 const bit<8> DROP_TUNNEL_SOURCE           = 19;
 @noWarn("unused")
 const bit<8> DROP_UNKNOWN_POD             = 20;
+@noWarn("unused")
+const bit<8> DROP_ICMP_SPOOF              = 21;
+@noWarn("unused")
+const bit<8> DROP_PORT_EXHAUSTED          = 22;
+@noWarn("unused")
+const bit<8> DROP_FLOW_LIMIT              = 23;
 
 /* Size of drop_counter; every code is below it. */
 const bit<32> DROP_REASON_COUNT = 32;

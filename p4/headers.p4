@@ -57,8 +57,8 @@ header udp_t {
     bit<16>   checksum;
 }
 
-/* TCP without options; options, if any, are payload to the parser and
- * still covered by the checksum (update_checksum_with_payload). */
+/* TCP without options; options, if any, are payload to the parser (the
+ * checksum is updated incrementally, so it needs nothing past the header). */
 header tcp_t {
     l4_port_t src_port;
     l4_port_t dst_port;
@@ -133,16 +133,11 @@ struct metadata_t {
     bit<1>       terminate;
     /* 1: the packet's cookie passed cookie_check. */
     bit<1>       cookie_ok;
-    /* 1: the inner destination was rewritten; inner checksums need update. */
-    bit<1>       dnat;
     /* The tunnel address the packet came to: the outer source on the way out. */
     ipv4_addr_t  switch_ip;
     /* Inner L4 ports (TCP or UDP), set by the parser. */
     l4_port_t    l4_src_port;
     l4_port_t    l4_dst_port;
-    /* Inner L4 length (IPv4 total length minus the 20-byte header), for the
-     * L4 pseudo-header checksum. */
-    bit<16>      inner_l4_len;
     /* From service_v4. */
     service_id_t service_id;
     bucket_t     bucket_mask;

@@ -129,7 +129,6 @@ parser TalariaParser(packet_in packet,
         packet.extract(hdr.inner_ipv4);
         verify(hdr.inner_ipv4.version == 4 && hdr.inner_ipv4.ihl >= 5,
                error.BadInnerIpv4Header);
-        meta.inner_l4_len = hdr.inner_ipv4.total_len - 20;
         /* The ports sit at a fixed offset only in an unfragmented packet
          * without options. Anything else stays unparsed: the ingress drops
          * it on the load-balanced path (ip_options, fragment,
@@ -178,11 +177,10 @@ control TalariaVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {
 }
 
 /* Recomputes the outer IPv4 checksum (TTL, and addresses on re-originated
- * tunnels) and, after DNAT, the inner IPv4, TCP and UDP checksums. The L4
- * checksums cover the pseudo header and everything after the L4 header
- * (TCP options included), which the parser leaves unparsed. A zero UDP
- * checksum means "none" and stays zero. bmv2 computes these in full; a
- * hardware target would update them incrementally. */
+ * tunnels). The outer header was verified on the way in, so recomputing is
+ * the same as updating. The inner checksums are updated incrementally in
+ * the ingress (Csum16Update in talaria.p4): recomputing them here would
+ * repair a packet that arrived damaged. */
 control TalariaComputeChecksum(inout headers_t hdr, inout metadata_t meta) {
     apply {
         update_checksum(hdr.ipv4.isValid() && !hdr.ipv4_options.isValid(),
@@ -197,28 +195,6 @@ control TalariaComputeChecksum(inout headers_t hdr, inout metadata_t meta) {
               hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,
               hdr.ipv4.src_addr, hdr.ipv4.dst_addr, hdr.ipv4_options.options },
             hdr.ipv4.hdr_checksum, HashAlgorithm.csum16);
-        update_checksum(meta.dnat == 1,
-            { hdr.inner_ipv4.version, hdr.inner_ipv4.ihl, hdr.inner_ipv4.diffserv,
-              hdr.inner_ipv4.total_len, hdr.inner_ipv4.identification,
-              hdr.inner_ipv4.flags, hdr.inner_ipv4.frag_offset,
-              hdr.inner_ipv4.ttl, hdr.inner_ipv4.protocol,
-              hdr.inner_ipv4.src_addr, hdr.inner_ipv4.dst_addr },
-            hdr.inner_ipv4.hdr_checksum, HashAlgorithm.csum16);
-        update_checksum_with_payload(meta.dnat == 1 && hdr.inner_tcp.isValid(),
-            { hdr.inner_ipv4.src_addr, hdr.inner_ipv4.dst_addr, 8w0,
-              hdr.inner_ipv4.protocol, meta.inner_l4_len,
-              hdr.inner_tcp.src_port, hdr.inner_tcp.dst_port,
-              hdr.inner_tcp.seq_no, hdr.inner_tcp.ack_no,
-              hdr.inner_tcp.data_offset, hdr.inner_tcp.res, hdr.inner_tcp.flags,
-              hdr.inner_tcp.window, hdr.inner_tcp.urgent_ptr },
-            hdr.inner_tcp.checksum, HashAlgorithm.csum16);
-        update_checksum_with_payload(meta.dnat == 1 && hdr.inner_udp.isValid()
-                                         && hdr.inner_udp.checksum != 0,
-            { hdr.inner_ipv4.src_addr, hdr.inner_ipv4.dst_addr, 8w0,
-              hdr.inner_ipv4.protocol, meta.inner_l4_len,
-              hdr.inner_udp.src_port, hdr.inner_udp.dst_port,
-              hdr.inner_udp.length },
-            hdr.inner_udp.checksum, HashAlgorithm.csum16);
     }
 }
 

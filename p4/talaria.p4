@@ -25,6 +25,28 @@
 #include "headers.p4"
 #include "parser.p4"
 
+/* Incremental update of a ones'-complement checksum that covers a 32-bit
+ * address and a 16-bit port which changed (RFC 1624, eqn. 3:
+ * HC' = ~(~HC + ~m + m')); equal old and new ports change nothing. The
+ * inner checksums are updated this way after DNAT, as a hardware target
+ * does and as switch-agent does: a checksum that was wrong on arrival stays
+ * wrong by the same amount, so the receiver still sees the damage, where a
+ * full recomputation would vouch for a corrupted packet. A control rather
+ * than a function: tests/src/p4src.rs reads controls, not functions. */
+control Csum16Update(inout bit<16> csum,
+                     in bit<32> old_addr, in bit<32> new_addr,
+                     in bit<16> old_port, in bit<16> new_port) {
+    apply {
+        bit<32> sum = (bit<32>)(~csum)
+                    + (bit<32>)(~(old_addr[31:16])) + (bit<32>)(~(old_addr[15:0]))
+                    + (bit<32>)(new_addr[31:16]) + (bit<32>)(new_addr[15:0])
+                    + (bit<32>)(~old_port) + (bit<32>)new_port;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        csum = ~(sum[15:0]);
+    }
+}
+
 control TalariaIngress(inout headers_t hdr,
                        inout metadata_t meta,
                        inout standard_metadata_t standard_metadata) {
@@ -45,6 +67,11 @@ control TalariaIngress(inout headers_t hdr,
     /* Packets and bytes per backend entry. */
     @id(0x13000001)
     direct_counter(CounterType.packets_and_bytes) backend_counter;
+
+    /* The inner checksums after DNAT. */
+    Csum16Update() inner_ipv4_csum;
+    Csum16Update() inner_tcp_csum;
+    Csum16Update() inner_udp_csum;
 
     /* ---------------------------------------------------- ipv4_route -- */
 
@@ -262,7 +289,6 @@ control TalariaIngress(inout headers_t hdr,
         meta.drop_reason = 0;
         meta.terminate = 0;
         meta.cookie_ok = 0;
-        meta.dnat = 0;
 
         if (!hdr.ipv4.isValid()) {
             /* The switch routes IPv4 only; anything else has no route. A
@@ -352,15 +378,36 @@ control TalariaIngress(inout headers_t hdr,
                         backend.apply();
                     }
                     if (meta.drop_reason == 0) {
-                        /* DNAT to the backend pod; TalariaComputeChecksum
-                         * fixes the inner checksums. */
-                        hdr.inner_ipv4.dst_addr = meta.backend_ip;
+                        /* DNAT to the backend pod, inner checksums updated
+                         * incrementally (the L4 ones cover the address
+                         * through the pseudo header). */
+                        inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
+                                              hdr.inner_ipv4.dst_addr,
+                                              meta.backend_ip, 0, 0);
                         if (hdr.inner_tcp.isValid()) {
+                            inner_tcp_csum.apply(hdr.inner_tcp.checksum,
+                                                 hdr.inner_ipv4.dst_addr,
+                                                 meta.backend_ip,
+                                                 hdr.inner_tcp.dst_port,
+                                                 meta.backend_port);
                             hdr.inner_tcp.dst_port = meta.backend_port;
                         } else {
+                            /* A zero UDP checksum means "none" and stays
+                             * zero; a computed zero goes out as 0xFFFF
+                             * (RFC 768). */
+                            if (hdr.inner_udp.checksum != 0) {
+                                inner_udp_csum.apply(hdr.inner_udp.checksum,
+                                                     hdr.inner_ipv4.dst_addr,
+                                                     meta.backend_ip,
+                                                     hdr.inner_udp.dst_port,
+                                                     meta.backend_port);
+                                if (hdr.inner_udp.checksum == 0) {
+                                    hdr.inner_udp.checksum = 0xffff;
+                                }
+                            }
                             hdr.inner_udp.dst_port = meta.backend_port;
                         }
-                        meta.dnat = 1;
+                        hdr.inner_ipv4.dst_addr = meta.backend_ip;
                         /* The cookie travels on to the backend's node, which
                          * hands it back to the client in the reply. */
                         hdr.talaria.service_id = meta.service_id;

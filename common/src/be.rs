@@ -11,6 +11,10 @@ macro_rules! be_int {
         #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(pub [u8; $n]);
 
+        // SAFETY: a byte array, no padding, every bit pattern valid.
+        #[cfg(feature = "user")]
+        unsafe impl aya::Pod for $name {}
+
         impl $name {
             /// From a host-order value.
             #[inline(always)]

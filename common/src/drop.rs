@@ -55,6 +55,16 @@ pub enum DropReason {
     /// Host: a Talaria packet on the uplink for a pod this node does not
     /// host.
     UnknownPod = 20,
+    /// Host: an ICMP error about a Service flow from a pod that is not a
+    /// party of that flow.
+    IcmpSpoof = 21,
+    /// Host: a backend-side flow needed a substitute client port (two
+    /// Services' flows on one 4-tuple) and none was free.
+    PortExhausted = 22,
+    /// Host: a new backend-side flow of a pod that holds its share of the
+    /// reverse-flow table, or of a full table (established flows are never
+    /// evicted to make room).
+    FlowLimit = 23,
 }
 
 /// Size of every per-reason drop counter array. Codes are `< DROP_REASON_COUNT`.
@@ -62,7 +72,7 @@ pub const DROP_REASON_COUNT: u32 = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 20] = [
+    pub const ALL: [DropReason; 23] = [
         Self::Malformed,
         Self::GeneveVersion,
         Self::GeneveProtocol,
@@ -83,6 +93,9 @@ impl DropReason {
         Self::PodSpoof,
         Self::TunnelSource,
         Self::UnknownPod,
+        Self::IcmpSpoof,
+        Self::PortExhausted,
+        Self::FlowLimit,
     ];
 
     /// The counter index.
@@ -119,6 +132,9 @@ impl DropReason {
             Self::PodSpoof => "pod_spoof",
             Self::TunnelSource => "tunnel_source",
             Self::UnknownPod => "unknown_pod",
+            Self::IcmpSpoof => "icmp_spoof",
+            Self::PortExhausted => "port_exhausted",
+            Self::FlowLimit => "flow_limit",
         }
     }
 }

@@ -141,8 +141,28 @@ pub struct ReverseEntry {
     pub service_id: u16,
     pub backend_id: u32,
     pub fin_seen: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u8,
+    /// The client's own port, when the key holds a substitute for it
+    /// (see [`PortSubstKey`]); zero when the key's port is the client's.
+    pub client_port: Be16,
     pub last_seen_ns: u64,
+}
+
+impl ReverseEntry {
+    /// The reply flow `key` (backend → client) as the client sees it: from
+    /// the VIP and Service port, to the client's own port.
+    pub fn client_view(&self, key: FlowKey) -> FlowKey {
+        FlowKey {
+            src: self.vip,
+            src_port: self.vip_port,
+            dst_port: if self.client_port.get() != 0 {
+                self.client_port
+            } else {
+                key.dst_port
+            },
+            ..key
+        }
+    }
 }
 
 /// A pod hosted on this node. Key: the pod IP (`Be32`).
@@ -185,6 +205,86 @@ pub struct NodeConfig {
     pub udp_idle_ns: u64,
 }
 
+/// Backend side: a flow whose client port the backend pod sees replaced.
+///
+/// Two Services can share a backend, and one client can reach both from
+/// the same source port (TCP to two VIPs, or one UDP socket): both flows
+/// are then the same 4-tuple at the backend. The first one keeps it; the
+/// second's client port is replaced by a free one (as kube-proxy's SNAT
+/// does on a clash), so the backend sees two flows and every reply finds
+/// its own VIP. Key: the flow as it arrives (the backend's [`FlowKey`]
+/// with the client's own port) and its Service; value: the substitute
+/// port ([`Be16`]); the [`ReverseEntry`] is keyed on the substitute.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortSubstKey {
+    pub flow: FlowKey,
+    pub service_id: u16,
+    pub _pad: [u8; 2],
+}
+
+/// Backend side: the fragments of a reply datagram. Only the first
+/// fragment holds the ports that find the reverse-flow entry, so the
+/// reverse NAT of the first is kept for the rest, keyed by what every
+/// fragment of one datagram shares (RFC 791).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    /// The backend pod.
+    pub src: Be32,
+    /// The client.
+    pub dst: Be32,
+    pub id: Be16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl FragKey {
+    /// The key every fragment of `ip`'s datagram shares.
+    pub fn of(ip: &crate::net::Ipv4Hdr) -> Self {
+        Self {
+            src: ip.src,
+            dst: ip.dst,
+            id: ip.id,
+            proto: ip.proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// What the first fragment of a reply was given, for the others.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragEntry {
+    /// The source address the client must see.
+    pub vip: Be32,
+    pub service_id: u16,
+    /// The outer UDP source port of the first fragment, so every fragment
+    /// takes the same ECMP path and arrives in order.
+    pub outer_sport: u16,
+    pub backend_id: u32,
+}
+
+/// Flow entries a local pod holds in each flow table, counted so that one
+/// pod cannot fill the tables for every other (`node_flags::POD_FLOW_LIMIT`).
+/// Key: the pod's IP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodFlows {
+    /// `NODE_COOKIES` entries of the pod as a client.
+    pub cookies: u64,
+    /// `NODE_REVERSE` entries of the pod as a backend. (64-bit: BPF's
+    /// portable atomics are.)
+    pub reverse: u64,
+}
+
+/// Substitute client ports are taken from here: above Linux's default
+/// ephemeral range (32768–60999), so that they rarely meet a port a
+/// client uses for a direct connection to the same backend.
+pub const SUBST_PORT_FIRST: u16 = 61000;
+/// Number of substitute ports (61000–65534).
+pub const SUBST_PORT_COUNT: u16 = 4535;
+
 /// Indexes of the node's per-CPU event counter array (`NODE_STATS`).
 pub mod node_stat {
     /// Packets encapsulated towards the switch (requests and replies).
@@ -203,8 +303,17 @@ pub mod node_stat {
     pub const REVERSE_NAT: u32 = 6;
     /// Flow state removed by a TCP RST.
     pub const FLOW_RESET: u32 = 7;
+    /// A backend-side flow got a substitute client port (two Services'
+    /// flows on one 4-tuple; [`super::PortSubstKey`]).
+    pub const PORT_SUBST: u32 = 8;
+    /// A non-first fragment of a backend reply reverse-NATed like its
+    /// first fragment ([`super::FragKey`]).
+    pub const FRAGMENT_NAT: u32 = 9;
+    /// A cookie not cached: the client pod holds its share of the cookie
+    /// cache (or the cache is full); the flow goes on, balanced by hash.
+    pub const COOKIE_REFUSED: u32 = 10;
     /// Size of the array.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -215,6 +324,9 @@ pub mod node_stat {
         "reverse_learn",
         "reverse_nat",
         "flow_reset",
+        "port_subst",
+        "fragment_nat",
+        "cookie_refused",
     ];
 }
 
@@ -237,7 +349,56 @@ pod! {
     FlowKey = 16,
     CookieEntry = 16,
     ReverseEntry = 24,
+    PortSubstKey = 20,
+    PodFlows = 16,
+    FragKey = 12,
+    FragEntry = 12,
     PodEntry = 16,
     ServiceAddr = 8,
     NodeConfig = 32,
+}
+
+/// `NODE_MTU` (an `Array<u32>` of [`mtu::COUNT`] elements): path MTU
+/// settings written by the agent.
+pub mod mtu {
+    /// Element: the uplink's L3 MTU in bytes. An encapsulated packet (or
+    /// every GSO segment of it) must fit in it. 0 = no check.
+    pub const UPLINK_MTU: u32 = 0;
+    /// Number of elements.
+    pub const COUNT: u32 = 1;
+}
+
+/// `NODE_FLAGS` (an `Array<u32>` of [`node_flags::COUNT`] elements):
+/// switches of the data path written by the agent; 0 is the default.
+pub mod node_flags {
+    /// Element: non-zero = learn no cookies, so every packet of a flow
+    /// leaves as a new flow and the switch balances it by hash alone. For
+    /// experiments (the lab's hash-only consistency variant), never for
+    /// production: established flows then move when the pool changes.
+    pub const IGNORE_COOKIES: u32 = 0;
+    /// Element: the most entries one local pod may hold in each flow table
+    /// ([`super::PodFlows`]); 0 = no limit.
+    pub const POD_FLOW_LIMIT: u32 = 1;
+    /// Number of elements.
+    pub const COUNT: u32 = 2;
+}
+
+/// Indexes of `NODE_MTU_STATS` (a per-CPU `u64` array): what the MTU check
+/// did.
+pub mod mtu_stat {
+    /// A pod's packet did not fit the uplink once encapsulated and had DF
+    /// set: it was turned into an ICMP fragmentation-needed error (type 3
+    /// code 4, next-hop MTU = uplink MTU − 48) and sent back to the pod.
+    pub const FRAG_NEEDED: u32 = 0;
+    /// Dropped: too big once encapsulated, DF clear (nothing may fragment
+    /// it: fragments cannot be load-balanced).
+    pub const TOO_BIG_NO_DF: u32 = 1;
+    /// Dropped: an ICMP error that is too big once encapsulated (an ICMP
+    /// error is never answered with another one).
+    pub const TOO_BIG_ICMP: u32 = 2;
+    /// Size of the array.
+    pub const COUNT: u32 = 3;
+    /// Names, in index order (metrics: `frag_needed` is an event, the
+    /// other two are drop reasons).
+    pub const NAMES: [&str; COUNT as usize] = ["frag_needed", "too_big_no_df", "too_big_icmp"];
 }

@@ -10,7 +10,15 @@ pub const ETH_P_IP: u16 = 0x0800;
 pub const IPV4_HDR_LEN: usize = 20;
 pub const UDP_HDR_LEN: usize = 8;
 pub const TCP_HDR_LEN: usize = 20;
+/// The don't-fragment bit of [`Ipv4Hdr::frag`].
+pub const IPV4_DF: u16 = 0x4000;
 pub const IPPROTO_ICMP: u8 = 1;
+/// ICMP type destination unreachable.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+/// Destination unreachable code: fragmentation needed and DF set.
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMP type time exceeded.
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -61,18 +69,42 @@ impl Ipv4Hdr {
         self.frag.get() & 0x3fff != 0
     }
 
+    /// A header without options, as a host originates one: id 0, TTL 64,
+    /// don't-fragment as given, checksum filled.
+    #[inline(always)]
+    pub fn new(
+        tos: u8,
+        total_len: u16,
+        dont_fragment: bool,
+        proto: u8,
+        src: Be32,
+        dst: Be32,
+    ) -> Self {
+        let mut h = Self {
+            version_ihl: 0x45,
+            tos,
+            total_len: Be16::new(total_len),
+            id: Be16::new(0),
+            frag: Be16::new(if dont_fragment { IPV4_DF } else { 0 }),
+            ttl: 64,
+            proto,
+            check: Be16::new(0),
+            src,
+            dst,
+        };
+        h.fill_checksum();
+        h
+    }
+
     /// Recomputes `check` from the other fields.
+    #[inline(always)]
     pub fn fill_checksum(&mut self) {
         self.check = Be16::new(0);
-        let mut words = [0u16; IPV4_HDR_LEN / 2];
-        let b = self.to_bytes();
-        for (i, w) in words.iter_mut().enumerate() {
-            *w = u16::from_be_bytes([b[2 * i], b[2 * i + 1]]);
-        }
-        self.check = Be16::new(!fold(words.iter().map(|w| u32::from(*w)).sum()));
+        self.check = Be16::new(!fold(sum16(&self.to_bytes())));
     }
 
     /// The 20 wire bytes.
+    #[inline(always)]
     pub fn to_bytes(&self) -> [u8; IPV4_HDR_LEN] {
         let mut b = [0u8; IPV4_HDR_LEN];
         b[0] = self.version_ihl;
@@ -122,6 +154,19 @@ pub mod tcp_flags {
     pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
+}
+
+/// The one's-complement sum of `b`'s 16-bit big-endian words (an even
+/// length; bounded by it, so the BPF verifier accepts the loop).
+#[inline(always)]
+pub fn sum16(b: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < b.len() {
+        sum += u16::from_be_bytes([b[i], b[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
 }
 
 /// Folds a 32-bit one's-complement sum to 16 bits.

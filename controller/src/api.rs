@@ -9,18 +9,19 @@ use axum::{
     extract::{Path, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, MethodRouter},
     Json, Router,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
+
+use talaria_tables::dump::{dump_tables, TableDump};
 
 use crate::{
     controller::{Context, Planned, SwitchStatus},
     model::{ObjectRef, ServiceView},
     p4rt::client,
     plan::PlannedPort,
-    state::{Entry, Table},
 };
 
 /// A Service with what the controller programmed for it.
@@ -46,38 +47,33 @@ pub struct SwitchReport {
     pub status: SwitchStatus,
 }
 
-/// Live table contents.
-#[derive(Debug, Serialize)]
-pub struct TableDump {
-    /// Short table name.
-    pub table: String,
-    /// P4Info name.
-    pub p4_name: String,
-    /// Entry count.
-    pub count: usize,
-    /// Decoded entries.
-    pub entries: Vec<Entry>,
-    /// Entries that did not decode, as text.
-    pub undecodable: Vec<String>,
-}
-
 fn error(code: StatusCode, msg: impl Into<String>) -> Response {
     (code, Json(json!({ "error": msg.into() }))).into_response()
 }
 
+/// Every route: its path (axum's `{param}` syntax is OpenAPI's too) and
+/// what serves it. `controller/tests/openapi.rs` checks this list and the
+/// responses against `controller/openapi.yaml`.
+pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<Context>>)> {
+    vec![
+        ("/healthz", get(|| async { "ok" })),
+        ("/readyz", get(readyz)),
+        ("/metrics", get(metrics)),
+        ("/v1/services", get(services)),
+        ("/v1/services/{namespace}/{name}", get(service)),
+        ("/v1/switches", get(switches)),
+        ("/v1/switches/{id}/tables", get(tables)),
+        ("/v1/switches/{id}/tables/{table}", get(table)),
+        ("/v1/switches/{id}/counters", get(counters)),
+        ("/v1/status", get(status)),
+    ]
+}
+
 /// The router.
 pub fn router(ctx: Arc<Context>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/v1/services", get(services))
-        .route("/v1/services/{namespace}/{name}", get(service))
-        .route("/v1/switches", get(switches))
-        .route("/v1/switches/{id}/tables", get(tables))
-        .route("/v1/switches/{id}/tables/{table}", get(table))
-        .route("/v1/switches/{id}/counters", get(counters))
-        .route("/v1/status", get(status))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |r, (path, handler)| r.route(path, handler))
         .with_state(ctx)
 }
 
@@ -186,55 +182,46 @@ async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
     Json(v)
 }
 
-async fn live_tables(ctx: &Context, id: &str, which: &[Table]) -> Result<Vec<TableDump>, Response> {
+/// A gRPC client for reads from switch `id`: the sync task's, or a new
+/// connection while it has none.
+async fn reader(ctx: &Context, id: &str) -> Result<(client::P4Client, u64), Response> {
     let Some(sw) = ctx.switch(id) else {
         return Err(error(StatusCode::NOT_FOUND, format!("no switch {id}")));
     };
     let reader = sw.reader.read().expect("poisoned").clone();
-    let mut c = match reader {
+    let c = match reader {
         Some(c) => c,
         None => client::channel(&sw.cfg.address, std::time::Duration::from_secs(2))
             .await
             .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("switch {id}: {e}")))?,
     };
-    let raw = client::read_tables(&mut c, sw.cfg.device_id, &ctx.codec, which)
+    Ok((c, sw.cfg.device_id))
+}
+
+/// The live contents of the P4Info tables with ids `ids` (all for `None`),
+/// named from the P4Info.
+async fn live_tables(
+    ctx: &Context,
+    id: &str,
+    ids: Option<&[u32]>,
+) -> Result<Vec<TableDump>, Response> {
+    let (mut c, device_id) = reader(ctx, id).await?;
+    let all: Vec<u32>;
+    let which = match ids {
+        Some(ids) => ids,
+        None => {
+            all = ctx.schema.tables().iter().map(|t| t.id).collect();
+            &all
+        }
+    };
+    let raw = client::read_tables(&mut c, device_id, which)
         .await
         .map_err(|e| error(StatusCode::BAD_GATEWAY, format!("switch {id}: {e}")))?;
-    let mut out: BTreeMap<Table, TableDump> = which
-        .iter()
-        .map(|t| {
-            (
-                *t,
-                TableDump {
-                    table: t.to_string(),
-                    p4_name: t.p4_name().into(),
-                    count: 0,
-                    entries: Vec::new(),
-                    undecodable: Vec::new(),
-                },
-            )
-        })
-        .collect();
-    for te in raw {
-        let Some(t) = ctx.codec.table_of(te.table_id) else {
-            continue;
-        };
-        let Some(d) = out.get_mut(&t) else { continue };
-        d.count += 1;
-        match ctx.codec.decode(&te) {
-            Ok(e) => d.entries.push(e),
-            Err(e) => d.undecodable.push(e.to_string()),
-        }
-    }
-    let mut v: Vec<TableDump> = out.into_values().collect();
-    for d in &mut v {
-        d.entries.sort();
-    }
-    Ok(v)
+    Ok(dump_tables(&ctx.schema, ids, &raw))
 }
 
 async fn tables(State(ctx): State<Arc<Context>>, Path(id): Path<String>) -> Response {
-    match live_tables(&ctx, &id, &Table::INSERT_ORDER).await {
+    match live_tables(&ctx, &id, None).await {
         Ok(v) => Json(v).into_response(),
         Err(r) => r,
     }
@@ -244,28 +231,27 @@ async fn table(
     State(ctx): State<Arc<Context>>,
     Path((id, table)): Path<(String, String)>,
 ) -> Response {
-    let Some(t) = Table::from_name(&table) else {
+    // Any table of the P4Info, by full name or alias.
+    let Some(t) = ctx
+        .schema
+        .tables()
+        .iter()
+        .find(|t| t.name == table || t.alias == table)
+    else {
         return error(StatusCode::NOT_FOUND, format!("no table {table}"));
     };
-    match live_tables(&ctx, &id, &[t]).await {
+    match live_tables(&ctx, &id, Some(&[t.id])).await {
         Ok(mut v) => Json(v.remove(0)).into_response(),
         Err(r) => r,
     }
 }
 
 async fn counters(State(ctx): State<Arc<Context>>, Path(id): Path<String>) -> Response {
-    let Some(sw) = ctx.switch(&id) else {
-        return error(StatusCode::NOT_FOUND, format!("no switch {id}"));
+    let (mut c, device_id) = match reader(&ctx, &id).await {
+        Ok(r) => r,
+        Err(r) => return r,
     };
-    let reader = sw.reader.read().expect("poisoned").clone();
-    let mut c = match reader {
-        Some(c) => c,
-        None => match client::channel(&sw.cfg.address, std::time::Duration::from_secs(2)).await {
-            Ok(c) => c,
-            Err(e) => return error(StatusCode::BAD_GATEWAY, format!("switch {id}: {e}")),
-        },
-    };
-    match client::read_counters(&mut c, sw.cfg.device_id, &ctx.codec).await {
+    match client::read_counters(&mut c, device_id, &ctx.schema).await {
         Ok(m) => {
             let v: BTreeMap<String, Vec<Value>> = m
                 .into_iter()

@@ -23,7 +23,11 @@ use std::{
 };
 
 use serde::Serialize;
-use talaria_p4rt::p4::{config::v1::P4Info, v1::p4_runtime_client::P4RuntimeClient};
+use talaria_p4rt::{
+    p4::{config::v1::P4Info, v1::p4_runtime_client::P4RuntimeClient},
+    p4info::Schema,
+};
+use talaria_tables::{p4runtime::Fit, Contents};
 use tokio::sync::{watch, Notify};
 use tonic::transport::Channel;
 use tracing::{debug, info, instrument, warn};
@@ -33,10 +37,20 @@ use crate::{
     diff::{self, FullDiff, Op},
     metrics::{Metrics, SkipLabel, SwitchLabel, TableLabel},
     model::{Delta, Model, Skipped},
-    p4rt::{client::ConnectParams, ClientError, Codec, SwitchConn, WriteReport},
+    p4rt::{client::ConnectParams, ClientError, SwitchConn, WriteReport},
     plan::{PlanChanges, PlannedPort, Planner},
-    state::SwitchState,
 };
+
+/// Why a controller cannot be set up with a P4Info.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// It does not describe talaria's tables.
+    #[error(transparent)]
+    Tables(#[from] talaria_tables::p4runtime::Mismatch),
+    /// It is not a valid P4Info.
+    #[error("invalid P4Info")]
+    Schema(#[source] talaria_p4rt::Error),
+}
 
 /// Something that yields the cluster objects as a model.
 pub trait Source: Send + Sync {
@@ -139,8 +153,8 @@ pub struct Context {
     pub switches: Vec<Arc<SwitchHandle>>,
     /// Metrics.
     pub metrics: Metrics,
-    /// Entry codec (ids from our P4Info).
-    pub codec: Arc<Codec>,
+    /// Our P4Info, indexed (names and counters for the REST API).
+    pub schema: Arc<Schema>,
     /// Our P4Info.
     pub p4info: Arc<P4Info>,
     /// Device config pushed with it.
@@ -168,8 +182,9 @@ impl Context {
         changed: Arc<Notify>,
         p4info: P4Info,
         device_config: Vec<u8>,
-    ) -> Result<Arc<Self>, crate::p4rt::CodecError> {
-        let codec = Arc::new(Codec::new(&p4info)?);
+    ) -> Result<Arc<Self>, ContextError> {
+        talaria_tables::p4runtime::check(&p4info, Fit::Covers)?;
+        let schema = Arc::new(Schema::new(&p4info).map_err(ContextError::Schema)?);
         let switches = config
             .switches
             .iter()
@@ -206,7 +221,7 @@ impl Context {
             version_tx: watch::channel(0).0,
             switches,
             metrics,
-            codec,
+            schema,
             p4info: Arc::new(p4info),
             device_config: Arc::new(device_config),
             leader: watch::channel(true).0,
@@ -242,7 +257,7 @@ impl Context {
     }
 
     /// Adopts ids from a switch's tables, if no plan was made yet.
-    fn try_adopt(&self, switch: &str, actual: &SwitchState) {
+    fn try_adopt(&self, switch: &str, actual: &Contents) {
         let mut p = self.planned.write().expect("poisoned");
         if p.version > 0 || *self.adopted.borrow() {
             return;
@@ -447,7 +462,7 @@ async fn session(ctx: &Context, sw: &SwitchHandle, label: &SwitchLabel) -> Resul
         device_config: ctx.device_config.clone(),
         timeout: Duration::from_secs(3),
     };
-    let mut conn = SwitchConn::connect(&params, ctx.codec.clone()).await?;
+    let mut conn = SwitchConn::connect(&params).await?;
     let (mut have, bad) = conn.read_state().await?;
     let sessions = {
         let mut st = sw.status.write().expect("poisoned");
@@ -465,7 +480,7 @@ async fn session(ctx: &Context, sw: &SwitchHandle, label: &SwitchLabel) -> Resul
         warn!(switch = %sw.cfg.id, "undecodable entry left alone: {b}");
     }
     *sw.reader.write().expect("poisoned") = Some(conn.reader());
-    info!(switch = %sw.cfg.id, entries = have.len(), pushed = conn.pushed_pipeline, "switch session up");
+    info!(switch = %sw.cfg.id, entries = have.total(), pushed = conn.pushed_pipeline, "switch session up");
     ctx.try_adopt(&sw.cfg.id, &have);
     let mut rx = ctx.version_tx.subscribe();
     let mut leader = ctx.leader.subscribe();
@@ -504,18 +519,18 @@ async fn sync_once(
     sw: &SwitchHandle,
     label: &SwitchLabel,
     conn: &mut SwitchConn,
-    have: &mut SwitchState,
+    have: &mut Contents,
     full: bool,
 ) -> Result<bool, ClientError> {
     let max = ctx.config.write_batch;
     let depth = ctx.config.write_pipeline;
     let mut report = WriteReport::default();
-    let apply = |have: &mut SwitchState, c: &WriteReport| {
+    let apply = |have: &mut Contents, c: &WriteReport| {
         for (op, e) in &c.done {
             match op {
-                Op::Delete => have.remove(e),
-                _ => have.insert(*e),
-            }
+                Op::Delete => have.remove(&e.key()),
+                Op::Insert | Op::Modify => have.insert(*e),
+            };
         }
     };
     // Take the pending changes together with the state they belong to.
@@ -558,7 +573,7 @@ async fn sync_once(
             let r = {
                 let have_cell = Mutex::new(&mut *have);
                 conn.write_pipelined(
-                    || gen.next_chunk(&want, &have_cell.lock().expect("poisoned"), max),
+                    || gen.next_chunk(&*want, &**have_cell.lock().expect("poisoned"), max),
                     depth,
                     |c| {
                         apply(&mut have_cell.lock().expect("poisoned"), &c);

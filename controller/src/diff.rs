@@ -1,7 +1,7 @@
 //! Desired vs actual switch state → ordered write batches.
 //!
 //! Order never leaves a dangling reference on the switch:
-//! 1. inserts and modifies, table by table in [`Table::INSERT_ORDER`]
+//! 1. inserts and modifies, table by table in [`INSERT_ORDER`]
 //!    (routes, switch address, pod nodes, then backend → cookie_check →
 //!    lb_bucket → service_v4): whatever an entry points at exists first;
 //! 2. deletes in the reverse order (service_v4 → lb_bucket → cookie_check →
@@ -12,21 +12,23 @@
 //! has its buckets re-pointed (step 1) before its cookie_check and backend
 //! entries go (step 2).
 //!
-//! Three ways to diff, all with that order:
-//! - [`diff`]: two [`SwitchState`]s (small states, tests);
+//! Three ways to diff, all with that order and one merge of key-ordered
+//! entry streams ([`FullDiff`]):
+//! - [`diff`]: two [`Contents`] (small states, tests);
 //! - [`region_diff`]: only the part of the tables a [`PlanChanges`] touches
 //!   (the incremental path: a change to one Service diffs that Service's
 //!   entries, not the whole switch);
 //! - [`FullDiff`]: everything, produced chunk by chunk from the compact
 //!   desired state, so a full sync never holds the whole diff in memory.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use serde::Serialize;
+use talaria_tables::{cookie_check, lb_bucket, Contents, Entry, EntryKey, Table};
 
 use crate::{
+    entries::{cookie_entry, Tables, INSERT_ORDER},
     plan::{Desired, PlanChanges},
-    state::{Entry, SwitchState, Table},
     types::ServiceKey,
 };
 
@@ -53,117 +55,34 @@ pub struct Batch {
     pub entries: Vec<Entry>,
 }
 
-fn map_diff<K: Ord + Copy, V: PartialEq + Copy>(
-    want: &BTreeMap<K, V>,
-    have: &BTreeMap<K, V>,
-    mk: impl Fn(K, V) -> Entry,
-) -> (Vec<Entry>, Vec<Entry>, Vec<Entry>) {
-    let mut ins = Vec::new();
-    let mut modi = Vec::new();
-    let mut del = Vec::new();
-    for (k, v) in want {
-        match have.get(k) {
-            None => ins.push(mk(*k, *v)),
-            Some(h) if h != v => modi.push(mk(*k, *v)),
-            _ => {}
-        }
-    }
-    for (k, v) in have {
-        if !want.contains_key(k) {
-            del.push(mk(*k, *v));
-        }
-    }
-    (ins, modi, del)
-}
-
-fn set_diff<K: Ord + Copy>(
-    want: &BTreeSet<K>,
-    have: &BTreeSet<K>,
-    mk: impl Fn(K) -> Entry,
-) -> (Vec<Entry>, Vec<Entry>, Vec<Entry>) {
-    (
-        want.difference(have).map(|k| mk(*k)).collect(),
-        Vec::new(),
-        have.difference(want).map(|k| mk(*k)).collect(),
-    )
-}
-
-/// The per-table (inserts, modifies, deletes).
-fn table_diff(
-    t: Table,
-    want: &SwitchState,
-    have: &SwitchState,
-) -> (Vec<Entry>, Vec<Entry>, Vec<Entry>) {
-    match t {
-        Table::Ipv4Route => map_diff(&want.ipv4_route, &have.ipv4_route, |prefix, action| {
-            Entry::Ipv4Route { prefix, action }
-        }),
-        Table::SwitchAddr => set_diff(&want.switch_addr, &have.switch_addr, |addr| {
-            Entry::SwitchAddr { addr }
-        }),
-        Table::PodNode => map_diff(&want.pod_node, &have.pod_node, |prefix, node_ip| {
-            Entry::PodNode { prefix, node_ip }
-        }),
-        Table::Backend => map_diff(&want.backend, &have.backend, |backend_id, backend| {
-            Entry::Backend {
-                backend_id,
-                backend,
+/// Applies `batches` to `state`, as the switch would.
+pub fn apply(state: &mut Contents, batches: &[Batch]) {
+    for b in batches {
+        for e in &b.entries {
+            match b.op {
+                Op::Delete => {
+                    state.remove(&e.key());
+                }
+                Op::Insert | Op::Modify => {
+                    state.insert(*e);
+                }
             }
-        }),
-        Table::CookieCheck => set_diff(
-            &want.cookie_check,
-            &have.cookie_check,
-            |(service_id, backend_id)| Entry::CookieCheck {
-                service_id,
-                backend_id,
-            },
-        ),
-        Table::LbBucket => map_diff(
-            &want.lb_bucket,
-            &have.lb_bucket,
-            |(service_id, bucket), backend_id| Entry::LbBucket {
-                service_id,
-                bucket,
-                backend_id,
-            },
-        ),
-        Table::ServiceV4 => map_diff(&want.service_v4, &have.service_v4, |key, action| {
-            Entry::ServiceV4 { key, action }
-        }),
+        }
     }
 }
 
 /// The ordered batches that turn `have` into `want`. Empty when equal.
-pub fn diff(want: &SwitchState, have: &SwitchState) -> Vec<Batch> {
-    let mut forward = Vec::new();
-    let mut deletes = Vec::new();
-    for t in Table::INSERT_ORDER {
-        let (ins, modi, del) = table_diff(t, want, have);
-        if !ins.is_empty() {
-            forward.push(Batch {
-                op: Op::Insert,
-                table: t,
-                entries: ins,
-            });
-        }
-        if !modi.is_empty() {
-            forward.push(Batch {
-                op: Op::Modify,
-                table: t,
-                entries: modi,
-            });
-        }
-        if !del.is_empty() {
-            deletes.push(Batch {
-                op: Op::Delete,
-                table: t,
-                entries: del,
-            });
-        }
+pub fn diff(want: &Contents, have: &Contents) -> Vec<Batch> {
+    let mut full = FullDiff::default();
+    let mut out: Vec<Batch> = Vec::new();
+    while let Some(c) = full.next_chunk(want, have, usize::MAX) {
+        out.push(Batch {
+            op: c.op,
+            table: c.table,
+            entries: c.entries,
+        });
     }
-    deletes.reverse();
-    forward.extend(deletes);
-    forward
+    out
 }
 
 /// Total updates in `batches`.
@@ -181,14 +100,18 @@ pub fn update_count(batches: &[Batch]) -> usize {
 /// `have` is assumed to match `want` (the switch task keeps that true by
 /// diffing every change it is told about, and resyncing in full otherwise),
 /// so a backend entry is deleted only when no port wants it at all.
-pub fn region_diff(want: &Desired, have: &SwitchState, ch: &PlanChanges) -> Vec<Batch> {
+pub fn region_diff(want: &Desired, have: &Contents, ch: &PlanChanges) -> Vec<Batch> {
     let mut keys: BTreeSet<ServiceKey> = ch.keys.clone();
     let mut sids: BTreeSet<u16> = ch.sids.clone();
+    let sid_of = |a: &talaria_tables::service_v4::Action| {
+        let talaria_tables::service_v4::Action::SetService { service_id, .. } = *a;
+        service_id
+    };
     loop {
         let before = (keys.len(), sids.len());
         for k in &keys {
             sids.extend(want.port(k).map(|p| p.service_id));
-            sids.extend(have.service_v4.get(k).map(|a| a.service_id));
+            sids.extend(have.service_v4.get(&k.table_key()).map(sid_of));
         }
         for s in &sids {
             keys.extend(want.port_by_sid(*s).map(|p| p.key));
@@ -196,59 +119,72 @@ pub fn region_diff(want: &Desired, have: &SwitchState, ch: &PlanChanges) -> Vec<
         keys.extend(
             have.service_v4
                 .iter()
-                .filter(|(_, a)| sids.contains(&a.service_id))
-                .map(|(k, _)| *k),
+                .filter(|(_, a)| sids.contains(&sid_of(a)))
+                .filter_map(|(k, _)| ServiceKey::from_table_key(k)),
         );
         if (keys.len(), sids.len()) == before {
             break;
         }
     }
-    let mut w = SwitchState {
-        ipv4_route: want.fabric.ipv4_route.clone(),
-        switch_addr: want.fabric.switch_addr.clone(),
-        pod_node: want.fabric.pod_node.clone(),
-        ..SwitchState::default()
+    let fabric = |c: &Contents| Contents {
+        ipv4_route: c.ipv4_route.clone(),
+        switch_addr: c.switch_addr.clone(),
+        pod_node: c.pod_node.clone(),
+        ..Contents::default()
     };
-    let mut h = SwitchState {
-        ipv4_route: have.ipv4_route.clone(),
-        switch_addr: have.switch_addr.clone(),
-        pod_node: have.pod_node.clone(),
-        ..SwitchState::default()
-    };
+    let mut w = fabric(&want.fabric);
+    let mut h = fabric(have);
     let mut backends: BTreeSet<u32> = ch.backends.clone();
     for k in &keys {
-        if let Some(action) = want.port(k).and_then(|p| p.action()) {
-            w.service_v4.insert(*k, action);
+        if let Some(e) = want.port(k).and_then(|p| p.service_entry()) {
+            w.insert(e.into());
         }
-        if let Some(a) = have.service_v4.get(k) {
-            h.service_v4.insert(*k, *a);
+        let tk = k.table_key();
+        if let Some(a) = have.service_v4.get(&tk) {
+            h.service_v4.insert(tk, *a);
         }
     }
-    for s in &sids {
-        if let Some(p) = want.port_by_sid(*s) {
-            for (b, id) in p.buckets.iter().enumerate() {
-                w.lb_bucket.insert((*s, b as u16), *id);
+    for &s in &sids {
+        if let Some(p) = want.port_by_sid(s) {
+            for e in p.bucket_entries(0) {
+                w.insert(e.into());
             }
             for (id, _) in p.entry_backends() {
-                w.cookie_check.insert((*s, id));
+                w.insert(cookie_entry(s, id));
                 backends.insert(id);
             }
         }
-        for (k, id) in have.lb_bucket.range((*s, 0)..=(*s, u16::MAX)) {
-            h.lb_bucket.insert(*k, *id);
-            backends.insert(*id);
+        let buckets = lb_bucket::Key {
+            service_id: s,
+            bucket: 0,
+        }..=lb_bucket::Key {
+            service_id: s,
+            bucket: u16::MAX,
+        };
+        for (k, a) in have.lb_bucket.range(buckets) {
+            h.lb_bucket.insert(*k, *a);
+            let lb_bucket::Action::SelectBackend { backend_id } = *a;
+            backends.insert(backend_id);
         }
-        for k in have.cookie_check.range((*s, 0)..=(*s, u32::MAX)) {
-            h.cookie_check.insert(*k);
-            backends.insert(k.1);
+        let cookies = cookie_check::Key {
+            service_id: s,
+            backend_id: 0,
+        }..=cookie_check::Key {
+            service_id: s,
+            backend_id: u32::MAX,
+        };
+        for (k, a) in have.cookie_check.range(cookies) {
+            h.cookie_check.insert(*k, *a);
+            backends.insert(k.backend_id);
         }
     }
     for id in backends {
+        let key = talaria_tables::backend::Key { backend_id: id };
         if let Some(b) = want.backend(id) {
-            w.backend.insert(id, b);
+            w.backend.insert(key, b.action());
         }
-        if let Some(b) = have.backend.get(&id) {
-            h.backend.insert(id, *b);
+        if let Some(a) = have.backend.get(&key) {
+            h.backend.insert(key, *a);
         }
     }
     diff(&w, &h)
@@ -295,14 +231,14 @@ pub fn chunks(batches: Vec<Batch>, max: usize) -> Vec<Chunk> {
 }
 
 /// The phases of a full diff: inserts and modifies table by table in
-/// [`Table::INSERT_ORDER`], then deletes in reverse.
+/// [`INSERT_ORDER`], then deletes in reverse.
 fn full_phases() -> Vec<(Op, Table)> {
     let mut v = Vec::new();
-    for t in Table::INSERT_ORDER {
+    for t in INSERT_ORDER {
         v.push((Op::Insert, t));
         v.push((Op::Modify, t));
     }
-    for t in Table::INSERT_ORDER.into_iter().rev() {
+    for t in INSERT_ORDER.into_iter().rev() {
         v.push((Op::Delete, t));
     }
     v
@@ -318,7 +254,7 @@ fn full_phases() -> Vec<(Op, Table)> {
 pub struct FullDiff {
     phases: Vec<(Op, Table)>,
     phase: usize,
-    cursor: Option<Entry>,
+    cursor: Option<EntryKey>,
 }
 
 impl Default for FullDiff {
@@ -333,7 +269,12 @@ impl Default for FullDiff {
 
 impl FullDiff {
     /// The next chunk of at most `max` updates, or `None` when done.
-    pub fn next_chunk(&mut self, want: &Desired, have: &SwitchState, max: usize) -> Option<Chunk> {
+    pub fn next_chunk(
+        &mut self,
+        want: &impl Tables,
+        have: &impl Tables,
+        max: usize,
+    ) -> Option<Chunk> {
         let max = max.max(1);
         while let Some(&(op, table)) = self.phases.get(self.phase) {
             let mut w = want.entries_after(table, self.cursor.as_ref()).peekable();
@@ -384,7 +325,7 @@ impl FullDiff {
                 self.phase += 1;
                 self.cursor = None;
             } else {
-                self.cursor = out.last().copied();
+                self.cursor = out.last().map(Entry::key);
             }
             if !out.is_empty() {
                 return Some(Chunk {
@@ -402,7 +343,8 @@ impl FullDiff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Backend, HashMode, Proto, ServiceAction, ServiceKey};
+    use crate::types::{Backend, HashMode, Proto, ServiceKey};
+    use talaria_tables::{backend, service_v4};
 
     fn be(i: u8) -> Backend {
         Backend {
@@ -420,22 +362,30 @@ mod tests {
         }
     }
 
-    fn svc(id: u16, buckets: u16, backends: &[u32]) -> SwitchState {
-        let mut s = SwitchState::default();
+    fn svc(id: u16, buckets: u16, backends: &[u32]) -> Contents {
+        let mut s = Contents::default();
         for &b in backends {
-            s.backend.insert(b, be(b as u8));
-            s.cookie_check.insert((id, b));
+            s.backend
+                .insert(backend::Key { backend_id: b }, be(b as u8).action());
+            s.insert(cookie_entry(id, b));
         }
         for k in 0..buckets {
-            s.lb_bucket
-                .insert((id, k), backends[k as usize % backends.len()]);
+            s.lb_bucket.insert(
+                lb_bucket::Key {
+                    service_id: id,
+                    bucket: k,
+                },
+                lb_bucket::Action::SelectBackend {
+                    backend_id: backends[k as usize % backends.len()],
+                },
+            );
         }
         s.service_v4.insert(
-            key(),
-            ServiceAction {
+            key().table_key(),
+            service_v4::Action::SetService {
                 service_id: id,
                 bucket_mask: buckets - 1,
-                hash_mode: HashMode::FiveTuple,
+                hash_mode: HashMode::FiveTuple.value(),
             },
         );
         s
@@ -454,7 +404,7 @@ mod tests {
     #[test]
     fn fresh_insert_order() {
         let s = svc(1, 4, &[1, 2]);
-        let b = diff(&s, &SwitchState::default());
+        let b = diff(&s, &Contents::default());
         assert_eq!(
             order(&b),
             vec![
@@ -465,15 +415,15 @@ mod tests {
             ]
         );
         assert_eq!(update_count(&b), 2 + 2 + 4 + 1);
-        let mut have = SwitchState::default();
-        have.apply(&b);
+        let mut have = Contents::default();
+        apply(&mut have, &b);
         assert_eq!(have, s);
     }
 
     #[test]
     fn full_delete_is_reverse_order() {
         let s = svc(1, 4, &[1, 2]);
-        let b = diff(&SwitchState::default(), &s);
+        let b = diff(&Contents::default(), &s);
         assert_eq!(
             order(&b),
             vec![
@@ -501,7 +451,7 @@ mod tests {
             ]
         );
         let mut s = have.clone();
-        s.apply(&b);
+        apply(&mut s, &b);
         assert_eq!(s, want);
     }
 

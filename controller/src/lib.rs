@@ -9,18 +9,23 @@
 //!   ids ([`ids`]) and resilient bucket assignments ([`buckets`]), re-planned
 //!   per changed port;
 //! - [`diff`]: desired vs actual → ordered batches, for the changed region
-//!   or (on connect and resync) everything, chunk by chunk.
+//!   or (on connect and resync) everything, chunk by chunk;
+//! - [`entries`]: the write order and the key-ordered view of tables that
+//!   both share.
+//!
+//! The tables themselves, their entries and their P4Runtime encoding are
+//! `talaria_tables`.
 
 pub mod api;
 pub mod buckets;
 pub mod config;
 pub mod controller;
 pub mod diff;
+pub mod entries;
 pub mod ids;
 pub mod metrics;
 pub mod model;
 pub mod p4rt;
 pub mod plan;
 pub mod source;
-pub mod state;
 pub mod types;

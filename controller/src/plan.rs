@@ -26,12 +26,17 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use talaria_tables::{
+    backend, ipv4_route, lb_bucket, pod_node, service_v4, switch_addr, Contents, Entry, EntryKey,
+    Table,
+};
+
 use crate::{
     buckets::{self, BucketPolicy},
+    entries::{cookie_entry, Tables, INSERT_ORDER},
     ids::IdPool,
     model::{Model, ObjectRef, ServicePort},
-    state::{Entry, SwitchState, Table},
-    types::{Backend, HashMode, Ipv4Prefix, Mac, RouteAction, ServiceAction, ServiceKey},
+    types::{Backend, HashMode, Ipv4Prefix, Mac, Proto, ServiceKey},
 };
 
 /// A static route of the fabric (`ipv4_route`), from the config: fabric
@@ -113,13 +118,31 @@ impl PortPlan {
         !self.buckets.is_empty()
     }
 
-    /// The `service_v4` action, when the port has entries.
-    pub fn action(&self) -> Option<ServiceAction> {
-        self.has_entries().then(|| ServiceAction {
-            service_id: self.service_id,
-            bucket_mask: (self.buckets.len() - 1) as u16,
-            hash_mode: self.hash_mode,
+    /// The `service_v4` entry, when the port has entries.
+    pub fn service_entry(&self) -> Option<service_v4::Entry> {
+        self.has_entries().then(|| service_v4::Entry {
+            key: self.key.table_key(),
+            action: service_v4::Action::SetService {
+                service_id: self.service_id,
+                bucket_mask: (self.buckets.len() - 1) as u16,
+                hash_mode: self.hash_mode.value(),
+            },
         })
+    }
+
+    /// The `lb_bucket` entries from bucket `first` on.
+    pub fn bucket_entries(&self, first: usize) -> impl Iterator<Item = lb_bucket::Entry> + '_ {
+        self.buckets
+            .iter()
+            .enumerate()
+            .skip(first)
+            .map(|(b, id)| lb_bucket::Entry {
+                key: lb_bucket::Key {
+                    service_id: self.service_id,
+                    bucket: b as u16,
+                },
+                action: lb_bucket::Action::SelectBackend { backend_id: *id },
+            })
     }
 
     /// Backends with `backend` and `cookie_check` entries, by ascending id
@@ -178,7 +201,7 @@ pub struct BackendRefs {
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
     /// `ipv4_route`, `switch_addr` and `pod_node` (the other tables empty).
-    pub fabric: SwitchState,
+    pub fabric: Contents,
     /// Ports by key.
     by_key: BTreeMap<ServiceKey, Arc<PortPlan>>,
     /// Ports by service id.
@@ -242,50 +265,50 @@ impl Desired {
 
     /// The whole desired state as tables (tests, tools: this is the big
     /// representation the controller otherwise avoids).
-    pub fn state(&self) -> SwitchState {
-        let mut s = SwitchState::default();
-        for t in Table::INSERT_ORDER {
+    pub fn state(&self) -> Contents {
+        let mut s = Contents::default();
+        for t in INSERT_ORDER {
             for e in self.entries_after(t, None) {
                 s.insert(e);
             }
         }
         s
     }
+}
 
-    /// Entries of table `t` in key order, starting after `after` (an entry
-    /// of the same table; only its key counts).
-    pub fn entries_after<'a>(
+impl Tables for Desired {
+    fn entries_after<'a>(
         &'a self,
         t: Table,
-        after: Option<&Entry>,
+        after: Option<&EntryKey>,
     ) -> Box<dyn Iterator<Item = Entry> + 'a> {
-        match t {
-            Table::Ipv4Route | Table::SwitchAddr | Table::PodNode => {
+        match (t, after) {
+            (Table::Ipv4Route | Table::SwitchAddr | Table::PodNode, _) => {
                 self.fabric.entries_after(t, after)
             }
-            Table::Backend => {
+            (Table::Backend, after) => {
                 let from = match after {
-                    Some(Entry::Backend { backend_id, .. }) => Bound::Excluded(*backend_id),
+                    Some(EntryKey::Backend(k)) => Bound::Excluded(k.backend_id),
                     _ => Bound::Unbounded,
                 };
                 Box::new(
                     self.backends
                         .range((from, Bound::Unbounded))
                         .filter(|(_, r)| r.entries > 0)
-                        .map(|(id, r)| Entry::Backend {
-                            backend_id: *id,
-                            backend: r.backend,
+                        .map(|(id, r)| {
+                            backend::Entry {
+                                key: backend::Key { backend_id: *id },
+                                action: r.backend.action(),
+                            }
+                            .into()
                         }),
                 )
             }
-            Table::CookieCheck => {
-                let (sid, bid) = match after {
-                    Some(Entry::CookieCheck {
-                        service_id,
-                        backend_id,
-                    }) => (
-                        Bound::Included(*service_id),
-                        Some((*service_id, *backend_id)),
+            (Table::CookieCheck, after) => {
+                let (sid, after) = match after {
+                    Some(EntryKey::CookieCheck(k)) => (
+                        Bound::Included(k.service_id),
+                        Some((k.service_id, k.backend_id)),
                     ),
                     _ => (Bound::Unbounded, None),
                 };
@@ -295,52 +318,52 @@ impl Desired {
                         .flat_map(|(s, p)| {
                             p.entry_backends().into_iter().map(move |(id, _)| (*s, id))
                         })
-                        .filter(move |k| bid.is_none_or(|a| *k > a))
-                        .map(|(service_id, backend_id)| Entry::CookieCheck {
-                            service_id,
-                            backend_id,
-                        }),
+                        .filter(move |k| after.is_none_or(|a| *k > a))
+                        .map(|(s, id)| cookie_entry(s, id)),
                 )
             }
-            Table::LbBucket => {
-                let (sid, first) = match after {
-                    Some(Entry::LbBucket {
-                        service_id, bucket, ..
-                    }) => (Bound::Included(*service_id), Some((*service_id, *bucket))),
+            (Table::LbBucket, after) => {
+                let (sid, after) = match after {
+                    Some(EntryKey::LbBucket(k)) => (
+                        Bound::Included(k.service_id),
+                        Some((k.service_id, k.bucket)),
+                    ),
                     _ => (Bound::Unbounded, None),
                 };
                 Box::new(
                     self.by_sid
                         .range((sid, Bound::Unbounded))
                         .flat_map(move |(s, p)| {
-                            let start = match first {
-                                Some((fs, fb)) if fs == *s => usize::from(fb) + 1,
+                            let first = match after {
+                                Some((a, b)) if a == *s => usize::from(b) + 1,
                                 _ => 0,
                             };
-                            p.buckets
-                                .iter()
-                                .enumerate()
-                                .skip(start)
-                                .map(move |(b, id)| Entry::LbBucket {
-                                    service_id: *s,
-                                    bucket: b as u16,
-                                    backend_id: *id,
-                                })
+                            p.bucket_entries(first).map(Entry::from)
                         }),
                 )
             }
-            Table::ServiceV4 => {
-                let from = match after {
-                    Some(Entry::ServiceV4 { key, .. }) => Bound::Excluded(*key),
-                    _ => Bound::Unbounded,
+            (Table::ServiceV4, after) => {
+                // Ports are ordered by ServiceKey, which orders like the
+                // table key (TCP 6 before UDP 17); a cursor read from the
+                // switch may name a protocol no port has, so start at its
+                // (vip, port) and compare table keys.
+                let (from, after) = match after {
+                    Some(EntryKey::ServiceV4(k)) => {
+                        let first = ServiceKey {
+                            vip: k.vip,
+                            port: k.port,
+                            proto: Proto::Tcp,
+                        };
+                        (Bound::Included(first), Some(*k))
+                    }
+                    _ => (Bound::Unbounded, None),
                 };
                 Box::new(
                     self.by_key
                         .range((from, Bound::Unbounded))
-                        .filter_map(|(k, p)| {
-                            p.action()
-                                .map(|action| Entry::ServiceV4 { key: *k, action })
-                        }),
+                        .filter_map(|(_, p)| p.service_entry())
+                        .filter(move |e| after.is_none_or(|a| e.key > a))
+                        .map(Entry::from),
                 )
             }
         }
@@ -436,35 +459,50 @@ impl Planner {
     /// Adopts ids and bucket assignments read back from a switch. Returns
     /// one line per entry that could not be adopted (it will be deleted by
     /// the next diff).
-    pub fn adopt(&mut self, actual: &SwitchState) -> Vec<String> {
+    pub fn adopt(&mut self, actual: &Contents) -> Vec<String> {
         let mut warnings = Vec::new();
-        for (key, a) in &actual.service_v4 {
-            if let Err(e) = self.service_ids.adopt(*key, u64::from(a.service_id)) {
+        for (k, a) in &actual.service_v4 {
+            let service_v4::Action::SetService {
+                service_id,
+                bucket_mask,
+                ..
+            } = *a;
+            let Some(key) = ServiceKey::from_table_key(k) else {
+                warnings.push(format!(
+                    "service_v4 {}:{} protocol {}: not balanced",
+                    k.vip, k.port, k.proto
+                ));
+                continue;
+            };
+            if let Err(e) = self.service_ids.adopt(key, u64::from(service_id)) {
                 warnings.push(format!("service_v4 {key}: {e}"));
                 continue;
             }
-            let size = usize::from(a.bucket_mask) + 1;
+            let size = usize::from(bucket_mask) + 1;
             if !size.is_power_of_two() {
                 warnings.push(format!(
-                    "service_v4 {key}: bucket_mask {} not 2^k-1",
-                    a.bucket_mask
+                    "service_v4 {key}: bucket_mask {bucket_mask} not 2^k-1"
                 ));
                 continue;
             }
             let v: Vec<u32> = (0..size)
                 .map(|b| {
-                    actual
-                        .lb_bucket
-                        .get(&(a.service_id, b as u16))
-                        .copied()
-                        .unwrap_or(0)
+                    let k = lb_bucket::Key {
+                        service_id,
+                        bucket: b as u16,
+                    };
+                    actual.lb_bucket.get(&k).map_or(0, |a| {
+                        let lb_bucket::Action::SelectBackend { backend_id } = *a;
+                        backend_id
+                    })
                 })
                 .collect();
-            self.adopted.insert(a.service_id, v);
+            self.adopted.insert(service_id, v);
         }
-        for (id, b) in &actual.backend {
-            if let Err(e) = self.backend_ids.adopt(*b, u64::from(*id)) {
-                warnings.push(format!("backend {id} ({b}): {e}"));
+        for (k, a) in &actual.backend {
+            let b = Backend::from_action(a);
+            if let Err(e) = self.backend_ids.adopt(b, u64::from(k.backend_id)) {
+                warnings.push(format!("backend {} ({b}): {e}", k.backend_id));
             }
         }
         warnings
@@ -712,22 +750,32 @@ impl Planner {
 }
 
 /// The fabric tables: configured routes and switch addresses, pod CIDRs.
-fn fabric_state(model: &Model, fabric: &FabricConfig) -> SwitchState {
-    let mut st = SwitchState::default();
-    st.switch_addr.extend(fabric.switch_addrs.iter().copied());
+fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
+    let mut st = Contents::default();
+    for a in &fabric.switch_addrs {
+        st.switch_addr.insert(
+            switch_addr::Key { dst_addr: *a },
+            switch_addr::Action::TerminateTunnel {},
+        );
+    }
     for r in &fabric.routes {
         let action = match r.port {
-            Some(port) => RouteAction::Forward {
+            Some(port) => ipv4_route::Action::Forward {
                 port,
                 src_mac: r.src_mac,
                 dst_mac: r.dst_mac,
             },
-            None => RouteAction::Drop,
+            None => ipv4_route::Action::Drop {},
         };
-        st.ipv4_route.insert(r.prefix, action);
+        st.ipv4_route
+            .insert(ipv4_route::Key { dst_addr: r.prefix }, action);
     }
-    st.pod_node
-        .extend(model.pod_nodes.iter().map(|(p, n)| (*p, *n)));
+    for (p, n) in &model.pod_nodes {
+        st.pod_node.insert(
+            pod_node::Key { pod_addr: *p },
+            pod_node::Action::SetClientNode { node_ip: *n },
+        );
+    }
     st
 }
 
@@ -780,9 +828,28 @@ endpoints:
     }
 
     /// A full plan, as tables.
-    fn plan_state(p: &mut Planner, m: &Model, now: Instant) -> SwitchState {
+    fn plan_state(p: &mut Planner, m: &Model, now: Instant) -> Contents {
         p.plan_full(m, &fabric(), now);
         p.desired().state()
+    }
+
+    /// The backend ids the buckets name.
+    fn bucket_ids(s: &Contents) -> Vec<u32> {
+        s.lb_bucket
+            .values()
+            .map(|a| {
+                let lb_bucket::Action::SelectBackend { backend_id } = *a;
+                backend_id
+            })
+            .collect()
+    }
+
+    fn backend_ids(s: &Contents) -> Vec<u32> {
+        s.backend.keys().map(|k| k.backend_id).collect()
+    }
+
+    fn cookie_ids(s: &Contents) -> Vec<u32> {
+        s.cookie_check.keys().map(|k| k.backend_id).collect()
     }
 
     const READY: &str = "{ready: true}";
@@ -801,9 +868,10 @@ endpoints:
         assert_eq!(s.ipv4_route.len(), 1);
         assert_eq!(s.pod_node.len(), 2);
         assert_eq!(s.service_v4.len(), 1);
-        let a = s.service_v4.values().next().unwrap();
+        let service_v4::Action::SetService { bucket_mask, .. } =
+            *s.service_v4.values().next().unwrap();
         assert_eq!(
-            a.bucket_mask, 15,
+            bucket_mask, 15,
             "2 × 4 per backend, raised to the minimum 16"
         );
         assert_eq!(s.lb_bucket.len(), 16);
@@ -820,10 +888,10 @@ endpoints:
             .copied()
             .unwrap();
         assert!(
-            s.lb_bucket.values().all(|b| *b != draining_id),
+            bucket_ids(s).iter().all(|b| *b != draining_id),
             "no buckets for draining"
         );
-        assert!(s.backend.keys().all(|id| *id != 0));
+        assert!(backend_ids(s).iter().all(|id| *id != 0));
     }
 
     #[test]
@@ -851,23 +919,21 @@ endpoints:
             t0,
         );
         let s2 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0);
-        let gone: Vec<u32> = s1
-            .backend
-            .keys()
-            .filter(|k| !s2.lb_bucket.values().any(|b| b == *k))
-            .copied()
+        let gone: Vec<u32> = backend_ids(&s1)
+            .into_iter()
+            .filter(|k| !bucket_ids(&s2).contains(k))
             .collect();
         assert_eq!(gone.len(), 1);
         // Its established flows keep their cookie through the quarantine.
-        assert!(s2.backend.contains_key(&gone[0]));
-        assert!(s2.cookie_check.iter().any(|(_, id)| *id == gone[0]));
+        assert!(backend_ids(&s2).contains(&gone[0]));
+        assert!(cookie_ids(&s2).contains(&gone[0]));
         let s3 = plan_state(
             &mut p,
             &model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]),
             t0,
         );
         assert_eq!(s3.backend.len(), 3, "new id, old one still draining");
-        assert!(!s3.lb_bucket.values().any(|b| *b == gone[0]));
+        assert!(!bucket_ids(&s3).contains(&gone[0]));
         assert_eq!(p.backend_id_usage(), (2, 1));
         let s4 = plan_state(
             &mut p,
@@ -875,10 +941,10 @@ endpoints:
             t0 + q,
         );
         assert!(
-            !s4.backend.contains_key(&gone[0]),
+            !backend_ids(&s4).contains(&gone[0]),
             "expired with the quarantine"
         );
-        assert!(!s4.cookie_check.iter().any(|(_, id)| *id == gone[0]));
+        assert!(!cookie_ids(&s4).contains(&gone[0]));
         assert_eq!(p.backend_id_usage(), (2, 0));
     }
 

@@ -1,75 +1,13 @@
-//! Small value types shared by the model, the planner, the diff and the
-//! P4Runtime codec: IPv4 prefixes, L4 protocols, hash modes and the typed
-//! key/action of every switch table.
+//! The controller's domain values: what a Service port and a backend are,
+//! and how they become `service_v4` and `backend` table values. The tables
+//! themselves are `talaria_tables`.
 
-use std::{fmt, net::Ipv4Addr, str::FromStr};
+use std::{fmt, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
+use talaria_tables::{backend, service_v4};
 
-/// An IPv4 prefix `addr/len`, always stored with the host bits cleared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Ipv4Prefix {
-    /// Network address (host bits zero).
-    pub addr: Ipv4Addr,
-    /// Prefix length, 0..=32.
-    pub len: u8,
-}
-
-impl Ipv4Prefix {
-    /// Builds a prefix, clearing host bits. `None` when `len > 32`.
-    pub fn new(addr: Ipv4Addr, len: u8) -> Option<Self> {
-        if len > 32 {
-            return None;
-        }
-        let mask = if len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(len))
-        };
-        Some(Self {
-            addr: Ipv4Addr::from(u32::from(addr) & mask),
-            len,
-        })
-    }
-
-    /// True when `ip` lies inside the prefix.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        Self::new(ip, self.len).is_some_and(|p| p.addr == self.addr)
-    }
-}
-
-impl fmt::Display for Ipv4Prefix {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-impl FromStr for Ipv4Prefix {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, l) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("bad IPv4 address in {s:?}"))?;
-        let len: u8 = l
-            .parse()
-            .map_err(|_| format!("bad prefix length in {s:?}"))?;
-        Self::new(addr, len).ok_or_else(|| format!("prefix length > 32 in {s:?}"))
-    }
-}
-
-impl Serialize for Ipv4Prefix {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Ipv4Prefix {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use talaria_tables::value::{Ipv4Prefix, Mac};
 
 /// L4 protocol of a Service port that the switch load-balances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -151,6 +89,27 @@ pub struct ServiceKey {
     pub proto: Proto,
 }
 
+impl ServiceKey {
+    /// The `service_v4` key.
+    pub fn table_key(&self) -> service_v4::Key {
+        service_v4::Key {
+            vip: self.vip,
+            port: self.port,
+            proto: self.proto.number(),
+        }
+    }
+
+    /// The Service port a `service_v4` key names, if its protocol is one
+    /// talaria balances.
+    pub fn from_table_key(k: &service_v4::Key) -> Option<Self> {
+        Some(Self {
+            vip: k.vip,
+            port: k.port,
+            proto: Proto::from_number(k.proto)?,
+        })
+    }
+}
+
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}/{}", self.vip, self.port, self.proto)
@@ -169,80 +128,34 @@ pub struct Backend {
     pub node_ip: Ipv4Addr,
 }
 
+impl Backend {
+    /// The `backend` table action for it.
+    pub fn action(&self) -> backend::Action {
+        backend::Action::SetBackend {
+            backend_ip: self.ip,
+            backend_port: self.port,
+            node_ip: self.node_ip,
+        }
+    }
+
+    /// The backend a `backend` action names.
+    pub fn from_action(a: &backend::Action) -> Self {
+        let backend::Action::SetBackend {
+            backend_ip,
+            backend_port,
+            node_ip,
+        } = *a;
+        Self {
+            ip: backend_ip,
+            port: backend_port,
+            node_ip,
+        }
+    }
+}
+
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}@{}", self.ip, self.port, self.node_ip)
-    }
-}
-
-/// Action data of `service_v4`'s `set_service`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ServiceAction {
-    /// Allocated service id (16 bits, never 0).
-    pub service_id: u16,
-    /// Bucket count − 1 (bucket counts are powers of two).
-    pub bucket_mask: u16,
-    /// What to hash.
-    pub hash_mode: HashMode,
-}
-
-/// Action of `ipv4_route`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum RouteAction {
-    /// `forward(port, src_mac, dst_mac)`.
-    Forward {
-        /// Egress port number.
-        port: u16,
-        /// Source MAC written on egress.
-        src_mac: Mac,
-        /// Destination MAC written on egress.
-        dst_mac: Mac,
-    },
-    /// `drop`.
-    Drop,
-}
-
-/// A MAC address, `aa:bb:cc:dd:ee:ff` in text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Mac(pub [u8; 6]);
-
-impl fmt::Display for Mac {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-}
-
-impl FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut out = [0u8; 6];
-        let parts: Vec<&str> = s.split([':', '-']).collect();
-        if parts.len() != 6 {
-            return Err(format!("bad MAC {s:?}"));
-        }
-        for (o, p) in out.iter_mut().zip(parts) {
-            *o = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {s:?}"))?;
-        }
-        Ok(Mac(out))
-    }
-}
-
-impl Serialize for Mac {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Mac {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -251,19 +164,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefix_parse_clears_host_bits() {
-        let p: Ipv4Prefix = "10.1.2.3/24".parse().unwrap();
-        assert_eq!(p.to_string(), "10.1.2.0/24");
-        assert!(p.contains("10.1.2.200".parse().unwrap()));
-        assert!(!p.contains("10.1.3.1".parse().unwrap()));
-        assert!("10.0.0.0/33".parse::<Ipv4Prefix>().is_err());
-        assert_eq!("0.0.0.0/0".parse::<Ipv4Prefix>().unwrap().len, 0);
-    }
-
-    #[test]
-    fn mac_roundtrip() {
-        let m: Mac = "02:00:00:00:00:0a".parse().unwrap();
-        assert_eq!(m.to_string(), "02:00:00:00:00:0a");
-        assert!("02:00".parse::<Mac>().is_err());
+    fn service_keys_and_backends_round_trip_through_their_tables() {
+        let k = ServiceKey {
+            vip: [10, 96, 0, 10].into(),
+            port: 53,
+            proto: Proto::Udp,
+        };
+        assert_eq!(k.table_key().proto, 17);
+        assert_eq!(ServiceKey::from_table_key(&k.table_key()), Some(k));
+        let mut other = k.table_key();
+        other.proto = 132;
+        assert_eq!(ServiceKey::from_table_key(&other), None);
+        let b = Backend {
+            ip: [10, 244, 1, 5].into(),
+            port: 8080,
+            node_ip: [192, 168, 0, 11].into(),
+        };
+        assert_eq!(Backend::from_action(&b.action()), b);
     }
 }

@@ -19,12 +19,14 @@ use talaria_controller::{
     p4rt::{
         client::ConnectParams,
         fake::{self, FakeSwitch},
-        Codec, SwitchConn,
+        SwitchConn,
     },
     plan::FabricConfig,
     source::{MemorySource, Objects},
-    state::{Entry, Table},
 };
+use talaria_tables::{Entry, Table};
+
+mod openapi;
 
 fn p4info_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../p4/talaria.p4info.txtpb")
@@ -169,8 +171,7 @@ async fn sync_restart_resync_rest_and_cli() {
 
     // Incremental: one endpoint goes away.
     src.replace(objects(&["10.244.1.5", "10.244.1.6"]));
-    let codec = ctx.codec.clone();
-    let backend_id = codec.table_id(Table::Backend);
+    let backend_id = Table::Backend.id();
     wait_for("endpoint out of the plan", || {
         let ports = ctx.planned_ports();
         !ports.is_empty() && ports.iter().all(|p| p.active.len() == 2)
@@ -218,11 +219,16 @@ async fn sync_restart_resync_rest_and_cli() {
         }
     });
     let base = format!("http://{api}");
+    // Every response is checked against controller/openapi.yaml.
+    let spec = Arc::new(openapi::Spec::load());
     let get = |p: &str| {
         let url = format!("{base}{p}");
+        let (spec, template) = (spec.clone(), spec.template(p));
         async move {
             let r = reqwest::get(&url).await.unwrap();
-            (r.status().as_u16(), r.text().await.unwrap())
+            let (code, body) = (r.status().as_u16(), r.text().await.unwrap());
+            spec.check(&template, code, &body);
+            (code, body)
         }
     };
     assert_eq!(get("/healthz").await, (200, "ok".into()));
@@ -256,14 +262,17 @@ async fn sync_restart_resync_rest_and_cli() {
     let (code, body) = get("/v1/switches/s1/tables/service_v4").await;
     assert_eq!(code, 200);
     let t: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(t["count"], 1);
-    assert_eq!(t["entries"][0]["key"]["vip"], "10.96.0.10");
-    assert_eq!(t["entries"][0]["key"]["proto"], "TCP");
+    assert_eq!(t["entries"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(t["key"], serde_json::json!(["vip", "port", "proto"]));
+    assert_eq!(t["entries"][0]["match"]["vip"], "10.96.0.10");
+    assert_eq!(t["entries"][0]["match"]["proto"], 6);
+    assert_eq!(t["entries"][0]["action"], "set_service");
     let (_, body) = get("/v1/switches/s1/tables").await;
     let all: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(all.as_array().unwrap().len(), 7);
     assert_eq!(get("/v1/switches/s1/tables/nope").await.0, 404);
     assert_eq!(get("/v1/switches/nope/tables").await.0, 404);
+    assert_eq!(get("/v1/status").await.0, 200);
     let (code, body) = get("/v1/switches/s1/counters").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("drop_counter"), "{body}");
@@ -304,8 +313,16 @@ async fn sync_restart_resync_rest_and_cli() {
     })
     .await
     .unwrap();
-    assert!(out.0.contains("10.96.0.10:80/TCP"), "{}", out.0);
-    assert!(out.0.contains("set_service(id="), "{}", out.0);
+    assert!(
+        out.0.contains("vip         port  proto  action"),
+        "{}",
+        out.0
+    );
+    assert!(
+        out.0.contains("10.96.0.10  80    6      set_service("),
+        "{}",
+        out.0
+    );
     let j: serde_json::Value = serde_json::from_str(&out.1).unwrap();
     assert_eq!(j["s1"].as_array().unwrap().len(), 7);
     assert!(
@@ -329,7 +346,6 @@ async fn per_update_errors_are_decoded_and_handled() {
     let server = fake::spawn(fake.clone(), "127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = server.addr;
     let info = Arc::new(talaria_p4rt::p4info::load(p4info_path()).unwrap());
-    let codec = Arc::new(Codec::new(&info).unwrap());
     let params = ConnectParams {
         address: format!("http://{addr}"),
         device_id: 1,
@@ -338,13 +354,10 @@ async fn per_update_errors_are_decoded_and_handled() {
         device_config: Arc::new(Vec::new()),
         timeout: Duration::from_secs(2),
     };
-    let mut conn = SwitchConn::connect(&params, codec).await.unwrap();
+    let mut conn = SwitchConn::connect(&params).await.unwrap();
     assert!(conn.pushed_pipeline);
     let entries: Vec<Entry> = (1..=10)
-        .map(|i| Entry::CookieCheck {
-            service_id: 1,
-            backend_id: i,
-        })
+        .map(|i| talaria_controller::entries::cookie_entry(1, i))
         .collect();
     let batch = |op, entries: &[Entry]| {
         vec![Batch {

@@ -28,8 +28,8 @@ use talaria_controller::{
     model::{Delta, Model, ObjectRef},
     plan::{FabricConfig, PlanChanges, Planner},
     source::{MemorySource, Objects},
-    state::SwitchState,
 };
+use talaria_tables::{backend, cookie_check, lb_bucket, service_v4, Contents};
 
 const QUARANTINE: Duration = Duration::from_secs(30);
 const VIPS: [&str; 3] = ["10.96.0.10", "10.96.0.11", "10.96.0.12"];
@@ -161,44 +161,57 @@ fn policy() -> BucketPolicy {
 }
 
 /// Panics if `s` holds an entry that points at a missing one.
-fn check_references(s: &SwitchState, when: &str) {
+fn check_references(s: &Contents, when: &str) {
     for (key, a) in &s.service_v4 {
-        for b in 0..=a.bucket_mask {
+        let service_v4::Action::SetService {
+            service_id,
+            bucket_mask,
+            ..
+        } = *a;
+        for bucket in 0..=bucket_mask {
             assert!(
-                s.lb_bucket.contains_key(&(a.service_id, b)),
-                "{when}: {key} (mask {}) lacks bucket {b}",
-                a.bucket_mask
+                s.lb_bucket
+                    .contains_key(&lb_bucket::Key { service_id, bucket }),
+                "{when}: {key:?} (mask {bucket_mask}) lacks bucket {bucket}",
             );
         }
     }
-    for ((sid, b), id) in &s.lb_bucket {
+    for (k, a) in &s.lb_bucket {
+        let lb_bucket::Action::SelectBackend { backend_id } = *a;
+        let cookie = cookie_check::Key {
+            service_id: k.service_id,
+            backend_id,
+        };
         assert!(
-            s.cookie_check.contains(&(*sid, *id)) && s.backend.contains_key(id),
-            "{when}: bucket ({sid}, {b}) names backend {id} without its entries"
+            s.cookie_check.contains_key(&cookie)
+                && s.backend.contains_key(&backend::Key { backend_id }),
+            "{when}: bucket {k:?} names backend {backend_id} without its entries"
         );
     }
-    for (sid, id) in &s.cookie_check {
+    for k in s.cookie_check.keys() {
         assert!(
-            s.backend.contains_key(id),
-            "{when}: cookie_check ({sid}, {id}) without backend"
+            s.backend.contains_key(&backend::Key {
+                backend_id: k.backend_id
+            }),
+            "{when}: cookie_check {k:?} without backend"
         );
     }
 }
 
-fn apply_checked(have: &mut SwitchState, batches: &[Batch], when: &str) {
+fn apply_checked(have: &mut Contents, batches: &[Batch], when: &str) {
     for b in batches {
-        have.apply(std::slice::from_ref(b));
+        diff::apply(have, std::slice::from_ref(b));
         check_references(have, when);
     }
 }
 
 /// What the switch task does with a plan change.
-fn sync(planner: &Planner, have: &mut SwitchState, ch: &PlanChanges, when: &str) {
+fn sync(planner: &Planner, have: &mut Contents, ch: &PlanChanges, when: &str) {
     if ch.full {
         let want = planner.desired().clone();
         let mut gen = FullDiff::default();
         // Small chunks, applied one at a time, in order.
-        while let Some(c) = gen.next_chunk(&want, have, 3) {
+        while let Some(c) = gen.next_chunk(&want, &*have, 3) {
             let b = Batch {
                 op: c.op,
                 table: c.table,
@@ -224,7 +237,7 @@ fn run(history: Vec<Change>) {
     let mut model = Model::default();
     let mut inc = Planner::new(policy(), QUARANTINE);
     let mut full = Planner::new(policy(), QUARANTINE);
-    let mut have = SwitchState::default();
+    let mut have = Contents::default();
 
     for (step, c) in std::iter::once(None)
         .chain(history.into_iter().map(Some))

@@ -11,14 +11,14 @@ use std::{
 };
 
 use talaria_common::{
-    be::{Be16, Be32},
-    maps::{CookieEntry, NodeConfig, ReverseEntry, ServiceAddr},
+    be::Be32,
+    maps::{CookieEntry, NodeConfig, ReverseEntry},
 };
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::{
-    config::{parse_cidr, parse_mac, Config, Mode, ServiceConfig},
+    config::{parse_cidr, parse_mac, Config, Mode},
     k8s,
     metrics::{self, Gauges},
     netlink::{self, Snapshot},
@@ -65,26 +65,17 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
         let services = cfg
             .services
             .iter()
-            .map(|s| Ok((s.id, service_addr(s)?)))
+            .map(|s| Ok((s.id, s.map_value()?)))
             .collect::<Result<Vec<_>>>()?;
         node.set_services(&services)?;
     }
     node.set_uplink_mtu(uplink_mtu(cfg)?)?;
     node.set_ignore_cookies(cfg.ignore_cookies)?;
+    node.set_pod_flow_limit(cfg.pod_flow_limit)?;
     if cfg.uplink_udp_segmentation_off {
         disable_uplink_udp_gso(&cfg.uplink);
     }
     node.attach(PROG_UPLINK, &cfg.uplink)
-}
-
-/// The `NODE_SERVICES` value of a Service.
-pub fn service_addr(s: &ServiceConfig) -> Result<ServiceAddr> {
-    Ok(ServiceAddr {
-        vip: Be32(s.vip.octets()),
-        port: Be16::new(s.port),
-        proto: s.proto()?,
-        _pad: 0,
-    })
 }
 
 /// Writes every map from `cfg` and attaches the uplink and the pod veths
@@ -119,7 +110,7 @@ const FIRST_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> Result<()> {
-    let mut node = Node::load(Some(&cfg.pin_dir), cfg.lru_size)?;
+    let mut node = Node::load(Some(&cfg.pin_dir), cfg.flow_table_size)?;
     apply_node(&mut node, &cfg)?;
     info!(uplink = %cfg.uplink, mode = ?cfg.mode, pin_dir = %cfg.pin_dir.display(), "talaria-node attached to the uplink");
     let node = Arc::new(Mutex::new(node));
@@ -289,12 +280,12 @@ pub async fn run(cfg: Config) -> Result<()> {
         .await
         .map_err(|e| Error::io(format!("bind {}", cfg.metrics_addr), e))?;
     {
-        let node = node.clone();
-        let gauges = gauges.clone();
-        tokio::spawn(metrics::serve(listener, move || {
+        let (node, gauges) = (node.clone(), gauges.clone());
+        let registry = metrics::registry(metrics::NodeCollector::new(move || {
             let stats = node.lock().expect("node lock").stats().unwrap_or_default();
-            metrics::render(&stats, &gauges.lock().expect("gauges lock"))
+            (stats, *gauges.lock().expect("gauges lock"))
         }));
+        tokio::spawn(metrics::serve(listener, move || metrics::render(&registry)));
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

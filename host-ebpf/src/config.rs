@@ -4,6 +4,11 @@ use std::{net::Ipv4Addr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use talaria_common::{
+    be::{Be16, Be32},
+    maps::ServiceAddr,
+};
+
 use crate::{Error, Result};
 
 /// Everything the node agent needs to know. Loaded from YAML with
@@ -49,8 +54,14 @@ pub struct Config {
     pub rescan_secs: u64,
     /// Kubernetes mode settings.
     pub kubernetes: KubernetesConfig,
-    /// Capacity of each flow LRU map (cookie cache, reverse flows).
-    pub lru_size: u32,
+    /// Capacity of each flow table (cookie cache, reverse flows). A full
+    /// table refuses new flows and never evicts a live one. (`lru_size`,
+    /// its old name from when they were LRU maps, is still read.)
+    #[serde(alias = "lru_size")]
+    pub flow_table_size: u32,
+    /// The most entries one pod may hold in each flow table, so that one
+    /// pod cannot take the tables from every other. `0`: no limit.
+    pub pod_flow_limit: u32,
     /// UDP flows idle this long are removed by the GC loop.
     pub udp_idle_secs: u64,
     /// TCP flows that saw FIN in both directions are removed after idling
@@ -160,7 +171,8 @@ impl Default for Config {
             service_cidrs: vec!["10.96.0.0/12".into()],
             services: Vec::new(),
             pods: Vec::new(),
-            lru_size: 1 << 20,
+            flow_table_size: 1 << 20,
+            pod_flow_limit: 1 << 16,
             udp_idle_secs: 120,
             fin_grace_secs: 10,
             gc_interval_secs: 5,
@@ -193,6 +205,16 @@ impl ServiceConfig {
             "udp" => Ok(talaria_common::net::IPPROTO_UDP),
             other => Err(Error::Invalid(format!("protocol {other:?}"))),
         }
+    }
+
+    /// The `NODE_SERVICES` value: what replies are reverse-NATed to.
+    pub fn map_value(&self) -> Result<ServiceAddr> {
+        Ok(ServiceAddr {
+            vip: Be32(self.vip.octets()),
+            port: Be16::new(self.port),
+            proto: self.proto()?,
+            _pad: 0,
+        })
     }
 }
 
@@ -233,7 +255,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.uplink, "up0");
-        assert_eq!(c.lru_size, 1 << 20);
+        assert_eq!(c.flow_table_size, 1 << 20);
         assert_eq!(c.pods[0].veth, "vp1");
         assert_eq!(c.services[0].proto().unwrap(), 6);
         assert!(Config::from_yaml("bogus: 1").is_err());

@@ -20,7 +20,6 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::{
-    agent::service_addr,
     config::{KubernetesConfig, ServiceConfig},
     node::Node,
     Error, Result,
@@ -218,7 +217,7 @@ pub async fn refresh_services(
                 if last.as_ref() != Some(&merged) {
                     match merged
                         .iter()
-                        .map(|s| Ok((s.id, service_addr(s)?)))
+                        .map(|s| Ok((s.id, s.map_value()?)))
                         .collect::<Result<Vec<_>>>()
                         .and_then(|v| node.lock().expect("node lock").set_services(&v))
                     {

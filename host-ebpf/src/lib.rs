@@ -2,8 +2,6 @@
 //! (`talaria-node-ebpf`), pins and fills their maps, attaches them, reads
 //! their counters and garbage-collects idle flows.
 //!
-//! - [`abi`]: map indexes shared with the programs only (MTU settings and
-//!   counters).
 //! - [`config`]: the YAML configuration.
 //! - [`node`]: the loaded programs and their maps.
 //! - [`metrics`]: counters as Prometheus text.
@@ -14,8 +12,6 @@
 //! - [`packet`]: packet builders and parsers for tests and the bench.
 //! - [`sys`]: small Linux helpers (sysfs, bpffs, network namespaces).
 
-#[path = "../ebpf/src/abi.rs"]
-pub mod abi;
 pub mod agent;
 pub mod config;
 pub mod k8s;

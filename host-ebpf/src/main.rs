@@ -44,9 +44,9 @@ enum Cmd {
         /// Override `pin_dir`.
         #[arg(long)]
         pin_dir: Option<PathBuf>,
-        /// Override `lru_size`.
-        #[arg(long)]
-        lru_size: Option<u32>,
+        /// Override `flow_table_size`.
+        #[arg(long, alias = "lru-size")]
+        flow_table_size: Option<u32>,
         /// Override `metrics_addr`.
         #[arg(long)]
         metrics_addr: Option<String>,
@@ -81,7 +81,7 @@ fn main() -> anyhow::Result<()> {
             config,
             uplink,
             pin_dir,
-            lru_size,
+            flow_table_size,
             metrics_addr,
         } => {
             let mut cfg = match config {
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
             };
             cfg.uplink = uplink.unwrap_or(cfg.uplink);
             cfg.pin_dir = pin_dir.unwrap_or(cfg.pin_dir);
-            cfg.lru_size = lru_size.unwrap_or(cfg.lru_size);
+            cfg.flow_table_size = flow_table_size.unwrap_or(cfg.flow_table_size);
             cfg.metrics_addr = metrics_addr.unwrap_or(cfg.metrics_addr);
             talaria_preflight::ensure(&talaria_preflight::LOADS_BPF)
                 .context("the node agent cannot start")?;

@@ -17,18 +17,16 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use talaria_common::{
+    be::Be16,
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
-        node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry, ReverseEntry, ServiceAddr,
-        FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry, PodFlows,
+        PortSubstKey, ReverseEntry, ServiceAddr, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
     net::IPPROTO_UDP,
 };
 
-use crate::{
-    abi::{mtu, mtu_stat, node_flags},
-    Error, Result, EBPF_OBJECT,
-};
+use crate::{Error, Result, EBPF_OBJECT};
 
 /// Program on the ingress of each pod's host-side veth.
 pub const PROG_POD: &str = "node_pod_egress";
@@ -47,6 +45,8 @@ pub const MAP_DROPS: &str = "NODE_DROPS";
 pub const MAP_MTU: &str = "NODE_MTU";
 pub const MAP_FLAGS: &str = "NODE_FLAGS";
 pub const MAP_MTU_STATS: &str = "NODE_MTU_STATS";
+pub const MAP_PORT_SUBST: &str = "NODE_PORT_SUBST";
+pub const MAP_POD_FLOWS: &str = "NODE_POD_FLOWS";
 
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -160,12 +160,13 @@ pub struct Node {
 impl Node {
     /// Loads and verifies both programs. With `pin_dir`, the maps are
     /// pinned there and maps already pinned there are reused, so a
-    /// restarted agent keeps every flow. `lru_size` sizes the flow maps.
-    pub fn load(pin_dir: Option<&Path>, lru_size: u32) -> Result<Self> {
+    /// restarted agent keeps every flow. `flow_table_size` sizes the flow
+    /// tables.
+    pub fn load(pin_dir: Option<&Path>, flow_table_size: u32) -> Result<Self> {
         let mut loader = EbpfLoader::new();
         loader
-            .map_max_entries(MAP_COOKIES, lru_size)
-            .map_max_entries(MAP_REVERSE, lru_size);
+            .map_max_entries(MAP_COOKIES, flow_table_size)
+            .map_max_entries(MAP_REVERSE, flow_table_size);
         // The maps are declared pinned-by-name; without a pin directory they
         // are pinned in a private scratch directory that is removed right
         // after loading (the maps live on as long as this process holds them).
@@ -363,6 +364,14 @@ impl Node {
             .map_err(|e| Error::map(MAP_FLAGS, e))
     }
 
+    /// The most entries one pod may hold in each flow table (0 = no limit).
+    pub fn set_pod_flow_limit(&mut self, limit: u32) -> Result<()> {
+        let mut a: Array<_, u32> =
+            Array::try_from(self.map_mut(MAP_FLAGS)?).map_err(|e| Error::map(MAP_FLAGS, e))?;
+        a.set(node_flags::POD_FLOW_LIMIT, limit, 0)
+            .map_err(|e| Error::map(MAP_FLAGS, e))
+    }
+
     /// The uplink MTU the programs check against (0 = no check).
     pub fn uplink_mtu(&self) -> Result<u32> {
         let a: Array<_, u32> =
@@ -485,35 +494,127 @@ impl Node {
                     && idle > fin_grace_ns
             }
         };
-        let cookies = self.sweep(MAP_COOKIES, |k, v: &CookieEntry| {
+        let (cookies, cookie_pods) = self.sweep(MAP_COOKIES, |k, v: &CookieEntry| {
             expired(k, v.last_seen_ns, v.fin_seen)
         })?;
-        let reverse = self.sweep(MAP_REVERSE, |k, v: &ReverseEntry| {
+        let (reverse, reverse_pods) = self.sweep(MAP_REVERSE, |k, v: &ReverseEntry| {
             expired(k, v.last_seen_ns, v.fin_seen)
         })?;
+        self.sweep_substitutes()?;
+        self.recount_pod_flows(&cookie_pods, &reverse_pods)?;
         Ok((cookies, reverse))
     }
 
+    /// Writes the exact per-pod entry counts the sweep saw
+    /// (`NODE_POD_FLOWS`), correcting what the programs' increments and
+    /// decrements left. A flow that starts while this runs may be counted
+    /// one short until the next sweep.
+    fn recount_pod_flows(
+        &mut self,
+        cookies: &std::collections::HashMap<[u8; 4], u64>,
+        reverse: &std::collections::HashMap<[u8; 4], u64>,
+    ) -> Result<()> {
+        let mut counts: HashMap<_, [u8; 4], PodFlows> =
+            HashMap::try_from(self.map_mut(MAP_POD_FLOWS)?)
+                .map_err(|e| Error::map(MAP_POD_FLOWS, e))?;
+        let stale: Vec<[u8; 4]> = counts
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !cookies.contains_key(k) && !reverse.contains_key(k))
+            .collect();
+        for k in stale {
+            let _ = counts.remove(&k);
+        }
+        let pods: std::collections::BTreeSet<&[u8; 4]> =
+            cookies.keys().chain(reverse.keys()).collect();
+        for pod in pods {
+            let c = PodFlows {
+                cookies: cookies.get(pod).copied().unwrap_or(0),
+                reverse: reverse.get(pod).copied().unwrap_or(0),
+            };
+            counts
+                .insert(pod, c, 0)
+                .map_err(|e| Error::map(MAP_POD_FLOWS, e))?;
+        }
+        Ok(())
+    }
+
+    /// Entries each pod holds in each flow table, as the programs count
+    /// them (`NODE_POD_FLOWS`).
+    pub fn pod_flows(&self) -> Result<Vec<(std::net::Ipv4Addr, PodFlows)>> {
+        let h: HashMap<_, [u8; 4], PodFlows> = HashMap::try_from(self.map(MAP_POD_FLOWS)?)
+            .map_err(|e| Error::map(MAP_POD_FLOWS, e))?;
+        Ok(h.iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (std::net::Ipv4Addr::from(k), v))
+            .collect())
+    }
+
+    /// Removes substitute ports whose flow is gone (its reverse-flow
+    /// entry, keyed on the substitute, was removed).
+    fn sweep_substitutes(&mut self) -> Result<usize> {
+        let subst: HashMap<_, PortSubstKey, Be16> = HashMap::try_from(self.map(MAP_PORT_SUBST)?)
+            .map_err(|e| Error::map(MAP_PORT_SUBST, e))?;
+        let all: Vec<(PortSubstKey, Be16)> = subst.iter().filter_map(|r| r.ok()).collect();
+        let reverse: HashMap<_, FlowKey, ReverseEntry> =
+            HashMap::try_from(self.map(MAP_REVERSE)?).map_err(|e| Error::map(MAP_REVERSE, e))?;
+        let dead: Vec<PortSubstKey> = all
+            .into_iter()
+            .filter(|(k, port)| {
+                let held = FlowKey {
+                    dst_port: *port,
+                    ..k.flow
+                };
+                reverse.get(&held, 0).is_err()
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let mut subst: HashMap<_, PortSubstKey, Be16> =
+            HashMap::try_from(self.map_mut(MAP_PORT_SUBST)?)
+                .map_err(|e| Error::map(MAP_PORT_SUBST, e))?;
+        for k in &dead {
+            let _ = subst.remove(k);
+        }
+        Ok(dead.len())
+    }
+
     /// Removes the entries of flow map `name` that `dead` picks; returns how
-    /// many. Keys are collected first: deleting while iterating a BPF hash
-    /// map restarts the walk.
+    /// many, and the entries left per pod (the key's source). Keys are
+    /// collected first: deleting while iterating a BPF hash map restarts
+    /// the walk.
     fn sweep<V: aya::Pod>(
         &mut self,
         name: &'static str,
         dead: impl Fn(&FlowKey, &V) -> bool,
-    ) -> Result<usize> {
+    ) -> Result<(usize, std::collections::HashMap<[u8; 4], u64>)> {
         let mut map: HashMap<_, FlowKey, V> =
             HashMap::try_from(self.map_mut(name)?).map_err(|e| Error::map(name, e))?;
-        let keys: Vec<FlowKey> = map
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, v)| dead(k, v))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &keys {
-            let _ = map.remove(k);
+        let mut left = std::collections::HashMap::new();
+        let mut keys = Vec::new();
+        for (k, v) in map.iter().filter_map(|r| r.ok()) {
+            if dead(&k, &v) {
+                keys.push(k);
+            } else {
+                *left.entry(k.src.0).or_insert(0u64) += 1;
+            }
         }
-        Ok(keys.len())
+        // Look again just before deleting: a packet may have refreshed the
+        // entry since the walk read it, and a live flow's entry must stay.
+        // (A packet between this look and the delete can still lose its
+        // entry; the flow's next inbound packet recreates it.)
+        let mut removed = 0;
+        for k in &keys {
+            match map.get(k, 0) {
+                Ok(v) if dead(k, &v) => {
+                    if map.remove(k).is_ok() {
+                        removed += 1;
+                    }
+                }
+                Ok(_) => *left.entry(k.src.0).or_insert(0u64) += 1,
+                Err(_) => {}
+            }
+        }
+        Ok((removed, left))
     }
 }
 

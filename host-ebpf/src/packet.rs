@@ -135,6 +135,37 @@ pub fn ipv4(t: Tuple, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Splits an unfragmented IPv4 packet (no options) into fragments of at
+/// most `max` payload bytes (a multiple of 8), as a sender does for a
+/// datagram bigger than its MTU: same id, DF clear, MF on all but the
+/// last, offsets in 8-byte units, fresh header checksums.
+pub fn fragments(ip: &[u8], id: u16, max: usize) -> Vec<Vec<u8>> {
+    assert!(
+        max.is_multiple_of(8) && max > 0,
+        "fragment payloads are multiples of 8"
+    );
+    let payload = &ip[20..];
+    let chunks: Vec<&[u8]> = payload.chunks(max).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut f = ip[..20].to_vec();
+            f.extend_from_slice(c);
+            let total = f.len() as u16;
+            f[2..4].copy_from_slice(&total.to_be_bytes());
+            f[4..6].copy_from_slice(&id.to_be_bytes());
+            let mf = if i + 1 < chunks.len() { 0x2000 } else { 0 };
+            let frag = mf | ((i * max / 8) as u16);
+            f[6..8].copy_from_slice(&frag.to_be_bytes());
+            f[10..12].copy_from_slice(&[0, 0]);
+            let c = ip_checksum(&f[..20]);
+            f[10..12].copy_from_slice(&c.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
 /// Prepends an Ethernet header.
 pub fn eth(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
     let mut p = Vec::with_capacity(14 + ip.len());

@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 use talaria_preflight::{require, LOADS_BPF};
+use talaria_tables::build;
 
 use talaria_common::{
     drop::DropReason,
@@ -37,7 +38,7 @@ use talaria_node::{
     node::{self, Node, Stats},
     sys::{self, NetNs},
 };
-use talaria_switch_dataplane::{Dataplane, Entry, Ipv4Prefix, RouteAction, Target};
+use talaria_switch_dataplane::{Dataplane, Target};
 
 const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 const NODE1_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
@@ -48,6 +49,11 @@ const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 2);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const SVC_TCP: u16 = 7;
 const SVC_UDP: u16 = 8;
+/// Second Services on VIP2 (TCP 8080, UDP 5300) with the same backends as
+/// SVC_TCP and SVC_UDP (pod B's 8080 and 5353).
+const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const SVC2_TCP: u16 = 9;
+const SVC2_UDP: u16 = 10;
 const BACKEND_B_TCP: u32 = 101;
 const BACKEND_C_TCP: u32 = 102;
 const BACKEND_B_UDP: u32 = 201;
@@ -203,95 +209,35 @@ impl Lab {
         let dp = sys::in_netns(&self.sw.name, move || Dataplane::open(cfg))
             .unwrap()
             .expect("switch data plane");
-        let fwd = |port: u16, i: usize| RouteAction::Forward {
-            port,
-            src_mac: self.sw_macs[i],
-            dst_mac: self.up_macs[i],
+        let host = |addr| build::prefix(addr, 32);
+        let pod_cidr = |third| build::prefix(Ipv4Addr::new(10, 244, third, 0), 24);
+        let service = |vip, port, proto, id| {
+            build::service(vip, port, proto, id, BUCKETS - 1, hash_mode::FIVE_TUPLE)
         };
-        let mut entries = vec![
-            Entry::SwitchAddr { addr: SWITCH_IP },
-            Entry::Ipv4Route {
-                dst: Ipv4Prefix {
-                    addr: NODE1_IP,
-                    len: 32,
-                },
-                action: fwd(1, 0),
-            },
-            Entry::Ipv4Route {
-                dst: Ipv4Prefix {
-                    addr: NODE2_IP,
-                    len: 32,
-                },
-                action: fwd(2, 1),
-            },
-            Entry::PodNode {
-                dst: Ipv4Prefix {
-                    addr: Ipv4Addr::new(10, 244, 1, 0),
-                    len: 24,
-                },
-                node_ip: NODE1_IP,
-            },
-            Entry::PodNode {
-                dst: Ipv4Prefix {
-                    addr: Ipv4Addr::new(10, 244, 2, 0),
-                    len: 24,
-                },
-                node_ip: NODE2_IP,
-            },
-            Entry::ServiceV4 {
-                vip: VIP,
-                port: 80,
-                proto: IPPROTO_TCP,
-                service_id: SVC_TCP,
-                bucket_mask: BUCKETS - 1,
-                hash_mode: hash_mode::FIVE_TUPLE,
-            },
-            Entry::ServiceV4 {
-                vip: VIP,
-                port: 53,
-                proto: IPPROTO_UDP,
-                service_id: SVC_UDP,
-                bucket_mask: BUCKETS - 1,
-                hash_mode: hash_mode::FIVE_TUPLE,
-            },
-            Entry::Backend {
-                backend_id: BACKEND_B_TCP,
-                ip: POD_B,
-                port: TCP_PORT,
-                node_ip: NODE2_IP,
-            },
-            Entry::Backend {
-                backend_id: BACKEND_C_TCP,
-                ip: POD_C,
-                port: TCP_PORT,
-                node_ip: NODE1_IP,
-            },
-            Entry::Backend {
-                backend_id: BACKEND_B_UDP,
-                ip: POD_B,
-                port: UDP_PORT,
-                node_ip: NODE2_IP,
-            },
-            Entry::CookieCheck {
-                service_id: SVC_TCP,
-                backend_id: BACKEND_B_TCP,
-            },
-            Entry::CookieCheck {
-                service_id: SVC_UDP,
-                backend_id: BACKEND_B_UDP,
-            },
+        // (service, its backend).
+        let pools = [
+            (SVC_TCP, BACKEND_B_TCP),
+            (SVC_UDP, BACKEND_B_UDP),
+            (SVC2_TCP, BACKEND_B_TCP),
+            (SVC2_UDP, BACKEND_B_UDP),
         ];
+        let mut entries = vec![
+            build::switch_addr(SWITCH_IP),
+            build::route(host(NODE1_IP), 1, self.sw_macs[0], self.up_macs[0]),
+            build::route(host(NODE2_IP), 2, self.sw_macs[1], self.up_macs[1]),
+            build::pod_node(pod_cidr(1), NODE1_IP),
+            build::pod_node(pod_cidr(2), NODE2_IP),
+            service(VIP, 80, IPPROTO_TCP, SVC_TCP),
+            service(VIP, 53, IPPROTO_UDP, SVC_UDP),
+            service(VIP2, 8080, IPPROTO_TCP, SVC2_TCP),
+            service(VIP2, 5300, IPPROTO_UDP, SVC2_UDP),
+            build::backend(BACKEND_B_TCP, POD_B, TCP_PORT, NODE2_IP),
+            build::backend(BACKEND_C_TCP, POD_C, TCP_PORT, NODE1_IP),
+            build::backend(BACKEND_B_UDP, POD_B, UDP_PORT, NODE2_IP),
+        ];
+        entries.extend(pools.map(|(svc, backend)| build::cookie(svc, backend)));
         for b in 0..BUCKETS {
-            entries.push(Entry::LbBucket {
-                service_id: SVC_TCP,
-                bucket: b,
-                backend_id: BACKEND_B_TCP,
-            });
-            entries.push(Entry::LbBucket {
-                service_id: SVC_UDP,
-                bucket: b,
-                backend_id: BACKEND_B_UDP,
-            });
+            entries.extend(pools.map(|(svc, backend)| build::bucket(svc, b, backend)));
         }
         for e in &entries {
             dp.insert(e)
@@ -340,9 +286,21 @@ impl Lab {
                     port: 53,
                     protocol: "udp".into(),
                 },
+                ServiceConfig {
+                    id: SVC2_TCP,
+                    vip: VIP2,
+                    port: 8080,
+                    protocol: "tcp".into(),
+                },
+                ServiceConfig {
+                    id: SVC2_UDP,
+                    vip: VIP2,
+                    port: 5300,
+                    protocol: "udp".into(),
+                },
             ],
             pods,
-            lru_size: 65536,
+            flow_table_size: 65536,
             pin_dir: self.node_pins[i].clone(),
             metrics_addr: "127.0.0.1:0".into(),
             ..Config::default()
@@ -353,7 +311,7 @@ impl Lab {
     fn start_node(&mut self, i: usize) {
         let cfg = self.node_config(i);
         let node = sys::in_netns(&self.n[i].name, move || -> talaria_node::Result<Node> {
-            let mut node = Node::load(Some(&cfg.pin_dir), cfg.lru_size)?;
+            let mut node = Node::load(Some(&cfg.pin_dir), cfg.flow_table_size)?;
             let missing = agent::apply(&mut node, &cfg)?;
             assert!(missing.is_empty(), "veths missing: {missing:?}");
             Ok(node)
@@ -377,18 +335,10 @@ impl Lab {
     /// (as the controller's quarantine keeps them).
     fn move_pool(&self, service_id: u16, backend_id: u32) {
         let dp = self.dp.as_ref().unwrap();
-        dp.insert(&Entry::CookieCheck {
-            service_id,
-            backend_id,
-        })
-        .unwrap();
+        dp.insert(&build::cookie(service_id, backend_id)).unwrap();
         for b in 0..BUCKETS {
-            dp.modify(&Entry::LbBucket {
-                service_id,
-                bucket: b,
-                backend_id,
-            })
-            .unwrap();
+            dp.modify(&build::bucket(service_id, b, backend_id))
+                .unwrap();
         }
     }
 }
@@ -431,6 +381,59 @@ fn tcp_server(pod: &str, ip: Ipv4Addr, conns: usize) -> std::thread::JoinHandle<
     .unwrap();
     rx.recv_timeout(Duration::from_secs(5)).unwrap();
     h
+}
+
+/// A UDP server in a pod: `serve` runs on a socket bound to
+/// `ip`:UDP_PORT with read timeout `timeout`. Returns once it is bound.
+fn udp_server<T: Send + 'static>(
+    pod: &str,
+    ip: Ipv4Addr,
+    timeout: Duration,
+    serve: impl FnOnce(UdpSocket) -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let (ready, bound) = std::sync::mpsc::channel();
+    let h = sys::spawn_in_netns(pod, move || {
+        let s = UdpSocket::bind((ip, UDP_PORT)).unwrap();
+        ready.send(()).unwrap();
+        s.set_read_timeout(Some(timeout)).unwrap();
+        serve(s)
+    })
+    .unwrap();
+    bound.recv_timeout(Duration::from_secs(5)).unwrap();
+    h
+}
+
+/// A UDP server in pod b that answers each of `n` datagrams with
+/// "<datagram> from <peer addr>".
+fn udp_echo(lab: &Lab, n: usize) -> std::thread::JoinHandle<()> {
+    udp_server(lab.pod("pb"), POD_B, Duration::from_secs(10), move |s| {
+        for _ in 0..n {
+            let mut buf = [0u8; 1500];
+            let (k, peer) = s.recv_from(&mut buf).unwrap();
+            let text = format!("{} from {peer}", String::from_utf8_lossy(&buf[..k]));
+            s.send_to(text.as_bytes(), peer).unwrap();
+        }
+    })
+}
+
+/// From pod a's UDP port `port`, sends "q<i>" to the `i`th of `to` and
+/// waits for each reply: (reply text, its source).
+fn udp_ask(lab: &Lab, port: u16, to: &[(Ipv4Addr, u16)]) -> Vec<(String, SocketAddr)> {
+    let to = to.to_vec();
+    sys::in_netns(lab.pod("pa"), move || {
+        let s = UdpSocket::bind((POD_A, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        to.into_iter()
+            .enumerate()
+            .map(|(i, to)| {
+                s.send_to(format!("q{i}").as_bytes(), to).unwrap();
+                let mut buf = [0u8; 1500];
+                let (k, from) = s.recv_from(&mut buf).expect("UDP reply");
+                (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
+            })
+            .collect()
+    })
+    .unwrap()
 }
 
 #[derive(Clone, Copy)]
@@ -553,36 +556,8 @@ fn tcp_and_udp_reach_a_backend_replies_come_from_the_vip_and_cookies_are_learned
     server.join().unwrap();
 
     // UDP: the reply's source is VIP:53.
-    let (ready, bound) = std::sync::mpsc::channel();
-    let udp = sys::spawn_in_netns(lab.pod("pb"), move || {
-        let s = UdpSocket::bind((POD_B, UDP_PORT)).unwrap();
-        ready.send(()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        for _ in 0..3 {
-            let mut buf = [0u8; 1500];
-            let (k, peer) = s.recv_from(&mut buf).unwrap();
-            s.send_to(
-                format!("{} from {peer}", String::from_utf8_lossy(&buf[..k])).as_bytes(),
-                peer,
-            )
-            .unwrap();
-        }
-    })
-    .unwrap();
-    bound.recv_timeout(Duration::from_secs(5)).unwrap();
-    let replies = sys::in_netns(lab.pod("pa"), || {
-        let s = UdpSocket::bind((POD_A, 40053)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        (0..3)
-            .map(|i| {
-                s.send_to(format!("q{i}").as_bytes(), (VIP, 53)).unwrap();
-                let mut buf = [0u8; 1500];
-                let (k, from) = s.recv_from(&mut buf).expect("UDP reply");
-                (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
-            })
-            .collect::<Vec<_>>()
-    })
-    .unwrap();
+    let udp = udp_echo(&lab, 3);
+    let replies = udp_ask(&lab, 40053, &[(VIP, 53); 3]);
     udp.join().unwrap();
     for (i, (text, from)) in replies.iter().enumerate() {
         assert_eq!(*from, SocketAddr::from((VIP, 53)), "UDP reply source");
@@ -939,20 +914,14 @@ fn udp_gso_datagrams_reach_the_backend() {
         features.contains("tx-udp-segmentation: off"),
         "agent set tx-udp-segmentation off"
     );
-    let (ready, bound) = std::sync::mpsc::channel();
-    let server = sys::spawn_in_netns(lab.pod("pb"), move || {
-        let s = UdpSocket::bind((POD_B, UDP_PORT)).unwrap();
-        ready.send(()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let server = udp_server(lab.pod("pb"), POD_B, Duration::from_secs(2), |s| {
         let mut got = Vec::new();
         let mut buf = [0u8; 2000];
         while let Ok((k, _)) = s.recv_from(&mut buf) {
             got.push(buf[..k].to_vec());
         }
         got
-    })
-    .unwrap();
-    bound.recv_timeout(Duration::from_secs(5)).unwrap();
+    });
     sys::in_netns(lab.pod("pa"), || {
         use std::os::fd::AsRawFd;
         let s = UdpSocket::bind((POD_A, 0)).unwrap();
@@ -1084,7 +1053,7 @@ fn getsockopt_int(fd: i32, level: libc::c_int, name: libc::c_int) -> libc::c_int
 fn pmtu_discovery_clamps_pods_with_a_too_large_mtu() {
     require!(LOADS_BPF);
     use std::os::fd::AsRawFd;
-    use talaria_node::abi::mtu_stat;
+    use talaria_common::maps::mtu_stat;
     let lab = Lab::new();
     // Client a and backend b get MTU 1500 on a 1500 uplink: their
     // full-size packets cannot be encapsulated (1548 bytes).
@@ -1094,20 +1063,14 @@ fn pmtu_discovery_clamps_pods_with_a_too_large_mtu() {
     // UDP with DF (IP_PMTUDISC_DO, what `ping -M do` sets): a 1500-byte
     // datagram to the VIP comes back as ICMP fragmentation-needed with MTU
     // 1452, the socket learns it, and a datagram that fits goes through.
-    let (ready, bound) = std::sync::mpsc::channel();
-    let udp_server = sys::spawn_in_netns(lab.pod("pb"), move || {
-        let s = UdpSocket::bind((POD_B, UDP_PORT)).unwrap();
-        ready.send(()).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let sizes_server = udp_server(lab.pod("pb"), POD_B, Duration::from_secs(3), |s| {
         let mut sizes = Vec::new();
         let mut buf = [0u8; 2000];
         while let Ok((k, _)) = s.recv_from(&mut buf) {
             sizes.push(k);
         }
         sizes
-    })
-    .unwrap();
-    bound.recv_timeout(Duration::from_secs(5)).unwrap();
+    });
     let (learned, too_big, fits) = sys::in_netns(lab.pod("pa"), || {
         let s = UdpSocket::bind((POD_A, 0)).unwrap();
         let fd = s.as_raw_fd();
@@ -1151,7 +1114,7 @@ fn pmtu_discovery_clamps_pods_with_a_too_large_mtu() {
     assert_eq!(too_big, Err(Some(libc::EMSGSIZE)), "1500 bytes now refused");
     assert_eq!(fits, Ok(1424));
     assert_eq!(
-        udp_server.join().unwrap(),
+        sizes_server.join().unwrap(),
         vec![1424],
         "only the datagram that fits reached the backend"
     );
@@ -1331,6 +1294,232 @@ fn agent_follows_pod_routes_and_forgets_removed_ones() {
     );
     agent.stop();
     let _ = std::fs::remove_file(&cfg_path);
+}
+
+/// Two Services share backend pod B, and pod A reaches both from one
+/// source port: UDP from one socket, and TCP from two sockets bound to the
+/// same port. At node 2 both flows are the same 4-tuple; the second gets a
+/// substitute client port, and every reply comes from its own VIP to the
+/// client's own port (issue: reverse-NAT key collisions).
+#[test]
+fn two_services_sharing_a_backend_from_one_client_port_both_work() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    // UDP: pod B echoes with the peer it saw.
+    let udp = udp_echo(&lab, 4);
+    let replies = udp_ask(
+        &lab,
+        40100,
+        &[(VIP, 53), (VIP2, 5300), (VIP, 53), (VIP2, 5300)],
+    );
+    udp.join().unwrap();
+    let mut peers = std::collections::BTreeSet::new();
+    for (i, (text, from)) in replies.iter().enumerate() {
+        let want = [(VIP, 53), (VIP2, 5300)][i % 2];
+        assert_eq!(*from, SocketAddr::from(want), "reply {i} from its own VIP");
+        let (q, peer) = text.split_once(" from ").unwrap();
+        assert_eq!(q, format!("q{i}"));
+        peers.insert(peer.to_string());
+    }
+    assert_eq!(peers.len(), 2, "the backend saw two flows: {peers:?}");
+
+    // TCP: two connections from one bound port, one to each VIP.
+    let server = tcp_server(lab.pod("pb"), POD_B, 2);
+    let lines = sys::in_netns(lab.pod("pa"), || {
+        [(VIP, 80), (VIP2, 8080)]
+            .iter()
+            .map(|to| {
+                let s = bound_tcp_stream(POD_A, 40101, SocketAddr::from(*to));
+                let mut s = s;
+                s.write_all(b"hello\n").unwrap();
+                let line = read_line(&mut s);
+                (s, line)
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (s, line) in lines {
+        assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
+        seen.insert(line);
+        let ((n, hash), local) = transfer(s, 50_000, 5_000, Duration::ZERO);
+        assert_eq!((n, hash), (50_000, local), "each connection intact");
+    }
+    assert_eq!(seen.len(), 2, "the backend saw two connections");
+    server.join().unwrap();
+    assert!(lab.stats(1).event(node_stat::PORT_SUBST) >= 2);
+}
+
+/// A TCP connection from `local` (bound with SO_REUSEADDR, so a second
+/// connection may share the port towards another destination) to `to`.
+fn bound_tcp_stream(ip: Ipv4Addr, port: u16, to: SocketAddr) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a new fd, which the TcpStream owns.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            &one as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        );
+        let sin = |a: Ipv4Addr, p: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: p.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(a.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let local = sin(ip, port);
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        assert_eq!(
+            libc::bind(fd, &local as *const _ as *const libc::sockaddr, len),
+            0,
+            "bind"
+        );
+        let SocketAddr::V4(to) = to else {
+            unreachable!()
+        };
+        let remote = sin(*to.ip(), to.port());
+        let s = TcpStream::from_raw_fd(fd);
+        assert_eq!(
+            libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len),
+            0,
+            "connect {to}: {}",
+            std::io::Error::last_os_error()
+        );
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+}
+
+/// A UDP reply bigger than the backend pod's MTU (1452) leaves it in
+/// fragments: the client gets the whole datagram, from the VIP (issue:
+/// fragmented replies).
+#[test]
+fn a_fragmented_udp_reply_arrives_whole_from_the_vip() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let udp = udp_server(lab.pod("pb"), POD_B, Duration::from_secs(10), |s| {
+        let mut buf = [0u8; 1500];
+        let (_, peer) = s.recv_from(&mut buf).unwrap();
+        // 4000 bytes: three fragments at a 1452-byte MTU.
+        let big: Vec<u8> = (0..4000u32).map(|i| (i % 251) as u8).collect();
+        s.send_to(&big, peer).unwrap();
+    });
+    let (len, from, ok) = sys::in_netns(lab.pod("pa"), || {
+        let s = UdpSocket::bind((POD_A, 40110)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(b"big please", (VIP, 53)).unwrap();
+        let mut buf = vec![0u8; 8000];
+        let (k, from) = s.recv_from(&mut buf).expect("the whole reply");
+        let ok = buf[..k]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == (i % 251) as u8);
+        (k, from, ok)
+    })
+    .unwrap();
+    udp.join().unwrap();
+    assert_eq!((len, from, ok), (4000, SocketAddr::from((VIP, 53)), true));
+    assert_eq!(
+        lab.stats(1).event(node_stat::FRAGMENT_NAT),
+        2,
+        "two later fragments"
+    );
+}
+
+/// A pod may not forge ICMP errors about another pod's flow: pod a
+/// quotes the flow b → VIP:53 (served by backend c on its node) in a port
+/// unreachable, and the client's socket never sees it; the backend's
+/// real answer still arrives (issue: ICMP errors only from the flow's
+/// backend).
+#[test]
+fn a_pod_cannot_inject_icmp_errors_into_another_pods_flow() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    const BACKEND_C_UDP: u32 = 202;
+    let dp = lab.dp.as_ref().unwrap();
+    dp.insert(&build::backend(BACKEND_C_UDP, POD_C, UDP_PORT, NODE1_IP))
+        .unwrap();
+    lab.move_pool(SVC_UDP, BACKEND_C_UDP);
+
+    // Backend c reports the peer it saw, then answers once told to.
+    let (peer_tx, peer_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let server = udp_server(lab.pod("pc"), POD_C, Duration::from_secs(10), move |s| {
+        let mut buf = [0u8; 1500];
+        let (_, peer) = s.recv_from(&mut buf).unwrap();
+        peer_tx.send(peer).unwrap();
+        go_rx.recv_timeout(Duration::from_secs(15)).unwrap();
+        s.send_to(b"real answer", peer).unwrap();
+    });
+    let client = sys::spawn_in_netns(lab.pod("pb"), || {
+        let s = UdpSocket::bind((POD_B, 0)).unwrap();
+        s.connect((VIP, 53)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        s.send(b"question").unwrap();
+        let mut buf = [0u8; 100];
+        s.recv(&mut buf).map(|k| buf[..k].to_vec())
+    })
+    .unwrap();
+    let SocketAddr::V4(peer) = peer_rx.recv_timeout(Duration::from_secs(10)).unwrap() else {
+        unreachable!("IPv4 lab")
+    };
+
+    // Pod a sends a port unreachable quoting b → c, as c's kernel would.
+    let quoted = talaria_node::packet::ipv4(
+        talaria_node::packet::Tuple::udp(*peer.ip(), peer.port(), POD_C, UDP_PORT),
+        0,
+        b"question",
+    );
+    let forged = talaria_node::packet::icmp_error(POD_A, *peer.ip(), 3, 3, 0, &quoted);
+    sys::in_netns(lab.pod("pa"), move || send_raw_ipv4(&forged, *peer.ip())).unwrap();
+    assert!(
+        eventually(|| lab.stats(0).dropped(DropReason::IcmpSpoof) == 1),
+        "node 1 dropped the forged error"
+    );
+    go_tx.send(()).unwrap();
+    server.join().unwrap();
+    let answer = client.join().unwrap();
+    assert_eq!(
+        answer.as_deref().map_err(|e| e.kind()),
+        Ok(&b"real answer"[..]),
+        "the client saw the backend's answer, not the forged error"
+    );
+}
+
+/// Sends a whole IPv4 packet (header included) from a raw socket.
+fn send_raw_ipv4(packet: &[u8], to: Ipv4Addr) {
+    // SAFETY: a raw socket owned by this function, closed before return;
+    // the buffers outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW);
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        let sin = libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes(to.octets()),
+            },
+            sin_zero: [0; 8],
+        };
+        let sent = libc::sendto(
+            fd,
+            packet.as_ptr() as *const libc::c_void,
+            packet.len(),
+            0,
+            &sin as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, packet.len() as isize, "raw send: {err}");
+    }
 }
 
 #[path = "common/fake_api.rs"]

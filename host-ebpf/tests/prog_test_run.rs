@@ -39,6 +39,10 @@ const POD_MAC: [u8; 6] = [2, 0, 0, 0, 2, 2];
 const HOST_VETH_MAC: [u8; 6] = [2, 0, 0, 0, 3, 3];
 const SVC_TCP: u16 = 7;
 const SVC_UDP: u16 = 8;
+/// Second Services (VIP2:8443) on the same backend as SVC_TCP and SVC_UDP.
+const SVC2_TCP: u16 = 9;
+const SVC2_UDP: u16 = 10;
+const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 
 fn node() -> Node {
     let mut n = Node::load(None, 4096).expect("load and verify the node programs");
@@ -68,6 +72,24 @@ fn node() -> Node {
             ServiceAddr {
                 vip: Be32(VIP_UDP.octets()),
                 port: Be16::new(53),
+                proto: 17,
+                _pad: 0,
+            },
+        ),
+        (
+            SVC2_TCP,
+            ServiceAddr {
+                vip: Be32(VIP2.octets()),
+                port: Be16::new(8443),
+                proto: 6,
+                _pad: 0,
+            },
+        ),
+        (
+            SVC2_UDP,
+            ServiceAddr {
+                vip: Be32(VIP2.octets()),
+                port: Be16::new(8443),
                 proto: 17,
                 _pad: 0,
             },
@@ -332,6 +354,18 @@ fn tunnel_from_anyone_but_the_switch_is_dropped() {
         n.cookies().unwrap().is_empty(),
         "nothing learned from a forged tunnel"
     );
+    // The switch's address from another MAC on the uplink's segment.
+    let forged = talaria(
+        NODE_MAC,
+        [2, 0, 0, 0, 0, 0x66],
+        SWITCH_IP,
+        NODE_IP,
+        enc,
+        &inner,
+    );
+    assert_eq!(run(&n, PROG_UPLINK, &forged).0, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::TunnelSource), 2);
+    assert!(n.cookies().unwrap().is_empty());
 }
 
 #[test]
@@ -445,6 +479,168 @@ fn reverse_nat_roundtrip(proto_tcp: bool) {
     assert_eq!(n.stats().unwrap().event(node_stat::REVERSE_NAT), 1);
 }
 
+/// Two Services share one backend, and one client reaches both from the
+/// same source port: at the backend both flows are the same 4-tuple. The
+/// first keeps it; the second gets a substitute client port, so the
+/// backend sees two flows, each reply leaves from its own VIP to the
+/// client's own port, and an RST ends only its own flow.
+fn shared_backend_same_client_port(proto_tcp: bool) {
+    let n = node();
+    type MakeTuple = fn(Ipv4Addr, u16, Ipv4Addr, u16) -> Tuple;
+    let (mk, syn, svc2): (MakeTuple, u8, u16) = if proto_tcp {
+        (Tuple::tcp, tcp_flags::SYN, SVC2_TCP)
+    } else {
+        (Tuple::udp, 0, SVC2_UDP)
+    };
+    let (vip2, port2) = (VIP2, 8443);
+    let first_svc = if proto_tcp { SVC_TCP } else { SVC_UDP };
+    let (vip1, port1) = if proto_tcp { (VIP, 80) } else { (VIP_UDP, 53) };
+    // After the switch's DNAT both arrive as REMOTE_CLIENT:40000 → BACKEND:8080.
+    let request = mk(REMOTE_CLIENT, 40000, BACKEND, 8080);
+    let req = ipv4(request, syn, b"one");
+    let first = TalariaEncap::new(flags::COOKIE_VALID, first_svc, 42);
+    let (_, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, first, &req));
+    assert_eq!(Frame::parse(&out).ip, req, "the first flow keeps its port");
+
+    let second = TalariaEncap::new(flags::COOKIE_VALID, svc2, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, second, &req));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let seen = Frame::parse(&out);
+    let subst = seen.tuple().sport;
+    assert_ne!(subst, 40000, "the second flow's client port is replaced");
+    assert!(subst >= 61000, "substitutes come from their own range");
+    assert_eq!(seen.tuple(), mk(REMOTE_CLIENT, subst, BACKEND, 8080));
+    assert!(ip_checksum_ok(&seen.ip) && l4_checksum_ok(&seen.ip));
+    assert_eq!(n.stats().unwrap().event(node_stat::PORT_SUBST), 1);
+    // Its next packet takes the same substitute, without a new one.
+    let (_, out) = run(
+        &n,
+        PROG_UPLINK,
+        &from_switch(SWITCH_IP, second, &ipv4(request, 0, b"again")),
+    );
+    assert_eq!(Frame::parse(&out).tuple().sport, subst);
+    assert_eq!(n.stats().unwrap().event(node_stat::PORT_SUBST), 1);
+    assert_eq!(n.reverse_flows().unwrap().len(), 2);
+
+    // Each reply from its own VIP, to the client's own port.
+    for (from_port, vip, port, svc) in [(40000, vip1, port1, first_svc), (subst, vip2, port2, svc2)]
+    {
+        let reply = ipv4(mk(BACKEND, 8080, REMOTE_CLIENT, from_port), 0, b"reply");
+        let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &reply));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (enc, inner) = check_encap(&out, reply.len());
+        assert_eq!(enc.opt.service_id.get(), svc);
+        let f = Frame {
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+            ip: inner,
+        };
+        assert_eq!(f.tuple(), mk(vip, port, REMOTE_CLIENT, 40000));
+        assert!(ip_checksum_ok(&f.ip) && l4_checksum_ok(&f.ip));
+    }
+    if proto_tcp {
+        // An RST of the second flow ends it and frees its substitute; the
+        // first flow is untouched.
+        run(
+            &n,
+            PROG_UPLINK,
+            &from_switch(SWITCH_IP, second, &ipv4(request, tcp_flags::RST, b"")),
+        );
+        let rev = n.reverse_flows().unwrap();
+        assert_eq!(rev.len(), 1);
+        assert_eq!(rev[0].1.service_id, first_svc);
+    }
+}
+
+#[test]
+fn two_services_sharing_a_backend_from_one_tcp_client_port() {
+    require!(LOADS_BPF);
+    shared_backend_same_client_port(true);
+}
+
+#[test]
+fn two_services_sharing_a_backend_from_one_udp_client_port() {
+    require!(LOADS_BPF);
+    shared_backend_same_client_port(false);
+}
+
+/// A UDP reply bigger than the backend pod's MTU leaves it in fragments:
+/// the first is reverse-NATed as usual, the others (no ports) get the same
+/// source and cookie from the first, and the client's node delivers them
+/// all. A fragmented request is still refused.
+#[test]
+fn fragmented_udp_reply_is_reverse_natted_whole() {
+    require!(LOADS_BPF);
+    let n = node();
+    let request = Tuple::udp(REMOTE_CLIENT, 40020, BACKEND, 5353);
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, SVC_UDP, 42);
+    run(
+        &n,
+        PROG_UPLINK,
+        &from_switch(SWITCH_IP, enc, &ipv4(request, 0, b"q")),
+    );
+    let reply = ipv4(request.reversed(), 0, &[7u8; 3000]);
+    let frags = talaria_node::packet::fragments(&reply, 0x1234, 1400);
+    assert_eq!(frags.len(), 3);
+    let mut got = Vec::new();
+    for f in &frags {
+        let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, f));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (enc, inner) = check_encap(&out, f.len());
+        assert_eq!(enc.opt.flags, flags::REPLY | flags::COOKIE_VALID);
+        assert_eq!(
+            (enc.opt.service_id.get(), enc.opt.backend_id.get()),
+            (SVC_UDP, 42)
+        );
+        assert!(ip_checksum_ok(&inner));
+        let g = Frame {
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+            ip: inner.clone(),
+        };
+        assert_eq!(
+            (g.ip_src(), g.ip_dst()),
+            (VIP_UDP, REMOTE_CLIENT),
+            "every fragment from the VIP"
+        );
+        got.push((out, inner));
+    }
+    // The first fragment carries the rewritten ports; all share one outer
+    // source port (one ECMP path).
+    assert_eq!(u16::from_be_bytes([got[0].1[20], got[0].1[21]]), 53);
+    let outer_sport = |f: &[u8]| u16::from_be_bytes([f[34], f[35]]);
+    assert!(got
+        .iter()
+        .all(|(o, _)| outer_sport(o) == outer_sport(&got[0].0)));
+    assert_eq!(n.stats().unwrap().event(node_stat::FRAGMENT_NAT), 2);
+
+    // Client side (CLIENT is local here): every fragment is delivered
+    // whole, and the first one teaches the cookie.
+    let to_client = ipv4(Tuple::udp(VIP_UDP, 53, CLIENT, 40022), 0, &[9u8; 3000]);
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_UDP, 42);
+    for f in talaria_node::packet::fragments(&to_client, 0x4321, 1400) {
+        let (verdict, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &f));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(Frame::parse(&out).ip, f, "delivered as sent");
+    }
+    let cookies = n.cookies().unwrap();
+    assert_eq!(cookies.len(), 1);
+    assert_eq!(cookies[0].0, Tuple::udp(CLIENT, 40022, VIP_UDP, 53).key());
+    // A fragmented request towards a VIP is refused.
+    let big = ipv4(Tuple::udp(CLIENT, 40021, VIP_UDP, 53), 0, &[1u8; 3000]);
+    let (verdict, _) = run(
+        &n,
+        PROG_POD,
+        &eth(
+            HOST_VETH_MAC,
+            POD_MAC,
+            &talaria_node::packet::fragments(&big, 7, 1400)[0],
+        ),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::Fragment), 1);
+}
+
 #[test]
 fn reverse_nat_on_tcp_reply() {
     require!(LOADS_BPF);
@@ -506,6 +702,130 @@ fn rst_removes_flow_state_and_fin_is_recorded() {
     );
     assert!(n.reverse_flows().unwrap().is_empty());
     assert_eq!(n.stats().unwrap().event(node_stat::FLOW_RESET), 2);
+}
+
+/// A 4-tuple reused by a new connection: the client's SYN is balanced
+/// afresh (the old cookie is not reused), and the backend side's entry
+/// forgets the old connection's FINs, so the FIN-grace GC cannot end the
+/// new connection.
+#[test]
+fn a_new_connection_on_a_reused_tuple_starts_clean() {
+    require!(LOADS_BPF);
+    let mut n = node();
+    let t = Tuple::tcp(CLIENT, 40010, VIP, 80);
+    n.insert_cookie(
+        &t.key(),
+        &CookieEntry {
+            service_id: SVC_TCP,
+            backend_id: 5,
+            fin_seen: 3,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (_, out) = run(&n, PROG_POD, &from_pod(t, tcp_flags::SYN, b""));
+    let (enc, _) = check_encap(&out, ipv4(t, tcp_flags::SYN, b"").len());
+    assert_eq!(enc.opt.flags, flags::NEW_FLOW, "a SYN is a new flow");
+    assert!(n.cookies().unwrap().is_empty(), "the old cookie is gone");
+
+    let request = Tuple::tcp(REMOTE_CLIENT, 40011, BACKEND, 8080);
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 42);
+    let send = |fl: u8| {
+        run(
+            &n,
+            PROG_UPLINK,
+            &from_switch(SWITCH_IP, enc, &ipv4(request, fl, b"")),
+        )
+    };
+    send(tcp_flags::SYN);
+    send(tcp_flags::FIN | tcp_flags::ACK);
+    let reply = Tuple::tcp(BACKEND, 8080, REMOTE_CLIENT, 40011);
+    run(
+        &n,
+        PROG_POD,
+        &from_pod(reply, tcp_flags::FIN | tcp_flags::ACK, b""),
+    );
+    assert_eq!(n.reverse_flows().unwrap()[0].1.fin_seen, 3);
+    send(tcp_flags::SYN);
+    assert_eq!(
+        n.reverse_flows().unwrap()[0].1.fin_seen,
+        0,
+        "the new connection's SYN cleared the old FINs"
+    );
+}
+
+/// One pod cannot take the flow tables from the others: beyond its share,
+/// its new cookies are not cached (the flow goes on, balanced by hash) and
+/// its new backend flows are refused; an RST gives a slot back, and the GC
+/// recount agrees with the programs' counts.
+#[test]
+fn each_pod_holds_at_most_its_share_of_the_flow_tables() {
+    require!(LOADS_BPF);
+    let mut n = node();
+    n.set_pod_flow_limit(2).unwrap();
+    let reply = |port: u16| {
+        let t = Tuple::tcp(VIP, 80, CLIENT, port);
+        let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 42);
+        run(
+            &n,
+            PROG_UPLINK,
+            &from_switch(
+                SWITCH_IP,
+                enc,
+                &ipv4(t, tcp_flags::SYN | tcp_flags::ACK, b""),
+            ),
+        )
+    };
+    for port in [41000, 41001, 41002] {
+        assert_eq!(
+            reply(port).0,
+            TC_ACT_REDIRECT,
+            "replies are delivered regardless"
+        );
+    }
+    assert_eq!(n.cookies().unwrap().len(), 2);
+    assert_eq!(n.stats().unwrap().event(node_stat::COOKIE_REFUSED), 1);
+
+    let request = |port: u16, fl: u8| {
+        let t = Tuple::tcp(REMOTE_CLIENT, port, BACKEND, 8080);
+        let enc = TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 42);
+        run(
+            &n,
+            PROG_UPLINK,
+            &from_switch(SWITCH_IP, enc, &ipv4(t, fl, b"")),
+        )
+    };
+    assert_eq!(request(42000, tcp_flags::SYN).0, TC_ACT_REDIRECT);
+    assert_eq!(request(42001, tcp_flags::SYN).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        request(42002, tcp_flags::SYN).0,
+        TC_ACT_SHOT,
+        "over its share"
+    );
+    assert_eq!(n.stats().unwrap().dropped(DropReason::FlowLimit), 1);
+    assert_eq!(
+        request(42000, 0).0,
+        TC_ACT_REDIRECT,
+        "established flows go on"
+    );
+    // An RST gives the slot back.
+    request(42001, tcp_flags::RST);
+    assert_eq!(request(42002, tcp_flags::SYN).0, TC_ACT_REDIRECT);
+
+    let counts = |n: &Node| {
+        let mut v = n.pod_flows().unwrap();
+        v.sort_by_key(|p| p.0);
+        v.into_iter()
+            .map(|(ip, c)| (ip, c.cookies, c.reverse))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(&n), vec![(CLIENT, 2, 0), (BACKEND, 0, 2)]);
+    n.gc(u64::MAX, u64::MAX, u64::MAX).unwrap();
+    assert_eq!(
+        counts(&n),
+        vec![(CLIENT, 2, 0), (BACKEND, 0, 2)],
+        "the GC recount agrees"
+    );
 }
 
 #[test]
@@ -589,6 +909,12 @@ fn icmp_error_from_a_backend_is_reverse_natted() {
     assert!(ip_checksum_ok(&quoted.ip), "quoted IPv4 checksum");
     assert_eq!(u16::from_be_bytes([inner[26], inner[27]]), 1000, "MTU kept");
 
+    // Another pod on the node may not speak for the flow.
+    let other = talaria_node::packet::icmp_error(CLIENT, REMOTE_CLIENT, 3, 3, 0, &req);
+    let (verdict, _) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &other));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::IcmpSpoof), 1);
+
     // On the client's node the error is decapsulated and delivered.
     let client_side = talaria_node::packet::icmp_error(
         VIP,
@@ -650,7 +976,7 @@ fn expected_frag_needed(orig: &[u8], pod_mac: [u8; 6], host_mac: [u8; 6], mtu: u
 #[test]
 fn too_big_with_df_is_answered_with_icmp_frag_needed() {
     require!(LOADS_BPF);
-    use talaria_node::abi::mtu_stat;
+    use talaria_common::maps::mtu_stat;
     let mut n = node();
     n.set_uplink_mtu(1500).unwrap();
     assert_eq!(n.uplink_mtu().unwrap(), 1500);
@@ -727,7 +1053,7 @@ fn too_big_with_df_is_answered_with_icmp_frag_needed() {
 #[test]
 fn gso_packet_whose_segments_do_not_fit_gets_frag_needed() {
     require!(LOADS_BPF);
-    use talaria_node::abi::mtu_stat;
+    use talaria_common::maps::mtu_stat;
     let mut n = node();
     n.set_uplink_mtu(1500).unwrap();
     let t = Tuple::tcp(CLIENT, 40012, VIP, 80);
@@ -755,7 +1081,7 @@ fn gso_packet_whose_segments_do_not_fit_gets_frag_needed() {
 #[test]
 fn too_big_backend_reply_gets_frag_needed_before_reverse_nat() {
     require!(LOADS_BPF);
-    use talaria_node::abi::mtu_stat;
+    use talaria_common::maps::mtu_stat;
     let mut n = node();
     n.set_uplink_mtu(1500).unwrap();
     let request = Tuple::tcp(REMOTE_CLIENT, 40000, BACKEND, 8080);

@@ -64,6 +64,13 @@ pub struct BenchArgs {
     /// Pool changes of the consistency experiment.
     #[arg(long, default_value_t = 100)]
     pub changes: u32,
+    /// Load kinds of the sweeps (default: http-short,http-long).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub protos: Vec<Proto>,
+    /// Run everything on each of these switches in turn and compare them
+    /// in the summary (default: the global --switch alone).
+    #[arg(long, value_delimiter = ',', value_parser = ["switch-agent", "bmv2"])]
+    pub switches: Vec<String>,
 }
 
 /// One measured point.
@@ -132,14 +139,6 @@ pub struct ConsistencyRow {
     pub note: String,
 }
 
-/// What forwards between nodes, for the record: every mode runs on the same
-/// switch (talaria mode adds its Service tables).
-fn switch_name() -> String {
-    SwitchKind::from_env()
-        .map(|s| s.name().to_string())
-        .unwrap_or_else(|e| format!("{e:#}"))
-}
-
 /// Measures one point on a running lab.
 pub async fn measure(
     lab: &mut Lab,
@@ -187,7 +186,7 @@ pub async fn measure(
     Ok(Row {
         experiment: "single".into(),
         mode: mode.name().into(),
-        switch: switch_name(),
+        switch: lab.switch.name().into(),
         proto: r.proto.clone(),
         services: set.services.len() as u32,
         concurrency,
@@ -208,20 +207,21 @@ pub async fn measure(
     })
 }
 
-/// Brings a lab up in a mode (servers started, rules/components applied).
-pub async fn lab_for(t: Topology, mode: Mode) -> Result<(Lab, ServiceSet)> {
+/// Brings a lab up in a mode on a switch (servers started, rules and
+/// components applied).
+pub async fn lab_for(t: Topology, mode: Mode, switch: &SwitchKind) -> Result<(Lab, ServiceSet)> {
     talaria_preflight::ensure(mode.needs())
         .with_context(|| format!("{} mode cannot run", mode.name()))?;
     if let Some(why) = ipvs_unavailable().filter(|_| mode == Mode::Ipvs) {
         bail!("{why}");
     }
     if mode == Mode::Talaria {
-        let missing = components::talaria_missing();
+        let missing = components::talaria_missing(switch);
         if !missing.is_empty() {
             bail!("talaria mode needs: {}", missing.join("; "));
         }
     }
-    let mut lab = Lab::create(t, mode.name())?;
+    let mut lab = Lab::create(t, mode.name(), switch.clone())?;
     lab.start_servers()?;
     let set = ServiceSet::from_topology(&lab.topo);
     // On an error the lab's Drop tears it down.
@@ -238,11 +238,12 @@ pub async fn lab_for(t: Topology, mode: Mode) -> Result<(Lab, ServiceSet)> {
 pub async fn single_run(
     t: Topology,
     mode: Mode,
+    switch: &SwitchKind,
     proto: Proto,
     concurrency: u32,
     duration: Duration,
 ) -> Result<Row> {
-    let (mut lab, set) = lab_for(t, mode).await?;
+    let (mut lab, set) = lab_for(t, mode, switch).await?;
     let r = measure(&mut lab, mode, &set, proto, concurrency, duration).await;
     let problems = lab.down();
     anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
@@ -273,22 +274,30 @@ fn chrono_now() -> String {
     format!("{:02}:{:02}:{:02}", (s / 3600) % 24, (s / 60) % 60, s % 60)
 }
 
+/// What one sweep measures.
+struct Plan<'a> {
+    services: &'a [u32],
+    conc: &'a [u32],
+    protos: &'a [Proto],
+    secs: u64,
+}
+
 /// Runs the throughput/latency/CPU sweeps for one mode on a fresh lab.
 async fn sweep_mode(
     a: &BenchArgs,
     mode: Mode,
-    services: &[u32],
-    conc: &[u32],
-    secs: u64,
+    switch: &SwitchKind,
+    p: &Plan<'_>,
     rows: &mut Vec<Row>,
 ) -> Result<()> {
+    let (services, conc, secs) = (p.services, p.conc, p.secs);
     // Start with the plan's first count; later points reprogram.
     let first = services.first().copied().unwrap_or(a.sweep_services);
     let t = Topology {
         services: first.max(1),
         ..Topology::embedded_default()
     };
-    let (mut lab, _) = lab_for(t.clone(), mode).await?;
+    let (mut lab, _) = lab_for(t.clone(), mode, switch).await?;
     let dur = Duration::from_secs(secs);
     let result = async {
         let mut plan: Vec<(&str, u32, u32)> = services.iter().map(|&s| ("services", s, a.sweep_concurrency)).collect();
@@ -303,27 +312,28 @@ async fn sweep_mode(
                     Err(e) => {
                         let note = format!("{svc} Services could not be programmed: {e:#}");
                         progress(&format!("{}: {note}", mode.name()));
-                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_name(), services: svc, concurrency: c, note, ..Default::default() });
+                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch.name().into(), services: svc, concurrency: c, note, ..Default::default() });
                         current = None;
                         continue;
                     }
                 }
                 current = Some(svc);
             }
-            for proto in [Proto::HttpShort, Proto::HttpLong] {
+            for &proto in p.protos {
                 let mut row = match measure(&mut lab, mode, &set, proto, c, dur).await {
                     Ok(r) => r,
                     Err(e) => {
                         let note = format!("measurement failed: {e:#}");
                         progress(&format!("{}: {note}", mode.name()));
-                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch_name(), services: svc, concurrency: c, note, ..Default::default() });
+                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch.name().into(), services: svc, concurrency: c, note, ..Default::default() });
                         continue;
                     }
                 };
                 row.experiment = exp.into();
                 row.rule_apply_s = apply;
                 progress(&format!(
-                    "{:<8} {:<10} svc={:<5} c={:<3} {:>9.0} req/s  p99 {:>7.0} µs  cpu/req {:>6.1} µs  errors {}",
+                    "{:<12} {:<8} {:<10} svc={:<5} c={:<3} {:>9.0} req/s  p99 {:>7.0} µs  cpu/req {:>6.1} µs  errors {}",
+                    switch.name(),
                     mode.name(),
                     row.proto,
                     svc,
@@ -347,6 +357,7 @@ async fn sweep_mode(
 /// The consistency experiment for one variant.
 pub async fn consistency(
     variant: &str,
+    switch: &SwitchKind,
     connections: u32,
     changes: u32,
     quick: bool,
@@ -363,7 +374,7 @@ pub async fn consistency(
         endpoints_per_service: 4,
         ..Topology::embedded_default()
     };
-    let (mut lab, mut set) = lab_for(t.clone(), mode).await?;
+    let (mut lab, mut set) = lab_for(t.clone(), mode, switch).await?;
     if variant == "talaria-hash-only" {
         demo::set_hash_only(&mut lab, true).await?;
     }
@@ -410,7 +421,7 @@ pub async fn consistency(
         let r = modes::wait_load(&mut lab, started).await?;
         Ok::<_, anyhow::Error>(ConsistencyRow {
             variant: variant.into(),
-            switch: switch_name(),
+            switch: switch.name().into(),
             connections: r.connections,
             changes: applied,
             broken: r.broken,
@@ -475,9 +486,18 @@ fn csv<T: Serialize>(rows: &[T]) -> String {
     out
 }
 
-/// `talaria-lab bench`.
-pub async fn run(a: BenchArgs) -> Result<()> {
+/// `talaria-lab bench` on `--switches`, or on `switch` when none are given
+/// (`bmv2_dir`: a prebuilt bmv2 pipeline).
+pub async fn run(a: BenchArgs, switch: SwitchKind, bmv2_dir: Option<PathBuf>) -> Result<()> {
     let started = Instant::now();
+    let switches: Vec<SwitchKind> = if a.switches.is_empty() {
+        vec![switch]
+    } else {
+        a.switches
+            .iter()
+            .map(|n| SwitchKind::parse(n, bmv2_dir.clone()))
+            .collect::<Result<_>>()?
+    };
     let load_at_start = loadavg();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let modes_list = if a.modes.is_empty() {
@@ -503,40 +523,59 @@ pub async fn run(a: BenchArgs) -> Result<()> {
     } else {
         vec![1, 10, 50, 100]
     };
+    let protos = if a.protos.is_empty() {
+        vec![Proto::HttpShort, Proto::HttpLong]
+    } else {
+        a.protos.clone()
+    };
+    if protos.contains(&Proto::Hold) {
+        bail!("--protos: hold is the consistency experiment's load, not a sweep's");
+    }
     let secs = a.seconds.unwrap_or(if a.quick { 2 } else { 10 });
+    let plan = Plan {
+        services: &services,
+        conc: &conc,
+        protos: &protos,
+        secs,
+    };
     let connections = a.connections.unwrap_or(if a.quick { 20 } else { 100 });
     std::fs::create_dir_all(&a.out)?;
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    for &mode in modes_list.iter().filter(|_| !a.consistency_only) {
-        progress(&format!("mode {}: fresh lab", mode.name()));
-        if let Err(e) = sweep_mode(&a, mode, &services, &conc, secs, &mut rows).await {
-            let msg = format!("{}: not measured: {e:#}", mode.name());
-            progress(&msg);
-            notes.push(msg);
+    for switch in &switches {
+        for &mode in modes_list.iter().filter(|_| !a.consistency_only) {
+            let what = format!("{} on {}", mode.name(), switch.name());
+            progress(&format!("{what}: fresh lab"));
+            if let Err(e) = sweep_mode(&a, mode, switch, &plan, &mut rows).await {
+                let msg = format!("{what}: not measured: {e:#}");
+                progress(&msg);
+                notes.push(msg);
+            }
         }
     }
     let mut cons = Vec::new();
-    if !a.no_consistency {
+    for switch in switches.iter().filter(|_| !a.no_consistency) {
         for v in ["talaria", "talaria-hash-only", "iptables"] {
+            let what = format!("consistency {v} on {}", switch.name());
             progress(&format!(
-                "consistency {v}: {connections} connections, {} pool changes",
+                "{what}: {connections} connections, {} pool changes",
                 a.changes
             ));
-            match consistency(v, connections, a.changes, a.quick).await {
+            match consistency(v, switch, connections, a.changes, a.quick).await {
                 Ok(r) => {
                     progress(&format!(
-                        "consistency {v}: {} of {} connections broken ({} moved)",
+                        "{what}: {} of {} connections broken ({} moved)",
                         r.broken, r.connections, r.moved
                     ));
                     cons.push(r)
                 }
                 Err(e) => {
-                    let msg = format!("consistency {v}: not measured: {e:#}");
+                    let msg = format!("{what}: not measured: {e:#}");
                     progress(&msg);
                     notes.push(msg);
                     cons.push(ConsistencyRow {
                         variant: v.into(),
+                        switch: switch.name().into(),
                         note: format!("{e:#}"),
                         ..Default::default()
                     });
@@ -576,15 +615,84 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn find<'a>(rows: &'a [Row], exp: &str, mode: &str, proto: &str, svc: u32) -> Option<&'a Row> {
+fn find<'a>(
+    rows: &'a [Row],
+    exp: &str,
+    mode: &str,
+    switch: &str,
+    proto: &str,
+    svc: u32,
+) -> Option<&'a Row> {
     // A point where every request failed counts as not measured.
     rows.iter().find(|r| {
         r.experiment == exp
             && r.mode == mode
+            && r.switch == switch
             && r.proto == proto
             && r.services == svc
             && r.requests > 0
     })
+}
+
+/// The switches of a run, in the order they ran.
+fn switches_of(rows: &[Row], cons: &[ConsistencyRow]) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for name in rows
+        .iter()
+        .map(|r| &r.switch)
+        .chain(cons.iter().map(|c| &c.switch))
+    {
+        if !name.is_empty() && !v.contains(name) {
+            v.push(name.clone());
+        }
+    }
+    v
+}
+
+/// The first switch's points next to each other switch's at the same mode,
+/// load, Services and concurrency, with the ratios (both measured in the
+/// same run).
+fn side_by_side(s: &mut String, rows: &[Row], switches: &[String]) {
+    let Some((first, others)) = switches.split_first() else {
+        return;
+    };
+    for other in others {
+        writeln!(s, "## {first} and {other} side by side\n").unwrap();
+        writeln!(
+            s,
+            "| mode | conn | Services | concurrency | req/s {first} | req/s {other} | req/s {first} ÷ {other} | p50 µs {first} | p50 µs {other} | p99 µs {first} | p99 µs {other} | p50 {other} ÷ {first} | CPU µs/req {first} | CPU µs/req {other} | errors {first} / {other} |"
+        )
+        .unwrap();
+        writeln!(
+            s,
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        )
+        .unwrap();
+        let mut seen = Vec::new();
+        for a in rows.iter().filter(|r| &r.switch == first && r.requests > 0) {
+            let key = (&a.mode, &a.proto, a.services, a.concurrency);
+            if seen.contains(&key) {
+                continue;
+            }
+            let Some(b) = rows.iter().find(|b| {
+                &b.switch == other
+                    && (&b.mode, &b.proto, b.services, b.concurrency) == key
+                    && b.requests > 0
+            }) else {
+                continue;
+            };
+            seen.push(key);
+            writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} / {} |",
+                a.mode, a.proto, a.services, a.concurrency, a.rps, b.rps, a.rps / b.rps,
+                a.p50_us, b.p50_us, a.p99_us, b.p99_us, b.p50_us / a.p50_us,
+                a.cpu_us_per_req, b.cpu_us_per_req, a.errors, b.errors
+            )
+            .unwrap();
+        }
+        writeln!(s).unwrap();
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -634,6 +742,8 @@ fn summary(
         }
         writeln!(s).unwrap();
     }
+    let switches = switches_of(rows, cons);
+    side_by_side(&mut s, rows, &switches);
     for (exp, title) in [
         ("services", "Throughput and latency against Services"),
         ("concurrency", "Throughput and latency against concurrency"),
@@ -674,12 +784,15 @@ fn summary(
         .map(|r| r.services)
         .max()
         .unwrap_or(0);
-    for proto in ["HttpShort", "HttpLong"] {
-        let g = |m| find(rows, "services", m, proto, big);
+    for (switch, proto) in switches
+        .iter()
+        .flat_map(|sw| ["HttpShort", "HttpLong"].map(|p| (sw, p)))
+    {
+        let g = |m| find(rows, "services", m, switch, proto, big);
         match (g("talaria"), g("iptables"), g("direct")) {
             (Some(t), Some(i), Some(d)) => writeln!(
                 s,
-                "- {proto} at {big} Services: talaria/iptables = {:.2} (target >= 1.5), talaria/direct = {:.2} (target >= 0.85), CPU/req talaria vs iptables {:+.0}% (target <= -40%)",
+                "- {switch}, {proto} at {big} Services: talaria/iptables = {:.2} (target >= 1.5), talaria/direct = {:.2} (target >= 0.85), CPU/req talaria vs iptables {:+.0}% (target <= -40%)",
                 t.rps / i.rps,
                 t.rps / d.rps,
                 (t.cpu_us_per_req / i.cpu_us_per_req - 1.0) * 100.0
@@ -687,26 +800,28 @@ fn summary(
             .unwrap(),
             (None, Some(i), Some(d)) => writeln!(
                 s,
-                "- {proto} at {big} Services: talaria not measured; iptables/direct = {:.2}, CPU/req iptables vs direct {:+.0}%",
+                "- {switch}, {proto} at {big} Services: talaria not measured; iptables/direct = {:.2}, CPU/req iptables vs direct {:+.0}%",
                 i.rps / d.rps,
                 (i.cpu_us_per_req / d.cpu_us_per_req - 1.0) * 100.0
             )
             .unwrap(),
-            _ => writeln!(s, "- {proto} at {big} Services: not enough modes measured to compare").unwrap(),
+            _ => writeln!(s, "- {switch}, {proto} at {big} Services: not enough modes measured to compare").unwrap(),
         }
     }
-    let broken = |v: &str| {
-        cons.iter()
-            .find(|c| c.variant == v && c.connections > 0)
-            .map(|c| c.broken)
-    };
-    match (broken("talaria"), broken("talaria-hash-only")) {
-        (Some(t), Some(h)) => writeln!(
-            s,
-            "- Consistency: talaria {t} broken (target 0), hash-only {h} broken (target > 0, measured)"
-        )
-        .unwrap(),
-        _ => writeln!(s, "- Consistency: not measured for both talaria variants").unwrap(),
+    for switch in &switches {
+        let broken = |v: &str| {
+            cons.iter()
+                .find(|c| c.variant == v && &c.switch == switch && c.connections > 0)
+                .map(|c| c.broken)
+        };
+        match (broken("talaria"), broken("talaria-hash-only")) {
+            (Some(t), Some(h)) => writeln!(
+                s,
+                "- Consistency on {switch}: talaria {t} broken (target 0), hash-only {h} broken (target > 0, measured)"
+            )
+            .unwrap(),
+            _ => writeln!(s, "- Consistency on {switch}: not measured for both talaria variants").unwrap(),
+        }
     }
     writeln!(s).unwrap();
     if !plots.is_empty() {
@@ -721,6 +836,45 @@ fn summary(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn switches_side_by_side_with_ratios() {
+        let row = |switch: &str, rps, p50_us| Row {
+            experiment: "concurrency".into(),
+            mode: "talaria".into(),
+            switch: switch.into(),
+            proto: "HttpShort".into(),
+            services: 100,
+            concurrency: 10,
+            requests: 100,
+            rps,
+            p50_us,
+            p99_us: p50_us * 2.0,
+            ..Default::default()
+        };
+        let mut rows = vec![
+            row("switch-agent", 15000.0, 500.0),
+            row("bmv2", 600.0, 6000.0),
+        ];
+        // A point one switch did not measure has no pair.
+        rows.push(Row {
+            concurrency: 1,
+            ..row("switch-agent", 9000.0, 100.0)
+        });
+        let switches = switches_of(&rows, &[]);
+        assert_eq!(switches, ["switch-agent", "bmv2"]);
+        let mut s = String::new();
+        side_by_side(&mut s, &rows, &switches);
+        assert!(
+            s.starts_with("## switch-agent and bmv2 side by side"),
+            "{s}"
+        );
+        let lines: Vec<&str> = s.lines().filter(|l| l.starts_with("| talaria")).collect();
+        assert_eq!(
+            lines,
+            ["| talaria | HttpShort | 100 | 10 | 15000 | 600 | 25.0 | 500 | 6000 | 1000 | 12000 | 12.0 | 0.0 | 0.0 | 0 / 0 |"]
+        );
+    }
 
     #[test]
     fn csv_has_header_and_rows() {

@@ -4,6 +4,7 @@
 //! Binaries are looked up in `$TALARIA_BIN_DIR`, next to the running
 //! `talaria-lab` (the same cargo target dir), then on `PATH`.
 
+use crate::switch::SwitchKind;
 use std::path::PathBuf;
 
 /// A component binary.
@@ -92,19 +93,22 @@ impl Component {
     }
 }
 
-/// What is missing for talaria mode, one line per component.
-pub fn talaria_missing() -> Vec<String> {
-    missing(&Component::ALL)
+/// What is missing for talaria mode on `switch`, one line per component.
+pub fn talaria_missing(switch: &SwitchKind) -> Vec<String> {
+    let mut v = fabric_missing(switch);
+    v.extend(missing(&[Component::NodeAgent]));
+    v
 }
 
-/// What is missing for the lab switch every mode forwards through
-/// (switch-agent, with the controller writing its routes).
-pub fn fabric_missing() -> Vec<String> {
-    missing(&[
-        Component::SwitchAgent,
-        Component::Controller,
-        Component::Talariactl,
-    ])
+/// What is missing for the lab switch every mode forwards through (the
+/// controller writing its routes, and switch-agent unless the switch is
+/// bmv2).
+pub fn fabric_missing(switch: &SwitchKind) -> Vec<String> {
+    let mut c = vec![Component::Controller, Component::Talariactl];
+    if *switch == SwitchKind::SwitchAgent {
+        c.insert(0, Component::SwitchAgent);
+    }
+    missing(&c)
 }
 
 fn missing(components: &[Component]) -> Vec<String> {

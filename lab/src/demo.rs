@@ -6,12 +6,13 @@ use crate::manifests::ServiceSet;
 use crate::modes::Mode;
 use crate::netns::in_ns;
 use crate::netns::Lab;
-use crate::switch::SwitchKind;
+use crate::switch::{repo_file, Bmv2, SwitchKind, DEVICE_ID};
 use crate::topology::Topology;
 use crate::traffic::Proto;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use talaria_preflight::Outcome;
 
 /// P4 port of switch port `p<n>` (port 0 is avoided: bmv2 and many targets
 /// reserve it).
@@ -25,21 +26,10 @@ pub const CONTROLLER_REST: &str = "127.0.0.1:9080";
 pub const P4RT_ADDR: &str = "127.0.0.1:9559";
 
 fn find_p4info() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("TALARIA_P4INFO") {
-        return Ok(PathBuf::from(p));
+    match std::env::var_os("TALARIA_P4INFO") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => repo_file("p4/talaria.p4info.txtpb").context("set TALARIA_P4INFO"),
     }
-    // From the repository or any directory below it (tests run in `lab/`),
-    // or from a binary inside the repository's target directory.
-    let cwd = std::env::current_dir()?;
-    let mut roots: Vec<PathBuf> = cwd.ancestors().map(Path::to_path_buf).collect();
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().map(Path::to_path_buf));
-    }
-    roots
-        .into_iter()
-        .map(|r| r.join("p4/talaria.p4info.txtpb"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("p4/talaria.p4info.txtpb not found (set TALARIA_P4INFO)"))
 }
 
 /// Whether `pid`'s network namespace has a TCP listener on `port`.
@@ -85,12 +75,13 @@ fn tail_log(lab: &Lab, what: &str) -> String {
 }
 
 /// The controller's configuration for a lab: fabric routes and the switch
-/// tunnel address (everything not from Kubernetes objects).
+/// tunnel address (everything not from Kubernetes objects), and for bmv2
+/// the JSON it pushes as the device config.
 pub fn controller_config(
     t: &Topology,
     names: &crate::topology::Names,
-    manifests: &std::path::Path,
-    switch: &SwitchKind,
+    manifests: &Path,
+    device_config: Option<&Path>,
 ) -> String {
     let sc = crate::manifests::switch_config(t, names);
     let routes: Vec<serde_json::Value> = sc
@@ -100,12 +91,12 @@ pub fn controller_config(
         .collect();
     let mut v = serde_json::json!({
         "source": {"kind": "files", "dir": manifests, "poll_ms": 200},
-        "switches": [{"id": "sw", "address": format!("http://{P4RT_ADDR}"), "device_id": 1}],
+        "switches": [{"id": "sw", "address": format!("http://{P4RT_ADDR}"), "device_id": DEVICE_ID}],
         "fabric": {"switch_addrs": [t.switch_addr.to_string()], "routes": routes},
         "listen": CONTROLLER_REST,
     });
-    if let SwitchKind::Bmv2(b) = switch {
-        v["device_config"] = serde_json::json!(b.json);
+    if let Some(json) = device_config {
+        v["device_config"] = serde_json::json!(json);
     }
     serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
 }
@@ -224,33 +215,30 @@ async fn start_node_agents(lab: &mut Lab) -> Result<()> {
     Ok(())
 }
 
-/// Starts switch-agent and the controller on a lab's switch, and waits until
-/// the fabric routes are in the switch. Every mode forwards through
-/// switch-agent, so modes differ only in where Services are load-balanced;
-/// `services` false points the controller at an empty manifests directory
-/// (routes only, for the kube-proxy baselines and `direct`).
+/// Starts the lab's switch ([`Lab::switch`]: switch-agent or bmv2) and the
+/// controller, and waits until the fabric routes are in the switch. Every
+/// mode forwards through that switch, so modes differ only in where
+/// Services are load-balanced; `services` false points the controller at
+/// an empty manifests directory (routes only, for the kube-proxy baselines
+/// and `direct`).
 pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
-    let missing = fabric_missing();
+    let missing = fabric_missing(&lab.switch);
     if !missing.is_empty() {
         bail!("the lab switch cannot start: {}", missing.join("; "));
     }
-    let switch = SwitchKind::from_env()?;
     let ctl_bin = Component::Controller
         .usable()
         .map_err(|e| anyhow::anyhow!(e))?;
-    let p4info = match &switch {
-        SwitchKind::SwitchAgent => find_p4info()?,
-        SwitchKind::Bmv2(b) => b.p4info.clone(),
-    };
     let t = lab.topo.clone();
     let sw = lab.names.switch();
-    let pins = pin_root(lab);
-    lab.record_pin(pins.clone())?;
-    std::fs::create_dir_all(&pins)?;
     let ports: Vec<(u16, String)> = (0..t.nodes)
         .map(|n| (p4_port(n), crate::topology::switch_port_dev(n)))
         .collect();
-    let (what, argv) = match &switch {
+    // switch-agent's pins and, in talaria mode, the node agents'.
+    let pins = pin_root(lab);
+    lab.record_pin(pins.clone())?;
+    std::fs::create_dir_all(&pins)?;
+    let (p4info, device_config, pid) = match lab.switch.clone() {
         SwitchKind::SwitchAgent => {
             let bin = Component::SwitchAgent
                 .usable()
@@ -272,17 +260,20 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
                 argv.push("-i".into());
                 argv.push(format!("{port}@{dev}"));
             }
-            ("switch-agent", argv)
+            let pid = lab.spawn(&sw, "switch-agent", &argv)?;
+            (find_p4info()?, None, pid)
         }
-        SwitchKind::Bmv2(b) => {
-            // bmv2 reads and writes frames through packet sockets and
-            // computes no offloaded checksum: every veth must hand it
-            // finished packets.
+        SwitchKind::Bmv2 { build_dir } => {
+            let dir = lab.run_dir.join("bmv2");
+            let b = Bmv2::prepare(build_dir.as_deref(), &dir)?;
             lab.disable_offloads()?;
-            ("bmv2", b.argv(&ports, P4RT_ADDR))
+            let argv = b.argv(&ports, P4RT_ADDR, &dir.join("notifications.ipc"));
+            let pid = lab.spawn_with_env(&sw, "bmv2", &argv, &b.env)?;
+            lab.silence_switch_stack()?;
+            (b.build.p4info, Some(b.build.json), pid)
         }
     };
-    let pid = lab.spawn(&sw, what, &argv)?;
+    let what = lab.switch.name();
     wait_listening(lab, pid, 9559, what, Duration::from_secs(20)).await?;
     let manifests = if services {
         lab.run_dir.join("manifests")
@@ -292,7 +283,10 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
         empty
     };
     let cfg = lab.run_dir.join("controller.yaml");
-    std::fs::write(&cfg, controller_config(&t, &lab.names, &manifests, &switch))?;
+    std::fs::write(
+        &cfg,
+        controller_config(&t, &lab.names, &manifests, device_config.as_deref()),
+    )?;
     let argv: Vec<String> = vec![
         ctl_bin.to_string_lossy().into_owned(),
         "--config".into(),
@@ -310,15 +304,15 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
     )
     .await?;
     wait_synced(lab, Duration::from_secs(30)).await?;
-    // From here on only switch-agent forwards: a packet its pipeline does
-    // not handle must be lost, not quietly routed by Linux.
+    // From here on only the switch forwards: a packet its pipeline does not
+    // handle must be lost, not quietly routed by Linux.
     in_ns(&sw, &["sysctl", "-qw", "net.ipv4.ip_forward=0"], None)?;
     Ok(())
 }
 
-/// Starts switch-agent, the controller and the node agents on a lab.
+/// Starts the switch, the controller and the node agents on a lab.
 pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
-    let missing = talaria_missing();
+    let missing = talaria_missing(&lab.switch);
     if !missing.is_empty() {
         bail!("talaria mode cannot start: {}", missing.join("; "));
     }
@@ -434,25 +428,46 @@ fn table(rows: &[(String, Row)]) {
     println!();
 }
 
-/// The demo: default topology in talaria mode, HTTP and UDP echo from a pod
-/// to ClusterIPs, a results table, teardown (or `keep`).
+/// The demo: a topology in talaria mode on `switch`, HTTP and UDP echo
+/// from a pod to ClusterIPs, a results table, teardown (or `keep`).
+/// Returns the table's rows.
 ///
 /// While the talaria components are not usable it still builds the
 /// topology and proves it with pod-to-pod traffic across the switch, then
 /// fails naming what is missing; it never prints ClusterIP results it did
 /// not measure.
-pub async fn run(t: Topology, keep: bool, per_test: Duration) -> Result<()> {
+pub async fn run(
+    t: Topology,
+    keep: bool,
+    per_test: Duration,
+    switch: SwitchKind,
+) -> Result<Vec<(String, Row)>> {
     let n = 5;
     println!(
-        "talaria demo: 1 switch, {} nodes, {} pods per node, {} Services",
-        t.nodes, t.pods_per_node, t.services
+        "talaria demo: 1 switch ({}), {} nodes, {} pods per node, {} Services",
+        switch.name(),
+        t.nodes,
+        t.pods_per_node,
+        t.services
     );
     step(1, n, "checking talaria components");
-    let missing = talaria_missing();
+    let mut missing = talaria_missing(&switch);
     for c in Component::ALL {
+        if c == Component::SwitchAgent && switch != SwitchKind::SwitchAgent {
+            continue;
+        }
         match c.usable() {
-            Ok(p) => println!("      {:<20} {}", c.binary(), p.display()),
-            Err(e) => println!("      {:<20} MISSING: {e}", c.binary()),
+            Ok(p) => println!("      {:<26} {}", c.binary(), p.display()),
+            Err(e) => println!("      {:<26} MISSING: {e}", c.binary()),
+        }
+    }
+    for need in switch.needs() {
+        match talaria_preflight::check(need) {
+            Outcome::Unmet(u) => {
+                println!("      {:<26} MISSING: {u}", need.to_string());
+                missing.push(u.to_string());
+            }
+            found => println!("      {:<26} {}", need.to_string(), outcome_detail(&found)),
         }
     }
     step(
@@ -460,7 +475,7 @@ pub async fn run(t: Topology, keep: bool, per_test: Duration) -> Result<()> {
         n,
         "building the topology (network namespaces, veths, routes, static neighbours)",
     );
-    let mut lab = Lab::create(t.clone(), "talaria")?;
+    let mut lab = Lab::create(t.clone(), "talaria", switch.clone())?;
     println!(
         "      lab {}: {} namespaces, manifests in {}",
         lab.prefix(),
@@ -472,7 +487,11 @@ pub async fn run(t: Topology, keep: bool, per_test: Duration) -> Result<()> {
     let set = ServiceSet::from_topology(&t);
     let mut rows: Vec<(String, Row)> = Vec::new();
     let mut talaria_up = false;
-    step(4, n, "starting switch-agent, controller and node agents");
+    step(
+        4,
+        n,
+        &format!("starting {}, controller and node agents", switch.name()),
+    );
     if missing.is_empty() {
         match start_talaria(&mut lab).await {
             Ok(()) => talaria_up = true,
@@ -544,7 +563,14 @@ pub async fn run(t: Topology, keep: bool, per_test: Duration) -> Result<()> {
             if missing.is_empty() { "components failed to start".to_string() } else { missing.join("; ") }
         );
     }
-    Ok(())
+    Ok(rows)
+}
+
+fn outcome_detail(o: &Outcome) -> &str {
+    match o {
+        Outcome::Met(d) | Outcome::Fixed(d) => d,
+        Outcome::Unmet(u) => &u.problem,
+    }
 }
 
 fn backends_note(_lab: &Lab, r: &Row) -> String {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use talaria_lab::manifests::{self, ServiceSet};
 use talaria_lab::modes::Mode;
 use talaria_lab::netns::{self, State};
-use talaria_lab::switch::{BMV2_DIR_ENV, SWITCH_ENV};
+use talaria_lab::switch::{SwitchKind, BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
 use talaria_lab::traffic::{self, LoadSpec, Proto};
 use talaria_lab::{bench, components, demo, doctor, rules};
@@ -21,11 +21,12 @@ use talaria_lab::{bench, components, demo, doctor, rules};
 )]
 struct Cli {
     /// What runs on the switch ports: talaria's switch-agent, or bmv2's
-    /// simple_switch_grpc with the p4c build in --bmv2-dir.
+    /// simple_switch_grpc (the lab compiles p4/talaria.p4 with the p4c it
+    /// finds, unless --bmv2-dir names a build).
     #[arg(long, global = true, env = SWITCH_ENV, default_value = "switch-agent", value_parser = ["switch-agent", "bmv2"])]
     switch: String,
-    /// p4c's output for p4/talaria.p4 (talaria.json, talaria.p4info.txtpb),
-    /// for `--switch bmv2`.
+    /// Your own p4c output for p4/talaria.p4 (talaria.json,
+    /// talaria.p4info.txtpb), for `--switch bmv2`, instead of the lab's.
     #[arg(long, global = true, env = BMV2_DIR_ENV)]
     bmv2_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -179,13 +180,7 @@ fn load_topology(p: &Option<PathBuf>) -> Result<Topology> {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    // The library reads the switch choice from the environment, so that
-    // every lab this process (and its tests) builds agrees; set it before
-    // any thread starts.
-    std::env::set_var(SWITCH_ENV, &cli.switch);
-    if let Some(d) = &cli.bmv2_dir {
-        std::env::set_var(BMV2_DIR_ENV, d);
-    }
+    let switch = SwitchKind::parse(&cli.switch, cli.bmv2_dir.clone())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -297,9 +292,10 @@ fn main() -> Result<()> {
             for f in files {
                 match State::load(&f) {
                     Ok(s) => println!(
-                        "{}  mode={}  netns={}  processes={}  owner pid {}",
+                        "{}  mode={}  switch={}  netns={}  processes={}  owner pid {}",
                         s.prefix,
                         s.mode,
+                        s.switch,
                         s.netns.len(),
                         s.procs.len(),
                         s.owner_pid
@@ -341,9 +337,14 @@ fn main() -> Result<()> {
         Cmd::Up { topology, mode } => {
             let t = load_topology(&topology)?;
             rt.block_on(async {
-                let (mut lab, _) = bench::lab_for(t, mode).await?;
+                let (mut lab, _) = bench::lab_for(t, mode, &switch).await?;
                 lab.keep();
-                println!("lab {} is up in {} mode", lab.prefix(), mode.name());
+                println!(
+                    "lab {} is up in {} mode on {}",
+                    lab.prefix(),
+                    mode.name(),
+                    switch.name()
+                );
                 println!("  manifests and configs: {}", lab.run_dir.display());
                 println!(
                     "  a pod shell:           ip netns exec {} bash",
@@ -366,9 +367,8 @@ fn main() -> Result<()> {
                 t.services = s;
             }
             rt.block_on(async {
-                let r =
-                    bench::single_run(t, mode, proto, concurrency, Duration::from_secs(seconds))
-                        .await?;
+                let d = Duration::from_secs(seconds);
+                let r = bench::single_run(t, mode, &switch, proto, concurrency, d).await?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 Ok(())
             })
@@ -379,12 +379,14 @@ fn main() -> Result<()> {
             seconds,
         } => {
             let t = load_topology(&topology)?;
-            rt.block_on(demo::run(t, keep, Duration::from_secs(seconds)))
+            let d = Duration::from_secs(seconds);
+            rt.block_on(demo::run(t, keep, d, switch.clone()))
+                .map(|_| ())
         }
-        Cmd::Bench(args) => rt.block_on(bench::run(args)),
+        Cmd::Bench(args) => rt.block_on(bench::run(args, switch.clone(), cli.bmv2_dir)),
     }
     .map_err(|e| {
-        let missing = components::talaria_missing();
+        let missing = components::talaria_missing(&switch);
         if !missing.is_empty() && format!("{e:#}").contains("talaria") {
             eprintln!("talaria components missing: {}", missing.join("; "));
         }

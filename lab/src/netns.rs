@@ -10,6 +10,7 @@
 
 use crate::cpu::process_start_time;
 use crate::manifests::{self, ServiceSet};
+use crate::switch::SwitchKind;
 use crate::topology::{
     node_pod_dev, switch_port_dev, Names, Topology, NODE_UPLINK_DEV, POD_DEV, POD_GATEWAY,
 };
@@ -64,6 +65,9 @@ pub struct State {
     pub prefix: String,
     /// Mode the lab was brought up in.
     pub mode: String,
+    /// The switch it forwards through (`switch-agent`, `bmv2`).
+    #[serde(default)]
+    pub switch: String,
     /// Creator PID.
     pub owner_pid: u32,
     /// Network namespaces, recorded before creation.
@@ -241,6 +245,8 @@ pub struct Lab {
     pub names: Names,
     /// Manifests, configs, logs, ready files.
     pub run_dir: PathBuf,
+    /// What runs on the switch ports.
+    pub switch: SwitchKind,
     state: State,
     children: Vec<Child>,
     keep: bool,
@@ -249,9 +255,13 @@ pub struct Lab {
 impl Lab {
     /// Records and creates a lab's namespaces, links, addresses, routes and
     /// neighbours (Linux forwarding in the switch netns), and writes its
-    /// manifests and configs into the run dir.
-    pub fn create(topo: Topology, mode: &str) -> Result<Self> {
-        talaria_preflight::ensure(&LAB_NEEDS).context("talaria-lab cannot build a lab")?;
+    /// manifests and configs into the run dir. `switch` is what
+    /// [`crate::demo::start_switch`] will run on the switch ports.
+    pub fn create(topo: Topology, mode: &str, switch: SwitchKind) -> Result<Self> {
+        let mut needs = LAB_NEEDS.to_vec();
+        needs.extend(switch.needs());
+        talaria_preflight::ensure(&needs)
+            .with_context(|| format!("talaria-lab cannot build a lab on {}", switch.name()))?;
         topo.validate()?;
         let prefix = fresh_prefix();
         let names = Names {
@@ -261,6 +271,7 @@ impl Lab {
         let state = State {
             prefix,
             mode: mode.into(),
+            switch: switch.name().into(),
             owner_pid: std::process::id(),
             dirs: vec![run_dir.clone()],
             ..Default::default()
@@ -270,6 +281,7 @@ impl Lab {
             topo,
             names,
             run_dir,
+            switch,
             state,
             children: Vec::new(),
             keep: false,
@@ -447,7 +459,9 @@ impl Lab {
     }
 
     /// Turns checksum and segmentation offloads off on every veth of the
-    /// lab, for a switch that handles raw frames (bmv2).
+    /// lab, for a switch that reads and writes raw frames through libpcap
+    /// (bmv2): a frame it forwards must carry finished checksums and be no
+    /// larger than the MTU, since nothing after it completes either.
     pub fn disable_offloads(&self) -> Result<()> {
         for ns in &self.state.netns {
             let links = in_ns(ns, &["ip", "-o", "link", "show", "type", "veth"], None)?;
@@ -455,7 +469,8 @@ impl Lab {
                 in_ns(
                     ns,
                     &[
-                        "ethtool", "-K", dev, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                        "ethtool", "-K", dev, "tx", "off", "rx", "off", "tso", "off", "gso", "off",
+                        "gro", "off",
                     ],
                     None,
                 )
@@ -465,12 +480,62 @@ impl Lab {
         Ok(())
     }
 
+    /// Keeps the switch netns' own IP stack off the switch ports, for a
+    /// switch that reads its ports through packet sockets (bmv2): those see
+    /// every frame before tc ingress, where this drops it, so the stack
+    /// neither answers (ARP for the port addresses, port unreachable for
+    /// Geneve to the switch address) nor forwards beside the switch. The
+    /// filter is classic BPF `ret #TC_ACT_SHOT`: the kernel has `cls_bpf`
+    /// but no `matchall` or `gact`.
+    pub fn silence_switch_stack(&self) -> Result<()> {
+        let sw = self.names.switch();
+        for n in 0..self.topo.nodes {
+            let dev = switch_port_dev(n);
+            in_ns(
+                &sw,
+                &["tc", "qdisc", "replace", "dev", &dev, "clsact"],
+                None,
+            )?;
+            in_ns(
+                &sw,
+                &[
+                    "tc",
+                    "filter",
+                    "replace",
+                    "dev",
+                    &dev,
+                    "ingress",
+                    "bpf",
+                    "bytecode",
+                    "1,6 0 0 2",
+                    "da",
+                ],
+                None,
+            )
+            .with_context(|| format!("silencing the switch stack on {dev}"))?;
+        }
+        Ok(())
+    }
+
     /// Starts a process inside a netns (`ip netns exec` execs in place, so
     /// the PID is the process itself), logging to `logs/<what>.log`, and
     /// records it before returning.
     pub fn spawn(&mut self, ns: &str, what: &str, argv: &[String]) -> Result<u32> {
+        self.spawn_with_env(ns, what, argv, &[])
+    }
+
+    /// [`Lab::spawn`] with extra environment variables (a relocatable
+    /// toolchain's `PATH` and `LD_LIBRARY_PATH`).
+    pub fn spawn_with_env(
+        &mut self,
+        ns: &str,
+        what: &str,
+        argv: &[String],
+        env: &[(&str, std::ffi::OsString)],
+    ) -> Result<u32> {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns]).args(argv);
+        c.envs(env.iter().map(|(k, v)| (k, v)));
         self.launch(what, c)
     }
 

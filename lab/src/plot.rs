@@ -82,6 +82,8 @@ pub fn line_chart(
     Ok(())
 }
 
+/// One line per mode and switch; labelled by mode alone when the run had
+/// one switch.
 fn series(
     rows: &[Row],
     exp: &str,
@@ -89,24 +91,37 @@ fn series(
     x: fn(&Row) -> f64,
     y: fn(&Row) -> f64,
 ) -> Vec<Series> {
-    let mut modes: Vec<String> = rows
+    let mut lines: Vec<(&str, &str)> = Vec::new();
+    for r in rows
         .iter()
         .filter(|r| r.experiment == exp && r.proto == proto)
-        .map(|r| r.mode.clone())
-        .collect();
-    modes.dedup();
-    modes
+    {
+        if !lines.contains(&(&r.mode, &r.switch)) {
+            lines.push((&r.mode, &r.switch));
+        }
+    }
+    let one_switch = rows.iter().all(|r| r.switch == rows[0].switch);
+    lines
         .into_iter()
-        .map(|m| {
+        .map(|(m, sw)| {
             let mut pts: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| {
-                    r.experiment == exp && r.proto == proto && r.mode == m && r.requests > 0
+                    r.experiment == exp
+                        && r.proto == proto
+                        && r.mode == m
+                        && r.switch == sw
+                        && r.requests > 0
                 })
                 .map(|r| (x(r), y(r)))
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            (m, pts)
+            let label = if one_switch {
+                m.to_string()
+            } else {
+                format!("{m} ({sw})")
+            };
+            (label, pts)
         })
         .collect()
 }
@@ -134,28 +149,20 @@ pub fn all(dir: &Path, rows: &[Row]) -> Result<Vec<String>> {
             false,
         ),
     ] {
-        for proto in ["HttpShort", "HttpLong"] {
+        for (proto, short, what) in [
+            ("HttpShort", "short", "short connections"),
+            ("HttpLong", "long", "long connections"),
+            ("Udp", "udp", "UDP echo"),
+        ] {
             for (m, yl, yf) in metrics {
                 let s = series(rows, exp, proto, xf, yf);
-                if s.is_empty() {
+                // A sweep of one point (a run that fixes that axis) has
+                // nothing to draw.
+                if s.iter().all(|(_, pts)| pts.len() < 2) {
                     continue;
                 }
-                let name = format!(
-                    "{m}_vs_{exp}_{}.svg",
-                    if proto == "HttpShort" {
-                        "short"
-                    } else {
-                        "long"
-                    }
-                );
-                let title = format!(
-                    "{yl} vs {xl}, {} connections",
-                    if proto == "HttpShort" {
-                        "short"
-                    } else {
-                        "long"
-                    }
-                );
+                let name = format!("{m}_vs_{exp}_{short}.svg");
+                let title = format!("{yl} vs {xl}, {what}");
                 line_chart(&dir.join(&name), &title, xl, yl, &s, log)?;
                 out.push(name);
             }
@@ -172,23 +179,39 @@ mod tests {
     fn draws_svg() {
         let dir = std::env::temp_dir().join(format!("talaria-lab-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let rows: Vec<Row> = [10, 1000, 10000]
+        let row = |mode: &str, switch: &str, services: u32, concurrency: u32| Row {
+            experiment: if concurrency == 10 {
+                "services"
+            } else {
+                "concurrency"
+            }
+            .into(),
+            mode: mode.into(),
+            switch: switch.into(),
+            proto: "HttpShort".into(),
+            services,
+            concurrency,
+            requests: 1,
+            rps: 1000.0 / (1.0 + services as f64 / 1000.0),
+            ..Default::default()
+        };
+        let mut rows: Vec<Row> = [10, 1000, 10000]
             .iter()
-            .flat_map(|&s| {
-                ["direct", "iptables"].map(|m| Row {
-                    experiment: "services".into(),
-                    mode: m.into(),
-                    proto: "HttpShort".into(),
-                    services: s,
-                    rps: 1000.0 / (1.0 + s as f64 / 1000.0),
-                    ..Default::default()
-                })
-            })
+            .flat_map(|&s| ["direct", "iptables"].map(|m| row(m, "switch-agent", s, 10)))
             .collect();
+        // A concurrency "sweep" of one point draws nothing.
+        rows.push(row("direct", "switch-agent", 100, 1));
         let files = all(&dir, &rows).unwrap();
-        assert_eq!(files.len(), 3);
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(files.iter().all(|f| f.ends_with("_vs_services_short.svg")));
         let svg = std::fs::read_to_string(dir.join(&files[0])).unwrap();
         assert!(svg.starts_with("<svg") && svg.contains("iptables"));
+        assert!(!svg.contains("switch-agent"), "one switch: lines by mode");
+        // Two switches: one line per mode and switch, labelled with both.
+        rows.extend([10, 1000].map(|s| row("direct", "bmv2", s, 10)));
+        let files = all(&dir, &rows).unwrap();
+        let svg = std::fs::read_to_string(dir.join(&files[0])).unwrap();
+        assert!(svg.contains("direct (bmv2)") && svg.contains("iptables (switch-agent)"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

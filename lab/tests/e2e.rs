@@ -1,27 +1,38 @@
 //! Root-only end-to-end tests of the lab topology: 1 switch, 2 nodes, 2 pods
-//! per node, real TCP and UDP through the switch netns.
+//! per node, real TCP and UDP through the switch netns, every mode on
+//! switch-agent and on bmv2 in the same run.
 //!
-//! Skipped (with one line) when not root or bpffs cannot be mounted, and
-//! failed instead under `CI=true` (`talaria_preflight`). Each test's lab is torn down by
-//! `Lab`'s Drop even when an assertion panics; the test then checks that no
-//! namespace with its prefix is left.
+//! Skipped (with one line) when not root, when bpffs cannot be mounted, or
+//! (bmv2) when p4c and `simple_switch_grpc` are not found, and failed
+//! instead under `CI=true` (`talaria_preflight::require!`). Each test's lab
+//! is torn down by `Lab`'s Drop even when an assertion panics; the test
+//! then checks that no namespace with its prefix is left.
 //!
-//! Every mode forwards through switch-agent, whose routes the controller
-//! writes; talaria mode also runs the node agents. The binaries are found
-//! next to talaria-lab (`cargo test --workspace` builds them). Without them a
-//! test says so and returns, except under `CI=true`, where that is a failure.
+//! Every mode forwards through the lab's switch, whose routes the
+//! controller writes; talaria mode also runs the node agents. The binaries
+//! are found next to talaria-lab (`cargo test --workspace` builds them).
+//! Without them a test says so and returns, except under `CI=true`, where
+//! that is a failure.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 use talaria_lab::bench::lab_for;
+use talaria_lab::demo;
 use talaria_lab::manifests::ServiceSet;
 use talaria_lab::modes::{run_in_pod, targets, LoadRun, Mode};
 use talaria_lab::netns::{self, Lab, State, LAB_NEEDS};
+use talaria_lab::switch::SwitchKind;
 use talaria_lab::topology::Topology;
 use talaria_lab::traffic::Proto;
+use talaria_preflight::{require, Need};
 
-fn lab_ready() -> bool {
-    talaria_preflight::test_ready(&LAB_NEEDS)
+/// What a test of `mode` on `switch` needs from the machine.
+fn needs(mode: Mode, switch: &SwitchKind) -> Vec<Need> {
+    let mut v = LAB_NEEDS.to_vec();
+    v.extend_from_slice(mode.needs());
+    v.extend(switch.needs());
+    v
 }
 
 fn small() -> Topology {
@@ -44,28 +55,38 @@ fn assert_gone(prefix: &str) {
         .collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
     assert!(!State::path(prefix).exists(), "state file left behind");
+    let pins = Path::new("/sys/fs/bpf/talaria-lab").join(prefix);
+    assert!(!pins.exists(), "pins left behind in {}", pins.display());
 }
 
 /// Whether `mode`'s components are built (under CI they must be).
-fn components_built(mode: Mode) -> bool {
+fn components_built(mode: Mode, switch: &SwitchKind) -> bool {
     let missing = if mode == Mode::Talaria {
-        talaria_lab::components::talaria_missing()
+        talaria_lab::components::talaria_missing(switch)
     } else {
-        talaria_lab::components::fabric_missing()
+        talaria_lab::components::fabric_missing(switch)
     };
     missing.is_empty()
         || talaria_preflight::skip(&format!("{mode:?} needs components: {missing:?}"))
 }
 
-async fn exercise(mode: Mode) {
-    if !components_built(mode) {
+async fn exercise(mode: Mode, switch: SwitchKind) {
+    if !components_built(mode, &switch) {
         return;
     }
     let t = small();
-    let (mut lab, set): (Lab, ServiceSet) = lab_for(t.clone(), mode).await.expect("lab up");
+    let (mut lab, set): (Lab, ServiceSet) =
+        lab_for(t.clone(), mode, &switch).await.expect("lab up");
     let prefix = lab.prefix().to_string();
     assert_eq!(lab.state().netns.len(), 1 + 2 + 4);
+    assert_eq!(lab.state().switch, switch.name());
     let client = t.client_pods()[0];
+    // bmv2 forwards thousands of packets per second, not a million: give
+    // it a longer run for the same request count.
+    let duration = match switch {
+        SwitchKind::SwitchAgent => Duration::from_millis(700),
+        SwitchKind::Bmv2 { .. } => Duration::from_millis(1500),
+    };
     for proto in [Proto::HttpShort, Proto::HttpLong, Proto::Udp] {
         let tg = targets(&t, &set, mode, proto, &[0, 1, 2, 3]);
         let r = run_in_pod(
@@ -75,7 +96,7 @@ async fn exercise(mode: Mode) {
                 proto,
                 targets: tg,
                 concurrency: 4,
-                duration: Duration::from_millis(700),
+                duration,
                 timeout: Duration::from_secs(1),
                 interval: Duration::from_millis(20),
                 stop_file: None,
@@ -83,8 +104,9 @@ async fn exercise(mode: Mode) {
         )
         .await
         .expect("load ran");
-        assert!(r.requests > 20, "{mode:?} {proto:?}: {r:?}");
-        assert_eq!(r.errors, 0, "{mode:?} {proto:?}: {r:?}");
+        let what = format!("{mode:?} on {} {proto:?}", switch.name());
+        assert!(r.requests > 20, "{what}: {r:?}");
+        assert_eq!(r.errors, 0, "{what}: {r:?}");
         // Only endpoints of the targeted Services answer, and more than one
         // (the rules balance).
         let allowed: BTreeSet<String> = set.services[..4]
@@ -95,11 +117,23 @@ async fn exercise(mode: Mode) {
         assert!(seen.is_subset(&allowed), "{seen:?} not within {allowed:?}");
         // Keep-alive: 4 connections may all land on one backend (p = 1/8).
         if proto != Proto::HttpLong {
-            assert!(
-                seen.len() >= 2,
-                "{mode:?} {proto:?}: one backend only: {seen:?}"
-            );
+            assert!(seen.len() >= 2, "{what}: one backend only: {seen:?}");
         }
+    }
+    // Only the switch handled the traffic: the switch netns' own stack
+    // neither forwarded, nor refused, nor answered any of it.
+    let snmp = switch_stack_counters(&prefix);
+    for counter in [
+        "Ip:ForwDatagrams",
+        "Ip:InAddrErrors",
+        "Udp:NoPorts",
+        "Icmp:OutMsgs",
+    ] {
+        assert_eq!(
+            snmp.get(counter),
+            Some(&0),
+            "{counter} in the switch netns: {snmp:?}"
+        );
     }
     // Down removes everything.
     let problems = lab.down();
@@ -107,68 +141,150 @@ async fn exercise(mode: Mode) {
     assert_gone(&prefix);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn direct_mode_end_to_end() {
-    if !lab_ready() {
-        return;
+/// The switch netns' IP stack counters (`/proc/net/snmp`), as
+/// `"Proto:Name" → value`.
+fn switch_stack_counters(prefix: &str) -> std::collections::BTreeMap<String, u64> {
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{prefix}-sw"),
+            "cat",
+            "/proc/net/snmp",
+        ])
+        .output()
+        .expect("ip netns exec");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut counters = std::collections::BTreeMap::new();
+    // Header and value lines alternate: "Ip: Forwarding ..." / "Ip: 1 ...".
+    for pair in lines.chunks(2) {
+        let [names, values] = pair else { continue };
+        let (proto, names) = names.split_once(": ").unwrap();
+        let values = values.split_once(": ").unwrap().1;
+        for (n, v) in names.split_whitespace().zip(values.split_whitespace()) {
+            if let Ok(v) = v.parse() {
+                counters.insert(format!("{proto}:{n}"), v);
+            }
+        }
     }
+    counters
+}
+
+/// `mode` on `switch`, from the guard to the teardown check.
+async fn end_to_end(mode: Mode, switch: SwitchKind) {
+    require!(needs(mode, &switch));
     state_dir_for_tests();
-    exercise(Mode::Direct).await;
+    exercise(mode, switch).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iptables_mode_end_to_end() {
-    if !lab_ready() {
-        return;
-    }
-    state_dir_for_tests();
-    exercise(Mode::Iptables).await;
+async fn direct_mode_over_switch_agent() {
+    end_to_end(Mode::Direct, SwitchKind::SwitchAgent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nftables_mode_end_to_end() {
-    if !lab_ready() {
-        return;
-    }
-    state_dir_for_tests();
-    exercise(Mode::Nftables).await;
+async fn iptables_mode_over_switch_agent() {
+    end_to_end(Mode::Iptables, SwitchKind::SwitchAgent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn talaria_mode_end_to_end() {
-    if !lab_ready() {
-        return;
-    }
-    state_dir_for_tests();
-    exercise(Mode::Talaria).await;
+async fn nftables_mode_over_switch_agent() {
+    end_to_end(Mode::Nftables, SwitchKind::SwitchAgent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ipvs_mode_end_to_end() {
-    if !lab_ready() {
-        return;
-    }
+async fn talaria_mode_over_switch_agent() {
+    end_to_end(Mode::Talaria, SwitchKind::SwitchAgent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_mode_over_bmv2() {
+    end_to_end(Mode::Direct, SwitchKind::bmv2()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iptables_mode_over_bmv2() {
+    end_to_end(Mode::Iptables, SwitchKind::bmv2()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nftables_mode_over_bmv2() {
+    end_to_end(Mode::Nftables, SwitchKind::bmv2()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn talaria_mode_over_bmv2() {
+    end_to_end(Mode::Talaria, SwitchKind::bmv2()).await;
+}
+
+/// IPVS where the kernel has it; elsewhere the mode must say why it
+/// cannot run, never half-run.
+async fn ipvs_end_to_end(switch: SwitchKind) {
+    let mut base = LAB_NEEDS.to_vec();
+    base.extend(switch.needs());
+    require!(base);
     if let Some(why) = talaria_lab::modes::ipvs_unavailable() {
-        // The mode must say why it cannot run, never half-run.
         assert!(why.starts_with("ipvs: skipped: "), "{why}");
-        let err = lab_for(small(), Mode::Ipvs).await.err().expect("refused");
+        let err = lab_for(small(), Mode::Ipvs, &switch)
+            .await
+            .err()
+            .expect("refused");
         assert_eq!(err.to_string(), why);
         eprintln!("{why}");
         return;
     }
+    end_to_end(Mode::Ipvs, switch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipvs_mode_over_switch_agent() {
+    ipvs_end_to_end(SwitchKind::SwitchAgent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipvs_mode_over_bmv2() {
+    ipvs_end_to_end(SwitchKind::bmv2()).await;
+}
+
+/// The demo's own code path (`talaria-lab --switch bmv2 demo`) on the
+/// small topology: every row of its table is a talaria ClusterIP
+/// measurement that served requests without an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_over_bmv2() {
+    let switch = SwitchKind::bmv2();
+    require!(needs(Mode::Talaria, &switch));
     state_dir_for_tests();
-    exercise(Mode::Ipvs).await;
+    if !components_built(Mode::Talaria, &switch) {
+        return;
+    }
+    let rows = demo::run(small(), false, Duration::from_secs(1), switch)
+        .await
+        .expect("the demo ran in talaria mode");
+    let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "talaria ClusterIP: HTTP, connection per request",
+            "talaria ClusterIP: HTTP keep-alive",
+            "talaria ClusterIP: UDP echo"
+        ]
+    );
+    for (name, r) in &rows {
+        assert_eq!(r.switch, "bmv2", "{name}");
+        assert!(r.requests > 0, "{name}: {r:?}");
+        assert_eq!(r.errors, 0, "{name}: {r:?}");
+    }
 }
 
 #[test]
 fn down_removes_a_crashed_lab() {
-    if !lab_ready() {
-        return;
-    }
+    require!(LAB_NEEDS);
     state_dir_for_tests();
     // A lab whose owner "crashed": kept, handle forgotten, then removed from
     // its state file alone.
-    let mut lab = Lab::create(small(), "direct").expect("lab up");
+    let mut lab = Lab::create(small(), "direct", SwitchKind::SwitchAgent).expect("lab up");
     lab.start_servers().expect("servers");
     let prefix = lab.prefix().to_string();
     lab.keep();
@@ -185,12 +301,10 @@ fn down_removes_a_crashed_lab() {
 
 #[test]
 fn drop_tears_down_on_panic() {
-    if !lab_ready() {
-        return;
-    }
+    require!(LAB_NEEDS);
     state_dir_for_tests();
     let r = std::panic::catch_unwind(|| {
-        let lab = Lab::create(small(), "direct").expect("lab up");
+        let lab = Lab::create(small(), "direct", SwitchKind::SwitchAgent).expect("lab up");
         let prefix = lab.prefix().to_string();
         std::fs::write("/run/talaria-lab-test/last-panic-prefix", &prefix).unwrap();
         panic!("boom");

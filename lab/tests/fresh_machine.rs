@@ -8,6 +8,7 @@
 
 use std::process::Command;
 use talaria_lab::netns::LAB_NEEDS;
+use talaria_lab::switch::SwitchKind;
 use talaria_preflight::commands;
 
 #[test]
@@ -17,7 +18,7 @@ fn a_lab_comes_up_where_bpffs_is_not_mounted() {
     if !talaria_preflight::test_ready(&needs) {
         return;
     }
-    let missing = talaria_lab::components::talaria_missing();
+    let missing = talaria_lab::components::talaria_missing(&SwitchKind::SwitchAgent);
     if !missing.is_empty() && !talaria_preflight::skip(&format!("components missing: {missing:?}"))
     {
         return;

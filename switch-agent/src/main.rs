@@ -19,9 +19,8 @@ use clap::Parser;
 use talaria_switch::{
     config::{Cli, Config, DataplaneKind},
     entry::Target,
-    layout::Layout,
     memory::MemoryTarget,
-    metrics::Metrics,
+    metrics::{self, Metrics},
     server::{self, Switch},
 };
 use talaria_switch_dataplane::Dataplane;
@@ -32,9 +31,9 @@ use tracing_subscriber::EnvFilter;
 /// The table store, and the eBPF data plane when that is it.
 type Opened = (Arc<dyn Target>, Option<Arc<Dataplane>>);
 
-fn open_target(config: &Config, layout: &Layout) -> Result<Opened> {
+fn open_target(config: &Config) -> Result<Opened> {
     match config.dataplane {
-        DataplaneKind::Memory => Ok((Arc::new(MemoryTarget::new(|k| layout.size(k))), None)),
+        DataplaneKind::Memory => Ok((Arc::new(MemoryTarget::new()), None)),
         DataplaneKind::Ebpf => {
             talaria_preflight::ensure(&talaria_preflight::LOADS_BPF)
                 .context("the eBPF data plane cannot start")?;
@@ -65,19 +64,16 @@ async fn main() -> Result<()> {
     let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(&config.log))?;
     tracing_subscriber::fmt().with_env_filter(filter).init();
 
-    let layout =
-        Arc::new(Layout::talaria().context("the embedded P4Info does not match this switch")?);
-    let (target, dataplane) = open_target(&config, &layout)?;
+    let (target, dataplane) = open_target(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let switch = Arc::new(
         Switch::new(
             config.device_id,
-            layout,
             target,
             Some(config.state_dir.clone()),
             stop_rx.clone(),
         )
-        .context("loading the persisted pipeline")?,
+        .context("starting the P4Runtime server")?,
     );
 
     let (listener, grpc_addr) = server::bind(config.grpc_addr)
@@ -96,15 +92,15 @@ async fn main() -> Result<()> {
         let (l, a) = server::bind(addr)
             .await
             .with_context(|| format!("binding metrics on {addr}"))?;
-        let m = Arc::new(Metrics {
+        let registry = Arc::new(metrics::registry(Metrics {
             switch: switch.clone(),
             ports: config.interfaces.clone(),
             sysfs_net: "/sys/class/net".into(),
             dataplane: dataplane.clone(),
-        });
+        }));
         let stop = stop_rx.clone();
         tasks.spawn(async move {
-            m.serve(l, stop).await;
+            metrics::serve(registry, l, stop).await;
             Ok(())
         });
         info!(addr = %a, "metrics on /metrics");

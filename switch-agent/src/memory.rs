@@ -1,91 +1,57 @@
-//! [`MemoryTarget`]: a [`Target`] that keeps table entries in hash maps and
-//! forwards nothing. It honours the trait's semantics (duplicate keys,
-//! missing keys, table sizes, LPM host bits), so the P4Runtime server can be
-//! tested, benchmarked and used for controller development without root.
+//! [`MemoryTarget`]: a [`Target`] that keeps table entries in memory (a
+//! `talaria_tables::Contents`) and forwards nothing. It honours the trait's
+//! semantics (duplicate keys, missing keys, table sizes, LPM host bits), so
+//! the P4Runtime server can be tested, benchmarked and used for controller
+//! development without root.
 
 use std::{
     collections::HashMap,
-    net::Ipv4Addr,
     sync::{Mutex, MutexGuard},
 };
 
 use talaria_common::maps::PacketBytes;
+use talaria_tables::Contents;
 
-use crate::entry::{CounterId, Entry, Ipv4Prefix, TableKind, Target, TargetError};
-
-/// The match key of an [`Entry`]: what makes two entries the same entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum EntryKey {
-    Ipv4Route(Ipv4Prefix),
-    SwitchAddr(Ipv4Addr),
-    ServiceV4 { vip: Ipv4Addr, port: u16, proto: u8 },
-    CookieCheck { service_id: u16, backend_id: u32 },
-    LbBucket { service_id: u16, bucket: u16 },
-    Backend(u32),
-    PodNode(Ipv4Prefix),
-}
-
-impl EntryKey {
-    /// The key of `entry`.
-    pub fn of(entry: &Entry) -> Self {
-        match *entry {
-            Entry::Ipv4Route { dst, .. } => Self::Ipv4Route(dst),
-            Entry::SwitchAddr { addr } => Self::SwitchAddr(addr),
-            Entry::ServiceV4 {
-                vip, port, proto, ..
-            } => Self::ServiceV4 { vip, port, proto },
-            Entry::CookieCheck {
-                service_id,
-                backend_id,
-            } => Self::CookieCheck {
-                service_id,
-                backend_id,
-            },
-            Entry::LbBucket {
-                service_id, bucket, ..
-            } => Self::LbBucket { service_id, bucket },
-            Entry::Backend { backend_id, .. } => Self::Backend(backend_id),
-            Entry::PodNode { dst, .. } => Self::PodNode(dst),
-        }
-    }
-}
-
-/// Every table kind, in P4 declaration order.
-pub const TABLES: [TableKind; 7] = [
-    TableKind::Ipv4Route,
-    TableKind::SwitchAddr,
-    TableKind::ServiceV4,
-    TableKind::CookieCheck,
-    TableKind::LbBucket,
-    TableKind::Backend,
-    TableKind::PodNode,
-];
-
-fn index(table: TableKind) -> usize {
-    TABLES
-        .iter()
-        .position(|t| *t == table)
-        .expect("TABLES lists every kind")
-}
+use crate::entry::{CounterId, Entry, EntryKey, Table, Target, TargetError};
 
 #[derive(Default)]
 struct Tables {
-    entries: [HashMap<EntryKey, Entry>; 7],
+    contents: Contents,
     counters: HashMap<(CounterId, u32), PacketBytes>,
     backend_counters: HashMap<u32, PacketBytes>,
 }
 
 /// An in-memory [`Target`] with a fixed capacity per table.
 pub struct MemoryTarget {
-    sizes: [u32; 7],
+    /// Capacity by table, in [`Table::ALL`] order.
+    sizes: Vec<u32>,
     tables: Mutex<Tables>,
 }
 
+impl Default for MemoryTarget {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn position(table: Table) -> usize {
+    Table::ALL
+        .iter()
+        .position(|t| *t == table)
+        .expect("Table::ALL lists every table")
+}
+
 impl MemoryTarget {
+    /// A target whose tables hold their P4 `size` entries, as the data
+    /// plane's do.
+    pub fn new() -> Self {
+        Self::with_sizes(Table::size)
+    }
+
     /// A target whose tables hold `size(table)` entries each.
-    pub fn new(size: impl Fn(TableKind) -> u32) -> Self {
+    pub fn with_sizes(size: impl Fn(Table) -> u32) -> Self {
         Self {
-            sizes: TABLES.map(size),
+            sizes: Table::ALL.iter().map(|t| size(*t)).collect(),
             tables: Mutex::default(),
         }
     }
@@ -101,8 +67,8 @@ impl MemoryTarget {
     }
 
     /// Number of entries in `table`.
-    pub fn len(&self, table: TableKind) -> usize {
-        self.lock().entries[index(table)].len()
+    pub fn len(&self, table: Table) -> usize {
+        self.lock().contents.len(table)
     }
 
     fn lock(&self) -> MutexGuard<'_, Tables> {
@@ -110,78 +76,73 @@ impl MemoryTarget {
     }
 }
 
-fn check(entry: &Entry) -> Result<(), TargetError> {
-    let prefix = match entry {
-        Entry::Ipv4Route { dst, .. } | Entry::PodNode { dst, .. } => dst,
-        _ => return Ok(()),
-    };
-    if prefix.len > 32 {
-        return Err(TargetError::Invalid(format!(
-            "prefix length {} > 32",
-            prefix.len
-        )));
-    }
-    let mask = u32::MAX
-        .checked_shl(32 - u32::from(prefix.len))
-        .unwrap_or(0);
-    if u32::from(prefix.addr) & !mask != 0 {
-        return Err(TargetError::Invalid(format!(
-            "{}/{} has host bits set",
-            prefix.addr, prefix.len
-        )));
+/// Refuses an LPM key with bits set beyond its prefix length, as the data
+/// plane's tries do.
+fn check(key: &EntryKey) -> Result<(), TargetError> {
+    let def = key.table().def();
+    for (f, v) in def.fields.iter().zip(key.values()) {
+        // Exact fields have no prefix length.
+        let Some(len) = v.prefix_len else {
+            continue;
+        };
+        let len = u32::from(len);
+        if len > f.bits {
+            return Err(TargetError::Invalid(format!(
+                "{}: prefix length {len} > {}",
+                f.name, f.bits
+            )));
+        }
+        let host_bits = u128::MAX.checked_shr(128 - (f.bits - len)).unwrap_or(0);
+        if v.value & host_bits != 0 {
+            return Err(TargetError::Invalid(format!(
+                "{}: {:#x}/{len} has host bits set",
+                f.name, v.value
+            )));
+        }
     }
     Ok(())
 }
 
 impl Target for MemoryTarget {
     fn insert(&self, entry: &Entry) -> Result<(), TargetError> {
-        check(entry)?;
-        let i = index(entry.table());
-        let size = self.sizes[i];
+        let key = entry.key();
+        check(&key)?;
+        let size = self.sizes[position(entry.table())];
         let mut t = self.lock();
-        let table = &mut t.entries[i];
-        let key = EntryKey::of(entry);
-        if table.contains_key(&key) {
+        if t.contents.get(&key).is_some() {
             return Err(TargetError::AlreadyExists);
         }
-        if table.len() >= size as usize {
+        if t.contents.len(entry.table()) >= size as usize {
             return Err(TargetError::Full { size });
         }
-        table.insert(key, *entry);
+        t.contents.insert(*entry);
         Ok(())
     }
 
     fn modify(&self, entry: &Entry) -> Result<(), TargetError> {
-        check(entry)?;
+        let key = entry.key();
+        check(&key)?;
         let mut t = self.lock();
-        match t.entries[index(entry.table())].get_mut(&EntryKey::of(entry)) {
-            Some(e) => {
-                *e = *entry;
-                Ok(())
-            }
-            None => Err(TargetError::NotFound),
+        if t.contents.get(&key).is_none() {
+            return Err(TargetError::NotFound);
         }
+        t.contents.insert(*entry);
+        Ok(())
     }
 
-    fn delete(&self, entry: &Entry) -> Result<(), TargetError> {
-        let mut t = self.lock();
-        match t.entries[index(entry.table())].remove(&EntryKey::of(entry)) {
+    fn delete(&self, key: &EntryKey) -> Result<(), TargetError> {
+        match self.lock().contents.remove(key) {
             Some(_) => Ok(()),
             None => Err(TargetError::NotFound),
         }
     }
 
-    fn entries(&self, table: TableKind) -> Result<Vec<Entry>, TargetError> {
-        Ok(self.lock().entries[index(table)]
-            .values()
-            .copied()
-            .collect())
+    fn entries(&self, table: Table) -> Result<Vec<Entry>, TargetError> {
+        Ok(self.lock().contents.entries(table).collect())
     }
 
-    fn get(&self, key: &Entry) -> Result<Option<Entry>, TargetError> {
-        Ok(self.lock().entries[index(key.table())]
-            .get(&EntryKey::of(key))
-            .copied())
+    fn get(&self, key: &EntryKey) -> Result<Option<Entry>, TargetError> {
+        Ok(self.lock().contents.get(key))
     }
 
     fn counter(&self, counter: CounterId, index: u32) -> Result<PacketBytes, TargetError> {
@@ -195,7 +156,8 @@ impl Target for MemoryTarget {
 
     fn backend_counter(&self, backend_id: u32) -> Result<PacketBytes, TargetError> {
         let t = self.lock();
-        if !t.entries[index(TableKind::Backend)].contains_key(&EntryKey::Backend(backend_id)) {
+        let key = EntryKey::Backend(talaria_tables::backend::Key { backend_id });
+        if t.contents.get(&key).is_none() {
             return Err(TargetError::NotFound);
         }
         Ok(t.backend_counters
@@ -207,21 +169,30 @@ impl Target for MemoryTarget {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
+    use talaria_tables::{pod_node, value::Ipv4Prefix};
+
     use super::*;
 
+    /// A `pod_node` entry for `addr/len`, host bits as given.
     fn route(addr: [u8; 4], len: u8) -> Entry {
-        Entry::PodNode {
-            dst: Ipv4Prefix {
-                addr: addr.into(),
-                len,
+        Entry::PodNode(pod_node::Entry {
+            key: pod_node::Key {
+                pod_addr: Ipv4Prefix {
+                    addr: addr.into(),
+                    len,
+                },
             },
-            node_ip: Ipv4Addr::new(10, 0, 0, 1),
-        }
+            action: pod_node::Action::SetClientNode {
+                node_ip: Ipv4Addr::new(10, 0, 0, 1),
+            },
+        })
     }
 
     #[test]
     fn honours_the_target_semantics() {
-        let t = MemoryTarget::new(|k| if k == TableKind::PodNode { 2 } else { 10 });
+        let t = MemoryTarget::with_sizes(|k| if k == Table::PodNode { 2 } else { 10 });
         t.insert(&route([10, 1, 0, 0], 16)).unwrap();
         assert!(matches!(
             t.insert(&route([10, 1, 0, 0], 16)),
@@ -229,6 +200,14 @@ mod tests {
         ));
         assert!(matches!(
             t.insert(&route([10, 1, 0, 1], 16)),
+            Err(TargetError::Invalid(_))
+        ));
+        assert!(matches!(
+            t.insert(&route([10, 1, 0, 0], 33)),
+            Err(TargetError::Invalid(_))
+        ));
+        assert!(matches!(
+            t.insert(&route([1, 0, 0, 0], 0)),
             Err(TargetError::Invalid(_))
         ));
         t.insert(&route([10, 2, 0, 0], 16)).unwrap();
@@ -240,15 +219,28 @@ mod tests {
             t.modify(&route([10, 3, 0, 0], 16)),
             Err(TargetError::NotFound)
         ));
-        t.delete(&route([10, 2, 0, 0], 16)).unwrap();
+        t.delete(&route([10, 2, 0, 0], 16).key()).unwrap();
         assert!(matches!(
-            t.delete(&route([10, 2, 0, 0], 16)),
+            t.delete(&route([10, 2, 0, 0], 16).key()),
             Err(TargetError::NotFound)
         ));
         assert_eq!(
-            t.entries(TableKind::PodNode).unwrap(),
+            t.entries(Table::PodNode).unwrap(),
             vec![route([10, 1, 0, 0], 16)]
         );
-        assert_eq!(t.len(TableKind::Backend), 0);
+        assert_eq!(
+            t.get(&route([10, 1, 0, 0], 16).key()).unwrap(),
+            Some(route([10, 1, 0, 0], 16))
+        );
+        assert_eq!(t.len(Table::Backend), 0);
+        assert!(matches!(t.backend_counter(1), Err(TargetError::NotFound)));
+    }
+
+    #[test]
+    fn tables_have_their_p4_sizes() {
+        let t = MemoryTarget::new();
+        for table in Table::ALL {
+            assert_eq!(t.sizes[position(*table)], table.size());
+        }
     }
 }

@@ -11,15 +11,16 @@
 mod common;
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
-use talaria_preflight::{require, LOADS_BPF};
 
 use common::{
-    configured, read_entities, table_entries, table_filter, update, write_request, Builder,
+    backend, backend_entry, configured, read_entities, route, table_entries, table_filter, update,
+    write_request,
 };
 use talaria_p4rt::p4::v1::{p4_runtime_client::P4RuntimeClient, update::Type};
+use talaria_preflight::{require, LOADS_BPF};
 use talaria_switch::{
-    entry::{Entry, TableKind, Target},
-    layout::Layout,
+    entry::{Table, Target},
+    metrics::{self, Metrics},
     server::{self, Switch},
 };
 use talaria_switch_dataplane::{
@@ -35,14 +36,9 @@ struct Running {
     task: tokio::task::JoinHandle<()>,
 }
 
-async fn start(
-    layout: Arc<Layout>,
-    target: Arc<dyn Target>,
-    state_dir: &std::path::Path,
-) -> (Arc<Switch>, Running) {
+async fn start(target: Arc<dyn Target>, state_dir: &std::path::Path) -> (Arc<Switch>, Running) {
     let (stop, rx) = watch::channel(false);
-    let switch =
-        Arc::new(Switch::new(1, layout, target, Some(state_dir.into()), rx.clone()).unwrap());
+    let switch = Arc::new(Switch::new(1, target, Some(state_dir.into()), rx.clone()).unwrap());
     let (listener, addr) = server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
     let s = switch.clone();
     let task = tokio::spawn(async move { server::serve(s, listener, rx).await.unwrap() });
@@ -86,48 +82,26 @@ async fn writes_reach_the_maps_and_survive_an_agent_restart() {
     require!(LOADS_BPF);
     let mut sw = TestSwitch::new("p4rt-e2e", 2);
     let state = tempfile::tempdir().unwrap();
-    let layout = Arc::new(Layout::talaria().unwrap());
-    let b = Builder {
-        layout: layout.clone(),
-    };
     let dp = Arc::new(sw.dp.take().unwrap());
     // Out of `sw` the data plane is not detached on a panic; this removes
     // its pins (maps and links) then, and `sw` deletes the namespace.
     let _pins = RemovePinsOnPanic(dp.pin_dir().to_path_buf());
 
-    let (switch, mut run) = start(layout.clone(), dp.clone(), state.path()).await;
+    let (switch, mut run) = start(dp.clone(), state.path()).await;
     let stream = configured(&mut run.client, 1).await;
-    let route = b.entry(
-        "ipv4_route",
-        &[("dst_addr", &[10, 2, 0, 0], 16)],
-        "forward",
-        &[
-            ("port", &[2]),
-            ("src_mac", &[2, 0, 0, 0, 0, 1]),
-            ("dst_mac", &[2, 0, 0, 0, 0, 2]),
-        ],
-    );
     run.client
         .write(write_request(
             1,
             vec![
-                update(Type::Insert, b.backend(5)),
-                update(Type::Insert, route),
+                update(Type::Insert, backend(5)),
+                update(Type::Insert, route("10.2.0.0/16", 2)),
             ],
         ))
         .await
         .unwrap();
     // In the BPF maps.
-    assert_eq!(
-        dp.entries(TableKind::Backend).unwrap(),
-        vec![Entry::Backend {
-            backend_id: 5,
-            ip: Ipv4Addr::new(10, 1, 0, 5),
-            port: 8080,
-            node_ip: Ipv4Addr::new(192, 168, 0, 1)
-        }]
-    );
-    assert_eq!(dp.entries(TableKind::Ipv4Route).unwrap().len(), 1);
+    assert_eq!(dp.entries(Table::Backend).unwrap(), vec![backend_entry(5)]);
+    assert_eq!(dp.entries(Table::Ipv4Route).unwrap().len(), 1);
     // Kill the agent: server gone, data plane closed (maps stay pinned).
     drop(stream);
     run.stop().await;
@@ -144,7 +118,7 @@ async fn writes_reach_the_maps_and_survive_an_agent_restart() {
 
     // Start again.
     let dp = Arc::new(Dataplane::open(config).unwrap());
-    let (switch, mut run) = start(layout.clone(), dp.clone(), state.path()).await;
+    let (switch, mut run) = start(dp.clone(), state.path()).await;
     assert!(switch.configured(), "the persisted pipeline counts as set");
     let got = table_entries(
         read_entities(&mut run.client, vec![table_filter(0)])
@@ -152,7 +126,7 @@ async fn writes_reach_the_maps_and_survive_an_agent_restart() {
             .unwrap(),
     );
     assert_eq!(got.len(), 2, "{got:?}");
-    assert!(got.iter().any(|t| t.table_id == b.table_id("backend")));
+    assert!(got.iter().any(|t| t.table_id == Table::Backend.id()));
     run.stop().await;
     drop(switch);
     sw.dp = Some(sole(dp).await);
@@ -164,14 +138,13 @@ async fn writes_reach_the_maps_and_survive_an_agent_restart() {
 fn metrics_count_drops_per_port_and_reason() {
     require!(LOADS_BPF);
     let mut sw = TestSwitch::new("p4rt-drops", 2);
-    let layout = Arc::new(Layout::talaria().unwrap());
     // Dropped after the switch and metrics below, panics included: then it
     // is the last owner and detaches the data plane.
     let guard = Detach(Some(Arc::new(sw.dp.take().unwrap())));
     let dp = guard.0.clone().unwrap();
     let (_stop, rx) = watch::channel(false);
-    let switch = Arc::new(Switch::new(1, layout, dp.clone(), None, rx).unwrap());
-    let metrics = talaria_switch::metrics::Metrics {
+    let switch = Arc::new(Switch::new(1, dp.clone(), None, rx).unwrap());
+    let registry = metrics::registry(Metrics {
         switch: switch.clone(),
         ports: dp
             .ports()
@@ -180,7 +153,7 @@ fn metrics_count_drops_per_port_and_reason() {
             .collect(),
         sysfs_net: "/sys/class/net".into(),
         dataplane: Some(dp.clone()),
-    };
+    });
 
     // TTL 1 is ttl_expired; a wrong IPv4 header checksum is malformed.
     // Neither can come from the stray IPv6 or ARP packets the kernel may
@@ -210,7 +183,7 @@ fn metrics_count_drops_per_port_and_reason() {
         );
     }
 
-    let text = metrics.render();
+    let text = metrics::render(&registry);
     for line in [
         "talaria_switch_port_drops_total{port=\"1\",interface=\"sw1\",reason=\"ttl_expired\"} 2",
         "talaria_switch_port_drops_total{port=\"1\",interface=\"sw1\",reason=\"malformed\"} 0",
@@ -221,7 +194,7 @@ fn metrics_count_drops_per_port_and_reason() {
     ] {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
     }
-    drop((metrics, switch, dp));
+    drop((registry, switch, dp));
     drop(guard);
 }
 

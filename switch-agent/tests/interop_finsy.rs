@@ -27,7 +27,7 @@ use std::{
 
 use common::{interop_python, workspace};
 use talaria_preflight::{under_ci, LOADS_BPF};
-use talaria_switch::entry::{TableKind, Target};
+use talaria_switch::entry::{Table, Target};
 use talaria_switch_dataplane::Dataplane;
 
 /// A loopback port that was free a moment ago.
@@ -243,7 +243,7 @@ fn finsy_pushes_the_pipeline_manages_entries_and_decodes_write_errors() {
             ports: Default::default(),
         })
         .unwrap();
-        for table in [TableKind::Backend, TableKind::Ipv4Route] {
+        for table in [Table::Backend, Table::Ipv4Route] {
             assert_eq!(dp.entries(table).unwrap(), vec![], "{table:?}");
         }
         dp.detach().unwrap();

@@ -13,7 +13,7 @@ mod common;
 use std::{path::PathBuf, time::Duration};
 
 use common::{interop_python, workspace, Server};
-use talaria_switch::entry::TableKind;
+use talaria_switch::entry::Table;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p4runtime_shell_pushes_the_pipeline_and_manages_entries() {
@@ -63,6 +63,6 @@ async fn p4runtime_shell_pushes_the_pipeline_and_manages_entries() {
     }
     // The pushed device config is stored as given.
     assert!(server.switch.configured());
-    assert_eq!(server.target.len(TableKind::Backend), 0);
+    assert_eq!(server.target.len(Table::Backend), 0);
     server.stop().await;
 }

@@ -1,6 +1,7 @@
 //! Three-way consistency of the P4 program: its source (read by
-//! [`crate::p4src`]), its P4Info (as p4c emits it) and the Rust constants of
-//! `talaria_common::p4` and friends.
+//! [`crate::p4src`]), its P4Info (as p4c emits it) and the Rust side: the
+//! table definitions of `talaria_tables` and the constants of
+//! `talaria_common`.
 //!
 //! [`check`] compares every table, action, counter and direct counter by
 //! name, id, alias, size, key field (name, width, match kind), action
@@ -11,8 +12,9 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use talaria_common::{drop, hash, p4, wire};
+use talaria_common::{drop, hash, p4::sizes, wire};
 use talaria_p4rt::p4::config::v1 as p4info;
+use talaria_tables::def::{CounterDef, CounterUnit, Scope};
 
 use crate::p4src::Program;
 
@@ -98,78 +100,71 @@ pub struct RustModel {
     pub code_spaces: Vec<CodeSpace>,
 }
 
-fn unit_name(unit: p4::CounterUnit) -> String {
+fn unit_name(unit: CounterUnit) -> String {
     match unit {
-        p4::CounterUnit::Packets => "packets",
-        p4::CounterUnit::Both => "packets_and_bytes",
+        CounterUnit::Packets => "packets",
+        CounterUnit::PacketsAndBytes => "packets_and_bytes",
     }
     .to_string()
 }
 
+fn counter(c: &CounterDef, table: Option<&str>) -> RustCounter {
+    RustCounter {
+        name: c.name.into(),
+        alias: c.alias().into(),
+        id: c.id,
+        unit: unit_name(c.unit),
+        size: table.is_none().then_some(c.size),
+        table: table.map(String::from),
+    }
+}
+
 impl RustModel {
-    /// The model of `talaria_common` as compiled into this test.
-    pub fn from_common() -> Self {
-        let tables = p4::Table::ALL
+    /// The model of `talaria_tables` and `talaria_common` as compiled into
+    /// this test.
+    pub fn from_rust() -> Self {
+        let defs: Vec<_> = talaria_tables::Table::ALL.iter().map(|t| t.def()).collect();
+        let tables = defs
             .iter()
             .map(|t| RustTable {
-                name: t.name().into(),
+                name: t.name.into(),
                 alias: t.alias().into(),
-                id: t.id(),
-                size: t.size(),
+                id: t.id,
+                size: t.size,
                 key: t
-                    .key()
+                    .fields
                     .iter()
-                    .map(|k| (k.name.into(), k.bitwidth, k.match_kind.name().into()))
+                    .map(|k| (k.name.into(), k.bits, k.kind.name().into()))
                     .collect(),
                 actions: t
-                    .actions()
+                    .actions
                     .iter()
-                    .map(|r| {
-                        (
-                            r.action.name().into(),
-                            r.scope == p4::ActionScope::DefaultOnly,
-                        )
-                    })
+                    .map(|(a, s)| (a.name.into(), *s == Scope::DefaultOnly))
                     .collect(),
-                default_action: t.default_action().name().into(),
+                default_action: t.default_action.name.into(),
                 const_default_action: false,
-                direct_counter: t.direct_counter().map(|c| c.name().into()),
+                direct_counter: t.direct_counter.map(|c| c.name.into()),
             })
             .collect();
-        let actions = p4::Action::ALL
+        let mut actions: Vec<RustAction> = defs
             .iter()
-            .map(|a| RustAction {
-                name: a.name().into(),
+            .flat_map(|t| t.actions.iter())
+            .map(|(a, _)| RustAction {
+                name: a.name.into(),
                 alias: a.alias().into(),
-                id: a.id(),
-                params: a
-                    .params()
-                    .iter()
-                    .map(|p| (p.name.into(), p.bitwidth))
-                    .collect(),
+                id: a.id,
+                params: a.params.iter().map(|p| (p.name.into(), p.bits)).collect(),
             })
             .collect();
-        let counters = p4::Counter::ALL
+        actions.sort_by_key(|a| a.id);
+        actions.dedup();
+        let counters = talaria_tables::COUNTERS
             .iter()
-            .map(|c| RustCounter {
-                name: c.name().into(),
-                alias: c.alias().into(),
-                id: c.id(),
-                unit: unit_name(c.unit()),
-                size: Some(c.size()),
-                table: None,
-            })
+            .map(|c| counter(c, None))
             .collect();
-        let direct_counters = p4::DirectCounter::ALL
+        let direct_counters = talaria_tables::DIRECT_COUNTERS
             .iter()
-            .map(|c| RustCounter {
-                name: c.name().into(),
-                alias: c.alias().into(),
-                id: c.id(),
-                unit: unit_name(c.unit()),
-                size: None,
-                table: Some(c.table().name().into()),
-            })
+            .map(|(c, t)| counter(c, Some(t.name())))
             .collect();
 
         let mut constants: Vec<(String, u128)> = vec![
@@ -196,14 +191,14 @@ impl RustModel {
             ),
             ("HASH_MODE_FIVE_TUPLE", hash::hash_mode::FIVE_TUPLE.into()),
             ("HASH_MODE_CLIENT_IP", hash::hash_mode::CLIENT_IP.into()),
-            ("IPV4_ROUTE_SIZE", p4::IPV4_ROUTE_SIZE.into()),
-            ("SWITCH_ADDR_SIZE", p4::SWITCH_ADDR_SIZE.into()),
-            ("SERVICE_V4_SIZE", p4::SERVICE_V4_SIZE.into()),
-            ("COOKIE_CHECK_SIZE", p4::COOKIE_CHECK_SIZE.into()),
-            ("LB_BUCKET_SIZE", p4::LB_BUCKET_SIZE.into()),
-            ("BACKEND_SIZE", p4::BACKEND_SIZE.into()),
-            ("POD_NODE_SIZE", p4::POD_NODE_SIZE.into()),
-            ("SERVICE_COUNTER_SIZE", p4::SERVICE_COUNTER_SIZE.into()),
+            ("IPV4_ROUTE_SIZE", sizes::IPV4_ROUTE.into()),
+            ("SWITCH_ADDR_SIZE", sizes::SWITCH_ADDR.into()),
+            ("SERVICE_V4_SIZE", sizes::SERVICE_V4.into()),
+            ("COOKIE_CHECK_SIZE", sizes::COOKIE_CHECK.into()),
+            ("LB_BUCKET_SIZE", sizes::LB_BUCKET.into()),
+            ("BACKEND_SIZE", sizes::BACKEND.into()),
+            ("POD_NODE_SIZE", sizes::POD_NODE.into()),
+            ("SERVICE_COUNTER_SIZE", sizes::SERVICE_COUNTER.into()),
         ]
         .into_iter()
         .map(|(n, v)| (n.to_string(), v))
@@ -232,7 +227,7 @@ impl RustModel {
         ];
 
         RustModel {
-            arch: p4::ARCH.into(),
+            arch: talaria_tables::ARCH.into(),
             tables,
             actions,
             counters,
@@ -1156,9 +1151,13 @@ mod tests {
 
     #[test]
     fn rust_model_is_complete() {
-        let m = RustModel::from_common();
-        assert_eq!(m.tables.len(), p4::Table::ALL.len());
-        assert_eq!(m.actions.len(), p4::Action::ALL.len());
+        let m = RustModel::from_rust();
+        assert_eq!(m.tables.len(), talaria_tables::Table::ALL.len());
+        let actions: usize = talaria_tables::Table::ALL
+            .iter()
+            .map(|t| t.def().actions.len())
+            .sum();
+        assert_eq!(m.actions.len(), actions);
         assert_eq!(m.code_spaces[0].codes.len(), drop::DropReason::ALL.len());
         assert!(m.code_spaces[0]
             .codes

@@ -1,5 +1,5 @@
 //! The P4 program (`p4/*.p4`), its hand-kept P4Info
-//! (`p4/talaria.p4info.txtpb`) and the Rust constants (`talaria_common::p4`,
+//! (`p4/talaria.p4info.txtpb`) and the Rust side (`talaria_tables`, `talaria_common::p4`,
 //! `::drop`, `::wire`, `::hash`) must agree on every name, id, width, size
 //! and code. These tests check the real files, then break each side on
 //! purpose and check that the checker notices.
@@ -50,7 +50,7 @@ fn assert_reported(mismatches: &[Mismatch], object: &str, what: &str) {
 
 #[test]
 fn real_files_agree() {
-    let mismatches = run(&source(), &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source(), &p4info_text(), &RustModel::from_rust());
     assert!(
         mismatches.is_empty(),
         "P4 source, P4Info and Rust disagree:\n{}",
@@ -73,7 +73,7 @@ fn the_scanner_sees_the_whole_program() {
 #[test]
 fn renamed_table_in_source_is_reported() {
     let source = edit(&source(), "lb_bucket", "lb_buckets");
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(&mismatches, "table TalariaIngress.lb_bucket", "presence");
     assert_reported(&mismatches, "table TalariaIngress.lb_buckets", "presence");
 }
@@ -81,7 +81,7 @@ fn renamed_table_in_source_is_reported() {
 #[test]
 fn unapplied_table_is_reported() {
     let source = edit(&source(), "pod_node.apply();", "");
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(&mismatches, "table TalariaIngress.pod_node", "applied");
 }
 
@@ -92,7 +92,7 @@ fn changed_key_width_in_source_is_reported() {
         "typedef bit<16> bucket_t;",
         "typedef bit<12> bucket_t;",
     );
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(
         &mismatches,
         "table TalariaIngress.lb_bucket",
@@ -112,7 +112,7 @@ fn changed_width_in_p4info_is_reported() {
         "name: \"bucket\"\n    bitwidth: 16",
         "name: \"bucket\"\n    bitwidth: 12",
     );
-    let mismatches = run(&source(), &p4info, &RustModel::from_common());
+    let mismatches = run(&source(), &p4info, &RustModel::from_rust());
     assert_reported(
         &mismatches,
         "table TalariaIngress.lb_bucket",
@@ -124,7 +124,7 @@ fn changed_width_in_p4info_is_reported() {
         "name: \"backend_port\"\n    bitwidth: 16",
         "name: \"backend_port\"\n    bitwidth: 32",
     );
-    let mismatches = run(&source(), &p4info, &RustModel::from_common());
+    let mismatches = run(&source(), &p4info, &RustModel::from_rust());
     assert_reported(
         &mismatches,
         "action TalariaIngress.set_backend",
@@ -136,14 +136,14 @@ fn changed_width_in_p4info_is_reported() {
 fn changed_id_in_p4info_is_reported() {
     // lb_bucket's table id, 0x02000005.
     let p4info = edit(&p4info_text(), "id: 33554437\n", "id: 33554447\n");
-    let mismatches = run(&source(), &p4info, &RustModel::from_common());
+    let mismatches = run(&source(), &p4info, &RustModel::from_rust());
     assert_reported(&mismatches, "table TalariaIngress.lb_bucket", "id");
 }
 
 #[test]
 fn wrong_id_prefix_in_source_is_reported() {
     let source = edit(&source(), "@id(0x02000005)", "@id(0x01000005)");
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(&mismatches, "table TalariaIngress.lb_bucket", "id");
 }
 
@@ -151,7 +151,7 @@ fn wrong_id_prefix_in_source_is_reported() {
 fn unprefixed_id_in_source_is_accepted() {
     // p4c ORs the type prefix into an @id without one.
     let source = edit(&source(), "@id(0x02000005)", "@id(5)");
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert!(mismatches.is_empty(), "{}", listing(&mismatches));
 }
 
@@ -162,7 +162,7 @@ fn changed_size_is_reported() {
         "const bit<32> BACKEND_SIZE      = 262144;",
         "const bit<32> BACKEND_SIZE      = 131072;",
     );
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(&mismatches, "table TalariaIngress.backend", "size");
     assert_reported(&mismatches, "constant BACKEND_SIZE", "value");
 }
@@ -174,7 +174,7 @@ fn changed_drop_code_is_reported() {
         "DROP_NO_ROUTE                = 11;",
         "DROP_NO_ROUTE                = 21;",
     );
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(&mismatches, "constant DROP_NO_ROUTE", "value");
 
     let source = edit(
@@ -182,7 +182,7 @@ fn changed_drop_code_is_reported() {
         "const bit<8> DROP_UNKNOWN_POD             = 20;",
         "const bit<8> DROP_UNKNOWN_POD             = 20;\nconst bit<8> DROP_EXTRA = 21;",
     );
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(&mismatches, "constant DROP_EXTRA", "presence");
 }
 
@@ -195,7 +195,7 @@ fn changed_default_action_in_p4info_is_reported() {
         "initial_default_action {\n    action_id: 16777228\n",
         "initial_default_action {\n    action_id: 16777227\n",
     );
-    let mismatches = run(&source(), &p4info, &RustModel::from_common());
+    let mismatches = run(&source(), &p4info, &RustModel::from_rust());
     assert_reported(
         &mismatches,
         "table TalariaIngress.backend",
@@ -206,13 +206,13 @@ fn changed_default_action_in_p4info_is_reported() {
 #[test]
 fn changed_default_only_scope_is_reported() {
     let source = edit(&source(), "@defaultonly bucket_miss;", "bucket_miss;");
-    let mismatches = run(&source, &p4info_text(), &RustModel::from_common());
+    let mismatches = run(&source, &p4info_text(), &RustModel::from_rust());
     assert_reported(&mismatches, "table TalariaIngress.lb_bucket", "actions");
 }
 
 #[test]
 fn rust_side_changes_are_reported() {
-    let mut rust = RustModel::from_common();
+    let mut rust = RustModel::from_rust();
     let t = rust
         .tables
         .iter_mut()

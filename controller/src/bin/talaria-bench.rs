@@ -31,10 +31,14 @@ use talaria_controller::{
     controller::{self, Context},
     p4rt::{client, fake},
     source::{MemorySource, Objects},
-    state::Entry,
     types::{Proto, ServiceKey},
 };
 use talaria_p4rt::p4::v1;
+use talaria_tables::{
+    lb_bucket,
+    p4runtime::{decode, encode_key, ActionUse, Decoded},
+    Entry, EntryKey,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "Full-sync and incremental-update benchmark of talaria-controller")]
@@ -311,14 +315,7 @@ async fn main() -> Result<()> {
             missing += 1;
             continue;
         };
-        let probe = ctx.codec.encode(
-            &Entry::LbBucket {
-                service_id,
-                bucket,
-                backend_id: id,
-            },
-            false,
-        )?;
+        let probe = encode_key(&EntryKey::LbBucket(lb_bucket::Key { service_id, bucket }));
         loop {
             let mut stream = reader
                 .read(v1::ReadRequest {
@@ -335,8 +332,9 @@ async fn main() -> Result<()> {
                 for e in r.into_iter().flat_map(|r| r.entities) {
                     if let Some(v1::entity::Entity::TableEntry(te)) = e.entity {
                         found |= matches!(
-                            ctx.codec.decode(&te),
-                            Ok(Entry::LbBucket { backend_id, .. }) if backend_id == id
+                            decode(&te, ActionUse::Required),
+                            Ok(Decoded::Entry(Entry::LbBucket(e)))
+                                if e.action == (lb_bucket::Action::SelectBackend { backend_id: id })
                         );
                     }
                 }

@@ -111,62 +111,30 @@ fn s(v: &Value) -> String {
     }
 }
 
-/// One entry as (key, action) text.
-fn entry_row(e: &Value) -> (String, String) {
-    let t = e["table"].as_str().unwrap_or("");
-    match t {
-        "ipv4_route" => {
-            let a = &e["action"];
-            let act = if a["action"] == "forward" {
-                format!(
-                    "forward(port={}, src={}, dst={})",
-                    a["port"],
-                    s(&a["src_mac"]),
-                    s(&a["dst_mac"])
-                )
-            } else {
-                "drop".into()
-            };
-            (s(&e["prefix"]), act)
-        }
-        "switch_addr" => (s(&e["addr"]), "terminate_tunnel".into()),
-        "pod_node" => (
-            s(&e["prefix"]),
-            format!("set_client_node({})", s(&e["node_ip"])),
-        ),
-        "backend" => (
-            e["backend_id"].to_string(),
-            format!(
-                "set_backend({}:{}, node={})",
-                s(&e["backend"]["ip"]),
-                e["backend"]["port"],
-                s(&e["backend"]["node_ip"])
-            ),
-        ),
-        "cookie_check" => (
-            format!("svc={} backend={}", e["service_id"], e["backend_id"]),
-            "cookie_valid".into(),
-        ),
-        "lb_bucket" => (
-            format!("svc={} bucket={}", e["service_id"], e["bucket"]),
-            format!("select_backend({})", e["backend_id"]),
-        ),
-        "service_v4" => (
-            format!(
-                "{}:{}/{}",
-                s(&e["key"]["vip"]),
-                e["key"]["port"],
-                s(&e["key"]["proto"])
-            ),
-            format!(
-                "set_service(id={}, mask={}, hash={})",
-                e["action"]["service_id"],
-                e["action"]["bucket_mask"],
-                s(&e["action"]["hash_mode"])
-            ),
-        ),
-        _ => (e.to_string(), String::new()),
-    }
+/// One entry of a table dump as cells: its match value for each key field
+/// (`*` for an omitted LPM field, the wildcard), then `action(params)`.
+fn entry_row(key: &[String], e: &Value) -> Vec<String> {
+    let mut row: Vec<String> = key
+        .iter()
+        .map(|k| e["match"].get(k).map_or_else(|| "*".into(), s))
+        .collect();
+    let params: Vec<String> = e["params"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(n, v)| format!("{n}={}", s(v)))
+        .collect();
+    let default = if e["is_default"] == true {
+        " (default)"
+    } else {
+        ""
+    };
+    row.push(format!(
+        "{}({}){default}",
+        s(&e["action"]),
+        params.join(", ")
+    ));
+    row
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -208,21 +176,23 @@ async fn main() -> Result<()> {
                 Output::Table => {
                     for (sw, dumps) in &all {
                         for d in dumps.as_array().into_iter().flatten() {
+                            let entries = d["entries"].as_array().cloned().unwrap_or_default();
                             println!(
-                                "== switch {sw} table {} ({} entries)",
+                                "== switch {sw} table {} ({} of {} entries)",
                                 s(&d["table"]),
-                                d["count"]
+                                entries.len(),
+                                d["size"]
                             );
-                            let rows: Vec<Vec<String>> = d["entries"]
-                                .as_array()
-                                .into_iter()
-                                .flatten()
-                                .map(|e| {
-                                    let (k, a) = entry_row(e);
-                                    vec![k, a]
-                                })
-                                .collect();
-                            print_table(&["KEY", "ACTION"], &rows);
+                            let key: Vec<String> =
+                                d["key"].as_array().into_iter().flatten().map(s).collect();
+                            let rows: Vec<Vec<String>> =
+                                entries.iter().map(|e| entry_row(&key, e)).collect();
+                            let mut header: Vec<&str> = key.iter().map(String::as_str).collect();
+                            header.push("action");
+                            print_table(&header, &rows);
+                            for u in d["undecodable"].as_array().into_iter().flatten() {
+                                println!("undecodable: {}", s(u));
+                            }
                             println!();
                         }
                     }

@@ -9,18 +9,23 @@ use prost::Message;
 use talaria_p4rt::{
     google::rpc,
     p4::{config::v1::P4Info, v1},
+    p4info::Schema,
+};
+use talaria_tables::{
+    p4runtime::{self as p4rt, ActionUse, Decoded, Fit},
+    Contents, Entry, Table,
 };
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 use tracing::{debug, info, warn};
 
-use super::codec::{Codec, CodecError};
 use crate::{
     diff::{Batch, Chunk, Op},
-    state::{Entry, SwitchState, Table},
+    entries::INSERT_ORDER,
 };
 
-type P4Client = v1::p4_runtime_client::P4RuntimeClient<Channel>;
+/// A P4Runtime gRPC client.
+pub type P4Client = v1::p4_runtime_client::P4RuntimeClient<Channel>;
 
 /// Errors talking to a switch.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +50,9 @@ pub enum ClientError {
     /// The StreamChannel closed.
     #[error("stream channel closed")]
     StreamClosed,
-    /// The switch runs a pipeline whose P4Info differs from ours.
-    #[error("switch pipeline differs from our P4Info: {0}")]
-    PipelineMismatch(String),
-    /// Encoding or decoding entries.
-    #[error(transparent)]
-    Codec(#[from] CodecError),
+    /// The switch runs a pipeline without talaria's tables.
+    #[error("the switch's pipeline does not fit: {0}")]
+    PipelineMismatch(#[source] p4rt::Mismatch),
 }
 
 fn rpc_err(rpc: &'static str) -> impl FnOnce(tonic::Status) -> ClientError {
@@ -92,7 +94,6 @@ pub struct SwitchConn {
     client: P4Client,
     device_id: u64,
     election_id: v1::Uint128,
-    codec: Arc<Codec>,
     /// Keeps the StreamChannel open; dropping it ends the session.
     _stream_tx: futures::channel::mpsc::Sender<v1::StreamMessageRequest>,
     closed: watch::Receiver<bool>,
@@ -132,7 +133,7 @@ pub async fn channel(address: &str, timeout: Duration) -> Result<P4Client, Clien
 impl SwitchConn {
     /// Connects, becomes primary, and makes sure the switch runs our
     /// pipeline (pushing it when the switch has none).
-    pub async fn connect(p: &ConnectParams, codec: Arc<Codec>) -> Result<Self, ClientError> {
+    pub async fn connect(p: &ConnectParams) -> Result<Self, ClientError> {
         let mut client = channel(&p.address, p.timeout).await?;
         let election_id = v1::Uint128 {
             high: 0,
@@ -202,7 +203,6 @@ impl SwitchConn {
             client,
             device_id: p.device_id,
             election_id,
-            codec,
             _stream_tx: tx,
             closed,
             pushed_pipeline: false,
@@ -252,7 +252,9 @@ impl SwitchConn {
             Err(s) => return Err(rpc_err("GetForwardingPipelineConfig")(s)),
         };
         match theirs {
-            Some(info) if !info.tables.is_empty() => verify_p4info(&info, &p.p4info),
+            Some(info) if !info.tables.is_empty() => {
+                p4rt::check(&info, Fit::Covers).map_err(ClientError::PipelineMismatch)
+            }
             _ => {
                 info!("switch has no pipeline; pushing ours");
                 self.client
@@ -278,8 +280,8 @@ impl SwitchConn {
 
     /// Reads every controller-owned table. Entries that do not decode are
     /// returned as strings (they are left alone).
-    pub async fn read_state(&mut self) -> Result<(SwitchState, Vec<String>), ClientError> {
-        read_state(&mut self.client, self.device_id, &self.codec).await
+    pub async fn read_state(&mut self) -> Result<(Contents, Vec<String>), ClientError> {
+        read_state(&mut self.client, self.device_id).await
     }
 
     /// Applies `batches` in order, in Writes of at most `max` updates.
@@ -337,7 +339,6 @@ impl SwitchConn {
                 client: self.client.clone(),
                 device_id: self.device_id,
                 election_id: self.election_id,
-                codec: self.codec.clone(),
             };
             inflight.push_back(tokio::spawn(async move {
                 let mut report = WriteReport::default();
@@ -358,7 +359,6 @@ struct Writer {
     client: P4Client,
     device_id: u64,
     election_id: v1::Uint128,
-    codec: Arc<Codec>,
 }
 
 impl Writer {
@@ -377,7 +377,11 @@ impl Writer {
         };
         let mut updates = Vec::with_capacity(entries.len());
         for e in entries {
-            let te = self.codec.encode(e, op != Op::Delete)?;
+            // Deletes name the key alone.
+            let te = match op {
+                Op::Delete => p4rt::encode_key(&e.key()),
+                Op::Insert | Op::Modify => p4rt::encode(e),
+            };
             updates.push(v1::Update {
                 r#type: ty as i32,
                 entity: Some(v1::Entity {
@@ -460,49 +464,26 @@ pub fn decode_write_errors(status: &tonic::Status) -> Vec<v1::Error> {
         .collect()
 }
 
-fn verify_p4info(theirs: &P4Info, ours: &P4Info) -> Result<(), ClientError> {
-    let sig = |p: &P4Info| -> Vec<(String, u32)> {
-        let mut v: Vec<(String, u32)> = p
-            .tables
-            .iter()
-            .filter_map(|t| t.preamble.as_ref())
-            .chain(p.actions.iter().filter_map(|a| a.preamble.as_ref()))
-            .map(|pr| (pr.name.clone(), pr.id))
-            .collect();
-        v.sort();
-        v
-    };
-    let (a, b) = (sig(theirs), sig(ours));
-    if a == b {
-        Ok(())
-    } else {
-        let missing: Vec<String> = b
-            .iter()
-            .filter(|x| !a.contains(x))
-            .map(|(n, id)| format!("{n}({id})"))
-            .collect();
-        Err(ClientError::PipelineMismatch(format!(
-            "switch lacks {}",
-            missing.join(", ")
-        )))
-    }
-}
-
 /// Reads every controller-owned table through `client`, decoding each
 /// response as it arrives.
 pub async fn read_state(
     client: &mut P4Client,
     device_id: u64,
-    codec: &Codec,
-) -> Result<(SwitchState, Vec<String>), ClientError> {
-    let mut st = SwitchState::default();
+) -> Result<(Contents, Vec<String>), ClientError> {
+    let mut st = Contents::default();
     let mut bad = Vec::new();
-    let mut stream = read_stream(client, device_id, codec, &Table::INSERT_ORDER).await?;
+    let ids: Vec<u32> = INSERT_ORDER.iter().map(|t| t.id()).collect();
+    let mut stream = read_stream(client, device_id, &ids).await?;
     while let Some(r) = stream.next().await {
         for e in r.map_err(rpc_err("Read"))?.entities {
             if let Some(v1::entity::Entity::TableEntry(te)) = e.entity {
-                match codec.decode(&te) {
-                    Ok(e) => st.insert(e),
+                match p4rt::decode(&te, ActionUse::Required) {
+                    Ok(Decoded::Entry(e)) => {
+                        st.insert(e);
+                    }
+                    // Wildcard reads do not return default entries; a
+                    // switch that does is not wrong.
+                    Ok(_) => {}
                     Err(e) => bad.push(e.to_string()),
                 }
             }
@@ -515,14 +496,13 @@ pub async fn read_state(
 async fn read_stream(
     client: &mut P4Client,
     device_id: u64,
-    codec: &Codec,
-    tables: &[Table],
+    table_ids: &[u32],
 ) -> Result<tonic::Streaming<v1::ReadResponse>, ClientError> {
-    let entities = tables
+    let entities = table_ids
         .iter()
-        .map(|t| v1::Entity {
+        .map(|id| v1::Entity {
             entity: Some(v1::entity::Entity::TableEntry(v1::TableEntry {
-                table_id: codec.table_id(*t),
+                table_id: *id,
                 ..Default::default()
             })),
         })
@@ -538,14 +518,13 @@ async fn read_stream(
         .into_inner())
 }
 
-/// Raw entries of `tables`.
+/// Raw entries of the tables with P4Info ids `table_ids`.
 pub async fn read_tables(
     client: &mut P4Client,
     device_id: u64,
-    codec: &Codec,
-    tables: &[Table],
+    table_ids: &[u32],
 ) -> Result<Vec<v1::TableEntry>, ClientError> {
-    let mut stream = read_stream(client, device_id, codec, tables).await?;
+    let mut stream = read_stream(client, device_id, table_ids).await?;
     let mut out = Vec::new();
     while let Some(r) = stream.next().await {
         let r = r.map_err(rpc_err("Read"))?;
@@ -558,14 +537,15 @@ pub async fn read_tables(
     Ok(out)
 }
 
-/// Reads every indirect counter: name → non-zero cells.
+/// Reads every indirect counter of `schema`: name → non-zero cells.
 pub async fn read_counters(
     client: &mut P4Client,
     device_id: u64,
-    codec: &Codec,
+    schema: &Schema,
 ) -> Result<BTreeMap<String, CounterCells>, ClientError> {
     let mut out = BTreeMap::new();
-    for (name, (id, _size)) in &codec.counters {
+    for c in schema.counters().iter() {
+        let (name, id) = (&c.name, &c.id);
         let mut stream = client
             .read(v1::ReadRequest {
                 device_id,

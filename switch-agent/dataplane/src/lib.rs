@@ -28,7 +28,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-pub use entry::{CounterId, Entry, Ipv4Prefix, RouteAction, TableKind, Target, TargetError};
+pub use entry::{CounterId, Entry, EntryKey, Table, Target, TargetError};
 pub use sys::TestRunOutput;
 use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},

@@ -15,12 +15,15 @@ use talaria_common::{
         BackendValue, BucketValue, Ipv4LpmKey, NodeValue, PacketBytes, RouteValue, ServiceKey,
         ServiceScopedKey, ServiceValue,
     },
-    p4::Table,
 };
 use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
+use talaria_tables::{
+    backend, cookie_check, ipv4_route, lb_bucket, pod_node, service_v4, switch_addr,
+    value::{Ipv4Prefix, Mac},
+};
 
 use crate::{
-    entry::{CounterId, Entry, Ipv4Prefix, RouteAction, TableKind, Target, TargetError},
+    entry::{CounterId, Entry, EntryKey, Table, Target, TargetError},
     sys, Dataplane,
 };
 
@@ -109,7 +112,7 @@ fn addr(b: Be32) -> Ipv4Addr {
 }
 
 impl Dataplane {
-    fn table_fd(&self, table: TableKind) -> &OwnedFd {
+    fn table_fd(&self, table: Table) -> &OwnedFd {
         match table {
             Table::Ipv4Route => &self.maps.ipv4_route,
             Table::SwitchAddr => &self.maps.switch_addr,
@@ -121,107 +124,104 @@ impl Dataplane {
         }
     }
 
-    /// The map key and value of `entry`.
+    /// The map key of `key`.
+    fn encode_key(key: &EntryKey) -> Result<KeyBytes, TargetError> {
+        Ok(match key {
+            EntryKey::Ipv4Route(k) => bytes_of(&lpm_key(&k.dst_addr)?),
+            EntryKey::SwitchAddr(k) => MapBytes::from_slice(&be32(k.dst_addr).0),
+            EntryKey::ServiceV4(k) => bytes_of(&ServiceKey {
+                vip: be32(k.vip),
+                port: Be16::new(k.port),
+                proto: k.proto,
+                _pad: 0,
+            }),
+            EntryKey::CookieCheck(k) => bytes_of(&ServiceScopedKey {
+                service_id: k.service_id,
+                _pad: 0,
+                id: k.backend_id,
+            }),
+            EntryKey::LbBucket(k) => bytes_of(&ServiceScopedKey {
+                service_id: k.service_id,
+                _pad: 0,
+                id: u32::from(k.bucket),
+            }),
+            EntryKey::Backend(k) => MapBytes::from_slice(&k.backend_id.to_ne_bytes()),
+            EntryKey::PodNode(k) => bytes_of(&lpm_key(&k.pod_addr)?),
+        })
+    }
+
+    /// The map key and value of `entry`: each table's key and action as its
+    /// BPF map holds them.
     fn encode(entry: &Entry) -> Result<(KeyBytes, ValueBytes), TargetError> {
-        Ok(match *entry {
-            Entry::Ipv4Route { dst, action } => {
-                let value = match action {
-                    RouteAction::Forward {
-                        port,
-                        src_mac,
-                        dst_mac,
-                    } => {
-                        if u32::from(port) >= PORT_COUNT {
-                            return Err(TargetError::Invalid(format!(
-                                "port {port} does not fit 9 bits"
-                            )));
-                        }
-                        RouteValue {
-                            port: u32::from(port),
-                            src_mac,
-                            dst_mac,
-                        }
+        let key = Self::encode_key(&entry.key())?;
+        let value = match entry {
+            Entry::Ipv4Route(e) => bytes_of(&match e.action {
+                ipv4_route::Action::Forward {
+                    port,
+                    src_mac,
+                    dst_mac,
+                } => {
+                    if u32::from(port) >= PORT_COUNT {
+                        return Err(TargetError::Invalid(format!(
+                            "port {port} does not fit 9 bits"
+                        )));
                     }
-                    RouteAction::Drop => RouteValue {
-                        port: ROUTE_DROP_PORT,
-                        ..Default::default()
-                    },
-                };
-                (bytes_of(&lpm_key(&dst)?), bytes_of(&value))
+                    RouteValue {
+                        port: u32::from(port),
+                        src_mac: src_mac.0,
+                        dst_mac: dst_mac.0,
+                    }
+                }
+                ipv4_route::Action::Drop {} => RouteValue {
+                    port: ROUTE_DROP_PORT,
+                    ..Default::default()
+                },
+            }),
+            Entry::SwitchAddr(_) | Entry::CookieCheck(_) => {
+                MapBytes::from_slice(&PRESENT.to_ne_bytes())
             }
-            Entry::SwitchAddr { addr } => (
-                MapBytes::from_slice(&be32(addr).0),
-                MapBytes::from_slice(&PRESENT.to_ne_bytes()),
-            ),
-            Entry::ServiceV4 {
-                vip,
-                port,
-                proto,
-                service_id,
-                bucket_mask,
-                hash_mode,
-            } => (
-                bytes_of(&ServiceKey {
-                    vip: be32(vip),
-                    port: Be16::new(port),
-                    proto,
-                    _pad: 0,
-                }),
+            Entry::ServiceV4(e) => {
+                let service_v4::Action::SetService {
+                    service_id,
+                    bucket_mask,
+                    hash_mode,
+                } = e.action;
                 bytes_of(&ServiceValue {
                     service_id,
                     bucket_mask,
                     hash_mode,
                     _pad: [0; 3],
-                }),
-            ),
-            Entry::CookieCheck {
-                service_id,
-                backend_id,
-            } => (
-                bytes_of(&ServiceScopedKey {
-                    service_id,
-                    _pad: 0,
-                    id: backend_id,
-                }),
-                MapBytes::from_slice(&PRESENT.to_ne_bytes()),
-            ),
-            Entry::LbBucket {
-                service_id,
-                bucket,
-                backend_id,
-            } => (
-                bytes_of(&ServiceScopedKey {
-                    service_id,
-                    _pad: 0,
-                    id: u32::from(bucket),
-                }),
-                bytes_of(&BucketValue { backend_id }),
-            ),
-            Entry::Backend {
-                backend_id,
-                ip,
-                port,
-                node_ip,
-            } => (
-                MapBytes::from_slice(&backend_id.to_ne_bytes()),
+                })
+            }
+            Entry::LbBucket(e) => {
+                let lb_bucket::Action::SelectBackend { backend_id } = e.action;
+                bytes_of(&BucketValue { backend_id })
+            }
+            Entry::Backend(e) => {
+                let backend::Action::SetBackend {
+                    backend_ip,
+                    backend_port,
+                    node_ip,
+                } = e.action;
                 bytes_of(&BackendValue {
-                    ip: be32(ip),
-                    port: Be16::new(port),
+                    ip: be32(backend_ip),
+                    port: Be16::new(backend_port),
                     _pad: 0,
                     node_ip: be32(node_ip),
-                }),
-            ),
-            Entry::PodNode { dst, node_ip } => (
-                bytes_of(&lpm_key(&dst)?),
+                })
+            }
+            Entry::PodNode(e) => {
+                let pod_node::Action::SetClientNode { node_ip } = e.action;
                 bytes_of(&NodeValue {
                     node_ip: be32(node_ip),
-                }),
-            ),
-        })
+                })
+            }
+        };
+        Ok((key, value))
     }
 
     /// The entry of `table` stored under `key` with `value`.
-    fn decode(table: TableKind, key: &[u8], value: &[u8]) -> Entry {
+    fn decode(table: Table, key: &[u8], value: &[u8]) -> Entry {
         let prefix = |k: Ipv4LpmKey| Ipv4Prefix {
             addr: addr(k.addr),
             len: k.prefix_len as u8,
@@ -230,65 +230,89 @@ impl Dataplane {
             Table::Ipv4Route => {
                 let v: RouteValue = from_bytes(value);
                 let action = if v.port == ROUTE_DROP_PORT {
-                    RouteAction::Drop
+                    ipv4_route::Action::Drop {}
                 } else {
-                    RouteAction::Forward {
+                    ipv4_route::Action::Forward {
                         port: v.port as u16,
-                        src_mac: v.src_mac,
-                        dst_mac: v.dst_mac,
+                        src_mac: Mac(v.src_mac),
+                        dst_mac: Mac(v.dst_mac),
                     }
                 };
-                Entry::Ipv4Route {
-                    dst: prefix(from_bytes(key)),
+                Entry::Ipv4Route(ipv4_route::Entry {
+                    key: ipv4_route::Key {
+                        dst_addr: prefix(from_bytes(key)),
+                    },
                     action,
-                }
+                })
             }
-            Table::SwitchAddr => Entry::SwitchAddr {
-                addr: Ipv4Addr::new(key[0], key[1], key[2], key[3]),
-            },
+            Table::SwitchAddr => Entry::SwitchAddr(switch_addr::Entry {
+                key: switch_addr::Key {
+                    dst_addr: Ipv4Addr::new(key[0], key[1], key[2], key[3]),
+                },
+                action: switch_addr::Action::TerminateTunnel {},
+            }),
             Table::ServiceV4 => {
                 let k: ServiceKey = from_bytes(key);
                 let v: ServiceValue = from_bytes(value);
-                Entry::ServiceV4 {
-                    vip: addr(k.vip),
-                    port: k.port.get(),
-                    proto: k.proto,
-                    service_id: v.service_id,
-                    bucket_mask: v.bucket_mask,
-                    hash_mode: v.hash_mode,
-                }
+                Entry::ServiceV4(service_v4::Entry {
+                    key: service_v4::Key {
+                        vip: addr(k.vip),
+                        port: k.port.get(),
+                        proto: k.proto,
+                    },
+                    action: service_v4::Action::SetService {
+                        service_id: v.service_id,
+                        bucket_mask: v.bucket_mask,
+                        hash_mode: v.hash_mode,
+                    },
+                })
             }
             Table::CookieCheck => {
                 let k: ServiceScopedKey = from_bytes(key);
-                Entry::CookieCheck {
-                    service_id: k.service_id,
-                    backend_id: k.id,
-                }
+                Entry::CookieCheck(cookie_check::Entry {
+                    key: cookie_check::Key {
+                        service_id: k.service_id,
+                        backend_id: k.id,
+                    },
+                    action: cookie_check::Action::CookieValid {},
+                })
             }
             Table::LbBucket => {
                 let k: ServiceScopedKey = from_bytes(key);
                 let v: BucketValue = from_bytes(value);
-                Entry::LbBucket {
-                    service_id: k.service_id,
-                    bucket: k.id as u16,
-                    backend_id: v.backend_id,
-                }
+                Entry::LbBucket(lb_bucket::Entry {
+                    key: lb_bucket::Key {
+                        service_id: k.service_id,
+                        bucket: k.id as u16,
+                    },
+                    action: lb_bucket::Action::SelectBackend {
+                        backend_id: v.backend_id,
+                    },
+                })
             }
             Table::Backend => {
                 let v: BackendValue = from_bytes(value);
-                Entry::Backend {
-                    backend_id: from_bytes(key),
-                    ip: addr(v.ip),
-                    port: v.port.get(),
-                    node_ip: addr(v.node_ip),
-                }
+                Entry::Backend(backend::Entry {
+                    key: backend::Key {
+                        backend_id: from_bytes(key),
+                    },
+                    action: backend::Action::SetBackend {
+                        backend_ip: addr(v.ip),
+                        backend_port: v.port.get(),
+                        node_ip: addr(v.node_ip),
+                    },
+                })
             }
             Table::PodNode => {
                 let v: NodeValue = from_bytes(value);
-                Entry::PodNode {
-                    dst: prefix(from_bytes(key)),
-                    node_ip: addr(v.node_ip),
-                }
+                Entry::PodNode(pod_node::Entry {
+                    key: pod_node::Key {
+                        pod_addr: prefix(from_bytes(key)),
+                    },
+                    action: pod_node::Action::SetClientNode {
+                        node_ip: addr(v.node_ip),
+                    },
+                })
             }
         }
     }
@@ -329,7 +353,7 @@ impl Dataplane {
 }
 
 /// The map key size of `table`.
-fn key_len(table: TableKind) -> usize {
+fn key_len(table: Table) -> usize {
     match table {
         Table::SwitchAddr | Table::Backend => 4,
         Table::Ipv4Route
@@ -341,7 +365,7 @@ fn key_len(table: TableKind) -> usize {
 }
 
 /// The map value size of `table`.
-fn value_len(table: TableKind) -> usize {
+fn value_len(table: Table) -> usize {
     match table {
         Table::Ipv4Route => 16,
         Table::Backend => 12,
@@ -351,7 +375,7 @@ fn value_len(table: TableKind) -> usize {
 }
 
 /// The P4 `size` of `table`, which is its map's `max_entries`.
-pub fn table_size(table: TableKind) -> u32 {
+pub fn table_size(table: Table) -> u32 {
     match table {
         Table::Ipv4Route => size::IPV4_ROUTE,
         Table::SwitchAddr => size::SWITCH_ADDR,
@@ -366,9 +390,9 @@ pub fn table_size(table: TableKind) -> u32 {
 impl Target for Dataplane {
     fn insert(&self, entry: &Entry) -> Result<(), TargetError> {
         self.write(entry, sys::BPF_NOEXIST)?;
-        if let Entry::Backend { backend_id, .. } = entry {
+        if let Entry::Backend(e) = entry {
             // P4 direct counters start at zero with their entry.
-            self.reset_backend_counter(*backend_id)?;
+            self.reset_backend_counter(e.key.backend_id)?;
         }
         Ok(())
     }
@@ -377,22 +401,25 @@ impl Target for Dataplane {
         self.write(entry, sys::BPF_EXIST)
     }
 
-    fn delete(&self, entry: &Entry) -> Result<(), TargetError> {
-        let table = entry.table();
-        let (key, _) = Self::encode(entry)?;
-        sys::map_delete(self.table_fd(table).as_fd(), key.as_slice()).map_err(|e| {
+    fn delete(&self, key: &EntryKey) -> Result<(), TargetError> {
+        let table = key.table();
+        let bytes = Self::encode_key(key)?;
+        sys::map_delete(self.table_fd(table).as_fd(), bytes.as_slice()).map_err(|e| {
             match e.raw_os_error() {
                 Some(libc::ENOENT) => TargetError::NotFound,
                 _ => map_err(e),
             }
         })?;
-        if let Entry::Backend { backend_id, .. } = entry {
-            let _ = sys::map_delete(self.maps.backend_counter.as_fd(), &backend_id.to_ne_bytes());
+        if let EntryKey::Backend(k) = key {
+            let _ = sys::map_delete(
+                self.maps.backend_counter.as_fd(),
+                &k.backend_id.to_ne_bytes(),
+            );
         }
         Ok(())
     }
 
-    fn entries(&self, table: TableKind) -> Result<Vec<Entry>, TargetError> {
+    fn entries(&self, table: Table) -> Result<Vec<Entry>, TargetError> {
         let fd = self.table_fd(table).as_fd();
         let mut out = Vec::new();
         let mut key = vec![0u8; key_len(table)];
@@ -408,18 +435,16 @@ impl Target for Dataplane {
         Ok(out)
     }
 
-    fn get(&self, key: &Entry) -> Result<Option<Entry>, TargetError> {
+    fn get(&self, key: &EntryKey) -> Result<Option<Entry>, TargetError> {
         let table = key.table();
-        match *key {
+        match key {
             // A trie lookup answers the longest match, not the exact
             // prefix; these tables are small, so walk them.
-            Entry::Ipv4Route { dst, .. } | Entry::PodNode { dst, .. } => {
-                Ok(self.entries(table)?.into_iter().find(|e| {
-                    matches!(*e, Entry::Ipv4Route { dst: d, .. } | Entry::PodNode { dst: d, .. } if d == dst)
-                }))
+            EntryKey::Ipv4Route(_) | EntryKey::PodNode(_) => {
+                Ok(self.entries(table)?.into_iter().find(|e| e.key() == *key))
             }
             _ => {
-                let (k, _) = Self::encode(key)?;
+                let k = Self::encode_key(key)?;
                 let mut buf = [0u8; 16];
                 let value = &mut buf[..value_len(table)];
                 let fd = self.table_fd(table).as_fd();
@@ -467,6 +492,7 @@ impl Target for Dataplane {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use talaria_tables::build;
 
     #[test]
     fn lpm_keys_reject_host_bits_and_long_prefixes() {
@@ -493,75 +519,40 @@ mod tests {
 
     #[test]
     fn entries_round_trip_through_map_bytes() {
+        let node = Ipv4Addr::new(192, 0, 2, 1);
         let entries = [
-            Entry::Ipv4Route {
-                dst: Ipv4Prefix {
-                    addr: Ipv4Addr::new(10, 2, 0, 0),
-                    len: 16,
-                },
-                action: RouteAction::Forward {
-                    port: 3,
-                    src_mac: [2, 0, 0, 0, 0, 1],
-                    dst_mac: [2, 0, 0, 0, 0, 2],
-                },
-            },
-            Entry::Ipv4Route {
-                dst: Ipv4Prefix {
-                    addr: Ipv4Addr::new(0, 0, 0, 0),
-                    len: 0,
-                },
-                action: RouteAction::Drop,
-            },
-            Entry::SwitchAddr {
-                addr: Ipv4Addr::new(10, 0, 0, 1),
-            },
-            Entry::ServiceV4 {
-                vip: Ipv4Addr::new(10, 96, 0, 10),
-                port: 80,
-                proto: 6,
-                service_id: 7,
-                bucket_mask: 255,
-                hash_mode: 1,
-            },
-            Entry::CookieCheck {
-                service_id: 7,
-                backend_id: 70000,
-            },
-            Entry::LbBucket {
-                service_id: 7,
-                bucket: 200,
-                backend_id: 70000,
-            },
-            Entry::Backend {
-                backend_id: 70000,
-                ip: Ipv4Addr::new(10, 244, 1, 5),
-                port: 8080,
-                node_ip: Ipv4Addr::new(192, 0, 2, 1),
-            },
-            Entry::PodNode {
-                dst: Ipv4Prefix {
-                    addr: Ipv4Addr::new(10, 244, 1, 0),
-                    len: 24,
-                },
-                node_ip: Ipv4Addr::new(192, 0, 2, 1),
-            },
+            build::route(
+                build::prefix(Ipv4Addr::new(10, 2, 0, 0), 16),
+                3,
+                [2, 0, 0, 0, 0, 1],
+                [2, 0, 0, 0, 0, 2],
+            ),
+            build::blackhole(build::prefix(Ipv4Addr::UNSPECIFIED, 0)),
+            build::switch_addr(Ipv4Addr::new(10, 0, 0, 1)),
+            build::service(Ipv4Addr::new(10, 96, 0, 10), 80, 6, 7, 255, 1),
+            build::cookie(7, 70000),
+            build::bucket(7, 200, 70000),
+            build::backend(70000, Ipv4Addr::new(10, 244, 1, 5), 8080, node),
+            build::pod_node(build::prefix(Ipv4Addr::new(10, 244, 1, 0), 24), node),
         ];
         for e in entries {
             let (k, v) = Dataplane::encode(&e).unwrap();
             assert_eq!((k.len, v.len), (key_len(e.table()), value_len(e.table())));
             assert_eq!(Dataplane::decode(e.table(), k.as_slice(), v.as_slice()), e);
         }
-        let too_far = Entry::Ipv4Route {
-            dst: Ipv4Prefix {
-                addr: Ipv4Addr::new(10, 2, 0, 0),
-                len: 16,
+        let too_far = Entry::Ipv4Route(ipv4_route::Entry {
+            key: ipv4_route::Key {
+                dst_addr: Ipv4Prefix {
+                    addr: Ipv4Addr::new(10, 2, 0, 0),
+                    len: 16,
+                },
             },
-            action: RouteAction::Forward {
+            action: ipv4_route::Action::Forward {
                 port: 512,
-                src_mac: [0; 6],
-                dst_mac: [0; 6],
+                src_mac: Mac([0; 6]),
+                dst_mac: Mac([0; 6]),
             },
-        };
+        });
         assert!(matches!(
             Dataplane::encode(&too_far),
             Err(TargetError::Invalid(_))

@@ -3,20 +3,21 @@
 
 use std::net::Ipv4Addr;
 use talaria_preflight::{require, LOADS_BPF};
+use talaria_tables::build::{self, prefix};
 
-use talaria_common::{net::IPPROTO_TCP, p4};
+use talaria_common::{net::IPPROTO_TCP, p4::sizes};
 use talaria_switch_dataplane::{
     testing::{mac, TestSwitch},
-    Config, Dataplane, Entry, Ipv4Prefix, RouteAction, TableKind, Target, TargetError,
+    Config, Dataplane, Entry, Table, Target, TargetError,
 };
 
 fn backend(id: u32, last: u8) -> Entry {
-    Entry::Backend {
-        backend_id: id,
-        ip: Ipv4Addr::new(10, 244, 0, last),
-        port: 8080,
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
-    }
+    build::backend(
+        id,
+        Ipv4Addr::new(10, 244, 0, last),
+        8080,
+        Ipv4Addr::new(192, 168, 0, 2),
+    )
 }
 
 #[test]
@@ -35,30 +36,20 @@ fn insert_modify_delete_follow_p4runtime() {
         dp.modify(&backend(2, 7)),
         Err(TargetError::NotFound)
     ));
-    assert_eq!(dp.entries(TableKind::Backend).unwrap(), vec![backend(1, 7)]);
-    assert_eq!(dp.get(&backend(1, 0)).unwrap(), Some(backend(1, 7)));
-    assert_eq!(dp.get(&backend(2, 0)).unwrap(), None);
+    assert_eq!(dp.entries(Table::Backend).unwrap(), vec![backend(1, 7)]);
+    assert_eq!(dp.get(&backend(1, 0).key()).unwrap(), Some(backend(1, 7)));
+    assert_eq!(dp.get(&backend(2, 0).key()).unwrap(), None);
     assert_eq!(dp.backend_counter(1).unwrap().packets, 0);
-    dp.delete(&backend(1, 0)).unwrap();
+    dp.delete(&backend(1, 0).key()).unwrap();
     assert!(matches!(
-        dp.delete(&backend(1, 0)),
+        dp.delete(&backend(1, 0).key()),
         Err(TargetError::NotFound)
     ));
     assert!(matches!(dp.backend_counter(1), Err(TargetError::NotFound)));
-    assert!(dp.entries(TableKind::Backend).unwrap().is_empty());
+    assert!(dp.entries(Table::Backend).unwrap().is_empty());
 
     // LPM: host bits are invalid; the same prefix twice already exists.
-    let route = |a: [u8; 4], len| Entry::Ipv4Route {
-        dst: Ipv4Prefix {
-            addr: Ipv4Addr::from(a),
-            len,
-        },
-        action: RouteAction::Forward {
-            port: 1,
-            src_mac: mac(1),
-            dst_mac: mac(2),
-        },
-    };
+    let route = |a: [u8; 4], len| build::route(prefix(a.into(), len), 1, mac(1), mac(2));
     assert!(matches!(
         dp.insert(&route([10, 1, 2, 3], 16)),
         Err(TargetError::Invalid(_))
@@ -69,65 +60,45 @@ fn insert_modify_delete_follow_p4runtime() {
         dp.insert(&route([10, 1, 0, 0], 16)),
         Err(TargetError::AlreadyExists)
     ));
-    let blackhole = Entry::Ipv4Route {
-        dst: Ipv4Prefix {
-            addr: Ipv4Addr::new(10, 1, 0, 0),
-            len: 16,
-        },
-        action: RouteAction::Drop,
-    };
+    let blackhole = build::blackhole(prefix(Ipv4Addr::new(10, 1, 0, 0), 16));
     dp.modify(&blackhole).unwrap();
-    let mut routes = dp.entries(TableKind::Ipv4Route).unwrap();
+    let mut routes = dp.entries(Table::Ipv4Route).unwrap();
     routes.sort_by_key(|e| format!("{e:?}"));
     assert_eq!(routes.len(), 2);
     assert!(routes.contains(&blackhole) && routes.contains(&route([10, 1, 0, 0], 24)));
     // A key read is exact, not a longest-prefix match.
-    assert_eq!(dp.get(&route([10, 1, 0, 0], 16)).unwrap(), Some(blackhole));
-    assert_eq!(dp.get(&route([10, 1, 2, 0], 24)).unwrap(), None);
+    assert_eq!(
+        dp.get(&route([10, 1, 0, 0], 16).key()).unwrap(),
+        Some(blackhole)
+    );
+    assert_eq!(dp.get(&route([10, 1, 2, 0], 24).key()).unwrap(), None);
     assert!(matches!(
-        dp.delete(&route([10, 2, 0, 0], 16)),
+        dp.delete(&route([10, 2, 0, 0], 16).key()),
         Err(TargetError::NotFound)
     ));
 
     // Exact tables fill up at their P4 size.
-    for i in 0..p4::SWITCH_ADDR_SIZE {
-        dp.insert(&Entry::SwitchAddr {
-            addr: Ipv4Addr::from(0x0a00_0000 + i),
-        })
-        .unwrap();
+    for i in 0..sizes::SWITCH_ADDR {
+        dp.insert(&build::switch_addr(Ipv4Addr::from(0x0a00_0000 + i)))
+            .unwrap();
     }
-    match dp.insert(&Entry::SwitchAddr {
-        addr: Ipv4Addr::new(10, 9, 9, 9),
-    }) {
-        Err(TargetError::Full { size }) => assert_eq!(size, p4::SWITCH_ADDR_SIZE),
+    match dp.insert(&build::switch_addr(Ipv4Addr::new(10, 9, 9, 9))) {
+        Err(TargetError::Full { size }) => assert_eq!(size, sizes::SWITCH_ADDR),
         other => panic!("expected Full, got {other:?}"),
     }
     // So do LPM tables.
-    for i in 0..p4::POD_NODE_SIZE {
-        let dst = Ipv4Prefix {
-            addr: Ipv4Addr::from(0x0a00_0000 + (i << 8)),
-            len: 24,
-        };
-        dp.insert(&Entry::PodNode {
-            dst,
-            node_ip: Ipv4Addr::new(192, 168, 0, 2),
-        })
-        .unwrap();
+    let pod_node = |addr| build::pod_node(prefix(addr, 24), Ipv4Addr::new(192, 168, 0, 2));
+    for i in 0..sizes::POD_NODE {
+        dp.insert(&pod_node(Ipv4Addr::from(0x0a00_0000 + (i << 8))))
+            .unwrap();
     }
-    let dst = Ipv4Prefix {
-        addr: Ipv4Addr::new(11, 0, 0, 0),
-        len: 24,
-    };
-    match dp.insert(&Entry::PodNode {
-        dst,
-        node_ip: Ipv4Addr::new(192, 168, 0, 2),
-    }) {
-        Err(TargetError::Full { size }) => assert_eq!(size, p4::POD_NODE_SIZE),
+    match dp.insert(&pod_node(Ipv4Addr::new(11, 0, 0, 0))) {
+        Err(TargetError::Full { size }) => assert_eq!(size, sizes::POD_NODE),
         other => panic!("expected Full, got {other:?}"),
     }
     assert_eq!(
-        dp.entries(TableKind::PodNode).unwrap().len() as u32,
-        p4::POD_NODE_SIZE
+        dp.entries(Table::PodNode).unwrap().len() as u32,
+        sizes::POD_NODE
     );
     assert!(matches!(
         dp.counter(talaria_switch_dataplane::CounterId::Drop, 32),
@@ -139,14 +110,7 @@ fn insert_modify_delete_follow_p4runtime() {
 fn restart_keeps_entries_and_the_attachment() {
     require!(LOADS_BPF);
     let mut sw = TestSwitch::new("restart", 2);
-    let svc = Entry::ServiceV4 {
-        vip: Ipv4Addr::new(10, 96, 0, 1),
-        port: 443,
-        proto: IPPROTO_TCP,
-        service_id: 3,
-        bucket_mask: 0,
-        hash_mode: 0,
-    };
+    let svc = build::service(Ipv4Addr::new(10, 96, 0, 1), 443, IPPROTO_TCP, 3, 0, 0);
     let dp = sw.dp.take().unwrap();
     dp.insert(&svc).unwrap();
     let config = Config {
@@ -174,7 +138,7 @@ fn restart_keeps_entries_and_the_attachment() {
     );
 
     let dp = Dataplane::open(config).unwrap();
-    assert_eq!(dp.entries(TableKind::ServiceV4).unwrap(), vec![svc]);
+    assert_eq!(dp.entries(Table::ServiceV4).unwrap(), vec![svc]);
     let (_, after) =
         aya::programs::SchedClassifier::query_tcx("sw1", aya::programs::TcAttachType::Ingress)
             .unwrap();
@@ -241,7 +205,7 @@ fn maps_pinned_with_another_layout_are_refused() {
     match Dataplane::open(config.clone()) {
         Err(talaria_switch_dataplane::Error::Layout { name, want, got }) => {
             assert_eq!(name, "SWITCH_ADDR");
-            assert_eq!(want.2, p4::SWITCH_ADDR_SIZE);
+            assert_eq!(want.2, sizes::SWITCH_ADDR);
             assert_eq!(got.2, 8);
         }
         other => panic!("expected a layout error, got {other:?}"),

@@ -10,6 +10,7 @@ use std::{
     time::Duration,
 };
 use talaria_preflight::{require, LOADS_BPF};
+use talaria_tables::build;
 
 use talaria_common::{
     be::{Be16, Be32},
@@ -19,7 +20,7 @@ use talaria_common::{
 };
 use talaria_switch_dataplane::{
     testing::{self, ip, mac, Inner, NetNs, TestSwitch},
-    Entry, Ipv4Prefix, RouteAction, Target,
+    Target,
 };
 
 const SWITCH: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -109,14 +110,12 @@ fn lab() -> Lab {
         .into_iter()
         .enumerate()
     {
-        dp.insert(&Entry::Ipv4Route {
-            dst: Ipv4Prefix { addr: net, len: 24 },
-            action: RouteAction::Forward {
-                port: i as u16 + 1,
-                src_mac: sw_mac[i],
-                dst_mac: node_mac[i],
-            },
-        })
+        dp.insert(&build::route(
+            build::prefix(net, 24),
+            i as u16 + 1,
+            sw_mac[i],
+            node_mac[i],
+        ))
         .unwrap();
     }
     Lab { a, b, sw }
@@ -159,30 +158,11 @@ fn tunnel_is_load_balanced_across_the_switch() {
     let lab = lab();
     let dp = lab.sw.dp();
     for e in [
-        Entry::SwitchAddr { addr: SWITCH },
-        Entry::ServiceV4 {
-            vip: VIP,
-            port: 80,
-            proto: IPPROTO_TCP,
-            service_id: 7,
-            bucket_mask: 0,
-            hash_mode: hash_mode::FIVE_TUPLE,
-        },
-        Entry::LbBucket {
-            service_id: 7,
-            bucket: 0,
-            backend_id: 100,
-        },
-        Entry::CookieCheck {
-            service_id: 7,
-            backend_id: 100,
-        },
-        Entry::Backend {
-            backend_id: 100,
-            ip: BACKEND_IP,
-            port: 8080,
-            node_ip: NODE_B,
-        },
+        build::switch_addr(SWITCH),
+        build::service(VIP, 80, IPPROTO_TCP, 7, 0, hash_mode::FIVE_TUPLE),
+        build::bucket(7, 0, 100),
+        build::cookie(7, 100),
+        build::backend(100, BACKEND_IP, 8080, NODE_B),
     ] {
         dp.insert(&e).unwrap();
     }
@@ -272,7 +252,7 @@ fn forwarding_survives_close_and_reopen() {
     // A new process takes over the same maps and links.
     let dp = talaria_switch_dataplane::Dataplane::open(config).unwrap();
     assert_eq!(
-        dp.entries(talaria_switch_dataplane::TableKind::Ipv4Route)
+        dp.entries(talaria_switch_dataplane::Table::Ipv4Route)
             .unwrap()
             .len(),
         2

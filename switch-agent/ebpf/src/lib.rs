@@ -63,19 +63,8 @@ pub mod map_name {
 /// The classifier's name in the object file.
 pub const PROGRAM_NAME: &str = "switch_ingress";
 
-/// Table sizes (P4 `size`, from `talaria_common::p4`), the maps' `max_entries`.
-pub mod size {
-    use talaria_common::p4;
-
-    pub const IPV4_ROUTE: u32 = p4::IPV4_ROUTE_SIZE;
-    pub const SWITCH_ADDR: u32 = p4::SWITCH_ADDR_SIZE;
-    pub const SERVICE_V4: u32 = p4::SERVICE_V4_SIZE;
-    pub const COOKIE_CHECK: u32 = p4::COOKIE_CHECK_SIZE;
-    pub const LB_BUCKET: u32 = p4::LB_BUCKET_SIZE;
-    pub const BACKEND: u32 = p4::BACKEND_SIZE;
-    pub const POD_NODE: u32 = p4::POD_NODE_SIZE;
-    pub const SERVICE_COUNTER: u32 = p4::SERVICE_COUNTER_SIZE;
-}
+/// Table sizes (P4 `size`), the maps' `max_entries`.
+pub use talaria_common::p4::sizes as size;
 
 /// TTL of the outer header when the switch re-originates a tunnel, before
 /// `ipv4_route` decrements it. Must match `TUNNEL_TTL` in p4/constants.p4.

@@ -5,18 +5,18 @@
 //! Two clients: `prost`, the generated tonic client, which encodes each
 //! request while it is timed; and `raw`, which sends requests encoded
 //! before the clock starts, so that the row measures the server (gRPC
-//! transport, protobuf decode, validation, translation, map writes) and
-//! not the client's protobuf encoding, which on a real controller runs on
-//! another machine. `cpu us/entry` is the CPU time of the whole process
+//! transport, protobuf decode, entry decoding and validation, map writes)
+//! and not the client's protobuf encoding, which on a real controller runs
+//! on another machine. `cpu us/entry` is the CPU time of the whole process
 //! (client and server) per entry, which a busy machine disturbs much less
 //! than the wall-clock rate.
 //!
 //!     cargo run --release -p talaria-switch --bin p4rt-write-bench [-- --entries N]
 //!
-//! Two targets: the in-memory table store (the cost of gRPC, protobuf,
-//! validation and translation alone) and, when run as root, the eBPF data
-//! plane on no ports with a private pin directory (one map syscall more per
-//! entry), detached afterwards.
+//! Two targets: the in-memory table store (the cost of gRPC, protobuf and
+//! entry decoding alone) and, when run as root, the eBPF data plane on no
+//! ports with a private pin directory (one map syscall more per entry),
+//! detached afterwards.
 
 use std::{sync::Arc, time::Instant};
 
@@ -24,19 +24,18 @@ use anyhow::{Context, Result};
 use bytes::{BufMut, Bytes};
 use prost::Message;
 use talaria_p4rt::p4::v1::{
-    entity, field_match, forwarding_pipeline_config, p4_runtime_client::P4RuntimeClient,
+    entity, forwarding_pipeline_config, p4_runtime_client::P4RuntimeClient,
     set_forwarding_pipeline_config_request::Action as SetAction, stream_message_request,
-    stream_message_response, table_action, update::Type, Action, Entity, FieldMatch,
-    ForwardingPipelineConfig, MasterArbitrationUpdate, SetForwardingPipelineConfigRequest,
-    StreamMessageRequest, TableAction, TableEntry, Uint128, Update, WriteRequest, WriteResponse,
+    stream_message_response, update::Type, Entity, ForwardingPipelineConfig,
+    MasterArbitrationUpdate, SetForwardingPipelineConfigRequest, StreamMessageRequest, TableEntry,
+    Uint128, Update, WriteRequest, WriteResponse,
 };
 use talaria_switch::{
-    entry::{TableKind, Target},
-    layout::Layout,
+    entry::{Table, Target},
     memory::MemoryTarget,
     server::{self, Switch},
-    translate::encode_bytes,
 };
+use talaria_tables::{build, p4runtime::encode};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{
@@ -127,32 +126,10 @@ fn cpu_seconds() -> f64 {
 
 const ELECTION: Option<Uint128> = Some(Uint128 { high: 0, low: 1 });
 
-fn bucket_entry(layout: &Layout, i: u32) -> TableEntry {
-    let t = layout.table_of(TableKind::LbBucket);
-    let a = t.entry_action(0);
-    let exact = |id, v: u64| FieldMatch {
-        field_id: id,
-        field_match_type: Some(field_match::FieldMatchType::Exact(field_match::Exact {
-            value: encode_bytes(v),
-        })),
-    };
-    TableEntry {
-        table_id: t.id,
-        r#match: vec![
-            exact(t.fields[0].id, u64::from(i >> 16)),
-            exact(t.fields[1].id, u64::from(i & 0xffff)),
-        ],
-        action: Some(TableAction {
-            r#type: Some(table_action::Type::Action(Action {
-                action_id: a.id,
-                params: vec![talaria_p4rt::p4::v1::action::Param {
-                    param_id: a.params[0].id,
-                    value: encode_bytes(u64::from(i)),
-                }],
-            })),
-        }),
-        ..Default::default()
-    }
+/// `lb_bucket` entry `i`: service `i >> 16`, bucket `i & 0xffff`, backend
+/// `i`.
+fn bucket_entry(i: u32) -> TableEntry {
+    encode(&build::bucket((i >> 16) as u16, i as u16, i))
 }
 
 fn update(kind: Type, te: TableEntry) -> Update {
@@ -169,7 +146,6 @@ fn update(kind: Type, te: TableEntry) -> Update {
 async fn run(
     clients: &mut Clients,
     how: ClientKind,
-    layout: &Layout,
     kind: Type,
     base: u32,
     entries: u32,
@@ -182,7 +158,7 @@ async fn run(
             device_id: 1,
             election_id: ELECTION,
             updates: (b * batch..((b + 1) * batch).min(entries))
-                .map(|i| update(kind, bucket_entry(layout, base + i)))
+                .map(|i| update(kind, bucket_entry(base + i)))
                 .collect(),
             ..Default::default()
         })
@@ -216,20 +192,10 @@ async fn run(
 
 /// Starts a server over `target`, becomes primary, commits the pipeline and
 /// prints the throughput rows for `target_name`.
-async fn bench(
-    target_name: &str,
-    layout: Arc<Layout>,
-    target: Arc<dyn Target>,
-    entries: u32,
-) -> Result<()> {
+async fn bench(target_name: &str, target: Arc<dyn Target>, entries: u32) -> Result<()> {
     let (stop, stop_rx) = watch::channel(false);
-    let switch = Arc::new(Switch::new(
-        1,
-        layout.clone(),
-        target,
-        None,
-        stop_rx.clone(),
-    )?);
+    let switch = Arc::new(Switch::new(1, target, None, stop_rx.clone())?);
+    let p4info = switch.p4info().clone();
     let (listener, addr) = server::bind(([127, 0, 0, 1], 0).into()).await?;
     let server = tokio::spawn(server::serve(switch, listener, stop_rx));
 
@@ -264,7 +230,7 @@ async fn bench(
             election_id: ELECTION,
             action: SetAction::VerifyAndCommit as i32,
             config: Some(ForwardingPipelineConfig {
-                p4info: Some(layout.p4info.clone()),
+                p4info: Some(p4info),
                 cookie: Some(forwarding_pipeline_config::Cookie { cookie: 1 }),
                 ..Default::default()
             }),
@@ -280,7 +246,7 @@ async fn bench(
         (ClientKind::Raw, 1000, entries),
     ] {
         for (kind, op) in [(Type::Insert, "insert"), (Type::Delete, "delete")] {
-            let (rate, cpu) = run(&mut clients, how, &layout, kind, 0, n, batch).await?;
+            let (rate, cpu) = run(&mut clients, how, kind, 0, n, batch).await?;
             println!(
                 "{target_name:<9} {:<7} {op:<7} {batch:>6} {n:>9} {rate:>12.0} {cpu:>14.2}",
                 how.name()
@@ -303,7 +269,6 @@ async fn main() -> Result<()> {
             _ => anyhow::bail!("usage: p4rt-write-bench [--entries N]"),
         }
     }
-    let layout = Arc::new(Layout::talaria()?);
     println!("P4Runtime write throughput over loopback gRPC (lb_bucket entries; batch 1 runs entries/20)");
     println!(
         "{:<9} {:<7} {:<7} {:>6} {:>9} {:>12} {:>14}",
@@ -311,8 +276,7 @@ async fn main() -> Result<()> {
     );
     bench(
         "memory",
-        layout.clone(),
-        Arc::new(MemoryTarget::new(|_| u32::MAX)),
+        Arc::new(MemoryTarget::with_sizes(|_| u32::MAX)),
         entries,
     )
     .await?;
@@ -330,8 +294,8 @@ async fn main() -> Result<()> {
         Ok(dp) => {
             let dp = Arc::new(dp);
             // lb_bucket holds LB_BUCKET_SIZE entries.
-            let n = entries.min(layout.size(TableKind::LbBucket));
-            let r = bench("ebpf", layout.clone(), dp.clone(), n).await;
+            let n = entries.min(Table::LbBucket.size());
+            let r = bench("ebpf", dp.clone(), n).await;
             if let Ok(dp) = Arc::try_unwrap(dp) {
                 dp.detach()?;
             }

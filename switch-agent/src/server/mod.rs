@@ -23,6 +23,7 @@ use std::{
     },
 };
 
+use talaria_p4rt::p4::config::v1::P4Info;
 use talaria_p4rt::p4::v1::{
     get_forwarding_pipeline_config_request::ResponseType, p4_runtime_server::P4Runtime,
     p4_runtime_server::P4RuntimeServer,
@@ -33,15 +34,14 @@ use talaria_p4rt::p4::v1::{
     SetForwardingPipelineConfigResponse, StreamError, StreamMessageRequest, StreamMessageResponse,
     WriteRequest, WriteResponse,
 };
+use talaria_tables::p4runtime::{check, Fit, Mismatch};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{wrappers::UnboundedReceiverStream, Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::{
-    entry::Target,
-    layout::Layout,
-    memory::TABLES,
+    entry::{Table, Target},
     server::{
         arbitration::{check_role, Arbitration, StreamTx},
         pipeline::{check_p4info, Effect, PipelineState},
@@ -59,10 +59,24 @@ pub struct WriteStats {
     pub updates: [[AtomicU64; 2]; 3],
 }
 
+/// Why a [`Switch`] cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The embedded P4Info describes something other than the tables
+    /// `talaria_tables` defines and this switch implements.
+    #[error("the embedded P4Info does not match this switch")]
+    P4Info(#[source] Mismatch),
+    /// The persisted pipeline could not be loaded.
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+}
+
 /// The state the RPCs share.
 pub struct Switch {
     device_id: u64,
-    layout: Arc<Layout>,
+    /// The P4Info this switch implements (`talaria_tables::p4info()`); a
+    /// pushed pipeline must be equal to it.
+    p4info: P4Info,
     target: Arc<dyn Target>,
     arbitration: Mutex<Arbitration>,
     pipeline: RwLock<PipelineState>,
@@ -78,20 +92,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Switch {
-    /// A switch over `target`. When `state_dir` holds a committed pipeline
+    /// A switch over `target`, serving the embedded talaria P4Info once it
+    /// has checked that the P4Info describes exactly the tables and
+    /// counters implemented. When `state_dir` holds a committed pipeline
     /// from an earlier run (and it is still the talaria pipeline), the
     /// switch starts configured: its pinned tables are still in use.
     pub fn new(
         device_id: u64,
-        layout: Arc<Layout>,
         target: Arc<dyn Target>,
         state_dir: Option<PathBuf>,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<Self, pipeline::PipelineError> {
+    ) -> Result<Self, StartError> {
+        let p4info = talaria_tables::p4info();
+        check(&p4info, Fit::Exactly).map_err(StartError::P4Info)?;
         let mut state = PipelineState::default();
         if let Some(dir) = &state_dir {
             if let Some(c) = pipeline::load(dir)? {
-                match c.p4info.as_ref().map(|p| check_p4info(&layout.p4info, p)) {
+                match c.p4info.as_ref().map(|p| check_p4info(&p4info, p)) {
                     Some(Ok(())) => {
                         info!(dir = %dir.display(), "restored the committed pipeline config");
                         state.committed = Some(c);
@@ -107,7 +124,7 @@ impl Switch {
         }
         Ok(Self {
             device_id,
-            layout,
+            p4info,
             target,
             arbitration: Mutex::new(Arbitration::new(device_id)),
             pipeline: RwLock::new(state),
@@ -123,9 +140,9 @@ impl Switch {
         &self.target
     }
 
-    /// The resolved pipeline.
-    pub fn layout(&self) -> &Arc<Layout> {
-        &self.layout
+    /// The P4Info this switch implements.
+    pub fn p4info(&self) -> &P4Info {
+        &self.p4info
     }
 
     /// Whether a pipeline is committed.
@@ -160,15 +177,15 @@ impl Switch {
 
     /// Empties every table (VERIFY_AND_COMMIT resets the forwarding state).
     fn clear_tables(&self) -> Result<(), Status> {
-        for table in TABLES {
+        for &table in Table::ALL {
             let entries = self
                 .target
                 .entries(table)
                 .map_err(|e| Status::internal(e.to_string()))?;
             for e in entries {
-                match self.target.delete(&e) {
+                match self.target.delete(&e.key()) {
                     Ok(()) | Err(crate::entry::TargetError::NotFound) => {}
-                    Err(e) => return Err(Status::internal(format!("clearing {table:?}: {e}"))),
+                    Err(e) => return Err(Status::internal(format!("clearing {table}: {e}"))),
                 }
             }
         }
@@ -186,7 +203,7 @@ impl Switch {
         // Counted per batch: one atomic add per cell, not per update.
         let mut counts = [[0u64; 2]; 3];
         for u in &req.updates {
-            let r = write::apply(&self.layout, self.target.as_ref(), u);
+            let r = write::apply(self.target.as_ref(), u);
             let op = (u.r#type - 1).clamp(0, 2) as usize;
             counts[op][usize::from(r.is_err())] += 1;
             if let Err(e) = &r {
@@ -229,7 +246,7 @@ impl Switch {
                     .p4info
                     .as_ref()
                     .ok_or_else(|| Status::invalid_argument("config has no P4Info"))?;
-                check_p4info(&self.layout.p4info, p4info).map_err(|why| {
+                check_p4info(&self.p4info, p4info).map_err(|why| {
                     Status::invalid_argument(format!(
                         "this switch implements only the talaria pipeline (p4/talaria.p4info.txtpb): {why}"
                     ))
@@ -391,11 +408,10 @@ impl P4Runtime for P4RuntimeService {
         check_role(&req.role)?;
         self.switch.check_configured()?;
         let switch = self.switch.clone();
-        let chunks = tokio::task::spawn_blocking(move || {
-            read::read(&switch.layout, switch.target.as_ref(), &req.entities)
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
+        let chunks =
+            tokio::task::spawn_blocking(move || read::read(switch.target.as_ref(), &req.entities))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(Box::pin(tokio_stream::iter(
             chunks.into_iter().map(Ok),
         ))))

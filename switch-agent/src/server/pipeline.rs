@@ -322,10 +322,9 @@ pub fn load(dir: &Path) -> Result<Option<ForwardingPipelineConfig>, PipelineErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::Layout;
 
     fn talaria() -> P4Info {
-        Layout::talaria().unwrap().p4info
+        talaria_tables::p4info()
     }
 
     #[test]

@@ -5,11 +5,14 @@
 use talaria_p4rt::p4::v1::{
     entity, CounterData, CounterEntry, DirectCounterEntry, Entity, Index, ReadResponse, TableEntry,
 };
+use talaria_tables::{
+    def::CounterDef,
+    p4runtime::{decode, encode, encode_default, ActionUse, DecodeError, Decoded},
+};
 use tonic::Status;
 
 use crate::{
-    entry::{Entry, Target, TargetError},
-    layout::{CounterLayout, Layout, TableLayout},
+    entry::{CounterId, Entry, Table, Target, TargetError},
     server::write::UpdateError,
 };
 
@@ -35,46 +38,48 @@ fn table_entity(te: TableEntry) -> Entity {
     }
 }
 
-/// The entries of `table` that `filter` selects: all of them for a wildcard,
-/// the one with `filter`'s key otherwise.
-fn select(
-    layout: &Layout,
-    target: &dyn Target,
-    table: &TableLayout,
-    filter: &TableEntry,
-) -> Result<Vec<Entry>, Status> {
-    match layout.decode_read_key(filter).map_err(status)? {
-        None => target.entries(table.kind).map_err(status),
-        Some(key) => Ok(target.get(&key).map_err(status)?.into_iter().collect()),
+/// The entries of `table` that `filter` selects: all of them for a wildcard
+/// (no match fields), the one with `filter`'s key otherwise.
+fn select(target: &dyn Target, table: Table, filter: &TableEntry) -> Result<Vec<Entry>, Status> {
+    if filter.r#match.is_empty() {
+        return target.entries(table).map_err(status);
     }
+    let key = match decode(filter, ActionUse::Ignored).map_err(status)? {
+        Decoded::Key(k) => k,
+        Decoded::Entry(e) => e.key(),
+        // A default entry has no match fields.
+        Decoded::InitialDefault(_) => return target.entries(table).map_err(status),
+    };
+    Ok(target.get(&key).map_err(status)?.into_iter().collect())
 }
 
 fn read_table(
-    layout: &Layout,
     target: &dyn Target,
     filter: &TableEntry,
     out: &mut Vec<Entity>,
 ) -> Result<(), Status> {
-    let tables: Vec<&TableLayout> = if filter.table_id == 0 {
+    let tables: Vec<Table> = if filter.table_id == 0 {
         if !filter.r#match.is_empty() || filter.is_default_action {
             return Err(Status::invalid_argument(
                 "a read of every table (table_id 0) must have no match and no default flag",
             ));
         }
-        layout.tables().iter().collect()
+        Table::ALL.to_vec()
     } else {
-        vec![layout.table_for(filter).map_err(status)?]
+        vec![Table::from_id(filter.table_id)
+            .ok_or(DecodeError::UnknownTable(filter.table_id))
+            .map_err(status)?]
     };
     for table in tables {
         if filter.is_default_action {
-            out.push(table_entity(layout.encode_default(table.kind)));
+            out.push(table_entity(encode_default(table)));
             continue;
         }
-        for e in select(layout, target, table, filter)? {
-            let mut te = layout.encode(&e);
-            if filter.counter_data.is_some() && table.direct_counter_id.is_some() {
-                if let Entry::Backend { backend_id, .. } = e {
-                    match target.backend_counter(backend_id) {
+        for e in select(target, table, filter)? {
+            let mut te = encode(&e);
+            if filter.counter_data.is_some() {
+                if let Entry::Backend(b) = e {
+                    match target.backend_counter(b.key.backend_id) {
                         Ok(p) => te.counter_data = Some(counter_data(p)),
                         // Deleted between the two reads.
                         Err(TargetError::NotFound) => continue,
@@ -89,36 +94,41 @@ fn read_table(
 }
 
 fn read_counter(
-    layout: &Layout,
     target: &dyn Target,
     filter: &CounterEntry,
     out: &mut Vec<Entity>,
 ) -> Result<(), Status> {
-    let counters: Vec<CounterLayout> = if filter.counter_id == 0 {
-        layout.counters.clone()
+    let counters: Vec<(CounterId, &CounterDef)> = if filter.counter_id == 0 {
+        CounterId::ALL.to_vec()
     } else {
-        vec![layout.counter_by_id(filter.counter_id).ok_or_else(|| {
-            Status::not_found(format!("unknown counter id {}", filter.counter_id))
-        })?]
+        vec![CounterId::ALL
+            .into_iter()
+            .find(|(_, d)| d.id == filter.counter_id)
+            .ok_or_else(|| {
+                Status::not_found(format!("unknown counter id {}", filter.counter_id))
+            })?]
     };
-    for c in counters {
+    for (counter, def) in counters {
         let cells = match &filter.index {
             Some(Index { index }) => {
                 let i = u32::try_from(*index)
                     .ok()
-                    .filter(|i| *i < c.size)
+                    .filter(|i| *i < def.size)
                     .ok_or_else(|| {
-                        Status::out_of_range(format!("counter index {index} not in 0..{}", c.size))
+                        Status::out_of_range(format!(
+                            "counter index {index} not in 0..{}",
+                            def.size
+                        ))
                     })?;
                 i..i + 1
             }
-            None => 0..c.size,
+            None => 0..def.size,
         };
         for i in cells {
-            let data = target.counter(c.counter, i).map_err(status)?;
+            let data = target.counter(counter, i).map_err(status)?;
             out.push(Entity {
                 entity: Some(entity::Entity::CounterEntry(CounterEntry {
-                    counter_id: c.id,
+                    counter_id: def.id,
                     index: Some(Index {
                         index: i64::from(i),
                     }),
@@ -130,36 +140,39 @@ fn read_counter(
     Ok(())
 }
 
+/// The one table with a direct counter (`talaria_tables::DIRECT_COUNTERS`),
+/// which [`Target::backend_counter`] reads.
+const DIRECT_COUNTER_TABLE: Table = Table::Backend;
+
 fn read_direct_counter(
-    layout: &Layout,
     target: &dyn Target,
     filter: &DirectCounterEntry,
     out: &mut Vec<Entity>,
 ) -> Result<(), Status> {
-    let backend = layout.table_of(crate::entry::TableKind::Backend);
     let te = filter.table_entry.clone().unwrap_or_default();
-    if te.table_id != 0 && te.table_id != backend.id {
+    let table = DIRECT_COUNTER_TABLE;
+    if te.table_id != 0 && te.table_id != table.id() {
         return Err(Status::invalid_argument(format!(
             "table id {} has no direct counter",
             te.table_id
         )));
     }
     let te = TableEntry {
-        table_id: backend.id,
+        table_id: table.id(),
         ..te
     };
-    for e in select(layout, target, backend, &te)? {
-        let Entry::Backend { backend_id, .. } = e else {
+    for e in select(target, table, &te)? {
+        let Entry::Backend(b) = e else {
             continue;
         };
-        let data = match target.backend_counter(backend_id) {
+        let data = match target.backend_counter(b.key.backend_id) {
             Ok(p) => p,
             Err(TargetError::NotFound) => continue,
             Err(e) => return Err(status(e)),
         };
         out.push(Entity {
             entity: Some(entity::Entity::DirectCounterEntry(DirectCounterEntry {
-                table_entry: Some(layout.encode(&e)),
+                table_entry: Some(encode(&e)),
                 data: Some(counter_data(data)),
             })),
         });
@@ -168,18 +181,14 @@ fn read_direct_counter(
 }
 
 /// Every entity the Read filters select, in ReadResponse chunks.
-pub fn read(
-    layout: &Layout,
-    target: &dyn Target,
-    filters: &[Entity],
-) -> Result<Vec<ReadResponse>, Status> {
+pub fn read(target: &dyn Target, filters: &[Entity]) -> Result<Vec<ReadResponse>, Status> {
     let mut out = Vec::new();
     for f in filters {
         match &f.entity {
-            Some(entity::Entity::TableEntry(te)) => read_table(layout, target, te, &mut out)?,
-            Some(entity::Entity::CounterEntry(c)) => read_counter(layout, target, c, &mut out)?,
+            Some(entity::Entity::TableEntry(te)) => read_table(target, te, &mut out)?,
+            Some(entity::Entity::CounterEntry(c)) => read_counter(target, c, &mut out)?,
             Some(entity::Entity::DirectCounterEntry(d)) => {
-                read_direct_counter(layout, target, d, &mut out)?
+                read_direct_counter(target, d, &mut out)?
             }
             Some(_) => {
                 return Err(Status::unimplemented(
@@ -201,4 +210,25 @@ pub fn read(
         });
     }
     Ok(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_is_the_only_table_with_a_direct_counter() {
+        let tables: Vec<Table> = talaria_tables::DIRECT_COUNTERS
+            .iter()
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(tables, [DIRECT_COUNTER_TABLE]);
+        for t in Table::ALL {
+            assert_eq!(
+                t.def().direct_counter.is_some(),
+                *t == DIRECT_COUNTER_TABLE,
+                "{t}"
+            );
+        }
+    }
 }

@@ -16,13 +16,13 @@ use talaria_p4rt::{
         WriteRequest,
     },
 };
+use talaria_tables::{
+    p4runtime::{decode, ActionUse, DecodeError, Decoded},
+    Table,
+};
 use tonic::{Code, Status};
 
-use crate::{
-    entry::{Target, TargetError},
-    layout::Layout,
-    translate::{ActionUse, Decoded, TranslateError},
-};
+use crate::entry::{Target, TargetError};
 
 /// The type URL of a packed `p4.v1.Error`.
 pub const P4_ERROR_TYPE_URL: &str = "type.googleapis.com/p4.v1.Error";
@@ -43,9 +43,9 @@ impl UpdateError {
     }
 }
 
-impl From<TranslateError> for UpdateError {
-    fn from(e: TranslateError) -> Self {
-        Self::new(e.code(), e.to_string())
+impl From<DecodeError> for UpdateError {
+    fn from(e: DecodeError) -> Self {
+        Self::new(Code::from_i32(e.code() as i32), e.to_string())
     }
 }
 
@@ -85,7 +85,7 @@ pub fn check_atomicity(req: &WriteRequest) -> Result<(), Status> {
 }
 
 /// Applies one update to `target`.
-pub fn apply(layout: &Layout, target: &dyn Target, update: &Update) -> Result<(), UpdateError> {
+pub fn apply(target: &dyn Target, update: &Update) -> Result<(), UpdateError> {
     let kind = UpdateType::try_from(update.r#type).unwrap_or(UpdateType::Unspecified);
     let te = match update.entity.as_ref().and_then(|e| e.entity.as_ref()) {
         Some(entity::Entity::TableEntry(te)) => te,
@@ -108,17 +108,17 @@ pub fn apply(layout: &Layout, target: &dyn Target, update: &Update) -> Result<()
             "update type is unspecified",
         ));
     }
-    let table = layout.table_for(te)?;
+    let table = Table::from_id(te.table_id).ok_or(DecodeError::UnknownTable(te.table_id))?;
     if te.idle_timeout_ns != 0 {
         return Err(UpdateError::new(
             Code::InvalidArgument,
-            format!("{}: the table has no idle timeout", table.name),
+            format!("{}: the table has no idle timeout", table.name()),
         ));
     }
     if te.meter_config.is_some() || te.meter_counter_data.is_some() {
         return Err(UpdateError::new(
             Code::InvalidArgument,
-            format!("{}: the table has no direct meter", table.name),
+            format!("{}: the table has no direct meter", table.name()),
         ));
     }
     if !te.metadata.is_empty() {
@@ -126,7 +126,7 @@ pub fn apply(layout: &Layout, target: &dyn Target, update: &Update) -> Result<()
             Code::Unimplemented,
             format!(
                 "{}: entry metadata is not stored by this switch",
-                table.name
+                table.name()
             ),
         ));
     }
@@ -135,19 +135,26 @@ pub fn apply(layout: &Layout, target: &dyn Target, update: &Update) -> Result<()
     } else {
         ActionUse::Required
     };
-    match (layout.decode(te, action_use)?, kind) {
+    match (decode(te, action_use)?, kind) {
         (Decoded::Entry(e), UpdateType::Insert) => target.insert(&e)?,
         (Decoded::Entry(e), UpdateType::Modify) => target.modify(&e)?,
-        (Decoded::Entry(e), UpdateType::Delete) => target.delete(&e)?,
+        (Decoded::Key(k), UpdateType::Delete) => target.delete(&k)?,
         // The data plane already runs the initial default action.
         (Decoded::InitialDefault(_), UpdateType::Modify) => {}
         (Decoded::InitialDefault(_), _) => {
             return Err(UpdateError::new(
                 Code::InvalidArgument,
-                format!("{}: the default entry can only be modified", table.name),
+                format!("{}: the default entry can only be modified", table.name()),
             ))
         }
-        (Decoded::Entry(_), UpdateType::Unspecified) => unreachable!("checked above"),
+        // `decode` answers an entry when the action is required and a key
+        // when it is ignored.
+        (d, kind) => {
+            return Err(UpdateError::new(
+                Code::Internal,
+                format!("{kind:?} decoded as {d:?}"),
+            ))
+        }
     }
     Ok(())
 }
@@ -204,4 +211,110 @@ pub fn decode_batch_status(status: &Status) -> Option<Vec<UpdateError>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use talaria_p4rt::p4::v1::{table_action, Entity, TableEntry};
+    use talaria_tables::{
+        backend,
+        p4runtime::{encode, encode_default, encode_key},
+        switch_addr, Entry,
+    };
+
+    use super::*;
+    use crate::memory::MemoryTarget;
+
+    fn write(t: &MemoryTarget, kind: UpdateType, te: TableEntry) -> Result<(), UpdateError> {
+        apply(
+            t,
+            &Update {
+                r#type: kind as i32,
+                entity: Some(Entity {
+                    entity: Some(entity::Entity::TableEntry(te)),
+                }),
+            },
+        )
+    }
+
+    fn addr(last: u8) -> Entry {
+        Entry::SwitchAddr(switch_addr::Entry {
+            key: switch_addr::Key {
+                dst_addr: [192, 0, 2, last].into(),
+            },
+            action: switch_addr::Action::TerminateTunnel {},
+        })
+    }
+
+    #[test]
+    fn writes_against_the_in_memory_target() {
+        let t = MemoryTarget::with_sizes(|k| if k == Table::SwitchAddr { 1 } else { 100 });
+        let code = |r: Result<(), UpdateError>| r.unwrap_err().code;
+        write(&t, UpdateType::Insert, encode(&addr(1))).unwrap();
+        assert_eq!(
+            code(write(&t, UpdateType::Insert, encode(&addr(1)))),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            code(write(&t, UpdateType::Insert, encode(&addr(2)))),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            code(write(&t, UpdateType::Modify, encode(&addr(2)))),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(write(&t, UpdateType::Delete, encode_key(&addr(2).key()))),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(write(&t, UpdateType::Unspecified, encode(&addr(2)))),
+            Code::InvalidArgument
+        );
+        let mut unknown = encode(&addr(2));
+        unknown.table_id = 0x0200_00ff;
+        assert_eq!(code(write(&t, UpdateType::Insert, unknown)), Code::NotFound);
+        let mut timed = encode(&addr(2));
+        timed.idle_timeout_ns = 1;
+        assert_eq!(
+            code(write(&t, UpdateType::Insert, timed)),
+            Code::InvalidArgument
+        );
+        // DELETE names the key; an action, if any, is ignored.
+        write(&t, UpdateType::Delete, encode(&addr(1))).unwrap();
+        assert_eq!(t.len(Table::SwitchAddr), 0);
+
+        // The default entry: MODIFY to the initial default is a no-op,
+        // anything else is refused.
+        let mut d = encode_default(Table::Backend);
+        write(&t, UpdateType::Modify, d.clone()).unwrap();
+        assert_eq!(
+            code(write(&t, UpdateType::Insert, d.clone())),
+            Code::InvalidArgument
+        );
+        if let Some(table_action::Type::Action(a)) =
+            d.action.as_mut().and_then(|a| a.r#type.as_mut())
+        {
+            a.action_id = backend::actions::SetBackend.id;
+        }
+        assert_eq!(code(write(&t, UpdateType::Modify, d)), Code::Unimplemented);
+        assert_eq!(t.len(Table::Backend), 0);
+    }
+
+    #[test]
+    fn batch_errors_round_trip_through_the_status_details() {
+        let results = [
+            Ok(()),
+            Err(UpdateError::new(
+                Code::AlreadyExists,
+                "entry already exists",
+            )),
+        ];
+        let status = batch_status(&results);
+        assert_eq!(status.code(), Code::Unknown);
+        assert!(status.message().contains("1 of 2 updates failed"));
+        let got = decode_batch_status(&status).unwrap();
+        assert_eq!(got[0].code, Code::Ok);
+        assert_eq!(got[1], results[1].clone().unwrap_err());
+    }
 }

@@ -1,25 +1,31 @@
 //! Shared helpers of the gRPC tests: a switch-agent server on a loopback
-//! port over a [`MemoryTarget`], a tonic client, and entry builders.
+//! port over a [`MemoryTarget`], a tonic client, and entries.
 #![allow(dead_code)]
 
-use std::{net::SocketAddr, path::PathBuf, process::Command, sync::Arc, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    sync::Arc,
+    time::Duration,
+};
 
 use talaria_p4rt::p4::{
     config::v1::P4Info,
     v1::{
-        entity, field_match, p4_runtime_client::P4RuntimeClient,
+        entity, p4_runtime_client::P4RuntimeClient,
         set_forwarding_pipeline_config_request::Action as SetAction, stream_message_request,
-        stream_message_response, table_action, update, Action, Entity, FieldMatch,
-        ForwardingPipelineConfig, MasterArbitrationUpdate, ReadRequest,
-        SetForwardingPipelineConfigRequest, StreamMessageRequest, StreamMessageResponse,
-        TableAction, TableEntry, Uint128, Update, WriteRequest,
+        stream_message_response, update, Entity, ForwardingPipelineConfig, MasterArbitrationUpdate,
+        ReadRequest, SetForwardingPipelineConfigRequest, StreamMessageRequest,
+        StreamMessageResponse, TableEntry, Uint128, Update, WriteRequest,
     },
 };
 use talaria_switch::{
-    layout::Layout,
+    entry::{Entry, Table},
     memory::MemoryTarget,
     server::{self, Switch},
 };
+use talaria_tables::{build, p4runtime::encode};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{transport::Channel, Status, Streaming};
@@ -31,7 +37,6 @@ pub struct Server {
     pub addr: SocketAddr,
     pub switch: Arc<Switch>,
     pub target: Arc<MemoryTarget>,
-    pub layout: Arc<Layout>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -39,35 +44,17 @@ pub struct Server {
 impl Server {
     /// A server on a free loopback port; tables have their P4 sizes unless
     /// `size` overrides them.
-    pub async fn start_with(
-        state_dir: Option<PathBuf>,
-        size: Option<fn(talaria_switch::entry::TableKind) -> u32>,
-    ) -> Self {
-        let layout = Arc::new(Layout::talaria().unwrap());
-        let l2 = layout.clone();
+    pub async fn start_with(state_dir: Option<PathBuf>, size: Option<fn(Table) -> u32>) -> Self {
         let target = Arc::new(match size {
-            Some(f) => MemoryTarget::new(f),
-            None => MemoryTarget::new(move |k| l2.size(k)),
+            Some(f) => MemoryTarget::with_sizes(f),
+            None => MemoryTarget::new(),
         });
-        Self::start_on(layout, target, state_dir).await
+        Self::start_on(target, state_dir).await
     }
 
-    pub async fn start_on(
-        layout: Arc<Layout>,
-        target: Arc<MemoryTarget>,
-        state_dir: Option<PathBuf>,
-    ) -> Self {
+    pub async fn start_on(target: Arc<MemoryTarget>, state_dir: Option<PathBuf>) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        let switch = Arc::new(
-            Switch::new(
-                1,
-                layout.clone(),
-                target.clone(),
-                state_dir,
-                stop_rx.clone(),
-            )
-            .unwrap(),
-        );
+        let switch = Arc::new(Switch::new(1, target.clone(), state_dir, stop_rx.clone()).unwrap());
         let (listener, addr) = server::bind(([127, 0, 0, 1], 0).into()).await.unwrap();
         let s = switch.clone();
         let task = tokio::spawn(async move { server::serve(s, listener, stop_rx).await.unwrap() });
@@ -75,7 +62,6 @@ impl Server {
             addr,
             switch,
             target,
-            layout,
             stop,
             task,
         }
@@ -163,7 +149,7 @@ impl Stream {
 }
 
 pub fn talaria_p4info() -> P4Info {
-    Layout::talaria().unwrap().p4info
+    talaria_tables::p4info()
 }
 
 pub fn set_pipeline_request(
@@ -200,104 +186,29 @@ pub async fn configured(client: &mut Client, election: u64) -> Stream {
     s
 }
 
-/// Builds table entries by P4Info name.
-pub struct Builder {
-    pub layout: Arc<Layout>,
+/// `backend` entry `id` → 10.1.x.y:8080 on node 192.168.0.1.
+pub fn backend_entry(id: u32) -> Entry {
+    build::backend(
+        id,
+        Ipv4Addr::new(10, 1, (id >> 8) as u8, id as u8),
+        8080,
+        Ipv4Addr::new(192, 168, 0, 1),
+    )
 }
 
-impl Builder {
-    fn table(&self, name: &str) -> &talaria_switch::layout::TableLayout {
-        self.layout
-            .tables()
-            .iter()
-            .find(|t| t.name.ends_with(name))
-            .unwrap_or_else(|| panic!("no table {name}"))
-    }
+/// [`backend_entry`] as P4Runtime carries it.
+pub fn backend(id: u32) -> TableEntry {
+    encode(&backend_entry(id))
+}
 
-    /// An entry of table `table` with exact/LPM `keys` (name, bytes, prefix
-    /// length or 0 for exact) and `action` with `params` (name, bytes).
-    pub fn entry(
-        &self,
-        table: &str,
-        keys: &[(&str, &[u8], i32)],
-        action: &str,
-        params: &[(&str, &[u8])],
-    ) -> TableEntry {
-        let t = self.table(table);
-        let r#match = keys
-            .iter()
-            .map(|(name, value, len)| {
-                let f = t
-                    .fields
-                    .iter()
-                    .find(|f| f.name == *name)
-                    .unwrap_or_else(|| panic!("no field {name}"));
-                let m = if *len > 0 {
-                    field_match::FieldMatchType::Lpm(field_match::Lpm {
-                        value: value.to_vec(),
-                        prefix_len: *len,
-                    })
-                } else {
-                    field_match::FieldMatchType::Exact(field_match::Exact {
-                        value: value.to_vec(),
-                    })
-                };
-                FieldMatch {
-                    field_id: f.id,
-                    field_match_type: Some(m),
-                }
-            })
-            .collect();
-        let a = t
-            .actions
-            .iter()
-            .find(|a| a.name.ends_with(action))
-            .unwrap_or_else(|| panic!("no action {action}"));
-        let params = params
-            .iter()
-            .map(|(name, value)| {
-                let p = a
-                    .params
-                    .iter()
-                    .find(|p| p.name == *name)
-                    .unwrap_or_else(|| panic!("no param {name}"));
-                talaria_p4rt::p4::v1::action::Param {
-                    param_id: p.id,
-                    value: value.to_vec(),
-                }
-            })
-            .collect();
-        TableEntry {
-            table_id: t.id,
-            r#match,
-            action: Some(TableAction {
-                r#type: Some(table_action::Type::Action(Action {
-                    action_id: a.id,
-                    params,
-                })),
-            }),
-            ..Default::default()
-        }
-    }
-
-    /// `backend` entry `id` → 10.1.0.id:8080 on node 192.168.0.1.
-    pub fn backend(&self, id: u32) -> TableEntry {
-        let ip = [10, 1, (id >> 8) as u8, id as u8];
-        self.entry(
-            "backend",
-            &[("backend_id", &id.to_be_bytes(), 0)],
-            "set_backend",
-            &[
-                ("backend_ip", &ip),
-                ("backend_port", &8080u16.to_be_bytes()),
-                ("node_ip", &[192, 168, 0, 1]),
-            ],
-        )
-    }
-
-    pub fn table_id(&self, name: &str) -> u32 {
-        self.table(name).id
-    }
+/// An `ipv4_route` entry: `prefix` out of `port`.
+pub fn route(prefix: &str, port: u16) -> TableEntry {
+    encode(&build::route(
+        prefix.parse().unwrap(),
+        port,
+        [2, 0, 0, 0, 0, 1],
+        [2, 0, 0, 0, 0, 2],
+    ))
 }
 
 pub fn update(kind: update::Type, te: TableEntry) -> Update {

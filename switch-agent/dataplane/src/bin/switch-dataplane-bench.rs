@@ -20,11 +20,12 @@
 //! rate by that core's busy share: the rate of one fully busy switch core.
 
 use std::{net::Ipv4Addr, time::Instant};
+use talaria_tables::build;
 
 use talaria_common::{hash::hash_mode, net::IPPROTO_TCP, wire::flags};
 use talaria_switch_dataplane::{
     testing::{self, eth, ipv4, mac, talaria, tunnel_frame, udp, Inner, TestSwitch},
-    Dataplane, Entry, Ipv4Prefix, RouteAction, Target,
+    Dataplane, Target,
 };
 
 const SWITCH: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
@@ -35,57 +36,24 @@ const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);
 const TC_ACT_REDIRECT: u32 = 7;
 
 fn install(dp: &Dataplane) {
+    let net = |third| build::prefix(Ipv4Addr::new(192, 168, third, 0), 24);
     let mut entries = vec![
-        Entry::Ipv4Route {
-            dst: Ipv4Prefix {
-                addr: Ipv4Addr::new(192, 168, 1, 0),
-                len: 24,
-            },
-            action: RouteAction::Forward {
-                port: 1,
-                src_mac: mac(0x11),
-                dst_mac: mac(0xa1),
-            },
-        },
-        Entry::Ipv4Route {
-            dst: Ipv4Prefix {
-                addr: Ipv4Addr::new(192, 168, 2, 0),
-                len: 24,
-            },
-            action: RouteAction::Forward {
-                port: 2,
-                src_mac: mac(0x12),
-                dst_mac: mac(0xa2),
-            },
-        },
-        Entry::SwitchAddr { addr: SWITCH },
-        Entry::ServiceV4 {
-            vip: VIP,
-            port: 80,
-            proto: IPPROTO_TCP,
-            service_id: 7,
-            bucket_mask: 255,
-            hash_mode: hash_mode::FIVE_TUPLE,
-        },
+        build::route(net(1), 1, mac(0x11), mac(0xa1)),
+        build::route(net(2), 2, mac(0x12), mac(0xa2)),
+        build::switch_addr(SWITCH),
+        build::service(VIP, 80, IPPROTO_TCP, 7, 255, hash_mode::FIVE_TUPLE),
     ];
     for b in 0..256u32 {
-        entries.push(Entry::LbBucket {
-            service_id: 7,
-            bucket: b as u16,
-            backend_id: 1000 + b % 16,
-        });
+        entries.push(build::bucket(7, b as u16, 1000 + b % 16));
     }
     for id in 1000..1016u32 {
-        entries.push(Entry::CookieCheck {
-            service_id: 7,
-            backend_id: id,
-        });
-        entries.push(Entry::Backend {
-            backend_id: id,
-            ip: Ipv4Addr::new(10, 244, 2, id as u8),
-            port: 8080,
-            node_ip: NODE_B,
-        });
+        entries.push(build::cookie(7, id));
+        entries.push(build::backend(
+            id,
+            Ipv4Addr::new(10, 244, 2, id as u8),
+            8080,
+            NODE_B,
+        ));
     }
     for e in &entries {
         dp.insert(e).expect("insert");

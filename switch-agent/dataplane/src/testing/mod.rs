@@ -1,6 +1,9 @@
 //! Support for the root-only tests and the bench: a network namespace
-//! guard, veth pairs, and builders and checkers for talaria packets.
-//! Nothing here is needed to run the switch.
+//! guard, veth pairs, and builders and checkers for talaria packets; and
+//! [`scenarios`], the packet scenarios every implementation of the switch
+//! pipeline must pass. Nothing here is needed to run the switch.
+
+pub mod scenarios;
 
 use std::{
     fs::File,

@@ -1,0 +1,50 @@
+//! What the diff and the planner share about the tables: the order they
+//! are written in, and the view of a switch's tables as key-ordered entry
+//! streams, which both the desired state and a read-back switch provide.
+
+use talaria_tables::{cookie_check, Contents, Entry, EntryKey, Table};
+
+/// Every table the controller writes, in insert order: referenced before
+/// referencing.
+pub const INSERT_ORDER: [Table; 7] = [
+    Table::Ipv4Route,
+    Table::SwitchAddr,
+    Table::PodNode,
+    Table::Backend,
+    Table::CookieCheck,
+    Table::LbBucket,
+    Table::ServiceV4,
+];
+
+/// Switch tables as key-ordered entry streams: what a diff merges.
+pub trait Tables {
+    /// The entries of `table` in key order, after `after` (all for `None`).
+    fn entries_after<'a>(
+        &'a self,
+        table: Table,
+        after: Option<&EntryKey>,
+    ) -> Box<dyn Iterator<Item = Entry> + 'a>;
+}
+
+impl Tables for Contents {
+    fn entries_after<'a>(
+        &'a self,
+        table: Table,
+        after: Option<&EntryKey>,
+    ) -> Box<dyn Iterator<Item = Entry> + 'a> {
+        Contents::entries_after(self, table, after)
+    }
+}
+
+/// The `cookie_check` entry letting cookies of service `service_id` name
+/// `backend_id`.
+pub fn cookie_entry(service_id: u16, backend_id: u32) -> Entry {
+    cookie_check::Entry {
+        key: cookie_check::Key {
+            service_id,
+            backend_id,
+        },
+        action: cookie_check::Action::CookieValid {},
+    }
+    .into()
+}

@@ -1,0 +1,268 @@
+//! The model: Services, EndpointSlices and Nodes → what the switch must do,
+//! the way kube-proxy reads them. Pure: no I/O, no clock, no ids.
+//!
+//! kube-proxy semantics followed here:
+//! - A Service owns the EndpointSlices labelled `kubernetes.io/service-name`
+//!   with its name, in its namespace; this holds with or without a selector
+//!   (selector-less Services get user-managed slices).
+//! - A Service port is matched to an EndpointSlice port by **name** and
+//!   protocol; the slice port carries the resolved target port number, which
+//!   is how named targetPorts resolve.
+//! - Conditions: `ready` nil = true, `serving` nil = true, `terminating`
+//!   nil = false. Ready endpoints take new flows; if none is ready, the
+//!   serving+terminating ones take new flows instead. Serving+terminating
+//!   endpoints that do not take new flows keep established flows (cookies).
+//! - Headless (`clusterIP: None`) and ExternalName Services get no data path,
+//!   as in kube-proxy.
+//! - NodePort, LoadBalancer ingress IPs, externalIPs, IPv6 ClusterIPs and
+//!   internalTrafficPolicy Local are modelled and reported as notes, since
+//!   the switch has no data path for them yet.
+
+mod index;
+mod kube_proxy;
+#[cfg(test)]
+pub(crate) mod tests;
+mod view;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
+use serde::Serialize;
+
+use crate::types::{Backend, HashMode, Ipv4Prefix, ServiceKey};
+use index::Index;
+use kube_proxy::{build_nodes, eval_service, eval_slice};
+pub use view::{PortView, ServiceView};
+
+/// Label that ties an EndpointSlice to its Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// `namespace/name` of a Kubernetes object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectRef {
+    /// Namespace ("" for cluster-scoped objects).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// One object (or part of one) the model could not use, with why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Skipped {
+    /// `Service`, `EndpointSlice`, `Node`.
+    pub kind: &'static str,
+    /// Which object.
+    pub object: ObjectRef,
+    /// Short machine-friendly reason (metric label).
+    pub reason: &'static str,
+    /// Human detail for the log line.
+    pub detail: String,
+}
+
+/// The load-balanced data path of one (ClusterIP, port, protocol).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServicePort {
+    /// The Service this port belongs to.
+    pub service: ObjectRef,
+    /// Service port name ("" when the Service has one unnamed port).
+    pub port_name: String,
+    /// Switch key.
+    pub key: ServiceKey,
+    /// sessionAffinity → hash mode.
+    pub hash_mode: HashMode,
+    /// Backends that take new flows (get buckets).
+    pub active: BTreeSet<Backend>,
+    /// Backends that only keep established flows (cookie_check, no buckets).
+    pub draining: BTreeSet<Backend>,
+    /// True when `active` is the serving+terminating fallback.
+    pub terminating_fallback: bool,
+}
+
+/// Everything the model derives from the cluster objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Model {
+    /// Data-path ports by switch key.
+    pub ports: BTreeMap<ServiceKey, ServicePort>,
+    /// Services by namespace/name, for REST and status.
+    pub services: BTreeMap<ObjectRef, ServiceView>,
+    /// pod CIDR → node InternalIP, for `pod_node`.
+    pub pod_nodes: BTreeMap<Ipv4Prefix, Ipv4Addr>,
+    /// Node name → InternalIP.
+    pub node_ips: BTreeMap<String, Ipv4Addr>,
+    /// Objects or parts skipped, with reasons (sorted, no duplicates).
+    pub skipped: Vec<Skipped>,
+    /// Per-object results that let one object's change be applied without
+    /// rebuilding the rest.
+    #[serde(skip)]
+    index: Index,
+}
+
+/// Object changes for [`Model::apply`]: which objects to look up again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Everything may have changed (initial list, relist): rebuild.
+    pub all: bool,
+    /// A Node changed (node addresses and pod CIDRs feed every endpoint):
+    /// rebuild.
+    pub nodes: bool,
+    /// Services added, changed or deleted.
+    pub services: BTreeSet<ObjectRef>,
+    /// EndpointSlices added, changed or deleted.
+    pub slices: BTreeSet<ObjectRef>,
+}
+
+impl Changes {
+    /// True when nothing changed.
+    pub fn is_empty(&self) -> bool {
+        !self.all && !self.nodes && self.services.is_empty() && self.slices.is_empty()
+    }
+
+    /// True when only a rebuild can apply these changes.
+    pub fn needs_rebuild(&self) -> bool {
+        self.all || self.nodes
+    }
+
+    /// Adds `other` to these changes.
+    pub fn merge(&mut self, other: Changes) {
+        self.all |= other.all;
+        self.nodes |= other.nodes;
+        self.services.extend(other.services);
+        self.slices.extend(other.slices);
+    }
+}
+
+/// Where [`Model::apply`] looks changed objects up (absent = deleted).
+pub trait Lookup {
+    /// The Service `r`, if it exists.
+    fn service(&self, r: &ObjectRef) -> Option<std::sync::Arc<Service>>;
+    /// The EndpointSlice `r`, if it exists.
+    fn slice(&self, r: &ObjectRef) -> Option<std::sync::Arc<EndpointSlice>>;
+}
+
+/// What a model update changed in the data path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delta {
+    /// Everything was rebuilt: plan everything.
+    Rebuilt,
+    /// These ports appeared, changed or went away.
+    Ports(BTreeSet<ServiceKey>),
+}
+
+fn obj_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+    ObjectRef {
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+fn skip(
+    out: &mut Vec<Skipped>,
+    kind: &'static str,
+    object: &ObjectRef,
+    reason: &'static str,
+    detail: String,
+) {
+    out.push(Skipped {
+        kind,
+        object: object.clone(),
+        reason,
+        detail,
+    });
+}
+
+/// Builds the model. Never fails: whatever cannot be used is listed in
+/// [`Model::skipped`].
+pub fn build<'a>(
+    services: impl IntoIterator<Item = &'a Service>,
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+    nodes: impl IntoIterator<Item = &'a Node>,
+) -> Model {
+    let mut m = Model::default();
+    m.rebuild(services, slices, nodes);
+    m
+}
+
+impl Model {
+    /// Rebuilds everything from the full object lists.
+    pub fn rebuild<'a>(
+        &mut self,
+        services: impl IntoIterator<Item = &'a Service>,
+        slices: impl IntoIterator<Item = &'a EndpointSlice>,
+        nodes: impl IntoIterator<Item = &'a Node>,
+    ) {
+        *self = Model::default();
+        let mut node_skipped = Vec::new();
+        build_nodes(self, nodes, &mut node_skipped);
+        self.index.node_skipped = node_skipped;
+        for s in slices {
+            let (r, e) = eval_slice(self, s);
+            self.put_slice_entry(r, Some(e));
+        }
+        let mut keys = BTreeSet::new();
+        for svc in services {
+            let r = obj_ref(&svc.metadata);
+            let slices = self.slice_infos(&r);
+            let (view, entry) = eval_service(svc, &slices);
+            self.put_service_entry(r, view, Some(entry), &mut keys);
+        }
+        self.resolve(&keys);
+        self.collect_skipped();
+    }
+
+    /// Applies object changes, looking changed objects up in `lookup`.
+    /// Rebuilds through `rebuild` when the changes need it (Nodes, relist).
+    /// Returns the data-path ports that changed.
+    pub fn apply(
+        &mut self,
+        changes: &Changes,
+        lookup: &dyn Lookup,
+        rebuild: impl FnOnce(&mut Model),
+    ) -> Delta {
+        if changes.needs_rebuild() {
+            rebuild(self);
+            return Delta::Rebuilt;
+        }
+        // Slices first: a Service is evaluated with its current slices.
+        let mut groups: BTreeSet<ObjectRef> = changes.services.clone();
+        for r in &changes.slices {
+            let entry = lookup.slice(r).map(|s| eval_slice(self, &s).1);
+            if let Some(old) = self.index.slices.get(r) {
+                groups.extend(old.service.clone());
+            }
+            if let Some(e) = &entry {
+                groups.extend(e.service.clone());
+            }
+            self.put_slice_entry(r.clone(), entry);
+        }
+        let mut keys = BTreeSet::new();
+        for g in &groups {
+            match lookup.service(g) {
+                Some(svc) => {
+                    let slices = self.slice_infos(g);
+                    let (view, entry) = eval_service(&svc, &slices);
+                    self.put_service_entry(g.clone(), view, Some(entry), &mut keys);
+                }
+                None => self.put_service_entry(g.clone(), None, None, &mut keys),
+            }
+        }
+        let changed = self.resolve(&keys);
+        self.collect_skipped();
+        Delta::Ports(changed)
+    }
+}

@@ -1,0 +1,155 @@
+//! Path MTU: the check before encapsulation and the ICMP
+//! fragmentation-needed error sent back to a pod whose packet does not fit.
+
+use aya_ebpf::{
+    helpers::{bpf_redirect_peer, bpf_skb_change_tail},
+    programs::TcContext,
+};
+use talaria_common::{
+    drop::DropReason,
+    maps::{mtu, mtu_stat},
+    net::{fold, sum16, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPV4_DF},
+    net::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED},
+    net::{IPV4_HDR_LEN, UDP_HDR_LEN},
+    wire::ENCAP_OVERHEAD,
+};
+
+use crate::{
+    maps::{count_mtu, drop_pkt, NODE_MTU},
+    skb::{skb_ifindex, IP_OFF, L4_OFF, REDIRECT, SHOT},
+};
+
+/// Path MTU check, before a pod's packet (`ip`, no options) is
+/// encapsulated: the packet, or each GSO segment of it, plus the 48 bytes
+/// of encapsulation must fit in the uplink MTU (`NODE_MTU`; 0 = no check).
+/// `adjust_room` does no such check and veth drops oversize frames
+/// silently, so without this a pod whose MTU is larger than uplink − 48
+/// loses its full-size packets and never learns why.
+///
+/// Too big with DF set: the packet is rewritten into an ICMP
+/// fragmentation-needed error to the pod ([`frag_needed`]), so its PMTU
+/// discovery clamps to uplink − 48. Too big without DF, or an ICMP error
+/// (`icmp_error`; no error about an error): dropped and counted.
+/// `Err` carries the verdict.
+#[inline(always)]
+pub(crate) fn check_mtu(ctx: &TcContext, ip: &Ipv4Hdr, icmp_error: bool) -> Result<(), i32> {
+    let uplink_mtu = match NODE_MTU.get(mtu::UPLINK_MTU) {
+        Some(m) if *m != 0 => *m,
+        _ => return Ok(()),
+    };
+    // SAFETY: the context pointer is valid for the program's run.
+    let gso_size = unsafe { (*ctx.skb.skb).gso_size };
+    let seg_len = if gso_size == 0 {
+        ip.total_len.get() as u32
+    } else {
+        // A GSO packet: each segment carries the headers and gso_size
+        // bytes of payload.
+        let l4_hdr = if ip.proto == IPPROTO_TCP {
+            let doff: u8 = ctx
+                .load(L4_OFF + 12)
+                .map_err(|_| drop_pkt(DropReason::Malformed))?;
+            ((doff >> 4) as u32) * 4
+        } else {
+            UDP_HDR_LEN as u32
+        };
+        IPV4_HDR_LEN as u32 + l4_hdr + gso_size
+    };
+    if seg_len + ENCAP_OVERHEAD as u32 <= uplink_mtu {
+        return Ok(());
+    }
+    if icmp_error {
+        count_mtu(mtu_stat::TOO_BIG_ICMP);
+        return Err(SHOT);
+    }
+    if ip.frag.get() & IPV4_DF == 0 {
+        count_mtu(mtu_stat::TOO_BIG_NO_DF);
+        return Err(SHOT);
+    }
+    let next_hop = uplink_mtu.saturating_sub(ENCAP_OVERHEAD as u32);
+    Err(frag_needed(ctx, ip, next_hop as u16))
+}
+
+/// Bytes of the offending packet quoted in the ICMP error: its IPv4 header
+/// (never with options on this path) and the first 8 bytes of L4 (the
+/// ports, and the TCP sequence number), which is what RFC 792 asks for and
+/// all that Linux's `tcp_v4_err`/`__udp4_lib_err` read.
+const FRAG_QUOTE_LEN: usize = IPV4_HDR_LEN + 8;
+
+/// The ICMP fragmentation-needed frame that replaces a too-big packet.
+#[repr(C)]
+struct FragNeeded {
+    macs: [u8; 12],
+    ether_type: [u8; 2],
+    ip: Ipv4Hdr,
+    icmp: [u8; 8],
+    quoted: [u8; FRAG_QUOTE_LEN],
+}
+
+/// Length of [`FragNeeded`] on the wire (70 bytes).
+const FRAG_NEEDED_LEN: usize = ETH_HDR_LEN + IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN;
+
+/// Rewrites the pod's packet in place into ICMP destination unreachable /
+/// fragmentation needed (type 3 code 4) with next-hop MTU `next_hop`, as a
+/// router on the path would, and hands it straight back to the pod
+/// (`bpf_redirect_peer` to this veth's peer, i.e. the pod's ingress).
+///
+/// - Addresses: source = the packet's destination (the VIP, or on the
+///   backend side the client the reply was going to), destination = the
+///   pod. Linux accepts fragmentation-needed from any source; it matches
+///   the quoted header to its socket (and TCP checks the quoted sequence
+///   number), so the error needs no address of the node's, and the pod
+///   sees it "from" the peer it was talking to, which also keeps it
+///   RELATED to that flow for a conntrack inside the pod.
+/// - MACs swapped: the pod's MAC becomes the destination.
+/// - `bpf_skb_change_tail` trims the skb to 70 bytes and clears its GSO
+///   state; every checksum is computed in full here. The skb keeps the
+///   pod's CHECKSUM_PARTIAL mark if it had one; local delivery treats
+///   that as verified and never completes it, so it does no harm.
+#[inline(always)]
+fn frag_needed(ctx: &TcContext, ip: &Ipv4Hdr, next_hop: u16) -> i32 {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let macs: [u8; 12] = match ctx.load(0) {
+        Ok(m) => m,
+        Err(e) => return err(e),
+    };
+    let quoted: [u8; FRAG_QUOTE_LEN] = match ctx.load(IP_OFF) {
+        Ok(q) => q,
+        Err(e) => return err(e),
+    };
+    let total = (IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN) as u16;
+    let mtu = next_hop.to_be_bytes();
+    let mut out = FragNeeded {
+        macs: [
+            macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1], macs[2],
+            macs[3], macs[4], macs[5],
+        ],
+        ether_type: ETH_P_IP.to_be_bytes(),
+        // IPTOS_PREC_INTERNETCONTROL, as Linux sends ICMP errors.
+        ip: Ipv4Hdr::new(0xc0, total, false, IPPROTO_ICMP, ip.dst, ip.src),
+        icmp: [
+            ICMP_DEST_UNREACH,
+            ICMP_FRAG_NEEDED,
+            0,
+            0,
+            0,
+            0,
+            mtu[0],
+            mtu[1],
+        ],
+        quoted,
+    };
+    let check = !fold(sum16(&out.icmp) + sum16(&out.quoted));
+    out.icmp[2..4].copy_from_slice(&check.to_be_bytes());
+    // SAFETY: plain helper call on this program's skb.
+    let rc = unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAG_NEEDED_LEN as u32, 0) };
+    if rc != 0 {
+        return drop_pkt(DropReason::Malformed);
+    }
+    if let Err(e) = ctx.store(0, &out, 0) {
+        return err(e);
+    }
+    count_mtu(mtu_stat::FRAG_NEEDED);
+    // SAFETY: plain helper call. The peer of this veth is the pod.
+    unsafe { bpf_redirect_peer(skb_ifindex(ctx), 0) };
+    REDIRECT
+}

@@ -1,0 +1,219 @@
+//! Reverse NAT of backend replies and of the ICMP errors backends send
+//! about Service flows.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::TcContext,
+};
+use talaria_common::{
+    be::{Be16, Be32},
+    drop::DropReason,
+    maps::{node_stat, FlowKey, FragEntry, FragKey, NodeConfig, ReverseEntry},
+    net::{Ipv4Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN},
+    net::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED},
+    wire::flags,
+};
+
+use crate::{
+    encap::{encap, flow_sport},
+    maps::{drop_pkt, stat, NODE_FRAGS, NODE_REVERSE},
+    mtu::check_mtu,
+    skb::{IP_OFF, L4_OFF, PASS},
+};
+
+/// The offset of the L4 checksum of a TCP or UDP header at `l4_off`, and
+/// the flag that keeps a zero UDP checksum ("none") zero.
+#[inline(always)]
+fn l4_check(proto: u8, l4_off: usize) -> (usize, u64) {
+    if proto == IPPROTO_TCP {
+        (l4_off + 16, 0)
+    } else {
+        (l4_off + 6, BPF_F_MARK_MANGLED_0 as u64)
+    }
+}
+
+/// Rewrites the TCP or UDP port at `l4_off + port_off` (0: source, 2:
+/// destination) from `old` to `new`, fixing the L4 checksum
+/// incrementally (CHECKSUM_PARTIAL and GSO packets included).
+#[inline(always)]
+pub(crate) fn rewrite_port(
+    ctx: &TcContext,
+    proto: u8,
+    l4_off: usize,
+    port_off: usize,
+    old: Be16,
+    new: Be16,
+) -> Result<(), i32> {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let (check_off, mangled) = l4_check(proto, l4_off);
+    let raw = |v: Be16| u16::from_ne_bytes(v.0) as u64;
+    ctx.l4_csum_replace(check_off, raw(old), raw(new), mangled | 2)
+        .map_err(err)?;
+    ctx.store(l4_off + port_off, &new, 0).map_err(err)
+}
+
+/// Rewrites the source of a backend reply back to VIP:port, and its
+/// destination port back to the client's own when the flow had a
+/// substitute (`client_port` non-zero), fixing the IPv4 and L4 checksums
+/// incrementally (works on CHECKSUM_PARTIAL/GSO packets).
+#[inline(always)]
+pub(crate) fn reverse_nat(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    ports: [Be16; 2],
+    rev: &ReverseEntry,
+) -> Result<(), i32> {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let (check_off, mangled) = l4_check(ip.proto, L4_OFF);
+    let old_ip = u32::from_ne_bytes(ip.src.0) as u64;
+    let new_ip = u32::from_ne_bytes(rev.vip.0) as u64;
+    ctx.l3_csum_replace(IP_OFF + 10, old_ip, new_ip, 4)
+        .map_err(err)?;
+    ctx.l4_csum_replace(
+        check_off,
+        old_ip,
+        new_ip,
+        BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+    )
+    .map_err(err)?;
+    ctx.store(IP_OFF + 12, &rev.vip, 0).map_err(err)?;
+    rewrite_port(ctx, ip.proto, L4_OFF, 0, ports[0], rev.vip_port)?;
+    if rev.client_port.get() != 0 {
+        rewrite_port(ctx, ip.proto, L4_OFF, 2, ports[1], rev.client_port)?;
+    }
+    Ok(())
+}
+
+/// A non-first fragment of a reply datagram whose first fragment was
+/// reverse-NATed (`NODE_FRAGS`): its source becomes the VIP (it has no L4
+/// header to rewrite) and it is tunnelled to the switch like the first.
+/// Fragments of anything else pass.
+#[inline(always)]
+pub(crate) fn fragment_reply(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<i32, i32> {
+    let key = FragKey::of(ip);
+    // SAFETY: read-only copy of a map value.
+    let Some(f) = (unsafe { NODE_FRAGS.get(&key) }).copied() else {
+        return Ok(PASS);
+    };
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let raw32 = |v: Be32| u32::from_ne_bytes(v.0) as u64;
+    ctx.l3_csum_replace(IP_OFF + 10, raw32(ip.src), raw32(f.vip), 4)
+        .map_err(err)?;
+    ctx.store(IP_OFF + 12, &f.vip, 0).map_err(err)?;
+    stat(node_stat::FRAGMENT_NAT);
+    encap(
+        ctx,
+        cfg,
+        flags::REPLY | flags::COOKIE_VALID,
+        f.service_id,
+        f.backend_id,
+        f.outer_sport,
+        ip.tos,
+    )
+}
+
+/// Remembers the reverse NAT of a reply's first fragment for the others.
+#[inline(always)]
+pub(crate) fn note_first_fragment(ip: &Ipv4Hdr, rev: &ReverseEntry, outer_sport: u16) {
+    let key = FragKey::of(ip);
+    let entry = FragEntry {
+        vip: rev.vip,
+        service_id: rev.service_id,
+        outer_sport,
+        backend_id: rev.backend_id,
+    };
+    let _ = NODE_FRAGS.insert(&key, &entry, 0);
+}
+
+const ICMP_OFF: usize = L4_OFF;
+/// The packet the error is about, quoted after the 8-byte ICMP header.
+const EMB_IP_OFF: usize = ICMP_OFF + 8;
+const EMB_L4_OFF: usize = EMB_IP_OFF + IPV4_HDR_LEN;
+
+/// A local backend pod's ICMP error (destination unreachable, including
+/// fragmentation-needed, or time exceeded) about a Service flow: the
+/// quoted packet is client → backend, so it is matched to the
+/// reverse-flow entry and rewritten as the client must see it, from and
+/// about VIP:port: outer source, quoted destination address and port, the
+/// quoted IPv4 checksum and the ICMP checksum. Then it goes to the switch
+/// like any reply. The quoted L4 checksum is left alone (receivers do not
+/// check it). Anything else passes.
+#[inline(always)]
+pub(crate) fn icmp_error_reply(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ip: &Ipv4Hdr,
+) -> Result<i32, i32> {
+    let icmp: [u8; 2] = ctx.load(ICMP_OFF).map_err(|_| PASS)?;
+    if icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED {
+        return Ok(PASS);
+    }
+    let emb: Ipv4Hdr = ctx.load(EMB_IP_OFF).map_err(|_| PASS)?;
+    if emb.has_options() || (emb.proto != IPPROTO_TCP && emb.proto != IPPROTO_UDP) {
+        return Ok(PASS);
+    }
+    let ports: [Be16; 2] = ctx.load(EMB_L4_OFF).map_err(|_| PASS)?;
+    // The quoted packet went client → backend: the reverse flow is the
+    // other way round.
+    let key = FlowKey {
+        src: emb.dst,
+        dst: emb.src,
+        src_port: ports[1],
+        dst_port: ports[0],
+        proto: emb.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: read-only copy of a map value.
+    let rev = match unsafe { NODE_REVERSE.get(key) } {
+        Some(r) => *r,
+        None => return Ok(PASS),
+    };
+    // Only a party of the flow may speak about it: the backend the quoted
+    // packet was addressed to (the pod spoof check vouches for the
+    // source). Another pod on the node could otherwise inject errors into
+    // this flow's client.
+    if ip.src != emb.dst {
+        return Err(drop_pkt(DropReason::IcmpSpoof));
+    }
+    check_mtu(ctx, ip, true)?;
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let raw32 = |v: Be32| u32::from_ne_bytes(v.0) as u64;
+    let raw16 = |v: Be16| u16::from_ne_bytes(v.0) as u64;
+    // Outer source (the backend pod) → VIP; ICMP has no pseudo-header.
+    ctx.l3_csum_replace(IP_OFF + 10, raw32(ip.src), raw32(rev.vip), 4)
+        .map_err(err)?;
+    ctx.store(IP_OFF + 12, &rev.vip, 0).map_err(err)?;
+    // Quoted destination → VIP, with the quoted header checksum; the ICMP
+    // checksum covers both.
+    let new_emb_check = Be16::new(talaria_common::net::csum_replace4(
+        emb.check.get(),
+        emb.dst.get(),
+        rev.vip.get(),
+    ));
+    ctx.l4_csum_replace(ICMP_OFF + 2, raw32(emb.dst), raw32(rev.vip), 4)
+        .map_err(err)?;
+    ctx.l4_csum_replace(ICMP_OFF + 2, raw16(emb.check), raw16(new_emb_check), 2)
+        .map_err(err)?;
+    ctx.l4_csum_replace(ICMP_OFF + 2, raw16(ports[1]), raw16(rev.vip_port), 2)
+        .map_err(err)?;
+    ctx.store(EMB_IP_OFF + 10, &new_emb_check, 0).map_err(err)?;
+    ctx.store(EMB_IP_OFF + 16, &rev.vip, 0).map_err(err)?;
+    ctx.store(EMB_L4_OFF + 2, &rev.vip_port, 0).map_err(err)?;
+    if rev.client_port.get() != 0 {
+        // The quoted packet came from the substitute port; the client
+        // knows only its own.
+        ctx.l4_csum_replace(ICMP_OFF + 2, raw16(ports[0]), raw16(rev.client_port), 2)
+            .map_err(err)?;
+        ctx.store(EMB_L4_OFF, &rev.client_port, 0).map_err(err)?;
+    }
+    stat(node_stat::REVERSE_NAT);
+    encap(
+        ctx,
+        cfg,
+        flags::REPLY | flags::COOKIE_VALID,
+        rev.service_id,
+        rev.backend_id,
+        flow_sport(&rev.client_view(key)),
+        ip.tos,
+    )
+}

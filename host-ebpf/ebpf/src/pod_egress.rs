@@ -1,0 +1,186 @@
+//! The hook on the ingress of every pod's host-side veth: packets leaving
+//! the pod. Service traffic is steered into Geneve towards the switch;
+//! replies of local backend pods are reverse-NATed first.
+
+use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use talaria_common::{
+    be::Be16,
+    drop::DropReason,
+    maps::{node_stat, FlowKey, PortSubstKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT},
+    net::{tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    wire::{flags, GENEVE_UDP_PORT},
+};
+
+use crate::{
+    encap::{encap, flow_sport},
+    maps::{
+        config, drop_pkt, release_flow_slot, stat, FlowTable, NODE_COOKIES, NODE_PODS,
+        NODE_PORT_SUBST, NODE_REVERSE, NODE_SVC_CIDRS,
+    },
+    mtu::check_mtu,
+    nat::{fragment_reply, icmp_error_reply, note_first_fragment, reverse_nat},
+    skb::{now_ns, skb_ifindex, tcp_flags_at, IP_OFF, L4_OFF, PASS},
+};
+
+/// Ingress of a pod's host-side veth = packets leaving the pod.
+#[classifier]
+pub fn node_pod_egress(ctx: TcContext) -> i32 {
+    match try_pod_egress(&ctx) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
+    let eth: EthHdr = ctx.load(0).map_err(|_| PASS)?;
+    if eth.ether_type.get() != ETH_P_IP {
+        return Ok(PASS);
+    }
+    let cfg = config().ok_or(PASS)?;
+    let ip: Ipv4Hdr = ctx
+        .load(IP_OFF)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    let l4_off = IP_OFF + ip.header_len();
+    let first_fragment = ip.frag.get() & 0x1fff == 0;
+
+    // A pod must never send the tunnel format itself.
+    if ip.proto == IPPROTO_UDP && first_fragment {
+        let dport: Be16 = ctx
+            .load(l4_off + 2)
+            .map_err(|_| drop_pkt(DropReason::Malformed))?;
+        if dport.get() == GENEVE_UDP_PORT {
+            return Err(drop_pkt(DropReason::PodEncap));
+        }
+    }
+    // The source must be the address assigned to the pod behind this veth.
+    // SAFETY: read-only use of a map value.
+    match unsafe { NODE_PODS.get(ip.src) } {
+        Some(pod) if pod.ifindex == skb_ifindex(ctx) => {}
+        _ => return Err(drop_pkt(DropReason::PodSpoof)),
+    }
+
+    let to_service = NODE_SVC_CIDRS.get(Key::new(32, ip.dst)).is_some();
+    if to_service {
+        if ip.has_options() {
+            return Err(drop_pkt(DropReason::IpOptions));
+        }
+        if ip.is_fragment() {
+            return Err(drop_pkt(DropReason::Fragment));
+        }
+        if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+            return Err(drop_pkt(DropReason::UnsupportedProtocol));
+        }
+    } else if ip.has_options() {
+        return Ok(PASS);
+    } else if !first_fragment {
+        // A reply datagram too big for the pod's MTU, or anything else.
+        return fragment_reply(ctx, cfg, &ip);
+    } else if ip.proto == IPPROTO_ICMP {
+        return icmp_error_reply(ctx, cfg, &ip);
+    } else if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
+        return Ok(PASS);
+    }
+    let ports: [Be16; 2] = ctx
+        .load(L4_OFF)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    let key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port: ports[0],
+        dst_port: ports[1],
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let tcp = tcp_flags_at(ctx, ip.proto, L4_OFF);
+
+    if to_service {
+        check_mtu(ctx, &ip, false)?;
+        // A SYN opens a new connection: it is balanced afresh, as the
+        // switch would balance any new flow, whatever a reused 4-tuple
+        // left in the cache (kube-proxy sends new connections to ready
+        // endpoints only; an old cookie may name a draining one).
+        if tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
+            && NODE_COOKIES.remove(&key).is_ok()
+        {
+            release_flow_slot(key.src, FlowTable::Cookies);
+        }
+        let (fl, service_id, backend_id) = match NODE_COOKIES.get_ptr_mut(key) {
+            Some(e) => {
+                // SAFETY: LRU value pointer, valid during this run; races
+                // with other CPUs only lose a timestamp or a FIN bit.
+                let e = unsafe { &mut *e };
+                let found = (flags::COOKIE_VALID, e.service_id, e.backend_id);
+                if tcp & tcp_flags::RST != 0 {
+                    if NODE_COOKIES.remove(&key).is_ok() {
+                        release_flow_slot(key.src, FlowTable::Cookies);
+                    }
+                    stat(node_stat::FLOW_RESET);
+                } else {
+                    e.last_seen_ns = now_ns();
+                    if tcp & tcp_flags::FIN != 0 {
+                        e.fin_seen |= FIN_FROM_CLIENT;
+                    }
+                }
+                stat(node_stat::CACHE_HIT);
+                found
+            }
+            None => {
+                stat(node_stat::CACHE_MISS);
+                (flags::NEW_FLOW, 0, 0)
+            }
+        };
+        return encap(
+            ctx,
+            cfg,
+            fl,
+            service_id,
+            backend_id,
+            flow_sport(&key),
+            ip.tos,
+        );
+    }
+
+    // A reply from a local backend pod?
+    let Some(rev) = NODE_REVERSE.get_ptr_mut(key) else {
+        return Ok(PASS);
+    };
+    check_mtu(ctx, &ip, false)?;
+    // SAFETY: as above.
+    let entry = unsafe { &mut *rev };
+    let rev = *entry;
+    if tcp & tcp_flags::RST != 0 {
+        if NODE_REVERSE.remove(&key).is_ok() {
+            release_flow_slot(key.src, FlowTable::Reverse);
+        }
+        if rev.client_port.get() != 0 {
+            let _ = NODE_PORT_SUBST.remove(&PortSubstKey {
+                flow: FlowKey {
+                    dst_port: rev.client_port,
+                    ..key
+                },
+                service_id: rev.service_id,
+                _pad: [0; 2],
+            });
+        }
+        stat(node_stat::FLOW_RESET);
+    } else {
+        entry.last_seen_ns = now_ns();
+        if tcp & tcp_flags::FIN != 0 {
+            entry.fin_seen |= FIN_FROM_BACKEND;
+        }
+    }
+    reverse_nat(ctx, &ip, ports, &rev)?;
+    stat(node_stat::REVERSE_NAT);
+    let outer_sport = flow_sport(&rev.client_view(key));
+    if ip.is_fragment() {
+        note_first_fragment(&ip, &rev, outer_sport);
+    }
+    encap(
+        ctx,
+        cfg,
+        flags::REPLY | flags::COOKIE_VALID,
+        rev.service_id,
+        rev.backend_id,
+        outer_sport,
+        ip.tos,
+    )
+}

@@ -1,0 +1,111 @@
+//! The hook on the ingress of the node uplink: packets arriving from the
+//! switch. Talaria packets are checked, learned from and decapsulated to
+//! their pod; everything else passes.
+
+use aya_ebpf::{macros::classifier, programs::TcContext};
+use talaria_common::{
+    be::Be16,
+    drop::DropReason,
+    maps::FlowKey,
+    net::{EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
+};
+
+use crate::{
+    encap::decap_to_pod,
+    flows::{learn_cookie, learn_reverse},
+    maps::{config, drop_pkt, NODE_PODS},
+    nat::rewrite_port,
+    skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
+};
+
+/// Ingress of the node uplink = packets arriving from the switch.
+#[classifier]
+pub fn node_uplink_ingress(ctx: TcContext) -> i32 {
+    match try_uplink_ingress(&ctx) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
+    let eth: EthHdr = ctx.load(0).map_err(|_| PASS)?;
+    if eth.ether_type.get() != ETH_P_IP {
+        return Ok(PASS);
+    }
+    let outer: Ipv4Hdr = ctx.load(IP_OFF).map_err(|_| PASS)?;
+    if outer.proto != IPPROTO_UDP || outer.has_options() || outer.is_fragment() {
+        return Ok(PASS);
+    }
+    let dport: Be16 = ctx.load(OUTER_UDP_OFF + 2).map_err(|_| PASS)?;
+    if dport.get() != GENEVE_UDP_PORT {
+        return Ok(PASS);
+    }
+    let cfg = config().ok_or(PASS)?;
+    if outer.dst != cfg.node_ip {
+        return Ok(PASS);
+    }
+    // Talaria packets are accepted from the switch only: its tunnel
+    // address, and its MAC, so that another host on the uplink's segment
+    // cannot pass for it by its address alone. (The program runs on the
+    // uplink only: nothing else can reach this check.)
+    if outer.src != cfg.switch_ip || eth.src != cfg.switch_mac {
+        return Err(drop_pkt(DropReason::TunnelSource));
+    }
+    let enc: TalariaEncap = ctx
+        .load(GENEVE_OFF)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    enc.validate().map_err(|e| drop_pkt(e.drop_reason()))?;
+    let inner: Ipv4Hdr = ctx
+        .load(INNER_IP_OFF)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    if inner.has_options() {
+        return Err(drop_pkt(DropReason::IpOptions));
+    }
+    let opt = &enc.opt;
+    let first_fragment = inner.frag.get() & 0x1fff == 0;
+    if inner.is_fragment() && opt.flags & flags::REPLY == 0 {
+        return Err(drop_pkt(DropReason::Fragment));
+    }
+    // SAFETY: read-only copy of a map value.
+    let pod = match unsafe { NODE_PODS.get(inner.dst) } {
+        Some(p) => *p,
+        None => return Err(drop_pkt(DropReason::UnknownPod)),
+    };
+    // A reply's later fragments (a datagram bigger than the backend pod's
+    // MTU) have no ports: nothing to learn, the first fragment did.
+    if !first_fragment {
+        return decap_to_pod(ctx, &pod);
+    }
+    if inner.proto == IPPROTO_ICMP && opt.flags & flags::REPLY != 0 {
+        // An ICMP error about a Service flow (reverse-NATed by the backend
+        // node, e.g. frag-needed or port unreachable): nothing to learn.
+        return decap_to_pod(ctx, &pod);
+    }
+    if inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
+        return Err(drop_pkt(DropReason::UnsupportedProtocol));
+    }
+    let ports: [Be16; 2] = ctx
+        .load(INNER_L4_OFF)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    let tcp = tcp_flags_at(ctx, inner.proto, INNER_L4_OFF);
+    // Keyed from the local pod's side: src = the pod, dst = the peer.
+    let key = FlowKey {
+        src: inner.dst,
+        dst: inner.src,
+        src_port: ports[1],
+        dst_port: ports[0],
+        proto: inner.proto,
+        _pad: [0; 3],
+    };
+    if opt.flags & flags::REPLY != 0 {
+        learn_cookie(&key, opt, tcp);
+    } else {
+        let port = learn_reverse(&key, opt, tcp)?;
+        if port != ports[0] {
+            // The backend pod sees this flow from a substitute port.
+            rewrite_port(ctx, inner.proto, INNER_L4_OFF, 0, ports[0], port)?;
+        }
+    }
+
+    decap_to_pod(ctx, &pod)
+}

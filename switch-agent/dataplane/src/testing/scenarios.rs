@@ -1,0 +1,1471 @@
+//! The switch's packet scenarios as data, and the checks that run them on
+//! any switch that implements the talaria pipeline: switch-agent's eBPF
+//! program through `BPF_PROG_TEST_RUN` (`tests/scenarios.rs` here), and
+//! switch-agent and bmv2 through real ports (`bmv2-testbed`).
+//!
+//! A [`Suite`] is a set of table entries and a list of [`Step`]s: table
+//! writes and packets. Each packet is a [`Scenario`] {name, input frame,
+//! expected verdict, expected counter deltas}, as in Katran's fixtures. A
+//! forwarded packet's expected output is built from scratch in Rust (fresh
+//! checksums everywhere), so comparing bytes also checks the switch's
+//! incremental checksum updates.
+//!
+//! A switch is driven through [`Rig`]; [`run`] takes counter snapshots
+//! around every packet and compares frames and deltas. Counters that only
+//! switch-agent has (drops per ingress port) are checked where the rig can
+//! read them.
+
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use talaria_tables::{build, service_v4, value::Ipv4Prefix};
+
+use talaria_common::{
+    be::Be32,
+    drop::{DropReason, LbEvent, DROP_REASON_COUNT, LB_EVENT_COUNT},
+    hash::{hash_mode, FlowTuple},
+    maps::PacketBytes,
+    net::{IPPROTO_TCP, IPPROTO_UDP},
+    wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
+};
+
+use super::{eth, ipv4, ipv4_checksum, mac, off, talaria, tunnel_frame, udp, Inner, L4};
+use crate::Entry;
+
+/// The port every scenario's packet arrives on.
+pub const INGRESS_PORT: u16 = 1;
+
+/// Addresses no suite uses, left to rigs for their own traffic (TEST-NET-1):
+/// the real-port rig routes `192.0.2.<port>` out of each port to know when
+/// the switch is done with a packet.
+pub const RIG_PREFIX: Ipv4Prefix = build::prefix(Ipv4Addr::new(192, 0, 2, 0), 24);
+
+// ---------------------------------------------------------------- topology --
+
+const SWITCH: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const SWITCH2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 2);
+/// A node no route leads to.
+const NODE_LOST: Ipv4Addr = Ipv4Addr::new(192, 168, 9, 2);
+const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+const VIP_TCP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const VIP_UDP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 7);
+const SVC_TCP: u16 = 7;
+const SVC_UDP: u16 = 8;
+/// Services with an empty bucket, with a bucket naming an unknown backend,
+/// and with a backend on a node no route leads to.
+const SVC_EMPTY: u16 = 9;
+const SVC_UNKNOWN_BACKEND: u16 = 10;
+const SVC_LOST_NODE: u16 = 11;
+/// Buckets of SVC_TCP, by index.
+const TCP_BUCKETS: [u32; 4] = [100, 101, 102, 100];
+
+/// (backend id, ip, port, node).
+const BACKENDS: [(u32, Ipv4Addr, u16, Ipv4Addr); 5] = [
+    (100, Ipv4Addr::new(10, 244, 2, 5), 8080, NODE_B),
+    (101, Ipv4Addr::new(10, 244, 2, 6), 8080, NODE_B),
+    (102, Ipv4Addr::new(10, 244, 1, 9), 8080, NODE_A),
+    (200, Ipv4Addr::new(10, 244, 2, 7), 5353, NODE_B),
+    (300, Ipv4Addr::new(10, 244, 9, 5), 8080, NODE_LOST),
+];
+
+/// The MACs `ipv4_route` writes for a route out of `port`: (src, dst).
+pub fn route_mac(port: u16) -> ([u8; 6], [u8; 6]) {
+    (mac(0x10 + port as u8), mac(0xa0 + port as u8))
+}
+
+/// The `ipv4_route` entry that sends `prefix` out of `port`, with the
+/// MACs of [`route_mac`].
+pub fn route_out(prefix: Ipv4Prefix, port: u16) -> Entry {
+    let (src_mac, dst_mac) = route_mac(port);
+    build::route(prefix, port, src_mac, dst_mac)
+}
+
+/// The tables every suite starts from.
+fn tables() -> Vec<Entry> {
+    let net = |a, b, c| build::prefix(Ipv4Addr::new(a, b, c, 0), 24);
+    let mut entries = vec![
+        route_out(net(192, 168, 1), 1),
+        route_out(net(192, 168, 2), 2),
+        build::blackhole(net(203, 0, 113)),
+        build::switch_addr(SWITCH),
+        build::switch_addr(SWITCH2),
+        build::service(VIP_TCP, 80, IPPROTO_TCP, SVC_TCP, 3, hash_mode::FIVE_TUPLE),
+        build::service(VIP_UDP, 53, IPPROTO_UDP, SVC_UDP, 0, hash_mode::CLIENT_IP),
+        build::service(VIP_TCP, 81, IPPROTO_TCP, SVC_EMPTY, 0, 0),
+        build::service(VIP_TCP, 82, IPPROTO_TCP, SVC_UNKNOWN_BACKEND, 0, 0),
+        build::service(VIP_TCP, 83, IPPROTO_TCP, SVC_LOST_NODE, 0, 0),
+        build::bucket(SVC_UNKNOWN_BACKEND, 0, 555),
+        build::bucket(SVC_LOST_NODE, 0, 300),
+        build::bucket(SVC_UDP, 0, 200),
+        build::cookie(SVC_UDP, 200),
+        build::pod_node(net(10, 244, 1), NODE_A),
+        build::pod_node(net(10, 244, 2), NODE_B),
+        build::pod_node(net(10, 244, 9), NODE_LOST),
+    ];
+    for (b, id) in TCP_BUCKETS.iter().enumerate() {
+        entries.push(build::bucket(SVC_TCP, b as u16, *id));
+    }
+    for id in [100, 101, 102] {
+        entries.push(build::cookie(SVC_TCP, id));
+    }
+    for (backend_id, ip, port, node_ip) in BACKENDS {
+        entries.push(build::backend(backend_id, ip, port, node_ip));
+    }
+    entries
+}
+
+fn backend(id: u32) -> (Ipv4Addr, u16, Ipv4Addr) {
+    let (_, ip, port, node) = BACKENDS
+        .iter()
+        .copied()
+        .find(|b| b.0 == id)
+        .expect("known backend");
+    (ip, port, node)
+}
+
+fn node_port(node: Ipv4Addr) -> u16 {
+    if node == NODE_A {
+        1
+    } else {
+        2
+    }
+}
+
+/// The backend the bucket hash gives a TCP flow of SVC_TCP.
+fn hashed_backend(src: Ipv4Addr, sport: u16) -> u32 {
+    let t = FlowTuple {
+        src: Be32(src.octets()),
+        dst: Be32(VIP_TCP.octets()),
+        proto: IPPROTO_TCP,
+        src_port: sport.into(),
+        dst_port: 80.into(),
+    };
+    TCP_BUCKETS[(t.hash() & 3) as usize]
+}
+
+// ------------------------------------------------------------------ frames --
+
+/// A client packet to a service, as a node sends it to `to`.
+fn request(to: Ipv4Addr, flags: u8, cookie: u32, inner: &Inner) -> Vec<u8> {
+    tunnel_frame(
+        NODE_A,
+        to,
+        64,
+        &talaria(flags, 0, cookie),
+        &inner.to_bytes(),
+    )
+}
+
+/// `inner` after the switch's DNAT to `backend_id` (fresh checksums).
+fn dnat(inner: &Inner, backend_id: u32) -> Inner {
+    let (ip, port, _) = backend(backend_id);
+    let mut out = inner.clone();
+    out.dst = ip;
+    out.l4 = match inner.l4 {
+        L4::Tcp { src, .. } => L4::Tcp { src, dst: port },
+        L4::Udp { src, csum, .. } => L4::Udp {
+            src,
+            dst: port,
+            csum,
+        },
+        other => other,
+    };
+    out
+}
+
+/// The frame the switch emits for a load-balanced inner packet `inner_out`
+/// (already DNATed): cookie written, outer (from → node), TTL 63, new MACs.
+fn lb_frame(
+    from: Ipv4Addr,
+    in_flags: u8,
+    service_id: u16,
+    backend_id: u32,
+    inner_out: &[u8],
+) -> Vec<u8> {
+    let (_, _, node) = backend(backend_id);
+    let geneve =
+        TalariaEncap::new(in_flags | flags::COOKIE_VALID, service_id, backend_id).to_bytes();
+    let (src_mac, dst_mac) = route_mac(node_port(node));
+    let mut frame = tunnel_frame(from, node, 63, &geneve, inner_out);
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    frame
+}
+
+/// What the switch must emit for a load-balanced `inner`: DNAT to
+/// `backend_id`, cookie written, outer (from → node), TTL 63, new MACs.
+fn expected_lb(
+    from: Ipv4Addr,
+    in_flags: u8,
+    service_id: u16,
+    backend_id: u32,
+    inner: &Inner,
+) -> Vec<u8> {
+    lb_frame(
+        from,
+        in_flags,
+        service_id,
+        backend_id,
+        &dnat(inner, backend_id).to_bytes(),
+    )
+}
+
+/// A load-balanced `inner` that came to `from` with `in_flags`,
+/// forwarded as [`expected_lb`] to `backend_id` on its node's port.
+fn lb_verdict(
+    from: Ipv4Addr,
+    in_flags: u8,
+    service_id: u16,
+    backend_id: u32,
+    inner: &Inner,
+) -> Verdict {
+    Verdict::Forward {
+        port: node_port(backend(backend_id).2),
+        bytes: Some(expected_lb(from, in_flags, service_id, backend_id, inner)),
+    }
+}
+
+/// A new flow to a service, forwarded to `backend_id` on its node's port.
+fn lb_forward(service_id: u16, backend_id: u32, inner: &Inner) -> Verdict {
+    lb_verdict(SWITCH, flags::NEW_FLOW, service_id, backend_id, inner)
+}
+
+/// A plain IPv4/UDP frame from node A to `dst`.
+fn plain(dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
+    eth(
+        mac(0xaa),
+        mac(1),
+        &ipv4(NODE_A, dst, ttl, IPPROTO_UDP, &udp(1234, 5678, b"plain")),
+    )
+}
+
+/// `frame` as `ipv4_route` forwards it out of `port`: TTL − 1, header
+/// checksum fixed, MACs rewritten.
+fn routed(frame: &[u8], port: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let (src_mac, dst_mac) = route_mac(port);
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[off::OUTER_IP + 8] -= 1;
+    let ihl = usize::from(f[off::OUTER_IP] & 0x0f) * 4;
+    let c = ipv4_checksum(&f[off::OUTER_IP..off::OUTER_IP + ihl]);
+    f[off::OUTER_IP + 10..off::OUTER_IP + 12].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+/// A plain frame whose IPv4 header carries 4 bytes of options (NOPs and
+/// an end-of-list), to node B.
+fn plain_with_options(ttl: u8) -> Vec<u8> {
+    let mut ip = ipv4(NODE_A, NODE_B, ttl, IPPROTO_UDP, &udp(1234, 5678, b"opts"));
+    ip.splice(20..20, [1u8, 1, 1, 0]);
+    ip[0] = 0x46;
+    let total = ip.len() as u16;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    let c = ipv4_checksum(&ip[..24]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    eth(mac(0xaa), mac(1), &ip)
+}
+
+/// A frame of another ethertype.
+fn ethertype(dst: [u8; 6], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = eth(dst, mac(0xaa), payload);
+    f[12..14].copy_from_slice(&ether_type.to_be_bytes());
+    f
+}
+
+/// An ARP packet (RFC 826, Ethernet/IPv4): `op` 1 request, 2 reply.
+fn arp(op: u16, sender: ([u8; 6], Ipv4Addr), target: ([u8; 6], Ipv4Addr)) -> Vec<u8> {
+    let mut a = vec![0, 1, 0x08, 0x00, 6, 4];
+    a.extend_from_slice(&op.to_be_bytes());
+    a.extend_from_slice(&sender.0);
+    a.extend_from_slice(&sender.1.octets());
+    a.extend_from_slice(&target.0);
+    a.extend_from_slice(&target.1.octets());
+    a
+}
+
+/// An ICMP destination-unreachable (`code`) about `quoted` (its IPv4 header
+/// and first 8 bytes), from `src` to `dst`, as a host's stack sends it.
+fn icmp_unreachable(src: Ipv4Addr, dst: Ipv4Addr, code: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut icmp = vec![3, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&quoted[..28]);
+    let c = super::checksum(&icmp, 0);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut ip = ipv4(src, dst, 64, 1, &icmp);
+    // IPTOS_PREC_INTERNETCONTROL, as Linux sends ICMP errors.
+    ip[1] = 0xc0;
+    let c = ipv4_checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
+/// The 16-bit word at `at` of `bytes`.
+fn word(bytes: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([bytes[at], bytes[at + 1]])
+}
+
+/// A copy of `inner` whose first two payload bytes make its L4 checksum,
+/// once DNATed to `backend_id`, come out as exactly zero (a ones'-complement
+/// sum of 0xFFFF). Those two bytes at an even offset of the segment add
+/// their value to the sum; the checksum computed with them zero is the
+/// complement of the rest of the sum, so it is the value that completes it.
+fn zero_after_dnat(inner: &Inner, backend_id: u32) -> Inner {
+    let mut out = inner.clone();
+    out.payload = vec![0, 0, b'z', b'e', b'r', b'o'];
+    let after = dnat(&out, backend_id);
+    let l4_at = 20;
+    let csum_at = l4_at
+        + if matches!(inner.l4, L4::Tcp { .. }) {
+            16
+        } else {
+            6
+        };
+    let bytes = after.to_bytes();
+    let mut seg = bytes[l4_at..].to_vec();
+    seg[csum_at - l4_at] = 0;
+    seg[csum_at - l4_at + 1] = 0;
+    let fill = super::l4_checksum(after.src, after.dst, bytes[9], &seg);
+    out.payload[0..2].copy_from_slice(&fill.to_be_bytes());
+    out
+}
+
+/// `bytes` with the checksum at `at` one less than right (an error a
+/// receiver must still see after the switch rewrote the packet).
+fn checksum_off_by_one(bytes: &mut [u8], at: usize) {
+    let c = word(bytes, at);
+    // Away from 0 and 1, where ones'-complement arithmetic has two zeros.
+    assert!(c > 1, "pick another payload: checksum {c:#06x}");
+    bytes[at..at + 2].copy_from_slice(&(c - 1).to_be_bytes());
+}
+
+// ------------------------------------------------------------------- model --
+
+/// What the switch must do with a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Sent out of `port`; the output must equal `bytes` if given.
+    Forward { port: u16, bytes: Option<Vec<u8>> },
+    /// Dropped and counted under this reason.
+    Drop(DropReason),
+    /// Lost with no drop reason counted (egress port without interface).
+    Lost,
+}
+
+/// One packet and what must come of it.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// The frame that arrives on [`INGRESS_PORT`].
+    pub input: Vec<u8>,
+    pub verdict: Verdict,
+    /// LB events that must each move by one.
+    pub events: Vec<LbEvent>,
+    /// The service whose counter must move by one packet of the input's
+    /// length.
+    pub service: Option<u16>,
+    /// The backend whose direct counter must move by one packet of the
+    /// input's length.
+    pub backend: Option<u32>,
+}
+
+impl Scenario {
+    fn new(name: &'static str, input: Vec<u8>, verdict: Verdict) -> Self {
+        Self {
+            name,
+            input,
+            verdict,
+            events: Vec::new(),
+            service: None,
+            backend: None,
+        }
+    }
+
+    fn event(mut self, e: LbEvent) -> Self {
+        self.events.push(e);
+        self
+    }
+
+    /// A client-to-service packet: service counter, event, and backend (if
+    /// one was found).
+    fn load_balanced(mut self, service: u16, e: LbEvent, backend: Option<u32>) -> Self {
+        self.service = Some(service);
+        self.backend = backend;
+        self.event(e)
+    }
+}
+
+/// A table write or a packet.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Insert(Entry),
+    Modify(Entry),
+    Delete(Entry),
+    Send(Scenario),
+}
+
+/// Tables and steps, run on a switch with `ports` ports and empty tables.
+#[derive(Clone, Debug)]
+pub struct Suite {
+    pub name: &'static str,
+    pub ports: u16,
+    /// Inserted in this order before the steps.
+    pub setup: Vec<Entry>,
+    pub steps: Vec<Step>,
+}
+
+impl Suite {
+    /// The counters the suite's checks read: every service and backend its
+    /// entries name.
+    pub fn watch(&self) -> Watch {
+        let mut w = Watch::default();
+        let written = self.steps.iter().filter_map(|s| match s {
+            Step::Insert(e) | Step::Modify(e) => Some(e),
+            _ => None,
+        });
+        for e in self.setup.iter().chain(written) {
+            match e {
+                Entry::ServiceV4(e) => {
+                    let service_v4::Action::SetService { service_id, .. } = e.action;
+                    w.services.push(service_id)
+                }
+                Entry::Backend(e) => w.backends.push(e.key.backend_id),
+                _ => {}
+            }
+        }
+        w.services.sort_unstable();
+        w.services.dedup();
+        w.backends.sort_unstable();
+        w.backends.dedup();
+        w
+    }
+
+    /// The scenarios, in order.
+    pub fn scenarios(&self) -> impl Iterator<Item = &Scenario> {
+        self.steps.iter().filter_map(|s| match s {
+            Step::Send(s) => Some(s),
+            _ => None,
+        })
+    }
+}
+
+/// Which indexed counters a snapshot reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Watch {
+    pub services: Vec<u16>,
+    pub backends: Vec<u32>,
+}
+
+/// The switch's counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// `drop_counter` packets, by reason code (`DROP_REASON_COUNT` cells).
+    pub drops: Vec<u64>,
+    /// `lb_event_counter` packets, by event code.
+    pub events: Vec<u64>,
+    /// `service_counter` of the watched services.
+    pub services: BTreeMap<u16, PacketBytes>,
+    /// `backend_counter` of the watched backends that have an entry.
+    pub backends: BTreeMap<u32, PacketBytes>,
+    /// Drops of packets from [`INGRESS_PORT`] by reason code, where the
+    /// switch counts them (switch-agent's per-port metrics).
+    pub ingress_drops: Option<Vec<u64>>,
+}
+
+impl Counters {
+    /// Zeroed counters for `watch`, in the shape the checks expect.
+    pub fn empty(watch: &Watch) -> Self {
+        Self {
+            drops: vec![0; DROP_REASON_COUNT as usize],
+            events: vec![0; LB_EVENT_COUNT as usize],
+            services: watch
+                .services
+                .iter()
+                .map(|s| (*s, PacketBytes::default()))
+                .collect(),
+            backends: BTreeMap::new(),
+            ingress_drops: None,
+        }
+    }
+}
+
+/// A table operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Insert,
+    Modify,
+    Delete,
+}
+
+/// Why a rig could not do what a suite asked.
+pub type RigError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A switch the suites can drive.
+pub trait Rig {
+    /// Writes one table entry; the switch must accept it.
+    fn write(&mut self, op: Op, entry: &Entry) -> Result<(), RigError>;
+    /// Sends `frame` into [`INGRESS_PORT`] and returns, once the switch is
+    /// done with it, every frame that came out, with its port.
+    fn send(&mut self, frame: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, RigError>;
+    /// Reads the counters.
+    fn counters(&mut self, watch: &Watch) -> Result<Counters, RigError>;
+}
+
+/// What one switch did with one scenario.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub scenario: &'static str,
+    /// What was seen: `forward p2`, `drop no_route`, `lost`.
+    pub observed: String,
+    /// Every way it differs from the scenario; empty when it passed.
+    pub problems: Vec<String>,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.passed() {
+            write!(f, "{} ✓", self.observed)
+        } else {
+            write!(f, "{} ✗ ({})", self.observed, self.problems.join("; "))
+        }
+    }
+}
+
+/// Runs `suite` on `rig`, which must hold empty tables: the setup, then
+/// every step. A table write the rig refuses ends the run with an error;
+/// a packet that comes out wrong is an [`Outcome`] with problems.
+pub fn run(rig: &mut dyn Rig, suite: &Suite) -> Result<Vec<Outcome>, RigError> {
+    let write = |rig: &mut dyn Rig, op, e: &Entry| -> Result<(), RigError> {
+        rig.write(op, e)
+            .map_err(|err| format!("{}: {op:?} {e:?}: {err}", suite.name).into())
+    };
+    for e in &suite.setup {
+        write(rig, Op::Insert, e)?;
+    }
+    let watch = suite.watch();
+    let mut outcomes = Vec::new();
+    for step in &suite.steps {
+        match step {
+            Step::Insert(e) => write(rig, Op::Insert, e)?,
+            Step::Modify(e) => write(rig, Op::Modify, e)?,
+            Step::Delete(e) => write(rig, Op::Delete, e)?,
+            Step::Send(s) => outcomes.push(
+                run_one(rig, &watch, s).map_err(|e| format!("{}: {}: {e}", suite.name, s.name))?,
+            ),
+        }
+    }
+    Ok(outcomes)
+}
+
+fn run_one(rig: &mut dyn Rig, watch: &Watch, s: &Scenario) -> Result<Outcome, RigError> {
+    let before = rig.counters(watch)?;
+    let out = rig.send(&s.input)?;
+    let after = rig.counters(watch)?;
+    let mut problems = Vec::new();
+
+    // Frames.
+    match (&s.verdict, out.as_slice()) {
+        (Verdict::Forward { port, bytes }, [(got_port, frame)]) => {
+            if got_port != port {
+                problems.push(format!("out of port {got_port}, expected {port}"));
+            }
+            if let Some(want) = bytes {
+                if let Some(d) = first_difference(frame, want) {
+                    problems.push(d);
+                }
+            }
+            if checksums(&s.input).is_empty() {
+                problems.extend(checksums(frame));
+            }
+        }
+        (Verdict::Forward { port, .. }, frames) => problems.push(format!(
+            "{} frames out, expected one out of port {port}",
+            frames.len()
+        )),
+        (_, []) => {}
+        (_, frames) => problems.push(format!(
+            "{} frames out of ports {:?}, expected none",
+            frames.len(),
+            frames.iter().map(|f| f.0).collect::<Vec<_>>()
+        )),
+    }
+
+    // Counters: what must have moved, and nothing else.
+    let mut want = before.clone();
+    let len = s.input.len() as u64;
+    let bump = |c: &mut PacketBytes| {
+        c.packets += 1;
+        c.bytes += len;
+    };
+    if let Verdict::Drop(reason) = s.verdict {
+        want.drops[usize::from(reason.code())] += 1;
+        if let Some(d) = &mut want.ingress_drops {
+            d[usize::from(reason.code())] += 1;
+        }
+    }
+    for e in &s.events {
+        want.events[*e as usize] += 1;
+    }
+    if let Some(svc) = s.service {
+        bump(want.services.entry(svc).or_default());
+    }
+    if let Some(b) = s.backend {
+        bump(want.backends.entry(b).or_default());
+    }
+    problems.extend(counter_differences(&want, &after));
+
+    Ok(Outcome {
+        scenario: s.name,
+        observed: observed(&out, &before, &after),
+        problems,
+    })
+}
+
+/// `forward pN`, `drop <reason>` or `lost`, from the frames and the drop
+/// counters.
+fn observed(out: &[(u16, Vec<u8>)], before: &Counters, after: &Counters) -> String {
+    if !out.is_empty() {
+        let ports: Vec<String> = out.iter().map(|(p, _)| format!("p{p}")).collect();
+        return format!("forward {}", ports.join("+"));
+    }
+    let reasons: Vec<&str> = (0..after.drops.len())
+        .filter(|&i| after.drops[i] > before.drops.get(i).copied().unwrap_or(0))
+        .map(|i| DropReason::from_code(i as u8).map_or("unknown reason", |r| r.name()))
+        .collect();
+    if reasons.is_empty() {
+        "lost".into()
+    } else {
+        format!("drop {}", reasons.join("+"))
+    }
+}
+
+fn counter_differences(want: &Counters, got: &Counters) -> Vec<String> {
+    let mut out = Vec::new();
+    let named =
+        |i: usize| DropReason::from_code(i as u8).map_or(format!("#{i}"), |r| r.name().into());
+    for (i, (w, g)) in want.drops.iter().zip(&got.drops).enumerate() {
+        if w != g {
+            out.push(format!(
+                "drop_counter[{}] moved by {}",
+                named(i),
+                delta(*w, *g)
+            ));
+        }
+    }
+    for (i, (w, g)) in want.events.iter().zip(&got.events).enumerate() {
+        if w != g {
+            out.push(format!(
+                "lb_event_counter[{}] moved by {}",
+                LbEvent::ALL[i].name(),
+                delta(*w, *g)
+            ));
+        }
+    }
+    if want.services != got.services {
+        out.push(format!(
+            "service_counter: expected {:?}, got {:?}",
+            want.services, got.services
+        ));
+    }
+    if want.backends != got.backends {
+        out.push(format!(
+            "backend_counter: expected {:?}, got {:?}",
+            want.backends, got.backends
+        ));
+    }
+    if let (Some(w), Some(g)) = (&want.ingress_drops, &got.ingress_drops) {
+        for (i, (w, g)) in w.iter().zip(g).enumerate() {
+            if w != g {
+                out.push(format!(
+                    "port drops[{}] moved by {}",
+                    named(i),
+                    delta(*w, *g)
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// How far `got` is from `want`, as a signed difference from the expected
+/// move.
+fn delta(want: u64, got: u64) -> String {
+    format!("{:+} more than expected", got as i128 - want as i128)
+}
+
+/// Where two frames first differ, with both around that place.
+fn first_difference(got: &[u8], want: &[u8]) -> Option<String> {
+    if got == want {
+        return None;
+    }
+    let at = got
+        .iter()
+        .zip(want)
+        .position(|(a, b)| a != b)
+        .unwrap_or(got.len().min(want.len()));
+    let window = |b: &[u8]| hex(&b[at.saturating_sub(4).min(b.len())..(at + 8).min(b.len())]);
+    Some(format!(
+        "output differs at byte {at} (len {} vs {}): got …{}…, expected …{}…",
+        got.len(),
+        want.len(),
+        window(got),
+        window(want)
+    ))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Every checksum problem of a frame: its outer IPv4 header, and for a
+/// talaria tunnel the outer UDP checksum (must be 0), the inner IPv4 header
+/// and the inner TCP/UDP checksum (a UDP checksum that sums to zero must be
+/// sent as 0xFFFF, RFC 768). Empty for a frame that is not IPv4.
+pub fn checksums(f: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    if f.len() < off::OUTER_UDP || f[12..14] != [0x08, 0x00] {
+        return out;
+    }
+    let ihl = usize::from(f[off::OUTER_IP] & 0x0f) * 4;
+    if ihl < 20 || f.len() < off::OUTER_IP + ihl {
+        return out;
+    }
+    if !super::ipv4_header_ok(&f[off::OUTER_IP..off::OUTER_IP + ihl]) {
+        out.push("outer IPv4 checksum".into());
+    }
+    let is_tunnel = ihl == 20
+        && f[23] == IPPROTO_UDP
+        && f.len() > off::GENEVE
+        && word(f, off::OUTER_UDP + 2) == GENEVE_UDP_PORT;
+    if !is_tunnel || talaria_common::wire::parse(&f[off::GENEVE..]).is_err() {
+        return out;
+    }
+    if word(f, off::OUTER_UDP + 6) != 0 {
+        out.push("outer UDP checksum must be 0".into());
+    }
+    let inner = &f[off::INNER_IP..];
+    let inner_ihl = usize::from(inner.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if inner_ihl < 20 || inner.len() < inner_ihl {
+        return out;
+    }
+    if !super::ipv4_header_ok(&inner[..inner_ihl]) {
+        out.push("inner IPv4 checksum".into());
+    }
+    let proto = inner[9];
+    let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
+    let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
+    let seg = &inner[inner_ihl..];
+    let frag = word(inner, 6) & 0x3fff;
+    // (name, checksum offset, what a computed zero is sent as)
+    let l4 = match proto {
+        IPPROTO_TCP if seg.len() >= 20 => Some(("TCP", 16, 0)),
+        IPPROTO_UDP if seg.len() >= 8 && word(seg, 6) != 0 => Some(("UDP", 6, 0xffff)),
+        _ => None,
+    };
+    if let (Some((name, at, zero)), 0) = (l4, frag) {
+        let want = match super::l4_checksum(src, dst, proto, seg) {
+            0 => zero,
+            c => c,
+        };
+        if word(seg, at) != want {
+            out.push(format!(
+                "inner {name} checksum {:#06x}, expected {want:#06x}",
+                word(seg, at)
+            ));
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ suites --
+
+/// Every suite.
+pub fn suites() -> Vec<Suite> {
+    vec![tables_suite(), pool_change(), port_without_interface()]
+}
+
+/// One packet of each kind against the standard tables.
+fn tables_suite() -> Suite {
+    let tcp = Inner::tcp(CLIENT, 40000, VIP_TCP, 80);
+    let new_backend = hashed_backend(CLIENT, 40000);
+    // A cookie naming a valid backend that the hash would not pick.
+    let cookie = [100, 101, 102]
+        .into_iter()
+        .find(|b| *b != new_backend)
+        .unwrap();
+    let udp_flow = Inner::udp(CLIENT, 5353, VIP_UDP, 53);
+    let mut udp_nocsum = udp_flow.clone();
+    udp_nocsum.l4 = L4::Udp {
+        src: 5353,
+        dst: 53,
+        csum: false,
+    };
+    let reply_inner = Inner::tcp(VIP_TCP, 80, CLIENT, 40000);
+    let reply_opt = talaria(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 100);
+    let reply_out = |inner: &[u8]| {
+        let mut f = tunnel_frame(SWITCH, NODE_A, 63, &reply_opt, inner);
+        f[0..6].copy_from_slice(&route_mac(1).1);
+        f[6..12].copy_from_slice(&route_mac(1).0);
+        f
+    };
+    let reply = |inner: &[u8]| tunnel_frame(NODE_B, SWITCH, 64, &reply_opt, inner);
+
+    let with = |f: &dyn Fn(&mut Vec<u8>)| {
+        let mut p = request(SWITCH, flags::NEW_FLOW, 0, &tcp);
+        f(&mut p);
+        p
+    };
+    let geneve_raw = |geneve: &[u8]| tunnel_frame(NODE_A, SWITCH, 64, geneve, &tcp.to_bytes());
+    let mut inner_opts = tcp.clone();
+    inner_opts.options = vec![1, 1, 1, 0];
+    let mut inner_frag = tcp.clone();
+    inner_frag.frag = 0x2000;
+    let mut inner_icmp = tcp.clone();
+    inner_icmp.l4 = L4::Other(1);
+    let mut bad_csum = plain(NODE_B, 64);
+    bad_csum[24] ^= 0xff;
+
+    // Checksums that come out at exactly zero after the DNAT.
+    let udp_zero = zero_after_dnat(&udp_flow, 200);
+    let tcp_zero = zero_after_dnat(&tcp, new_backend);
+    // Checksums that were wrong on arrival.
+    let bad_l4 = {
+        let mut input = tcp.to_bytes();
+        checksum_off_by_one(&mut input, 20 + 16);
+        let mut output = dnat(&tcp, new_backend).to_bytes();
+        checksum_off_by_one(&mut output, 20 + 16);
+        (input, output)
+    };
+    let bad_inner_ip = {
+        let mut input = udp_flow.to_bytes();
+        checksum_off_by_one(&mut input, 10);
+        let mut output = dnat(&udp_flow, 200).to_bytes();
+        checksum_off_by_one(&mut output, 10);
+        (input, output)
+    };
+    // A backend's port-unreachable about the client's UDP request,
+    // reverse-NATed by the backend's node (VIP as its source and in the
+    // quote) and tunnelled back like a reply.
+    let icmp_error = icmp_unreachable(VIP_UDP, CLIENT, 3, &udp_flow.to_bytes());
+    let icmp_error_opt = talaria(flags::REPLY | flags::COOKIE_VALID, SVC_UDP, 200);
+    let icmp_error_out = {
+        let mut f = tunnel_frame(SWITCH, NODE_A, 63, &icmp_error_opt, &icmp_error);
+        f[0..6].copy_from_slice(&route_mac(1).1);
+        f[6..12].copy_from_slice(&route_mac(1).0);
+        f
+    };
+    // A frame longer than its IPv4 packet (Ethernet padding to 60 bytes).
+    let padded = {
+        let mut f = eth(
+            mac(0xaa),
+            mac(1),
+            &ipv4(NODE_A, NODE_B, 64, IPPROTO_UDP, &udp(1234, 5678, b"")),
+        );
+        f.resize(60, 0);
+        f
+    };
+    let outer_opts = {
+        let mut f = request(SWITCH, flags::NEW_FLOW, 0, &tcp);
+        f.splice(off::OUTER_UDP..off::OUTER_UDP, [1u8, 1, 1, 0]);
+        f[off::OUTER_IP] = 0x46;
+        let total = (f.len() - off::OUTER_IP) as u16;
+        f[off::OUTER_IP + 2..off::OUTER_IP + 4].copy_from_slice(&total.to_be_bytes());
+        let c = ipv4_checksum(&f[off::OUTER_IP..off::OUTER_IP + 24]);
+        f[off::OUTER_IP + 10..off::OUTER_IP + 12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+
+    let s = Scenario::new;
+    let fwd = |port, bytes| Verdict::Forward { port, bytes };
+    // A new flow `inner` to `service`, load-balanced to `backend`.
+    let new_flow = |name, service, backend, inner: &Inner| {
+        s(
+            name,
+            request(SWITCH, flags::NEW_FLOW, 0, inner),
+            lb_forward(service, backend, inner),
+        )
+        .load_balanced(service, E::NewFlow, Some(backend))
+    };
+    // A new TCP flow from the client to port `port` of VIP_TCP.
+    let new_tcp_to = |port| {
+        request(
+            SWITCH,
+            flags::NEW_FLOW,
+            0,
+            &Inner::tcp(CLIENT, 40000, VIP_TCP, port),
+        )
+    };
+    // A TCP packet with a cookie, to SVC_TCP, forwarded to `backend_id`.
+    let cookied = |backend_id| lb_verdict(SWITCH, flags::COOKIE_VALID, SVC_TCP, backend_id, &tcp);
+    let drop = Verdict::Drop;
+    use DropReason as R;
+    use LbEvent as E;
+    let scenarios = vec![
+        new_flow(
+            "new TCP flow: bucket-hash backend, DNAT, cookie, outer to its node",
+            SVC_TCP,
+            new_backend,
+            &tcp,
+        ),
+        s(
+            "outer src is the switch address the tunnel came to",
+            request(SWITCH2, flags::NEW_FLOW, 0, &tcp),
+            lb_verdict(SWITCH2, flags::NEW_FLOW, SVC_TCP, new_backend, &tcp),
+        )
+        .load_balanced(SVC_TCP, E::NewFlow, Some(new_backend)),
+        s(
+            "valid cookie wins over the hash",
+            request(SWITCH, flags::COOKIE_VALID, cookie, &tcp),
+            cookied(cookie),
+        )
+        .load_balanced(SVC_TCP, E::CookieHit, Some(cookie)),
+        s(
+            "stale cookie (removed backend): counted, treated as a new flow",
+            request(SWITCH, flags::COOKIE_VALID, 999, &tcp),
+            cookied(new_backend),
+        )
+        .load_balanced(SVC_TCP, E::CookieStale, Some(new_backend)),
+        s(
+            "stale cookie (backend of another service): counted, treated as a new flow",
+            request(SWITCH, flags::COOKIE_VALID, 200, &tcp),
+            cookied(new_backend),
+        )
+        .load_balanced(SVC_TCP, E::CookieStale, Some(new_backend)),
+        new_flow(
+            "UDP flow, ClientIP affinity, port rewritten, UDP checksum fixed",
+            SVC_UDP,
+            200,
+            &udp_flow,
+        ),
+        new_flow(
+            "UDP without checksum keeps checksum 0",
+            SVC_UDP,
+            200,
+            &udp_nocsum,
+        ),
+        new_flow(
+            "UDP checksum that becomes 0 after DNAT is sent as 0xFFFF (RFC 768)",
+            SVC_UDP,
+            200,
+            &udp_zero,
+        ),
+        new_flow(
+            "TCP checksum that becomes 0 after DNAT stays 0x0000",
+            SVC_TCP,
+            new_backend,
+            &tcp_zero,
+        ),
+        s(
+            "inner TCP checksum wrong on arrival stays wrong after DNAT",
+            tunnel_frame(
+                NODE_A,
+                SWITCH,
+                64,
+                &talaria(flags::NEW_FLOW, 0, 0),
+                &bad_l4.0,
+            ),
+            fwd(
+                node_port(backend(new_backend).2),
+                Some(lb_frame(
+                    SWITCH,
+                    flags::NEW_FLOW,
+                    SVC_TCP,
+                    new_backend,
+                    &bad_l4.1,
+                )),
+            ),
+        )
+        .load_balanced(SVC_TCP, E::NewFlow, Some(new_backend)),
+        s(
+            "inner IPv4 checksum wrong on arrival stays wrong after DNAT",
+            tunnel_frame(
+                NODE_A,
+                SWITCH,
+                64,
+                &talaria(flags::NEW_FLOW, 0, 0),
+                &bad_inner_ip.0,
+            ),
+            fwd(
+                2,
+                Some(lb_frame(
+                    SWITCH,
+                    flags::NEW_FLOW,
+                    SVC_UDP,
+                    200,
+                    &bad_inner_ip.1,
+                )),
+            ),
+        )
+        .load_balanced(SVC_UDP, E::NewFlow, Some(200)),
+        s(
+            "reply re-originated towards the client's node (pod_node)",
+            reply(&reply_inner.to_bytes()),
+            fwd(1, Some(reply_out(&reply_inner.to_bytes()))),
+        )
+        .event(E::Reply),
+        s(
+            "ICMP error about a reply's flow tunnelled back like a reply",
+            tunnel_frame(NODE_B, SWITCH, 64, &icmp_error_opt, &icmp_error),
+            fwd(1, Some(icmp_error_out)),
+        )
+        .event(E::Reply),
+        s(
+            "ICMP error from a client to a service (not a reply) is unsupported",
+            request(SWITCH, flags::NEW_FLOW, 0, &{
+                let mut i = tcp.clone();
+                i.l4 = L4::Other(1);
+                i.payload =
+                    icmp_unreachable(CLIENT, VIP_TCP, 3, &reply_inner.to_bytes())[20..].to_vec();
+                i
+            }),
+            drop(R::UnsupportedProtocol),
+        ),
+        s(
+            "reply for a pod no node hosts",
+            tunnel_frame(
+                NODE_B,
+                SWITCH,
+                64,
+                &talaria(flags::REPLY, SVC_TCP, 100),
+                &Inner::tcp(VIP_TCP, 80, Ipv4Addr::new(10, 250, 0, 1), 40000).to_bytes(),
+            ),
+            drop(R::NoClientNode),
+        ),
+        s(
+            "reply with inner IPv4 options passes (no ports needed)",
+            tunnel_frame(NODE_B, SWITCH, 64, &talaria(flags::REPLY, SVC_TCP, 100), &{
+                let mut r = reply_inner.clone();
+                r.options = vec![1, 1, 1, 0];
+                r.to_bytes()
+            }),
+            fwd(1, None),
+        )
+        .event(E::Reply),
+        s(
+            "reply fragment passes (no ports needed)",
+            tunnel_frame(NODE_B, SWITCH, 64, &reply_opt, &{
+                let mut r = reply_inner.clone();
+                r.frag = 0x2000;
+                r.to_bytes()
+            }),
+            fwd(1, None),
+        )
+        .event(E::Reply),
+        s(
+            "plain IPv4 routed with TTL decrement and MAC rewrite",
+            plain(NODE_B, 64),
+            fwd(2, Some(routed(&plain(NODE_B, 64), 2))),
+        ),
+        s(
+            "plain IPv4 with TTL 2 still routed",
+            plain(NODE_B, 2),
+            fwd(2, Some(routed(&plain(NODE_B, 2), 2))),
+        ),
+        s(
+            "plain IPv4 with TTL 1 dropped",
+            plain(NODE_B, 1),
+            drop(R::TtlExpired),
+        ),
+        s(
+            "plain IPv4 with TTL 0 dropped",
+            plain(NODE_B, 0),
+            drop(R::TtlExpired),
+        ),
+        s(
+            "tunnel to the switch with TTL 1 is re-originated with TTL 64",
+            tunnel_frame(
+                NODE_A,
+                SWITCH,
+                1,
+                &talaria(flags::NEW_FLOW, 0, 0),
+                &tcp.to_bytes(),
+            ),
+            lb_forward(SVC_TCP, new_backend, &tcp),
+        )
+        .load_balanced(SVC_TCP, E::NewFlow, Some(new_backend)),
+        s(
+            "plain IPv4 with options routed, checksum over the options kept right",
+            plain_with_options(64),
+            fwd(2, Some(routed(&plain_with_options(64), 2))),
+        ),
+        s(
+            "tunnel to the switch with outer IPv4 options is load-balanced, options kept",
+            outer_opts.clone(),
+            fwd(node_port(backend(new_backend).2), None),
+        )
+        .load_balanced(SVC_TCP, E::NewFlow, Some(new_backend)),
+        s(
+            "Ethernet padding after the IPv4 packet is forwarded as it came",
+            padded.clone(),
+            fwd(2, Some(routed(&padded, 2))),
+        ),
+        s(
+            "non-first outer fragment to the switch address is plain IPv4 (no route to it)",
+            {
+                let mut p = request(SWITCH, flags::NEW_FLOW, 0, &tcp);
+                p[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+                let c = ipv4_checksum(&p[14..34]);
+                p[24..26].copy_from_slice(&c.to_be_bytes());
+                p
+            },
+            drop(R::NoRoute),
+        ),
+        s(
+            "no route",
+            plain(Ipv4Addr::new(198, 51, 100, 1), 64),
+            drop(R::NoRoute),
+        ),
+        s(
+            "blackhole route (drop action) counts as no_route",
+            plain(BLACKHOLE, 64),
+            drop(R::NoRoute),
+        ),
+        s(
+            "backend on a node with no route: counted, then no_route",
+            new_tcp_to(83),
+            drop(R::NoRoute),
+        )
+        .load_balanced(SVC_LOST_NODE, E::NewFlow, Some(300)),
+        s(
+            "reply for a client whose node has no route: counted, then no_route",
+            tunnel_frame(
+                NODE_B,
+                SWITCH,
+                64,
+                &reply_opt,
+                &Inner::tcp(VIP_TCP, 80, Ipv4Addr::new(10, 244, 9, 7), 40000).to_bytes(),
+            ),
+            drop(R::NoRoute),
+        )
+        .event(E::Reply),
+        s(
+            "non-IPv4 (ARP, zeroed) has no route",
+            ethertype([0xff; 6], 0x0806, &[0u8; 28]),
+            drop(R::NoRoute),
+        ),
+        s(
+            "ARP request for a node's address arriving on a switch port",
+            ethertype(
+                [0xff; 6],
+                0x0806,
+                &arp(
+                    1,
+                    (mac(0xaa), NODE_A),
+                    ([0; 6], Ipv4Addr::new(192, 168, 1, 1)),
+                ),
+            ),
+            drop(R::NoRoute),
+        ),
+        s(
+            "ARP reply to the switch port's MAC",
+            ethertype(
+                mac(1),
+                0x0806,
+                &arp(
+                    2,
+                    (mac(0xaa), NODE_A),
+                    (mac(1), Ipv4Addr::new(192, 168, 1, 1)),
+                ),
+            ),
+            drop(R::NoRoute),
+        ),
+        s(
+            "IPv6 has no route",
+            ethertype(mac(1), 0x86dd, &{
+                // A whole header (no next header) from fe80::aa to ff02::1.
+                let mut h = vec![0x60, 0, 0, 0, 0, 0, 59, 255, 0xfe, 0x80];
+                h.resize(23, 0);
+                h.push(0xaa);
+                h.extend_from_slice(&[0xff, 0x02]);
+                h.resize(39, 0);
+                h.push(1);
+                h
+            }),
+            drop(R::NoRoute),
+        ),
+        s(
+            "VLAN-tagged IPv4 has no route",
+            ethertype(mac(1), 0x8100, &{
+                let mut v = vec![0, 5, 0x08, 0x00];
+                v.extend_from_slice(&plain(NODE_B, 64)[14..]);
+                v
+            }),
+            drop(R::NoRoute),
+        ),
+        s(
+            "bad outer IPv4 checksum is malformed",
+            bad_csum,
+            drop(R::Malformed),
+        ),
+        s(
+            // (A frame cut inside the IPv4 header cannot be test-run: the
+            // kernel refuses it before the program runs.)
+            "IPv4 header with ihl < 5 is malformed",
+            {
+                let mut p = plain(NODE_B, 64);
+                p[14] = 0x44;
+                p
+            },
+            drop(R::Malformed),
+        ),
+        s(
+            "Geneve version 1",
+            with(&|p| p[off::GENEVE] |= 0x40),
+            drop(R::GeneveVersion),
+        ),
+        s(
+            "Geneve protocol IPv6",
+            with(&|p| p[off::GENEVE + 2..off::GENEVE + 4].copy_from_slice(&[0x86, 0xdd])),
+            drop(R::GeneveProtocol),
+        ),
+        s(
+            "Geneve without options",
+            geneve_raw(&[0x00, 0x00, 0x08, 0x00, 0, 0, 0, 0]),
+            drop(R::MissingOption),
+        ),
+        s(
+            "unknown critical option first",
+            geneve_raw(&[0x01, 0x40, 0x08, 0x00, 0, 0, 0, 0, 0x01, 0x02, 0x85, 0x00]),
+            drop(R::UnknownCriticalOption),
+        ),
+        s(
+            "unknown non-critical option first (P4 parses one option only)",
+            geneve_raw(&{
+                let mut g = vec![0x04, 0x40, 0x08, 0x00, 0, 0, 0, 0, 0x01, 0x02, 0x05, 0x00];
+                g.extend_from_slice(&talaria(flags::NEW_FLOW, 0, 0)[8..]);
+                g
+            }),
+            drop(R::MissingOption),
+        ),
+        s(
+            "Talaria option length field 3 words",
+            with(&|p| p[off::OPT + 3] = 3),
+            drop(R::OptionLength),
+        ),
+        s(
+            "Geneve option area longer than the Talaria option",
+            geneve_raw(&{
+                let mut g = talaria(flags::NEW_FLOW, 0, 0);
+                g[0] = 4;
+                g.extend_from_slice(&[0x01, 0x02, 0x05, 0x00]);
+                g
+            }),
+            drop(R::OptionLength),
+        ),
+        s(
+            "Talaria version 2",
+            with(&|p| p[off::OPT + 4] = 2),
+            drop(R::TalariaVersion),
+        ),
+        s(
+            "truncated inside the Talaria option",
+            request(SWITCH, flags::NEW_FLOW, 0, &tcp)[..off::OPT + 8].to_vec(),
+            drop(R::Malformed),
+        ),
+        s(
+            "truncated inner TCP header",
+            request(SWITCH, flags::NEW_FLOW, 0, &tcp)[..off::INNER_L4 + 10].to_vec(),
+            drop(R::Malformed),
+        ),
+        s(
+            "malformed Geneve in transit is routed untouched but for TTL and MACs",
+            tunnel_frame(
+                NODE_A,
+                NODE_B,
+                64,
+                &[0xc0, 0, 0, 0, 0, 0, 0, 0],
+                &tcp.to_bytes(),
+            ),
+            fwd(
+                2,
+                Some(routed(
+                    &tunnel_frame(
+                        NODE_A,
+                        NODE_B,
+                        64,
+                        &[0xc0, 0, 0, 0, 0, 0, 0, 0],
+                        &tcp.to_bytes(),
+                    ),
+                    2,
+                )),
+            ),
+        ),
+        s(
+            "inner IPv4 options on the load-balanced path",
+            request(SWITCH, flags::NEW_FLOW, 0, &inner_opts),
+            drop(R::IpOptions),
+        ),
+        s(
+            "inner fragment (MF) on the load-balanced path",
+            request(SWITCH, flags::NEW_FLOW, 0, &inner_frag),
+            drop(R::Fragment),
+        ),
+        s(
+            "inner ICMP on the load-balanced path",
+            request(SWITCH, flags::NEW_FLOW, 0, &inner_icmp),
+            drop(R::UnsupportedProtocol),
+        ),
+        s(
+            "no service for (VIP, port, proto)",
+            new_tcp_to(443),
+            drop(R::NoService),
+        ),
+        s("empty bucket", new_tcp_to(81), drop(R::NoBucket)).load_balanced(
+            SVC_EMPTY,
+            E::NewFlow,
+            None,
+        ),
+        s(
+            "bucket names an unknown backend",
+            new_tcp_to(82),
+            drop(R::NoBackend),
+        )
+        .load_balanced(SVC_UNKNOWN_BACKEND, E::NewFlow, None),
+    ];
+    Suite {
+        name: "tables",
+        ports: 2,
+        setup: tables(),
+        steps: scenarios.into_iter().map(Step::Send).collect(),
+    }
+}
+
+/// A connection keeps its backend while the pool changes, until the
+/// backend's quarantine ends.
+fn pool_change() -> Suite {
+    let tcp = Inner::tcp(CLIENT, 40000, VIP_TCP, 80);
+    let first = hashed_backend(CLIENT, 40000);
+    // Every bucket now names another backend; the old one stays in
+    // cookie_check (quarantine).
+    let other = [100, 101, 102].into_iter().find(|b| *b != first).unwrap();
+    let mut steps: Vec<Step> = (0..4u16)
+        .map(|bucket| Step::Modify(build::bucket(SVC_TCP, bucket, other)))
+        .collect();
+    let cookied = |backend_id| lb_verdict(SWITCH, flags::COOKIE_VALID, SVC_TCP, backend_id, &tcp);
+    steps.push(Step::Send(
+        Scenario::new(
+            "cookied packet keeps its backend after the pool changed",
+            request(SWITCH, flags::COOKIE_VALID, first, &tcp),
+            cookied(first),
+        )
+        .load_balanced(SVC_TCP, LbEvent::CookieHit, Some(first)),
+    ));
+    steps.push(Step::Send(
+        Scenario::new(
+            "a new flow with the same tuple takes the new pool",
+            request(SWITCH, flags::NEW_FLOW, 0, &tcp),
+            lb_forward(SVC_TCP, other, &tcp),
+        )
+        .load_balanced(SVC_TCP, LbEvent::NewFlow, Some(other)),
+    ));
+    // The backend goes while its cookie is still accepted: the cookie
+    // names it, and the backend table has no entry for it.
+    let (ip, port, node_ip) = backend(first);
+    steps.push(Step::Delete(build::backend(first, ip, port, node_ip)));
+    steps.push(Step::Send(
+        Scenario::new(
+            "a valid cookie naming a deleted backend",
+            request(SWITCH, flags::COOKIE_VALID, first, &tcp),
+            Verdict::Drop(DropReason::NoBackend),
+        )
+        .load_balanced(SVC_TCP, LbEvent::CookieHit, None),
+    ));
+    // Quarantine over: the cookie is stale now and the flow is rehashed.
+    steps.push(Step::Delete(build::cookie(SVC_TCP, first)));
+    steps.push(Step::Send(
+        Scenario::new(
+            "after quarantine the cookie is stale",
+            request(SWITCH, flags::COOKIE_VALID, first, &tcp),
+            cookied(other),
+        )
+        .load_balanced(SVC_TCP, LbEvent::CookieStale, Some(other)),
+    ));
+    Suite {
+        name: "pool change",
+        ports: 2,
+        setup: tables(),
+        steps,
+    }
+}
+
+/// A route to a port the switch has no interface for.
+fn port_without_interface() -> Suite {
+    let mut setup = tables();
+    setup.push(build::route(
+        build::prefix(Ipv4Addr::new(198, 51, 100, 0), 24),
+        9,
+        mac(1),
+        mac(2),
+    ));
+    Suite {
+        name: "port without interface",
+        ports: 2,
+        setup,
+        steps: vec![Step::Send(Scenario::new(
+            "route to port 9, which has no interface: lost, uncounted",
+            plain(Ipv4Addr::new(198, 51, 100, 1), 64),
+            Verdict::Lost,
+        ))],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suites_stay_out_of_the_rig_prefix() {
+        let inside = |a: Ipv4Addr| u32::from(a) >> 8 == u32::from(RIG_PREFIX.addr) >> 8;
+        for suite in suites() {
+            for e in &suite.setup {
+                if let Entry::Ipv4Route(r) = e {
+                    assert!(!inside(r.key.dst_addr.addr), "{}: {e:?}", suite.name);
+                }
+            }
+            for s in suite.scenarios() {
+                if s.input.len() >= 34 && s.input[12..14] == [8, 0] {
+                    let dst = Ipv4Addr::new(s.input[30], s.input[31], s.input[32], s.input[33]);
+                    assert!(!inside(dst), "{}: {}", suite.name, s.name);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_after_dnat_sums_to_zero() {
+        let udp = zero_after_dnat(&Inner::udp(CLIENT, 5353, VIP_UDP, 53), 200);
+        let out = dnat(&udp, 200).to_bytes();
+        assert_eq!(word(&out, 20 + 6), 0xffff);
+        let tcp = zero_after_dnat(&Inner::tcp(CLIENT, 40000, VIP_TCP, 80), 100);
+        let out = dnat(&tcp, 100).to_bytes();
+        assert_eq!(word(&out, 20 + 16), 0);
+        assert!(checksums(&lb_frame(SWITCH, 0, SVC_TCP, 100, &out)).is_empty());
+    }
+
+    #[test]
+    fn expected_outputs_have_right_checksums_unless_the_input_had_wrong_ones() {
+        for suite in suites() {
+            for s in suite.scenarios() {
+                if let Verdict::Forward {
+                    bytes: Some(out), ..
+                } = &s.verdict
+                {
+                    assert_eq!(
+                        checksums(&s.input).is_empty(),
+                        checksums(out).is_empty(),
+                        "{}: {:?} / {:?}",
+                        s.name,
+                        checksums(&s.input),
+                        checksums(out)
+                    );
+                }
+            }
+        }
+    }
+}

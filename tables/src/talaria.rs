@@ -1,0 +1,187 @@
+//! The tables and counters of `control TalariaIngress` in p4/talaria.p4:
+//! the one place their shape is written in Rust. `tests/` checks it
+//! against the P4 source and p4/talaria.p4info.txtpb, and
+//! [`crate::p4runtime::check`] against any P4Info a switch reports.
+//!
+//! Byte order: P4Runtime carries every value as a big-endian bytestring;
+//! the Rust types here hold host values (`Ipv4Addr`, `u16`, ...).
+
+use std::net::Ipv4Addr;
+
+use talaria_common::p4::sizes;
+
+use crate::def::{CounterDef, CounterUnit};
+use crate::value::Mac;
+
+/// The P4Info of p4/talaria.p4, as p4c writes it (a test compares the two),
+/// embedded for the switch that implements it.
+pub const P4INFO_TXTPB: &str = include_str!("../../p4/talaria.p4info.txtpb");
+
+/// [`P4INFO_TXTPB`] parsed.
+pub fn p4info() -> talaria_p4rt::p4info::P4Info {
+    talaria_p4rt::p4info::parse_text(P4INFO_TXTPB).expect("the embedded P4Info parses")
+}
+
+/// The P4 architecture the program is written for (P4Info `pkg_info.arch`).
+pub const ARCH: &str = "v1model";
+
+/// The P4 control every table, action and counter lives in.
+pub const CONTROL: &str = "TalariaIngress";
+
+crate::p4_tables! {
+    control "TalariaIngress";
+
+    /// `ipv4_route`: LPM routing of every IPv4 packet the switch sends on,
+    /// plain traffic and re-originated tunnels alike.
+    table Ipv4Route in ipv4_route = "ipv4_route", 0x0200_0001 {
+        size sizes::IPV4_ROUTE;
+        key { dst_addr: lpm Ipv4Addr = 32 }
+        actions {
+            /// Out of `port` to the next hop `dst_mac`; TTL decrement.
+            Forward = "forward", 0x0100_0001 { port: u16 = 9, src_mac: Mac = 48, dst_mac: Mac = 48 },
+            /// A blackhole route (and the default: no route).
+            Drop = "drop", 0x0100_0002 {},
+        }
+        default_only {}
+        default Drop;
+        direct_counter None;
+    }
+
+    /// `switch_addr`: this switch's tunnel addresses.
+    table SwitchAddr in switch_addr = "switch_addr", 0x0200_0002 {
+        size sizes::SWITCH_ADDR;
+        key { dst_addr: exact Ipv4Addr = 32 }
+        actions {
+            /// The packet is for this switch: terminate the tunnel.
+            TerminateTunnel = "terminate_tunnel", 0x0100_0003 {},
+        }
+        default_only {
+            /// Geneve for someone else: route it unchanged.
+            Transit = "transit", 0x0100_0004,
+        }
+        default Transit;
+        direct_counter None;
+    }
+
+    /// `service_v4`: (ClusterIP, port, protocol) → service.
+    table ServiceV4 in service_v4 = "service_v4", 0x0200_0003 {
+        size sizes::SERVICE_V4;
+        key { vip: exact Ipv4Addr = 32, port: exact u16 = 16, proto: exact u8 = 8 }
+        actions {
+            /// `bucket_mask` is the bucket count − 1 (a power of two);
+            /// `hash_mode` is a `talaria_common::hash::hash_mode`.
+            SetService = "set_service", 0x0100_0005 {
+                service_id: u16 = 16,
+                bucket_mask: u16 = 16,
+                hash_mode: u8 = 8,
+            },
+        }
+        default_only {
+            ServiceMiss = "service_miss", 0x0100_0006,
+        }
+        default ServiceMiss;
+        direct_counter None;
+    }
+
+    /// `cookie_check`: the (service, backend) pairs a cookie may name.
+    table CookieCheck in cookie_check = "cookie_check", 0x0200_0004 {
+        size sizes::COOKIE_CHECK;
+        key { service_id: exact u16 = 16, backend_id: exact u32 = 32 }
+        actions {
+            CookieValid = "cookie_valid", 0x0100_0007 {},
+        }
+        default_only {
+            /// Counted, then the packet is a new flow.
+            CookieStale = "cookie_stale", 0x0100_0008,
+        }
+        default CookieStale;
+        direct_counter None;
+    }
+
+    /// `lb_bucket`: (service, bucket) → backend id, the resilient buckets.
+    table LbBucket in lb_bucket = "lb_bucket", 0x0200_0005 {
+        size sizes::LB_BUCKET;
+        key { service_id: exact u16 = 16, bucket: exact u16 = 16 }
+        actions {
+            SelectBackend = "select_backend", 0x0100_0009 { backend_id: u32 = 32 },
+        }
+        default_only {
+            BucketMiss = "bucket_miss", 0x0100_000A,
+        }
+        default BucketMiss;
+        direct_counter None;
+    }
+
+    /// `backend`: backend id → the pod's address and port, and its node.
+    table Backend in backend = "backend", 0x0200_0006 {
+        size sizes::BACKEND;
+        key { backend_id: exact u32 = 32 }
+        actions {
+            SetBackend = "set_backend", 0x0100_000B {
+                backend_ip: Ipv4Addr = 32,
+                backend_port: u16 = 16,
+                node_ip: Ipv4Addr = 32,
+            },
+        }
+        default_only {
+            BackendMiss = "backend_miss", 0x0100_000C,
+        }
+        default BackendMiss;
+        direct_counter Some(&BACKEND_COUNTER);
+    }
+
+    /// `pod_node`: client pod address (LPM on the pod CIDRs) → its node,
+    /// for replies.
+    table PodNode in pod_node = "pod_node", 0x0200_0007 {
+        size sizes::POD_NODE;
+        key { pod_addr: lpm Ipv4Addr = 32 }
+        actions {
+            SetClientNode = "set_client_node", 0x0100_000D { node_ip: Ipv4Addr = 32 },
+        }
+        default_only {
+            PodNodeMiss = "pod_node_miss", 0x0100_000E,
+        }
+        default PodNodeMiss;
+        direct_counter None;
+    }
+}
+
+/// `service_counter`: packets and bytes client → service, by service id.
+pub const SERVICE_COUNTER: CounterDef = CounterDef {
+    name: "TalariaIngress.service_counter",
+    id: 0x1200_0001,
+    size: sizes::SERVICE_COUNTER,
+    unit: CounterUnit::PacketsAndBytes,
+};
+
+/// `drop_counter`: dropped packets, by `talaria_common::drop::DropReason`
+/// code.
+pub const DROP_COUNTER: CounterDef = CounterDef {
+    name: "TalariaIngress.drop_counter",
+    id: 0x1200_0002,
+    size: talaria_common::drop::DROP_REASON_COUNT,
+    unit: CounterUnit::Packets,
+};
+
+/// `lb_event_counter`: load-balancer events, by
+/// `talaria_common::drop::LbEvent`.
+pub const LB_EVENT_COUNTER: CounterDef = CounterDef {
+    name: "TalariaIngress.lb_event_counter",
+    id: 0x1200_0003,
+    size: talaria_common::drop::LB_EVENT_COUNT,
+    unit: CounterUnit::Packets,
+};
+
+/// `backend_counter`: packets and bytes per `backend` entry (direct).
+pub const BACKEND_COUNTER: CounterDef = CounterDef {
+    name: "TalariaIngress.backend_counter",
+    id: 0x1300_0001,
+    size: 0,
+    unit: CounterUnit::PacketsAndBytes,
+};
+
+/// The indirect counters, in P4 declaration order.
+pub const COUNTERS: [&CounterDef; 3] = [&SERVICE_COUNTER, &DROP_COUNTER, &LB_EVENT_COUNTER];
+
+/// The direct counters.
+pub const DIRECT_COUNTERS: [(&CounterDef, Table); 1] = [(&BACKEND_COUNTER, Table::Backend)];
