@@ -94,6 +94,19 @@ const bit<8> DROP_ICMP_SPOOF              = 21;
 const bit<8> DROP_PORT_EXHAUSTED          = 22;
 @noWarn("unused")
 const bit<8> DROP_FLOW_LIMIT              = 23;
+/* The switch's trust boundary. */
+/* A tunnel to the switch from an address that is not a node on the port it
+ * came in on (tunnel_peer). */
+const bit<8> DROP_TUNNEL_PEER             = 24;
+/* A packet from a port whose source is an address of this switch
+ * (spoofed_source). */
+const bit<8> DROP_SPOOFED_SOURCE          = 25;
+/* A REPLY that its sender's node, service or cookie does not vouch for. */
+const bit<8> DROP_FORGED_REPLY            = 26;
+/* Host-only: a plain packet from the uplink with a Service address as its
+ * source. */
+@noWarn("unused")
+const bit<8> DROP_SERVICE_SOURCE          = 27;
 
 /* Size of drop_counter; every code is below it. */
 const bit<32> DROP_REASON_COUNT = 32;
@@ -130,6 +143,11 @@ const bit<32> LB_BUCKET_SIZE    = 1048576;
 const bit<32> BACKEND_SIZE      = 262144;
 /* Pod CIDRs: one per node. */
 const bit<32> POD_NODE_SIZE     = 1024;
+/* (port, node address) pairs: the nodes of a rack, a few addresses each. */
+const bit<32> TUNNEL_PEER_SIZE  = 1024;
+/* Source addresses no port may use: this switch's own, and any the
+ * operator adds. */
+const bit<32> SPOOFED_SOURCE_SIZE = 64;
 /* Service ids are 16 bits, so the per-service counter covers the whole id
  * space and needs no bounds check. */
 const bit<32> SERVICE_COUNTER_SIZE = 65536;

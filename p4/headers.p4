@@ -138,7 +138,13 @@ struct metadata_t {
     /* Inner L4 ports (TCP or UDP), set by the parser. */
     l4_port_t    l4_src_port;
     l4_port_t    l4_dst_port;
-    /* From service_v4. */
+    /* 1: a REPLY (backend to client), which is checked, not balanced. */
+    bit<1>       reply;
+    /* service_v4's key: the VIP and port a request goes to, or that a
+     * reply comes from. */
+    ipv4_addr_t  service_addr;
+    l4_port_t    service_port;
+    /* From service_v4 (a reply's: the cookie's until checked). */
     service_id_t service_id;
     bucket_t     bucket_mask;
     hash_mode_t  hash_mode;
@@ -151,7 +157,8 @@ struct metadata_t {
     ipv4_addr_t  backend_ip;
     l4_port_t    backend_port;
     /* The node the packet is tunnelled to: the backend's, or for a reply the
-     * client's (pod_node). */
+     * client's (pod_node); for a reply first the backend's, which must be
+     * the sender. */
     ipv4_addr_t  node_ip;
 }
 

@@ -151,12 +151,13 @@ control TalariaIngress(inout headers_t hdr,
         meta.drop_reason = DROP_NO_SERVICE;
     }
 
-    /* (ClusterIP, port, protocol) -> service. */
+    /* (ClusterIP, port, protocol) -> service: the destination of a request,
+     * the source of a reply (meta.service_addr, meta.service_port). */
     @id(0x02000003)
     table service_v4 {
         key = {
-            hdr.inner_ipv4.dst_addr : exact @name("vip");
-            meta.l4_dst_port        : exact @name("port");
+            meta.service_addr       : exact @name("vip");
+            meta.service_port       : exact @name("port");
             hdr.inner_ipv4.protocol : exact @name("proto");
         }
         actions = {
@@ -284,11 +285,69 @@ control TalariaIngress(inout headers_t hdr,
         size = POD_NODE_SIZE; // one pod CIDR per node
     }
 
+    /* --------------------------------------------------- tunnel_peer -- */
+
+    /* A node's tunnel, on the port the node is attached to. */
+    @id(0x0100000F)
+    action accept_tunnel() {
+    }
+
+    @id(0x01000010)
+    action reject_tunnel() {
+        meta.drop_reason = DROP_TUNNEL_PEER;
+    }
+
+    /* Who may send tunnels to the switch: (ingress port, outer source) of
+     * every node, from the Nodes and the routes to them. Anyone else (an
+     * outside host, a node's address on the wrong port) is dropped before
+     * its packet is looked at. */
+    @id(0x02000008)
+    table tunnel_peer {
+        key = {
+            standard_metadata.ingress_port : exact @name("port");
+            hdr.ipv4.src_addr              : exact @name("node_ip");
+        }
+        actions = {
+            accept_tunnel;
+            @defaultonly reject_tunnel;
+        }
+        default_action = reject_tunnel();
+        size = TUNNEL_PEER_SIZE;
+    }
+
+    /* ------------------------------------------------ spoofed_source -- */
+
+    @id(0x01000011)
+    action drop_spoofed() {
+        meta.drop_reason = DROP_SPOOFED_SOURCE;
+    }
+
+    @id(0x01000012)
+    action source_ok() {
+    }
+
+    /* Source addresses no port may send from: the switch's own tunnel
+     * addresses (a node trusts tunnels from them), and what else the
+     * operator lists. */
+    @id(0x02000009)
+    table spoofed_source {
+        key = {
+            hdr.ipv4.src_addr : exact @name("src_addr");
+        }
+        actions = {
+            drop_spoofed;
+            @defaultonly source_ok;
+        }
+        default_action = source_ok();
+        size = SPOOFED_SOURCE_SIZE;
+    }
+
     apply {
         /* bmv2 zeroes metadata anyway; say so for other targets. */
         meta.drop_reason = 0;
         meta.terminate = 0;
         meta.cookie_ok = 0;
+        meta.reply = 0;
 
         if (!hdr.ipv4.isValid()) {
             /* The switch routes IPv4 only; anything else has no route. A
@@ -302,11 +361,15 @@ control TalariaIngress(inout headers_t hdr,
                    || standard_metadata.checksum_error == 1) {
             meta.drop_reason = DROP_MALFORMED;
         } else {
-            if (hdr.udp.isValid() && hdr.udp.dst_port == GENEVE_UDP_PORT) {
+            spoofed_source.apply();
+            if (meta.drop_reason == 0 && hdr.udp.isValid()
+                && hdr.udp.dst_port == GENEVE_UDP_PORT) {
                 switch_addr.apply();
             }
 
-            if (meta.terminate == 1) {
+            if (meta.drop_reason != 0) {
+                /* A spoofed source. */
+            } else if (meta.terminate == 1) {
                 /* A tunnel to this switch. The parser's verdict counts now. */
                 if (standard_metadata.parser_error == error.GeneveVersion) {
                     meta.drop_reason = DROP_GENEVE_VERSION;
@@ -323,97 +386,144 @@ control TalariaIngress(inout headers_t hdr,
                 } else if (standard_metadata.parser_error != error.NoError) {
                     /* Cut short, or a bad inner IPv4 header. */
                     meta.drop_reason = DROP_MALFORMED;
-                } else if ((hdr.talaria.flags & TALARIA_FLAG_REPLY) != 0) {
-                    /* Backend to client: back to the client pod's node. */
+                } else {
+                    tunnel_peer.apply();
+                }
+
+                if (meta.drop_reason == 0) {
+                    if ((hdr.talaria.flags & TALARIA_FLAG_REPLY) != 0) {
+                        /* Backend to client: its claims are checked below
+                         * against the same tables a request uses. */
+                        meta.reply = 1;
+                    } else if (hdr.inner_ipv4.ihl != 5) {
+                        meta.drop_reason = DROP_IP_OPTIONS;
+                    } else if ((hdr.inner_ipv4.flags & IPV4_FLAG_MF) != 0
+                               || hdr.inner_ipv4.frag_offset != 0) {
+                        meta.drop_reason = DROP_FRAGMENT;
+                    } else if (!hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
+                        meta.drop_reason = DROP_UNSUPPORTED_PROTOCOL;
+                    }
+                }
+
+                /* The Service: a request's destination, a reply's source.
+                 * A reply without ports (an ICMP error, a later fragment)
+                 * keeps the service its cookie names, for cookie_check. */
+                bool lookup_service = true;
+                if (meta.reply == 1) {
+                    meta.service_id = hdr.talaria.service_id;
+                    meta.service_addr = hdr.inner_ipv4.src_addr;
+                    meta.service_port = meta.l4_src_port;
+                    lookup_service = hdr.inner_tcp.isValid() || hdr.inner_udp.isValid();
+                } else {
+                    meta.service_addr = hdr.inner_ipv4.dst_addr;
+                    meta.service_port = meta.l4_dst_port;
+                }
+                if (meta.drop_reason == 0 && lookup_service) {
+                    service_v4.apply();
+                    if (meta.reply == 1) {
+                        if (meta.drop_reason != 0
+                            || meta.service_id != hdr.talaria.service_id) {
+                            meta.drop_reason = DROP_FORGED_REPLY;
+                        }
+                    } else if (meta.drop_reason == 0) {
+                        service_counter.count((bit<32>)meta.service_id);
+                    }
+                }
+
+                /* The cookie: a request's may pick the backend; a reply's
+                 * must name a backend of its service. */
+                if (meta.drop_reason == 0) {
+                    if (meta.reply == 1
+                        || (hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) != 0) {
+                        cookie_check.apply();
+                        if (meta.reply == 1) {
+                            if (meta.cookie_ok == 0) {
+                                meta.drop_reason = DROP_FORGED_REPLY;
+                            }
+                        } else if (meta.cookie_ok == 1) {
+                            lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_HIT);
+                        } else {
+                            lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_STALE);
+                        }
+                    } else {
+                        lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                    }
+                }
+
+                if (meta.drop_reason == 0 && meta.reply == 0 && meta.cookie_ok == 0) {
+                    /* The bucket hash: crc32 over exactly these fields in
+                     * this order (13 bytes), or the client address alone.
+                     * Must match common/src/hash.rs. */
+                    if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
+                        hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                             { hdr.inner_ipv4.src_addr },
+                             (bit<64>)4294967296);
+                    } else {
+                        hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                             { hdr.inner_ipv4.src_addr,
+                               hdr.inner_ipv4.dst_addr,
+                               hdr.inner_ipv4.protocol,
+                               meta.l4_src_port,
+                               meta.l4_dst_port },
+                             (bit<64>)4294967296);
+                    }
+                    /* Tofino has no modulo, so bucket counts are powers of
+                     * two and we mask. */
+                    meta.bucket = (bucket_t)meta.flow_hash & meta.bucket_mask;
+                    lb_bucket.apply();
+                }
+
+                /* The backend: where a request goes; for a reply, the node
+                 * that must have sent it. */
+                if (meta.drop_reason == 0) {
+                    backend.apply();
+                    if (meta.reply == 1
+                        && (meta.drop_reason != 0 || meta.node_ip != hdr.ipv4.src_addr)) {
+                        meta.drop_reason = DROP_FORGED_REPLY;
+                    }
+                }
+
+                if (meta.drop_reason == 0 && meta.reply == 1) {
+                    /* Back to the client pod's node. */
                     pod_node.apply();
                     if (meta.drop_reason == 0) {
                         lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
                     }
-                } else if (hdr.inner_ipv4.ihl != 5) {
-                    meta.drop_reason = DROP_IP_OPTIONS;
-                } else if ((hdr.inner_ipv4.flags & IPV4_FLAG_MF) != 0
-                           || hdr.inner_ipv4.frag_offset != 0) {
-                    meta.drop_reason = DROP_FRAGMENT;
-                } else if (!hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
-                    meta.drop_reason = DROP_UNSUPPORTED_PROTOCOL;
-                } else {
-                    /* Client to service: pick a backend. */
-                    service_v4.apply();
-                    if (meta.drop_reason == 0) {
-                        service_counter.count((bit<32>)meta.service_id);
-                        if ((hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) != 0) {
-                            cookie_check.apply();
-                            if (meta.cookie_ok == 1) {
-                                lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_HIT);
-                            } else {
-                                lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_STALE);
-                            }
-                        } else {
-                            lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
-                        }
-                        if (meta.cookie_ok == 0) {
-                            /* The bucket hash: crc32 over exactly these
-                             * fields in this order (13 bytes), or the client
-                             * address alone. Must match common/src/hash.rs. */
-                            if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
-                                hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
-                                     { hdr.inner_ipv4.src_addr },
-                                     (bit<64>)4294967296);
-                            } else {
-                                hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
-                                     { hdr.inner_ipv4.src_addr,
-                                       hdr.inner_ipv4.dst_addr,
-                                       hdr.inner_ipv4.protocol,
-                                       meta.l4_src_port,
-                                       meta.l4_dst_port },
-                                     (bit<64>)4294967296);
-                            }
-                            /* Tofino has no modulo, so bucket counts are
-                             * powers of two and we mask. */
-                            meta.bucket = (bucket_t)meta.flow_hash & meta.bucket_mask;
-                            lb_bucket.apply();
-                        }
-                    }
-                    if (meta.drop_reason == 0) {
-                        backend.apply();
-                    }
-                    if (meta.drop_reason == 0) {
-                        /* DNAT to the backend pod, inner checksums updated
-                         * incrementally (the L4 ones cover the address
-                         * through the pseudo header). */
-                        inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
-                                              hdr.inner_ipv4.dst_addr,
-                                              meta.backend_ip, 0, 0);
-                        if (hdr.inner_tcp.isValid()) {
-                            inner_tcp_csum.apply(hdr.inner_tcp.checksum,
+                } else if (meta.drop_reason == 0) {
+                    /* DNAT to the backend pod, inner checksums updated
+                     * incrementally (the L4 ones cover the address through
+                     * the pseudo header). */
+                    inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
+                                          hdr.inner_ipv4.dst_addr,
+                                          meta.backend_ip, 0, 0);
+                    if (hdr.inner_tcp.isValid()) {
+                        inner_tcp_csum.apply(hdr.inner_tcp.checksum,
+                                             hdr.inner_ipv4.dst_addr,
+                                             meta.backend_ip,
+                                             hdr.inner_tcp.dst_port,
+                                             meta.backend_port);
+                        hdr.inner_tcp.dst_port = meta.backend_port;
+                    } else {
+                        /* A zero UDP checksum means "none" and stays zero;
+                         * a computed zero goes out as 0xFFFF (RFC 768). */
+                        if (hdr.inner_udp.checksum != 0) {
+                            inner_udp_csum.apply(hdr.inner_udp.checksum,
                                                  hdr.inner_ipv4.dst_addr,
                                                  meta.backend_ip,
-                                                 hdr.inner_tcp.dst_port,
+                                                 hdr.inner_udp.dst_port,
                                                  meta.backend_port);
-                            hdr.inner_tcp.dst_port = meta.backend_port;
-                        } else {
-                            /* A zero UDP checksum means "none" and stays
-                             * zero; a computed zero goes out as 0xFFFF
-                             * (RFC 768). */
-                            if (hdr.inner_udp.checksum != 0) {
-                                inner_udp_csum.apply(hdr.inner_udp.checksum,
-                                                     hdr.inner_ipv4.dst_addr,
-                                                     meta.backend_ip,
-                                                     hdr.inner_udp.dst_port,
-                                                     meta.backend_port);
-                                if (hdr.inner_udp.checksum == 0) {
-                                    hdr.inner_udp.checksum = 0xffff;
-                                }
+                            if (hdr.inner_udp.checksum == 0) {
+                                hdr.inner_udp.checksum = 0xffff;
                             }
-                            hdr.inner_udp.dst_port = meta.backend_port;
                         }
-                        hdr.inner_ipv4.dst_addr = meta.backend_ip;
-                        /* The cookie travels on to the backend's node, which
-                         * hands it back to the client in the reply. */
-                        hdr.talaria.service_id = meta.service_id;
-                        hdr.talaria.backend_id = meta.backend_id;
-                        hdr.talaria.flags = hdr.talaria.flags | TALARIA_FLAG_COOKIE_VALID;
+                        hdr.inner_udp.dst_port = meta.backend_port;
                     }
+                    hdr.inner_ipv4.dst_addr = meta.backend_ip;
+                    /* The cookie travels on to the backend's node, which
+                     * hands it back to the client in the reply. */
+                    hdr.talaria.service_id = meta.service_id;
+                    hdr.talaria.backend_id = meta.backend_id;
+                    hdr.talaria.flags = hdr.talaria.flags | TALARIA_FLAG_COOKIE_VALID;
                 }
 
                 if (meta.drop_reason == 0) {

@@ -65,6 +65,19 @@ pub enum DropReason {
     /// reverse-flow table, or of a full table (established flows are never
     /// evicted to make room).
     FlowLimit = 23,
+    /// Switch: a tunnel to the switch from an outer source that is not a
+    /// node attached to the port it arrived on (`tunnel_peer`).
+    TunnelPeer = 24,
+    /// Switch: a packet from a port with one of the switch's own addresses
+    /// (or another listed one) as its source (`spoofed_source`).
+    SpoofedSource = 25,
+    /// Switch: a REPLY whose source is not the VIP and port of the service
+    /// its cookie names, whose cookie names no backend of that service, or
+    /// that does not come from that backend's node.
+    ForgedReply = 26,
+    /// Host: a packet from the uplink outside the tunnel whose source is in
+    /// a Service CIDR: replies from a VIP only ever come tunnelled.
+    ServiceSource = 27,
 }
 
 /// Size of every per-reason drop counter array. Codes are `< DROP_REASON_COUNT`.
@@ -72,7 +85,7 @@ pub const DROP_REASON_COUNT: u32 = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 23] = [
+    pub const ALL: [DropReason; 27] = [
         Self::Malformed,
         Self::GeneveVersion,
         Self::GeneveProtocol,
@@ -96,6 +109,10 @@ impl DropReason {
         Self::IcmpSpoof,
         Self::PortExhausted,
         Self::FlowLimit,
+        Self::TunnelPeer,
+        Self::SpoofedSource,
+        Self::ForgedReply,
+        Self::ServiceSource,
     ];
 
     /// The counter index.
@@ -135,6 +152,10 @@ impl DropReason {
             Self::IcmpSpoof => "icmp_spoof",
             Self::PortExhausted => "port_exhausted",
             Self::FlowLimit => "flow_limit",
+            Self::TunnelPeer => "tunnel_peer",
+            Self::SpoofedSource => "spoofed_source",
+            Self::ForgedReply => "forged_reply",
+            Self::ServiceSource => "service_source",
         }
     }
 }

@@ -94,6 +94,16 @@ pub struct NodeValue {
     pub node_ip: Be32,
 }
 
+/// `tunnel_peer` key: a node's address and the P4 port it is attached to
+/// (value unused).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TunnelPeerKey {
+    pub port: u16,
+    pub _pad: u16,
+    pub node_ip: Be32,
+}
+
 /// A packets-and-bytes counter cell (per CPU in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -278,12 +288,24 @@ pub struct PodFlows {
     pub reverse: u64,
 }
 
-/// Substitute client ports are taken from here: above Linux's default
-/// ephemeral range (32768–60999), so that they rarely meet a port a
-/// client uses for a direct connection to the same backend.
-pub const SUBST_PORT_FIRST: u16 = 61000;
-/// Number of substitute ports (61000–65534).
-pub const SUBST_PORT_COUNT: u16 = 4535;
+/// Substitute client ports: 1024–32767 and 61000–65535, outside Linux's
+/// default ephemeral range (32768–60999), so that they rarely meet a port a
+/// client uses for a direct connection to the same backend (which no flow
+/// table sees), and never a privileged one. A backend keeps a finished
+/// flow's port for its TIME_WAIT, so the pool must cover a pair's
+/// substitutions over that long.
+pub const SUBST_PORT_COUNT: u32 = (32768 - 1024) + (65536 - 61000);
+
+/// The `i`th substitute port (`i < SUBST_PORT_COUNT`).
+#[inline(always)]
+pub const fn subst_port(i: u32) -> u16 {
+    let low = 32768 - 1024;
+    if i < low {
+        (1024 + i) as u16
+    } else {
+        (61000 + (i - low)) as u16
+    }
+}
 
 /// Indexes of the node's per-CPU event counter array (`NODE_STATS`).
 pub mod node_stat {
@@ -335,6 +357,26 @@ pub mod node_stat {
 pub const FIN_FROM_CLIENT: u8 = 0x01;
 /// `fin_seen` bit: FIN sent towards the client (by the backend).
 pub const FIN_FROM_BACKEND: u8 = 0x02;
+/// `fin_seen` bit: the backend's FIN came first. The backend closed
+/// actively, so it holds the connection in TIME_WAIT (and the 4-tuple with
+/// it); after a client's active close it holds nothing.
+pub const FIN_BACKEND_FIRST: u8 = 0x04;
+
+/// Whether a flow entry's `fin_seen` has FINs both ways: the connection is
+/// over. Its entry stays a while (stragglers; on the backend side the
+/// backend's TIME_WAIT) but no longer counts against its pod's share, which
+/// bounds open connections.
+#[inline(always)]
+pub const fn finished(fin_seen: u8) -> bool {
+    fin_seen & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT | FIN_FROM_BACKEND
+}
+
+/// Whether a finished flow's 4-tuple may go to another flow at once: the
+/// client closed first, so the backend kept no TIME_WAIT for it.
+#[inline(always)]
+pub const fn reusable(fin_seen: u8) -> bool {
+    finished(fin_seen) && fin_seen & FIN_BACKEND_FIRST == 0
+}
 
 pod! {
     Ipv4LpmKey = 8,
@@ -345,6 +387,7 @@ pod! {
     BucketValue = 4,
     BackendValue = 12,
     NodeValue = 4,
+    TunnelPeerKey = 8,
     PacketBytes = 16,
     FlowKey = 16,
     CookieEntry = 16,

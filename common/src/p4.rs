@@ -20,6 +20,10 @@ pub mod sizes {
     pub const BACKEND: u32 = 262_144;
     /// `POD_NODE_SIZE`.
     pub const POD_NODE: u32 = 1024;
+    /// `TUNNEL_PEER_SIZE`.
+    pub const TUNNEL_PEER: u32 = 1024;
+    /// `SPOOFED_SOURCE_SIZE`.
+    pub const SPOOFED_SOURCE: u32 = 64;
     /// `SERVICE_COUNTER_SIZE`: the whole 16-bit service id space.
     pub const SERVICE_COUNTER: u32 = 65536;
 }

@@ -6,8 +6,10 @@ use talaria_tables::{cookie_check, Contents, Entry, EntryKey, Table};
 
 /// Every table the controller writes, in insert order: referenced before
 /// referencing.
-pub const INSERT_ORDER: [Table; 7] = [
+pub const INSERT_ORDER: [Table; 9] = [
     Table::Ipv4Route,
+    Table::SpoofedSource,
+    Table::TunnelPeer,
     Table::SwitchAddr,
     Table::PodNode,
     Table::Backend,

@@ -27,8 +27,8 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use talaria_tables::{
-    backend, ipv4_route, lb_bucket, pod_node, service_v4, switch_addr, Contents, Entry, EntryKey,
-    Table,
+    backend, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source, switch_addr, tunnel_peer,
+    Contents, Entry, EntryKey, Table,
 };
 
 use crate::{
@@ -64,8 +64,12 @@ pub struct FabricConfig {
     /// The switch's tunnel addresses (`switch_addr`): Geneve packets to these
     /// are terminated and load-balanced.
     pub switch_addrs: Vec<Ipv4Addr>,
-    /// `ipv4_route` entries.
+    /// `ipv4_route` entries. The route to each node's address also names
+    /// the port its tunnels must come in on (`tunnel_peer`).
     pub routes: Vec<RouteConfig>,
+    /// Source addresses no switch port may send from (`spoofed_source`),
+    /// besides `switch_addrs`, which are always in it.
+    pub spoofed_sources: Vec<Ipv4Addr>,
 }
 
 /// What the planner decided for one service port (the REST view).
@@ -200,7 +204,8 @@ pub struct BackendRefs {
 /// ports are shared).
 #[derive(Debug, Clone, Default)]
 pub struct Desired {
-    /// `ipv4_route`, `switch_addr` and `pod_node` (the other tables empty).
+    /// The fabric tables: `ipv4_route`, `switch_addr`, `pod_node`,
+    /// `tunnel_peer`, `spoofed_source` (the other tables empty).
     pub fabric: Contents,
     /// Ports by key.
     by_key: BTreeMap<ServiceKey, Arc<PortPlan>>,
@@ -283,9 +288,14 @@ impl Tables for Desired {
         after: Option<&EntryKey>,
     ) -> Box<dyn Iterator<Item = Entry> + 'a> {
         match (t, after) {
-            (Table::Ipv4Route | Table::SwitchAddr | Table::PodNode, _) => {
-                self.fabric.entries_after(t, after)
-            }
+            (
+                Table::Ipv4Route
+                | Table::SwitchAddr
+                | Table::PodNode
+                | Table::TunnelPeer
+                | Table::SpoofedSource,
+                _,
+            ) => self.fabric.entries_after(t, after),
             (Table::Backend, after) => {
                 let from = match after {
                     Some(EntryKey::Backend(k)) => Bound::Excluded(k.backend_id),
@@ -420,6 +430,11 @@ pub struct Planner {
     /// Bucket assignments read back from a switch, used by a port's first
     /// plan (until the first full plan).
     adopted: BTreeMap<u16, Vec<u32>>,
+    /// The backends a switch's `cookie_check` lets each service id's
+    /// cookies name, read back with the buckets: those the model no longer
+    /// has start their quarantine again in the port's first plan, so a
+    /// controller restart keeps the flows of departed backends working.
+    adopted_cookies: BTreeMap<u16, BTreeMap<u32, Backend>>,
     /// Ports left out or partly planned (ids exhausted), one line each.
     errors: BTreeMap<ServiceKey, Vec<String>>,
     /// When ports' departed backends leave their quarantine.
@@ -436,6 +451,7 @@ impl Planner {
             backend_ids: IdPool::new("backend", u64::from(u32::MAX), quarantine),
             desired: Desired::default(),
             adopted: BTreeMap::new(),
+            adopted_cookies: BTreeMap::new(),
             errors: BTreeMap::new(),
             expiries: BTreeSet::new(),
         }
@@ -505,6 +521,17 @@ impl Planner {
                 warnings.push(format!("backend {} ({b}): {e}", k.backend_id));
             }
         }
+        for k in actual.cookie_check.keys() {
+            let backend = actual.backend.get(&backend::Key {
+                backend_id: k.backend_id,
+            });
+            if let Some(a) = backend {
+                self.adopted_cookies
+                    .entry(k.service_id)
+                    .or_default()
+                    .insert(k.backend_id, Backend::from_action(a));
+            }
+        }
         warnings
     }
 
@@ -534,6 +561,7 @@ impl Planner {
         self.service_ids.sweep(now);
         self.backend_ids.sweep(now);
         self.adopted.clear();
+        self.adopted_cookies.clear();
         ch.full = true;
         ch
     }
@@ -654,11 +682,19 @@ impl Planner {
         }
         let present = |id: &u32| active.contains_key(id) || draining.contains_key(id);
         let mut departed = old.map(|o| o.departed.clone()).unwrap_or_default();
-        if let Some(o) = old {
-            for (id, b) in o.active.iter().chain(&o.draining) {
-                if !present(id) {
-                    departed.entry(*id).or_insert((*b, now));
-                }
+        let before: Vec<(&u32, &Backend)> = match old {
+            Some(o) => o.active.iter().chain(&o.draining).collect(),
+            // A switch read back: when its backends left is not known, so
+            // their quarantine starts now (never shorter than it was).
+            None => self
+                .adopted_cookies
+                .get(&sid)
+                .map(|c| c.iter().collect())
+                .unwrap_or_default(),
+        };
+        for (id, b) in before {
+            if !present(id) {
+                departed.entry(*id).or_insert((*b, now));
             }
         }
         let quarantine = self.quarantine;
@@ -749,7 +785,8 @@ impl Planner {
     }
 }
 
-/// The fabric tables: configured routes and switch addresses, pod CIDRs.
+/// The fabric tables: configured routes and switch addresses, pod CIDRs,
+/// the nodes that may send tunnels, the sources no port may use.
 fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
     let mut st = Contents::default();
     for a in &fabric.switch_addrs {
@@ -776,7 +813,36 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
             pod_node::Action::SetClientNode { node_ip: *n },
         );
     }
+    // A node may tunnel to the switch from the port the switch routes its
+    // address to (and from no other).
+    let nodes = model.node_ips.values().chain(model.pod_nodes.values());
+    for node_ip in nodes {
+        if let Some(port) = route_port(&fabric.routes, *node_ip) {
+            st.tunnel_peer.insert(
+                tunnel_peer::Key {
+                    port,
+                    node_ip: *node_ip,
+                },
+                tunnel_peer::Action::AcceptTunnel {},
+            );
+        }
+    }
+    for a in fabric.switch_addrs.iter().chain(&fabric.spoofed_sources) {
+        st.spoofed_source.insert(
+            spoofed_source::Key { src_addr: *a },
+            spoofed_source::Action::DropSpoofed {},
+        );
+    }
     st
+}
+
+/// The port of the longest configured route to `addr`, if it forwards.
+fn route_port(routes: &[RouteConfig], addr: Ipv4Addr) -> Option<u16> {
+    routes
+        .iter()
+        .filter(|r| r.prefix.contains(addr))
+        .max_by_key(|r| r.prefix.len)
+        .and_then(|r| r.port)
 }
 
 #[cfg(test)]
@@ -816,14 +882,21 @@ endpoints:
     }
 
     fn fabric() -> FabricConfig {
+        let route = |prefix: &str, port| RouteConfig {
+            prefix: prefix.parse().unwrap(),
+            port,
+            src_mac: "02:00:00:00:00:01".parse().unwrap(),
+            dst_mac: "02:00:00:00:00:11".parse().unwrap(),
+        };
         FabricConfig {
             switch_addrs: vec!["192.168.0.1".parse().unwrap()],
-            routes: vec![RouteConfig {
-                prefix: "192.168.0.11/32".parse().unwrap(),
-                port: Some(1),
-                src_mac: "02:00:00:00:00:01".parse().unwrap(),
-                dst_mac: "02:00:00:00:00:11".parse().unwrap(),
-            }],
+            // n1 (192.168.0.11) by its /32, n2 by the /24.
+            routes: vec![
+                route("192.168.0.11/32", Some(1)),
+                route("192.168.0.0/24", Some(2)),
+                route("192.168.0.12/32", None),
+            ],
+            spoofed_sources: vec!["10.96.0.1".parse().unwrap()],
         }
     }
 
@@ -865,8 +938,22 @@ endpoints:
         let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
         let s = &plan_state(&mut p, &m, Instant::now());
         assert_eq!(s.switch_addr.len(), 1);
-        assert_eq!(s.ipv4_route.len(), 1);
+        assert_eq!(s.ipv4_route.len(), 3);
         assert_eq!(s.pod_node.len(), 2);
+        // Each node tunnels from the port of its longest route; n2's is a
+        // blackhole, so n2 may not tunnel at all.
+        let peers: Vec<(u16, String)> = s
+            .tunnel_peer
+            .keys()
+            .map(|k| (k.port, k.node_ip.to_string()))
+            .collect();
+        assert_eq!(peers, [(1, "192.168.0.11".to_string())]);
+        let spoofed: Vec<String> = s
+            .spoofed_source
+            .keys()
+            .map(|k| k.src_addr.to_string())
+            .collect();
+        assert_eq!(spoofed, ["10.96.0.1", "192.168.0.1"]);
         assert_eq!(s.service_v4.len(), 1);
         let service_v4::Action::SetService { bucket_mask, .. } =
             *s.service_v4.values().next().unwrap();
@@ -946,6 +1033,48 @@ endpoints:
         );
         assert!(!cookie_ids(&s4).contains(&gone[0]));
         assert_eq!(p.backend_id_usage(), (2, 0));
+    }
+
+    /// A controller restarted while a departed backend is in quarantine
+    /// keeps its `backend` and `cookie_check` entries (its flows go on) and
+    /// its id out of use, for a whole quarantine from the restart.
+    #[test]
+    fn restart_keeps_departed_backends_in_quarantine() {
+        let t0 = Instant::now();
+        let q = Duration::from_secs(300);
+        let mut p = Planner::new(BucketPolicy::default(), q);
+        let two = model_with(&[("10.244.1.5", READY), ("10.244.1.6", READY)]);
+        let one = model_with(&[("10.244.1.5", READY)]);
+        let s1 = plan_state(&mut p, &two, t0);
+        let on_switch = plan_state(&mut p, &one, t0);
+        let gone: Vec<u32> = backend_ids(&s1)
+            .into_iter()
+            .filter(|k| !bucket_ids(&on_switch).contains(k))
+            .collect();
+        assert_eq!(gone.len(), 1);
+
+        // A new controller, half a quarantine later, reads the switch back.
+        let t1 = t0 + q / 2;
+        let mut r = Planner::new(BucketPolicy::default(), q);
+        assert!(r.adopt(&on_switch).is_empty());
+        let after = plan_state(&mut r, &one, t1);
+        assert!(
+            diff(&after, &on_switch).is_empty(),
+            "the restart writes nothing"
+        );
+        assert_eq!(r.backend_id_usage(), (1, 1));
+        // A new backend does not get the departed one's id.
+        let three = model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]);
+        let s = plan_state(&mut r, &three, t1);
+        assert!(cookie_ids(&s).contains(&gone[0]));
+        assert_eq!(s.backend.len(), 3);
+        // The quarantine counts from the restart: still there at t0 + q ...
+        let s = plan_state(&mut r, &three, t0 + q);
+        assert!(cookie_ids(&s).contains(&gone[0]));
+        // ... and gone a quarantine after it.
+        let s = plan_state(&mut r, &three, t1 + q);
+        assert!(!cookie_ids(&s).contains(&gone[0]));
+        assert!(!backend_ids(&s).contains(&gone[0]));
     }
 
     #[test]

@@ -86,7 +86,7 @@ fn config(addr: SocketAddr) -> Config {
         p4info: p4info_path(),
         fabric: FabricConfig {
             switch_addrs: vec!["192.168.0.1".parse().unwrap()],
-            routes: Vec::new(),
+            ..FabricConfig::default()
         },
         backoff_min_ms: Duration::from_millis(50),
         backoff_max_ms: Duration::from_millis(200),
@@ -145,8 +145,10 @@ async fn sync_restart_resync_rest_and_cli() {
     let (ctx, mut tasks) = start(config(addr), src.clone());
     wait_for("first sync", || ctx.ready().is_ok()).await;
     let want = ctx.desired_len();
-    // 1 switch_addr + 1 pod_node + 3 backend + 3 cookie + 16 buckets + 1 service.
-    assert_eq!(want, 25);
+    // 1 switch_addr + 1 spoofed_source (the switch address) + 1 pod_node
+    // + 3 backend + 3 cookie + 16 buckets + 1 service (no routes, so no
+    // tunnel_peer).
+    assert_eq!(want, 26);
     assert_eq!(fake_count(&fake), want);
     assert!(
         fake.state.lock().unwrap().pipeline.is_some(),
@@ -269,7 +271,11 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(t["entries"][0]["action"], "set_service");
     let (_, body) = get("/v1/switches/s1/tables").await;
     let all: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(all.as_array().unwrap().len(), 7);
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        talaria_tables::Table::ALL.len(),
+        "every table of the P4Info"
+    );
     assert_eq!(get("/v1/switches/s1/tables/nope").await.0, 404);
     assert_eq!(get("/v1/switches/nope/tables").await.0, 404);
     assert_eq!(get("/v1/status").await.0, 200);
@@ -324,7 +330,10 @@ async fn sync_restart_resync_rest_and_cli() {
         out.0
     );
     let j: serde_json::Value = serde_json::from_str(&out.1).unwrap();
-    assert_eq!(j["s1"].as_array().unwrap().len(), 7);
+    assert_eq!(
+        j["s1"].as_array().unwrap().len(),
+        talaria_tables::Table::ALL.len()
+    );
     assert!(
         out.2.contains("default/web") && out.2.contains("nodePort 30080"),
         "{}",

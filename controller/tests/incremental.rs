@@ -147,7 +147,7 @@ fn oref(name: String) -> ObjectRef {
 fn fabric() -> FabricConfig {
     FabricConfig {
         switch_addrs: vec!["192.168.0.1".parse().unwrap()],
-        routes: Vec::new(),
+        ..FabricConfig::default()
     }
 }
 

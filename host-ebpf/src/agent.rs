@@ -22,7 +22,7 @@ use crate::{
     k8s,
     metrics::{self, Gauges},
     netlink::{self, Snapshot},
-    node::{self, Node, PROG_UPLINK},
+    node::{self, FlowTtl, Node, PROG_UPLINK},
     pods::PodSync,
     sys, Error, Result,
 };
@@ -120,10 +120,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     {
         let node = node.clone();
         let gauges = gauges.clone();
-        let (udp, fin) = (
-            cfg.udp_idle_secs * 1_000_000_000,
-            cfg.fin_grace_secs * 1_000_000_000,
-        );
+        let ttl = FlowTtl::from_secs(cfg.udp_idle_secs, cfg.fin_grace_secs, cfg.time_wait_secs);
         let pin_dir = cfg.pin_dir.clone();
         let every = Duration::from_secs(cfg.gc_interval_secs.max(1));
         tokio::spawn(async move {
@@ -132,7 +129,7 @@ pub async fn run(cfg: Config) -> Result<()> {
                 let removed = node
                     .lock()
                     .expect("node lock")
-                    .gc(node::monotonic_ns(), udp, fin);
+                    .gc(node::monotonic_ns(), &ttl);
                 let mut g = gauges.lock().expect("gauges lock");
                 match removed {
                     Ok((c, r)) => g.gc_removed_total += (c + r) as u64,

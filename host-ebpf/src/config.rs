@@ -64,9 +64,18 @@ pub struct Config {
     pub pod_flow_limit: u32,
     /// UDP flows idle this long are removed by the GC loop.
     pub udp_idle_secs: u64,
-    /// TCP flows that saw FIN in both directions are removed after idling
-    /// this long (RST removes them at once, in the data path).
+    /// A TCP flow's cookie, and its reverse entry unless the backend closed
+    /// first, are removed this long after FINs went both ways (RST removes
+    /// them at once, in the data path).
     pub fin_grace_secs: u64,
+    /// Backend side: when the backend closed a TCP flow first, its reverse
+    /// entry stays this long, as long as the backend pod may hold the
+    /// connection in TIME_WAIT (Linux: 60 s), so that no other Service's
+    /// flow is given its 4-tuple meanwhile (a SYN from another client
+    /// connection onto a TIME_WAIT socket is refused half the time: its
+    /// timestamps are another connection's). conntrack keeps such entries
+    /// 120 s. After a client's close, `fin_grace_secs` applies.
+    pub time_wait_secs: u64,
     /// How often the GC loop runs.
     pub gc_interval_secs: u64,
     /// bpffs directory for the pinned maps and links.
@@ -175,6 +184,7 @@ impl Default for Config {
             pod_flow_limit: 1 << 16,
             udp_idle_secs: 120,
             fin_grace_secs: 10,
+            time_wait_secs: 65,
             gc_interval_secs: 5,
             pin_dir: DEFAULT_PIN_DIR.into(),
             metrics_addr: "127.0.0.1:9465".into(),

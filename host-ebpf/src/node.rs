@@ -20,8 +20,8 @@ use talaria_common::{
     be::Be16,
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
-        mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry, PodFlows,
-        PortSubstKey, ReverseEntry, ServiceAddr, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry,
+        PodFlows, PortSubstKey, ReverseEntry, ServiceAddr, FIN_BACKEND_FIRST,
     },
     net::IPPROTO_UDP,
 };
@@ -476,30 +476,38 @@ impl Node {
             .map_err(|e| Error::map(MAP_COOKIES, e))
     }
 
-    /// Removes idle flow state: UDP flows idle longer than `udp_idle_ns`,
-    /// and TCP flows that finished in both directions and idled
-    /// `fin_grace_ns`. Returns (cookies, reverse entries) removed.
-    pub fn gc(
-        &mut self,
-        now_ns: u64,
-        udp_idle_ns: u64,
-        fin_grace_ns: u64,
-    ) -> Result<(usize, usize)> {
-        let expired = |k: &FlowKey, last: u64, fin: u8| {
+    /// Removes flow state that has served its time (`ttl`). Returns
+    /// (cookies, reverse entries) removed.
+    pub fn gc(&mut self, now_ns: u64, ttl: &FlowTtl) -> Result<(usize, usize)> {
+        let expired = |k: &FlowKey, last: u64, fin: u8, finished_ttl: u64| {
             let idle = now_ns.saturating_sub(last);
             if k.proto == IPPROTO_UDP {
-                idle > udp_idle_ns
+                idle > ttl.udp_idle_ns
             } else {
-                fin & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) == FIN_FROM_CLIENT | FIN_FROM_BACKEND
-                    && idle > fin_grace_ns
+                finished(fin) && idle > finished_ttl
             }
         };
-        let (cookies, cookie_pods) = self.sweep(MAP_COOKIES, |k, v: &CookieEntry| {
-            expired(k, v.last_seen_ns, v.fin_seen)
-        })?;
-        let (reverse, reverse_pods) = self.sweep(MAP_REVERSE, |k, v: &ReverseEntry| {
-            expired(k, v.last_seen_ns, v.fin_seen)
-        })?;
+        // What a pod's share counts: open connections.
+        let open = |k: &FlowKey, fin: u8| k.proto == IPPROTO_UDP || !finished(fin);
+        let (cookies, cookie_pods) = self.sweep(
+            MAP_COOKIES,
+            |k, v: &CookieEntry| expired(k, v.last_seen_ns, v.fin_seen, ttl.fin_grace_ns),
+            |k, v: &CookieEntry| open(k, v.fin_seen),
+        )?;
+        // A reverse entry stays for the backend's TIME_WAIT when the backend
+        // closed first; otherwise the FIN grace is enough.
+        let reverse_ttl = |fin: u8| {
+            if fin & FIN_BACKEND_FIRST != 0 {
+                ttl.time_wait_ns
+            } else {
+                ttl.fin_grace_ns
+            }
+        };
+        let (reverse, reverse_pods) = self.sweep(
+            MAP_REVERSE,
+            |k, v: &ReverseEntry| expired(k, v.last_seen_ns, v.fin_seen, reverse_ttl(v.fin_seen)),
+            |k, v: &ReverseEntry| open(k, v.fin_seen),
+        )?;
         self.sweep_substitutes()?;
         self.recount_pod_flows(&cookie_pods, &reverse_pods)?;
         Ok((cookies, reverse))
@@ -550,8 +558,9 @@ impl Node {
             .collect())
     }
 
-    /// Removes substitute ports whose flow is gone (its reverse-flow
-    /// entry, keyed on the substitute, was removed).
+    /// Removes substitute ports whose flow is gone: no reverse-flow entry
+    /// on the substitute, or another flow's (it took the port after this
+    /// sweep's own walk of the reverse entries freed it).
     fn sweep_substitutes(&mut self) -> Result<usize> {
         let subst: HashMap<_, PortSubstKey, Be16> = HashMap::try_from(self.map(MAP_PORT_SUBST)?)
             .map_err(|e| Error::map(MAP_PORT_SUBST, e))?;
@@ -565,7 +574,9 @@ impl Node {
                     dst_port: *port,
                     ..k.flow
                 };
-                reverse.get(&held, 0).is_err()
+                reverse.get(&held, 0).map_or(true, |e| {
+                    e.service_id != k.service_id || e.client_port != k.flow.dst_port
+                })
             })
             .map(|(k, _)| k)
             .collect();
@@ -579,23 +590,29 @@ impl Node {
     }
 
     /// Removes the entries of flow map `name` that `dead` picks; returns how
-    /// many, and the entries left per pod (the key's source). Keys are
-    /// collected first: deleting while iterating a BPF hash map restarts
-    /// the walk.
+    /// many, and per pod (the key's source) how many of those left are
+    /// `counted`. Keys are collected first: deleting while iterating a BPF
+    /// hash map restarts the walk.
     fn sweep<V: aya::Pod>(
         &mut self,
         name: &'static str,
         dead: impl Fn(&FlowKey, &V) -> bool,
+        counted: impl Fn(&FlowKey, &V) -> bool,
     ) -> Result<(usize, std::collections::HashMap<[u8; 4], u64>)> {
         let mut map: HashMap<_, FlowKey, V> =
             HashMap::try_from(self.map_mut(name)?).map_err(|e| Error::map(name, e))?;
         let mut left = std::collections::HashMap::new();
+        let mut count = |k: &FlowKey, v: &V| {
+            if counted(k, v) {
+                *left.entry(k.src.0).or_insert(0u64) += 1;
+            }
+        };
         let mut keys = Vec::new();
         for (k, v) in map.iter().filter_map(|r| r.ok()) {
             if dead(&k, &v) {
                 keys.push(k);
             } else {
-                *left.entry(k.src.0).or_insert(0u64) += 1;
+                count(&k, &v);
             }
         }
         // Look again just before deleting: a packet may have refreshed the
@@ -610,11 +627,37 @@ impl Node {
                         removed += 1;
                     }
                 }
-                Ok(_) => *left.entry(k.src.0).or_insert(0u64) += 1,
+                Ok(v) => count(k, &v),
                 Err(_) => {}
             }
         }
         Ok((removed, left))
+    }
+}
+
+/// How long the GC keeps flow state, in nanoseconds of
+/// `CLOCK_MONOTONIC` (see [`crate::config::Config`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTtl {
+    /// A UDP flow, after its last packet.
+    pub udp_idle_ns: u64,
+    /// A finished TCP flow's cookie, after its last packet.
+    pub fin_grace_ns: u64,
+    /// A finished TCP flow's reverse entry when the backend closed first
+    /// (it holds TIME_WAIT), after its last packet; otherwise
+    /// `fin_grace_ns`.
+    pub time_wait_ns: u64,
+}
+
+impl FlowTtl {
+    /// From the configuration's seconds.
+    pub fn from_secs(udp_idle: u64, fin_grace: u64, time_wait: u64) -> Self {
+        let ns = |s: u64| s.saturating_mul(1_000_000_000);
+        Self {
+            udp_idle_ns: ns(udp_idle),
+            fin_grace_ns: ns(fin_grace),
+            time_wait_ns: ns(time_wait),
+        }
     }
 }
 

@@ -223,8 +223,11 @@ impl Lab {
         ];
         let mut entries = vec![
             build::switch_addr(SWITCH_IP),
+            build::spoofed_source(SWITCH_IP),
             build::route(host(NODE1_IP), 1, self.sw_macs[0], self.up_macs[0]),
             build::route(host(NODE2_IP), 2, self.sw_macs[1], self.up_macs[1]),
+            build::tunnel_peer(1, NODE1_IP),
+            build::tunnel_peer(2, NODE2_IP),
             build::pod_node(pod_cidr(1), NODE1_IP),
             build::pod_node(pod_cidr(2), NODE2_IP),
             service(VIP, 80, IPPROTO_TCP, SVC_TCP),
@@ -1491,6 +1494,113 @@ fn a_pod_cannot_inject_icmp_errors_into_another_pods_flow() {
         Ok(&b"real answer"[..]),
         "the client saw the backend's answer, not the forged error"
     );
+}
+
+/// Nobody but a backend's node may send a reply, and nobody may send as
+/// the switch. Three forgeries try to put a datagram "from VIP:53" into
+/// pod a's socket: a host on node 2's link with an address of its own,
+/// node 2 claiming a backend that lives on node 1, and a packet with the
+/// switch's address as its source, routed through the switch to node 1.
+/// None arrives, each is counted at the switch. Then node 2 claims its own
+/// backend of the Service, which the switch cannot tell from a real reply:
+/// that one arrives, so the forgeries took a path that works (issue: the
+/// switch terminates tunnels from any sender).
+#[test]
+fn only_a_backends_node_may_send_replies_and_none_as_the_switch() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    const BACKEND_C_UDP: u32 = 202;
+    let dp = lab.dp.as_ref().unwrap();
+    for e in [
+        build::backend(BACKEND_C_UDP, POD_C, UDP_PORT, NODE1_IP),
+        build::cookie(SVC_UDP, BACKEND_C_UDP),
+    ] {
+        dp.insert(&e).unwrap();
+    }
+    let client = sys::in_netns(lab.pod("pa"), || {
+        let s = UdpSocket::bind((POD_A, 40120)).unwrap();
+        s.connect((VIP, 53)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s
+    })
+    .unwrap();
+    let outsider = Ipv4Addr::new(10, 200, 2, 99);
+    // From node 2's uplink to the switch (or through it, to node 1).
+    let frame = |src: Ipv4Addr, dst: Ipv4Addr, backend_id: u32, text: &[u8]| {
+        let inner = talaria_node::packet::ipv4(
+            talaria_node::packet::Tuple::udp(VIP, 53, POD_A, 40120),
+            0,
+            text,
+        );
+        let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_UDP, backend_id);
+        talaria_node::packet::talaria(lab.sw_macs[1], lab.up_macs[1], src, dst, enc, &inner)
+    };
+    let dropped = |r: DropReason| {
+        dp.counter(
+            talaria_switch_dataplane::CounterId::Drop,
+            u32::from(r.code()),
+        )
+        .unwrap()
+        .packets
+    };
+    let forgeries = [
+        (outsider, SWITCH_IP, BACKEND_B_UDP, DropReason::TunnelPeer),
+        (NODE2_IP, SWITCH_IP, BACKEND_C_UDP, DropReason::ForgedReply),
+        (
+            SWITCH_IP,
+            NODE1_IP,
+            BACKEND_B_UDP,
+            DropReason::SpoofedSource,
+        ),
+    ];
+    for (src, dst, backend_id, reason) in forgeries {
+        let before = dropped(reason);
+        let f = frame(src, dst, backend_id, b"forged");
+        sys::in_netns(&lab.n[1].name, move || send_frame("uplink", &f)).unwrap();
+        assert!(
+            eventually(|| dropped(reason) == before + 1),
+            "{src} → {dst} claiming backend {backend_id}: not dropped as {}",
+            reason.name()
+        );
+    }
+    let f = frame(NODE2_IP, SWITCH_IP, BACKEND_B_UDP, b"claimed");
+    sys::in_netns(&lab.n[1].name, move || send_frame("uplink", &f)).unwrap();
+    let mut buf = [0u8; 100];
+    let k = client.recv(&mut buf).expect("the claimed reply");
+    assert_eq!(&buf[..k], b"claimed", "the first datagram to arrive");
+}
+
+/// Sends an Ethernet frame out of `ifname` as it is (`AF_PACKET`).
+fn send_frame(ifname: &str, frame: &[u8]) {
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: a packet socket owned by this function, closed before
+    // return; the buffers outlive the calls.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        assert!(ifindex != 0, "no interface {ifname}");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        sll.sll_halen = 6;
+        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let sent = libc::sendto(
+            fd,
+            frame.as_ptr() as *const libc::c_void,
+            frame.len(),
+            0,
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        assert_eq!(sent, frame.len() as isize, "frame send: {err}");
+    }
 }
 
 /// Sends a whole IPv4 packet (header included) from a raw socket.

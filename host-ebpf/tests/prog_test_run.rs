@@ -18,7 +18,7 @@ use talaria_common::{
     wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_UDP_PORT},
 };
 use talaria_node::{
-    node::{Node, PROG_POD, PROG_UPLINK},
+    node::{FlowTtl, Node, PROG_POD, PROG_UPLINK},
     packet::{eth, ip_checksum_ok, ipv4, l4_checksum_ok, talaria, Frame, Tuple},
 };
 
@@ -409,6 +409,16 @@ fn malformed_or_misaddressed_tunnel_packets() {
         &inner,
     );
     assert_eq!(run(&n, PROG_UPLINK, &other).0, TC_ACT_OK);
+
+    // A plain packet from a Service address never reaches a pod: a VIP's
+    // replies come tunnelled.
+    let from_vip = eth(
+        NODE_MAC,
+        SWITCH_MAC,
+        &ipv4(Tuple::udp(VIP_UDP, 53, CLIENT, 40000), 0, b"forged"),
+    );
+    assert_eq!(run(&n, PROG_UPLINK, &from_vip).0, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::ServiceSource), 1);
 }
 
 /// Backend side: a request records the reverse-flow entry; the backend's
@@ -508,7 +518,10 @@ fn shared_backend_same_client_port(proto_tcp: bool) {
     let seen = Frame::parse(&out);
     let subst = seen.tuple().sport;
     assert_ne!(subst, 40000, "the second flow's client port is replaced");
-    assert!(subst >= 61000, "substitutes come from their own range");
+    assert!(
+        (1024..32768).contains(&subst) || subst >= 61000,
+        "substitutes stay out of the ephemeral range and the privileged ports: {subst}"
+    );
     assert_eq!(seen.tuple(), mk(REMOTE_CLIENT, subst, BACKEND, 8080));
     assert!(ip_checksum_ok(&seen.ip) && l4_checksum_ok(&seen.ip));
     assert_eq!(n.stats().unwrap().event(node_stat::PORT_SUBST), 1);
@@ -754,10 +767,74 @@ fn a_new_connection_on_a_reused_tuple_starts_clean() {
     );
 }
 
+/// When the backend closes first it holds the 4-tuple in TIME_WAIT, so the
+/// flow's reverse entry stays that long: another Service's flow is not
+/// given the 4-tuple meanwhile (it gets a substitute port). When the
+/// client closed first, the entry goes with the FIN grace, and another
+/// Service's flow may take the 4-tuple over at once.
+#[test]
+fn a_backend_that_closed_first_keeps_its_4_tuple_for_its_time_wait() {
+    require!(LOADS_BPF);
+    let mut n = node();
+    let ttl = FlowTtl::from_secs(120, 10, 65);
+    let send = |n: &Node, port: u16, svc: u16, fl: u8| {
+        let enc = TalariaEncap::new(flags::COOKIE_VALID, svc, 42);
+        let t = Tuple::tcp(REMOTE_CLIENT, port, BACKEND, 8080);
+        run(
+            n,
+            PROG_UPLINK,
+            &from_switch(SWITCH_IP, enc, &ipv4(t, fl, b"")),
+        )
+    };
+    let backend_fin = |n: &Node, port: u16| {
+        let reply = Tuple::tcp(BACKEND, 8080, REMOTE_CLIENT, port);
+        run(
+            n,
+            PROG_POD,
+            &from_pod(reply, tcp_flags::FIN | tcp_flags::ACK, b""),
+        );
+    };
+    let subst = |n: &Node| n.stats().unwrap().event(node_stat::PORT_SUBST);
+    // Backend first on port 40012, client first on 40013.
+    send(&n, 40012, SVC_TCP, tcp_flags::SYN);
+    backend_fin(&n, 40012);
+    send(&n, 40012, SVC_TCP, tcp_flags::FIN | tcp_flags::ACK);
+    send(&n, 40013, SVC_TCP, tcp_flags::SYN);
+    send(&n, 40013, SVC_TCP, tcp_flags::FIN | tcp_flags::ACK);
+    backend_fin(&n, 40013);
+
+    // Another Service's flows on both 4-tuples: only the first needs a
+    // substitute.
+    assert_eq!(send(&n, 40012, SVC2_TCP, tcp_flags::SYN).0, TC_ACT_REDIRECT);
+    assert_eq!(subst(&n), 1, "the backend's TIME_WAIT is kept clear");
+    let (verdict, out) = send(&n, 40013, SVC2_TCP, tcp_flags::SYN);
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(Frame::parse(&out).tuple().sport, 40013, "taken over");
+    assert_eq!(subst(&n), 1);
+
+    // The GC keeps the backend-first entry past the FIN grace.
+    let t0 = talaria_node::node::monotonic_ns();
+    n.gc(t0 + 30_000_000_000, &ttl).unwrap();
+    let finished: Vec<u16> = n
+        .reverse_flows()
+        .unwrap()
+        .iter()
+        .filter(|(_, e)| talaria_common::maps::finished(e.fin_seen))
+        .map(|(k, _)| k.dst_port.get())
+        .collect();
+    assert_eq!(finished, [40012], "kept for the backend's TIME_WAIT");
+    n.gc(t0 + 70_000_000_000, &ttl).unwrap();
+    assert!(n
+        .reverse_flows()
+        .unwrap()
+        .iter()
+        .all(|(_, e)| !talaria_common::maps::finished(e.fin_seen)));
+}
+
 /// One pod cannot take the flow tables from the others: beyond its share,
 /// its new cookies are not cached (the flow goes on, balanced by hash) and
-/// its new backend flows are refused; an RST gives a slot back, and the GC
-/// recount agrees with the programs' counts.
+/// its new backend flows are refused; an RST or the end of a connection
+/// gives a slot back, and the GC recount agrees with the programs' counts.
 #[test]
 fn each_pod_holds_at_most_its_share_of_the_flow_tables() {
     require!(LOADS_BPF);
@@ -811,6 +888,24 @@ fn each_pod_holds_at_most_its_share_of_the_flow_tables() {
     // An RST gives the slot back.
     request(42001, tcp_flags::RST);
     assert_eq!(request(42002, tcp_flags::SYN).0, TC_ACT_REDIRECT);
+    // So does a finished connection, whose entry stays for the backend's
+    // TIME_WAIT: the share counts open connections.
+    request(42000, tcp_flags::FIN | tcp_flags::ACK);
+    let backend_fin = Tuple::tcp(BACKEND, 8080, REMOTE_CLIENT, 42000);
+    run(
+        &n,
+        PROG_POD,
+        &from_pod(backend_fin, tcp_flags::FIN | tcp_flags::ACK, b""),
+    );
+    assert_eq!(request(42003, tcp_flags::SYN).0, TC_ACT_REDIRECT);
+    assert_eq!(
+        n.reverse_flows().unwrap().len(),
+        3,
+        "the finished entry stays"
+    );
+    // Reopening the finished 4-tuple is a new connection: over the share.
+    assert_eq!(request(42000, tcp_flags::SYN).0, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::FlowLimit), 2);
 
     let counts = |n: &Node| {
         let mut v = n.pod_flows().unwrap();
@@ -820,7 +915,8 @@ fn each_pod_holds_at_most_its_share_of_the_flow_tables() {
             .collect::<Vec<_>>()
     };
     assert_eq!(counts(&n), vec![(CLIENT, 2, 0), (BACKEND, 0, 2)]);
-    n.gc(u64::MAX, u64::MAX, u64::MAX).unwrap();
+    n.gc(0, &FlowTtl::from_secs(u64::MAX, u64::MAX, u64::MAX))
+        .unwrap();
     assert_eq!(
         counts(&n),
         vec![(CLIENT, 2, 0), (BACKEND, 0, 2)],
@@ -845,12 +941,13 @@ fn gc_removes_idle_udp_and_finished_tcp_flows() {
     n.insert_cookie(&tcp_open.key(), &e).unwrap();
     n.insert_cookie(&tcp_done.key(), &CookieEntry { fin_seen: 3, ..e })
         .unwrap();
-    assert_eq!(
-        n.gc(2_000, 10_000, 10_000).unwrap(),
-        (0, 0),
-        "nothing idle yet"
-    );
-    assert_eq!(n.gc(1_000_000, 10_000, 10_000).unwrap(), (2, 0));
+    let ttl = FlowTtl {
+        udp_idle_ns: 10_000,
+        fin_grace_ns: 10_000,
+        time_wait_ns: 10_000,
+    };
+    assert_eq!(n.gc(2_000, &ttl).unwrap(), (0, 0), "nothing idle yet");
+    assert_eq!(n.gc(1_000_000, &ttl).unwrap(), (2, 0));
     let left: Vec<_> = n.cookies().unwrap().into_iter().map(|c| c.0).collect();
     assert_eq!(
         left,

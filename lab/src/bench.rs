@@ -11,15 +11,16 @@
 //! into another). Results go to `<out>/*.csv`, `<out>/*.svg` and
 //! `<out>/summary.md`, which records the exact command line.
 
-use crate::cpu::{clk_tck, process_jiffies, CpuTimes};
+use crate::bringup::{self, lab_for};
 use crate::manifests::ServiceSet;
-use crate::modes::{self, apply_rules, ipvs_unavailable, pick_services, run_in_pod, LoadRun, Mode};
+use crate::measure::{measure, Row};
+use crate::modes::{self, apply_rules, LoadRun, Mode};
 use crate::netns::Lab;
+use crate::plot;
 use crate::switch::SwitchKind;
 use crate::topology::Topology;
-use crate::traffic::{LoadResult, Proto};
-use crate::{components, demo, plot};
-use anyhow::{bail, Context, Result};
+use crate::traffic::Proto;
+use anyhow::{bail, Result};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -73,51 +74,6 @@ pub struct BenchArgs {
     pub switches: Vec<String>,
 }
 
-/// One measured point.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Row {
-    /// Experiment: `services` or `concurrency` sweep, or `single`.
-    pub experiment: String,
-    /// Mode.
-    pub mode: String,
-    /// What forwarded between nodes (`switch-agent` or `bmv2`).
-    pub switch: String,
-    /// Load kind.
-    pub proto: String,
-    /// Services programmed.
-    pub services: u32,
-    /// Concurrency.
-    pub concurrency: u32,
-    /// Seconds measured.
-    pub duration_s: f64,
-    /// Successful requests.
-    pub requests: u64,
-    /// Failed requests.
-    pub errors: u64,
-    /// Requests per second.
-    pub rps: f64,
-    /// Latency, µs.
-    pub avg_us: f64,
-    /// Latency, µs.
-    pub p50_us: f64,
-    /// Latency, µs.
-    pub p90_us: f64,
-    /// Latency, µs.
-    pub p99_us: f64,
-    /// Host CPU (all non-idle time) per request, µs.
-    pub cpu_us_per_req: f64,
-    /// CPU of the lab's load generator and servers per request, µs.
-    pub app_cpu_us_per_req: f64,
-    /// The rest (kernel packet path etc.) per request, µs.
-    pub kernel_cpu_us_per_req: f64,
-    /// softirq + irq per request, µs.
-    pub softirq_us_per_req: f64,
-    /// Seconds to program the mode's rules on all nodes.
-    pub rule_apply_s: f64,
-    /// Free-text note (skips, failures).
-    pub note: String,
-}
-
 /// One consistency result.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ConsistencyRow {
@@ -139,123 +95,12 @@ pub struct ConsistencyRow {
     pub note: String,
 }
 
-/// Measures one point on a running lab.
-pub async fn measure(
-    lab: &mut Lab,
-    mode: Mode,
-    set: &ServiceSet,
-    proto: Proto,
-    concurrency: u32,
-    duration: Duration,
-) -> Result<Row> {
-    let picked = pick_services(set.services.len() as u32, 8);
-    let targets = modes::targets(&lab.topo, set, mode, proto, &picked);
-    let client = lab.topo.client_pods()[0];
-    let servers = lab.pids("serve-");
-    let app0: u64 = servers.iter().map(|&p| process_jiffies(p)).sum();
-    let cpu0 = CpuTimes::now();
-    let r: LoadResult = run_in_pod(
-        lab,
-        &LoadRun {
-            client,
-            proto,
-            targets,
-            concurrency,
-            duration,
-            timeout: Duration::from_secs(1),
-            interval: Duration::from_millis(20),
-            stop_file: None,
-        },
-    )
-    .await?;
-    let cpu = CpuTimes::now().since(&cpu0);
-    let app: u64 = servers
-        .iter()
-        .map(|&p| process_jiffies(p))
-        .sum::<u64>()
-        .saturating_sub(app0);
-    let us = 1e6 / clk_tck() as f64;
-    // No successful request: no per-request figures (not infinity).
-    let req = if r.requests == 0 {
-        f64::INFINITY
-    } else {
-        r.requests as f64
-    };
-    let total = cpu.busy() as f64 * us;
-    let app_us = app as f64 * us + r.self_cpu_us;
-    Ok(Row {
-        experiment: "single".into(),
-        mode: mode.name().into(),
-        switch: lab.switch.name().into(),
-        proto: r.proto.clone(),
-        services: set.services.len() as u32,
-        concurrency,
-        duration_s: r.duration_s,
-        requests: r.requests,
-        errors: r.errors,
-        rps: r.rps,
-        avg_us: r.latency.avg_us,
-        p50_us: r.latency.p50_us,
-        p90_us: r.latency.p90_us,
-        p99_us: r.latency.p99_us,
-        cpu_us_per_req: total / req,
-        app_cpu_us_per_req: app_us / req,
-        kernel_cpu_us_per_req: (total - app_us).max(0.0) / req,
-        softirq_us_per_req: cpu.irq as f64 * us / req,
-        rule_apply_s: 0.0,
-        note: String::new(),
-    })
-}
-
-/// Brings a lab up in a mode on a switch (servers started, rules and
-/// components applied).
-pub async fn lab_for(t: Topology, mode: Mode, switch: &SwitchKind) -> Result<(Lab, ServiceSet)> {
-    talaria_preflight::ensure(mode.needs())
-        .with_context(|| format!("{} mode cannot run", mode.name()))?;
-    if let Some(why) = ipvs_unavailable().filter(|_| mode == Mode::Ipvs) {
-        bail!("{why}");
-    }
-    if mode == Mode::Talaria {
-        let missing = components::talaria_missing(switch);
-        if !missing.is_empty() {
-            bail!("talaria mode needs: {}", missing.join("; "));
-        }
-    }
-    let mut lab = Lab::create(t, mode.name(), switch.clone())?;
-    lab.start_servers()?;
-    let set = ServiceSet::from_topology(&lab.topo);
-    // On an error the lab's Drop tears it down.
-    if mode == Mode::Talaria {
-        demo::start_talaria(&mut lab).await?;
-    } else {
-        demo::start_switch(&mut lab, false).await?;
-        apply_rules(&lab, mode, &set)?;
-    }
-    Ok((lab, set))
-}
-
-/// `talaria-lab run`: one point on a fresh lab.
-pub async fn single_run(
-    t: Topology,
-    mode: Mode,
-    switch: &SwitchKind,
-    proto: Proto,
-    concurrency: u32,
-    duration: Duration,
-) -> Result<Row> {
-    let (mut lab, set) = lab_for(t, mode, switch).await?;
-    let r = measure(&mut lab, mode, &set, proto, concurrency, duration).await;
-    let problems = lab.down();
-    anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
-    r
-}
-
 /// Reprograms a running lab for a new Service set.
 async fn reprogram(lab: &mut Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
     lab.write_configs(set)?;
     if mode == Mode::Talaria {
         let t0 = Instant::now();
-        demo::talaria_apply_services(lab, set).await?;
+        bringup::talaria_apply_services(lab, set).await?;
         Ok(t0.elapsed().as_secs_f64())
     } else {
         apply_rules(lab, mode, set)
@@ -376,7 +221,7 @@ pub async fn consistency(
     };
     let (mut lab, mut set) = lab_for(t.clone(), mode, switch).await?;
     if variant == "talaria-hash-only" {
-        demo::set_hash_only(&mut lab, true).await?;
+        bringup::set_hash_only(&mut lab, true).await?;
     }
     let result = async {
         let pool = t.backend_pods();

@@ -8,15 +8,19 @@
 //! - [`components`]: finding and starting switch-agent, node agents, controller.
 //! - [`traffic`]: the pod servers and the tokio load generator.
 //! - [`stats`], [`cpu`]: latency statistics and CPU accounting.
-//! - [`demo`], [`bench`], [`plot`]: the demo, the benchmarks and their plots.
+//! - [`bringup`]: starting the switch, controller and node agents on a lab.
+//! - [`measure`]: one measured point and the row it yields.
+//! - [`demo`], [`mod@bench`], [`plot`]: the demo, the benchmarks and their plots.
 //! - [`doctor`]: what the lab needs from the machine.
 
 pub mod bench;
+pub mod bringup;
 pub mod components;
 pub mod cpu;
 pub mod demo;
 pub mod doctor;
 pub mod manifests;
+pub mod measure;
 pub mod modes;
 pub mod netns;
 pub mod plot;

@@ -11,7 +11,7 @@ use talaria_lab::netns::{self, State};
 use talaria_lab::switch::{SwitchKind, BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
 use talaria_lab::traffic::{self, LoadSpec, Proto};
-use talaria_lab::{bench, components, demo, doctor, rules};
+use talaria_lab::{bench, bringup, components, demo, doctor, measure, rules};
 
 #[derive(Parser)]
 #[command(
@@ -337,7 +337,7 @@ fn main() -> Result<()> {
         Cmd::Up { topology, mode } => {
             let t = load_topology(&topology)?;
             rt.block_on(async {
-                let (mut lab, _) = bench::lab_for(t, mode, &switch).await?;
+                let (mut lab, _) = bringup::lab_for(t, mode, &switch).await?;
                 lab.keep();
                 println!(
                     "lab {} is up in {} mode on {}",
@@ -368,7 +368,7 @@ fn main() -> Result<()> {
             }
             rt.block_on(async {
                 let d = Duration::from_secs(seconds);
-                let r = bench::single_run(t, mode, &switch, proto, concurrency, d).await?;
+                let r = measure::single_run(t, mode, &switch, proto, concurrency, d).await?;
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 Ok(())
             })

@@ -256,7 +256,7 @@ impl Lab {
     /// Records and creates a lab's namespaces, links, addresses, routes and
     /// neighbours (Linux forwarding in the switch netns), and writes its
     /// manifests and configs into the run dir. `switch` is what
-    /// [`crate::demo::start_switch`] will run on the switch ports.
+    /// [`crate::bringup::start_switch`] will run on the switch ports.
     pub fn create(topo: Topology, mode: &str, switch: SwitchKind) -> Result<Self> {
         let mut needs = LAB_NEEDS.to_vec();
         needs.extend(switch.needs());

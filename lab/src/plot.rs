@@ -1,6 +1,6 @@
 //! SVG plots of benchmark rows (plotters, SVG backend only).
 
-use crate::bench::Row;
+use crate::measure::Row;
 use anyhow::Result;
 use plotters::prelude::*;
 use std::path::Path;

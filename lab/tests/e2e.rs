@@ -17,7 +17,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
-use talaria_lab::bench::lab_for;
+use talaria_lab::bringup::lab_for;
 use talaria_lab::demo;
 use talaria_lab::manifests::ServiceSet;
 use talaria_lab::modes::{run_in_pod, targets, LoadRun, Mode};

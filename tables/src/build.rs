@@ -11,7 +11,8 @@ use std::net::Ipv4Addr;
 
 use crate::value::{Ipv4Prefix, Mac};
 use crate::{
-    backend, cookie_check, ipv4_route, lb_bucket, pod_node, service_v4, switch_addr, Entry,
+    backend, cookie_check, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
+    switch_addr, tunnel_peer, Entry,
 };
 
 /// `addr/len` exactly as given: unlike [`crate::value::Prefix::new`], host
@@ -105,6 +106,23 @@ pub const fn pod_node(prefix: Ipv4Prefix, node_ip: Ipv4Addr) -> Entry {
     Entry::PodNode(pod_node::Entry {
         key: pod_node::Key { pod_addr: prefix },
         action: pod_node::Action::SetClientNode { node_ip },
+    })
+}
+
+/// `tunnel_peer`: node `node_ip`, attached to `port`, may send tunnels to
+/// the switch.
+pub const fn tunnel_peer(port: u16, node_ip: Ipv4Addr) -> Entry {
+    Entry::TunnelPeer(tunnel_peer::Entry {
+        key: tunnel_peer::Key { port, node_ip },
+        action: tunnel_peer::Action::AcceptTunnel {},
+    })
+}
+
+/// `spoofed_source`: no port may send from `addr`.
+pub const fn spoofed_source(addr: Ipv4Addr) -> Entry {
+    Entry::SpoofedSource(spoofed_source::Entry {
+        key: spoofed_source::Key { src_addr: addr },
+        action: spoofed_source::Action::DropSpoofed {},
     })
 }
 
@@ -208,6 +226,25 @@ mod tests {
                     action: pod_node::Action::SetClientNode { node_ip: C },
                 }),
                 Table::PodNode,
+            ),
+            (
+                tunnel_peer(4, A),
+                Entry::TunnelPeer(tunnel_peer::Entry {
+                    key: tunnel_peer::Key {
+                        port: 4,
+                        node_ip: A,
+                    },
+                    action: tunnel_peer::Action::AcceptTunnel {},
+                }),
+                Table::TunnelPeer,
+            ),
+            (
+                spoofed_source(B),
+                Entry::SpoofedSource(spoofed_source::Entry {
+                    key: spoofed_source::Key { src_addr: B },
+                    action: spoofed_source::Action::DropSpoofed {},
+                }),
+                Table::SpoofedSource,
             ),
         ];
         for (built, want, table) in cases {

@@ -144,6 +144,38 @@ crate::p4_tables! {
         default PodNodeMiss;
         direct_counter None;
     }
+
+    /// `tunnel_peer`: (ingress port, outer source) of every node, the only
+    /// senders whose tunnels the switch terminates.
+    table TunnelPeer in tunnel_peer = "tunnel_peer", 0x0200_0008 {
+        size sizes::TUNNEL_PEER;
+        key { port: exact u16 = 9, node_ip: exact Ipv4Addr = 32 }
+        actions {
+            AcceptTunnel = "accept_tunnel", 0x0100_000F {},
+        }
+        default_only {
+            /// Dropped as `tunnel_peer`.
+            RejectTunnel = "reject_tunnel", 0x0100_0010,
+        }
+        default RejectTunnel;
+        direct_counter None;
+    }
+
+    /// `spoofed_source`: source addresses no port may send from (the
+    /// switch's own).
+    table SpoofedSource in spoofed_source = "spoofed_source", 0x0200_0009 {
+        size sizes::SPOOFED_SOURCE;
+        key { src_addr: exact Ipv4Addr = 32 }
+        actions {
+            /// Dropped as `spoofed_source`.
+            DropSpoofed = "drop_spoofed", 0x0100_0011 {},
+        }
+        default_only {
+            SourceOk = "source_ok", 0x0100_0012,
+        }
+        default SourceOk;
+        direct_counter None;
+    }
 }
 
 /// `service_counter`: packets and bytes client → service, by service id.
@@ -172,7 +204,8 @@ pub const LB_EVENT_COUNTER: CounterDef = CounterDef {
     unit: CounterUnit::Packets,
 };
 
-/// `backend_counter`: packets and bytes per `backend` entry (direct).
+/// `backend_counter`: packets and bytes per `backend` entry (direct),
+/// requests to the backend and its checked replies.
 pub const BACKEND_COUNTER: CounterDef = CounterDef {
     name: "TalariaIngress.backend_counter",
     id: 0x1300_0001,

@@ -6,8 +6,8 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        node_flags, node_stat, CookieEntry, FlowKey, PortSubstKey, ReverseEntry, FIN_FROM_BACKEND,
-        FIN_FROM_CLIENT, SUBST_PORT_COUNT, SUBST_PORT_FIRST,
+        finished, node_flags, node_stat, reusable, subst_port, CookieEntry, FlowKey, PortSubstKey,
+        ReverseEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
     },
     net::tcp_flags,
     wire::{flags, TalariaOpt},
@@ -15,8 +15,8 @@ use talaria_common::{
 
 use crate::{
     maps::{
-        drop_pkt, release_flow_slot, stat, take_flow_slot, FlowTable, NODE_COOKIES, NODE_FLAGS,
-        NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES,
+        add_fin, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
+        NODE_COOKIES, NODE_FLAGS, NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES,
     },
     skb::now_ns,
 };
@@ -55,9 +55,11 @@ pub(crate) fn learn_cookie(key: &FlowKey, opt: &TalariaOpt, tcp: u8) {
         rst,
     } = Learned::from(opt, tcp);
     if rst {
-        if NODE_COOKIES.remove(key).is_ok() {
-            release_flow_slot(key.src, FlowTable::Cookies);
-            stat(node_stat::FLOW_RESET);
+        // SAFETY: read-only copy of a map value.
+        if let Some(e) = unsafe { NODE_COOKIES.get(key) }.copied() {
+            if remove_flow(&NODE_COOKIES, key, e.fin_seen, FlowTable::Cookies) {
+                stat(node_stat::FLOW_RESET);
+            }
         }
         return;
     }
@@ -76,9 +78,19 @@ pub(crate) fn learn_cookie(key: &FlowKey, opt: &TalariaOpt, tcp: u8) {
         let e = unsafe { &mut *e };
         if e.backend_id == backend_id && e.service_id == service_id {
             e.last_seen_ns = now_ns();
+            if !syn {
+                add_fin(&mut e.fin_seen, fin_bit, key.src, FlowTable::Cookies);
+                return;
+            }
             // A SYN-ACK answers a new connection on a reused 4-tuple: the
-            // old connection's FINs must not end it in the GC.
-            e.fin_seen = if syn { fin_bit } else { e.fin_seen | fin_bit };
+            // old connection's FINs must not end it in the GC, and a
+            // finished entry counts again.
+            if finished(e.fin_seen) && !take_flow_slot(key.src, FlowTable::Cookies) {
+                let _ = NODE_COOKIES.remove(key);
+                stat(node_stat::COOKIE_REFUSED);
+                return;
+            }
+            e.fin_seen = fin_bit;
             return;
         }
     }
@@ -89,10 +101,10 @@ pub(crate) fn learn_cookie(key: &FlowKey, opt: &TalariaOpt, tcp: u8) {
         backend_id,
         last_seen_ns: now_ns(),
     };
-    // A changed cookie replaces the flow's entry; only a new flow takes a
-    // slot of the client pod's share.
-    // SAFETY: only tests for presence.
-    let new_flow = unsafe { NODE_COOKIES.get(key) }.is_none();
+    // A changed cookie replaces the flow's entry; only a new flow (or one
+    // replacing a finished entry) takes a slot of the client pod's share.
+    // SAFETY: read-only copy of a map value.
+    let new_flow = unsafe { NODE_COOKIES.get(key) }.is_none_or(|e| finished(e.fin_seen));
     if new_flow && !take_flow_slot(key.src, FlowTable::Cookies) {
         stat(node_stat::COOKIE_REFUSED);
         return;
@@ -115,18 +127,37 @@ fn free_substitute(key: &FlowKey, service_id: u16) -> Option<Be16> {
         .wrapping_add(u32::from(service_id))
         .wrapping_mul(0x9e37_79b1);
     for i in 0..SUBST_TRIES {
-        let offset = (h >> 16).wrapping_add(i.wrapping_mul(2654)) % u32::from(SUBST_PORT_COUNT);
-        let port = Be16::new(SUBST_PORT_FIRST + offset as u16);
+        let offset = (h >> 16).wrapping_add(i.wrapping_mul(2654)) % SUBST_PORT_COUNT;
+        let port = Be16::new(subst_port(offset));
         let candidate = FlowKey {
             dst_port: port,
             ..*key
         };
-        // SAFETY: only tests for presence.
-        if unsafe { NODE_REVERSE.get(&candidate) }.is_none() {
+        // SAFETY: read-only copy of a map value.
+        if unsafe { NODE_REVERSE.get(&candidate) }.is_none_or(|e| reusable(e.fin_seen)) {
             return Some(port);
         }
     }
     None
+}
+
+/// Whether the reverse entry on substitute `port` is this flow's (`key`,
+/// `service_id`), or the port is free. A substitute whose flow ended can be
+/// taken by another flow before the GC drops it from `NODE_PORT_SUBST`;
+/// it is not this flow's any more.
+#[inline(always)]
+fn holds_or_free(key: &FlowKey, service_id: u16, port: Be16) -> bool {
+    let k = FlowKey {
+        dst_port: port,
+        ..*key
+    };
+    // SAFETY: read-only copy of a map value.
+    match unsafe { NODE_REVERSE.get(&k) } {
+        Some(e) => {
+            (e.service_id == service_id && e.client_port == key.dst_port) || reusable(e.fin_seen)
+        }
+        None => true,
+    }
 }
 
 /// Candidates tried before a flow is refused (`port_exhausted`).
@@ -152,34 +183,54 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         _pad: [0; 2],
     };
     // Which entry holds this flow: the 4-tuple's own, or its substitute's.
+    // The entry on the 4-tuple is this flow's only if it is this Service's
+    // and not another flow's substitute that happens to be this client
+    // port (clients may use any port, substitutes included).
     // SAFETY: read-only copies of map values.
-    let own = unsafe { NODE_REVERSE.get(key) }.map(|e| e.service_id);
-    let substitute = match own {
-        Some(s) if s == service_id => None,
-        // Another Service's flow has the 4-tuple, or had it when this one
-        // started (a substituted flow keeps its port after the other ends).
-        _ => unsafe { NODE_PORT_SUBST.get(&subst_key) }.copied(),
+    // Another flow's entry whose backend kept no TIME_WAIT (the client
+    // closed first) holds nothing: a new flow takes its 4-tuple over.
+    let own = unsafe { NODE_REVERSE.get(key) }
+        .copied()
+        .filter(|e| !reusable(e.fin_seen));
+    let own_is_ours = own.is_some_and(|e| e.service_id == service_id && e.client_port.get() == 0);
+    let substitute = if own_is_ours {
+        None
+    } else {
+        // Another flow has the 4-tuple, or had it when this one started (a
+        // substituted flow keeps its port after the other ends).
+        unsafe { NODE_PORT_SUBST.get(&subst_key) }
+            .copied()
+            .filter(|p| holds_or_free(key, service_id, *p))
     };
     if rst {
+        let port = match (own.is_none() || own_is_ours, substitute) {
+            (_, Some(p)) => p,
+            (true, None) => key.dst_port,
+            // Another flow's 4-tuple, and no flow of this one: nothing to
+            // end here.
+            (false, None) => return Ok(key.dst_port),
+        };
         let k = FlowKey {
-            dst_port: substitute.unwrap_or(key.dst_port),
+            dst_port: port,
             ..*key
         };
-        if NODE_REVERSE.remove(&k).is_ok() {
-            release_flow_slot(key.src, FlowTable::Reverse);
-            stat(node_stat::FLOW_RESET);
+        // SAFETY: read-only copy of a map value.
+        if let Some(e) = unsafe { NODE_REVERSE.get(&k) }.copied() {
+            if remove_flow(&NODE_REVERSE, &k, e.fin_seen, FlowTable::Reverse) {
+                stat(node_stat::FLOW_RESET);
+            }
         }
         if substitute.is_some() {
             let _ = NODE_PORT_SUBST.remove(&subst_key);
         }
-        return Ok(k.dst_port);
+        return Ok(port);
     }
     if opt.flags & flags::COOKIE_VALID == 0 {
         return Err(drop_pkt(DropReason::NoBackend));
     }
-    let port = match (own, substitute) {
-        (_, Some(p)) => p,
-        (Some(s), None) if s != service_id => {
+    let port = match substitute {
+        Some(p) => p,
+        None if own.is_some() && !own_is_ours => {
             let p = free_substitute(key, service_id)
                 .ok_or_else(|| drop_pkt(DropReason::PortExhausted))?;
             if NODE_PORT_SUBST.insert(&subst_key, &p, 0).is_err() {
@@ -188,7 +239,7 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
             stat(node_stat::PORT_SUBST);
             p
         }
-        _ => key.dst_port,
+        None => key.dst_port,
     };
     let k = FlowKey {
         dst_port: port,
@@ -200,9 +251,17 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         let e = unsafe { &mut *e };
         if e.backend_id == backend_id && e.service_id == service_id {
             e.last_seen_ns = now_ns();
+            if !syn {
+                add_fin(&mut e.fin_seen, fin_bit, key.src, FlowTable::Reverse);
+                return Ok(port);
+            }
             // A SYN opens a new connection on a reused 4-tuple: the old
-            // connection's FINs must not end it in the GC.
-            e.fin_seen = if syn { fin_bit } else { e.fin_seen | fin_bit };
+            // connection's FINs must not end it in the GC, and a finished
+            // entry counts again.
+            if finished(e.fin_seen) && !take_flow_slot(key.src, FlowTable::Reverse) {
+                return Err(drop_pkt(DropReason::FlowLimit));
+            }
+            e.fin_seen = fin_bit;
             return Ok(port);
         }
     }
@@ -225,10 +284,10 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         },
         last_seen_ns: now_ns(),
     };
-    // Replacing another flow's entry (a reused 4-tuple of the same
+    // Replacing another open flow's entry (a reused 4-tuple of the same
     // Service) takes no new slot.
-    // SAFETY: only tests for presence.
-    let new_flow = unsafe { NODE_REVERSE.get(&k) }.is_none();
+    // SAFETY: read-only copy of a map value.
+    let new_flow = unsafe { NODE_REVERSE.get(&k) }.is_none_or(|e| finished(e.fin_seen));
     if new_flow && !take_flow_slot(key.src, FlowTable::Reverse) {
         return Err(drop_pkt(DropReason::FlowLimit));
     }

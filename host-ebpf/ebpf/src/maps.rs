@@ -10,8 +10,9 @@ use talaria_common::{
     be::{Be16, Be32},
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
-        mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, FragEntry, FragKey, NodeConfig,
-        PodEntry, PodFlows, PortSubstKey, ReverseEntry, ServiceAddr,
+        finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, FragEntry, FragKey,
+        NodeConfig, PodEntry, PodFlows, PortSubstKey, ReverseEntry, ServiceAddr, FIN_BACKEND_FIRST,
+        FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
 };
 
@@ -121,6 +122,37 @@ pub(crate) fn count_mtu(idx: u32) {
     }
 }
 
+/// Adds FIN `bits` to an entry of `pod` in `table`; its slot frees when
+/// they finish the connection.
+#[inline(always)]
+pub(crate) fn add_fin(fin_seen: &mut u8, bits: u8, pod: Be32, table: FlowTable) {
+    let was = finished(*fin_seen);
+    if bits & FIN_FROM_BACKEND != 0 && *fin_seen & FIN_FROM_CLIENT == 0 {
+        *fin_seen |= FIN_BACKEND_FIRST;
+    }
+    *fin_seen |= bits;
+    if !was && finished(*fin_seen) {
+        release_flow_slot(pod, table);
+    }
+}
+
+/// Removes the entry `key` (whose FIN bits were `fin_seen`) of its pod in
+/// `table`: an RST, a stale cookie. Frees its slot if the connection was
+/// open; returns whether there was an entry.
+#[inline(always)]
+pub(crate) fn remove_flow<V>(
+    map: &HashMap<FlowKey, V>,
+    key: &FlowKey,
+    fin_seen: u8,
+    table: FlowTable,
+) -> bool {
+    let removed = map.remove(key).is_ok();
+    if removed && !finished(fin_seen) {
+        release_flow_slot(key.src, table);
+    }
+    removed
+}
+
 /// Which flow table a pod's entry is in.
 #[derive(Clone, Copy)]
 pub(crate) enum FlowTable {
@@ -168,8 +200,11 @@ pub(crate) fn take_flow_slot(pod: Be32, table: FlowTable) -> bool {
     // the number of CPUs, never more.
     // An aligned 64-bit load is atomic on BPF (the generic CPU has no
     // atomic-load instruction to ask for).
+    // Read as signed: the agent's recount can land between a flow's take
+    // and its release, leaving the count below the truth, even below zero,
+    // until the next recount; that must not read as a full share.
     // SAFETY: an aligned u64 in a map value.
-    if limit != 0 && unsafe { core::ptr::read_volatile(count) } >= u64::from(limit) {
+    if limit != 0 && unsafe { core::ptr::read_volatile(count) } as i64 >= i64::from(limit) {
         return false;
     }
     // SAFETY: as above.

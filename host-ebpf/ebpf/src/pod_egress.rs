@@ -14,7 +14,7 @@ use talaria_common::{
 use crate::{
     encap::{encap, flow_sport},
     maps::{
-        config, drop_pkt, release_flow_slot, stat, FlowTable, NODE_COOKIES, NODE_PODS,
+        add_fin, config, drop_pkt, remove_flow, stat, FlowTable, NODE_COOKIES, NODE_PODS,
         NODE_PORT_SUBST, NODE_REVERSE, NODE_SVC_CIDRS,
     },
     mtu::check_mtu,
@@ -98,26 +98,30 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         // switch would balance any new flow, whatever a reused 4-tuple
         // left in the cache (kube-proxy sends new connections to ready
         // endpoints only; an old cookie may name a draining one).
-        if tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN
-            && NODE_COOKIES.remove(&key).is_ok()
-        {
-            release_flow_slot(key.src, FlowTable::Cookies);
+        if tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+            // SAFETY: read-only copy of a map value.
+            if let Some(e) = unsafe { NODE_COOKIES.get(&key) }.copied() {
+                remove_flow(&NODE_COOKIES, &key, e.fin_seen, FlowTable::Cookies);
+            }
         }
         let (fl, service_id, backend_id) = match NODE_COOKIES.get_ptr_mut(key) {
             Some(e) => {
-                // SAFETY: LRU value pointer, valid during this run; races
+                // SAFETY: a map value pointer, valid during this run; races
                 // with other CPUs only lose a timestamp or a FIN bit.
                 let e = unsafe { &mut *e };
                 let found = (flags::COOKIE_VALID, e.service_id, e.backend_id);
                 if tcp & tcp_flags::RST != 0 {
-                    if NODE_COOKIES.remove(&key).is_ok() {
-                        release_flow_slot(key.src, FlowTable::Cookies);
-                    }
+                    remove_flow(&NODE_COOKIES, &key, e.fin_seen, FlowTable::Cookies);
                     stat(node_stat::FLOW_RESET);
                 } else {
                     e.last_seen_ns = now_ns();
                     if tcp & tcp_flags::FIN != 0 {
-                        e.fin_seen |= FIN_FROM_CLIENT;
+                        add_fin(
+                            &mut e.fin_seen,
+                            FIN_FROM_CLIENT,
+                            key.src,
+                            FlowTable::Cookies,
+                        );
                     }
                 }
                 stat(node_stat::CACHE_HIT);
@@ -148,9 +152,7 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     let entry = unsafe { &mut *rev };
     let rev = *entry;
     if tcp & tcp_flags::RST != 0 {
-        if NODE_REVERSE.remove(&key).is_ok() {
-            release_flow_slot(key.src, FlowTable::Reverse);
-        }
+        remove_flow(&NODE_REVERSE, &key, rev.fin_seen, FlowTable::Reverse);
         if rev.client_port.get() != 0 {
             let _ = NODE_PORT_SUBST.remove(&PortSubstKey {
                 flow: FlowKey {
@@ -165,7 +167,12 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     } else {
         entry.last_seen_ns = now_ns();
         if tcp & tcp_flags::FIN != 0 {
-            entry.fin_seen |= FIN_FROM_BACKEND;
+            add_fin(
+                &mut entry.fin_seen,
+                FIN_FROM_BACKEND,
+                key.src,
+                FlowTable::Reverse,
+            );
         }
     }
     reverse_nat(ctx, &ip, ports, &rev)?;

@@ -1,8 +1,9 @@
 //! The hook on the ingress of the node uplink: packets arriving from the
 //! switch. Talaria packets are checked, learned from and decapsulated to
-//! their pod; everything else passes.
+//! their pod; everything else passes, unless its source is a Service
+//! address.
 
-use aya_ebpf::{macros::classifier, programs::TcContext};
+use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
@@ -14,7 +15,7 @@ use talaria_common::{
 use crate::{
     encap::decap_to_pod,
     flows::{learn_cookie, learn_reverse},
-    maps::{config, drop_pkt, NODE_PODS},
+    maps::{config, drop_pkt, NODE_PODS, NODE_SVC_CIDRS},
     nat::rewrite_port,
     skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
 };
@@ -33,11 +34,19 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(PASS);
     }
     let outer: Ipv4Hdr = ctx.load(IP_OFF).map_err(|_| PASS)?;
-    if outer.proto != IPPROTO_UDP || outer.has_options() || outer.is_fragment() {
-        return Ok(PASS);
-    }
-    let dport: Be16 = ctx.load(OUTER_UDP_OFF + 2).map_err(|_| PASS)?;
-    if dport.get() != GENEVE_UDP_PORT {
+    let geneve = outer.proto == IPPROTO_UDP
+        && !outer.has_options()
+        && !outer.is_fragment()
+        && ctx
+            .load::<Be16>(OUTER_UDP_OFF + 2)
+            .is_ok_and(|p| p.get() == GENEVE_UDP_PORT);
+    if !geneve {
+        // A VIP speaks to pods only through the tunnel (its replies are
+        // reverse-NATed on the backend's node); a plain packet from one is
+        // someone else's, however it got here.
+        if NODE_SVC_CIDRS.get(Key::new(32, outer.src)).is_some() {
+            return Err(drop_pkt(DropReason::ServiceSource));
+        }
         return Ok(PASS);
     }
     let cfg = config().ok_or(PASS)?;

@@ -69,7 +69,7 @@ pub enum Error {
     /// this build: left by an older version; detach that switch first.
     #[error("pinned map {name} has layout {got:?}, this build needs {want:?}")]
     Layout {
-        name: &'static str,
+        name: String,
         want: (u32, u32, u32),
         got: (u32, u32, u32),
     },
@@ -166,13 +166,8 @@ pub struct PortStats {
 
 /// File descriptors of the pinned maps.
 pub(crate) struct Maps {
-    pub ipv4_route: OwnedFd,
-    pub switch_addr: OwnedFd,
-    pub service_v4: OwnedFd,
-    pub cookie_check: OwnedFd,
-    pub lb_bucket: OwnedFd,
-    pub backend: OwnedFd,
-    pub pod_node: OwnedFd,
+    /// One per table, named by [`table_map_name`].
+    pub tables: BTreeMap<Table, OwnedFd>,
     pub backend_counter: OwnedFd,
     pub service_counter: OwnedFd,
     pub drop_counter: OwnedFd,
@@ -184,6 +179,11 @@ pub(crate) struct Maps {
     pub ifindex_port: OwnedFd,
 }
 
+/// The map of `table`: `SWITCH_` and its alias in capitals.
+pub(crate) fn table_map_name(table: Table) -> String {
+    format!("{}{}", map_name::PREFIX, table.alias().to_ascii_uppercase())
+}
+
 impl Maps {
     fn open(dir: &Path) -> Result<Self> {
         let get = |name: &str| {
@@ -192,14 +192,12 @@ impl Maps {
                 source,
             })
         };
+        let tables = Table::ALL
+            .iter()
+            .map(|t| Ok((*t, get(&table_map_name(*t))?)))
+            .collect::<Result<_>>()?;
         let maps = Self {
-            ipv4_route: get(map_name::IPV4_ROUTE)?,
-            switch_addr: get(map_name::SWITCH_ADDR)?,
-            service_v4: get(map_name::SERVICE_V4)?,
-            cookie_check: get(map_name::COOKIE_CHECK)?,
-            lb_bucket: get(map_name::LB_BUCKET)?,
-            backend: get(map_name::BACKEND)?,
-            pod_node: get(map_name::POD_NODE)?,
+            tables,
             backend_counter: get(map_name::BACKEND_COUNTER)?,
             service_counter: get(map_name::SERVICE_COUNTER)?,
             drop_counter: get(map_name::DROP_COUNTER)?,
@@ -219,34 +217,11 @@ impl Maps {
     /// [`Dataplane::detach`]ed and opened afresh.
     fn check_layout(&self) -> Result<()> {
         use talaria_switch_ebpf::size;
-        let want = [
-            (
-                map_name::IPV4_ROUTE,
-                &self.ipv4_route,
-                (8, 16, size::IPV4_ROUTE),
-            ),
-            (
-                map_name::SWITCH_ADDR,
-                &self.switch_addr,
-                (4, 4, size::SWITCH_ADDR),
-            ),
-            (
-                map_name::SERVICE_V4,
-                &self.service_v4,
-                (8, 8, size::SERVICE_V4),
-            ),
-            (
-                map_name::COOKIE_CHECK,
-                &self.cookie_check,
-                (8, 4, size::COOKIE_CHECK),
-            ),
-            (
-                map_name::LB_BUCKET,
-                &self.lb_bucket,
-                (8, 4, size::LB_BUCKET),
-            ),
-            (map_name::BACKEND, &self.backend, (4, 12, size::BACKEND)),
-            (map_name::POD_NODE, &self.pod_node, (8, 4, size::POD_NODE)),
+        let tables = self.tables.iter().map(|(t, fd)| {
+            let (key, value) = target::map_layout(*t);
+            (table_map_name(*t), fd, (key as u32, value as u32, t.size()))
+        });
+        let others = [
             (
                 map_name::BACKEND_COUNTER,
                 &self.backend_counter,
@@ -262,8 +237,9 @@ impl Maps {
                 &self.port_drop,
                 (4, 16, PORT_DROP_ROWS * DROP_REASON_COUNT),
             ),
-        ];
-        for (name, fd, want) in want {
+        ]
+        .map(|(name, fd, want)| (name.to_string(), fd, want));
+        for (name, fd, want) in tables.chain(others) {
             let got = sys::map_layout(fd.as_fd()).map_err(|source| Error::Sys {
                 what: format!("reading the layout of {name}"),
                 source,
@@ -626,7 +602,8 @@ impl Dataplane {
             }
             rm(&path)?;
         }
-        for name in map_name::ALL {
+        let tables = Table::ALL.iter().map(|t| table_map_name(*t));
+        for name in tables.chain(map_name::NON_TABLE.map(String::from)) {
             rm(&dir.join(name))?;
         }
         drop(self);

@@ -1,6 +1,6 @@
 //! [`Target`] over the pinned maps: P4Runtime write semantics with one
 //! bpf(2) call per check-and-write (`BPF_NOEXIST` for INSERT, `BPF_EXIST`
-//! for MODIFY), table sizes from `talaria_common::p4`.
+//! for MODIFY), table sizes from the table definitions.
 
 use std::{
     io,
@@ -13,12 +13,13 @@ use talaria_common::{
     drop::{DROP_REASON_COUNT, LB_EVENT_COUNT},
     maps::{
         BackendValue, BucketValue, Ipv4LpmKey, NodeValue, PacketBytes, RouteValue, ServiceKey,
-        ServiceScopedKey, ServiceValue,
+        ServiceScopedKey, ServiceValue, TunnelPeerKey,
     },
 };
 use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
 use talaria_tables::{
-    backend, cookie_check, ipv4_route, lb_bucket, pod_node, service_v4, switch_addr,
+    backend, cookie_check, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
+    switch_addr, tunnel_peer,
     value::{Ipv4Prefix, Mac},
 };
 
@@ -75,7 +76,8 @@ fn map_err(e: io::Error) -> TargetError {
 }
 
 /// Unused value of the exact-match tables whose actions have no
-/// parameters (`switch_addr`, `cookie_check`).
+/// parameters (`switch_addr`, `cookie_check`, `tunnel_peer`,
+/// `spoofed_source`).
 const PRESENT: u32 = 1;
 
 fn lpm_key(p: &Ipv4Prefix) -> Result<Ipv4LpmKey, TargetError> {
@@ -113,15 +115,7 @@ fn addr(b: Be32) -> Ipv4Addr {
 
 impl Dataplane {
     fn table_fd(&self, table: Table) -> &OwnedFd {
-        match table {
-            Table::Ipv4Route => &self.maps.ipv4_route,
-            Table::SwitchAddr => &self.maps.switch_addr,
-            Table::ServiceV4 => &self.maps.service_v4,
-            Table::CookieCheck => &self.maps.cookie_check,
-            Table::LbBucket => &self.maps.lb_bucket,
-            Table::Backend => &self.maps.backend,
-            Table::PodNode => &self.maps.pod_node,
-        }
+        &self.maps.tables[&table]
     }
 
     /// The map key of `key`.
@@ -147,6 +141,20 @@ impl Dataplane {
             }),
             EntryKey::Backend(k) => MapBytes::from_slice(&k.backend_id.to_ne_bytes()),
             EntryKey::PodNode(k) => bytes_of(&lpm_key(&k.pod_addr)?),
+            EntryKey::TunnelPeer(k) => {
+                if u32::from(k.port) >= PORT_COUNT {
+                    return Err(TargetError::Invalid(format!(
+                        "port {} does not fit 9 bits",
+                        k.port
+                    )));
+                }
+                bytes_of(&TunnelPeerKey {
+                    port: k.port,
+                    _pad: 0,
+                    node_ip: be32(k.node_ip),
+                })
+            }
+            EntryKey::SpoofedSource(k) => MapBytes::from_slice(&be32(k.src_addr).0),
         })
     }
 
@@ -177,9 +185,10 @@ impl Dataplane {
                     ..Default::default()
                 },
             }),
-            Entry::SwitchAddr(_) | Entry::CookieCheck(_) => {
-                MapBytes::from_slice(&PRESENT.to_ne_bytes())
-            }
+            Entry::SwitchAddr(_)
+            | Entry::CookieCheck(_)
+            | Entry::TunnelPeer(_)
+            | Entry::SpoofedSource(_) => MapBytes::from_slice(&PRESENT.to_ne_bytes()),
             Entry::ServiceV4(e) => {
                 let service_v4::Action::SetService {
                     service_id,
@@ -314,6 +323,22 @@ impl Dataplane {
                     },
                 })
             }
+            Table::TunnelPeer => {
+                let k: TunnelPeerKey = from_bytes(key);
+                Entry::TunnelPeer(tunnel_peer::Entry {
+                    key: tunnel_peer::Key {
+                        port: k.port,
+                        node_ip: addr(k.node_ip),
+                    },
+                    action: tunnel_peer::Action::AcceptTunnel {},
+                })
+            }
+            Table::SpoofedSource => Entry::SpoofedSource(spoofed_source::Entry {
+                key: spoofed_source::Key {
+                    src_addr: addr(from_bytes(key)),
+                },
+                action: spoofed_source::Action::DropSpoofed {},
+            }),
         }
     }
 
@@ -331,9 +356,7 @@ impl Dataplane {
                 Some(libc::EEXIST) => TargetError::AlreadyExists,
                 Some(libc::ENOENT) => TargetError::NotFound,
                 // Hash maps say E2BIG when full, LPM tries ENOSPC.
-                Some(libc::E2BIG) | Some(libc::ENOSPC) => TargetError::Full {
-                    size: table_size(table),
-                },
+                Some(libc::E2BIG) | Some(libc::ENOSPC) => TargetError::Full { size: table.size() },
                 _ => map_err(e),
             }
         })
@@ -352,39 +375,28 @@ impl Dataplane {
     }
 }
 
-/// The map key size of `table`.
+/// The (key, value) sizes of `table`'s map.
+pub(crate) fn map_layout(table: Table) -> (usize, usize) {
+    use std::mem::size_of;
+    match table {
+        Table::Ipv4Route => (size_of::<Ipv4LpmKey>(), size_of::<RouteValue>()),
+        Table::SwitchAddr => (size_of::<Be32>(), size_of::<u32>()),
+        Table::ServiceV4 => (size_of::<ServiceKey>(), size_of::<ServiceValue>()),
+        Table::CookieCheck => (size_of::<ServiceScopedKey>(), size_of::<u32>()),
+        Table::LbBucket => (size_of::<ServiceScopedKey>(), size_of::<BucketValue>()),
+        Table::Backend => (size_of::<u32>(), size_of::<BackendValue>()),
+        Table::PodNode => (size_of::<Ipv4LpmKey>(), size_of::<NodeValue>()),
+        Table::TunnelPeer => (size_of::<TunnelPeerKey>(), size_of::<u32>()),
+        Table::SpoofedSource => (size_of::<Be32>(), size_of::<u32>()),
+    }
+}
+
 fn key_len(table: Table) -> usize {
-    match table {
-        Table::SwitchAddr | Table::Backend => 4,
-        Table::Ipv4Route
-        | Table::ServiceV4
-        | Table::CookieCheck
-        | Table::LbBucket
-        | Table::PodNode => 8,
-    }
+    map_layout(table).0
 }
 
-/// The map value size of `table`.
 fn value_len(table: Table) -> usize {
-    match table {
-        Table::Ipv4Route => 16,
-        Table::Backend => 12,
-        Table::ServiceV4 => 8,
-        Table::SwitchAddr | Table::CookieCheck | Table::LbBucket | Table::PodNode => 4,
-    }
-}
-
-/// The P4 `size` of `table`, which is its map's `max_entries`.
-pub fn table_size(table: Table) -> u32 {
-    match table {
-        Table::Ipv4Route => size::IPV4_ROUTE,
-        Table::SwitchAddr => size::SWITCH_ADDR,
-        Table::ServiceV4 => size::SERVICE_V4,
-        Table::CookieCheck => size::COOKIE_CHECK,
-        Table::LbBucket => size::LB_BUCKET,
-        Table::Backend => size::BACKEND,
-        Table::PodNode => size::POD_NODE,
-    }
+    map_layout(table).1
 }
 
 impl Target for Dataplane {
@@ -474,7 +486,7 @@ impl Target for Dataplane {
     fn backend_counter(&self, backend_id: u32) -> Result<PacketBytes, TargetError> {
         let mut value = [0u8; 12];
         if !sys::map_lookup(
-            self.maps.backend.as_fd(),
+            self.table_fd(Table::Backend).as_fd(),
             &backend_id.to_ne_bytes(),
             &mut value,
         )

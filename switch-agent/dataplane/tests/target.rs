@@ -177,7 +177,7 @@ fn maps_pinned_with_another_layout_are_refused() {
     };
     dp.detach().unwrap();
 
-    // An "older build" left SWITCH_ADDR with 8 entries instead of 16.
+    // An "older build" left SWITCH_SWITCH_ADDR with 8 entries instead of 16.
     std::fs::create_dir_all(&config.pin_dir).unwrap();
     struct RemoveOnDrop(std::path::PathBuf);
     impl Drop for RemoveOnDrop {
@@ -186,7 +186,8 @@ fn maps_pinned_with_another_layout_are_refused() {
         }
     }
     let _cleanup = RemoveOnDrop(config.pin_dir.clone());
-    let pin = std::ffi::CString::new(config.pin_dir.join("SWITCH_ADDR").to_str().unwrap()).unwrap();
+    let pin = std::ffi::CString::new(config.pin_dir.join("SWITCH_SWITCH_ADDR").to_str().unwrap())
+        .unwrap();
     let mut attr = [0u8; 128];
     attr[0..4].copy_from_slice(&1u32.to_ne_bytes()); // BPF_MAP_TYPE_HASH
     attr[4..8].copy_from_slice(&4u32.to_ne_bytes());
@@ -204,7 +205,7 @@ fn maps_pinned_with_another_layout_are_refused() {
 
     match Dataplane::open(config.clone()) {
         Err(talaria_switch_dataplane::Error::Layout { name, want, got }) => {
-            assert_eq!(name, "SWITCH_ADDR");
+            assert_eq!(name, "SWITCH_SWITCH_ADDR");
             assert_eq!(want.2, sizes::SWITCH_ADDR);
             assert_eq!(got.2, 8);
         }

@@ -159,6 +159,8 @@ fn tunnel_is_load_balanced_across_the_switch() {
     let dp = lab.sw.dp();
     for e in [
         build::switch_addr(SWITCH),
+        // Node A is attached to port 1.
+        build::tunnel_peer(1, NODE_A),
         build::service(VIP, 80, IPPROTO_TCP, 7, 0, hash_mode::FIVE_TUPLE),
         build::bucket(7, 0, 100),
         build::cookie(7, 100),

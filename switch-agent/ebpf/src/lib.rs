@@ -20,15 +20,12 @@ pub const PORT_DROP_ROWS: u32 = PORT_COUNT + 1;
 /// take this value.
 pub const ROUTE_DROP_PORT: u32 = u32::MAX;
 
-/// Map names, as the loader finds (and pins) them.
+/// Map names, as the loader finds (and pins) them. A table's map is
+/// `SWITCH_` and its P4 alias in capitals (`SWITCH_SERVICE_V4`); these are
+/// the others.
 pub mod map_name {
-    pub const IPV4_ROUTE: &str = "SWITCH_IPV4_ROUTE";
-    pub const SWITCH_ADDR: &str = "SWITCH_ADDR";
-    pub const SERVICE_V4: &str = "SWITCH_SERVICE_V4";
-    pub const COOKIE_CHECK: &str = "SWITCH_COOKIE_CHECK";
-    pub const LB_BUCKET: &str = "SWITCH_LB_BUCKET";
-    pub const BACKEND: &str = "SWITCH_BACKEND";
-    pub const POD_NODE: &str = "SWITCH_POD_NODE";
+    /// Prefix of every map name.
+    pub const PREFIX: &str = "SWITCH_";
     pub const BACKEND_COUNTER: &str = "SWITCH_BACKEND_COUNTER";
     pub const SERVICE_COUNTER: &str = "SWITCH_SERVICE_COUNTER";
     pub const DROP_COUNTER: &str = "SWITCH_DROP_COUNTER";
@@ -39,15 +36,8 @@ pub mod map_name {
     pub const PORT_IFINDEX: &str = "SWITCH_PORT_IFINDEX";
     pub const IFINDEX_PORT: &str = "SWITCH_IFINDEX_PORT";
 
-    /// Every map, for pinning and cleanup.
-    pub const ALL: [&str; 16] = [
-        IPV4_ROUTE,
-        SWITCH_ADDR,
-        SERVICE_V4,
-        COOKIE_CHECK,
-        LB_BUCKET,
-        BACKEND,
-        POD_NODE,
+    /// Every map that is not a table's, for pinning and cleanup.
+    pub const NON_TABLE: [&str; 9] = [
         BACKEND_COUNTER,
         SERVICE_COUNTER,
         DROP_COUNTER,

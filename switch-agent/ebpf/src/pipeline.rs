@@ -5,15 +5,20 @@
 //!    has no route and is dropped as `no_route`, like the P4: a switch port
 //!    forwards only what `ipv4_route` routes, the switch answers no ARP, and
 //!    the lab configures static neighbours. A truncated IPv4 header,
-//!    version ≠ 4, ihl < 5 or a wrong outer header checksum is `malformed`.
+//!    version ≠ 4, ihl < 5 or a wrong outer header checksum is `malformed`;
+//!    a source in `spoofed_source` (the switch's own) is `spoofed_source`.
 //! 2. UDP (first fragment) to port 6081 looks up `switch_addr`. On a hit the
 //!    tunnel terminates here and the P4 parser's verdict on the Geneve part
 //!    counts: the first option must be ours and alone (P4 parses exactly one
 //!    option), then the inner IPv4 and, when unfragmented and without
-//!    options, TCP/UDP. A `REPLY` is re-originated towards the client's node
-//!    (`pod_node`); anything else is load-balanced (`service_v4`,
-//!    `cookie_check`, `lb_bucket`, `backend`), DNATed and cookied. The outer
-//!    header becomes (switch address → node, TTL `TUNNEL_TTL`).
+//!    options, TCP/UDP. The sender must be a node on its port
+//!    (`tunnel_peer`). A `REPLY` is checked (its source is its service's
+//!    VIP and port, its cookie names a backend of that service, the sender
+//!    is that backend's node: else `forged_reply`) and re-originated
+//!    towards the client's node (`pod_node`); anything else is
+//!    load-balanced (`service_v4`, `cookie_check`, `lb_bucket`, `backend`),
+//!    DNATed and cookied. The outer header becomes (switch address → node,
+//!    TTL `TUNNEL_TTL`).
 //! 3. Everything else is routed by `ipv4_route` after the TTL check, Geneve
 //!    in transit included, however odd its Geneve part.
 //! 4. `forward`: TTL decrement, MAC rewrite, `bpf_redirect` out of the port.
@@ -41,7 +46,7 @@ use talaria_common::{
     hash::{bucket_of, hash_mode, FlowTuple},
     maps::{
         BackendValue, BucketValue, NodeValue, PacketBytes, RouteValue, ServiceKey,
-        ServiceScopedKey, ServiceValue,
+        ServiceScopedKey, ServiceValue, TunnelPeerKey,
     },
     net::{
         EthHdr, Ipv4Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP,
@@ -69,7 +74,7 @@ static SWITCH_IPV4_ROUTE: LpmTrie<Be32, RouteValue> = LpmTrie::pinned(size::IPV4
 
 /// `TalariaIngress.switch_addr`: the switch's own tunnel addresses (value unused).
 #[map]
-static SWITCH_ADDR: HashMap<Be32, u32> = HashMap::pinned(size::SWITCH_ADDR, 0);
+static SWITCH_SWITCH_ADDR: HashMap<Be32, u32> = HashMap::pinned(size::SWITCH_ADDR, 0);
 
 /// `TalariaIngress.service_v4`: (VIP, port, proto) → service id, bucket mask, hash mode.
 #[map]
@@ -93,6 +98,14 @@ static SWITCH_BACKEND: HashMap<u32, BackendValue> = HashMap::pinned(size::BACKEN
 /// `TalariaIngress.pod_node`: client pod address, LPM → the client's node.
 #[map]
 static SWITCH_POD_NODE: LpmTrie<Be32, NodeValue> = LpmTrie::pinned(size::POD_NODE, 0);
+
+/// `TalariaIngress.tunnel_peer`: (P4 port, node address) that may send tunnels (value unused).
+#[map]
+static SWITCH_TUNNEL_PEER: HashMap<TunnelPeerKey, u32> = HashMap::pinned(size::TUNNEL_PEER, 0);
+
+/// `TalariaIngress.spoofed_source`: source addresses no port may use (value unused).
+#[map]
+static SWITCH_SPOOFED_SOURCE: HashMap<Be32, u32> = HashMap::pinned(size::SPOOFED_SOURCE, 0);
 
 // ---------------------------------------------------------------- counters --
 
@@ -210,13 +223,18 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if ip.version_ihl >> 4 != 4 || ip.header_len() < IPV4_HDR_LEN || !ipv4_checksum_ok(ctx, &ip) {
         return Err(drop(DropReason::Malformed, pkt));
     }
+    // SAFETY: plain value read.
+    if unsafe { SWITCH_SPOOFED_SOURCE.get(ip.src) }.is_some() {
+        return Err(drop(DropReason::SpoofedSource, pkt));
+    }
     let udp_off = IP_OFF + ip.header_len();
 
     // The P4 parser reads UDP only in a first fragment.
     if ip.proto == IPPROTO_UDP && ip.frag.get() & IP_FRAG_OFFSET == 0 {
         if let Ok(udp) = ctx.load::<UdpHdr>(udp_off) {
             // SAFETY: plain value read.
-            if udp.dst_port.get() == GENEVE_UDP_PORT && unsafe { SWITCH_ADDR.get(ip.dst) }.is_some()
+            if udp.dst_port.get() == GENEVE_UDP_PORT
+                && unsafe { SWITCH_SWITCH_ADDR.get(ip.dst) }.is_some()
             {
                 return terminate(ctx, pkt, &ip, udp_off, &udp);
             }
@@ -326,10 +344,20 @@ fn terminate(
 ) -> Result<i32, i32> {
     let geneve_off = udp_off + UDP_HDR_LEN;
     let (opt, inner) = parse_tunnel(ctx, pkt, geneve_off)?;
+    let peer = TunnelPeerKey {
+        port: pkt.port as u16,
+        _pad: 0,
+        node_ip: outer.src,
+    };
+    // SAFETY: plain value read.
+    if unsafe { SWITCH_TUNNEL_PEER.get(peer) }.is_none() {
+        return Err(drop(DropReason::TunnelPeer, pkt));
+    }
     let opt_off = geneve_off + GENEVE_HDR_LEN;
     let inner_off = geneve_off + ENCAP_LEN;
 
     let node_ip = if opt.flags & flags::REPLY != 0 {
+        check_reply(ctx, pkt, outer.src, &inner, inner_off, &opt)?;
         let node = SWITCH_POD_NODE
             .get(Key::new(32, inner.dst))
             .ok_or_else(|| drop(DropReason::NoClientNode, pkt))?;
@@ -349,6 +377,72 @@ fn terminate(
             .map_err(err)?;
     }
     forward(ctx, pkt, &route, outer.ttl, TUNNEL_TTL - 1, outer.proto)
+}
+
+/// A reply's claims, checked against the tables a request uses: it comes
+/// from the VIP and port of the service its cookie names (when it has
+/// ports: not an ICMP error or a later fragment), the cookie names a
+/// backend of that service, and `sender` is that backend's node.
+#[inline(always)]
+fn check_reply(
+    ctx: &TcContext,
+    pkt: Pkt,
+    sender: Be32,
+    inner: &Ipv4Hdr,
+    inner_off: usize,
+    opt: &TalariaOpt,
+) -> Result<(), i32> {
+    let forged = || drop(DropReason::ForgedReply, pkt);
+    let service_id = opt.service_id.get();
+    let has_ports = inner.version_ihl == 0x45
+        && inner.frag.get() & (IP_MF | IP_FRAG_OFFSET) == 0
+        && (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP);
+    if has_ports {
+        let [src_port, _]: [Be16; 2] = ctx
+            .load(inner_off + IPV4_HDR_LEN)
+            .map_err(|_| drop(DropReason::Malformed, pkt))?;
+        let skey = ServiceKey {
+            vip: inner.src,
+            port: src_port,
+            proto: inner.proto,
+            _pad: 0,
+        };
+        // SAFETY: plain value read.
+        match unsafe { SWITCH_SERVICE_V4.get(skey) } {
+            Some(svc) if svc.service_id == service_id => {}
+            _ => return Err(forged()),
+        }
+    }
+    let backend_id = opt.backend_id.get();
+    let ckey = ServiceScopedKey {
+        service_id,
+        _pad: 0,
+        id: backend_id,
+    };
+    // SAFETY: plain value reads.
+    if unsafe { SWITCH_COOKIE_CHECK.get(ckey) }.is_none() {
+        return Err(forged());
+    }
+    let backend = lookup_backend(backend_id, pkt).ok_or_else(forged)?;
+    if backend.node_ip != sender {
+        return Err(forged());
+    }
+    Ok(())
+}
+
+/// `backend`, with its direct counter: the backend of `backend_id`.
+#[inline(always)]
+fn lookup_backend(backend_id: u32, pkt: Pkt) -> Option<BackendValue> {
+    // SAFETY: plain value read.
+    let backend = *unsafe { SWITCH_BACKEND.get(backend_id) }?;
+    if let Some(cell) = SWITCH_BACKEND_COUNTER.get_ptr_mut(backend_id) {
+        // SAFETY: this CPU's cell of a per-CPU map.
+        unsafe {
+            (*cell).packets += 1;
+            (*cell).bytes += pkt.len as u64;
+        }
+    }
+    Some(backend)
 }
 
 /// Client to service: service, cookie or bucket, backend; DNAT and cookie
@@ -434,16 +528,8 @@ fn load_balance(
             .ok_or_else(|| drop(DropReason::NoBucket, pkt))?
             .backend_id
     };
-    // SAFETY: plain value read.
-    let backend = *unsafe { SWITCH_BACKEND.get(backend_id) }
-        .ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
-    if let Some(cell) = SWITCH_BACKEND_COUNTER.get_ptr_mut(backend_id) {
-        // SAFETY: this CPU's cell of a per-CPU map.
-        unsafe {
-            (*cell).packets += 1;
-            (*cell).bytes += pkt.len as u64;
-        }
-    }
+    let backend =
+        lookup_backend(backend_id, pkt).ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
 
     // DNAT: inner destination address (IPv4 checksum, L4 pseudo-header)
     // and port (L4 checksum). A zero UDP checksum means "none" and stays 0.

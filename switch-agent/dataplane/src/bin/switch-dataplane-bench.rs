@@ -41,6 +41,11 @@ fn install(dp: &Dataplane) {
         build::route(net(1), 1, mac(0x11), mac(0xa1)),
         build::route(net(2), 2, mac(0x12), mac(0xa2)),
         build::switch_addr(SWITCH),
+        build::spoofed_source(SWITCH),
+        // Every frame arrives on port 1, replies from node B too.
+        build::tunnel_peer(1, NODE_A),
+        build::tunnel_peer(1, NODE_B),
+        build::pod_node(build::prefix(Ipv4Addr::new(10, 244, 1, 0), 24), NODE_A),
         build::service(VIP, 80, IPPROTO_TCP, 7, 255, hash_mode::FIVE_TUPLE),
     ];
     for b in 0..256u32 {
@@ -117,6 +122,13 @@ fn main() {
         &talaria(flags::COOKIE_VALID, 7, 1003),
         &inner.to_bytes(),
     );
+    let reply = tunnel_frame(
+        NODE_B,
+        SWITCH,
+        64,
+        &talaria(flags::REPLY | flags::COOKIE_VALID, 7, 1003),
+        &Inner::tcp(VIP, 80, CLIENT, 40000).to_bytes(),
+    );
     let routed = eth(
         mac(0xaa),
         mac(1),
@@ -126,6 +138,7 @@ fn main() {
     let rows = [
         measure(dp, "new flow (hash, DNAT, cookie)", &new_flow, runs),
         measure(dp, "cookied (cookie_check hit)", &cookied, runs),
+        measure(dp, "reply (checked, pod_node)", &reply, runs),
         measure(dp, "plain routed IPv4", &routed, runs),
     ];
 

@@ -46,6 +46,10 @@ const NODE_A: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 2);
 /// A node no route leads to.
 const NODE_LOST: Ipv4Addr = Ipv4Addr::new(192, 168, 9, 2);
+/// A node attached to port 2 only: its tunnels on port 1 are refused.
+const NODE_C: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 3);
+/// A host outside the rack.
+const OUTSIDER: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const BLACKHOLE: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
 const VIP_TCP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const VIP_UDP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
@@ -102,6 +106,13 @@ fn tables() -> Vec<Entry> {
         build::pod_node(net(10, 244, 1), NODE_A),
         build::pod_node(net(10, 244, 2), NODE_B),
         build::pod_node(net(10, 244, 9), NODE_LOST),
+        // Every scenario arrives on port 1, so both nodes that send
+        // tunnels in them are peers there.
+        build::tunnel_peer(INGRESS_PORT, NODE_A),
+        build::tunnel_peer(INGRESS_PORT, NODE_B),
+        build::tunnel_peer(2, NODE_C),
+        build::spoofed_source(SWITCH),
+        build::spoofed_source(SWITCH2),
     ];
     for (b, id) in TCP_BUCKETS.iter().enumerate() {
         entries.push(build::bucket(SVC_TCP, b as u16, *id));
@@ -383,6 +394,21 @@ impl Scenario {
 
     fn event(mut self, e: LbEvent) -> Self {
         self.events.push(e);
+        self
+    }
+
+    /// A reply that passed its checks: the reply event, and the direct
+    /// counter of the backend its cookie names.
+    fn replied(mut self, backend: u32) -> Self {
+        self.backend = Some(backend);
+        self.event(LbEvent::Reply)
+    }
+
+    /// A packet whose cookie found `backend` before it was dropped: that
+    /// backend's direct counter moves (P4 counts a direct counter on the
+    /// table hit).
+    fn backend_hit(mut self, backend: u32) -> Self {
+        self.backend = Some(backend);
         self
     }
 
@@ -1008,13 +1034,13 @@ fn tables_suite() -> Suite {
             reply(&reply_inner.to_bytes()),
             fwd(1, Some(reply_out(&reply_inner.to_bytes()))),
         )
-        .event(E::Reply),
+        .replied(100),
         s(
             "ICMP error about a reply's flow tunnelled back like a reply",
             tunnel_frame(NODE_B, SWITCH, 64, &icmp_error_opt, &icmp_error),
             fwd(1, Some(icmp_error_out)),
         )
-        .event(E::Reply),
+        .replied(200),
         s(
             "ICMP error from a client to a service (not a reply) is unsupported",
             request(SWITCH, flags::NEW_FLOW, 0, &{
@@ -1036,7 +1062,8 @@ fn tables_suite() -> Suite {
                 &Inner::tcp(VIP_TCP, 80, Ipv4Addr::new(10, 250, 0, 1), 40000).to_bytes(),
             ),
             drop(R::NoClientNode),
-        ),
+        )
+        .backend_hit(100),
         s(
             "reply with inner IPv4 options passes (no ports needed)",
             tunnel_frame(NODE_B, SWITCH, 64, &talaria(flags::REPLY, SVC_TCP, 100), &{
@@ -1046,7 +1073,7 @@ fn tables_suite() -> Suite {
             }),
             fwd(1, None),
         )
-        .event(E::Reply),
+        .replied(100),
         s(
             "reply fragment passes (no ports needed)",
             tunnel_frame(NODE_B, SWITCH, 64, &reply_opt, &{
@@ -1056,7 +1083,7 @@ fn tables_suite() -> Suite {
             }),
             fwd(1, None),
         )
-        .event(E::Reply),
+        .replied(100),
         s(
             "plain IPv4 routed with TTL decrement and MAC rewrite",
             plain(NODE_B, 64),
@@ -1143,7 +1170,120 @@ fn tables_suite() -> Suite {
             ),
             drop(R::NoRoute),
         )
-        .event(E::Reply),
+        .replied(100),
+        // The trust boundary.
+        s(
+            "tunnel from an address that is no node",
+            tunnel_frame(
+                OUTSIDER,
+                SWITCH,
+                64,
+                &talaria(flags::NEW_FLOW, 0, 0),
+                &tcp.to_bytes(),
+            ),
+            drop(R::TunnelPeer),
+        ),
+        s(
+            "tunnel from a node on a port it is not attached to",
+            tunnel_frame(
+                NODE_C,
+                SWITCH,
+                64,
+                &talaria(flags::NEW_FLOW, 0, 0),
+                &tcp.to_bytes(),
+            ),
+            drop(R::TunnelPeer),
+        ),
+        s(
+            "reply from an address that is no node",
+            tunnel_frame(OUTSIDER, SWITCH, 64, &reply_opt, &reply_inner.to_bytes()),
+            drop(R::TunnelPeer),
+        ),
+        s(
+            "plain packet with the switch's address as its source",
+            eth(
+                mac(0xaa),
+                mac(1),
+                &ipv4(
+                    SWITCH,
+                    NODE_B,
+                    64,
+                    IPPROTO_UDP,
+                    &udp(GENEVE_UDP_PORT, GENEVE_UDP_PORT, b"x"),
+                ),
+            ),
+            drop(R::SpoofedSource),
+        ),
+        s(
+            "tunnel from the switch's own address",
+            tunnel_frame(SWITCH2, SWITCH, 64, &reply_opt, &reply_inner.to_bytes()),
+            drop(R::SpoofedSource),
+        ),
+        s(
+            "reply from a port of the VIP that is another service",
+            reply(&Inner::tcp(VIP_TCP, 81, CLIENT, 40000).to_bytes()),
+            drop(R::ForgedReply),
+        ),
+        s(
+            "reply from an address that is no VIP",
+            reply(&Inner::tcp(backend(100).0, 8080, CLIENT, 40000).to_bytes()),
+            drop(R::ForgedReply),
+        ),
+        s(
+            "reply whose cookie names another service than its source",
+            tunnel_frame(
+                NODE_B,
+                SWITCH,
+                64,
+                &talaria(flags::REPLY | flags::COOKIE_VALID, SVC_UDP, 200),
+                &reply_inner.to_bytes(),
+            ),
+            drop(R::ForgedReply),
+        ),
+        s(
+            "reply whose cookie names a backend of another service",
+            tunnel_frame(
+                NODE_B,
+                SWITCH,
+                64,
+                &talaria(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 200),
+                &reply_inner.to_bytes(),
+            ),
+            drop(R::ForgedReply),
+        ),
+        s(
+            "reply from a node that does not host the cookie's backend",
+            tunnel_frame(
+                NODE_A,
+                SWITCH,
+                64,
+                &reply_opt,
+                &Inner::tcp(VIP_TCP, 80, Ipv4Addr::new(10, 244, 2, 9), 40000).to_bytes(),
+            ),
+            drop(R::ForgedReply),
+        )
+        .backend_hit(100),
+        s(
+            "ICMP error as a reply whose cookie names no backend",
+            tunnel_frame(
+                NODE_B,
+                SWITCH,
+                64,
+                &talaria(flags::REPLY | flags::COOKIE_VALID, SVC_UDP, 999),
+                &icmp_error,
+            ),
+            drop(R::ForgedReply),
+        ),
+        s(
+            "reply fragment from a node that does not host the cookie's backend",
+            tunnel_frame(NODE_A, SWITCH, 64, &reply_opt, &{
+                let mut r = Inner::tcp(VIP_TCP, 80, Ipv4Addr::new(10, 244, 2, 9), 40000);
+                r.frag = 0x2000;
+                r.to_bytes()
+            }),
+            drop(R::ForgedReply),
+        )
+        .backend_hit(100),
         s(
             "non-IPv4 (ARP, zeroed) has no route",
             ethertype([0xff; 6], 0x0806, &[0u8; 28]),

@@ -1,0 +1,436 @@
+//! Bringing a lab's components up and talking to them: the switch
+//! (switch-agent or bmv2), the controller and the node agents, their
+//! configs, and `talariactl` in the switch netns.
+
+use crate::components::{fabric_missing, talaria_missing, Component};
+use crate::manifests::ServiceSet;
+use crate::modes::{apply_rules, ipvs_unavailable, Mode};
+use crate::netns::in_ns;
+use crate::netns::Lab;
+use crate::switch::{repo_file, Bmv2, SwitchKind, DEVICE_ID};
+use crate::topology::Topology;
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// P4 port of switch port `p<n>` (port 0 is avoided: bmv2 and many targets
+/// reserve it).
+pub fn p4_port(node: u32) -> u16 {
+    node as u16 + 1
+}
+
+/// Controller REST address inside the switch netns.
+pub const CONTROLLER_REST: &str = "127.0.0.1:9080";
+/// P4Runtime address inside the switch netns.
+pub const P4RT_ADDR: &str = "127.0.0.1:9559";
+
+fn find_p4info() -> Result<PathBuf> {
+    match std::env::var_os("TALARIA_P4INFO") {
+        Some(p) => Ok(PathBuf::from(p)),
+        None => repo_file("p4/talaria.p4info.txtpb").context("set TALARIA_P4INFO"),
+    }
+}
+
+/// Whether `pid`'s network namespace has a TCP listener on `port`.
+fn listening(pid: u32, port: u16) -> bool {
+    let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")) else {
+        return false;
+    };
+    let want = format!(":{port:04X}");
+    t.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[1].ends_with(&want) && f[3] == "0A"
+    })
+}
+
+async fn wait_listening(
+    lab: &mut Lab,
+    pid: u32,
+    port: u16,
+    what: &str,
+    limit: Duration,
+) -> Result<()> {
+    let t0 = Instant::now();
+    while !listening(pid, port) {
+        if let Some(st) = lab.exited(pid) {
+            bail!("{what} exited ({st}); log: {}", tail_log(lab, what));
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "{what} not listening on port {port} after {limit:?}; log: {}",
+                tail_log(lab, what)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+fn tail_log(lab: &Lab, what: &str) -> String {
+    let t = std::fs::read_to_string(lab.run_dir.join("logs").join(format!("{what}.log")))
+        .unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(6)..].join(" | ")
+}
+
+/// The controller's configuration for a lab: fabric routes and the switch
+/// tunnel address (everything not from Kubernetes objects), and for bmv2
+/// the JSON it pushes as the device config.
+pub fn controller_config(
+    t: &Topology,
+    names: &crate::topology::Names,
+    manifests: &Path,
+    device_config: Option<&Path>,
+) -> String {
+    let sc = crate::manifests::switch_config(t, names);
+    let routes: Vec<serde_json::Value> = sc
+        .routes
+        .iter()
+        .map(|r| serde_json::json!({"prefix": r.prefix, "port": p4_port(r.port), "src_mac": r.src_mac, "dst_mac": r.dst_mac}))
+        .collect();
+    let mut v = serde_json::json!({
+        "source": {"kind": "files", "dir": manifests, "poll_ms": 200},
+        "switches": [{"id": "sw", "address": format!("http://{P4RT_ADDR}"), "device_id": DEVICE_ID}],
+        "fabric": {"switch_addrs": [t.switch_addr.to_string()], "routes": routes},
+        "listen": CONTROLLER_REST,
+    });
+    if let Some(json) = device_config {
+        v["device_config"] = serde_json::json!(json);
+    }
+    serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
+}
+
+/// Runs talariactl in the switch netns.
+pub fn talariactl(lab: &Lab, args: &[&str]) -> Result<String> {
+    // `find`, not `usable`: this runs on every poll, and the lab checked
+    // every component once at start.
+    let bin = Component::Talariactl.find().ok_or_else(|| {
+        anyhow::anyhow!("talariactl not built (cargo build -p talaria-controller)")
+    })?;
+    let server = format!("http://{CONTROLLER_REST}");
+    let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("talariactl"), "--server", &server];
+    cmd.extend_from_slice(args);
+    in_ns(&lab.names.switch(), &cmd, None)
+}
+
+/// (service id, vip, port, protocol) of every programmed Service port, from
+/// the controller's REST API.
+fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
+    let text = talariactl(lab, &["services", "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let mut out = Vec::new();
+    for s in v.as_array().into_iter().flatten() {
+        for p in s["data_path"].as_array().into_iter().flatten() {
+            let proto = p["key"]["proto"]
+                .as_str()
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            out.push(serde_json::json!({
+                "id": p["service_id"],
+                "vip": p["key"]["vip"],
+                "port": p["key"]["port"],
+                "protocol": proto,
+            }));
+        }
+    }
+    Ok(out)
+}
+
+fn node_agent_config(
+    lab: &Lab,
+    n: u32,
+    services: &[serde_json::Value],
+    ignore_cookies: bool,
+) -> String {
+    let t = &lab.topo;
+    let nc = crate::manifests::node_config(t, &lab.names, n);
+    let pods: Vec<serde_json::Value> = nc
+        .pods
+        .iter()
+        .map(|p| serde_json::json!({"ip": p.ip, "veth": p.dev, "mac": p.mac}))
+        .collect();
+    let mut v = serde_json::json!({
+        "uplink": nc.uplink,
+        "node_ip": nc.node_ip,
+        "switch_ip": nc.switch_addr,
+        "switch_mac": nc.gateway_mac,
+        "service_cidrs": [nc.service_cidr],
+        "services": services,
+        "pods": pods,
+        "pin_dir": pin_root(lab).join(format!("n{n}")),
+        "metrics_addr": "127.0.0.1:9465",
+    });
+    if ignore_cookies {
+        v["ignore_cookies"] = true.into();
+    }
+    serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
+}
+
+fn pin_root(lab: &Lab) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf/talaria-lab").join(lab.prefix())
+}
+
+/// Where the lab keeps the service ids the node agents were started with.
+const AGENT_SERVICES: &str = "agent-services.json";
+
+/// The service ids the running node agents map (empty before the first start).
+fn agent_services(lab: &Lab) -> Vec<serde_json::Value> {
+    std::fs::read(lab.run_dir.join(AGENT_SERVICES))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Starts (or restarts) the node agents with the controller's service ids.
+async fn start_node_agents(lab: &mut Lab) -> Result<()> {
+    let bin = Component::NodeAgent
+        .usable()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let services = service_ids(lab)?;
+    std::fs::write(
+        lab.run_dir.join(AGENT_SERVICES),
+        serde_json::to_vec(&services)?,
+    )?;
+    for n in 0..lab.topo.nodes {
+        let what = format!("talaria-node-{n}");
+        for pid in lab.pids(&what) {
+            lab.stop(pid);
+        }
+        // Cookies are learnt on the client side only.
+        let ignore_cookies = lab.run_dir.join(HASH_ONLY).exists() && n < lab.topo.client_nodes;
+        let cfg = lab.run_dir.join(format!("talaria-node-{n}.yaml"));
+        std::fs::write(&cfg, node_agent_config(lab, n, &services, ignore_cookies))?;
+        let argv: Vec<String> = vec![
+            bin.to_string_lossy().into_owned(),
+            "--netns".into(),
+            lab.names.node(n),
+            "run".into(),
+            "--config".into(),
+            cfg.to_string_lossy().into_owned(),
+        ];
+        let pid = lab.spawn_host(&what, &argv)?;
+        wait_listening(lab, pid, 9465, &what, Duration::from_secs(20)).await?;
+    }
+    Ok(())
+}
+
+/// Starts the lab's switch ([`Lab::switch`]: switch-agent or bmv2) and the
+/// controller, and waits until the fabric routes are in the switch. Every
+/// mode forwards through that switch, so modes differ only in where
+/// Services are load-balanced; `services` false points the controller at
+/// an empty manifests directory (routes only, for the kube-proxy baselines
+/// and `direct`).
+pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
+    let missing = fabric_missing(&lab.switch);
+    if !missing.is_empty() {
+        bail!("the lab switch cannot start: {}", missing.join("; "));
+    }
+    let ctl_bin = Component::Controller
+        .usable()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let t = lab.topo.clone();
+    let sw = lab.names.switch();
+    let ports: Vec<(u16, String)> = (0..t.nodes)
+        .map(|n| (p4_port(n), crate::topology::switch_port_dev(n)))
+        .collect();
+    // switch-agent's pins and, in talaria mode, the node agents'.
+    let pins = pin_root(lab);
+    lab.record_pin(pins.clone())?;
+    std::fs::create_dir_all(&pins)?;
+    let (p4info, device_config, pid) = match lab.switch.clone() {
+        SwitchKind::SwitchAgent => {
+            let bin = Component::SwitchAgent
+                .usable()
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let mut argv: Vec<String> = vec![
+                bin.to_string_lossy().into_owned(),
+                "--grpc-addr".into(),
+                P4RT_ADDR.into(),
+                "--pin-dir".into(),
+                pins.join("sw").to_string_lossy().into_owned(),
+                "--state-dir".into(),
+                lab.run_dir
+                    .join("switch-state")
+                    .to_string_lossy()
+                    .into_owned(),
+                "--no-metrics".into(),
+            ];
+            for (port, dev) in &ports {
+                argv.push("-i".into());
+                argv.push(format!("{port}@{dev}"));
+            }
+            let pid = lab.spawn(&sw, "switch-agent", &argv)?;
+            (find_p4info()?, None, pid)
+        }
+        SwitchKind::Bmv2 { build_dir } => {
+            let dir = lab.run_dir.join("bmv2");
+            let b = Bmv2::prepare(build_dir.as_deref(), &dir)?;
+            lab.disable_offloads()?;
+            let argv = b.argv(&ports, P4RT_ADDR, &dir.join("notifications.ipc"));
+            let pid = lab.spawn_with_env(&sw, "bmv2", &argv, &b.env)?;
+            lab.silence_switch_stack()?;
+            (b.build.p4info, Some(b.build.json), pid)
+        }
+    };
+    let what = lab.switch.name();
+    wait_listening(lab, pid, 9559, what, Duration::from_secs(20)).await?;
+    let manifests = if services {
+        lab.run_dir.join("manifests")
+    } else {
+        let empty = lab.run_dir.join("manifests-none");
+        std::fs::create_dir_all(&empty)?;
+        empty
+    };
+    let cfg = lab.run_dir.join("controller.yaml");
+    std::fs::write(
+        &cfg,
+        controller_config(&t, &lab.names, &manifests, device_config.as_deref()),
+    )?;
+    let argv: Vec<String> = vec![
+        ctl_bin.to_string_lossy().into_owned(),
+        "--config".into(),
+        cfg.to_string_lossy().into_owned(),
+        "--p4info".into(),
+        p4info.to_string_lossy().into_owned(),
+    ];
+    let pid = lab.spawn(&sw, "talaria-controller", &argv)?;
+    wait_listening(
+        lab,
+        pid,
+        9080,
+        "talaria-controller",
+        Duration::from_secs(20),
+    )
+    .await?;
+    wait_synced(lab, Duration::from_secs(30)).await?;
+    // From here on only the switch forwards: a packet its pipeline does not
+    // handle must be lost, not quietly routed by Linux.
+    in_ns(&sw, &["sysctl", "-qw", "net.ipv4.ip_forward=0"], None)?;
+    Ok(())
+}
+
+/// Starts the switch, the controller and the node agents on a lab.
+pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
+    let missing = talaria_missing(&lab.switch);
+    if !missing.is_empty() {
+        bail!("talaria mode cannot start: {}", missing.join("; "));
+    }
+    start_switch(lab, true).await?;
+    wait_programmed(lab, lab.topo.services as usize * 2, Duration::from_secs(60)).await?;
+    start_node_agents(lab).await?;
+    Ok(())
+}
+
+/// Brings a lab up in a mode on a switch (servers started, rules and
+/// components applied).
+pub async fn lab_for(t: Topology, mode: Mode, switch: &SwitchKind) -> Result<(Lab, ServiceSet)> {
+    talaria_preflight::ensure(mode.needs())
+        .with_context(|| format!("{} mode cannot run", mode.name()))?;
+    if let Some(why) = ipvs_unavailable().filter(|_| mode == Mode::Ipvs) {
+        bail!("{why}");
+    }
+    if mode == Mode::Talaria {
+        let missing = talaria_missing(switch);
+        if !missing.is_empty() {
+            bail!("talaria mode needs: {}", missing.join("; "));
+        }
+    }
+    let mut lab = Lab::create(t, mode.name(), switch.clone())?;
+    lab.start_servers()?;
+    let set = ServiceSet::from_topology(&lab.topo);
+    // On an error the lab's Drop tears it down.
+    if mode == Mode::Talaria {
+        start_talaria(&mut lab).await?;
+    } else {
+        start_switch(&mut lab, false).await?;
+        apply_rules(&lab, mode, &set)?;
+    }
+    Ok((lab, set))
+}
+
+/// Waits until every switch holds the controller's latest plan (its
+/// `synced_version` has caught up with `plan_version`): planned is not yet
+/// forwarding.
+async fn wait_synced(lab: &mut Lab, limit: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let status = talariactl(lab, &["status", "-o", "json"])
+            .ok()
+            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
+        if let Some(v) = &status {
+            let plan = v["plan_version"].as_u64().unwrap_or(0);
+            let switches = v["switches"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let synced = |sw: &serde_json::Value| {
+                sw["status"]["connected"] == true
+                    && sw["status"]["synced_version"].as_u64().unwrap_or(0) >= plan
+            };
+            if plan > 0 && !switches.is_empty() && switches.iter().all(synced) {
+                return Ok(());
+            }
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "switch not synced with the controller's plan after {limit:?}; log: {}",
+                tail_log(lab, "talaria-controller")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the controller has planned `ports` Service ports and the
+/// switch holds that plan.
+async fn wait_programmed(lab: &mut Lab, ports: usize, limit: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let got = service_ids(lab).map(|v| v.len()).unwrap_or(0);
+        if got == ports {
+            let left = limit.saturating_sub(t0.elapsed());
+            return wait_synced(lab, left.max(Duration::from_secs(1))).await;
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "controller programmed {got} of {ports} Service ports after {limit:?}; log: {}",
+                tail_log(lab, "talaria-controller")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Pushes a new Service set to the controller of a talaria-mode lab (it
+/// polls the manifests directory), waits until the switch holds it, and
+/// restarts the node agents only if the service ids they map changed.
+pub async fn talaria_apply_services(lab: &mut Lab, set: &ServiceSet) -> Result<()> {
+    // write_configs has already rewritten manifests/services.yaml.
+    let want = set
+        .services
+        .iter()
+        .filter(|s| !s.endpoints.is_empty())
+        .count()
+        * 2;
+    // Give the controller a poll and its debounce to notice the new file,
+    // else an endpoint-only change would find the old plan "in sync".
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    wait_programmed(lab, want, Duration::from_secs(120)).await?;
+    if service_ids(lab)? != agent_services(lab) {
+        start_node_agents(lab).await?;
+    }
+    Ok(())
+}
+
+/// Marker file: the lab's client node agents learn no cookies.
+const HASH_ONLY: &str = "hash-only";
+
+/// Switches the hash-only variant on or off: the client nodes' agents run
+/// with `ignore_cookies`, so every packet leaves as a new flow and the
+/// switch balances it by hash alone (restarts the node agents).
+pub async fn set_hash_only(lab: &mut Lab, on: bool) -> Result<()> {
+    let marker = lab.run_dir.join(HASH_ONLY);
+    if on {
+        std::fs::write(&marker, b"")?;
+    } else if marker.exists() {
+        std::fs::remove_file(&marker)?;
+    }
+    start_node_agents(lab).await
+}
