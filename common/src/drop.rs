@@ -75,8 +75,9 @@ pub enum DropReason {
     /// its cookie names, whose cookie names no backend of that service, or
     /// that does not come from that backend's node.
     ForgedReply = 26,
-    /// Host: a packet from the uplink outside the tunnel whose source is in
-    /// a Service CIDR: replies from a VIP only ever come tunnelled.
+    /// Host: a packet from the uplink, other than a tunnel to this node,
+    /// whose source is in a Service CIDR: replies from a VIP only ever come
+    /// tunnelled to the client's node.
     ServiceSource = 27,
 }
 

@@ -111,7 +111,7 @@ fn progress(msg: &str) {
     eprintln!("[bench {}] {msg}", chrono_now());
 }
 
-fn chrono_now() -> String {
+pub(crate) fn chrono_now() -> String {
     let s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -297,7 +297,8 @@ pub async fn consistency(
     result
 }
 
-fn csv<T: Serialize>(rows: &[T]) -> String {
+/// Rows as CSV, columns in field order.
+pub(crate) fn csv<T: Serialize>(rows: &[T]) -> String {
     // serde_yaml's mapping keeps field order (serde_json's sorts it).
     let mut out = String::new();
     for (i, r) in rows.iter().enumerate() {
@@ -454,7 +455,7 @@ pub async fn run(a: BenchArgs, switch: SwitchKind, bmv2_dir: Option<PathBuf>) ->
 
 /// The 1, 5 and 15-minute load averages, for the record: other work on the
 /// machine inflates every mode's latency and CPU figures.
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -102,6 +102,12 @@ pub fn controller_config(
 
 /// Runs talariactl in the switch netns.
 pub fn talariactl(lab: &Lab, args: &[&str]) -> Result<String> {
+    talariactl_in(&lab.names.switch(), args)
+}
+
+/// Runs talariactl in `switch_ns` (the switch netns of a lab), for a
+/// thread that polls without holding the [`Lab`].
+pub fn talariactl_in(switch_ns: &str, args: &[&str]) -> Result<String> {
     // `find`, not `usable`: this runs on every poll, and the lab checked
     // every component once at start.
     let bin = Component::Talariactl.find().ok_or_else(|| {
@@ -110,12 +116,19 @@ pub fn talariactl(lab: &Lab, args: &[&str]) -> Result<String> {
     let server = format!("http://{CONTROLLER_REST}");
     let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("talariactl"), "--server", &server];
     cmd.extend_from_slice(args);
-    in_ns(&lab.names.switch(), &cmd, None)
+    in_ns(switch_ns, &cmd, None)
+}
+
+/// The controller's `/v1/status` (plan version, each switch's session,
+/// sync and write counts).
+pub fn controller_status(lab: &Lab) -> Result<serde_json::Value> {
+    let text = talariactl(lab, &["status", "-o", "json"])?;
+    Ok(serde_json::from_str(&text)?)
 }
 
 /// (service id, vip, port, protocol) of every programmed Service port, from
 /// the controller's REST API.
-fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
+pub fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
     let text = talariactl(lab, &["services", "-o", "json"])?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
     let mut out = Vec::new();
@@ -157,7 +170,7 @@ fn node_agent_config(
         "service_cidrs": [nc.service_cidr],
         "services": services,
         "pods": pods,
-        "pin_dir": pin_root(lab).join(format!("n{n}")),
+        "pin_dir": node_pin_dir(lab, n),
         "metrics_addr": "127.0.0.1:9465",
     });
     if ignore_cookies {
@@ -170,11 +183,16 @@ fn pin_root(lab: &Lab) -> PathBuf {
     PathBuf::from("/sys/fs/bpf/talaria-lab").join(lab.prefix())
 }
 
+/// The bpffs directory of node `n`'s agent (its maps and links).
+pub fn node_pin_dir(lab: &Lab, n: u32) -> PathBuf {
+    pin_root(lab).join(format!("n{n}"))
+}
+
 /// Where the lab keeps the service ids the node agents were started with.
 const AGENT_SERVICES: &str = "agent-services.json";
 
 /// The service ids the running node agents map (empty before the first start).
-fn agent_services(lab: &Lab) -> Vec<serde_json::Value> {
+pub fn agent_services(lab: &Lab) -> Vec<serde_json::Value> {
     std::fs::read(lab.run_dir.join(AGENT_SERVICES))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -259,7 +277,10 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
                 argv.push("-i".into());
                 argv.push(format!("{port}@{dev}"));
             }
-            let pid = lab.spawn(&sw, "switch-agent", &argv)?;
+            // In the switch netns only: its maps and links are pinned in
+            // the host's bpffs, so they outlive it (forwarding goes on
+            // while it is down, and a restart takes them over).
+            let pid = lab.spawn_net(&sw, "switch-agent", &argv)?;
             (find_p4info()?, None, pid)
         }
         SwitchKind::Bmv2 { build_dir } => {
@@ -352,19 +373,34 @@ pub async fn lab_for(t: Topology, mode: Mode, switch: &SwitchKind) -> Result<(La
 /// `synced_version` has caught up with `plan_version`): planned is not yet
 /// forwarding.
 async fn wait_synced(lab: &mut Lab, limit: Duration) -> Result<()> {
+    wait_synced_after(lab, 0, limit).await
+}
+
+/// The controller's sessions with its (first) switch so far.
+fn switch_sessions(status: &serde_json::Value) -> u64 {
+    status["switches"][0]["status"]["sessions"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// [`wait_synced`] in a session later than the first `sessions` (0: any):
+/// after a switch restart, the controller's status says "connected, in
+/// sync" for the old session until it notices the loss.
+async fn wait_synced_after(lab: &mut Lab, sessions: u64, limit: Duration) -> Result<()> {
     let t0 = Instant::now();
     loop {
-        let status = talariactl(lab, &["status", "-o", "json"])
-            .ok()
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-        if let Some(v) = &status {
+        if let Ok(v) = &controller_status(lab) {
             let plan = v["plan_version"].as_u64().unwrap_or(0);
             let switches = v["switches"].as_array().map(Vec::as_slice).unwrap_or(&[]);
             let synced = |sw: &serde_json::Value| {
                 sw["status"]["connected"] == true
                     && sw["status"]["synced_version"].as_u64().unwrap_or(0) >= plan
             };
-            if plan > 0 && !switches.is_empty() && switches.iter().all(synced) {
+            if plan > 0
+                && !switches.is_empty()
+                && switches.iter().all(synced)
+                && switch_sessions(v) > sessions
+            {
                 return Ok(());
             }
         }
@@ -417,6 +453,117 @@ pub async fn talaria_apply_services(lab: &mut Lab, set: &ServiceSet) -> Result<(
         start_node_agents(lab).await?;
     }
     Ok(())
+}
+
+/// A long-running talaria process of a talaria-mode lab on switch-agent,
+/// one that [`restart`] can kill and start again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// switch-agent (P4Runtime server and eBPF data plane).
+    SwitchAgent,
+    /// talaria-controller.
+    Controller,
+    /// The node agent of node `n`.
+    NodeAgent(u32),
+}
+
+impl Daemon {
+    /// What the lab records the process as (its log is `logs/<label>.log`).
+    pub fn label(self) -> String {
+        match self {
+            Self::SwitchAgent => "switch-agent".into(),
+            Self::Controller => "talaria-controller".into(),
+            Self::NodeAgent(n) => format!("talaria-node-{n}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::SwitchAgent => f.write_str("switch-agent"),
+            Self::Controller => f.write_str("controller"),
+            Self::NodeAgent(n) => write!(f, "node-{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Daemon {
+    type Err = String;
+
+    /// `switch-agent`, `controller` or `node-<n>` (as displayed).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "switch-agent" => Ok(Self::SwitchAgent),
+            "controller" => Ok(Self::Controller),
+            _ => s
+                .strip_prefix("node-")
+                .and_then(|n| n.parse().ok())
+                .map(Self::NodeAgent)
+                .ok_or_else(|| format!("{s:?}: expected switch-agent, controller or node-<n>")),
+        }
+    }
+}
+
+/// What a [`restart`] took, each from the kill.
+#[derive(Debug, Clone, Copy)]
+pub struct Restarted {
+    /// PID of the killed process.
+    pub old_pid: u32,
+    /// PID of the new one.
+    pub new_pid: u32,
+    /// Until it was started again.
+    pub down: Duration,
+    /// Until it served again: P4Runtime (switch-agent), REST (controller),
+    /// metrics (a node agent, which opens them after its first pod sync).
+    pub serving: Duration,
+    /// Until it was back in sync: the controller connected and the switch
+    /// holding its plan (switch-agent, controller); serving (a node agent).
+    pub in_sync: Duration,
+}
+
+/// Kills `d` with SIGKILL, leaves it down for `down`, starts it again with
+/// the same command line, and waits until it is back: serving, and for
+/// switch-agent and the controller until the controller holds a session
+/// with the switch again (a new one, after a switch restart) and the switch
+/// holds the controller's plan. The pins make a restarted switch-agent or
+/// node agent take over the running data plane; a restarted controller
+/// reads the switch's tables back and adopts them.
+pub async fn restart(lab: &mut Lab, d: Daemon, down: Duration) -> Result<Restarted> {
+    if lab.switch != SwitchKind::SwitchAgent {
+        bail!(
+            "restarting {d} needs switch-agent ({} keeps no state across a restart)",
+            lab.switch.name()
+        );
+    }
+    let sessions = match d {
+        Daemon::SwitchAgent => switch_sessions(&controller_status(lab)?),
+        _ => 0,
+    };
+    let what = d.label();
+    let killed = Instant::now();
+    let old_pid = lab.kill9(&what)?;
+    tokio::time::sleep(down).await;
+    let new_pid = lab.respawn(&what)?;
+    let down = killed.elapsed();
+    let limit = Duration::from_secs(60);
+    let port = match d {
+        Daemon::SwitchAgent => 9559,
+        Daemon::Controller => 9080,
+        Daemon::NodeAgent(_) => 9465,
+    };
+    wait_listening(lab, new_pid, port, &what, limit).await?;
+    let serving = killed.elapsed();
+    if !matches!(d, Daemon::NodeAgent(_)) {
+        wait_synced_after(lab, sessions, limit).await?;
+    }
+    Ok(Restarted {
+        old_pid,
+        new_pid,
+        down,
+        serving,
+        in_sync: killed.elapsed(),
+    })
 }
 
 /// Marker file: the lab's client node agents learn no cookies.

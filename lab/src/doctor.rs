@@ -88,6 +88,8 @@ pub fn examine(fix: bool) -> Vec<Finding> {
     for (n, label) in [
         (Need::P4Toolchain, "--switch bmv2"),
         (commands::ETHTOOL, "--switch bmv2"),
+        // The default switch, switch-agent, is started with it.
+        (crate::switch::NSENTER, DEMO),
         (commands::MININET, "mininet/"),
     ] {
         v.push(Finding {

@@ -11,6 +11,7 @@
 //! - [`bringup`]: starting the switch, controller and node agents on a lab.
 //! - [`measure`]: one measured point and the row it yields.
 //! - [`demo`], [`mod@bench`], [`plot`]: the demo, the benchmarks and their plots.
+//! - [`faults`]: kill -9 of each talaria component under load.
 //! - [`doctor`]: what the lab needs from the machine.
 
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod components;
 pub mod cpu;
 pub mod demo;
 pub mod doctor;
+pub mod faults;
 pub mod manifests;
 pub mod measure;
 pub mod modes;

@@ -11,7 +11,7 @@ use talaria_lab::netns::{self, State};
 use talaria_lab::switch::{SwitchKind, BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
 use talaria_lab::traffic::{self, LoadSpec, Proto};
-use talaria_lab::{bench, bringup, components, demo, doctor, measure, rules};
+use talaria_lab::{bench, bringup, components, demo, doctor, faults, measure, rules};
 
 #[derive(Parser)]
 #[command(
@@ -58,6 +58,11 @@ enum Cmd {
     },
     /// Run the benchmarks; writes CSV, SVG plots and summary.md.
     Bench(bench::BenchArgs),
+    /// Faults under load: kill -9 switch-agent, the controller and a node
+    /// agent in turn while long and short connections run; writes
+    /// summary.md and faults.csv, fails unless every long connection and
+    /// every table survived.
+    Faults(faults::FaultsArgs),
     /// Bring up a lab, start the pod servers, apply a mode, and keep it up.
     Up {
         /// Topology YAML (default: embedded).
@@ -163,7 +168,7 @@ enum Cmd {
         /// Write the JSON here instead of stdout.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// `hold`: stop early once this file exists.
+        /// Stop early once this file exists.
         #[arg(long)]
         stop_file: Option<PathBuf>,
     },
@@ -384,6 +389,7 @@ fn main() -> Result<()> {
                 .map(|_| ())
         }
         Cmd::Bench(args) => rt.block_on(bench::run(args, switch.clone(), cli.bmv2_dir)),
+        Cmd::Faults(args) => rt.block_on(faults::run(args, switch.clone())),
     }
     .map_err(|e| {
         let missing = components::talaria_missing(&switch);

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use talaria_preflight::{commands, which, Need};
 
@@ -188,25 +189,32 @@ pub struct LoadRun {
     pub timeout: Duration,
     /// `hold` request interval.
     pub interval: Duration,
-    /// `hold`: stop early once this file exists.
+    /// Stop early once this file exists.
     pub stop_file: Option<std::path::PathBuf>,
 }
 
 /// A load generator started in a pod.
 pub struct StartedLoad {
     pid: u32,
+    /// Its name in the lab (`load-<n>`): its log is `logs/<what>.log`.
+    what: String,
     out: std::path::PathBuf,
     limit: Duration,
     started: Instant,
 }
 
+/// Numbers the load generators of this process, so that several can run
+/// at once (a long and a short load) with logs and results of their own.
+static LOADS: AtomicU32 = AtomicU32::new(0);
+
 /// Starts `talaria-lab load` in the client pod (recorded in the lab state
-/// while it runs).
+/// while it runs, as `load-<n>`).
 pub fn start_load(lab: &mut Lab, r: &LoadRun) -> Result<StartedLoad> {
     let exe = crate::netns::lab_exe()?;
     let ns = lab.names.pod(r.client.0, r.client.1);
     let targets: Vec<String> = r.targets.iter().map(|a| a.to_string()).collect();
-    let out = lab.run_dir.join("logs").join("load-result.json");
+    let what = format!("load-{}", LOADS.fetch_add(1, Ordering::Relaxed));
+    let out = lab.run_dir.join("logs").join(format!("{what}.json"));
     let argv: Vec<String> = vec![
         exe,
         "load".into(),
@@ -235,9 +243,10 @@ pub fn start_load(lab: &mut Lab, r: &LoadRun) -> Result<StartedLoad> {
         argv.push(f.to_string_lossy().into_owned());
     }
     let _ = std::fs::remove_file(&out);
-    let pid = lab.spawn(&ns, "load", &argv)?;
+    let pid = lab.spawn(&ns, &what, &argv)?;
     Ok(StartedLoad {
         pid,
+        what,
         out,
         limit: r.duration + r.timeout * 2 + Duration::from_secs(20),
         started: Instant::now(),
@@ -258,7 +267,8 @@ pub async fn wait_load(lab: &mut Lab, s: StartedLoad) -> Result<LoadResult> {
     };
     lab.stop(s.pid);
     if !status.success() {
-        let log = std::fs::read_to_string(lab.run_dir.join("logs/load.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(lab.run_dir.join("logs").join(format!("{}.log", s.what)))
+            .unwrap_or_default();
         bail!("load generator failed ({status}): {}", log.trim());
     }
     let text = std::fs::read_to_string(&s.out).context("load result")?;

@@ -16,6 +16,8 @@ use crate::topology::{
 };
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -236,6 +238,38 @@ pub fn fresh_prefix() -> String {
     format!("tl{:x}", std::process::id())
 }
 
+/// How a recorded process was started, so that [`Lab::respawn`] can start
+/// it again exactly so.
+#[derive(Debug, Clone)]
+struct Launch {
+    /// The netns it runs in (`ip netns exec`), or `None` for a process
+    /// started in the root namespace ([`Lab::spawn_host`]).
+    ns: Option<String>,
+    /// Its command line.
+    argv: Vec<String>,
+    /// Extra environment variables.
+    env: Vec<(String, OsString)>,
+}
+
+impl Launch {
+    fn command(&self) -> Command {
+        let mut c = match &self.ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).args(&self.argv);
+                c
+            }
+            None => {
+                let mut c = Command::new(&self.argv[0]);
+                c.args(&self.argv[1..]);
+                c
+            }
+        };
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+}
+
 /// A running lab. Dropping it tears everything down unless [`Lab::keep`] was
 /// called.
 pub struct Lab {
@@ -249,6 +283,8 @@ pub struct Lab {
     pub switch: SwitchKind,
     state: State,
     children: Vec<Child>,
+    /// The last launch of each recorded process, by its description.
+    launches: BTreeMap<String, Launch>,
     keep: bool,
 }
 
@@ -284,6 +320,7 @@ impl Lab {
             switch,
             state,
             children: Vec::new(),
+            launches: BTreeMap::new(),
             keep: false,
         };
         std::fs::create_dir_all(lab.run_dir.join("ready"))?;
@@ -531,25 +568,53 @@ impl Lab {
         ns: &str,
         what: &str,
         argv: &[String],
-        env: &[(&str, std::ffi::OsString)],
+        env: &[(&str, OsString)],
     ) -> Result<u32> {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns]).args(argv);
-        c.envs(env.iter().map(|(k, v)| (k, v)));
-        self.launch(what, c)
+        let l = Launch {
+            ns: Some(ns.into()),
+            argv: argv.to_vec(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        };
+        self.launch(what, l, false)
+    }
+
+    /// Starts a process in the network namespace `ns` alone (`nsenter
+    /// --net`, which execs in place), recorded like [`Lab::spawn`]. Unlike
+    /// `ip netns exec` it keeps the host's mounts: `ip netns exec` gives
+    /// the process a mount namespace of its own, with a bpffs of its own
+    /// whose pins vanish with the process, so a program whose pinned maps
+    /// and links must outlive it (switch-agent) is started this way.
+    pub fn spawn_net(&mut self, ns: &str, what: &str, argv: &[String]) -> Result<u32> {
+        let mut v = vec!["nsenter".to_string(), format!("--net=/run/netns/{ns}")];
+        v.extend_from_slice(argv);
+        self.spawn_host(what, &v)
     }
 
     /// Starts a process in the root namespace (for programs that enter a
     /// netns themselves, like `talaria-node --netns`), recorded like
     /// [`Lab::spawn`].
     pub fn spawn_host(&mut self, what: &str, argv: &[String]) -> Result<u32> {
-        let mut c = Command::new(&argv[0]);
-        c.args(&argv[1..]);
-        self.launch(what, c)
+        let l = Launch {
+            ns: None,
+            argv: argv.to_vec(),
+            env: Vec::new(),
+        };
+        self.launch(what, l, false)
     }
 
-    fn launch(&mut self, what: &str, mut c: Command) -> Result<u32> {
-        let log = std::fs::File::create(self.run_dir.join("logs").join(format!("{what}.log")))?;
+    /// Starts `l` as `what`; `append` keeps the log of an earlier run.
+    fn launch(&mut self, what: &str, l: Launch, append: bool) -> Result<u32> {
+        let path = self.run_dir.join("logs").join(format!("{what}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&path)?;
+        let mut c = l.command();
         c.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = c.spawn().with_context(|| format!("start {what}"))?;
         let pid = child.id();
@@ -562,7 +627,56 @@ impl Lab {
         });
         self.state.save()?;
         self.children.push(child);
+        self.launches.insert(what.into(), l);
         Ok(pid)
+    }
+
+    /// Kills the running process recorded as exactly `what` with SIGKILL
+    /// (a crash: no signal handler, no clean-up), reaps it and forgets its
+    /// record; [`Lab::respawn`] starts it again. Returns its PID.
+    pub fn kill9(&mut self, what: &str) -> Result<u32> {
+        let Some(rec) = self.state.procs.iter().find(|p| p.what == what).cloned() else {
+            bail!("no process {what} recorded in lab {}", self.prefix());
+        };
+        if !proc_alive(&rec) {
+            bail!("{what} (pid {}) is not running", rec.pid);
+        }
+        // SAFETY: kill(2) on a PID whose start time we just checked; it is
+        // our own child, not reaped yet, so the PID cannot have been reused.
+        if unsafe { libc::kill(rec.pid as i32, libc::SIGKILL) } != 0 {
+            bail!(
+                "kill -9 {what} (pid {}): {}",
+                rec.pid,
+                std::io::Error::last_os_error()
+            );
+        }
+        if let Some(i) = self.children.iter().position(|c| c.id() == rec.pid) {
+            let mut c = self.children.remove(i);
+            c.wait().with_context(|| format!("reaping {what}"))?;
+        }
+        self.state.procs.retain(|p| p.pid != rec.pid);
+        self.state.save()?;
+        Ok(rec.pid)
+    }
+
+    /// Starts `what` again with the command line, namespace and environment
+    /// of its last start, appending to its log. Returns the new PID.
+    pub fn respawn(&mut self, what: &str) -> Result<u32> {
+        let Some(l) = self.launches.get(what).cloned() else {
+            bail!("{what} was never started in lab {}", self.prefix());
+        };
+        if self
+            .state
+            .procs
+            .iter()
+            .any(|p| p.what == what && proc_alive(p))
+        {
+            bail!("{what} is still running");
+        }
+        let path = self.run_dir.join("logs").join(format!("{what}.log"));
+        let mut log = std::fs::OpenOptions::new().append(true).open(&path)?;
+        writeln!(log, "=== talaria-lab: {what} started again ===")?;
+        self.launch(what, l, true)
     }
 
     /// PIDs of recorded processes whose description starts with `what`.

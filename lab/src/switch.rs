@@ -16,6 +16,13 @@ use talaria_preflight::{commands, Bmv2Build, Need, P4Toolchain};
 /// refuses a pipeline for any other id).
 pub const DEVICE_ID: u64 = 1;
 
+/// `nsenter`: switch-agent is started in the switch netns alone (see
+/// [`crate::netns::Lab::spawn_net`]).
+pub const NSENTER: Need = Need::Command {
+    command: "nsenter",
+    package: "util-linux",
+};
+
 /// Environment variable naming the switch: `switch-agent` or `bmv2`.
 pub const SWITCH_ENV: &str = "TALARIA_LAB_SWITCH";
 /// Environment variable naming a p4c output directory, for bmv2.
@@ -63,11 +70,11 @@ impl SwitchKind {
     }
 
     /// What this switch needs from the machine beyond what every lab
-    /// needs: bmv2 needs p4c (unless given a build) and
-    /// `simple_switch_grpc`, and ethtool for the offloads.
+    /// needs: switch-agent needs nsenter; bmv2 needs p4c (unless given a
+    /// build) and `simple_switch_grpc`, and ethtool for the offloads.
     pub fn needs(&self) -> Vec<Need> {
         match self {
-            Self::SwitchAgent => Vec::new(),
+            Self::SwitchAgent => vec![NSENTER],
             Self::Bmv2 { build_dir: None } => vec![Need::P4Toolchain, commands::ETHTOOL],
             Self::Bmv2 { build_dir: Some(_) } => vec![commands::ETHTOOL],
         }
@@ -234,6 +241,6 @@ mod tests {
         assert_eq!(SwitchKind::parse("bmv2", None).unwrap(), SwitchKind::bmv2());
         assert!(SwitchKind::parse("ovs", None).is_err());
         assert!(SwitchKind::bmv2().needs().contains(&Need::P4Toolchain));
-        assert!(SwitchKind::SwitchAgent.needs().is_empty());
+        assert_eq!(SwitchKind::SwitchAgent.needs(), [NSENTER]);
     }
 }

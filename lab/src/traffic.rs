@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -152,8 +152,30 @@ pub struct LoadSpec {
     pub timeout: Duration,
     /// Gap between requests of one `hold` connection.
     pub interval: Duration,
-    /// `hold`: stop early once this file exists.
+    /// Stop early once this file exists (checked every 20 ms; requests in
+    /// flight finish).
     pub stop_file: Option<PathBuf>,
+}
+
+/// One broken `hold` connection: when, which, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Break {
+    /// When it broke, milliseconds since the Unix epoch (so that the lab
+    /// can place it in the phase it happened in).
+    pub at_ms: u64,
+    /// The connection (worker) index.
+    pub connection: u32,
+    /// Its target.
+    pub target: SocketAddr,
+    /// What happened: the error, `timeout`, or `moved <first> -> <now>`.
+    pub reason: String,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// What happened.
@@ -169,6 +191,10 @@ pub struct LoadResult {
     pub requests: u64,
     /// Failed requests (connect/read errors, timeouts, lost UDP replies).
     pub errors: u64,
+    /// Failed requests by what went wrong (`timeout`, `connect timeout`,
+    /// the OS error, `connection closed`, `no reply`, ...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_kinds: BTreeMap<String, u64>,
     /// Requests per second.
     pub rps: f64,
     /// Latency of successful requests.
@@ -181,6 +207,9 @@ pub struct LoadResult {
     pub broken: u64,
     /// `hold`: of the broken, how many answered from another backend.
     pub moved: u64,
+    /// `hold`: every broken connection, in the order they broke.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub breaks: Vec<Break>,
     /// CPU time (user + system) the load generator itself used, microseconds.
     pub self_cpu_us: f64,
 }
@@ -189,11 +218,18 @@ struct Shared {
     issued: AtomicU64,
     max: u64,
     deadline: Instant,
+    /// Set once the stop file appears.
+    stopped: AtomicBool,
 }
 
 impl Shared {
     fn go(&self) -> bool {
-        Instant::now() < self.deadline && self.issued.fetch_add(1, Ordering::Relaxed) < self.max
+        self.live() && self.issued.fetch_add(1, Ordering::Relaxed) < self.max
+    }
+
+    /// Before the deadline and not stopped.
+    fn live(&self) -> bool {
+        Instant::now() < self.deadline && !self.stopped.load(Ordering::Relaxed)
     }
 }
 
@@ -201,10 +237,32 @@ impl Shared {
 struct WorkerOut {
     lat: Vec<u32>,
     errors: u64,
+    error_kinds: BTreeMap<String, u64>,
     backends: BTreeMap<String, u64>,
     broken: u64,
     moved: u64,
+    breaks: Vec<Break>,
     connections: u64,
+}
+
+impl WorkerOut {
+    /// Counts a failed request, by what went wrong.
+    fn fail(&mut self, why: String) {
+        self.errors += 1;
+        *self.error_kinds.entry(why).or_default() += 1;
+    }
+
+    /// Counts a `hold` connection as broken.
+    fn broke(&mut self, id: usize, target: SocketAddr, reason: String, moved: bool) {
+        self.broken += 1;
+        self.moved += u64::from(moved);
+        self.breaks.push(Break {
+            at_ms: unix_ms(),
+            connection: id as u32,
+            target,
+            reason,
+        });
+    }
 }
 
 const REQ: &[u8] = b"GET / HTTP/1.1\r\nHost: talaria-lab\r\nUser-Agent: talaria-lab\r\n\r\n";
@@ -255,7 +313,8 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
                         out.lat.push(t0.elapsed().as_micros() as u32);
                         *out.backends.entry(b).or_default() += 1;
                     }
-                    _ => out.errors += 1,
+                    Ok(Err(e)) => out.fail(e),
+                    Err(_) => out.fail("timeout".into()),
                 }
             }
         }
@@ -271,8 +330,8 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
                             buf.clear();
                             conn = Some(s)
                         }
-                        Err(_) => {
-                            out.errors += 1;
+                        Err(e) => {
+                            out.fail(e);
                             tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
@@ -284,17 +343,24 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
                         out.lat.push(t0.elapsed().as_micros() as u32);
                         *out.backends.entry(b).or_default() += 1;
                     }
-                    _ => {
-                        out.errors += 1;
+                    Ok(Err(e)) => {
+                        out.fail(e);
+                        conn = None;
+                    }
+                    Err(_) => {
+                        out.fail("timeout".into());
                         conn = None;
                     }
                 }
             }
         }
         Proto::Udp => {
-            let Ok(sock) = UdpSocket::bind("0.0.0.0:0").await else {
-                out.errors += 1;
-                return out;
+            let sock = match UdpSocket::bind("0.0.0.0:0").await {
+                Ok(s) => s,
+                Err(e) => {
+                    out.fail(format!("bind: {e}"));
+                    return out;
+                }
             };
             let mut buf = vec![0u8; 2048];
             let mut seq: u64 = 0;
@@ -304,8 +370,8 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
                 seq += 1;
                 let msg = format!("talaria-lab {id} {seq}");
                 let t0 = Instant::now();
-                if sock.send_to(msg.as_bytes(), target).await.is_err() {
-                    out.errors += 1;
+                if let Err(e) = sock.send_to(msg.as_bytes(), target).await {
+                    out.fail(format!("send: {e}"));
                     continue;
                 }
                 let deadline = t0 + spec.timeout;
@@ -324,7 +390,7 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
                     }
                 }
                 if !ok {
-                    out.errors += 1;
+                    out.fail("no reply".into());
                 }
             }
         }
@@ -333,17 +399,16 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
             out.connections = 1;
             let mut s = match connect(target, spec.timeout).await {
                 Ok(s) => s,
-                Err(_) => {
-                    out.errors += 1;
-                    out.broken += 1;
+                Err(e) => {
+                    let e = format!("connect: {e}");
+                    out.fail(e.clone());
+                    out.broke(id, target, e, false);
                     return out;
                 }
             };
             let mut buf = Vec::new();
             let mut first: Option<String> = None;
-            while Instant::now() < sh.deadline
-                && !spec.stop_file.as_ref().is_some_and(|f| f.exists())
-            {
+            while sh.live() {
                 let t0 = Instant::now();
                 match tokio::time::timeout(spec.timeout, http_exchange(&mut s, &mut buf)).await {
                     Ok(Ok(b)) => {
@@ -352,16 +417,21 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
                         match &first {
                             None => first = Some(b),
                             Some(f) if *f != b => {
-                                out.broken += 1;
-                                out.moved += 1;
+                                out.broke(id, target, format!("moved {f} -> {b}"), true);
                                 return out;
                             }
                             _ => {}
                         }
                     }
-                    _ => {
-                        out.errors += 1;
-                        out.broken += 1;
+                    Ok(Err(e)) => {
+                        out.fail(e.clone());
+                        out.broke(id, target, e, false);
+                        return out;
+                    }
+                    Err(_) => {
+                        out.fail("timeout".into());
+                        let reason = format!("no answer within {:?}", spec.timeout);
+                        out.broke(id, target, reason, false);
                         return out;
                     }
                 }
@@ -384,6 +454,16 @@ pub async fn run_load(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         issued: AtomicU64::new(0),
         max: spec.max_requests,
         deadline: start + duration,
+        stopped: AtomicBool::new(false),
+    });
+    let watcher = spec.stop_file.clone().map(|f| {
+        let sh = sh.clone();
+        tokio::spawn(async move {
+            while !f.exists() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            sh.stopped.store(true, Ordering::Relaxed);
+        })
     });
     let spec = Arc::new(spec);
     let tasks: Vec<_> = (0..spec.concurrency as usize)
@@ -399,13 +479,21 @@ pub async fn run_load(spec: LoadSpec) -> anyhow::Result<LoadResult> {
         let o = t.await?;
         lat.extend(o.lat);
         res.errors += o.errors;
+        for (k, v) in o.error_kinds {
+            *res.error_kinds.entry(k).or_default() += v;
+        }
         res.broken += o.broken;
         res.moved += o.moved;
+        res.breaks.extend(o.breaks);
         res.connections += o.connections;
         for (k, v) in o.backends {
             *res.backends.entry(k).or_default() += v;
         }
     }
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    res.breaks.sort_by_key(|b| b.at_ms);
     res.duration_s = start.elapsed().as_secs_f64();
     res.requests = lat.len() as u64;
     res.rps = res.requests as f64 / res.duration_s.max(1e-9);
@@ -484,6 +572,30 @@ mod tests {
         }
         let r = run_load(mk(Proto::Hold, http)).await.unwrap();
         assert_eq!((r.connections, r.broken), (2, 0));
+        assert!(r.breaks.is_empty());
+        // Errors are counted by kind; nothing listens on the UDP port's
+        // number over TCP.
+        let r = run_load(mk(Proto::HttpShort, udp)).await.unwrap();
+        assert_eq!(r.requests, 0);
+        assert_eq!(r.error_kinds.values().sum::<u64>(), r.errors);
+        assert!(
+            r.error_kinds.keys().all(|k| k.contains("refused")),
+            "{:?}",
+            r.error_kinds
+        );
+        // A stop file ends any load early.
+        let stop = dir.join("stop");
+        std::fs::write(&stop, b"").unwrap();
+        let t0 = Instant::now();
+        let r = run_load(LoadSpec {
+            duration: Duration::from_secs(20),
+            max_requests: u64::MAX,
+            stop_file: Some(stop),
+            ..mk(Proto::HttpShort, http)
+        })
+        .await
+        .unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(5), "{r:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

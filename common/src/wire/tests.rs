@@ -83,6 +83,35 @@ fn errors_map_to_their_drop_reasons() {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    /// Any bytes: parsed or refused, never a panic; what parses validates.
+    #[test]
+    fn any_bytes_parse_or_are_refused(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
+        if let Ok(p) = parse(&bytes) {
+            prop_assert!(p.inner_offset <= bytes.len());
+            prop_assert_eq!(p.opt.version, TALARIA_VERSION);
+        }
+    }
+
+    /// A valid header with bytes overwritten: refused, or parsed to what
+    /// the bytes say.
+    #[test]
+    fn mutated_headers_parse_or_are_refused(
+        at in proptest::collection::vec((0usize..TalariaEncap::LEN, any::<u8>()), 1..4),
+    ) {
+        let mut bytes = encap_bytes(flags::COOKIE_VALID, 7, 42);
+        for (i, b) in at {
+            bytes[i] = b;
+        }
+        if let Ok(p) = parse(&bytes) {
+            prop_assert_eq!(p.inner_offset, TalariaEncap::LEN);
+            prop_assert_eq!(p.opt.service_id.get(), u16::from_be_bytes([bytes[14], bytes[15]]));
+        }
+    }
+}
+
+proptest! {
     #[test]
     fn round_trip(flags in any::<u8>(), service in any::<u16>(), backend in any::<u32>(), payload in proptest::collection::vec(any::<u8>(), 0..64)) {
         let encap = TalariaEncap::new(flags, service, backend);

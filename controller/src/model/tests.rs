@@ -295,3 +295,122 @@ endpoints:
     assert_eq!(p.active.len(), 2);
     assert!(p.draining.is_empty());
 }
+
+mod fuzz {
+    //! Whatever the API server holds, the model is built: arbitrary mixes
+    //! of valid and invalid Services, EndpointSlices and Nodes never make it
+    //! panic, and what reaches the data path is well formed.
+
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn pick<T: Clone + std::fmt::Debug + 'static>(v: Vec<T>) -> impl Strategy<Value = T> {
+        (0..v.len()).prop_map(move |i| v[i].clone())
+    }
+
+    fn service() -> impl Strategy<Value = serde_json::Value> {
+        let port = (
+            pick(vec![json!("TCP"), json!("UDP"), json!("SCTP"), json!("tcp"), json!(null)]),
+            pick(vec![json!(80), json!(0), json!(65535), json!(70000), json!(-1)]),
+            pick(vec![json!(8080), json!("http"), json!(null), json!(0)]),
+            pick(vec![json!("http"), json!(null), json!("")]),
+        )
+            .prop_map(|(protocol, port, target, name)| {
+                json!({"protocol": protocol, "port": port, "targetPort": target, "name": name})
+            });
+        (
+            pick(vec!["a", "b", "c"]),
+            pick(vec![
+                json!("10.96.0.10"),
+                json!("10.96.0.11"),
+                json!("None"),
+                json!(""),
+                json!("fd00::10"),
+                json!("not-an-ip"),
+                json!(null),
+            ]),
+            proptest::collection::vec(port, 0..3),
+            pick(vec![json!("ClientIP"), json!("None"), json!(null), json!("bogus")]),
+            pick(vec![json!("ClusterIP"), json!("NodePort"), json!("ExternalName"), json!(null)]),
+        )
+            .prop_map(|(name, ip, ports, affinity, type_)| {
+                json!({"apiVersion": "v1", "kind": "Service",
+                       "metadata": {"name": name, "namespace": "ns"},
+                       "spec": {"clusterIP": ip, "ports": ports, "sessionAffinity": affinity, "type": type_}})
+            })
+    }
+
+    fn slice() -> impl Strategy<Value = serde_json::Value> {
+        let endpoint = (
+            pick(vec![
+                json!(["10.244.1.5"]),
+                json!(["10.244.2.6", "10.244.2.7"]),
+                json!(["not-an-ip"]),
+                json!(["fd00::5"]),
+                json!([]),
+            ]),
+            pick(vec![json!(true), json!(false), json!(null)]),
+            pick(vec![json!(true), json!(false), json!(null)]),
+            pick(vec![json!(true), json!(false), json!(null)]),
+            pick(vec![json!("n1"), json!("n2"), json!("gone"), json!(null)]),
+        )
+            .prop_map(|(addresses, ready, serving, terminating, node)| {
+                json!({"addresses": addresses, "nodeName": node,
+                       "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
+            });
+        (
+            pick(vec!["a", "b", "c", "d"]),
+            0u8..4,
+            pick(vec![json!("IPv4"), json!("IPv6"), json!("FQDN")]),
+            proptest::collection::vec(endpoint, 0..4),
+            pick(vec![json!(8080), json!(0), json!(null)]),
+            pick(vec![json!("http"), json!(null), json!("")]),
+        )
+            .prop_map(|(service, n, family, endpoints, port, name)| {
+                json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                       "metadata": {"name": format!("{service}-{n}"), "namespace": "ns",
+                                    "labels": {"kubernetes.io/service-name": service}},
+                       "addressType": family,
+                       "ports": [{"port": port, "name": name, "protocol": "TCP"}],
+                       "endpoints": endpoints})
+            })
+    }
+
+    /// Deserialises what a real API server could hand out; drops what
+    /// k8s-openapi itself refuses.
+    fn objects<T: serde::de::DeserializeOwned>(values: &[serde_json::Value]) -> Vec<T> {
+        values
+            .iter()
+            .filter_map(|v| serde_json::from_value(v.clone()).ok())
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn any_objects_build_a_well_formed_model(
+            services in proptest::collection::vec(service(), 0..5),
+            slices in proptest::collection::vec(slice(), 0..6),
+            nodes_ok in any::<bool>(),
+        ) {
+            let (_, _, mut nodes) = objs(NODES);
+            if !nodes_ok {
+                nodes.truncate(1);
+            }
+            let services: Vec<Service> = objects(&services);
+            let slices: Vec<EndpointSlice> = objects(&slices);
+            let m = build(&services, &slices, &nodes);
+            let node_ips: BTreeSet<Ipv4Addr> = m.node_ips.values().copied().collect();
+            for (key, port) in &m.ports {
+                prop_assert!(key.port != 0, "{key}");
+                for b in port.active.iter().chain(&port.draining) {
+                    prop_assert!(b.port != 0, "{key}: {b}");
+                    prop_assert!(node_ips.contains(&b.node_ip), "{key}: {b} on an unknown node");
+                }
+                prop_assert!(port.active.is_disjoint(&port.draining));
+            }
+        }
+    }
+}

@@ -40,17 +40,14 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         && ctx
             .load::<Be16>(OUTER_UDP_OFF + 2)
             .is_ok_and(|p| p.get() == GENEVE_UDP_PORT);
-    if !geneve {
-        // A VIP speaks to pods only through the tunnel (its replies are
-        // reverse-NATed on the backend's node); a plain packet from one is
-        // someone else's, however it got here.
+    let cfg = config().ok_or(PASS)?;
+    if !geneve || outer.dst != cfg.node_ip {
+        // A VIP speaks to pods only through the tunnel to this node (its
+        // replies are reverse-NATed on the backend's node); anything else
+        // from one is someone else's, however it got here.
         if NODE_SVC_CIDRS.get(Key::new(32, outer.src)).is_some() {
             return Err(drop_pkt(DropReason::ServiceSource));
         }
-        return Ok(PASS);
-    }
-    let cfg = config().ok_or(PASS)?;
-    if outer.dst != cfg.node_ip {
         return Ok(PASS);
     }
     // Talaria packets are accepted from the switch only: its tunnel

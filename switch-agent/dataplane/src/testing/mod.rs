@@ -48,6 +48,16 @@ impl NetNs {
             N.fetch_add(1, Ordering::Relaxed)
         );
         ip(&["netns", "add", &name]);
+        // No IPv6 on the test links: its router and neighbour solicitations
+        // would be traffic of the namespace's own, in a switch's counters.
+        for conf in ["all", "default"] {
+            let key = format!("net.ipv6.conf.{conf}.disable_ipv6=1");
+            let out = Command::new("ip")
+                .args(["netns", "exec", &name, "sysctl", "-qw", &key])
+                .output()
+                .expect("running sysctl");
+            assert!(out.status.success(), "{key}: {out:?}");
+        }
         let orig = File::open("/proc/thread-self/ns/net").expect("own netns");
         let ns = Self { name, orig };
         ns.enter_again();

@@ -1,0 +1,222 @@
+//! Random and mutated frames into the switch pipeline (BPF_PROG_TEST_RUN),
+//! checking what must hold for every frame, whatever it is. The corpus is
+//! the parity scenarios' inputs (`testing::scenarios`), on their tables.
+//! Root only; `TALARIA_FUZZ_ITERS` and `TALARIA_FUZZ_SEED` run it longer
+//! or elsewhere, and a failure prints the seed and frame to replay.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use talaria_common::{
+    drop::{DropReason, DROP_REASON_COUNT},
+    wire::{flags, GENEVE_UDP_PORT},
+};
+use talaria_preflight::{require, LOADS_BPF};
+use talaria_switch_dataplane::{
+    testing::{
+        off,
+        scenarios::{self, checksums, INGRESS_PORT},
+        TestSwitch,
+    },
+    CounterId, Dataplane, Entry, Target,
+};
+use talaria_tables::{backend, tunnel_peer};
+
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// What the tables say that the checks need.
+struct Tables {
+    switch_addrs: Vec<Ipv4Addr>,
+    /// Nodes that may tunnel in on the ingress port.
+    peers: Vec<Ipv4Addr>,
+    /// Backend id → its node.
+    backend_node: BTreeMap<u32, Ipv4Addr>,
+}
+
+impl Tables {
+    fn of(entries: &[Entry]) -> Self {
+        let mut t = Tables {
+            switch_addrs: Vec::new(),
+            peers: Vec::new(),
+            backend_node: BTreeMap::new(),
+        };
+        for e in entries {
+            match e {
+                Entry::SwitchAddr(e) => t.switch_addrs.push(e.key.dst_addr),
+                Entry::TunnelPeer(tunnel_peer::Entry { key, .. }) if key.port == INGRESS_PORT => {
+                    t.peers.push(key.node_ip)
+                }
+                Entry::Backend(e) => {
+                    let backend::Action::SetBackend { node_ip, .. } = e.action;
+                    t.backend_node.insert(e.key.backend_id, node_ip);
+                }
+                _ => {}
+            }
+        }
+        t
+    }
+}
+
+fn addr(f: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(f[at], f[at + 1], f[at + 2], f[at + 3])
+}
+
+/// `drop_counter`, by reason code.
+fn drops(dp: &Dataplane) -> Vec<u64> {
+    (0..DROP_REASON_COUNT)
+        .map(|i| dp.counter(CounterId::Drop, i).unwrap().packets)
+        .collect()
+}
+
+/// The reasons whose counts moved from `before` to `after`, with how much.
+fn moved(before: &[u64], after: &[u64]) -> Vec<(String, u64)> {
+    before
+        .iter()
+        .zip(after)
+        .enumerate()
+        .filter(|(_, (b, a))| a != b)
+        .map(|(i, (b, a))| {
+            let name = DropReason::from_code(i as u8).map_or(format!("#{i}"), |r| r.name().into());
+            (name, a - b)
+        })
+        .collect()
+}
+
+/// `seed` changed in one to four ways: bytes overwritten, an address of
+/// the tables written anywhere, cut short or lengthened.
+fn mutate(rng: &mut Rng, seed: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
+    let mut p = seed.to_vec();
+    for _ in 0..1 + rng.below(4) {
+        match rng.below(5) {
+            0 | 1 => {
+                let at = rng.below(p.len());
+                p[at] = rng.next() as u8;
+            }
+            2 => {
+                let a = addrs[rng.below(addrs.len())].octets();
+                let at = rng.below(p.len().saturating_sub(4).max(1));
+                let end = (at + 4).min(p.len());
+                p[at..end].copy_from_slice(&a[..end - at]);
+            }
+            3 => p.truncate(14 + rng.below(p.len().saturating_sub(14).max(1))),
+            _ => p.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+        }
+    }
+    p
+}
+
+/// For every frame: the verdict is forward or drop (a switch passes
+/// nothing to a stack); a drop is counted under exactly one reason and a
+/// forward under none; a forwarded frame's checksums are right when the
+/// input's were; a frame leaving with a switch address as outer source
+/// is a tunnel re-originated from one a node sent in on its port; and a
+/// forwarded reply came from the node of the backend its cookie names.
+#[test]
+fn fuzzed_frames_keep_the_switch_invariants() {
+    require!(LOADS_BPF);
+    let iters: usize = std::env::var("TALARIA_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let seed: u64 = std::env::var("TALARIA_FUZZ_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5717_c4ed);
+    let suite = scenarios::suites().remove(0);
+    let sw = TestSwitch::new("fuzz", suite.ports);
+    let dp = sw.dp();
+    for e in &suite.setup {
+        dp.insert(e).unwrap();
+    }
+    let t = Tables::of(&suite.setup);
+    let corpus: Vec<Vec<u8>> = suite.scenarios().map(|s| s.input.clone()).collect();
+    let mut addrs = t.switch_addrs.clone();
+    addrs.extend(&t.peers);
+    addrs.extend(t.backend_node.values());
+    let mut rng = Rng(seed);
+    // Verdicts seen: forward, drop, refused by the kernel.
+    let mut seen = [0usize; 3];
+    for i in 0..iters {
+        let pick = rng.below(corpus.len());
+        let input = mutate(&mut rng, &corpus[pick], &addrs);
+        let before = drops(dp);
+        // The kernel refuses some frames before any program sees them.
+        let Ok(out) = dp.test_run(&input, Some(INGRESS_PORT)) else {
+            seen[2] += 1;
+            continue;
+        };
+        let moved = moved(&before, &drops(dp));
+        let dropped: u64 = moved.iter().map(|m| m.1).sum();
+        let why = || {
+            format!(
+                "seed {seed:#x}, iteration {i}, verdict {}, drops {moved:?}, input {input:02x?}, output {:02x?}",
+                out.retval, out.data
+            )
+        };
+        match out.retval {
+            TC_ACT_SHOT => {
+                seen[1] += 1;
+                assert_eq!(dropped, 1, "a drop counted once: {}", why());
+            }
+            TC_ACT_REDIRECT => {
+                seen[0] += 1;
+                assert_eq!(dropped, 0, "a forward counted as a drop: {}", why());
+            }
+            _ => panic!("neither forward nor drop: {}", why()),
+        }
+        if out.retval != TC_ACT_REDIRECT {
+            continue;
+        }
+        let f = &out.data;
+        if checksums(&input).is_empty() {
+            assert_eq!(checksums(f), Vec::<String>::new(), "{}", why());
+        }
+        // Offsets past outer IPv4 options, which a tunnel may carry.
+        let udp = off::OUTER_IP + usize::from(f[off::OUTER_IP] & 0x0f) * 4;
+        let opt = udp + (off::OPT - off::OUTER_UDP);
+        let tunnel = f.len() >= opt + 12
+            && f[off::OUTER_IP + 9] == 17
+            && u16::from_be_bytes([f[udp + 2], f[udp + 3]]) == GENEVE_UDP_PORT;
+        let outer_src = addr(f, off::OUTER_IP + 12);
+        if t.switch_addrs.contains(&outer_src) {
+            assert!(tunnel, "a non-tunnel left from a switch address: {}", why());
+            let sender = addr(&input, off::OUTER_IP + 12);
+            assert!(
+                t.peers.contains(&sender),
+                "re-originated a tunnel from {sender}, which is no peer: {}",
+                why()
+            );
+            if f[opt + 5] & flags::REPLY != 0 {
+                let backend_id = u32::from_be_bytes(f[opt + 8..opt + 12].try_into().unwrap());
+                assert_eq!(
+                    t.backend_node.get(&backend_id),
+                    Some(&sender),
+                    "a reply forwarded from a node that does not host its backend: {}",
+                    why()
+                );
+            }
+        }
+    }
+    println!(
+        "{iters} frames: {} forwarded, {} dropped, {} refused by the kernel",
+        seen[0], seen[1], seen[2]
+    );
+    // The mutations must reach both verdicts, or the checks check nothing.
+    assert!(seen[..2].iter().all(|c| *c >= iters / 20), "{seen:?}");
+}
