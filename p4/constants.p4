@@ -136,9 +136,9 @@ const bit<32> SERVICE_V4_SIZE   = 65536;
 /* Live (service, backend) pairs, including backends in quarantine whose
  * cookies must keep working until the quarantine ends. */
 const bit<32> COOKIE_CHECK_SIZE = 262144;
-/* Buckets of all services together: 10k Service ports of 10 backends at
- * 64 buckets each, with headroom. */
-const bit<32> LB_BUCKET_SIZE    = 1048576;
+/* Buckets of all services together: 10k Services of two ports (TCP and
+ * UDP) and 10 backends at 64 buckets each (1.28M), with headroom. */
+const bit<32> LB_BUCKET_SIZE    = 2097152;
 /* Backend ids in use, including quarantined ones. */
 const bit<32> BACKEND_SIZE      = 262144;
 /* Pod CIDRs: one per node. */

@@ -15,7 +15,7 @@ pub mod sizes {
     /// `COOKIE_CHECK_SIZE`.
     pub const COOKIE_CHECK: u32 = 262_144;
     /// `LB_BUCKET_SIZE`.
-    pub const LB_BUCKET: u32 = 1_048_576;
+    pub const LB_BUCKET: u32 = 2_097_152;
     /// `BACKEND_SIZE`.
     pub const BACKEND: u32 = 262_144;
     /// `POD_NODE_SIZE`.

@@ -104,7 +104,7 @@ pub struct PortPlan {
     pub service_id: u16,
     /// sessionAffinity → hash mode.
     pub hash_mode: HashMode,
-    /// Bucket → backend id; empty = no active backend, so no entries at all.
+    /// Bucket → backend id; empty = no active backend.
     pub buckets: Vec<u32>,
     /// Backends taking new flows, by id.
     pub active: BTreeMap<u32, Backend>,
@@ -117,9 +117,13 @@ pub struct PortPlan {
 }
 
 impl PortPlan {
-    /// True when the port has switch entries (it has active backends).
+    /// True when the port has switch entries: it has active backends, or
+    /// established flows on draining or departed ones. Without active
+    /// backends its `service_v4` entry has no buckets behind it: new flows
+    /// are dropped (`no_backend`) while those with a valid cookie, and
+    /// their replies, go on.
     pub fn has_entries(&self) -> bool {
-        !self.buckets.is_empty()
+        !self.buckets.is_empty() || !self.draining.is_empty() || !self.departed.is_empty()
     }
 
     /// The `service_v4` entry, when the port has entries.
@@ -128,7 +132,7 @@ impl PortPlan {
             key: self.key.table_key(),
             action: service_v4::Action::SetService {
                 service_id: self.service_id,
-                bucket_mask: (self.buckets.len() - 1) as u16,
+                bucket_mask: self.buckets.len().saturating_sub(1) as u16,
                 hash_mode: self.hash_mode.value(),
             },
         })
@@ -697,7 +701,14 @@ impl Planner {
                 departed.entry(*id).or_insert((*b, now));
             }
         }
-        let quarantine = self.quarantine;
+        // A departed backend's cookies keep established TCP flows on it for
+        // the quarantine; UDP flows move to a live backend at once, as
+        // kube-proxy deletes the conntrack entries of removed UDP endpoints.
+        let quarantine = if key.proto == Proto::Udp {
+            Duration::ZERO
+        } else {
+            self.quarantine
+        };
         departed.retain(|id, (_, since)| !present(id) && now.duration_since(*since) < quarantine);
         let old_buckets = match old {
             Some(o) => o.buckets.as_slice(),
@@ -1078,13 +1089,98 @@ endpoints:
     }
 
     #[test]
-    fn no_endpoints_means_no_service_entry_but_id_kept() {
+    fn no_endpoints_keeps_established_flows_then_the_entry_goes_id_kept() {
+        let t0 = Instant::now();
+        let q = Duration::from_secs(300);
+        let mut p = Planner::new(BucketPolicy::default(), q);
+        let s1 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0);
+        // The last endpoint left: no buckets, so new flows are dropped, but
+        // the service entry and the departed backend's cookie stay for
+        // the flows it still serves.
+        let s2 = plan_state(&mut p, &model_with(&[]), t0);
+        assert!(s2.lb_bucket.is_empty());
+        let service_v4::Action::SetService { bucket_mask, .. } =
+            *s2.service_v4.values().next().expect("service entry kept");
+        assert_eq!(bucket_mask, 0);
+        assert_eq!(cookie_ids(&s2), cookie_ids(&s1));
+        // Not ready but listed: the same, for as long as it is listed.
+        let s2b = plan_state(
+            &mut p,
+            &model_with(&[("10.244.1.5", "{ready: false}")]),
+            t0 + q,
+        );
+        assert_eq!((s2b.service_v4.len(), s2b.lb_bucket.len()), (1, 0));
+        assert_eq!(cookie_ids(&s2b), cookie_ids(&s1));
+        // Gone a quarantine after it left: no entries at all.
+        let _ = plan_state(&mut p, &model_with(&[]), t0 + q);
+        let s3 = plan_state(&mut p, &model_with(&[]), t0 + q * 3);
+        assert!(s3.service_v4.is_empty() && s3.lb_bucket.is_empty() && s3.cookie_check.is_empty());
+        // Back: the same service id as before (the port never left).
+        let s4 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0 + q * 3);
+        assert_eq!(s1.service_v4, s4.service_v4);
+    }
+
+    /// One Service with a TCP and a UDP port on the same endpoints.
+    fn tcp_and_udp(eps: &[(&str, &str)]) -> Model {
+        let mut y = format!(
+            "{}\n---\n{}",
+            model::tests::NODES,
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: default}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: tcp, port: 53, protocol: TCP}, {name: udp, port: 53, protocol: UDP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: default, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+ports: [{name: tcp, port: 53, protocol: TCP}, {name: udp, port: 53, protocol: UDP}]
+endpoints:
+"#
+        );
+        for (ip, cond) in eps {
+            y.push_str(&format!(
+                "- {{addresses: [{ip}], nodeName: n1, conditions: {cond}}}\n"
+            ));
+        }
+        let (s, e, n) = objs(&y);
+        model::build(&s, &e, &n)
+    }
+
+    /// The backend addresses whose cookies the port `proto` accepts.
+    fn cookie_ips(p: &Planner, proto: Proto) -> BTreeSet<String> {
+        let port = p.desired().ports().find(|x| x.key.proto == proto).unwrap();
+        port.active
+            .values()
+            .chain(port.draining.values())
+            .chain(port.departed.values().map(|(b, _)| b))
+            .map(|b| b.ip.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn udp_flows_leave_removed_and_unready_endpoints_at_once() {
+        let both = [("10.244.1.5", READY), ("10.244.1.6", READY)];
         let t0 = Instant::now();
         let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
-        let s1 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0);
-        let s2 = plan_state(&mut p, &model_with(&[]), t0);
-        assert!(s2.service_v4.is_empty() && s2.lb_bucket.is_empty());
-        let s3 = plan_state(&mut p, &model_with(&[("10.244.1.5", READY)]), t0);
-        assert_eq!(s1, s3);
+        p.plan_full(&tcp_and_udp(&both), &fabric(), t0);
+        let all: BTreeSet<String> = ["10.244.1.5".into(), "10.244.1.6".into()].into();
+        assert_eq!(cookie_ips(&p, Proto::Tcp), all);
+        assert_eq!(cookie_ips(&p, Proto::Udp), all);
+        // Not ready: TCP keeps established flows on it, UDP moves them.
+        let unready = [("10.244.1.5", READY), ("10.244.1.6", "{ready: false}")];
+        p.plan_full(&tcp_and_udp(&unready), &fabric(), t0);
+        assert_eq!(cookie_ips(&p, Proto::Tcp), all);
+        assert_eq!(cookie_ips(&p, Proto::Udp), ["10.244.1.5".into()].into());
+        // Removed: TCP cookies last the quarantine, UDP ones end now.
+        p.plan_full(&tcp_and_udp(&both[..1]), &fabric(), t0);
+        assert_eq!(cookie_ips(&p, Proto::Tcp), all);
+        assert_eq!(cookie_ips(&p, Proto::Udp), ["10.244.1.5".into()].into());
+        let later = t0 + Duration::from_secs(301);
+        p.plan_full(&tcp_and_udp(&both[..1]), &fabric(), later);
+        assert_eq!(cookie_ips(&p, Proto::Tcp), ["10.244.1.5".into()].into());
     }
 }

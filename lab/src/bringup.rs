@@ -23,6 +23,8 @@ pub fn p4_port(node: u32) -> u16 {
 pub const CONTROLLER_REST: &str = "127.0.0.1:9080";
 /// P4Runtime address inside the switch netns.
 pub const P4RT_ADDR: &str = "127.0.0.1:9559";
+/// switch-agent's Prometheus endpoint, in the switch netns.
+pub const SWITCH_METRICS: &str = "127.0.0.1:9560";
 
 fn find_p4info() -> Result<PathBuf> {
     match std::env::var_os("TALARIA_P4INFO") {
@@ -271,7 +273,10 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
                     .join("switch-state")
                     .to_string_lossy()
                     .into_owned(),
-                "--no-metrics".into(),
+                // switch-agent's own /metrics (table occupancy), reachable
+                // from the switch netns only.
+                "--metrics-addr".into(),
+                SWITCH_METRICS.into(),
             ];
             for (port, dev) in &ports {
                 argv.push("-i".into());
@@ -438,13 +443,9 @@ async fn wait_programmed(lab: &mut Lab, ports: usize, limit: Duration) -> Result
 /// polls the manifests directory), waits until the switch holds it, and
 /// restarts the node agents only if the service ids they map changed.
 pub async fn talaria_apply_services(lab: &mut Lab, set: &ServiceSet) -> Result<()> {
-    // write_configs has already rewritten manifests/services.yaml.
-    let want = set
-        .services
-        .iter()
-        .filter(|s| !s.endpoints.is_empty())
-        .count()
-        * 2;
+    // write_configs has already rewritten the Services' manifest files.
+    // Every Service port is planned, with endpoints or without.
+    let want = set.services.len() * 2;
     // Give the controller a poll and its debounce to notice the new file,
     // else an endpoint-only change would find the old plan "in sync".
     tokio::time::sleep(Duration::from_millis(400)).await;

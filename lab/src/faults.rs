@@ -912,7 +912,7 @@ pub fn summary(command: &str, a: &FaultsArgs, r: &Report, load: (&str, &str)) ->
 }
 
 /// `git describe --always --dirty` of the working tree, when there is one.
-fn git_describe() -> Option<String> {
+pub(crate) fn git_describe() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty"])
         .stderr(std::process::Stdio::null())

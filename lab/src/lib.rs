@@ -12,6 +12,7 @@
 //! - [`measure`]: one measured point and the row it yields.
 //! - [`demo`], [`mod@bench`], [`plot`]: the demo, the benchmarks and their plots.
 //! - [`faults`]: kill -9 of each talaria component under load.
+//! - [`soak`]: endpoint churn at scale under load.
 //! - [`doctor`]: what the lab needs from the machine.
 
 pub mod bench;
@@ -27,6 +28,7 @@ pub mod modes;
 pub mod netns;
 pub mod plot;
 pub mod rules;
+pub mod soak;
 pub mod stats;
 pub mod switch;
 pub mod topology;

@@ -11,7 +11,7 @@ use talaria_lab::netns::{self, State};
 use talaria_lab::switch::{SwitchKind, BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
 use talaria_lab::traffic::{self, LoadSpec, Proto};
-use talaria_lab::{bench, bringup, components, demo, doctor, faults, measure, rules};
+use talaria_lab::{bench, bringup, components, demo, doctor, faults, measure, rules, soak};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +63,11 @@ enum Cmd {
     /// summary.md and faults.csv, fails unless every long connection and
     /// every table survived.
     Faults(faults::FaultsArgs),
+    /// Soak: endpoint churn at scale (10,000 Services × 10 endpoints, 100
+    /// changes a second for 10 minutes by default) under long and short
+    /// connections; writes summary.md and samples.csv, fails if a long
+    /// connection broke or the controller ended out of step.
+    Soak(soak::SoakArgs),
     /// Bring up a lab, start the pod servers, apply a mode, and keep it up.
     Up {
         /// Topology YAML (default: embedded).
@@ -256,7 +261,7 @@ fn main() -> Result<()> {
             let set = ServiceSet::from_topology(&t);
             std::fs::write(
                 out.join("services.yaml"),
-                manifests::services_yaml(&t, &set),
+                manifests::services_yaml(&t, &set.services),
             )?;
             std::fs::write(out.join("nodes.yaml"), manifests::nodes_yaml(&t))?;
             std::fs::write(
@@ -390,6 +395,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(args) => rt.block_on(bench::run(args, switch.clone(), cli.bmv2_dir)),
         Cmd::Faults(args) => rt.block_on(faults::run(args, switch.clone())),
+        Cmd::Soak(args) => rt.block_on(soak::run_soak(args, switch.clone())),
     }
     .map_err(|e| {
         let missing = components::talaria_missing(&switch);

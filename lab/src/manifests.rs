@@ -18,8 +18,11 @@ pub struct ServiceSpec {
     pub name: String,
     /// ClusterIP.
     pub cluster_ip: Ipv4Addr,
-    /// Endpoints as (node, pod).
+    /// Ready endpoints as (node, pod).
     pub endpoints: Vec<(u32, u32)>,
+    /// Endpoints listed but not ready (no new connections; established
+    /// ones keep going), as (node, pod).
+    pub not_ready: Vec<(u32, u32)>,
 }
 
 /// The Services of a lab at one moment; the consistency benchmark edits the
@@ -44,6 +47,7 @@ impl ServiceSet {
                 name: Topology::service_name(k),
                 cluster_ip: t.cluster_ip(k),
                 endpoints: t.service_endpoints(k),
+                not_ready: Vec::new(),
             })
             .collect();
         Self { services }
@@ -77,13 +81,14 @@ fn service_object(t: &Topology, s: &ServiceSpec) -> Value {
 }
 
 fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
-    let endpoints: Vec<Value> = s
-        .endpoints
-        .iter()
-        .map(|&(n, p)| {
+    let ready = s.endpoints.iter().map(|e| (e, true));
+    let not_ready = s.not_ready.iter().map(|e| (e, false));
+    let endpoints: Vec<Value> = ready
+        .chain(not_ready)
+        .map(|(&(n, p), ready)| {
             json!({
                 "addresses": [t.pod_ip(n, p).to_string()],
-                "conditions": { "ready": true, "serving": true, "terminating": false },
+                "conditions": { "ready": ready, "serving": ready, "terminating": false },
                 "nodeName": Topology::node_name(n),
                 "targetRef": { "kind": "Pod", "name": Topology::pod_name(n, p), "namespace": t.namespace },
             })
@@ -133,9 +138,9 @@ fn multi_doc(objs: impl IntoIterator<Item = Value>) -> String {
 }
 
 /// Services and their EndpointSlices, one multi-document YAML stream.
-pub fn services_yaml(t: &Topology, set: &ServiceSet) -> String {
+pub fn services_yaml(t: &Topology, services: &[ServiceSpec]) -> String {
     multi_doc(
-        set.services
+        services
             .iter()
             .flat_map(|s| [service_object(t, s), endpoint_slice_object(t, s)]),
     )
@@ -323,7 +328,7 @@ mod tests {
     fn services_and_slices_have_kubernetes_shape() {
         let t = Topology::default();
         let set = ServiceSet::from_topology(&t);
-        let d = docs(&services_yaml(&t, &set));
+        let d = docs(&services_yaml(&t, &set.services));
         assert_eq!(d.len(), 40);
         let svc = &d[0];
         assert_eq!(svc["apiVersion"], "v1");

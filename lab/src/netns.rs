@@ -16,7 +16,7 @@ use crate::topology::{
 };
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -32,6 +32,14 @@ pub const LAB_NEEDS: [Need; 4] = [Need::Root, Need::Bpffs, Need::Tcx, commands::
 
 /// Default directory of state files.
 pub const DEFAULT_STATE_DIR: &str = "/run/talaria-lab";
+
+/// Services per manifest file (see [`Lab::write_services`]).
+pub const SERVICES_PER_FILE: usize = 25;
+
+/// The manifest file holding the `i`-th [`SERVICES_PER_FILE`] Services.
+pub fn services_file(i: usize) -> String {
+    format!("services-{i:04}.yaml")
+}
 
 /// The state directory (`TALARIA_LAB_STATE_DIR` overrides the default).
 pub fn state_dir() -> PathBuf {
@@ -473,11 +481,7 @@ impl Lab {
     /// `node-<i>.yaml` for the given Services into the run dir.
     pub fn write_configs(&self, set: &ServiceSet) -> Result<()> {
         let d = &self.run_dir;
-        std::fs::create_dir_all(d.join("manifests"))?;
-        write_atomic(
-            &d.join("manifests/services.yaml"),
-            &manifests::services_yaml(&self.topo, set),
-        )?;
+        self.write_services(set, None)?;
         write_atomic(
             &d.join("manifests/nodes.yaml"),
             &manifests::nodes_yaml(&self.topo),
@@ -491,6 +495,40 @@ impl Lab {
                 &d.join(format!("node-{n}.yaml")),
                 &serde_yaml::to_string(&manifests::node_config(&self.topo, &self.names, n))?,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Writes the Services of `set` as manifest files of
+    /// [`SERVICES_PER_FILE`] each (`manifests/services-NNNN.yaml`): all of
+    /// them, or only the files numbered in `only`, so that a change to a
+    /// few of 10,000 Services rewrites (and the controller re-reads) a few
+    /// files. Files beyond the set's last are removed on a full write.
+    pub fn write_services(&self, set: &ServiceSet, only: Option<&BTreeSet<usize>>) -> Result<()> {
+        let dir = self.run_dir.join("manifests");
+        std::fs::create_dir_all(&dir)?;
+        let files = set.services.chunks(SERVICES_PER_FILE).enumerate();
+        for (i, chunk) in files {
+            if only.is_some_and(|o| !o.contains(&i)) {
+                continue;
+            }
+            write_atomic(
+                &dir.join(services_file(i)),
+                &manifests::services_yaml(&self.topo, chunk),
+            )?;
+        }
+        if only.is_none() {
+            let used = set.services.len().div_ceil(SERVICES_PER_FILE);
+            for e in std::fs::read_dir(&dir)?.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let index = name
+                    .strip_prefix("services-")
+                    .and_then(|n| n.strip_suffix(".yaml"))
+                    .and_then(|n| n.parse::<usize>().ok());
+                if index.is_some_and(|i| i >= used) {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
         }
         Ok(())
     }

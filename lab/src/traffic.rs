@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 /// Hard cap on any single load run.
-pub const MAX_DURATION: Duration = Duration::from_secs(600);
+pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 
 /// Runs the HTTP and UDP echo servers until `lifetime` passes (bounded, so a
 /// server orphaned by a crashed lab dies on its own).

@@ -426,7 +426,7 @@ mod tests {
             "talaria_switch_port_rx_packets_total{port=\"1\",interface=\"veth1\"} 17",
             "talaria_switch_table_entries{table=\"backend\"} 0",
             "talaria_switch_table_entries{table=\"service_v4\"} 1",
-            "talaria_switch_table_size{table=\"lb_bucket\"} 1048576",
+            "talaria_switch_table_size{table=\"lb_bucket\"} 2097152",
             "talaria_switch_service_packets_total{service_id=\"7\"} 3",
             "talaria_switch_service_bytes_total{service_id=\"7\"} 180",
             "talaria_switch_p4rt_updates_total{type=\"delete\",result=\"error\"} 0",

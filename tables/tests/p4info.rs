@@ -47,7 +47,7 @@ fn every_kind_of_difference_is_noticed() {
     mismatch(
         |p| table(p, "lb_bucket").size = 1024,
         Fit::Covers,
-        "table TalariaIngress.lb_bucket: size 1024, want 1048576",
+        "table TalariaIngress.lb_bucket: size 1024, want 2097152",
     );
     mismatch(
         |p| table(p, "backend").preamble.as_mut().unwrap().id = 0x0200_0099,

@@ -188,9 +188,6 @@ fn eval_slice_info(
         let ready = c.and_then(|c| c.ready).unwrap_or(true);
         let serving = c.and_then(|c| c.serving).unwrap_or(true);
         let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-        if !(ready || (serving && terminating)) {
-            continue;
-        }
         for a in &ep.addresses {
             let Ok(ip) = a.parse::<Ipv4Addr>() else {
                 skip(
@@ -461,6 +458,7 @@ fn eval_service_into(
         // (name, protocol) port.
         let mut ready = BTreeSet::new();
         let mut st = BTreeSet::new();
+        let mut unready = BTreeSet::new();
         for s in my_slices {
             let wanted = (pname.clone(), proto);
             let Ok(i) = s.ports.binary_search_by(|(k, _)| k.cmp(&wanted)) else {
@@ -477,17 +475,28 @@ fn eval_service_into(
                     ready.insert(b);
                 } else if e.serving_terminating {
                     st.insert(b);
+                } else {
+                    unready.insert(b);
                 }
             }
         }
         // An address that is ready in one slice and terminating in another
         // counts as ready.
         st.retain(|b| !ready.contains(b));
-        let (active, draining, fallback) = if ready.is_empty() {
+        unready.retain(|b| !ready.contains(b) && !st.contains(b));
+        let (active, mut draining, fallback) = if ready.is_empty() {
             (st, BTreeSet::new(), true)
         } else {
             (ready, st, false)
         };
+        // A not-ready endpoint takes no new flows but keeps its established
+        // TCP ones (kube-proxy leaves their conntrack entries alone): its
+        // cookie stays valid for as long as the endpoint exists. UDP flows
+        // move at once: kube-proxy deletes the UDP conntrack entries of
+        // every endpoint that is not serving.
+        if proto != Proto::Udp {
+            draining.extend(unready);
+        }
         for vip in &view.cluster_ips {
             let key = ServiceKey {
                 vip: *vip,

@@ -104,9 +104,17 @@ endpoints:
         ]
         .into()
     );
+    // Serving-terminating and not-ready endpoints keep their established
+    // flows (no new ones); an endpoint neither ready nor serving while
+    // terminating is kept too, as kube-proxy keeps its conntrack entries.
     assert_eq!(
         http.draining,
-        [be("10.244.2.7", 8080, "192.168.0.12")].into()
+        [
+            be("10.244.2.7", 8080, "192.168.0.12"),
+            be("10.244.2.8", 8080, "192.168.0.12"),
+            be("10.244.2.9", 8080, "192.168.0.12")
+        ]
+        .into()
     );
     assert!(!http.terminating_fallback);
     assert_eq!(http.hash_mode, HashMode::FiveTuple);
@@ -136,7 +144,7 @@ endpoints:
 "#);
     let p = &m.ports[&key("10.96.0.11", 80, Proto::Tcp)];
     assert_eq!(p.active, [be("10.244.1.5", 80, "192.168.0.11")].into());
-    assert!(p.draining.is_empty());
+    assert_eq!(p.draining, [be("10.244.1.6", 80, "192.168.0.11")].into());
     assert!(p.terminating_fallback);
 }
 

@@ -118,12 +118,20 @@ pub struct ConnectParams {
     pub timeout: Duration,
 }
 
+/// Largest header block (a failed Write's per-update errors) accepted.
+const MAX_TRAILERS: u32 = 64 << 20;
+
 /// Opens a channel for reads only (no arbitration).
 pub async fn channel(address: &str, timeout: Duration) -> Result<P4Client, ClientError> {
     let ep = Endpoint::from_shared(address.to_string())
         .map_err(|_| ClientError::Address(address.into()))?
         .connect_timeout(timeout)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        // A failed Write carries one p4.v1.Error per update of its batch in
+        // the grpc-status-details-bin trailer: for a batch of thousands of
+        // updates that is far beyond h2's 16 KiB default, and the
+        // connection would be torn down instead of the errors read.
+        .http2_max_header_list_size(MAX_TRAILERS);
     let ch = ep.connect().await.map_err(ClientError::Connect)?;
     Ok(P4Client::new(ch)
         .max_decoding_message_size(256 << 20)

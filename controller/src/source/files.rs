@@ -147,10 +147,30 @@ fn read_file(path: &Path) -> Result<Vec<serde_yaml::Value>, BadDocument> {
     Ok(docs)
 }
 
-/// The parsed documents of one file and the stamp they were read at.
+/// One file as decoded at the stamp it was read at: its objects (shared
+/// with the merged set, so an unchanged file costs neither a parse nor a
+/// copy) and the documents it had to skip.
 struct LoadedFile {
     stamp: Stamp,
-    docs: Vec<serde_yaml::Value>,
+    docs: usize,
+    objects: Objects,
+    bad: Vec<BadDocument>,
+}
+
+impl LoadedFile {
+    fn decode(path: &Path, stamp: Stamp, docs: &[serde_yaml::Value]) -> Self {
+        let mut objects = Objects::default();
+        let mut bad = Vec::new();
+        for (i, v) in docs.iter().enumerate() {
+            add_value(&mut objects, v, path, i, &mut bad);
+        }
+        LoadedFile {
+            stamp,
+            docs: docs.len(),
+            objects,
+            bad,
+        }
+    }
 }
 
 /// A manifest directory and the last good parse of each of its files.
@@ -208,23 +228,19 @@ impl ManifestDir {
             let file = match old {
                 Some(f) if f.stamp == *stamp => f,
                 old => match read_file(path) {
-                    Ok(docs) => LoadedFile {
-                        stamp: *stamp,
-                        docs,
-                    },
+                    Ok(docs) => LoadedFile::decode(path, *stamp, &docs),
                     Err(b) => {
-                        let kept = old.map(|f| f.docs).unwrap_or_default();
+                        let kept = old.unwrap_or_else(|| LoadedFile::decode(path, *stamp, &[]));
                         bad.push(BadDocument {
                             reason: format!(
                                 "{}; keeping the last good contents ({} documents)",
-                                b.reason,
-                                kept.len()
+                                b.reason, kept.docs
                             ),
                             ..b
                         });
                         LoadedFile {
                             stamp: *stamp,
-                            docs: kept,
+                            ..kept
                         }
                     }
                 },
@@ -234,10 +250,9 @@ impl ManifestDir {
         self.files = files;
         self.loaded = true;
         let mut o = Objects::default();
-        for (path, f) in &self.files {
-            for (i, v) in f.docs.iter().enumerate() {
-                add_value(&mut o, v, path, i, &mut bad);
-            }
+        for f in self.files.values() {
+            o.extend(&f.objects);
+            bad.extend(f.bad.iter().cloned());
         }
         (o, bad)
     }

@@ -94,6 +94,24 @@ impl Objects {
             self.changes.nodes = true;
         }
     }
+    /// Adds every object of `other`, shared rather than copied; an object
+    /// of the same namespace/name is replaced.
+    pub fn extend(&mut self, other: &Objects) {
+        for (k, v) in &other.services {
+            self.changes.services.insert(k.clone());
+            self.services.insert(k.clone(), Arc::clone(v));
+        }
+        for (k, v) in &other.slices {
+            self.changes.slices.insert(k.clone());
+            self.slices.insert(k.clone(), Arc::clone(v));
+        }
+        if !other.nodes.is_empty() {
+            self.changes.nodes = true;
+        }
+        for (k, v) in &other.nodes {
+            self.nodes.insert(k.clone(), Arc::clone(v));
+        }
+    }
     /// Services.
     pub fn services(&self) -> &BTreeMap<ObjectRef, Arc<Service>> {
         &self.services
