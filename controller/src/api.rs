@@ -66,6 +66,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<Context>>)> {
         ("/v1/switches/{id}/tables/{table}", get(table)),
         ("/v1/switches/{id}/counters", get(counters)),
         ("/v1/status", get(status)),
+        ("/v1/service-cidrs", get(service_cidrs)),
     ]
 }
 
@@ -173,6 +174,8 @@ async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
             "backend_ids": {"in_use": bid.0, "quarantined": bid.1},
             "not_in_data_path": notes,
             "skipped": skipped,
+            "unsupported_ports": p.model.unsupported_ports,
+            "service_cidrs": p.model.service_cidrs,
             "plan_errors": p.planner.errors(),
         })
     };
@@ -180,6 +183,11 @@ async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
     v["ready"] = json!(ctx.ready().err().unwrap_or_else(|| "ready".into()));
     v["switches"] = json!(switch_reports(&ctx));
     Json(v)
+}
+
+async fn service_cidrs(State(ctx): State<Arc<Context>>) -> Json<Value> {
+    let p = ctx.planned.read().expect("poisoned");
+    Json(json!(p.model.service_cidrs))
 }
 
 /// A gRPC client for reads from switch `id`: the sync task's, or a new

@@ -35,7 +35,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::{
     config::{Config, SwitchConfig},
     diff::{self, FullDiff, Op},
-    metrics::{Metrics, SkipLabel, SwitchLabel, TableLabel},
+    metrics::{Metrics, ProtocolLabel, SkipLabel, SwitchLabel, TableLabel},
     model::{Delta, Model, Skipped},
     p4rt::{client::ConnectParams, ClientError, SwitchConn, WriteReport},
     plan::{PlanChanges, PlannedPort, Planner},
@@ -293,6 +293,8 @@ impl Context {
         Ok(())
     }
 
+    /// Logs what the model newly skipped and sets the skip and refused-port
+    /// gauges.
     fn log_skipped(&self, model: &Model) {
         let mut last = self.last_skipped.lock().expect("poisoned");
         if model.skipped.len() == last.len() && model.skipped.iter().all(|s| last.contains(s)) {
@@ -318,6 +320,15 @@ impl Context {
                 })
                 .inc();
         }
+        self.metrics.unsupported_ports.clear();
+        for (protocol, n) in &model.unsupported_ports {
+            self.metrics
+                .unsupported_ports
+                .get_or_create(&ProtocolLabel {
+                    protocol: protocol.clone(),
+                })
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
         *last = now;
     }
 }
@@ -339,9 +350,9 @@ pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, Rec
             p.planner.plan_full(&p.model, &ctx.config.fabric, now)
         }
         Delta::Ports(keys) => {
-            if !keys.is_empty() {
-                ctx.log_skipped(&p.model);
-            }
+            // Even when no port changed: a refused (SCTP-only) Service
+            // changes no port but must still be logged.
+            ctx.log_skipped(&p.model);
             p.planner.replan(&p.model, keys, now)
         }
     };

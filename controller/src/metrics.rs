@@ -31,6 +31,13 @@ pub struct SkipLabel {
     pub reason: String,
 }
 
+/// Label: an IP protocol as a Service names it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    /// `SCTP`, …
+    pub protocol: String,
+}
+
 /// All controller metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -51,6 +58,8 @@ pub struct Metrics {
     pub reconcile_errors: Counter,
     /// Objects or parts skipped by the model, currently.
     pub skipped: Family<SkipLabel, Gauge>,
+    /// Service ports refused for their protocol, currently.
+    pub unsupported_ports: Family<ProtocolLabel, Gauge>,
     /// Seconds to build the model and plan.
     pub plan_seconds: Histogram,
 }
@@ -78,6 +87,7 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             reconcile_errors: Counter::default(),
             skipped: Family::default(),
+            unsupported_ports: Family::default(),
             plan_seconds,
         };
         registry.register(
@@ -111,6 +121,11 @@ impl Default for Metrics {
             "skipped_objects",
             "Objects skipped by the model",
             m.skipped.clone(),
+        );
+        registry.register(
+            "unsupported_service_ports",
+            "Service ports refused because the data path lacks their protocol",
+            m.unsupported_ports.clone(),
         );
         registry.register("plan_seconds", "Model + plan time", m.plan_seconds.clone());
         Self { registry, ..m }
@@ -149,5 +164,15 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("talaria_sync_latency_seconds_bucket"), "{t}");
+        m.unsupported_ports
+            .get_or_create(&ProtocolLabel {
+                protocol: "SCTP".into(),
+            })
+            .set(2);
+        let t = m.render();
+        assert!(
+            t.contains("talaria_unsupported_service_ports{protocol=\"SCTP\"} 2"),
+            "{t}"
+        );
     }
 }

@@ -41,6 +41,11 @@ metadata: {name: n1}
 spec: {podCIDR: 10.244.1.0/24}
 status: {addresses: [{type: InternalIP, address: 192.168.0.11}]}
 ---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/12, "fd00:10:96::/108"]}
+---
 apiVersion: v1
 kind: Service
 metadata: {name: web, namespace: default}
@@ -70,6 +75,7 @@ endpoints:
         match v["kind"].as_str().unwrap() {
             "Node" => o.put_node(serde_yaml::from_value::<Node>(v).unwrap()),
             "Service" => o.put_service(serde_yaml::from_value::<Service>(v).unwrap()),
+            "ServiceCIDR" => o.put_service_cidr(serde_yaml::from_value(v).unwrap()),
             _ => o.put_slice(serde_yaml::from_value::<EndpointSlice>(v).unwrap()),
         }
     }
@@ -279,6 +285,10 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(get("/v1/switches/s1/tables/nope").await.0, 404);
     assert_eq!(get("/v1/switches/nope/tables").await.0, 404);
     assert_eq!(get("/v1/status").await.0, 200);
+    assert_eq!(
+        get("/v1/service-cidrs").await,
+        (200, r#"["10.96.0.0/12"]"#.into())
+    );
     let (code, body) = get("/v1/switches/s1/counters").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("drop_counter"), "{body}");

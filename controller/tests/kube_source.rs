@@ -42,6 +42,8 @@ struct Api {
     rv: u64,
     kinds: BTreeMap<&'static str, Kind>,
     lists: BTreeMap<&'static str, u32>,
+    /// The last labelSelector asked for, per kind.
+    selectors: BTreeMap<&'static str, String>,
     lease: Option<Value>,
     /// Lease GETs served (each acquire-or-renew attempt makes one).
     lease_gets: u32,
@@ -94,6 +96,7 @@ fn list_kind(path: &str) -> (&'static str, &'static str, &'static str) {
     match path {
         "services" => ("services", "ServiceList", "v1"),
         "nodes" => ("nodes", "NodeList", "v1"),
+        "servicecidrs" => ("servicecidrs", "ServiceCIDRList", "networking.k8s.io/v1"),
         _ => ("endpointslices", "EndpointSliceList", "discovery.k8s.io/v1"),
     }
 }
@@ -104,6 +107,9 @@ async fn collection(
     q: BTreeMap<String, String>,
 ) -> Response {
     let (k, list_kind, api_version) = list_kind(path);
+    if let Some(sel) = q.get("labelSelector") {
+        api.lock().unwrap().selectors.insert(k, sel.clone());
+    }
     if q.get("watch").map(String::as_str) == Some("true") {
         let rx = {
             let mut a = api.lock().unwrap();
@@ -223,6 +229,23 @@ async fn serve(api: Shared) -> String {
             get(
                 |s: State<Shared>, Query(q): Query<BTreeMap<String, String>>| {
                     collection(s, "endpointslices", q)
+                },
+            ),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1",
+            get(|| async {
+                Json(json!({"kind": "APIResourceList", "apiVersion": "v1",
+                    "groupVersion": "networking.k8s.io/v1",
+                    "resources": [{"name": "servicecidrs", "singularName": "servicecidr",
+                        "namespaced": false, "kind": "ServiceCIDR", "verbs": ["list", "watch"]}]}))
+            }),
+        )
+        .route(
+            "/apis/networking.k8s.io/v1/servicecidrs",
+            get(
+                |s: State<Shared>, Query(q): Query<BTreeMap<String, String>>| {
+                    collection(s, "servicecidrs", q)
                 },
             ),
         )
@@ -351,6 +374,78 @@ async fn reflectors_list_watch_bookmark_and_relist_on_410() {
     })
     .await;
     assert!(api.lock().unwrap().lists["services"] > lists_before);
+    task.abort();
+}
+
+fn service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name}, "spec": {"cidrs": cidrs}})
+}
+
+/// Services and EndpointSlices are watched with kube-proxy's label
+/// selector; ServiceCIDRs are watched and reach the model, incrementally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_proxy_selector_and_service_cidrs() {
+    let api: Shared = Arc::default();
+    {
+        let mut a = api.lock().unwrap();
+        a.put("services", service("10.96.0.10"), true);
+        a.put("nodes", node(), true);
+        a.put("endpointslices", slice(&["10.244.1.5"]), true);
+        a.put(
+            "servicecidrs",
+            service_cidr("kubernetes", &["10.96.0.0/12"]),
+            true,
+        );
+    }
+    let url = serve(api.clone()).await;
+    let (src, run) = start(client(&url));
+    let task = tokio::spawn(run);
+    wait_for("initial list", || src.is_ready()).await;
+    wait_for("ServiceCIDRs listed", || {
+        !src.model().service_cidrs.is_empty()
+    })
+    .await;
+    let mut m = src.model();
+    let cidrs = |m: &talaria_controller::model::Model| -> Vec<String> {
+        m.service_cidrs.iter().map(ToString::to_string).collect()
+    };
+    assert_eq!(cidrs(&m), ["10.96.0.0/12"]);
+    {
+        let a = api.lock().unwrap();
+        for kind in ["services", "endpointslices"] {
+            assert_eq!(
+                a.selectors.get(kind).map(String::as_str),
+                Some(talaria_controller::model::KUBE_PROXY_LABEL_SELECTOR),
+                "{kind}"
+            );
+        }
+        assert!(!a.selectors.contains_key("nodes"));
+    }
+
+    // A second ServiceCIDR arrives by watch: an incremental update takes it.
+    let _ = src.update_model(&mut m, false);
+    wait_for("ServiceCIDR watch connected", || {
+        let mut a = api.lock().unwrap();
+        a.kind("servicecidrs")
+            .events
+            .as_ref()
+            .unwrap()
+            .receiver_count()
+            > 0
+    })
+    .await;
+    api.lock().unwrap().put(
+        "servicecidrs",
+        service_cidr("extra", &["10.100.0.0/16", "fd00::/108"]),
+        false,
+    );
+    wait_for("ServiceCIDR watch event applied", || {
+        let _ = src.update_model(&mut m, false);
+        m.service_cidrs.len() == 2
+    })
+    .await;
+    assert_eq!(cidrs(&m), ["10.96.0.0/12", "10.100.0.0/16"]);
     task.abort();
 }
 

@@ -29,12 +29,16 @@ pub(super) struct ServiceEntry {
     pub(super) skipped: Vec<Skipped>,
     /// `duplicate_key` skips from the last key resolution.
     pub(super) duplicates: Vec<Skipped>,
+    /// Protocols of the ports refused for their protocol, one per port.
+    pub(super) unsupported: Vec<String>,
 }
 
 /// The incremental side of the model.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct Index {
     pub(super) node_skipped: Vec<Skipped>,
+    /// What was skipped in the ServiceCIDRs.
+    pub(super) cidr_skipped: Vec<Skipped>,
     pub(super) slices: BTreeMap<ObjectRef, SliceEntry>,
     /// Service → the slices labelled with its name.
     by_service: BTreeMap<ObjectRef, VecSet<ObjectRef>>,
@@ -212,6 +216,7 @@ impl Model {
         let mut v: Vec<Skipped> = i
             .node_skipped
             .iter()
+            .chain(&i.cidr_skipped)
             .chain(i.slices.values().flat_map(|e| &e.skipped))
             .chain(
                 i.services
@@ -223,5 +228,10 @@ impl Model {
         v.sort();
         v.dedup();
         self.skipped = v;
+        let mut unsupported = BTreeMap::new();
+        for p in i.services.values().flat_map(|e| &e.unsupported) {
+            *unsupported.entry(p.clone()).or_default() += 1;
+        }
+        self.unsupported_ports = unsupported;
     }
 }

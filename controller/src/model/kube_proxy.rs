@@ -11,22 +11,91 @@ use std::{
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 
 use super::{
     index::{ServiceEntry, SliceEntry},
-    obj_ref, skip, Model, ObjectRef, PortView, ServicePort, ServiceView, Skipped,
-    SERVICE_NAME_LABEL,
+    obj_ref, skip, Model, ObjectRef, PortView, ServicePort, ServiceView, Skipped, HEADLESS_LABEL,
+    SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 use crate::types::{Backend, HashMode, Ipv4Prefix, Proto, ServiceKey};
 
-/// Endpoint after condition evaluation, before the per-port join.
+/// Endpoint after condition evaluation, before the per-port join. Kept
+/// whatever its conditions: an unusable copy of an address can still win
+/// the deduplication over a usable one ([`pick_copy`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct EpInfo {
+    /// `addresses[0]`, the only address kube-proxy uses.
     pub(super) ip: Ipv4Addr,
-    pub(super) node_ip: Ipv4Addr,
+    /// The node hosting it; `None` when neither its nodeName nor a pod CIDR
+    /// names a known node (then it is never in the data path).
+    pub(super) node_ip: Option<Ipv4Addr>,
+    /// `ready` (nil = true).
     pub(super) ready: bool,
-    pub(super) serving_terminating: bool,
+    /// `serving` (nil = true).
+    pub(super) serving: bool,
+    /// `terminating` (nil = false).
+    pub(super) terminating: bool,
+}
+
+impl EpInfo {
+    /// Takes new flows when some endpoint of its port is ready.
+    fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Takes new flows when no endpoint of its port is ready
+    /// (`CategorizeEndpoints` in `pkg/proxy/topology.go`); otherwise keeps
+    /// its established flows.
+    fn is_serving_terminating(&self) -> bool {
+        self.serving && self.terminating
+    }
+}
+
+/// Which of two copies of one `ip:port` (in two slices, or twice in one)
+/// the port uses: `old` was met first (slices in name order, endpoints in
+/// slice order). kube-proxy (`addEndpoints` in
+/// `pkg/proxy/endpointslicecache.go`) lets a copy that is not terminating
+/// replace what it met before, so a running pod wins over a terminating
+/// one that had its IP. Which of two non-terminating (or two terminating)
+/// copies wins depends on Go map order there; here the copy with the
+/// better conditions (ready, then serving) wins, then the first met.
+pub(super) fn pick_copy(old: &EpInfo, new: &EpInfo) -> bool {
+    let rank = |e: &EpInfo| (!e.terminating, e.ready, e.serving);
+    rank(new) > rank(old)
+}
+
+/// Parses an IPv4 address the way kube-proxy does (`ParseIPSloppy`):
+/// octets with leading zeros are read as decimal, as Go's parser did before
+/// 1.17 and as objects stored back then may hold.
+pub(super) fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
+    if let Ok(ip) = s.parse() {
+        return Some(ip);
+    }
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse().ok()?;
+    }
+    parts.next().is_none().then(|| Ipv4Addr::from(octets))
+}
+
+/// Why kube-proxy would not see an object: it watches Services and
+/// EndpointSlices with the label selector
+/// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`
+/// (`cmd/kube-proxy/app/server.go`). Returns the label found.
+pub(super) fn not_for_kube_proxy(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&'static str> {
+    let labels = meta.labels.as_ref()?;
+    [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL]
+        .into_iter()
+        .find(|l| labels.contains_key(*l))
 }
 
 /// One usable slice: its ports (name, proto) → number, and its endpoints.
@@ -94,6 +163,38 @@ pub(super) fn build_nodes<'a>(
     }
 }
 
+/// The union of the IPv4 `spec.cidrs` of `cidrs` (IPv6 ones have no data
+/// path), and what could not be read. Filtered by kube-proxy's label
+/// selector like Services, as kube-proxy's one informer factory does.
+pub(super) fn service_cidrs<'a>(
+    cidrs: impl IntoIterator<Item = &'a ServiceCIDR>,
+) -> (BTreeSet<Ipv4Prefix>, Vec<Skipped>) {
+    let mut set = BTreeSet::new();
+    let mut skipped = Vec::new();
+    for c in cidrs {
+        if not_for_kube_proxy(&c.metadata).is_some() {
+            continue;
+        }
+        let r = obj_ref(&c.metadata);
+        for cidr in c.spec.iter().flat_map(|s| s.cidrs.iter().flatten()) {
+            if cidr.contains(':') {
+                continue; // IPv6: no IPv6 data path.
+            }
+            match cidr.parse::<Ipv4Prefix>() {
+                Ok(p) => {
+                    set.insert(p);
+                }
+                Err(e) => skip(&mut skipped, "ServiceCIDR", &r, "bad_cidr", e),
+            }
+        }
+    }
+    skipped.sort();
+    skipped.dedup();
+    (set, skipped)
+}
+
+/// A protocol as written (nil = TCP, the API server's default), or the
+/// protocol name when the data path has none for it.
 fn parse_proto(p: Option<&String>) -> Result<Proto, String> {
     match p.map(String::as_str).unwrap_or("TCP") {
         "TCP" => Ok(Proto::Tcp),
@@ -101,6 +202,11 @@ fn parse_proto(p: Option<&String>) -> Result<Proto, String> {
         other => Err(other.to_string()),
     }
 }
+
+/// Kubernetes' SCTP: valid in the API, but neither the node programs nor
+/// the switch parse it (they parse TCP and UDP only), so its ports are
+/// refused and reported rather than silently programmed to drop.
+const SCTP: &str = "SCTP";
 
 /// Evaluates one slice against the nodes of `m`.
 pub(super) fn eval_slice(m: &Model, s: &EndpointSlice) -> (ObjectRef, SliceEntry) {
@@ -126,6 +232,10 @@ fn eval_slice_info(
     r: &ObjectRef,
     skipped: &mut Vec<Skipped>,
 ) -> Option<(ObjectRef, SliceInfo)> {
+    if not_for_kube_proxy(&s.metadata).is_some() {
+        // Left to another proxy, or a headless Service's: not ours.
+        return None;
+    }
     if s.address_type != "IPv4" {
         skip(
             skipped,
@@ -144,6 +254,7 @@ fn eval_slice_info(
         .labels
         .as_ref()
         .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        .filter(|n| !n.is_empty())
     else {
         skip(
             skipped,
@@ -158,6 +269,9 @@ fn eval_slice_info(
     for p in s.ports.iter().flatten() {
         let proto = match parse_proto(p.protocol.as_ref()) {
             Ok(pr) => pr,
+            // The Service's SCTP port is refused and reported; its slice
+            // ports need no second report.
+            Err(other) if other == SCTP => continue,
             Err(other) => {
                 skip(
                     skipped,
@@ -184,52 +298,60 @@ fn eval_slice_info(
     }
     let mut endpoints = Vec::new();
     for ep in &s.endpoints {
+        // kube-proxy uses addresses[0] only (the API allows exactly one
+        // today; more were meant for dual-address endpoints).
+        let Some(a) = ep.addresses.first() else {
+            skip(
+                skipped,
+                "EndpointSlice",
+                r,
+                "no_address",
+                "endpoint without addresses".into(),
+            );
+            continue;
+        };
+        let Some(ip) = parse_ipv4_sloppy(a) else {
+            skip(
+                skipped,
+                "EndpointSlice",
+                r,
+                "bad_address",
+                format!("address {a:?} is not IPv4"),
+            );
+            continue;
+        };
         let c = ep.conditions.as_ref();
-        let ready = c.and_then(|c| c.ready).unwrap_or(true);
-        let serving = c.and_then(|c| c.serving).unwrap_or(true);
-        let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-        for a in &ep.addresses {
-            let Ok(ip) = a.parse::<Ipv4Addr>() else {
-                skip(
-                    skipped,
-                    "EndpointSlice",
-                    r,
-                    "bad_address",
-                    format!("address {a:?} is not IPv4"),
-                );
-                continue;
-            };
-            let node_ip = ep
-                .node_name
-                .as_ref()
-                .and_then(|n| m.node_ips.get(n).copied())
-                .or_else(|| {
-                    m.pod_nodes
-                        .iter()
-                        .filter(|(p, _)| p.contains(ip))
-                        .max_by_key(|(p, _)| p.len)
-                        .map(|(_, n)| *n)
-                });
-            let Some(node_ip) = node_ip else {
-                skip(
-                    skipped,
-                    "EndpointSlice",
-                    r,
-                    "unknown_node",
-                    format!(
-                        "endpoint {ip}: node {:?} unknown and no pod CIDR contains it",
-                        ep.node_name
-                    ),
-                );
-                continue;
-            };
-            endpoints.push(EpInfo {
-                ip,
-                node_ip,
-                ready,
-                serving_terminating: serving && terminating,
+        let info = EpInfo {
+            ip,
+            node_ip: None,
+            ready: c.and_then(|c| c.ready).unwrap_or(true),
+            serving: c.and_then(|c| c.serving).unwrap_or(true),
+            terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+        };
+        let node_ip = ep
+            .node_name
+            .as_ref()
+            .and_then(|n| m.node_ips.get(n).copied())
+            .or_else(|| {
+                m.pod_nodes
+                    .iter()
+                    .filter(|(p, _)| p.contains(ip))
+                    .max_by_key(|(p, _)| p.len)
+                    .map(|(_, n)| *n)
             });
+        if node_ip.is_none() && (info.is_ready() || info.is_serving_terminating()) {
+            skip(
+                skipped,
+                "EndpointSlice",
+                r,
+                "unknown_node",
+                format!(
+                    "endpoint {ip}: node {:?} unknown and no pod CIDR contains it",
+                    ep.node_name
+                ),
+            );
         }
+        endpoints.push(EpInfo { node_ip, ..info });
     }
     Some((
         ObjectRef {
@@ -268,6 +390,10 @@ fn eval_service_into(
             "no_name",
             "Service without name or namespace".into(),
         );
+        return None;
+    }
+    if not_for_kube_proxy(&svc.metadata).is_some() {
+        // Another proxy's (kube-proxy never sees it): no view, no skip.
         return None;
     }
     let Some(spec) = svc.spec.as_ref() else {
@@ -337,6 +463,10 @@ fn eval_service_into(
         return Some(view);
     }
     for ip in &ips {
+        if let Some(v4) = parse_ipv4_sloppy(ip) {
+            view.cluster_ips.push(v4);
+            continue;
+        }
         match ip.parse::<IpAddr>() {
             Ok(IpAddr::V4(v4)) => view.cluster_ips.push(v4),
             Ok(IpAddr::V6(_)) => view.notes.push(format!(
@@ -427,17 +557,21 @@ fn eval_service_into(
         let proto = match parse_proto(p.protocol.as_ref()) {
             Ok(pr) => pr,
             Err(other) => {
+                let why = if other == SCTP {
+                    "SCTP has no data path (node and switch parse TCP and UDP only)"
+                } else {
+                    "protocol not load-balanced"
+                };
                 skip(
                     &mut e.skipped,
                     "Service",
                     &r,
                     "unsupported_protocol",
-                    format!("port {pname:?}: protocol {other} not load-balanced"),
+                    format!("port {pname:?} {}/{other}: {why}", p.port),
                 );
-                view.notes.push(format!(
-                    "port {} {other}: protocol not in data path",
-                    p.port
-                ));
+                view.notes
+                    .push(format!("port {}/{other} refused: {why}", p.port));
+                e.unsupported.push(other);
                 continue;
             }
         };
@@ -455,35 +589,43 @@ fn eval_service_into(
             }
         };
         // Gather endpoints for this port from all slices with a matching
-        // (name, protocol) port.
-        let mut ready = BTreeSet::new();
-        let mut st = BTreeSet::new();
-        let mut unready = BTreeSet::new();
+        // (name, protocol) port, one copy per ip:port (`pick_copy`).
+        let wanted = (pname.clone(), proto);
+        let mut copies: BTreeMap<(Ipv4Addr, u16), &EpInfo> = BTreeMap::new();
         for s in my_slices {
-            let wanted = (pname.clone(), proto);
             let Ok(i) = s.ports.binary_search_by(|(k, _)| k.cmp(&wanted)) else {
                 continue;
             };
             let target = s.ports[i].1;
-            for e in &s.endpoints {
-                let b = Backend {
-                    ip: e.ip,
-                    port: target,
-                    node_ip: e.node_ip,
-                };
-                if e.ready {
-                    ready.insert(b);
-                } else if e.serving_terminating {
-                    st.insert(b);
-                } else {
-                    unready.insert(b);
-                }
+            for ep in &s.endpoints {
+                copies
+                    .entry((ep.ip, target))
+                    .and_modify(|old| {
+                        if pick_copy(old, ep) {
+                            *old = ep;
+                        }
+                    })
+                    .or_insert(ep);
             }
         }
-        // An address that is ready in one slice and terminating in another
-        // counts as ready.
-        st.retain(|b| !ready.contains(b));
-        unready.retain(|b| !ready.contains(b) && !st.contains(b));
+        let mut ready = BTreeSet::new();
+        let mut st = BTreeSet::new();
+        let mut unready = BTreeSet::new();
+        for ((ip, target), ep) in copies {
+            let Some(node_ip) = ep.node_ip else { continue };
+            let b = Backend {
+                ip,
+                port: target,
+                node_ip,
+            };
+            if ep.is_ready() {
+                ready.insert(b);
+            } else if ep.is_serving_terminating() {
+                st.insert(b);
+            } else {
+                unready.insert(b);
+            }
+        }
         let (active, mut draining, fallback) = if ready.is_empty() {
             (st, BTreeSet::new(), true)
         } else {

@@ -16,7 +16,14 @@
 //!   as in kube-proxy.
 //! - NodePort, LoadBalancer ingress IPs, externalIPs, IPv6 ClusterIPs and
 //!   internalTrafficPolicy Local are modelled and reported as notes, since
-//!   the switch has no data path for them yet.
+//!   the switch has no data path for them yet. SCTP ports are refused the
+//!   same way (the data path parses TCP and UDP only).
+//! - One backend per `ip:port` of a Service port, from `addresses[0]` of
+//!   each endpoint; Services and EndpointSlices labelled
+//!   `service.kubernetes.io/service-proxy-name` or
+//!   `service.kubernetes.io/headless` are not ours.
+//! - ServiceCIDRs (`networking.k8s.io/v1`): the union of their
+//!   `spec.cidrs`, for the REST API (node agents steer them to the switch).
 
 mod index;
 mod kube_proxy;
@@ -32,6 +39,7 @@ use std::{
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use serde::Serialize;
 
@@ -42,6 +50,19 @@ pub use view::{PortView, ServiceView};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// Label naming the proxy that serves a Service instead of kube-proxy (the
+/// EndpointSlice controller copies it onto the Service's slices).
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+
+/// Label the EndpointSlice controller puts on a headless Service's slices.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+
+/// kube-proxy's label selector for Services and EndpointSlices
+/// (`cmd/kube-proxy/app/server.go`); the Kubernetes source watches with it
+/// and the model applies it to objects from other sources.
+pub const KUBE_PROXY_LABEL_SELECTOR: &str =
+    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
 /// `namespace/name` of a Kubernetes object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -107,6 +128,11 @@ pub struct Model {
     pub node_ips: BTreeMap<String, Ipv4Addr>,
     /// Objects or parts skipped, with reasons (sorted, no duplicates).
     pub skipped: Vec<Skipped>,
+    /// The IPv4 `spec.cidrs` of every ServiceCIDR object (IPv6 ones have no
+    /// data path). Node agents add them to their configured service CIDRs.
+    pub service_cidrs: BTreeSet<Ipv4Prefix>,
+    /// Service ports refused for their protocol, by protocol (`SCTP`).
+    pub unsupported_ports: BTreeMap<String, usize>,
     /// Per-object results that let one object's change be applied without
     /// rebuilding the rest.
     #[serde(skip)]
@@ -125,12 +151,18 @@ pub struct Changes {
     pub services: BTreeSet<ObjectRef>,
     /// EndpointSlices added, changed or deleted.
     pub slices: BTreeSet<ObjectRef>,
+    /// A ServiceCIDR changed (they feed no port: no rebuild).
+    pub service_cidrs: bool,
 }
 
 impl Changes {
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
-        !self.all && !self.nodes && self.services.is_empty() && self.slices.is_empty()
+        !self.all
+            && !self.nodes
+            && !self.service_cidrs
+            && self.services.is_empty()
+            && self.slices.is_empty()
     }
 
     /// True when only a rebuild can apply these changes.
@@ -142,6 +174,7 @@ impl Changes {
     pub fn merge(&mut self, other: Changes) {
         self.all |= other.all;
         self.nodes |= other.nodes;
+        self.service_cidrs |= other.service_cidrs;
         self.services.extend(other.services);
         self.slices.extend(other.slices);
     }
@@ -153,6 +186,8 @@ pub trait Lookup {
     fn service(&self, r: &ObjectRef) -> Option<std::sync::Arc<Service>>;
     /// The EndpointSlice `r`, if it exists.
     fn slice(&self, r: &ObjectRef) -> Option<std::sync::Arc<EndpointSlice>>;
+    /// Every ServiceCIDR.
+    fn service_cidrs(&self) -> Vec<std::sync::Arc<ServiceCIDR>>;
 }
 
 /// What a model update changed in the data path.
@@ -206,7 +241,11 @@ impl Model {
         slices: impl IntoIterator<Item = &'a EndpointSlice>,
         nodes: impl IntoIterator<Item = &'a Node>,
     ) {
+        let cidrs = std::mem::take(&mut self.service_cidrs);
+        let cidr_skipped = std::mem::take(&mut self.index.cidr_skipped);
         *self = Model::default();
+        self.service_cidrs = cidrs;
+        self.index.cidr_skipped = cidr_skipped;
         let mut node_skipped = Vec::new();
         build_nodes(self, nodes, &mut node_skipped);
         self.index.node_skipped = node_skipped;
@@ -236,7 +275,11 @@ impl Model {
     ) -> Delta {
         if changes.needs_rebuild() {
             rebuild(self);
+            self.set_service_cidrs(lookup.service_cidrs().iter().map(AsRef::as_ref));
             return Delta::Rebuilt;
+        }
+        if changes.service_cidrs {
+            self.set_service_cidrs(lookup.service_cidrs().iter().map(AsRef::as_ref));
         }
         // Slices first: a Service is evaluated with its current slices.
         let mut groups: BTreeSet<ObjectRef> = changes.services.clone();
@@ -264,5 +307,22 @@ impl Model {
         let changed = self.resolve(&keys);
         self.collect_skipped();
         Delta::Ports(changed)
+    }
+
+    /// Replaces the service CIDRs with the union of `cidrs`' `spec.cidrs`,
+    /// as kube-proxy's ServiceCIDR handler does (`pkg/proxy/config`).
+    /// Returns whether they changed.
+    pub fn set_service_cidrs<'a>(
+        &mut self,
+        cidrs: impl IntoIterator<Item = &'a ServiceCIDR>,
+    ) -> bool {
+        let (set, skipped) = kube_proxy::service_cidrs(cidrs);
+        let changed = set != self.service_cidrs;
+        self.service_cidrs = set;
+        if skipped != self.index.cidr_skipped {
+            self.index.cidr_skipped = skipped;
+            self.collect_skipped();
+        }
+        changed
     }
 }

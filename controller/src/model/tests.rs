@@ -2,7 +2,7 @@
 //! EndpointSlice YAML.
 
 use super::*;
-use crate::types::Proto;
+use crate::{controller::Source, types::Proto};
 
 /// Parses a multi-document YAML string into the three kinds.
 pub(crate) fn objs(yaml: &str) -> (Vec<Service>, Vec<EndpointSlice>, Vec<Node>) {
@@ -302,6 +302,322 @@ endpoints:
     let p = &m.ports[&key("10.96.0.15", 80, Proto::Tcp)];
     assert_eq!(p.active.len(), 2);
     assert!(p.draining.is_empty());
+}
+
+/// The backend a port uses for `ip`, if any, and whether it is active.
+fn backend_of<'a>(p: &'a ServicePort, ip: &str) -> Option<(&'a Backend, bool)> {
+    let ip: Ipv4Addr = ip.parse().unwrap();
+    p.active
+        .iter()
+        .map(|b| (b, true))
+        .chain(p.draining.iter().map(|b| (b, false)))
+        .find(|(b, _)| b.ip == ip)
+}
+
+#[test]
+fn one_backend_per_ip_port_across_slices_and_nodes() {
+    // The same pod listed in two slices (as while the EndpointSlice
+    // controller moves it) under two different nodeNames, and twice in one
+    // slice: one backend, from the first copy met (slices by name).
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec: {clusterIP: 10.96.0.20, selector: {a: b}, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-a, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n1}
+- {addresses: [10.244.1.9], conditions: {ready: true}, nodeName: n1}
+- {addresses: [10.244.1.9], conditions: {ready: true}, nodeName: n2}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-b, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], conditions: {ready: true}, nodeName: n2}
+"#);
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+    let p = &m.ports[&key("10.96.0.20", 80, Proto::Tcp)];
+    assert_eq!(
+        p.active,
+        [
+            be("10.244.1.5", 8080, "192.168.0.11"),
+            be("10.244.1.9", 8080, "192.168.0.11")
+        ]
+        .into()
+    );
+    assert!(p.draining.is_empty());
+}
+
+#[test]
+fn a_running_pod_wins_its_ip_over_a_terminating_one() {
+    // The pod network reused a terminating pod's IP for a new pod that is
+    // not ready yet: kube-proxy keeps the running pod's copy, so the IP
+    // takes no new flows (not the terminating pod's fallback); as any
+    // not-ready TCP endpoint it only drains.
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec: {clusterIP: 10.96.0.21, selector: {a: b}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{name: "", port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], conditions: {ready: false, serving: true, terminating: true}, nodeName: n1}
+- {addresses: [10.244.1.6], conditions: {ready: false, serving: true, terminating: true}, nodeName: n1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-2, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{name: "", port: 80, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], conditions: {ready: false, serving: false, terminating: false}, nodeName: n2}
+"#);
+    let p = &m.ports[&key("10.96.0.21", 80, Proto::Tcp)];
+    assert_eq!(
+        backend_of(p, "10.244.1.5"),
+        Some((&be("10.244.1.5", 80, "192.168.0.12"), false))
+    );
+    assert_eq!(p.active, [be("10.244.1.6", 80, "192.168.0.11")].into());
+    assert!(p.terminating_fallback);
+}
+
+#[test]
+fn conditions_as_kube_proxy_reads_them() {
+    // ready nil = true, serving nil = true (not ready's value: kube-proxy
+    // reads it so), terminating nil = false; ready wins over terminating.
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec: {clusterIP: 10.96.0.22, selector: {a: b}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.1], nodeName: n1}
+- {addresses: [10.244.1.2], conditions: {ready: true, terminating: true}, nodeName: n1}
+- {addresses: [10.244.1.3], conditions: {ready: false, terminating: true}, nodeName: n1}
+- {addresses: [10.244.1.4], conditions: {ready: false, serving: true}, nodeName: n1}
+- {addresses: [10.244.1.5], conditions: {ready: false, serving: false, terminating: true}, nodeName: n1}
+"#);
+    let p = &m.ports[&key("10.96.0.22", 80, Proto::Tcp)];
+    assert_eq!(backend_of(p, "10.244.1.1").map(|b| b.1), Some(true));
+    assert_eq!(backend_of(p, "10.244.1.2").map(|b| b.1), Some(true));
+    // Serving (nil) and terminating: keeps its flows while others are ready.
+    assert_eq!(backend_of(p, "10.244.1.3").map(|b| b.1), Some(false));
+    // Neither ready nor serving-terminating: no new flows, as in
+    // kube-proxy; established TCP flows go on (draining).
+    assert_eq!(backend_of(p, "10.244.1.4").map(|b| b.1), Some(false));
+    assert_eq!(backend_of(p, "10.244.1.5").map(|b| b.1), Some(false));
+}
+
+#[test]
+fn only_the_first_address_is_used() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec: {clusterIP: 10.96.0.23, selector: {a: b}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.5, 10.244.1.6], nodeName: n1}
+- {addresses: [010.244.002.007], nodeName: n2}
+- {addresses: [], nodeName: n1}
+"#);
+    let p = &m.ports[&key("10.96.0.23", 80, Proto::Tcp)];
+    assert_eq!(
+        p.active,
+        [
+            be("10.244.1.5", 80, "192.168.0.11"),
+            // Leading zeros read as decimal, as kube-proxy's ParseIPSloppy.
+            be("10.244.2.7", 80, "192.168.0.12")
+        ]
+        .into()
+    );
+    let reasons: Vec<&str> = m.skipped.iter().map(|s| s.reason).collect();
+    assert_eq!(reasons, ["no_address"]);
+}
+
+#[test]
+fn other_proxies_and_headless_slices_are_not_ours() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: other, namespace: ns, labels: {service.kubernetes.io/service-proxy-name: mesh}}
+spec: {clusterIP: 10.96.0.24, selector: {a: b}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: other-1
+  namespace: ns
+  labels: {kubernetes.io/service-name: other, service.kubernetes.io/service-proxy-name: mesh}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: mine, namespace: ns}
+spec: {clusterIP: 10.96.0.25, selector: {a: b}, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: mine-1
+  namespace: ns
+  labels: {kubernetes.io/service-name: mine, service.kubernetes.io/headless: ""}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.6], nodeName: n1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: mine-2, namespace: ns, labels: {kubernetes.io/service-name: mine}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.7], nodeName: n1}
+"#);
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+    assert_eq!(
+        m.services
+            .keys()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>(),
+        ["mine"]
+    );
+    assert_eq!(m.ports.len(), 1);
+    assert_eq!(
+        m.ports[&key("10.96.0.25", 80, Proto::Tcp)].active,
+        [be("10.244.1.7", 80, "192.168.0.11")].into()
+    );
+    assert_eq!(
+        KUBE_PROXY_LABEL_SELECTOR,
+        format!("!{SERVICE_PROXY_NAME_LABEL},!{HEADLESS_LABEL}")
+    );
+}
+
+#[test]
+fn sctp_ports_are_refused_and_counted() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: sig, namespace: telco}
+spec:
+  clusterIP: 10.96.0.26
+  selector: {app: sig}
+  ports:
+  - {name: m3ua, port: 2905, protocol: SCTP}
+  - {name: http, port: 80, protocol: TCP, targetPort: 8080}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: sig-1, namespace: telco, labels: {kubernetes.io/service-name: sig}}
+addressType: IPv4
+ports: [{name: m3ua, port: 2905, protocol: SCTP}, {name: http, port: 8080, protocol: TCP}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+"#);
+    // The TCP port is served; the SCTP one is refused, once, with a reason.
+    assert_eq!(
+        m.ports.keys().copied().collect::<Vec<_>>(),
+        [key("10.96.0.26", 80, Proto::Tcp)]
+    );
+    assert_eq!(m.skipped.len(), 1, "{:?}", m.skipped);
+    let s = &m.skipped[0];
+    assert_eq!((s.kind, s.reason), ("Service", "unsupported_protocol"));
+    assert_eq!(s.object.to_string(), "telco/sig");
+    assert!(s.detail.contains("2905/SCTP"), "{}", s.detail);
+    assert!(s.detail.contains("SCTP has no data path"), "{}", s.detail);
+    let v = m.services.values().next().unwrap();
+    assert_eq!(v.notes.len(), 1, "{:?}", v.notes);
+    assert!(
+        v.notes[0].starts_with("port 2905/SCTP refused"),
+        "{:?}",
+        v.notes
+    );
+    assert_eq!(m.unsupported_ports, [("SCTP".to_string(), 1)].into());
+}
+
+#[test]
+fn service_cidrs_are_the_union_of_servicecidr_objects() {
+    use crate::source::{MemorySource, Objects};
+    use k8s_openapi::api::networking::v1::ServiceCIDR;
+
+    let cidr = |yaml: &str| -> ServiceCIDR { serde_yaml::from_str(yaml).unwrap() };
+    let kubernetes = cidr(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/16, "fd00:10:96::/112"]}
+"#,
+    );
+    let extra = cidr(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: extra}
+spec: {cidrs: [10.100.0.0/16, 10.96.0.0/16, 10.300.0.0/16]}
+"#,
+    );
+    let mut o = Objects::default();
+    o.put_service_cidr(kubernetes);
+    o.put_service_cidr(extra);
+    let m = o.model();
+    let got: Vec<String> = m.service_cidrs.iter().map(ToString::to_string).collect();
+    assert_eq!(got, ["10.96.0.0/16", "10.100.0.0/16"]);
+    assert_eq!(m.skipped.len(), 1, "{:?}", m.skipped);
+    assert_eq!(
+        (m.skipped[0].kind, m.skipped[0].reason),
+        ("ServiceCIDR", "bad_cidr")
+    );
+
+    // Incrementally: the extra one goes, then a rebuild keeps the rest.
+    let src = MemorySource::new();
+    src.replace(o.clone());
+    let mut m = Model::default();
+    let _ = src.update_model(&mut m, false);
+    assert_eq!(m.service_cidrs.len(), 2);
+    src.update(|o| {
+        o.remove_service_cidr(&ObjectRef {
+            namespace: String::new(),
+            name: "extra".into(),
+        })
+    });
+    assert_eq!(
+        src.update_model(&mut m, false),
+        Delta::Ports(BTreeSet::new())
+    );
+    assert_eq!(m.service_cidrs.len(), 1);
+    assert!(m.skipped.is_empty(), "{:?}", m.skipped);
+    let _ = src.update_model(&mut m, true);
+    assert_eq!(m.service_cidrs.len(), 1);
+    assert_eq!(m, src.model());
 }
 
 mod fuzz {

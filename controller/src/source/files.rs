@@ -99,7 +99,7 @@ fn add_value(
         })
     };
     match kind {
-        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" => {
+        "List" | "ServiceList" | "EndpointSliceList" | "NodeList" | "ServiceCIDRList" => {
             if let Some(items) = v.get("items").and_then(|i| i.as_sequence()) {
                 for it in items {
                     add_value(o, it, file, index, bad);
@@ -117,6 +117,10 @@ fn add_value(
         "Node" => match serde_yaml::from_value(v.clone()) {
             Ok(n) => o.put_node(n),
             Err(e) => fail(format!("Node: {e}")),
+        },
+        "ServiceCIDR" => match serde_yaml::from_value(v.clone()) {
+            Ok(c) => o.put_service_cidr(c),
+            Err(e) => fail(format!("ServiceCIDR: {e}")),
         },
         "" => fail("no kind".into()),
         other => debug!(file = %file.display(), index, kind = other, "kind not used, ignored"),
@@ -274,16 +278,18 @@ pub async fn watch_dir(
                     warn!(file = %b.file.display(), doc = b.index, "manifest skipped: {}", b.reason);
                 }
                 on_bad(&bad);
-                let (s, e, n) = (
+                let (s, e, n, c) = (
                     objs.services().len(),
                     objs.slices().len(),
                     objs.nodes().len(),
+                    objs.service_cidrs().len(),
                 );
                 if src.replace(objs) {
                     info!(
                         services = s,
                         endpointslices = e,
                         nodes = n,
+                        servicecidrs = c,
                         "manifests loaded"
                     );
                 }
@@ -327,6 +333,28 @@ mod tests {
         assert!(src.replace(o.clone()));
         assert!(!src.replace(o));
         assert_eq!(src.model().ports.len(), 1);
+    }
+
+    #[test]
+    fn loads_service_cidrs() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("cidrs.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {name: kubernetes}\nspec: {cidrs: [10.96.0.0/12]}\n---\nkind: ServiceCIDRList\napiVersion: networking.k8s.io/v1\nitems:\n- apiVersion: networking.k8s.io/v1\n  kind: ServiceCIDR\n  metadata: {name: extra}\n  spec: {cidrs: [10.112.0.0/16]}\n",
+        )
+        .unwrap();
+        let (o, bad) = ManifestDir::new(d.path()).poll().unwrap().unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        assert_eq!(o.service_cidrs().len(), 2);
+        let src = MemorySource::new();
+        src.replace(o);
+        let cidrs: Vec<String> = src
+            .model()
+            .service_cidrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(cidrs, ["10.96.0.0/12", "10.112.0.0/16"]);
     }
 
     fn service(name: &str, ip: &str) -> String {

@@ -1,6 +1,12 @@
 //! The Kubernetes source: kube-rs reflectors on Services, EndpointSlices
-//! (`discovery.k8s.io/v1`) and Nodes, with managed fields stripped, and
+//! (`discovery.k8s.io/v1`), Nodes and, where the API server serves them,
+//! ServiceCIDRs (`networking.k8s.io/v1`), with managed fields stripped, and
 //! leader election on a `coordination.k8s.io/v1` Lease.
+//!
+//! Services and EndpointSlices (and ServiceCIDRs) are watched with
+//! kube-proxy's label selector ([`KUBE_PROXY_LABEL_SELECTOR`]): objects
+//! meant for another proxy, and headless Services' slices, never arrive.
+//! ServiceCIDRs feed no switch entry, so the source is ready without them.
 //!
 //! The source reports ready only once all three reflectors have finished
 //! their initial list, so a partial list is never planned (it would delete
@@ -26,6 +32,7 @@ use k8s_openapi::{
         coordination::v1::{Lease, LeaseSpec},
         core::v1::{Node, Service},
         discovery::v1::EndpointSlice,
+        networking::v1::ServiceCIDR,
     },
     apimachinery::pkg::apis::meta::v1::MicroTime,
     jiff::Timestamp,
@@ -45,14 +52,16 @@ use tracing::{info, warn};
 use crate::{
     config::LeaderElectionConfig,
     controller::{Context, Source},
-    model::{self, Changes, Delta, Lookup, Model, ObjectRef},
+    model::{self, Changes, Delta, Lookup, Model, ObjectRef, KUBE_PROXY_LABEL_SELECTOR},
 };
 
-/// Reflector stores of the three kinds.
+/// Reflector stores of the four kinds.
 pub struct KubeSource {
     services: Store<Service>,
     slices: Store<EndpointSlice>,
     nodes: Store<Node>,
+    /// Empty when the API server serves no ServiceCIDRs (before 1.33).
+    service_cidrs: Store<ServiceCIDR>,
     ready: AtomicBool,
     /// Objects changed since the model last took them; starts as "all".
     pending: Arc<Mutex<Changes>>,
@@ -80,6 +89,9 @@ impl Lookup for KubeSource {
     }
     fn slice(&self, r: &ObjectRef) -> Option<Arc<EndpointSlice>> {
         lookup(&self.slices, r)
+    }
+    fn service_cidrs(&self) -> Vec<Arc<ServiceCIDR>> {
+        self.service_cidrs.state()
     }
 }
 
@@ -111,11 +123,13 @@ impl Source for KubeSource {
         let s = self.services.state();
         let e = self.slices.state();
         let n = self.nodes.state();
-        model::build(
+        let mut m = model::build(
             s.iter().map(|x| x.as_ref()),
             e.iter().map(|x| x.as_ref()),
             n.iter().map(|x| x.as_ref()),
-        )
+        );
+        m.set_service_cidrs(self.service_cidrs.state().iter().map(|x| x.as_ref()));
+        m
     }
 
     fn is_ready(&self) -> bool {
@@ -128,6 +142,7 @@ type Record = fn(&mut Changes, ObjectRef);
 
 async fn run_reflector<K>(
     api: Api<K>,
+    config: watcher::Config,
     writer: reflector::store::Writer<K>,
     changed: Arc<Notify>,
     pending: Arc<Mutex<Changes>>,
@@ -137,7 +152,7 @@ async fn run_reflector<K>(
     K::DynamicType: Default + Eq + Hash + Clone,
 {
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    let stream = watcher(api, watcher::Config::default().any_semantic())
+    let stream = watcher(api, config.any_semantic())
         .default_backoff()
         .modify(|o: &mut K| o.managed_fields_mut().clear())
         .reflect(writer);
@@ -168,16 +183,42 @@ async fn run_reflector<K>(
     }
 }
 
-/// Starts reflectors on the three kinds (cluster-wide). Returns the source
+/// Whether the API server serves `networking.k8s.io/v1` ServiceCIDRs
+/// (Kubernetes 1.33 and later). Asks until it gets an answer: a transient
+/// failure at startup must not turn the watch off for good.
+async fn serves_service_cidrs(client: &Client) -> bool {
+    loop {
+        match client
+            .list_api_group_resources("networking.k8s.io/v1")
+            .await
+        {
+            Ok(list) => return list.resources.iter().any(|r| r.name == "servicecidrs"),
+            Err(kube::Error::Api(s)) if s.code == 404 => return false,
+            Err(e) => {
+                warn!(error = %e, "API discovery of networking.k8s.io/v1 failed (retrying)");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
+/// The watch configuration for Services and EndpointSlices: kube-proxy's.
+fn kube_proxy_watch() -> watcher::Config {
+    watcher::Config::default().labels(KUBE_PROXY_LABEL_SELECTOR)
+}
+
+/// Starts reflectors on the four kinds (cluster-wide). Returns the source
 /// and the future that drives them (spawn it).
 pub fn start(client: Client) -> (Arc<KubeSource>, impl Future<Output = ()> + Send + 'static) {
     let (services, sw) = reflector::store::<Service>();
     let (slices, ew) = reflector::store::<EndpointSlice>();
     let (nodes, nw) = reflector::store::<Node>();
+    let (service_cidrs, cw) = reflector::store::<ServiceCIDR>();
     let src = Arc::new(KubeSource {
         services,
         slices,
         nodes,
+        service_cidrs,
         ready: AtomicBool::new(false),
         pending: Arc::new(Mutex::new(Changes {
             all: true,
@@ -200,9 +241,30 @@ pub fn start(client: Client) -> (Arc<KubeSource>, impl Future<Output = ()> + Sen
                 }
             }
         };
+        let cidrs = {
+            let (client, changed, pending) = (client.clone(), s.changed.clone(), s.pending.clone());
+            async move {
+                if !serves_service_cidrs(&client).await {
+                    info!(
+                        "the API server serves no networking.k8s.io/v1 ServiceCIDRs: not watched"
+                    );
+                    return;
+                }
+                run_reflector(
+                    Api::<ServiceCIDR>::all(client),
+                    kube_proxy_watch(),
+                    cw,
+                    changed,
+                    pending,
+                    |c, _| c.service_cidrs = true,
+                )
+                .await;
+            }
+        };
         tokio::join!(
             run_reflector(
                 Api::<Service>::all(client.clone()),
+                kube_proxy_watch(),
                 sw,
                 s.changed.clone(),
                 s.pending.clone(),
@@ -212,6 +274,7 @@ pub fn start(client: Client) -> (Arc<KubeSource>, impl Future<Output = ()> + Sen
             ),
             run_reflector(
                 Api::<EndpointSlice>::all(client.clone()),
+                kube_proxy_watch(),
                 ew,
                 s.changed.clone(),
                 s.pending.clone(),
@@ -221,11 +284,13 @@ pub fn start(client: Client) -> (Arc<KubeSource>, impl Future<Output = ()> + Sen
             ),
             run_reflector(
                 Api::<Node>::all(client),
+                watcher::Config::default(),
                 nw,
                 s.changed.clone(),
                 s.pending.clone(),
                 |c, _| c.nodes = true
             ),
+            cidrs,
             ready,
         );
     };

@@ -10,6 +10,7 @@ use std::{
 use k8s_openapi::api::{
     core::v1::{Node, Service},
     discovery::v1::EndpointSlice,
+    networking::v1::ServiceCIDR,
 };
 use tokio::sync::Notify;
 
@@ -18,19 +19,24 @@ use crate::{
     model::{self, Changes, Delta, Lookup, Model, ObjectRef},
 };
 
-/// Services, EndpointSlices and Nodes by namespace/name. Change them through
-/// the `put_*`/`remove_*` methods: those record what changed.
+/// Services, EndpointSlices, Nodes and ServiceCIDRs by namespace/name.
+/// Change them through the `put_*`/`remove_*` methods: those record what
+/// changed.
 #[derive(Debug, Clone, Default)]
 pub struct Objects {
     services: BTreeMap<ObjectRef, Arc<Service>>,
     slices: BTreeMap<ObjectRef, Arc<EndpointSlice>>,
     nodes: BTreeMap<ObjectRef, Arc<Node>>,
+    service_cidrs: BTreeMap<ObjectRef, Arc<ServiceCIDR>>,
     changes: Changes,
 }
 
 impl PartialEq for Objects {
     fn eq(&self, other: &Self) -> bool {
-        self.services == other.services && self.slices == other.slices && self.nodes == other.nodes
+        self.services == other.services
+            && self.slices == other.slices
+            && self.nodes == other.nodes
+            && self.service_cidrs == other.service_cidrs
     }
 }
 
@@ -76,6 +82,11 @@ impl Objects {
         self.changes.nodes = true;
         self.nodes.insert(key(&n.metadata), Arc::new(n));
     }
+    /// Adds or replaces a ServiceCIDR.
+    pub fn put_service_cidr(&mut self, c: ServiceCIDR) {
+        self.changes.service_cidrs = true;
+        self.service_cidrs.insert(key(&c.metadata), Arc::new(c));
+    }
     /// Removes a Service.
     pub fn remove_service(&mut self, r: &ObjectRef) {
         if self.services.remove(r).is_some() {
@@ -111,6 +122,18 @@ impl Objects {
         for (k, v) in &other.nodes {
             self.nodes.insert(k.clone(), Arc::clone(v));
         }
+        if !other.service_cidrs.is_empty() {
+            self.changes.service_cidrs = true;
+        }
+        for (k, v) in &other.service_cidrs {
+            self.service_cidrs.insert(k.clone(), Arc::clone(v));
+        }
+    }
+    /// Removes a ServiceCIDR.
+    pub fn remove_service_cidr(&mut self, r: &ObjectRef) {
+        if self.service_cidrs.remove(r).is_some() {
+            self.changes.service_cidrs = true;
+        }
     }
     /// Services.
     pub fn services(&self) -> &BTreeMap<ObjectRef, Arc<Service>> {
@@ -124,6 +147,10 @@ impl Objects {
     pub fn nodes(&self) -> &BTreeMap<ObjectRef, Arc<Node>> {
         &self.nodes
     }
+    /// ServiceCIDRs (namespace "").
+    pub fn service_cidrs(&self) -> &BTreeMap<ObjectRef, Arc<ServiceCIDR>> {
+        &self.service_cidrs
+    }
 
     /// What differs from `old` to `self`.
     fn changes_from(&self, old: &Objects) -> Changes {
@@ -132,16 +159,21 @@ impl Objects {
             nodes: changed_keys(&old.nodes, &self.nodes).next().is_some(),
             services: changed_keys(&old.services, &self.services).collect(),
             slices: changed_keys(&old.slices, &self.slices).collect(),
+            service_cidrs: changed_keys(&old.service_cidrs, &self.service_cidrs)
+                .next()
+                .is_some(),
         }
     }
 
     /// Builds a model of everything.
     pub fn model(&self) -> Model {
-        model::build(
+        let mut m = model::build(
             self.services.values().map(AsRef::as_ref),
             self.slices.values().map(AsRef::as_ref),
             self.nodes.values().map(AsRef::as_ref),
-        )
+        );
+        m.set_service_cidrs(self.service_cidrs.values().map(AsRef::as_ref));
+        m
     }
 
     fn rebuild(&self, m: &mut Model) {
@@ -159,6 +191,9 @@ impl Lookup for Objects {
     }
     fn slice(&self, r: &ObjectRef) -> Option<Arc<EndpointSlice>> {
         self.slices.get(r).cloned()
+    }
+    fn service_cidrs(&self) -> Vec<Arc<ServiceCIDR>> {
+        self.service_cidrs.values().cloned().collect()
     }
 }
 
