@@ -334,8 +334,11 @@ pub mod node_stat {
     /// A cookie not cached: the client pod holds its share of the cookie
     /// cache (or the cache is full); the flow goes on, balanced by hash.
     pub const COOKIE_REFUSED: u32 = 10;
+    /// A new flow to a Service port without a usable endpoint, answered
+    /// with ICMP port unreachable from the VIP (kube-proxy's REJECT).
+    pub const REJECTED: u32 = 11;
     /// Size of the array.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -349,6 +352,7 @@ pub mod node_stat {
         "port_subst",
         "fragment_nat",
         "cookie_refused",
+        "rejected",
     ];
 }
 

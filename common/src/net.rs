@@ -17,6 +17,8 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 /// Destination unreachable code: fragmentation needed and DF set.
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// Destination unreachable code: port unreachable (kube-proxy's REJECT).
+pub const ICMP_PORT_UNREACH: u8 = 3;
 /// ICMP type time exceeded.
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const IPPROTO_TCP: u8 = 6;

@@ -20,12 +20,13 @@ use std::{
 
 use aya::programs::{TestRun, TestRunOptions};
 use talaria_common::{
-    be::{Be16, Be32},
-    maps::{CookieEntry, NodeConfig, PodEntry, ServiceAddr},
+    be::Be32,
+    maps::{CookieEntry, NodeConfig, PodEntry},
     net::tcp_flags,
     wire::{flags, TalariaEncap},
 };
 use talaria_node::{
+    config::ServiceConfig,
     node::{Node, PROG_POD, PROG_UPLINK},
     packet::{eth, ipv4, talaria, Tuple},
     sys::{self, NetNs},
@@ -52,15 +53,13 @@ fn node() -> Node {
     .unwrap();
     n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])
         .unwrap();
-    n.set_services(&[(
-        7,
-        ServiceAddr {
-            vip: Be32(VIP.octets()),
-            port: Be16::new(80),
-            proto: 6,
-            _pad: 0,
-        },
-    )])
+    n.set_services(&[ServiceConfig {
+        id: 7,
+        vip: VIP,
+        port: 80,
+        protocol: "tcp".into(),
+        reject: false,
+    }])
     .unwrap();
     let pod = PodEntry {
         ifindex: 1,

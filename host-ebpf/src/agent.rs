@@ -62,12 +62,7 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
     // written by `k8s::refresh_services`; until it answers, a restarted
     // agent keeps the pinned ones.
     if cfg.mode == Mode::Lab {
-        let services = cfg
-            .services
-            .iter()
-            .map(|s| Ok((s.id, s.map_value()?)))
-            .collect::<Result<Vec<_>>>()?;
-        node.set_services(&services)?;
+        node.set_services(&cfg.services)?;
     }
     node.set_uplink_mtu(uplink_mtu(cfg)?)?;
     node.set_ignore_cookies(cfg.ignore_cookies)?;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use talaria_common::{
     be::{Be16, Be32},
-    maps::ServiceAddr,
+    maps::{ServiceAddr, ServiceKey},
 };
 
 use crate::{Error, Result};
@@ -150,6 +150,10 @@ pub struct ServiceConfig {
     pub port: u16,
     /// `tcp` or `udp`.
     pub protocol: String,
+    /// The port has no usable endpoint: new flows to it are refused with
+    /// ICMP port unreachable (kube-proxy's REJECT).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reject: bool,
 }
 
 /// One local pod.
@@ -215,6 +219,16 @@ impl ServiceConfig {
             "udp" => Ok(talaria_common::net::IPPROTO_UDP),
             other => Err(Error::Invalid(format!("protocol {other:?}"))),
         }
+    }
+
+    /// The `NODE_REJECT` key.
+    pub fn port_key(&self) -> Result<ServiceKey> {
+        Ok(ServiceKey {
+            vip: Be32(self.vip.octets()),
+            port: Be16::new(self.port),
+            proto: self.proto()?,
+            _pad: 0,
+        })
     }
 
     /// The `NODE_SERVICES` value: what replies are reverse-NATed to.

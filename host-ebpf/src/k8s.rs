@@ -147,11 +147,15 @@ pub fn services_from_json(v: &serde_json::Value) -> Result<Vec<ServiceConfig>> {
                 .as_str()
                 .ok_or_else(|| bad("key.proto"))?
                 .to_ascii_lowercase();
+            // No buckets: no ready or serving-terminating endpoint. (A
+            // controller that does not say is not rejecting.)
+            let reject = p["buckets"].as_u64() == Some(0);
             out.push(ServiceConfig {
                 id,
                 vip,
                 port,
                 protocol,
+                reject,
             });
         }
     }
@@ -215,12 +219,7 @@ pub async fn refresh_services(
             Ok(list) => {
                 let merged = merge_services(&configured, &list);
                 if last.as_ref() != Some(&merged) {
-                    match merged
-                        .iter()
-                        .map(|s| Ok((s.id, s.map_value()?)))
-                        .collect::<Result<Vec<_>>>()
-                        .and_then(|v| node.lock().expect("node lock").set_services(&v))
-                    {
+                    match node.lock().expect("node lock").set_services(&merged) {
                         Ok(()) => {
                             info!(services = merged.len(), "services from the controller");
                             last = Some(merged);
@@ -248,7 +247,7 @@ mod tests {
             {"service": {"namespace": "default", "name": "web"}, "cluster_ips": ["10.96.0.10"],
              "data_path": [
                 {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16, "active": {}, "draining": {}},
-                {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 16}
+                {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 0}
              ]},
             {"service": {"namespace": "default", "name": "headless"}, "headless": true, "data_path": []},
             {"service": {"namespace": "default", "name": "noports"}}
@@ -261,13 +260,16 @@ mod tests {
                     id: 7,
                     vip: "10.96.0.10".parse().unwrap(),
                     port: 80,
-                    protocol: "tcp".into()
+                    protocol: "tcp".into(),
+                    reject: false,
                 },
+                // No buckets: no usable endpoint.
                 ServiceConfig {
                     id: 8,
                     vip: "10.96.0.10".parse().unwrap(),
                     port: 53,
-                    protocol: "udp".into()
+                    protocol: "udp".into(),
+                    reject: true,
                 },
             ]
         );
@@ -279,6 +281,7 @@ mod tests {
                 vip: "10.96.0.99".parse().unwrap(),
                 port: 1,
                 protocol: "tcp".into(),
+                reject: false,
             }],
             &s,
         );

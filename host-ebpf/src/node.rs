@@ -21,12 +21,12 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry,
-        PodFlows, PortSubstKey, ReverseEntry, ServiceAddr, FIN_BACKEND_FIRST,
+        PodFlows, PortSubstKey, ReverseEntry, ServiceAddr, ServiceKey, FIN_BACKEND_FIRST,
     },
     net::IPPROTO_UDP,
 };
 
-use crate::{Error, Result, EBPF_OBJECT};
+use crate::{config::ServiceConfig, Error, Result, EBPF_OBJECT};
 
 /// Program on the ingress of each pod's host-side veth.
 pub const PROG_POD: &str = "node_pod_egress";
@@ -39,6 +39,7 @@ pub const MAP_REVERSE: &str = "NODE_REVERSE";
 pub const MAP_PODS: &str = "NODE_PODS";
 pub const MAP_SVC_CIDRS: &str = "NODE_SVC_CIDRS";
 pub const MAP_SERVICES: &str = "NODE_SERVICES";
+pub const MAP_REJECT: &str = "NODE_REJECT";
 pub const MAP_CONFIG: &str = "NODE_CONFIG";
 pub const MAP_STATS: &str = "NODE_STATS";
 pub const MAP_DROPS: &str = "NODE_DROPS";
@@ -407,8 +408,31 @@ impl Node {
         Ok(())
     }
 
-    /// Replaces the services (id → VIP, port, protocol).
-    pub fn set_services(&mut self, services: &[(u16, ServiceAddr)]) -> Result<()> {
+    /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`),
+    /// and the ports without a usable endpoint (`NODE_REJECT`).
+    pub fn set_services(&mut self, list: &[ServiceConfig]) -> Result<()> {
+        let services = list
+            .iter()
+            .map(|s| Ok((s.id, s.map_value()?)))
+            .collect::<Result<Vec<_>>>()?;
+        let reject = list
+            .iter()
+            .filter(|s| s.reject)
+            .map(ServiceConfig::port_key)
+            .collect::<Result<Vec<_>>>()?;
+        let mut r: HashMap<_, ServiceKey, u8> =
+            HashMap::try_from(self.map_mut(MAP_REJECT)?).map_err(|e| Error::map(MAP_REJECT, e))?;
+        let stale: Vec<ServiceKey> = r
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !reject.contains(k))
+            .collect();
+        for k in stale {
+            r.remove(&k).map_err(|e| Error::map(MAP_REJECT, e))?;
+        }
+        for k in &reject {
+            r.insert(k, 1, 0).map_err(|e| Error::map(MAP_REJECT, e))?;
+        }
         let mut h: HashMap<_, u32, ServiceAddr> = HashMap::try_from(self.map_mut(MAP_SERVICES)?)
             .map_err(|e| Error::map(MAP_SERVICES, e))?;
         let stale: Vec<u32> = h
@@ -419,7 +443,7 @@ impl Node {
         for k in stale {
             h.remove(&k).map_err(|e| Error::map(MAP_SERVICES, e))?;
         }
-        for (id, s) in services {
+        for (id, s) in &services {
             h.insert(u32::from(*id), s, 0)
                 .map_err(|e| Error::map(MAP_SERVICES, e))?;
         }

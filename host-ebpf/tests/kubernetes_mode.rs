@@ -106,13 +106,15 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
                     id: 7,
                     vip,
                     port: 80,
-                    protocol: "tcp".into()
+                    protocol: "tcp".into(),
+                    reject: false,
                 },
                 ServiceConfig {
                     id: 8,
                     vip,
                     port: 53,
-                    protocol: "udp".into()
+                    protocol: "udp".into(),
+                    reject: false,
                 }
             ]
         );

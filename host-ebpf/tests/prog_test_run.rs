@@ -11,13 +11,14 @@ use talaria_preflight::{require, LOADS_BPF};
 
 use aya::programs::{TestRun, TestRunOptions};
 use talaria_common::{
-    be::{Be16, Be32},
+    be::Be32,
     drop::DropReason,
-    maps::{node_stat, CookieEntry, NodeConfig, PodEntry, ServiceAddr},
+    maps::{node_stat, CookieEntry, NodeConfig, PodEntry},
     net::tcp_flags,
     wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_UDP_PORT},
 };
 use talaria_node::{
+    config::ServiceConfig,
     node::{FlowTtl, Node, PROG_POD, PROG_UPLINK},
     packet::{eth, ip_checksum_ok, ipv4, l4_checksum_ok, talaria, Frame, Tuple},
 };
@@ -43,6 +44,9 @@ const SVC_UDP: u16 = 8;
 const SVC2_TCP: u16 = 9;
 const SVC2_UDP: u16 = 10;
 const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+/// A Service whose TCP 80 and UDP 53 have no usable endpoint.
+const SVC_NO_ENDPOINTS: u16 = 11;
+const VIP_NO_ENDPOINTS: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 13);
 
 fn node() -> Node {
     let mut n = Node::load(None, 4096).expect("load and verify the node programs");
@@ -57,43 +61,20 @@ fn node() -> Node {
     .unwrap();
     n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])
         .unwrap();
+    let svc = |id, vip: Ipv4Addr, port, protocol: &str, reject| ServiceConfig {
+        id,
+        vip,
+        port,
+        protocol: protocol.into(),
+        reject,
+    };
     n.set_services(&[
-        (
-            SVC_TCP,
-            ServiceAddr {
-                vip: Be32(VIP.octets()),
-                port: Be16::new(80),
-                proto: 6,
-                _pad: 0,
-            },
-        ),
-        (
-            SVC_UDP,
-            ServiceAddr {
-                vip: Be32(VIP_UDP.octets()),
-                port: Be16::new(53),
-                proto: 17,
-                _pad: 0,
-            },
-        ),
-        (
-            SVC2_TCP,
-            ServiceAddr {
-                vip: Be32(VIP2.octets()),
-                port: Be16::new(8443),
-                proto: 6,
-                _pad: 0,
-            },
-        ),
-        (
-            SVC2_UDP,
-            ServiceAddr {
-                vip: Be32(VIP2.octets()),
-                port: Be16::new(8443),
-                proto: 17,
-                _pad: 0,
-            },
-        ),
+        svc(SVC_TCP, VIP, 80, "tcp", false),
+        svc(SVC_UDP, VIP_UDP, 53, "udp", false),
+        svc(SVC2_TCP, VIP2, 8443, "tcp", false),
+        svc(SVC2_UDP, VIP2, 8443, "udp", false),
+        svc(SVC_NO_ENDPOINTS, VIP_NO_ENDPOINTS, 80, "tcp", true),
+        svc(SVC_NO_ENDPOINTS + 1, VIP_NO_ENDPOINTS, 53, "udp", true),
     ])
     .unwrap();
     let pod = PodEntry {
@@ -1047,6 +1028,18 @@ fn gso_ctx(gso_size: u32, gso_segs: u32) -> [u8; 192] {
 /// source, next-hop MTU `mtu`, quoting `orig`'s header and first 8 L4
 /// bytes; MACs swapped. Written out field by field.
 fn expected_frag_needed(orig: &[u8], pod_mac: [u8; 6], host_mac: [u8; 6], mtu: u16) -> Vec<u8> {
+    expected_unreachable(orig, pod_mac, host_mac, 4, mtu)
+}
+
+/// The ICMP destination-unreachable frame (type 3, `code`, next-hop MTU
+/// `mtu` or 0) that replaces `orig`, as [`expected_frag_needed`] says.
+fn expected_unreachable(
+    orig: &[u8],
+    pod_mac: [u8; 6],
+    host_mac: [u8; 6],
+    code: u8,
+    mtu: u16,
+) -> Vec<u8> {
     let mut f = Vec::new();
     f.extend_from_slice(&pod_mac); // to the pod
     f.extend_from_slice(&host_mac);
@@ -1060,7 +1053,7 @@ fn expected_frag_needed(orig: &[u8], pod_mac: [u8; 6], host_mac: [u8; 6], mtu: u
     ip.extend_from_slice(&orig[12..16]); // to the pod
     let c = talaria_node::packet::ip_checksum(&ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
-    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    let mut icmp = vec![3, code, 0, 0, 0, 0];
     icmp.extend_from_slice(&mtu.to_be_bytes());
     icmp.extend_from_slice(&orig[..28]);
     let c = talaria_node::packet::ip_checksum(&icmp); // same one's complement sum
@@ -1145,6 +1138,50 @@ fn too_big_with_df_is_answered_with_icmp_frag_needed() {
     let s = n.stats().unwrap();
     assert_eq!(s.mtu_event(mtu_stat::FRAG_NEEDED), 2);
     assert_eq!(s.mtu_event(mtu_stat::TOO_BIG_NO_DF), 1);
+}
+
+#[test]
+fn a_new_flow_to_a_port_without_endpoints_is_refused_at_once() {
+    require!(LOADS_BPF);
+    let n = node();
+    for (t, tcp) in [
+        (
+            Tuple::tcp(CLIENT, 40020, VIP_NO_ENDPOINTS, 80),
+            tcp_flags::SYN,
+        ),
+        (Tuple::udp(CLIENT, 40021, VIP_NO_ENDPOINTS, 53), 0),
+    ] {
+        // kube-proxy's REJECT: ICMP port unreachable from the VIP, back
+        // into the pod, quoting what it sent.
+        let pkt = ipv4(t, tcp, b"x");
+        let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &pkt));
+        assert_eq!(
+            verdict, TC_ACT_REDIRECT,
+            "{t:?}: redirected back to the pod"
+        );
+        assert_eq!(
+            out,
+            expected_unreachable(&pkt, POD_MAC, HOST_VETH_MAC, 3, 0)
+        );
+        let f = Frame::parse(&out);
+        assert_eq!((f.ip_src(), f.ip_dst()), (VIP_NO_ENDPOINTS, CLIENT));
+        assert!(talaria_node::packet::icmp_checksum_ok(&f.ip));
+    }
+    // Another port of the same VIP, and a Service with endpoints, are not
+    // refused: only the ports the controller says have none.
+    for t in [
+        Tuple::tcp(CLIENT, 40022, VIP_NO_ENDPOINTS, 443),
+        Tuple::tcp(CLIENT, 40023, VIP, 80),
+    ] {
+        let pkt = ipv4(t, tcp_flags::SYN, b"");
+        let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &pkt));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        check_encap(&out, pkt.len());
+    }
+    let s = n.stats().unwrap();
+    assert_eq!(s.event(node_stat::REJECTED), 2);
+    assert_eq!(s.event(node_stat::ENCAP), 2);
+    assert_eq!(total_drops(&n), 0, "a refusal is an answer, not a drop");
 }
 
 #[test]
@@ -1319,6 +1356,11 @@ fn fuzzed_packets_keep_the_node_invariants() {
         from_pod(Tuple::tcp(CLIENT, 40000, VIP, 80), tcp_flags::SYN, b""),
         from_pod(Tuple::udp(CLIENT, 40001, VIP_UDP, 53), 0, b"query"),
         from_pod(
+            Tuple::tcp(CLIENT, 40005, VIP_NO_ENDPOINTS, 80),
+            tcp_flags::SYN,
+            b"",
+        ),
+        from_pod(
             Tuple::tcp(BACKEND, 8080, REMOTE_CLIENT, 40002),
             tcp_flags::ACK,
             b"reply",
@@ -1453,7 +1495,12 @@ fn fuzzed_packets_keep_the_node_invariants() {
                     && out[0..6] == SWITCH_MAC
                     && out[30..34] == SWITCH_IP.octets()
                     && out[26..30] == NODE_IP.octets();
-                let back_to_pod = out.len() >= 34 && out[0..6] == POD_MAC && out[23] == 1;
+                // An ICMP error goes back into the pod that sent the packet
+                // (redirected to this veth's peer), to the MAC it sent from.
+                let back_to_pod = out.len() >= 34
+                    && out[0..6] == input[6..12]
+                    && out[6..12] == input[0..6]
+                    && out[23] == 1;
                 assert!(to_switch || back_to_pod, "redirected elsewhere: {}", why());
             }
         } else {

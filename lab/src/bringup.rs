@@ -128,8 +128,8 @@ pub fn controller_status(lab: &Lab) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&text)?)
 }
 
-/// (service id, vip, port, protocol) of every programmed Service port, from
-/// the controller's REST API.
+/// (service id, vip, port, protocol, reject) of every programmed Service
+/// port, from the controller's REST API: what the node agents map.
 pub fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
     let text = talariactl(lab, &["services", "-o", "json"])?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
@@ -140,11 +140,14 @@ pub fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
                 .as_str()
                 .unwrap_or("")
                 .to_ascii_lowercase();
+            // No buckets: no usable endpoint, new flows are refused.
+            let reject = p["buckets"].as_u64() == Some(0);
             out.push(serde_json::json!({
                 "id": p["service_id"],
                 "vip": p["key"]["vip"],
                 "port": p["key"]["port"],
                 "protocol": proto,
+                "reject": reject,
             }));
         }
     }

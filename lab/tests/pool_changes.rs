@@ -12,6 +12,9 @@
 //! - UDP: the flow moves to the new endpoint at once (kube-proxy deletes
 //!   the UDP conntrack entries of endpoints that are not serving), instead
 //!   of staying pinned by its cookie.
+//! - With no usable endpoint left, a new connection is refused at once
+//!   (kube-proxy's REJECT: ICMP port unreachable from the VIP), not left to
+//!   time out.
 //!
 //! Skipped (with one line) when not root or bpffs cannot be mounted, and
 //! failed instead under `CI=true`. The lab is torn down even when an
@@ -20,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 use talaria_lab::bringup::{lab_for, talaria_apply_services};
-use talaria_lab::modes::{start_load, targets, wait_load, LoadRun, Mode};
+use talaria_lab::modes::{run_in_pod, start_load, targets, wait_load, LoadRun, Mode};
 use talaria_lab::netns::LAB_NEEDS;
 use talaria_lab::switch::SwitchKind;
 use talaria_lab::topology::Topology;
@@ -28,7 +31,7 @@ use talaria_lab::traffic::Proto;
 use talaria_preflight::require;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_at_once() {
+async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_new_flows_refused() {
     let switch = SwitchKind::SwitchAgent;
     let mut needs = LAB_NEEDS.to_vec();
     needs.extend(switch.needs());
@@ -99,6 +102,22 @@ async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_at_once() {
         .expect("pool applied");
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
+    // A new connection now is refused at once (kube-proxy's REJECT), while
+    // the old ones go on: one worker for a second, so a refusal that
+    // waited for the 1 s timeout would count once, not tens of times.
+    let refused = run_in_pod(
+        &mut lab,
+        &LoadRun {
+            proto: Proto::HttpShort,
+            concurrency: 1,
+            duration: Duration::from_secs(1),
+            stop_file: None,
+            ..hold_run.clone()
+        },
+    )
+    .await
+    .expect("short load");
+
     for r in [&hold_run, &udp_run] {
         std::fs::write(r.stop_file.as_ref().unwrap(), b"stop").unwrap();
     }
@@ -109,6 +128,15 @@ async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_at_once() {
 
     let name = |&(n, p): &(u32, u32)| Topology::pod_name(n, p);
     let first: BTreeSet<String> = first.iter().map(name).collect();
+    eprintln!(
+        "refused: {} connects in {:.2} s, {:?}",
+        refused.errors, refused.duration_s, refused.error_kinds
+    );
+    assert_eq!(refused.requests, 0, "{refused:?}");
+    assert!(
+        refused.errors >= 10 && refused.error_kinds.keys().all(|k| k.contains("refused")),
+        "every connect refused, at once: {refused:?}"
+    );
     // TCP: every connection opened on the first two endpoints and stayed.
     assert_eq!((hold.connections, hold.broken), (8, 0), "{hold:?}");
     let held: BTreeSet<String> = hold.backends.keys().cloned().collect();

@@ -1,5 +1,7 @@
 //! Path MTU: the check before encapsulation and the ICMP
-//! fragmentation-needed error sent back to a pod whose packet does not fit.
+//! fragmentation-needed error sent back to a pod whose packet does not fit;
+//! and the ICMP destination-unreachable errors the node answers a pod with
+//! (also port unreachable, for a Service port without endpoints).
 
 use aya_ebpf::{
     helpers::{bpf_redirect_peer, bpf_skb_change_tail},
@@ -9,7 +11,7 @@ use talaria_common::{
     drop::DropReason,
     maps::{mtu, mtu_stat},
     net::{fold, sum16, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPV4_DF},
-    net::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED},
+    net::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH},
     net::{IPV4_HDR_LEN, UDP_HDR_LEN},
     wire::ENCAP_OVERHEAD,
 };
@@ -66,18 +68,31 @@ pub(crate) fn check_mtu(ctx: &TcContext, ip: &Ipv4Hdr, icmp_error: bool) -> Resu
         return Err(SHOT);
     }
     let next_hop = uplink_mtu.saturating_sub(ENCAP_OVERHEAD as u32);
-    Err(frag_needed(ctx, ip, next_hop as u16))
+    let verdict = dest_unreachable(ctx, ip, ICMP_FRAG_NEEDED, next_hop as u16);
+    if verdict == REDIRECT {
+        count_mtu(mtu_stat::FRAG_NEEDED);
+    }
+    Err(verdict)
 }
 
-/// Bytes of the offending packet quoted in the ICMP error: its IPv4 header
+/// Answers a new flow to a Service port without a usable endpoint with
+/// ICMP port unreachable from the VIP, at once, as kube-proxy's REJECT
+/// rule does: the client's connect() or recv() fails with ECONNREFUSED
+/// instead of waiting for its timeout.
+#[inline(always)]
+pub(crate) fn reject(ctx: &TcContext, ip: &Ipv4Hdr) -> i32 {
+    dest_unreachable(ctx, ip, ICMP_PORT_UNREACH, 0)
+}
+
+/// Bytes of the offending packet quoted in an ICMP error: its IPv4 header
 /// (never with options on this path) and the first 8 bytes of L4 (the
 /// ports, and the TCP sequence number), which is what RFC 792 asks for and
 /// all that Linux's `tcp_v4_err`/`__udp4_lib_err` read.
 const FRAG_QUOTE_LEN: usize = IPV4_HDR_LEN + 8;
 
-/// The ICMP fragmentation-needed frame that replaces a too-big packet.
+/// The ICMP destination-unreachable frame that replaces a pod's packet.
 #[repr(C)]
-struct FragNeeded {
+struct DestUnreachable {
     macs: [u8; 12],
     ether_type: [u8; 2],
     ip: Ipv4Hdr,
@@ -85,18 +100,20 @@ struct FragNeeded {
     quoted: [u8; FRAG_QUOTE_LEN],
 }
 
-/// Length of [`FragNeeded`] on the wire (70 bytes).
-const FRAG_NEEDED_LEN: usize = ETH_HDR_LEN + IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN;
+/// Length of [`DestUnreachable`] on the wire (70 bytes).
+const DEST_UNREACHABLE_LEN: usize = ETH_HDR_LEN + IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN;
 
-/// Rewrites the pod's packet in place into ICMP destination unreachable /
-/// fragmentation needed (type 3 code 4) with next-hop MTU `next_hop`, as a
-/// router on the path would, and hands it straight back to the pod
-/// (`bpf_redirect_peer` to this veth's peer, i.e. the pod's ingress).
+/// Rewrites the pod's packet in place into ICMP destination unreachable
+/// (type 3) with `code`: fragmentation needed (4) with next-hop MTU
+/// `next_hop`, as a router on the path would, or port unreachable (3), as
+/// the Service would if it had a port closed; and hands it straight back to
+/// the pod (`bpf_redirect_peer` to this veth's peer, i.e. the pod's
+/// ingress).
 ///
 /// - Addresses: source = the packet's destination (the VIP, or on the
 ///   backend side the client the reply was going to), destination = the
-///   pod. Linux accepts fragmentation-needed from any source; it matches
-///   the quoted header to its socket (and TCP checks the quoted sequence
+///   pod. Linux accepts these errors from any source; it matches the
+///   quoted header to its socket (and TCP checks the quoted sequence
 ///   number), so the error needs no address of the node's, and the pod
 ///   sees it "from" the peer it was talking to, which also keeps it
 ///   RELATED to that flow for a conntrack inside the pod.
@@ -106,7 +123,7 @@ const FRAG_NEEDED_LEN: usize = ETH_HDR_LEN + IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN;
 ///   pod's CHECKSUM_PARTIAL mark if it had one; local delivery treats
 ///   that as verified and never completes it, so it does no harm.
 #[inline(always)]
-fn frag_needed(ctx: &TcContext, ip: &Ipv4Hdr, next_hop: u16) -> i32 {
+fn dest_unreachable(ctx: &TcContext, ip: &Ipv4Hdr, code: u8, next_hop: u16) -> i32 {
     let err = |_| drop_pkt(DropReason::Malformed);
     let macs: [u8; 12] = match ctx.load(0) {
         Ok(m) => m,
@@ -118,7 +135,7 @@ fn frag_needed(ctx: &TcContext, ip: &Ipv4Hdr, next_hop: u16) -> i32 {
     };
     let total = (IPV4_HDR_LEN + 8 + FRAG_QUOTE_LEN) as u16;
     let mtu = next_hop.to_be_bytes();
-    let mut out = FragNeeded {
+    let mut out = DestUnreachable {
         macs: [
             macs[6], macs[7], macs[8], macs[9], macs[10], macs[11], macs[0], macs[1], macs[2],
             macs[3], macs[4], macs[5],
@@ -126,29 +143,19 @@ fn frag_needed(ctx: &TcContext, ip: &Ipv4Hdr, next_hop: u16) -> i32 {
         ether_type: ETH_P_IP.to_be_bytes(),
         // IPTOS_PREC_INTERNETCONTROL, as Linux sends ICMP errors.
         ip: Ipv4Hdr::new(0xc0, total, false, IPPROTO_ICMP, ip.dst, ip.src),
-        icmp: [
-            ICMP_DEST_UNREACH,
-            ICMP_FRAG_NEEDED,
-            0,
-            0,
-            0,
-            0,
-            mtu[0],
-            mtu[1],
-        ],
+        icmp: [ICMP_DEST_UNREACH, code, 0, 0, 0, 0, mtu[0], mtu[1]],
         quoted,
     };
     let check = !fold(sum16(&out.icmp) + sum16(&out.quoted));
     out.icmp[2..4].copy_from_slice(&check.to_be_bytes());
     // SAFETY: plain helper call on this program's skb.
-    let rc = unsafe { bpf_skb_change_tail(ctx.skb.skb, FRAG_NEEDED_LEN as u32, 0) };
+    let rc = unsafe { bpf_skb_change_tail(ctx.skb.skb, DEST_UNREACHABLE_LEN as u32, 0) };
     if rc != 0 {
         return drop_pkt(DropReason::Malformed);
     }
     if let Err(e) = ctx.store(0, &out, 0) {
         return err(e);
     }
-    count_mtu(mtu_stat::FRAG_NEEDED);
     // SAFETY: plain helper call. The peer of this veth is the pod.
     unsafe { bpf_redirect_peer(skb_ifindex(ctx), 0) };
     REDIRECT

@@ -6,7 +6,7 @@ use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
-    maps::{node_stat, FlowKey, PortSubstKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT},
+    maps::{node_stat, FlowKey, PortSubstKey, ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT},
     net::{tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     wire::{flags, GENEVE_UDP_PORT},
 };
@@ -15,9 +15,9 @@ use crate::{
     encap::{encap, flow_sport},
     maps::{
         add_fin, config, drop_pkt, remove_flow, stat, FlowTable, NODE_COOKIES, NODE_PODS,
-        NODE_PORT_SUBST, NODE_REVERSE, NODE_SVC_CIDRS,
+        NODE_PORT_SUBST, NODE_REJECT, NODE_REVERSE, NODE_SVC_CIDRS,
     },
-    mtu::check_mtu,
+    mtu::{check_mtu, reject},
     nat::{fragment_reply, icmp_error_reply, note_first_fragment, reverse_nat},
     skb::{now_ns, skb_ifindex, tcp_flags_at, IP_OFF, L4_OFF, PASS},
 };
@@ -128,6 +128,17 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
                 found
             }
             None => {
+                let port = ServiceKey {
+                    vip: ip.dst,
+                    port: ports[1],
+                    proto: ip.proto,
+                    _pad: 0,
+                };
+                // SAFETY: read-only lookup.
+                if unsafe { NODE_REJECT.get(&port) }.is_some() {
+                    stat(node_stat::REJECTED);
+                    return Err(reject(ctx, &ip));
+                }
                 stat(node_stat::CACHE_MISS);
                 (flags::NEW_FLOW, 0, 0)
             }
