@@ -3,16 +3,16 @@
 //! Table and counter endpoints read the switch live over P4Runtime; the
 //! services endpoints show the controller's model and plan.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use axum::{
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, MethodRouter},
     Json, Router,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use talaria_tables::dump::{dump_tables, TableDump};
@@ -112,8 +112,38 @@ fn service_reports(ctx: &Context) -> Vec<ServiceReport> {
     p.model.services.values().map(|v| report(&p, v)).collect()
 }
 
-async fn services(State(ctx): State<Arc<Context>>) -> Json<Vec<ServiceReport>> {
-    Json(service_reports(&ctx))
+/// The plan version a `/v1/services` answer shows.
+pub const PLAN_VERSION_HEADER: &str = "x-talaria-plan-version";
+
+/// Longest `wait_ms` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// `/v1/services` query: a long poll when `after` is given.
+#[derive(Debug, Deserialize)]
+struct ServicesQuery {
+    /// The plan version the caller holds: the answer waits until the plan
+    /// is another one (newer, or another controller's after a restart).
+    after: Option<u64>,
+    /// How long to wait at most, in ms (default 30 s, at most 60 s); then
+    /// the answer is the current plan either way.
+    wait_ms: Option<u64>,
+}
+
+/// Every Service. With `?after=<version>` a long poll: node agents learn a
+/// new Service when it is planned, not on their next poll.
+async fn services(State(ctx): State<Arc<Context>>, Query(q): Query<ServicesQuery>) -> Response {
+    if let Some(after) = q.after {
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
+        let mut rx = ctx.version_tx.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != after)).await;
+    }
+    // The version first: a plan newer than the reports is caught next time.
+    let version = *ctx.version_tx.borrow();
+    (
+        [(PLAN_VERSION_HEADER, version.to_string())],
+        Json(service_reports(&ctx)),
+    )
+        .into_response()
 }
 
 async fn service(

@@ -262,6 +262,54 @@ async fn sync_restart_resync_rest_and_cli() {
         port["service_id"].as_u64().is_some_and(|id| id > 0),
         "{body}"
     );
+    // Long poll (node agents): an answer for the plan version the caller
+    // holds waits until the plan changes, then shows the new one.
+    let version = |r: &reqwest::Response| -> u64 {
+        r.headers()[talaria_controller::api::PLAN_VERSION_HEADER]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let held = version(&reqwest::get(format!("{base}/v1/services")).await.unwrap());
+    let url = format!("{base}/v1/services?after={held}&wait_ms=60000");
+    let poll = tokio::spawn(async move {
+        let r = reqwest::get(&url).await.unwrap();
+        let answered = Instant::now();
+        (
+            answered,
+            version(&r),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "the poll waits while nothing changes");
+    let changed = Instant::now();
+    src.replace(objects(&["10.244.1.5"]));
+    let (answered, now, v) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the change wakes the poll")
+        .unwrap();
+    assert!(now > held, "{now} after {held}");
+    let active = v[0]["data_path"][0]["active"].as_object().unwrap().len();
+    assert_eq!(active, 1, "the answer shows the new plan");
+    eprintln!(
+        "long poll answered {:.1} ms after the change",
+        (answered - changed).as_secs_f64() * 1e3
+    );
+    // A version the controller does not hold (a restarted controller's
+    // node agent) is answered at once.
+    let stale = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::get(format!(
+            "{base}/v1/services?after={}&wait_ms=60000",
+            now + 1000
+        )),
+    )
+    .await
+    .expect("answered at once")
+    .unwrap();
+    assert_eq!(version(&stale), now);
     let (code, body) = get("/v1/services/default/web").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(get("/v1/services/default/nope").await.0, 404);

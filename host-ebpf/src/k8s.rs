@@ -162,23 +162,41 @@ pub fn services_from_json(v: &serde_json::Value) -> Result<Vec<ServiceConfig>> {
     Ok(out)
 }
 
-/// Fetches `GET <controller_url>/v1/services`.
+/// How long one long poll of the controller may wait for a change.
+const LONG_POLL: Duration = Duration::from_secs(30);
+
+/// Fetches `GET <controller_url>/v1/services`: the Services and the
+/// controller's plan version (absent from a controller that does not say).
+/// With `after` (the version held) a long poll: the controller answers when
+/// its plan is another one, or after [`LONG_POLL`].
 pub async fn fetch_services(
     http: &reqwest::Client,
     controller_url: &str,
-) -> Result<Vec<ServiceConfig>> {
-    let url = format!("{}/v1/services", controller_url.trim_end_matches('/'));
-    let v: serde_json::Value = http
-        .get(&url)
+    after: Option<u64>,
+) -> Result<(Vec<ServiceConfig>, Option<u64>)> {
+    let base = controller_url.trim_end_matches('/');
+    let mut req = http.get(format!("{base}/v1/services"));
+    if let Some(v) = after {
+        let wait = LONG_POLL.as_millis().to_string();
+        req = req
+            .query(&[("after", v.to_string()), ("wait_ms", wait)])
+            .timeout(LONG_POLL + Duration::from_secs(5));
+    }
+    let r = req
         .send()
         .await
         .and_then(|r| r.error_for_status())
-        .map_err(|e| Error::Http(Box::new(e)))?
-        .json()
-        .await
         .map_err(|e| Error::Http(Box::new(e)))?;
-    services_from_json(&v)
+    let version = r
+        .headers()
+        .get(PLAN_VERSION_HEADER)
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let v: serde_json::Value = r.json().await.map_err(|e| Error::Http(Box::new(e)))?;
+    Ok((services_from_json(&v)?, version))
 }
+
+/// The header a controller names its plan version in.
+pub const PLAN_VERSION_HEADER: &str = "x-talaria-plan-version";
 
 /// The services to program: the configured ones, then the controller's
 /// (which win on the same id). Sorted by id.
@@ -194,9 +212,12 @@ pub fn merge_services(
 }
 
 /// Keeps `NODE_SERVICES` at [`merge_services`] of `configured` and the
-/// controller's answer, fetched every `services_refresh_secs`. A failed
-/// fetch keeps the last good set (the data path must not lose its
-/// services because the controller restarts).
+/// controller's answer, by long polls: each asks for the plan after the
+/// version held, so a new Service is mapped as soon as the controller has
+/// planned it. A controller that names no version is polled every
+/// `services_refresh_secs`, and so is one that failed. A failed fetch
+/// keeps the last good set (the data path must not lose its services
+/// because the controller restarts).
 pub async fn refresh_services(
     cfg: KubernetesConfig,
     configured: Vec<ServiceConfig>,
@@ -214,9 +235,11 @@ pub async fn refresh_services(
     };
     let every = Duration::from_secs(cfg.services_refresh_secs.max(1));
     let mut last: Option<Vec<ServiceConfig>> = None;
+    let mut version = None;
     loop {
-        match fetch_services(&http, &cfg.controller_url).await {
-            Ok(list) => {
+        match fetch_services(&http, &cfg.controller_url, version).await {
+            Ok((list, v)) => {
+                version = v;
                 let merged = merge_services(&configured, &list);
                 if last.as_ref() != Some(&merged) {
                     match node.lock().expect("node lock").set_services(&merged) {
@@ -229,10 +252,13 @@ pub async fn refresh_services(
                 }
             }
             Err(e) => {
+                version = None;
                 warn!(url = %cfg.controller_url, error = %e, "fetching services (keeping the last set)")
             }
         }
-        tokio::time::sleep(every).await;
+        if version.is_none() {
+            tokio::time::sleep(every).await;
+        }
     }
 }
 

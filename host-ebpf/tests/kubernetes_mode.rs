@@ -95,9 +95,10 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
         );
 
         let http = reqwest::Client::new();
-        let got = k8s::fetch_services(&http, &format!("{url}/"))
+        let (got, version) = k8s::fetch_services(&http, &format!("{url}/"), None)
             .await
             .unwrap();
+        assert_eq!(version, None, "this API names no plan version");
         let vip: Ipv4Addr = "10.96.0.10".parse().unwrap();
         assert_eq!(
             got,
@@ -119,7 +120,7 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
             ]
         );
         assert!(
-            k8s::fetch_services(&http, "http://127.0.0.1:9")
+            k8s::fetch_services(&http, "http://127.0.0.1:9", None)
                 .await
                 .is_err(),
             "an unreachable controller is an error, not an empty set"
