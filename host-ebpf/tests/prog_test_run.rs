@@ -6,6 +6,8 @@
 //! (ifindex 1), so the test pods are registered on ifindex 1; redirects
 //! are returned as `TC_ACT_REDIRECT` without being carried out.
 
+use rand::{RngExt, SeedableRng};
+use rand_xorshift::XorShiftRng;
 use std::net::Ipv4Addr;
 use talaria_preflight::{require, LOADS_BPF};
 
@@ -1257,26 +1259,9 @@ fn too_big_backend_reply_gets_frag_needed_before_reverse_nat() {
     check_encap(&out, reply.len());
 }
 
-/// A small deterministic generator (xorshift64*): the fuzzer's runs are
-/// reproducible from their seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// `seed` changed in one to four ways: bytes overwritten, an address or
 /// port of interest written anywhere, cut short or lengthened.
-fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut XorShiftRng, seed: &[u8]) -> Vec<u8> {
     let mut p = seed.to_vec();
     let addrs = [
         VIP,
@@ -1287,27 +1272,28 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
         BACKEND,
         REMOTE_CLIENT,
     ];
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(6) {
+    for _ in 0..1 + rng.random_range(0..4) {
+        match rng.random_range(0..6) {
             0 | 1 => {
-                let at = rng.below(p.len());
-                p[at] = rng.next() as u8;
+                let at = rng.random_range(0..p.len());
+                p[at] = rng.random::<u8>();
             }
             2 => {
-                let a = addrs[rng.below(addrs.len())].octets();
-                let at = rng.below(p.len().saturating_sub(4).max(1));
+                let a = addrs[rng.random_range(0..addrs.len())].octets();
+                let at = rng.random_range(0..p.len().saturating_sub(4).max(1));
                 let end = (at + 4).min(p.len());
                 p[at..end].copy_from_slice(&a[..end - at]);
             }
             3 => {
-                let port = [GENEVE_UDP_PORT, 53, 80, 8080, 8443][rng.below(5)].to_be_bytes();
-                let at = rng.below(p.len().saturating_sub(2).max(1));
+                let port =
+                    [GENEVE_UDP_PORT, 53, 80, 8080, 8443][rng.random_range(0..5)].to_be_bytes();
+                let at = rng.random_range(0..p.len().saturating_sub(2).max(1));
                 if at + 2 <= p.len() {
                     p[at..at + 2].copy_from_slice(&port);
                 }
             }
-            4 => p.truncate(14 + rng.below(p.len().saturating_sub(14).max(1))),
-            _ => p.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            4 => p.truncate(14 + rng.random_range(0..p.len().saturating_sub(14).max(1))),
+            _ => p.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>())),
         }
     }
     p
@@ -1349,7 +1335,7 @@ fn fuzzed_packets_keep_the_node_invariants() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0x7a1a_71a5);
-    let mut rng = Rng(seed);
+    let mut rng = XorShiftRng::seed_from_u64(seed);
     let request = TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 42);
     let reply = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 42);
     let pod_seeds = [
@@ -1428,7 +1414,7 @@ fn fuzzed_packets_keep_the_node_invariants() {
         } else {
             (PROG_UPLINK, &uplink_seeds)
         };
-        let pick = rng.below(seeds.len());
+        let pick = rng.random_range(0..seeds.len());
         let input = mutate(&mut rng, &seeds[pick]);
         let before = total_drops(&n);
         // The kernel refuses some frames before any program sees them

@@ -35,6 +35,8 @@ use crate::switch::SwitchKind;
 use crate::topology::Topology;
 use crate::traffic::{LoadResult, Proto};
 use anyhow::{bail, Context, Result};
+use rand::{RngExt, SeedableRng};
+use rand_xorshift::XorShiftRng;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -147,26 +149,10 @@ fn progress(msg: &str) {
     eprintln!("[soak {}] {msg}", chrono_now());
 }
 
-/// xorshift64*: a reproducible change sequence without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// The endpoint churn over a Service set.
 struct Churn {
     t: Topology,
-    rng: Rng,
+    rng: XorShiftRng,
     held: Vec<u32>,
     held_share: u32,
     /// The extra endpoint each Service has now.
@@ -176,16 +162,16 @@ struct Churn {
 impl Churn {
     /// Applies one change to `set`; returns the Service it changed.
     fn change(&mut self, set: &mut ServiceSet) -> u32 {
-        let k = if (self.rng.below(100) as u32) < self.held_share {
-            self.held[self.rng.below(self.held.len())]
+        let k = if (self.rng.random_range(0..100) as u32) < self.held_share {
+            self.held[self.rng.random_range(0..self.held.len())]
         } else {
-            self.rng.below(set.services.len()) as u32
+            self.rng.random_range(0..set.services.len()) as u32
         };
         let own = self.t.service_endpoints(k);
         let s = &mut set.services[k as usize];
-        if self.rng.below(2) == 0 {
+        if self.rng.random_range(0..2) == 0 {
             // Readiness of one of its own endpoints flips; one stays ready.
-            let e = own[self.rng.below(own.len())];
+            let e = own[self.rng.random_range(0..own.len())];
             if let Some(i) = s.endpoints.iter().position(|x| *x == e) {
                 if s.endpoints.len() > 1 {
                     s.endpoints.remove(i);
@@ -200,7 +186,7 @@ impl Churn {
         } else {
             let pool = self.t.backend_pods();
             let others: Vec<_> = pool.iter().filter(|p| !own.contains(p)).collect();
-            if let Some(&&e) = others.get(self.rng.below(others.len().max(1))) {
+            if let Some(&&e) = others.get(self.rng.random_range(0..others.len().max(1))) {
                 s.endpoints.push(e);
                 self.extra.insert(k, e);
             }
@@ -404,7 +390,7 @@ async fn run(lab: &mut Lab, a: &SoakArgs, mut set: ServiceSet) -> Result<Report>
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut churn = Churn {
         t: t.clone(),
-        rng: Rng(a.seed.max(1)),
+        rng: XorShiftRng::seed_from_u64(a.seed),
         held: held.clone(),
         held_share: a.held_share,
         extra: BTreeMap::new(),
@@ -595,7 +581,7 @@ mod tests {
     fn churn(t: &Topology, share: u32) -> Churn {
         Churn {
             t: t.clone(),
-            rng: Rng(7),
+            rng: XorShiftRng::seed_from_u64(7),
             held: vec![1, 3],
             held_share: share,
             extra: BTreeMap::new(),

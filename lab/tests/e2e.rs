@@ -15,7 +15,6 @@
 //! that is a failure.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::Duration;
 use talaria_lab::bringup::lab_for;
 use talaria_lab::demo;
@@ -27,36 +26,17 @@ use talaria_lab::topology::Topology;
 use talaria_lab::traffic::Proto;
 use talaria_preflight::{require, Need};
 
+mod common;
+
 /// What a test of `mode` on `switch` needs from the machine.
 fn needs(mode: Mode, switch: &SwitchKind) -> Vec<Need> {
-    let mut v = LAB_NEEDS.to_vec();
+    let mut v = common::lab_needs(switch);
     v.extend_from_slice(mode.needs());
-    v.extend(switch.needs());
     v
 }
 
 fn small() -> Topology {
     Topology::from_yaml(include_str!("../topologies/small.yaml")).unwrap()
-}
-
-fn state_dir_for_tests() {
-    // Keep test labs apart from interactive ones; pods run the real binary.
-    std::env::set_var("TALARIA_LAB_STATE_DIR", "/run/talaria-lab-test");
-    std::env::set_var("TALARIA_LAB_EXE", env!("CARGO_BIN_EXE_talaria-lab"));
-}
-
-fn assert_gone(prefix: &str) {
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("{prefix}-")))
-        .collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
-    assert!(!State::path(prefix).exists(), "state file left behind");
-    let pins = Path::new("/sys/fs/bpf/talaria-lab").join(prefix);
-    assert!(!pins.exists(), "pins left behind in {}", pins.display());
 }
 
 /// Whether `mode`'s components are built (under CI they must be).
@@ -138,7 +118,7 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
     // Down removes everything.
     let problems = lab.down();
     assert!(problems.is_empty(), "{problems:?}");
-    assert_gone(&prefix);
+    common::assert_gone(&prefix);
 }
 
 /// The switch netns' IP stack counters (`/proc/net/snmp`), as
@@ -175,7 +155,7 @@ fn switch_stack_counters(prefix: &str) -> std::collections::BTreeMap<String, u64
 /// `mode` on `switch`, from the guard to the teardown check.
 async fn end_to_end(mode: Mode, switch: SwitchKind) {
     require!(needs(mode, &switch));
-    state_dir_for_tests();
+    common::use_test_labs();
     exercise(mode, switch).await;
 }
 
@@ -255,7 +235,7 @@ async fn ipvs_mode_over_bmv2() {
 async fn demo_over_bmv2() {
     let switch = SwitchKind::bmv2();
     require!(needs(Mode::Talaria, &switch));
-    state_dir_for_tests();
+    common::use_test_labs();
     if !components_built(Mode::Talaria, &switch) {
         return;
     }
@@ -281,7 +261,7 @@ async fn demo_over_bmv2() {
 #[test]
 fn down_removes_a_crashed_lab() {
     require!(LAB_NEEDS);
-    state_dir_for_tests();
+    common::use_test_labs();
     // A lab whose owner "crashed": kept, handle forgotten, then removed from
     // its state file alone.
     let mut lab = Lab::create(small(), "direct", SwitchKind::SwitchAgent).expect("lab up");
@@ -296,13 +276,13 @@ fn down_removes_a_crashed_lab() {
     assert_eq!(st.procs.len(), 4);
     let problems = netns::teardown(&st);
     assert!(problems.is_empty(), "{problems:?}");
-    assert_gone(&prefix);
+    common::assert_gone(&prefix);
 }
 
 #[test]
 fn drop_tears_down_on_panic() {
     require!(LAB_NEEDS);
-    state_dir_for_tests();
+    common::use_test_labs();
     let r = std::panic::catch_unwind(|| {
         let lab = Lab::create(small(), "direct", SwitchKind::SwitchAgent).expect("lab up");
         let prefix = lab.prefix().to_string();
@@ -312,5 +292,5 @@ fn drop_tears_down_on_panic() {
     assert!(r.is_err());
     let prefix = std::fs::read_to_string("/run/talaria-lab-test/last-panic-prefix").unwrap();
     std::fs::remove_file("/run/talaria-lab-test/last-panic-prefix").unwrap();
-    assert_gone(&prefix);
+    common::assert_gone(&prefix);
 }

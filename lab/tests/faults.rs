@@ -11,11 +11,11 @@
 //! it says so and returns, except under `CI=true`. The lab is torn down
 //! even when an assertion fails; the test checks nothing of it is left.
 
-use std::path::Path;
 use talaria_lab::faults::{self, FaultsArgs, PhaseRow};
-use talaria_lab::netns::{State, LAB_NEEDS};
 use talaria_lab::switch::SwitchKind;
 use talaria_preflight::require;
+
+mod common;
 
 /// Short-connection errors allowed per phase: one failed request per
 /// worker, i.e. less than one request timeout (1 s) of lost forwarding. A
@@ -23,31 +23,11 @@ use talaria_preflight::require;
 /// worker a timeout per second of it, and break the long connections.
 const SHORT_ERRORS_PER_WORKER: u64 = 1;
 
-fn assert_gone(prefix: &str) {
-    let left: Vec<String> = std::fs::read_dir("/run/netns")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(&format!("{prefix}-")))
-        .collect();
-    assert!(left.is_empty(), "namespaces left behind: {left:?}");
-    assert!(!State::path(prefix).exists(), "state file left behind");
-    let pins = Path::new("/sys/fs/bpf/talaria-lab").join(prefix);
-    assert!(!pins.exists(), "pins left behind in {}", pins.display());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_connections_and_tables_survive_kill_9_of_each_component() {
     let switch = SwitchKind::SwitchAgent;
-    let mut needs = LAB_NEEDS.to_vec();
-    needs.extend(switch.needs());
-    require!(needs);
-    std::env::set_var("TALARIA_LAB_STATE_DIR", "/run/talaria-lab-test");
-    std::env::set_var("TALARIA_LAB_EXE", env!("CARGO_BIN_EXE_talaria-lab"));
-    let missing = talaria_lab::components::talaria_missing(&switch);
-    if !missing.is_empty() && !talaria_preflight::skip(&format!("components missing: {missing:?}"))
-    {
+    require!(common::lab_needs(&switch));
+    if !common::talaria_ready(&switch) {
         return;
     }
     let a = FaultsArgs {
@@ -58,7 +38,7 @@ async fn long_connections_and_tables_survive_kill_9_of_each_component() {
         ..FaultsArgs::default()
     };
     let r = faults::measure(&a, &switch).await.expect("faults ran");
-    assert_gone(&r.prefix);
+    common::assert_gone(&r.prefix);
     let table = |p: &PhaseRow| format!("{p:#?}");
     let phases: Vec<&str> = r.phases.iter().map(|p| p.phase.as_str()).collect();
     assert_eq!(

@@ -24,23 +24,18 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use talaria_lab::bringup::{lab_for, talaria_apply_services};
 use talaria_lab::modes::{run_in_pod, start_load, targets, wait_load, LoadRun, Mode};
-use talaria_lab::netns::LAB_NEEDS;
 use talaria_lab::switch::SwitchKind;
 use talaria_lab::topology::Topology;
 use talaria_lab::traffic::Proto;
 use talaria_preflight::require;
 
+mod common;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_new_flows_refused() {
     let switch = SwitchKind::SwitchAgent;
-    let mut needs = LAB_NEEDS.to_vec();
-    needs.extend(switch.needs());
-    require!(needs);
-    std::env::set_var("TALARIA_LAB_STATE_DIR", "/run/talaria-lab-test");
-    std::env::set_var("TALARIA_LAB_EXE", env!("CARGO_BIN_EXE_talaria-lab"));
-    let missing = talaria_lab::components::talaria_missing(&switch);
-    if !missing.is_empty() && !talaria_preflight::skip(&format!("components missing: {missing:?}"))
-    {
+    require!(common::lab_needs(&switch));
+    if !common::talaria_ready(&switch) {
         return;
     }
     // Node 1 hosts three backend pods: two serve the Service, one is spare.

@@ -4,6 +4,8 @@
 //! Root only; `TALARIA_FUZZ_ITERS` and `TALARIA_FUZZ_SEED` run it longer
 //! or elsewhere, and a failure prints the seed and frame to replay.
 
+use rand::{RngExt, SeedableRng};
+use rand_xorshift::XorShiftRng;
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use talaria_common::{
@@ -23,22 +25,6 @@ use talaria_tables::{backend, tunnel_peer};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
-
-/// A small deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 /// What the tables say that the checks need.
 struct Tables {
@@ -100,22 +86,22 @@ fn moved(before: &[u64], after: &[u64]) -> Vec<(String, u64)> {
 
 /// `seed` changed in one to four ways: bytes overwritten, an address of
 /// the tables written anywhere, cut short or lengthened.
-fn mutate(rng: &mut Rng, seed: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
+fn mutate(rng: &mut XorShiftRng, seed: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
     let mut p = seed.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        match rng.below(5) {
+    for _ in 0..1 + rng.random_range(0..4) {
+        match rng.random_range(0..5) {
             0 | 1 => {
-                let at = rng.below(p.len());
-                p[at] = rng.next() as u8;
+                let at = rng.random_range(0..p.len());
+                p[at] = rng.random::<u8>();
             }
             2 => {
-                let a = addrs[rng.below(addrs.len())].octets();
-                let at = rng.below(p.len().saturating_sub(4).max(1));
+                let a = addrs[rng.random_range(0..addrs.len())].octets();
+                let at = rng.random_range(0..p.len().saturating_sub(4).max(1));
                 let end = (at + 4).min(p.len());
                 p[at..end].copy_from_slice(&a[..end - at]);
             }
-            3 => p.truncate(14 + rng.below(p.len().saturating_sub(14).max(1))),
-            _ => p.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            3 => p.truncate(14 + rng.random_range(0..p.len().saturating_sub(14).max(1))),
+            _ => p.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>())),
         }
     }
     p
@@ -149,11 +135,11 @@ fn fuzzed_frames_keep_the_switch_invariants() {
     let mut addrs = t.switch_addrs.clone();
     addrs.extend(&t.peers);
     addrs.extend(t.backend_node.values());
-    let mut rng = Rng(seed);
+    let mut rng = XorShiftRng::seed_from_u64(seed);
     // Verdicts seen: forward, drop, refused by the kernel.
     let mut seen = [0usize; 3];
     for i in 0..iters {
-        let pick = rng.below(corpus.len());
+        let pick = rng.random_range(0..corpus.len());
         let input = mutate(&mut rng, &corpus[pick], &addrs);
         let before = drops(dp);
         // The kernel refuses some frames before any program sees them.
