@@ -18,6 +18,7 @@
 
 pub mod api;
 pub mod buckets;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod diff;

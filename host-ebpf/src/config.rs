@@ -117,11 +117,18 @@ pub struct KubernetesConfig {
     /// This node's name (the Pods watched are `spec.nodeName=<node_name>`).
     /// Empty: the `NODE_NAME` environment variable (downward API).
     pub node_name: String,
-    /// API server URL without credentials (tests, `kubectl proxy`). Empty:
-    /// the in-cluster service account or `KUBECONFIG`.
+    /// The API server's URL, `https://HOST:PORT`, given directly (as
+    /// Cilium's `k8sServiceHost`): talaria serves the `kubernetes`
+    /// ClusterIP itself, so it cannot reach the API server through it. In
+    /// a pod the service account's token and CA are used with it (the
+    /// server's certificate must name HOST); elsewhere no credentials
+    /// (`kubectl proxy`, tests). Empty: `KUBECONFIG` or `~/.kube/config`,
+    /// else in-cluster `KUBERNETES_SERVICE_HOST`/`PORT`.
     pub api_server: String,
     /// Base URL of the controller's REST API; `GET <url>/v1/services` gives
-    /// the service ids (`data_path[].service_id`, `key`).
+    /// the service ids (`data_path[].service_id`, `key`). Default: the
+    /// `talaria-controller` Service of `deploy/controller.yaml`
+    /// ([`DEFAULT_CONTROLLER_URL`]).
     pub controller_url: String,
     /// How often the Services are fetched from the controller.
     pub services_refresh_secs: u64,
@@ -132,11 +139,15 @@ impl Default for KubernetesConfig {
         Self {
             node_name: String::new(),
             api_server: String::new(),
-            controller_url: "http://talaria-controller.kube-system:8080".into(),
+            controller_url: DEFAULT_CONTROLLER_URL.into(),
             services_refresh_secs: 10,
         }
     }
 }
+
+/// The controller's REST API as `deploy/controller.yaml` publishes it:
+/// Service `talaria-controller` in namespace `talaria-system`, port 9080.
+pub const DEFAULT_CONTROLLER_URL: &str = "http://talaria-controller.talaria-system.svc:9080";
 
 /// One Service, as the backend side needs it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -25,8 +25,26 @@ use crate::{
     Error, Result,
 };
 
-/// A client for `cfg.api_server` (no credentials), or the in-cluster /
-/// `KUBECONFIG` one.
+/// One RBAC permission the agent needs: (API group, resource, verbs), the
+/// way a `PolicyRule` names it.
+pub type Access = (&'static str, &'static str, &'static [&'static str]);
+
+/// What the agent reads from the API server, cluster-wide: [`watch_pods`]
+/// lists and watches Pods, only those of its node
+/// ([`pods_field_selector`]); RBAC cannot narrow a rule by field, so the
+/// grant is all Pods. `deploy/node-agent.yaml` grants exactly this
+/// (`talaria-tests`, `deploy` test). Services come from the controller's
+/// REST API, not from the API server.
+pub const CLUSTER_ACCESS: &[Access] = &[("", "pods", &["list", "watch"])];
+
+/// Where a pod's service account credentials are mounted.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// A client for the API server at `cfg.api_server` (`https://HOST:PORT`),
+/// with the pod's service account credentials when the agent runs in a pod
+/// and none otherwise (`kubectl proxy`, tests). Empty: kube-rs's default
+/// (`KUBECONFIG`, else in-cluster `KUBERNETES_SERVICE_HOST`/`PORT`, which
+/// is the `kubernetes` ClusterIP that talaria must itself serve).
 pub async fn client(cfg: &KubernetesConfig) -> Result<Client> {
     if cfg.api_server.is_empty() {
         return Client::try_default()
@@ -37,7 +55,22 @@ pub async fn client(cfg: &KubernetesConfig) -> Result<Client> {
         .api_server
         .parse()
         .map_err(|e| Error::Invalid(format!("api_server {:?}: {e}", cfg.api_server)))?;
-    Client::try_from(kube::Config::new(url)).map_err(|e| Error::Kube(Box::new(e)))
+    let config = if std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists() {
+        // The in-cluster config (token file, CA, namespace), pointed at
+        // the address given instead of the `kubernetes` Service.
+        let mut c = kube::Config::incluster_dns().map_err(Error::InCluster)?;
+        c.cluster_url = url;
+        c
+    } else {
+        kube::Config::new(url)
+    };
+    Client::try_from(config).map_err(|e| Error::Kube(Box::new(e)))
+}
+
+/// The field selector of the Pods this node runs: the agent never reads
+/// another node's Pods.
+pub fn pods_field_selector(node_name: &str) -> String {
+    format!("spec.nodeName={node_name}")
 }
 
 /// `cfg.node_name`, else `$NODE_NAME`.
@@ -96,7 +129,7 @@ pub async fn watch_pods(
     let api: Api<Pod> = Api::all(client);
     let (store, writer) = reflector::store::<Pod>();
     let config = watcher::Config::default()
-        .fields(&format!("spec.nodeName={node_name}"))
+        .fields(&pods_field_selector(&node_name))
         .any_semantic();
     let stream = watcher(api, config)
         .default_backoff()

@@ -2,6 +2,7 @@
 //! (`talaria-node-ebpf`), pins and fills their maps, attaches them, reads
 //! their counters and garbage-collects idle flows.
 //!
+//! - [`cli`]: the `talaria-node` command line.
 //! - [`config`]: the YAML configuration.
 //! - [`node`]: the loaded programs and their maps.
 //! - [`metrics`]: counters as Prometheus text.
@@ -13,6 +14,7 @@
 //! - [`sys`]: small Linux helpers (sysfs, bpffs, network namespaces).
 
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod k8s;
 pub mod metrics;
@@ -65,6 +67,9 @@ pub enum Error {
     /// A Kubernetes API client could not be built or a call failed.
     #[error("kubernetes API")]
     Kube(#[source] Box<kube::Error>),
+    /// The pod's service account token or CA could not be read.
+    #[error("in-cluster service account credentials")]
+    InCluster(#[source] kube::config::InClusterError),
     /// An HTTP request to the controller failed.
     #[error("controller HTTP")]
     Http(#[source] Box<reqwest::Error>),

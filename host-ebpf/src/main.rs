@@ -6,65 +6,15 @@
 //! - `talaria-node status`: counters and flow counts from the pinned maps.
 //! - `talaria-node unpin`: detach everything and remove the pins.
 
-use std::path::PathBuf;
-
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use talaria_common::maps::{CookieEntry, ReverseEntry};
 use talaria_node::{
-    config::{Config, DEFAULT_PIN_DIR},
+    cli::{Cli, Cmd},
+    config::Config,
     node::{self, Stats},
     sys,
 };
-
-#[derive(Parser)]
-#[command(
-    version,
-    about = "talaria node agent: Service traffic to the switch in Geneve/Talaria"
-)]
-struct Cli {
-    /// Enter this network namespace (/var/run/netns/NAME) first. Unlike
-    /// `ip netns exec`, this keeps the host's bpffs so pins survive restarts.
-    #[arg(long, global = true)]
-    netns: Option<String>,
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Run the agent until SIGINT/SIGTERM.
-    Run {
-        /// YAML configuration file.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Override `uplink`.
-        #[arg(long)]
-        uplink: Option<String>,
-        /// Override `pin_dir`.
-        #[arg(long)]
-        pin_dir: Option<PathBuf>,
-        /// Override `flow_table_size`.
-        #[arg(long, alias = "lru-size")]
-        flow_table_size: Option<u32>,
-        /// Override `metrics_addr`.
-        #[arg(long)]
-        metrics_addr: Option<String>,
-    },
-    /// Print counters and flow counts of the running node.
-    Status {
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-        /// JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Detach the programs and remove every pin of the node.
-    Unpin {
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
-        pin_dir: PathBuf,
-    },
-}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -77,25 +27,16 @@ fn main() -> anyhow::Result<()> {
         sys::enter_netns(ns)?;
     }
     match cli.cmd {
-        Cmd::Run {
-            config,
-            uplink,
-            pin_dir,
-            flow_table_size,
-            metrics_addr,
-        } => {
-            let mut cfg = match config {
+        Cmd::Run(run) => {
+            let cfg = match &run.config {
                 Some(path) => {
-                    let text = std::fs::read_to_string(&path)
+                    let text = std::fs::read_to_string(path)
                         .with_context(|| format!("reading {}", path.display()))?;
                     Config::from_yaml(&text)?
                 }
                 None => Config::default(),
             };
-            cfg.uplink = uplink.unwrap_or(cfg.uplink);
-            cfg.pin_dir = pin_dir.unwrap_or(cfg.pin_dir);
-            cfg.flow_table_size = flow_table_size.unwrap_or(cfg.flow_table_size);
-            cfg.metrics_addr = metrics_addr.unwrap_or(cfg.metrics_addr);
+            let cfg = run.apply(cfg);
             talaria_preflight::ensure(&talaria_preflight::LOADS_BPF)
                 .context("the node agent cannot start")?;
             let rt = tokio::runtime::Runtime::new()?;

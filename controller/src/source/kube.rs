@@ -55,6 +55,77 @@ use crate::{
     model::{self, Changes, Delta, Lookup, Model, ObjectRef, KUBE_PROXY_LABEL_SELECTOR},
 };
 
+/// One RBAC permission a binary needs: (API group, resource, verbs), the
+/// way a `PolicyRule` names it.
+pub type Access = (&'static str, &'static str, &'static [&'static str]);
+
+/// What [`start`] reads, cluster-wide: each reflector lists and watches
+/// its kind (no `get`). `deploy/controller.yaml` grants exactly this in
+/// the controller's ClusterRole (`talaria-tests`, `deploy` test).
+pub const CLUSTER_ACCESS: &[Access] = &[
+    ("", "services", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("", "nodes", &["list", "watch"]),
+    ("networking.k8s.io", "servicecidrs", &["list", "watch"]),
+];
+
+/// What [`try_lead`] does to the Lease, in its namespace: `get` it,
+/// `create` it when absent, `update` (replace) it to acquire or renew.
+/// `deploy/controller.yaml` grants exactly this in a Role.
+pub const LEASE_ACCESS: &[Access] = &[(
+    "coordination.k8s.io",
+    "leases",
+    &["get", "create", "update"],
+)];
+
+/// Where a pod's service account credentials are mounted.
+const SERVICE_ACCOUNT_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+/// Why no Kubernetes client could be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `api_server` is not a URL.
+    #[error("api_server {url:?} is not a URL")]
+    Url {
+        /// What was given.
+        url: String,
+        /// Cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The pod's service account token or CA could not be read.
+    #[error("in-cluster service account credentials")]
+    InCluster(#[source] kube::config::InClusterError),
+    /// The client could not be configured (kubeconfig, TLS).
+    #[error("Kubernetes client")]
+    Kube(#[source] kube::Error),
+}
+
+/// A client for the API server at `api_server` (`https://HOST:PORT`),
+/// with the pod's service account credentials when it runs in a pod and
+/// none otherwise (`kubectl proxy`, tests). Empty `api_server`: kube-rs's
+/// default (`KUBECONFIG`, else in-cluster `KUBERNETES_SERVICE_HOST`/`PORT`,
+/// which is the `kubernetes` ClusterIP that talaria must itself serve).
+pub async fn client(api_server: &str) -> Result<Client, ClientError> {
+    if api_server.is_empty() {
+        return Client::try_default().await.map_err(ClientError::Kube);
+    }
+    let url = api_server.parse().map_err(|e| ClientError::Url {
+        url: api_server.into(),
+        source: Box::new(e),
+    })?;
+    let config = if std::path::Path::new(SERVICE_ACCOUNT_TOKEN).exists() {
+        // The in-cluster config (token file, CA, namespace), pointed at
+        // the address given instead of the `kubernetes` Service.
+        let mut c = kube::Config::incluster_dns().map_err(ClientError::InCluster)?;
+        c.cluster_url = url;
+        c
+    } else {
+        kube::Config::new(url)
+    };
+    Client::try_from(config).map_err(ClientError::Kube)
+}
+
 /// Reflector stores of the four kinds.
 pub struct KubeSource {
     services: Store<Service>,
