@@ -14,8 +14,12 @@
 /* ------------------------------------------------------------ protocols -- */
 
 const bit<16> ETHERTYPE_IPV4 = 0x0800;
+const bit<8>  IP_PROTO_ICMP  = 1;
 const bit<8>  IP_PROTO_TCP   = 6;
 const bit<8>  IP_PROTO_UDP   = 17;
+/* The ICMP errors that quote a packet of a flow. */
+const bit<8>  ICMP_DEST_UNREACH  = 3;
+const bit<8>  ICMP_TIME_EXCEEDED = 11;
 /* IPv4 `flags` field (3 bits: reserved, DF, MF): more fragments follow. */
 const bit<3>  IPV4_FLAG_MF   = 0x1;
 /* TTL of the outer header when the switch re-originates a tunnel. */
@@ -88,7 +92,8 @@ const bit<8> DROP_POD_SPOOF               = 18;
 const bit<8> DROP_TUNNEL_SOURCE           = 19;
 @noWarn("unused")
 const bit<8> DROP_UNKNOWN_POD             = 20;
-@noWarn("unused")
+/* An ICMP error whose quoted packet is not a reply of the flow its sender
+ * and cookie name (the switch checks what it relays to a backend). */
 const bit<8> DROP_ICMP_SPOOF              = 21;
 @noWarn("unused")
 const bit<8> DROP_PORT_EXHAUSTED          = 22;

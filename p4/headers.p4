@@ -72,6 +72,22 @@ header tcp_t {
     bit<16>   urgent_ptr;
 }
 
+/* An ICMP error: type, code, checksum and the 4 bytes before the packet it
+ * quotes. */
+header icmp_t {
+    bit<8>  icmp_type;
+    bit<8>  code;
+    bit<16> checksum;
+    bit<32> rest;
+}
+
+/* The ports of the TCP or UDP header an ICMP error quotes (RFC 792 quotes
+ * at least the first 8 bytes of it). */
+header l4_ports_t {
+    l4_port_t src_port;
+    l4_port_t dst_port;
+}
+
 /* Geneve base header (RFC 8926). Must match `GeneveHdr` in
  * common/src/wire.rs. */
 header geneve_t {
@@ -124,6 +140,10 @@ struct headers_t {
     ipv4_t         inner_ipv4;
     tcp_t          inner_tcp;
     udp_t          inner_udp;
+    /* An inner ICMP error and the packet it is about. */
+    icmp_t         inner_icmp;
+    ipv4_t         quoted_ipv4;
+    l4_ports_t     quoted_ports;
 }
 
 struct metadata_t {
@@ -140,10 +160,13 @@ struct metadata_t {
     l4_port_t    l4_dst_port;
     /* 1: a REPLY (backend to client), which is checked, not balanced. */
     bit<1>       reply;
-    /* service_v4's key: the VIP and port a request goes to, or that a
-     * reply comes from. */
+    /* 1: a client's ICMP error about a reply, relayed to the backend. */
+    bit<1>       icmp_relay;
+    /* service_v4's key: the VIP, port and protocol a request goes to, or
+     * that a reply (or the reply an ICMP error quotes) comes from. */
     ipv4_addr_t  service_addr;
     l4_port_t    service_port;
+    bit<8>       service_proto;
     /* From service_v4 (a reply's: the cookie's until checked). */
     service_id_t service_id;
     bucket_t     bucket_mask;

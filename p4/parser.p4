@@ -130,15 +130,43 @@ parser TalariaParser(packet_in packet,
         verify(hdr.inner_ipv4.version == 4 && hdr.inner_ipv4.ihl >= 5,
                error.BadInnerIpv4Header);
         /* The ports sit at a fixed offset only in an unfragmented packet
-         * without options. Anything else stays unparsed: the ingress drops
-         * it on the load-balanced path (ip_options, fragment,
-         * unsupported_protocol) and passes it on the reply path. */
+         * without options; so does an ICMP error's quote. Anything else
+         * stays unparsed: the ingress drops it on the load-balanced path
+         * (ip_options, fragment, unsupported_protocol) and passes it on
+         * the reply path. */
         transition select(hdr.inner_ipv4.ihl, hdr.inner_ipv4.flags,
                           hdr.inner_ipv4.frag_offset, hdr.inner_ipv4.protocol) {
             (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_TCP): parse_inner_tcp;
             (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_UDP): parse_inner_udp;
+            (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_ICMP): parse_inner_icmp;
             default: accept;
         }
+    }
+
+    /* An ICMP error quotes the packet it is about: its IPv4 header and,
+     * when that has ports at a fixed offset, its ports. */
+    state parse_inner_icmp {
+        packet.extract(hdr.inner_icmp);
+        transition select(hdr.inner_icmp.icmp_type) {
+            ICMP_DEST_UNREACH: parse_quoted_ipv4;
+            ICMP_TIME_EXCEEDED: parse_quoted_ipv4;
+            default: accept;
+        }
+    }
+
+    state parse_quoted_ipv4 {
+        packet.extract(hdr.quoted_ipv4);
+        transition select(hdr.quoted_ipv4.ihl, hdr.quoted_ipv4.frag_offset,
+                          hdr.quoted_ipv4.protocol) {
+            (4w5, 13w0, IP_PROTO_TCP): parse_quoted_ports;
+            (4w5, 13w0, IP_PROTO_UDP): parse_quoted_ports;
+            default: accept;
+        }
+    }
+
+    state parse_quoted_ports {
+        packet.extract(hdr.quoted_ports);
+        transition accept;
     }
 
     state parse_inner_tcp {
@@ -210,6 +238,9 @@ control TalariaDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.inner_ipv4);
         packet.emit(hdr.inner_tcp);
         packet.emit(hdr.inner_udp);
+        packet.emit(hdr.inner_icmp);
+        packet.emit(hdr.quoted_ipv4);
+        packet.emit(hdr.quoted_ports);
     }
 }
 

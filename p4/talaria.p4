@@ -72,6 +72,12 @@ control TalariaIngress(inout headers_t hdr,
     Csum16Update() inner_ipv4_csum;
     Csum16Update() inner_tcp_csum;
     Csum16Update() inner_udp_csum;
+    /* A relayed ICMP error's: the quoted IPv4 header, and the ICMP
+     * checksum over the quoted source and port, then over the quoted
+     * header checksum. */
+    Csum16Update() quoted_ipv4_csum;
+    Csum16Update() icmp_csum;
+    Csum16Update() icmp_quoted_csum;
 
     /* ---------------------------------------------------- ipv4_route -- */
 
@@ -158,7 +164,7 @@ control TalariaIngress(inout headers_t hdr,
         key = {
             meta.service_addr       : exact @name("vip");
             meta.service_port       : exact @name("port");
-            hdr.inner_ipv4.protocol : exact @name("proto");
+            meta.service_proto      : exact @name("proto");
         }
         actions = {
             set_service;
@@ -348,6 +354,7 @@ control TalariaIngress(inout headers_t hdr,
         meta.terminate = 0;
         meta.cookie_ok = 0;
         meta.reply = 0;
+        meta.icmp_relay = 0;
 
         if (!hdr.ipv4.isValid()) {
             /* The switch routes IPv4 only; anything else has no route. A
@@ -400,6 +407,16 @@ control TalariaIngress(inout headers_t hdr,
                     } else if ((hdr.inner_ipv4.flags & IPV4_FLAG_MF) != 0
                                || hdr.inner_ipv4.frag_offset != 0) {
                         meta.drop_reason = DROP_FRAGMENT;
+                    } else if (hdr.quoted_ports.isValid()) {
+                        /* A client's ICMP error about a reply it got (port
+                         * unreachable, frag needed): it goes to the backend
+                         * that sent the reply, which the cookie names. The
+                         * client must be the quoted packet's destination. */
+                        meta.icmp_relay = 1;
+                        if ((hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) == 0
+                            || hdr.quoted_ipv4.dst_addr != hdr.inner_ipv4.src_addr) {
+                            meta.drop_reason = DROP_ICMP_SPOOF;
+                        }
                     } else if (!hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
                         meta.drop_reason = DROP_UNSUPPORTED_PROTOCOL;
                     }
@@ -413,10 +430,17 @@ control TalariaIngress(inout headers_t hdr,
                     meta.service_id = hdr.talaria.service_id;
                     meta.service_addr = hdr.inner_ipv4.src_addr;
                     meta.service_port = meta.l4_src_port;
+                    meta.service_proto = hdr.inner_ipv4.protocol;
                     lookup_service = hdr.inner_tcp.isValid() || hdr.inner_udp.isValid();
+                } else if (meta.icmp_relay == 1) {
+                    /* The reply the error quotes came from the service. */
+                    meta.service_addr = hdr.quoted_ipv4.src_addr;
+                    meta.service_port = hdr.quoted_ports.src_port;
+                    meta.service_proto = hdr.quoted_ipv4.protocol;
                 } else {
                     meta.service_addr = hdr.inner_ipv4.dst_addr;
                     meta.service_port = meta.l4_dst_port;
+                    meta.service_proto = hdr.inner_ipv4.protocol;
                 }
                 if (meta.drop_reason == 0 && lookup_service) {
                     service_v4.apply();
@@ -426,7 +450,12 @@ control TalariaIngress(inout headers_t hdr,
                             meta.drop_reason = DROP_FORGED_REPLY;
                         }
                     } else if (meta.drop_reason == 0) {
-                        service_counter.count((bit<32>)meta.service_id);
+                        if (meta.icmp_relay == 1
+                            && meta.service_id != hdr.talaria.service_id) {
+                            meta.drop_reason = DROP_ICMP_SPOOF;
+                        } else {
+                            service_counter.count((bit<32>)meta.service_id);
+                        }
                     }
                 }
 
@@ -447,6 +476,11 @@ control TalariaIngress(inout headers_t hdr,
                         }
                     } else {
                         lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                    }
+                    /* An error about a flow whose backend is gone has no
+                     * one to tell: there is no hashing it elsewhere. */
+                    if (meta.icmp_relay == 1 && meta.cookie_ok == 0) {
+                        meta.drop_reason = DROP_NO_BACKEND;
                     }
                 }
 
@@ -496,7 +530,24 @@ control TalariaIngress(inout headers_t hdr,
                     inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
                                           hdr.inner_ipv4.dst_addr,
                                           meta.backend_ip, 0, 0);
-                    if (hdr.inner_tcp.isValid()) {
+                    if (meta.icmp_relay == 1) {
+                        /* The quoted reply left the backend from its own
+                         * address and port, as the backend must see it;
+                         * the quoted L4 checksum stays (receivers do not
+                         * check it). */
+                        bit<16> quoted_check = hdr.quoted_ipv4.hdr_checksum;
+                        quoted_ipv4_csum.apply(hdr.quoted_ipv4.hdr_checksum,
+                                               hdr.quoted_ipv4.src_addr,
+                                               meta.backend_ip, 0, 0);
+                        icmp_csum.apply(hdr.inner_icmp.checksum,
+                                        hdr.quoted_ipv4.src_addr, meta.backend_ip,
+                                        hdr.quoted_ports.src_port, meta.backend_port);
+                        icmp_quoted_csum.apply(hdr.inner_icmp.checksum, 0, 0,
+                                               quoted_check,
+                                               hdr.quoted_ipv4.hdr_checksum);
+                        hdr.quoted_ipv4.src_addr = meta.backend_ip;
+                        hdr.quoted_ports.src_port = meta.backend_port;
+                    } else if (hdr.inner_tcp.isValid()) {
                         inner_tcp_csum.apply(hdr.inner_tcp.checksum,
                                              hdr.inner_ipv4.dst_addr,
                                              meta.backend_ip,

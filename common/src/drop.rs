@@ -55,8 +55,9 @@ pub enum DropReason {
     /// Host: a Talaria packet on the uplink for a pod this node does not
     /// host.
     UnknownPod = 20,
-    /// Host: an ICMP error about a Service flow from a pod that is not a
-    /// party of that flow.
+    /// Host and switch: an ICMP error about a Service flow from a pod that
+    /// is not a party of that flow, or (switch) a client's error whose
+    /// quoted reply does not match its cookie.
     IcmpSpoof = 21,
     /// Host: a backend-side flow needed a substitute client port (two
     /// Services' flows on one 4-tuple) and none was free.

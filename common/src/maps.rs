@@ -126,6 +126,20 @@ pub struct FlowKey {
     pub _pad: [u8; 3],
 }
 
+impl FlowKey {
+    /// The same flow keyed from its other end.
+    #[inline(always)]
+    pub fn reversed(self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..self
+        }
+    }
+}
+
 /// Client side: the cookie learned from a reply. Key: the client's
 /// [`FlowKey`] towards the VIP.
 #[repr(C)]
@@ -337,8 +351,11 @@ pub mod node_stat {
     /// A new flow to a Service port without a usable endpoint, answered
     /// with ICMP port unreachable from the VIP (kube-proxy's REJECT).
     pub const REJECTED: u32 = 11;
+    /// A client pod's ICMP error about a Service reply, sent towards the
+    /// backend (client node) or delivered to it (backend node).
+    pub const ICMP_RELAY: u32 = 12;
     /// Size of the array.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -353,6 +370,7 @@ pub mod node_stat {
         "fragment_nat",
         "cookie_refused",
         "rejected",
+        "icmp_relay",
     ];
 }
 

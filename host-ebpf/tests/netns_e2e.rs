@@ -984,6 +984,43 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     assert!(lab.stats(1).event(node_stat::REVERSE_NAT) >= 1);
 }
 
+/// A client's ICMP error about a reply reaches the backend that sent it,
+/// as conntrack relays RELATED errors (issue: ICMP errors): pod a's socket
+/// is gone when backend b's second datagram arrives, so pod a's kernel
+/// answers it with port unreachable to the VIP, and b's connected socket
+/// reports ECONNREFUSED.
+#[test]
+fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let (closed, client_gone) = std::sync::mpsc::channel::<()>();
+    let backend = udp_server(lab.pod("pb"), POD_B, Duration::from_secs(5), move |s| {
+        let mut buf = [0u8; 100];
+        let (_, peer) = s.recv_from(&mut buf).unwrap();
+        s.connect(peer).unwrap();
+        s.send(b"one").unwrap();
+        client_gone.recv_timeout(Duration::from_secs(5)).unwrap();
+        s.send(b"two").unwrap();
+        (peer, s.recv(&mut buf).map(|_| ()))
+    });
+    sys::in_netns(lab.pod("pa"), move || {
+        let s = UdpSocket::bind((POD_A, 40120)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(b"hello", (VIP, 53)).unwrap();
+        let mut buf = [0u8; 100];
+        s.recv_from(&mut buf).expect("the first reply");
+        drop(s);
+        closed.send(()).unwrap();
+    })
+    .unwrap();
+    let (peer, second) = backend.join().unwrap();
+    assert_eq!(peer, SocketAddr::from((POD_A, 40120)));
+    let err = second.expect_err("the client's port unreachable reached the backend");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(lab.stats(0).event(node_stat::ICMP_RELAY), 1, "sent");
+    assert_eq!(lab.stats(1).event(node_stat::ICMP_RELAY), 1, "delivered");
+}
+
 #[test]
 fn agent_attaches_a_pod_veth_that_appears_later() {
     require!(LOADS_BPF);

@@ -1014,6 +1014,96 @@ fn icmp_error_from_a_backend_is_reverse_natted() {
     );
 }
 
+#[test]
+fn icmp_error_from_a_client_about_a_reply_goes_to_its_backend() {
+    require!(LOADS_BPF);
+    use talaria_node::packet::{icmp_checksum_ok, icmp_error};
+    let n = node();
+    let dropped = |r| n.stats().unwrap().dropped(r);
+
+    // Client side: a cached flow; its reply arrived after the socket closed.
+    let client_flow = Tuple::tcp(CLIENT, 40000, VIP, 80);
+    let reply = ipv4(client_flow.reversed(), tcp_flags::ACK, b"late");
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_TCP, 42);
+    run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &reply));
+    let error = icmp_error(CLIENT, VIP, 3, 3, 0, &reply);
+    let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &error));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (enc, inner) = check_encap(&out, error.len());
+    assert_eq!(
+        (
+            enc.opt.flags,
+            enc.opt.service_id.get(),
+            enc.opt.backend_id.get()
+        ),
+        (flags::COOKIE_VALID, SVC_TCP, 42),
+        "the flow's cookie takes it to the backend"
+    );
+    assert_eq!(inner, error, "the switch rewrites it, not the node");
+    assert_eq!(n.stats().unwrap().event(node_stat::ICMP_RELAY), 1);
+
+    // Errors about no flow of the pod, or about another pod's flow, are
+    // spoofed; a ping to a VIP is not served.
+    let no_flow = ipv4(Tuple::tcp(VIP, 80, CLIENT, 40001), tcp_flags::ACK, b"");
+    let others = ipv4(Tuple::tcp(VIP, 80, BACKEND, 40000), tcp_flags::ACK, b"");
+    for quoted in [&no_flow, &others] {
+        let e = icmp_error(CLIENT, VIP, 3, 3, 0, quoted);
+        assert_eq!(
+            run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &e)).0,
+            TC_ACT_SHOT
+        );
+    }
+    assert_eq!(dropped(DropReason::IcmpSpoof), 2);
+    let ping = icmp_error(CLIENT, VIP, 8, 0, 0, &reply);
+    let (verdict, _) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, &ping));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(dropped(DropReason::UnsupportedProtocol), 1);
+
+    // Backend side: two Services' flows on one 4-tuple; the second has a
+    // substitute client port.
+    let request = Tuple::tcp(REMOTE_CLIENT, 40000, BACKEND, 8080);
+    let req = ipv4(request, tcp_flags::SYN, b"");
+    let first = TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 42);
+    let second = TalariaEncap::new(flags::COOKIE_VALID, SVC2_TCP, 42);
+    run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, first, &req));
+    let (_, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, second, &req));
+    let subst = Frame::parse(&out).tuple().sport;
+    assert_ne!(subst, 40000);
+    // The switch relays the client's error with the quote as the backend
+    // sent its reply, client port as the client knows it.
+    let backend_reply = ipv4(request.reversed(), tcp_flags::ACK, b"");
+    let relayed = icmp_error(REMOTE_CLIENT, BACKEND, 3, 3, 0, &backend_reply);
+    let quoted_dport = |ip: &[u8]| u16::from_be_bytes([ip[50], ip[51]]);
+    for (enc, port) in [(first, 40000), (second, subst)] {
+        let (verdict, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &relayed));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let delivered = Frame::parse(&out).ip;
+        assert_eq!(quoted_dport(&delivered), port, "the port the backend knows");
+        assert!(icmp_checksum_ok(&delivered), "ICMP checksum");
+        // All else as relayed (bytes 22..24: the ICMP checksum).
+        assert_eq!(
+            (&delivered[..22], &delivered[24..50]),
+            (&relayed[..22], &relayed[24..50])
+        );
+    }
+    // A cookie that names another backend, or a quote of another flow.
+    let wrong_backend = TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 43);
+    let other_flow = icmp_error(
+        REMOTE_CLIENT,
+        BACKEND,
+        3,
+        3,
+        0,
+        &ipv4(Tuple::tcp(BACKEND, 8080, REMOTE_CLIENT, 40001), 0, b""),
+    );
+    for (enc, e) in [(wrong_backend, &relayed), (first, &other_flow)] {
+        let (verdict, _) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, e));
+        assert_eq!(verdict, TC_ACT_SHOT);
+    }
+    assert_eq!(dropped(DropReason::IcmpSpoof), 4);
+    assert_eq!(n.stats().unwrap().event(node_stat::ICMP_RELAY), 3);
+}
+
 /// `struct __sk_buff` as `BPF_PROG_TEST_RUN` takes it in `ctx_in` (192
 /// bytes in this kernel's UAPI), with only `gso_segs` (offset 164) and
 /// `gso_size` (offset 176) set: the kernel copies both into the test skb,

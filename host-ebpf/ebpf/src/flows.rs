@@ -160,6 +160,33 @@ fn holds_or_free(key: &FlowKey, service_id: u16, port: Be16) -> bool {
     }
 }
 
+/// The backend side's entry of the flow `key` (the backend's view, client
+/// port as the client sent it) of Service `service_id`, and the client
+/// port it is keyed on: the client's own, or the flow's substitute.
+#[inline(always)]
+pub(crate) fn find_reverse(key: &FlowKey, service_id: u16) -> Option<(Be16, ReverseEntry)> {
+    // SAFETY: read-only copies of map values.
+    if let Some(e) = unsafe { NODE_REVERSE.get(key) }.copied() {
+        if e.service_id == service_id && e.client_port.get() == 0 {
+            return Some((key.dst_port, e));
+        }
+    }
+    let subst_key = PortSubstKey {
+        flow: *key,
+        service_id,
+        _pad: [0; 2],
+    };
+    // SAFETY: as above.
+    let port = unsafe { NODE_PORT_SUBST.get(&subst_key) }.copied()?;
+    let k = FlowKey {
+        dst_port: port,
+        ..*key
+    };
+    // SAFETY: as above.
+    let e = unsafe { NODE_REVERSE.get(&k) }.copied()?;
+    (e.service_id == service_id && e.client_port == key.dst_port).then_some((port, e))
+}
+
 /// Candidates tried before a flow is refused (`port_exhausted`).
 const SUBST_TRIES: u32 = 8;
 

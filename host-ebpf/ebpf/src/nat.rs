@@ -1,5 +1,6 @@
 //! Reverse NAT of backend replies and of the ICMP errors backends send
-//! about Service flows.
+//! about Service flows; relay of the ICMP errors clients send about
+//! replies.
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
@@ -8,17 +9,18 @@ use aya_ebpf::{
 use talaria_common::{
     be::{Be16, Be32},
     drop::DropReason,
-    maps::{node_stat, FlowKey, FragEntry, FragKey, NodeConfig, ReverseEntry},
+    maps::{node_stat, FlowKey, FragEntry, FragKey, NodeConfig, PodEntry, ReverseEntry},
     net::{Ipv4Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN},
     net::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED},
-    wire::flags,
+    wire::{flags, TalariaOpt},
 };
 
 use crate::{
-    encap::{encap, flow_sport},
-    maps::{drop_pkt, stat, NODE_FRAGS, NODE_REVERSE},
+    encap::{decap_to_pod, encap, flow_sport},
+    flows::find_reverse,
+    maps::{drop_pkt, stat, NODE_COOKIES, NODE_FRAGS, NODE_REVERSE},
     mtu::check_mtu,
-    skb::{IP_OFF, L4_OFF, PASS},
+    skb::{INNER_L4_OFF, IP_OFF, L4_OFF, PASS},
 };
 
 /// The offset of the L4 checksum of a TCP or UDP header at `l4_off`, and
@@ -126,9 +128,113 @@ pub(crate) fn note_first_fragment(ip: &Ipv4Hdr, rev: &ReverseEntry, outer_sport:
 }
 
 const ICMP_OFF: usize = L4_OFF;
-/// The packet the error is about, quoted after the 8-byte ICMP header.
-const EMB_IP_OFF: usize = ICMP_OFF + 8;
+/// The packet an ICMP error is about is quoted after the ICMP header.
+const ICMP_HDR_LEN: usize = 8;
+const EMB_IP_OFF: usize = ICMP_OFF + ICMP_HDR_LEN;
 const EMB_L4_OFF: usize = EMB_IP_OFF + IPV4_HDR_LEN;
+
+/// What an ICMP error at `icmp_off` quotes, if it is one talaria relays: a
+/// destination-unreachable or time-exceeded error about a TCP or UDP
+/// packet, quoted with its ports (no options, not a later fragment).
+#[inline(always)]
+fn quoted_flow(ctx: &TcContext, icmp_off: usize) -> Option<(Ipv4Hdr, [Be16; 2])> {
+    let icmp: [u8; 2] = ctx.load(icmp_off).ok()?;
+    if icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED {
+        return None;
+    }
+    let emb: Ipv4Hdr = ctx.load(icmp_off + ICMP_HDR_LEN).ok()?;
+    if emb.has_options()
+        || emb.frag.get() & 0x1fff != 0
+        || (emb.proto != IPPROTO_TCP && emb.proto != IPPROTO_UDP)
+    {
+        return None;
+    }
+    let ports = ctx.load(icmp_off + ICMP_HDR_LEN + IPV4_HDR_LEN).ok()?;
+    Some((emb, ports))
+}
+
+/// The reply a client's ICMP error at `icmp_off` quotes, which must have
+/// gone from `from` to `to`, as a flow key (src = `from`). Anything else
+/// is not relayed: no quoted ports (`unsupported_protocol`, a ping among
+/// them), or someone else's reply (`icmp_spoof`).
+#[inline(always)]
+fn quoted_reply(ctx: &TcContext, icmp_off: usize, from: Be32, to: Be32) -> Result<FlowKey, i32> {
+    let (emb, ports) =
+        quoted_flow(ctx, icmp_off).ok_or_else(|| drop_pkt(DropReason::UnsupportedProtocol))?;
+    if emb.src != from || emb.dst != to {
+        return Err(drop_pkt(DropReason::IcmpSpoof));
+    }
+    Ok(FlowKey {
+        src: emb.src,
+        dst: emb.dst,
+        src_port: ports[0],
+        dst_port: ports[1],
+        proto: emb.proto,
+        _pad: [0; 3],
+    })
+}
+
+/// A client pod's ICMP error to a VIP about a reply it got from it (port
+/// unreachable from a closed socket, fragmentation needed): the quoted
+/// packet is VIP:port → the pod, a flow in the pod's cookie cache, whose
+/// cookie takes the error through the switch to the backend that sent the
+/// reply (the switch rewrites the quoted source to that backend; netfilter
+/// calls this RELATED). An error about no flow of the pod is dropped as
+/// spoofed; any other ICMP to a VIP (a ping) is not served, as with
+/// kube-proxy.
+#[inline(always)]
+pub(crate) fn icmp_error_request(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ip: &Ipv4Hdr,
+) -> Result<i32, i32> {
+    // The reply went from the VIP to the pod: the flow is the reverse.
+    let key = quoted_reply(ctx, ICMP_OFF, ip.dst, ip.src)?.reversed();
+    // SAFETY: read-only copy of a map value.
+    let Some(flow) = (unsafe { NODE_COOKIES.get(&key) }).copied() else {
+        return Err(drop_pkt(DropReason::IcmpSpoof));
+    };
+    check_mtu(ctx, ip, true)?;
+    stat(node_stat::ICMP_RELAY);
+    encap(
+        ctx,
+        cfg,
+        flags::COOKIE_VALID,
+        flow.service_id,
+        flow.backend_id,
+        flow_sport(&key),
+        ip.tos,
+    )
+}
+
+/// The switch's relay of a client's ICMP error (above) to a local backend
+/// pod: the quoted packet is now backend → client as the backend sent it.
+/// It is delivered only if it belongs to the backend's flow that the
+/// cookie names, with the quoted client port turned into the substitute
+/// the backend knows the client by, if the flow has one.
+#[inline(always)]
+pub(crate) fn icmp_error_to_backend(
+    ctx: &TcContext,
+    inner: &Ipv4Hdr,
+    opt: &TalariaOpt,
+    pod: &PodEntry,
+) -> Result<i32, i32> {
+    // The backend's view of its flow, as its reply left it.
+    let key = quoted_reply(ctx, INNER_L4_OFF, inner.dst, inner.src)?;
+    let (port, _) = find_reverse(&key, opt.service_id.get())
+        .filter(|(_, e)| e.backend_id == opt.backend_id.get())
+        .ok_or_else(|| drop_pkt(DropReason::IcmpSpoof))?;
+    if port != key.dst_port {
+        let err = |_| drop_pkt(DropReason::Malformed);
+        let raw16 = |v: Be16| u16::from_ne_bytes(v.0) as u64;
+        ctx.l4_csum_replace(INNER_L4_OFF + 2, raw16(key.dst_port), raw16(port), 2)
+            .map_err(err)?;
+        ctx.store(INNER_L4_OFF + ICMP_HDR_LEN + IPV4_HDR_LEN + 2, &port, 0)
+            .map_err(err)?;
+    }
+    stat(node_stat::ICMP_RELAY);
+    decap_to_pod(ctx, pod)
+}
 
 /// A local backend pod's ICMP error (destination unreachable, including
 /// fragmentation-needed, or time exceeded) about a Service flow: the
@@ -144,15 +250,9 @@ pub(crate) fn icmp_error_reply(
     cfg: &NodeConfig,
     ip: &Ipv4Hdr,
 ) -> Result<i32, i32> {
-    let icmp: [u8; 2] = ctx.load(ICMP_OFF).map_err(|_| PASS)?;
-    if icmp[0] != ICMP_DEST_UNREACH && icmp[0] != ICMP_TIME_EXCEEDED {
+    let Some((emb, ports)) = quoted_flow(ctx, ICMP_OFF) else {
         return Ok(PASS);
-    }
-    let emb: Ipv4Hdr = ctx.load(EMB_IP_OFF).map_err(|_| PASS)?;
-    if emb.has_options() || (emb.proto != IPPROTO_TCP && emb.proto != IPPROTO_UDP) {
-        return Ok(PASS);
-    }
-    let ports: [Be16; 2] = ctx.load(EMB_L4_OFF).map_err(|_| PASS)?;
+    };
     // The quoted packet went client → backend: the reverse flow is the
     // other way round.
     let key = FlowKey {

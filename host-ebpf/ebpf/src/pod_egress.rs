@@ -18,7 +18,7 @@ use crate::{
         NODE_PORT_SUBST, NODE_REJECT, NODE_REVERSE, NODE_SVC_CIDRS,
     },
     mtu::{check_mtu, reject},
-    nat::{fragment_reply, icmp_error_reply, note_first_fragment, reverse_nat},
+    nat::{fragment_reply, icmp_error_reply, icmp_error_request, note_first_fragment, reverse_nat},
     skb::{now_ns, skb_ifindex, tcp_flags_at, IP_OFF, L4_OFF, PASS},
 };
 
@@ -65,6 +65,9 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         }
         if ip.is_fragment() {
             return Err(drop_pkt(DropReason::Fragment));
+        }
+        if ip.proto == IPPROTO_ICMP {
+            return icmp_error_request(ctx, cfg, &ip);
         }
         if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
             return Err(drop_pkt(DropReason::UnsupportedProtocol));

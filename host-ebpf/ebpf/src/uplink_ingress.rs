@@ -16,7 +16,7 @@ use crate::{
     encap::decap_to_pod,
     flows::{learn_cookie, learn_reverse},
     maps::{config, drop_pkt, NODE_PODS, NODE_SVC_CIDRS},
-    nat::rewrite_port,
+    nat::{icmp_error_to_backend, rewrite_port},
     skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
 };
 
@@ -82,10 +82,16 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if !first_fragment {
         return decap_to_pod(ctx, &pod);
     }
-    if inner.proto == IPPROTO_ICMP && opt.flags & flags::REPLY != 0 {
-        // An ICMP error about a Service flow (reverse-NATed by the backend
-        // node, e.g. frag-needed or port unreachable): nothing to learn.
-        return decap_to_pod(ctx, &pod);
+    if inner.proto == IPPROTO_ICMP {
+        return if opt.flags & flags::REPLY != 0 {
+            // An ICMP error about a Service flow (reverse-NATed by the
+            // backend node, e.g. frag-needed or port unreachable): nothing
+            // to learn.
+            decap_to_pod(ctx, &pod)
+        } else {
+            // A client's error about a reply of a local backend pod.
+            icmp_error_to_backend(ctx, &inner, opt, &pod)
+        };
     }
     if inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
         return Err(drop_pkt(DropReason::UnsupportedProtocol));

@@ -11,14 +11,16 @@
 //!    tunnel terminates here and the P4 parser's verdict on the Geneve part
 //!    counts: the first option must be ours and alone (P4 parses exactly one
 //!    option), then the inner IPv4 and, when unfragmented and without
-//!    options, TCP/UDP. The sender must be a node on its port
-//!    (`tunnel_peer`). A `REPLY` is checked (its source is its service's
-//!    VIP and port, its cookie names a backend of that service, the sender
-//!    is that backend's node: else `forged_reply`) and re-originated
-//!    towards the client's node (`pod_node`); anything else is
-//!    load-balanced (`service_v4`, `cookie_check`, `lb_bucket`, `backend`),
-//!    DNATed and cookied. The outer header becomes (switch address → node,
-//!    TTL `TUNNEL_TTL`).
+//!    options, TCP/UDP, or an ICMP error down to the ports it quotes. The
+//!    sender must be a node on its port (`tunnel_peer`). A `REPLY` is
+//!    checked (its source is its service's VIP and port, its cookie names a
+//!    backend of that service, the sender is that backend's node: else
+//!    `forged_reply`) and re-originated towards the client's node
+//!    (`pod_node`); a client's ICMP error about a reply goes to the backend
+//!    its cookie names, the quoted reply rewritten as the backend sent it;
+//!    anything else is load-balanced (`service_v4`, `cookie_check`,
+//!    `lb_bucket`, `backend`), DNATed and cookied. The outer header becomes
+//!    (switch address → node, TTL `TUNNEL_TTL`).
 //! 3. Everything else is routed by `ipv4_route` after the TTL check, Geneve
 //!    in transit included, however odd its Geneve part.
 //! 4. `forward`: TTL decrement, MAC rewrite, `bpf_redirect` out of the port.
@@ -49,8 +51,8 @@ use talaria_common::{
         ServiceScopedKey, ServiceValue, TunnelPeerKey,
     },
     net::{
-        EthHdr, Ipv4Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_HDR_LEN, UDP_HDR_LEN,
+        EthHdr, Ipv4Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ICMP_DEST_UNREACH,
+        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
     },
     wire::{
         flags, GeneveHdr, TalariaOpt, GENEVE_HDR_LEN, GENEVE_PROTO_IPV4, GENEVE_UDP_PORT,
@@ -163,6 +165,10 @@ const IP_DST: usize = 16;
 /// Offsets of the checksum inside TCP and UDP headers.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
+/// Offset of the checksum inside an ICMP header, and the header's length
+/// (the quoted packet follows it).
+const ICMP_CHECK: usize = 2;
+const ICMP_HDR_LEN: usize = 8;
 /// Offset of `flags` inside the Talaria option.
 const OPT_FLAGS: usize = 5;
 /// Geneve option area of a talaria packet: our option alone, in words.
@@ -281,7 +287,7 @@ fn parse_tunnel(
     ctx: &TcContext,
     pkt: Pkt,
     geneve_off: usize,
-) -> Result<(TalariaOpt, Ipv4Hdr), i32> {
+) -> Result<(TalariaOpt, Ipv4Hdr, Option<Quote>), i32> {
     let malformed = |_| drop(DropReason::Malformed, pkt);
     let geneve: GeneveHdr = ctx.load(geneve_off).map_err(malformed)?;
     if geneve.version() != 0 {
@@ -320,15 +326,47 @@ fn parse_tunnel(
     // The L4 header is parsed (and must be whole) only where the ports sit
     // at a fixed offset.
     let frag = inner.frag.get();
+    let mut quote = None;
     if inner.version_ihl == 0x45 && frag & (IP_MF | IP_FRAG_OFFSET) == 0 {
         let l4_off = inner_off + IPV4_HDR_LEN;
         match inner.proto {
             IPPROTO_TCP => ctx.load::<TcpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
             IPPROTO_UDP => ctx.load::<UdpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
+            IPPROTO_ICMP => quote = parse_icmp_error(ctx, l4_off).map_err(malformed)?,
             _ => {}
         }
     }
-    Ok((opt, inner))
+    Ok((opt, inner, quote))
+}
+
+/// What an ICMP error quotes of the packet it is about, when that packet
+/// has ports at a fixed offset (`hdr.quoted_ports` valid in the P4).
+#[derive(Clone, Copy)]
+struct Quote {
+    ip: Ipv4Hdr,
+    ports: [Be16; 2],
+}
+
+/// The P4 parser's `parse_inner_icmp` and what follows it: the ICMP header,
+/// and for a destination-unreachable or time-exceeded error the quoted
+/// IPv4 header and, when unfragmented-first and without options, the
+/// quoted TCP/UDP ports. Each must be whole where the P4 extracts it.
+#[inline(always)]
+fn parse_icmp_error(ctx: &TcContext, icmp_off: usize) -> Result<Option<Quote>, i64> {
+    let [icmp_type, ..]: [u8; ICMP_HDR_LEN] = ctx.load(icmp_off)?;
+    if icmp_type != ICMP_DEST_UNREACH && icmp_type != ICMP_TIME_EXCEEDED {
+        return Ok(None);
+    }
+    let quoted_off = icmp_off + ICMP_HDR_LEN;
+    let ip: Ipv4Hdr = ctx.load(quoted_off)?;
+    let with_ports = ip.version_ihl & 0x0f == 5
+        && ip.frag.get() & IP_FRAG_OFFSET == 0
+        && (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP);
+    if !with_ports {
+        return Ok(None);
+    }
+    let ports: [Be16; 2] = ctx.load(quoted_off + IPV4_HDR_LEN)?;
+    Ok(Some(Quote { ip, ports }))
 }
 
 /// A tunnel addressed to the switch: re-originate a reply, or load-balance
@@ -343,7 +381,7 @@ fn terminate(
     udp: &UdpHdr,
 ) -> Result<i32, i32> {
     let geneve_off = udp_off + UDP_HDR_LEN;
-    let (opt, inner) = parse_tunnel(ctx, pkt, geneve_off)?;
+    let (opt, inner, quote) = parse_tunnel(ctx, pkt, geneve_off)?;
     let peer = TunnelPeerKey {
         port: pkt.port as u16,
         _pad: 0,
@@ -364,7 +402,7 @@ fn terminate(
         event(LbEvent::Reply, pkt);
         node.node_ip
     } else {
-        load_balance(ctx, pkt, &inner, inner_off, &opt, opt_off)?
+        load_balance(ctx, pkt, &inner, inner_off, &opt, opt_off, quote)?
     };
 
     let route = lookup_route(node_ip, pkt)?;
@@ -455,6 +493,7 @@ fn load_balance(
     inner_off: usize,
     opt: &TalariaOpt,
     opt_off: usize,
+    quote: Option<Quote>,
 ) -> Result<Be32, i32> {
     if inner.header_len() != IPV4_HDR_LEN {
         return Err(drop(DropReason::IpOptions, pkt));
@@ -463,6 +502,9 @@ fn load_balance(
         return Err(drop(DropReason::Fragment, pkt));
     }
     let l4_off = inner_off + IPV4_HDR_LEN;
+    if let Some(quote) = quote {
+        return relay_icmp_error(ctx, pkt, inner, inner_off, opt, &quote);
+    }
     let check_off = match inner.proto {
         IPPROTO_TCP => l4_off + TCP_CHECK,
         IPPROTO_UDP => l4_off + UDP_CHECK,
@@ -472,37 +514,10 @@ fn load_balance(
     let [src_port, dst_port]: [Be16; 2] = ctx.load(l4_off).map_err(malformed)?;
     let l4_check: Be16 = ctx.load(check_off).map_err(malformed)?;
 
-    let skey = ServiceKey {
-        vip: inner.dst,
-        port: dst_port,
-        proto: inner.proto,
-        _pad: 0,
-    };
-    // SAFETY: plain value read.
-    let svc =
-        *unsafe { SWITCH_SERVICE_V4.get(skey) }.ok_or_else(|| drop(DropReason::NoService, pkt))?;
+    let svc = lookup_service(inner.dst, dst_port, inner.proto, pkt)?;
     count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
 
-    let mut cookie_ok = false;
-    if opt.flags & flags::COOKIE_VALID != 0 {
-        let ckey = ServiceScopedKey {
-            service_id: svc.service_id,
-            _pad: 0,
-            id: opt.backend_id.get(),
-        };
-        // SAFETY: plain value read.
-        cookie_ok = unsafe { SWITCH_COOKIE_CHECK.get(ckey) }.is_some();
-        event(
-            if cookie_ok {
-                LbEvent::CookieHit
-            } else {
-                LbEvent::CookieStale
-            },
-            pkt,
-        );
-    } else {
-        event(LbEvent::NewFlow, pkt);
-    }
+    let cookie_ok = check_cookie(svc.service_id, opt, pkt);
     let backend_id = if cookie_ok {
         opt.backend_id.get()
     } else {
@@ -567,6 +582,110 @@ fn load_balance(
         backend_id: Be32::new(backend_id),
     };
     ctx.store(opt_off + OPT_FLAGS, &cookie, BPF_F_RECOMPUTE_CSUM as u64)
+        .map_err(malformed)?;
+    Ok(backend.node_ip)
+}
+
+/// `service_v4`: a miss is `no_service`.
+#[inline(always)]
+fn lookup_service(vip: Be32, port: Be16, proto: u8, pkt: Pkt) -> Result<ServiceValue, i32> {
+    let key = ServiceKey {
+        vip,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: plain value read.
+    unsafe { SWITCH_SERVICE_V4.get(key) }
+        .copied()
+        .ok_or_else(|| drop(DropReason::NoService, pkt))
+}
+
+/// A request's cookie against `cookie_check`, counted as a load-balancer
+/// event: whether it names a backend of the service.
+#[inline(always)]
+fn check_cookie(service_id: u16, opt: &TalariaOpt, pkt: Pkt) -> bool {
+    if opt.flags & flags::COOKIE_VALID == 0 {
+        event(LbEvent::NewFlow, pkt);
+        return false;
+    }
+    let key = ServiceScopedKey {
+        service_id,
+        _pad: 0,
+        id: opt.backend_id.get(),
+    };
+    // SAFETY: plain value read.
+    let ok = unsafe { SWITCH_COOKIE_CHECK.get(key) }.is_some();
+    event(
+        if ok {
+            LbEvent::CookieHit
+        } else {
+            LbEvent::CookieStale
+        },
+        pkt,
+    );
+    ok
+}
+
+/// A client's ICMP error about a reply it got: to the backend its cookie
+/// names, which must be a live backend of the service the quoted reply
+/// came from; the client must be the quoted packet's destination. The
+/// inner destination and the quoted source become the backend's own
+/// address and port, as the backend sent the reply (IPv4 header, quoted
+/// header and ICMP checksums updated; the quoted L4 checksum stays).
+/// Returns the backend's node.
+#[inline(always)]
+fn relay_icmp_error(
+    ctx: &TcContext,
+    pkt: Pkt,
+    inner: &Ipv4Hdr,
+    inner_off: usize,
+    opt: &TalariaOpt,
+    quote: &Quote,
+) -> Result<Be32, i32> {
+    let spoof = || drop(DropReason::IcmpSpoof, pkt);
+    if opt.flags & flags::COOKIE_VALID == 0 || quote.ip.dst != inner.src {
+        return Err(spoof());
+    }
+    let svc = lookup_service(quote.ip.src, quote.ports[0], quote.ip.proto, pkt)?;
+    if svc.service_id != opt.service_id.get() {
+        return Err(spoof());
+    }
+    count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
+    // A gone backend has no one to tell, and an error cannot be hashed.
+    if !check_cookie(svc.service_id, opt, pkt) {
+        return Err(drop(DropReason::NoBackend, pkt));
+    }
+    let backend = lookup_backend(opt.backend_id.get(), pkt)
+        .ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
+
+    let malformed = |_| drop(DropReason::Malformed, pkt);
+    let icmp_off = inner_off + IPV4_HDR_LEN;
+    let quoted_off = icmp_off + ICMP_HDR_LEN;
+    let icmp_check_off = icmp_off + ICMP_CHECK;
+    ctx.l3_csum_replace(
+        quoted_off + IP_CHECK,
+        raw32(quote.ip.src),
+        raw32(backend.ip),
+        4,
+    )
+    .map_err(malformed)?;
+    let quoted_check: Be16 = ctx.load(quoted_off + IP_CHECK).map_err(malformed)?;
+    for (old, new, size) in [
+        (raw32(quote.ip.src), raw32(backend.ip), 4),
+        (raw16(quote.ports[0]), raw16(backend.port), 2),
+        (raw16(quote.ip.check), raw16(quoted_check), 2),
+    ] {
+        ctx.l4_csum_replace(icmp_check_off, old, new, size)
+            .map_err(malformed)?;
+    }
+    ctx.store(quoted_off + IP_SRC, &backend.ip, 0)
+        .map_err(malformed)?;
+    ctx.store(quoted_off + IPV4_HDR_LEN, &backend.port, 0)
+        .map_err(malformed)?;
+    ctx.store(inner_off + IP_DST, &backend.ip, 0)
+        .map_err(malformed)?;
+    ctx.l3_csum_replace(inner_off + IP_CHECK, raw32(inner.dst), raw32(backend.ip), 4)
         .map_err(malformed)?;
     Ok(backend.node_ip)
 }

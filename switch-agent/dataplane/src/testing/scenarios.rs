@@ -852,8 +852,40 @@ fn tables_suite() -> Suite {
     inner_opts.options = vec![1, 1, 1, 0];
     let mut inner_frag = tcp.clone();
     inner_frag.frag = 0x2000;
+    // A ping (ICMP echo request, checksum included) to a VIP.
     let mut inner_icmp = tcp.clone();
     inner_icmp.l4 = L4::Other(1);
+    inner_icmp.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+    // A client's port unreachable about a reply it got from VIP_TCP:80 to
+    // `to` (its socket had closed), as its node sends it with `opt`.
+    let client_error = |opt: &[u8], to: Ipv4Addr| {
+        let quote = Inner::tcp(VIP_TCP, 80, to, 40000).to_bytes();
+        tunnel_frame(
+            NODE_A,
+            SWITCH,
+            64,
+            opt,
+            &icmp_unreachable(CLIENT, VIP_TCP, 3, &quote),
+        )
+    };
+    // The same error relayed to backend 100: to it, about its own reply.
+    let relayed_error = {
+        let (ip, port, _) = backend(100);
+        let quote = Inner::tcp(ip, port, CLIENT, 40000).to_bytes();
+        lb_frame(
+            SWITCH,
+            flags::COOKIE_VALID,
+            SVC_TCP,
+            100,
+            &icmp_unreachable(CLIENT, ip, 3, &quote),
+        )
+    };
+    let truncated_error = {
+        let mut error = icmp_unreachable(CLIENT, VIP_TCP, 3, &reply_inner.to_bytes());
+        error.truncate(20 + 8 + 20 + 2);
+        let opt = talaria(flags::COOKIE_VALID, SVC_TCP, 100);
+        tunnel_frame(NODE_A, SWITCH, 64, &opt, &error)
+    };
     let mut bad_csum = plain(NODE_B, 64);
     bad_csum[24] ^= 0xff;
 
@@ -1042,15 +1074,36 @@ fn tables_suite() -> Suite {
         )
         .replied(200),
         s(
-            "ICMP error from a client to a service (not a reply) is unsupported",
-            request(SWITCH, flags::NEW_FLOW, 0, &{
-                let mut i = tcp.clone();
-                i.l4 = L4::Other(1);
-                i.payload =
-                    icmp_unreachable(CLIENT, VIP_TCP, 3, &reply_inner.to_bytes())[20..].to_vec();
-                i
-            }),
-            drop(R::UnsupportedProtocol),
+            "client's ICMP error about a reply: to the backend its cookie names, quote rewritten",
+            client_error(&talaria(flags::COOKIE_VALID, SVC_TCP, 100), CLIENT),
+            fwd(node_port(backend(100).2), Some(relayed_error)),
+        )
+        .load_balanced(SVC_TCP, E::CookieHit, Some(100)),
+        s(
+            "client's ICMP error about a reply, without a cookie",
+            client_error(&talaria(flags::NEW_FLOW, 0, 0), CLIENT),
+            drop(R::IcmpSpoof),
+        ),
+        s(
+            "client's ICMP error about a reply to another address",
+            client_error(&talaria(flags::COOKIE_VALID, SVC_TCP, 100), VIP_UDP),
+            drop(R::IcmpSpoof),
+        ),
+        s(
+            "client's ICMP error whose cookie names another service",
+            client_error(&talaria(flags::COOKIE_VALID, SVC_UDP, 200), CLIENT),
+            drop(R::IcmpSpoof),
+        ),
+        s(
+            "client's ICMP error whose cookie names a gone backend",
+            client_error(&talaria(flags::COOKIE_VALID, SVC_TCP, 999), CLIENT),
+            drop(R::NoBackend),
+        )
+        .load_balanced(SVC_TCP, E::CookieStale, None),
+        s(
+            "client's ICMP error quoting a cut-off reply",
+            truncated_error,
+            drop(R::Malformed),
         ),
         s(
             "reply for a pod no node hosts",
@@ -1447,7 +1500,7 @@ fn tables_suite() -> Suite {
             drop(R::Fragment),
         ),
         s(
-            "inner ICMP on the load-balanced path",
+            "inner ICMP echo (ping) on the load-balanced path",
             request(SWITCH, flags::NEW_FLOW, 0, &inner_icmp),
             drop(R::UnsupportedProtocol),
         ),
