@@ -127,6 +127,17 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The client of a backend-side key (src = backend pod): `dst`, or the
+    /// backend pod itself for a hairpin flow.
+    #[inline(always)]
+    pub fn client(&self) -> Be32 {
+        if self.dst == HAIRPIN_SOURCE {
+            self.src
+        } else {
+            self.dst
+        }
+    }
+
     /// The same flow keyed from its other end.
     #[inline(always)]
     pub fn reversed(self) -> Self {
@@ -174,11 +185,12 @@ pub struct ReverseEntry {
 
 impl ReverseEntry {
     /// The reply flow `key` (backend → client) as the client sees it: from
-    /// the VIP and Service port, to the client's own port.
+    /// the VIP and Service port, to the client's own address and port.
     pub fn client_view(&self, key: FlowKey) -> FlowKey {
         FlowKey {
             src: self.vip,
             src_port: self.vip_port,
+            dst: key.client(),
             dst_port: if self.client_port.get() != 0 {
                 self.client_port
             } else {
@@ -188,6 +200,15 @@ impl ReverseEntry {
         }
     }
 }
+
+/// The source a pod sees its own connections to its own Service come from
+/// when it is their backend (hairpin): a packet from the pod's own address
+/// would be dropped by its kernel as a martian. Link-local, so no pod or
+/// node owns it; the pod's replies to it leave by its default route and
+/// are reverse-NATed on its veth like any reply, their destination back to
+/// the pod. kube-proxy masquerades hairpin traffic to a node address
+/// instead.
+pub const HAIRPIN_SOURCE: Be32 = Be32([169, 254, 77, 1]);
 
 /// A pod hosted on this node. Key: the pod IP (`Be32`).
 #[repr(C)]

@@ -28,7 +28,7 @@ use talaria_tables::build;
 use talaria_common::{
     drop::DropReason,
     hash::hash_mode,
-    maps::node_stat,
+    maps::{node_stat, HAIRPIN_SOURCE},
     net::{IPPROTO_TCP, IPPROTO_UDP},
     wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
 };
@@ -1019,6 +1019,44 @@ fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     assert_eq!(lab.stats(0).event(node_stat::ICMP_RELAY), 1, "sent");
     assert_eq!(lab.stats(1).event(node_stat::ICMP_RELAY), 1, "delivered");
+}
+
+/// A pod that reaches its own Service and is chosen as its backend is
+/// answered (issue: drop-in, hairpin): as the server it sees the
+/// connection come from HAIRPIN_SOURCE, as the client it talks to the VIP.
+/// Without the rewrite its kernel drops the packets (its own address as
+/// the source) and the connect times out.
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let hairpin = Ipv4Addr::from(HAIRPIN_SOURCE.0);
+    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let (s, line) = connect_vip(lab.pod("pb"));
+    let port = s.local_addr().unwrap().port();
+    assert_eq!(line, format!("{POD_B} saw {hairpin}:{port}"));
+    let (theirs, mine) = transfer(s, 1 << 20, 1 << 14, Duration::ZERO);
+    assert_eq!(theirs, (1 << 20, mine), "1 MiB there and its hash back");
+    server.join().unwrap();
+
+    let echo = udp_echo(&lab, 1);
+    let (text, from) = sys::in_netns(lab.pod("pb"), || {
+        let s = UdpSocket::bind((POD_B, 40130)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(b"me", (VIP, 53)).unwrap();
+        let mut buf = [0u8; 100];
+        let (k, from) = s.recv_from(&mut buf).expect("the echo");
+        (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
+    })
+    .unwrap();
+    echo.join().unwrap();
+    assert_eq!(
+        (text, from),
+        (
+            format!("me from {hairpin}:40130"),
+            SocketAddr::from((VIP, 53))
+        )
+    );
 }
 
 #[test]

@@ -9,7 +9,9 @@ use aya_ebpf::{
 use talaria_common::{
     be::{Be16, Be32},
     drop::DropReason,
-    maps::{node_stat, FlowKey, FragEntry, FragKey, NodeConfig, PodEntry, ReverseEntry},
+    maps::{
+        node_stat, FlowKey, FragEntry, FragKey, NodeConfig, PodEntry, ReverseEntry, HAIRPIN_SOURCE,
+    },
     net::{Ipv4Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN},
     net::{ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED},
     wire::{flags, TalariaOpt},
@@ -54,10 +56,39 @@ pub(crate) fn rewrite_port(
     ctx.store(l4_off + port_off, &new, 0).map_err(err)
 }
 
+/// Offsets of the addresses in an IPv4 header.
+pub(crate) const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
+
+/// Rewrites the IPv4 address at `ip_off + addr_off` ([`IP_SRC`] or the
+/// destination) of a TCP or UDP packet from `old` to `new`, fixing the
+/// IPv4 checksum and the L4 checksum (pseudo-header) at `l4_off`
+/// incrementally (CHECKSUM_PARTIAL and GSO packets included).
+#[inline(always)]
+pub(crate) fn rewrite_addr(
+    ctx: &TcContext,
+    proto: u8,
+    (ip_off, l4_off): (usize, usize),
+    addr_off: usize,
+    old: Be32,
+    new: Be32,
+) -> Result<(), i32> {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let (check_off, mangled) = l4_check(proto, l4_off);
+    let raw = |v: Be32| u32::from_ne_bytes(v.0) as u64;
+    ctx.l3_csum_replace(ip_off + 10, raw(old), raw(new), 4)
+        .map_err(err)?;
+    let pseudo = BPF_F_PSEUDO_HDR as u64 | mangled | 4;
+    ctx.l4_csum_replace(check_off, raw(old), raw(new), pseudo)
+        .map_err(err)?;
+    ctx.store(ip_off + addr_off, &new, 0).map_err(err)
+}
+
 /// Rewrites the source of a backend reply back to VIP:port, and its
 /// destination port back to the client's own when the flow had a
-/// substitute (`client_port` non-zero), fixing the IPv4 and L4 checksums
-/// incrementally (works on CHECKSUM_PARTIAL/GSO packets).
+/// substitute (`client_port` non-zero), and a hairpin reply's destination
+/// back to the pod itself, fixing the IPv4 and L4 checksums incrementally
+/// (works on CHECKSUM_PARTIAL/GSO packets).
 #[inline(always)]
 pub(crate) fn reverse_nat(
     ctx: &TcContext,
@@ -65,20 +96,11 @@ pub(crate) fn reverse_nat(
     ports: [Be16; 2],
     rev: &ReverseEntry,
 ) -> Result<(), i32> {
-    let err = |_| drop_pkt(DropReason::Malformed);
-    let (check_off, mangled) = l4_check(ip.proto, L4_OFF);
-    let old_ip = u32::from_ne_bytes(ip.src.0) as u64;
-    let new_ip = u32::from_ne_bytes(rev.vip.0) as u64;
-    ctx.l3_csum_replace(IP_OFF + 10, old_ip, new_ip, 4)
-        .map_err(err)?;
-    ctx.l4_csum_replace(
-        check_off,
-        old_ip,
-        new_ip,
-        BPF_F_PSEUDO_HDR as u64 | mangled | 4,
-    )
-    .map_err(err)?;
-    ctx.store(IP_OFF + 12, &rev.vip, 0).map_err(err)?;
+    let offs = (IP_OFF, L4_OFF);
+    rewrite_addr(ctx, ip.proto, offs, IP_SRC, ip.src, rev.vip)?;
+    if ip.dst == HAIRPIN_SOURCE {
+        rewrite_addr(ctx, ip.proto, offs, IP_DST, ip.dst, ip.src)?;
+    }
     rewrite_port(ctx, ip.proto, L4_OFF, 0, ports[0], rev.vip_port)?;
     if rev.client_port.get() != 0 {
         rewrite_port(ctx, ip.proto, L4_OFF, 2, ports[1], rev.client_port)?;
@@ -101,7 +123,13 @@ pub(crate) fn fragment_reply(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) ->
     let raw32 = |v: Be32| u32::from_ne_bytes(v.0) as u64;
     ctx.l3_csum_replace(IP_OFF + 10, raw32(ip.src), raw32(f.vip), 4)
         .map_err(err)?;
-    ctx.store(IP_OFF + 12, &f.vip, 0).map_err(err)?;
+    ctx.store(IP_OFF + IP_SRC, &f.vip, 0).map_err(err)?;
+    if ip.dst == HAIRPIN_SOURCE {
+        // No L4 header here: the first fragment's checksum covered it.
+        ctx.l3_csum_replace(IP_OFF + 10, raw32(ip.dst), raw32(ip.src), 4)
+            .map_err(err)?;
+        ctx.store(IP_OFF + IP_DST, &ip.src, 0).map_err(err)?;
+    }
     stat(node_stat::FRAGMENT_NAT);
     encap(
         ctx,
@@ -282,7 +310,7 @@ pub(crate) fn icmp_error_reply(
     // Outer source (the backend pod) → VIP; ICMP has no pseudo-header.
     ctx.l3_csum_replace(IP_OFF + 10, raw32(ip.src), raw32(rev.vip), 4)
         .map_err(err)?;
-    ctx.store(IP_OFF + 12, &rev.vip, 0).map_err(err)?;
+    ctx.store(IP_OFF + IP_SRC, &rev.vip, 0).map_err(err)?;
     // Quoted destination → VIP, with the quoted header checksum; the ICMP
     // checksum covers both.
     let new_emb_check = Be16::new(talaria_common::net::csum_replace4(
@@ -297,7 +325,7 @@ pub(crate) fn icmp_error_reply(
     ctx.l4_csum_replace(ICMP_OFF + 2, raw16(ports[1]), raw16(rev.vip_port), 2)
         .map_err(err)?;
     ctx.store(EMB_IP_OFF + 10, &new_emb_check, 0).map_err(err)?;
-    ctx.store(EMB_IP_OFF + 16, &rev.vip, 0).map_err(err)?;
+    ctx.store(EMB_IP_OFF + IP_DST, &rev.vip, 0).map_err(err)?;
     ctx.store(EMB_L4_OFF + 2, &rev.vip_port, 0).map_err(err)?;
     if rev.client_port.get() != 0 {
         // The quoted packet came from the substitute port; the client

@@ -7,7 +7,7 @@ use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
-    maps::FlowKey,
+    maps::{FlowKey, HAIRPIN_SOURCE},
     net::{EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
 };
@@ -16,7 +16,7 @@ use crate::{
     encap::decap_to_pod,
     flows::{learn_cookie, learn_reverse},
     maps::{config, drop_pkt, NODE_PODS, NODE_SVC_CIDRS},
-    nat::{icmp_error_to_backend, rewrite_port},
+    nat::{icmp_error_to_backend, rewrite_addr, rewrite_port, IP_SRC},
     skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
 };
 
@@ -112,7 +112,21 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if opt.flags & flags::REPLY != 0 {
         learn_cookie(&key, opt, tcp);
     } else {
+        // Hairpin: the switch chose the client pod itself as the backend.
+        let hairpin = inner.src == inner.dst;
+        let key = if hairpin {
+            FlowKey {
+                dst: HAIRPIN_SOURCE,
+                ..key
+            }
+        } else {
+            key
+        };
         let port = learn_reverse(&key, opt, tcp)?;
+        if hairpin {
+            let offs = (INNER_IP_OFF, INNER_L4_OFF);
+            rewrite_addr(ctx, inner.proto, offs, IP_SRC, inner.src, HAIRPIN_SOURCE)?;
+        }
         if port != ports[0] {
             // The backend pod sees this flow from a substitute port.
             rewrite_port(ctx, inner.proto, INNER_L4_OFF, 0, ports[0], port)?;
