@@ -824,6 +824,15 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
             pod_node::Action::SetClientNode { node_ip: *n },
         );
     }
+    // Host-network clients: replies to a node's own address go back to it.
+    for n in model.node_ips.values().chain(model.pod_nodes.values()) {
+        st.pod_node.insert(
+            pod_node::Key {
+                pod_addr: Ipv4Prefix::new(*n, 32).expect("a /32"),
+            },
+            pod_node::Action::SetClientNode { node_ip: *n },
+        );
+    }
     // A node may tunnel to the switch from the port the switch routes its
     // address to (and from no other).
     let nodes = model.node_ips.values().chain(model.pod_nodes.values());
@@ -950,7 +959,14 @@ endpoints:
         let s = &plan_state(&mut p, &m, Instant::now());
         assert_eq!(s.switch_addr.len(), 1);
         assert_eq!(s.ipv4_route.len(), 3);
-        assert_eq!(s.pod_node.len(), 2);
+        // Two pod CIDRs, and each node's own address (host clients).
+        assert_eq!(s.pod_node.len(), 4);
+        for n in ["192.168.0.11", "192.168.0.12"] {
+            let key = pod_node::Key {
+                pod_addr: Ipv4Prefix::new(n.parse().unwrap(), 32).unwrap(),
+            };
+            assert!(s.pod_node.contains_key(&key), "{n}/32");
+        }
         // Each node tunnels from the port of its longest route; n2's is a
         // blackhole, so n2 may not tunnel at all.
         let peers: Vec<(u16, String)> = s

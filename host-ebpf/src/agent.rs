@@ -13,6 +13,7 @@ use std::{
 use talaria_common::{
     be::Be32,
     maps::{CookieEntry, NodeConfig, ReverseEntry},
+    wire::ENCAP_OVERHEAD,
 };
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -22,7 +23,7 @@ use crate::{
     k8s,
     metrics::{self, Gauges},
     netlink::{self, Snapshot},
-    node::{self, FlowTtl, Node, PROG_UPLINK},
+    node::{self, FlowTtl, Node, PROG_HOST, PROG_UPLINK},
     pods::PodSync,
     sys, Error, Result,
 };
@@ -70,7 +71,62 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
     if cfg.uplink_udp_segmentation_off {
         disable_uplink_udp_gso(&cfg.uplink);
     }
-    node.attach(PROG_UPLINK, &cfg.uplink)
+    node.attach(PROG_UPLINK, &cfg.uplink)?;
+    if cfg.host_clients {
+        serve_host_clients(node, cfg, &cidrs)?;
+    }
+    Ok(())
+}
+
+/// The node's own clients (its processes, hostNetwork pods) reach
+/// Services through the uplink's egress hook, which tunnels them like a
+/// pod's packets. For that their packets must leave by the uplink, towards
+/// the switch, small enough to be encapsulated: each Service CIDR is
+/// routed via the switch's tunnel address (a permanent neighbour with the
+/// configured switch MAC, since the switch answers no ARP) with the route
+/// MTU 48 bytes below the uplink's, so TCP's MSS and the kernel's
+/// fragmentation fit the tunnel. kube-proxy needs no route (its DNAT
+/// happens before routing).
+pub fn serve_host_clients(node: &mut Node, cfg: &Config, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+    let switch_ip = cfg.switch_ip.to_string();
+    sys::run(
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &switch_ip,
+            "lladdr",
+            &cfg.switch_mac,
+            "dev",
+            &cfg.uplink,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    let uplink = match uplink_mtu(cfg)? {
+        0 => sys::mtu(&cfg.uplink)?,
+        m => m,
+    };
+    let mtu = (uplink - ENCAP_OVERHEAD as u32).to_string();
+    for (addr, len) in cidrs {
+        let cidr = format!("{addr}/{len}");
+        sys::run(
+            "ip",
+            &[
+                "route",
+                "replace",
+                &cidr,
+                "via",
+                &switch_ip,
+                "dev",
+                &cfg.uplink,
+                "onlink",
+                "mtu",
+                &mtu,
+            ],
+        )?;
+    }
+    node.attach(PROG_HOST, &cfg.uplink)
 }
 
 /// Writes every map from `cfg` and attaches the uplink and the pod veths

@@ -96,6 +96,11 @@ pub struct Config {
     /// segmented before they are tunnelled (see
     /// [`crate::agent::disable_uplink_udp_gso`]).
     pub uplink_udp_segmentation_off: bool,
+    /// Serve the node's own clients (its root network namespace,
+    /// hostNetwork pods): route the Service CIDRs to the switch with room
+    /// for the encapsulation, and hook the uplink's egress (see
+    /// [`crate::agent::serve_host_clients`]).
+    pub host_clients: bool,
 }
 
 /// Where the local pods come from.
@@ -204,6 +209,7 @@ impl Default for Config {
             pin_dir: DEFAULT_PIN_DIR.into(),
             metrics_addr: "127.0.0.1:9465".into(),
             uplink_udp_segmentation_off: true,
+            host_clients: true,
             uplink_mtu: None,
             ignore_cookies: false,
             mode: Mode::Lab,

@@ -32,6 +32,17 @@ use crate::{config::ServiceConfig, Error, Result, EBPF_OBJECT};
 pub const PROG_POD: &str = "node_pod_egress";
 /// Program on the ingress of the uplink.
 pub const PROG_UPLINK: &str = "node_uplink_ingress";
+/// Program on the egress of the uplink: the node's own clients.
+pub const PROG_HOST: &str = "node_host_egress";
+
+/// Which side of its interface `prog` hooks.
+fn attach_type(prog: &str) -> TcAttachType {
+    if prog == PROG_HOST {
+        TcAttachType::Egress
+    } else {
+        TcAttachType::Ingress
+    }
+}
 
 /// Map names (also their pin file names).
 pub const MAP_COOKIES: &str = "NODE_COOKIES";
@@ -189,7 +200,7 @@ impl Node {
             let _ = std::fs::remove_dir_all(dir);
         }
         let mut ebpf = loaded?;
-        for name in [PROG_POD, PROG_UPLINK] {
+        for name in [PROG_POD, PROG_UPLINK, PROG_HOST] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| Error::Invalid(format!("no program {name}")))?
@@ -234,8 +245,8 @@ impl Node {
             .ok_or_else(|| Error::Invalid(format!("no map {name}")))
     }
 
-    /// Attaches `prog` (one of [`PROG_POD`], [`PROG_UPLINK`]) to the TCX
-    /// ingress of `ifname`. With a pin directory the link is pinned as
+    /// Attaches `prog` (one of [`PROG_POD`], [`PROG_UPLINK`], [`PROG_HOST`])
+    /// to the TCX ingress (egress for [`PROG_HOST`]) of `ifname`. With a pin directory the link is pinned as
     /// `links/<prog>@<ifname>`: if that pin exists the running program is
     /// replaced atomically (`BPF_LINK_UPDATE`), so packets never see the
     /// hook empty; the link outlives the agent. Without one the link lives
@@ -269,7 +280,7 @@ impl Node {
                     Err(_) => program
                         .attach_with_options(
                             ifname,
-                            TcAttachType::Ingress,
+                            attach_type(prog),
                             TcAttachOptions::TcxOrder(LinkOrder::default()),
                         )
                         .map_err(|e| Error::program(prog, e))?,
@@ -278,7 +289,7 @@ impl Node {
             None => program
                 .attach_with_options(
                     ifname,
-                    TcAttachType::Ingress,
+                    attach_type(prog),
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
                 .map_err(|e| Error::program(prog, e))?,

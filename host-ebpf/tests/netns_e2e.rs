@@ -54,6 +54,9 @@ const SVC_UDP: u16 = 8;
 const VIP2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
 const SVC2_TCP: u16 = 9;
 const SVC2_UDP: u16 = 10;
+/// A Service port without endpoints: new flows are refused (REJECT).
+const SVC_NO_ENDPOINTS: u16 = 11;
+const NO_ENDPOINTS_PORT: u16 = 9;
 const BACKEND_B_TCP: u32 = 101;
 const BACKEND_C_TCP: u32 = 102;
 const BACKEND_B_UDP: u32 = 201;
@@ -230,6 +233,8 @@ impl Lab {
             build::tunnel_peer(2, NODE2_IP),
             build::pod_node(pod_cidr(1), NODE1_IP),
             build::pod_node(pod_cidr(2), NODE2_IP),
+            build::pod_node(host(NODE1_IP), NODE1_IP),
+            build::pod_node(host(NODE2_IP), NODE2_IP),
             service(VIP, 80, IPPROTO_TCP, SVC_TCP),
             service(VIP, 53, IPPROTO_UDP, SVC_UDP),
             service(VIP2, 8080, IPPROTO_TCP, SVC2_TCP),
@@ -304,6 +309,13 @@ impl Lab {
                     port: 5300,
                     protocol: "udp".into(),
                     reject: false,
+                },
+                ServiceConfig {
+                    id: SVC_NO_ENDPOINTS,
+                    vip: VIP2,
+                    port: NO_ENDPOINTS_PORT,
+                    protocol: "tcp".into(),
+                    reject: true,
                 },
             ],
             pods,
@@ -1057,6 +1069,54 @@ fn a_pod_reaches_itself_through_its_service() {
             SocketAddr::from((VIP, 53))
         )
     );
+}
+
+/// The node's own processes (and so hostNetwork pods) reach ClusterIPs,
+/// TCP and UDP, with replies from the VIP (issue: drop-in, host-network
+/// clients): from node 1 (backend on the other node) and node 2 (backend
+/// on this node); a port without endpoints refuses them at once.
+#[test]
+fn host_network_clients_reach_services() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    for (node, node_ip) in [(0, NODE1_IP), (1, NODE2_IP)] {
+        let server = tcp_server(lab.pod("pb"), POD_B, 1);
+        let (s, line) = connect_vip(&lab.n[node].name);
+        let port = s.local_addr().unwrap().port();
+        assert_eq!(line, format!("{POD_B} saw {node_ip}:{port}"));
+        let (theirs, mine) = transfer(s, 1 << 20, 1 << 14, Duration::ZERO);
+        assert_eq!(theirs, (1 << 20, mine), "1 MiB there and its hash back");
+        server.join().unwrap();
+
+        let echo = udp_echo(&lab, 1);
+        let (text, from) = sys::in_netns(&lab.n[node].name, move || {
+            let s = UdpSocket::bind((node_ip, 40140)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.send_to(b"host", (VIP, 53)).unwrap();
+            let mut buf = [0u8; 100];
+            let (k, from) = s.recv_from(&mut buf).expect("the echo");
+            (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
+        })
+        .unwrap();
+        echo.join().unwrap();
+        assert_eq!(
+            (text, from),
+            (
+                format!("host from {node_ip}:40140"),
+                SocketAddr::from((VIP, 53))
+            )
+        );
+    }
+    let refused = sys::in_netns(&lab.n[0].name, || {
+        TcpStream::connect_timeout(
+            &SocketAddr::from((VIP2, NO_ENDPOINTS_PORT)),
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+    })
+    .unwrap();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+    assert_eq!(lab.stats(0).event(node_stat::REJECTED), 1);
 }
 
 #[test]

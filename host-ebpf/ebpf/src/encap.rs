@@ -18,7 +18,7 @@ use talaria_common::{
 
 use crate::{
     maps::{drop_pkt, stat},
-    skb::{IP_OFF, REDIRECT},
+    skb::{IP_OFF, PASS, REDIRECT},
 };
 
 /// The outer UDP source port: the inner flow's hash folded into
@@ -88,7 +88,9 @@ pub(crate) fn encap(
     Ok(REDIRECT)
 }
 
-/// Strips the outer headers and hands the inner packet to the pod.
+/// Strips the outer headers and hands the inner packet to its local
+/// destination: a pod, or (`None`) the node itself, whose stack takes it
+/// from the uplink as it is (its MACs are the tunnel's, to this node).
 ///
 /// The decap leaves `skb->encapsulation` and the UDP_TUNNEL gso type set.
 /// Harmless for TCP; a UDP GSO skb would lose every datagram in the pod,
@@ -96,7 +98,7 @@ pub(crate) fn encap(
 /// UDP GSO is then segmented before the wire and never arrives here whole
 /// (host-ebpf/README.md, "MTU and GSO").
 #[inline(always)]
-pub(crate) fn decap_to_pod(ctx: &TcContext, pod: &PodEntry) -> Result<i32, i32> {
+pub(crate) fn decap(ctx: &TcContext, to: Option<&PodEntry>) -> Result<i32, i32> {
     let room_flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
     ctx.adjust_room(
         -(ENCAP_OVERHEAD as i32),
@@ -104,10 +106,13 @@ pub(crate) fn decap_to_pod(ctx: &TcContext, pod: &PodEntry) -> Result<i32, i32> 
         room_flags as u64,
     )
     .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    stat(node_stat::DECAP);
+    let Some(pod) = to else {
+        return Ok(PASS);
+    };
     let macs: [[u8; 6]; 2] = [pod.mac, pod.host_mac];
     ctx.store(0, &macs, 0)
         .map_err(|_| drop_pkt(DropReason::Malformed))?;
-    stat(node_stat::DECAP);
     // SAFETY: plain helper call. Straight into the pod's namespace.
     unsafe { bpf_redirect_peer(pod.ifindex, 0) };
     Ok(REDIRECT)

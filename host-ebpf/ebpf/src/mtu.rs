@@ -4,7 +4,8 @@
 //! (also port unreachable, for a Service port without endpoints).
 
 use aya_ebpf::{
-    helpers::{bpf_redirect_peer, bpf_skb_change_tail},
+    bindings::BPF_F_INGRESS,
+    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
     programs::TcContext,
 };
 use talaria_common::{
@@ -17,8 +18,8 @@ use talaria_common::{
 };
 
 use crate::{
-    maps::{count_mtu, drop_pkt, NODE_MTU},
-    skb::{skb_ifindex, IP_OFF, L4_OFF, REDIRECT, SHOT},
+    maps::{config, count_mtu, drop_pkt, NODE_MTU},
+    skb::{skb_ifindex, ANSWER_MARK, IP_OFF, L4_OFF, REDIRECT, SHOT},
 };
 
 /// Path MTU check, before a pod's packet (`ip`, no options) is
@@ -107,8 +108,7 @@ const DEST_UNREACHABLE_LEN: usize = ETH_HDR_LEN + IPV4_HDR_LEN + 8 + FRAG_QUOTE_
 /// (type 3) with `code`: fragmentation needed (4) with next-hop MTU
 /// `next_hop`, as a router on the path would, or port unreachable (3), as
 /// the Service would if it had a port closed; and hands it straight back to
-/// the pod (`bpf_redirect_peer` to this veth's peer, i.e. the pod's
-/// ingress).
+/// the pod or the node that sent it ([`answer`]).
 ///
 /// - Addresses: source = the packet's destination (the VIP, or on the
 ///   backend side the client the reply was going to), destination = the
@@ -156,7 +156,23 @@ fn dest_unreachable(ctx: &TcContext, ip: &Ipv4Hdr, code: u8, next_hop: u16) -> i
     if let Err(e) = ctx.store(0, &out, 0) {
         return err(e);
     }
-    // SAFETY: plain helper call. The peer of this veth is the pod.
-    unsafe { bpf_redirect_peer(skb_ifindex(ctx), 0) };
+    answer(ctx)
+}
+
+/// Hands an answer built in place back to its sender: a pod (the peer of
+/// its veth), or the node itself when its packet was leaving the uplink
+/// (`node_host_egress`): up the uplink's own stack, marked
+/// [`ANSWER_MARK`] so that the uplink's hook lets its VIP source pass.
+#[inline(always)]
+fn answer(ctx: &TcContext) -> i32 {
+    let ifindex = skb_ifindex(ctx);
+    if config().is_some_and(|c| c.uplink_ifindex == ifindex) {
+        ctx.set_mark(ANSWER_MARK);
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) };
+    } else {
+        // SAFETY: plain helper call. The peer of this veth is the pod.
+        unsafe { bpf_redirect_peer(ifindex, 0) };
+    }
     REDIRECT
 }

@@ -18,7 +18,7 @@ use talaria_common::{
 };
 
 use crate::{
-    encap::{decap_to_pod, encap, flow_sport},
+    encap::{decap, encap, flow_sport},
     flows::find_reverse,
     maps::{drop_pkt, stat, NODE_COOKIES, NODE_FRAGS, NODE_REVERSE},
     mtu::check_mtu,
@@ -261,7 +261,7 @@ pub(crate) fn icmp_error_to_backend(
             .map_err(err)?;
     }
     stat(node_stat::ICMP_RELAY);
-    decap_to_pod(ctx, pod)
+    decap(ctx, Some(pod))
 }
 
 /// A local backend pod's ICMP error (destination unreachable, including

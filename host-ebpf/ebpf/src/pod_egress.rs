@@ -6,7 +6,9 @@ use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
-    maps::{node_stat, FlowKey, PortSubstKey, ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT},
+    maps::{
+        node_stat, FlowKey, NodeConfig, PortSubstKey, ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+    },
     net::{tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     wire::{flags, GENEVE_UDP_PORT},
 };
@@ -82,6 +84,9 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     } else if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(PASS);
     }
+    if to_service {
+        return steer_to_service(ctx, cfg, &ip);
+    }
     let ports: [Be16; 2] = ctx
         .load(L4_OFF)
         .map_err(|_| drop_pkt(DropReason::Malformed))?;
@@ -95,74 +100,12 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     };
     let tcp = tcp_flags_at(ctx, ip.proto, L4_OFF);
 
-    if to_service {
-        check_mtu(ctx, &ip, false)?;
-        // A SYN opens a new connection: it is balanced afresh, as the
-        // switch would balance any new flow, whatever a reused 4-tuple
-        // left in the cache (kube-proxy sends new connections to ready
-        // endpoints only; an old cookie may name a draining one).
-        if tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
-            // SAFETY: read-only copy of a map value.
-            if let Some(e) = unsafe { NODE_COOKIES.get(&key) }.copied() {
-                remove_flow(&NODE_COOKIES, &key, e.fin_seen, FlowTable::Cookies);
-            }
-        }
-        let (fl, service_id, backend_id) = match NODE_COOKIES.get_ptr_mut(key) {
-            Some(e) => {
-                // SAFETY: a map value pointer, valid during this run; races
-                // with other CPUs only lose a timestamp or a FIN bit.
-                let e = unsafe { &mut *e };
-                let found = (flags::COOKIE_VALID, e.service_id, e.backend_id);
-                if tcp & tcp_flags::RST != 0 {
-                    remove_flow(&NODE_COOKIES, &key, e.fin_seen, FlowTable::Cookies);
-                    stat(node_stat::FLOW_RESET);
-                } else {
-                    e.last_seen_ns = now_ns();
-                    if tcp & tcp_flags::FIN != 0 {
-                        add_fin(
-                            &mut e.fin_seen,
-                            FIN_FROM_CLIENT,
-                            key.src,
-                            FlowTable::Cookies,
-                        );
-                    }
-                }
-                stat(node_stat::CACHE_HIT);
-                found
-            }
-            None => {
-                let port = ServiceKey {
-                    vip: ip.dst,
-                    port: ports[1],
-                    proto: ip.proto,
-                    _pad: 0,
-                };
-                // SAFETY: read-only lookup.
-                if unsafe { NODE_REJECT.get(&port) }.is_some() {
-                    stat(node_stat::REJECTED);
-                    return Err(reject(ctx, &ip));
-                }
-                stat(node_stat::CACHE_MISS);
-                (flags::NEW_FLOW, 0, 0)
-            }
-        };
-        return encap(
-            ctx,
-            cfg,
-            fl,
-            service_id,
-            backend_id,
-            flow_sport(&key),
-            ip.tos,
-        );
-    }
-
     // A reply from a local backend pod?
     let Some(rev) = NODE_REVERSE.get_ptr_mut(key) else {
         return Ok(PASS);
     };
     check_mtu(ctx, &ip, false)?;
-    // SAFETY: as above.
+    // SAFETY: a map value pointer, valid during this run.
     let entry = unsafe { &mut *rev };
     let rev = *entry;
     if tcp & tcp_flags::RST != 0 {
@@ -202,6 +145,89 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         rev.service_id,
         rev.backend_id,
         outer_sport,
+        ip.tos,
+    )
+}
+
+/// A client's packet to a Service (VIP, TCP or UDP, no options, not a
+/// fragment), from a pod or from the node itself: tunnelled to the switch
+/// with the flow's cookie, or as a new flow; a new flow to a port without
+/// endpoints is refused at once.
+#[inline(always)]
+pub(crate) fn steer_to_service(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    ip: &Ipv4Hdr,
+) -> Result<i32, i32> {
+    let ports: [Be16; 2] = ctx
+        .load(L4_OFF)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    let key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port: ports[0],
+        dst_port: ports[1],
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    let tcp = tcp_flags_at(ctx, ip.proto, L4_OFF);
+    check_mtu(ctx, ip, false)?;
+    // A SYN opens a new connection: it is balanced afresh, as the
+    // switch would balance any new flow, whatever a reused 4-tuple
+    // left in the cache (kube-proxy sends new connections to ready
+    // endpoints only; an old cookie may name a draining one).
+    if tcp & (tcp_flags::SYN | tcp_flags::ACK) == tcp_flags::SYN {
+        // SAFETY: read-only copy of a map value.
+        if let Some(e) = unsafe { NODE_COOKIES.get(&key) }.copied() {
+            remove_flow(&NODE_COOKIES, &key, e.fin_seen, FlowTable::Cookies);
+        }
+    }
+    let (fl, service_id, backend_id) = match NODE_COOKIES.get_ptr_mut(key) {
+        Some(e) => {
+            // SAFETY: a map value pointer, valid during this run; races
+            // with other CPUs only lose a timestamp or a FIN bit.
+            let e = unsafe { &mut *e };
+            let found = (flags::COOKIE_VALID, e.service_id, e.backend_id);
+            if tcp & tcp_flags::RST != 0 {
+                remove_flow(&NODE_COOKIES, &key, e.fin_seen, FlowTable::Cookies);
+                stat(node_stat::FLOW_RESET);
+            } else {
+                e.last_seen_ns = now_ns();
+                if tcp & tcp_flags::FIN != 0 {
+                    add_fin(
+                        &mut e.fin_seen,
+                        FIN_FROM_CLIENT,
+                        key.src,
+                        FlowTable::Cookies,
+                    );
+                }
+            }
+            stat(node_stat::CACHE_HIT);
+            found
+        }
+        None => {
+            let port = ServiceKey {
+                vip: ip.dst,
+                port: ports[1],
+                proto: ip.proto,
+                _pad: 0,
+            };
+            // SAFETY: read-only lookup.
+            if unsafe { NODE_REJECT.get(&port) }.is_some() {
+                stat(node_stat::REJECTED);
+                return Err(reject(ctx, ip));
+            }
+            stat(node_stat::CACHE_MISS);
+            (flags::NEW_FLOW, 0, 0)
+        }
+    };
+    encap(
+        ctx,
+        cfg,
+        fl,
+        service_id,
+        backend_id,
+        flow_sport(&key),
         ip.tos,
     )
 }

@@ -18,6 +18,12 @@ pub(crate) const GENEVE_OFF: usize = OUTER_UDP_OFF + UDP_HDR_LEN;
 pub(crate) const INNER_IP_OFF: usize = GENEVE_OFF + TalariaEncap::LEN;
 pub(crate) const INNER_L4_OFF: usize = INNER_IP_OFF + IPV4_HDR_LEN;
 
+/// `skb->mark` of an ICMP error the node answers its own packet with
+/// (host egress to a VIP): the uplink's ingress hook passes it although
+/// its source is a VIP. Marks never come from the wire, and this one has
+/// none of kube-proxy's bits (0x4000, 0x8000).
+pub(crate) const ANSWER_MARK: u32 = 0x7a1a_0001;
+
 pub(crate) const PASS: i32 = TC_ACT_OK;
 pub(crate) const SHOT: i32 = TC_ACT_SHOT;
 pub(crate) const REDIRECT: i32 = TC_ACT_REDIRECT;
@@ -32,6 +38,12 @@ pub(crate) fn now_ns() -> u64 {
 pub(crate) fn skb_ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+pub(crate) fn skb_mark(ctx: &TcContext) -> u32 {
+    // SAFETY: as above.
+    unsafe { (*ctx.skb.skb).mark }
 }
 
 /// FIN/RST bits of a TCP segment whose header starts at `off` (0 for UDP).

@@ -13,11 +13,14 @@ use talaria_common::{
 };
 
 use crate::{
-    encap::decap_to_pod,
+    encap::decap,
     flows::{learn_cookie, learn_reverse},
     maps::{config, drop_pkt, NODE_PODS, NODE_SVC_CIDRS},
     nat::{icmp_error_to_backend, rewrite_addr, rewrite_port, IP_SRC},
-    skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
+    skb::{
+        skb_mark, tcp_flags_at, ANSWER_MARK, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF,
+        OUTER_UDP_OFF, PASS,
+    },
 };
 
 /// Ingress of the node uplink = packets arriving from the switch.
@@ -44,8 +47,9 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if !geneve || outer.dst != cfg.node_ip {
         // A VIP speaks to pods only through the tunnel to this node (its
         // replies are reverse-NATed on the backend's node); anything else
-        // from one is someone else's, however it got here.
-        if NODE_SVC_CIDRS.get(Key::new(32, outer.src)).is_some() {
+        // from one is someone else's, however it got here, except the
+        // node's own answer to its own packet (`mtu::answer`).
+        if NODE_SVC_CIDRS.get(Key::new(32, outer.src)).is_some() && skb_mark(ctx) != ANSWER_MARK {
             return Err(drop_pkt(DropReason::ServiceSource));
         }
         return Ok(PASS);
@@ -73,24 +77,29 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         return Err(drop_pkt(DropReason::Fragment));
     }
     // SAFETY: read-only copy of a map value.
-    let pod = match unsafe { NODE_PODS.get(inner.dst) } {
-        Some(p) => *p,
-        None => return Err(drop_pkt(DropReason::UnknownPod)),
-    };
+    let pod = unsafe { NODE_PODS.get(inner.dst) }.copied();
+    // The node itself is a client too (`node_host_egress`): replies to its
+    // own address are its. Requests go to pods only.
+    let to_node = inner.dst == cfg.node_ip && opt.flags & flags::REPLY != 0;
+    if pod.is_none() && !to_node {
+        return Err(drop_pkt(DropReason::UnknownPod));
+    }
+    let to = pod.as_ref();
     // A reply's later fragments (a datagram bigger than the backend pod's
     // MTU) have no ports: nothing to learn, the first fragment did.
     if !first_fragment {
-        return decap_to_pod(ctx, &pod);
+        return decap(ctx, to);
     }
     if inner.proto == IPPROTO_ICMP {
-        return if opt.flags & flags::REPLY != 0 {
+        return match to {
+            // A client's error about a reply of a local backend pod.
+            Some(pod) if opt.flags & flags::REPLY == 0 => {
+                icmp_error_to_backend(ctx, &inner, opt, pod)
+            }
             // An ICMP error about a Service flow (reverse-NATed by the
             // backend node, e.g. frag-needed or port unreachable): nothing
             // to learn.
-            decap_to_pod(ctx, &pod)
-        } else {
-            // A client's error about a reply of a local backend pod.
-            icmp_error_to_backend(ctx, &inner, opt, &pod)
+            _ => decap(ctx, to),
         };
     }
     if inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
@@ -133,5 +142,5 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         }
     }
 
-    decap_to_pod(ctx, &pod)
+    decap(ctx, to)
 }
