@@ -112,6 +112,10 @@ const bit<8> DROP_FORGED_REPLY            = 26;
  * source. */
 @noWarn("unused")
 const bit<8> DROP_SERVICE_SOURCE          = 27;
+/* Host-only: a new flow to an internalTrafficPolicy Local port from a node
+ * with no local endpoint. */
+@noWarn("unused")
+const bit<8> DROP_NO_LOCAL_ENDPOINT       = 28;
 
 /* Size of drop_counter; every code is below it. */
 const bit<32> DROP_REASON_COUNT = 32;

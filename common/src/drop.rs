@@ -80,6 +80,9 @@ pub enum DropReason {
     /// whose source is in a Service CIDR: replies from a VIP only ever come
     /// tunnelled to the client's node.
     ServiceSource = 27,
+    /// Host: a new flow to an `internalTrafficPolicy: Local` Service port
+    /// from a node with no local endpoint for it (kube-proxy drops it too).
+    NoLocalEndpoint = 28,
 }
 
 /// Size of every per-reason drop counter array. Codes are `< DROP_REASON_COUNT`.
@@ -87,7 +90,7 @@ pub const DROP_REASON_COUNT: u32 = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 27] = [
+    pub const ALL: [DropReason; 28] = [
         Self::Malformed,
         Self::GeneveVersion,
         Self::GeneveProtocol,
@@ -115,6 +118,7 @@ impl DropReason {
         Self::SpoofedSource,
         Self::ForgedReply,
         Self::ServiceSource,
+        Self::NoLocalEndpoint,
     ];
 
     /// The counter index.
@@ -158,6 +162,7 @@ impl DropReason {
             Self::SpoofedSource => "spoofed_source",
             Self::ForgedReply => "forged_reply",
             Self::ServiceSource => "service_source",
+            Self::NoLocalEndpoint => "no_local_endpoint",
         }
     }
 }

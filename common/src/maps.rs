@@ -224,6 +224,35 @@ pub struct PodEntry {
     pub host_mac: [u8; 6],
 }
 
+/// What a client's new flow (no cookie cached) to a Service port does
+/// instead of taking the switch's bucket hash. Key: [`ServiceKey`]. Ports
+/// without one go to the switch as new flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortPolicy {
+    /// The port's service id, for the cookie of a preferred backend.
+    pub service_id: u16,
+    /// [`port_policy`] flags.
+    pub flags: u8,
+    /// How many of `preferred` are in use.
+    pub count: u8,
+    /// The only backends this node's clients' new flows may go to
+    /// (`internalTrafficPolicy: Local`, topology hints): one is picked by
+    /// the flow's hash and sent as the cookie, which the switch honours.
+    pub preferred: [u32; port_policy::MAX_PREFERRED],
+}
+
+/// [`PortPolicy`] flags and size.
+pub mod port_policy {
+    /// No usable endpoint: refuse new flows (kube-proxy's REJECT).
+    pub const REJECT: u8 = 0x01;
+    /// `internalTrafficPolicy: Local`: with no preferred backend here,
+    /// drop new flows (`no_local_endpoint`), as kube-proxy does.
+    pub const LOCAL_ONLY: u8 = 0x02;
+    /// Preferred backends one node can pick from per port.
+    pub const MAX_PREFERRED: usize = 16;
+}
+
 /// A Service as the backend node must know it to reverse-NAT replies: the
 /// switch DNATs the inner packet and only the service id rides in the
 /// Talaria option, so the node maps the id back to the ClusterIP.
@@ -375,8 +404,11 @@ pub mod node_stat {
     /// A client pod's ICMP error about a Service reply, sent towards the
     /// backend (client node) or delivered to it (backend node).
     pub const ICMP_RELAY: u32 = 12;
+    /// A new flow sent with a preferred backend as its cookie
+    /// (`internalTrafficPolicy: Local`, topology hints; [`super::PortPolicy`]).
+    pub const PREFERRED: u32 = 13;
     /// Size of the array.
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -392,6 +424,7 @@ pub mod node_stat {
         "cookie_refused",
         "rejected",
         "icmp_relay",
+        "preferred",
     ];
 }
 
@@ -441,6 +474,7 @@ pod! {
     FragEntry = 12,
     PodEntry = 16,
     ServiceAddr = 8,
+    PortPolicy = 68,
     NodeConfig = 32,
 }
 

@@ -89,6 +89,14 @@ pub struct PlannedPort {
     pub active: BTreeMap<u32, Backend>,
     /// Backends keeping established flows only, by id.
     pub draining: BTreeMap<u32, Backend>,
+    /// Node InternalIP → the only backend ids its clients' new flows may
+    /// go to (`internalTrafficPolicy: Local`, topology hints).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub preferred: BTreeMap<Ipv4Addr, Vec<u32>>,
+    /// `internalTrafficPolicy: Local`: a node not in `preferred` drops its
+    /// clients' new flows.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// Everything one service port's entries derive from.
@@ -114,6 +122,10 @@ pub struct PortPlan {
     /// quarantine, as kube-proxy's conntrack keeps an established flow on a
     /// removed endpoint (the pod may still be serving).
     pub departed: BTreeMap<u32, (Backend, Instant)>,
+    /// See [`PlannedPort::preferred`].
+    pub preferred: BTreeMap<Ipv4Addr, Vec<u32>>,
+    /// See [`PlannedPort::local_only`].
+    pub local_only: bool,
 }
 
 impl PortPlan {
@@ -188,6 +200,8 @@ impl PortPlan {
             buckets: self.buckets.len(),
             active: self.active.clone(),
             draining: self.draining.clone(),
+            preferred: self.preferred.clone(),
+            local_only: self.local_only,
         }
     }
 }
@@ -716,6 +730,19 @@ impl Planner {
         };
         let active_ids: BTreeSet<u32> = active.keys().copied().collect();
         let buckets = buckets::assign(old_buckets, &active_ids, &self.policy);
+        let id_of: BTreeMap<&Backend, u32> = active
+            .iter()
+            .chain(&draining)
+            .map(|(id, b)| (b, *id))
+            .collect();
+        let preferred = port
+            .preferred
+            .iter()
+            .map(|(node, set)| {
+                let ids = set.iter().filter_map(|b| id_of.get(b).copied()).collect();
+                (*node, ids)
+            })
+            .collect();
         Some(PortPlan {
             service: port.service.clone(),
             port_name: port.port_name.clone(),
@@ -726,6 +753,8 @@ impl Planner {
             active,
             draining,
             departed,
+            preferred,
+            local_only: port.local_only,
         })
     }
 
@@ -921,6 +950,26 @@ endpoints:
     }
 
     /// A full plan, as tables.
+    /// A node's preferred backends (`internalTrafficPolicy: Local`) reach
+    /// the REST view as the ids the switch knows them by.
+    #[test]
+    fn preferred_backends_are_planned_as_ids() {
+        let mut m = model_with(&[("10.244.1.5", READY), ("10.244.1.6", READY)]);
+        let port = m.ports.values_mut().next().unwrap();
+        let n1: Ipv4Addr = "192.168.0.11".parse().unwrap();
+        let local = *port.active.iter().next().unwrap();
+        port.preferred = [(n1, [local].into())].into();
+        port.local_only = true;
+        let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        p.plan_full(&m, &fabric(), Instant::now());
+        let view = p.desired().ports().next().unwrap().view();
+        let id = view.active.iter().find(|(_, b)| **b == local).unwrap().0;
+        assert_eq!(view.preferred, [(n1, vec![*id])].into());
+        assert!(view.local_only);
+        let json = serde_json::to_value(&view).unwrap();
+        assert_eq!(json["preferred"]["192.168.0.11"], serde_json::json!([id]));
+    }
+
     fn plan_state(p: &mut Planner, m: &Model, now: Instant) -> Contents {
         p.plan_full(m, &fabric(), now);
         p.desired().state()

@@ -151,10 +151,10 @@ async fn sync_restart_resync_rest_and_cli() {
     let (ctx, mut tasks) = start(config(addr), src.clone());
     wait_for("first sync", || ctx.ready().is_ok()).await;
     let want = ctx.desired_len();
-    // 1 switch_addr + 1 spoofed_source (the switch address) + 1 pod_node
-    // + 3 backend + 3 cookie + 16 buckets + 1 service (no routes, so no
-    // tunnel_peer).
-    assert_eq!(want, 26);
+    // 1 switch_addr + 1 spoofed_source (the switch address) + 2 pod_node
+    // (the pod CIDR, the node's /32) + 3 backend + 3 cookie + 16 buckets
+    // + 1 service (no routes, so no tunnel_peer).
+    assert_eq!(want, 27);
     assert_eq!(fake_count(&fake), want);
     assert!(
         fake.state.lock().unwrap().pipeline.is_some(),

@@ -59,6 +59,8 @@ fn node() -> Node {
         port: 80,
         protocol: "tcp".into(),
         reject: false,
+        preferred: Vec::new(),
+        local_only: false,
     }])
     .unwrap();
     let pod = PodEntry {

@@ -230,6 +230,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             ));
             tokio::spawn(k8s::refresh_services(
                 cfg.kubernetes.clone(),
+                cfg.node_ip,
                 cfg.services.clone(),
                 node.clone(),
             ));

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use talaria_common::{
     be::{Be16, Be32},
-    maps::{ServiceAddr, ServiceKey},
+    maps::{port_policy, PortPolicy, ServiceAddr, ServiceKey},
 };
 
 use crate::{Error, Result};
@@ -170,6 +170,16 @@ pub struct ServiceConfig {
     /// ICMP port unreachable (kube-proxy's REJECT).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub reject: bool,
+    /// Backend ids this node's clients' new flows must go to
+    /// (`internalTrafficPolicy: Local`: its own endpoints; topology hints:
+    /// its zone's); at most [`port_policy::MAX_PREFERRED`] are used. Empty:
+    /// the switch's hash over every endpoint.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferred: Vec<u32>,
+    /// `internalTrafficPolicy: Local`: with no `preferred` backend, new
+    /// flows are dropped, as kube-proxy does.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub local_only: bool,
 }
 
 /// One local pod.
@@ -238,7 +248,7 @@ impl ServiceConfig {
         }
     }
 
-    /// The `NODE_REJECT` key.
+    /// The `NODE_PORT_POLICY` key.
     pub fn port_key(&self) -> Result<ServiceKey> {
         Ok(ServiceKey {
             vip: Be32(self.vip.octets()),
@@ -246,6 +256,25 @@ impl ServiceConfig {
             proto: self.proto()?,
             _pad: 0,
         })
+    }
+
+    /// The `NODE_PORT_POLICY` value, if the port has a policy: new flows
+    /// to it are refused, or restricted to preferred backends.
+    pub fn policy(&self) -> Option<PortPolicy> {
+        let n = self.preferred.len().min(port_policy::MAX_PREFERRED);
+        let mut p = PortPolicy {
+            service_id: self.id,
+            flags: if self.reject { port_policy::REJECT } else { 0 }
+                | if self.local_only {
+                    port_policy::LOCAL_ONLY
+                } else {
+                    0
+                },
+            count: n as u8,
+            ..Default::default()
+        };
+        p.preferred[..n].copy_from_slice(&self.preferred[..n]);
+        (p.flags != 0 || n > 0).then_some(p)
     }
 
     /// The `NODE_SERVICES` value: what replies are reverse-NATed to.

@@ -156,9 +156,10 @@ pub async fn watch_pods(
     }
 }
 
-/// The Services of a controller `GET /v1/services` answer: one per
-/// `data_path` entry (service id, `key.vip`, `key.port`, `key.proto`).
-pub fn services_from_json(v: &serde_json::Value) -> Result<Vec<ServiceConfig>> {
+/// The Services of a controller `GET /v1/services` answer, as node
+/// `node_ip` uses them: one per `data_path` entry (service id, `key.vip`,
+/// `key.port`, `key.proto`; `preferred[node_ip]`, `local_only`).
+pub fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Vec<ServiceConfig>> {
     let bad = |what: &str| Error::Invalid(format!("controller /v1/services: {what}"));
     let mut out = Vec::new();
     for s in v.as_array().ok_or_else(|| bad("not an array"))? {
@@ -183,12 +184,21 @@ pub fn services_from_json(v: &serde_json::Value) -> Result<Vec<ServiceConfig>> {
             // No buckets: no ready or serving-terminating endpoint. (A
             // controller that does not say is not rejecting.)
             let reject = p["buckets"].as_u64() == Some(0);
+            let preferred = p["preferred"][node_ip.to_string()]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|id| id.as_u64().and_then(|i| u32::try_from(i).ok()))
+                .collect::<Option<Vec<u32>>>()
+                .ok_or_else(|| bad("preferred"))?;
             out.push(ServiceConfig {
                 id,
                 vip,
                 port,
                 protocol,
                 reject,
+                preferred,
+                local_only: p["local_only"].as_bool().unwrap_or(false),
             });
         }
     }
@@ -206,6 +216,7 @@ pub async fn fetch_services(
     http: &reqwest::Client,
     controller_url: &str,
     after: Option<u64>,
+    node_ip: Ipv4Addr,
 ) -> Result<(Vec<ServiceConfig>, Option<u64>)> {
     let base = controller_url.trim_end_matches('/');
     let mut req = http.get(format!("{base}/v1/services"));
@@ -225,7 +236,7 @@ pub async fn fetch_services(
         .get(PLAN_VERSION_HEADER)
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let v: serde_json::Value = r.json().await.map_err(|e| Error::Http(Box::new(e)))?;
-    Ok((services_from_json(&v)?, version))
+    Ok((services_from_json(&v, node_ip)?, version))
 }
 
 /// The header a controller names its plan version in.
@@ -253,6 +264,7 @@ pub fn merge_services(
 /// because the controller restarts).
 pub async fn refresh_services(
     cfg: KubernetesConfig,
+    node_ip: Ipv4Addr,
     configured: Vec<ServiceConfig>,
     node: Arc<Mutex<Node>>,
 ) {
@@ -270,7 +282,7 @@ pub async fn refresh_services(
     let mut last: Option<Vec<ServiceConfig>> = None;
     let mut version = None;
     loop {
-        match fetch_services(&http, &cfg.controller_url, version).await {
+        match fetch_services(&http, &cfg.controller_url, version, node_ip).await {
             Ok((list, v)) => {
                 version = v;
                 let merged = merge_services(&configured, &list);
@@ -305,13 +317,14 @@ mod tests {
         let v = json!([
             {"service": {"namespace": "default", "name": "web"}, "cluster_ips": ["10.96.0.10"],
              "data_path": [
-                {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16, "active": {}, "draining": {}},
+                {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16, "active": {}, "draining": {},
+                 "preferred": {"10.0.0.1": [3, 4], "10.0.0.2": [5]}, "local_only": true},
                 {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 0}
              ]},
             {"service": {"namespace": "default", "name": "headless"}, "headless": true, "data_path": []},
             {"service": {"namespace": "default", "name": "noports"}}
         ]);
-        let s = services_from_json(&v).unwrap();
+        let s = services_from_json(&v, "10.0.0.1".parse().unwrap()).unwrap();
         assert_eq!(
             s,
             vec![
@@ -321,6 +334,8 @@ mod tests {
                     port: 80,
                     protocol: "tcp".into(),
                     reject: false,
+                    preferred: vec![3, 4],
+                    local_only: true,
                 },
                 // No buckets: no usable endpoint.
                 ServiceConfig {
@@ -329,11 +344,14 @@ mod tests {
                     port: 53,
                     protocol: "udp".into(),
                     reject: true,
+                    preferred: Vec::new(),
+                    local_only: false,
                 },
             ]
         );
-        assert!(services_from_json(&json!({"error": "x"})).is_err());
-        assert!(services_from_json(&json!([{"data_path": [{"service_id": 70000}]}])).is_err());
+        let me = "10.0.0.1".parse().unwrap();
+        assert!(services_from_json(&json!({"error": "x"}), me).is_err());
+        assert!(services_from_json(&json!([{"data_path": [{"service_id": 70000}]}]), me).is_err());
         let merged = merge_services(
             &[ServiceConfig {
                 id: 8,
@@ -341,6 +359,8 @@ mod tests {
                 port: 1,
                 protocol: "tcp".into(),
                 reject: false,
+                preferred: Vec::new(),
+                local_only: false,
             }],
             &s,
         );

@@ -21,7 +21,8 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry,
-        PodFlows, PortSubstKey, ReverseEntry, ServiceAddr, ServiceKey, FIN_BACKEND_FIRST,
+        PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr, ServiceKey,
+        FIN_BACKEND_FIRST,
     },
     net::IPPROTO_UDP,
 };
@@ -50,7 +51,7 @@ pub const MAP_REVERSE: &str = "NODE_REVERSE";
 pub const MAP_PODS: &str = "NODE_PODS";
 pub const MAP_SVC_CIDRS: &str = "NODE_SVC_CIDRS";
 pub const MAP_SERVICES: &str = "NODE_SERVICES";
-pub const MAP_REJECT: &str = "NODE_REJECT";
+pub const MAP_PORT_POLICY: &str = "NODE_PORT_POLICY";
 pub const MAP_CONFIG: &str = "NODE_CONFIG";
 pub const MAP_STATS: &str = "NODE_STATS";
 pub const MAP_DROPS: &str = "NODE_DROPS";
@@ -420,29 +421,31 @@ impl Node {
     }
 
     /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`),
-    /// and the ports without a usable endpoint (`NODE_REJECT`).
+    /// and the ports whose new flows are refused or go to preferred
+    /// backends (`NODE_PORT_POLICY`).
     pub fn set_services(&mut self, list: &[ServiceConfig]) -> Result<()> {
         let services = list
             .iter()
             .map(|s| Ok((s.id, s.map_value()?)))
             .collect::<Result<Vec<_>>>()?;
-        let reject = list
+        let policies = list
             .iter()
-            .filter(|s| s.reject)
-            .map(ServiceConfig::port_key)
+            .filter_map(|s| s.policy().map(|p| s.port_key().map(|k| (k, p))))
             .collect::<Result<Vec<_>>>()?;
-        let mut r: HashMap<_, ServiceKey, u8> =
-            HashMap::try_from(self.map_mut(MAP_REJECT)?).map_err(|e| Error::map(MAP_REJECT, e))?;
+        let mut r: HashMap<_, ServiceKey, PortPolicy> =
+            HashMap::try_from(self.map_mut(MAP_PORT_POLICY)?)
+                .map_err(|e| Error::map(MAP_PORT_POLICY, e))?;
         let stale: Vec<ServiceKey> = r
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !reject.contains(k))
+            .filter(|k| !policies.iter().any(|(p, _)| p == k))
             .collect();
         for k in stale {
-            r.remove(&k).map_err(|e| Error::map(MAP_REJECT, e))?;
+            r.remove(&k).map_err(|e| Error::map(MAP_PORT_POLICY, e))?;
         }
-        for k in &reject {
-            r.insert(k, 1, 0).map_err(|e| Error::map(MAP_REJECT, e))?;
+        for (k, p) in &policies {
+            r.insert(k, p, 0)
+                .map_err(|e| Error::map(MAP_PORT_POLICY, e))?;
         }
         let mut h: HashMap<_, u32, ServiceAddr> = HashMap::try_from(self.map_mut(MAP_SERVICES)?)
             .map_err(|e| Error::map(MAP_SERVICES, e))?;

@@ -95,9 +95,10 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
         );
 
         let http = reqwest::Client::new();
-        let (got, version) = k8s::fetch_services(&http, &format!("{url}/"), None)
-            .await
-            .unwrap();
+        let (got, version) =
+            k8s::fetch_services(&http, &format!("{url}/"), None, Ipv4Addr::LOCALHOST)
+                .await
+                .unwrap();
         assert_eq!(version, None, "this API names no plan version");
         let vip: Ipv4Addr = "10.96.0.10".parse().unwrap();
         assert_eq!(
@@ -109,6 +110,8 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
                     port: 80,
                     protocol: "tcp".into(),
                     reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
                 },
                 ServiceConfig {
                     id: 8,
@@ -116,11 +119,13 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
                     port: 53,
                     protocol: "udp".into(),
                     reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
                 }
             ]
         );
         assert!(
-            k8s::fetch_services(&http, "http://127.0.0.1:9", None)
+            k8s::fetch_services(&http, "http://127.0.0.1:9", None, Ipv4Addr::LOCALHOST)
                 .await
                 .is_err(),
             "an unreachable controller is an error, not an empty set"

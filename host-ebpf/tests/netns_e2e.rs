@@ -288,6 +288,8 @@ impl Lab {
                     port: 80,
                     protocol: "tcp".into(),
                     reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
                 },
                 ServiceConfig {
                     id: SVC_UDP,
@@ -295,6 +297,8 @@ impl Lab {
                     port: 53,
                     protocol: "udp".into(),
                     reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
                 },
                 ServiceConfig {
                     id: SVC2_TCP,
@@ -302,6 +306,8 @@ impl Lab {
                     port: 8080,
                     protocol: "tcp".into(),
                     reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
                 },
                 ServiceConfig {
                     id: SVC2_UDP,
@@ -309,6 +315,8 @@ impl Lab {
                     port: 5300,
                     protocol: "udp".into(),
                     reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
                 },
                 ServiceConfig {
                     id: SVC_NO_ENDPOINTS,
@@ -316,6 +324,8 @@ impl Lab {
                     port: NO_ENDPOINTS_PORT,
                     protocol: "tcp".into(),
                     reject: true,
+                    preferred: Vec::new(),
+                    local_only: false,
                 },
             ],
             pods,
@@ -1117,6 +1127,75 @@ fn host_network_clients_reach_services() {
     .unwrap();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(lab.stats(0).event(node_stat::REJECTED), 1);
+}
+
+/// `internalTrafficPolicy: Local` (issue: drop-in, endpoint semantics):
+/// node 1's clients reach only node 1's endpoint of the Service (pod c),
+/// though the switch's buckets hold only pod b; a Local port without an
+/// endpoint on node 1 drops their new flows, as kube-proxy does.
+#[test]
+fn internal_traffic_policy_local_keeps_clients_on_their_node() {
+    require!(LOADS_BPF);
+    let mut lab = Lab::new();
+    // Pod c is an endpoint of SVC_TCP too (its cookie is valid); the
+    // controller would list it as node 1's local endpoint.
+    lab.dp
+        .as_ref()
+        .unwrap()
+        .insert(&build::cookie(SVC_TCP, BACKEND_C_TCP))
+        .unwrap();
+    let hairpin = Ipv4Addr::from(HAIRPIN_SOURCE.0);
+    let mut services = lab.node_config(0).services;
+    for s in &mut services {
+        s.local_only = true;
+        if s.id == SVC_TCP {
+            s.preferred = vec![BACKEND_C_TCP];
+        }
+    }
+    lab.nodes[0]
+        .as_mut()
+        .unwrap()
+        .set_services(&services)
+        .unwrap();
+
+    let servers = [
+        tcp_server(lab.pod("pc"), POD_C, 2),
+        tcp_server(lab.pod("pb"), POD_B, 1),
+    ];
+    let talk = |pod: &str| {
+        let (s, line) = connect_vip(pod);
+        let port = s.local_addr().unwrap().port();
+        let (theirs, mine) = transfer(s, 1000, 1000, Duration::ZERO);
+        assert_eq!(theirs, (1000, mine));
+        (line, port)
+    };
+    for _ in 0..2 {
+        let (line, port) = talk(lab.pod("pa"));
+        assert_eq!(line, format!("{POD_C} saw {POD_A}:{port}"));
+    }
+    // Node 2 is not Local here: its client goes by the switch's buckets.
+    let (line, port) = talk(lab.pod("pb"));
+    assert_eq!(line, format!("{POD_B} saw {hairpin}:{port}"));
+    for s in servers {
+        s.join().unwrap();
+    }
+
+    let lost = sys::in_netns(lab.pod("pa"), || {
+        let s = UdpSocket::bind((POD_A, 40150)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        s.send_to(b"anyone local?", (VIP, 53)).unwrap();
+        let mut buf = [0u8; 100];
+        s.recv_from(&mut buf).unwrap_err().kind()
+    })
+    .unwrap();
+    assert!(
+        matches!(
+            lost,
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{lost:?}"
+    );
+    assert_eq!(lab.stats(0).dropped(DropReason::NoLocalEndpoint), 1);
 }
 
 #[test]

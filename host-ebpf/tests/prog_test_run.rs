@@ -69,6 +69,8 @@ fn node() -> Node {
         port,
         protocol: protocol.into(),
         reject,
+        preferred: Vec::new(),
+        local_only: false,
     };
     n.set_services(&[
         svc(SVC_TCP, VIP, 80, "tcp", false),
@@ -1012,6 +1014,50 @@ fn icmp_error_from_a_backend_is_reverse_natted() {
         n.cookies().unwrap().is_empty(),
         "nothing learned from an ICMP error"
     );
+}
+
+/// `internalTrafficPolicy: Local` and topology hints: a new flow to a port
+/// with preferred backends goes with one of them as its cookie, picked by
+/// the flow's hash; a Local port with none here drops it.
+#[test]
+fn new_flows_go_to_the_preferred_backends_or_nowhere_when_local() {
+    require!(LOADS_BPF);
+    let mut n = node();
+    let with = |id, vip, port, protocol: &str, preferred: Vec<u32>, local_only| ServiceConfig {
+        id,
+        vip,
+        port,
+        protocol: protocol.into(),
+        reject: false,
+        preferred,
+        local_only,
+    };
+    n.set_services(&[
+        with(SVC_TCP, VIP, 80, "tcp", vec![42, 43], true),
+        with(SVC_UDP, VIP_UDP, 53, "udp", vec![], true),
+    ])
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 40000..40032 {
+        let syn = from_pod(Tuple::tcp(CLIENT, sport, VIP, 80), tcp_flags::SYN, b"");
+        let (verdict, out) = run(&n, PROG_POD, &syn);
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (enc, _) = check_encap(&out, syn.len() - 14);
+        assert_eq!(
+            (enc.opt.flags, enc.opt.service_id.get()),
+            (flags::COOKIE_VALID, SVC_TCP)
+        );
+        seen.insert(enc.opt.backend_id.get());
+    }
+    assert_eq!(
+        seen,
+        [42, 43].into(),
+        "both preferred backends, nothing else"
+    );
+    assert_eq!(n.stats().unwrap().event(node_stat::PREFERRED), 32);
+    let udp = from_pod(Tuple::udp(CLIENT, 5000, VIP_UDP, 53), 0, b"q");
+    assert_eq!(run(&n, PROG_POD, &udp).0, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::NoLocalEndpoint), 1);
 }
 
 #[test]

@@ -37,6 +37,8 @@ pub(super) struct EpInfo {
     pub(super) serving: bool,
     /// `terminating` (nil = false).
     pub(super) terminating: bool,
+    /// `hints.forZones`: the zones whose nodes it is meant for.
+    pub(super) zones: Vec<String>,
 }
 
 impl EpInfo {
@@ -144,6 +146,15 @@ pub(super) fn build_nodes<'a>(
             continue;
         };
         m.node_ips.insert(r.name.clone(), ip);
+        if let Some(zone) = node
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(ZONE_LABEL))
+            .filter(|z| !z.is_empty())
+        {
+            m.node_zones.insert(ip, zone.clone());
+        }
         let spec = node.spec.as_ref();
         let mut cidrs: Vec<String> = spec.and_then(|s| s.pod_cidrs.clone()).unwrap_or_default();
         if cidrs.is_empty() {
@@ -327,6 +338,12 @@ fn eval_slice_info(
             ready: c.and_then(|c| c.ready).unwrap_or(true),
             serving: c.and_then(|c| c.serving).unwrap_or(true),
             terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+            zones: ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_zones.as_ref())
+                .map(|z| z.iter().map(|z| z.name.clone()).collect())
+                .unwrap_or_default(),
         };
         let node_ip = ep
             .node_name
@@ -368,15 +385,88 @@ fn eval_slice_info(
 /// Evaluates one Service with the slices labelled for it: its view (absent
 /// when the Service is unusable) and the data-path ports it asks for.
 pub(super) fn eval_service(
+    node_zones: &BTreeMap<Ipv4Addr, String>,
     svc: &Service,
     my_slices: &[SliceInfo],
 ) -> (Option<ServiceView>, ServiceEntry) {
     let mut e = ServiceEntry::default();
-    let view = eval_service_into(svc, my_slices, &mut e);
+    let view = eval_service_into(node_zones, svc, my_slices, &mut e);
     (view, e)
 }
 
+/// A node's label naming its zone, which topology hints refer to.
+const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The annotation that asks for topology-aware routing (`Auto`), and its
+/// deprecated predecessor.
+const TOPOLOGY_MODE_ANNOTATIONS: [&str; 2] = [
+    "service.kubernetes.io/topology-mode",
+    "service.kubernetes.io/topology-aware-hints",
+];
+
+/// Whether the Service asks for its endpoints' zone hints to be used
+/// (kube-proxy's `canUseTopology`, the Service half): a
+/// `trafficDistribution` that prefers closeness, or the topology-mode
+/// annotation set to Auto.
+fn wants_topology(svc: &Service) -> bool {
+    let spec = svc.spec.as_ref();
+    if matches!(
+        spec.and_then(|s| s.traffic_distribution.as_deref()),
+        Some("PreferClose" | "PreferSameZone")
+    ) {
+        return true;
+    }
+    let annotations = svc.metadata.annotations.as_ref();
+    TOPOLOGY_MODE_ANNOTATIONS.iter().any(|a| {
+        annotations
+            .and_then(|m| m.get(*a))
+            .is_some_and(|v| v.eq_ignore_ascii_case("auto"))
+    })
+}
+
+/// `internalTrafficPolicy: Local`: each node's own endpoints, ready ones,
+/// else its serving-terminating ones (kube-proxy's `CategorizeEndpoints`).
+fn local_endpoints(
+    ready: &[(Backend, &EpInfo)],
+    serving_terminating: &[(Backend, &EpInfo)],
+) -> BTreeMap<Ipv4Addr, BTreeSet<Backend>> {
+    let mut by_node: BTreeMap<Ipv4Addr, BTreeSet<Backend>> = BTreeMap::new();
+    for (b, _) in ready {
+        by_node.entry(b.node_ip).or_default().insert(*b);
+    }
+    for (b, _) in serving_terminating {
+        if !ready.iter().any(|(r, _)| r.node_ip == b.node_ip) {
+            by_node.entry(b.node_ip).or_default().insert(*b);
+        }
+    }
+    by_node
+}
+
+/// Topology hints: for each node with a zone, the ready endpoints hinted
+/// for that zone, when every ready endpoint carries hints and the zone
+/// has one (kube-proxy's `canUseTopology`, the endpoint half; otherwise
+/// the node uses every endpoint).
+fn zone_endpoints(
+    node_zones: &BTreeMap<Ipv4Addr, String>,
+    ready: &[(Backend, &EpInfo)],
+) -> BTreeMap<Ipv4Addr, BTreeSet<Backend>> {
+    if ready.iter().any(|(_, ep)| ep.zones.is_empty()) {
+        return BTreeMap::new();
+    }
+    node_zones
+        .iter()
+        .filter_map(|(node, zone)| {
+            let eps: BTreeSet<Backend> = ready
+                .iter()
+                .filter(|(_, ep)| ep.zones.contains(zone))
+                .map(|(b, _)| *b)
+                .collect();
+            (!eps.is_empty()).then_some((*node, eps))
+        })
+        .collect()
+}
+
 fn eval_service_into(
+    node_zones: &BTreeMap<Ipv4Addr, String>,
     svc: &Service,
     my_slices: &[SliceInfo],
     e: &mut ServiceEntry,
@@ -532,10 +622,8 @@ fn eval_service_into(
         view.notes
             .push(format!("externalIP {eip}: not in data path yet"));
     }
-    if spec.internal_traffic_policy.as_deref() == Some("Local") {
-        view.notes
-            .push("internalTrafficPolicy Local: not in data path yet, served as Cluster".into());
-    }
+    let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    let topology = !local_only && wants_topology(svc);
     let hash_mode = match spec.session_affinity.as_deref() {
         Some("ClientIP") => HashMode::ClientIp,
         None | Some("None") => HashMode::FiveTuple,
@@ -608,8 +696,8 @@ fn eval_service_into(
                     .or_insert(ep);
             }
         }
-        let mut ready = BTreeSet::new();
-        let mut st = BTreeSet::new();
+        let mut ready = Vec::new();
+        let mut st = Vec::new();
         let mut unready = BTreeSet::new();
         for ((ip, target), ep) in copies {
             let Some(node_ip) = ep.node_ip else { continue };
@@ -619,13 +707,22 @@ fn eval_service_into(
                 node_ip,
             };
             if ep.is_ready() {
-                ready.insert(b);
+                ready.push((b, ep));
             } else if ep.is_serving_terminating() {
-                st.insert(b);
+                st.push((b, ep));
             } else {
                 unready.insert(b);
             }
         }
+        let preferred = if local_only {
+            local_endpoints(&ready, &st)
+        } else if topology {
+            zone_endpoints(node_zones, &ready)
+        } else {
+            BTreeMap::new()
+        };
+        let ready: BTreeSet<Backend> = ready.into_iter().map(|(b, _)| b).collect();
+        let st: BTreeSet<Backend> = st.into_iter().map(|(b, _)| b).collect();
         let (active, mut draining, fallback) = if ready.is_empty() {
             (st, BTreeSet::new(), true)
         } else {
@@ -653,6 +750,8 @@ fn eval_service_into(
                 active: active.clone(),
                 draining: draining.clone(),
                 terminating_fallback: fallback && !active.is_empty(),
+                preferred: preferred.clone(),
+                local_only,
             });
         }
     }

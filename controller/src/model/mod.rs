@@ -113,6 +113,14 @@ pub struct ServicePort {
     pub draining: BTreeSet<Backend>,
     /// True when `active` is the serving+terminating fallback.
     pub terminating_fallback: bool,
+    /// Node InternalIP → the only endpoints its clients' new flows may go
+    /// to: its own (`internalTrafficPolicy: Local`), or those hinted for
+    /// its zone (topology hints, `trafficDistribution`). A node without an
+    /// entry uses every active endpoint, unless `local_only`.
+    pub preferred: BTreeMap<Ipv4Addr, BTreeSet<Backend>>,
+    /// `internalTrafficPolicy: Local`: a node without local endpoints
+    /// drops its clients' new flows, as kube-proxy does.
+    pub local_only: bool,
 }
 
 /// Everything the model derives from the cluster objects.
@@ -126,6 +134,8 @@ pub struct Model {
     pub pod_nodes: BTreeMap<Ipv4Prefix, Ipv4Addr>,
     /// Node name → InternalIP.
     pub node_ips: BTreeMap<String, Ipv4Addr>,
+    /// Node InternalIP → its `topology.kubernetes.io/zone` label.
+    pub node_zones: BTreeMap<Ipv4Addr, String>,
     /// Objects or parts skipped, with reasons (sorted, no duplicates).
     pub skipped: Vec<Skipped>,
     /// The IPv4 `spec.cidrs` of every ServiceCIDR object (IPv6 ones have no
@@ -257,7 +267,7 @@ impl Model {
         for svc in services {
             let r = obj_ref(&svc.metadata);
             let slices = self.slice_infos(&r);
-            let (view, entry) = eval_service(svc, &slices);
+            let (view, entry) = eval_service(&self.node_zones, svc, &slices);
             self.put_service_entry(r, view, Some(entry), &mut keys);
         }
         self.resolve(&keys);
@@ -298,7 +308,7 @@ impl Model {
             match lookup.service(g) {
                 Some(svc) => {
                     let slices = self.slice_infos(g);
-                    let (view, entry) = eval_service(&svc, &slices);
+                    let (view, entry) = eval_service(&self.node_zones, &svc, &slices);
                     self.put_service_entry(g.clone(), view, Some(entry), &mut keys);
                 }
                 None => self.put_service_entry(g.clone(), None, None, &mut keys),

@@ -738,3 +738,132 @@ mod fuzz {
         }
     }
 }
+
+/// Node InternalIP → its one endpoint (port 80), as `preferred` holds it.
+fn one_per_node(pairs: &[(&str, &str)]) -> BTreeMap<Ipv4Addr, BTreeSet<Backend>> {
+    pairs
+        .iter()
+        .map(|(node, ep)| (node.parse().unwrap(), [be(ep, 80, node)].into()))
+        .collect()
+}
+
+/// `internalTrafficPolicy: Local`: each node keeps its own ready endpoints,
+/// else its serving-terminating ones; a node with neither is absent (its
+/// clients' new flows are dropped). kube-proxy's `CategorizeEndpoints`.
+#[test]
+fn internal_traffic_policy_local_lists_each_nodes_own_endpoints() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: ns}
+spec: {clusterIP: 10.96.0.12, selector: {a: b}, internalTrafficPolicy: Local, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n3}
+spec: {podCIDR: 10.244.3.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.0.13}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+- {addresses: [10.244.1.6], conditions: {ready: false, serving: true, terminating: true}, nodeName: n1}
+- {addresses: [10.244.2.5], conditions: {ready: false, serving: true, terminating: true}, nodeName: n2}
+- {addresses: [10.244.3.5], conditions: {ready: false, serving: false, terminating: false}, nodeName: n3}
+"#);
+    let p = &m.ports[&key("10.96.0.12", 80, Proto::Tcp)];
+    assert!(p.local_only);
+    let want = one_per_node(&[
+        ("192.168.0.11", "10.244.1.5"),
+        ("192.168.0.12", "10.244.2.5"),
+    ]);
+    assert_eq!(p.preferred, want);
+    // Cluster-wide the port is as before: the switch still needs every
+    // endpoint's cookie.
+    assert_eq!(p.active, [be("10.244.1.5", 80, "192.168.0.11")].into());
+    let view = &m.services[&ObjectRef {
+        namespace: "ns".into(),
+        name: "s".into(),
+    }];
+    assert!(
+        !view
+            .notes
+            .iter()
+            .any(|n| n.contains("internalTrafficPolicy")),
+        "{:?}",
+        view.notes
+    );
+}
+
+/// Topology: with `trafficDistribution: PreferClose` (or the topology-mode
+/// annotation Auto) and hints on every ready endpoint, a node in a zone
+/// uses the endpoints hinted for its zone; with one endpoint unhinted, or
+/// without the Service asking, nobody does (kube-proxy's `canUseTopology`).
+#[test]
+fn topology_hints_pick_each_zones_endpoints() {
+    let zoned_nodes = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: z1, labels: {topology.kubernetes.io/zone: a}}
+spec: {podCIDR: 10.244.5.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.0.15}]}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: z2, labels: {topology.kubernetes.io/zone: b}}
+spec: {podCIDR: 10.244.6.0/24}
+status: {addresses: [{type: InternalIP, address: 192.168.0.16}]}
+"#;
+    let service = |how: &str, second_hint: &str| {
+        format!(
+            r#"{zoned_nodes}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: s, namespace: ns{how}}}
+spec: {{clusterIP: 10.96.0.13, selector: {{a: b}}, ports: [{{port: 80}}]{dist}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}
+addressType: IPv4
+ports: [{{port: 80}}]
+endpoints:
+- {{addresses: [10.244.5.5], nodeName: z1, zone: a, hints: {{forZones: [{{name: a}}]}}}}
+- {{addresses: [10.244.6.5], nodeName: z2, zone: b{second_hint}}}
+"#,
+            how = if how == "annotation" {
+                ", annotations: {service.kubernetes.io/topology-mode: Auto}"
+            } else {
+                ""
+            },
+            dist = if how == "PreferClose" {
+                ", trafficDistribution: PreferClose"
+            } else {
+                ""
+            },
+        )
+    };
+    let hinted = ", hints: {forZones: [{name: b}]}";
+    let preferred = |yaml: &str| {
+        let m = run(yaml);
+        let p = &m.ports[&key("10.96.0.13", 80, Proto::Tcp)];
+        assert!(!p.local_only);
+        p.preferred.clone()
+    };
+    let want = one_per_node(&[
+        ("192.168.0.15", "10.244.5.5"),
+        ("192.168.0.16", "10.244.6.5"),
+    ]);
+    assert_eq!(preferred(&service("PreferClose", hinted)), want);
+    assert_eq!(preferred(&service("annotation", hinted)), want);
+    assert!(preferred(&service("", hinted)).is_empty(), "not asked for");
+    assert!(
+        preferred(&service("PreferClose", "")).is_empty(),
+        "an unhinted ready endpoint turns topology off"
+    );
+}

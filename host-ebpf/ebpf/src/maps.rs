@@ -11,8 +11,8 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, FragEntry, FragKey,
-        NodeConfig, PodEntry, PodFlows, PortSubstKey, ReverseEntry, ServiceAddr, ServiceKey,
-        FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        NodeConfig, PodEntry, PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr,
+        ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
 };
 
@@ -66,10 +66,11 @@ pub(crate) static NODE_SVC_CIDRS: LpmTrie<Be32, u32> = LpmTrie::pinned(64, 0);
 #[map]
 pub(crate) static NODE_SERVICES: HashMap<u32, ServiceAddr> = HashMap::pinned(65536, 0);
 
-/// Service ports without a usable endpoint (VIP, port, protocol): a new
-/// flow to one is refused at once, as kube-proxy's REJECT rule does.
+/// (VIP, port, protocol) → what a new flow to it does instead of the
+/// switch's hash ([`PortPolicy`]): refused at once (no usable endpoint,
+/// kube-proxy's REJECT), or sent to a preferred backend (Local, topology).
 #[map]
-pub(crate) static NODE_REJECT: HashMap<ServiceKey, u8> = HashMap::pinned(65536, 0);
+pub(crate) static NODE_PORT_POLICY: HashMap<ServiceKey, PortPolicy> = HashMap::pinned(65536, 0);
 
 /// Node-wide settings, element 0. All zero = not configured: pass all.
 #[map]

@@ -7,7 +7,8 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        node_stat, FlowKey, NodeConfig, PortSubstKey, ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        node_stat, port_policy, FlowKey, NodeConfig, PortSubstKey, ServiceKey, FIN_FROM_BACKEND,
+        FIN_FROM_CLIENT,
     },
     net::{tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
     wire::{flags, GENEVE_UDP_PORT},
@@ -17,7 +18,7 @@ use crate::{
     encap::{encap, flow_sport},
     maps::{
         add_fin, config, drop_pkt, remove_flow, stat, FlowTable, NODE_COOKIES, NODE_PODS,
-        NODE_PORT_SUBST, NODE_REJECT, NODE_REVERSE, NODE_SVC_CIDRS,
+        NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REVERSE, NODE_SVC_CIDRS,
     },
     mtu::{check_mtu, reject},
     nat::{fragment_reply, icmp_error_reply, icmp_error_request, note_first_fragment, reverse_nat},
@@ -171,6 +172,7 @@ pub(crate) fn steer_to_service(
         _pad: [0; 3],
     };
     let tcp = tcp_flags_at(ctx, ip.proto, L4_OFF);
+    let sport = flow_sport(&key);
     check_mtu(ctx, ip, false)?;
     // A SYN opens a new connection: it is balanced afresh, as the
     // switch would balance any new flow, whatever a reused 4-tuple
@@ -206,28 +208,48 @@ pub(crate) fn steer_to_service(
             found
         }
         None => {
-            let port = ServiceKey {
-                vip: ip.dst,
-                port: ports[1],
-                proto: ip.proto,
-                _pad: 0,
-            };
-            // SAFETY: read-only lookup.
-            if unsafe { NODE_REJECT.get(&port) }.is_some() {
-                stat(node_stat::REJECTED);
-                return Err(reject(ctx, ip));
-            }
             stat(node_stat::CACHE_MISS);
-            (flags::NEW_FLOW, 0, 0)
+            new_flow(ctx, ip, &key, sport)?
         }
     };
-    encap(
-        ctx,
-        cfg,
-        fl,
-        service_id,
-        backend_id,
-        flow_sport(&key),
-        ip.tos,
-    )
+    encap(ctx, cfg, fl, service_id, backend_id, sport, ip.tos)
+}
+
+/// A new flow's option (flags, service id, backend id), by its port's
+/// policy: refused (no usable endpoint), sent with a preferred backend as
+/// its cookie, picked by the flow's hash (`internalTrafficPolicy: Local`,
+/// topology hints), dropped (Local without a local endpoint), or left to
+/// the switch's bucket hash.
+#[inline(always)]
+fn new_flow(
+    ctx: &TcContext,
+    ip: &Ipv4Hdr,
+    key: &FlowKey,
+    hash: u16,
+) -> Result<(u8, u16, u32), i32> {
+    let port = ServiceKey {
+        vip: key.dst,
+        port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup.
+    let Some(policy) = (unsafe { NODE_PORT_POLICY.get(&port) }) else {
+        return Ok((flags::NEW_FLOW, 0, 0));
+    };
+    if policy.flags & port_policy::REJECT != 0 {
+        stat(node_stat::REJECTED);
+        return Err(reject(ctx, ip));
+    }
+    if policy.count > 0 {
+        let i = usize::from(hash) % usize::from(policy.count);
+        if let Some(backend_id) = policy.preferred.get(i) {
+            stat(node_stat::PREFERRED);
+            return Ok((flags::COOKIE_VALID, policy.service_id, *backend_id));
+        }
+    }
+    if policy.flags & port_policy::LOCAL_ONLY != 0 {
+        return Err(drop_pkt(DropReason::NoLocalEndpoint));
+    }
+    Ok((flags::NEW_FLOW, 0, 0))
 }
