@@ -50,6 +50,9 @@ const bit<8>  TALARIA_VERSION   = 1;
 const bit<8>  TALARIA_FLAG_NEW_FLOW     = 0x01;
 const bit<8>  TALARIA_FLAG_REPLY        = 0x02;
 const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
+/* A later request fragment without a cookie: backend_id holds the
+ * datagram's ports (src << 16 | dst). */
+const bit<8>  TALARIA_FLAG_FRAG_PORTS   = 0x08;
 
 /* ----------------------------------------------------------- hash modes -- */
 /* The `hash_mode` parameter of `set_service`; must match common/src/hash.rs. */

@@ -162,6 +162,8 @@ struct metadata_t {
     bit<1>       reply;
     /* 1: a client's ICMP error about a reply, relayed to the backend. */
     bit<1>       icmp_relay;
+    /* 1: a later request fragment that goes where its cookie says. */
+    bit<1>       cookie_fragment;
     /* service_v4's key: the VIP, port and protocol a request goes to, or
      * that a reply (or the reply an ICMP error quotes) comes from. */
     ipv4_addr_t  service_addr;

@@ -129,15 +129,16 @@ parser TalariaParser(packet_in packet,
         packet.extract(hdr.inner_ipv4);
         verify(hdr.inner_ipv4.version == 4 && hdr.inner_ipv4.ihl >= 5,
                error.BadInnerIpv4Header);
-        /* The ports sit at a fixed offset only in an unfragmented packet
-         * without options; so does an ICMP error's quote. Anything else
-         * stays unparsed: the ingress drops it on the load-balanced path
-         * (ip_options, fragment, unsupported_protocol) and passes it on
-         * the reply path. */
+        /* The ports sit at a fixed offset only in a first (or only)
+         * fragment without options; an ICMP error's quote only in an
+         * unfragmented one. Anything else stays unparsed: the ingress
+         * takes a later request fragment's ports from its option, drops
+         * the rest on the load-balanced path (ip_options, fragment,
+         * unsupported_protocol) and passes it on the reply path. */
         transition select(hdr.inner_ipv4.ihl, hdr.inner_ipv4.flags,
                           hdr.inner_ipv4.frag_offset, hdr.inner_ipv4.protocol) {
-            (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_TCP): parse_inner_tcp;
-            (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_UDP): parse_inner_udp;
+            (4w5, _, 13w0, IP_PROTO_TCP): parse_inner_tcp;
+            (4w5, _, 13w0, IP_PROTO_UDP): parse_inner_udp;
             (4w5, 3w0 &&& IPV4_FLAG_MF, 13w0, IP_PROTO_ICMP): parse_inner_icmp;
             default: accept;
         }

@@ -355,6 +355,7 @@ control TalariaIngress(inout headers_t hdr,
         meta.cookie_ok = 0;
         meta.reply = 0;
         meta.icmp_relay = 0;
+        meta.cookie_fragment = 0;
 
         if (!hdr.ipv4.isValid()) {
             /* The switch routes IPv4 only; anything else has no route. A
@@ -404,8 +405,23 @@ control TalariaIngress(inout headers_t hdr,
                         meta.reply = 1;
                     } else if (hdr.inner_ipv4.ihl != 5) {
                         meta.drop_reason = DROP_IP_OPTIONS;
+                    } else if (hdr.inner_ipv4.frag_offset != 0) {
+                        /* A later fragment of a request has no ports: it
+                         * carries its first fragment's cookie, or without
+                         * one its datagram's ports in the option, so that
+                         * it goes where the first went. */
+                        bit<8> how = hdr.talaria.flags
+                            & (TALARIA_FLAG_FRAG_PORTS | TALARIA_FLAG_COOKIE_VALID);
+                        if (how == TALARIA_FLAG_FRAG_PORTS) {
+                            meta.l4_src_port = hdr.talaria.backend_id[31:16];
+                            meta.l4_dst_port = hdr.talaria.backend_id[15:0];
+                        } else if (how == TALARIA_FLAG_COOKIE_VALID) {
+                            meta.cookie_fragment = 1;
+                        } else {
+                            meta.drop_reason = DROP_FRAGMENT;
+                        }
                     } else if ((hdr.inner_ipv4.flags & IPV4_FLAG_MF) != 0
-                               || hdr.inner_ipv4.frag_offset != 0) {
+                               && !hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
                         meta.drop_reason = DROP_FRAGMENT;
                     } else if (hdr.quoted_ports.isValid()) {
                         /* A client's ICMP error about a reply it got (port
@@ -437,6 +453,10 @@ control TalariaIngress(inout headers_t hdr,
                     meta.service_addr = hdr.quoted_ipv4.src_addr;
                     meta.service_port = hdr.quoted_ports.src_port;
                     meta.service_proto = hdr.quoted_ipv4.protocol;
+                } else if (meta.cookie_fragment == 1) {
+                    /* No ports to look the service up by: the cookie's. */
+                    meta.service_id = hdr.talaria.service_id;
+                    lookup_service = false;
                 } else {
                     meta.service_addr = hdr.inner_ipv4.dst_addr;
                     meta.service_port = meta.l4_dst_port;
@@ -478,8 +498,10 @@ control TalariaIngress(inout headers_t hdr,
                         lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
                     }
                     /* An error about a flow whose backend is gone has no
-                     * one to tell: there is no hashing it elsewhere. */
-                    if (meta.icmp_relay == 1 && meta.cookie_ok == 0) {
+                     * one to tell, and a later fragment without ports
+                     * cannot be hashed: neither goes elsewhere. */
+                    if ((meta.icmp_relay == 1 || meta.cookie_fragment == 1)
+                        && meta.cookie_ok == 0) {
                         meta.drop_reason = DROP_NO_BACKEND;
                     }
                 }
@@ -526,7 +548,8 @@ control TalariaIngress(inout headers_t hdr,
                 } else if (meta.drop_reason == 0) {
                     /* DNAT to the backend pod, inner checksums updated
                      * incrementally (the L4 ones cover the address through
-                     * the pseudo header). */
+                     * the pseudo header; a later fragment has none, its
+                     * datagram's checksum is in the first fragment). */
                     inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
                                           hdr.inner_ipv4.dst_addr,
                                           meta.backend_ip, 0, 0);
@@ -554,7 +577,7 @@ control TalariaIngress(inout headers_t hdr,
                                              hdr.inner_tcp.dst_port,
                                              meta.backend_port);
                         hdr.inner_tcp.dst_port = meta.backend_port;
-                    } else {
+                    } else if (hdr.inner_udp.isValid()) {
                         /* A zero UDP checksum means "none" and stays zero;
                          * a computed zero goes out as 0xFFFF (RFC 768). */
                         if (hdr.inner_udp.checksum != 0) {
@@ -574,7 +597,8 @@ control TalariaIngress(inout headers_t hdr,
                      * hands it back to the client in the reply. */
                     hdr.talaria.service_id = meta.service_id;
                     hdr.talaria.backend_id = meta.backend_id;
-                    hdr.talaria.flags = hdr.talaria.flags | TALARIA_FLAG_COOKIE_VALID;
+                    hdr.talaria.flags = (hdr.talaria.flags & ~TALARIA_FLAG_FRAG_PORTS)
+                                        | TALARIA_FLAG_COOKIE_VALID;
                 }
 
                 if (meta.drop_reason == 0) {

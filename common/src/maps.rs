@@ -339,6 +339,25 @@ pub struct FragEntry {
     pub backend_id: u32,
 }
 
+/// What the first fragment of a client's request to a VIP was sent with,
+/// for the later fragments, which have no ports ([`FragKey`] from the
+/// client's side).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestFragEntry {
+    /// The option flags the later fragments carry: `COOKIE_VALID` (the
+    /// first went with a cookie), or `NEW_FLOW | FRAG_PORTS`.
+    pub flags: u8,
+    pub _pad: u8,
+    pub service_id: u16,
+    /// The option's 32-bit word: the cookie, or the datagram's ports
+    /// (source << 16 | destination) for the switch's hash.
+    pub word: u32,
+    /// As in [`FragEntry`].
+    pub outer_sport: u16,
+    pub _pad2: u16,
+}
+
 /// Flow entries a local pod holds in each flow table, counted so that one
 /// pod cannot fill the tables for every other (`node_flags::POD_FLOW_LIMIT`).
 /// Key: the pod's IP.
@@ -407,8 +426,11 @@ pub mod node_stat {
     /// A new flow sent with a preferred backend as its cookie
     /// (`internalTrafficPolicy: Local`, topology hints; [`super::PortPolicy`]).
     pub const PREFERRED: u32 = 13;
+    /// A later fragment of a request to a VIP sent like its first one
+    /// ([`super::RequestFragEntry`]).
+    pub const REQUEST_FRAGMENT: u32 = 14;
     /// Size of the array.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -425,6 +447,7 @@ pub mod node_stat {
         "rejected",
         "icmp_relay",
         "preferred",
+        "request_fragment",
     ];
 }
 
@@ -472,6 +495,7 @@ pod! {
     PodFlows = 16,
     FragKey = 12,
     FragEntry = 12,
+    RequestFragEntry = 12,
     PodEntry = 16,
     ServiceAddr = 8,
     PortPolicy = 68,

@@ -12,6 +12,8 @@ pub const UDP_HDR_LEN: usize = 8;
 pub const TCP_HDR_LEN: usize = 20;
 /// The don't-fragment bit of [`Ipv4Hdr::frag`].
 pub const IPV4_DF: u16 = 0x4000;
+/// IPv4 `frag` field: the fragment offset bits.
+pub const IPV4_FRAG_OFFSET: u16 = 0x1fff;
 pub const IPPROTO_ICMP: u8 = 1;
 /// ICMP type destination unreachable.
 pub const ICMP_DEST_UNREACH: u8 = 3;

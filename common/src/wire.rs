@@ -46,8 +46,12 @@ pub mod flags {
     pub const REPLY: u8 = 0x02;
     /// `backend_id` names a backend (the cookie).
     pub const COOKIE_VALID: u8 = 0x04;
+    /// A later fragment of a request, without a cookie: `backend_id`
+    /// carries its datagram's ports (source << 16 | destination), which
+    /// only the first fragment has, for the switch's lookup and hash.
+    pub const FRAG_PORTS: u8 = 0x08;
     /// Every bit this version defines; others are ignored on receive.
-    pub const KNOWN: u8 = NEW_FLOW | REPLY | COOKIE_VALID;
+    pub const KNOWN: u8 = NEW_FLOW | REPLY | COOKIE_VALID | FRAG_PORTS;
 }
 
 /// Geneve base header byte 1: the `C` bit, set when a critical option is

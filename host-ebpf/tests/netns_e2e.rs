@@ -1654,6 +1654,58 @@ fn a_fragmented_udp_reply_arrives_whole_from_the_vip() {
     );
 }
 
+/// A UDP request bigger than the client pod's MTU leaves it in fragments:
+/// the backend gets the whole datagram and its echo comes back whole from
+/// the VIP (issue: fragmented requests), once as a new flow and once with
+/// the cookie the first echo taught.
+#[test]
+fn a_fragmented_udp_request_arrives_whole_at_the_backend() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let echo = udp_server(lab.pod("pb"), POD_B, Duration::from_secs(10), |s| {
+        let mut buf = vec![0u8; 8000];
+        (0..2)
+            .map(|_| {
+                let (k, peer) = s.recv_from(&mut buf).unwrap();
+                s.send_to(&buf[..k], peer).unwrap();
+                k
+            })
+            .collect::<Vec<_>>()
+    });
+    let big: Vec<u8> = (0..4000u32).map(|i| (i % 253) as u8).collect();
+    let back = sys::in_netns(lab.pod("pa"), move || {
+        let s = UdpSocket::bind((POD_A, 40160)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (0..2)
+            .map(|_| {
+                s.send_to(&big, (VIP, 53)).unwrap();
+                let mut buf = vec![0u8; 8000];
+                let (k, from) = s.recv_from(&mut buf).expect("the whole echo");
+                (buf[..k] == big[..], from)
+            })
+            .collect::<Vec<_>>()
+    })
+    .unwrap();
+    assert_eq!(
+        echo.join().unwrap(),
+        vec![4000, 4000],
+        "whole at the backend"
+    );
+    let vip = SocketAddr::from((VIP, 53));
+    assert_eq!(back, vec![(true, vip), (true, vip)]);
+    let s = lab.stats(0);
+    assert_eq!(
+        s.event(node_stat::REQUEST_FRAGMENT),
+        4,
+        "2 later fragments × 2"
+    );
+    assert_eq!(
+        s.event(node_stat::CACHE_HIT),
+        1,
+        "the second went with the cookie"
+    );
+}
+
 /// A pod may not forge ICMP errors about another pod's flow: pod a
 /// quotes the flow b → VIP:53 (served by backend c on its node) in a port
 /// unreachable, and the client's socket never sees it; the backend's

@@ -565,7 +565,7 @@ fn two_services_sharing_a_backend_from_one_udp_client_port() {
 /// A UDP reply bigger than the backend pod's MTU leaves it in fragments:
 /// the first is reverse-NATed as usual, the others (no ports) get the same
 /// source and cookie from the first, and the client's node delivers them
-/// all. A fragmented request is still refused.
+/// all.
 #[test]
 fn fragmented_udp_reply_is_reverse_natted_whole() {
     require!(LOADS_BPF);
@@ -624,19 +624,80 @@ fn fragmented_udp_reply_is_reverse_natted_whole() {
     let cookies = n.cookies().unwrap();
     assert_eq!(cookies.len(), 1);
     assert_eq!(cookies[0].0, Tuple::udp(CLIENT, 40022, VIP_UDP, 53).key());
-    // A fragmented request towards a VIP is refused.
-    let big = ipv4(Tuple::udp(CLIENT, 40021, VIP_UDP, 53), 0, &[1u8; 3000]);
-    let (verdict, _) = run(
-        &n,
-        PROG_POD,
-        &eth(
-            HOST_VETH_MAC,
-            POD_MAC,
-            &talaria_node::packet::fragments(&big, 7, 1400)[0],
-        ),
-    );
+}
+
+/// A UDP request bigger than the pod's MTU (issue: fragmented requests):
+/// its first fragment goes as any packet of its flow; the later ones, which
+/// have no ports, go with the same cookie, or without one with the ports
+/// in the option (`FRAG_PORTS`), on the same outer source port. The
+/// backend's node delivers them all.
+#[test]
+fn fragmented_udp_request_goes_whole_to_one_backend() {
+    require!(LOADS_BPF);
+    let n = node();
+    let send = |t: Tuple, id: u16| {
+        let big = ipv4(t, 0, &[1u8; 3000]);
+        let frags = talaria_node::packet::fragments(&big, id, 1400);
+        assert_eq!(frags.len(), 3);
+        frags
+            .iter()
+            .map(|f| {
+                let (verdict, out) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, f));
+                assert_eq!(verdict, TC_ACT_REDIRECT);
+                let (enc, inner) = check_encap(&out, f.len());
+                assert_eq!(&inner, f, "sent as the pod sent it");
+                let o = &enc.opt;
+                (
+                    o.flags,
+                    o.service_id.get(),
+                    o.backend_id.get(),
+                    out[34..36].to_vec(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // A new flow: the ports ride in the later fragments' option.
+    let sent = send(Tuple::udp(CLIENT, 40021, VIP_UDP, 53), 7);
+    assert_eq!(sent[0].0, flags::NEW_FLOW);
+    for later in &sent[1..] {
+        assert_eq!(later.0, flags::NEW_FLOW | flags::FRAG_PORTS);
+        assert_eq!(later.2, 40021 << 16 | 53, "source and destination port");
+        assert_eq!(later.3, sent[0].3, "one outer source port");
+    }
+    // A flow with a cookie: every fragment carries it.
+    let reply = ipv4(Tuple::udp(VIP_UDP, 53, CLIENT, 40023), 0, b"r");
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC_UDP, 42);
+    run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &reply));
+    let sent = send(Tuple::udp(CLIENT, 40023, VIP_UDP, 53), 8);
+    assert!(sent
+        .iter()
+        .all(|(f, sid, bid, _)| (*f, *sid, *bid) == (flags::COOKIE_VALID, SVC_UDP, 42)));
+    assert_eq!(n.stats().unwrap().event(node_stat::REQUEST_FRAGMENT), 4);
+    // A later fragment whose first was never seen is dropped.
+    let big = ipv4(Tuple::udp(CLIENT, 40024, VIP_UDP, 53), 0, &[1u8; 3000]);
+    let orphan = &talaria_node::packet::fragments(&big, 9, 1400)[1];
+    let (verdict, _) = run(&n, PROG_POD, &eth(HOST_VETH_MAC, POD_MAC, orphan));
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(n.stats().unwrap().dropped(DropReason::Fragment), 1);
+
+    // Backend side: the switch's DNATed fragments are all delivered, the
+    // first one learning the flow.
+    let request = ipv4(
+        Tuple::udp(REMOTE_CLIENT, 40025, BACKEND, 5353),
+        0,
+        &[2u8; 3000],
+    );
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, SVC_UDP, 42);
+    for f in talaria_node::packet::fragments(&request, 11, 1400) {
+        let (verdict, out) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &f));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert_eq!(Frame::parse(&out).ip, f, "delivered as it came");
+    }
+    assert!(n
+        .reverse_flows()
+        .unwrap()
+        .iter()
+        .any(|(k, _)| *k == Tuple::udp(BACKEND, 5353, REMOTE_CLIENT, 40025).key()));
 }
 
 #[test]

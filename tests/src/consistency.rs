@@ -189,6 +189,7 @@ impl RustModel {
                 "TALARIA_FLAG_COOKIE_VALID",
                 wire::flags::COOKIE_VALID.into(),
             ),
+            ("TALARIA_FLAG_FRAG_PORTS", wire::flags::FRAG_PORTS.into()),
             ("HASH_MODE_FIVE_TUPLE", hash::hash_mode::FIVE_TUPLE.into()),
             ("HASH_MODE_CLIENT_IP", hash::hash_mode::CLIENT_IP.into()),
             ("IPV4_ROUTE_SIZE", sizes::IPV4_ROUTE.into()),

@@ -7,14 +7,11 @@
 //! (redirected out of this interface) first of all.
 
 use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
-use talaria_common::{
-    drop::DropReason,
-    net::{EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP},
-};
+use talaria_common::net::{EthHdr, Ipv4Hdr, ETH_P_IP};
 
 use crate::{
-    maps::{config, drop_pkt, NODE_SVC_CIDRS},
-    pod_egress::steer_to_service,
+    maps::{config, NODE_SVC_CIDRS},
+    pod_egress::client_to_service,
     skb::{IP_OFF, PASS},
 };
 
@@ -44,14 +41,5 @@ fn try_host_egress(ctx: &TcContext) -> Result<i32, i32> {
     if ip.src != cfg.node_ip {
         return Ok(PASS);
     }
-    if ip.has_options() {
-        return Err(drop_pkt(DropReason::IpOptions));
-    }
-    if ip.is_fragment() {
-        return Err(drop_pkt(DropReason::Fragment));
-    }
-    if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-        return Err(drop_pkt(DropReason::UnsupportedProtocol));
-    }
-    steer_to_service(ctx, cfg, &ip)
+    client_to_service(ctx, cfg, &ip)
 }

@@ -11,8 +11,8 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, FragEntry, FragKey,
-        NodeConfig, PodEntry, PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr,
-        ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        NodeConfig, PodEntry, PodFlows, PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry,
+        ServiceAddr, ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
 };
 
@@ -65,6 +65,12 @@ pub(crate) static NODE_SVC_CIDRS: LpmTrie<Be32, u32> = LpmTrie::pinned(64, 0);
 /// Services by id → VIP, port and protocol, to reverse-NAT replies.
 #[map]
 pub(crate) static NODE_SERVICES: HashMap<u32, ServiceAddr> = HashMap::pinned(65536, 0);
+
+/// How the first fragment of a client's datagram to a VIP was sent, for
+/// its later fragments ([`RequestFragEntry`]).
+#[map]
+pub(crate) static NODE_REQUEST_FRAGS: LruHashMap<FragKey, RequestFragEntry> =
+    LruHashMap::pinned(8192, 0);
 
 /// (VIP, port, protocol) → what a new flow to it does instead of the
 /// switch's hash ([`PortPolicy`]): refused at once (no usable endpoint,

@@ -108,6 +108,23 @@ pub(crate) fn reverse_nat(
     Ok(())
 }
 
+/// [`rewrite_addr`] for a later fragment: no L4 header here, the first
+/// fragment's checksum covered the address.
+#[inline(always)]
+pub(crate) fn rewrite_fragment_addr(
+    ctx: &TcContext,
+    ip_off: usize,
+    addr_off: usize,
+    old: Be32,
+    new: Be32,
+) -> Result<(), i32> {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let raw = |v: Be32| u32::from_ne_bytes(v.0) as u64;
+    ctx.l3_csum_replace(ip_off + 10, raw(old), raw(new), 4)
+        .map_err(err)?;
+    ctx.store(ip_off + addr_off, &new, 0).map_err(err)
+}
+
 /// A non-first fragment of a reply datagram whose first fragment was
 /// reverse-NATed (`NODE_FRAGS`): its source becomes the VIP (it has no L4
 /// header to rewrite) and it is tunnelled to the switch like the first.
@@ -119,16 +136,9 @@ pub(crate) fn fragment_reply(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) ->
     let Some(f) = (unsafe { NODE_FRAGS.get(&key) }).copied() else {
         return Ok(PASS);
     };
-    let err = |_| drop_pkt(DropReason::Malformed);
-    let raw32 = |v: Be32| u32::from_ne_bytes(v.0) as u64;
-    ctx.l3_csum_replace(IP_OFF + 10, raw32(ip.src), raw32(f.vip), 4)
-        .map_err(err)?;
-    ctx.store(IP_OFF + IP_SRC, &f.vip, 0).map_err(err)?;
+    rewrite_fragment_addr(ctx, IP_OFF, IP_SRC, ip.src, f.vip)?;
     if ip.dst == HAIRPIN_SOURCE {
-        // No L4 header here: the first fragment's checksum covered it.
-        ctx.l3_csum_replace(IP_OFF + 10, raw32(ip.dst), raw32(ip.src), 4)
-            .map_err(err)?;
-        ctx.store(IP_OFF + IP_DST, &ip.src, 0).map_err(err)?;
+        rewrite_fragment_addr(ctx, IP_OFF, IP_DST, ip.dst, ip.src)?;
     }
     stat(node_stat::FRAGMENT_NAT);
     encap(

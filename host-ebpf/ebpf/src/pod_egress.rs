@@ -7,10 +7,13 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        node_stat, port_policy, FlowKey, NodeConfig, PortSubstKey, ServiceKey, FIN_FROM_BACKEND,
-        FIN_FROM_CLIENT,
+        node_stat, port_policy, FlowKey, FragKey, NodeConfig, PortSubstKey, RequestFragEntry,
+        ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
-    net::{tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    net::{
+        tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_FRAG_OFFSET,
+    },
     wire::{flags, GENEVE_UDP_PORT},
 };
 
@@ -18,7 +21,7 @@ use crate::{
     encap::{encap, flow_sport},
     maps::{
         add_fin, config, drop_pkt, remove_flow, stat, FlowTable, NODE_COOKIES, NODE_PODS,
-        NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REVERSE, NODE_SVC_CIDRS,
+        NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REQUEST_FRAGS, NODE_REVERSE, NODE_SVC_CIDRS,
     },
     mtu::{check_mtu, reject},
     nat::{fragment_reply, icmp_error_reply, icmp_error_request, note_first_fragment, reverse_nat},
@@ -61,21 +64,10 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         _ => return Err(drop_pkt(DropReason::PodSpoof)),
     }
 
-    let to_service = NODE_SVC_CIDRS.get(Key::new(32, ip.dst)).is_some();
-    if to_service {
-        if ip.has_options() {
-            return Err(drop_pkt(DropReason::IpOptions));
-        }
-        if ip.is_fragment() {
-            return Err(drop_pkt(DropReason::Fragment));
-        }
-        if ip.proto == IPPROTO_ICMP {
-            return icmp_error_request(ctx, cfg, &ip);
-        }
-        if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
-            return Err(drop_pkt(DropReason::UnsupportedProtocol));
-        }
-    } else if ip.has_options() {
+    if NODE_SVC_CIDRS.get(Key::new(32, ip.dst)).is_some() {
+        return client_to_service(ctx, cfg, &ip);
+    }
+    if ip.has_options() {
         return Ok(PASS);
     } else if !first_fragment {
         // A reply datagram too big for the pod's MTU, or anything else.
@@ -84,9 +76,6 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         return icmp_error_reply(ctx, cfg, &ip);
     } else if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(PASS);
-    }
-    if to_service {
-        return steer_to_service(ctx, cfg, &ip);
     }
     let ports: [Be16; 2] = ctx
         .load(L4_OFF)
@@ -150,16 +139,81 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     )
 }
 
-/// A client's packet to a Service (VIP, TCP or UDP, no options, not a
-/// fragment), from a pod or from the node itself: tunnelled to the switch
-/// with the flow's cookie, or as a new flow; a new flow to a port without
-/// endpoints is refused at once.
+/// A client's packet to a Service address, from a pod or from the node
+/// itself: TCP and UDP are tunnelled to the switch, fragments included;
+/// ICMP errors about replies are relayed; nothing else is served.
 #[inline(always)]
-pub(crate) fn steer_to_service(
+pub(crate) fn client_to_service(
     ctx: &TcContext,
     cfg: &NodeConfig,
     ip: &Ipv4Hdr,
 ) -> Result<i32, i32> {
+    if ip.has_options() {
+        return Err(drop_pkt(DropReason::IpOptions));
+    }
+    if ip.frag.get() & IPV4_FRAG_OFFSET != 0 {
+        return later_request_fragment(ctx, cfg, ip);
+    }
+    match ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => steer_to_service(ctx, cfg, ip),
+        _ if ip.is_fragment() => Err(drop_pkt(DropReason::Fragment)),
+        IPPROTO_ICMP => icmp_error_request(ctx, cfg, ip),
+        _ => Err(drop_pkt(DropReason::UnsupportedProtocol)),
+    }
+}
+
+/// A later fragment of a client's datagram to a VIP (it has no ports): as
+/// its first fragment was sent, with that flow's cookie, or with the
+/// datagram's ports in the option (`FRAG_PORTS`) for the switch to look
+/// up and hash as it did the first. No first fragment seen (fragments out
+/// of order, or its entry evicted): dropped, counted as `fragment`.
+#[inline(always)]
+fn later_request_fragment(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<i32, i32> {
+    // SAFETY: read-only copy of a map value.
+    let Some(first) = (unsafe { NODE_REQUEST_FRAGS.get(&FragKey::of(ip)) }).copied() else {
+        return Err(drop_pkt(DropReason::Fragment));
+    };
+    check_mtu(ctx, ip, false)?;
+    stat(node_stat::REQUEST_FRAGMENT);
+    encap(
+        ctx,
+        cfg,
+        first.flags,
+        first.service_id,
+        first.word,
+        first.outer_sport,
+        ip.tos,
+    )
+}
+
+/// Remembers how a request's first fragment went, for the later ones.
+#[inline(always)]
+fn note_request_fragment(ip: &Ipv4Hdr, key: &FlowKey, sent: (u8, u16, u32), sport: u16) {
+    let (fl, service_id, backend_id) = sent;
+    let entry = if fl & flags::COOKIE_VALID != 0 {
+        RequestFragEntry {
+            flags: flags::COOKIE_VALID,
+            service_id,
+            word: backend_id,
+            outer_sport: sport,
+            ..Default::default()
+        }
+    } else {
+        RequestFragEntry {
+            flags: fl | flags::FRAG_PORTS,
+            word: u32::from(key.src_port.get()) << 16 | u32::from(key.dst_port.get()),
+            outer_sport: sport,
+            ..Default::default()
+        }
+    };
+    let _ = NODE_REQUEST_FRAGS.insert(&FragKey::of(ip), &entry, 0);
+}
+
+/// A client's TCP or UDP packet to a Service (no options, a first
+/// fragment at most): tunnelled to the switch with the flow's cookie, or
+/// as a new flow by its port's policy ([`new_flow`]).
+#[inline(always)]
+fn steer_to_service(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<i32, i32> {
     let ports: [Be16; 2] = ctx
         .load(L4_OFF)
         .map_err(|_| drop_pkt(DropReason::Malformed))?;
@@ -212,6 +266,9 @@ pub(crate) fn steer_to_service(
             new_flow(ctx, ip, &key, sport)?
         }
     };
+    if ip.is_fragment() {
+        note_request_fragment(ip, &key, (fl, service_id, backend_id), sport);
+    }
     encap(ctx, cfg, fl, service_id, backend_id, sport, ip.tos)
 }
 

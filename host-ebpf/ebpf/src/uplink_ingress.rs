@@ -8,7 +8,7 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{FlowKey, HAIRPIN_SOURCE},
-    net::{EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP},
+    net::{EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET},
     wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
 };
 
@@ -16,7 +16,7 @@ use crate::{
     encap::decap,
     flows::{learn_cookie, learn_reverse},
     maps::{config, drop_pkt, NODE_PODS, NODE_SVC_CIDRS},
-    nat::{icmp_error_to_backend, rewrite_addr, rewrite_port, IP_SRC},
+    nat::{icmp_error_to_backend, rewrite_addr, rewrite_fragment_addr, rewrite_port, IP_SRC},
     skb::{
         skb_mark, tcp_flags_at, ANSWER_MARK, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF,
         OUTER_UDP_OFF, PASS,
@@ -72,10 +72,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         return Err(drop_pkt(DropReason::IpOptions));
     }
     let opt = &enc.opt;
-    let first_fragment = inner.frag.get() & 0x1fff == 0;
-    if inner.is_fragment() && opt.flags & flags::REPLY == 0 {
-        return Err(drop_pkt(DropReason::Fragment));
-    }
+    let first_fragment = inner.frag.get() & IPV4_FRAG_OFFSET == 0;
     // SAFETY: read-only copy of a map value.
     let pod = unsafe { NODE_PODS.get(inner.dst) }.copied();
     // The node itself is a client too (`node_host_egress`): replies to its
@@ -85,9 +82,14 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         return Err(drop_pkt(DropReason::UnknownPod));
     }
     let to = pod.as_ref();
-    // A reply's later fragments (a datagram bigger than the backend pod's
-    // MTU) have no ports: nothing to learn, the first fragment did.
+    // Later fragments (of a datagram bigger than its sender's MTU) have no
+    // ports: nothing to learn, the first fragment did. A request's was
+    // DNATed by the switch; a hairpin one's source is rewritten like its
+    // first fragment's.
     if !first_fragment {
+        if opt.flags & flags::REPLY == 0 && inner.src == inner.dst {
+            rewrite_fragment_addr(ctx, INNER_IP_OFF, IP_SRC, inner.src, HAIRPIN_SOURCE)?;
+        }
         return decap(ctx, to);
     }
     if inner.proto == IPPROTO_ICMP {

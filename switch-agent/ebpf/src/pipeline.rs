@@ -10,8 +10,9 @@
 //! 2. UDP (first fragment) to port 6081 looks up `switch_addr`. On a hit the
 //!    tunnel terminates here and the P4 parser's verdict on the Geneve part
 //!    counts: the first option must be ours and alone (P4 parses exactly one
-//!    option), then the inner IPv4 and, when unfragmented and without
-//!    options, TCP/UDP, or an ICMP error down to the ports it quotes. The
+//!    option), then the inner IPv4 and, in a first fragment without
+//!    options, TCP/UDP, or (unfragmented) an ICMP error down to the ports
+//!    it quotes; a later request fragment goes by its option. The
 //!    sender must be a node on its port (`tunnel_peer`). A `REPLY` is
 //!    checked (its source is its service's VIP and port, its cookie names a
 //!    backend of that service, the sender is that backend's node: else
@@ -327,12 +328,14 @@ fn parse_tunnel(
     // at a fixed offset.
     let frag = inner.frag.get();
     let mut quote = None;
-    if inner.version_ihl == 0x45 && frag & (IP_MF | IP_FRAG_OFFSET) == 0 {
+    if inner.version_ihl == 0x45 && frag & IP_FRAG_OFFSET == 0 {
         let l4_off = inner_off + IPV4_HDR_LEN;
         match inner.proto {
             IPPROTO_TCP => ctx.load::<TcpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
             IPPROTO_UDP => ctx.load::<UdpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
-            IPPROTO_ICMP => quote = parse_icmp_error(ctx, l4_off).map_err(malformed)?,
+            IPPROTO_ICMP if frag & IP_MF == 0 => {
+                quote = parse_icmp_error(ctx, l4_off).map_err(malformed)?
+            }
             _ => {}
         }
     }
@@ -433,7 +436,7 @@ fn check_reply(
     let forged = || drop(DropReason::ForgedReply, pkt);
     let service_id = opt.service_id.get();
     let has_ports = inner.version_ihl == 0x45
-        && inner.frag.get() & (IP_MF | IP_FRAG_OFFSET) == 0
+        && inner.frag.get() & IP_FRAG_OFFSET == 0
         && (inner.proto == IPPROTO_TCP || inner.proto == IPPROTO_UDP);
     if has_ports {
         let [src_port, _]: [Be16; 2] = ctx
@@ -498,7 +501,11 @@ fn load_balance(
     if inner.header_len() != IPV4_HDR_LEN {
         return Err(drop(DropReason::IpOptions, pkt));
     }
-    if inner.frag.get() & (IP_MF | IP_FRAG_OFFSET) != 0 {
+    let frag = inner.frag.get();
+    if frag & IP_FRAG_OFFSET != 0 {
+        return balance_later_fragment(ctx, pkt, inner, inner_off, opt, opt_off);
+    }
+    if frag & IP_MF != 0 && inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
         return Err(drop(DropReason::Fragment, pkt));
     }
     let l4_off = inner_off + IPV4_HDR_LEN;
@@ -521,27 +528,7 @@ fn load_balance(
     let backend_id = if cookie_ok {
         opt.backend_id.get()
     } else {
-        let tuple = FlowTuple {
-            src: inner.src,
-            dst: inner.dst,
-            proto: inner.proto,
-            src_port,
-            dst_port,
-        };
-        let hash = if svc.hash_mode == hash_mode::CLIENT_IP {
-            tuple.client_ip_hash()
-        } else {
-            tuple.hash()
-        };
-        let bkey = ServiceScopedKey {
-            service_id: svc.service_id,
-            _pad: 0,
-            id: bucket_of(hash, svc.bucket_mask) as u32,
-        };
-        // SAFETY: plain value read.
-        unsafe { SWITCH_LB_BUCKET.get(bkey) }
-            .ok_or_else(|| drop(DropReason::NoBucket, pkt))?
-            .backend_id
+        hashed_backend(&svc, inner, [src_port, dst_port], pkt)?
     };
     let backend =
         lookup_backend(backend_id, pkt).ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
@@ -574,15 +561,104 @@ fn load_balance(
         .map_err(malformed)?;
     }
 
-    // The cookie travels on to the backend's node, which hands it back to
-    // the client in the reply.
+    write_cookie(ctx, pkt, opt_off, opt, svc.service_id, backend_id)?;
+    Ok(backend.node_ip)
+}
+
+/// The bucket hash: `lb_bucket` at the bucket of the flow (`inner`'s
+/// addresses and protocol, `ports`) names the backend.
+#[inline(always)]
+fn hashed_backend(
+    svc: &ServiceValue,
+    inner: &Ipv4Hdr,
+    [src_port, dst_port]: [Be16; 2],
+    pkt: Pkt,
+) -> Result<u32, i32> {
+    let tuple = FlowTuple {
+        src: inner.src,
+        dst: inner.dst,
+        proto: inner.proto,
+        src_port,
+        dst_port,
+    };
+    let hash = if svc.hash_mode == hash_mode::CLIENT_IP {
+        tuple.client_ip_hash()
+    } else {
+        tuple.hash()
+    };
+    let bkey = ServiceScopedKey {
+        service_id: svc.service_id,
+        _pad: 0,
+        id: bucket_of(hash, svc.bucket_mask) as u32,
+    };
+    // SAFETY: plain value read.
+    Ok(unsafe { SWITCH_LB_BUCKET.get(bkey) }
+        .ok_or_else(|| drop(DropReason::NoBucket, pkt))?
+        .backend_id)
+}
+
+/// The cookie travels on to the backend's node, which hands it back to the
+/// client in the reply; a later fragment's ports give way to it.
+#[inline(always)]
+fn write_cookie(
+    ctx: &TcContext,
+    pkt: Pkt,
+    opt_off: usize,
+    opt: &TalariaOpt,
+    service_id: u16,
+    backend_id: u32,
+) -> Result<(), i32> {
     let cookie = Cookie {
-        flags: opt.flags | flags::COOKIE_VALID,
-        service_id: Be16::new(svc.service_id),
+        flags: (opt.flags & !flags::FRAG_PORTS) | flags::COOKIE_VALID,
+        service_id: Be16::new(service_id),
         backend_id: Be32::new(backend_id),
     };
     ctx.store(opt_off + OPT_FLAGS, &cookie, BPF_F_RECOMPUTE_CSUM as u64)
+        .map_err(|_| drop(DropReason::Malformed, pkt))
+}
+
+/// A later fragment of a request: no ports. With `FRAG_PORTS` its option
+/// carries its datagram's ports, looked up and hashed as its first
+/// fragment was; with a cookie it goes where the cookie says, or nowhere
+/// if the cookie is stale (`no_backend`: it cannot be hashed). Only the
+/// inner destination address is rewritten (the datagram's L4 checksum is
+/// in its first fragment). Returns the backend's node.
+#[inline(always)]
+fn balance_later_fragment(
+    ctx: &TcContext,
+    pkt: Pkt,
+    inner: &Ipv4Hdr,
+    inner_off: usize,
+    opt: &TalariaOpt,
+    opt_off: usize,
+) -> Result<Be32, i32> {
+    let (service_id, backend_id) = match opt.flags & (flags::FRAG_PORTS | flags::COOKIE_VALID) {
+        flags::FRAG_PORTS => {
+            let ports = opt.backend_id.get();
+            let (src_port, dst_port) = (Be16::new((ports >> 16) as u16), Be16::new(ports as u16));
+            let svc = lookup_service(inner.dst, dst_port, inner.proto, pkt)?;
+            count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
+            event(LbEvent::NewFlow, pkt);
+            let backend_id = hashed_backend(&svc, inner, [src_port, dst_port], pkt)?;
+            (svc.service_id, backend_id)
+        }
+        flags::COOKIE_VALID => {
+            let service_id = opt.service_id.get();
+            if !check_cookie(service_id, opt, pkt) {
+                return Err(drop(DropReason::NoBackend, pkt));
+            }
+            (service_id, opt.backend_id.get())
+        }
+        _ => return Err(drop(DropReason::Fragment, pkt)),
+    };
+    let backend =
+        lookup_backend(backend_id, pkt).ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
+    let malformed = |_| drop(DropReason::Malformed, pkt);
+    ctx.store(inner_off + IP_DST, &backend.ip, 0)
         .map_err(malformed)?;
+    ctx.l3_csum_replace(inner_off + IP_CHECK, raw32(inner.dst), raw32(backend.ip), 4)
+        .map_err(malformed)?;
+    write_cookie(ctx, pkt, opt_off, opt, service_id, backend_id)?;
     Ok(backend.node_ip)
 }
 

@@ -852,10 +852,33 @@ fn tables_suite() -> Suite {
     inner_opts.options = vec![1, 1, 1, 0];
     let mut inner_frag = tcp.clone();
     inner_frag.frag = 0x2000;
+    // A later fragment of that datagram (offset 24 bytes): no TCP header.
+    let mut later = tcp.clone();
+    later.l4 = L4::Other(IPPROTO_TCP);
+    later.frag = 3;
+    later.payload = vec![0xab; 16];
+    let later_with = |opt: &[u8]| tunnel_frame(NODE_A, SWITCH, 64, opt, &later.to_bytes());
+    let ports_word = |sport: u32| talaria(flags::NEW_FLOW | flags::FRAG_PORTS, 0, sport << 16 | 80);
+    let later_to = |in_flags, backend_id| Verdict::Forward {
+        port: node_port(backend(backend_id).2),
+        bytes: Some(lb_frame(
+            SWITCH,
+            in_flags,
+            SVC_TCP,
+            backend_id,
+            &dnat(&later, backend_id).to_bytes(),
+        )),
+    };
+    // A source port whose flow hashes to another backend than 40000's.
+    let other_sport = (40001..41000)
+        .find(|p| hashed_backend(CLIENT, *p) != new_backend)
+        .unwrap();
     // A ping (ICMP echo request, checksum included) to a VIP.
     let mut inner_icmp = tcp.clone();
     inner_icmp.l4 = L4::Other(1);
     inner_icmp.payload = vec![8, 0, 0xf7, 0xff, 0, 0, 0, 0];
+    let mut icmp_first_fragment = inner_icmp.clone();
+    icmp_first_fragment.frag = 0x2000;
     // A client's port unreachable about a reply it got from VIP_TCP:80 to
     // `to` (its socket had closed), as its node sends it with `opt`.
     let client_error = |opt: &[u8], to: Ipv4Addr| {
@@ -964,7 +987,8 @@ fn tables_suite() -> Suite {
     let drop = Verdict::Drop;
     use DropReason as R;
     use LbEvent as E;
-    let scenarios = vec![
+    let scenarios =
+        vec![
         new_flow(
             "new TCP flow: bucket-hash backend, DNAT, cookie, outer to its node",
             SVC_TCP,
@@ -1494,9 +1518,54 @@ fn tables_suite() -> Suite {
             request(SWITCH, flags::NEW_FLOW, 0, &inner_opts),
             drop(R::IpOptions),
         ),
+        new_flow(
+            "first fragment (MF) load-balanced like a whole packet",
+            SVC_TCP,
+            new_backend,
+            &inner_frag,
+        ),
         s(
-            "inner fragment (MF) on the load-balanced path",
-            request(SWITCH, flags::NEW_FLOW, 0, &inner_frag),
+            "later fragment with its datagram's ports: its first fragment's backend",
+            later_with(&ports_word(40000)),
+            later_to(flags::NEW_FLOW, new_backend),
+        )
+        .load_balanced(SVC_TCP, E::NewFlow, Some(new_backend)),
+        s(
+            "later fragment: the ports it carries are what is hashed",
+            later_with(&ports_word(u32::from(other_sport))),
+            later_to(flags::NEW_FLOW, hashed_backend(CLIENT, other_sport)),
+        )
+        .load_balanced(
+            SVC_TCP,
+            E::NewFlow,
+            Some(hashed_backend(CLIENT, other_sport)),
+        ),
+        s(
+            "later fragment with its first fragment's cookie",
+            later_with(&talaria(flags::COOKIE_VALID, SVC_TCP, cookie)),
+            later_to(flags::COOKIE_VALID, cookie),
+        )
+        .backend_hit(cookie)
+        .event(E::CookieHit),
+        s(
+            "later fragment whose cookie is stale cannot be hashed",
+            later_with(&talaria(flags::COOKIE_VALID, SVC_TCP, 999)),
+            drop(R::NoBackend),
+        )
+        .event(E::CookieStale),
+        s(
+            "later fragment with neither ports nor a cookie",
+            request(SWITCH, flags::NEW_FLOW, 0, &later),
+            drop(R::Fragment),
+        ),
+        s(
+            "later fragment with both ports and a cookie",
+            later_with(&talaria(flags::COOKIE_VALID | flags::FRAG_PORTS, SVC_TCP, cookie)),
+            drop(R::Fragment),
+        ),
+        s(
+            "first fragment of an ICMP message on the load-balanced path",
+            request(SWITCH, flags::NEW_FLOW, 0, &icmp_first_fragment),
             drop(R::Fragment),
         ),
         s(
