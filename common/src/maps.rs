@@ -277,6 +277,10 @@ pub struct NodeConfig {
     pub switch_mac: [u8; 6],
     /// UDP flows idle longer than this are forgotten.
     pub udp_idle_ns: u64,
+    /// The node's own device towards Services (`node_host_egress`; 0 =
+    /// none): replies to the node's address enter its stack through it.
+    pub host_ifindex: u32,
+    pub _pad: u32,
 }
 
 /// Backend side: a flow whose client port the backend pod sees replaced.
@@ -499,7 +503,7 @@ pod! {
     PodEntry = 16,
     ServiceAddr = 8,
     PortPolicy = 68,
-    NodeConfig = 32,
+    NodeConfig = 40,
 }
 
 /// `NODE_MTU` (an `Array<u32>` of [`mtu::COUNT`] elements): path MTU

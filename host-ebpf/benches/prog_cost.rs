@@ -49,6 +49,8 @@ fn node() -> Node {
         node_mac: MAC,
         switch_mac: MAC,
         udp_idle_ns: 1 << 40,
+        host_ifindex: 0,
+        _pad: 0,
     })
     .unwrap();
     n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])

@@ -37,6 +37,12 @@ pub fn node_config(cfg: &Config) -> Result<NodeConfig> {
         node_mac: sys::mac(&cfg.uplink)?,
         switch_mac: parse_mac(&cfg.switch_mac)?,
         udp_idle_ns: cfg.udp_idle_secs.saturating_mul(1_000_000_000),
+        host_ifindex: if cfg.host_clients {
+            sys::ifindex(HOST_DEV)?
+        } else {
+            0
+        },
+        _pad: 0,
     })
 }
 
@@ -52,6 +58,9 @@ pub fn uplink_mtu(cfg: &Config) -> Result<u32> {
 /// Writes the node-wide maps from `cfg` (settings, service CIDRs, static
 /// Services, uplink MTU) and attaches the uplink.
 pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
+    if cfg.host_clients {
+        host_device(cfg)?;
+    }
     node.set_config(&node_config(cfg)?)?;
     let cidrs = cfg
         .service_cidrs
@@ -78,55 +87,66 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// The node's own clients (its processes, hostNetwork pods) reach
-/// Services through the uplink's egress hook, which tunnels them like a
-/// pod's packets. For that their packets must leave by the uplink, towards
-/// the switch, small enough to be encapsulated: each Service CIDR is
-/// routed via the switch's tunnel address (a permanent neighbour with the
-/// configured switch MAC, since the switch answers no ARP) with the route
-/// MTU 48 bytes below the uplink's, so TCP's MSS and the kernel's
-/// fragmentation fit the tunnel. kube-proxy needs no route (its DNAT
-/// happens before routing).
-pub fn serve_host_clients(node: &mut Node, cfg: &Config, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
-    let switch_ip = cfg.switch_ip.to_string();
-    sys::run(
-        "ip",
-        &[
-            "neigh",
-            "replace",
-            &switch_ip,
-            "lladdr",
-            &cfg.switch_mac,
-            "dev",
-            &cfg.uplink,
-            "nud",
-            "permanent",
-        ],
-    )?;
+/// The node's own device towards Services: a veth whose peer never
+/// receives anything (its egress hook tunnels or drops every packet).
+pub const HOST_DEV: &str = "tlr-host";
+const HOST_DEV_PEER: &str = "tlr-host-peer";
+
+/// Creates (or keeps) [`HOST_DEV`]: no ARP, so a route through it needs no
+/// neighbour; an MTU 48 bytes below the uplink's, so a local socket's MSS
+/// and the kernel's fragmentation leave room for the tunnel; the uplink's
+/// MAC.
+fn host_device(cfg: &Config) -> Result<()> {
+    if sys::ifindex(HOST_DEV).is_err() {
+        sys::run(
+            "ip",
+            &[
+                "link",
+                "add",
+                HOST_DEV,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                HOST_DEV_PEER,
+            ],
+        )?;
+    }
     let uplink = match uplink_mtu(cfg)? {
         0 => sys::mtu(&cfg.uplink)?,
         m => m,
     };
     let mtu = (uplink - ENCAP_OVERHEAD as u32).to_string();
+    sys::run("ip", &["link", "set", HOST_DEV_PEER, "mtu", &mtu, "up"])?;
+    // The uplink's MAC: replies decapsulated on the uplink, addressed to
+    // it, enter the node through this device's ingress as its own.
+    let [a, b, c, d, e, f] = sys::mac(&cfg.uplink)?;
+    let mac = format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}");
+    sys::run(
+        "ip",
+        &[
+            "link", "set", HOST_DEV, "address", &mac, "mtu", &mtu, "arp", "off", "up",
+        ],
+    )?;
+    Ok(())
+}
+
+/// The node's own clients (its processes, hostNetwork pods) reach
+/// Services through [`HOST_DEV`]: every Service CIDR is routed to it, from
+/// the node's address, and its egress hook tunnels them like a pod's
+/// packets straight out of the uplink. A device of its own keeps that
+/// hook off the uplink, which every pod's tunnel leaves by. kube-proxy
+/// needs no route (its DNAT happens before routing).
+pub fn serve_host_clients(node: &mut Node, cfg: &Config, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+    let src = cfg.node_ip.to_string();
     for (addr, len) in cidrs {
         let cidr = format!("{addr}/{len}");
         sys::run(
             "ip",
-            &[
-                "route",
-                "replace",
-                &cidr,
-                "via",
-                &switch_ip,
-                "dev",
-                &cfg.uplink,
-                "onlink",
-                "mtu",
-                &mtu,
-            ],
+            &["route", "replace", &cidr, "dev", HOST_DEV, "src", &src],
         )?;
     }
-    node.attach(PROG_HOST, &cfg.uplink)
+    node.attach(PROG_HOST, HOST_DEV)
 }
 
 /// Writes every map from `cfg` and attaches the uplink and the pod veths

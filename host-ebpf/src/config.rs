@@ -97,8 +97,8 @@ pub struct Config {
     /// [`crate::agent::disable_uplink_udp_gso`]).
     pub uplink_udp_segmentation_off: bool,
     /// Serve the node's own clients (its root network namespace,
-    /// hostNetwork pods): route the Service CIDRs to the switch with room
-    /// for the encapsulation, and hook the uplink's egress (see
+    /// hostNetwork pods): route the Service CIDRs to the device
+    /// `tlr-host`, whose egress hook tunnels them (see
     /// [`crate::agent::serve_host_clients`]).
     pub host_clients: bool,
 }

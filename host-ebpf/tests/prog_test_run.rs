@@ -59,6 +59,8 @@ fn node() -> Node {
         node_mac: NODE_MAC,
         switch_mac: SWITCH_MAC,
         udp_idle_ns: 120_000_000_000,
+        host_ifindex: 0,
+        _pad: 0,
     })
     .unwrap();
     n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])

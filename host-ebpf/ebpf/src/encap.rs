@@ -5,6 +5,7 @@ use aya_ebpf::{
     bindings::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        BPF_F_INGRESS,
     },
     helpers::{bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
@@ -17,7 +18,7 @@ use talaria_common::{
 };
 
 use crate::{
-    maps::{drop_pkt, stat},
+    maps::{config, drop_pkt, stat},
     skb::{IP_OFF, PASS, REDIRECT},
 };
 
@@ -89,8 +90,9 @@ pub(crate) fn encap(
 }
 
 /// Strips the outer headers and hands the inner packet to its local
-/// destination: a pod, or (`None`) the node itself, whose stack takes it
-/// from the uplink as it is (its MACs are the tunnel's, to this node).
+/// destination: a pod, or (`None`) the node itself, through its host
+/// device's ingress (`node_host_egress`), the device its route to the
+/// VIP names, so a strict reverse-path filter accepts it.
 ///
 /// The decap leaves `skb->encapsulation` and the UDP_TUNNEL gso type set.
 /// Harmless for TCP; a UDP GSO skb would lose every datagram in the pod,
@@ -108,7 +110,13 @@ pub(crate) fn decap(ctx: &TcContext, to: Option<&PodEntry>) -> Result<i32, i32> 
     .map_err(|_| drop_pkt(DropReason::Malformed))?;
     stat(node_stat::DECAP);
     let Some(pod) = to else {
-        return Ok(PASS);
+        let host = config().map_or(0, |c| c.host_ifindex);
+        if host == 0 {
+            return Ok(PASS);
+        }
+        // SAFETY: plain helper call.
+        unsafe { bpf_redirect(host, BPF_F_INGRESS as u64) };
+        return Ok(REDIRECT);
     };
     let macs: [[u8; 6]; 2] = [pod.mac, pod.host_mac];
     ctx.store(0, &macs, 0)

@@ -18,8 +18,8 @@ use talaria_common::{
 };
 
 use crate::{
-    maps::{config, count_mtu, drop_pkt, NODE_MTU},
-    skb::{skb_ifindex, ANSWER_MARK, IP_OFF, L4_OFF, REDIRECT, SHOT},
+    maps::{count_mtu, drop_pkt, NODE_MTU},
+    skb::{skb_ifindex, skb_ingress_ifindex, IP_OFF, L4_OFF, REDIRECT, SHOT},
 };
 
 /// Path MTU check, before a pod's packet (`ip`, no options) is
@@ -160,14 +160,13 @@ fn dest_unreachable(ctx: &TcContext, ip: &Ipv4Hdr, code: u8, next_hop: u16) -> i
 }
 
 /// Hands an answer built in place back to its sender: a pod (the peer of
-/// its veth), or the node itself when its packet was leaving the uplink
-/// (`node_host_egress`): up the uplink's own stack, marked
-/// [`ANSWER_MARK`] so that the uplink's hook lets its VIP source pass.
+/// its veth, whose packet entered the host there), or the node itself,
+/// whose own packet entered nowhere (`node_host_egress`): in again through
+/// the device it was leaving by.
 #[inline(always)]
 fn answer(ctx: &TcContext) -> i32 {
     let ifindex = skb_ifindex(ctx);
-    if config().is_some_and(|c| c.uplink_ifindex == ifindex) {
-        ctx.set_mark(ANSWER_MARK);
+    if skb_ingress_ifindex(ctx) == 0 {
         // SAFETY: plain helper call.
         unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) };
     } else {

@@ -18,12 +18,6 @@ pub(crate) const GENEVE_OFF: usize = OUTER_UDP_OFF + UDP_HDR_LEN;
 pub(crate) const INNER_IP_OFF: usize = GENEVE_OFF + TalariaEncap::LEN;
 pub(crate) const INNER_L4_OFF: usize = INNER_IP_OFF + IPV4_HDR_LEN;
 
-/// `skb->mark` of an ICMP error the node answers its own packet with
-/// (host egress to a VIP): the uplink's ingress hook passes it although
-/// its source is a VIP. Marks never come from the wire, and this one has
-/// none of kube-proxy's bits (0x4000, 0x8000).
-pub(crate) const ANSWER_MARK: u32 = 0x7a1a_0001;
-
 pub(crate) const PASS: i32 = TC_ACT_OK;
 pub(crate) const SHOT: i32 = TC_ACT_SHOT;
 pub(crate) const REDIRECT: i32 = TC_ACT_REDIRECT;
@@ -40,10 +34,11 @@ pub(crate) fn skb_ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
+/// The device the packet entered the host by; 0 for the host's own.
 #[inline(always)]
-pub(crate) fn skb_mark(ctx: &TcContext) -> u32 {
+pub(crate) fn skb_ingress_ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: as above.
-    unsafe { (*ctx.skb.skb).mark }
+    unsafe { (*ctx.skb.skb).ingress_ifindex }
 }
 
 /// FIN/RST bits of a TCP segment whose header starts at `off` (0 for UDP).

@@ -17,10 +17,7 @@ use crate::{
     flows::{learn_cookie, learn_reverse},
     maps::{config, drop_pkt, NODE_PODS, NODE_SVC_CIDRS},
     nat::{icmp_error_to_backend, rewrite_addr, rewrite_fragment_addr, rewrite_port, IP_SRC},
-    skb::{
-        skb_mark, tcp_flags_at, ANSWER_MARK, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF,
-        OUTER_UDP_OFF, PASS,
-    },
+    skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
 };
 
 /// Ingress of the node uplink = packets arriving from the switch.
@@ -47,9 +44,8 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if !geneve || outer.dst != cfg.node_ip {
         // A VIP speaks to pods only through the tunnel to this node (its
         // replies are reverse-NATed on the backend's node); anything else
-        // from one is someone else's, however it got here, except the
-        // node's own answer to its own packet (`mtu::answer`).
-        if NODE_SVC_CIDRS.get(Key::new(32, outer.src)).is_some() && skb_mark(ctx) != ANSWER_MARK {
+        // from one is someone else's, however it got here.
+        if NODE_SVC_CIDRS.get(Key::new(32, outer.src)).is_some() {
             return Err(drop_pkt(DropReason::ServiceSource));
         }
         return Ok(PASS);
