@@ -465,6 +465,20 @@ fn udp_ask(lab: &Lab, port: u16, to: &[(Ipv4Addr, u16)]) -> Vec<(String, SocketA
     .unwrap()
 }
 
+/// From `local` in netns `ns`, sends `text` to VIP:53 and waits for one
+/// reply: (its text, its source).
+fn udp_ask_from(ns: &str, local: (Ipv4Addr, u16), text: &'static str) -> (String, SocketAddr) {
+    sys::in_netns(ns, move || {
+        let s = UdpSocket::bind(local).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(text.as_bytes(), (VIP, 53)).unwrap();
+        let mut buf = [0u8; 100];
+        let (k, from) = s.recv_from(&mut buf).expect("the reply");
+        (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
+    })
+    .unwrap()
+}
+
 #[derive(Clone, Copy)]
 struct Fnv(u64);
 impl Default for Fnv {
@@ -1062,15 +1076,7 @@ fn a_pod_reaches_itself_through_its_service() {
     server.join().unwrap();
 
     let echo = udp_echo(&lab, 1);
-    let (text, from) = sys::in_netns(lab.pod("pb"), || {
-        let s = UdpSocket::bind((POD_B, 40130)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.send_to(b"me", (VIP, 53)).unwrap();
-        let mut buf = [0u8; 100];
-        let (k, from) = s.recv_from(&mut buf).expect("the echo");
-        (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
-    })
-    .unwrap();
+    let (text, from) = udp_ask_from(lab.pod("pb"), (POD_B, 40130), "me");
     echo.join().unwrap();
     assert_eq!(
         (text, from),
@@ -1099,15 +1105,7 @@ fn host_network_clients_reach_services() {
         server.join().unwrap();
 
         let echo = udp_echo(&lab, 1);
-        let (text, from) = sys::in_netns(&lab.n[node].name, move || {
-            let s = UdpSocket::bind((node_ip, 40140)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.send_to(b"host", (VIP, 53)).unwrap();
-            let mut buf = [0u8; 100];
-            let (k, from) = s.recv_from(&mut buf).expect("the echo");
-            (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
-        })
-        .unwrap();
+        let (text, from) = udp_ask_from(&lab.n[node].name, (node_ip, 40140), "host");
         echo.join().unwrap();
         assert_eq!(
             (text, from),

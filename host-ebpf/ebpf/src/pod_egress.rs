@@ -77,17 +77,7 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     } else if ip.proto != IPPROTO_TCP && ip.proto != IPPROTO_UDP {
         return Ok(PASS);
     }
-    let ports: [Be16; 2] = ctx
-        .load(L4_OFF)
-        .map_err(|_| drop_pkt(DropReason::Malformed))?;
-    let key = FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        src_port: ports[0],
-        dst_port: ports[1],
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow_key(ctx, &ip)?;
     let tcp = tcp_flags_at(ctx, ip.proto, L4_OFF);
 
     // A reply from a local backend pod?
@@ -122,7 +112,7 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
             );
         }
     }
-    reverse_nat(ctx, &ip, ports, &rev)?;
+    reverse_nat(ctx, &ip, [key.src_port, key.dst_port], &rev)?;
     stat(node_stat::REVERSE_NAT);
     let outer_sport = flow_sport(&rev.client_view(key));
     if ip.is_fragment() {
@@ -209,22 +199,28 @@ fn note_request_fragment(ip: &Ipv4Hdr, key: &FlowKey, sent: (u8, u16, u32), spor
     let _ = NODE_REQUEST_FRAGS.insert(&FragKey::of(ip), &entry, 0);
 }
 
+/// The flow of a TCP or UDP packet leaving a pod (no IPv4 options).
+#[inline(always)]
+fn flow_key(ctx: &TcContext, ip: &Ipv4Hdr) -> Result<FlowKey, i32> {
+    let [src_port, dst_port]: [Be16; 2] = ctx
+        .load(L4_OFF)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    Ok(FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        src_port,
+        dst_port,
+        proto: ip.proto,
+        _pad: [0; 3],
+    })
+}
+
 /// A client's TCP or UDP packet to a Service (no options, a first
 /// fragment at most): tunnelled to the switch with the flow's cookie, or
 /// as a new flow by its port's policy ([`new_flow`]).
 #[inline(always)]
 fn steer_to_service(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<i32, i32> {
-    let ports: [Be16; 2] = ctx
-        .load(L4_OFF)
-        .map_err(|_| drop_pkt(DropReason::Malformed))?;
-    let key = FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        src_port: ports[0],
-        dst_port: ports[1],
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow_key(ctx, ip)?;
     let tcp = tcp_flags_at(ctx, ip.proto, L4_OFF);
     let sport = flow_sport(&key);
     check_mtu(ctx, ip, false)?;
