@@ -1024,7 +1024,9 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
 /// as conntrack relays RELATED errors (issue: ICMP errors): pod a's socket
 /// is gone when backend b's second datagram arrives, so pod a's kernel
 /// answers it with port unreachable to the VIP, and b's connected socket
-/// reports ECONNREFUSED.
+/// reports ECONNREFUSED. The kernel rate-limits ICMP errors host-wide
+/// (`icmp_msgs_per_sec`, shared with every test running beside this one),
+/// so b sends again, at most 10 times 300 ms apart, until the error comes.
 #[test]
 fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
     require!(LOADS_BPF);
@@ -1036,8 +1038,20 @@ fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
         s.connect(peer).unwrap();
         s.send(b"one").unwrap();
         client_gone.recv_timeout(Duration::from_secs(5)).unwrap();
-        s.send(b"two").unwrap();
-        (peer, s.recv(&mut buf).map(|_| ()))
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut last = Ok(());
+        for _ in 0..10 {
+            s.send(b"two").unwrap();
+            last = s.recv(&mut buf).map(|_| ());
+            if last
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+            {
+                break;
+            }
+        }
+        (peer, last)
     });
     sys::in_netns(lab.pod("pa"), move || {
         let s = UdpSocket::bind((POD_A, 40120)).unwrap();
@@ -1053,8 +1067,13 @@ fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
     assert_eq!(peer, SocketAddr::from((POD_A, 40120)));
     let err = second.expect_err("the client's port unreachable reached the backend");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
-    assert_eq!(lab.stats(0).event(node_stat::ICMP_RELAY), 1, "sent");
-    assert_eq!(lab.stats(1).event(node_stat::ICMP_RELAY), 1, "delivered");
+    let sent = lab.stats(0).event(node_stat::ICMP_RELAY);
+    assert!(sent >= 1, "sent");
+    assert_eq!(
+        lab.stats(1).event(node_stat::ICMP_RELAY),
+        sent,
+        "every one delivered"
+    );
 }
 
 /// A pod that reaches its own Service and is chosen as its backend is
