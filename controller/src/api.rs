@@ -211,6 +211,8 @@ async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
     };
     let mut v = v;
     v["ready"] = json!(ctx.ready().err().unwrap_or_else(|| "ready".into()));
+    v["leader"] = json!(ctx.is_leader());
+    v["takeovers"] = json!(ctx.takeovers());
     v["switches"] = json!(switch_reports(&ctx));
     Json(v)
 }

@@ -22,12 +22,13 @@ pub struct Cli {
     pub kubernetes: bool,
     /// The API server's URL, `https://HOST:PORT`, given directly rather
     /// than through the `kubernetes` ClusterIP, which talaria itself
-    /// serves. Overrides `source.api_server`; needs the Kubernetes source.
+    /// serves. Overrides `source.api_server`. With the files source it is
+    /// used for the leader-election Lease only (needs --leader-elect).
     #[arg(long, env = "TALARIA_API_SERVER")]
     pub api_server: Option<String>,
-    /// Leader election on a coordination.k8s.io/v1 Lease (needs the
-    /// Kubernetes source): only the holder writes to the switches, the
-    /// others plan and stand by.
+    /// Leader election on a coordination.k8s.io/v1 Lease: only the holder
+    /// writes to the switches, the others plan and stand by. With the
+    /// files source the Lease lives on --api-server.
     #[arg(long)]
     pub leader_elect: bool,
     /// Lease namespace (default: $POD_NAMESPACE, else talaria-system).
@@ -36,9 +37,19 @@ pub struct Cli {
     /// Lease name (default: talaria-controller).
     #[arg(long, requires = "leader_elect")]
     pub lease_name: Option<String>,
-    /// Lease duration in seconds.
+    /// Lease duration in seconds (default 15): a standby takes over this
+    /// long after it last saw the Lease change.
     #[arg(long, requires = "leader_elect")]
     pub lease_seconds: Option<u32>,
+    /// Renew deadline in seconds (default 10, less than the lease
+    /// duration): the leader stops writing when it has not renewed for
+    /// this long.
+    #[arg(long, requires = "leader_elect")]
+    pub lease_renew_deadline_seconds: Option<u32>,
+    /// Seconds between two acquire or renew attempts (default 2; also
+    /// each Lease request's timeout).
+    #[arg(long, requires = "leader_elect")]
+    pub lease_retry_period_seconds: Option<u32>,
     /// Holder identity (default: $POD_NAME, else the hostname).
     #[arg(long, requires = "leader_elect")]
     pub lease_identity: Option<String>,
@@ -86,6 +97,8 @@ impl Cli {
             config.source = SourceConfig::Files {
                 dir: d.clone(),
                 poll_ms: Duration::from_millis(500),
+                api_server: String::new(),
+                leader_election: None,
             };
         }
         if self.kubernetes && !matches!(config.source, SourceConfig::Kubernetes { .. }) {
@@ -95,29 +108,33 @@ impl Cli {
             };
         }
         if let Some(url) = &self.api_server {
-            let SourceConfig::Kubernetes { api_server, .. } = &mut config.source else {
-                return Err(ConfigError::Flag(
-                    "--api-server (TALARIA_API_SERVER) needs the Kubernetes source (--kubernetes)"
-                        .into(),
-                ));
-            };
-            *api_server = url.clone();
+            match &mut config.source {
+                SourceConfig::Kubernetes { api_server, .. } => *api_server = url.clone(),
+                SourceConfig::Files { api_server, .. } if self.leader_elect => {
+                    *api_server = url.clone()
+                }
+                SourceConfig::Files { .. } => {
+                    return Err(ConfigError::Flag(
+                        "--api-server (TALARIA_API_SERVER) needs the Kubernetes source \
+                         (--kubernetes), or --leader-elect (the files source uses it for \
+                         the Lease only)"
+                            .into(),
+                    ))
+                }
+            }
         }
         if self.leader_elect {
-            let SourceConfig::Kubernetes {
+            let (SourceConfig::Kubernetes {
                 leader_election, ..
-            } = &mut config.source
-            else {
-                return Err(ConfigError::Flag(
-                    "--leader-elect needs the Kubernetes source (--kubernetes)".into(),
-                ));
-            };
-            let le = leader_election.get_or_insert_with(|| LeaderElectionConfig {
-                namespace: std::env::var("POD_NAMESPACE")
-                    .unwrap_or_else(|_| "talaria-system".into()),
-                name: "talaria-controller".into(),
-                identity: None,
-                lease_seconds: 15,
+            }
+            | SourceConfig::Files {
+                leader_election, ..
+            }) = &mut config.source;
+            let le = leader_election.get_or_insert_with(|| {
+                LeaderElectionConfig::new(
+                    std::env::var("POD_NAMESPACE").unwrap_or_else(|_| "talaria-system".into()),
+                    "talaria-controller",
+                )
             });
             if let Some(ns) = &self.lease_namespace {
                 le.namespace = ns.clone();
@@ -127,6 +144,12 @@ impl Cli {
             }
             if let Some(s) = self.lease_seconds {
                 le.lease_seconds = s;
+            }
+            if let Some(s) = self.lease_renew_deadline_seconds {
+                le.renew_deadline_seconds = s;
+            }
+            if let Some(s) = self.lease_retry_period_seconds {
+                le.retry_period_seconds = s;
             }
             if let Some(i) = &self.lease_identity {
                 le.identity = Some(i.clone());
@@ -151,6 +174,7 @@ impl Cli {
         if let Some(q) = self.id_quarantine_ms {
             config.id_quarantine_ms = Duration::from_millis(q);
         }
+        config.validate()?;
         Ok(config)
     }
 }
@@ -187,5 +211,55 @@ mod tests {
         let files = Cli::try_parse_from(["talaria-controller", "--api-server", "https://h:1"]);
         assert!(files.unwrap().apply(Config::default()).is_err());
         assert!(parse_switch("tor1").is_err());
+    }
+
+    /// The lab's way: manifests from files, the Lease on an API server.
+    #[test]
+    fn leader_election_with_the_files_source() {
+        let cli = Cli::try_parse_from([
+            "talaria-controller",
+            "--manifests",
+            "/m",
+            "--api-server",
+            "http://127.0.0.1:7443",
+            "--leader-elect",
+            "--lease-seconds",
+            "3",
+            "--lease-renew-deadline-seconds",
+            "2",
+            "--lease-retry-period-seconds",
+            "1",
+        ])
+        .unwrap();
+        let c = cli.apply(Config::default()).unwrap();
+        let SourceConfig::Files {
+            dir,
+            api_server,
+            leader_election: Some(le),
+            ..
+        } = c.source
+        else {
+            panic!("not the files source with a Lease: {:?}", c.source)
+        };
+        assert_eq!(dir, PathBuf::from("/m"));
+        assert_eq!(api_server, "http://127.0.0.1:7443");
+        assert_eq!(
+            (
+                le.lease_seconds,
+                le.renew_deadline_seconds,
+                le.retry_period_seconds
+            ),
+            (3, 2, 1)
+        );
+        // client-go's rule, checked when the flags are applied.
+        let bad = Cli::try_parse_from([
+            "talaria-controller",
+            "--leader-elect",
+            "--lease-seconds",
+            "10",
+        ])
+        .unwrap();
+        let e = bad.apply(Config::default()).unwrap_err().to_string();
+        assert!(e.contains("lease_seconds (10) must be greater"), "{e}");
     }
 }

@@ -28,6 +28,9 @@ pub enum ConfigError {
         #[source]
         source: serde_yaml::Error,
     },
+    /// The values do not fit together ([`Config::validate`]).
+    #[error("invalid config: {0}")]
+    Invalid(String),
     /// A command-line flag is malformed or does not fit the config
     /// ([`crate::cli::Cli::apply`]).
     #[error("{0}")]
@@ -46,6 +49,15 @@ pub enum SourceConfig {
         /// How often to look for changes.
         #[serde(with = "humantime_ms", default = "default_poll")]
         poll_ms: Duration,
+        /// The API server holding the leader-election Lease (used for the
+        /// Lease only: the objects come from `dir`), as for the Kubernetes
+        /// source. Empty: `KUBECONFIG`, else in-cluster.
+        #[serde(default)]
+        api_server: String,
+        /// Lease-based leader election (replicas reading the same files,
+        /// e.g. the lab's two controllers); off = always lead.
+        #[serde(default)]
+        leader_election: Option<LeaderElectionConfig>,
     },
     /// The Kubernetes API, with reflectors.
     Kubernetes {
@@ -68,7 +80,9 @@ fn default_poll() -> Duration {
     Duration::from_millis(500)
 }
 
-/// Leader election on a `coordination.k8s.io/v1` Lease.
+/// Leader election on a `coordination.k8s.io/v1` Lease, with client-go's
+/// rules (`tools/leaderelection`): `lease_seconds` > `renew_deadline_seconds`
+/// > 1.2 × `retry_period_seconds` > 0 ([`LeaderElectionConfig::validate`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderElectionConfig {
@@ -79,13 +93,94 @@ pub struct LeaderElectionConfig {
     /// Holder identity; defaults to the pod name ($POD_NAME) or hostname.
     #[serde(default)]
     pub identity: Option<String>,
-    /// Lease duration in seconds.
+    /// Lease duration in seconds: how long a standby waits, on its own
+    /// clock, after it last saw the Lease record change before it takes
+    /// the Lease over (client-go `LeaseDuration`, default 15).
     #[serde(default = "default_lease_secs")]
     pub lease_seconds: u32,
+    /// The leader stops writing when it has not renewed the Lease for this
+    /// long (client-go `RenewDeadline`, default 10): shorter than the lease
+    /// duration, so it has stopped before any standby may take over.
+    #[serde(default = "default_renew_deadline_secs")]
+    pub renew_deadline_seconds: u32,
+    /// Seconds between two attempts to acquire or renew (client-go
+    /// `RetryPeriod`, default 2); each Lease request is also bounded by it.
+    #[serde(default = "default_retry_period_secs")]
+    pub retry_period_seconds: u32,
 }
 
 fn default_lease_secs() -> u32 {
     15
+}
+
+fn default_renew_deadline_secs() -> u32 {
+    10
+}
+
+fn default_retry_period_secs() -> u32 {
+    2
+}
+
+/// client-go's `JitterFactor`: acquire attempts are spaced by the retry
+/// period plus up to 1.2 times it, and the renew deadline must exceed it.
+pub const LEASE_JITTER_FACTOR: f64 = 1.2;
+
+impl LeaderElectionConfig {
+    /// A Lease `name` in `namespace` with client-go's default timings.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            identity: None,
+            lease_seconds: default_lease_secs(),
+            renew_deadline_seconds: default_renew_deadline_secs(),
+            retry_period_seconds: default_retry_period_secs(),
+        }
+    }
+
+    /// The lease duration.
+    pub fn lease_duration(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds.into())
+    }
+
+    /// The renew deadline.
+    pub fn renew_deadline(&self) -> Duration {
+        Duration::from_secs(self.renew_deadline_seconds.into())
+    }
+
+    /// The retry period.
+    pub fn retry_period(&self) -> Duration {
+        Duration::from_secs(self.retry_period_seconds.into())
+    }
+
+    /// client-go's checks (`NewLeaderElector`): lease duration > renew
+    /// deadline > 1.2 × retry period > 0, and a Lease name.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(format!("leader election: {m}")));
+        if self.name.is_empty() || self.namespace.is_empty() {
+            return bad("the Lease needs a name and a namespace".into());
+        }
+        if self.retry_period_seconds == 0 {
+            return bad("retry_period_seconds must be > 0".into());
+        }
+        if self.lease_seconds <= self.renew_deadline_seconds {
+            return bad(format!(
+                "lease_seconds ({}) must be greater than renew_deadline_seconds ({}): \
+                 the leader must stop writing before a standby may take over",
+                self.lease_seconds, self.renew_deadline_seconds
+            ));
+        }
+        if f64::from(self.renew_deadline_seconds)
+            <= LEASE_JITTER_FACTOR * f64::from(self.retry_period_seconds)
+        {
+            return bad(format!(
+                "renew_deadline_seconds ({}) must be greater than {LEASE_JITTER_FACTOR} × \
+                 retry_period_seconds ({})",
+                self.renew_deadline_seconds, self.retry_period_seconds
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// One P4Runtime switch.
@@ -147,6 +242,12 @@ pub struct Config {
     /// Wait this long after a change before planning, to batch bursts.
     #[serde(with = "humantime_ms")]
     pub debounce_ms: Duration,
+    /// A standby (leader election) reads each switch's tables this often
+    /// and adopts their ids when its plan disagrees, so its REST API shows
+    /// the ids the switch holds. Each read is a full table read: keep it
+    /// long for large tables (a takeover reads the switch again anyway).
+    #[serde(with = "humantime_ms")]
+    pub follow_ms: Duration,
     /// REST API listen address.
     pub listen: SocketAddr,
 }
@@ -157,6 +258,8 @@ impl Default for Config {
             source: SourceConfig::Files {
                 dir: PathBuf::from("manifests"),
                 poll_ms: default_poll(),
+                api_server: String::new(),
+                leader_election: None,
             },
             switches: Vec::new(),
             p4info: PathBuf::from("p4/talaria.p4info.txtpb"),
@@ -171,6 +274,7 @@ impl Default for Config {
             backoff_min_ms: Duration::from_millis(200),
             backoff_max_ms: Duration::from_secs(10),
             debounce_ms: Duration::from_millis(2),
+            follow_ms: Duration::from_secs(10),
             listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
         }
     }
@@ -183,10 +287,32 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        Self::parse(&text).map_err(|source| ConfigError::Parse {
+        let c = Self::parse(&text).map_err(|source| ConfigError::Parse {
             path: path.into(),
             source,
-        })
+        })?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The leader election settings, from whichever source has them.
+    pub fn leader_election(&self) -> Option<&LeaderElectionConfig> {
+        match &self.source {
+            SourceConfig::Files {
+                leader_election, ..
+            }
+            | SourceConfig::Kubernetes {
+                leader_election, ..
+            } => leader_election.as_ref(),
+        }
+    }
+
+    /// Checks what serde cannot: the leader election timings.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.leader_election() {
+            Some(le) => le.validate(),
+            None => Ok(()),
+        }
     }
 
     /// Parses a YAML config.
@@ -242,5 +368,54 @@ listen: 127.0.0.1:9999
         assert_eq!(c.id_quarantine_ms, Duration::from_secs(1));
         assert!(Config::parse("bogus: 1").is_err());
         assert_eq!(Config::parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn lease_timings_follow_client_go() {
+        let le = LeaderElectionConfig::new("ns", "l");
+        assert_eq!(
+            (
+                le.lease_seconds,
+                le.renew_deadline_seconds,
+                le.retry_period_seconds
+            ),
+            (15, 10, 2)
+        );
+        le.validate().unwrap();
+        let with = |l, r, p| LeaderElectionConfig {
+            lease_seconds: l,
+            renew_deadline_seconds: r,
+            retry_period_seconds: p,
+            ..le.clone()
+        };
+        with(3, 2, 1).validate().unwrap();
+        for (l, r, p, why) in [
+            (10, 10, 2, "greater than renew_deadline"),
+            (5, 10, 2, "greater than renew_deadline"),
+            (15, 2, 2, "1.2"),
+            (15, 10, 0, "retry_period_seconds must be > 0"),
+        ] {
+            let e = with(l, r, p).validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{l}/{r}/{p}: {e}");
+        }
+        // At config load.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(
+            &path,
+            "source: {kind: files, dir: m, api_server: \"http://127.0.0.1:1\", \
+             leader_election: {namespace: n, name: l, lease_seconds: 5, renew_deadline_seconds: 5}}",
+        )
+        .unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("lease_seconds (5) must be greater"), "{e}");
+        std::fs::write(
+            &path,
+            "source: {kind: files, dir: m, api_server: \"http://127.0.0.1:1\", \
+             leader_election: {namespace: n, name: l, lease_seconds: 5, renew_deadline_seconds: 4}}",
+        )
+        .unwrap();
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.leader_election().unwrap().retry_period_seconds, 2);
     }
 }

@@ -18,7 +18,10 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -37,7 +40,10 @@ use crate::{
     diff::{self, FullDiff, Op},
     metrics::{Metrics, ProtocolLabel, SkipLabel, SwitchLabel, TableLabel},
     model::{Delta, Model, Skipped},
-    p4rt::{client::ConnectParams, ClientError, SwitchConn, WriteReport},
+    p4rt::{
+        client::{self, ConnectParams},
+        ClientError, SwitchConn, WriteReport,
+    },
     plan::{PlanChanges, PlannedPort, Planner},
 };
 
@@ -111,6 +117,11 @@ pub struct SwitchStatus {
     pub full_syncs: u64,
     /// Entries on the switch that did not decode (left alone).
     pub undecodable: usize,
+    /// A standby reading the switch (no session, no writes): its last
+    /// read succeeded.
+    pub following: bool,
+    /// Reads a standby made of the switch's tables so far.
+    pub follower_reads: u64,
     /// Last error, if the last session ended in one.
     pub last_error: Option<String>,
 }
@@ -159,8 +170,13 @@ pub struct Context {
     pub p4info: Arc<P4Info>,
     /// Device config pushed with it.
     pub device_config: Arc<Vec<u8>>,
-    /// True while this replica may write (leader election).
+    /// True while this replica may write (leader election); change it
+    /// with [`Context::set_leader`].
     pub leader: watch::Sender<bool>,
+    /// Leaderships gained so far (0 without leader election).
+    term: AtomicU64,
+    /// The last term whose ids were adopted from a switch.
+    adopted_term: AtomicU64,
     /// Set once ids were adopted from a switch (or adoption was given up).
     adopted: watch::Sender<bool>,
     last_skipped: Mutex<BTreeSet<Skipped>>,
@@ -199,6 +215,7 @@ impl Context {
             .collect();
         let planner = Planner::new(config.buckets, config.id_quarantine_ms);
         let metrics = Metrics::default();
+        metrics.leader.set(1);
         for s in &config.switches {
             // Export every per-switch series from the start, at zero.
             let l = SwitchLabel {
@@ -225,6 +242,8 @@ impl Context {
             p4info: Arc::new(p4info),
             device_config: Arc::new(device_config),
             leader: watch::channel(true).0,
+            term: AtomicU64::new(0),
+            adopted_term: AtomicU64::new(0),
             adopted: watch::channel(false).0,
             last_skipped: Mutex::default(),
         }))
@@ -256,30 +275,122 @@ impl Context {
         self.switches.iter().find(|s| s.cfg.id == id)
     }
 
-    /// Adopts ids from a switch's tables, if no plan was made yet.
-    fn try_adopt(&self, switch: &str, actual: &Contents) {
+    /// Makes this replica a leader (it writes to switches) or a standby.
+    /// Each time it becomes leader a new term starts: before it writes,
+    /// its first switch session adopts the ids in that switch
+    /// ([`Context::adopt_switch`]), since another leader may have written
+    /// meanwhile.
+    pub fn set_leader(&self, held: bool) {
+        self.leader.send_if_modified(|l| {
+            if *l == held {
+                return false;
+            }
+            if held {
+                self.term.fetch_add(1, Ordering::SeqCst);
+            }
+            *l = held;
+            true
+        });
+        self.metrics.leader.set(i64::from(held));
+    }
+
+    /// Whether this replica leads (writes to switches).
+    pub fn is_leader(&self) -> bool {
+        *self.leader.borrow()
+    }
+
+    /// Leaderships gained so far.
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::SeqCst)
+    }
+
+    /// Terms that began by adopting a switch's ids.
+    pub fn takeovers(&self) -> u64 {
+        self.metrics.takeovers.get()
+    }
+
+    /// Adopts ids from what a switch holds, before anything is written
+    /// to it:
+    ///
+    /// - before the first plan: the planner takes the switch's ids, bucket
+    ///   assignments and quarantined backends, and the first plan is made
+    ///   on top (a restart writes nothing);
+    /// - at the start of a leadership term (`takeover`), or on a standby
+    ///   whose ids disagree with the switch ([`Planner::agrees_with`]):
+    ///   the planner is replaced by one that adopted the switch, and every
+    ///   port is re-planned on top. Another replica wrote these ids, and
+    ///   cookies in flight name them: they must not change.
+    ///
+    /// Returns whether the plan was replaced.
+    pub fn adopt_switch(&self, switch: &str, actual: &Contents, takeover: bool) -> bool {
         let mut p = self.planned.write().expect("poisoned");
-        if p.version > 0 || *self.adopted.borrow() {
-            return;
+        if takeover {
+            self.adopted_term.store(self.term(), Ordering::SeqCst);
         }
-        let warnings = p.planner.adopt(actual);
-        for w in &warnings {
+        if p.version == 0 {
+            if takeover || !*self.adopted.borrow() {
+                // Afresh: what an earlier read adopted may be stale.
+                p.planner = Planner::new(self.config.buckets, self.config.id_quarantine_ms);
+                for w in p.planner.adopt(actual) {
+                    warn!(switch, "not adopted: {w}");
+                }
+                info!(
+                    switch,
+                    services = actual.service_v4.len(),
+                    backends = actual.backend.len(),
+                    "adopted ids from switch"
+                );
+                self.adopted.send_replace(true);
+            }
+            return false;
+        }
+        if !takeover && p.planner.agrees_with(actual) {
+            return false;
+        }
+        let mut planner = Planner::new(self.config.buckets, self.config.id_quarantine_ms);
+        for w in planner.adopt(actual) {
             warn!(switch, "not adopted: {w}");
+        }
+        let now = Instant::now();
+        let changes = planner.plan_full(&p.model, &self.config.fabric, now);
+        p.planner = planner;
+        p.version += 1;
+        for sw in &self.switches {
+            let mut pending = sw.pending.lock().expect("poisoned");
+            pending.changes.merge(&changes);
+            pending.trigger.get_or_insert(now);
         }
         info!(
             switch,
+            takeover,
             services = actual.service_v4.len(),
             backends = actual.backend.len(),
-            "adopted ids from switch"
+            version = p.version,
+            "adopted the ids in the switch and re-planned on top"
         );
-        self.adopted.send_replace(true);
+        if takeover {
+            self.metrics.takeovers.inc();
+        }
+        self.version_tx.send_replace(p.version);
+        true
     }
 
-    /// True when a plan exists and every switch holds it.
+    /// Whether the current term has not adopted a switch's ids yet.
+    fn takeover_pending(&self) -> bool {
+        self.adopted_term.load(Ordering::SeqCst) < self.term()
+    }
+
+    /// Ready for traffic (`/readyz`): a plan exists and, on the leader,
+    /// every switch holds it. A standby is ready with a plan: leadership
+    /// is not readiness (a rolling update waits for the new replicas to be
+    /// ready, and they are standbys until the old leader goes).
     pub fn ready(&self) -> Result<(), String> {
         let version = self.version();
         if version == 0 {
             return Err("no plan yet".into());
+        }
+        if !self.is_leader() {
+            return Ok(());
         }
         for sw in &self.switches {
             let st = sw.status.read().expect("poisoned");
@@ -437,16 +548,17 @@ pub async fn run_reconciler(ctx: Arc<Context>) {
 }
 
 /// Keeps one switch in sync forever: connect (with backoff), read back,
-/// diff, write; resync periodically and after errors.
+/// diff, write; resync periodically and after errors. On a standby, reads
+/// the switch instead ([`follow`]) and writes nothing.
 pub async fn run_switch(ctx: Arc<Context>, sw: Arc<SwitchHandle>) {
     let label = SwitchLabel {
         switch: sw.cfg.id.clone(),
     };
     let mut backoff = ctx.config.backoff_min_ms;
-    let mut leader = ctx.leader.subscribe();
     loop {
-        if leader.wait_for(|l| *l).await.is_err() {
-            return;
+        if !ctx.is_leader() {
+            follow(&ctx, &sw).await;
+            continue;
         }
         let started = Instant::now();
         let res = session(&ctx, &sw, &label).await;
@@ -492,16 +604,28 @@ async fn session(ctx: &Context, sw: &SwitchHandle, label: &SwitchLabel) -> Resul
     }
     *sw.reader.write().expect("poisoned") = Some(conn.reader());
     info!(switch = %sw.cfg.id, entries = have.total(), pushed = conn.pushed_pipeline, "switch session up");
-    ctx.try_adopt(&sw.cfg.id, &have);
-    let mut rx = ctx.version_tx.subscribe();
+    // The session belongs to this term: it ends when leadership is lost,
+    // even if it was regained since (another leader may have written).
+    let term = ctx.term();
     let mut leader = ctx.leader.subscribe();
+    if !ctx.is_leader() {
+        return Ok(());
+    }
+    // Before the first write of a term: take the ids the switch holds.
+    let takeover = ctx.takeover_pending();
+    ctx.adopt_switch(&sw.cfg.id, &have, takeover);
+    let mut rx = ctx.version_tx.subscribe();
     let mut resync = tokio::time::interval(ctx.config.resync_ms);
     resync.tick().await;
     // A session starts with a full diff against what was just read.
     let mut full = true;
     loop {
         let _ = rx.borrow_and_update();
-        full = sync_once(ctx, sw, label, &mut conn, &mut have, full).await?;
+        // A deposed leader stops writing at once, even mid-sync.
+        full = tokio::select! {
+            r = sync_once(ctx, sw, label, &mut conn, &mut have, full) => r?,
+            _ = deposed(ctx, &mut leader, term) => return Ok(()),
+        };
         tokio::select! {
             r = rx.changed() => if r.is_err() { return Ok(()) },
             _ = resync.tick() => {
@@ -509,10 +633,67 @@ async fn session(ctx: &Context, sw: &SwitchHandle, label: &SwitchLabel) -> Resul
                 have = conn.read_state().await?.0;
                 full = true;
             }
-            _ = async { leader.wait_for(|l| !*l).await.map(|_| ()) } => return Ok(()),
+            _ = deposed(ctx, &mut leader, term) => return Ok(()),
             _ = conn.closed() => return Err(ClientError::StreamClosed),
         }
     }
+}
+
+/// Resolves once this replica no longer leads in `term`.
+async fn deposed(ctx: &Context, leader: &mut watch::Receiver<bool>, term: u64) {
+    let _ = leader.wait_for(|l| !*l || ctx.term() != term).await;
+}
+
+/// A standby's side of a switch: until this replica leads, reads the
+/// switch's tables (a plain Read: no arbitration, no session, no writes)
+/// every `follow_ms`, and adopts its ids whenever the plan disagrees with
+/// them, so the standby's REST API shows the ids the switch holds and a
+/// takeover finds its plan already matching. The reader also serves the
+/// standby's table dumps.
+async fn follow(ctx: &Context, sw: &SwitchHandle) {
+    let mut leader = ctx.leader.subscribe();
+    let mut reader: Option<client::P4Client> = None;
+    let timeout = Duration::from_secs(3);
+    loop {
+        if ctx.is_leader() {
+            break;
+        }
+        if reader.is_none() {
+            match client::channel(&sw.cfg.address, timeout).await {
+                Ok(c) => reader = Some(c),
+                Err(e) => debug!(switch = %sw.cfg.id, error = %e, "standby: switch unreachable"),
+            }
+        }
+        let mut ok = false;
+        if let Some(c) = reader.as_mut() {
+            match tokio::time::timeout(timeout, client::read_state(c, sw.cfg.device_id)).await {
+                Ok(Ok((have, _bad))) => {
+                    ok = true;
+                    *sw.reader.write().expect("poisoned") = Some(c.clone());
+                    if !ctx.is_leader() {
+                        ctx.adopt_switch(&sw.cfg.id, &have, false);
+                    }
+                }
+                Ok(Err(e)) => debug!(switch = %sw.cfg.id, error = %e, "standby: read failed"),
+                Err(_) => debug!(switch = %sw.cfg.id, "standby: read timed out"),
+            }
+        }
+        if !ok {
+            reader = None;
+            *sw.reader.write().expect("poisoned") = None;
+        }
+        {
+            let mut st = sw.status.write().expect("poisoned");
+            st.following = ok;
+            st.follower_reads += u64::from(ok);
+        }
+        tokio::select! {
+            _ = leader.wait_for(|l| *l) => break,
+            _ = tokio::time::sleep(ctx.config.follow_ms) => {}
+        }
+    }
+    sw.status.write().expect("poisoned").following = false;
+    *sw.reader.write().expect("poisoned") = None;
 }
 
 /// What one sync writes.

@@ -62,6 +62,11 @@ pub struct Metrics {
     pub unsupported_ports: Family<ProtocolLabel, Gauge>,
     /// Seconds to build the model and plan.
     pub plan_seconds: Histogram,
+    /// 1 while this replica holds the leader-election Lease (or runs
+    /// without election) and writes to switches, 0 on a standby.
+    pub leader: Gauge,
+    /// Times this replica took over and adopted the ids in a switch.
+    pub takeovers: Counter,
 }
 
 fn buckets() -> impl Iterator<Item = f64> {
@@ -89,6 +94,8 @@ impl Default for Metrics {
             skipped: Family::default(),
             unsupported_ports: Family::default(),
             plan_seconds,
+            leader: Gauge::default(),
+            takeovers: Counter::default(),
         };
         registry.register(
             "sync_latency_seconds",
@@ -128,6 +135,16 @@ impl Default for Metrics {
             m.unsupported_ports.clone(),
         );
         registry.register("plan_seconds", "Model + plan time", m.plan_seconds.clone());
+        registry.register(
+            "leader",
+            "1 while this replica leads (writes to switches), 0 on a standby",
+            m.leader.clone(),
+        );
+        registry.register(
+            "takeovers",
+            "Leaderships taken, each adopting the ids in a switch before writing",
+            m.takeovers.clone(),
+        );
         Self { registry, ..m }
     }
 }

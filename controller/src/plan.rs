@@ -553,6 +553,30 @@ impl Planner {
         warnings
     }
 
+    /// Whether the ids this planner holds agree with a switch's tables: no
+    /// key the switch names has another id here, and no id the switch uses
+    /// names another key here (a service port or backend the planner does
+    /// not know yet is no disagreement). A standby that disagrees adopts
+    /// the switch's ids afresh.
+    pub fn agrees_with(&self, actual: &Contents) -> bool {
+        let services = actual.service_v4.iter().all(|(k, a)| {
+            let service_v4::Action::SetService { service_id, .. } = *a;
+            let Some(key) = ServiceKey::from_table_key(k) else {
+                return true;
+            };
+            let sid = u64::from(service_id);
+            self.service_ids.get(&key).is_none_or(|id| id == sid)
+                && self.service_ids.key_of(sid).is_none_or(|k| *k == key)
+        });
+        services
+            && actual.backend.iter().all(|(k, a)| {
+                let b = Backend::from_action(a);
+                let bid = u64::from(k.backend_id);
+                self.backend_ids.get(&b).is_none_or(|id| id == bid)
+                    && self.backend_ids.key_of(bid).is_none_or(|x| *x == b)
+            })
+    }
+
     /// Re-plans every port of `model`, and the fabric tables, at `now`.
     pub fn plan_full(&mut self, model: &Model, fabric: &FabricConfig, now: Instant) -> PlanChanges {
         self.desired.fabric = fabric_state(model, fabric);
@@ -1069,6 +1093,31 @@ endpoints:
         assert!(q.adopt(&first).is_empty());
         let again = plan_state(&mut q, &m, t0);
         assert!(diff(&again, &first).is_empty());
+    }
+
+    /// A standby planned the same Services with ids of its own; adopting
+    /// the leader's switch afresh makes its plan write nothing there.
+    #[test]
+    fn a_standby_with_other_ids_disagrees_then_adopts() {
+        let m = model_with(&[("10.244.1.5", READY), ("10.244.1.6", READY)]);
+        let t0 = Instant::now();
+        let mut leader = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        let on_switch = plan_state(&mut leader, &m, t0);
+        assert!(leader.agrees_with(&on_switch));
+        let mut standby = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        // Ids taken by a Service the leader never saw shift the standby's.
+        let other = model_with(&[("10.244.1.7", READY)]);
+        plan_state(&mut standby, &other, t0);
+        let own = plan_state(&mut standby, &m, t0);
+        assert!(!standby.agrees_with(&on_switch));
+        assert!(!diff(&own, &on_switch).is_empty(), "its own ids differ");
+        let mut fresh = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        assert!(fresh.adopt(&on_switch).is_empty());
+        let adopted = plan_state(&mut fresh, &m, t0);
+        assert!(diff(&adopted, &on_switch).is_empty());
+        assert!(fresh.agrees_with(&on_switch));
+        // An empty switch disagrees with nothing.
+        assert!(standby.agrees_with(&Contents::default()));
     }
 
     #[test]

@@ -21,6 +21,25 @@ pub fn p4_port(node: u32) -> u16 {
 
 /// Controller REST address inside the switch netns.
 pub const CONTROLLER_REST: &str = "127.0.0.1:9080";
+/// The second controller's REST address, in an HA lab ([`Lab::ha`]).
+pub const STANDBY_REST: &str = "127.0.0.1:9081";
+/// The fake Lease API server of an HA lab, in the switch netns.
+pub const LEASE_SERVER: &str = "127.0.0.1:9443";
+/// An HA lab's Lease timings (seconds): duration, renew deadline, retry
+/// period (client-go's rules at a fifth of its defaults, rounded).
+pub const HA_LEASE: (u32, u32, u32) = (3, 2, 1);
+/// A Service below every lab VIP, planned by an HA lab's first controller
+/// and then deleted (see [`start_switch`]).
+const HA_DEPARTED: &str = "apiVersion: v1
+kind: Service
+metadata: {name: ha-departed, namespace: default}
+spec:
+  clusterIP: 10.96.0.2
+  clusterIPs: [10.96.0.2]
+  ports: [{name: http, port: 80, protocol: TCP, targetPort: 8080}]
+";
+/// The process label of an HA lab's second controller.
+pub const STANDBY: &str = "talaria-controller-b";
 /// P4Runtime address inside the switch netns.
 pub const P4RT_ADDR: &str = "127.0.0.1:9559";
 /// switch-agent's Prometheus endpoint, in the switch netns.
@@ -102,30 +121,78 @@ pub fn controller_config(
     serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
 }
 
+/// [`controller_config`] for an HA lab: the Lease on the lab's fake API
+/// server ([`LEASE_SERVER`], used for the Lease only), and standbys that
+/// read the switch every 500 ms.
+pub fn controller_config_ha(base: &str) -> String {
+    let mut v: serde_json::Value = serde_yaml::from_str(base).expect("our own YAML");
+    let (lease, renew, retry) = HA_LEASE;
+    v["source"]["api_server"] = serde_json::json!(format!("http://{LEASE_SERVER}"));
+    v["source"]["leader_election"] = serde_json::json!({
+        "namespace": "talaria-lab", "name": "talaria-controller",
+        "lease_seconds": lease, "renew_deadline_seconds": renew, "retry_period_seconds": retry,
+    });
+    v["follow_ms"] = serde_json::json!(500);
+    serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
+}
+
 /// Runs talariactl in the switch netns.
 pub fn talariactl(lab: &Lab, args: &[&str]) -> Result<String> {
     talariactl_in(&lab.names.switch(), args)
 }
 
 /// Runs talariactl in `switch_ns` (the switch netns of a lab), for a
-/// thread that polls without holding the [`Lab`].
+/// thread that polls without holding the [`Lab`]: against the controller,
+/// or in an HA lab whichever of the two answers first (both serve the same
+/// switch's tables and ids; a standby reads them from the switch).
 pub fn talariactl_in(switch_ns: &str, args: &[&str]) -> Result<String> {
+    talariactl_at(switch_ns, CONTROLLER_REST, args)
+        .or_else(|e| talariactl_at(switch_ns, STANDBY_REST, args).map_err(|_| e))
+}
+
+/// Runs talariactl in `switch_ns` against the controller at `rest`.
+pub fn talariactl_at(switch_ns: &str, rest: &str, args: &[&str]) -> Result<String> {
     // `find`, not `usable`: this runs on every poll, and the lab checked
     // every component once at start.
     let bin = Component::Talariactl.find().ok_or_else(|| {
         anyhow::anyhow!("talariactl not built (cargo build -p talaria-controller)")
     })?;
-    let server = format!("http://{CONTROLLER_REST}");
+    let server = format!("http://{rest}");
     let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("talariactl"), "--server", &server];
     cmd.extend_from_slice(args);
     in_ns(switch_ns, &cmd, None)
 }
 
-/// The controller's `/v1/status` (plan version, each switch's session,
-/// sync and write counts).
-pub fn controller_status(lab: &Lab) -> Result<serde_json::Value> {
-    let text = talariactl(lab, &["status", "-o", "json"])?;
+/// One controller's `/v1/status`.
+pub fn status_at(switch_ns: &str, rest: &str) -> Result<serde_json::Value> {
+    let text = talariactl_at(switch_ns, rest, &["status", "-o", "json"])?;
     Ok(serde_json::from_str(&text)?)
+}
+
+/// The controller's `/v1/status` (plan version, each switch's session,
+/// sync and write counts); in an HA lab, the leader's.
+pub fn controller_status(lab: &Lab) -> Result<serde_json::Value> {
+    if !lab.ha {
+        return status_at(&lab.names.switch(), CONTROLLER_REST);
+    }
+    Ok(leader(lab)?.1)
+}
+
+/// An HA lab's leading controller: its process label and status.
+pub fn leader(lab: &Lab) -> Result<(&'static str, serde_json::Value)> {
+    let sw = lab.names.switch();
+    let mut seen = Vec::new();
+    for (what, rest) in [
+        ("talaria-controller", CONTROLLER_REST),
+        (STANDBY, STANDBY_REST),
+    ] {
+        match status_at(&sw, rest) {
+            Ok(v) if v["leader"] == true => return Ok((what, v)),
+            Ok(_) => seen.push(format!("{what}: standby")),
+            Err(e) => seen.push(format!("{what}: {e:#}")),
+        }
+    }
+    bail!("no controller leads: {}", seen.join("; "))
 }
 
 /// (service id, vip, port, protocol, reject) of every programmed Service
@@ -322,7 +389,37 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
         "--p4info".into(),
         p4info.to_string_lossy().into_owned(),
     ];
-    let pid = lab.spawn(&sw, "talaria-controller", &argv)?;
+    // An HA lab gives the leader an id history a fresh plan cannot
+    // reproduce: a Service planned first (the lowest VIP), then deleted,
+    // keeps its service id in quarantine, so every other Service's id is
+    // one more than a standby planning from scratch would give it. A
+    // standby that did not adopt the switch's ids would rewrite them all.
+    let departed = manifests.join("ha-departed.yaml");
+    if lab.ha {
+        std::fs::write(&departed, HA_DEPARTED)?;
+        let exe = crate::netns::lab_exe()?;
+        let argv = [
+            exe,
+            "lease-server".into(),
+            "--listen".into(),
+            LEASE_SERVER.into(),
+        ];
+        let pid = lab.spawn(&sw, "lease-server", &argv)?;
+        wait_listening(lab, pid, 9443, "lease-server", Duration::from_secs(20)).await?;
+        let base = std::fs::read_to_string(&cfg)?;
+        std::fs::write(&cfg, controller_config_ha(&base))?;
+    }
+    let ha_argv = |identity: &str| -> Vec<String> {
+        let mut v = argv.clone();
+        v.extend(["--leader-elect", "--lease-identity", identity].map(String::from));
+        v
+    };
+    let first = if lab.ha {
+        ha_argv("ctl-a")
+    } else {
+        argv.clone()
+    };
+    let pid = lab.spawn(&sw, "talaria-controller", &first)?;
     wait_listening(
         lab,
         pid,
@@ -332,6 +429,23 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
     )
     .await?;
     wait_synced(lab, Duration::from_secs(30)).await?;
+    if lab.ha {
+        std::fs::remove_file(&departed)?;
+        let t0 = Instant::now();
+        while talariactl(lab, &["services", "-o", "json"])?.contains("ha-departed") {
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("the controller still plans ha-departed after 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        wait_synced(lab, Duration::from_secs(30)).await?;
+        // The standby starts once the first one leads.
+        let mut second = ha_argv("ctl-b");
+        second.extend(["--listen".to_string(), STANDBY_REST.to_string()]);
+        let pid = lab.spawn(&sw, STANDBY, &second)?;
+        wait_listening(lab, pid, 9081, STANDBY, Duration::from_secs(20)).await?;
+        wait_ready(lab, STANDBY_REST, Duration::from_secs(20)).await?;
+    }
     // From here on only the switch forwards: a packet its pipeline does not
     // handle must be lost, not quietly routed by Linux.
     in_ns(&sw, &["sysctl", "-qw", "net.ipv4.ip_forward=0"], None)?;
@@ -353,6 +467,16 @@ pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
 /// Brings a lab up in a mode on a switch (servers started, rules and
 /// components applied).
 pub async fn lab_for(t: Topology, mode: Mode, switch: &SwitchKind) -> Result<(Lab, ServiceSet)> {
+    lab_for_ha(t, mode, switch, false).await
+}
+
+/// [`lab_for`], with two controllers and leader election when `ha`.
+pub async fn lab_for_ha(
+    t: Topology,
+    mode: Mode,
+    switch: &SwitchKind,
+    ha: bool,
+) -> Result<(Lab, ServiceSet)> {
     talaria_preflight::ensure(mode.needs())
         .with_context(|| format!("{} mode cannot run", mode.name()))?;
     if let Some(why) = ipvs_unavailable().filter(|_| mode == Mode::Ipvs) {
@@ -365,6 +489,7 @@ pub async fn lab_for(t: Topology, mode: Mode, switch: &SwitchKind) -> Result<(La
         }
     }
     let mut lab = Lab::create(t, mode.name(), switch.clone())?;
+    lab.ha = ha;
     lab.start_servers()?;
     let set = ServiceSet::from_topology(&lab.topo);
     // On an error the lab's Drop tears it down.
@@ -375,6 +500,97 @@ pub async fn lab_for(t: Topology, mode: Mode, switch: &SwitchKind) -> Result<(La
         apply_rules(&lab, mode, &set)?;
     }
     Ok((lab, set))
+}
+
+/// Waits until the controller at `rest` says it is ready (`/v1/status`,
+/// as `/readyz`): a standby with a plan is.
+async fn wait_ready(lab: &mut Lab, rest: &str, limit: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let st = status_at(&lab.names.switch(), rest);
+        if st.as_ref().is_ok_and(|v| v["ready"] == "ready") {
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            bail!("the controller at {rest} not ready after {limit:?}: {st:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What a [`fail_over`] took, each from the kill.
+#[derive(Debug, Clone)]
+pub struct FailOver {
+    /// The process label of the leader killed.
+    pub killed: &'static str,
+    /// PID of the killed leader.
+    pub old_pid: u32,
+    /// PID it was started again with (as a standby).
+    pub new_pid: u32,
+    /// Until the other controller led.
+    pub takeover: Duration,
+    /// Until the switch held its plan (connected, synced).
+    pub in_sync: Duration,
+    /// Until the killed one, started again, was ready (as a standby).
+    pub standby_ready: Duration,
+}
+
+/// In an HA lab: kills the leading controller with SIGKILL, waits until
+/// the other one leads and the switch holds its plan, then starts the
+/// killed one again and waits until it is a ready standby. Not started
+/// again before the takeover: with the same identity it would renew its
+/// own Lease at once.
+pub async fn fail_over(lab: &mut Lab) -> Result<FailOver> {
+    anyhow::ensure!(lab.ha, "fail-over needs an HA lab");
+    let (killed, _) = leader(lab)?;
+    let (other, other_rest, rest) = if killed == STANDBY {
+        ("talaria-controller", CONTROLLER_REST, STANDBY_REST)
+    } else {
+        (STANDBY, STANDBY_REST, CONTROLLER_REST)
+    };
+    let t0 = Instant::now();
+    let old_pid = lab.kill9(killed)?;
+    let (lease, _, retry) = HA_LEASE;
+    // A lease duration after the standby last saw a renewal, which it
+    // looks for every retry period (jittered up to 2.2 × of it), and sync.
+    let limit = Duration::from_secs(u64::from(lease + 5 * retry + 10));
+    let sw = lab.names.switch();
+    let mut takeover = None;
+    let in_sync = loop {
+        if let Ok(v) = status_at(&sw, other_rest) {
+            if v["leader"] == true {
+                takeover.get_or_insert(t0.elapsed());
+                let plan = v["plan_version"].as_u64().unwrap_or(0);
+                let switches = v["switches"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                let synced = |s: &serde_json::Value| {
+                    s["status"]["connected"] == true
+                        && s["status"]["synced_version"].as_u64().unwrap_or(0) >= plan
+                };
+                if plan > 0 && !switches.is_empty() && switches.iter().all(synced) {
+                    break t0.elapsed();
+                }
+            }
+        }
+        if t0.elapsed() > limit {
+            bail!(
+                "{other} did not take over within {limit:?}; log: {}",
+                tail_log(lab, other)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let new_pid = lab.respawn(killed)?;
+    let port = if killed == STANDBY { 9081 } else { 9080 };
+    wait_listening(lab, new_pid, port, killed, Duration::from_secs(20)).await?;
+    wait_ready(lab, rest, Duration::from_secs(20)).await?;
+    Ok(FailOver {
+        killed,
+        old_pid,
+        new_pid,
+        takeover: takeover.unwrap_or(in_sync),
+        in_sync,
+        standby_ready: t0.elapsed(),
+    })
 }
 
 /// Waits until every switch holds the controller's latest plan (its
@@ -469,6 +685,8 @@ pub enum Daemon {
     Controller,
     /// The node agent of node `n`.
     NodeAgent(u32),
+    /// In an HA lab, whichever controller leads ([`fail_over`]).
+    Leader,
 }
 
 impl Daemon {
@@ -478,6 +696,7 @@ impl Daemon {
             Self::SwitchAgent => "switch-agent".into(),
             Self::Controller => "talaria-controller".into(),
             Self::NodeAgent(n) => format!("talaria-node-{n}"),
+            Self::Leader => "talaria-controller (leader)".into(),
         }
     }
 }
@@ -488,6 +707,7 @@ impl std::fmt::Display for Daemon {
             Self::SwitchAgent => f.write_str("switch-agent"),
             Self::Controller => f.write_str("controller"),
             Self::NodeAgent(n) => write!(f, "node-{n}"),
+            Self::Leader => f.write_str("leader"),
         }
     }
 }
@@ -495,16 +715,20 @@ impl std::fmt::Display for Daemon {
 impl std::str::FromStr for Daemon {
     type Err = String;
 
-    /// `switch-agent`, `controller` or `node-<n>` (as displayed).
+    /// `switch-agent`, `controller`, `leader` or `node-<n>` (as
+    /// displayed).
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "switch-agent" => Ok(Self::SwitchAgent),
             "controller" => Ok(Self::Controller),
+            "leader" => Ok(Self::Leader),
             _ => s
                 .strip_prefix("node-")
                 .and_then(|n| n.parse().ok())
                 .map(Self::NodeAgent)
-                .ok_or_else(|| format!("{s:?}: expected switch-agent, controller or node-<n>")),
+                .ok_or_else(|| {
+                    format!("{s:?}: expected switch-agent, controller, leader or node-<n>")
+                }),
         }
     }
 }
@@ -534,6 +758,9 @@ pub struct Restarted {
 /// node agent take over the running data plane; a restarted controller
 /// reads the switch's tables back and adopts them.
 pub async fn restart(lab: &mut Lab, d: Daemon, down: Duration) -> Result<Restarted> {
+    if d == Daemon::Leader {
+        bail!("the leader is failed over (fail_over), not restarted");
+    }
     if lab.switch != SwitchKind::SwitchAgent {
         bail!(
             "restarting {d} needs switch-agent ({} keeps no state across a restart)",
@@ -553,7 +780,7 @@ pub async fn restart(lab: &mut Lab, d: Daemon, down: Duration) -> Result<Restart
     let limit = Duration::from_secs(60);
     let port = match d {
         Daemon::SwitchAgent => 9559,
-        Daemon::Controller => 9080,
+        Daemon::Controller | Daemon::Leader => 9080,
         Daemon::NodeAgent(_) => 9465,
     };
     wait_listening(lab, new_pid, port, &what, limit).await?;

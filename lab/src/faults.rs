@@ -78,6 +78,12 @@ pub struct FaultsArgs {
     /// Output directory (summary.md, faults.csv).
     #[arg(long, default_value = "bench/results/faults")]
     pub out: PathBuf,
+    /// Two controllers with leader election on a fake Lease API server
+    /// (`talaria-lab lease-server` in the switch netns), and `--kill
+    /// leader` kills whichever leads: the other must take over without
+    /// changing an id.
+    #[arg(long)]
+    pub ha: bool,
 }
 
 /// switch-agent, the controller, and node 1 (it hosts backends: node 0's
@@ -101,6 +107,7 @@ impl Default for FaultsArgs {
             down_ms: 1000,
             seconds: 5,
             out: "bench/results/faults".into(),
+            ha: false,
         }
     }
 }
@@ -123,6 +130,8 @@ pub struct PhaseRow {
     pub serving_s: f64,
     /// Seconds from the kill until it was back in sync.
     pub in_sync_s: f64,
+    /// `leader` phase: seconds from the kill until the standby led.
+    pub takeover_s: f64,
     /// Seconds the phase lasted.
     pub phase_s: f64,
     /// Long connections alive when the phase began.
@@ -382,6 +391,26 @@ impl Run<'_> {
         let settle = Duration::from_secs(self.a.seconds);
         tokio::time::sleep(settle).await;
         let restarted = match kill {
+            Some(Daemon::Leader) => {
+                progress(&format!("{name}: kill -9"));
+                let r = bringup::fail_over(lab).await.map(|f| {
+                    progress(&format!(
+                        "{name}: {} killed; the standby led {:.2} s and was in sync {:.2} s after the kill",
+                        f.killed,
+                        f.takeover.as_secs_f64(),
+                        f.in_sync.as_secs_f64()
+                    ));
+                    row.takeover_s = f.takeover.as_secs_f64();
+                    bringup::Restarted {
+                        old_pid: f.old_pid,
+                        new_pid: f.new_pid,
+                        down: f.standby_ready,
+                        serving: f.takeover,
+                        in_sync: f.in_sync,
+                    }
+                });
+                Some(r)
+            }
             Some(d) => {
                 progress(&format!("{name}: kill -9"));
                 let down = Duration::from_millis(self.a.down_ms);
@@ -494,9 +523,10 @@ impl Run<'_> {
                 .ok()
                 .and_then(|v| v["switches"][0]["status"][k].as_u64())
         };
-        // A restarted controller counts from 0: all it wrote is its own.
+        // A restarted controller counts from 0: all it wrote is its own;
+        // so does one that took over (it wrote nothing as a standby).
         let since = |k: &str| match kill {
-            Some(Daemon::Controller) => sw(&after.status, k),
+            Some(Daemon::Controller | Daemon::Leader) => sw(&after.status, k),
             _ => Some(sw(&after.status, k)?.saturating_sub(sw(&before.status, k)?)),
         };
         match (since("updates_written"), since("write_errors")) {
@@ -554,7 +584,10 @@ pub async fn measure(a: &FaultsArgs, switch: &SwitchKind) -> Result<Report> {
         t.nodes,
         t.services
     ));
-    let (mut lab, set) = bringup::lab_for(t.clone(), Mode::Talaria, switch).await?;
+    if kills.contains(&Daemon::Leader) {
+        anyhow::ensure!(a.ha, "--kill leader needs --ha");
+    }
+    let (mut lab, set) = bringup::lab_for_ha(t.clone(), Mode::Talaria, switch, a.ha).await?;
     let prefix = lab.prefix().to_string();
     let result = run_phases(&mut lab, a, &set, &kills).await;
     let keep = std::env::var_os("TALARIA_LAB_KEEP_BROKEN").is_some()

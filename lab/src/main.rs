@@ -129,6 +129,17 @@ enum Cmd {
         #[arg(long)]
         services: Option<u32>,
     },
+    /// A fake Kubernetes API server holding one coordination.k8s.io Lease
+    /// (plain HTTP), for controllers with leader election in a lab; runs
+    /// until killed or --max-seconds.
+    LeaseServer {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:9443")]
+        listen: SocketAddr,
+        /// Exit after this many seconds (bounded lifetime).
+        #[arg(long, default_value_t = 4 * 3600)]
+        max_seconds: u64,
+    },
     /// Pod server: HTTP/1.1 on --http-port, UDP echo on --udp-port (run inside a pod netns).
     Serve {
         /// Backend name put in every response.
@@ -395,6 +406,16 @@ fn main() -> Result<()> {
         }
         Cmd::Bench(args) => rt.block_on(bench::run(args, switch.clone(), cli.bmv2_dir)),
         Cmd::Faults(args) => rt.block_on(faults::run(args, switch.clone())),
+        Cmd::LeaseServer {
+            listen,
+            max_seconds,
+        } => rt.block_on(async {
+            let leases = talaria_controller::source::fake_lease::FakeLeases::default();
+            let addr = leases.serve(listen).await?;
+            eprintln!("fake Lease API server on http://{addr}");
+            tokio::time::sleep(std::time::Duration::from_secs(max_seconds)).await;
+            Ok(())
+        }),
         Cmd::Soak(args) => rt.block_on(soak::run_soak(args, switch.clone())),
     }
     .map_err(|e| {

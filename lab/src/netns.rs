@@ -289,6 +289,9 @@ pub struct Lab {
     pub run_dir: PathBuf,
     /// What runs on the switch ports.
     pub switch: SwitchKind,
+    /// Two controllers with leader election (on a fake Lease API server in
+    /// the switch netns) instead of one; set before the controller starts.
+    pub ha: bool,
     state: State,
     children: Vec<Child>,
     /// The last launch of each recorded process, by its description.
@@ -326,6 +329,7 @@ impl Lab {
             names,
             run_dir,
             switch,
+            ha: false,
             state,
             children: Vec::new(),
             launches: BTreeMap::new(),

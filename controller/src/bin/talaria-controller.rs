@@ -38,7 +38,19 @@ async fn main() -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut election = None;
     let (source, changed): (Arc<dyn Source>, _) = match config.source.clone() {
-        SourceConfig::Files { dir, poll_ms } => {
+        SourceConfig::Files {
+            dir,
+            poll_ms,
+            api_server,
+            leader_election,
+        } => {
+            if let Some(le) = leader_election {
+                // The API server holds the Lease only.
+                let client = talaria_controller::source::kube::client(&api_server)
+                    .await
+                    .context("Kubernetes client for the Lease")?;
+                election = Some((client, le));
+            }
             let src = MemorySource::new();
             let changed = src.changed.clone();
             (
@@ -74,8 +86,17 @@ async fn main() -> Result<()> {
                 .set(bad.len() as i64);
         }));
     }
+    let mut release = None;
     if let Some((client, le)) = election {
-        info!(namespace = %le.namespace, name = %le.name, "leader election on");
+        info!(
+            namespace = %le.namespace,
+            name = %le.name,
+            lease_seconds = le.lease_seconds,
+            renew_deadline_seconds = le.renew_deadline_seconds,
+            retry_period_seconds = le.retry_period_seconds,
+            "leader election on"
+        );
+        release = Some((client.clone(), le.clone()));
         tasks.spawn(talaria_controller::source::kube::elect(&ctx, client, le));
     }
     controller::spawn(&ctx, &mut tasks);
@@ -96,6 +117,20 @@ async fn main() -> Result<()> {
         _ = tokio::signal::ctrl_c() => info!("SIGINT: exiting"),
         _ = term.recv() => info!("SIGTERM: exiting"),
         _ = tasks.join_next() => bail!("a controller task ended"),
+    }
+    if let Some((client, le)) = release.filter(|_| ctx.is_leader()) {
+        // Stop writing first, then give the Lease up, so a standby takes
+        // over at its next attempt (a rolling update) rather than after a
+        // lease duration.
+        ctx.set_leader(false);
+        tasks.abort_all();
+        let api = kube::Api::namespaced(client, &le.namespace);
+        let me = talaria_controller::source::kube::identity(&le);
+        let mut el = talaria_controller::source::kube::Elector::new(api, le, me);
+        match el.release().await {
+            Ok(()) => info!("released the Lease"),
+            Err(e) => tracing::warn!(error = %e, "could not release the Lease"),
+        }
     }
     Ok(())
 }

@@ -46,7 +46,7 @@ use kube::{
     Api, Client, Resource, ResourceExt,
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::{
@@ -69,8 +69,9 @@ pub const CLUSTER_ACCESS: &[Access] = &[
     ("networking.k8s.io", "servicecidrs", &["list", "watch"]),
 ];
 
-/// What [`try_lead`] does to the Lease, in its namespace: `get` it,
-/// `create` it when absent, `update` (replace) it to acquire or renew.
+/// What [`Elector`] does to the Lease, in its namespace: `get` it,
+/// `create` it when absent, `update` (replace) it to acquire, renew or
+/// release.
 /// `deploy/controller.yaml` grants exactly this in a Role.
 pub const LEASE_ACCESS: &[Access] = &[(
     "coordination.k8s.io",
@@ -377,106 +378,260 @@ pub fn identity(cfg: &LeaderElectionConfig) -> String {
         .unwrap_or_else(|| format!("talaria-controller-{}", std::process::id()))
 }
 
-/// One acquire-or-renew attempt. `Ok(true)` when we hold the Lease after it.
-pub async fn try_lead(
-    api: &Api<Lease>,
-    cfg: &LeaderElectionConfig,
-    me: &str,
-) -> Result<bool, kube::Error> {
-    let now = MicroTime(Timestamp::now());
-    let dur = i32::try_from(cfg.lease_seconds).unwrap_or(15);
-    let conflict = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 409);
-    match api.get_opt(&cfg.name).await? {
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(cfg.name.clone()),
-                    namespace: Some(cfg.namespace.clone()),
-                    ..Default::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(me.into()),
-                    lease_duration_seconds: Some(dur),
-                    acquire_time: Some(now.clone()),
-                    renew_time: Some(now),
-                    lease_transitions: Some(0),
-                    ..Default::default()
-                }),
-            };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(e) if conflict(&e) => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
-        Some(mut lease) => {
-            let spec = lease.spec.get_or_insert_with(Default::default);
-            let mine = spec.holder_identity.as_deref() == Some(me);
-            let expired = match (&spec.renew_time, spec.lease_duration_seconds) {
-                (Some(MicroTime(t)), Some(d)) => {
-                    Timestamp::now().as_millisecond() > t.as_millisecond() + i64::from(d) * 1000
-                }
-                _ => true,
-            };
-            let free = spec.holder_identity.as_deref().is_none_or(str::is_empty);
-            if !(mine || expired || free) {
-                return Ok(false);
-            }
-            if !mine {
-                spec.acquire_time = Some(now.clone());
-                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-                spec.holder_identity = Some(me.into());
-            }
-            spec.renew_time = Some(now);
-            spec.lease_duration_seconds = Some(dur);
-            // replace carries resourceVersion: a concurrent writer gets 409.
-            match api.replace(&cfg.name, &PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(e) if conflict(&e) => Ok(false),
-                Err(e) => Err(e),
-            }
+/// Why a Lease attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The API server answered with an error.
+    #[error("Lease request")]
+    Api(#[source] kube::Error),
+    /// The request did not finish within the retry period.
+    #[error("Lease request timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// One replica's view of the Lease, as client-go's `LeaderElector` keeps
+/// it: the last record seen and when *we* saw it change, on our own
+/// monotonic clock. Expiry is judged from that (`observed + the record's
+/// leaseDurationSeconds`), never from the holder's `renewTime`, which is
+/// the holder's wall clock and may be anything.
+pub struct Elector {
+    api: Api<Lease>,
+    cfg: LeaderElectionConfig,
+    me: String,
+    /// The last record seen, and when we first saw it.
+    observed: Option<(LeaseSpec, tokio::time::Instant)>,
+}
+
+impl Elector {
+    /// An elector for `me` on the Lease `cfg` names.
+    pub fn new(api: Api<Lease>, cfg: LeaderElectionConfig, me: impl Into<String>) -> Self {
+        Self {
+            api,
+            cfg,
+            me: me.into(),
+            observed: None,
         }
     }
+
+    /// Our identity.
+    pub fn identity(&self) -> &str {
+        &self.me
+    }
+
+    /// The holder in the last record seen (empty: none).
+    pub fn observed_holder(&self) -> &str {
+        self.observed
+            .as_ref()
+            .and_then(|(s, _)| s.holder_identity.as_deref())
+            .unwrap_or("")
+    }
+
+    /// Whether the last record seen names us (client-go `IsLeader`).
+    pub fn is_leader(&self) -> bool {
+        self.observed_holder() == self.me
+    }
+
+    async fn bounded<T>(
+        &self,
+        f: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, LeaseError> {
+        let limit = self.cfg.retry_period();
+        match tokio::time::timeout(limit, f).await {
+            Ok(r) => r.map_err(LeaseError::Api),
+            Err(_) => Err(LeaseError::Timeout(limit)),
+        }
+    }
+
+    /// One acquire-or-renew attempt at `now` (our clock), client-go's
+    /// `tryAcquireOrRenew`. `Ok(true)` when we hold the Lease after it.
+    /// Every request is bounded by the retry period; the replace carries
+    /// the resourceVersion read, so of two concurrent writers one gets 409
+    /// (`Ok(false)`).
+    pub async fn try_acquire_or_renew(
+        &mut self,
+        now: tokio::time::Instant,
+    ) -> Result<bool, LeaseError> {
+        let wall = MicroTime(Timestamp::now());
+        let dur = i32::try_from(self.cfg.lease_seconds).unwrap_or(i32::MAX);
+        let name = self.cfg.name.clone();
+        let Some(mut lease) = self.bounded(self.api.get_opt(&name)).await? else {
+            let spec = LeaseSpec {
+                holder_identity: Some(self.me.clone()),
+                lease_duration_seconds: Some(dur),
+                acquire_time: Some(wall.clone()),
+                renew_time: Some(wall),
+                lease_transitions: Some(0),
+                ..Default::default()
+            };
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(name),
+                    namespace: Some(self.cfg.namespace.clone()),
+                    ..Default::default()
+                },
+                spec: Some(spec.clone()),
+            };
+            let r = self
+                .bounded(self.api.create(&PostParams::default(), &lease))
+                .await;
+            return self.wrote(r, spec, now);
+        };
+        let old = lease.spec.clone().unwrap_or_default();
+        if self.observed.as_ref().is_none_or(|(s, _)| *s != old) {
+            self.observed = Some((old.clone(), now));
+        }
+        let observed_at = self.observed.as_ref().map_or(now, |(_, t)| *t);
+        let holder = old.holder_identity.as_deref().unwrap_or("");
+        let mine = holder == self.me;
+        // The holder's own duration, as client-go reads it.
+        let held_for = old
+            .lease_duration_seconds
+            .and_then(|d| u64::try_from(d).ok())
+            .filter(|d| *d > 0)
+            .map_or(self.cfg.lease_duration(), Duration::from_secs);
+        if !holder.is_empty() && !mine && observed_at + held_for > now {
+            return Ok(false);
+        }
+        let spec = LeaseSpec {
+            holder_identity: Some(self.me.clone()),
+            lease_duration_seconds: Some(dur),
+            acquire_time: if mine {
+                old.acquire_time.clone()
+            } else {
+                Some(wall.clone())
+            },
+            renew_time: Some(wall),
+            lease_transitions: Some(old.lease_transitions.unwrap_or(0) + if mine { 0 } else { 1 }),
+            ..old
+        };
+        lease.spec = Some(spec.clone());
+        let r = self
+            .bounded(self.api.replace(&name, &PostParams::default(), &lease))
+            .await;
+        self.wrote(r, spec, now)
+    }
+
+    /// The outcome of writing `spec` at `now`: held (and observed) when it
+    /// was stored; not held on `409` (another writer was first).
+    fn wrote(
+        &mut self,
+        r: Result<Lease, LeaseError>,
+        spec: LeaseSpec,
+        now: tokio::time::Instant,
+    ) -> Result<bool, LeaseError> {
+        match r {
+            Ok(_) => {
+                self.observed = Some((spec, now));
+                Ok(true)
+            }
+            Err(LeaseError::Api(kube::Error::Api(s))) if s.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives the Lease up if we hold it (client-go `ReleaseOnCancel`): the
+    /// holder is cleared, so a standby takes over at its next attempt
+    /// instead of after a lease duration. Call it only once this replica
+    /// has stopped writing.
+    pub async fn release(&mut self) -> Result<(), LeaseError> {
+        let name = self.cfg.name.clone();
+        let Some(mut lease) = self.bounded(self.api.get_opt(&name)).await? else {
+            return Ok(());
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.me.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        // client-go leaves a 1 s lease on release.
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.bounded(self.api.replace(&name, &PostParams::default(), &lease))
+            .await?;
+        self.observed = None;
+        Ok(())
+    }
+}
+
+/// A delay of the retry period plus up to 1.2 times it (client-go's
+/// `wait.JitterUntil` with `JitterFactor` 1.2), so standbys do not retry
+/// in lockstep.
+fn jittered(period: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let frac = (h.finish() % 1000) as f64 / 1000.0;
+    period + period.mul_f64(crate::config::LEASE_JITTER_FACTOR * frac)
 }
 
 /// Makes `ctx` write to switches only while it holds the Lease: leadership
 /// drops to false now and then follows [`lead`] (spawn the future). Planning
-/// goes on meanwhile, so a new leader starts with a plan.
+/// goes on meanwhile, so a new leader starts with a plan; each time it
+/// becomes leader it adopts the ids in the switches before writing
+/// ([`Context::set_leader`]).
 pub fn elect(
-    ctx: &Context,
+    ctx: &Arc<Context>,
     client: Client,
     cfg: LeaderElectionConfig,
 ) -> impl Future<Output = ()> + Send + 'static {
-    ctx.leader.send_replace(false);
-    lead(client, cfg, ctx.leader.clone())
-}
-
-/// Runs leader election forever, publishing leadership on `leader`.
-/// Renews every lease/3; steps down when a renewal has not succeeded for
-/// a whole lease duration.
-pub async fn lead(client: Client, cfg: LeaderElectionConfig, leader: watch::Sender<bool>) {
+    ctx.set_leader(false);
+    let c = ctx.clone();
     let api: Api<Lease> = Api::namespaced(client, &cfg.namespace);
     let me = identity(&cfg);
-    let period = Duration::from_secs(u64::from(cfg.lease_seconds.max(3)) / 3);
-    let mut last_ok = tokio::time::Instant::now();
+    lead(Elector::new(api, cfg, me), move |held| c.set_leader(held))
+}
+
+/// Runs leader election forever, client-go's way, calling `set_leader`
+/// on every change:
+///
+/// - acquire: one attempt every retry period (jittered) until we hold the
+///   Lease; a standby takes it only once the record has not changed for
+///   the holder's lease duration, by our clock;
+/// - renew: one attempt a retry period after the last success; leadership
+///   is dropped as soon as the Lease names another holder, or when no
+///   renewal has succeeded within the renew deadline, measured from the
+///   start of the last successful one (the request cannot have reached the
+///   API server before that, so every standby's expiry is later than it).
+pub async fn lead(mut el: Elector, set_leader: impl Fn(bool) + Send + 'static) {
+    use tokio::time::{sleep, sleep_until, timeout_at, Instant};
+    let retry = el.cfg.retry_period();
+    let renew_deadline = el.cfg.renew_deadline();
     loop {
-        match try_lead(&api, &cfg, &me).await {
-            Ok(held) => {
-                if held {
-                    last_ok = tokio::time::Instant::now();
-                }
-                if *leader.borrow() != held {
-                    info!(identity = %me, held, "leadership changed");
-                }
-                leader.send_replace(held);
-            }
-            Err(e) => {
-                warn!(error = %e, "lease renewal failed");
-                if last_ok.elapsed() > Duration::from_secs(u64::from(cfg.lease_seconds)) {
-                    leader.send_replace(false);
+        let mut last = loop {
+            let started = Instant::now();
+            match el.try_acquire_or_renew(started).await {
+                Ok(true) => break started,
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, source = ?std::error::Error::source(&e), "Lease acquire attempt failed")
                 }
             }
-        }
-        tokio::time::sleep(period).await;
+            sleep(jittered(retry)).await;
+        };
+        info!(identity = %el.me, "acquired the Lease: leading");
+        set_leader(true);
+        let why = loop {
+            let deadline = last + renew_deadline;
+            sleep_until((Instant::now() + retry).min(deadline)).await;
+            if Instant::now() >= deadline {
+                break "not renewed within the renew deadline";
+            }
+            let started = Instant::now();
+            match timeout_at(deadline, el.try_acquire_or_renew(started)).await {
+                Ok(Ok(true)) => last = started,
+                Ok(Ok(false)) if !el.is_leader() => break "the Lease names another holder",
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => {
+                    warn!(error = %e, source = ?std::error::Error::source(&e), "Lease renewal failed")
+                }
+                Err(_) => break "not renewed within the renew deadline",
+            }
+        };
+        set_leader(false);
+        warn!(identity = %el.me, why, "lost the Lease: stopped writing");
     }
 }

@@ -1,5 +1,6 @@
 //! Where Services, EndpointSlices and Nodes come from.
 
+pub mod fake_lease;
 pub mod files;
 pub mod kube;
 pub mod memory;
