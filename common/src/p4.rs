@@ -24,6 +24,8 @@ pub mod sizes {
     pub const TUNNEL_PEER: u32 = 1024;
     /// `SPOOFED_SOURCE_SIZE`.
     pub const SPOOFED_SOURCE: u32 = 64;
+    /// `ENDPOINT_REPLY_SIZE`: endpoints that run no agent.
+    pub const ENDPOINT_REPLY: u32 = 16384;
     /// `SERVICE_COUNTER_SIZE`: the whole 16-bit service id space.
     pub const SERVICE_COUNTER: u32 = 65536;
 }
