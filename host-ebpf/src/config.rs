@@ -180,6 +180,11 @@ pub struct ServiceConfig {
     /// flows are dropped, as kube-proxy does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local_only: bool,
+    /// Some endpoint runs no agent (the switch delivers to it plain): new
+    /// flows leave a pending cookie, by which its replies are restored to
+    /// the VIP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agentless: bool,
 }
 
 /// One local pod.
@@ -267,6 +272,11 @@ impl ServiceConfig {
             flags: if self.reject { port_policy::REJECT } else { 0 }
                 | if self.local_only {
                     port_policy::LOCAL_ONLY
+                } else {
+                    0
+                }
+                | if self.agentless {
+                    port_policy::AGENTLESS
                 } else {
                     0
                 },

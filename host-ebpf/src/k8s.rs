@@ -199,6 +199,7 @@ pub fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Ve
                 reject,
                 preferred,
                 local_only: p["local_only"].as_bool().unwrap_or(false),
+                agentless: p["agentless"].as_bool().unwrap_or(false),
             });
         }
     }
@@ -318,7 +319,7 @@ mod tests {
             {"service": {"namespace": "default", "name": "web"}, "cluster_ips": ["10.96.0.10"],
              "data_path": [
                 {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16, "active": {}, "draining": {},
-                 "preferred": {"10.0.0.1": [3, 4], "10.0.0.2": [5]}, "local_only": true},
+                 "preferred": {"10.0.0.1": [3, 4], "10.0.0.2": [5]}, "local_only": true, "agentless": true},
                 {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 0}
              ]},
             {"service": {"namespace": "default", "name": "headless"}, "headless": true, "data_path": []},
@@ -336,6 +337,7 @@ mod tests {
                     reject: false,
                     preferred: vec![3, 4],
                     local_only: true,
+                    agentless: true,
                 },
                 // No buckets: no usable endpoint.
                 ServiceConfig {
@@ -346,6 +348,7 @@ mod tests {
                     reject: true,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 },
             ]
         );
@@ -361,6 +364,7 @@ mod tests {
                 reject: false,
                 preferred: Vec::new(),
                 local_only: false,
+                agentless: false,
             }],
             &s,
         );

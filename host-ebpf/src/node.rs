@@ -22,7 +22,7 @@ use talaria_common::{
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry,
         PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr, ServiceKey,
-        FIN_BACKEND_FIRST,
+        FIN_BACKEND_FIRST, PENDING_BACKEND,
     },
     net::IPPROTO_UDP,
 };
@@ -517,10 +517,14 @@ impl Node {
     /// Removes flow state that has served its time (`ttl`). Returns
     /// (cookies, reverse entries) removed.
     pub fn gc(&mut self, now_ns: u64, ttl: &FlowTtl) -> Result<(usize, usize)> {
-        let expired = |k: &FlowKey, last: u64, fin: u8, finished_ttl: u64| {
+        let expired = |k: &FlowKey, last: u64, fin: u8, finished_ttl: u64, pending: bool| {
             let idle = now_ns.saturating_sub(last);
             if k.proto == IPPROTO_UDP {
                 idle > ttl.udp_idle_ns
+            } else if pending {
+                // A connection to an endpoint without an agent that no
+                // reply ever answered.
+                idle > ttl.fin_grace_ns
             } else {
                 finished(fin) && idle > finished_ttl
             }
@@ -529,7 +533,10 @@ impl Node {
         let open = |k: &FlowKey, fin: u8| k.proto == IPPROTO_UDP || !finished(fin);
         let (cookies, cookie_pods) = self.sweep(
             MAP_COOKIES,
-            |k, v: &CookieEntry| expired(k, v.last_seen_ns, v.fin_seen, ttl.fin_grace_ns),
+            |k, v: &CookieEntry| {
+                let pending = v.backend_id == PENDING_BACKEND;
+                expired(k, v.last_seen_ns, v.fin_seen, ttl.fin_grace_ns, pending)
+            },
             |k, v: &CookieEntry| open(k, v.fin_seen),
         )?;
         // A reverse entry stays for the backend's TIME_WAIT when the backend
@@ -543,7 +550,15 @@ impl Node {
         };
         let (reverse, reverse_pods) = self.sweep(
             MAP_REVERSE,
-            |k, v: &ReverseEntry| expired(k, v.last_seen_ns, v.fin_seen, reverse_ttl(v.fin_seen)),
+            |k, v: &ReverseEntry| {
+                expired(
+                    k,
+                    v.last_seen_ns,
+                    v.fin_seen,
+                    reverse_ttl(v.fin_seen),
+                    false,
+                )
+            },
             |k, v: &ReverseEntry| open(k, v.fin_seen),
         )?;
         self.sweep_substitutes()?;

@@ -112,6 +112,7 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
                     reject: false,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 },
                 ServiceConfig {
                     id: 8,
@@ -121,6 +122,7 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
                     reject: false,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 }
             ]
         );

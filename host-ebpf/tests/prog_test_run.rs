@@ -73,6 +73,7 @@ fn node() -> Node {
         reject,
         preferred: Vec::new(),
         local_only: false,
+        agentless: false,
     };
     n.set_services(&[
         svc(SVC_TCP, VIP, 80, "tcp", false),
