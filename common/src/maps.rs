@@ -104,6 +104,29 @@ pub struct TunnelPeerKey {
     pub node_ip: Be32,
 }
 
+/// `endpoint_reply` key: a reply of an endpoint that runs no agent, by the
+/// P4 port it arrives on and its source address, port and protocol. Must
+/// match `table endpoint_reply` in p4/talaria.p4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointReplyKey {
+    pub port: u16,
+    pub endpoint_port: Be16,
+    pub endpoint_addr: Be32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `endpoint_reply` action `set_endpoint_reply`: the cookie the reply is
+/// tunnelled with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointReplyValue {
+    pub service_id: u16,
+    pub _pad: u16,
+    pub backend_id: u32,
+}
+
 /// A packets-and-bytes counter cell (per CPU in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -511,6 +534,8 @@ pod! {
     BackendValue = 12,
     NodeValue = 4,
     TunnelPeerKey = 8,
+    EndpointReplyKey = 12,
+    EndpointReplyValue = 8,
     PacketBytes = 16,
     FlowKey = 16,
     CookieEntry = 16,
