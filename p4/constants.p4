@@ -72,7 +72,7 @@ const bit<16> TUNNEL_SPORT_BASE = 0xc000;
  * (the controller allocates ids from 1) holds in backend_ip the address an
  * endpoint reply is tunnelled from. A packet that did not come to one of
  * the switch's addresses has no other table to learn it from. Must match
- * TUNNEL_SOURCE_BACKEND_ID in switch-agent/ebpf/src/lib.rs. */
+ * TUNNEL_SOURCE_BACKEND_ID in common/src/p4.rs. */
 const bit<32> TUNNEL_SOURCE_BACKEND_ID = 0;
 
 /* ----------------------------------------------------------- hash modes -- */

@@ -25,6 +25,7 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use talaria_common::p4::TUNNEL_SOURCE_BACKEND_ID;
 
 use talaria_tables::{
     backend, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
@@ -384,7 +385,7 @@ impl Desired {
         );
         c.insert(
             Table::Backend,
-            self.backends.values().filter(|r| r.entries > 0).count(),
+            self.fabric.backend.len() + self.backends.values().filter(|r| r.entries > 0).count(),
         );
         c
     }
@@ -439,17 +440,20 @@ impl Tables for Desired {
                     Some(EntryKey::Backend(k)) => Bound::Excluded(k.backend_id),
                     _ => Bound::Unbounded,
                 };
+                // The reserved entry (the fabric's) sorts first.
                 Box::new(
-                    self.backends
-                        .range((from, Bound::Unbounded))
-                        .filter(|(_, r)| r.entries > 0)
-                        .map(|(id, r)| {
-                            backend::Entry {
-                                key: backend::Key { backend_id: *id },
-                                action: r.backend.action(),
-                            }
-                            .into()
-                        }),
+                    self.fabric.entries_after(t, after).chain(
+                        self.backends
+                            .range((from, Bound::Unbounded))
+                            .filter(|(_, r)| r.entries > 0)
+                            .map(|(id, r)| {
+                                backend::Entry {
+                                    key: backend::Key { backend_id: *id },
+                                    action: r.backend.action(),
+                                }
+                                .into()
+                            }),
+                    ),
                 )
             }
             (Table::CookieCheck, after) => {
@@ -659,7 +663,7 @@ impl Planner {
                 .collect();
             self.adopted.insert(service_id, v);
         }
-        for (k, a) in &actual.backend {
+        for (k, a) in actual.backend.range(FIRST_BACKEND_KEY..) {
             let b = Backend::from_action(a);
             if let Err(e) = self.backend_ids.adopt(b, u64::from(k.backend_id)) {
                 warnings.push(format!("backend {} ({b}): {e}", k.backend_id));
@@ -695,7 +699,7 @@ impl Planner {
                 && self.service_ids.key_of(sid).is_none_or(|k| *k == key)
         });
         services
-            && actual.backend.iter().all(|(k, a)| {
+            && actual.backend.range(FIRST_BACKEND_KEY..).all(|(k, a)| {
                 let b = Backend::from_action(a);
                 let bid = u64::from(k.backend_id);
                 self.backend_ids.get(&b).is_none_or(|id| id == bid)
@@ -988,6 +992,22 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
             switch_addr::Action::TerminateTunnel {},
         );
     }
+    // Where the switch tunnels endpoint replies from (`endpoint_reply`):
+    // P4 applies a table once per packet, so a plain packet that leaves
+    // tunnelled finds the address in the `backend` entry it reserves.
+    if let Some(a) = fabric.switch_addrs.first() {
+        st.backend.insert(
+            backend::Key {
+                backend_id: TUNNEL_SOURCE_BACKEND_ID,
+            },
+            Backend {
+                ip: *a,
+                port: 0,
+                node_ip: Backend::NO_AGENT,
+            }
+            .action(),
+        );
+    }
     for r in &fabric.routes {
         let action = match r.port {
             Some(port) => ipv4_route::Action::Forward {
@@ -1037,6 +1057,11 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
     }
     st
 }
+
+/// The first `backend` key a backend holds.
+const FIRST_BACKEND_KEY: backend::Key = backend::Key {
+    backend_id: TUNNEL_SOURCE_BACKEND_ID + 1,
+};
 
 /// The port of the longest configured route to `addr`, if it forwards.
 fn route_port(routes: &[RouteConfig], addr: Ipv4Addr) -> Option<u16> {
@@ -1148,8 +1173,8 @@ endpoints:
         let s = plan_state(&mut p, &m, Instant::now());
         let nodes: BTreeSet<(String, String)> = s
             .backend
-            .values()
-            .map(|a| {
+            .range(FIRST_BACKEND_KEY..)
+            .map(|(_, a)| {
                 let b = Backend::from_action(a);
                 (b.ip.to_string(), b.node_ip.to_string())
             })
@@ -1225,7 +1250,11 @@ endpoints:
     }
 
     fn backend_ids(s: &Contents) -> Vec<u32> {
-        s.backend.keys().map(|k| k.backend_id).collect()
+        // Not the reserved tunnel-source entry.
+        s.backend
+            .range(FIRST_BACKEND_KEY..)
+            .map(|(k, _)| k.backend_id)
+            .collect()
     }
 
     fn cookie_ids(s: &Contents) -> Vec<u32> {
@@ -1276,7 +1305,7 @@ endpoints:
             "2 × 4 per backend, raised to the minimum 16"
         );
         assert_eq!(s.lb_bucket.len(), 16);
-        assert_eq!(s.backend.len(), 3);
+        assert_eq!(backend_ids(&s).len(), 3);
         assert_eq!(s.cookie_check.len(), 3, "draining backend keeps its cookie");
         let draining_id = p
             .desired()
@@ -1358,7 +1387,7 @@ endpoints:
             &model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]),
             t0,
         );
-        assert_eq!(s3.backend.len(), 3, "new id, old one still draining");
+        assert_eq!(backend_ids(&s3).len(), 3, "new id, old one still draining");
         assert!(!bucket_ids(&s3).contains(&gone[0]));
         assert_eq!(p.backend_id_usage(), (2, 1));
         let s4 = plan_state(
@@ -1406,7 +1435,7 @@ endpoints:
         let three = model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]);
         let s = plan_state(&mut r, &three, t1);
         assert!(cookie_ids(&s).contains(&gone[0]));
-        assert_eq!(s.backend.len(), 3);
+        assert_eq!(backend_ids(&s).len(), 3);
         // The quarantine counts from the restart: still there at t0 + q ...
         let s = plan_state(&mut r, &three, t0 + q);
         assert!(cookie_ids(&s).contains(&gone[0]));

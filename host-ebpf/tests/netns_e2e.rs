@@ -328,7 +328,9 @@ impl Lab {
             build::backend(BACKEND_B_TCP, POD_B, TCP_PORT, NODE2_IP),
             build::backend(BACKEND_C_TCP, POD_C, TCP_PORT, NODE1_IP),
             build::backend(BACKEND_B_UDP, POD_B, UDP_PORT, NODE2_IP),
-            // No agent delivers to the outside host: the switch, plain.
+            // No agent delivers to the outside host: the switch, plain;
+            // its replies leave tunnelled from the reserved entry's address.
+            build::backend(0, SWITCH_IP, 0, Ipv4Addr::UNSPECIFIED),
             build::route(host(EXT_IP), 3, sw3_mac, ext_mac),
             service(VIP_EXT, 443, IPPROTO_TCP, SVC_EXT_TCP),
             service(VIP_EXT, 53, IPPROTO_UDP, SVC_EXT_UDP),

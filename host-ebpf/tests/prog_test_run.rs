@@ -1095,6 +1095,7 @@ fn new_flows_go_to_the_preferred_backends_or_nowhere_when_local() {
         reject: false,
         preferred,
         local_only,
+        agentless: false,
     };
     n.set_services(&[
         with(SVC_TCP, VIP, 80, "tcp", vec![42, 43], true),

@@ -60,9 +60,4 @@ pub use talaria_common::p4::sizes as size;
 /// `ipv4_route` decrements it. Must match `TUNNEL_TTL` in p4/constants.p4.
 pub const TUNNEL_TTL: u8 = 64;
 
-/// The `backend` entry that holds, as its `backend_ip`, the address the
-/// switch tunnels endpoint replies from: a plain packet did not come to
-/// one of the switch's addresses, so nothing else names one. The
-/// controller allocates backend ids from 1. Must match
-/// `TUNNEL_SOURCE_BACKEND_ID` in p4/constants.p4.
-pub const TUNNEL_SOURCE_BACKEND_ID: u32 = 0;
+pub use talaria_common::p4::TUNNEL_SOURCE_BACKEND_ID;
