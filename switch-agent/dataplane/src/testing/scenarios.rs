@@ -1750,6 +1750,34 @@ fn agentless_steps() -> Vec<Step> {
         out
     };
 
+    let mut first_fragment = tcp.clone();
+    first_fragment.frag = 0x2000;
+    // A later fragment of that datagram (no TCP header), with its ports or
+    // its first fragment's cookie in the option.
+    let mut later = tcp.clone();
+    later.l4 = L4::Other(IPPROTO_TCP);
+    later.frag = 3;
+    later.payload = vec![0xab; 16];
+    let later_with = |opt: &[u8]| tunnel_frame(NODE_A, SWITCH, 64, opt, &later.to_bytes());
+    let ports_word = talaria(flags::NEW_FLOW | flags::FRAG_PORTS, 0, 40000 << 16 | 443);
+    // The client's port unreachable about a reply it got from VIP_API:443
+    // (restored by its node), sent back with the reply's cookie; relayed
+    // to the endpoint about its own reply.
+    let client_error = {
+        let quote = Inner::tcp(VIP_API, 443, CLIENT, 40000).to_bytes();
+        tunnel_frame(
+            NODE_A,
+            SWITCH,
+            64,
+            &talaria(flags::COOKIE_VALID, SVC_AGENTLESS_TCP, 400),
+            &icmp_unreachable(CLIENT, VIP_API, 3, &quote),
+        )
+    };
+    let relayed_error = {
+        let quote = Inner::tcp(ENDPOINT, 6443, CLIENT, 40000).to_bytes();
+        routed(&plain_ip(&icmp_unreachable(CLIENT, ENDPOINT, 3, &quote)), 1)
+    };
+
     // Replies of ENDPOINT to the client (node A's pod), the TCP one with a
     // TOS to copy.
     let reply_tcp = ip_with(
@@ -1842,6 +1870,31 @@ fn agentless_steps() -> Vec<Step> {
             Verdict::Drop(R::TtlExpired),
         )
         .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, first fragment (MF): stripped like a whole packet",
+            new_flow(&first_fragment),
+            stripped(&first_fragment, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, later fragment with its datagram's ports: stripped",
+            later_with(&ports_word),
+            stripped(&later, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, later fragment with its first fragment's cookie: stripped",
+            later_with(&talaria(flags::COOKIE_VALID, SVC_AGENTLESS_TCP, 400)),
+            stripped(&later, 400, 1),
+        )
+        .backend_hit(400)
+        .event(E::CookieHit),
+        s(
+            "client's ICMP error about an agentless endpoint's reply: relayed plain, quote rewritten",
+            client_error,
+            fwd(1, relayed_error),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::CookieHit, Some(400)),
         s(
             "agentless endpoint no route leads to: counted, then no_route",
             new_flow(&Inner::tcp(CLIENT, 40000, VIP_API, 444)),
