@@ -1778,8 +1778,20 @@ fn agentless_steps() -> Vec<Step> {
         routed(&plain_ip(&icmp_unreachable(CLIENT, ENDPOINT, 3, &quote)), 1)
     };
 
+    // A tunnel with outer IPv4 options: they go with the tunnel.
+    let outer_opts = {
+        let mut f = new_flow(&tcp);
+        f.splice(off::OUTER_UDP..off::OUTER_UDP, [1u8, 1, 1, 0]);
+        f[off::OUTER_IP] = 0x46;
+        let total = (f.len() - off::OUTER_IP) as u16;
+        f[off::OUTER_IP + 2..off::OUTER_IP + 4].copy_from_slice(&total.to_be_bytes());
+        let c = ipv4_checksum(&f[off::OUTER_IP..off::OUTER_IP + 24]);
+        f[off::OUTER_IP + 10..off::OUTER_IP + 12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+
     // Replies of ENDPOINT to the client (node A's pod), the TCP one with a
-    // TOS to copy.
+    // TOS (DSCP and ECN) to copy.
     let reply_tcp = ip_with(
         &Inner::tcp(ENDPOINT, 6443, CLIENT, 40000).to_bytes(),
         1,
@@ -1790,6 +1802,25 @@ fn agentless_steps() -> Vec<Step> {
     let reply_udp_b = Inner::udp(ENDPOINT, 5300, client_b, 5353).to_bytes();
     let reply_lost = Inner::tcp(ENDPOINT, 6443, Ipv4Addr::new(10, 244, 9, 7), 40000).to_bytes();
     let reply_ttl1 = ip_with(&reply_tcp, 8, 1);
+    // A short reply (no UDP checksum) in a frame padded to 60 bytes: the
+    // padding stays after the packet, outside the outer lengths.
+    let reply_short = {
+        let mut r = Inner::udp(ENDPOINT, 5300, CLIENT, 5353);
+        r.l4 = L4::Udp {
+            src: 5300,
+            dst: 5353,
+            csum: false,
+        };
+        r.payload = vec![];
+        r.to_bytes()
+    };
+    let padded = |mut f: Vec<u8>| {
+        f.resize(f.len() + 60 - (14 + reply_short.len()), 0);
+        f
+    };
+    // A reply cut inside its TCP header: no ports to look up.
+    let reply_cut =
+        plain_ip(&Inner::tcp(ENDPOINT, 6443, CLIENT, 40000).to_bytes())[..14 + 20 + 19].to_vec();
     // A first fragment (MF set) carries its ports: tunnelled whole.
     let reply_first_fragment = {
         let mut r = Inner::udp(ENDPOINT, 5300, CLIENT, 5353);
@@ -1896,6 +1927,12 @@ fn agentless_steps() -> Vec<Step> {
         )
         .load_balanced(SVC_AGENTLESS_TCP, E::CookieHit, Some(400)),
         s(
+            "agentless endpoint, tunnel with outer IPv4 options: stripped with them",
+            outer_opts,
+            stripped(&tcp, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
             "agentless endpoint no route leads to: counted, then no_route",
             new_flow(&Inner::tcp(CLIENT, 40000, VIP_API, 444)),
             Verdict::Drop(R::NoRoute),
@@ -1934,6 +1971,17 @@ fn agentless_steps() -> Vec<Step> {
             ),
         )
         .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply in a padded frame: tunnelled, padding kept after it",
+            padded(plain_ip(&reply_short)),
+            fwd(1, padded(endpoint_tunnel(&reply_short, udp_cookie, NODE_A))),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply cut inside its TCP header: routed plain",
+            reply_cut.clone(),
+            plain_to(&reply_cut, 1),
+        ),
         s(
             "endpoint reply for a client whose node has no route: counted, then no_route",
             plain_ip(&reply_lost),
