@@ -1305,7 +1305,7 @@ endpoints:
             "2 × 4 per backend, raised to the minimum 16"
         );
         assert_eq!(s.lb_bucket.len(), 16);
-        assert_eq!(backend_ids(&s).len(), 3);
+        assert_eq!(backend_ids(s).len(), 3);
         assert_eq!(s.cookie_check.len(), 3, "draining backend keeps its cookie");
         let draining_id = p
             .desired()

@@ -152,9 +152,10 @@ async fn sync_restart_resync_rest_and_cli() {
     wait_for("first sync", || ctx.ready().is_ok()).await;
     let want = ctx.desired_len();
     // 1 switch_addr + 1 spoofed_source (the switch address) + 2 pod_node
-    // (the pod CIDR, the node's /32) + 3 backend + 3 cookie + 16 buckets
-    // + 1 service (no routes, so no tunnel_peer).
-    assert_eq!(want, 27);
+    // (the pod CIDR, the node's /32) + 3 backend and the reserved tunnel
+    // source one + 3 cookie + 16 buckets + 1 service (no routes, so no
+    // tunnel_peer).
+    assert_eq!(want, 28);
     assert_eq!(fake_count(&fake), want);
     assert!(
         fake.state.lock().unwrap().pipeline.is_some(),
@@ -189,7 +190,7 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(fake_count(&fake), ctx.desired_len());
     // It takes no new flows, but its cookies stay valid through the quarantine.
     let backends = fake.state.lock().unwrap().tables[&backend_id].len();
-    assert_eq!(backends, 3);
+    assert_eq!(backends, 3 + 1, "three backends and the tunnel source");
 
     // Switch restart: empty tables, no pipeline; the controller reconnects,
     // pushes the pipeline and rewrites everything.
