@@ -362,7 +362,10 @@ async fn sync_restart_resync_rest_and_cli() {
         .await
         .unwrap();
     assert_eq!(version(&r), now, "the CIDRs name their plan version");
-    assert_eq!(r.text().await.unwrap(), r#"["10.96.0.0/12","10.100.0.0/16"]"#);
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"["10.96.0.0/12","10.100.0.0/16"]"#
+    );
     let (code, body) = get("/v1/switches/s1/counters").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("drop_counter"), "{body}");

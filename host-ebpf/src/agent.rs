@@ -195,8 +195,16 @@ impl HostRoutes {
             return Ok(());
         }
         let src = self.src.to_string();
-        let add: Vec<String> = changes.add.iter().map(|(a, l)| format!("{a}/{l}")).collect();
-        let remove: Vec<String> = changes.remove.iter().map(|(a, l)| format!("{a}/{l}")).collect();
+        let add: Vec<String> = changes
+            .add
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
+        let remove: Vec<String> = changes
+            .remove
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
         sys::in_netns_file(self.netns.clone(), move || -> Result<()> {
             for c in &add {
                 sys::run("ip", &["route", "replace", c, "dev", HOST_DEV, "src", &src])?;

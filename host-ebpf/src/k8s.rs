@@ -263,7 +263,9 @@ pub fn service_cidrs_from_json(v: &serde_json::Value) -> Result<BTreeSet<Cidr>> 
         .ok_or_else(|| bad("not an array".into()))?
         .iter()
         .map(|c| {
-            let s = c.as_str().ok_or_else(|| bad(format!("{c} is not a string")))?;
+            let s = c
+                .as_str()
+                .ok_or_else(|| bad(format!("{c} is not a string")))?;
             parse_cidr(s).map(network)
         })
         .collect()
@@ -317,7 +319,11 @@ impl CidrChanges {
 /// The changes from `have` to `want`. A configured prefix is never
 /// removed, even if `want` lacks it: the static config is the floor that
 /// holds whatever the controller says.
-pub fn cidr_changes(have: &BTreeSet<Cidr>, want: &BTreeSet<Cidr>, configured: &[Cidr]) -> CidrChanges {
+pub fn cidr_changes(
+    have: &BTreeSet<Cidr>,
+    want: &BTreeSet<Cidr>,
+    configured: &[Cidr],
+) -> CidrChanges {
     let keep: BTreeSet<Cidr> = configured.iter().map(|c| network(*c)).collect();
     CidrChanges {
         add: want.difference(have).copied().collect(),
@@ -549,7 +555,10 @@ mod tests {
                 remove: vec![cidr("10.100.0.0/16")],
             }
         );
-        assert!(cidr_changes(&want, &want, &configured).is_empty(), "idempotent");
+        assert!(
+            cidr_changes(&want, &want, &configured).is_empty(),
+            "idempotent"
+        );
         // A configured prefix stays even if `want` lacks it.
         let changes = cidr_changes(&have, &BTreeSet::new(), &configured);
         assert_eq!(changes.remove, vec![cidr("10.100.0.0/16")]);

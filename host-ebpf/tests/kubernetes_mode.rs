@@ -166,14 +166,24 @@ fn service_cidrs_from_the_controller_are_steered() {
     talaria_preflight::require!(talaria_preflight::LOADS_BPF);
     let ns = NetNs::new(&format!("tlr-cidr-{}", std::process::id())).unwrap();
     // The host device as the agent makes it; its peer receives nothing.
-    ns.ip(&["link", "add", "tlr-host", "type", "veth", "peer", "name", "tlr-host-peer"])
-        .unwrap();
+    ns.ip(&[
+        "link",
+        "add",
+        "tlr-host",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "tlr-host-peer",
+    ])
+    .unwrap();
     ns.ip(&["link", "set", "tlr-host", "up"]).unwrap();
     // The node's address, the routes' source.
     ns.ip(&["addr", "add", "10.0.1.1/32", "dev", "lo"]).unwrap();
     ns.ip(&["link", "set", "tlr-host-peer", "up"]).unwrap();
     let routes = |c: &str| ns.ip(&["-4", "route", "show", c]).unwrap();
-    ns.ip(&["route", "add", "10.96.0.0/12", "dev", "tlr-host"]).unwrap();
+    ns.ip(&["route", "add", "10.96.0.0/12", "dev", "tlr-host"])
+        .unwrap();
     let cidr = |s: &str| talaria_node::config::parse_cidr(s).unwrap();
     let configured = BTreeSet::from([cidr("10.96.0.0/12")]);
     let both = BTreeSet::from([cidr("10.96.0.0/12"), cidr("10.100.0.0/16")]);
@@ -229,19 +239,28 @@ fn service_cidrs_from_the_controller_are_steered() {
         panic!("{what}: NODE_SVC_CIDRS {:?}", have());
     };
 
-    eventually("services fetched", Box::new(|| api.lock().unwrap().service_fetches > 0));
+    eventually(
+        "services fetched",
+        Box::new(|| api.lock().unwrap().service_fetches > 0),
+    );
     assert_eq!(have(), configured, "the controller names none");
     api.lock().unwrap().service_cidrs = serde_json::json!(["10.100.0.0/16"]);
     eventually("added at the controller", Box::new(|| have() == both));
     eventually(
         "routed to tlr-host",
-        Box::new(|| routes("10.100.0.0/16").contains("dev tlr-host src 10.0.1.1")),
+        Box::new(|| {
+            let r = routes("10.100.0.0/16");
+            r.contains("dev tlr-host") && r.contains("src 10.0.1.1")
+        }),
     );
 
     // The controller drops it: gone from the map and the routes; the
     // configured prefix and its route stay.
     api.lock().unwrap().service_cidrs = serde_json::json!([]);
-    eventually("dropped at the controller", Box::new(|| have() == configured));
+    eventually(
+        "dropped at the controller",
+        Box::new(|| have() == configured),
+    );
     eventually(
         "route removed",
         Box::new(|| routes("10.100.0.0/16").is_empty()),
