@@ -1,7 +1,8 @@
 //! Kubernetes mode: this node's Pods from the API server (a kube-rs
 //! reflector on Pods with `fieldSelector=spec.nodeName=<node>`), and the
-//! service ids the backend side needs from the controller's REST API
-//! (`GET /v1/services`, refreshed periodically).
+//! service ids the backend side needs and the cluster's ServiceCIDRs from
+//! the controller's REST API (`GET /v1/services`, long-polled, and `GET
+//! /v1/service-cidrs`).
 
 use std::{
     collections::BTreeSet,
