@@ -338,6 +338,35 @@ async fn sync_restart_resync_rest_and_cli() {
         get("/v1/service-cidrs").await,
         (200, r#"["10.96.0.0/12"]"#.into())
     );
+    // A new ServiceCIDR alone changes no switch entry, yet it wakes the
+    // node agents' long poll: they steer the CIDRs (host-ebpf k8s.rs).
+    let r = reqwest::get(format!("{base}/v1/services")).await.unwrap();
+    let held = version(&r);
+    let url = format!("{base}/v1/services?after={held}&wait_ms=60000");
+    let poll = tokio::spawn(async move { version(&reqwest::get(&url).await.unwrap()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "the poll waits while nothing changes");
+    let mut o = objects(&["10.244.1.5"]);
+    o.put_service_cidr(
+        serde_yaml::from_str(
+            "{apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: extra}, spec: {cidrs: [10.100.0.0/16]}}",
+        )
+        .unwrap(),
+    );
+    src.replace(o);
+    let now = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("a ServiceCIDR change wakes the poll")
+        .unwrap();
+    assert!(now > held, "{now} after {held}");
+    let r = reqwest::get(format!("{base}/v1/service-cidrs"))
+        .await
+        .unwrap();
+    assert_eq!(version(&r), now, "the CIDRs name their plan version");
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"["10.96.0.0/12","10.100.0.0/16"]"#
+    );
     let (code, body) = get("/v1/switches/s1/counters").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("drop_counter"), "{body}");

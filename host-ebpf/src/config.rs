@@ -33,7 +33,9 @@ pub struct Config {
     /// packets), as `aa:bb:cc:dd:ee:ff`.
     pub switch_mac: String,
     /// Service CIDRs (ClusterIP ranges) steered to the switch, e.g.
-    /// `10.96.0.0/12`.
+    /// `10.96.0.0/12`. Kubernetes mode adds the cluster's ServiceCIDRs
+    /// from the controller (`GET /v1/service-cidrs`) and never removes
+    /// these.
     pub service_cidrs: Vec<String>,
     /// Services this node may host backends of: the switch sends only the
     /// service id, so the backend node maps it back to VIP:port to

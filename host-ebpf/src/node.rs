@@ -1,6 +1,7 @@
 //! The loaded node programs and their maps.
 
 use std::{
+    collections::BTreeSet,
     io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -160,6 +161,24 @@ pub fn pinned_services(pin_dir: &Path) -> Result<Vec<(u32, ServiceAddr)>> {
     let mut out: Vec<(u32, ServiceAddr)> = h.iter().filter_map(|r| r.ok()).collect();
     out.sort_by_key(|s| s.0);
     Ok(out)
+}
+
+/// The prefixes in a `NODE_SVC_CIDRS` map.
+fn service_cidrs_of(map: &Map) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
+    let t: LpmTrie<_, [u8; 4], u32> =
+        LpmTrie::try_from(map).map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+    t.keys()
+        .map(|k| {
+            let k = k.map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+            // Key::prefix_len is at most 32: the map's keys are 4 bytes.
+            Ok((Ipv4Addr::from(k.data()), k.prefix_len() as u8))
+        })
+        .collect()
+}
+
+/// The service CIDRs in a running node's pinned `NODE_SVC_CIDRS`.
+pub fn pinned_service_cidrs(pin_dir: &Path) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
+    service_cidrs_of(&open_pinned(pin_dir, MAP_SVC_CIDRS)?)
 }
 
 /// The node programs, loaded, and their maps.
@@ -391,6 +410,37 @@ impl Node {
             Array::try_from(self.map(MAP_MTU)?).map_err(|e| Error::map(MAP_MTU, e))?;
         a.get(&mtu::UPLINK_MTU, 0)
             .map_err(|e| Error::map(MAP_MTU, e))
+    }
+
+    /// The service CIDRs in `NODE_SVC_CIDRS`.
+    pub fn service_cidrs(&self) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
+        service_cidrs_of(self.map(MAP_SVC_CIDRS)?)
+    }
+
+    /// Adds service CIDRs (present ones stay).
+    pub fn add_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+        let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
+            .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        for (a, l) in cidrs {
+            t.insert(&lpm_trie::Key::new(u32::from(*l), a.octets()), 1, 0)
+                .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes service CIDRs (absent ones are no error).
+    pub fn remove_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+        let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
+            .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        for (a, l) in cidrs {
+            match t.remove(&lpm_trie::Key::new(u32::from(*l), a.octets())) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(Error::map(MAP_SVC_CIDRS, e)),
+            }
+        }
+        Ok(())
     }
 
     /// Replaces the service CIDRs.
