@@ -81,42 +81,6 @@ control TalariaIngress(inout headers_t hdr,
     /* A stripped tunnel's IPv4 header after the TTL decrement. */
     Csum16Update() strip_ttl_csum;
 
-    /* ------------------------------------------------ endpoint_reply -- */
-
-    @id(0x01000013)
-    action set_endpoint_reply(service_id_t service_id, backend_id_t backend_id) {
-        meta.endpoint = 1;
-        meta.endpoint_service_id = service_id;
-        meta.endpoint_backend_id = backend_id;
-    }
-
-    /* Routed as any plain packet. */
-    @id(0x01000014)
-    action endpoint_reply_miss() {
-        meta.endpoint = 0;
-    }
-
-    /* Replies of endpoints that run no agent (off-cluster addresses, node
-     * addresses): (ingress port, source address, port, protocol) -> the
-     * cookie the reply is tunnelled to the client's node with. The port
-     * is part of the key so that only the link the endpoint sits behind
-     * can speak for it. */
-    @id(0x0200000A)
-    table endpoint_reply {
-        key = {
-            standard_metadata.ingress_port : exact @name("port");
-            hdr.ipv4.src_addr              : exact @name("endpoint_addr");
-            meta.endpoint_port             : exact @name("endpoint_port");
-            hdr.ipv4.protocol              : exact @name("proto");
-        }
-        actions = {
-            set_endpoint_reply;
-            @defaultonly endpoint_reply_miss;
-        }
-        default_action = endpoint_reply_miss();
-        size = ENDPOINT_REPLY_SIZE; // Service ports of agentless endpoints
-    }
-
     /* ---------------------------------------------------- ipv4_route -- */
 
     /* Send out of `port` to the next hop `dst_mac`. */
@@ -384,6 +348,42 @@ control TalariaIngress(inout headers_t hdr,
         }
         default_action = source_ok();
         size = SPOOFED_SOURCE_SIZE;
+    }
+
+    /* ------------------------------------------------ endpoint_reply -- */
+
+    @id(0x01000013)
+    action set_endpoint_reply(service_id_t service_id, backend_id_t backend_id) {
+        meta.endpoint = 1;
+        meta.endpoint_service_id = service_id;
+        meta.endpoint_backend_id = backend_id;
+    }
+
+    /* Routed as any plain packet. */
+    @id(0x01000014)
+    action endpoint_reply_miss() {
+        meta.endpoint = 0;
+    }
+
+    /* Replies of endpoints that run no agent (off-cluster addresses, node
+     * addresses): (ingress port, source address, port, protocol) -> the
+     * cookie the reply is tunnelled to the client's node with. The port
+     * is part of the key so that only the link the endpoint sits behind
+     * can speak for it. */
+    @id(0x0200000A)
+    table endpoint_reply {
+        key = {
+            standard_metadata.ingress_port : exact @name("port");
+            hdr.ipv4.src_addr              : exact @name("endpoint_addr");
+            meta.endpoint_port             : exact @name("endpoint_port");
+            hdr.ipv4.protocol              : exact @name("proto");
+        }
+        actions = {
+            set_endpoint_reply;
+            @defaultonly endpoint_reply_miss;
+        }
+        default_action = endpoint_reply_miss();
+        size = ENDPOINT_REPLY_SIZE; // Service ports of agentless endpoints
     }
 
     apply {

@@ -269,6 +269,22 @@ mod tests {
                 }),
                 Table::SpoofedSource,
             ),
+            (
+                endpoint_reply(3, (A, 6443), 6, (7, 9)),
+                Entry::EndpointReply(endpoint_reply::Entry {
+                    key: endpoint_reply::Key {
+                        port: 3,
+                        endpoint_addr: A,
+                        endpoint_port: 6443,
+                        proto: 6,
+                    },
+                    action: endpoint_reply::Action::SetEndpointReply {
+                        service_id: 7,
+                        backend_id: 9,
+                    },
+                }),
+                Table::EndpointReply,
+            ),
         ];
         for (built, want, table) in cases {
             assert_eq!(built, want);
