@@ -53,6 +53,27 @@ const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
 /* A later request fragment without a cookie: backend_id holds the
  * datagram's ports (src << 16 | dst). */
 const bit<8>  TALARIA_FLAG_FRAG_PORTS   = 0x08;
+/* A reply the switch tunnelled for an endpoint that runs no agent. */
+const bit<8>  TALARIA_FLAG_ENDPOINT     = 0x10;
+/* Geneve base header byte 1 of a talaria packet: the C bit (our option is
+ * critical). */
+const bit<1>  GENEVE_CRITICAL   = 1;
+/* IPv4 `flags` of an outer header the switch builds: DF, as nodes send. */
+const bit<3>  IPV4_FLAG_DF      = 0x2;
+/* Bytes a tunnel adds in front of the inner IPv4 header, outer IPv4
+ * excluded (UDP 8 + Geneve 8 + option 12), and with it. */
+const bit<16> TUNNEL_UDP_OVERHEAD  = 28;
+const bit<16> TUNNEL_OVERHEAD      = 48;
+/* The outer UDP source port of a tunnel the switch builds: the flow hash
+ * folded into 49152-65535, for ECMP entropy. */
+const bit<16> TUNNEL_SPORT_BASE = 0xc000;
+
+/* The backend id reserved for the switch's tunnel source: `backend` entry 0
+ * (the controller allocates ids from 1) holds in backend_ip the address an
+ * endpoint reply is tunnelled from. A packet that did not come to one of
+ * the switch's addresses has no other table to learn it from. Must match
+ * TUNNEL_SOURCE_BACKEND_ID in common/src/p4.rs. */
+const bit<32> TUNNEL_SOURCE_BACKEND_ID = 0;
 
 /* ----------------------------------------------------------- hash modes -- */
 /* The `hash_mode` parameter of `set_service`; must match common/src/hash.rs. */
@@ -160,6 +181,9 @@ const bit<32> TUNNEL_PEER_SIZE  = 1024;
 /* Source addresses no port may use: this switch's own, and any the
  * operator adds. */
 const bit<32> SPOOFED_SOURCE_SIZE = 64;
+/* (port, endpoint address, port, protocol) of endpoints that run no agent:
+ * a few thousand Service ports' worth. */
+const bit<32> ENDPOINT_REPLY_SIZE = 16384;
 /* Service ids are 16 bits, so the per-service counter covers the whole id
  * space and needs no bounds check. */
 const bit<32> SERVICE_COUNTER_SIZE = 65536;

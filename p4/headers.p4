@@ -185,6 +185,20 @@ struct metadata_t {
      * client's (pod_node); for a reply first the backend's, which must be
      * the sender. */
     ipv4_addr_t  node_ip;
+    /* 1: a request to a backend without an agent (node_ip 0.0.0.0): the
+     * tunnel is stripped and the DNATed inner packet routed plain. */
+    bit<1>       strip;
+    /* 1: a plain packet that endpoint_reply, pod_node and the tunnel
+     * source all matched: it leaves tunnelled to the client's node. */
+    bit<1>       endpoint;
+    /* 1: inner_ipv4 is a copy of a plain packet's header (endpoint_reply
+     * hit), to be dropped again if the packet stays plain. */
+    bit<1>       inner_from_plain;
+    /* endpoint_reply's key: the plain packet's source port. */
+    l4_port_t    endpoint_port;
+    /* endpoint_reply's cookie, for the option. */
+    service_id_t endpoint_service_id;
+    backend_id_t endpoint_backend_id;
 }
 
 #endif  /* _TALARIA_HEADERS_P4_ */

@@ -64,10 +64,14 @@ parser TalariaParser(packet_in packet,
         transition parse_ipv4_payload;
     }
 
-    /* Only first fragments carry a UDP header. */
+    /* Only first fragments carry an L4 header. A plain TCP header goes
+     * where an inner one would: with no tunnel headers valid the deparser
+     * emits it right after the IPv4 header, and an endpoint reply that is
+     * tunnelled keeps it there. */
     state parse_ipv4_payload {
         transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
             (13w0, IP_PROTO_UDP): parse_udp;
+            (13w0, IP_PROTO_TCP): parse_inner_tcp;
             default: accept;
         }
     }
@@ -206,13 +210,15 @@ control TalariaVerifyChecksum(inout headers_t hdr, inout metadata_t meta) {
 }
 
 /* Recomputes the outer IPv4 checksum (TTL, and addresses on re-originated
- * tunnels). The outer header was verified on the way in, so recomputing is
- * the same as updating. The inner checksums are updated incrementally in
- * the ingress (Csum16Update in talaria.p4): recomputing them here would
- * repair a packet that arrived damaged. */
+ * or built tunnels). The outer header was verified on the way in, so
+ * recomputing is the same as updating. The inner checksums are updated
+ * incrementally in the ingress (Csum16Update in talaria.p4): recomputing
+ * them here would repair a packet that arrived damaged. That includes a
+ * stripped tunnel's (meta.strip), whose IPv4 header is the inner one. */
 control TalariaComputeChecksum(inout headers_t hdr, inout metadata_t meta) {
     apply {
-        update_checksum(hdr.ipv4.isValid() && !hdr.ipv4_options.isValid(),
+        update_checksum(hdr.ipv4.isValid() && !hdr.ipv4_options.isValid()
+                            && meta.strip == 0,
             { hdr.ipv4.version, hdr.ipv4.ihl, hdr.ipv4.diffserv,
               hdr.ipv4.total_len, hdr.ipv4.identification, hdr.ipv4.flags,
               hdr.ipv4.frag_offset, hdr.ipv4.ttl, hdr.ipv4.protocol,

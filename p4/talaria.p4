@@ -78,6 +78,8 @@ control TalariaIngress(inout headers_t hdr,
     Csum16Update() quoted_ipv4_csum;
     Csum16Update() icmp_csum;
     Csum16Update() icmp_quoted_csum;
+    /* A stripped tunnel's IPv4 header after the TTL decrement. */
+    Csum16Update() strip_ttl_csum;
 
     /* ---------------------------------------------------- ipv4_route -- */
 
@@ -348,6 +350,42 @@ control TalariaIngress(inout headers_t hdr,
         size = SPOOFED_SOURCE_SIZE;
     }
 
+    /* ------------------------------------------------ endpoint_reply -- */
+
+    @id(0x01000013)
+    action set_endpoint_reply(service_id_t service_id, backend_id_t backend_id) {
+        meta.endpoint = 1;
+        meta.endpoint_service_id = service_id;
+        meta.endpoint_backend_id = backend_id;
+    }
+
+    /* Routed as any plain packet. */
+    @id(0x01000014)
+    action endpoint_reply_miss() {
+        meta.endpoint = 0;
+    }
+
+    /* Replies of endpoints that run no agent (off-cluster addresses, node
+     * addresses): (ingress port, source address, port, protocol) -> the
+     * cookie the reply is tunnelled to the client's node with. The port
+     * is part of the key so that only the link the endpoint sits behind
+     * can speak for it. */
+    @id(0x0200000A)
+    table endpoint_reply {
+        key = {
+            standard_metadata.ingress_port : exact @name("port");
+            hdr.ipv4.src_addr              : exact @name("endpoint_addr");
+            meta.endpoint_port             : exact @name("endpoint_port");
+            hdr.ipv4.protocol              : exact @name("proto");
+        }
+        actions = {
+            set_endpoint_reply;
+            @defaultonly endpoint_reply_miss;
+        }
+        default_action = endpoint_reply_miss();
+        size = ENDPOINT_REPLY_SIZE; // Service ports of agentless endpoints
+    }
+
     apply {
         /* bmv2 zeroes metadata anyway; say so for other targets. */
         meta.drop_reason = 0;
@@ -356,6 +394,9 @@ control TalariaIngress(inout headers_t hdr,
         meta.reply = 0;
         meta.icmp_relay = 0;
         meta.cookie_fragment = 0;
+        meta.strip = 0;
+        meta.endpoint = 0;
+        meta.inner_from_plain = 0;
 
         if (!hdr.ipv4.isValid()) {
             /* The switch routes IPv4 only; anything else has no route. A
@@ -528,24 +569,68 @@ control TalariaIngress(inout headers_t hdr,
                     meta.bucket = (bucket_t)meta.flow_hash & meta.bucket_mask;
                     lb_bucket.apply();
                 }
-
-                /* The backend: where a request goes; for a reply, the node
-                 * that must have sent it. */
-                if (meta.drop_reason == 0) {
-                    backend.apply();
-                    if (meta.reply == 1
-                        && (meta.drop_reason != 0 || meta.node_ip != hdr.ipv4.src_addr)) {
-                        meta.drop_reason = DROP_FORGED_REPLY;
-                    }
+            } else {
+                /* Plain IPv4. A TCP or UDP first fragment without options
+                 * may be the reply of an endpoint without an agent (UDP to
+                 * 6081 never is: that is Geneve in transit). */
+                bool has_ports = false;
+                if (hdr.inner_tcp.isValid()) {
+                    meta.endpoint_port = hdr.inner_tcp.src_port;
+                    has_ports = true;
+                } else if (hdr.udp.isValid() && hdr.udp.dst_port != GENEVE_UDP_PORT) {
+                    meta.endpoint_port = hdr.udp.src_port;
+                    meta.l4_dst_port = hdr.udp.dst_port;
+                    has_ports = true;
                 }
+                if (has_ports && !hdr.ipv4_options.isValid()) {
+                    endpoint_reply.apply();
+                }
+                if (meta.endpoint == 1) {
+                    /* The tunnel source, in the reserved backend entry. */
+                    meta.backend_id = TUNNEL_SOURCE_BACKEND_ID;
+                    /* The unchanged packet becomes the inner one (and
+                     * pod_node's key); undone if it stays plain. */
+                    hdr.inner_ipv4 = hdr.ipv4;
+                    meta.inner_from_plain = 1;
+                }
+            }
 
-                if (meta.drop_reason == 0 && meta.reply == 1) {
-                    /* Back to the client pod's node. */
-                    pod_node.apply();
-                    if (meta.drop_reason == 0) {
-                        lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
-                    }
+            /* bmv2 takes a table applied in two places only if both go on
+             * to the same next table, so backend and pod_node have one
+             * place each, shared by the tunnel and the endpoint reply. */
+
+            /* The backend: where a request goes; for a reply, the node
+             * that must have sent it; for an endpoint reply, the switch's
+             * tunnel source (none: it is routed plain). */
+            if (meta.drop_reason == 0 && (meta.terminate == 1 || meta.endpoint == 1)) {
+                backend.apply();
+                if (meta.endpoint == 1 && meta.drop_reason != 0) {
+                    meta.drop_reason = 0;
+                    meta.endpoint = 0;
+                }
+                if (meta.reply == 1
+                    && (meta.drop_reason != 0 || meta.node_ip != hdr.ipv4.src_addr)) {
+                    meta.drop_reason = DROP_FORGED_REPLY;
+                }
+            }
+            if (meta.endpoint == 1) {
+                meta.switch_ip = meta.backend_ip;
+            }
+
+            /* Back to the client pod's node. An endpoint reply without one
+             * is routed plain. */
+            if (meta.drop_reason == 0 && (meta.reply == 1 || meta.endpoint == 1)) {
+                pod_node.apply();
+                if (meta.endpoint == 1 && meta.drop_reason != 0) {
+                    meta.drop_reason = 0;
+                    meta.endpoint = 0;
                 } else if (meta.drop_reason == 0) {
+                    lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
+                }
+            }
+
+            if (meta.terminate == 1) {
+                if (meta.drop_reason == 0 && meta.reply == 0) {
                     /* DNAT to the backend pod, inner checksums updated
                      * incrementally (the L4 ones cover the address through
                      * the pseudo header; a later fragment has none, its
@@ -601,7 +686,21 @@ control TalariaIngress(inout headers_t hdr,
                                         | TALARIA_FLAG_COOKIE_VALID;
                 }
 
-                if (meta.drop_reason == 0) {
+                if (meta.drop_reason == 0 && meta.reply == 0 && meta.node_ip == 0) {
+                    /* A backend without an agent: strip the tunnel and
+                     * route the DNATed packet plain, as any router would
+                     * (its TTL checked here, decremented below). */
+                    meta.strip = 1;
+                    hdr.ipv4 = hdr.inner_ipv4;
+                    hdr.ipv4_options.setInvalid();
+                    hdr.udp.setInvalid();
+                    hdr.geneve.setInvalid();
+                    hdr.talaria.setInvalid();
+                    hdr.inner_ipv4.setInvalid();
+                    if (hdr.ipv4.ttl <= 1) {
+                        meta.drop_reason = DROP_TTL_EXPIRED;
+                    }
+                } else if (meta.drop_reason == 0) {
                     /* Re-originate the tunnel: from the address it came to,
                      * to the chosen node; routed below. */
                     hdr.ipv4.src_addr = meta.switch_ip;
@@ -611,12 +710,70 @@ control TalariaIngress(inout headers_t hdr,
                      * per segment of a GSO packet (docs/design.md). */
                     hdr.udp.checksum = 0;
                 }
-            } else if (hdr.ipv4.ttl <= 1) {
-                meta.drop_reason = DROP_TTL_EXPIRED;
+            } else if (meta.endpoint == 1) {
+                /* Tunnel it as a node tunnels a reply, cookie from
+                 * endpoint_reply, from the switch's tunnel source. The
+                 * outer source port: crc32 of the flow, as the bucket
+                 * hash (common/src/hash.rs), top 14 bits. */
+                hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                     { hdr.ipv4.src_addr,
+                       hdr.ipv4.dst_addr,
+                       hdr.ipv4.protocol,
+                       meta.endpoint_port,
+                       meta.l4_dst_port },
+                     (bit<64>)4294967296);
+                if (hdr.udp.isValid()) {
+                    hdr.inner_udp = hdr.udp;
+                }
+                hdr.udp.setValid();
+                hdr.udp.src_port = TUNNEL_SPORT_BASE | (bit<16>)meta.flow_hash[31:18];
+                hdr.udp.dst_port = GENEVE_UDP_PORT;
+                hdr.udp.length = hdr.ipv4.total_len + TUNNEL_UDP_OVERHEAD;
+                hdr.udp.checksum = 0;
+                hdr.geneve.setValid();
+                hdr.geneve.version = 0;
+                hdr.geneve.opt_len = TALARIA_GENEVE_OPT_LEN;
+                hdr.geneve.oam = 0;
+                hdr.geneve.critical = GENEVE_CRITICAL;
+                hdr.geneve.reserved = 0;
+                hdr.geneve.protocol_type = GENEVE_PROTO_IPV4;
+                hdr.geneve.vni = 0;
+                hdr.geneve.reserved2 = 0;
+                hdr.talaria.setValid();
+                hdr.talaria.opt_class = TALARIA_OPT_CLASS;
+                hdr.talaria.opt_type = TALARIA_OPT_TYPE;
+                hdr.talaria.reserved = 0;
+                hdr.talaria.length = TALARIA_OPT_WORDS;
+                hdr.talaria.version = TALARIA_VERSION;
+                hdr.talaria.flags = TALARIA_FLAG_REPLY | TALARIA_FLAG_COOKIE_VALID
+                                    | TALARIA_FLAG_ENDPOINT;
+                hdr.talaria.service_id = meta.endpoint_service_id;
+                hdr.talaria.backend_id = meta.endpoint_backend_id;
+                hdr.ipv4.total_len = hdr.ipv4.total_len + TUNNEL_OVERHEAD;
+                hdr.ipv4.identification = 0;
+                hdr.ipv4.flags = IPV4_FLAG_DF;
+                hdr.ipv4.frag_offset = 0;
+                hdr.ipv4.ttl = TUNNEL_TTL;
+                hdr.ipv4.protocol = IP_PROTO_UDP;
+                hdr.ipv4.src_addr = meta.switch_ip;
+                hdr.ipv4.dst_addr = meta.node_ip;
+            } else {
+                if (meta.inner_from_plain == 1) {
+                    hdr.inner_ipv4.setInvalid();
+                }
+                if (meta.drop_reason == 0 && hdr.ipv4.ttl <= 1) {
+                    meta.drop_reason = DROP_TTL_EXPIRED;
+                }
             }
 
             if (meta.drop_reason == 0) {
+                /* The TTL and protocol word, for a stripped header. */
+                bit<16> ttl_word = hdr.ipv4.ttl ++ hdr.ipv4.protocol;
                 ipv4_route.apply();
+                if (meta.strip == 1 && meta.drop_reason == 0) {
+                    strip_ttl_csum.apply(hdr.ipv4.hdr_checksum, 0, 0, ttl_word,
+                                         hdr.ipv4.ttl ++ hdr.ipv4.protocol);
+                }
             }
         }
 

@@ -104,6 +104,29 @@ pub struct TunnelPeerKey {
     pub node_ip: Be32,
 }
 
+/// `endpoint_reply` key: a reply of an endpoint that runs no agent, by the
+/// P4 port it arrives on and its source address, port and protocol. Must
+/// match `table endpoint_reply` in p4/talaria.p4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointReplyKey {
+    pub port: u16,
+    pub endpoint_port: Be16,
+    pub endpoint_addr: Be32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `endpoint_reply` action `set_endpoint_reply`: the cookie the reply is
+/// tunnelled with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointReplyValue {
+    pub service_id: u16,
+    pub _pad: u16,
+    pub backend_id: u32,
+}
+
 /// A packets-and-bytes counter cell (per CPU in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,10 +184,18 @@ pub struct CookieEntry {
     /// it); the entry goes once both directions finished.
     pub fin_seen: u8,
     pub _pad: u8,
+    /// [`PENDING_BACKEND`] until the first reply names the backend.
     pub backend_id: u32,
     /// `bpf_ktime_get_ns()` of the last packet, for UDP idle expiry.
     pub last_seen_ns: u64,
 }
+
+/// The `backend_id` of a [`CookieEntry`] recorded when a new flow to a
+/// port with endpoints without an agent left (`port_policy::AGENTLESS`),
+/// before any reply: the flow is sent as new, and the entry tells the
+/// node that a reply from such an endpoint belongs to it. Backend ids
+/// start at 1.
+pub const PENDING_BACKEND: u32 = 0;
 
 /// Backend side: how to send a backend pod's reply. Key: the backend's
 /// [`FlowKey`] towards the client (src = backend pod, dst = client pod).
@@ -249,6 +280,10 @@ pub mod port_policy {
     /// `internalTrafficPolicy: Local`: with no preferred backend here,
     /// drop new flows (`no_local_endpoint`), as kube-proxy does.
     pub const LOCAL_ONLY: u8 = 0x02;
+    /// Some endpoint runs no agent: a new flow records a pending
+    /// [`super::CookieEntry`], by which the node recognises that
+    /// endpoint's replies as this flow's and restores the VIP on them.
+    pub const AGENTLESS: u8 = 0x04;
     /// Preferred backends one node can pick from per port.
     pub const MAX_PREFERRED: usize = 16;
 }
@@ -433,8 +468,14 @@ pub mod node_stat {
     /// A later fragment of a request to a VIP sent like its first one
     /// ([`super::RequestFragEntry`]).
     pub const REQUEST_FRAGMENT: u32 = 14;
+    /// A reply of an endpoint without an agent restored to the VIP of the
+    /// client's flow (`flags::ENDPOINT`).
+    pub const ENDPOINT_REPLY: u32 = 15;
+    /// Such a reply with no flow to a VIP behind it: the client talked to
+    /// the endpoint directly; delivered as it is.
+    pub const ENDPOINT_DIRECT: u32 = 16;
     /// Size of the array.
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 17;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -452,6 +493,8 @@ pub mod node_stat {
         "icmp_relay",
         "preferred",
         "request_fragment",
+        "endpoint_reply",
+        "endpoint_direct",
     ];
 }
 
@@ -491,6 +534,8 @@ pod! {
     BackendValue = 12,
     NodeValue = 4,
     TunnelPeerKey = 8,
+    EndpointReplyKey = 12,
+    EndpointReplyValue = 8,
     PacketBytes = 16,
     FlowKey = 16,
     CookieEntry = 16,

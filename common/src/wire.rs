@@ -50,8 +50,13 @@ pub mod flags {
     /// carries its datagram's ports (source << 16 | destination), which
     /// only the first fragment has, for the switch's lookup and hash.
     pub const FRAG_PORTS: u8 = 0x08;
+    /// A reply the switch tunnelled for an endpoint that runs no talaria
+    /// agent (with `REPLY | COOKIE_VALID`): its source is still the
+    /// endpoint's; the client's node restores the VIP from its own flow
+    /// state, or leaves it when the client talked to the endpoint directly.
+    pub const ENDPOINT: u8 = 0x10;
     /// Every bit this version defines; others are ignored on receive.
-    pub const KNOWN: u8 = NEW_FLOW | REPLY | COOKIE_VALID | FRAG_PORTS;
+    pub const KNOWN: u8 = NEW_FLOW | REPLY | COOKIE_VALID | FRAG_PORTS | ENDPOINT;
 }
 
 /// Geneve base header byte 1: the `C` bit, set when a critical option is

@@ -217,9 +217,15 @@ async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
     Json(v)
 }
 
-async fn service_cidrs(State(ctx): State<Arc<Context>>) -> Json<Value> {
+/// The ServiceCIDRs' IPv4 prefixes, with the plan version they belong to
+/// (a change to them alone makes a new version: see `reconcile`).
+async fn service_cidrs(State(ctx): State<Arc<Context>>) -> Response {
     let p = ctx.planned.read().expect("poisoned");
-    Json(json!(p.model.service_cidrs))
+    (
+        [(PLAN_VERSION_HEADER, p.version.to_string())],
+        Json(json!(p.model.service_cidrs)),
+    )
+        .into_response()
 }
 
 /// A gRPC client for reads from switch `id`: the sync task's, or a new

@@ -453,6 +453,7 @@ pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, Rec
     let mut guard = ctx.planned.write().expect("poisoned");
     let p = &mut *guard;
     let full = full || p.version == 0;
+    let cidrs_before = p.model.service_cidrs.clone();
     let delta = ctx.source.update_model(&mut p.model, full);
     let now = Instant::now();
     let changes = match delta {
@@ -468,7 +469,11 @@ pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, Rec
         }
     };
     let errors = p.planner.errors();
-    if changes.is_empty() && p.version > 0 {
+    // No switch entry depends on the ServiceCIDRs, but node agents steer
+    // them: a change to them alone is a new version, so their long polls
+    // of `/v1/services` wake and they fetch `/v1/service-cidrs` at once.
+    let cidrs_changed = p.model.service_cidrs != cidrs_before;
+    if changes.is_empty() && !cidrs_changed && p.version > 0 {
         return Ok(p.version);
     }
     for e in errors.iter().take(10) {

@@ -134,6 +134,11 @@ pub fn region_diff(want: &Desired, have: &Contents, ch: &PlanChanges) -> Vec<Bat
     };
     let mut w = fabric(&want.fabric);
     let mut h = fabric(have);
+    // A handful of endpoints without an agent: compared whole.
+    for e in want.entries_after(Table::EndpointReply, None) {
+        w.insert(e);
+    }
+    h.endpoint_reply = have.endpoint_reply.clone();
     let mut backends: BTreeSet<u32> = ch.backends.clone();
     for k in &keys {
         if let Some(e) = want.port(k).and_then(|p| p.service_entry()) {

@@ -6,13 +6,14 @@ use talaria_tables::{cookie_check, Contents, Entry, EntryKey, Table};
 
 /// Every table the controller writes, in insert order: referenced before
 /// referencing.
-pub const INSERT_ORDER: [Table; 9] = [
+pub const INSERT_ORDER: [Table; 10] = [
     Table::Ipv4Route,
     Table::SpoofedSource,
     Table::TunnelPeer,
     Table::SwitchAddr,
     Table::PodNode,
     Table::Backend,
+    Table::EndpointReply,
     Table::CookieCheck,
     Table::LbBucket,
     Table::ServiceV4,

@@ -25,10 +25,11 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use talaria_common::p4::TUNNEL_SOURCE_BACKEND_ID;
 
 use talaria_tables::{
-    backend, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source, switch_addr, tunnel_peer,
-    Contents, Entry, EntryKey, Table,
+    backend, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
+    switch_addr, tunnel_peer, Contents, Entry, EntryKey, Table,
 };
 
 use crate::{
@@ -97,6 +98,11 @@ pub struct PlannedPort {
     /// clients' new flows.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub local_only: bool,
+    /// Some backend taking flows runs no agent: the switch delivers to it
+    /// plain, and the client's node restores the VIP on its replies from
+    /// the flow state it records for each new flow to the port.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub agentless: bool,
 }
 
 /// Everything one service port's entries derive from.
@@ -202,6 +208,11 @@ impl PortPlan {
             draining: self.draining.clone(),
             preferred: self.preferred.clone(),
             local_only: self.local_only,
+            agentless: self
+                .active
+                .values()
+                .chain(self.draining.values())
+                .any(|b| !b.has_agent()),
         }
     }
 }
@@ -231,6 +242,13 @@ pub struct Desired {
     by_sid: BTreeMap<u16, Arc<PortPlan>>,
     /// Backend ids in use or with entries.
     backends: BTreeMap<u32, BackendRefs>,
+    /// `endpoint_reply`: for each endpoint without an agent (by the port
+    /// its replies come in on, address, port, protocol), the cookies of
+    /// every service port with entries naming it. The lowest service id's
+    /// is written; more than one is a conflict ([`Planner::errors`]).
+    endpoint_replies: BTreeMap<endpoint_reply::Key, BTreeSet<(u16, u32)>>,
+    /// The fabric's routes, which give those ports.
+    routes: Vec<RouteConfig>,
 }
 
 impl Desired {
@@ -257,9 +275,105 @@ impl Desired {
             .map(|r| r.backend)
     }
 
+    /// The `endpoint_reply` entries `p` asks for: one per backend without
+    /// an agent that the fabric routes to.
+    fn endpoint_reply_keys(
+        &self,
+        p: &PortPlan,
+    ) -> impl Iterator<Item = (endpoint_reply::Key, (u16, u32))> + '_ {
+        let (sid, proto) = (p.service_id, p.key.proto.number());
+        p.entry_backends()
+            .into_iter()
+            .filter(|(_, b)| !b.has_agent())
+            .filter_map(move |(id, b)| {
+                let port = route_port(&self.routes, b.ip)?;
+                let key = endpoint_reply::Key {
+                    port,
+                    endpoint_addr: b.ip,
+                    endpoint_port: b.port,
+                    proto,
+                };
+                Some((key, (sid, id)))
+            })
+    }
+
+    fn add_endpoint_replies(&mut self, p: &PortPlan) {
+        let add: Vec<_> = self.endpoint_reply_keys(p).collect();
+        for (k, cookie) in add {
+            self.endpoint_replies.entry(k).or_default().insert(cookie);
+        }
+    }
+
+    fn remove_endpoint_replies(&mut self, p: &PortPlan) {
+        let gone: Vec<_> = self.endpoint_reply_keys(p).collect();
+        for (k, cookie) in gone {
+            if let Some(set) = self.endpoint_replies.get_mut(&k) {
+                set.remove(&cookie);
+                if set.is_empty() {
+                    self.endpoint_replies.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// New routes: the ports of every `endpoint_reply` entry again.
+    fn set_routes(&mut self, routes: &[RouteConfig]) {
+        if self.routes == routes {
+            return;
+        }
+        self.routes = routes.to_vec();
+        self.endpoint_replies.clear();
+        let ports: Vec<Arc<PortPlan>> = self.by_key.values().cloned().collect();
+        for p in ports {
+            self.add_endpoint_replies(&p);
+        }
+    }
+
+    /// The `endpoint_reply` entries from `from` on.
+    fn endpoint_reply_entries(
+        &self,
+        from: Bound<endpoint_reply::Key>,
+    ) -> impl Iterator<Item = Entry> + '_ {
+        self.endpoint_replies
+            .range((from, Bound::Unbounded))
+            .filter_map(|(k, cookies)| {
+                let (service_id, backend_id) = *cookies.first()?;
+                Some(
+                    endpoint_reply::Entry {
+                        key: *k,
+                        action: endpoint_reply::Action::SetEndpointReply {
+                            service_id,
+                            backend_id,
+                        },
+                    }
+                    .into(),
+                )
+            })
+    }
+
+    /// Endpoints without an agent that several service ports share: the
+    /// switch can tunnel their replies with one cookie only, so clients
+    /// of the others get them from the endpoint's own address.
+    fn endpoint_conflicts(&self) -> impl Iterator<Item = String> + '_ {
+        self.endpoint_replies
+            .iter()
+            .filter(|(_, c)| c.len() > 1)
+            .map(|(k, c)| {
+                let sids: Vec<String> = c.iter().map(|(s, _)| s.to_string()).collect();
+                format!(
+                    "endpoint {}:{} (protocol {}) serves service ids {}: its replies name the first only",
+                    k.endpoint_addr,
+                    k.endpoint_port,
+                    k.proto,
+                    sids.join(", ")
+                )
+            })
+    }
+
     /// Entries per table.
     pub fn counts(&self) -> BTreeMap<Table, usize> {
         let mut c = self.fabric.counts();
+        c.insert(Table::EndpointReply, self.endpoint_replies.len());
         let with = || self.by_key.values().filter(|p| p.has_entries());
         c.insert(Table::ServiceV4, with().count());
         c.insert(Table::LbBucket, with().map(|p| p.buckets.len()).sum());
@@ -271,7 +385,7 @@ impl Desired {
         );
         c.insert(
             Table::Backend,
-            self.backends.values().filter(|r| r.entries > 0).count(),
+            self.fabric.backend.len() + self.backends.values().filter(|r| r.entries > 0).count(),
         );
         c
     }
@@ -314,22 +428,32 @@ impl Tables for Desired {
                 | Table::SpoofedSource,
                 _,
             ) => self.fabric.entries_after(t, after),
+            (Table::EndpointReply, after) => {
+                let from = match after {
+                    Some(EntryKey::EndpointReply(k)) => Bound::Excluded(*k),
+                    _ => Bound::Unbounded,
+                };
+                Box::new(self.endpoint_reply_entries(from))
+            }
             (Table::Backend, after) => {
                 let from = match after {
                     Some(EntryKey::Backend(k)) => Bound::Excluded(k.backend_id),
                     _ => Bound::Unbounded,
                 };
+                // The reserved entry (the fabric's) sorts first.
                 Box::new(
-                    self.backends
-                        .range((from, Bound::Unbounded))
-                        .filter(|(_, r)| r.entries > 0)
-                        .map(|(id, r)| {
-                            backend::Entry {
-                                key: backend::Key { backend_id: *id },
-                                action: r.backend.action(),
-                            }
-                            .into()
-                        }),
+                    self.fabric.entries_after(t, after).chain(
+                        self.backends
+                            .range((from, Bound::Unbounded))
+                            .filter(|(_, r)| r.entries > 0)
+                            .map(|(id, r)| {
+                                backend::Entry {
+                                    key: backend::Key { backend_id: *id },
+                                    action: r.backend.action(),
+                                }
+                                .into()
+                            }),
+                    ),
                 )
             }
             (Table::CookieCheck, after) => {
@@ -480,9 +604,15 @@ impl Planner {
         &self.desired
     }
 
-    /// Ports left out or partly planned (ids exhausted), one line each.
+    /// Ports left out or partly planned (ids exhausted), and endpoints
+    /// without an agent shared by several ports, one line each.
     pub fn errors(&self) -> Vec<String> {
-        self.errors.values().flatten().cloned().collect()
+        self.errors
+            .values()
+            .flatten()
+            .cloned()
+            .chain(self.desired.endpoint_conflicts())
+            .collect()
     }
 
     /// When the next departed backend leaves its quarantine (re-plan then).
@@ -533,7 +663,7 @@ impl Planner {
                 .collect();
             self.adopted.insert(service_id, v);
         }
-        for (k, a) in &actual.backend {
+        for (k, a) in actual.backend.range(FIRST_BACKEND_KEY..) {
             let b = Backend::from_action(a);
             if let Err(e) = self.backend_ids.adopt(b, u64::from(k.backend_id)) {
                 warnings.push(format!("backend {} ({b}): {e}", k.backend_id));
@@ -569,7 +699,7 @@ impl Planner {
                 && self.service_ids.key_of(sid).is_none_or(|k| *k == key)
         });
         services
-            && actual.backend.iter().all(|(k, a)| {
+            && actual.backend.range(FIRST_BACKEND_KEY..).all(|(k, a)| {
                 let b = Backend::from_action(a);
                 let bid = u64::from(k.backend_id);
                 self.backend_ids.get(&b).is_none_or(|id| id == bid)
@@ -580,6 +710,7 @@ impl Planner {
     /// Re-plans every port of `model`, and the fabric tables, at `now`.
     pub fn plan_full(&mut self, model: &Model, fabric: &FabricConfig, now: Instant) -> PlanChanges {
         self.desired.fabric = fabric_state(model, fabric);
+        self.desired.set_routes(&fabric.routes);
         let keys: BTreeSet<ServiceKey> = model
             .ports
             .keys()
@@ -812,6 +943,7 @@ impl Planner {
     }
 
     fn add_entries(&mut self, p: &PortPlan) {
+        self.desired.add_endpoint_replies(p);
         for (id, b) in p.entry_backends() {
             let r = self.desired.backends.entry(id).or_insert(BackendRefs {
                 backend: b,
@@ -824,6 +956,7 @@ impl Planner {
 
     /// Drops the references of `p`; `dropped` collects ids that lost one.
     fn unref(&mut self, p: &PortPlan, dropped: &mut Vec<u32>) {
+        self.desired.remove_endpoint_replies(p);
         for id in p.active.keys().chain(p.draining.keys()) {
             if let Some(r) = self.desired.backends.get_mut(id) {
                 r.live = r.live.saturating_sub(1);
@@ -857,6 +990,22 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
         st.switch_addr.insert(
             switch_addr::Key { dst_addr: *a },
             switch_addr::Action::TerminateTunnel {},
+        );
+    }
+    // Where the switch tunnels endpoint replies from (`endpoint_reply`):
+    // P4 applies a table once per packet, so a plain packet that leaves
+    // tunnelled finds the address in the `backend` entry it reserves.
+    if let Some(a) = fabric.switch_addrs.first() {
+        st.backend.insert(
+            backend::Key {
+                backend_id: TUNNEL_SOURCE_BACKEND_ID,
+            },
+            Backend {
+                ip: *a,
+                port: 0,
+                node_ip: Backend::NO_AGENT,
+            }
+            .action(),
         );
     }
     for r in &fabric.routes {
@@ -908,6 +1057,11 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
     }
     st
 }
+
+/// The first `backend` key a backend holds.
+const FIRST_BACKEND_KEY: backend::Key = backend::Key {
+    backend_id: TUNNEL_SOURCE_BACKEND_ID + 1,
+};
 
 /// The port of the longest configured route to `addr`, if it forwards.
 fn route_port(routes: &[RouteConfig], addr: Ipv4Addr) -> Option<u16> {
@@ -994,6 +1148,91 @@ endpoints:
         assert_eq!(json["preferred"]["192.168.0.11"], serde_json::json!([id]));
     }
 
+    /// Endpoints outside every pod CIDR (a node's address: the API
+    /// server; an off-cluster one) have no agent: their `backend` entry
+    /// names no node, and their replies get an `endpoint_reply` entry on
+    /// the port the fabric routes them to; one routed nowhere gets none.
+    /// Two Services sharing one is reported, the lower service id wins.
+    #[test]
+    fn endpoints_without_an_agent_get_endpoint_reply_entries() {
+        let mut y = format!("{}\n---\n{}", model::tests::NODES, SVC);
+        y.push_str(
+            "- {addresses: [192.168.0.11], nodeName: n1}\n- {addresses: [172.16.0.9]}\n- {addresses: [10.244.1.5], nodeName: n1}\n",
+        );
+        // A second Service with the node's endpoint.
+        y.push_str("---");
+        y.push_str(
+            &SVC.replace("name: web", "name: web2")
+                .replace("10.96.0.10", "10.96.0.20")
+                .replace("web-abc", "web2-abc"),
+        );
+        y.push_str("- {addresses: [192.168.0.11], nodeName: n1}\n");
+        let (sv, e, n) = objs(&y);
+        let m = model::build(&sv, &e, &n);
+        let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        let s = plan_state(&mut p, &m, Instant::now());
+        let nodes: BTreeSet<(String, String)> = s
+            .backend
+            .range(FIRST_BACKEND_KEY..)
+            .map(|(_, a)| {
+                let b = Backend::from_action(a);
+                (b.ip.to_string(), b.node_ip.to_string())
+            })
+            .collect();
+        let pairs = |v: &[(&str, &str)]| -> BTreeSet<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            nodes,
+            pairs(&[
+                ("10.244.1.5", "192.168.0.11"),
+                ("172.16.0.9", "0.0.0.0"),
+                ("192.168.0.11", "0.0.0.0"),
+            ])
+        );
+        // 172.16.0.9 has no route: no entry; the node's address comes in
+        // on port 1, and both Services' cookies want it.
+        let web = p
+            .desired()
+            .ports()
+            .find(|q| q.key.vip.octets()[3] == 10)
+            .unwrap();
+        let (id, _) = web
+            .active
+            .iter()
+            .find(|(_, b)| b.ip.octets()[0] == 192)
+            .unwrap();
+        let expected = endpoint_reply::Entry {
+            key: endpoint_reply::Key {
+                port: 1,
+                endpoint_addr: "192.168.0.11".parse().unwrap(),
+                endpoint_port: 8080,
+                proto: 6,
+            },
+            action: endpoint_reply::Action::SetEndpointReply {
+                // The same backend for both; the lower service id wins.
+                service_id: p.desired().ports().map(|q| q.service_id).min().unwrap(),
+                backend_id: *id,
+            },
+        };
+        let got: Vec<_> = s.endpoint_reply.iter().map(|(k, a)| (*k, *a)).collect();
+        assert_eq!(got, [(expected.key, expected.action)]);
+        assert!(web.view().agentless);
+        let errors = p.errors();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("192.168.0.11:8080"), "{errors:?}");
+        // The desired state diffs to nothing against itself, and a switch
+        // without the entry gets exactly it.
+        assert!(diff(&s, &s).is_empty());
+        let mut without = s.clone();
+        without.endpoint_reply.clear();
+        let ch = p.plan_full(&m, &fabric(), Instant::now());
+        let b = crate::diff::region_diff(p.desired(), &without, &ch);
+        assert_eq!(crate::diff::update_count(&b), 1);
+    }
+
     fn plan_state(p: &mut Planner, m: &Model, now: Instant) -> Contents {
         p.plan_full(m, &fabric(), now);
         p.desired().state()
@@ -1011,7 +1250,11 @@ endpoints:
     }
 
     fn backend_ids(s: &Contents) -> Vec<u32> {
-        s.backend.keys().map(|k| k.backend_id).collect()
+        // Not the reserved tunnel-source entry.
+        s.backend
+            .range(FIRST_BACKEND_KEY..)
+            .map(|(k, _)| k.backend_id)
+            .collect()
     }
 
     fn cookie_ids(s: &Contents) -> Vec<u32> {
@@ -1062,7 +1305,7 @@ endpoints:
             "2 × 4 per backend, raised to the minimum 16"
         );
         assert_eq!(s.lb_bucket.len(), 16);
-        assert_eq!(s.backend.len(), 3);
+        assert_eq!(backend_ids(s).len(), 3);
         assert_eq!(s.cookie_check.len(), 3, "draining backend keeps its cookie");
         let draining_id = p
             .desired()
@@ -1144,7 +1387,7 @@ endpoints:
             &model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]),
             t0,
         );
-        assert_eq!(s3.backend.len(), 3, "new id, old one still draining");
+        assert_eq!(backend_ids(&s3).len(), 3, "new id, old one still draining");
         assert!(!bucket_ids(&s3).contains(&gone[0]));
         assert_eq!(p.backend_id_usage(), (2, 1));
         let s4 = plan_state(
@@ -1192,7 +1435,7 @@ endpoints:
         let three = model_with(&[("10.244.1.5", READY), ("10.244.1.9", READY)]);
         let s = plan_state(&mut r, &three, t1);
         assert!(cookie_ids(&s).contains(&gone[0]));
-        assert_eq!(s.backend.len(), 3);
+        assert_eq!(backend_ids(&s).len(), 3);
         // The quarantine counts from the restart: still there at t0 + q ...
         let s = plan_state(&mut r, &three, t0 + q);
         assert!(cookie_ids(&s).contains(&gone[0]));

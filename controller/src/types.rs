@@ -124,11 +124,21 @@ pub struct Backend {
     pub ip: Ipv4Addr,
     /// Target port on the pod.
     pub port: u16,
-    /// InternalIP of the node that hosts the pod.
+    /// InternalIP of the node whose agent delivers it, or [`Self::NO_AGENT`].
     pub node_ip: Ipv4Addr,
 }
 
 impl Backend {
+    /// The `node_ip` of an endpoint no talaria agent delivers to (outside
+    /// every pod CIDR): the switch sends its requests plain and tunnels its
+    /// replies to the client's node (`endpoint_reply`).
+    pub const NO_AGENT: Ipv4Addr = Ipv4Addr::UNSPECIFIED;
+
+    /// True unless the switch delivers to it plain.
+    pub fn has_agent(&self) -> bool {
+        self.node_ip != Self::NO_AGENT
+    }
+
     /// The `backend` table action for it.
     pub fn action(&self) -> backend::Action {
         backend::Action::SetBackend {
@@ -155,7 +165,11 @@ impl Backend {
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}@{}", self.ip, self.port, self.node_ip)
+        if self.has_agent() {
+            write!(f, "{}:{}@{}", self.ip, self.port, self.node_ip)
+        } else {
+            write!(f, "{}:{} (no agent)", self.ip, self.port)
+        }
     }
 }
 

@@ -152,9 +152,10 @@ async fn sync_restart_resync_rest_and_cli() {
     wait_for("first sync", || ctx.ready().is_ok()).await;
     let want = ctx.desired_len();
     // 1 switch_addr + 1 spoofed_source (the switch address) + 2 pod_node
-    // (the pod CIDR, the node's /32) + 3 backend + 3 cookie + 16 buckets
-    // + 1 service (no routes, so no tunnel_peer).
-    assert_eq!(want, 27);
+    // (the pod CIDR, the node's /32) + 3 backend and the reserved tunnel
+    // source one + 3 cookie + 16 buckets + 1 service (no routes, so no
+    // tunnel_peer).
+    assert_eq!(want, 28);
     assert_eq!(fake_count(&fake), want);
     assert!(
         fake.state.lock().unwrap().pipeline.is_some(),
@@ -189,7 +190,7 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(fake_count(&fake), ctx.desired_len());
     // It takes no new flows, but its cookies stay valid through the quarantine.
     let backends = fake.state.lock().unwrap().tables[&backend_id].len();
-    assert_eq!(backends, 3);
+    assert_eq!(backends, 3 + 1, "three backends and the tunnel source");
 
     // Switch restart: empty tables, no pipeline; the controller reconnects,
     // pushes the pipeline and rewrites everything.
@@ -336,6 +337,35 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(
         get("/v1/service-cidrs").await,
         (200, r#"["10.96.0.0/12"]"#.into())
+    );
+    // A new ServiceCIDR alone changes no switch entry, yet it wakes the
+    // node agents' long poll: they steer the CIDRs (host-ebpf k8s.rs).
+    let r = reqwest::get(format!("{base}/v1/services")).await.unwrap();
+    let held = version(&r);
+    let url = format!("{base}/v1/services?after={held}&wait_ms=60000");
+    let poll = tokio::spawn(async move { version(&reqwest::get(&url).await.unwrap()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "the poll waits while nothing changes");
+    let mut o = objects(&["10.244.1.5"]);
+    o.put_service_cidr(
+        serde_yaml::from_str(
+            "{apiVersion: networking.k8s.io/v1, kind: ServiceCIDR, metadata: {name: extra}, spec: {cidrs: [10.100.0.0/16]}}",
+        )
+        .unwrap(),
+    );
+    src.replace(o);
+    let now = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("a ServiceCIDR change wakes the poll")
+        .unwrap();
+    assert!(now > held, "{now} after {held}");
+    let r = reqwest::get(format!("{base}/v1/service-cidrs"))
+        .await
+        .unwrap();
+    assert_eq!(version(&r), now, "the CIDRs name their plan version");
+    assert_eq!(
+        r.text().await.unwrap(),
+        r#"["10.96.0.0/12","10.100.0.0/16"]"#
     );
     let (code, body) = get("/v1/switches/s1/counters").await;
     assert_eq!(code, 200, "{body}");

@@ -63,6 +63,7 @@ fn node() -> Node {
         reject: false,
         preferred: Vec::new(),
         local_only: false,
+        agentless: false,
     }])
     .unwrap();
     let pod = PodEntry {

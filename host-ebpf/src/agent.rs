@@ -20,7 +20,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::{parse_cidr, parse_mac, Config, Mode},
-    k8s,
+    k8s::{self, Cidr, CidrChanges},
     metrics::{self, Gauges},
     netlink::{self, Snapshot},
     node::{self, FlowTtl, Node, PROG_HOST, PROG_UPLINK},
@@ -62,11 +62,14 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
         host_device(cfg)?;
     }
     node.set_config(&node_config(cfg)?)?;
-    let cidrs = cfg
-        .service_cidrs
-        .iter()
-        .map(|c| parse_cidr(c))
-        .collect::<Result<Vec<_>>>()?;
+    let mut cidrs = configured_cidrs(cfg)?;
+    if cfg.mode == Mode::Kubernetes {
+        // The controller's ServiceCIDRs a restarted agent pinned stay
+        // steered until the controller answers again
+        // (`k8s::refresh_services` then removes those it no longer names).
+        cidrs.extend(node.service_cidrs()?);
+    }
+    let cidrs: Vec<_> = cidrs.into_iter().collect();
     node.set_service_cidrs(&cidrs)?;
     // Kubernetes mode: the controller's services (merged over these) are
     // written by `k8s::refresh_services`; until it answers, a restarted
@@ -85,6 +88,14 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
         serve_host_clients(node, cfg, &cidrs)?;
     }
     Ok(())
+}
+
+/// The configured `service_cidrs`, host bits clear.
+pub fn configured_cidrs(cfg: &Config) -> Result<BTreeSet<Cidr>> {
+    cfg.service_cidrs
+        .iter()
+        .map(|c| parse_cidr(c).map(k8s::network))
+        .collect()
 }
 
 /// The node's own device towards Services: a veth whose peer never
@@ -147,6 +158,75 @@ pub fn serve_host_clients(node: &mut Node, cfg: &Config, cidrs: &[(Ipv4Addr, u8)
         )?;
     }
     node.attach(PROG_HOST, HOST_DEV)
+}
+
+/// The routes of Service CIDRs to [`HOST_DEV`], changed from any thread:
+/// `ip` runs on a thread that joins the node's namespace, which a runtime
+/// thread need not be in (`--netns` moves the main thread only).
+#[derive(Clone)]
+pub struct HostRoutes {
+    netns: Arc<std::fs::File>,
+    src: Ipv4Addr,
+}
+
+impl HostRoutes {
+    /// Routes in the calling thread's namespace, from the node's address
+    /// `src`.
+    pub fn here(src: Ipv4Addr) -> Result<Self> {
+        let netns = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(|e| Error::io("open own network namespace", e))?;
+        Ok(Self {
+            netns: Arc::new(netns),
+            src,
+        })
+    }
+
+    /// The prefixes routed to [`HOST_DEV`] (main table).
+    pub fn routed(&self) -> Result<BTreeSet<Cidr>> {
+        let out = sys::in_netns_file(self.netns.clone(), || {
+            sys::run("ip", &["-4", "-o", "route", "show", "dev", HOST_DEV])
+        })??;
+        Ok(parse_routes(&out))
+    }
+
+    /// Adds and removes routes to [`HOST_DEV`].
+    pub fn apply(&self, changes: &CidrChanges) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let src = self.src.to_string();
+        let add: Vec<String> = changes
+            .add
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
+        let remove: Vec<String> = changes
+            .remove
+            .iter()
+            .map(|(a, l)| format!("{a}/{l}"))
+            .collect();
+        sys::in_netns_file(self.netns.clone(), move || -> Result<()> {
+            for c in &add {
+                sys::run("ip", &["route", "replace", c, "dev", HOST_DEV, "src", &src])?;
+            }
+            for c in &remove {
+                sys::run("ip", &["route", "del", c, "dev", HOST_DEV])?;
+            }
+            Ok(())
+        })?
+    }
+}
+
+/// The destinations of `ip -o route show` lines (a bare address is a
+/// /32); lines whose first word is not one are skipped.
+fn parse_routes(out: &str) -> BTreeSet<Cidr> {
+    out.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter_map(|d| match d.contains('/') {
+            true => parse_cidr(d).ok(),
+            false => d.parse().ok().map(|a| (a, 32)),
+        })
+        .collect()
 }
 
 /// Writes every map from `cfg` and attaches the uplink and the pod veths
@@ -248,10 +328,18 @@ pub async fn run(cfg: Config) -> Result<()> {
                 pods.clone(),
                 changed.clone(),
             ));
+            let host_routes = match cfg.host_clients {
+                true => Some(HostRoutes::here(cfg.node_ip)?),
+                false => None,
+            };
             tokio::spawn(k8s::refresh_services(
-                cfg.kubernetes.clone(),
-                cfg.node_ip,
-                cfg.services.clone(),
+                k8s::Refresh {
+                    cfg: cfg.kubernetes.clone(),
+                    node_ip: cfg.node_ip,
+                    services: cfg.services.clone(),
+                    service_cidrs: configured_cidrs(&cfg)?,
+                    host_routes,
+                },
                 node.clone(),
             ));
             Some(pods)
@@ -365,4 +453,22 @@ pub async fn run(cfg: Config) -> Result<()> {
     }
     info!("exiting; programs, links and maps stay pinned");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_to_the_host_device() {
+        let out = "10.96.0.0/12 scope link src 10.0.1.1 \n10.100.0.7 scope link src 10.0.1.1 \nunreachable 10.1.0.0/16 \n";
+        let got: Vec<Cidr> = parse_routes(out).into_iter().collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.96.0.0".parse().unwrap(), 12),
+                ("10.100.0.7".parse().unwrap(), 32)
+            ]
+        );
+    }
 }

@@ -33,7 +33,9 @@ pub struct Config {
     /// packets), as `aa:bb:cc:dd:ee:ff`.
     pub switch_mac: String,
     /// Service CIDRs (ClusterIP ranges) steered to the switch, e.g.
-    /// `10.96.0.0/12`.
+    /// `10.96.0.0/12`. Kubernetes mode adds the cluster's ServiceCIDRs
+    /// from the controller (`GET /v1/service-cidrs`) and never removes
+    /// these.
     pub service_cidrs: Vec<String>,
     /// Services this node may host backends of: the switch sends only the
     /// service id, so the backend node maps it back to VIP:port to
@@ -180,6 +182,11 @@ pub struct ServiceConfig {
     /// flows are dropped, as kube-proxy does.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub local_only: bool,
+    /// Some endpoint runs no agent (the switch delivers to it plain): new
+    /// flows leave a pending cookie, by which its replies are restored to
+    /// the VIP.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub agentless: bool,
 }
 
 /// One local pod.
@@ -267,6 +274,11 @@ impl ServiceConfig {
             flags: if self.reject { port_policy::REJECT } else { 0 }
                 | if self.local_only {
                     port_policy::LOCAL_ONLY
+                } else {
+                    0
+                }
+                | if self.agentless {
+                    port_policy::AGENTLESS
                 } else {
                     0
                 },

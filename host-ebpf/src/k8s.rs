@@ -1,7 +1,8 @@
 //! Kubernetes mode: this node's Pods from the API server (a kube-rs
 //! reflector on Pods with `fieldSelector=spec.nodeName=<node>`), and the
-//! service ids the backend side needs from the controller's REST API
-//! (`GET /v1/services`, refreshed periodically).
+//! service ids the backend side needs and the cluster's ServiceCIDRs from
+//! the controller's REST API (`GET /v1/services`, long-polled, and `GET
+//! /v1/service-cidrs`).
 
 use std::{
     collections::BTreeSet,
@@ -20,7 +21,8 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::{
-    config::{KubernetesConfig, ServiceConfig},
+    agent::HostRoutes,
+    config::{parse_cidr, KubernetesConfig, ServiceConfig},
     node::Node,
     Error, Result,
 };
@@ -199,6 +201,7 @@ pub fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Ve
                 reject,
                 preferred,
                 local_only: p["local_only"].as_bool().unwrap_or(false),
+                agentless: p["agentless"].as_bool().unwrap_or(false),
             });
         }
     }
@@ -242,6 +245,97 @@ pub async fn fetch_services(
 /// The header a controller names its plan version in.
 pub const PLAN_VERSION_HEADER: &str = "x-talaria-plan-version";
 
+/// An IPv4 prefix (address, length).
+pub type Cidr = (Ipv4Addr, u8);
+
+/// `cidr` with its host bits clear, so that `10.96.0.1/12` from a config
+/// and `10.96.0.0/12` from the controller are one prefix (and one route).
+pub fn network(cidr: Cidr) -> Cidr {
+    let (addr, len) = cidr;
+    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+    (Ipv4Addr::from(u32::from(addr) & mask), len)
+}
+
+/// The prefixes of a controller `GET /v1/service-cidrs` answer (an array
+/// of `"a.b.c.d/len"`).
+pub fn service_cidrs_from_json(v: &serde_json::Value) -> Result<BTreeSet<Cidr>> {
+    let bad = |what: String| Error::Invalid(format!("controller /v1/service-cidrs: {what}"));
+    v.as_array()
+        .ok_or_else(|| bad("not an array".into()))?
+        .iter()
+        .map(|c| {
+            let s = c
+                .as_str()
+                .ok_or_else(|| bad(format!("{c} is not a string")))?;
+            parse_cidr(s).map(network)
+        })
+        .collect()
+}
+
+/// Fetches `GET <controller_url>/v1/service-cidrs`: the IPv4 prefixes of
+/// the cluster's ServiceCIDR objects, as the controller knows them.
+pub async fn fetch_service_cidrs(
+    http: &reqwest::Client,
+    controller_url: &str,
+) -> Result<BTreeSet<Cidr>> {
+    let base = controller_url.trim_end_matches('/');
+    let v: serde_json::Value = http
+        .get(format!("{base}/v1/service-cidrs"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| Error::Http(Box::new(e)))?
+        .json()
+        .await
+        .map_err(|e| Error::Http(Box::new(e)))?;
+    service_cidrs_from_json(&v)
+}
+
+/// The Service CIDRs to steer: the configured ones and the controller's.
+pub fn merge_cidrs(configured: &[Cidr], controller: &BTreeSet<Cidr>) -> BTreeSet<Cidr> {
+    configured
+        .iter()
+        .chain(controller)
+        .map(|c| network(*c))
+        .collect()
+}
+
+/// What turns the prefixes a node has (in `NODE_SVC_CIDRS`, or routed to
+/// `tlr-host`) into those it wants.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CidrChanges {
+    /// Wanted and missing.
+    pub add: Vec<Cidr>,
+    /// Present and no longer wanted.
+    pub remove: Vec<Cidr>,
+}
+
+impl CidrChanges {
+    /// Nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// The changes from `have` to `want`. A configured prefix is never
+/// removed, even if `want` lacks it: the static config is the floor that
+/// holds whatever the controller says.
+pub fn cidr_changes(
+    have: &BTreeSet<Cidr>,
+    want: &BTreeSet<Cidr>,
+    configured: &[Cidr],
+) -> CidrChanges {
+    let keep: BTreeSet<Cidr> = configured.iter().map(|c| network(*c)).collect();
+    CidrChanges {
+        add: want.difference(have).copied().collect(),
+        remove: have
+            .difference(want)
+            .filter(|c| !keep.contains(c))
+            .copied()
+            .collect(),
+    }
+}
+
 /// The services to program: the configured ones, then the controller's
 /// (which win on the same id). Sorted by id.
 pub fn merge_services(
@@ -255,19 +349,32 @@ pub fn merge_services(
     by_id.into_values().collect()
 }
 
-/// Keeps `NODE_SERVICES` at [`merge_services`] of `configured` and the
-/// controller's answer, by long polls: each asks for the plan after the
-/// version held, so a new Service is mapped as soon as the controller has
-/// planned it. A controller that names no version is polled every
-/// `services_refresh_secs`, and so is one that failed. A failed fetch
-/// keeps the last good set (the data path must not lose its services
-/// because the controller restarts).
-pub async fn refresh_services(
-    cfg: KubernetesConfig,
-    node_ip: Ipv4Addr,
-    configured: Vec<ServiceConfig>,
-    node: Arc<Mutex<Node>>,
-) {
+/// What [`refresh_services`] keeps up to date, and from what.
+pub struct Refresh {
+    /// Where the controller is, how often to poll it without long polls.
+    pub cfg: KubernetesConfig,
+    /// This node's address (its preferred endpoints in the answer).
+    pub node_ip: Ipv4Addr,
+    /// The configured Services, under the controller's.
+    pub services: Vec<ServiceConfig>,
+    /// The configured Service CIDRs: steered whatever the controller says.
+    pub service_cidrs: BTreeSet<Cidr>,
+    /// The routes that take host clients to Services, when they are served.
+    pub host_routes: Option<HostRoutes>,
+}
+
+/// Keeps `NODE_SERVICES` at [`merge_services`] of the configured Services
+/// and the controller's answer, by long polls: each asks for the plan
+/// after the version held, so a new Service is mapped as soon as the
+/// controller has planned it. A controller that names no version is polled
+/// every `services_refresh_secs`, and so is one that failed. After each
+/// answer the controller's ServiceCIDRs are fetched too (a change to them
+/// alone is a new plan version) and steered with the configured ones
+/// ([`steer_cidrs`]). A failed fetch keeps the last good set of either
+/// (the data path must not lose its services because the controller
+/// restarts).
+pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
+    let cfg = &r.cfg;
     let http = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
@@ -279,13 +386,15 @@ pub async fn refresh_services(
         }
     };
     let every = Duration::from_secs(cfg.services_refresh_secs.max(1));
+    let configured_cidrs: Vec<Cidr> = r.service_cidrs.iter().copied().collect();
     let mut last: Option<Vec<ServiceConfig>> = None;
+    let mut last_cidrs: Option<BTreeSet<Cidr>> = None;
     let mut version = None;
     loop {
-        match fetch_services(&http, &cfg.controller_url, version, node_ip).await {
+        match fetch_services(&http, &cfg.controller_url, version, r.node_ip).await {
             Ok((list, v)) => {
                 version = v;
-                let merged = merge_services(&configured, &list);
+                let merged = merge_services(&r.services, &list);
                 if last.as_ref() != Some(&merged) {
                     match node.lock().expect("node lock").set_services(&merged) {
                         Ok(()) => {
@@ -301,10 +410,52 @@ pub async fn refresh_services(
                 warn!(url = %cfg.controller_url, error = %e, "fetching services (keeping the last set)")
             }
         }
+        match fetch_service_cidrs(&http, &cfg.controller_url).await {
+            Ok(theirs) => {
+                let want = merge_cidrs(&configured_cidrs, &theirs);
+                if last_cidrs.as_ref() != Some(&want) {
+                    match steer_cidrs(&node, r.host_routes.as_ref(), &want, &configured_cidrs) {
+                        Ok(()) => {
+                            info!(cidrs = ?want, "service CIDRs: configured and the controller's");
+                            last_cidrs = Some(want);
+                        }
+                        // Not recorded: the next answer tries again.
+                        Err(e) => warn!(error = %e, "steering service CIDRs"),
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(url = %cfg.controller_url, error = %e, "fetching service CIDRs (keeping the last set)")
+            }
+        }
         if version.is_none() {
             tokio::time::sleep(every).await;
         }
     }
+}
+
+/// Brings `NODE_SVC_CIDRS` and, with `routes`, the host clients' routes
+/// to `want`, never removing a `configured` prefix; idempotent. Additions
+/// reach the map before the routes, removals leave the routes first: a
+/// host packet routed to `tlr-host` whose prefix the map lacks is dropped.
+pub fn steer_cidrs(
+    node: &Mutex<Node>,
+    routes: Option<&HostRoutes>,
+    want: &BTreeSet<Cidr>,
+    configured: &[Cidr],
+) -> Result<()> {
+    let map = {
+        let mut n = node.lock().expect("node lock");
+        let c = cidr_changes(&n.service_cidrs()?, want, configured);
+        n.add_service_cidrs(&c.add)?;
+        c
+    };
+    if let Some(r) = routes {
+        r.apply(&cidr_changes(&r.routed()?, want, configured))?;
+    }
+    node.lock()
+        .expect("node lock")
+        .remove_service_cidrs(&map.remove)
 }
 
 #[cfg(test)]
@@ -318,7 +469,7 @@ mod tests {
             {"service": {"namespace": "default", "name": "web"}, "cluster_ips": ["10.96.0.10"],
              "data_path": [
                 {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16, "active": {}, "draining": {},
-                 "preferred": {"10.0.0.1": [3, 4], "10.0.0.2": [5]}, "local_only": true},
+                 "preferred": {"10.0.0.1": [3, 4], "10.0.0.2": [5]}, "local_only": true, "agentless": true},
                 {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 0}
              ]},
             {"service": {"namespace": "default", "name": "headless"}, "headless": true, "data_path": []},
@@ -336,6 +487,7 @@ mod tests {
                     reject: false,
                     preferred: vec![3, 4],
                     local_only: true,
+                    agentless: true,
                 },
                 // No buckets: no usable endpoint.
                 ServiceConfig {
@@ -346,6 +498,7 @@ mod tests {
                     reject: true,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 },
             ]
         );
@@ -361,10 +514,56 @@ mod tests {
                 reject: false,
                 preferred: Vec::new(),
                 local_only: false,
+                agentless: false,
             }],
             &s,
         );
         assert_eq!(merged, s, "the controller wins on the same id");
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        parse_cidr(s).unwrap()
+    }
+
+    fn cidrs(v: &[&str]) -> BTreeSet<Cidr> {
+        v.iter().map(|s| cidr(s)).collect()
+    }
+
+    #[test]
+    fn service_cidrs_merge_and_change() {
+        let got = service_cidrs_from_json(&json!(["10.96.0.0/12", "10.100.0.0/16"])).unwrap();
+        assert_eq!(got, cidrs(&["10.96.0.0/12", "10.100.0.0/16"]));
+        assert!(service_cidrs_from_json(&json!({"error": "x"})).is_err());
+        assert!(service_cidrs_from_json(&json!(["10.96.0.0/40"])).is_err());
+        assert!(service_cidrs_from_json(&json!([12])).is_err());
+
+        // Host bits do not make another prefix: the configured
+        // 10.96.0.1/12 and the controller's 10.96.0.0/12 are one.
+        let configured = [cidr("10.96.0.1/12")];
+        let want = merge_cidrs(&configured, &got);
+        assert_eq!(want, cidrs(&["10.96.0.0/12", "10.100.0.0/16"]));
+        assert_eq!(network(cidr("10.100.200.3/16")), cidr("10.100.0.0/16"));
+        assert_eq!(network(cidr("10.1.2.3/0")), cidr("0.0.0.0/0"));
+        assert_eq!(network(cidr("10.1.2.3/32")), cidr("10.1.2.3/32"));
+
+        // The controller drops 10.100/16 and adds 10.200/16.
+        let have = want;
+        let want = merge_cidrs(&configured, &cidrs(&["10.200.0.0/16"]));
+        assert_eq!(
+            cidr_changes(&have, &want, &configured),
+            CidrChanges {
+                add: vec![cidr("10.200.0.0/16")],
+                remove: vec![cidr("10.100.0.0/16")],
+            }
+        );
+        assert!(
+            cidr_changes(&want, &want, &configured).is_empty(),
+            "idempotent"
+        );
+        // A configured prefix stays even if `want` lacks it.
+        let changes = cidr_changes(&have, &BTreeSet::new(), &configured);
+        assert_eq!(changes.remove, vec![cidr("10.100.0.0/16")]);
+        assert!(changes.add.is_empty());
     }
 
     #[test]

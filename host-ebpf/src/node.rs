@@ -1,6 +1,7 @@
 //! The loaded node programs and their maps.
 
 use std::{
+    collections::BTreeSet,
     io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -22,7 +23,7 @@ use talaria_common::{
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry,
         PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr, ServiceKey,
-        FIN_BACKEND_FIRST,
+        FIN_BACKEND_FIRST, PENDING_BACKEND,
     },
     net::IPPROTO_UDP,
 };
@@ -160,6 +161,24 @@ pub fn pinned_services(pin_dir: &Path) -> Result<Vec<(u32, ServiceAddr)>> {
     let mut out: Vec<(u32, ServiceAddr)> = h.iter().filter_map(|r| r.ok()).collect();
     out.sort_by_key(|s| s.0);
     Ok(out)
+}
+
+/// The prefixes in a `NODE_SVC_CIDRS` map.
+fn service_cidrs_of(map: &Map) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
+    let t: LpmTrie<_, [u8; 4], u32> =
+        LpmTrie::try_from(map).map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+    t.keys()
+        .map(|k| {
+            let k = k.map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+            // Key::prefix_len is at most 32: the map's keys are 4 bytes.
+            Ok((Ipv4Addr::from(k.data()), k.prefix_len() as u8))
+        })
+        .collect()
+}
+
+/// The service CIDRs in a running node's pinned `NODE_SVC_CIDRS`.
+pub fn pinned_service_cidrs(pin_dir: &Path) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
+    service_cidrs_of(&open_pinned(pin_dir, MAP_SVC_CIDRS)?)
 }
 
 /// The node programs, loaded, and their maps.
@@ -393,6 +412,37 @@ impl Node {
             .map_err(|e| Error::map(MAP_MTU, e))
     }
 
+    /// The service CIDRs in `NODE_SVC_CIDRS`.
+    pub fn service_cidrs(&self) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
+        service_cidrs_of(self.map(MAP_SVC_CIDRS)?)
+    }
+
+    /// Adds service CIDRs (present ones stay).
+    pub fn add_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+        let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
+            .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        for (a, l) in cidrs {
+            t.insert(&lpm_trie::Key::new(u32::from(*l), a.octets()), 1, 0)
+                .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes service CIDRs (absent ones are no error).
+    pub fn remove_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+        let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
+            .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        for (a, l) in cidrs {
+            match t.remove(&lpm_trie::Key::new(u32::from(*l), a.octets())) {
+                Ok(()) => {}
+                Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(Error::map(MAP_SVC_CIDRS, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Replaces the service CIDRs.
     pub fn set_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
         let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
@@ -517,10 +567,14 @@ impl Node {
     /// Removes flow state that has served its time (`ttl`). Returns
     /// (cookies, reverse entries) removed.
     pub fn gc(&mut self, now_ns: u64, ttl: &FlowTtl) -> Result<(usize, usize)> {
-        let expired = |k: &FlowKey, last: u64, fin: u8, finished_ttl: u64| {
+        let expired = |k: &FlowKey, last: u64, fin: u8, finished_ttl: u64, pending: bool| {
             let idle = now_ns.saturating_sub(last);
             if k.proto == IPPROTO_UDP {
                 idle > ttl.udp_idle_ns
+            } else if pending {
+                // A connection to an endpoint without an agent that no
+                // reply ever answered.
+                idle > ttl.fin_grace_ns
             } else {
                 finished(fin) && idle > finished_ttl
             }
@@ -529,7 +583,10 @@ impl Node {
         let open = |k: &FlowKey, fin: u8| k.proto == IPPROTO_UDP || !finished(fin);
         let (cookies, cookie_pods) = self.sweep(
             MAP_COOKIES,
-            |k, v: &CookieEntry| expired(k, v.last_seen_ns, v.fin_seen, ttl.fin_grace_ns),
+            |k, v: &CookieEntry| {
+                let pending = v.backend_id == PENDING_BACKEND;
+                expired(k, v.last_seen_ns, v.fin_seen, ttl.fin_grace_ns, pending)
+            },
             |k, v: &CookieEntry| open(k, v.fin_seen),
         )?;
         // A reverse entry stays for the backend's TIME_WAIT when the backend
@@ -543,7 +600,15 @@ impl Node {
         };
         let (reverse, reverse_pods) = self.sweep(
             MAP_REVERSE,
-            |k, v: &ReverseEntry| expired(k, v.last_seen_ns, v.fin_seen, reverse_ttl(v.fin_seen)),
+            |k, v: &ReverseEntry| {
+                expired(
+                    k,
+                    v.last_seen_ns,
+                    v.fin_seen,
+                    reverse_ttl(v.fin_seen),
+                    false,
+                )
+            },
             |k, v: &ReverseEntry| open(k, v.fin_seen),
         )?;
         self.sweep_substitutes()?;

@@ -117,9 +117,18 @@ pub fn in_netns<T: Send + 'static>(
 ) -> Result<T> {
     let path = format!("/var/run/netns/{name}");
     let file = fs::File::open(&path).map_err(|e| Error::io(path.clone(), e))?;
+    in_netns_file(std::sync::Arc::new(file), f)
+}
+
+/// Runs `f` on a new thread inside the network namespace open as `netns`
+/// (e.g. `/proc/thread-self/ns/net` opened earlier), returning its result.
+pub fn in_netns_file<T: Send + 'static>(
+    netns: std::sync::Arc<fs::File>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T> {
     let handle = std::thread::spawn(move || {
         // SAFETY: setns on this thread only, with a valid netns fd.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        let rc = unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) };
         if rc != 0 {
             return Err(Error::io("setns", std::io::Error::last_os_error()));
         }
@@ -127,7 +136,7 @@ pub fn in_netns<T: Send + 'static>(
     });
     handle
         .join()
-        .map_err(|_| Error::Invalid(format!("thread in netns {name} panicked")))?
+        .map_err(|_| Error::Invalid("thread in a network namespace panicked".into()))?
 }
 
 /// Spawns `f` on a thread inside the network namespace `name` and returns

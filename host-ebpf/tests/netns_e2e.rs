@@ -11,9 +11,12 @@
 //! ```text
 //!  pod a 10.244.1.2 ─ vpa ┐                         ┌ vpb ─ pod b 10.244.2.2 (backend 101/201)
 //!  pod c 10.244.1.3 ─ vpc ┤ node1 uplink 10.200.1.2 ─ sw1 ┤ switch 10.200.0.1
-//!                                          node2 uplink 10.200.2.2 ─ sw2 ┘
+//!                                          node2 uplink 10.200.2.2 ─ sw2 ┤
+//!                          outside 10.201.0.2 (no agent) ─ sw3 ┘
 //! ```
-//! Pod c is a second backend (102) on node1, used for pool changes.
+//! Pod c is a second backend (102) on node1, used for pool changes. The
+//! outside host is the endpoint of a Service whose endpoint runs no agent
+//! (as the API server behind `default/kubernetes`).
 
 use std::{
     io::{Read, Write},
@@ -63,6 +66,16 @@ const BACKEND_B_UDP: u32 = 201;
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 const BUCKETS: u16 = 4;
+/// The outside host, and the switch's next hop as it sees it.
+const EXT_IP: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 2);
+const EXT_GW: Ipv4Addr = Ipv4Addr::new(10, 201, 0, 1);
+/// A Service whose endpoints (TCP 443 → 8080, UDP 53 → 5353) are the
+/// outside host's.
+const VIP_EXT: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+const SVC_EXT_TCP: u16 = 12;
+const SVC_EXT_UDP: u16 = 13;
+const BACKEND_EXT_TCP: u32 = 301;
+const BACKEND_EXT_UDP: u32 = 302;
 
 /// Two nodes, a switch, three pods. Tears everything down on drop.
 struct Lab {
@@ -76,6 +89,7 @@ struct Lab {
     up_macs: [[u8; 6]; 2],
     // Namespaces last: deleted after the pins are gone.
     pods: Vec<NetNs>,
+    outside: NetNs,
     n: [NetNs; 2],
     sw: NetNs,
 }
@@ -181,7 +195,73 @@ impl Lab {
         ] {
             pods.push(add_pod(node, veth, ip, &format!("tlr-{tag}-{id}")));
         }
+        let outside = NetNs::new(&format!("tlr-ex-{id}")).unwrap();
+        sw.ip(&[
+            "link",
+            "add",
+            "sw3",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &outside.name,
+        ])
+        .unwrap();
+        sw.ip(&["link", "set", "sw3", "up"]).unwrap();
+        outside
+            .ip(&["addr", "add", &format!("{EXT_IP}/24"), "dev", "eth0"])
+            .unwrap();
+        outside.ip(&["link", "set", "eth0", "up"]).unwrap();
         let sw_macs = [mac_in(&sw.name, "sw1"), mac_in(&sw.name, "sw2")];
+        // The switch answers no ARP: its address as a next hop is static.
+        let sw3_mac = fmt_mac(mac_in(&sw.name, "sw3"));
+        let gw = EXT_GW.to_string();
+        let perm = ["nud", "permanent"];
+        outside
+            .ip(&[
+                &["neigh", "add", &gw, "lladdr", &sw3_mac, "dev", "eth0"][..],
+                &perm,
+            ]
+            .concat())
+            .unwrap();
+        for net in ["10.244.0.0/16", "10.200.0.0/16"] {
+            outside
+                .ip(&["route", "add", net, "via", &gw, "dev", "eth0"])
+                .unwrap();
+        }
+        // Node 1 routes plain traffic to the outside through the switch.
+        let sw1_gw = "10.200.1.1";
+        n[0].ip(&[
+            &[
+                "neigh",
+                "add",
+                sw1_gw,
+                "lladdr",
+                &fmt_mac(sw_macs[0]),
+                "dev",
+                "uplink",
+            ][..],
+            &perm,
+        ]
+        .concat())
+            .unwrap();
+        n[0].ip(&[
+            "route",
+            "add",
+            "10.201.0.0/24",
+            "via",
+            sw1_gw,
+            "dev",
+            "uplink",
+        ])
+        .unwrap();
+        sys::in_netns(&n[0].name, || {
+            std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
+        })
+        .unwrap()
+        .unwrap();
         let up_macs = [mac_in(&n[0].name, "uplink"), mac_in(&n[1].name, "uplink")];
         let sw_pin = PathBuf::from(format!("/sys/fs/bpf/talaria/switch/test-{id}"));
         let node_pins =
@@ -195,6 +275,7 @@ impl Lab {
             sw_macs,
             up_macs,
             pods,
+            outside,
             n,
             sw,
         };
@@ -209,6 +290,7 @@ impl Lab {
         cfg.pin_dir = self.sw_pin.clone();
         cfg.ports.insert(1, "sw1".into());
         cfg.ports.insert(2, "sw2".into());
+        cfg.ports.insert(3, "sw3".into());
         let dp = sys::in_netns(&self.sw.name, move || Dataplane::open(cfg))
             .unwrap()
             .expect("switch data plane");
@@ -223,7 +305,11 @@ impl Lab {
             (SVC_UDP, BACKEND_B_UDP),
             (SVC2_TCP, BACKEND_B_TCP),
             (SVC2_UDP, BACKEND_B_UDP),
+            (SVC_EXT_TCP, BACKEND_EXT_TCP),
+            (SVC_EXT_UDP, BACKEND_EXT_UDP),
         ];
+        let ext_mac = mac_in(&self.outside.name, "eth0");
+        let sw3_mac = mac_in(&self.sw.name, "sw3");
         let mut entries = vec![
             build::switch_addr(SWITCH_IP),
             build::spoofed_source(SWITCH_IP),
@@ -242,6 +328,26 @@ impl Lab {
             build::backend(BACKEND_B_TCP, POD_B, TCP_PORT, NODE2_IP),
             build::backend(BACKEND_C_TCP, POD_C, TCP_PORT, NODE1_IP),
             build::backend(BACKEND_B_UDP, POD_B, UDP_PORT, NODE2_IP),
+            // No agent delivers to the outside host: the switch, plain;
+            // its replies leave tunnelled from the reserved entry's address.
+            build::backend(0, SWITCH_IP, 0, Ipv4Addr::UNSPECIFIED),
+            build::route(host(EXT_IP), 3, sw3_mac, ext_mac),
+            service(VIP_EXT, 443, IPPROTO_TCP, SVC_EXT_TCP),
+            service(VIP_EXT, 53, IPPROTO_UDP, SVC_EXT_UDP),
+            build::backend(BACKEND_EXT_TCP, EXT_IP, TCP_PORT, Ipv4Addr::UNSPECIFIED),
+            build::backend(BACKEND_EXT_UDP, EXT_IP, UDP_PORT, Ipv4Addr::UNSPECIFIED),
+            build::endpoint_reply(
+                3,
+                (EXT_IP, TCP_PORT),
+                IPPROTO_TCP,
+                (SVC_EXT_TCP, BACKEND_EXT_TCP),
+            ),
+            build::endpoint_reply(
+                3,
+                (EXT_IP, UDP_PORT),
+                IPPROTO_UDP,
+                (SVC_EXT_UDP, BACKEND_EXT_UDP),
+            ),
         ];
         entries.extend(pools.map(|(svc, backend)| build::cookie(svc, backend)));
         for b in 0..BUCKETS {
@@ -290,6 +396,7 @@ impl Lab {
                     reject: false,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 },
                 ServiceConfig {
                     id: SVC_UDP,
@@ -299,6 +406,7 @@ impl Lab {
                     reject: false,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 },
                 ServiceConfig {
                     id: SVC2_TCP,
@@ -308,6 +416,7 @@ impl Lab {
                     reject: false,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 },
                 ServiceConfig {
                     id: SVC2_UDP,
@@ -317,6 +426,27 @@ impl Lab {
                     reject: false,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
+                },
+                ServiceConfig {
+                    id: SVC_EXT_TCP,
+                    vip: VIP_EXT,
+                    port: 443,
+                    protocol: "tcp".into(),
+                    reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
+                    agentless: true,
+                },
+                ServiceConfig {
+                    id: SVC_EXT_UDP,
+                    vip: VIP_EXT,
+                    port: 53,
+                    protocol: "udp".into(),
+                    reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
+                    agentless: true,
                 },
                 ServiceConfig {
                     id: SVC_NO_ENDPOINTS,
@@ -326,6 +456,7 @@ impl Lab {
                     reject: true,
                     preferred: Vec::new(),
                     local_only: false,
+                    agentless: false,
                 },
             ],
             pods,
@@ -506,12 +637,17 @@ fn read_line(s: &mut TcpStream) -> String {
 /// Connects from `pod` to VIP:80 and sends the greeting; returns the
 /// stream and the server's first line.
 fn connect_vip(pod: &str) -> (TcpStream, String) {
-    sys::in_netns(pod, || {
-        let mut s =
-            TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(5))
-                .expect("connect VIP:80");
+    connect_to(pod, (VIP, 80))
+}
+
+/// [`connect_vip`] to any address.
+fn connect_to(ns: &str, to: (Ipv4Addr, u16)) -> (TcpStream, String) {
+    sys::in_netns(ns, move || {
+        let to = SocketAddr::from(to);
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect {to}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        assert_eq!(s.peer_addr().unwrap(), SocketAddr::from((VIP, 80)));
+        assert_eq!(s.peer_addr().unwrap(), to);
         s.write_all(b"hello\n").unwrap();
         let line = read_line(&mut s);
         (s, line)
@@ -1144,6 +1280,68 @@ fn host_network_clients_reach_services() {
     .unwrap();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
     assert_eq!(lab.stats(0).event(node_stat::REJECTED), 1);
+}
+
+/// A Service whose endpoint runs no agent (issue: drop-in, item 2: the
+/// API server behind `default/kubernetes`, node and off-cluster
+/// addresses): the switch delivers requests plain to the outside host and
+/// tunnels its replies back to the client's node, which restores the VIP
+/// for flows it sent to the VIP, and leaves them alone for clients that
+/// talk to the endpoint directly. Pod and host-network clients, TCP and
+/// UDP.
+#[test]
+fn a_service_whose_endpoint_runs_no_agent_answers_from_its_vip() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let server = tcp_server(&lab.outside.name, EXT_IP, 3);
+    let clients = [(lab.pod("pa"), POD_A), (lab.n[0].name.as_str(), NODE1_IP)];
+    for (ns, client) in clients {
+        let (s, line) = connect_to(ns, (VIP_EXT, 443));
+        let port = s.local_addr().unwrap().port();
+        assert_eq!(line, format!("{EXT_IP} saw {client}:{port}"));
+        let (theirs, mine) = transfer(s, 1 << 20, 1 << 14, Duration::ZERO);
+        assert_eq!(theirs, (1 << 20, mine), "1 MiB there and its hash back");
+    }
+    // Straight to the endpoint: its replies keep its address.
+    let (s, line) = connect_to(lab.pod("pa"), (EXT_IP, TCP_PORT));
+    let port = s.local_addr().unwrap().port();
+    assert_eq!(line, format!("{EXT_IP} saw {POD_A}:{port}"));
+    assert_eq!(transfer(s, 1000, 1000, Duration::ZERO).0 .0, 1000);
+    server.join().unwrap();
+
+    let echo = udp_server(&lab.outside.name, EXT_IP, Duration::from_secs(10), |s| {
+        for _ in 0..2 {
+            let mut buf = [0u8; 1500];
+            let (k, peer) = s.recv_from(&mut buf).unwrap();
+            let text = format!("{} from {peer}", String::from_utf8_lossy(&buf[..k]));
+            s.send_to(text.as_bytes(), peer).unwrap();
+        }
+    });
+    for (ns, client, port) in [
+        (lab.pod("pa"), POD_A, 40160),
+        (lab.n[0].name.as_str(), NODE1_IP, 40161),
+    ] {
+        let (text, from) = sys::in_netns(ns, move || {
+            let s = UdpSocket::bind((client, port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.send_to(b"api?", (VIP_EXT, 53)).unwrap();
+            let mut buf = [0u8; 100];
+            let (k, from) = s.recv_from(&mut buf).expect("the reply");
+            (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
+        })
+        .unwrap();
+        assert_eq!(
+            (text, from),
+            (
+                format!("api? from {client}:{port}"),
+                SocketAddr::from((VIP_EXT, 53))
+            )
+        );
+    }
+    echo.join().unwrap();
+    let st = lab.stats(0);
+    assert!(st.event(node_stat::ENDPOINT_REPLY) > 0);
+    assert!(st.event(node_stat::ENDPOINT_DIRECT) > 0);
 }
 
 /// `internalTrafficPolicy: Local` (issue: drop-in, endpoint semantics):

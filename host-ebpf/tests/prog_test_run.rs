@@ -73,6 +73,7 @@ fn node() -> Node {
         reject,
         preferred: Vec::new(),
         local_only: false,
+        agentless: false,
     };
     n.set_services(&[
         svc(SVC_TCP, VIP, 80, "tcp", false),
@@ -1094,6 +1095,7 @@ fn new_flows_go_to_the_preferred_backends_or_nowhere_when_local() {
         reject: false,
         preferred,
         local_only,
+        agentless: false,
     };
     n.set_services(&[
         with(SVC_TCP, VIP, 80, "tcp", vec![42, 43], true),

@@ -11,8 +11,8 @@ use std::net::Ipv4Addr;
 
 use crate::value::{Ipv4Prefix, Mac};
 use crate::{
-    backend, cookie_check, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
-    switch_addr, tunnel_peer, Entry,
+    backend, cookie_check, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4,
+    spoofed_source, switch_addr, tunnel_peer, Entry,
 };
 
 /// `addr/len` exactly as given: unlike [`crate::value::Prefix::new`], host
@@ -123,6 +123,29 @@ pub const fn spoofed_source(addr: Ipv4Addr) -> Entry {
     Entry::SpoofedSource(spoofed_source::Entry {
         key: spoofed_source::Key { src_addr: addr },
         action: spoofed_source::Action::DropSpoofed {},
+    })
+}
+
+/// `endpoint_reply`: replies of `proto` from `endpoint` (address, port)
+/// arriving on `port` are tunnelled to the client's node as
+/// (`service_id`, `backend_id`).
+pub const fn endpoint_reply(
+    port: u16,
+    endpoint: (Ipv4Addr, u16),
+    proto: u8,
+    cookie: (u16, u32),
+) -> Entry {
+    Entry::EndpointReply(endpoint_reply::Entry {
+        key: endpoint_reply::Key {
+            port,
+            endpoint_addr: endpoint.0,
+            endpoint_port: endpoint.1,
+            proto,
+        },
+        action: endpoint_reply::Action::SetEndpointReply {
+            service_id: cookie.0,
+            backend_id: cookie.1,
+        },
     })
 }
 
@@ -245,6 +268,22 @@ mod tests {
                     action: spoofed_source::Action::DropSpoofed {},
                 }),
                 Table::SpoofedSource,
+            ),
+            (
+                endpoint_reply(3, (A, 6443), 6, (7, 9)),
+                Entry::EndpointReply(endpoint_reply::Entry {
+                    key: endpoint_reply::Key {
+                        port: 3,
+                        endpoint_addr: A,
+                        endpoint_port: 6443,
+                        proto: 6,
+                    },
+                    action: endpoint_reply::Action::SetEndpointReply {
+                        service_id: 7,
+                        backend_id: 9,
+                    },
+                }),
+                Table::EndpointReply,
             ),
         ];
         for (built, want, table) in cases {

@@ -176,6 +176,32 @@ crate::p4_tables! {
         default SourceOk;
         direct_counter None;
     }
+
+    /// `endpoint_reply`: (ingress port, source address, port, protocol) of
+    /// the replies of endpoints that run no talaria agent (off-cluster
+    /// addresses, node addresses) → the cookie the switch tunnels them to
+    /// the client's node with.
+    table EndpointReply in endpoint_reply = "endpoint_reply", 0x0200_000A {
+        size sizes::ENDPOINT_REPLY;
+        key {
+            port: exact u16 = 9,
+            endpoint_addr: exact Ipv4Addr = 32,
+            endpoint_port: exact u16 = 16,
+            proto: exact u8 = 8,
+        }
+        actions {
+            SetEndpointReply = "set_endpoint_reply", 0x0100_0013 {
+                service_id: u16 = 16,
+                backend_id: u32 = 32,
+            },
+        }
+        default_only {
+            /// Routed as any plain packet.
+            EndpointReplyMiss = "endpoint_reply_miss", 0x0100_0014,
+        }
+        default EndpointReplyMiss;
+        direct_counter None;
+    }
 }
 
 /// `service_counter`: packets and bytes client → service, by service id.

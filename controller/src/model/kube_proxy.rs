@@ -28,9 +28,14 @@ use crate::types::{Backend, HashMode, Ipv4Prefix, Proto, ServiceKey};
 pub(super) struct EpInfo {
     /// `addresses[0]`, the only address kube-proxy uses.
     pub(super) ip: Ipv4Addr,
-    /// The node hosting it; `None` when neither its nodeName nor a pod CIDR
-    /// names a known node (then it is never in the data path).
-    pub(super) node_ip: Option<Ipv4Addr>,
+    /// Where the switch sends it: the node whose pod CIDR holds its
+    /// address (that node's agent delivers it), else
+    /// [`Backend::NO_AGENT`] (the switch delivers it plain: a node's own
+    /// address, a control-plane node's API server, an off-cluster address).
+    pub(super) node_ip: Ipv4Addr,
+    /// The node it runs on, for `internalTrafficPolicy: Local`: its
+    /// nodeName's, else the node whose pod CIDR holds it.
+    pub(super) home: Option<Ipv4Addr>,
     /// `ready` (nil = true).
     pub(super) ready: bool,
     /// `serving` (nil = true).
@@ -334,7 +339,8 @@ fn eval_slice_info(
         let c = ep.conditions.as_ref();
         let info = EpInfo {
             ip,
-            node_ip: None,
+            node_ip: Backend::NO_AGENT,
+            home: None,
             ready: c.and_then(|c| c.ready).unwrap_or(true),
             serving: c.and_then(|c| c.serving).unwrap_or(true),
             terminating: c.and_then(|c| c.terminating).unwrap_or(false),
@@ -345,30 +351,26 @@ fn eval_slice_info(
                 .map(|z| z.iter().map(|z| z.name.clone()).collect())
                 .unwrap_or_default(),
         };
-        let node_ip = ep
+        // The address decides where packets go; nodeName only where it
+        // runs (a hostNetwork pod is at its node's address, not in a pod
+        // CIDR, and no agent there can deliver to it).
+        let pod_node = m
+            .pod_nodes
+            .iter()
+            .filter(|(p, _)| p.contains(ip))
+            .max_by_key(|(p, _)| p.len)
+            .map(|(_, n)| *n);
+        let home = ep
             .node_name
             .as_ref()
             .and_then(|n| m.node_ips.get(n).copied())
-            .or_else(|| {
-                m.pod_nodes
-                    .iter()
-                    .filter(|(p, _)| p.contains(ip))
-                    .max_by_key(|(p, _)| p.len)
-                    .map(|(_, n)| *n)
-            });
-        if node_ip.is_none() && (info.is_ready() || info.is_serving_terminating()) {
-            skip(
-                skipped,
-                "EndpointSlice",
-                r,
-                "unknown_node",
-                format!(
-                    "endpoint {ip}: node {:?} unknown and no pod CIDR contains it",
-                    ep.node_name
-                ),
-            );
-        }
-        endpoints.push(EpInfo { node_ip, ..info });
+            .or(pod_node);
+        let node_ip = pod_node.unwrap_or(Backend::NO_AGENT);
+        endpoints.push(EpInfo {
+            node_ip,
+            home,
+            ..info
+        });
     }
     Some((
         ObjectRef {
@@ -430,12 +432,15 @@ fn local_endpoints(
     serving_terminating: &[(Backend, &EpInfo)],
 ) -> BTreeMap<Ipv4Addr, BTreeSet<Backend>> {
     let mut by_node: BTreeMap<Ipv4Addr, BTreeSet<Backend>> = BTreeMap::new();
-    for (b, _) in ready {
-        by_node.entry(b.node_ip).or_default().insert(*b);
+    for (b, ep) in ready {
+        if let Some(home) = ep.home {
+            by_node.entry(home).or_default().insert(*b);
+        }
     }
-    for (b, _) in serving_terminating {
-        if !ready.iter().any(|(r, _)| r.node_ip == b.node_ip) {
-            by_node.entry(b.node_ip).or_default().insert(*b);
+    let with_ready: BTreeSet<Ipv4Addr> = by_node.keys().copied().collect();
+    for (b, ep) in serving_terminating {
+        if let Some(home) = ep.home.filter(|h| !with_ready.contains(h)) {
+            by_node.entry(home).or_default().insert(*b);
         }
     }
     by_node
@@ -700,11 +705,10 @@ fn eval_service_into(
         let mut st = Vec::new();
         let mut unready = BTreeSet::new();
         for ((ip, target), ep) in copies {
-            let Some(node_ip) = ep.node_ip else { continue };
             let b = Backend {
                 ip,
                 port: target,
-                node_ip,
+                node_ip: ep.node_ip,
             };
             if ep.is_ready() {
                 ready.push((b, ep));

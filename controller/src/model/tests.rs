@@ -263,15 +263,16 @@ endpoints:
         "unsupported_protocol",
         "unsupported_address_type",
         "no_service_label",
-        "unknown_node",
         "bad_address",
     ] {
         assert!(reasons.contains(r), "missing {r} in {reasons:?}");
     }
     assert_eq!(m.ports.len(), 1, "{:?}", m.ports.keys());
-    assert!(m.ports[&key("10.96.0.14", 81, Proto::Tcp)]
-        .active
-        .is_empty());
+    // Outside every pod CIDR: served without an agent, not skipped.
+    assert_eq!(
+        m.ports[&key("10.96.0.14", 81, Proto::Tcp)].active,
+        [be("172.16.0.1", 81, "0.0.0.0")].into()
+    );
 }
 
 #[test]
@@ -388,7 +389,9 @@ endpoints:
     let p = &m.ports[&key("10.96.0.21", 80, Proto::Tcp)];
     assert_eq!(
         backend_of(p, "10.244.1.5"),
-        Some((&be("10.244.1.5", 80, "192.168.0.12"), false))
+        // The address is in n1's pod CIDR: n1's agent delivers it,
+        // whatever nodeName says.
+        Some((&be("10.244.1.5", 80, "192.168.0.11"), false))
     );
     assert_eq!(p.active, [be("10.244.1.6", 80, "192.168.0.11")].into());
     assert!(p.terminating_fallback);

@@ -7,8 +7,8 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        node_stat, port_policy, FlowKey, FragKey, NodeConfig, PortSubstKey, RequestFragEntry,
-        ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        node_stat, port_policy, CookieEntry, FlowKey, FragKey, NodeConfig, PortSubstKey,
+        RequestFragEntry, ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT, PENDING_BACKEND,
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -20,8 +20,9 @@ use talaria_common::{
 use crate::{
     encap::{encap, flow_sport},
     maps::{
-        add_fin, config, drop_pkt, remove_flow, stat, FlowTable, NODE_COOKIES, NODE_PODS,
-        NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REQUEST_FRAGS, NODE_REVERSE, NODE_SVC_CIDRS,
+        add_fin, config, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
+        NODE_COOKIES, NODE_PODS, NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REQUEST_FRAGS,
+        NODE_REVERSE, NODE_SVC_CIDRS,
     },
     mtu::{check_mtu, reject},
     nat::{fragment_reply, icmp_error_reply, icmp_error_request, note_first_fragment, reverse_nat},
@@ -239,7 +240,12 @@ fn steer_to_service(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<i
             // SAFETY: a map value pointer, valid during this run; races
             // with other CPUs only lose a timestamp or a FIN bit.
             let e = unsafe { &mut *e };
-            let found = (flags::COOKIE_VALID, e.service_id, e.backend_id);
+            let found = if e.backend_id == PENDING_BACKEND {
+                // Not answered yet: still new to the switch.
+                (flags::NEW_FLOW, 0, 0)
+            } else {
+                (flags::COOKIE_VALID, e.service_id, e.backend_id)
+            };
             if tcp & tcp_flags::RST != 0 {
                 remove_flow(&NODE_COOKIES, &key, e.fin_seen, FlowTable::Cookies);
                 stat(node_stat::FLOW_RESET);
@@ -294,15 +300,41 @@ fn new_flow(
         stat(node_stat::REJECTED);
         return Err(reject(ctx, ip));
     }
+    let mut sent = (flags::NEW_FLOW, 0, PENDING_BACKEND);
     if policy.count > 0 {
         let i = usize::from(hash) % usize::from(policy.count);
         if let Some(backend_id) = policy.preferred.get(i) {
             stat(node_stat::PREFERRED);
-            return Ok((flags::COOKIE_VALID, policy.service_id, *backend_id));
+            sent = (flags::COOKIE_VALID, policy.service_id, *backend_id);
         }
-    }
-    if policy.flags & port_policy::LOCAL_ONLY != 0 {
+    } else if policy.flags & port_policy::LOCAL_ONLY != 0 {
         return Err(drop_pkt(DropReason::NoLocalEndpoint));
     }
-    Ok((flags::NEW_FLOW, 0, 0))
+    if policy.flags & port_policy::AGENTLESS != 0 {
+        note_pending(key, policy.service_id, sent.2);
+    }
+    Ok(sent)
+}
+
+/// Records a new flow to a port with endpoints without an agent before
+/// any reply: such an endpoint's replies come from its own address, and
+/// only this entry tells them from its direct clients' (`flags::ENDPOINT`
+/// in `uplink_ingress`). Not recorded (the pod holds its share, or the
+/// cache is full): its replies reach the pod from the endpoint's address.
+#[inline(always)]
+fn note_pending(key: &FlowKey, service_id: u16, backend_id: u32) {
+    if !take_flow_slot(key.src, FlowTable::Cookies) {
+        stat(node_stat::COOKIE_REFUSED);
+        return;
+    }
+    let entry = CookieEntry {
+        service_id,
+        backend_id,
+        last_seen_ns: now_ns(),
+        ..Default::default()
+    };
+    if NODE_COOKIES.insert(key, &entry, 0).is_err() {
+        release_flow_slot(key.src, FlowTable::Cookies);
+        stat(node_stat::COOKIE_REFUSED);
+    }
 }

@@ -7,15 +7,15 @@ use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
-    maps::{FlowKey, HAIRPIN_SOURCE},
+    maps::{node_stat, FlowKey, HAIRPIN_SOURCE},
     net::{EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET},
-    wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
+    wire::{flags, TalariaEncap, TalariaOpt, GENEVE_UDP_PORT},
 };
 
 use crate::{
     encap::decap,
     flows::{learn_cookie, learn_reverse},
-    maps::{config, drop_pkt, NODE_PODS, NODE_SVC_CIDRS},
+    maps::{config, drop_pkt, stat, NODE_COOKIES, NODE_PODS, NODE_SERVICES, NODE_SVC_CIDRS},
     nat::{icmp_error_to_backend, rewrite_addr, rewrite_fragment_addr, rewrite_port, IP_SRC},
     skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
 };
@@ -117,7 +117,11 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         _pad: [0; 3],
     };
     if opt.flags & flags::REPLY != 0 {
-        learn_cookie(&key, opt, tcp);
+        if opt.flags & flags::ENDPOINT == 0 {
+            learn_cookie(&key, opt, tcp);
+        } else if let Some(flow) = endpoint_reply(ctx, &inner, key, opt)? {
+            learn_cookie(&flow, opt, tcp);
+        }
     } else {
         // Hairpin: the switch chose the client pod itself as the backend.
         let hairpin = inner.src == inner.dst;
@@ -141,4 +145,43 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     }
 
     decap(ctx, to)
+}
+
+/// A reply of an endpoint without an agent, which the switch tunnelled
+/// as it came, from the endpoint's address and port: restored to the VIP
+/// and port of the service the cookie names when this node recorded the
+/// client's flow to it (`PENDING_BACKEND` or a learned cookie); returns
+/// that flow, to learn the cookie for. Without one the client talked to
+/// the endpoint directly: delivered as it is, nothing to learn.
+#[inline(always)]
+fn endpoint_reply(
+    ctx: &TcContext,
+    inner: &Ipv4Hdr,
+    key: FlowKey,
+    opt: &TalariaOpt,
+) -> Result<Option<FlowKey>, i32> {
+    // SAFETY: read-only copy of a map value.
+    let svc = unsafe { NODE_SERVICES.get(u32::from(opt.service_id.get())) }.copied();
+    let flow = svc.filter(|s| s.proto == key.proto).map(|s| FlowKey {
+        dst: s.vip,
+        dst_port: s.port,
+        ..key
+    });
+    // SAFETY: read-only lookup.
+    let Some(flow) = flow.filter(|f| unsafe { NODE_COOKIES.get(f) }.is_some()) else {
+        stat(node_stat::ENDPOINT_DIRECT);
+        return Ok(None);
+    };
+    let offs = (INNER_IP_OFF, INNER_L4_OFF);
+    rewrite_addr(ctx, inner.proto, offs, IP_SRC, inner.src, flow.dst)?;
+    rewrite_port(
+        ctx,
+        inner.proto,
+        INNER_L4_OFF,
+        0,
+        key.dst_port,
+        flow.dst_port,
+    )?;
+    stat(node_stat::ENDPOINT_REPLY);
+    Ok(Some(flow))
 }

@@ -1,6 +1,6 @@
 //! A small fake Kubernetes API server (Pods: list and watch, honouring
 //! `fieldSelector=spec.nodeName=…`) plus the controller's `GET
-//! /v1/services`, for the Kubernetes mode tests. Built on axum, like the
+//! /v1/services` and `GET /v1/service-cidrs`, for the Kubernetes mode tests. Built on axum, like the
 //! controller's own fake (controller/tests/kube_source.rs), but standalone.
 
 use std::{
@@ -31,6 +31,8 @@ pub struct Api {
     pub services: Value,
     /// How many times `/v1/services` was fetched.
     pub service_fetches: u32,
+    /// The controller's `/v1/service-cidrs` answer (null: `[]`).
+    pub service_cidrs: Value,
 }
 
 pub type Shared = Arc<Mutex<Api>>;
@@ -137,6 +139,14 @@ async fn controller_services(State(api): State<Shared>) -> Response {
     Json(a.services.clone()).into_response()
 }
 
+async fn controller_service_cidrs(State(api): State<Shared>) -> Response {
+    let a = api.lock().unwrap();
+    match &a.service_cidrs {
+        Value::Null => Json(json!([])).into_response(),
+        v => Json(v.clone()).into_response(),
+    }
+}
+
 /// A running fake server; stops (closing every connection) when dropped.
 pub struct Server {
     pub url: String,
@@ -157,6 +167,7 @@ pub fn serve(api: Shared) -> Server {
             let app = Router::new()
                 .route("/api/v1/pods", get(pods))
                 .route("/v1/services", get(controller_services))
+                .route("/v1/service-cidrs", get(controller_service_cidrs))
                 .with_state(api);
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(format!("http://{}", l.local_addr().unwrap()))

@@ -12,14 +12,14 @@ use talaria_common::{
     be::{Be16, Be32},
     drop::{DROP_REASON_COUNT, LB_EVENT_COUNT},
     maps::{
-        BackendValue, BucketValue, Ipv4LpmKey, NodeValue, PacketBytes, RouteValue, ServiceKey,
-        ServiceScopedKey, ServiceValue, TunnelPeerKey,
+        BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, Ipv4LpmKey, NodeValue,
+        PacketBytes, RouteValue, ServiceKey, ServiceScopedKey, ServiceValue, TunnelPeerKey,
     },
 };
 use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
 use talaria_tables::{
-    backend, cookie_check, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
-    switch_addr, tunnel_peer,
+    backend, cookie_check, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4,
+    spoofed_source, switch_addr, tunnel_peer,
     value::{Ipv4Prefix, Mac},
 };
 
@@ -51,8 +51,8 @@ impl<const N: usize> MapBytes<N> {
     }
 }
 
-/// The largest map key (`Ipv4LpmKey`, `ServiceKey`, `ServiceScopedKey`).
-type KeyBytes = MapBytes<8>;
+/// The largest map key (`EndpointReplyKey`).
+type KeyBytes = MapBytes<12>;
 /// The largest map value (`RouteValue`).
 type ValueBytes = MapBytes<16>;
 
@@ -105,6 +105,16 @@ fn lpm_key(p: &Ipv4Prefix) -> Result<Ipv4LpmKey, TargetError> {
     })
 }
 
+/// A P4 port number, which must fit the 9 bits of a v1model port.
+fn port9(port: u16) -> Result<u16, TargetError> {
+    if u32::from(port) >= PORT_COUNT {
+        return Err(TargetError::Invalid(format!(
+            "port {port} does not fit 9 bits"
+        )));
+    }
+    Ok(port)
+}
+
 fn be32(a: Ipv4Addr) -> Be32 {
     Be32(a.octets())
 }
@@ -141,19 +151,18 @@ impl Dataplane {
             }),
             EntryKey::Backend(k) => MapBytes::from_slice(&k.backend_id.to_ne_bytes()),
             EntryKey::PodNode(k) => bytes_of(&lpm_key(&k.pod_addr)?),
-            EntryKey::TunnelPeer(k) => {
-                if u32::from(k.port) >= PORT_COUNT {
-                    return Err(TargetError::Invalid(format!(
-                        "port {} does not fit 9 bits",
-                        k.port
-                    )));
-                }
-                bytes_of(&TunnelPeerKey {
-                    port: k.port,
-                    _pad: 0,
-                    node_ip: be32(k.node_ip),
-                })
-            }
+            EntryKey::TunnelPeer(k) => bytes_of(&TunnelPeerKey {
+                port: port9(k.port)?,
+                _pad: 0,
+                node_ip: be32(k.node_ip),
+            }),
+            EntryKey::EndpointReply(k) => bytes_of(&EndpointReplyKey {
+                port: port9(k.port)?,
+                endpoint_port: Be16::new(k.endpoint_port),
+                endpoint_addr: be32(k.endpoint_addr),
+                proto: k.proto,
+                _pad: [0; 3],
+            }),
             EntryKey::SpoofedSource(k) => MapBytes::from_slice(&be32(k.src_addr).0),
         })
     }
@@ -223,6 +232,17 @@ impl Dataplane {
                 let pod_node::Action::SetClientNode { node_ip } = e.action;
                 bytes_of(&NodeValue {
                     node_ip: be32(node_ip),
+                })
+            }
+            Entry::EndpointReply(e) => {
+                let endpoint_reply::Action::SetEndpointReply {
+                    service_id,
+                    backend_id,
+                } = e.action;
+                bytes_of(&EndpointReplyValue {
+                    service_id,
+                    _pad: 0,
+                    backend_id,
                 })
             }
         };
@@ -339,6 +359,22 @@ impl Dataplane {
                 },
                 action: spoofed_source::Action::DropSpoofed {},
             }),
+            Table::EndpointReply => {
+                let k: EndpointReplyKey = from_bytes(key);
+                let v: EndpointReplyValue = from_bytes(value);
+                Entry::EndpointReply(endpoint_reply::Entry {
+                    key: endpoint_reply::Key {
+                        port: k.port,
+                        endpoint_addr: addr(k.endpoint_addr),
+                        endpoint_port: k.endpoint_port.get(),
+                        proto: k.proto,
+                    },
+                    action: endpoint_reply::Action::SetEndpointReply {
+                        service_id: v.service_id,
+                        backend_id: v.backend_id,
+                    },
+                })
+            }
         }
     }
 
@@ -388,6 +424,10 @@ pub(crate) fn map_layout(table: Table) -> (usize, usize) {
         Table::PodNode => (size_of::<Ipv4LpmKey>(), size_of::<NodeValue>()),
         Table::TunnelPeer => (size_of::<TunnelPeerKey>(), size_of::<u32>()),
         Table::SpoofedSource => (size_of::<Be32>(), size_of::<u32>()),
+        Table::EndpointReply => (
+            size_of::<EndpointReplyKey>(),
+            size_of::<EndpointReplyValue>(),
+        ),
     }
 }
 
@@ -546,6 +586,14 @@ mod tests {
             build::bucket(7, 200, 70000),
             build::backend(70000, Ipv4Addr::new(10, 244, 1, 5), 8080, node),
             build::pod_node(build::prefix(Ipv4Addr::new(10, 244, 1, 0), 24), node),
+            build::tunnel_peer(3, node),
+            build::spoofed_source(Ipv4Addr::new(10, 0, 0, 1)),
+            build::endpoint_reply(
+                511,
+                (Ipv4Addr::new(192, 0, 2, 9), 6443),
+                6,
+                (7, 0x8000_0001),
+            ),
         ];
         for e in entries {
             let (k, v) = Dataplane::encode(&e).unwrap();
@@ -567,6 +615,11 @@ mod tests {
         });
         assert!(matches!(
             Dataplane::encode(&too_far),
+            Err(TargetError::Invalid(_))
+        ));
+        let endpoint_too_far = build::endpoint_reply(512, (node, 443), 6, (1, 2));
+        assert!(matches!(
+            Dataplane::encode(&endpoint_too_far),
             Err(TargetError::Invalid(_))
         ));
     }

@@ -37,7 +37,11 @@
 //! variable outer header length needs no pointer juggling for the verifier.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT},
+    bindings::{
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4,
+        BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
+    },
     helpers::bpf_redirect,
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
@@ -48,20 +52,23 @@ use talaria_common::{
     drop::{DropReason, LbEvent, DROP_REASON_COUNT, LB_EVENT_COUNT},
     hash::{bucket_of, hash_mode, FlowTuple},
     maps::{
-        BackendValue, BucketValue, NodeValue, PacketBytes, RouteValue, ServiceKey,
-        ServiceScopedKey, ServiceValue, TunnelPeerKey,
+        BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, NodeValue, PacketBytes,
+        RouteValue, ServiceKey, ServiceScopedKey, ServiceValue, TunnelPeerKey,
     },
     net::{
         EthHdr, Ipv4Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ICMP_DEST_UNREACH,
         ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
     },
     wire::{
-        flags, GeneveHdr, TalariaOpt, GENEVE_HDR_LEN, GENEVE_PROTO_IPV4, GENEVE_UDP_PORT,
-        OPT_HDR_LEN, OPT_TYPE_CRITICAL, TALARIA_OPT_CLASS, TALARIA_OPT_LEN, TALARIA_OPT_TYPE,
-        TALARIA_OPT_WORDS, TALARIA_VERSION,
+        flags, GeneveHdr, TalariaEncap, TalariaOpt, ENCAP_OVERHEAD, GENEVE_HDR_LEN,
+        GENEVE_PROTO_IPV4, GENEVE_UDP_PORT, OPT_HDR_LEN, OPT_TYPE_CRITICAL, TALARIA_OPT_CLASS,
+        TALARIA_OPT_LEN, TALARIA_OPT_TYPE, TALARIA_OPT_WORDS, TALARIA_VERSION,
     },
 };
-use talaria_switch_ebpf::{size, NO_PORT, PORT_COUNT, PORT_DROP_ROWS, ROUTE_DROP_PORT, TUNNEL_TTL};
+use talaria_switch_ebpf::{
+    size, NO_PORT, PORT_COUNT, PORT_DROP_ROWS, ROUTE_DROP_PORT, TUNNEL_SOURCE_BACKEND_ID,
+    TUNNEL_TTL,
+};
 
 // ------------------------------------------------------------------ tables --
 
@@ -109,6 +116,12 @@ static SWITCH_TUNNEL_PEER: HashMap<TunnelPeerKey, u32> = HashMap::pinned(size::T
 /// `TalariaIngress.spoofed_source`: source addresses no port may use (value unused).
 #[map]
 static SWITCH_SPOOFED_SOURCE: HashMap<Be32, u32> = HashMap::pinned(size::SPOOFED_SOURCE, 0);
+
+/// `TalariaIngress.endpoint_reply`: (P4 port, endpoint address, port, proto)
+/// of endpoints that run no agent → the cookie their replies are tunnelled with.
+#[map]
+static SWITCH_ENDPOINT_REPLY: HashMap<EndpointReplyKey, EndpointReplyValue> =
+    HashMap::pinned(size::ENDPOINT_REPLY, 0);
 
 // ---------------------------------------------------------------- counters --
 
@@ -247,11 +260,140 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
             }
         }
     }
+    if let Some(tunnel) = endpoint_reply(pkt, &ip, ctx, udp_off) {
+        return encap_endpoint_reply(ctx, pkt, &ip, &tunnel);
+    }
     if ip.ttl <= 1 {
         return Err(drop(DropReason::TtlExpired, pkt));
     }
     let route = lookup_route(ip.dst, pkt)?;
     forward(ctx, pkt, &route, ip.ttl, ip.ttl - 1, ip.proto)
+}
+
+/// A plain packet that leaves tunnelled: an endpoint's reply, to the
+/// client's node, from the switch's tunnel source.
+struct EndpointTunnel {
+    cookie: EndpointReplyValue,
+    ports: [Be16; 2],
+    node_ip: Be32,
+    switch_ip: Be32,
+}
+
+/// Whether a plain packet is the reply of an endpoint that runs no agent:
+/// a TCP or UDP first fragment without IP options (UDP to 6081 is Geneve
+/// in transit, never a reply) whose (port, source, source port, protocol)
+/// is in `endpoint_reply`, to a client pod whose node `pod_node` knows,
+/// with a tunnel source in the reserved `backend` entry. Anything less is
+/// routed plain.
+#[inline(always)]
+fn endpoint_reply(
+    pkt: Pkt,
+    ip: &Ipv4Hdr,
+    ctx: &TcContext,
+    l4_off: usize,
+) -> Option<EndpointTunnel> {
+    if ip.header_len() != IPV4_HDR_LEN || ip.frag.get() & IP_FRAG_OFFSET != 0 {
+        return None;
+    }
+    // Where the P4 parser extracts the whole header.
+    let ports: [Be16; 2] = match ip.proto {
+        IPPROTO_TCP => {
+            let tcp: TcpHdr = ctx.load(l4_off).ok()?;
+            [tcp.src_port, tcp.dst_port]
+        }
+        IPPROTO_UDP => {
+            let udp: UdpHdr = ctx.load(l4_off).ok()?;
+            if udp.dst_port.get() == GENEVE_UDP_PORT {
+                return None;
+            }
+            [udp.src_port, udp.dst_port]
+        }
+        _ => return None,
+    };
+    let key = EndpointReplyKey {
+        port: pkt.port as u16,
+        endpoint_port: ports[0],
+        endpoint_addr: ip.src,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
+    // SAFETY: plain value read.
+    let cookie = *unsafe { SWITCH_ENDPOINT_REPLY.get(key) }?;
+    let switch_ip = lookup_backend(TUNNEL_SOURCE_BACKEND_ID, pkt)?.ip;
+    let node = SWITCH_POD_NODE.get(Key::new(32, ip.dst))?;
+    event(LbEvent::Reply, pkt);
+    Some(EndpointTunnel {
+        cookie,
+        ports,
+        node_ip: node.node_ip,
+        switch_ip,
+    })
+}
+
+/// The outer headers of an endpoint reply, as a node writes them.
+#[repr(C)]
+struct OuterHdrs {
+    ip: Ipv4Hdr,
+    udp: UdpHdr,
+    encap: [u8; TalariaEncap::LEN],
+}
+
+/// Encapsulates the unchanged packet as a node does a reply (`REPLY |
+/// COOKIE_VALID | ENDPOINT`, outer TTL `TUNNEL_TTL`, UDP checksum 0, source
+/// port from the flow's crc32) and routes it to the client's node.
+#[inline(always)]
+fn encap_endpoint_reply(
+    ctx: &TcContext,
+    pkt: Pkt,
+    ip: &Ipv4Hdr,
+    t: &EndpointTunnel,
+) -> Result<i32, i32> {
+    let route = lookup_route(t.node_ip, pkt)?;
+    let err = |_| drop(DropReason::Malformed, pkt);
+    // FIXED_GSO: a GSO packet keeps its segment size, as on the nodes.
+    let room_flags =
+        BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP;
+    ctx.adjust_room(ENCAP_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, room_flags as u64)
+        .map_err(err)?;
+    let hash = FlowTuple {
+        src: ip.src,
+        dst: ip.dst,
+        proto: ip.proto,
+        src_port: t.ports[0],
+        dst_port: t.ports[1],
+    }
+    .hash();
+    // The lengths follow the inner header, as the P4 computes them (a
+    // padded frame's padding is not counted).
+    let inner_len = ip.total_len.get();
+    let hdrs = OuterHdrs {
+        ip: Ipv4Hdr::new(
+            ip.tos,
+            inner_len.wrapping_add(ENCAP_OVERHEAD as u16),
+            true,
+            IPPROTO_UDP,
+            t.switch_ip,
+            t.node_ip,
+        ),
+        udp: UdpHdr {
+            src_port: Be16::new(0xc000 | (hash >> 18) as u16),
+            dst_port: Be16::new(GENEVE_UDP_PORT),
+            len: Be16::new(inner_len.wrapping_add((ENCAP_OVERHEAD - IPV4_HDR_LEN) as u16)),
+            check: Be16::new(0),
+        },
+        encap: TalariaEncap::new(
+            flags::REPLY | flags::COOKIE_VALID | flags::ENDPOINT,
+            t.cookie.service_id,
+            t.cookie.backend_id,
+        )
+        .to_bytes(),
+    };
+    ctx.store(IP_OFF, &hdrs, 0).map_err(err)?;
+    let out = Pkt {
+        len: ctx.len(),
+        ..pkt
+    };
+    forward(ctx, out, &route, TUNNEL_TTL, TUNNEL_TTL - 1, IPPROTO_UDP)
 }
 
 /// Whether the outer IPv4 header checksum (options included) is right:
@@ -397,7 +539,8 @@ fn terminate(
     let opt_off = geneve_off + GENEVE_HDR_LEN;
     let inner_off = geneve_off + ENCAP_LEN;
 
-    let node_ip = if opt.flags & flags::REPLY != 0 {
+    let reply = opt.flags & flags::REPLY != 0;
+    let node_ip = if reply {
         check_reply(ctx, pkt, outer.src, &inner, inner_off, &opt)?;
         let node = SWITCH_POD_NODE
             .get(Key::new(32, inner.dst))
@@ -408,6 +551,9 @@ fn terminate(
         load_balance(ctx, pkt, &inner, inner_off, &opt, opt_off, quote)?
     };
 
+    if !reply && node_ip == Be32([0; 4]) {
+        return strip_tunnel(ctx, pkt, inner_off);
+    }
     let route = lookup_route(node_ip, pkt)?;
     // Re-originate: from the address the tunnel came to, to the node.
     let err = |_| drop(DropReason::Malformed, pkt);
@@ -418,6 +564,33 @@ fn terminate(
             .map_err(err)?;
     }
     forward(ctx, pkt, &route, outer.ttl, TUNNEL_TTL - 1, outer.proto)
+}
+
+/// A request to a backend without an agent (node 0.0.0.0), already
+/// DNATed: the outer headers (from the MAC header to the inner IPv4
+/// header) go, and the inner packet is routed plain, TTL checked and
+/// decremented as any router's.
+///
+/// Decapsulation leaves `skb->encapsulation` and a UDP_TUNNEL gso type on
+/// a GSO packet: harmless for TCP; UDP GSO never reaches the switch,
+/// because the nodes segment it before their uplink (host-ebpf/README.md).
+#[inline(always)]
+fn strip_tunnel(ctx: &TcContext, pkt: Pkt, inner_off: usize) -> Result<i32, i32> {
+    let malformed = |_| drop(DropReason::Malformed, pkt);
+    let inner: Ipv4Hdr = ctx.load(inner_off).map_err(malformed)?;
+    if inner.ttl <= 1 {
+        return Err(drop(DropReason::TtlExpired, pkt));
+    }
+    let route = lookup_route(inner.dst, pkt)?;
+    let room_flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
+    let shrink = (inner_off - IP_OFF) as i32;
+    ctx.adjust_room(-shrink, BPF_ADJ_ROOM_MAC, room_flags as u64)
+        .map_err(malformed)?;
+    let out = Pkt {
+        len: ctx.len(),
+        ..pkt
+    };
+    forward(ctx, out, &route, inner.ttl, inner.ttl - 1, inner.proto)
 }
 
 /// A reply's claims, checked against the tables a request uses: it comes

@@ -24,6 +24,7 @@ use talaria_common::{
     hash::{hash_mode, FlowTuple},
     maps::PacketBytes,
     net::{IPPROTO_TCP, IPPROTO_UDP},
+    p4::TUNNEL_SOURCE_BACKEND_ID,
     wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
 };
 
@@ -64,14 +65,45 @@ const SVC_LOST_NODE: u16 = 11;
 /// Buckets of SVC_TCP, by index.
 const TCP_BUCKETS: [u32; 4] = [100, 101, 102, 100];
 
+/// Endpoints that run no agent (docs/design.md): a Service on VIP_API
+/// whose TCP and UDP ports are served off-cluster by ENDPOINT, behind
+/// port 1, and one of a port whose endpoint has no route.
+const VIP_API: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
+const ENDPOINT: Ipv4Addr = Ipv4Addr::new(172, 16, 5, 10);
+/// An agentless endpoint behind port 2: its replies are only its own there.
+const ENDPOINT_FAR: Ipv4Addr = Ipv4Addr::new(172, 16, 6, 10);
+/// An agentless endpoint no route leads to.
+const ENDPOINT_LOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
+const SVC_AGENTLESS_TCP: u16 = 12;
+const SVC_AGENTLESS_UDP: u16 = 13;
+const SVC_AGENTLESS_LOST: u16 = 14;
+/// The switch's tunnel source for endpoint replies: `backend_ip` of the
+/// reserved `backend` entry TUNNEL_SOURCE_BACKEND_ID. Another of its
+/// addresses than SWITCH, so that it shows where it came from.
+const TUNNEL_SOURCE: Ipv4Addr = SWITCH2;
+
 /// (backend id, ip, port, node).
-const BACKENDS: [(u32, Ipv4Addr, u16, Ipv4Addr); 5] = [
+const BACKENDS: [(u32, Ipv4Addr, u16, Ipv4Addr); 8] = [
     (100, Ipv4Addr::new(10, 244, 2, 5), 8080, NODE_B),
     (101, Ipv4Addr::new(10, 244, 2, 6), 8080, NODE_B),
     (102, Ipv4Addr::new(10, 244, 1, 9), 8080, NODE_A),
     (200, Ipv4Addr::new(10, 244, 2, 7), 5353, NODE_B),
     (300, Ipv4Addr::new(10, 244, 9, 5), 8080, NODE_LOST),
+    // Without an agent: node 0.0.0.0.
+    (400, ENDPOINT, 6443, Ipv4Addr::UNSPECIFIED),
+    (401, ENDPOINT, 5300, Ipv4Addr::UNSPECIFIED),
+    (402, ENDPOINT_LOST, 6443, Ipv4Addr::UNSPECIFIED),
 ];
+
+/// The tunnel source entry.
+fn tunnel_source() -> Entry {
+    build::backend(
+        TUNNEL_SOURCE_BACKEND_ID,
+        TUNNEL_SOURCE,
+        0,
+        Ipv4Addr::UNSPECIFIED,
+    )
+}
 
 /// The MACs `ipv4_route` writes for a route out of `port`: (src, dst).
 pub fn route_mac(port: u16) -> ([u8; 6], [u8; 6]) {
@@ -113,6 +145,38 @@ fn tables() -> Vec<Entry> {
         build::tunnel_peer(2, NODE_C),
         build::spoofed_source(SWITCH),
         build::spoofed_source(SWITCH2),
+        // Endpoints without an agent: routes to them and to node A's pods
+        // (where their replies to a client on node A go when not
+        // tunnelled), their services, and their replies' cookies.
+        route_out(net(172, 16, 5), 1),
+        route_out(net(172, 16, 6), 2),
+        route_out(net(10, 244, 1), 1),
+        build::service(VIP_API, 443, IPPROTO_TCP, SVC_AGENTLESS_TCP, 0, 0),
+        build::service(VIP_API, 53, IPPROTO_UDP, SVC_AGENTLESS_UDP, 0, 0),
+        build::service(VIP_API, 444, IPPROTO_TCP, SVC_AGENTLESS_LOST, 0, 0),
+        build::bucket(SVC_AGENTLESS_TCP, 0, 400),
+        build::bucket(SVC_AGENTLESS_UDP, 0, 401),
+        build::bucket(SVC_AGENTLESS_LOST, 0, 402),
+        build::cookie(SVC_AGENTLESS_TCP, 400),
+        build::endpoint_reply(
+            INGRESS_PORT,
+            (ENDPOINT, 6443),
+            IPPROTO_TCP,
+            (SVC_AGENTLESS_TCP, 400),
+        ),
+        build::endpoint_reply(
+            INGRESS_PORT,
+            (ENDPOINT, 5300),
+            IPPROTO_UDP,
+            (SVC_AGENTLESS_UDP, 401),
+        ),
+        build::endpoint_reply(
+            2,
+            (ENDPOINT_FAR, 6443),
+            IPPROTO_TCP,
+            (SVC_AGENTLESS_TCP, 400),
+        ),
+        tunnel_source(),
     ];
     for (b, id) in TCP_BUCKETS.iter().enumerate() {
         entries.push(build::bucket(SVC_TCP, b as u16, *id));
@@ -348,6 +412,65 @@ fn checksum_off_by_one(bytes: &mut [u8], at: usize) {
     // Away from 0 and 1, where ones'-complement arithmetic has two zeros.
     assert!(c > 1, "pick another payload: checksum {c:#06x}");
     bytes[at..at + 2].copy_from_slice(&(c - 1).to_be_bytes());
+}
+
+/// `ip` (an IPv4 packet) with its header byte `at` set to `value` and the
+/// header checksum recomputed.
+fn ip_with(ip: &[u8], at: usize, value: u8) -> Vec<u8> {
+    let mut ip = ip.to_vec();
+    ip[at] = value;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let c = ipv4_checksum(&ip[..ihl]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    ip
+}
+
+/// A plain frame carrying the IPv4 packet `ip`, as it arrives on a port.
+fn plain_ip(ip: &[u8]) -> Vec<u8> {
+    eth(mac(0xaa), mac(1), ip)
+}
+
+/// A request to an endpoint without an agent (`inner` DNATed to
+/// `backend_id`) as the switch delivers it: no tunnel, routed by the
+/// endpoint's address (TTL − 1, MACs), out of `port`.
+fn stripped(inner: &Inner, backend_id: u32, port: u16) -> Verdict {
+    Verdict::Forward {
+        port,
+        bytes: Some(routed(&plain_ip(&dnat(inner, backend_id).to_bytes()), port)),
+    }
+}
+
+/// An endpoint's plain reply `ip` (unchanged) as the switch tunnels it to
+/// the client's `node`: outer IPv4 from the tunnel source (DF, id 0, TTL
+/// 64 − 1, the reply's TOS), UDP from 0xC000 | the flow's crc32 >> 18 to
+/// 6081 (checksum 0), Geneve with the Talaria option `REPLY | COOKIE_VALID
+/// | ENDPOINT` and `cookie`; routed out of the node's port.
+fn endpoint_tunnel(ip: &[u8], cookie: (u16, u32), node: Ipv4Addr) -> Vec<u8> {
+    let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    let hash = FlowTuple {
+        src: Be32(addr(12).octets()),
+        dst: Be32(addr(16).octets()),
+        proto: ip[9],
+        src_port: word(ip, ihl).into(),
+        dst_port: word(ip, ihl + 2).into(),
+    }
+    .hash();
+    let sport = 0xc000 | (hash >> 18) as u16;
+    let flags = flags::REPLY | flags::COOKIE_VALID | flags::ENDPOINT;
+    let mut geneve = talaria(flags, cookie.0, cookie.1);
+    geneve.extend_from_slice(ip);
+    let outer = ipv4(
+        TUNNEL_SOURCE,
+        node,
+        63,
+        IPPROTO_UDP,
+        &udp(sport, GENEVE_UDP_PORT, &geneve),
+    );
+    let outer = ip_with(&ip_with(&outer, 1, ip[1]), 4, 0);
+    let outer = ip_with(&outer, 5, 0);
+    let (src_mac, dst_mac) = route_mac(node_port(node));
+    eth(dst_mac, src_mac, &outer)
 }
 
 // ------------------------------------------------------------------- model --
@@ -1590,12 +1713,339 @@ fn tables_suite() -> Suite {
         )
         .load_balanced(SVC_UNKNOWN_BACKEND, E::NewFlow, None),
     ];
+    let mut steps: Vec<Step> = scenarios.into_iter().map(Step::Send).collect();
+    steps.extend(agentless_steps());
     Suite {
         name: "tables",
         ports: 2,
         setup: tables(),
-        steps: scenarios.into_iter().map(Step::Send).collect(),
+        steps,
     }
+}
+
+/// Endpoints that run no agent: requests stripped and routed plain after
+/// the DNAT, replies matched in `endpoint_reply` and tunnelled to the
+/// client's node. Against the standard tables, after the other scenarios.
+fn agentless_steps() -> Vec<Step> {
+    use DropReason as R;
+    use LbEvent as E;
+    let s = Scenario::new;
+    let fwd = |port, bytes| Verdict::Forward {
+        port,
+        bytes: Some(bytes),
+    };
+    // Plain delivery of a frame: out of `port`, TTL − 1, MACs.
+    let plain_to = |frame: &[u8], port| fwd(port, routed(frame, port));
+
+    let tcp = Inner::tcp(CLIENT, 40000, VIP_API, 443);
+    let udp = Inner::udp(CLIENT, 5353, VIP_API, 53);
+    let new_flow = |inner: &Inner| request(SWITCH, flags::NEW_FLOW, 0, inner);
+    let tcp_ttl = |ttl| {
+        let inner = ip_with(&tcp.to_bytes(), 8, ttl);
+        tunnel_frame(NODE_A, SWITCH, 64, &talaria(flags::NEW_FLOW, 0, 0), &inner)
+    };
+    let tcp_ttl2 = {
+        let mut out = plain_ip(&ip_with(&dnat(&tcp, 400).to_bytes(), 8, 2));
+        out = routed(&out, 1);
+        out
+    };
+
+    let mut first_fragment = tcp.clone();
+    first_fragment.frag = 0x2000;
+    // A later fragment of that datagram (no TCP header), with its ports or
+    // its first fragment's cookie in the option.
+    let mut later = tcp.clone();
+    later.l4 = L4::Other(IPPROTO_TCP);
+    later.frag = 3;
+    later.payload = vec![0xab; 16];
+    let later_with = |opt: &[u8]| tunnel_frame(NODE_A, SWITCH, 64, opt, &later.to_bytes());
+    let ports_word = talaria(flags::NEW_FLOW | flags::FRAG_PORTS, 0, 40000 << 16 | 443);
+    // The client's port unreachable about a reply it got from VIP_API:443
+    // (restored by its node), sent back with the reply's cookie; relayed
+    // to the endpoint about its own reply.
+    let client_error = {
+        let quote = Inner::tcp(VIP_API, 443, CLIENT, 40000).to_bytes();
+        tunnel_frame(
+            NODE_A,
+            SWITCH,
+            64,
+            &talaria(flags::COOKIE_VALID, SVC_AGENTLESS_TCP, 400),
+            &icmp_unreachable(CLIENT, VIP_API, 3, &quote),
+        )
+    };
+    let relayed_error = {
+        let quote = Inner::tcp(ENDPOINT, 6443, CLIENT, 40000).to_bytes();
+        routed(&plain_ip(&icmp_unreachable(CLIENT, ENDPOINT, 3, &quote)), 1)
+    };
+
+    // A tunnel with outer IPv4 options: they go with the tunnel.
+    let outer_opts = {
+        let mut f = new_flow(&tcp);
+        f.splice(off::OUTER_UDP..off::OUTER_UDP, [1u8, 1, 1, 0]);
+        f[off::OUTER_IP] = 0x46;
+        let total = (f.len() - off::OUTER_IP) as u16;
+        f[off::OUTER_IP + 2..off::OUTER_IP + 4].copy_from_slice(&total.to_be_bytes());
+        let c = ipv4_checksum(&f[off::OUTER_IP..off::OUTER_IP + 24]);
+        f[off::OUTER_IP + 10..off::OUTER_IP + 12].copy_from_slice(&c.to_be_bytes());
+        f
+    };
+
+    // Replies of ENDPOINT to the client (node A's pod), the TCP one with a
+    // TOS (DSCP and ECN) to copy.
+    let reply_tcp = ip_with(
+        &Inner::tcp(ENDPOINT, 6443, CLIENT, 40000).to_bytes(),
+        1,
+        0x28,
+    );
+    let reply_udp = Inner::udp(ENDPOINT, 5300, CLIENT, 5353).to_bytes();
+    let client_b = Ipv4Addr::new(10, 244, 2, 9);
+    let reply_udp_b = Inner::udp(ENDPOINT, 5300, client_b, 5353).to_bytes();
+    let reply_lost = Inner::tcp(ENDPOINT, 6443, Ipv4Addr::new(10, 244, 9, 7), 40000).to_bytes();
+    let reply_ttl1 = ip_with(&reply_tcp, 8, 1);
+    // A short reply (no UDP checksum) in a frame padded to 60 bytes: the
+    // padding stays after the packet, outside the outer lengths.
+    let reply_short = {
+        let mut r = Inner::udp(ENDPOINT, 5300, CLIENT, 5353);
+        r.l4 = L4::Udp {
+            src: 5300,
+            dst: 5353,
+            csum: false,
+        };
+        r.payload = vec![];
+        r.to_bytes()
+    };
+    let padded = |mut f: Vec<u8>| {
+        f.resize(f.len() + 60 - (14 + reply_short.len()), 0);
+        f
+    };
+    // A reply cut inside its TCP header: no ports to look up.
+    let reply_cut =
+        plain_ip(&Inner::tcp(ENDPOINT, 6443, CLIENT, 40000).to_bytes())[..14 + 20 + 19].to_vec();
+    // A first fragment (MF set) carries its ports: tunnelled whole.
+    let reply_first_fragment = {
+        let mut r = Inner::udp(ENDPOINT, 5300, CLIENT, 5353);
+        r.frag = 0x2000;
+        r.to_bytes()
+    };
+    let tcp_cookie = (SVC_AGENTLESS_TCP, 400);
+    let udp_cookie = (SVC_AGENTLESS_UDP, 401);
+    // Plain packets that are no endpoint reply the switch knows.
+    let from_far = plain_ip(&Inner::tcp(ENDPOINT_FAR, 6443, CLIENT, 40000).to_bytes());
+    let wrong_sport = plain_ip(&Inner::tcp(ENDPOINT, 6444, CLIENT, 40000).to_bytes());
+    let wrong_proto = plain_ip(&Inner::udp(ENDPOINT, 6443, CLIENT, 40000).to_bytes());
+    let to_node = plain_ip(&Inner::tcp(ENDPOINT, 6443, NODE_B, 40000).to_bytes());
+    let with_options = plain_ip(&{
+        let mut r = Inner::tcp(ENDPOINT, 6443, CLIENT, 40000);
+        r.options = vec![1, 1, 1, 0];
+        r.to_bytes()
+    });
+    let later_fragment = plain_ip(&{
+        let mut r = Inner::tcp(ENDPOINT, 6443, CLIENT, 40000);
+        r.l4 = L4::Other(IPPROTO_TCP);
+        r.frag = 3;
+        r.payload = vec![0xab; 16];
+        r.to_bytes()
+    });
+    let miss_ttl1 = plain_ip(&ip_with(
+        &Inner::tcp(ENDPOINT, 6444, CLIENT, 40000).to_bytes(),
+        8,
+        1,
+    ));
+
+    let mut steps: Vec<Step> = [
+        s(
+            "agentless TCP endpoint: DNAT, tunnel stripped, routed to the endpoint",
+            new_flow(&tcp),
+            stripped(&tcp, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless UDP endpoint: DNAT, tunnel stripped, routed to the endpoint",
+            new_flow(&udp),
+            stripped(&udp, 401, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_UDP, E::NewFlow, Some(401)),
+        s(
+            "agentless endpoint with a valid cookie: stripped as a new flow is",
+            request(SWITCH, flags::COOKIE_VALID, 400, &tcp),
+            stripped(&tcp, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::CookieHit, Some(400)),
+        s(
+            "agentless endpoint, UDP checksum that becomes 0 after DNAT: 0xFFFF",
+            new_flow(&zero_after_dnat(&udp, 401)),
+            stripped(&zero_after_dnat(&udp, 401), 401, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_UDP, E::NewFlow, Some(401)),
+        s(
+            "agentless endpoint: the outer TTL does not count, the inner one does",
+            tunnel_frame(
+                NODE_A,
+                SWITCH,
+                1,
+                &talaria(flags::NEW_FLOW, 0, 0),
+                &tcp.to_bytes(),
+            ),
+            stripped(&tcp, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, inner TTL 2: routed with TTL 1",
+            tcp_ttl(2),
+            fwd(1, tcp_ttl2),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, inner TTL 1: counted, then ttl_expired",
+            tcp_ttl(1),
+            Verdict::Drop(R::TtlExpired),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, first fragment (MF): stripped like a whole packet",
+            new_flow(&first_fragment),
+            stripped(&first_fragment, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, later fragment with its datagram's ports: stripped",
+            later_with(&ports_word),
+            stripped(&later, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint, later fragment with its first fragment's cookie: stripped",
+            later_with(&talaria(flags::COOKIE_VALID, SVC_AGENTLESS_TCP, 400)),
+            stripped(&later, 400, 1),
+        )
+        .backend_hit(400)
+        .event(E::CookieHit),
+        s(
+            "client's ICMP error about an agentless endpoint's reply: relayed plain, quote rewritten",
+            client_error,
+            fwd(1, relayed_error),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::CookieHit, Some(400)),
+        s(
+            "agentless endpoint, tunnel with outer IPv4 options: stripped with them",
+            outer_opts,
+            stripped(&tcp, 400, 1),
+        )
+        .load_balanced(SVC_AGENTLESS_TCP, E::NewFlow, Some(400)),
+        s(
+            "agentless endpoint no route leads to: counted, then no_route",
+            new_flow(&Inner::tcp(CLIENT, 40000, VIP_API, 444)),
+            Verdict::Drop(R::NoRoute),
+        )
+        .load_balanced(SVC_AGENTLESS_LOST, E::NewFlow, Some(402)),
+        s(
+            "endpoint reply (TCP) tunnelled unchanged to the client's node",
+            plain_ip(&reply_tcp),
+            fwd(1, endpoint_tunnel(&reply_tcp, tcp_cookie, NODE_A)),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply (UDP) tunnelled unchanged to the client's node",
+            plain_ip(&reply_udp),
+            fwd(1, endpoint_tunnel(&reply_udp, udp_cookie, NODE_A)),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply to a client on another node: tunnelled out of its port",
+            plain_ip(&reply_udp_b),
+            fwd(2, endpoint_tunnel(&reply_udp_b, udp_cookie, NODE_B)),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply with TTL 1 is tunnelled (the outer TTL is the switch's)",
+            plain_ip(&reply_ttl1),
+            fwd(1, endpoint_tunnel(&reply_ttl1, tcp_cookie, NODE_A)),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply's first fragment tunnelled like a whole packet",
+            plain_ip(&reply_first_fragment),
+            fwd(
+                1,
+                endpoint_tunnel(&reply_first_fragment, udp_cookie, NODE_A),
+            ),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply in a padded frame: tunnelled, padding kept after it",
+            padded(plain_ip(&reply_short)),
+            fwd(1, padded(endpoint_tunnel(&reply_short, udp_cookie, NODE_A))),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply cut inside its TCP header: routed plain",
+            reply_cut.clone(),
+            plain_to(&reply_cut, 1),
+        ),
+        s(
+            "endpoint reply for a client whose node has no route: counted, then no_route",
+            plain_ip(&reply_lost),
+            Verdict::Drop(R::NoRoute),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply on a port the endpoint is not behind: routed plain",
+            from_far.clone(),
+            plain_to(&from_far, 1),
+        ),
+        s(
+            "endpoint reply from another source port: routed plain",
+            wrong_sport.clone(),
+            plain_to(&wrong_sport, 1),
+        ),
+        s(
+            "endpoint reply of another protocol: routed plain",
+            wrong_proto.clone(),
+            plain_to(&wrong_proto, 1),
+        ),
+        s(
+            "endpoint reply to an address in no pod CIDR: routed plain",
+            to_node.clone(),
+            plain_to(&to_node, 2),
+        )
+        .backend_hit(TUNNEL_SOURCE_BACKEND_ID),
+        s(
+            "endpoint reply with IPv4 options: routed plain",
+            with_options.clone(),
+            plain_to(&with_options, 1),
+        ),
+        s(
+            "later fragment of an endpoint reply: routed plain",
+            later_fragment.clone(),
+            plain_to(&later_fragment, 1),
+        ),
+        s(
+            "plain packet that is no endpoint reply, TTL 1: ttl_expired",
+            miss_ttl1,
+            Verdict::Drop(R::TtlExpired),
+        ),
+    ]
+    .into_iter()
+    .map(Step::Send)
+    .collect();
+    // Without a tunnel source the switch cannot tunnel a reply.
+    let reply = plain_ip(&reply_tcp);
+    steps.push(Step::Delete(tunnel_source()));
+    steps.push(Step::Send(s(
+        "endpoint reply without the tunnel source entry: routed plain",
+        reply.clone(),
+        plain_to(&reply, 1),
+    )));
+    steps.push(Step::Insert(tunnel_source()));
+    steps.push(Step::Send(
+        s(
+            "endpoint reply once the tunnel source is back: tunnelled",
+            reply,
+            fwd(1, endpoint_tunnel(&reply_tcp, tcp_cookie, NODE_A)),
+        )
+        .replied(TUNNEL_SOURCE_BACKEND_ID),
+    ));
+    steps
 }
 
 /// A connection keeps its backend while the pool changes, until the
