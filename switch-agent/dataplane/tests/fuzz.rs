@@ -21,7 +21,7 @@ use talaria_switch_dataplane::{
     },
     CounterId, Dataplane, Entry, Target,
 };
-use talaria_tables::{backend, tunnel_peer};
+use talaria_tables::{backend, endpoint_reply, tunnel_peer};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -33,6 +33,9 @@ struct Tables {
     peers: Vec<Ipv4Addr>,
     /// Backend id → its node.
     backend_node: BTreeMap<u32, Ipv4Addr>,
+    /// (address, port, protocol) of an endpoint without an agent on the
+    /// ingress port → the backend its replies are tunnelled as.
+    endpoint_replies: BTreeMap<(Ipv4Addr, u16, u8), u32>,
 }
 
 impl Tables {
@@ -41,6 +44,7 @@ impl Tables {
             switch_addrs: Vec::new(),
             peers: Vec::new(),
             backend_node: BTreeMap::new(),
+            endpoint_replies: BTreeMap::new(),
         };
         for e in entries {
             match e {
@@ -51,6 +55,12 @@ impl Tables {
                 Entry::Backend(e) => {
                     let backend::Action::SetBackend { node_ip, .. } = e.action;
                     t.backend_node.insert(e.key.backend_id, node_ip);
+                }
+                Entry::EndpointReply(e) if e.key.port == INGRESS_PORT => {
+                    let endpoint_reply::Action::SetEndpointReply { backend_id, .. } = e.action;
+                    let k = &e.key;
+                    t.endpoint_replies
+                        .insert((k.endpoint_addr, k.endpoint_port, k.proto), backend_id);
                 }
                 _ => {}
             }
@@ -68,6 +78,21 @@ fn drops(dp: &Dataplane) -> Vec<u64> {
     (0..DROP_REASON_COUNT)
         .map(|i| dp.counter(CounterId::Drop, i).unwrap().packets)
         .collect()
+}
+
+/// (source address, source port, protocol) of a plain TCP or UDP frame.
+fn endpoint_of(f: &[u8]) -> Option<(Ipv4Addr, u16, u8)> {
+    let ip = off::OUTER_IP;
+    let l4 = ip + usize::from(*f.get(ip)? & 0x0f) * 4;
+    let proto = *f.get(ip + 9)?;
+    let port = f.get(l4..l4 + 2)?;
+    (matches!(proto, 6 | 17) && f.len() >= ip + 20).then(|| {
+        (
+            addr(f, ip + 12),
+            u16::from_be_bytes([port[0], port[1]]),
+            proto,
+        )
+    })
 }
 
 /// The reasons whose counts moved from `before` to `after`, with how much.
@@ -111,8 +136,10 @@ fn mutate(rng: &mut XorShiftRng, seed: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
 /// nothing to a stack); a drop is counted under exactly one reason and a
 /// forward under none; a forwarded frame's checksums are right when the
 /// input's were; a frame leaving with a switch address as outer source
-/// is a tunnel re-originated from one a node sent in on its port; and a
-/// forwarded reply came from the node of the backend its cookie names.
+/// is a tunnel re-originated from one a node sent in on its port, or the
+/// reply of an endpoint without an agent, tunnelled as that endpoint's
+/// backend; and a forwarded reply came from the node of the backend its
+/// cookie names.
 #[test]
 fn fuzzed_frames_keep_the_switch_invariants() {
     require!(LOADS_BPF);
@@ -182,18 +209,27 @@ fn fuzzed_frames_keep_the_switch_invariants() {
         let outer_src = addr(f, off::OUTER_IP + 12);
         if t.switch_addrs.contains(&outer_src) {
             assert!(tunnel, "a non-tunnel left from a switch address: {}", why());
+            let backend_id = u32::from_be_bytes(f[opt + 8..opt + 12].try_into().unwrap());
             let sender = addr(&input, off::OUTER_IP + 12);
-            assert!(
-                t.peers.contains(&sender),
-                "re-originated a tunnel from {sender}, which is no peer: {}",
-                why()
-            );
-            if f[opt + 5] & flags::REPLY != 0 {
-                let backend_id = u32::from_be_bytes(f[opt + 8..opt + 12].try_into().unwrap());
-                assert_eq!(
-                    t.backend_node.get(&backend_id),
-                    Some(&sender),
-                    "a reply forwarded from a node that does not host its backend: {}",
+            if t.peers.contains(&sender) {
+                if f[opt + 5] & flags::REPLY != 0 {
+                    assert_eq!(
+                        t.backend_node.get(&backend_id),
+                        Some(&sender),
+                        "a reply forwarded from a node that does not host its backend: {}",
+                        why()
+                    );
+                }
+            } else {
+                // Only a plain reply of an endpoint without an agent is
+                // tunnelled from a sender that is no node, as that endpoint.
+                let from = endpoint_of(&input);
+                assert!(
+                    f[opt + 5] & flags::ENDPOINT != 0
+                        && from.and_then(|e| t.endpoint_replies.get(&e)) == Some(&backend_id)
+                        && t.backend_node.get(&backend_id) == Some(&Ipv4Addr::UNSPECIFIED),
+                    "re-originated a tunnel from {sender}, which is neither a peer nor an \
+                     endpoint without an agent ({from:?}): {}",
                     why()
                 );
             }

@@ -872,10 +872,11 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// Every checksum problem of a frame: its outer IPv4 header, and for a
-/// talaria tunnel the outer UDP checksum (must be 0), the inner IPv4 header
-/// and the inner TCP/UDP checksum (a UDP checksum that sums to zero must be
-/// sent as 0xFFFF, RFC 768). Empty for a frame that is not IPv4.
+/// Every checksum problem of a frame: its outer IPv4 header; for a talaria
+/// tunnel the outer UDP checksum (must be 0), the inner IPv4 header and the
+/// inner TCP/UDP checksum; for any other frame its own TCP/UDP checksum (a
+/// UDP checksum that sums to zero must be sent as 0xFFFF, RFC 768). Empty
+/// for a frame that is not IPv4.
 pub fn checksums(f: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     if f.len() < off::OUTER_UDP || f[12..14] != [0x08, 0x00] {
@@ -885,32 +886,43 @@ pub fn checksums(f: &[u8]) -> Vec<String> {
     if ihl < 20 || f.len() < off::OUTER_IP + ihl {
         return out;
     }
-    if !super::ipv4_header_ok(&f[off::OUTER_IP..off::OUTER_IP + ihl]) {
+    // A tunnel may carry outer IPv4 options and Geneve options of any kind.
+    let udp = off::OUTER_IP + ihl;
+    let tunnel = (f[off::OUTER_IP + 9] == IPPROTO_UDP
+        && f.len() > udp + 8
+        && word(f, udp + 2) == GENEVE_UDP_PORT)
+        .then(|| talaria_common::wire::parse(&f[udp + 8..]).ok())
+        .flatten();
+    let Some(geneve) = tunnel else {
+        packet_checksums("", &f[off::OUTER_IP..], &mut out);
+        return out;
+    };
+    if !super::ipv4_header_ok(&f[off::OUTER_IP..udp]) {
         out.push("outer IPv4 checksum".into());
     }
-    let is_tunnel = ihl == 20
-        && f[23] == IPPROTO_UDP
-        && f.len() > off::GENEVE
-        && word(f, off::OUTER_UDP + 2) == GENEVE_UDP_PORT;
-    if !is_tunnel || talaria_common::wire::parse(&f[off::GENEVE..]).is_err() {
-        return out;
-    }
-    if word(f, off::OUTER_UDP + 6) != 0 {
+    if word(f, udp + 6) != 0 {
         out.push("outer UDP checksum must be 0".into());
     }
-    let inner = &f[off::INNER_IP..];
-    let inner_ihl = usize::from(inner.first().copied().unwrap_or(0) & 0x0f) * 4;
-    if inner_ihl < 20 || inner.len() < inner_ihl {
-        return out;
+    packet_checksums("inner ", &f[udp + 8 + geneve.inner_offset..], &mut out);
+    out
+}
+
+/// The IPv4 header and TCP/UDP checksum problems of the packet at `ip`.
+fn packet_checksums(which: &str, ip: &[u8], out: &mut Vec<String>) {
+    let ihl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
+    if ihl < 20 || ip.len() < ihl {
+        return;
     }
-    if !super::ipv4_header_ok(&inner[..inner_ihl]) {
-        out.push("inner IPv4 checksum".into());
+    if !super::ipv4_header_ok(&ip[..ihl]) {
+        out.push(format!("{which}IPv4 checksum"));
     }
-    let proto = inner[9];
-    let src = Ipv4Addr::new(inner[12], inner[13], inner[14], inner[15]);
-    let dst = Ipv4Addr::new(inner[16], inner[17], inner[18], inner[19]);
-    let seg = &inner[inner_ihl..];
-    let frag = word(inner, 6) & 0x3fff;
+    let proto = ip[9];
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    // The IPv4 total length bounds the segment: a frame may carry padding.
+    let end = usize::from(word(ip, 2)).clamp(ihl, ip.len());
+    let seg = &ip[ihl..end];
+    let frag = word(ip, 6) & 0x3fff;
     // (name, checksum offset, what a computed zero is sent as)
     let l4 = match proto {
         IPPROTO_TCP if seg.len() >= 20 => Some(("TCP", 16, 0)),
@@ -924,12 +936,11 @@ pub fn checksums(f: &[u8]) -> Vec<String> {
         };
         if word(seg, at) != want {
             out.push(format!(
-                "inner {name} checksum {:#06x}, expected {want:#06x}",
+                "{which}{name} checksum {:#06x}, expected {want:#06x}",
                 word(seg, at)
             ));
         }
     }
-    out
 }
 
 // ------------------------------------------------------------------ suites --
