@@ -151,6 +151,9 @@ struct metadata_t {
     bit<8>       drop_reason;
     /* 1: the outer destination is one of this switch's tunnel addresses. */
     bit<1>       terminate;
+    /* spoofed_source's key: the source of what the switch passes on, the
+     * inner one of a tunnel it terminates and parsed, else the outer. */
+    ipv4_addr_t  checked_src;
     /* 1: the packet's cookie passed cookie_check. */
     bit<1>       cookie_ok;
     /* The tunnel address the packet came to: the outer source on the way out. */

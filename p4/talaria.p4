@@ -336,11 +336,13 @@ control TalariaIngress(inout headers_t hdr,
 
     /* Source addresses no port may send from: the switch's own tunnel
      * addresses (a node trusts tunnels from them), and what else the
-     * operator lists. */
+     * operator lists. A tunnel's inner source counts too: the switch may
+     * pass the inner packet on plain (a backend without an agent), and
+     * tunnel_peer vouches for the outer one. */
     @id(0x02000009)
     table spoofed_source {
         key = {
-            hdr.ipv4.src_addr : exact @name("src_addr");
+            meta.checked_src : exact @name("src_addr");
         }
         actions = {
             drop_spoofed;
@@ -410,11 +412,16 @@ control TalariaIngress(inout headers_t hdr,
                    || standard_metadata.checksum_error == 1) {
             meta.drop_reason = DROP_MALFORMED;
         } else {
-            spoofed_source.apply();
-            if (meta.drop_reason == 0 && hdr.udp.isValid()
-                && hdr.udp.dst_port == GENEVE_UDP_PORT) {
+            if (hdr.udp.isValid() && hdr.udp.dst_port == GENEVE_UDP_PORT) {
                 switch_addr.apply();
             }
+            if (meta.terminate == 1
+                && standard_metadata.parser_error == error.NoError) {
+                meta.checked_src = hdr.inner_ipv4.src_addr;
+            } else {
+                meta.checked_src = hdr.ipv4.src_addr;
+            }
+            spoofed_source.apply();
 
             if (meta.drop_reason != 0) {
                 /* A spoofed source. */

@@ -70,7 +70,8 @@ pub enum DropReason {
     /// node attached to the port it arrived on (`tunnel_peer`).
     TunnelPeer = 24,
     /// Switch: a packet from a port with one of the switch's own addresses
-    /// (or another listed one) as its source (`spoofed_source`).
+    /// (or another listed one) as its source, or a tunnel to the switch
+    /// with one as its inner source (`spoofed_source`).
     SpoofedSource = 25,
     /// Switch: a REPLY whose source is not the VIP and port of the service
     /// its cookie names, whose cookie names no backend of that service, or

@@ -6,7 +6,10 @@
 //!    forwards only what `ipv4_route` routes, the switch answers no ARP, and
 //!    the lab configures static neighbours. A truncated IPv4 header,
 //!    version ≠ 4, ihl < 5 or a wrong outer header checksum is `malformed`;
-//!    a source in `spoofed_source` (the switch's own) is `spoofed_source`.
+//!    a source in `spoofed_source` (the switch's own) is `spoofed_source`:
+//!    the outer source, or for a tunnel to the switch that parses, the
+//!    inner one (`tunnel_peer` vouches for the outer; the inner may leave
+//!    plain, to a backend without an agent).
 //! 2. UDP (first fragment) to port 6081 looks up `switch_addr`. On a hit the
 //!    tunnel terminates here and the P4 parser's verdict on the Geneve part
 //!    counts: the first option must be ours and alone (P4 parses exactly one
@@ -243,10 +246,6 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if ip.version_ihl >> 4 != 4 || ip.header_len() < IPV4_HDR_LEN || !ipv4_checksum_ok(ctx, &ip) {
         return Err(drop(DropReason::Malformed, pkt));
     }
-    // SAFETY: plain value read.
-    if unsafe { SWITCH_SPOOFED_SOURCE.get(ip.src) }.is_some() {
-        return Err(drop(DropReason::SpoofedSource, pkt));
-    }
     let udp_off = IP_OFF + ip.header_len();
 
     // The P4 parser reads UDP only in a first fragment.
@@ -259,6 +258,9 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
                 return terminate(ctx, pkt, &ip, udp_off, &udp);
             }
         }
+    }
+    if spoofed(ip.src) {
+        return Err(drop(DropReason::SpoofedSource, pkt));
     }
     if let Some(tunnel) = endpoint_reply(pkt, &ip, ctx, udp_off) {
         return encap_endpoint_reply(ctx, pkt, &ip, &tunnel);
@@ -428,19 +430,18 @@ fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
 #[inline(always)]
 fn parse_tunnel(
     ctx: &TcContext,
-    pkt: Pkt,
     geneve_off: usize,
-) -> Result<(TalariaOpt, Ipv4Hdr, Option<Quote>), i32> {
-    let malformed = |_| drop(DropReason::Malformed, pkt);
+) -> Result<(TalariaOpt, Ipv4Hdr, Option<Quote>), DropReason> {
+    let malformed = |_| DropReason::Malformed;
     let geneve: GeneveHdr = ctx.load(geneve_off).map_err(malformed)?;
     if geneve.version() != 0 {
-        return Err(drop(DropReason::GeneveVersion, pkt));
+        return Err(DropReason::GeneveVersion);
     }
     if geneve.protocol.get() != GENEVE_PROTO_IPV4 {
-        return Err(drop(DropReason::GeneveProtocol, pkt));
+        return Err(DropReason::GeneveProtocol);
     }
     if geneve.options_len() == 0 {
-        return Err(drop(DropReason::MissingOption, pkt));
+        return Err(DropReason::MissingOption);
     }
     let opt_off = geneve_off + GENEVE_HDR_LEN;
     let class_type: [u8; 3] = ctx.load(opt_off).map_err(malformed)?;
@@ -449,22 +450,22 @@ fn parse_tunnel(
     {
         let _foreign: [u8; OPT_HDR_LEN] = ctx.load(opt_off).map_err(malformed)?;
         return Err(if class_type[2] & OPT_TYPE_CRITICAL != 0 {
-            drop(DropReason::UnknownCriticalOption, pkt)
+            DropReason::UnknownCriticalOption
         } else {
-            drop(DropReason::MissingOption, pkt)
+            DropReason::MissingOption
         });
     }
     let opt: TalariaOpt = ctx.load(opt_off).map_err(malformed)?;
     if opt.len & 0x1f != TALARIA_OPT_WORDS || geneve.options_len() != TALARIA_GENEVE_OPT_WORDS * 4 {
-        return Err(drop(DropReason::OptionLength, pkt));
+        return Err(DropReason::OptionLength);
     }
     if opt.version != TALARIA_VERSION {
-        return Err(drop(DropReason::TalariaVersion, pkt));
+        return Err(DropReason::TalariaVersion);
     }
     let inner_off = geneve_off + ENCAP_LEN;
     let inner: Ipv4Hdr = ctx.load(inner_off).map_err(malformed)?;
     if inner.version_ihl >> 4 != 4 || inner.header_len() < IPV4_HDR_LEN {
-        return Err(drop(DropReason::Malformed, pkt));
+        return Err(DropReason::Malformed);
     }
     // The L4 header is parsed (and must be whole) only where the ports sit
     // at a fixed offset.
@@ -482,6 +483,13 @@ fn parse_tunnel(
         }
     }
     Ok((opt, inner, quote))
+}
+
+/// Whether `src` is in `spoofed_source`: an address no port may send from.
+#[inline(always)]
+fn spoofed(src: Be32) -> bool {
+    // SAFETY: plain value read.
+    unsafe { SWITCH_SPOOFED_SOURCE.get(src) }.is_some()
 }
 
 /// What an ICMP error quotes of the packet it is about, when that packet
@@ -526,7 +534,20 @@ fn terminate(
     udp: &UdpHdr,
 ) -> Result<i32, i32> {
     let geneve_off = udp_off + UDP_HDR_LEN;
-    let (opt, inner, quote) = parse_tunnel(ctx, pkt, geneve_off)?;
+    // `spoofed_source` checks the inner source of a tunnel that parses (it
+    // may leave plain, to a backend without an agent; `tunnel_peer` checks
+    // the outer one), else the outer source, before the parser's verdict.
+    let (opt, inner, quote) = parse_tunnel(ctx, geneve_off).map_err(|reason| {
+        let reason = if spoofed(outer.src) {
+            DropReason::SpoofedSource
+        } else {
+            reason
+        };
+        drop(reason, pkt)
+    })?;
+    if spoofed(inner.src) {
+        return Err(drop(DropReason::SpoofedSource, pkt));
+    }
     let peer = TunnelPeerKey {
         port: pkt.port as u16,
         _pad: 0,

@@ -1426,8 +1426,33 @@ fn tables_suite() -> Suite {
             drop(R::SpoofedSource),
         ),
         s(
-            "tunnel from the switch's own address",
+            "tunnel from the switch's own address: tunnel_peer vouches for the outer source",
             tunnel_frame(SWITCH2, SWITCH, 64, &reply_opt, &reply_inner.to_bytes()),
+            drop(R::TunnelPeer),
+        ),
+        s(
+            "tunnel from the switch's own address that does not parse: the outer source counts",
+            tunnel_frame(
+                SWITCH2,
+                SWITCH,
+                64,
+                &{
+                    let mut g = talaria(flags::NEW_FLOW, 0, 0);
+                    g[0] |= 0x40;
+                    g
+                },
+                &Inner::tcp(CLIENT, 40000, VIP_TCP, 80).to_bytes(),
+            ),
+            drop(R::SpoofedSource),
+        ),
+        s(
+            "request whose inner source is the switch's address",
+            request(
+                SWITCH,
+                flags::NEW_FLOW,
+                0,
+                &Inner::tcp(SWITCH2, 40000, VIP_TCP, 80),
+            ),
             drop(R::SpoofedSource),
         ),
         s(
@@ -1876,6 +1901,11 @@ fn agentless_steps() -> Vec<Step> {
             stripped(&udp, 401, 1),
         )
         .load_balanced(SVC_AGENTLESS_UDP, E::NewFlow, Some(401)),
+        s(
+            "agentless endpoint, inner source the switch's address: never sent plain",
+            new_flow(&Inner::tcp(SWITCH, 40000, VIP_API, 443)),
+            Verdict::Drop(R::SpoofedSource),
+        ),
         s(
             "agentless endpoint with a valid cookie: stripped as a new flow is",
             request(SWITCH, flags::COOKIE_VALID, 400, &tcp),
