@@ -44,6 +44,8 @@ pub(super) struct EpInfo {
     pub(super) terminating: bool,
     /// `hints.forZones`: the zones whose nodes it is meant for.
     pub(super) zones: Vec<String>,
+    /// `hints.forNodes`: the nodes it is meant for (`PreferSameNode`).
+    pub(super) nodes: Vec<String>,
 }
 
 impl EpInfo {
@@ -350,6 +352,12 @@ fn eval_slice_info(
                 .and_then(|h| h.for_zones.as_ref())
                 .map(|z| z.iter().map(|z| z.name.clone()).collect())
                 .unwrap_or_default(),
+            nodes: ep
+                .hints
+                .as_ref()
+                .and_then(|h| h.for_nodes.as_ref())
+                .map(|n| n.iter().map(|n| n.name.clone()).collect())
+                .unwrap_or_default(),
         };
         // The address decides where packets go; nodeName only where it
         // runs (a hostNetwork pod is at its node's address, not in a pod
@@ -387,13 +395,21 @@ fn eval_slice_info(
 /// Evaluates one Service with the slices labelled for it: its view (absent
 /// when the Service is unusable) and the data-path ports it asks for.
 pub(super) fn eval_service(
-    node_zones: &BTreeMap<Ipv4Addr, String>,
+    nodes: &NodeTopology<'_>,
     svc: &Service,
     my_slices: &[SliceInfo],
 ) -> (Option<ServiceView>, ServiceEntry) {
     let mut e = ServiceEntry::default();
-    let view = eval_service_into(node_zones, svc, my_slices, &mut e);
+    let view = eval_service_into(nodes, svc, my_slices, &mut e);
     (view, e)
+}
+
+/// What topology hints name: every node's name, address and zone.
+pub(super) struct NodeTopology<'a> {
+    /// Node name → InternalIP.
+    pub(super) ips: &'a BTreeMap<String, Ipv4Addr>,
+    /// Node InternalIP → its zone.
+    pub(super) zones: &'a BTreeMap<Ipv4Addr, String>,
 }
 
 /// A node's label naming its zone, which topology hints refer to.
@@ -405,7 +421,7 @@ const TOPOLOGY_MODE_ANNOTATIONS: [&str; 2] = [
     "service.kubernetes.io/topology-aware-hints",
 ];
 
-/// Whether the Service asks for its endpoints' zone hints to be used
+/// Whether the Service asks for its endpoints' hints to be used
 /// (kube-proxy's `canUseTopology`, the Service half): a
 /// `trafficDistribution` that prefers closeness, or the topology-mode
 /// annotation set to Auto.
@@ -413,7 +429,7 @@ fn wants_topology(svc: &Service) -> bool {
     let spec = svc.spec.as_ref();
     if matches!(
         spec.and_then(|s| s.traffic_distribution.as_deref()),
-        Some("PreferClose" | "PreferSameZone")
+        Some("PreferClose" | "PreferSameZone" | "PreferSameNode")
     ) {
         return true;
     }
@@ -446,32 +462,47 @@ fn local_endpoints(
     by_node
 }
 
-/// Topology hints: for each node with a zone, the ready endpoints hinted
-/// for that zone, when every ready endpoint carries hints and the zone
-/// has one (kube-proxy's `canUseTopology`, the endpoint half; otherwise
-/// the node uses every endpoint).
-fn zone_endpoints(
-    node_zones: &BTreeMap<Ipv4Addr, String>,
+/// Topology hints, per node (kube-proxy's `topologyModeFromHints` and
+/// `availableForTopology`): when every ready endpoint carries `forNodes`
+/// hints and some name the node, the endpoints hinted for it
+/// (`PreferSameNode`); else, when every ready endpoint carries `forZones`
+/// hints and some name the node's zone, those; else nothing: the node uses
+/// every endpoint.
+fn topology_endpoints(
+    nodes: &NodeTopology<'_>,
     ready: &[(Backend, &EpInfo)],
 ) -> BTreeMap<Ipv4Addr, BTreeSet<Backend>> {
-    if ready.iter().any(|(_, ep)| ep.zones.is_empty()) {
-        return BTreeMap::new();
-    }
-    node_zones
+    let all_hinted =
+        |hints: fn(&EpInfo) -> &Vec<String>| ready.iter().all(|(_, ep)| !hints(ep).is_empty());
+    let by_node = all_hinted(|ep| &ep.nodes);
+    let by_zone = all_hinted(|ep| &ep.zones);
+    let hinted_for = |hints: fn(&EpInfo) -> &Vec<String>, name: &String| -> BTreeSet<Backend> {
+        ready
+            .iter()
+            .filter(|(_, ep)| hints(ep).contains(name))
+            .map(|(b, _)| *b)
+            .collect()
+    };
+    nodes
+        .ips
         .iter()
-        .filter_map(|(node, zone)| {
-            let eps: BTreeSet<Backend> = ready
-                .iter()
-                .filter(|(_, ep)| ep.zones.contains(zone))
-                .map(|(b, _)| *b)
-                .collect();
-            (!eps.is_empty()).then_some((*node, eps))
+        .filter_map(|(name, ip)| {
+            let mut eps = BTreeSet::new();
+            if by_node {
+                eps = hinted_for(|ep| &ep.nodes, name);
+            }
+            if eps.is_empty() && by_zone {
+                if let Some(zone) = nodes.zones.get(ip) {
+                    eps = hinted_for(|ep| &ep.zones, zone);
+                }
+            }
+            (!eps.is_empty()).then_some((*ip, eps))
         })
         .collect()
 }
 
 fn eval_service_into(
-    node_zones: &BTreeMap<Ipv4Addr, String>,
+    nodes: &NodeTopology<'_>,
     svc: &Service,
     my_slices: &[SliceInfo],
     e: &mut ServiceEntry,
@@ -721,7 +752,7 @@ fn eval_service_into(
         let preferred = if local_only {
             local_endpoints(&ready, &st)
         } else if topology {
-            zone_endpoints(node_zones, &ready)
+            topology_endpoints(nodes, &ready)
         } else {
             BTreeMap::new()
         };

@@ -45,7 +45,7 @@ use serde::Serialize;
 
 use crate::types::{Backend, HashMode, Ipv4Prefix, ServiceKey};
 use index::Index;
-use kube_proxy::{build_nodes, eval_service, eval_slice};
+use kube_proxy::{build_nodes, eval_service, eval_slice, NodeTopology};
 pub use view::{PortView, ServiceView};
 
 /// Label that ties an EndpointSlice to its Service.
@@ -267,11 +267,19 @@ impl Model {
         for svc in services {
             let r = obj_ref(&svc.metadata);
             let slices = self.slice_infos(&r);
-            let (view, entry) = eval_service(&self.node_zones, svc, &slices);
+            let (view, entry) = eval_service(&self.topology(), svc, &slices);
             self.put_service_entry(r, view, Some(entry), &mut keys);
         }
         self.resolve(&keys);
         self.collect_skipped();
+    }
+
+    /// The nodes as topology hints name them.
+    fn topology(&self) -> NodeTopology<'_> {
+        NodeTopology {
+            ips: &self.node_ips,
+            zones: &self.node_zones,
+        }
     }
 
     /// Applies object changes, looking changed objects up in `lookup`.
@@ -308,7 +316,7 @@ impl Model {
             match lookup.service(g) {
                 Some(svc) => {
                     let slices = self.slice_infos(g);
-                    let (view, entry) = eval_service(&self.node_zones, &svc, &slices);
+                    let (view, entry) = eval_service(&self.topology(), &svc, &slices);
                     self.put_service_entry(g.clone(), view, Some(entry), &mut keys);
                 }
                 None => self.put_service_entry(g.clone(), None, None, &mut keys),

@@ -880,3 +880,84 @@ endpoints:
         "an unhinted ready endpoint turns topology off"
     );
 }
+
+/// `trafficDistribution: PreferSameNode`: when every ready endpoint
+/// carries `forNodes` hints, a node named by one uses the endpoints hinted
+/// for it; a node named by none falls back to its zone's; with one
+/// endpoint without `forNodes`, every node uses zone hints (KEP-3015,
+/// kube-proxy's `topologyModeFromHints`).
+#[test]
+fn prefer_same_node_uses_each_nodes_own_endpoints_then_its_zones() {
+    let nodes: String = [
+        ("z1", "a", 5),
+        ("z2", "b", 6),
+        ("z3", "a", 7),
+        ("z4", "a", 8),
+    ]
+    .iter()
+    .map(|(name, zone, i)| {
+        format!(
+            "apiVersion: v1\nkind: Node\n\
+                 metadata: {{name: {name}, labels: {{topology.kubernetes.io/zone: {zone}}}}}\n\
+                 spec: {{podCIDR: 10.244.{i}.0/24}}\n\
+                 status: {{addresses: [{{type: InternalIP, address: 192.168.0.1{i}}}]}}\n---\n"
+        )
+    })
+    .collect();
+    let endpoint = |i: u8, node: &str, zone: &str, node_hint: bool| {
+        let for_nodes = if node_hint {
+            format!(", forNodes: [{{name: {node}}}]")
+        } else {
+            String::new()
+        };
+        format!(
+            "- {{addresses: [10.244.{i}.5], nodeName: {node}, zone: {zone}, \
+             hints: {{forZones: [{{name: {zone}}}]{for_nodes}}}}}\n"
+        )
+    };
+    let preferred = |z2_node_hint: bool| {
+        let m = run(&format!(
+            r#"{nodes}apiVersion: v1
+kind: Service
+metadata: {{name: s, namespace: ns}}
+spec: {{clusterIP: 10.96.0.14, selector: {{a: b}}, ports: [{{port: 80}}], trafficDistribution: PreferSameNode}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}
+addressType: IPv4
+ports: [{{port: 80}}]
+endpoints:
+{}{}{}"#,
+            endpoint(5, "z1", "a", true),
+            endpoint(6, "z2", "b", z2_node_hint),
+            endpoint(7, "z3", "a", true),
+        ));
+        m.ports[&key("10.96.0.14", 80, Proto::Tcp)]
+            .preferred
+            .clone()
+    };
+    let ep = |i: u8| be(&format!("10.244.{i}.5"), 80, &format!("192.168.0.1{i}"));
+    let node = |i: u8| -> Ipv4Addr { format!("192.168.0.1{i}").parse().unwrap() };
+    let zone_a: BTreeSet<Backend> = [ep(5), ep(7)].into();
+    assert_eq!(
+        preferred(true),
+        BTreeMap::from([
+            (node(5), [ep(5)].into()),
+            (node(6), [ep(6)].into()),
+            (node(7), [ep(7)].into()),
+            (node(8), zone_a.clone()),
+        ]),
+        "own endpoints first; a node with none named uses its zone's"
+    );
+    assert_eq!(
+        preferred(false),
+        BTreeMap::from([
+            (node(5), zone_a.clone()),
+            (node(6), [ep(6)].into()),
+            (node(7), zone_a.clone()),
+            (node(8), zone_a),
+        ]),
+        "one endpoint without forNodes: zones for everyone"
+    );
+}
