@@ -271,6 +271,9 @@ pub struct PortPolicy {
     /// (`internalTrafficPolicy: Local`, topology hints): one is picked by
     /// the flow's hash and sent as the cookie, which the switch honours.
     pub preferred: [u32; port_policy::MAX_PREFERRED],
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds`, with
+    /// [`port_policy::AFFINITY`].
+    pub affinity_timeout_s: u32,
 }
 
 /// [`PortPolicy`] flags and size.
@@ -284,8 +287,46 @@ pub mod port_policy {
     /// [`super::CookieEntry`], by which the node recognises that
     /// endpoint's replies as this flow's and restores the VIP on them.
     pub const AGENTLESS: u8 = 0x04;
+    /// `sessionAffinity: ClientIP`: a client's new flow goes to the backend
+    /// of its last one ([`super::AffinityEntry`]) while that is younger
+    /// than `affinity_timeout_s` and the backend still takes new flows
+    /// ([`super::AffinityBackend`]).
+    pub const AFFINITY: u8 = 0x08;
     /// Preferred backends one node can pick from per port.
     pub const MAX_PREFERRED: usize = 16;
+}
+
+/// `NODE_AFFINITY` key: a client and a port (by its service id) with
+/// session affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityKey {
+    pub client: Be32,
+    pub service_id: u16,
+    pub _pad: u16,
+}
+
+/// `NODE_AFFINITY` value: the backend the client's last new flow to the
+/// port went to, and when (`bpf_ktime_get_ns()`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityEntry {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_ns: u64,
+}
+
+/// `NODE_AFFINITY_BACKENDS` key: a backend that takes new flows of a port
+/// with session affinity (for this node's clients: its preferred ones, if
+/// it has any). Value: unused. A remembered backend not listed here is
+/// forgotten, as kube-proxy's affinity rules exist only for endpoints in
+/// use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AffinityBackend {
+    pub service_id: u16,
+    pub _pad: u16,
+    pub backend_id: u32,
 }
 
 /// A Service as the backend node must know it to reverse-NAT replies: the
@@ -474,8 +515,11 @@ pub mod node_stat {
     /// Such a reply with no flow to a VIP behind it: the client talked to
     /// the endpoint directly; delivered as it is.
     pub const ENDPOINT_DIRECT: u32 = 16;
+    /// A new flow sent to the backend its client's session affinity names
+    /// (`port_policy::AFFINITY`).
+    pub const AFFINITY: u32 = 17;
     /// Size of the array.
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 18;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -495,6 +539,7 @@ pub mod node_stat {
         "request_fragment",
         "endpoint_reply",
         "endpoint_direct",
+        "affinity",
     ];
 }
 
@@ -547,7 +592,10 @@ pod! {
     RequestFragEntry = 12,
     PodEntry = 16,
     ServiceAddr = 8,
-    PortPolicy = 68,
+    PortPolicy = 72,
+    AffinityKey = 8,
+    AffinityEntry = 16,
+    AffinityBackend = 8,
     NodeConfig = 40,
 }
 

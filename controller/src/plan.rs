@@ -103,6 +103,11 @@ pub struct PlannedPort {
     /// the flow state it records for each new flow to the port.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub agentless: bool,
+    /// `sessionAffinity: ClientIP`: its `timeoutSeconds`. Each client's
+    /// node keeps the backend of the client's last new flow for that
+    /// long, while it stays `active` (or preferred).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub affinity_timeout_seconds: Option<u32>,
 }
 
 /// Everything one service port's entries derive from.
@@ -118,6 +123,8 @@ pub struct PortPlan {
     pub service_id: u16,
     /// sessionAffinity → hash mode.
     pub hash_mode: HashMode,
+    /// See [`PlannedPort::affinity_timeout_seconds`].
+    pub affinity_timeout_secs: Option<u32>,
     /// Bucket → backend id; empty = no active backend.
     pub buckets: Vec<u32>,
     /// Backends taking new flows, by id.
@@ -213,6 +220,7 @@ impl PortPlan {
                 .values()
                 .chain(self.draining.values())
                 .any(|b| !b.has_agent()),
+            affinity_timeout_seconds: self.affinity_timeout_secs,
         }
     }
 }
@@ -904,6 +912,7 @@ impl Planner {
             key,
             service_id: sid,
             hash_mode: port.hash_mode,
+            affinity_timeout_secs: port.affinity_timeout_secs,
             buckets,
             active,
             draining,

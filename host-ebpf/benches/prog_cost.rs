@@ -64,6 +64,8 @@ fn node() -> Node {
         preferred: Vec::new(),
         local_only: false,
         agentless: false,
+        affinity_timeout_secs: 0,
+        active: Vec::new(),
     }])
     .unwrap();
     let pod = PodEntry {

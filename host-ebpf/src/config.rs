@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use talaria_common::{
     be::{Be16, Be32},
-    maps::{port_policy, PortPolicy, ServiceAddr, ServiceKey},
+    maps::{port_policy, AffinityBackend, PortPolicy, ServiceAddr, ServiceKey},
 };
 
 use crate::{Error, Result};
@@ -187,6 +187,18 @@ pub struct ServiceConfig {
     /// the VIP.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub agentless: bool,
+    /// `sessionAffinity: ClientIP`: `timeoutSeconds` (0: no affinity). A
+    /// client's new flow goes to the backend of its last one while that is
+    /// younger than this and in `active` (or `preferred`, when set).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub affinity_timeout_secs: u32,
+    /// Backend ids taking new flows, for session affinity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<u32>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// One local pod.
@@ -281,12 +293,37 @@ impl ServiceConfig {
                     port_policy::AGENTLESS
                 } else {
                     0
+                }
+                | if self.affinity_timeout_secs > 0 {
+                    port_policy::AFFINITY
+                } else {
+                    0
                 },
             count: n as u8,
+            affinity_timeout_s: self.affinity_timeout_secs,
             ..Default::default()
         };
         p.preferred[..n].copy_from_slice(&self.preferred[..n]);
         (p.flags != 0 || n > 0).then_some(p)
+    }
+
+    /// The `NODE_AFFINITY_BACKENDS` keys: with session affinity, the
+    /// backends a client's affinity may name: the preferred ones when this
+    /// node has any, else every active one.
+    pub fn affinity_backends(&self) -> impl Iterator<Item = AffinityBackend> + '_ {
+        let usable = if self.preferred.is_empty() {
+            &self.active
+        } else {
+            &self.preferred
+        };
+        usable
+            .iter()
+            .filter(|_| self.affinity_timeout_secs > 0)
+            .map(|backend_id| AffinityBackend {
+                service_id: self.id,
+                _pad: 0,
+                backend_id: *backend_id,
+            })
     }
 
     /// The `NODE_SERVICES` value: what replies are reverse-NATed to.

@@ -160,7 +160,8 @@ pub async fn watch_pods(
 
 /// The Services of a controller `GET /v1/services` answer, as node
 /// `node_ip` uses them: one per `data_path` entry (service id, `key.vip`,
-/// `key.port`, `key.proto`; `preferred[node_ip]`, `local_only`).
+/// `key.port`, `key.proto`; `preferred[node_ip]`, `local_only`,
+/// `agentless`, `affinity_timeout_seconds` and the ids of `active`).
 pub fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Vec<ServiceConfig>> {
     let bad = |what: &str| Error::Invalid(format!("controller /v1/services: {what}"));
     let mut out = Vec::new();
@@ -193,6 +194,25 @@ pub fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Ve
                 .map(|id| id.as_u64().and_then(|i| u32::try_from(i).ok()))
                 .collect::<Option<Vec<u32>>>()
                 .ok_or_else(|| bad("preferred"))?;
+            let affinity_timeout_secs = match &p["affinity_timeout_seconds"] {
+                serde_json::Value::Null => 0,
+                t => t
+                    .as_u64()
+                    .and_then(|t| u32::try_from(t).ok())
+                    .ok_or_else(|| bad("affinity_timeout_seconds"))?,
+            };
+            // Only affinity needs the active ids (keys of `active`).
+            let active = if affinity_timeout_secs > 0 {
+                p["active"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(id, _)| id.parse().ok())
+                    .collect::<Option<Vec<u32>>>()
+                    .ok_or_else(|| bad("active"))?
+            } else {
+                Vec::new()
+            };
             out.push(ServiceConfig {
                 id,
                 vip,
@@ -202,6 +222,8 @@ pub fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Ve
                 preferred,
                 local_only: p["local_only"].as_bool().unwrap_or(false),
                 agentless: p["agentless"].as_bool().unwrap_or(false),
+                affinity_timeout_secs,
+                active,
             });
         }
     }
@@ -470,7 +492,9 @@ mod tests {
              "data_path": [
                 {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16, "active": {}, "draining": {},
                  "preferred": {"10.0.0.1": [3, 4], "10.0.0.2": [5]}, "local_only": true, "agentless": true},
-                {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 0}
+                {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 0},
+                {"key": {"vip": "10.96.0.11", "port": 80, "proto": "TCP"}, "service_id": 9, "buckets": 16,
+                 "active": {"12": {}, "3": {}}, "draining": {"4": {}}, "affinity_timeout_seconds": 30}
              ]},
             {"service": {"namespace": "default", "name": "headless"}, "headless": true, "data_path": []},
             {"service": {"namespace": "default", "name": "noports"}}
@@ -488,6 +512,8 @@ mod tests {
                     preferred: vec![3, 4],
                     local_only: true,
                     agentless: true,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 // No buckets: no usable endpoint.
                 ServiceConfig {
@@ -499,12 +525,30 @@ mod tests {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
+                },
+                // Session affinity: the active ids come along.
+                ServiceConfig {
+                    id: 9,
+                    vip: "10.96.0.11".parse().unwrap(),
+                    port: 80,
+                    protocol: "tcp".into(),
+                    reject: false,
+                    preferred: Vec::new(),
+                    local_only: false,
+                    agentless: false,
+                    affinity_timeout_secs: 30,
+                    active: vec![12, 3],
                 },
             ]
         );
         let me = "10.0.0.1".parse().unwrap();
         assert!(services_from_json(&json!({"error": "x"}), me).is_err());
         assert!(services_from_json(&json!([{"data_path": [{"service_id": 70000}]}]), me).is_err());
+        let bad_timeout = json!([{"data_path": [{"service_id": 1, "key": {"vip": "10.96.0.1", "port": 1,
+            "proto": "TCP"}, "affinity_timeout_seconds": -1}]}]);
+        assert!(services_from_json(&bad_timeout, me).is_err());
         let merged = merge_services(
             &[ServiceConfig {
                 id: 8,
@@ -515,6 +559,8 @@ mod tests {
                 preferred: Vec::new(),
                 local_only: false,
                 agentless: false,
+                affinity_timeout_secs: 0,
+                active: Vec::new(),
             }],
             &s,
         );

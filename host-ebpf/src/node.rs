@@ -21,9 +21,9 @@ use talaria_common::{
     be::Be16,
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
-        finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, NodeConfig, PodEntry,
-        PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr, ServiceKey,
-        FIN_BACKEND_FIRST, PENDING_BACKEND,
+        finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, CookieEntry, FlowKey,
+        NodeConfig, PodEntry, PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr,
+        ServiceKey, FIN_BACKEND_FIRST, PENDING_BACKEND,
     },
     net::IPPROTO_UDP,
 };
@@ -53,6 +53,7 @@ pub const MAP_PODS: &str = "NODE_PODS";
 pub const MAP_SVC_CIDRS: &str = "NODE_SVC_CIDRS";
 pub const MAP_SERVICES: &str = "NODE_SERVICES";
 pub const MAP_PORT_POLICY: &str = "NODE_PORT_POLICY";
+pub const MAP_AFFINITY_BACKENDS: &str = "NODE_AFFINITY_BACKENDS";
 pub const MAP_CONFIG: &str = "NODE_CONFIG";
 pub const MAP_STATS: &str = "NODE_STATS";
 pub const MAP_DROPS: &str = "NODE_DROPS";
@@ -471,45 +472,47 @@ impl Node {
     }
 
     /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`),
-    /// and the ports whose new flows are refused or go to preferred
-    /// backends (`NODE_PORT_POLICY`).
+    /// the ports whose new flows are refused, go to preferred backends or
+    /// keep session affinity (`NODE_PORT_POLICY`), and the backends such
+    /// an affinity may name (`NODE_AFFINITY_BACKENDS`).
     pub fn set_services(&mut self, list: &[ServiceConfig]) -> Result<()> {
         let services = list
             .iter()
-            .map(|s| Ok((s.id, s.map_value()?)))
+            .map(|s| Ok((u32::from(s.id), s.map_value()?)))
             .collect::<Result<Vec<_>>>()?;
         let policies = list
             .iter()
             .filter_map(|s| s.policy().map(|p| s.port_key().map(|k| (k, p))))
             .collect::<Result<Vec<_>>>()?;
-        let mut r: HashMap<_, ServiceKey, PortPolicy> =
-            HashMap::try_from(self.map_mut(MAP_PORT_POLICY)?)
-                .map_err(|e| Error::map(MAP_PORT_POLICY, e))?;
-        let stale: Vec<ServiceKey> = r
+        let affinity_backends: Vec<(AffinityBackend, u8)> = list
+            .iter()
+            .flat_map(ServiceConfig::affinity_backends)
+            .map(|b| (b, 1))
+            .collect();
+        self.replace_hash_map::<ServiceKey, PortPolicy>(MAP_PORT_POLICY, &policies)?;
+        self.replace_hash_map::<u32, ServiceAddr>(MAP_SERVICES, &services)?;
+        self.replace_hash_map::<AffinityBackend, u8>(MAP_AFFINITY_BACKENDS, &affinity_backends)
+    }
+
+    /// Makes hash map `name` hold exactly `want`: stale keys go, the rest
+    /// is written.
+    fn replace_hash_map<K: aya::Pod + PartialEq, V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        want: &[(K, V)],
+    ) -> Result<()> {
+        let mut h: HashMap<_, K, V> =
+            HashMap::try_from(self.map_mut(name)?).map_err(|e| Error::map(name, e))?;
+        let stale: Vec<K> = h
             .keys()
             .filter_map(|k| k.ok())
-            .filter(|k| !policies.iter().any(|(p, _)| p == k))
+            .filter(|k| !want.iter().any(|(w, _)| w == k))
             .collect();
         for k in stale {
-            r.remove(&k).map_err(|e| Error::map(MAP_PORT_POLICY, e))?;
+            h.remove(&k).map_err(|e| Error::map(name, e))?;
         }
-        for (k, p) in &policies {
-            r.insert(k, p, 0)
-                .map_err(|e| Error::map(MAP_PORT_POLICY, e))?;
-        }
-        let mut h: HashMap<_, u32, ServiceAddr> = HashMap::try_from(self.map_mut(MAP_SERVICES)?)
-            .map_err(|e| Error::map(MAP_SERVICES, e))?;
-        let stale: Vec<u32> = h
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !services.iter().any(|s| u32::from(s.0) == *k))
-            .collect();
-        for k in stale {
-            h.remove(&k).map_err(|e| Error::map(MAP_SERVICES, e))?;
-        }
-        for (id, s) in &services {
-            h.insert(u32::from(*id), s, 0)
-                .map_err(|e| Error::map(MAP_SERVICES, e))?;
+        for (k, v) in want {
+            h.insert(k, v, 0).map_err(|e| Error::map(name, e))?;
         }
         Ok(())
     }

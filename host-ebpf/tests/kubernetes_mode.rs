@@ -114,6 +114,8 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 ServiceConfig {
                     id: 8,
@@ -124,6 +126,8 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 }
             ]
         );

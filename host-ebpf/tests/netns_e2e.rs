@@ -397,6 +397,8 @@ impl Lab {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 ServiceConfig {
                     id: SVC_UDP,
@@ -407,6 +409,8 @@ impl Lab {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 ServiceConfig {
                     id: SVC2_TCP,
@@ -417,6 +421,8 @@ impl Lab {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 ServiceConfig {
                     id: SVC2_UDP,
@@ -427,6 +433,8 @@ impl Lab {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 ServiceConfig {
                     id: SVC_EXT_TCP,
@@ -437,6 +445,8 @@ impl Lab {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: true,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 ServiceConfig {
                     id: SVC_EXT_UDP,
@@ -447,6 +457,8 @@ impl Lab {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: true,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
                 ServiceConfig {
                     id: SVC_NO_ENDPOINTS,
@@ -457,6 +469,8 @@ impl Lab {
                     preferred: Vec::new(),
                     local_only: false,
                     agentless: false,
+                    affinity_timeout_secs: 0,
+                    active: Vec::new(),
                 },
             ],
             pods,
@@ -1411,6 +1425,71 @@ fn internal_traffic_policy_local_keeps_clients_on_their_node() {
         "{lost:?}"
     );
     assert_eq!(lab.stats(0).dropped(DropReason::NoLocalEndpoint), 1);
+}
+
+/// `sessionAffinity: ClientIP` with `timeoutSeconds`, kept on the client's
+/// node: a client's new connections stay on the backend of its last one
+/// while the switch's buckets move elsewhere, leave it once it takes no
+/// new flows, and follow the buckets again after the timeout.
+#[test]
+fn session_affinity_keeps_a_client_on_its_backend_until_the_timeout() {
+    require!(LOADS_BPF);
+    const TIMEOUT_SECS: u32 = 2;
+    let mut lab = Lab::new();
+    let set_active = |lab: &mut Lab, active: &[u32]| {
+        let mut services = lab.node_config(0).services;
+        for s in services.iter_mut().filter(|s| s.id == SVC_TCP) {
+            s.affinity_timeout_secs = TIMEOUT_SECS;
+            s.active = active.to_vec();
+        }
+        lab.nodes[0]
+            .as_mut()
+            .unwrap()
+            .set_services(&services)
+            .unwrap();
+    };
+    let buckets_to = |lab: &Lab, backend_id| {
+        let dp = lab.dp.as_ref().unwrap();
+        for b in 0..BUCKETS {
+            dp.modify(&build::bucket(SVC_TCP, b, backend_id)).unwrap();
+        }
+    };
+    let servers = [
+        tcp_server(lab.pod("pb"), POD_B, 3),
+        tcp_server(lab.pod("pc"), POD_C, 2),
+    ];
+    let served_by = |lab: &Lab| {
+        let (s, line) = connect_vip(lab.pod("pa"));
+        let (theirs, mine) = transfer(s, 1000, 1000, Duration::ZERO);
+        assert_eq!(theirs, (1000, mine));
+        line.split(' ').next().unwrap().parse::<Ipv4Addr>().unwrap()
+    };
+    let affinity_hits = |lab: &Lab| lab.stats(0).event(node_stat::AFFINITY);
+
+    set_active(&mut lab, &[BACKEND_B_TCP, BACKEND_C_TCP]);
+    assert_eq!(served_by(&lab), POD_B, "the buckets' backend");
+    lab.dp
+        .as_ref()
+        .unwrap()
+        .insert(&build::cookie(SVC_TCP, BACKEND_C_TCP))
+        .unwrap();
+    buckets_to(&lab, BACKEND_C_TCP);
+    assert_eq!(served_by(&lab), POD_B, "affinity outlives the bucket move");
+    assert_eq!(affinity_hits(&lab), 1);
+
+    set_active(&mut lab, &[BACKEND_C_TCP]);
+    assert_eq!(served_by(&lab), POD_C, "b takes no new flows: the buckets");
+    set_active(&mut lab, &[BACKEND_B_TCP, BACKEND_C_TCP]);
+    buckets_to(&lab, BACKEND_B_TCP);
+    assert_eq!(served_by(&lab), POD_C, "affinity now names c");
+    assert_eq!(affinity_hits(&lab), 2);
+
+    std::thread::sleep(Duration::from_millis(u64::from(TIMEOUT_SECS) * 1000 + 500));
+    assert_eq!(served_by(&lab), POD_B, "after the timeout: the buckets");
+    assert_eq!(affinity_hits(&lab), 2);
+    for s in servers {
+        s.join().unwrap();
+    }
 }
 
 #[test]

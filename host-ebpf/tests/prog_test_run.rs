@@ -74,6 +74,8 @@ fn node() -> Node {
         preferred: Vec::new(),
         local_only: false,
         agentless: false,
+        affinity_timeout_secs: 0,
+        active: Vec::new(),
     };
     n.set_services(&[
         svc(SVC_TCP, VIP, 80, "tcp", false),
@@ -1096,6 +1098,8 @@ fn new_flows_go_to_the_preferred_backends_or_nowhere_when_local() {
         preferred,
         local_only,
         agentless: false,
+        affinity_timeout_secs: 0,
+        active: Vec::new(),
     };
     n.set_services(&[
         with(SVC_TCP, VIP, 80, "tcp", vec![42, 43], true),

@@ -412,6 +412,11 @@ pub(super) struct NodeTopology<'a> {
     pub(super) zones: &'a BTreeMap<Ipv4Addr, String>,
 }
 
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset, and its
+/// largest valid value (the API server's defaults and validation).
+const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
+const MAX_AFFINITY_TIMEOUT_SECS: i32 = 86_400;
+
 /// A node's label naming its zone, which topology hints refer to.
 const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 /// The annotation that asks for topology-aware routing (`Auto`), and its
@@ -669,12 +674,24 @@ fn eval_service_into(
             HashMode::FiveTuple
         }
     };
-    if hash_mode == HashMode::ClientIp {
-        view.notes.push(
-            "sessionAffinity ClientIP: source-IP hash; timeoutSeconds not applied (stateless switch)"
-                .into(),
-        );
-    }
+    let affinity_timeout_secs = (hash_mode == HashMode::ClientIp).then(|| {
+        let timeout = spec
+            .session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds);
+        match timeout {
+            None => DEFAULT_AFFINITY_TIMEOUT_SECS,
+            Some(t @ 1..=MAX_AFFINITY_TIMEOUT_SECS) => t as u32,
+            Some(t) => {
+                view.notes.push(format!(
+                    "sessionAffinityConfig.clientIP.timeoutSeconds {t} out of range, \
+                     using {DEFAULT_AFFINITY_TIMEOUT_SECS}"
+                ));
+                DEFAULT_AFFINITY_TIMEOUT_SECS
+            }
+        }
+    });
 
     for p in spec.ports.iter().flatten() {
         let pname = p.name.clone().unwrap_or_default();
@@ -782,6 +799,7 @@ fn eval_service_into(
                 port_name: pname.clone(),
                 key,
                 hash_mode,
+                affinity_timeout_secs,
                 active: active.clone(),
                 draining: draining.clone(),
                 terminating_fallback: fallback && !active.is_empty(),

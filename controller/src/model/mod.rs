@@ -107,6 +107,9 @@ pub struct ServicePort {
     pub key: ServiceKey,
     /// sessionAffinity → hash mode.
     pub hash_mode: HashMode,
+    /// `sessionAffinity: ClientIP`: its `timeoutSeconds`, which the
+    /// clients' nodes keep (the switch only hashes the client address).
+    pub affinity_timeout_secs: Option<u32>,
     /// Backends that take new flows (get buckets).
     pub active: BTreeSet<Backend>,
     /// Backends that only keep established flows (cookie_check, no buckets).

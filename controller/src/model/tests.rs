@@ -177,6 +177,7 @@ endpoints:
     assert_eq!(m.ports.len(), 1);
     let p = &m.ports[&key("10.96.0.12", 443, Proto::Tcp)];
     assert_eq!(p.hash_mode, HashMode::ClientIp);
+    assert_eq!(p.affinity_timeout_secs, Some(10_800), "the API's default");
     // No nodeName: node found through the pod CIDR.
     assert_eq!(p.active, [be("10.244.2.50", 8443, "192.168.0.12")].into());
     let hl = &m.services[&ObjectRef {
@@ -878,6 +879,54 @@ endpoints:
     assert!(
         preferred(&service("PreferClose", "")).is_empty(),
         "an unhinted ready endpoint turns topology off"
+    );
+}
+
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` reaches the port as
+/// given; out of the API's range (1..=86400) it is the default, with a
+/// note; without ClientIP affinity there is none.
+#[test]
+fn session_affinity_timeout_is_taken_from_the_service() {
+    let timeout = |affinity: &str| {
+        let m = run(&format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: s, namespace: ns}}
+spec: {{clusterIP: 10.96.0.15, ports: [{{port: 80}}]{affinity}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}
+addressType: IPv4
+ports: [{{port: 80}}]
+endpoints:
+- {{addresses: [10.244.1.5]}}
+"#
+        ));
+        let notes = m.services.values().next().unwrap().notes.clone();
+        (
+            m.ports[&key("10.96.0.15", 80, Proto::Tcp)].affinity_timeout_secs,
+            notes,
+        )
+    };
+    let config = |t: i64| {
+        format!(
+            ", sessionAffinity: ClientIP, \
+             sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {t}}}}}"
+        )
+    };
+    assert_eq!(timeout(&config(30)), (Some(30), vec![]));
+    assert_eq!(timeout(&config(86_400)), (Some(86_400), vec![]));
+    let (t, notes) = timeout(&config(0));
+    assert_eq!(t, Some(10_800));
+    assert!(
+        notes[0].contains("timeoutSeconds 0 out of range"),
+        "{notes:?}"
+    );
+    assert_eq!(timeout(""), (None, vec![]));
+    assert_eq!(
+        timeout(", sessionAffinity: None, sessionAffinityConfig: {clientIP: {timeoutSeconds: 5}}"),
+        (None, vec![])
     );
 }
 

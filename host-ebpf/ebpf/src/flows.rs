@@ -3,11 +3,12 @@
 //! flows share a 4-tuple), with FIN/RST tracking.
 
 use talaria_common::{
-    be::Be16,
+    be::{Be16, Be32},
     drop::DropReason,
     maps::{
-        finished, node_flags, node_stat, reusable, subst_port, CookieEntry, FlowKey, PortSubstKey,
-        ReverseEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
+        finished, node_flags, node_stat, port_policy, reusable, subst_port, AffinityBackend,
+        AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy, PortSubstKey, ReverseEntry,
+        ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
     },
     net::tcp_flags,
     wire::{flags, TalariaOpt},
@@ -16,7 +17,8 @@ use talaria_common::{
 use crate::{
     maps::{
         add_fin, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
-        NODE_COOKIES, NODE_FLAGS, NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES,
+        NODE_AFFINITY, NODE_AFFINITY_BACKENDS, NODE_COOKIES, NODE_FLAGS, NODE_PORT_POLICY,
+        NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES,
     },
     skb::now_ns,
 };
@@ -111,11 +113,76 @@ pub(crate) fn learn_cookie(key: &FlowKey, opt: &TalariaOpt, tcp: u8) {
     }
     if NODE_COOKIES.insert(key, entry, 0).is_ok() {
         stat(node_stat::COOKIE_LEARN);
+        remember_affinity(key, service_id, backend_id);
     } else if new_flow {
         // The table is full: the flow goes on uncached.
         release_flow_slot(key.src, FlowTable::Cookies);
         stat(node_stat::COOKIE_REFUSED);
     }
+}
+
+/// The backend `client`'s session affinity to a port names, while it is
+/// younger than the port's timeout and still takes new flows; its clock
+/// restarts, as kube-proxy's affinity set is updated by every new
+/// connection.
+#[inline(always)]
+pub(crate) fn affinity_backend(client: Be32, policy: &PortPolicy) -> Option<u32> {
+    if policy.flags & port_policy::AFFINITY == 0 {
+        return None;
+    }
+    let key = AffinityKey {
+        client,
+        service_id: policy.service_id,
+        _pad: 0,
+    };
+    // SAFETY: a map value pointer, valid during this run; a race with
+    // another CPU only loses a timestamp.
+    let e = unsafe { &mut *NODE_AFFINITY.get_ptr_mut(&key)? };
+    let live = AffinityBackend {
+        service_id: policy.service_id,
+        _pad: 0,
+        backend_id: e.backend_id,
+    };
+    let now = now_ns();
+    let timeout_ns = u64::from(policy.affinity_timeout_s) * 1_000_000_000;
+    // SAFETY: read-only lookup.
+    if now.wrapping_sub(e.last_ns) >= timeout_ns
+        || unsafe { NODE_AFFINITY_BACKENDS.get(&live) }.is_none()
+    {
+        return None;
+    }
+    e.last_ns = now;
+    Some(e.backend_id)
+}
+
+/// A client's flow learned its backend: for a port with session affinity,
+/// that backend is the client's until the timeout.
+#[inline(always)]
+fn remember_affinity(key: &FlowKey, service_id: u16, backend_id: u32) {
+    let port = ServiceKey {
+        vip: key.dst,
+        port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup.
+    let Some(policy) = (unsafe { NODE_PORT_POLICY.get(&port) }) else {
+        return;
+    };
+    if policy.flags & port_policy::AFFINITY == 0 || policy.service_id != service_id {
+        return;
+    }
+    let entry = AffinityEntry {
+        backend_id,
+        _pad: 0,
+        last_ns: now_ns(),
+    };
+    let key = AffinityKey {
+        client: key.src,
+        service_id,
+        _pad: 0,
+    };
+    let _ = NODE_AFFINITY.insert(&key, &entry, 0);
 }
 
 /// The client port a backend's new flow gets when another Service's flow

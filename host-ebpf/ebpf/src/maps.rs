@@ -10,9 +10,10 @@ use talaria_common::{
     be::{Be16, Be32},
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
-        finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey, FragEntry, FragKey,
-        NodeConfig, PodEntry, PodFlows, PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry,
-        ServiceAddr, ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, AffinityEntry,
+        AffinityKey, CookieEntry, FlowKey, FragEntry, FragKey, NodeConfig, PodEntry, PodFlows,
+        PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry, ServiceAddr, ServiceKey,
+        FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
 };
 
@@ -28,6 +29,20 @@ use crate::skb::SHOT;
 #[map]
 pub(crate) static NODE_COOKIES: HashMap<FlowKey, CookieEntry> =
     HashMap::pinned(1 << 20, BPF_F_NO_PREALLOC);
+
+/// Session affinity (`sessionAffinity: ClientIP`): the backend of each
+/// client's last new flow to such a port, and when. An LRU: a forgotten
+/// client is balanced by the switch's client-address hash, as after its
+/// timeout.
+#[map]
+pub(crate) static NODE_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::pinned(65536, 0);
+
+/// The backends a remembered affinity may still name (`AffinityBackend`),
+/// written by the agent.
+#[map]
+pub(crate) static NODE_AFFINITY_BACKENDS: HashMap<AffinityBackend, u8> =
+    HashMap::pinned(65536, BPF_F_NO_PREALLOC);
 
 /// Backend side reverse-flow entries: a backend pod's flow towards the
 /// client → the VIP:port to restore and the ids to stamp on replies. A

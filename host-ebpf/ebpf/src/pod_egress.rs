@@ -19,6 +19,7 @@ use talaria_common::{
 
 use crate::{
     encap::{encap, flow_sport},
+    flows::affinity_backend,
     maps::{
         add_fin, config, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
         NODE_COOKIES, NODE_PODS, NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REQUEST_FRAGS,
@@ -275,10 +276,11 @@ fn steer_to_service(ctx: &TcContext, cfg: &NodeConfig, ip: &Ipv4Hdr) -> Result<i
 }
 
 /// A new flow's option (flags, service id, backend id), by its port's
-/// policy: refused (no usable endpoint), sent with a preferred backend as
-/// its cookie, picked by the flow's hash (`internalTrafficPolicy: Local`,
-/// topology hints), dropped (Local without a local endpoint), or left to
-/// the switch's bucket hash.
+/// policy: refused (no usable endpoint), sent with the client's session
+/// affinity's backend as its cookie, or with a preferred backend picked
+/// by the flow's hash (`internalTrafficPolicy: Local`, topology hints),
+/// dropped (Local without a local endpoint), or left to the switch's
+/// bucket hash.
 #[inline(always)]
 fn new_flow(
     ctx: &TcContext,
@@ -301,7 +303,10 @@ fn new_flow(
         return Err(reject(ctx, ip));
     }
     let mut sent = (flags::NEW_FLOW, 0, PENDING_BACKEND);
-    if policy.count > 0 {
+    if let Some(backend_id) = affinity_backend(key.src, policy) {
+        stat(node_stat::AFFINITY);
+        sent = (flags::COOKIE_VALID, policy.service_id, backend_id);
+    } else if policy.count > 0 {
         let i = usize::from(hash) % usize::from(policy.count);
         if let Some(backend_id) = policy.preferred.get(i) {
             stat(node_stat::PREFERRED);
