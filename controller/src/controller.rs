@@ -454,6 +454,7 @@ pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, Rec
     let p = &mut *guard;
     let full = full || p.version == 0;
     let cidrs_before = p.model.service_cidrs.clone();
+    let health_checks_before = p.model.health_checks.clone();
     let delta = ctx.source.update_model(&mut p.model, full);
     let now = Instant::now();
     let changes = match delta {
@@ -472,8 +473,10 @@ pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, Rec
     // No switch entry depends on the ServiceCIDRs, but node agents steer
     // them: a change to them alone is a new version, so their long polls
     // of `/v1/services` wake and they fetch `/v1/service-cidrs` at once.
+    // Health checks likewise: node agents serve them.
     let cidrs_changed = p.model.service_cidrs != cidrs_before;
-    if changes.is_empty() && !cidrs_changed && p.version > 0 {
+    let health_checks_changed = p.model.health_checks != health_checks_before;
+    if changes.is_empty() && !cidrs_changed && !health_checks_changed && p.version > 0 {
         return Ok(p.version);
     }
     for e in errors.iter().take(10) {

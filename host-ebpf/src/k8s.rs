@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::{
     agent::HostRoutes,
     config::{parse_cidr, KubernetesConfig, ServiceConfig},
+    health::{HealthCheck, HealthServer},
     node::Node,
     Error, Result,
 };
@@ -243,6 +244,16 @@ pub async fn fetch_services(
     after: Option<u64>,
     node_ip: Ipv4Addr,
 ) -> Result<(Vec<ServiceConfig>, Option<u64>)> {
+    let (v, version) = fetch_plan(http, controller_url, after).await?;
+    Ok((services_from_json(&v, node_ip)?, version))
+}
+
+/// `GET /v1/services` as JSON, with the plan version it names.
+async fn fetch_plan(
+    http: &reqwest::Client,
+    controller_url: &str,
+    after: Option<u64>,
+) -> Result<(serde_json::Value, Option<u64>)> {
     let base = controller_url.trim_end_matches('/');
     let mut req = http.get(format!("{base}/v1/services"));
     if let Some(v) = after {
@@ -261,7 +272,49 @@ pub async fn fetch_services(
         .get(PLAN_VERSION_HEADER)
         .and_then(|v| v.to_str().ok()?.parse().ok());
     let v: serde_json::Value = r.json().await.map_err(|e| Error::Http(Box::new(e)))?;
-    Ok((services_from_json(&v, node_ip)?, version))
+    Ok((v, version))
+}
+
+/// The health checks of a controller `GET /v1/services` answer, as node
+/// `node_ip` answers them: each Service's `health_check.node_port` and
+/// `local_endpoints[node_ip]` (0 when absent).
+pub fn health_checks_from_json(
+    v: &serde_json::Value,
+    node_ip: Ipv4Addr,
+) -> Result<Vec<HealthCheck>> {
+    let bad = |what: &str| Error::Invalid(format!("controller /v1/services: {what}"));
+    let mut out = Vec::new();
+    for s in v.as_array().ok_or_else(|| bad("not an array"))? {
+        let hc = &s["health_check"];
+        if hc.is_null() {
+            continue;
+        }
+        let node_port = hc["node_port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("health_check.node_port"))?;
+        let local_endpoints = match &hc["local_endpoints"][node_ip.to_string()] {
+            serde_json::Value::Null => 0,
+            n => n
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| bad("health_check.local_endpoints"))?,
+        };
+        let name = |f: &str| {
+            s["service"][f]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| bad("service"))
+        };
+        out.push(HealthCheck {
+            namespace: name("namespace")?,
+            name: name("name")?,
+            node_port,
+            local_endpoints,
+        });
+    }
+    Ok(out)
 }
 
 /// The header a controller names its plan version in.
@@ -394,7 +447,8 @@ pub struct Refresh {
 /// alone is a new plan version) and steered with the configured ones
 /// ([`steer_cidrs`]). A failed fetch keeps the last good set of either
 /// (the data path must not lose its services because the controller
-/// restarts).
+/// restarts). Every answer also syncs the health checks this node serves
+/// ([`HealthServer`]); without answers they turn unhealthy.
 pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
     let cfg = &r.cfg;
     let http = match reqwest::Client::builder()
@@ -412,10 +466,20 @@ pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
     let mut last: Option<Vec<ServiceConfig>> = None;
     let mut last_cidrs: Option<BTreeSet<Cidr>> = None;
     let mut version = None;
+    let mut health = HealthServer::new(Ipv4Addr::UNSPECIFIED);
     loop {
-        match fetch_services(&http, &cfg.controller_url, version, r.node_ip).await {
-            Ok((list, v)) => {
+        let answer = fetch_plan(&http, &cfg.controller_url, version)
+            .await
+            .and_then(|(v, version)| {
+                let services = services_from_json(&v, r.node_ip)?;
+                Ok((services, health_checks_from_json(&v, r.node_ip)?, version))
+            });
+        match answer {
+            Ok((list, checks, v)) => {
                 version = v;
+                if let Err(e) = health.sync(&checks).await {
+                    warn!(error = %e, "serving health checks (retried at the next answer)");
+                }
                 let merged = merge_services(&r.services, &list);
                 if last.as_ref() != Some(&merged) {
                     match node.lock().expect("node lock").set_services(&merged) {
@@ -565,6 +629,30 @@ mod tests {
             &s,
         );
         assert_eq!(merged, s, "the controller wins on the same id");
+    }
+
+    #[test]
+    fn health_checks_from_the_controller_answer() {
+        let v = json!([
+            {"service": {"namespace": "ns", "name": "lb"},
+             "health_check": {"node_port": 32000, "local_endpoints": {"10.0.0.1": 2, "10.0.0.2": 1}}},
+            {"service": {"namespace": "ns", "name": "elsewhere"},
+             "health_check": {"node_port": 32001, "local_endpoints": {"10.0.0.2": 1}}},
+            {"service": {"namespace": "ns", "name": "plain"}}
+        ]);
+        let me: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let hc = |name: &str, node_port, local_endpoints| HealthCheck {
+            namespace: "ns".into(),
+            name: name.into(),
+            node_port,
+            local_endpoints,
+        };
+        assert_eq!(
+            health_checks_from_json(&v, me).unwrap(),
+            vec![hc("lb", 32000, 2), hc("elsewhere", 32001, 0)]
+        );
+        let bad = json!([{"service": {"namespace": "ns", "name": "x"}, "health_check": {"node_port": 0}}]);
+        assert!(health_checks_from_json(&bad, me).is_err());
     }
 
     fn cidr(s: &str) -> Cidr {

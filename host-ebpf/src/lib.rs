@@ -10,12 +10,15 @@
 //! - [`pods`]: which pods are local, behind which veth; attach/detach.
 //! - [`k8s`]: Kubernetes mode (Pods from the API, Services from the
 //!   controller).
+//! - [`health`]: kube-proxy's health check of `externalTrafficPolicy:
+//!   Local` LoadBalancers, served on their `healthCheckNodePort`.
 //! - [`packet`]: packet builders and parsers for tests and the bench.
 //! - [`sys`]: small Linux helpers (sysfs, bpffs, network namespaces).
 
 pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod health;
 pub mod k8s;
 pub mod metrics;
 pub mod netlink;

@@ -144,7 +144,11 @@ impl Model {
             }
         }
         self.services.remove(&r);
+        self.health_checks.remove(&r);
         if let Some(v) = view {
+            if let Some(hc) = &v.health_check {
+                self.health_checks.insert(r.clone(), hc.clone());
+            }
             self.services.insert(r.clone(), v);
         }
         if let Some(e) = entry {

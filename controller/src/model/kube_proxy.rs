@@ -16,8 +16,8 @@ use k8s_openapi::api::{
 
 use super::{
     index::{ServiceEntry, SliceEntry},
-    obj_ref, skip, Model, ObjectRef, PortView, ServicePort, ServiceView, Skipped, HEADLESS_LABEL,
-    SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+    obj_ref, skip, HealthCheckView, Model, ObjectRef, PortView, ServicePort, ServiceView, Skipped,
+    HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 use crate::types::{Backend, HashMode, Ipv4Prefix, Proto, ServiceKey};
 
@@ -412,6 +412,30 @@ pub(super) struct NodeTopology<'a> {
     pub(super) zones: &'a BTreeMap<Ipv4Addr, String>,
 }
 
+/// kube-proxy's health check of a Service that needs one (`LoadBalancer`,
+/// `externalTrafficPolicy: Local`, a `healthCheckNodePort`): each node's
+/// ready endpoints, by address (`LocalReadyEndpoints`: an endpoint listed
+/// for two ports counts once; terminating ones do not count, so a node
+/// with only those fails the check).
+fn health_check(svc: &Service, my_slices: &[SliceInfo]) -> Option<HealthCheckView> {
+    let spec = svc.spec.as_ref()?;
+    let wanted = spec.type_.as_deref() == Some("LoadBalancer")
+        && spec.external_traffic_policy.as_deref() == Some("Local");
+    let node_port = u16::try_from(spec.health_check_node_port?)
+        .ok()
+        .filter(|p| *p > 0 && wanted)?;
+    let mut by_node: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>> = BTreeMap::new();
+    for ep in my_slices.iter().flat_map(|s| &s.endpoints) {
+        if let Some(home) = ep.home.filter(|_| ep.is_ready()) {
+            by_node.entry(home).or_default().insert(ep.ip);
+        }
+    }
+    Some(HealthCheckView {
+        node_port,
+        local_endpoints: by_node.into_iter().map(|(n, ips)| (n, ips.len())).collect(),
+    })
+}
+
 /// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset, and its
 /// largest valid value (the API server's defaults and validation).
 const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
@@ -547,6 +571,7 @@ fn eval_service_into(
         ports: Vec::new(),
         keys: Vec::new(),
         notes: Vec::new(),
+        health_check: None,
     };
     for p in spec.ports.iter().flatten() {
         view.ports.push(PortView {
@@ -570,6 +595,7 @@ fn eval_service_into(
             .push("ExternalName: resolved by DNS, nothing to program (as kube-proxy)".into());
         return Some(view);
     }
+    view.health_check = health_check(svc, my_slices);
     // ClusterIPs: spec.clusterIPs, else spec.clusterIP.
     let mut ips: Vec<String> = spec.cluster_ips.clone().unwrap_or_default();
     if ips.is_empty() {

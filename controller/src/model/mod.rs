@@ -46,7 +46,7 @@ use serde::Serialize;
 use crate::types::{Backend, HashMode, Ipv4Prefix, ServiceKey};
 use index::Index;
 use kube_proxy::{build_nodes, eval_service, eval_slice, NodeTopology};
-pub use view::{PortView, ServiceView};
+pub use view::{HealthCheckView, PortView, ServiceView};
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -144,6 +144,9 @@ pub struct Model {
     /// The IPv4 `spec.cidrs` of every ServiceCIDR object (IPv6 ones have no
     /// data path). Node agents add them to their configured service CIDRs.
     pub service_cidrs: BTreeSet<Ipv4Prefix>,
+    /// The health checks node agents serve, by Service (copies of the
+    /// views' `health_check`, so a change to them is cheap to spot).
+    pub health_checks: BTreeMap<ObjectRef, HealthCheckView>,
     /// Service ports refused for their protocol, by protocol (`SCTP`).
     pub unsupported_ports: BTreeMap<String, usize>,
     /// Per-object results that let one object's change be applied without

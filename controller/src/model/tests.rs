@@ -930,6 +930,76 @@ endpoints:
     );
 }
 
+/// kube-proxy's health check for `externalTrafficPolicy: Local`
+/// LoadBalancers: each node's ready endpoints by address (one listed for
+/// two ports counts once; terminating and not-ready ones do not count);
+/// no check for `Cluster` or for a Service that is not a LoadBalancer.
+#[test]
+fn health_checks_count_each_nodes_ready_endpoints() {
+    let service = |name: &str, ty: &str, policy: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: ns}}
+spec:
+  type: {ty}
+  clusterIP: 10.96.1.{last}
+  externalTrafficPolicy: {policy}
+  healthCheckNodePort: 32000
+  ports: [{{name: a, port: 80, nodePort: 30080}}, {{name: b, port: 81, nodePort: 30081}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: a, port: 80}}, {{name: b, port: 81}}]
+endpoints:
+- {{addresses: [10.244.1.5], nodeName: n1}}
+- {{addresses: [10.244.1.6], nodeName: n1}}
+- {{addresses: [10.244.2.5], nodeName: n2}}
+- {{addresses: [10.244.2.6], nodeName: n2, conditions: {{ready: false, serving: true, terminating: true}}}}
+- {{addresses: [10.244.2.7], nodeName: n2, conditions: {{ready: false}}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-2, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: b, port: 81}}]
+endpoints:
+- {{addresses: [10.244.1.5], nodeName: n1}}
+"#,
+            last = name.len()
+        )
+    };
+    let m = run(&[
+        service("local", "LoadBalancer", "Local"),
+        service("clstr", "LoadBalancer", "Cluster"),
+        service("nodeport", "NodePort", "Local"),
+    ]
+    .join("---\n"));
+    let hc = |name: &str| {
+        m.services[&ObjectRef {
+            namespace: "ns".into(),
+            name: name.into(),
+        }]
+            .health_check
+            .clone()
+    };
+    let want = HealthCheckView {
+        node_port: 32000,
+        local_endpoints: [
+            ("192.168.0.11".parse().unwrap(), 2),
+            ("192.168.0.12".parse().unwrap(), 1),
+        ]
+        .into(),
+    };
+    assert_eq!(hc("local"), Some(want.clone()));
+    assert_eq!(hc("clstr"), None);
+    assert_eq!(hc("nodeport"), None);
+    assert_eq!(m.health_checks.len(), 1);
+    assert_eq!(m.health_checks.values().next(), Some(&want));
+}
+
 /// `trafficDistribution: PreferSameNode`: when every ready endpoint
 /// carries `forNodes` hints, a node named by one uses the endpoints hinted
 /// for it; a node named by none falls back to its zone's; with one

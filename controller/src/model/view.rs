@@ -1,6 +1,6 @@
 //! What the REST API shows of a Service.
 
-use std::net::Ipv4Addr;
+use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use serde::Serialize;
 
@@ -41,4 +41,20 @@ pub struct ServiceView {
     pub keys: Vec<ServiceKey>,
     /// What is not (yet) in the data path, one line each.
     pub notes: Vec<String>,
+    /// kube-proxy's health check, which each node agent serves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckView>,
+}
+
+/// A LoadBalancer Service with `externalTrafficPolicy: Local` and a
+/// `healthCheckNodePort`: every node answers on that port whether it has a
+/// ready endpoint of the Service, so that load balancers send traffic only
+/// to nodes that do (kube-proxy's `healthcheck/service_health.go`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HealthCheckView {
+    /// `spec.healthCheckNodePort`.
+    pub node_port: u16,
+    /// Node InternalIP → its ready endpoints, counted by address (a node
+    /// absent has none).
+    pub local_endpoints: BTreeMap<Ipv4Addr, usize>,
 }
