@@ -150,6 +150,17 @@ pub struct FlowKey {
 }
 
 impl FlowKey {
+    /// The Service port a client-side key (dst = the VIP) goes to.
+    #[inline(always)]
+    pub fn service_key(&self) -> ServiceKey {
+        ServiceKey {
+            vip: self.dst,
+            port: self.dst_port,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
     /// The client of a backend-side key (src = backend pod): `dst`, or the
     /// backend pod itself for a hairpin flow.
     #[inline(always)]

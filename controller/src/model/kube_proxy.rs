@@ -346,18 +346,12 @@ fn eval_slice_info(
             ready: c.and_then(|c| c.ready).unwrap_or(true),
             serving: c.and_then(|c| c.serving).unwrap_or(true),
             terminating: c.and_then(|c| c.terminating).unwrap_or(false),
-            zones: ep
-                .hints
-                .as_ref()
-                .and_then(|h| h.for_zones.as_ref())
-                .map(|z| z.iter().map(|z| z.name.clone()).collect())
-                .unwrap_or_default(),
-            nodes: ep
-                .hints
-                .as_ref()
-                .and_then(|h| h.for_nodes.as_ref())
-                .map(|n| n.iter().map(|n| n.name.clone()).collect())
-                .unwrap_or_default(),
+            zones: hint_names(ep.hints.as_ref().and_then(|h| h.for_zones.as_ref()), |z| {
+                &z.name
+            }),
+            nodes: hint_names(ep.hints.as_ref().and_then(|h| h.for_nodes.as_ref()), |n| {
+                &n.name
+            }),
         };
         // The address decides where packets go; nodeName only where it
         // runs (a hostNetwork pod is at its node's address, not in a pod
@@ -390,6 +384,15 @@ fn eval_slice_info(
             endpoints,
         },
     ))
+}
+
+/// The names a `hints.forZones` or `hints.forNodes` list gives.
+fn hint_names<T>(hints: Option<&Vec<T>>, name: fn(&T) -> &String) -> Vec<String> {
+    hints
+        .into_iter()
+        .flatten()
+        .map(|h| name(h).clone())
+        .collect()
 }
 
 /// Evaluates one Service with the slices labelled for it: its view (absent

@@ -8,7 +8,7 @@ use talaria_common::{
     maps::{
         finished, node_flags, node_stat, port_policy, reusable, subst_port, AffinityBackend,
         AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy, PortSubstKey, ReverseEntry,
-        ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
+        FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
     },
     net::tcp_flags,
     wire::{flags, TalariaOpt},
@@ -159,14 +159,8 @@ pub(crate) fn affinity_backend(client: Be32, policy: &PortPolicy) -> Option<u32>
 /// that backend is the client's until the timeout.
 #[inline(always)]
 fn remember_affinity(key: &FlowKey, service_id: u16, backend_id: u32) {
-    let port = ServiceKey {
-        vip: key.dst,
-        port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
     // SAFETY: read-only lookup.
-    let Some(policy) = (unsafe { NODE_PORT_POLICY.get(&port) }) else {
+    let Some(policy) = (unsafe { NODE_PORT_POLICY.get(&key.service_key()) }) else {
         return;
     };
     if policy.flags & port_policy::AFFINITY == 0 || policy.service_id != service_id {

@@ -8,7 +8,7 @@ use talaria_common::{
     drop::DropReason,
     maps::{
         node_stat, port_policy, CookieEntry, FlowKey, FragKey, NodeConfig, PortSubstKey,
-        RequestFragEntry, ServiceKey, FIN_FROM_BACKEND, FIN_FROM_CLIENT, PENDING_BACKEND,
+        RequestFragEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, PENDING_BACKEND,
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -288,14 +288,8 @@ fn new_flow(
     key: &FlowKey,
     hash: u16,
 ) -> Result<(u8, u16, u32), i32> {
-    let port = ServiceKey {
-        vip: key.dst,
-        port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
     // SAFETY: read-only lookup.
-    let Some(policy) = (unsafe { NODE_PORT_POLICY.get(&port) }) else {
+    let Some(policy) = (unsafe { NODE_PORT_POLICY.get(&key.service_key()) }) else {
         return Ok((flags::NEW_FLOW, 0, 0));
     };
     if policy.flags & port_policy::REJECT != 0 {
