@@ -68,6 +68,11 @@ pub struct NewServiceArgs {
     /// Milliseconds between one Service served and the next one created.
     #[arg(long, default_value_t = 100)]
     pub gap_ms: u64,
+    /// Services (with one endpoint each) already in the API, and so
+    /// planned, before the first one measured: how the latency grows with
+    /// the cluster.
+    #[arg(long, default_value_t = 0)]
+    pub existing: u32,
     /// Topology YAML (default: the embedded one; its own Services are not
     /// created).
     #[arg(long)]
@@ -86,6 +91,7 @@ impl Default for NewServiceArgs {
             attempt_ms: 200,
             give_up_ms: 5000,
             gap_ms: 100,
+            existing: 0,
             topology: None,
             out: "bench/results/new-service".into(),
         }
@@ -145,6 +151,87 @@ pub struct Report {
     pub samples: Vec<Sample>,
     /// Wall time of the whole run, lab included, in seconds.
     pub took_s: f64,
+    /// The controller's own times over the measured Services, from its
+    /// metrics (`None`: they could not be read).
+    pub controller: Option<ControllerTimes>,
+}
+
+/// The controller's plans and switch writes over a run: the difference of
+/// its `talaria_plan_seconds` and `talaria_sync_latency_seconds`
+/// histograms between the start and the end.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ControllerTimes {
+    /// Plans made.
+    pub plans: f64,
+    /// Mean seconds to build the model and plan.
+    pub plan_mean_s: f64,
+    /// Switch syncs.
+    pub syncs: f64,
+    /// Mean seconds from a desired-state change to the switch holding it.
+    pub sync_mean_s: f64,
+}
+
+/// (sum, count) of each histogram named in `text` (Prometheus text
+/// format), by name without `_sum`/`_count` and labels, summed over
+/// labels.
+fn histograms(text: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut out: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, value)) = l.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(v) = value.parse::<f64>() else {
+            continue;
+        };
+        let name = name.split('{').next().unwrap_or(name);
+        if let Some(n) = name.strip_suffix("_sum") {
+            out.entry(n.to_string()).or_default().0 += v;
+        } else if let Some(n) = name.strip_suffix("_count") {
+            out.entry(n.to_string()).or_default().1 += v;
+        }
+    }
+    out
+}
+
+impl ControllerTimes {
+    /// What happened between two readings of the controller's metrics.
+    fn between(before: &str, after: &str) -> Self {
+        let (b, a) = (histograms(before), histograms(after));
+        let delta = |n: &str| {
+            let (s0, c0) = b.get(n).copied().unwrap_or_default();
+            let (s1, c1) = a.get(n).copied().unwrap_or_default();
+            (s1 - s0, c1 - c0)
+        };
+        let (plan_s, plans) = delta("talaria_plan_seconds");
+        let (sync_s, syncs) = delta("talaria_sync_latency_seconds");
+        let mean = |s: f64, c: f64| if c > 0.0 { s / c } else { 0.0 };
+        Self {
+            plans,
+            plan_mean_s: mean(plan_s, plans),
+            syncs,
+            sync_mean_s: mean(sync_s, syncs),
+        }
+    }
+}
+
+/// The controller's `/metrics`, fetched from inside `switch_ns`.
+fn controller_metrics(switch_ns: &str) -> Result<String> {
+    let addr: SocketAddr = CONTROLLER_REST.parse()?;
+    in_netns(switch_ns, move || {
+        let mut sock = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+        sock.write_all(b"GET /metrics HTTP/1.0\r\nHost: talaria-lab\r\n\r\n")?;
+        let mut body = String::new();
+        // HTTP/1.0: the answer ends with the connection; at most 4 MiB.
+        sock.take(4 << 20).read_to_string(&mut body)?;
+        anyhow::ensure!(
+            body.starts_with("HTTP/1.") && body.contains(" 200 "),
+            "{body:.80}"
+        );
+        Ok(body)
+    })?
+    .join()
+    .map_err(|_| anyhow::anyhow!("metrics thread panicked"))?
 }
 
 impl Report {
@@ -314,10 +401,28 @@ fn pod_object(t: &Topology, n: u32, p: u32) -> Value {
         "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
 }
 
-/// The fake API's objects before the run: the lab's Nodes, its Pods and
-/// the `kubernetes` ServiceCIDR (the lab's Service CIDR); no Service.
-fn seed(api: &Shared, t: &Topology) {
+/// Service `index` (`new-<index>`), its one endpoint `endpoint`.
+fn spec(t: &Topology, index: u32, endpoint: (u32, u32)) -> ServiceSpec {
+    ServiceSpec {
+        index,
+        name: format!("new-{index:05}"),
+        cluster_ip: t.cluster_ip(index),
+        endpoints: vec![endpoint],
+        not_ready: Vec::new(),
+    }
+}
+
+/// The fake API's objects before the run: the lab's Nodes, its Pods, the
+/// `kubernetes` ServiceCIDR (the lab's Service CIDR) and `existing`
+/// Services (indices from 0, endpoints on the backend pods in turn).
+fn seed(api: &Shared, t: &Topology, existing: u32) {
     let mut a = api.lock().expect("fake API state");
+    let backends = t.backend_pods();
+    for k in 0..existing {
+        let s = spec(t, k, backends[k as usize % backends.len()]);
+        a.put(Resource::Services, service_object(t, &s));
+        a.put(Resource::EndpointSlices, endpoint_slice_object(t, &s));
+    }
     for n in 0..t.nodes {
         a.put(Resource::Nodes, node_object(t, n));
     }
@@ -504,13 +609,7 @@ fn measure_one(
     endpoint: (u32, u32),
     a: &NewServiceArgs,
 ) -> Sample {
-    let spec = ServiceSpec {
-        index,
-        name: format!("new-{index:04}"),
-        cluster_ip: t.cluster_ip(index),
-        endpoints: vec![endpoint],
-        not_ready: Vec::new(),
-    };
+    let spec = spec(t, index, endpoint);
     let (service, slice) = (service_object(t, &spec), endpoint_slice_object(t, &spec));
     let created = {
         let mut api = api.lock().expect("fake API state");
@@ -569,7 +668,15 @@ pub async fn measure(a: &NewServiceArgs, switch: &SwitchKind) -> Result<Report> 
     // The fake API: in the switch netns for the controller, in each node
     // netns for its agent.
     let api = Shared::default();
-    seed(&api, &t);
+    anyhow::ensure!(
+        // ClusterIPs start 10 into the Service CIDR; one warm-up Service.
+        u64::from(a.existing) + u64::from(a.count()) + 12
+            < 1 << (32 - u32::from(t.service_net().1)),
+        "{} Services do not fit in {}",
+        a.existing + a.count() + 1,
+        t.service_cidr
+    );
+    seed(&api, &t, a.existing);
     let mut listeners = vec![bind_in(&lab.names.switch(), "127.0.0.1:0")?];
     for n in 0..t.nodes {
         listeners.push(bind_in(&lab.names.node(n), "127.0.0.1:0")?);
@@ -608,9 +715,10 @@ pub async fn measure(a: &NewServiceArgs, switch: &SwitchKind) -> Result<Report> 
     let client = t.client_pods()[0];
     let backends = t.backend_pods();
     let client_ns = lab.names.pod(client.0, client.1);
+    let metrics_before = controller_metrics(&lab.names.switch());
     let (args, api2, t2) = (a.clone(), api.clone(), t.clone());
     let count = a.count();
-    let first = t.services.max(1);
+    let first = a.existing;
     let worker = in_netns(&client_ns, move || {
         let warm_up = measure_one(&api2, &t2, first, backends[0], &args);
         let mut samples = Vec::new();
@@ -624,6 +732,17 @@ pub async fn measure(a: &NewServiceArgs, switch: &SwitchKind) -> Result<Report> 
     let (warm_up, samples) = tokio::task::spawn_blocking(move || worker.join())
         .await?
         .map_err(|_| anyhow::anyhow!("the measuring thread panicked"))??;
+    let controller = match (metrics_before, controller_metrics(&lab.names.switch())) {
+        (Ok(b), Ok(a)) => Some(ControllerTimes::between(&b, &a)),
+        (b, a) => {
+            eprintln!(
+                "controller metrics: {:?} / {:?}",
+                b.err().map(|e| format!("{e:#}")),
+                a.err().map(|e| format!("{e:#}"))
+            );
+            None
+        }
+    };
     drop(relays);
     let prefix = lab.prefix().to_string();
     for p in lab.down() {
@@ -635,6 +754,7 @@ pub async fn measure(a: &NewServiceArgs, switch: &SwitchKind) -> Result<Report> 
         warm_up,
         samples,
         took_s: t0.elapsed().as_secs_f64(),
+        controller,
     })
 }
 
@@ -714,7 +834,8 @@ pub fn summary(command: &str, a: &NewServiceArgs, r: &Report, load: (&str, &str)
         s,
         "Lab: {} nodes × {} pods on switch-agent; the controller reads the fake Kubernetes API \
          (`talaria-fake-apiserver`, in this process), the node agents run in Kubernetes mode (Pods from \
-         that API, Services by long poll of the controller). For each of {} Services, one after another \
+         that API, Services by long poll of the controller). {} Services (one endpoint each) exist from the \
+         start. Then, for each of {} Services, one after another \
          ({} ms apart): a Service and its EndpointSlice (one endpoint, a pod of a backend node, in turn) \
          are put into the API, which hands their watch events to the controller's open watches: that is \
          the creation time. From pod-n{}-{} (node {}, which holds no endpoint), a fresh TCP connection to \
@@ -725,6 +846,7 @@ pub fn summary(command: &str, a: &NewServiceArgs, r: &Report, load: (&str, &str)
          Service first, not counted ({}).\n",
         t.nodes,
         t.pods_per_node,
+        a.existing,
         r.samples.len(),
         a.gap_ms,
         t.client_pods()[0].0,
@@ -741,6 +863,22 @@ pub fn summary(command: &str, a: &NewServiceArgs, r: &Report, load: (&str, &str)
     )
     .unwrap();
     writeln!(s, "## Results\n\n{}", table(r)).unwrap();
+    if let Some(c) = &r.controller {
+        writeln!(
+            s,
+            "The controller's own share, from its metrics over the measured Services (warm-up included): \
+             {:.0} plans, {:.1} ms each on average (`talaria_plan_seconds`: model and plan); {:.0} switch \
+             syncs, {:.1} ms on average from the change to the switch holding it \
+             (`talaria_sync_latency_seconds`). The rest of each latency is the watch events reaching the \
+             controller, the long poll answering the backend node's agent and the agent writing its maps, \
+             and the connection itself.\n",
+            c.plans,
+            c.plan_mean_s * 1000.0,
+            c.syncs,
+            c.sync_mean_s * 1000.0
+        )
+        .unwrap();
+    }
     let failed: Vec<&Sample> = r.samples.iter().filter(|x| !x.ok()).collect();
     if !failed.is_empty() {
         writeln!(s, "Failures:\n").unwrap();
@@ -786,6 +924,22 @@ pub async fn run(a: NewServiceArgs, switch: SwitchKind) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn controller_times_from_two_metric_readings() {
+        let before = "# HELP x\ntalaria_plan_seconds_sum 0.5\ntalaria_plan_seconds_count 10\n\
+            talaria_sync_latency_seconds_sum{switch=\"sw\"} 1.0\n\
+            talaria_sync_latency_seconds_count{switch=\"sw\"} 10\n";
+        let after = "talaria_plan_seconds_sum 1.5\ntalaria_plan_seconds_count 20\n\
+            talaria_sync_latency_seconds_sum{switch=\"sw\"} 3.0\n\
+            talaria_sync_latency_seconds_count{switch=\"sw\"} 20\n\
+            talaria_plan_seconds_bucket{le=\"0.1\"} 20\n";
+        let c = ControllerTimes::between(before, after);
+        assert_eq!(c.plans, 10.0);
+        assert!((c.plan_mean_s - 0.1).abs() < 1e-9);
+        assert_eq!(c.syncs, 10.0);
+        assert!((c.sync_mean_s - 0.2).abs() < 1e-9);
+    }
 
     #[test]
     fn headers_of_a_partial_response() {
