@@ -1,21 +1,14 @@
-//! The Kubernetes source against a small local fake API server (axum) that
-//! speaks list and watch with resourceVersions, bookmarks and a `410 Gone`
-//! that forces a relist; plus Lease leader election against the same server.
+//! The Kubernetes source against the small local fake API server
+//! (`talaria-fake-apiserver`: list and watch with resourceVersions,
+//! bookmarks and a `410 Gone` that forces a relist); plus Lease leader
+//! election against the same server.
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use axum::{
-    body::Body,
-    extract::{Query, State},
-    response::{IntoResponse, Response},
-    routing::get,
-    Json, Router,
-};
-use futures::StreamExt;
 use serde_json::{json, Value};
 use talaria_controller::{
     config::{Config, LeaderElectionConfig, SwitchConfig},
@@ -27,173 +20,11 @@ use talaria_controller::{
         MemorySource, Objects,
     },
 };
-use tokio::sync::broadcast;
+use talaria_fake_apiserver::{router, Resource, Shared};
 
-/// One resource collection.
-#[derive(Default)]
-struct Kind {
-    /// name → object (namespace folded into the name key).
-    objects: BTreeMap<String, Value>,
-    events: Option<broadcast::Sender<String>>,
-}
-
-#[derive(Default)]
-struct Api {
-    rv: u64,
-    kinds: BTreeMap<&'static str, Kind>,
-    lists: BTreeMap<&'static str, u32>,
-    /// The last labelSelector asked for, per kind.
-    selectors: BTreeMap<&'static str, String>,
-}
-
-type Shared = Arc<Mutex<Api>>;
-
-fn key(o: &Value) -> String {
-    format!(
-        "{}/{}",
-        o["metadata"]["namespace"].as_str().unwrap_or(""),
-        o["metadata"]["name"].as_str().unwrap()
-    )
-}
-
-impl Api {
-    fn kind(&mut self, k: &'static str) -> &mut Kind {
-        let kind = self.kinds.entry(k).or_default();
-        kind.events.get_or_insert_with(|| broadcast::channel(64).0);
-        kind
-    }
-
-    /// Stores `o` with a fresh resourceVersion and sends `ADDED`/`MODIFIED`
-    /// to watchers unless `silent`.
-    fn put(&mut self, k: &'static str, mut o: Value, silent: bool) {
-        self.rv += 1;
-        o["metadata"]["resourceVersion"] = json!(self.rv.to_string());
-        let kind = self.kind(k);
-        let ty = if kind.objects.contains_key(&key(&o)) {
-            "MODIFIED"
-        } else {
-            "ADDED"
-        };
-        kind.objects.insert(key(&o), o.clone());
-        if !silent {
-            let _ = kind
-                .events
-                .as_ref()
-                .unwrap()
-                .send(json!({"type": ty, "object": o}).to_string());
-        }
-    }
-
-    fn send(&mut self, k: &'static str, line: Value) {
-        let _ = self.kind(k).events.as_ref().unwrap().send(line.to_string());
-    }
-}
-
-fn list_kind(path: &str) -> (&'static str, &'static str, &'static str) {
-    match path {
-        "services" => ("services", "ServiceList", "v1"),
-        "nodes" => ("nodes", "NodeList", "v1"),
-        "servicecidrs" => ("servicecidrs", "ServiceCIDRList", "networking.k8s.io/v1"),
-        _ => ("endpointslices", "EndpointSliceList", "discovery.k8s.io/v1"),
-    }
-}
-
-async fn collection(
-    State(api): State<Shared>,
-    path: &'static str,
-    q: BTreeMap<String, String>,
-) -> Response {
-    let (k, list_kind, api_version) = list_kind(path);
-    if let Some(sel) = q.get("labelSelector") {
-        api.lock().unwrap().selectors.insert(k, sel.clone());
-    }
-    if q.get("watch").map(String::as_str) == Some("true") {
-        let rx = {
-            let mut a = api.lock().unwrap();
-            a.kind(k).events.as_ref().unwrap().subscribe()
-        };
-        let stream = tokio_stream_from(rx).map(|l| Ok::<_, std::io::Error>(format!("{l}\n")));
-        return Response::builder()
-            .header("content-type", "application/json")
-            .body(Body::from_stream(stream))
-            .unwrap();
-    }
-    let mut a = api.lock().unwrap();
-    *a.lists.entry(k).or_default() += 1;
-    let rv = a.rv.to_string();
-    let items: Vec<Value> = a.kind(k).objects.values().cloned().collect();
-    Json(json!({
-        "apiVersion": api_version,
-        "kind": list_kind,
-        "metadata": {"resourceVersion": rv},
-        "items": items,
-    }))
-    .into_response()
-}
-
-fn tokio_stream_from(
-    rx: broadcast::Receiver<String>,
-) -> impl futures::Stream<Item = String> + Send {
-    futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(l) => return Some((l, rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(_) => return None,
-            }
-        }
-    })
-}
-
-/// Serves the fake: the kinds in `api`, the Lease in `leases`.
+/// Serves the fake: the collections in `api`, the Lease in `leases`.
 async fn serve_with(api: Shared, leases: &FakeLeases) -> String {
-    let app = Router::new()
-        .route(
-            "/api/v1/services",
-            get(
-                |s: State<Shared>, Query(q): Query<BTreeMap<String, String>>| {
-                    collection(s, "services", q)
-                },
-            ),
-        )
-        .route(
-            "/api/v1/nodes",
-            get(
-                |s: State<Shared>, Query(q): Query<BTreeMap<String, String>>| {
-                    collection(s, "nodes", q)
-                },
-            ),
-        )
-        .route(
-            "/apis/discovery.k8s.io/v1/endpointslices",
-            get(
-                |s: State<Shared>, Query(q): Query<BTreeMap<String, String>>| {
-                    collection(s, "endpointslices", q)
-                },
-            ),
-        )
-        .route(
-            "/apis/networking.k8s.io/v1",
-            get(|| async {
-                Json(json!({"kind": "APIResourceList", "apiVersion": "v1",
-                    "groupVersion": "networking.k8s.io/v1",
-                    "resources": [{"name": "servicecidrs", "singularName": "servicecidr",
-                        "namespaced": false, "kind": "ServiceCIDR", "verbs": ["list", "watch"]}]}))
-            }),
-        )
-        .route(
-            "/apis/networking.k8s.io/v1/servicecidrs",
-            get(
-                |s: State<Shared>, Query(q): Query<BTreeMap<String, String>>| {
-                    collection(s, "servicecidrs", q)
-                },
-            ),
-        )
-        .with_state(api)
-        .merge(leases.routes());
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let addr = talaria_fake_apiserver::serve(router(api).merge(leases.routes())).await;
     format!("http://{addr}")
 }
 
@@ -248,9 +79,9 @@ async fn reflectors_list_watch_bookmark_and_relist_on_410() {
     let api: Shared = Arc::default();
     {
         let mut a = api.lock().unwrap();
-        a.put("services", service("10.96.0.10"), true);
-        a.put("nodes", node(), true);
-        a.put("endpointslices", slice(&["10.244.1.5"]), true);
+        a.put_silently(Resource::Services, service("10.96.0.10"));
+        a.put_silently(Resource::Nodes, node());
+        a.put_silently(Resource::EndpointSlices, slice(&["10.244.1.5"]));
     }
     let url = serve(api.clone()).await;
     let (src, run) = start(client(&url));
@@ -264,15 +95,18 @@ async fn reflectors_list_watch_bookmark_and_relist_on_410() {
     // Watch event: a second endpoint.
     wait_for("watchers connected", || {
         let a = api.lock().unwrap();
-        a.kinds
-            .values()
-            .all(|k| k.events.as_ref().unwrap().receiver_count() > 0)
+        [
+            Resource::Services,
+            Resource::EndpointSlices,
+            Resource::Nodes,
+        ]
+        .into_iter()
+        .all(|r| a.watchers(r) > 0)
     })
     .await;
     api.lock().unwrap().put(
-        "endpointslices",
+        Resource::EndpointSlices,
         slice(&["10.244.1.5", "10.244.1.6"]),
-        false,
     );
     wait_for("watch ADDED/MODIFIED applied", || {
         backends(src.as_ref()) == 2
@@ -280,26 +114,18 @@ async fn reflectors_list_watch_bookmark_and_relist_on_410() {
     .await;
 
     // A bookmark moves the resourceVersion on and changes nothing.
-    {
-        let mut a = api.lock().unwrap();
-        a.rv += 1;
-        let rv = a.rv.to_string();
-        a.send(
-            "endpointslices",
-            json!({"type": "BOOKMARK", "object": {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": {"resourceVersion": rv}}}),
-        );
-    }
+    api.lock().unwrap().bookmark(Resource::EndpointSlices);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(backends(src.as_ref()), 2);
 
     // A change the watch never reports, then 410 Gone: the reflector must
     // relist and pick the change up.
-    let lists_before = api.lock().unwrap().lists["services"];
+    let lists_before = api.lock().unwrap().lists[&Resource::Services];
     {
         let mut a = api.lock().unwrap();
-        a.put("services", service("10.96.0.99"), true);
+        a.put_silently(Resource::Services, service("10.96.0.99"));
         a.send(
-            "services",
+            Resource::Services,
             json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Expired", "code": 410, "message": "too old resource version"}}),
         );
     }
@@ -310,7 +136,7 @@ async fn reflectors_list_watch_bookmark_and_relist_on_410() {
             .any(|k| k.vip == "10.96.0.99".parse::<std::net::Ipv4Addr>().unwrap())
     })
     .await;
-    assert!(api.lock().unwrap().lists["services"] > lists_before);
+    assert!(api.lock().unwrap().lists[&Resource::Services] > lists_before);
     task.abort();
 }
 
@@ -326,13 +152,12 @@ async fn kube_proxy_selector_and_service_cidrs() {
     let api: Shared = Arc::default();
     {
         let mut a = api.lock().unwrap();
-        a.put("services", service("10.96.0.10"), true);
-        a.put("nodes", node(), true);
-        a.put("endpointslices", slice(&["10.244.1.5"]), true);
-        a.put(
-            "servicecidrs",
+        a.put_silently(Resource::Services, service("10.96.0.10"));
+        a.put_silently(Resource::Nodes, node());
+        a.put_silently(Resource::EndpointSlices, slice(&["10.244.1.5"]));
+        a.put_silently(
+            Resource::ServiceCidrs,
             service_cidr("kubernetes", &["10.96.0.0/12"]),
-            true,
         );
     }
     let url = serve(api.clone()).await;
@@ -350,32 +175,25 @@ async fn kube_proxy_selector_and_service_cidrs() {
     assert_eq!(cidrs(&m), ["10.96.0.0/12"]);
     {
         let a = api.lock().unwrap();
-        for kind in ["services", "endpointslices"] {
+        for kind in [Resource::Services, Resource::EndpointSlices] {
             assert_eq!(
-                a.selectors.get(kind).map(String::as_str),
+                a.label_selectors.get(&kind).map(String::as_str),
                 Some(talaria_controller::model::KUBE_PROXY_LABEL_SELECTOR),
-                "{kind}"
+                "{kind:?}"
             );
         }
-        assert!(!a.selectors.contains_key("nodes"));
+        assert!(!a.label_selectors.contains_key(&Resource::Nodes));
     }
 
     // A second ServiceCIDR arrives by watch: an incremental update takes it.
     let _ = src.update_model(&mut m, false);
     wait_for("ServiceCIDR watch connected", || {
-        let mut a = api.lock().unwrap();
-        a.kind("servicecidrs")
-            .events
-            .as_ref()
-            .unwrap()
-            .receiver_count()
-            > 0
+        api.lock().unwrap().watchers(Resource::ServiceCidrs) > 0
     })
     .await;
     api.lock().unwrap().put(
-        "servicecidrs",
+        Resource::ServiceCidrs,
         service_cidr("extra", &["10.100.0.0/16", "fd00::/108"]),
-        false,
     );
     wait_for("ServiceCIDR watch event applied", || {
         let _ = src.update_model(&mut m, false);

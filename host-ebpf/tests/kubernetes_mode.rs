@@ -88,7 +88,7 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
         let want = set(&["10.244.1.3"]);
         assert_eq!(wait_for(&pods, &want).await, want);
         watch.abort();
-        let selectors = api.lock().unwrap().field_selectors.clone();
+        let selectors = api.lock().unwrap().field_selectors();
         assert!(!selectors.is_empty());
         assert!(
             selectors.iter().all(|s| s == "spec.nodeName=n1"),

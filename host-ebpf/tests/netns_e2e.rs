@@ -2281,7 +2281,7 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
         eventually(|| !pod_link_pin(&lab, 0, "vpc").exists() && node_pods(&lab, 0) == vec![POD_A]),
         "deleted pod forgotten"
     );
-    let selectors = api.lock().unwrap().field_selectors.clone();
+    let selectors = api.lock().unwrap().field_selectors();
     assert!(
         selectors.iter().all(|s| s == "spec.nodeName=n1"),
         "{selectors:?}"

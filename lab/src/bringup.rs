@@ -121,6 +121,14 @@ pub fn controller_config(
     serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
 }
 
+/// `base` (a [`controller_config`]) with `source` instead of the manifests
+/// directory: a Kubernetes API ([`Lab::controller_source`]).
+pub fn controller_config_source(base: &str, source: &serde_json::Value) -> String {
+    let mut v: serde_json::Value = serde_yaml::from_str(base).expect("our own YAML");
+    v["source"] = source.clone();
+    serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
+}
+
 /// [`controller_config`] for an HA lab: the Lease on the lab's fake API
 /// server ([`LEASE_SERVER`], used for the Lease only), and standbys that
 /// read the switch every 500 ms.
@@ -221,7 +229,7 @@ pub fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
     Ok(out)
 }
 
-fn node_agent_config(
+pub(crate) fn node_agent_config(
     lab: &Lab,
     n: u32,
     services: &[serde_json::Value],
@@ -273,7 +281,7 @@ pub fn agent_services(lab: &Lab) -> Vec<serde_json::Value> {
 
 /// Starts (or restarts) the node agents with the controller's service ids.
 async fn start_node_agents(lab: &mut Lab) -> Result<()> {
-    let bin = Component::NodeAgent
+    Component::NodeAgent
         .usable()
         .map_err(|e| anyhow::anyhow!(e))?;
     let services = service_ids(lab)?;
@@ -290,18 +298,30 @@ async fn start_node_agents(lab: &mut Lab) -> Result<()> {
         let ignore_cookies = lab.run_dir.join(HASH_ONLY).exists() && n < lab.topo.client_nodes;
         let cfg = lab.run_dir.join(format!("talaria-node-{n}.yaml"));
         std::fs::write(&cfg, node_agent_config(lab, n, &services, ignore_cookies))?;
-        let argv: Vec<String> = vec![
-            bin.to_string_lossy().into_owned(),
-            "--netns".into(),
-            lab.names.node(n),
-            "run".into(),
-            "--config".into(),
-            cfg.to_string_lossy().into_owned(),
-        ];
-        let pid = lab.spawn_host(&what, &argv)?;
-        wait_listening(lab, pid, 9465, &what, Duration::from_secs(20)).await?;
+        spawn_node_agent(lab, n, &cfg).await?;
     }
     Ok(())
+}
+
+/// Starts node `n`'s agent (`talaria-node-<n>`) in its netns with the
+/// config at `cfg`, and waits until it serves metrics (after its first pod
+/// sync).
+pub(crate) async fn spawn_node_agent(lab: &mut Lab, n: u32, cfg: &Path) -> Result<u32> {
+    let bin = Component::NodeAgent
+        .usable()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let what = format!("talaria-node-{n}");
+    let argv: Vec<String> = vec![
+        bin.to_string_lossy().into_owned(),
+        "--netns".into(),
+        lab.names.node(n),
+        "run".into(),
+        "--config".into(),
+        cfg.to_string_lossy().into_owned(),
+    ];
+    let pid = lab.spawn_host(&what, &argv)?;
+    wait_listening(lab, pid, 9465, &what, Duration::from_secs(20)).await?;
+    Ok(pid)
 }
 
 /// Starts the lab's switch ([`Lab::switch`]: switch-agent or bmv2) and the
@@ -394,6 +414,10 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
     // keeps its service id in quarantine, so every other Service's id is
     // one more than a standby planning from scratch would give it. A
     // standby that did not adopt the switch's ids would rewrite them all.
+    if let Some(source) = &lab.controller_source {
+        let base = std::fs::read_to_string(&cfg)?;
+        std::fs::write(&cfg, controller_config_source(&base, source))?;
+    }
     let departed = manifests.join("ha-departed.yaml");
     if lab.ha {
         std::fs::write(&departed, HA_DEPARTED)?;

@@ -762,31 +762,9 @@ pub async fn run(a: FaultsArgs, switch: SwitchKind) -> Result<()> {
 /// The results as Markdown.
 pub fn summary(command: &str, a: &FaultsArgs, r: &Report, load: (&str, &str)) -> String {
     let mut s = String::new();
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let t = &r.topology;
     writeln!(s, "# Faults under load\n").unwrap();
-    writeln!(
-        s,
-        "Command (from the repository root, as root):\n\n```sh\n{command}\n```\n"
-    )
-    .unwrap();
-    if let Some(rev) = git_describe() {
-        writeln!(
-            s,
-            "Built from `{rev}` (git describe; `-dirty`: with uncommitted changes).\n"
-        )
-        .unwrap();
-    }
-    writeln!(
-        s,
-        "Machine: kernel {}, {} CPUs. Took {:.0} s. Load average (1, 5, 15 min) at the start: {}; at the end: {}.\n",
-        kernel.trim(),
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        r.took_s,
-        load.0,
-        load.1
-    )
-    .unwrap();
+    s.push_str(&provenance(command, r.took_s, load));
     writeln!(
         s,
         "Lab: talaria mode on switch-agent, {} nodes × {} pods, {} Services with {} endpoints each on the non-client nodes; \
@@ -945,6 +923,37 @@ pub fn summary(command: &str, a: &FaultsArgs, r: &Report, load: (&str, &str)) ->
 }
 
 /// `git describe --always --dirty` of the working tree, when there is one.
+/// The paragraphs a results summary opens with: the command, the build
+/// (git describe), the machine, how long the run took and the load average
+/// at its start and end.
+pub(crate) fn provenance(command: &str, took_s: f64, load: (&str, &str)) -> String {
+    let mut s = String::new();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    writeln!(
+        s,
+        "Command (from the repository root, as root):\n\n```sh\n{command}\n```\n"
+    )
+    .unwrap();
+    if let Some(rev) = git_describe() {
+        writeln!(
+            s,
+            "Built from `{rev}` (git describe; `-dirty`: with uncommitted changes).\n"
+        )
+        .unwrap();
+    }
+    writeln!(
+        s,
+        "Machine: kernel {}, {} CPUs. Took {:.0} s. Load average (1, 5, 15 min) at the start: {}; at the end: {}.\n",
+        kernel.trim(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        took_s,
+        load.0,
+        load.1
+    )
+    .unwrap();
+    s
+}
+
 pub(crate) fn git_describe() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty"])

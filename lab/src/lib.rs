@@ -13,6 +13,8 @@
 //! - [`demo`], [`mod@bench`], [`plot`]: the demo, the benchmarks and their plots.
 //! - [`faults`]: kill -9 of each talaria component under load.
 //! - [`soak`]: endpoint churn at scale under load.
+//! - [`new_service`]: a new Service, from its creation in a (fake)
+//!   Kubernetes API to its first SYN served at a remote node.
 //! - [`doctor`]: what the lab needs from the machine.
 
 pub mod bench;
@@ -26,6 +28,7 @@ pub mod manifests;
 pub mod measure;
 pub mod modes;
 pub mod netns;
+pub mod new_service;
 pub mod plot;
 pub mod rules;
 pub mod soak;

@@ -11,7 +11,9 @@ use talaria_lab::netns::{self, State};
 use talaria_lab::switch::{SwitchKind, BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
 use talaria_lab::traffic::{self, LoadSpec, Proto};
-use talaria_lab::{bench, bringup, components, demo, doctor, faults, measure, rules, soak};
+use talaria_lab::{
+    bench, bringup, components, demo, doctor, faults, measure, new_service, rules, soak,
+};
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +70,12 @@ enum Cmd {
     /// connections; writes summary.md and samples.csv, fails if a long
     /// connection broke or the controller ended out of step.
     Soak(soak::SoakArgs),
+    /// A new Service's first packet: creates Services one at a time in a
+    /// fake Kubernetes API (controller and node agents in Kubernetes mode)
+    /// and measures creation → first TCP connection to its ClusterIP
+    /// served from a remote node; writes summary.md and latencies.csv,
+    /// fails if a Service was not served.
+    BenchNewService(new_service::NewServiceArgs),
     /// Bring up a lab, start the pod servers, apply a mode, and keep it up.
     Up {
         /// Topology YAML (default: embedded).
@@ -417,6 +425,7 @@ fn main() -> Result<()> {
             Ok(())
         }),
         Cmd::Soak(args) => rt.block_on(soak::run_soak(args, switch.clone())),
+        Cmd::BenchNewService(args) => rt.block_on(new_service::run(args, switch.clone())),
     }
     .map_err(|e| {
         let missing = components::talaria_missing(&switch);

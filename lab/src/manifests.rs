@@ -54,7 +54,9 @@ impl ServiceSet {
     }
 }
 
-fn service_object(t: &Topology, s: &ServiceSpec) -> Value {
+/// A Service as the Kubernetes API serves it (`http` TCP and `udp` UDP
+/// ports, selector `app: <name>`).
+pub fn service_object(t: &Topology, s: &ServiceSpec) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -80,7 +82,9 @@ fn service_object(t: &Topology, s: &ServiceSpec) -> Value {
     })
 }
 
-fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
+/// The EndpointSlice of a Service (`<name>-lab01`): its endpoints, ready or
+/// not.
+pub fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
     let ready = s.endpoints.iter().map(|e| (e, true));
     let not_ready = s.not_ready.iter().map(|e| (e, false));
     let endpoints: Vec<Value> = ready
@@ -114,7 +118,8 @@ fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
     })
 }
 
-fn node_object(t: &Topology, n: u32) -> Value {
+/// Node `n` (its pod CIDR and InternalIP).
+pub fn node_object(t: &Topology, n: u32) -> Value {
     let (net, len) = t.pod_cidr(n);
     json!({
         "apiVersion": "v1",

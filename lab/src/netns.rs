@@ -292,6 +292,10 @@ pub struct Lab {
     /// Two controllers with leader election (on a fake Lease API server in
     /// the switch netns) instead of one; set before the controller starts.
     pub ha: bool,
+    /// The controller's `source` (a Kubernetes API, `talaria-lab
+    /// bench-new-service`) instead of the run dir's manifests; set before
+    /// the controller starts.
+    pub controller_source: Option<serde_json::Value>,
     state: State,
     children: Vec<Child>,
     /// The last launch of each recorded process, by its description.
@@ -330,6 +334,7 @@ impl Lab {
             run_dir,
             switch,
             ha: false,
+            controller_source: None,
             state,
             children: Vec::new(),
             launches: BTreeMap::new(),
