@@ -333,7 +333,7 @@ pub struct AffinityEntry {
 /// forgotten, as kube-proxy's affinity rules exist only for endpoints in
 /// use.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityBackend {
     pub service_id: u16,
     pub _pad: u16,

@@ -1,7 +1,7 @@
 //! The loaded node programs and their maps.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap as StdHashMap},
     io,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -187,7 +187,18 @@ pub struct Node {
     ebpf: Ebpf,
     pin_dir: Option<PathBuf>,
     /// Links of an unpinned node, by (program, interface).
-    links: std::collections::HashMap<(String, String), SchedClassifierLinkId>,
+    links: StdHashMap<(String, String), SchedClassifierLinkId>,
+    /// What [`Node::set_services`] last wrote, so that the next call
+    /// writes only what changed (None: read the maps' keys first).
+    services_written: Option<ServiceMaps>,
+}
+
+/// The contents of the maps [`Node::set_services`] owns.
+#[derive(Default)]
+struct ServiceMaps {
+    policies: StdHashMap<ServiceKey, PortPolicy>,
+    services: StdHashMap<u32, ServiceAddr>,
+    affinity_backends: StdHashMap<AffinityBackend, u8>,
 }
 
 impl Node {
@@ -233,6 +244,7 @@ impl Node {
             ebpf,
             pin_dir: pin_dir.map(Path::to_owned),
             links: Default::default(),
+            services_written: None,
         })
     }
 
@@ -474,46 +486,42 @@ impl Node {
     /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`),
     /// the ports whose new flows are refused, go to preferred backends or
     /// keep session affinity (`NODE_PORT_POLICY`), and the backends such
-    /// an affinity may name (`NODE_AFFINITY_BACKENDS`).
+    /// an affinity may name (`NODE_AFFINITY_BACKENDS`). Only what changed
+    /// since the last call is written (a new Service in a large cluster
+    /// costs a few map writes, not one per Service).
     pub fn set_services(&mut self, list: &[ServiceConfig]) -> Result<()> {
-        let services = list
-            .iter()
-            .map(|s| Ok((u32::from(s.id), s.map_value()?)))
-            .collect::<Result<Vec<_>>>()?;
-        let policies = list
-            .iter()
-            .filter_map(|s| s.policy().map(|p| s.port_key().map(|k| (k, p))))
-            .collect::<Result<Vec<_>>>()?;
-        let affinity_backends: Vec<(AffinityBackend, u8)> = list
-            .iter()
-            .flat_map(ServiceConfig::affinity_backends)
-            .map(|b| (b, 1))
-            .collect();
-        self.replace_hash_map::<ServiceKey, PortPolicy>(MAP_PORT_POLICY, &policies)?;
-        self.replace_hash_map::<u32, ServiceAddr>(MAP_SERVICES, &services)?;
-        self.replace_hash_map::<AffinityBackend, u8>(MAP_AFFINITY_BACKENDS, &affinity_backends)
-    }
-
-    /// Makes hash map `name` hold exactly `want`: stale keys go, the rest
-    /// is written.
-    fn replace_hash_map<K: aya::Pod + PartialEq, V: aya::Pod>(
-        &mut self,
-        name: &'static str,
-        want: &[(K, V)],
-    ) -> Result<()> {
-        let mut h: HashMap<_, K, V> =
-            HashMap::try_from(self.map_mut(name)?).map_err(|e| Error::map(name, e))?;
-        let stale: Vec<K> = h
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !want.iter().any(|(w, _)| w == k))
-            .collect();
-        for k in stale {
-            h.remove(&k).map_err(|e| Error::map(name, e))?;
+        let mut want = ServiceMaps::default();
+        for s in list {
+            want.services.insert(u32::from(s.id), s.map_value()?);
+            if let Some(p) = s.policy() {
+                want.policies.insert(s.port_key()?, p);
+            }
+            want.affinity_backends
+                .extend(s.affinity_backends().map(|b| (b, 1)));
         }
-        for (k, v) in want {
-            h.insert(k, v, 0).map_err(|e| Error::map(name, e))?;
-        }
+        // Forgotten until all is written: a failure halfway makes the next
+        // call read the maps again.
+        let have = self.services_written.take();
+        let have = have.as_ref();
+        sync_hash_map(
+            self.map_mut(MAP_PORT_POLICY)?,
+            MAP_PORT_POLICY,
+            have.map(|h| &h.policies),
+            &want.policies,
+        )?;
+        sync_hash_map(
+            self.map_mut(MAP_SERVICES)?,
+            MAP_SERVICES,
+            have.map(|h| &h.services),
+            &want.services,
+        )?;
+        sync_hash_map(
+            self.map_mut(MAP_AFFINITY_BACKENDS)?,
+            MAP_AFFINITY_BACKENDS,
+            have.map(|h| &h.affinity_backends),
+            &want.affinity_backends,
+        )?;
+        self.services_written = Some(want);
         Ok(())
     }
 
@@ -796,4 +804,33 @@ pub fn monotonic_ns() -> u64 {
     let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Brings hash map `name` to `want`: keys not wanted go, and entries that
+/// differ from `have` (what was written last; None: unknown, so the map's
+/// keys are read and every entry written) are written.
+fn sync_hash_map<K, V>(
+    map: &mut Map,
+    name: &'static str,
+    have: Option<&StdHashMap<K, V>>,
+    want: &StdHashMap<K, V>,
+) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    let mut h: HashMap<_, K, V> = HashMap::try_from(map).map_err(|e| Error::map(name, e))?;
+    let present: Vec<K> = match have {
+        Some(have) => have.keys().copied().collect(),
+        None => h.keys().filter_map(|k| k.ok()).collect(),
+    };
+    for k in present.iter().filter(|k| !want.contains_key(k)) {
+        h.remove(k).map_err(|e| Error::map(name, e))?;
+    }
+    for (k, v) in want {
+        if have.and_then(|have| have.get(k)) != Some(v) {
+            h.insert(k, v, 0).map_err(|e| Error::map(name, e))?;
+        }
+    }
+    Ok(())
 }
