@@ -139,9 +139,35 @@ async fn services(State(ctx): State<Arc<Context>>, Query(q): Query<ServicesQuery
     }
     // The version first: a plan newer than the reports is caught next time.
     let version = *ctx.version_tx.borrow();
+    let header = [(PLAN_VERSION_HEADER, version.to_string())];
+    if q.after.is_none() {
+        return (header, Json(service_reports(&ctx))).into_response();
+    }
+    // Long polls (node agents) share one body per plan version: what they
+    // read (ports, health checks) changes only with the version, while a
+    // plain GET also shows notes that may change without one.
+    let cached = ctx
+        .long_poll_answer
+        .lock()
+        .expect("poisoned")
+        .as_ref()
+        .filter(|(v, _)| *v == version)
+        .map(|(_, body)| body.clone());
+    let body = match cached {
+        Some(body) => body,
+        None => match serde_json::to_vec(&service_reports(&ctx)) {
+            Ok(json) => {
+                let body = axum::body::Bytes::from(json);
+                *ctx.long_poll_answer.lock().expect("poisoned") = Some((version, body.clone()));
+                body
+            }
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
+    };
     (
-        [(PLAN_VERSION_HEADER, version.to_string())],
-        Json(service_reports(&ctx)),
+        header,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
     )
         .into_response()
 }

@@ -180,6 +180,10 @@ pub struct Context {
     /// Set once ids were adopted from a switch (or adoption was given up).
     adopted: watch::Sender<bool>,
     last_skipped: Mutex<BTreeSet<Skipped>>,
+    /// The `/v1/services` body long polls were last answered with, and the
+    /// plan version it was made at: every node agent's poll wakes at once
+    /// on a new version, and one serialisation serves them all.
+    pub long_poll_answer: Mutex<Option<(u64, axum::body::Bytes)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -246,6 +250,7 @@ impl Context {
             adopted_term: AtomicU64::new(0),
             adopted: watch::channel(false).0,
             last_skipped: Mutex::default(),
+            long_poll_answer: Mutex::default(),
         }))
     }
 
