@@ -5,7 +5,7 @@
 //! /v1/service-cidrs`).
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::{Arc, Mutex},
     time::Duration,
@@ -159,76 +159,108 @@ pub async fn watch_pods(
     }
 }
 
-/// The Services of a controller `GET /v1/services` answer, as node
-/// `node_ip` uses them: one per `data_path` entry (service id, `key.vip`,
-/// `key.port`, `key.proto`; `preferred[node_ip]`, `local_only`,
-/// `agentless`, `affinity_timeout_seconds` and the ids of `active`).
-pub fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Vec<ServiceConfig>> {
-    let bad = |what: &str| Error::Invalid(format!("controller /v1/services: {what}"));
-    let mut out = Vec::new();
-    for s in v.as_array().ok_or_else(|| bad("not an array"))? {
-        for p in s["data_path"].as_array().into_iter().flatten() {
-            let id = p["service_id"]
-                .as_u64()
-                .and_then(|i| u16::try_from(i).ok())
-                .ok_or_else(|| bad("service_id"))?;
-            let key = &p["key"];
-            let vip = key["vip"]
-                .as_str()
-                .and_then(|a| a.parse().ok())
-                .ok_or_else(|| bad("key.vip"))?;
-            let port = key["port"]
-                .as_u64()
-                .and_then(|i| u16::try_from(i).ok())
-                .ok_or_else(|| bad("key.port"))?;
-            let protocol = key["proto"]
-                .as_str()
-                .ok_or_else(|| bad("key.proto"))?
-                .to_ascii_lowercase();
-            // No buckets: no ready or serving-terminating endpoint. (A
-            // controller that does not say is not rejecting.)
-            let reject = p["buckets"].as_u64() == Some(0);
-            let preferred = p["preferred"][node_ip.to_string()]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|id| id.as_u64().and_then(|i| u32::try_from(i).ok()))
-                .collect::<Option<Vec<u32>>>()
-                .ok_or_else(|| bad("preferred"))?;
-            let affinity_timeout_secs = match &p["affinity_timeout_seconds"] {
-                serde_json::Value::Null => 0,
-                t => t
-                    .as_u64()
-                    .and_then(|t| u32::try_from(t).ok())
-                    .ok_or_else(|| bad("affinity_timeout_seconds"))?,
-            };
-            // Only affinity needs the active ids (keys of `active`).
-            let active = if affinity_timeout_secs > 0 {
-                p["active"]
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(id, _)| id.parse().ok())
-                    .collect::<Option<Vec<u32>>>()
-                    .ok_or_else(|| bad("active"))?
-            } else {
-                Vec::new()
-            };
-            out.push(ServiceConfig {
-                id,
-                vip,
-                port,
-                protocol,
-                reject,
-                preferred,
-                local_only: p["local_only"].as_bool().unwrap_or(false),
-                agentless: p["agentless"].as_bool().unwrap_or(false),
+/// What a node takes from one Service of a controller `GET /v1/services`
+/// answer; everything else in it is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct ServiceReport {
+    service: Option<ServiceName>,
+    #[serde(default)]
+    data_path: Vec<PlannedPort>,
+    health_check: Option<HealthCheckReport>,
+}
+
+#[derive(serde::Deserialize)]
+struct ServiceName {
+    namespace: String,
+    name: String,
+}
+
+#[derive(serde::Deserialize)]
+struct PlannedPort {
+    service_id: u16,
+    key: PortKey,
+    /// Absent: a controller that does not say is not rejecting.
+    buckets: Option<u64>,
+    #[serde(default)]
+    preferred: HashMap<Ipv4Addr, Vec<u32>>,
+    #[serde(default)]
+    local_only: bool,
+    #[serde(default)]
+    agentless: bool,
+    affinity_timeout_seconds: Option<u32>,
+    /// Backend id → backend; only the ids are used.
+    #[serde(default)]
+    active: BTreeMap<u32, serde::de::IgnoredAny>,
+}
+
+#[derive(serde::Deserialize)]
+struct PortKey {
+    vip: Ipv4Addr,
+    port: u16,
+    proto: String,
+}
+
+#[derive(serde::Deserialize)]
+struct HealthCheckReport {
+    node_port: u16,
+    #[serde(default)]
+    local_endpoints: HashMap<Ipv4Addr, usize>,
+}
+
+/// What node `node_ip` serves from a controller `GET /v1/services`
+/// answer: a Service per `data_path` entry (service id, `key.vip`,
+/// `key.port`, `key.proto`; no buckets: refused; `preferred[node_ip]`,
+/// `local_only`, `agentless`, `affinity_timeout_seconds` and the ids of
+/// `active`), and the health checks (`health_check.node_port`,
+/// `local_endpoints[node_ip]`, 0 when absent). Parsed straight into
+/// these types: at thousands of Services the answer is a megabyte, read
+/// on every change.
+pub fn parse_services_answer(
+    body: &[u8],
+    node_ip: Ipv4Addr,
+) -> Result<(Vec<ServiceConfig>, Vec<HealthCheck>)> {
+    let bad = |what: String| Error::Invalid(format!("controller /v1/services: {what}"));
+    let reports: Vec<ServiceReport> =
+        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let mut services = Vec::new();
+    let mut checks = Vec::new();
+    for r in reports {
+        for p in r.data_path {
+            let affinity_timeout_secs = p.affinity_timeout_seconds.unwrap_or(0);
+            services.push(ServiceConfig {
+                id: p.service_id,
+                vip: p.key.vip,
+                port: p.key.port,
+                protocol: p.key.proto.to_ascii_lowercase(),
+                // No buckets: no ready or serving-terminating endpoint.
+                reject: p.buckets == Some(0),
+                preferred: p.preferred.get(&node_ip).cloned().unwrap_or_default(),
+                local_only: p.local_only,
+                agentless: p.agentless,
                 affinity_timeout_secs,
-                active,
+                // Only affinity needs the active ids.
+                active: match affinity_timeout_secs {
+                    0 => Vec::new(),
+                    _ => p.active.into_keys().collect(),
+                },
+            });
+        }
+        if let Some(hc) = r.health_check {
+            if hc.node_port == 0 {
+                return Err(bad("health_check.node_port 0".into()));
+            }
+            let name = r
+                .service
+                .ok_or_else(|| bad("health check without a service name".into()))?;
+            checks.push(HealthCheck {
+                namespace: name.namespace,
+                name: name.name,
+                node_port: hc.node_port,
+                local_endpoints: hc.local_endpoints.get(&node_ip).copied().unwrap_or(0),
             });
         }
     }
-    Ok(out)
+    Ok((services, checks))
 }
 
 /// How long one long poll of the controller may wait for a change.
@@ -244,16 +276,24 @@ pub async fn fetch_services(
     after: Option<u64>,
     node_ip: Ipv4Addr,
 ) -> Result<(Vec<ServiceConfig>, Option<u64>)> {
-    let (v, version) = fetch_plan(http, controller_url, after).await?;
-    Ok((services_from_json(&v, node_ip)?, version))
+    let a = fetch_answer(http, controller_url, after, node_ip).await?;
+    Ok((a.services, a.version))
 }
 
-/// `GET /v1/services` as JSON, with the plan version it names.
-async fn fetch_plan(
+/// A controller's `/v1/services` answer, as one node serves it.
+pub struct Answer {
+    pub services: Vec<ServiceConfig>,
+    pub health_checks: Vec<HealthCheck>,
+    pub version: Option<u64>,
+}
+
+/// [`fetch_services`], with the health checks.
+pub async fn fetch_answer(
     http: &reqwest::Client,
     controller_url: &str,
     after: Option<u64>,
-) -> Result<(serde_json::Value, Option<u64>)> {
+    node_ip: Ipv4Addr,
+) -> Result<Answer> {
     let base = controller_url.trim_end_matches('/');
     let mut req = http.get(format!("{base}/v1/services"));
     if let Some(v) = after {
@@ -271,50 +311,13 @@ async fn fetch_plan(
         .headers()
         .get(PLAN_VERSION_HEADER)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let v: serde_json::Value = r.json().await.map_err(|e| Error::Http(Box::new(e)))?;
-    Ok((v, version))
-}
-
-/// The health checks of a controller `GET /v1/services` answer, as node
-/// `node_ip` answers them: each Service's `health_check.node_port` and
-/// `local_endpoints[node_ip]` (0 when absent).
-pub fn health_checks_from_json(
-    v: &serde_json::Value,
-    node_ip: Ipv4Addr,
-) -> Result<Vec<HealthCheck>> {
-    let bad = |what: &str| Error::Invalid(format!("controller /v1/services: {what}"));
-    let mut out = Vec::new();
-    for s in v.as_array().ok_or_else(|| bad("not an array"))? {
-        let hc = &s["health_check"];
-        if hc.is_null() {
-            continue;
-        }
-        let node_port = hc["node_port"]
-            .as_u64()
-            .and_then(|p| u16::try_from(p).ok())
-            .filter(|p| *p > 0)
-            .ok_or_else(|| bad("health_check.node_port"))?;
-        let local_endpoints = match &hc["local_endpoints"][node_ip.to_string()] {
-            serde_json::Value::Null => 0,
-            n => n
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(|| bad("health_check.local_endpoints"))?,
-        };
-        let name = |f: &str| {
-            s["service"][f]
-                .as_str()
-                .map(String::from)
-                .ok_or_else(|| bad("service"))
-        };
-        out.push(HealthCheck {
-            namespace: name("namespace")?,
-            name: name("name")?,
-            node_port,
-            local_endpoints,
-        });
-    }
-    Ok(out)
+    let body = r.bytes().await.map_err(|e| Error::Http(Box::new(e)))?;
+    let (services, health_checks) = parse_services_answer(&body, node_ip)?;
+    Ok(Answer {
+        services,
+        health_checks,
+        version,
+    })
 }
 
 /// The header a controller names its plan version in.
@@ -468,16 +471,14 @@ pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
     let mut version = None;
     let mut health = HealthServer::new(Ipv4Addr::UNSPECIFIED);
     loop {
-        let answer = fetch_plan(&http, &cfg.controller_url, version)
-            .await
-            .and_then(|(v, version)| {
-                let services = services_from_json(&v, r.node_ip)?;
-                Ok((services, health_checks_from_json(&v, r.node_ip)?, version))
-            });
-        match answer {
-            Ok((list, checks, v)) => {
+        match fetch_answer(&http, &cfg.controller_url, version, r.node_ip).await {
+            Ok(Answer {
+                services: list,
+                health_checks,
+                version: v,
+            }) => {
                 version = v;
-                if let Err(e) = health.sync(&checks).await {
+                if let Err(e) = health.sync(&health_checks).await {
                     warn!(error = %e, "serving health checks (retried at the next answer)");
                 }
                 let merged = merge_services(&r.services, &list);
@@ -549,6 +550,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Vec<ServiceConfig>> {
+        parse_services_answer(&serde_json::to_vec(v).unwrap(), node_ip).map(|a| a.0)
+    }
+
+    fn health_checks_from_json(
+        v: &serde_json::Value,
+        node_ip: Ipv4Addr,
+    ) -> Result<Vec<HealthCheck>> {
+        parse_services_answer(&serde_json::to_vec(v).unwrap(), node_ip).map(|a| a.1)
+    }
+
     #[test]
     fn services_from_the_controller_answer() {
         let v = json!([
@@ -603,7 +615,7 @@ mod tests {
                     local_only: false,
                     agentless: false,
                     affinity_timeout_secs: 30,
-                    active: vec![12, 3],
+                    active: vec![3, 12],
                 },
             ]
         );
