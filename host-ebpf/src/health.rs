@@ -121,6 +121,8 @@ impl Drop for HealthServer {
 async fn serve(listener: TcpListener, port: u16, state: Arc<Mutex<State>>) {
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
+            // Out of descriptors, most likely: wait rather than spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let (status, body) = answer(&state.lock().expect("health state"), port);

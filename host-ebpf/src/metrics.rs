@@ -137,6 +137,8 @@ pub async fn serve(listener: TcpListener, source: impl Fn() -> String + Send + S
     let source = std::sync::Arc::new(source);
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
+            // Out of descriptors, most likely: wait rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
         let source = source.clone();

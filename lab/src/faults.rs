@@ -922,7 +922,6 @@ pub fn summary(command: &str, a: &FaultsArgs, r: &Report, load: (&str, &str)) ->
     s
 }
 
-/// `git describe --always --dirty` of the working tree, when there is one.
 /// The paragraphs a results summary opens with: the command, the build
 /// (git describe), the machine, how long the run took and the load average
 /// at its start and end.
@@ -954,6 +953,7 @@ pub(crate) fn provenance(command: &str, took_s: f64, load: (&str, &str)) -> Stri
     s
 }
 
+/// `git describe --always --dirty` of the working tree, when there is one.
 pub(crate) fn git_describe() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["describe", "--always", "--dirty"])

@@ -470,21 +470,7 @@ pub fn summary(command: &str, a: &SoakArgs, r: &Report, load: (&str, &str)) -> S
     let t = &r.topology;
     let w = &mut s;
     let _ = writeln!(w, "# Soak: endpoint churn at scale under load\n");
-    let _ = writeln!(
-        w,
-        "Command (from the repository root, as root):\n\n```sh\n{command}\n```\n"
-    );
-    if let Some(rev) = crate::faults::git_describe() {
-        let _ = writeln!(w, "Built from `{rev}`.\n");
-    }
-    let _ = writeln!(
-        w,
-        "Machine: {} CPUs. Took {:.0} s. Load average at the start: {}; at the end: {}.\n",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        r.took_s,
-        load.0,
-        load.1
-    );
+    w.push_str(&crate::faults::provenance(command, r.took_s, load));
     let _ = writeln!(
         w,
         "Lab: talaria mode on switch-agent, {} nodes × {} pods, {} Services × {} endpoints (TCP and UDP port each). \
