@@ -356,7 +356,14 @@ fn drop_reason(i: i64) -> &'static str {
         .unwrap_or("unknown")
 }
 
-/// Serves the API on `listener` until the task is dropped.
+/// Serves the API on `listener` until the task is dropped. TCP_NODELAY:
+/// a long poll's answer must not wait for the poller's delayed ACK.
 pub async fn serve(ctx: Arc<Context>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY");
+        }
+    });
     axum::serve(listener, router(ctx)).await
 }
