@@ -311,19 +311,18 @@ impl ServiceConfig {
     /// backends a client's affinity may name: the preferred ones when this
     /// node has any, else every active one.
     pub fn affinity_backends(&self) -> impl Iterator<Item = AffinityBackend> + '_ {
-        let usable = if self.preferred.is_empty() {
+        let usable: &[u32] = if self.affinity_timeout_secs == 0 {
+            &[]
+        } else if self.preferred.is_empty() {
             &self.active
         } else {
             &self.preferred
         };
-        usable
-            .iter()
-            .filter(|_| self.affinity_timeout_secs > 0)
-            .map(|backend_id| AffinityBackend {
-                service_id: self.id,
-                _pad: 0,
-                backend_id: *backend_id,
-            })
+        usable.iter().map(|backend_id| AffinityBackend {
+            service_id: self.id,
+            _pad: 0,
+            backend_id: *backend_id,
+        })
     }
 
     /// The `NODE_SERVICES` value: what replies are reverse-NATed to.

@@ -81,7 +81,7 @@ impl HealthServer {
             }
             keep
         });
-        let mut failed = Vec::new();
+        let mut failed = None;
         for c in checks {
             if self.listeners.contains_key(&c.node_port) {
                 continue;
@@ -95,11 +95,11 @@ impl HealthServer {
                 }
                 Err(e) => {
                     warn!(port = c.node_port, error = %e, "health check port");
-                    failed.push(Error::io(format!("bind {addr}"), e));
+                    failed.get_or_insert(Error::io(format!("bind {addr}"), e));
                 }
             }
         }
-        failed.into_iter().next().map_or(Ok(()), Err)
+        failed.map_or(Ok(()), Err)
     }
 
     /// The ports served.

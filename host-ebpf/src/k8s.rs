@@ -266,28 +266,17 @@ pub fn parse_services_answer(
 /// How long one long poll of the controller may wait for a change.
 const LONG_POLL: Duration = Duration::from_secs(30);
 
-/// Fetches `GET <controller_url>/v1/services`: the Services and the
-/// controller's plan version (absent from a controller that does not say).
-/// With `after` (the version held) a long poll: the controller answers when
-/// its plan is another one, or after [`LONG_POLL`].
-pub async fn fetch_services(
-    http: &reqwest::Client,
-    controller_url: &str,
-    after: Option<u64>,
-    node_ip: Ipv4Addr,
-) -> Result<(Vec<ServiceConfig>, Option<u64>)> {
-    let a = fetch_answer(http, controller_url, after, node_ip).await?;
-    Ok((a.services, a.version))
-}
-
 /// A controller's `/v1/services` answer, as one node serves it.
 pub struct Answer {
     pub services: Vec<ServiceConfig>,
     pub health_checks: Vec<HealthCheck>,
+    /// The controller's plan version (absent from one that does not say).
     pub version: Option<u64>,
 }
 
-/// [`fetch_services`], with the health checks.
+/// Fetches `GET <controller_url>/v1/services` ([`parse_services_answer`]).
+/// With `after` (the version held) a long poll: the controller answers
+/// when its plan is another one, or after [`LONG_POLL`].
 pub async fn fetch_answer(
     http: &reqwest::Client,
     controller_url: &str,

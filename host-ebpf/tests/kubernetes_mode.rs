@@ -96,11 +96,15 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
         );
 
         let http = reqwest::Client::new();
-        let (got, version) =
-            k8s::fetch_services(&http, &format!("{url}/"), None, Ipv4Addr::LOCALHOST)
-                .await
-                .unwrap();
+        let k8s::Answer {
+            services: got,
+            health_checks,
+            version,
+        } = k8s::fetch_answer(&http, &format!("{url}/"), None, Ipv4Addr::LOCALHOST)
+            .await
+            .unwrap();
         assert_eq!(version, None, "this API names no plan version");
+        assert!(health_checks.is_empty());
         let vip: Ipv4Addr = "10.96.0.10".parse().unwrap();
         assert_eq!(
             got,
@@ -147,7 +151,7 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
             "an unreachable controller is an error, not an empty set"
         );
         assert!(
-            k8s::fetch_services(&http, "http://127.0.0.1:9", None, Ipv4Addr::LOCALHOST)
+            k8s::fetch_answer(&http, "http://127.0.0.1:9", None, Ipv4Addr::LOCALHOST)
                 .await
                 .is_err(),
             "an unreachable controller is an error, not an empty set"
