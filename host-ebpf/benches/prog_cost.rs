@@ -55,19 +55,8 @@ fn node() -> Node {
     .unwrap();
     n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])
         .unwrap();
-    n.set_services(&[ServiceConfig {
-        id: 7,
-        vip: VIP,
-        port: 80,
-        protocol: "tcp".into(),
-        reject: false,
-        preferred: Vec::new(),
-        local_only: false,
-        agentless: false,
-        affinity_timeout_secs: 0,
-        active: Vec::new(),
-    }])
-    .unwrap();
+    n.set_services(&[ServiceConfig::new(7, VIP, 80, "tcp")])
+        .unwrap();
     let pod = PodEntry {
         ifindex: 1,
         mac: MAC,

@@ -258,6 +258,22 @@ impl Config {
 }
 
 impl ServiceConfig {
+    /// A Service port with no policy: new flows go by the switch's hash.
+    pub fn new(id: u16, vip: Ipv4Addr, port: u16, protocol: &str) -> Self {
+        Self {
+            id,
+            vip,
+            port,
+            protocol: protocol.into(),
+            reject: false,
+            preferred: Vec::new(),
+            local_only: false,
+            agentless: false,
+            affinity_timeout_secs: 0,
+            active: Vec::new(),
+        }
+    }
+
     /// The IP protocol number.
     pub fn proto(&self) -> Result<u8> {
         match self.protocol.to_ascii_lowercase().as_str() {

@@ -569,42 +569,21 @@ mod tests {
             s,
             vec![
                 ServiceConfig {
-                    id: 7,
-                    vip: "10.96.0.10".parse().unwrap(),
-                    port: 80,
-                    protocol: "tcp".into(),
-                    reject: false,
                     preferred: vec![3, 4],
                     local_only: true,
                     agentless: true,
-                    affinity_timeout_secs: 0,
-                    active: Vec::new(),
+                    ..ServiceConfig::new(7, "10.96.0.10".parse().unwrap(), 80, "tcp")
                 },
                 // No buckets: no usable endpoint.
                 ServiceConfig {
-                    id: 8,
-                    vip: "10.96.0.10".parse().unwrap(),
-                    port: 53,
-                    protocol: "udp".into(),
                     reject: true,
-                    preferred: Vec::new(),
-                    local_only: false,
-                    agentless: false,
-                    affinity_timeout_secs: 0,
-                    active: Vec::new(),
+                    ..ServiceConfig::new(8, "10.96.0.10".parse().unwrap(), 53, "udp")
                 },
                 // Session affinity: the active ids come along.
                 ServiceConfig {
-                    id: 9,
-                    vip: "10.96.0.11".parse().unwrap(),
-                    port: 80,
-                    protocol: "tcp".into(),
-                    reject: false,
-                    preferred: Vec::new(),
-                    local_only: false,
-                    agentless: false,
                     affinity_timeout_secs: 30,
                     active: vec![3, 12],
+                    ..ServiceConfig::new(9, "10.96.0.11".parse().unwrap(), 80, "tcp")
                 },
             ]
         );
@@ -615,18 +594,12 @@ mod tests {
             "proto": "TCP"}, "affinity_timeout_seconds": -1}]}]);
         assert!(services_from_json(&bad_timeout, me).is_err());
         let merged = merge_services(
-            &[ServiceConfig {
-                id: 8,
-                vip: "10.96.0.99".parse().unwrap(),
-                port: 1,
-                protocol: "tcp".into(),
-                reject: false,
-                preferred: Vec::new(),
-                local_only: false,
-                agentless: false,
-                affinity_timeout_secs: 0,
-                active: Vec::new(),
-            }],
+            &[ServiceConfig::new(
+                8,
+                "10.96.0.99".parse().unwrap(),
+                1,
+                "tcp",
+            )],
             &s,
         );
         assert_eq!(merged, s, "the controller wins on the same id");

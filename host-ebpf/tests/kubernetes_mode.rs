@@ -109,30 +109,8 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
         assert_eq!(
             got,
             vec![
-                ServiceConfig {
-                    id: 7,
-                    vip,
-                    port: 80,
-                    protocol: "tcp".into(),
-                    reject: false,
-                    preferred: Vec::new(),
-                    local_only: false,
-                    agentless: false,
-                    affinity_timeout_secs: 0,
-                    active: Vec::new(),
-                },
-                ServiceConfig {
-                    id: 8,
-                    vip,
-                    port: 53,
-                    protocol: "udp".into(),
-                    reject: false,
-                    preferred: Vec::new(),
-                    local_only: false,
-                    agentless: false,
-                    affinity_timeout_secs: 0,
-                    active: Vec::new(),
-                }
+                ServiceConfig::new(7, vip, 80, "tcp"),
+                ServiceConfig::new(8, vip, 53, "udp")
             ]
         );
         assert_eq!(

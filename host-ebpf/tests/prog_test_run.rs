@@ -66,16 +66,8 @@ fn node() -> Node {
     n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])
         .unwrap();
     let svc = |id, vip: Ipv4Addr, port, protocol: &str, reject| ServiceConfig {
-        id,
-        vip,
-        port,
-        protocol: protocol.into(),
         reject,
-        preferred: Vec::new(),
-        local_only: false,
-        agentless: false,
-        affinity_timeout_secs: 0,
-        active: Vec::new(),
+        ..ServiceConfig::new(id, vip, port, protocol)
     };
     n.set_services(&[
         svc(SVC_TCP, VIP, 80, "tcp", false),
@@ -1090,16 +1082,9 @@ fn new_flows_go_to_the_preferred_backends_or_nowhere_when_local() {
     require!(LOADS_BPF);
     let mut n = node();
     let with = |id, vip, port, protocol: &str, preferred: Vec<u32>, local_only| ServiceConfig {
-        id,
-        vip,
-        port,
-        protocol: protocol.into(),
-        reject: false,
         preferred,
         local_only,
-        agentless: false,
-        affinity_timeout_secs: 0,
-        active: Vec::new(),
+        ..ServiceConfig::new(id, vip, port, protocol)
     };
     n.set_services(&[
         with(SVC_TCP, VIP, 80, "tcp", vec![42, 43], true),
