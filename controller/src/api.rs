@@ -18,21 +18,11 @@ use serde_json::{json, Value};
 use talaria_tables::dump::{dump_tables, TableDump};
 
 use crate::{
-    controller::{Context, Planned, SwitchStatus},
-    model::{ObjectRef, ServiceView},
+    answers::{Answer, ServiceReport},
+    controller::{Context, SwitchStatus},
+    model::ObjectRef,
     p4rt::client,
-    plan::PlannedPort,
 };
-
-/// A Service with what the controller programmed for it.
-#[derive(Debug, Serialize)]
-pub struct ServiceReport {
-    /// The model's view (ports, notes, …).
-    #[serde(flatten)]
-    pub view: ServiceView,
-    /// Per data-path port: ids, buckets and backends.
-    pub data_path: Vec<PlannedPort>,
-}
 
 /// A switch as listed by `/v1/switches`.
 #[derive(Debug, Serialize)]
@@ -96,24 +86,26 @@ async fn metrics(State(ctx): State<Arc<Context>>) -> Response {
         .into_response()
 }
 
-fn report(p: &Planned, v: &ServiceView) -> ServiceReport {
-    ServiceReport {
-        view: v.clone(),
-        data_path: v
-            .keys
-            .iter()
-            .filter_map(|k| p.planner.desired().port(k).map(|p| p.view()))
-            .collect(),
-    }
-}
-
 fn service_reports(ctx: &Context) -> Vec<ServiceReport> {
     let p = ctx.planned.read().expect("poisoned");
-    p.model.services.values().map(|v| report(&p, v)).collect()
+    let desired = p.planner.desired();
+    p.model
+        .services
+        .values()
+        .map(|v| ServiceReport::new(desired, v))
+        .collect()
 }
 
 /// The plan version a `/v1/services` answer shows.
 pub const PLAN_VERSION_HEADER: &str = "x-talaria-plan-version";
+
+/// The controller process a plan version belongs to (see
+/// [`NodeAnswers`](crate::answers::NodeAnswers)).
+pub const PLAN_EPOCH_HEADER: &str = "x-talaria-plan-epoch";
+
+/// What a long poll's answer holds: `full` (every Service, an array) or
+/// `delta` (what changed after `after`, an object).
+pub const ANSWER_HEADER: &str = "x-talaria-answer";
 
 /// Longest `wait_ms` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -124,49 +116,53 @@ struct ServicesQuery {
     /// The plan version the caller holds: the answer waits until the plan
     /// is another one (newer, or another controller's after a restart).
     after: Option<u64>,
+    /// The epoch of `after` (from [`PLAN_EPOCH_HEADER`]): when it is this
+    /// controller's, the answer is a delta after `after`.
+    epoch: Option<u64>,
     /// How long to wait at most, in ms (default 30 s, at most 60 s); then
     /// the answer is the current plan either way.
     wait_ms: Option<u64>,
 }
 
 /// Every Service. With `?after=<version>` a long poll: node agents learn a
-/// new Service when it is planned, not on their next poll.
+/// new Service when it is planned, not on their next poll; with `epoch`
+/// too, they read only what changed.
 async fn services(State(ctx): State<Arc<Context>>, Query(q): Query<ServicesQuery>) -> Response {
-    if let Some(after) = q.after {
-        let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
-        let mut rx = ctx.version_tx.subscribe();
-        let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != after)).await;
-    }
-    // The version first: a plan newer than the reports is caught next time.
-    let version = *ctx.version_tx.borrow();
-    let header = [(PLAN_VERSION_HEADER, version.to_string())];
-    if q.after.is_none() {
+    let Some(after) = q.after else {
+        let version = ctx.version();
+        let header = [(PLAN_VERSION_HEADER, version.to_string())];
         return (header, Json(service_reports(&ctx))).into_response();
-    }
-    // Long polls (node agents) share one body per plan version: what they
-    // read (ports, health checks) changes only with the version, while a
-    // plain GET also shows notes that may change without one.
-    let cached = ctx
-        .long_poll_answer
-        .lock()
-        .expect("poisoned")
-        .as_ref()
-        .filter(|(v, _)| *v == version)
-        .map(|(_, body)| body.clone());
-    let body = match cached {
-        Some(body) => body,
-        None => match serde_json::to_vec(&service_reports(&ctx)) {
-            Ok(json) => {
-                let body = axum::body::Bytes::from(json);
-                *ctx.long_poll_answer.lock().expect("poisoned") = Some((version, body.clone()));
-                body
-            }
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        },
+    };
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000)).min(MAX_WAIT);
+    let mut rx = ctx.version_tx.subscribe();
+    let _ = tokio::time::timeout(wait, rx.wait_for(|v| *v != after)).await;
+    // Long polls (node agents) are answered from the per-Service reports
+    // kept with the plan: what they read (ports, health checks) changes
+    // only with the version, while a plain GET also shows notes that may
+    // change without one.
+    let (version, epoch, answer) = {
+        let p = ctx.planned.read().expect("poisoned");
+        let held = q.epoch.map(|e| (e, after));
+        (
+            p.version,
+            p.answers.epoch(),
+            p.answers.answer(p.version, held),
+        )
+    };
+    let (kind, body) = match answer {
+        Answer::Full(b) => ("full", b),
+        Answer::Delta(b) => ("delta", b),
     };
     (
-        header,
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        [
+            (PLAN_VERSION_HEADER, version.to_string()),
+            (PLAN_EPOCH_HEADER, epoch.to_string()),
+            (ANSWER_HEADER, kind.to_string()),
+            (
+                header::CONTENT_TYPE.as_str(),
+                "application/json".to_string(),
+            ),
+        ],
         body,
     )
         .into_response()
@@ -179,7 +175,10 @@ async fn service(
     let want = ObjectRef { namespace, name };
     let found = {
         let p = ctx.planned.read().expect("poisoned");
-        p.model.services.get(&want).map(|v| report(&p, v))
+        p.model
+            .services
+            .get(&want)
+            .map(|v| ServiceReport::new(p.planner.desired(), v))
     };
     match found {
         Some(r) => Json(r).into_response(),

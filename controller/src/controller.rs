@@ -36,6 +36,7 @@ use tonic::transport::Channel;
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
+    answers::NodeAnswers,
     config::{Config, SwitchConfig},
     diff::{self, FullDiff, Op},
     metrics::{Metrics, ProtocolLabel, SkipLabel, SwitchLabel, TableLabel},
@@ -94,6 +95,8 @@ pub struct Planned {
     /// Increases by one per reconcile that changed the desired state
     /// (0 = no plan yet).
     pub version: u64,
+    /// What node agents read, per Service, at `version`.
+    pub answers: NodeAnswers,
 }
 
 /// What the REST API shows about a switch.
@@ -180,10 +183,6 @@ pub struct Context {
     /// Set once ids were adopted from a switch (or adoption was given up).
     adopted: watch::Sender<bool>,
     last_skipped: Mutex<BTreeSet<Skipped>>,
-    /// The `/v1/services` body long polls were last answered with, and the
-    /// plan version it was made at: every node agent's poll wakes at once
-    /// on a new version, and one serialisation serves them all.
-    pub long_poll_answer: Mutex<Option<(u64, axum::body::Bytes)>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -238,6 +237,7 @@ impl Context {
                 model: Model::default(),
                 planner,
                 version: 0,
+                answers: NodeAnswers::default(),
             }),
             version_tx: watch::channel(0).0,
             switches,
@@ -250,7 +250,6 @@ impl Context {
             adopted_term: AtomicU64::new(0),
             adopted: watch::channel(false).0,
             last_skipped: Mutex::default(),
-            long_poll_answer: Mutex::default(),
         }))
     }
 
@@ -360,6 +359,9 @@ impl Context {
         let changes = planner.plan_full(&p.model, &self.config.fabric, now);
         p.planner = planner;
         p.version += 1;
+        let p = &mut *p;
+        p.answers
+            .update(p.version, &p.model, p.planner.desired(), None);
         for sw in &self.switches {
             let mut pending = sw.pending.lock().expect("poisoned");
             pending.changes.merge(&changes);
@@ -489,6 +491,22 @@ pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, Rec
     }
     p.version += 1;
     let version = p.version;
+    // The node agents' answers: the Services of the ports that changed,
+    // and those whose health check did.
+    let mut touched = p.answers.owners_of(&p.model, &changes.keys);
+    if health_checks_changed {
+        let (before, after) = (&health_checks_before, &p.model.health_checks);
+        touched.extend(
+            before
+                .keys()
+                .chain(after.keys())
+                .filter(|s| before.get(s) != after.get(s))
+                .cloned(),
+        );
+    }
+    let touched = (!changes.full).then_some(&touched);
+    p.answers
+        .update(version, &p.model, p.planner.desired(), touched);
     for sw in &ctx.switches {
         let mut pending = sw.pending.lock().expect("poisoned");
         pending.changes.merge(&changes);

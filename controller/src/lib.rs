@@ -11,11 +11,14 @@
 //! - [`diff`]: desired vs actual → ordered batches, for the changed region
 //!   or (on connect and resync) everything, chunk by chunk;
 //! - [`entries`]: the write order and the key-ordered view of tables that
-//!   both share.
+//!   both share;
+//! - [`answers`]: what node agents read, kept per Service so their long
+//!   polls carry only what changed.
 //!
 //! The tables themselves, their entries and their P4Runtime encoding are
 //! `talaria_tables`.
 
+pub mod answers;
 pub mod api;
 pub mod buckets;
 pub mod cli;

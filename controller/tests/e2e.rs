@@ -311,6 +311,45 @@ async fn sync_restart_resync_rest_and_cli() {
     .expect("answered at once")
     .unwrap();
     assert_eq!(version(&stale), now);
+    // With the epoch of the version held, the answer is a delta: the
+    // Services changed after it. Another epoch's version gets everything.
+    let epoch: u64 = stale.headers()[talaria_controller::api::PLAN_EPOCH_HEADER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let poll_answer = |query: String| {
+        let (url, spec) = (format!("{base}/v1/services?{query}"), spec.clone());
+        async move {
+            let r = reqwest::get(&url).await.unwrap();
+            let kind = r.headers()[talaria_controller::api::ANSWER_HEADER]
+                .to_str()
+                .unwrap()
+                .to_string();
+            let (v, body) = (version(&r), r.text().await.unwrap());
+            spec.check("/v1/services", 200, &body);
+            (
+                kind,
+                v,
+                serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+            )
+        }
+    };
+    let (kind, v, delta) = poll_answer(format!("after={held}&epoch={epoch}")).await;
+    assert_eq!((kind.as_str(), v), ("delta", now));
+    assert_eq!(delta["services"][0]["service"]["name"], "web", "{delta}");
+    assert_eq!(delta["services"].as_array().unwrap().len(), 1, "{delta}");
+    assert_eq!(delta["removed"], serde_json::json!([]));
+    let (kind, _, delta) = poll_answer(format!("after={now}&epoch={epoch}&wait_ms=100")).await;
+    assert_eq!(kind, "delta");
+    assert_eq!(
+        delta,
+        serde_json::json!({"services": [], "removed": []}),
+        "nothing new"
+    );
+    let (kind, _, full) = poll_answer(format!("after={held}&epoch={}", epoch ^ 1)).await;
+    assert_eq!(kind, "full", "another controller's version");
+    assert_eq!(full[0]["service"]["name"], "web");
     let (code, body) = get("/v1/services/default/web").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(get("/v1/services/default/nope").await.0, 404);

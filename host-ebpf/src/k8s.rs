@@ -163,16 +163,17 @@ pub async fn watch_pods(
 /// answer; everything else in it is skipped unparsed.
 #[derive(serde::Deserialize)]
 struct ServiceReport {
-    service: Option<ServiceName>,
+    service: ServiceName,
     #[serde(default)]
     data_path: Vec<PlannedPort>,
     health_check: Option<HealthCheckReport>,
 }
 
-#[derive(serde::Deserialize)]
-struct ServiceName {
-    namespace: String,
-    name: String,
+/// A Service's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Deserialize)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
 }
 
 #[derive(serde::Deserialize)]
@@ -207,110 +208,221 @@ struct HealthCheckReport {
     local_endpoints: HashMap<Ipv4Addr, usize>,
 }
 
-/// What node `node_ip` serves from a controller `GET /v1/services`
-/// answer: a Service per `data_path` entry (service id, `key.vip`,
-/// `key.port`, `key.proto`; no buckets: refused; `preferred[node_ip]`,
-/// `local_only`, `agentless`, `affinity_timeout_seconds` and the ids of
-/// `active`), and the health checks (`health_check.node_port`,
-/// `local_endpoints[node_ip]`, 0 when absent). Parsed straight into
-/// these types: at thousands of Services the answer is a megabyte, read
-/// on every change.
-pub fn parse_services_answer(
-    body: &[u8],
-    node_ip: Ipv4Addr,
-) -> Result<(Vec<ServiceConfig>, Vec<HealthCheck>)> {
-    let bad = |what: String| Error::Invalid(format!("controller /v1/services: {what}"));
-    let reports: Vec<ServiceReport> =
-        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
-    let mut services = Vec::new();
-    let mut checks = Vec::new();
-    for r in reports {
-        for p in r.data_path {
-            let affinity_timeout_secs = p.affinity_timeout_seconds.unwrap_or(0);
-            services.push(ServiceConfig {
-                id: p.service_id,
-                vip: p.key.vip,
-                port: p.key.port,
-                protocol: p.key.proto.to_ascii_lowercase(),
-                // No buckets: no ready or serving-terminating endpoint.
-                reject: p.buckets == Some(0),
-                preferred: p.preferred.get(&node_ip).cloned().unwrap_or_default(),
-                local_only: p.local_only,
-                agentless: p.agentless,
-                affinity_timeout_secs,
-                // Only affinity needs the active ids.
-                active: match affinity_timeout_secs {
-                    0 => Vec::new(),
-                    _ => p.active.into_keys().collect(),
-                },
-            });
-        }
-        if let Some(hc) = r.health_check {
-            if hc.node_port == 0 {
-                return Err(bad("health_check.node_port 0".into()));
+/// A delta answer: the Services changed after the version asked after, and
+/// those removed since.
+#[derive(serde::Deserialize)]
+struct DeltaReport {
+    services: Vec<ServiceReport>,
+    removed: Vec<ServiceName>,
+}
+
+/// What node `node_ip` serves of one Service.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeService {
+    /// A Service per `data_path` entry (service id, `key.vip`, `key.port`,
+    /// `key.proto`; no buckets: refused; `preferred[node_ip]`,
+    /// `local_only`, `agentless`, `affinity_timeout_seconds` and the ids
+    /// of `active`).
+    pub ports: Vec<ServiceConfig>,
+    /// `health_check.node_port` and `local_endpoints[node_ip]` (0 when
+    /// absent).
+    pub health_check: Option<HealthCheck>,
+}
+
+impl ServiceReport {
+    fn for_node(self, node_ip: Ipv4Addr) -> Result<(ServiceName, NodeService)> {
+        let ports = self
+            .data_path
+            .into_iter()
+            .map(|p| {
+                let affinity_timeout_secs = p.affinity_timeout_seconds.unwrap_or(0);
+                ServiceConfig {
+                    id: p.service_id,
+                    vip: p.key.vip,
+                    port: p.key.port,
+                    protocol: p.key.proto.to_ascii_lowercase(),
+                    // No buckets: no ready or serving-terminating endpoint.
+                    reject: p.buckets == Some(0),
+                    preferred: p.preferred.get(&node_ip).cloned().unwrap_or_default(),
+                    local_only: p.local_only,
+                    agentless: p.agentless,
+                    affinity_timeout_secs,
+                    // Only affinity needs the active ids.
+                    active: match affinity_timeout_secs {
+                        0 => Vec::new(),
+                        _ => p.active.into_keys().collect(),
+                    },
+                }
+            })
+            .collect();
+        let health_check = match self.health_check {
+            None => None,
+            Some(hc) if hc.node_port == 0 => {
+                return Err(bad_answer(format!(
+                    "{}/{}: health_check.node_port 0",
+                    self.service.namespace, self.service.name
+                )))
             }
-            let name = r
-                .service
-                .ok_or_else(|| bad("health check without a service name".into()))?;
-            checks.push(HealthCheck {
-                namespace: name.namespace,
-                name: name.name,
+            Some(hc) => Some(HealthCheck {
+                namespace: self.service.namespace.clone(),
+                name: self.service.name.clone(),
                 node_port: hc.node_port,
                 local_endpoints: hc.local_endpoints.get(&node_ip).copied().unwrap_or(0),
-            });
-        }
+            }),
+        };
+        Ok((
+            self.service,
+            NodeService {
+                ports,
+                health_check,
+            },
+        ))
     }
-    Ok((services, checks))
+}
+
+fn bad_answer(what: String) -> Error {
+    Error::Invalid(format!("controller /v1/services: {what}"))
+}
+
+/// A controller's `/v1/services` answer, as one node serves it.
+#[derive(Debug, Default, PartialEq)]
+pub struct Answer {
+    /// Every Service (a full answer), or those that changed (a delta).
+    pub services: BTreeMap<ServiceName, NodeService>,
+    /// A delta's removed Services; `None` for a full answer.
+    pub removed: Option<Vec<ServiceName>>,
+    /// The controller's plan version (absent from one that does not say).
+    pub version: Option<u64>,
+    /// The controller process that version belongs to.
+    pub epoch: Option<u64>,
+}
+
+/// Parses an answer body: a full one (a JSON array of Service reports) or,
+/// when `delta`, an object of the reports that changed and the names of
+/// the Services removed. Parsed straight into the fields this node uses:
+/// a full answer at thousands of Services is megabytes.
+pub fn parse_services_answer(body: &[u8], delta: bool, node_ip: Ipv4Addr) -> Result<Answer> {
+    let (reports, removed) = match delta {
+        false => (serde_json::from_slice::<Vec<ServiceReport>>(body), None),
+        true => match serde_json::from_slice::<DeltaReport>(body) {
+            Ok(d) => (Ok(d.services), Some(d.removed)),
+            Err(e) => (Err(e), None),
+        },
+    };
+    let reports = reports.map_err(|e| bad_answer(e.to_string()))?;
+    let services = reports
+        .into_iter()
+        .map(|r| r.for_node(node_ip))
+        .collect::<Result<_>>()?;
+    Ok(Answer {
+        services,
+        removed,
+        ..Answer::default()
+    })
+}
+
+/// The controller's plan as this node holds it: the sum of its answers.
+#[derive(Debug, Default)]
+pub struct HeldPlan {
+    services: BTreeMap<ServiceName, NodeService>,
+    /// The (version, epoch) of the last answer; `None` after a failure, so
+    /// the next fetch is a full one.
+    held: Option<(u64, Option<u64>)>,
+}
+
+impl HeldPlan {
+    /// Takes a full answer as the whole plan; applies a delta on top.
+    pub fn apply(&mut self, a: Answer) {
+        match a.removed {
+            None => self.services = a.services,
+            Some(removed) => {
+                for s in &removed {
+                    self.services.remove(s);
+                }
+                self.services.extend(a.services);
+            }
+        }
+        self.held = a.version.map(|v| (v, a.epoch));
+    }
+
+    /// Forgets the version held (the services stay): the next fetch asks
+    /// for everything.
+    pub fn forget_version(&mut self) {
+        self.held = None;
+    }
+
+    /// What to ask after: the version held and its epoch.
+    pub fn held(&self) -> Option<(u64, Option<u64>)> {
+        self.held
+    }
+
+    /// Every port of every Service held.
+    pub fn services(&self) -> Vec<ServiceConfig> {
+        self.services
+            .values()
+            .flat_map(|s| s.ports.iter().cloned())
+            .collect()
+    }
+
+    /// The health checks this node serves.
+    pub fn health_checks(&self) -> Vec<HealthCheck> {
+        self.services
+            .values()
+            .filter_map(|s| s.health_check.clone())
+            .collect()
+    }
 }
 
 /// How long one long poll of the controller may wait for a change.
 const LONG_POLL: Duration = Duration::from_secs(30);
 
-/// A controller's `/v1/services` answer, as one node serves it.
-pub struct Answer {
-    pub services: Vec<ServiceConfig>,
-    pub health_checks: Vec<HealthCheck>,
-    /// The controller's plan version (absent from one that does not say).
-    pub version: Option<u64>,
-}
-
 /// Fetches `GET <controller_url>/v1/services` ([`parse_services_answer`]).
-/// With `after` (the version held) a long poll: the controller answers
-/// when its plan is another one, or after [`LONG_POLL`].
+/// With `held` (version, epoch) a long poll: the controller answers when
+/// its plan is another one, or after [`LONG_POLL`]; with the epoch too,
+/// it may answer with only what changed after that version.
 pub async fn fetch_answer(
     http: &reqwest::Client,
     controller_url: &str,
-    after: Option<u64>,
+    held: Option<(u64, Option<u64>)>,
     node_ip: Ipv4Addr,
 ) -> Result<Answer> {
     let base = controller_url.trim_end_matches('/');
     let mut req = http.get(format!("{base}/v1/services"));
-    if let Some(v) = after {
+    if let Some((v, epoch)) = held {
         let wait = LONG_POLL.as_millis().to_string();
         req = req
             .query(&[("after", v.to_string()), ("wait_ms", wait)])
             .timeout(LONG_POLL + Duration::from_secs(5));
+        if let Some(e) = epoch {
+            req = req.query(&[("epoch", e.to_string())]);
+        }
     }
     let r = req
         .send()
         .await
         .and_then(|r| r.error_for_status())
         .map_err(|e| Error::Http(Box::new(e)))?;
-    let version = r
-        .headers()
-        .get(PLAN_VERSION_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok());
+    let version = header(PLAN_VERSION_HEADER).and_then(|v| v.parse().ok());
+    let epoch = header(PLAN_EPOCH_HEADER).and_then(|v| v.parse().ok());
+    let delta = header(ANSWER_HEADER) == Some("delta");
     let body = r.bytes().await.map_err(|e| Error::Http(Box::new(e)))?;
-    let (services, health_checks) = parse_services_answer(&body, node_ip)?;
     Ok(Answer {
-        services,
-        health_checks,
         version,
+        epoch,
+        ..parse_services_answer(&body, delta, node_ip)?
     })
 }
 
 /// The header a controller names its plan version in.
 pub const PLAN_VERSION_HEADER: &str = "x-talaria-plan-version";
+
+/// The header a controller names its epoch in (its process: versions of
+/// another one are not comparable).
+pub const PLAN_EPOCH_HEADER: &str = "x-talaria-plan-epoch";
+
+/// The header that says whether an answer is `full` or a `delta`.
+pub const ANSWER_HEADER: &str = "x-talaria-answer";
 
 /// An IPv4 prefix (address, length).
 pub type Cidr = (Ipv4Addr, u8);
@@ -431,9 +543,10 @@ pub struct Refresh {
 }
 
 /// Keeps `NODE_SERVICES` at [`merge_services`] of the configured Services
-/// and the controller's answer, by long polls: each asks for the plan
+/// and the controller's answers, by long polls: each asks for the plan
 /// after the version held, so a new Service is mapped as soon as the
-/// controller has planned it. A controller that names no version is polled
+/// controller has planned it, and names that version's epoch, so the
+/// answer carries only what changed ([`HeldPlan`]). A controller that names no version is polled
 /// every `services_refresh_secs`, and so is one that failed. After each
 /// answer the controller's ServiceCIDRs are fetched too (a change to them
 /// alone is a new plan version) and steered with the configured ones
@@ -457,20 +570,16 @@ pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
     let configured_cidrs: Vec<Cidr> = r.service_cidrs.iter().copied().collect();
     let mut last: Option<Vec<ServiceConfig>> = None;
     let mut last_cidrs: Option<BTreeSet<Cidr>> = None;
-    let mut version = None;
+    let mut plan = HeldPlan::default();
     let mut health = HealthServer::new(Ipv4Addr::UNSPECIFIED);
     loop {
-        match fetch_answer(&http, &cfg.controller_url, version, r.node_ip).await {
-            Ok(Answer {
-                services: list,
-                health_checks,
-                version: v,
-            }) => {
-                version = v;
-                if let Err(e) = health.sync(&health_checks).await {
+        match fetch_answer(&http, &cfg.controller_url, plan.held(), r.node_ip).await {
+            Ok(answer) => {
+                plan.apply(answer);
+                if let Err(e) = health.sync(&plan.health_checks()).await {
                     warn!(error = %e, "serving health checks (retried at the next answer)");
                 }
-                let merged = merge_services(&r.services, &list);
+                let merged = merge_services(&r.services, &plan.services());
                 if last.as_ref() != Some(&merged) {
                     match node.lock().expect("node lock").set_services(&merged) {
                         Ok(()) => {
@@ -482,7 +591,7 @@ pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
                 }
             }
             Err(e) => {
-                version = None;
+                plan.forget_version();
                 warn!(url = %cfg.controller_url, error = %e, "fetching services (keeping the last set)")
             }
         }
@@ -504,7 +613,7 @@ pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
                 warn!(url = %cfg.controller_url, error = %e, "fetching service CIDRs (keeping the last set)")
             }
         }
-        if version.is_none() {
+        if plan.held().is_none() {
             tokio::time::sleep(every).await;
         }
     }
@@ -539,15 +648,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The plan held after a full answer `v`.
+    fn held_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<HeldPlan> {
+        let mut plan = HeldPlan::default();
+        plan.apply(parse_services_answer(
+            &serde_json::to_vec(v).unwrap(),
+            false,
+            node_ip,
+        )?);
+        Ok(plan)
+    }
+
     fn services_from_json(v: &serde_json::Value, node_ip: Ipv4Addr) -> Result<Vec<ServiceConfig>> {
-        parse_services_answer(&serde_json::to_vec(v).unwrap(), node_ip).map(|a| a.0)
+        held_from_json(v, node_ip).map(|p| p.services())
     }
 
     fn health_checks_from_json(
         v: &serde_json::Value,
         node_ip: Ipv4Addr,
     ) -> Result<Vec<HealthCheck>> {
-        parse_services_answer(&serde_json::to_vec(v).unwrap(), node_ip).map(|a| a.1)
+        held_from_json(v, node_ip).map(|p| p.health_checks())
     }
 
     #[test]
@@ -589,10 +709,14 @@ mod tests {
         );
         let me = "10.0.0.1".parse().unwrap();
         assert!(services_from_json(&json!({"error": "x"}), me).is_err());
-        assert!(services_from_json(&json!([{"data_path": [{"service_id": 70000}]}]), me).is_err());
-        let bad_timeout = json!([{"data_path": [{"service_id": 1, "key": {"vip": "10.96.0.1", "port": 1,
-            "proto": "TCP"}, "affinity_timeout_seconds": -1}]}]);
+        let name = json!({"namespace": "default", "name": "x"});
+        let bad_id = json!([{"service": name, "data_path": [{"service_id": 70000}]}]);
+        assert!(services_from_json(&bad_id, me).is_err());
+        let bad_timeout = json!([{"service": name, "data_path": [{"service_id": 1,
+            "key": {"vip": "10.96.0.1", "port": 1, "proto": "TCP"}, "affinity_timeout_seconds": -1}]}]);
         assert!(services_from_json(&bad_timeout, me).is_err());
+        let nameless = json!([{"data_path": []}]);
+        assert!(services_from_json(&nameless, me).is_err());
         let merged = merge_services(
             &[ServiceConfig::new(
                 8,
@@ -623,10 +747,68 @@ mod tests {
         };
         assert_eq!(
             health_checks_from_json(&v, me).unwrap(),
-            vec![hc("lb", 32000, 2), hc("elsewhere", 32001, 0)]
+            vec![hc("elsewhere", 32001, 0), hc("lb", 32000, 2)]
         );
         let bad = json!([{"service": {"namespace": "ns", "name": "x"}, "health_check": {"node_port": 0}}]);
         assert!(health_checks_from_json(&bad, me).is_err());
+    }
+
+    #[test]
+    fn deltas_apply_on_the_plan_held() {
+        let me: Ipv4Addr = "10.0.0.1".parse().unwrap();
+        let port = |name: &str, id: u16, buckets: u32| {
+            json!({"service": {"namespace": "ns", "name": name}, "data_path": [
+                {"key": {"vip": format!("10.96.0.{id}"), "port": 80, "proto": "TCP"},
+                 "service_id": id, "buckets": buckets}]})
+        };
+        let config = |id: u16, reject: bool| ServiceConfig {
+            reject,
+            ..ServiceConfig::new(id, format!("10.96.0.{id}").parse().unwrap(), 80, "tcp")
+        };
+        let mut plan = held_from_json(&json!([port("a", 1, 16), port("b", 2, 16)]), me).unwrap();
+        assert_eq!(plan.held(), None, "a full answer without a version");
+        let delta = |v: serde_json::Value, version: u64| Answer {
+            version: Some(version),
+            epoch: Some(7),
+            ..parse_services_answer(&serde_json::to_vec(&v).unwrap(), true, me).unwrap()
+        };
+        // b changes, c arrives, a goes.
+        plan.apply(delta(
+            json!({"services": [port("b", 2, 0), port("c", 3, 16)],
+                   "removed": [{"namespace": "ns", "name": "a"}]}),
+            5,
+        ));
+        assert_eq!(plan.services(), vec![config(2, true), config(3, false)]);
+        assert_eq!(plan.held(), Some((5, Some(7))));
+        // An empty delta changes nothing; a removed Service never held is
+        // no error.
+        plan.apply(delta(
+            json!({"services": [], "removed": [{"namespace": "ns", "name": "zz"}]}),
+            6,
+        ));
+        assert_eq!(plan.services(), vec![config(2, true), config(3, false)]);
+        // A full answer replaces everything.
+        plan.apply(
+            parse_services_answer(
+                &serde_json::to_vec(&json!([port("d", 4, 16)])).unwrap(),
+                false,
+                me,
+            )
+            .unwrap(),
+        );
+        assert_eq!(plan.services(), vec![config(4, false)]);
+        plan.forget_version();
+        assert_eq!(plan.held(), None);
+        assert_eq!(
+            plan.services(),
+            vec![config(4, false)],
+            "kept after a failure"
+        );
+        // A delta must be an object with both lists.
+        for bad in [json!([]), json!({"services": []}), json!({"removed": []})] {
+            let body = serde_json::to_vec(&bad).unwrap();
+            assert!(parse_services_answer(&body, true, me).is_err(), "{bad}");
+        }
     }
 
     fn cidr(s: &str) -> Cidr {

@@ -96,18 +96,17 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
         );
 
         let http = reqwest::Client::new();
-        let k8s::Answer {
-            services: got,
-            health_checks,
-            version,
-        } = k8s::fetch_answer(&http, &format!("{url}/"), None, Ipv4Addr::LOCALHOST)
+        let answer = k8s::fetch_answer(&http, &format!("{url}/"), None, Ipv4Addr::LOCALHOST)
             .await
             .unwrap();
-        assert_eq!(version, None, "this API names no plan version");
-        assert!(health_checks.is_empty());
+        assert_eq!(answer.version, None, "this API names no plan version");
+        assert_eq!(answer.removed, None, "a full answer");
+        let mut plan = k8s::HeldPlan::default();
+        plan.apply(answer);
+        assert!(plan.health_checks().is_empty());
         let vip: Ipv4Addr = "10.96.0.10".parse().unwrap();
         assert_eq!(
-            got,
+            plan.services(),
             vec![
                 ServiceConfig::new(7, vip, 80, "tcp"),
                 ServiceConfig::new(8, vip, 53, "udp")

@@ -36,7 +36,7 @@ spec: {podCIDR: 10.244.2.0/24}
 status: {addresses: [{type: InternalIP, address: 192.168.0.12}]}
 "#;
 
-fn run(yaml: &str) -> Model {
+pub(crate) fn run(yaml: &str) -> Model {
     let (s, e, n) = objs(&format!("{NODES}\n---\n{yaml}"));
     build(&s, &e, &n)
 }
