@@ -55,6 +55,9 @@ const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
 const bit<8>  TALARIA_FLAG_FRAG_PORTS   = 0x08;
 /* A reply the switch tunnelled for an endpoint that runs no agent. */
 const bit<8>  TALARIA_FLAG_ENDPOINT     = 0x10;
+/* 0x20, NOTIFY: a one-way UDP flow's cookie from its backend's node to
+ * its client's (with REPLY | COOKIE_VALID); the switch forwards it as any
+ * reply and needs no name for it. */
 /* Geneve base header byte 1 of a talaria packet: the C bit (our option is
  * critical). */
 const bit<1>  GENEVE_CRITICAL   = 1;

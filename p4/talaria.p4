@@ -686,11 +686,16 @@ control TalariaIngress(inout headers_t hdr,
                     }
                     hdr.inner_ipv4.dst_addr = meta.backend_ip;
                     /* The cookie travels on to the backend's node, which
-                     * hands it back to the client in the reply. */
+                     * hands it back to the client in the reply. NEW_FLOW
+                     * says the hash chose it: the client holds no valid
+                     * cookie (its backend's node may tell it one). */
                     hdr.talaria.service_id = meta.service_id;
                     hdr.talaria.backend_id = meta.backend_id;
                     hdr.talaria.flags = (hdr.talaria.flags & ~TALARIA_FLAG_FRAG_PORTS)
                                         | TALARIA_FLAG_COOKIE_VALID;
+                    if (meta.cookie_ok == 0) {
+                        hdr.talaria.flags = hdr.talaria.flags | TALARIA_FLAG_NEW_FLOW;
+                    }
                 }
 
                 if (meta.drop_reason == 0 && meta.reply == 0 && meta.node_ip == 0) {

@@ -218,7 +218,8 @@ pub struct ReverseEntry {
     pub service_id: u16,
     pub backend_id: u32,
     pub fin_seen: u8,
-    pub _pad: u8,
+    /// [`reverse_state`]: what a UDP flow's backend side has seen.
+    pub state: u8,
     /// The client's own port, when the key holds a substitute for it
     /// (see [`PortSubstKey`]); zero when the key's port is the client's.
     pub client_port: Be16,
@@ -529,8 +530,13 @@ pub mod node_stat {
     /// A new flow sent to the backend its client's session affinity names
     /// (`port_policy::AFFINITY`).
     pub const AFFINITY: u32 = 17;
+    /// A one-way UDP flow's cookie sent to its client's node
+    /// (`flags::NOTIFY`; [`super::reverse_state`]).
+    pub const NOTIFY_SENT: u32 = 18;
+    /// Such a cookie learned on the client's node.
+    pub const NOTIFY_LEARNED: u32 = 19;
     /// Size of the array.
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 20;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -551,7 +557,27 @@ pub mod node_stat {
         "endpoint_reply",
         "endpoint_direct",
         "affinity",
+        "notify_sent",
+        "notify_learned",
     ];
+}
+
+/// [`ReverseEntry::state`]: a UDP flow whose client's node has no cookie
+/// (its requests come as new flows) and whose backend has not replied is
+/// one-way; after [`reverse_state::NOTIFY_AFTER`] such requests the
+/// backend's node tells the client's node the cookie (`flags::NOTIFY`), so
+/// that the flow keeps its backend when the buckets move.
+pub mod reverse_state {
+    /// Requests without a cookie counted so far (saturating).
+    pub const REQUESTS: u8 = 0x03;
+    /// The request whose arrival sends the notification: the third, so
+    /// that a DNS client's two queries (A and AAAA from one port) before
+    /// the first answer send none.
+    pub const NOTIFY_AFTER: u8 = 3;
+    /// The backend replied: its replies carry the cookie.
+    pub const REPLIED: u8 = 0x40;
+    /// The cookie was sent (once per flow).
+    pub const NOTIFIED: u8 = 0x80;
 }
 
 /// `fin_seen` bit: FIN sent by the pod that opened the flow (client side:

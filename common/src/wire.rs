@@ -55,8 +55,13 @@ pub mod flags {
     /// endpoint's; the client's node restores the VIP from its own flow
     /// state, or leaves it when the client talked to the endpoint directly.
     pub const ENDPOINT: u8 = 0x10;
+    /// A backend's node tells the client's node a UDP flow's cookie (with
+    /// `REPLY | COOKIE_VALID`, and an empty datagram from the VIP): the
+    /// flow sent requests without one and its backend has not replied
+    /// (one-way UDP). The client's node learns the cookie and drops it.
+    pub const NOTIFY: u8 = 0x20;
     /// Every bit this version defines; others are ignored on receive.
-    pub const KNOWN: u8 = NEW_FLOW | REPLY | COOKIE_VALID | FRAG_PORTS | ENDPOINT;
+    pub const KNOWN: u8 = NEW_FLOW | REPLY | COOKIE_VALID | FRAG_PORTS | ENDPOINT | NOTIFY;
 }
 
 /// Geneve base header byte 1: the `C` bit, set when a critical option is

@@ -63,6 +63,9 @@ const NO_ENDPOINTS_PORT: u16 = 9;
 const BACKEND_B_TCP: u32 = 101;
 const BACKEND_C_TCP: u32 = 102;
 const BACKEND_B_UDP: u32 = 201;
+/// Pod c's UDP port: a second UDP backend, taking no flows until a test
+/// moves the buckets to it.
+const BACKEND_C_UDP: u32 = 202;
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
 const BUCKETS: u16 = 4;
@@ -328,6 +331,7 @@ impl Lab {
             build::backend(BACKEND_B_TCP, POD_B, TCP_PORT, NODE2_IP),
             build::backend(BACKEND_C_TCP, POD_C, TCP_PORT, NODE1_IP),
             build::backend(BACKEND_B_UDP, POD_B, UDP_PORT, NODE2_IP),
+            build::backend(BACKEND_C_UDP, POD_C, UDP_PORT, NODE1_IP),
             // No agent delivers to the outside host: the switch, plain;
             // its replies leave tunnelled from the reserved entry's address.
             build::backend(0, SWITCH_IP, 0, Ipv4Addr::UNSPECIFIED),
@@ -716,6 +720,11 @@ fn tcp_and_udp_reach_a_backend_replies_come_from_the_vip_and_cookies_are_learned
         "later packets carry the cookie"
     );
     assert!(s2.event(node_stat::REVERSE_NAT) > 3 && s2.event(node_stat::REVERSE_LEARN) >= 2);
+    assert_eq!(
+        s2.event(node_stat::NOTIFY_SENT),
+        0,
+        "a UDP flow with replies needs no notification"
+    );
     assert_eq!(
         in_csum_errors(lab.pod("pa")) + in_csum_errors(lab.pod("pb")),
         0,
@@ -1424,6 +1433,86 @@ fn session_affinity_keeps_a_client_on_its_backend_until_the_timeout() {
     }
 }
 
+/// A UDP sink in `pod`: the datagrams it got, until none came for 1.5 s
+/// (at most 64).
+fn udp_sink(pod: &str, ip: Ipv4Addr) -> std::thread::JoinHandle<Vec<String>> {
+    udp_server(pod, ip, Duration::from_millis(1500), |s| {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 100];
+        while got.len() < 64 {
+            match s.recv_from(&mut buf) {
+                Ok((k, _)) => got.push(String::from_utf8_lossy(&buf[..k]).into_owned()),
+                Err(_) => break,
+            }
+        }
+        got
+    })
+}
+
+/// From pod a's UDP `port`, sends "<tag>-<i>" for each `i` to VIP:53, 10
+/// ms apart, and checks that nothing comes back (the notification is the
+/// node's, not the pod's).
+fn udp_send(lab: &Lab, port: u16, tag: &'static str, i: std::ops::Range<u32>) {
+    sys::in_netns(lab.pod("pa"), move || {
+        let s = UdpSocket::bind((POD_A, port)).unwrap();
+        for i in i {
+            s.send_to(format!("{tag}-{i}").as_bytes(), (VIP, 53))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 100];
+        assert!(s.recv_from(&mut buf).is_err(), "the pod got no datagram");
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_one_way_udp_flow_keeps_its_backend_when_the_buckets_move() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let sinks = [
+        udp_sink(lab.pod("pb"), POD_B),
+        udp_sink(lab.pod("pc"), POD_C),
+    ];
+    let event = |node, e| lab.stats(node).event(e);
+    // Two requests without a reply: the flow may still be a DNS client's
+    // A and AAAA queries. The third tells node 1 the cookie.
+    udp_send(&lab, 40001, "one", 0..2);
+    assert_eq!(event(1, node_stat::NOTIFY_SENT), 0);
+    udp_send(&lab, 40001, "one", 2..3);
+    assert!(eventually(|| event(0, node_stat::NOTIFY_LEARNED) == 1));
+    assert_eq!(event(1, node_stat::NOTIFY_SENT), 1);
+    // Every bucket moves to c: the flow stays on b, a new one goes to c
+    // (and is pinned there the same way, by c's node, which is node 1).
+    lab.move_pool(SVC_UDP, BACKEND_C_UDP);
+    udp_send(&lab, 40001, "one", 3..8);
+    udp_send(&lab, 40002, "two", 0..4);
+    assert!(eventually(|| event(0, node_stat::NOTIFY_LEARNED) == 2));
+    assert_eq!(event(0, node_stat::NOTIFY_SENT), 1);
+    assert_eq!(event(1, node_stat::NOTIFY_SENT), 1, "sent once per flow");
+    // b leaves the UDP port: its cookie goes at once (conntrack cleanup),
+    // the switch hashes the flow to c and flags it new, and c's node pins
+    // it there; b coming back with every bucket does not move it.
+    let dp = lab.dp.as_ref().unwrap();
+    dp.delete(&build::cookie(SVC_UDP, BACKEND_B_UDP).key())
+        .unwrap();
+    udp_send(&lab, 40001, "one", 8..11);
+    assert!(eventually(|| event(0, node_stat::NOTIFY_LEARNED) == 3));
+    lab.move_pool(SVC_UDP, BACKEND_B_UDP);
+    udp_send(&lab, 40001, "one", 11..14);
+    let [b, c] = sinks.map(|s| s.join().unwrap());
+    let names =
+        |tag: &str, i: std::ops::Range<u32>| i.map(|i| format!("{tag}-{i}")).collect::<Vec<_>>();
+    assert_eq!(b, names("one", 0..8));
+    assert_eq!(c, [names("two", 0..4), names("one", 8..14)].concat());
+    for node in [0, 1] {
+        let drops = lab.stats(node).drops;
+        assert!(drops.iter().all(|d| d.1 == 0), "no drops: {drops:?}");
+    }
+}
+
 #[test]
 fn agent_attaches_a_pod_veth_that_appears_later() {
     require!(LOADS_BPF);
@@ -1941,10 +2030,6 @@ fn a_fragmented_udp_request_arrives_whole_at_the_backend() {
 fn a_pod_cannot_inject_icmp_errors_into_another_pods_flow() {
     require!(LOADS_BPF);
     let lab = Lab::new();
-    const BACKEND_C_UDP: u32 = 202;
-    let dp = lab.dp.as_ref().unwrap();
-    dp.insert(&build::backend(BACKEND_C_UDP, POD_C, UDP_PORT, NODE1_IP))
-        .unwrap();
     lab.move_pool(SVC_UDP, BACKEND_C_UDP);
 
     // Backend c reports the peer it saw, then answers once told to.
@@ -2005,14 +2090,8 @@ fn a_pod_cannot_inject_icmp_errors_into_another_pods_flow() {
 fn only_a_backends_node_may_send_replies_and_none_as_the_switch() {
     require!(LOADS_BPF);
     let lab = Lab::new();
-    const BACKEND_C_UDP: u32 = 202;
     let dp = lab.dp.as_ref().unwrap();
-    for e in [
-        build::backend(BACKEND_C_UDP, POD_C, UDP_PORT, NODE1_IP),
-        build::cookie(SVC_UDP, BACKEND_C_UDP),
-    ] {
-        dp.insert(&e).unwrap();
-    }
+    dp.insert(&build::cookie(SVC_UDP, BACKEND_C_UDP)).unwrap();
     let client = sys::in_netns(lab.pod("pa"), || {
         let s = UdpSocket::bind((POD_A, 40120)).unwrap();
         s.connect((VIP, 53)).unwrap();

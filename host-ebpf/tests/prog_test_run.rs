@@ -320,6 +320,48 @@ fn decap_of_a_reply_learns_the_cookie() {
 }
 
 #[test]
+fn a_one_way_flows_notification_is_learned_and_not_delivered() {
+    require!(LOADS_BPF);
+    let n = node();
+    let client_flow = Tuple::udp(CLIENT, 40000, VIP_UDP, 53);
+    let notice = ipv4(client_flow.reversed(), 0, b"payload of the request");
+    let enc = TalariaEncap::new(
+        flags::REPLY | flags::COOKIE_VALID | flags::NOTIFY,
+        SVC_UDP,
+        42,
+    );
+    let (verdict, _) = run(&n, PROG_UPLINK, &from_switch(SWITCH_IP, enc, &notice));
+    assert_eq!(verdict, TC_ACT_SHOT, "the pod gets nothing");
+    let cookies = n.cookies().unwrap();
+    assert_eq!(cookies.len(), 1);
+    assert_eq!(cookies[0].0, client_flow.key());
+    assert_eq!(
+        (cookies[0].1.service_id, cookies[0].1.backend_id),
+        (SVC_UDP, 42)
+    );
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::NOTIFY_LEARNED),
+            s.event(node_stat::DECAP)
+        ),
+        (1, 0)
+    );
+    assert!(
+        s.drops.iter().all(|d| d.1 == 0),
+        "not a drop: {:?}",
+        s.drops
+    );
+    // The flow's next datagram carries the cookie.
+    let (_, out) = run(&n, PROG_POD, &from_pod(client_flow, 0, b"more"));
+    let (enc, _) = check_encap(&out, ipv4(client_flow, 0, b"more").len());
+    assert_eq!(
+        (enc.opt.flags, enc.opt.backend_id.get()),
+        (flags::COOKIE_VALID, 42)
+    );
+}
+
+#[test]
 fn tunnel_from_anyone_but_the_switch_is_dropped() {
     require!(LOADS_BPF);
     let n = node();

@@ -6,11 +6,11 @@ use talaria_common::{
     be::{Be16, Be32},
     drop::DropReason,
     maps::{
-        finished, node_flags, node_stat, port_policy, reusable, subst_port, AffinityBackend,
-        AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy, PortSubstKey, ReverseEntry,
-        FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
+        finished, node_flags, node_stat, port_policy, reusable, reverse_state, subst_port,
+        AffinityBackend, AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy,
+        PortSubstKey, ReverseEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
     },
-    net::tcp_flags,
+    net::{tcp_flags, IPPROTO_UDP},
     wire::{flags, TalariaOpt},
 };
 
@@ -251,13 +251,32 @@ pub(crate) fn find_reverse(key: &FlowKey, service_id: u16) -> Option<(Be16, Reve
 /// Candidates tried before a flow is refused (`port_exhausted`).
 const SUBST_TRIES: u32 = 8;
 
+/// Backend side: a request of a flow in `state`, with the option's flags
+/// `fl`: whether it is the one after which the client's node must be told
+/// the cookie ([`reverse_state`]).
+#[inline(always)]
+fn one_way_request(state: &mut u8, fl: u8) -> bool {
+    if fl & flags::NEW_FLOW == 0 || *state & (reverse_state::REPLIED | reverse_state::NOTIFIED) != 0
+    {
+        return false;
+    }
+    let n = (*state & reverse_state::REQUESTS) + 1;
+    if n >= reverse_state::NOTIFY_AFTER {
+        *state |= reverse_state::NOTIFIED;
+        return true;
+    }
+    *state = (*state & !reverse_state::REQUESTS) | n;
+    false
+}
+
 /// Backend side: remember how to send this flow's replies. `key` is the
 /// backend's view of the flow as it arrived (src = backend pod, dst =
 /// client). Returns the client port the backend pod must see: the
 /// client's own, or a substitute when another Service's flow holds the
-/// 4-tuple ([`PortSubstKey`]).
+/// 4-tuple ([`PortSubstKey`]); and, for a UDP flow, whether this request
+/// must tell the client's node its cookie (`flags::NOTIFY`).
 #[inline(always)]
-pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<Be16, i32> {
+pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<(Be16, bool), i32> {
     let Learned {
         service_id,
         backend_id,
@@ -296,7 +315,7 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
             (true, None) => key.dst_port,
             // Another flow's 4-tuple, and no flow of this one: nothing to
             // end here.
-            (false, None) => return Ok(key.dst_port),
+            (false, None) => return Ok((key.dst_port, false)),
         };
         let k = FlowKey {
             dst_port: port,
@@ -311,7 +330,7 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         if substitute.is_some() {
             let _ = NODE_PORT_SUBST.remove(&subst_key);
         }
-        return Ok(port);
+        return Ok((port, false));
     }
     if opt.flags & flags::COOKIE_VALID == 0 {
         return Err(drop_pkt(DropReason::NoBackend));
@@ -334,6 +353,7 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         ..*key
     };
     let fin_bit = if fin { FIN_FROM_CLIENT } else { 0 };
+    let udp = key.proto == IPPROTO_UDP;
     if let Some(e) = NODE_REVERSE.get_ptr_mut(&k) {
         // SAFETY: a map value pointer, valid during this run.
         let e = unsafe { &mut *e };
@@ -341,7 +361,8 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
             e.last_seen_ns = now_ns();
             if !syn {
                 add_fin(&mut e.fin_seen, fin_bit, key.src, FlowTable::Reverse);
-                return Ok(port);
+                let notify = udp && one_way_request(&mut e.state, opt.flags);
+                return Ok((port, notify));
             }
             // A SYN opens a new connection on a reused 4-tuple: the old
             // connection's FINs must not end it in the GC, and a finished
@@ -350,7 +371,7 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
                 return Err(drop_pkt(DropReason::FlowLimit));
             }
             e.fin_seen = fin_bit;
-            return Ok(port);
+            return Ok((port, false));
         }
     }
     // SAFETY: read-only copy of a map value.
@@ -358,13 +379,13 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         Some(s) => *s,
         None => return Err(drop_pkt(DropReason::NoService)),
     };
-    let entry = ReverseEntry {
+    let mut entry = ReverseEntry {
         vip: svc.vip,
         vip_port: svc.port,
         service_id,
         backend_id,
         fin_seen: fin_bit,
-        _pad: 0,
+        state: 0,
         client_port: if port == key.dst_port {
             Be16::new(0)
         } else {
@@ -372,6 +393,9 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         },
         last_seen_ns: now_ns(),
     };
+    if udp {
+        one_way_request(&mut entry.state, opt.flags);
+    }
     // Replacing another open flow's entry (a reused 4-tuple of the same
     // Service) takes no new slot.
     // SAFETY: read-only copy of a map value.
@@ -388,5 +412,5 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         return Err(drop_pkt(DropReason::FlowLimit));
     }
     stat(node_stat::REVERSE_LEARN);
-    Ok(port)
+    Ok((port, false))
 }

@@ -7,8 +7,8 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        node_stat, port_policy, CookieEntry, FlowKey, FragKey, NodeConfig, PortSubstKey,
-        RequestFragEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, PENDING_BACKEND,
+        node_stat, port_policy, reverse_state, CookieEntry, FlowKey, FragKey, NodeConfig,
+        PortSubstKey, RequestFragEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, PENDING_BACKEND,
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -105,6 +105,8 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         stat(node_stat::FLOW_RESET);
     } else {
         entry.last_seen_ns = now_ns();
+        // Its replies tell the client's node the cookie: no notification.
+        entry.state |= reverse_state::REPLIED;
         if tcp & tcp_flags::FIN != 0 {
             add_fin(
                 &mut entry.fin_seen,

@@ -7,17 +7,22 @@ use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
-    maps::{node_stat, FlowKey, HAIRPIN_SOURCE},
-    net::{EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET},
+    maps::{node_stat, FlowKey, NodeConfig, HAIRPIN_SOURCE},
+    net::{
+        EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_FRAG_OFFSET, IPV4_HDR_LEN, UDP_HDR_LEN,
+    },
     wire::{flags, TalariaEncap, TalariaOpt, GENEVE_UDP_PORT},
 };
 
 use crate::{
-    encap::decap,
+    encap::{decap, flow_sport},
     flows::{learn_cookie, learn_reverse},
     maps::{config, drop_pkt, stat, NODE_COOKIES, NODE_PODS, NODE_SERVICES, NODE_SVC_CIDRS},
     nat::{icmp_error_to_backend, rewrite_addr, rewrite_fragment_addr, rewrite_port, IP_SRC},
-    skb::{tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS},
+    skb::{
+        tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS, SHOT,
+    },
 };
 
 /// Ingress of the node uplink = packets arriving from the switch.
@@ -119,6 +124,11 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if opt.flags & flags::REPLY != 0 {
         if opt.flags & flags::ENDPOINT == 0 {
             learn_cookie(&key, opt, tcp);
+            if opt.flags & flags::NOTIFY != 0 && inner.proto == IPPROTO_UDP {
+                // Told, not answered: the pod gets nothing.
+                stat(node_stat::NOTIFY_LEARNED);
+                return Ok(SHOT);
+            }
         } else if let Some(flow) = endpoint_reply(ctx, &inner, key, opt)? {
             learn_cookie(&flow, opt, tcp);
         }
@@ -133,7 +143,10 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         } else {
             key
         };
-        let port = learn_reverse(&key, opt, tcp)?;
+        let (port, notify) = learn_reverse(&key, opt, tcp)?;
+        if notify && !hairpin && !inner.is_fragment() {
+            notify_client(ctx, cfg, &inner, ports, opt);
+        }
         if hairpin {
             let offs = (INNER_IP_OFF, INNER_L4_OFF);
             rewrite_addr(ctx, inner.proto, offs, IP_SRC, inner.src, HAIRPIN_SOURCE)?;
@@ -145,6 +158,99 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     }
 
     decap(ctx, to)
+}
+
+/// A one-way UDP flow's notification, as it leaves: the request's own
+/// headers rewritten (its payload follows).
+#[repr(C)]
+struct Notice {
+    macs: [[u8; 6]; 2],
+    ether_type: Be16,
+    outer: Ipv4Hdr,
+    outer_udp: [u8; UDP_HDR_LEN],
+    talaria: [u8; TalariaEncap::LEN],
+    inner: Ipv4Hdr,
+    udp: [u8; UDP_HDR_LEN],
+}
+
+/// Length of the headers a [`Notice`] replaces.
+const NOTICE_LEN: usize = INNER_L4_OFF + UDP_HDR_LEN;
+
+/// Tells the client's node the cookie of this request's one-way UDP flow
+/// (`reverse_state`): a copy of the request, turned around as the flow's
+/// reply from the VIP and port of the cookie's service (inner UDP
+/// checksum 0, "none"), tunnelled to the switch with `REPLY |
+/// COOKIE_VALID | NOTIFY` and the cookie the switch chose. The switch
+/// checks it as any reply; the client's node learns the cookie and drops
+/// it. The request itself is restored and goes on to the pod: the copy is
+/// made in place, sent with `bpf_clone_redirect`, and undone (an skb
+/// cloned towards the pod would need the pod's MAC, which the agent may
+/// not know). Not sent if anything fails: the flow stays with the hash.
+#[inline(always)]
+fn notify_client(
+    ctx: &TcContext,
+    cfg: &NodeConfig,
+    inner: &Ipv4Hdr,
+    ports: [Be16; 2],
+    opt: &TalariaOpt,
+) {
+    let service_id = opt.service_id.get();
+    // SAFETY: read-only copy of a map value.
+    let Some(svc) = (unsafe { NODE_SERVICES.get(u32::from(service_id)) }).copied() else {
+        return;
+    };
+    let Ok(request) = ctx.load::<[u8; NOTICE_LEN]>(0) else {
+        return;
+    };
+    let outer_len = (ctx.len() as usize - ETH_HDR_LEN) as u16;
+    let inner_len = inner.total_len.get();
+    let (outer_udp, inner_udp) = (
+        outer_len - IPV4_HDR_LEN as u16,
+        inner_len - IPV4_HDR_LEN as u16,
+    );
+    let flow = FlowKey {
+        src: svc.vip,
+        dst: inner.src,
+        src_port: svc.port,
+        dst_port: ports[0],
+        proto: IPPROTO_UDP,
+        _pad: [0; 3],
+    };
+    let (sp, gp, ol, il) = (
+        flow_sport(&flow).to_be_bytes(),
+        GENEVE_UDP_PORT.to_be_bytes(),
+        outer_udp.to_be_bytes(),
+        inner_udp.to_be_bytes(),
+    );
+    let notice = Notice {
+        macs: [cfg.switch_mac, cfg.node_mac],
+        ether_type: Be16::new(ETH_P_IP),
+        outer: Ipv4Hdr::new(0, outer_len, true, IPPROTO_UDP, cfg.node_ip, cfg.switch_ip),
+        outer_udp: [sp[0], sp[1], gp[0], gp[1], ol[0], ol[1], 0, 0],
+        talaria: TalariaEncap::new(
+            flags::REPLY | flags::COOKIE_VALID | flags::NOTIFY,
+            service_id,
+            opt.backend_id.get(),
+        )
+        .to_bytes(),
+        inner: Ipv4Hdr::new(0, inner_len, true, IPPROTO_UDP, svc.vip, inner.src),
+        udp: [
+            svc.port.0[0],
+            svc.port.0[1],
+            ports[0].0[0],
+            ports[0].0[1],
+            il[0],
+            il[1],
+            0,
+            0,
+        ],
+    };
+    if ctx.store(0, &notice, 0).is_ok() && ctx.clone_redirect(cfg.uplink_ifindex, 0).is_ok() {
+        stat(node_stat::NOTIFY_SENT);
+    }
+    // The request as it came (a failed store here leaves it to the pod's
+    // stack to drop).
+    let _ = ctx.store(0, &request, 0);
 }
 
 /// A reply of an endpoint without an agent, which the switch tunnelled

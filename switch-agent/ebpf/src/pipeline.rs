@@ -755,7 +755,14 @@ fn load_balance(
         .map_err(malformed)?;
     }
 
-    write_cookie(ctx, pkt, opt_off, opt, svc.service_id, backend_id)?;
+    write_cookie(
+        ctx,
+        pkt,
+        opt_off,
+        opt,
+        (svc.service_id, backend_id),
+        !cookie_ok,
+    )?;
     Ok(backend.node_ip)
 }
 
@@ -792,18 +799,21 @@ fn hashed_backend(
 }
 
 /// The cookie travels on to the backend's node, which hands it back to the
-/// client in the reply; a later fragment's ports give way to it.
+/// client in the reply; a later fragment's ports give way to it. `NEW_FLOW`
+/// when `hashed`: the client holds no valid cookie (its backend's node may
+/// tell it one).
 #[inline(always)]
 fn write_cookie(
     ctx: &TcContext,
     pkt: Pkt,
     opt_off: usize,
     opt: &TalariaOpt,
-    service_id: u16,
-    backend_id: u32,
+    (service_id, backend_id): (u16, u32),
+    hashed: bool,
 ) -> Result<(), i32> {
+    let fresh = if hashed { flags::NEW_FLOW } else { 0 };
     let cookie = Cookie {
-        flags: (opt.flags & !flags::FRAG_PORTS) | flags::COOKIE_VALID,
+        flags: (opt.flags & !flags::FRAG_PORTS) | flags::COOKIE_VALID | fresh,
         service_id: Be16::new(service_id),
         backend_id: Be32::new(backend_id),
     };
@@ -826,7 +836,9 @@ fn balance_later_fragment(
     opt: &TalariaOpt,
     opt_off: usize,
 ) -> Result<Be32, i32> {
-    let (service_id, backend_id) = match opt.flags & (flags::FRAG_PORTS | flags::COOKIE_VALID) {
+    let (service_id, backend_id, hashed) = match opt.flags
+        & (flags::FRAG_PORTS | flags::COOKIE_VALID)
+    {
         flags::FRAG_PORTS => {
             let ports = opt.backend_id.get();
             let (src_port, dst_port) = (Be16::new((ports >> 16) as u16), Be16::new(ports as u16));
@@ -834,14 +846,14 @@ fn balance_later_fragment(
             count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
             event(LbEvent::NewFlow, pkt);
             let backend_id = hashed_backend(&svc, inner, [src_port, dst_port], pkt)?;
-            (svc.service_id, backend_id)
+            (svc.service_id, backend_id, true)
         }
         flags::COOKIE_VALID => {
             let service_id = opt.service_id.get();
             if !check_cookie(service_id, opt, pkt) {
                 return Err(drop(DropReason::NoBackend, pkt));
             }
-            (service_id, opt.backend_id.get())
+            (service_id, opt.backend_id.get(), false)
         }
         _ => return Err(drop(DropReason::Fragment, pkt)),
     };
@@ -852,7 +864,7 @@ fn balance_later_fragment(
         .map_err(malformed)?;
     ctx.l3_csum_replace(inner_off + IP_CHECK, raw32(inner.dst), raw32(backend.ip), 4)
         .map_err(malformed)?;
-    write_cookie(ctx, pkt, opt_off, opt, service_id, backend_id)?;
+    write_cookie(ctx, pkt, opt_off, opt, (service_id, backend_id), hashed)?;
     Ok(backend.node_ip)
 }
 

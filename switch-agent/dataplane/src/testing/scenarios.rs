@@ -1075,6 +1075,28 @@ fn tables_suite() -> Suite {
         f[6..12].copy_from_slice(&route_mac(1).0);
         f
     };
+    // What a backend's node sends to tell a one-way UDP flow's client's
+    // node its cookie: the flow's reply, without an L4 checksum.
+    let notify_inner = Inner {
+        l4: L4::Udp {
+            src: 53,
+            dst: 5353,
+            csum: false,
+        },
+        ..Inner::udp(VIP_UDP, 53, CLIENT, 5353)
+    }
+    .to_bytes();
+    let notify_opt = talaria(
+        flags::REPLY | flags::COOKIE_VALID | flags::NOTIFY,
+        SVC_UDP,
+        200,
+    );
+    let notify_out = {
+        let mut f = tunnel_frame(SWITCH, NODE_A, 63, &notify_opt, &notify_inner);
+        f[0..6].copy_from_slice(&route_mac(1).1);
+        f[6..12].copy_from_slice(&route_mac(1).0);
+        f
+    };
     // A frame longer than its IPv4 packet (Ethernet padding to 60 bytes).
     let padded = {
         let mut f = eth(
@@ -1118,6 +1140,11 @@ fn tables_suite() -> Suite {
     };
     // A TCP packet with a cookie, to SVC_TCP, forwarded to `backend_id`.
     let cookied = |backend_id| lb_verdict(SWITCH, flags::COOKIE_VALID, SVC_TCP, backend_id, &tcp);
+    // One whose cookie is stale: hashed, and flagged a new flow.
+    let rehashed = |backend_id| {
+        let stale = flags::COOKIE_VALID | flags::NEW_FLOW;
+        lb_verdict(SWITCH, stale, SVC_TCP, backend_id, &tcp)
+    };
     let drop = Verdict::Drop;
     use DropReason as R;
     use LbEvent as E;
@@ -1144,13 +1171,13 @@ fn tables_suite() -> Suite {
         s(
             "stale cookie (removed backend): counted, treated as a new flow",
             request(SWITCH, flags::COOKIE_VALID, 999, &tcp),
-            cookied(new_backend),
+            rehashed(new_backend),
         )
         .load_balanced(SVC_TCP, E::CookieStale, Some(new_backend)),
         s(
             "stale cookie (backend of another service): counted, treated as a new flow",
             request(SWITCH, flags::COOKIE_VALID, 200, &tcp),
-            cookied(new_backend),
+            rehashed(new_backend),
         )
         .load_balanced(SVC_TCP, E::CookieStale, Some(new_backend)),
         new_flow(
@@ -1225,6 +1252,12 @@ fn tables_suite() -> Suite {
             fwd(1, Some(reply_out(&reply_inner.to_bytes()))),
         )
         .replied(100),
+        s(
+            "a one-way UDP flow's notification (NOTIFY, checksum 0) goes on as a reply",
+            tunnel_frame(NODE_B, SWITCH, 64, &notify_opt, &notify_inner),
+            fwd(1, Some(notify_out)),
+        )
+        .replied(200),
         s(
             "ICMP error about a reply's flow tunnelled back like a reply",
             tunnel_frame(NODE_B, SWITCH, 64, &icmp_error_opt, &icmp_error),
@@ -2135,7 +2168,13 @@ fn pool_change() -> Suite {
         Scenario::new(
             "after quarantine the cookie is stale",
             request(SWITCH, flags::COOKIE_VALID, first, &tcp),
-            cookied(other),
+            lb_verdict(
+                SWITCH,
+                flags::COOKIE_VALID | flags::NEW_FLOW,
+                SVC_TCP,
+                other,
+                &tcp,
+            ),
         )
         .load_balanced(SVC_TCP, LbEvent::CookieStale, Some(other)),
     ));
