@@ -86,7 +86,9 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
         .expect("load ran");
         let what = format!("{mode:?} on {} {proto:?}", switch.name());
         assert!(r.requests > 20, "{what}: {r:?}");
-        assert_eq!(r.errors, 0, "{what}: {r:?}");
+        if r.errors != 0 {
+            panic!("{what}: {r:?}\n{}", diagnose(&lab, &t));
+        }
         // Only endpoints of the targeted Services answer, and more than one
         // (the rules balance).
         let allowed: BTreeSet<String> = set.services[..4]
@@ -119,6 +121,33 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
     let problems = lab.down();
     assert!(problems.is_empty(), "{problems:?}");
     common::assert_gone(&prefix);
+}
+
+/// What a failed run leaves to look at: each node agent's counters and
+/// drops (`talaria-node status`), and the switch netns' links (veth drops).
+fn diagnose(lab: &Lab, t: &Topology) -> String {
+    let run = |cmd: &str, args: &[&str]| match std::process::Command::new(cmd).args(args).output() {
+        Ok(o) => format!(
+            "$ {cmd} {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("$ {cmd}: {e}\n"),
+    };
+    let node = talaria_lab::components::Component::NodeAgent
+        .find()
+        .map(|p| p.to_string_lossy().into_owned());
+    let mut out = String::new();
+    for n in 0..t.nodes {
+        let dir = talaria_lab::bringup::node_pin_dir(lab, n);
+        match &node {
+            Some(bin) => out += &run(bin, &["status", "--pin-dir", &dir.to_string_lossy()]),
+            None => out += "talaria-node not found\n",
+        }
+    }
+    let sw = format!("{}-sw", lab.prefix());
+    out + &run("ip", &["-n", &sw, "-s", "link"])
 }
 
 /// The switch netns' IP stack counters (`/proc/net/snmp`), as
