@@ -218,7 +218,10 @@ pub struct ReverseEntry {
     pub service_id: u16,
     pub backend_id: u32,
     pub fin_seen: u8,
-    /// [`reverse_state`]: what a UDP flow's backend side has seen.
+    /// UDP: [`reverse_state`], what the flow's backend side has seen.
+    /// TCP: once the client's FIN went by, the low byte of the
+    /// acknowledgment number that covers it, by which the backend's FIN
+    /// tells a passive close from a simultaneous one ([`FIN_BACKEND_FIRST`]).
     pub state: u8,
     /// The client's own port, when the key holds a substitute for it
     /// (see [`PortSubstKey`]); zero when the key's port is the client's.
@@ -585,10 +588,17 @@ pub mod reverse_state {
 pub const FIN_FROM_CLIENT: u8 = 0x01;
 /// `fin_seen` bit: FIN sent towards the client (by the backend).
 pub const FIN_FROM_BACKEND: u8 = 0x02;
-/// `fin_seen` bit: the backend's FIN came first. The backend closed
-/// actively, so it holds the connection in TIME_WAIT (and the 4-tuple with
+/// `fin_seen` bit: the backend closed actively, or at the same time as the
+/// client (its FIN does not acknowledge the client's, though that went by
+/// first), so it holds the connection in TIME_WAIT (and the 4-tuple with
 /// it); after a client's active close it holds nothing.
 pub const FIN_BACKEND_FIRST: u8 = 0x04;
+
+/// `fin_seen` bit: after both FINs, the client's first, the client
+/// acknowledged the backend's: the backend's connection is closed. Until
+/// then it is in LAST_ACK, and it would answer a SYN on the 4-tuple with
+/// an ACK (the client then resets, and waits a second to retry).
+pub const FIN_ACKED: u8 = 0x08;
 
 /// Whether a flow entry's `fin_seen` has FINs both ways: the connection is
 /// over. Its entry stays a while (stragglers; on the backend side the
@@ -600,10 +610,11 @@ pub const fn finished(fin_seen: u8) -> bool {
 }
 
 /// Whether a finished flow's 4-tuple may go to another flow at once: the
-/// client closed first, so the backend kept no TIME_WAIT for it.
+/// client closed first, so the backend kept no TIME_WAIT for it, and the
+/// backend's connection is gone ([`FIN_ACKED`]).
 #[inline(always)]
 pub const fn reusable(fin_seen: u8) -> bool {
-    finished(fin_seen) && fin_seen & FIN_BACKEND_FIRST == 0
+    finished(fin_seen) && fin_seen & (FIN_BACKEND_FIRST | FIN_ACKED) == FIN_ACKED
 }
 
 pod! {

@@ -96,8 +96,14 @@ pub fn ip_checksum_ok(ip: &[u8]) -> bool {
     fold(sum16(&ip[..hl])) == 0xffff
 }
 
-/// An IPv4 packet (no Ethernet) carrying TCP (with `tcp_flags`) or UDP.
+/// An IPv4 packet (no Ethernet) carrying TCP (with `tcp_flags`, sequence
+/// number 1000, acknowledgment 0) or UDP.
 pub fn ipv4(t: Tuple, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
+    ipv4_tcp(t, tcp_flags, (1000, 0), payload)
+}
+
+/// [`ipv4`] with the TCP sequence and acknowledgment numbers `seq_ack`.
+pub fn ipv4_tcp(t: Tuple, tcp_flags: u8, seq_ack: (u32, u32), payload: &[u8]) -> Vec<u8> {
     let l4_len = if t.proto == IPPROTO_TCP { 20 } else { 8 } + payload.len();
     let total = 20 + l4_len;
     let mut p = vec![0u8; total];
@@ -114,7 +120,8 @@ pub fn ipv4(t: Tuple, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
     l4[0..2].copy_from_slice(&t.sport.to_be_bytes());
     l4[2..4].copy_from_slice(&t.dport.to_be_bytes());
     let check_at = if t.proto == IPPROTO_TCP {
-        l4[4..8].copy_from_slice(&1000u32.to_be_bytes());
+        l4[4..8].copy_from_slice(&seq_ack.0.to_be_bytes());
+        l4[8..12].copy_from_slice(&seq_ack.1.to_be_bytes());
         l4[12] = 0x50;
         l4[13] = tcp_flags;
         l4[14..16].copy_from_slice(&65535u16.to_be_bytes());

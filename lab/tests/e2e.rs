@@ -147,7 +147,12 @@ fn diagnose(lab: &Lab, t: &Topology) -> String {
         }
     }
     let sw = format!("{}-sw", lab.prefix());
-    out + &run("ip", &["-n", &sw, "-s", "link"])
+    out += &run("ip", &["-n", &sw, "-s", "link"]);
+    // Every namespace's TCP counters (non-zero ones: nstat's default).
+    for ns in &lab.state().netns {
+        out += &run("ip", &["netns", "exec", ns, "nstat", "-as"]);
+    }
+    out
 }
 
 /// The switch netns' IP stack counters (`/proc/net/snmp`), as

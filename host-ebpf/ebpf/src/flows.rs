@@ -8,7 +8,7 @@ use talaria_common::{
     maps::{
         finished, node_flags, node_stat, port_policy, reusable, reverse_state, subst_port,
         AffinityBackend, AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy,
-        PortSubstKey, ReverseEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
+        PortSubstKey, ReverseEntry, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
     },
     net::{tcp_flags, IPPROTO_UDP},
     wire::{flags, TalariaOpt},
@@ -274,9 +274,16 @@ fn one_way_request(state: &mut u8, fl: u8) -> bool {
 /// client). Returns the client port the backend pod must see: the
 /// client's own, or a substitute when another Service's flow holds the
 /// 4-tuple ([`PortSubstKey`]); and, for a UDP flow, whether this request
-/// must tell the client's node its cookie (`flags::NOTIFY`).
+/// must tell the client's node its cookie (`flags::NOTIFY`). `fin_ack`:
+/// for a client's TCP FIN, the low byte of the acknowledgment that covers
+/// it (`ReverseEntry::state`).
 #[inline(always)]
-pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<(Be16, bool), i32> {
+pub(crate) fn learn_reverse(
+    key: &FlowKey,
+    opt: &TalariaOpt,
+    tcp: u8,
+    fin_ack: u8,
+) -> Result<(Be16, bool), i32> {
     let Learned {
         service_id,
         backend_id,
@@ -354,13 +361,28 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
     };
     let fin_bit = if fin { FIN_FROM_CLIENT } else { 0 };
     let udp = key.proto == IPPROTO_UDP;
+    // What the entry says of the client's port: none when the key holds it.
+    let client_port = if port == key.dst_port {
+        Be16::new(0)
+    } else {
+        key.dst_port
+    };
     if let Some(e) = NODE_REVERSE.get_ptr_mut(&k) {
         // SAFETY: a map value pointer, valid during this run.
         let e = unsafe { &mut *e };
-        if e.backend_id == backend_id && e.service_id == service_id {
+        // This flow's entry, not another client port's that had this one
+        // as its substitute (a client may use any port).
+        if e.backend_id == backend_id && e.service_id == service_id && e.client_port == client_port
+        {
             e.last_seen_ns = now_ns();
             if !syn {
                 add_fin(&mut e.fin_seen, fin_bit, key.src, FlowTable::Reverse);
+                if fin {
+                    e.state = fin_ack;
+                } else if !udp && finished(e.fin_seen) {
+                    // After both FINs the client only acknowledges.
+                    e.fin_seen |= FIN_ACKED;
+                }
                 let notify = udp && one_way_request(&mut e.state, opt.flags);
                 return Ok((port, notify));
             }
@@ -386,15 +408,13 @@ pub(crate) fn learn_reverse(key: &FlowKey, opt: &TalariaOpt, tcp: u8) -> Result<
         backend_id,
         fin_seen: fin_bit,
         state: 0,
-        client_port: if port == key.dst_port {
-            Be16::new(0)
-        } else {
-            key.dst_port
-        },
+        client_port,
         last_seen_ns: now_ns(),
     };
     if udp {
         one_way_request(&mut entry.state, opt.flags);
+    } else if fin {
+        entry.state = fin_ack;
     }
     // Replacing another open flow's entry (a reused 4-tuple of the same
     // Service) takes no new slot.

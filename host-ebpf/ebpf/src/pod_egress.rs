@@ -8,7 +8,8 @@ use talaria_common::{
     drop::DropReason,
     maps::{
         node_stat, port_policy, reverse_state, CookieEntry, FlowKey, FragKey, NodeConfig,
-        PortSubstKey, RequestFragEntry, FIN_FROM_BACKEND, FIN_FROM_CLIENT, PENDING_BACKEND,
+        PortSubstKey, RequestFragEntry, ReverseEntry, FIN_BACKEND_FIRST, FIN_FROM_BACKEND,
+        FIN_FROM_CLIENT, PENDING_BACKEND,
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -105,8 +106,15 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         stat(node_stat::FLOW_RESET);
     } else {
         entry.last_seen_ns = now_ns();
-        // Its replies tell the client's node the cookie: no notification.
-        entry.state |= reverse_state::REPLIED;
+        if ip.proto == IPPROTO_UDP {
+            // Its replies tell the client's node the cookie: no notification.
+            entry.state |= reverse_state::REPLIED;
+        } else if tcp & tcp_flags::FIN != 0 && backend_closes_with_client(ctx, entry) {
+            // The client's FIN went by first, but the backend sent its own
+            // before taking it in: both closed at once, and the backend
+            // keeps TIME_WAIT as after an active close.
+            entry.fin_seen |= FIN_BACKEND_FIRST;
+        }
         if tcp & tcp_flags::FIN != 0 {
             add_fin(
                 &mut entry.fin_seen,
@@ -131,6 +139,19 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         outer_sport,
         ip.tos,
     )
+}
+
+/// Whether the backend's FIN in this packet crosses the client's: the
+/// client's went by (the flow's entry has its acknowledgment's low byte,
+/// `ReverseEntry::state`) and this one does not acknowledge it.
+#[inline(always)]
+fn backend_closes_with_client(ctx: &TcContext, entry: &ReverseEntry) -> bool {
+    if entry.fin_seen & (FIN_FROM_CLIENT | FIN_FROM_BACKEND) != FIN_FROM_CLIENT {
+        return false;
+    }
+    // The low byte of the acknowledgment number (bytes 8–11).
+    ctx.load::<u8>(L4_OFF + 11)
+        .is_ok_and(|ack| ack != entry.state)
 }
 
 /// A client's packet to a Service address, from a pod or from the node

@@ -9,7 +9,7 @@ use talaria_common::{
     drop::DropReason,
     maps::{node_stat, FlowKey, NodeConfig, HAIRPIN_SOURCE},
     net::{
-        EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        tcp_flags, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
         IPV4_FRAG_OFFSET, IPV4_HDR_LEN, UDP_HDR_LEN,
     },
     wire::{flags, TalariaEncap, TalariaOpt, GENEVE_UDP_PORT},
@@ -143,7 +143,12 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         } else {
             key
         };
-        let (port, notify) = learn_reverse(&key, opt, tcp)?;
+        let fin_ack = if tcp & tcp_flags::FIN != 0 {
+            fin_ack_byte(ctx, &inner)
+        } else {
+            0
+        };
+        let (port, notify) = learn_reverse(&key, opt, tcp, fin_ack)?;
         if notify && !hairpin && !inner.is_fragment() {
             notify_client(ctx, cfg, &inner, ports, opt);
         }
@@ -158,6 +163,21 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     }
 
     decap(ctx, to)
+}
+
+/// The low byte of the acknowledgment number that covers the FIN of this
+/// TCP segment: its sequence number, plus its payload, plus one.
+#[inline(always)]
+fn fin_ack_byte(ctx: &TcContext, inner: &Ipv4Hdr) -> u8 {
+    let (Ok(seq), Ok(doff)) = (
+        ctx.load::<u8>(INNER_L4_OFF + 7),
+        ctx.load::<u8>(INNER_L4_OFF + 12),
+    ) else {
+        return 0;
+    };
+    let headers = IPV4_HDR_LEN as u16 + u16::from(doff >> 4) * 4;
+    let payload = inner.total_len.get().wrapping_sub(headers);
+    seq.wrapping_add(payload as u8).wrapping_add(1)
 }
 
 /// A one-way UDP flow's notification, as it leaves: the request's own
