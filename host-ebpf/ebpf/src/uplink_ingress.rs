@@ -225,8 +225,8 @@ fn notify_client(
     let outer_len = (ctx.len() as usize - ETH_HDR_LEN) as u16;
     let inner_len = inner.total_len.get();
     let (outer_udp, inner_udp) = (
-        outer_len - IPV4_HDR_LEN as u16,
-        inner_len - IPV4_HDR_LEN as u16,
+        outer_len.saturating_sub(IPV4_HDR_LEN as u16),
+        inner_len.saturating_sub(IPV4_HDR_LEN as u16),
     );
     let flow = FlowKey {
         src: svc.vip,
