@@ -7,6 +7,7 @@
 //! - [`maps`]: BPF map keys and values of the switch and node data planes.
 //! - [`net`]: the plain Ethernet/IPv4/UDP/TCP headers and checksum helpers.
 //! - [`p4`]: P4 table, action and counter names, ids and sizes.
+//! - [`rest`]: the headers of the controller's answers to node agents.
 //! - [`be`]: network-byte-order integers.
 #![no_std]
 
@@ -16,6 +17,7 @@ pub mod hash;
 pub mod maps;
 pub mod net;
 pub mod p4;
+pub mod rest;
 pub mod wire;
 
 /// Fails the build when a type's size differs from its wire or map layout.

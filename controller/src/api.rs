@@ -15,6 +15,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use talaria_common::rest::{ANSWER_DELTA, ANSWER_FULL};
 use talaria_tables::dump::{dump_tables, TableDump};
 
 use crate::{
@@ -96,16 +97,9 @@ fn service_reports(ctx: &Context) -> Vec<ServiceReport> {
         .collect()
 }
 
-/// The plan version a `/v1/services` answer shows.
-pub const PLAN_VERSION_HEADER: &str = "x-talaria-plan-version";
-
-/// The controller process a plan version belongs to (see
-/// [`NodeAnswers`](crate::answers::NodeAnswers)).
-pub const PLAN_EPOCH_HEADER: &str = "x-talaria-plan-epoch";
-
-/// What a long poll's answer holds: `full` (every Service, an array) or
-/// `delta` (what changed after `after`, an object).
-pub const ANSWER_HEADER: &str = "x-talaria-answer";
+/// The headers of a `/v1/services` answer (one definition, shared with the
+/// node agents).
+pub use talaria_common::rest::{ANSWER_HEADER, PLAN_EPOCH_HEADER, PLAN_VERSION_HEADER};
 
 /// Longest `wait_ms` honoured.
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -150,8 +144,8 @@ async fn services(State(ctx): State<Arc<Context>>, Query(q): Query<ServicesQuery
         )
     };
     let (kind, body) = match answer {
-        Answer::Full(b) => ("full", b),
-        Answer::Delta(b) => ("delta", b),
+        Answer::Full(b) => (ANSWER_FULL, b),
+        Answer::Delta(b) => (ANSWER_DELTA, b),
     };
     (
         [

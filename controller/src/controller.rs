@@ -491,22 +491,24 @@ pub fn reconcile(ctx: &Context, trigger: Instant, full: bool) -> Result<u64, Rec
     }
     p.version += 1;
     let version = p.version;
-    // The node agents' answers: the Services of the ports that changed,
-    // and those whose health check did.
-    let mut touched = p.answers.owners_of(&p.model, &changes.keys);
-    if health_checks_changed {
-        let (before, after) = (&health_checks_before, &p.model.health_checks);
-        touched.extend(
-            before
-                .keys()
-                .chain(after.keys())
-                .filter(|s| before.get(s) != after.get(s))
-                .cloned(),
-        );
-    }
-    let touched = (!changes.full).then_some(&touched);
+    // The node agents' answers: after a full plan every Service's, else
+    // those of the ports that changed and those whose health check did.
+    let touched = (!changes.full).then(|| {
+        let mut touched = p.answers.owners_of(&p.model, &changes.keys);
+        if health_checks_changed {
+            let (before, after) = (&health_checks_before, &p.model.health_checks);
+            touched.extend(
+                before
+                    .keys()
+                    .chain(after.keys())
+                    .filter(|s| before.get(s) != after.get(s))
+                    .cloned(),
+            );
+        }
+        touched
+    });
     p.answers
-        .update(version, &p.model, p.planner.desired(), touched);
+        .update(version, &p.model, p.planner.desired(), touched.as_ref());
     for sw in &ctx.switches {
         let mut pending = sw.pending.lock().expect("poisoned");
         pending.changes.merge(&changes);

@@ -17,6 +17,7 @@ use kube::{
     runtime::{reflector, watcher, WatchStreamExt},
     Api, Client, ResourceExt,
 };
+use talaria_common::rest::{ANSWER_DELTA, ANSWER_HEADER, PLAN_EPOCH_HEADER, PLAN_VERSION_HEADER};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
@@ -302,14 +303,13 @@ pub struct Answer {
 /// the Services removed. Parsed straight into the fields this node uses:
 /// a full answer at thousands of Services is megabytes.
 pub fn parse_services_answer(body: &[u8], delta: bool, node_ip: Ipv4Addr) -> Result<Answer> {
-    let (reports, removed) = match delta {
-        false => (serde_json::from_slice::<Vec<ServiceReport>>(body), None),
-        true => match serde_json::from_slice::<DeltaReport>(body) {
-            Ok(d) => (Ok(d.services), Some(d.removed)),
-            Err(e) => (Err(e), None),
-        },
+    let bad = |e: serde_json::Error| bad_answer(e.to_string());
+    let (reports, removed) = if delta {
+        let d: DeltaReport = serde_json::from_slice(body).map_err(bad)?;
+        (d.services, Some(d.removed))
+    } else {
+        (serde_json::from_slice(body).map_err(bad)?, None)
     };
-    let reports = reports.map_err(|e| bad_answer(e.to_string()))?;
     let services = reports
         .into_iter()
         .map(|r| r.for_node(node_ip))
@@ -405,7 +405,7 @@ pub async fn fetch_answer(
     let header = |name: &str| r.headers().get(name).and_then(|v| v.to_str().ok());
     let version = header(PLAN_VERSION_HEADER).and_then(|v| v.parse().ok());
     let epoch = header(PLAN_EPOCH_HEADER).and_then(|v| v.parse().ok());
-    let delta = header(ANSWER_HEADER) == Some("delta");
+    let delta = header(ANSWER_HEADER) == Some(ANSWER_DELTA);
     let body = r.bytes().await.map_err(|e| Error::Http(Box::new(e)))?;
     Ok(Answer {
         version,
@@ -413,16 +413,6 @@ pub async fn fetch_answer(
         ..parse_services_answer(&body, delta, node_ip)?
     })
 }
-
-/// The header a controller names its plan version in.
-pub const PLAN_VERSION_HEADER: &str = "x-talaria-plan-version";
-
-/// The header a controller names its epoch in (its process: versions of
-/// another one are not comparable).
-pub const PLAN_EPOCH_HEADER: &str = "x-talaria-plan-epoch";
-
-/// The header that says whether an answer is `full` or a `delta`.
-pub const ANSWER_HEADER: &str = "x-talaria-answer";
 
 /// An IPv4 prefix (address, length).
 pub type Cidr = (Ipv4Addr, u8);
@@ -546,8 +536,9 @@ pub struct Refresh {
 /// and the controller's answers, by long polls: each asks for the plan
 /// after the version held, so a new Service is mapped as soon as the
 /// controller has planned it, and names that version's epoch, so the
-/// answer carries only what changed ([`HeldPlan`]). A controller that names no version is polled
-/// every `services_refresh_secs`, and so is one that failed. After each
+/// answer carries only what changed ([`HeldPlan`]). A controller that
+/// names no version is polled every `services_refresh_secs`, and so is
+/// one that failed. After each
 /// answer the controller's ServiceCIDRs are fetched too (a change to them
 /// alone is a new plan version) and steered with the configured ones
 /// ([`steer_cidrs`]). A failed fetch keeps the last good set of either

@@ -124,7 +124,8 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
 }
 
 /// What a failed run leaves to look at: each node agent's counters and
-/// drops (`talaria-node status`), and the switch netns' links (veth drops).
+/// drops (`talaria-node status`), the switch netns' links (veth drops) and
+/// every namespace's non-zero stack counters (`nstat`).
 fn diagnose(lab: &Lab, t: &Topology) -> String {
     let run = |cmd: &str, args: &[&str]| match std::process::Command::new(cmd).args(args).output() {
         Ok(o) => format!(
@@ -148,7 +149,6 @@ fn diagnose(lab: &Lab, t: &Topology) -> String {
     }
     let sw = format!("{}-sw", lab.prefix());
     out += &run("ip", &["-n", &sw, "-s", "link"]);
-    // Every namespace's TCP counters (non-zero ones: nstat's default).
     for ns in &lab.state().netns {
         out += &run("ip", &["netns", "exec", ns, "nstat", "-as"]);
     }

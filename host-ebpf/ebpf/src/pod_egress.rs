@@ -109,13 +109,14 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         if ip.proto == IPPROTO_UDP {
             // Its replies tell the client's node the cookie: no notification.
             entry.state |= reverse_state::REPLIED;
-        } else if tcp & tcp_flags::FIN != 0 && backend_closes_with_client(ctx, entry) {
-            // The client's FIN went by first, but the backend sent its own
-            // before taking it in: both closed at once, and the backend
-            // keeps TIME_WAIT as after an active close.
-            entry.fin_seen |= FIN_BACKEND_FIRST;
         }
         if tcp & tcp_flags::FIN != 0 {
+            if backend_closes_with_client(ctx, entry) {
+                // The client's FIN went by first, but the backend sent its
+                // own before taking it in: both closed at once, and the
+                // backend keeps TIME_WAIT as after an active close.
+                entry.fin_seen |= FIN_BACKEND_FIRST;
+            }
             add_fin(
                 &mut entry.fin_seen,
                 FIN_FROM_BACKEND,
