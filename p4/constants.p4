@@ -44,9 +44,8 @@ const bit<5>  TALARIA_OPT_WORDS = 2;
 const bit<6>  TALARIA_GENEVE_OPT_LEN = 3;
 const bit<8>  TALARIA_VERSION   = 1;
 
-/* Talaria option flags. The switch passes NEW_FLOW on untouched: hosts set
- * it, and the data path is the same with or without it. */
-@noWarn("unused")
+/* Talaria option flags. NEW_FLOW: no valid cookie chose the backend (the
+ * switch sets it when its hash did). */
 const bit<8>  TALARIA_FLAG_NEW_FLOW     = 0x01;
 const bit<8>  TALARIA_FLAG_REPLY        = 0x02;
 const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
@@ -55,9 +54,10 @@ const bit<8>  TALARIA_FLAG_COOKIE_VALID = 0x04;
 const bit<8>  TALARIA_FLAG_FRAG_PORTS   = 0x08;
 /* A reply the switch tunnelled for an endpoint that runs no agent. */
 const bit<8>  TALARIA_FLAG_ENDPOINT     = 0x10;
-/* 0x20, NOTIFY: a one-way UDP flow's cookie from its backend's node to
- * its client's (with REPLY | COOKIE_VALID); the switch forwards it as any
- * reply and needs no name for it. */
+/* A one-way UDP flow's cookie from its backend's node to its client's
+ * (with REPLY | COOKIE_VALID): forwarded as any reply, but never stripped
+ * to a client outside the cluster (no_client_node). */
+const bit<8>  TALARIA_FLAG_NOTIFY       = 0x20;
 /* Geneve base header byte 1 of a talaria packet: the C bit (our option is
  * critical). */
 const bit<1>  GENEVE_CRITICAL   = 1;
@@ -70,13 +70,6 @@ const bit<16> TUNNEL_OVERHEAD      = 48;
 /* The outer UDP source port of a tunnel the switch builds: the flow hash
  * folded into 49152-65535, for ECMP entropy. */
 const bit<16> TUNNEL_SPORT_BASE = 0xc000;
-
-/* The backend id reserved for the switch's tunnel source: `backend` entry 0
- * (the controller allocates ids from 1) holds in backend_ip the address an
- * endpoint reply is tunnelled from. A packet that did not come to one of
- * the switch's addresses has no other table to learn it from. Must match
- * TUNNEL_SOURCE_BACKEND_ID in common/src/p4.rs. */
-const bit<32> TUNNEL_SOURCE_BACKEND_ID = 0;
 
 /* ----------------------------------------------------------- hash modes -- */
 /* The `hash_mode` parameter of `set_service`; must match common/src/hash.rs. */
@@ -143,6 +136,9 @@ const bit<8> DROP_SERVICE_SOURCE          = 27;
  * with no local endpoint. */
 @noWarn("unused")
 const bit<8> DROP_NO_LOCAL_ENDPOINT       = 28;
+/* An external client's request whose backend's node has no tunnel_source
+ * entry: no address that node accepts tunnels from. */
+const bit<8> DROP_NO_TUNNEL_SOURCE        = 29;
 
 /* Size of drop_counter; every code is below it. */
 const bit<32> DROP_REASON_COUNT = 32;
@@ -187,6 +183,8 @@ const bit<32> SPOOFED_SOURCE_SIZE = 64;
 /* (port, endpoint address, port, protocol) of endpoints that run no agent:
  * a few thousand Service ports' worth. */
 const bit<32> ENDPOINT_REPLY_SIZE = 16384;
+/* The switch address each node accepts tunnels from: one per node. */
+const bit<32> TUNNEL_SOURCE_SIZE = 1024;
 /* Service ids are 16 bits, so the per-service counter covers the whole id
  * space and needs no bounds check. */
 const bit<32> SERVICE_COUNTER_SIZE = 65536;

@@ -156,7 +156,8 @@ struct metadata_t {
     ipv4_addr_t  checked_src;
     /* 1: the packet's cookie passed cookie_check. */
     bit<1>       cookie_ok;
-    /* The tunnel address the packet came to: the outer source on the way out. */
+    /* The outer source on the way out: the tunnel address the packet came
+     * to, or for a tunnel built around a plain packet, tunnel_source's. */
     ipv4_addr_t  switch_ip;
     /* Inner L4 ports (TCP or UDP), set by the parser. */
     l4_port_t    l4_src_port;
@@ -188,20 +189,28 @@ struct metadata_t {
      * client's (pod_node); for a reply first the backend's, which must be
      * the sender. */
     ipv4_addr_t  node_ip;
-    /* 1: a request to a backend without an agent (node_ip 0.0.0.0): the
-     * tunnel is stripped and the DNATed inner packet routed plain. */
+    /* 1: the packet leaves without its tunnel, its (DNATed) inner packet
+     * routed plain: a request to a backend without an agent (node_ip
+     * 0.0.0.0), tunnelled or external, or a reply to a client outside the
+     * cluster (pod_node miss). */
     bit<1>       strip;
-    /* 1: a plain packet that endpoint_reply, pod_node and the tunnel
-     * source all matched: it leaves tunnelled to the client's node. */
+    /* 1: a plain packet that endpoint_reply, pod_node and tunnel_source
+     * all matched: it leaves tunnelled to the client's node. */
     bit<1>       endpoint;
-    /* 1: inner_ipv4 is a copy of a plain packet's header (endpoint_reply
-     * hit), to be dropped again if the packet stays plain. */
+    /* 1: a plain TCP/UDP packet to a Service address (service_v4 hit): an
+     * external client's request, balanced like a node's new flow. */
+    bit<1>       external;
+    /* 1: inner_ipv4 is a copy of a plain packet's header (and inner_udp
+     * holds its UDP header), to be dropped again if the packet stays
+     * plain. */
     bit<1>       inner_from_plain;
     /* endpoint_reply's key: the plain packet's source port. */
     l4_port_t    endpoint_port;
-    /* endpoint_reply's cookie, for the option. */
-    service_id_t endpoint_service_id;
-    backend_id_t endpoint_backend_id;
+    /* The option of a tunnel the switch builds around a plain packet
+     * (endpoint reply, external request). */
+    bit<8>       tunnel_flags;
+    service_id_t tunnel_service_id;
+    backend_id_t tunnel_backend_id;
 }
 
 #endif  /* _TALARIA_HEADERS_P4_ */

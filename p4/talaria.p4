@@ -159,8 +159,10 @@ control TalariaIngress(inout headers_t hdr,
         meta.drop_reason = DROP_NO_SERVICE;
     }
 
-    /* (ClusterIP, port, protocol) -> service: the destination of a request,
-     * the source of a reply (meta.service_addr, meta.service_port). */
+    /* (ClusterIP or external address, port, protocol) -> service: the
+     * destination of a request (tunnelled by a node, or an external
+     * client's plain one), the source of a reply (meta.service_addr,
+     * meta.service_port). */
     @id(0x02000003)
     table service_v4 {
         key = {
@@ -357,8 +359,8 @@ control TalariaIngress(inout headers_t hdr,
     @id(0x01000013)
     action set_endpoint_reply(service_id_t service_id, backend_id_t backend_id) {
         meta.endpoint = 1;
-        meta.endpoint_service_id = service_id;
-        meta.endpoint_backend_id = backend_id;
+        meta.tunnel_service_id = service_id;
+        meta.tunnel_backend_id = backend_id;
     }
 
     /* Routed as any plain packet. */
@@ -388,6 +390,36 @@ control TalariaIngress(inout headers_t hdr,
         size = ENDPOINT_REPLY_SIZE; // Service ports of agentless endpoints
     }
 
+    /* ------------------------------------------------- tunnel_source -- */
+
+    /* The switch address `node_ip` accepts tunnels from. */
+    @id(0x01000015)
+    action set_tunnel_source(ipv4_addr_t switch_ip) {
+        meta.switch_ip = switch_ip;
+    }
+
+    @id(0x01000016)
+    action tunnel_source_miss() {
+        meta.drop_reason = DROP_NO_TUNNEL_SOURCE;
+    }
+
+    /* A tunnel the switch builds around a plain packet (an endpoint's
+     * reply, an external client's request) came to none of its addresses,
+     * so its outer source comes from here: node -> the switch address that
+     * node accepts tunnels from. */
+    @id(0x0200000B)
+    table tunnel_source {
+        key = {
+            meta.node_ip : exact @name("node_ip");
+        }
+        actions = {
+            set_tunnel_source;
+            @defaultonly tunnel_source_miss;
+        }
+        default_action = tunnel_source_miss();
+        size = TUNNEL_SOURCE_SIZE; // one per node
+    }
+
     apply {
         /* bmv2 zeroes metadata anyway; say so for other targets. */
         meta.drop_reason = 0;
@@ -398,6 +430,7 @@ control TalariaIngress(inout headers_t hdr,
         meta.cookie_fragment = 0;
         meta.strip = 0;
         meta.endpoint = 0;
+        meta.external = 0;
         meta.inner_from_plain = 0;
 
         if (!hdr.ipv4.isValid()) {
@@ -423,6 +456,10 @@ control TalariaIngress(inout headers_t hdr,
             }
             spoofed_source.apply();
 
+            /* Whether service_v4 is looked up, and for a plain packet
+             * whether it has ports endpoint_reply could match. */
+            bool lookup_service = false;
+            bool plain_ports = false;
             if (meta.drop_reason != 0) {
                 /* A spoofed source. */
             } else if (meta.terminate == 1) {
@@ -489,13 +526,15 @@ control TalariaIngress(inout headers_t hdr,
                 /* The Service: a request's destination, a reply's source.
                  * A reply without ports (an ICMP error, a later fragment)
                  * keeps the service its cookie names, for cookie_check. */
-                bool lookup_service = true;
+                lookup_service = meta.drop_reason == 0;
                 if (meta.reply == 1) {
                     meta.service_id = hdr.talaria.service_id;
                     meta.service_addr = hdr.inner_ipv4.src_addr;
                     meta.service_port = meta.l4_src_port;
                     meta.service_proto = hdr.inner_ipv4.protocol;
-                    lookup_service = hdr.inner_tcp.isValid() || hdr.inner_udp.isValid();
+                    if (!hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
+                        lookup_service = false;
+                    }
                 } else if (meta.icmp_relay == 1) {
                     /* The reply the error quotes came from the service. */
                     meta.service_addr = hdr.quoted_ipv4.src_addr;
@@ -510,185 +549,248 @@ control TalariaIngress(inout headers_t hdr,
                     meta.service_port = meta.l4_dst_port;
                     meta.service_proto = hdr.inner_ipv4.protocol;
                 }
-                if (meta.drop_reason == 0 && lookup_service) {
-                    service_v4.apply();
-                    if (meta.reply == 1) {
-                        if (meta.drop_reason != 0
-                            || meta.service_id != hdr.talaria.service_id) {
-                            meta.drop_reason = DROP_FORGED_REPLY;
-                        }
-                    } else if (meta.drop_reason == 0) {
-                        if (meta.icmp_relay == 1
-                            && meta.service_id != hdr.talaria.service_id) {
-                            meta.drop_reason = DROP_ICMP_SPOOF;
-                        } else {
-                            service_counter.count((bit<32>)meta.service_id);
-                        }
-                    }
-                }
-
-                /* The cookie: a request's may pick the backend; a reply's
-                 * must name a backend of its service. */
-                if (meta.drop_reason == 0) {
-                    if (meta.reply == 1
-                        || (hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) != 0) {
-                        cookie_check.apply();
-                        if (meta.reply == 1) {
-                            if (meta.cookie_ok == 0) {
-                                meta.drop_reason = DROP_FORGED_REPLY;
-                            }
-                        } else if (meta.cookie_ok == 1) {
-                            lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_HIT);
-                        } else {
-                            lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_STALE);
-                        }
-                    } else {
-                        lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
-                    }
-                    /* An error about a flow whose backend is gone has no
-                     * one to tell, and a later fragment without ports
-                     * cannot be hashed: neither goes elsewhere. */
-                    if ((meta.icmp_relay == 1 || meta.cookie_fragment == 1)
-                        && meta.cookie_ok == 0) {
-                        meta.drop_reason = DROP_NO_BACKEND;
-                    }
-                }
-
-                if (meta.drop_reason == 0 && meta.reply == 0 && meta.cookie_ok == 0) {
-                    /* The bucket hash: crc32 over exactly these fields in
-                     * this order (13 bytes), or the client address alone.
-                     * Must match common/src/hash.rs. */
-                    if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
-                        hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
-                             { hdr.inner_ipv4.src_addr },
-                             (bit<64>)4294967296);
-                    } else {
-                        hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
-                             { hdr.inner_ipv4.src_addr,
-                               hdr.inner_ipv4.dst_addr,
-                               hdr.inner_ipv4.protocol,
-                               meta.l4_src_port,
-                               meta.l4_dst_port },
-                             (bit<64>)4294967296);
-                    }
-                    /* Tofino has no modulo, so bucket counts are powers of
-                     * two and we mask. */
-                    meta.bucket = (bucket_t)meta.flow_hash & meta.bucket_mask;
-                    lb_bucket.apply();
-                }
             } else {
                 /* Plain IPv4. A TCP or UDP first fragment without options
-                 * may be the reply of an endpoint without an agent (UDP to
-                 * 6081 never is: that is Geneve in transit). */
-                bool has_ports = false;
-                if (hdr.inner_tcp.isValid()) {
+                 * (UDP to 6081 never is one: that is Geneve in transit)
+                 * may be an external client's request to a Service address
+                 * (a LoadBalancer ingress IP, an externalIP), or else the
+                 * reply of an endpoint without an agent. (inner_tcp is
+                 * a plain packet's own only without a UDP header: behind
+                 * one it is a Geneve packet's in transit.) */
+                if (hdr.inner_tcp.isValid() && !hdr.udp.isValid()) {
                     meta.endpoint_port = hdr.inner_tcp.src_port;
-                    has_ports = true;
+                    plain_ports = true;
                 } else if (hdr.udp.isValid() && hdr.udp.dst_port != GENEVE_UDP_PORT) {
                     meta.endpoint_port = hdr.udp.src_port;
+                    meta.l4_src_port = hdr.udp.src_port;
                     meta.l4_dst_port = hdr.udp.dst_port;
-                    has_ports = true;
+                    plain_ports = true;
                 }
-                if (has_ports && !hdr.ipv4_options.isValid()) {
-                    endpoint_reply.apply();
+                if (hdr.ipv4_options.isValid()) {
+                    plain_ports = false;
                 }
-                if (meta.endpoint == 1) {
-                    /* The tunnel source, in the reserved backend entry. */
-                    meta.backend_id = TUNNEL_SOURCE_BACKEND_ID;
-                    /* The unchanged packet becomes the inner one (and
-                     * pod_node's key); undone if it stays plain. */
-                    hdr.inner_ipv4 = hdr.ipv4;
-                    meta.inner_from_plain = 1;
-                }
+                lookup_service = plain_ports;
+                meta.service_addr = hdr.ipv4.dst_addr;
+                meta.service_port = meta.l4_dst_port;
+                meta.service_proto = hdr.ipv4.protocol;
             }
 
             /* bmv2 takes a table applied in two places only if both go on
-             * to the same next table, so backend and pod_node have one
-             * place each, shared by the tunnel and the endpoint reply. */
+             * to the same next table, so every table has one place here,
+             * shared by tunnels, external requests and endpoint replies. */
+
+            if (lookup_service) {
+                service_v4.apply();
+                if (meta.terminate == 0) {
+                    /* A miss is any plain packet. */
+                    if (meta.drop_reason == 0) {
+                        meta.external = 1;
+                    } else {
+                        meta.drop_reason = 0;
+                    }
+                } else if (meta.reply == 1) {
+                    if (meta.drop_reason != 0
+                        || meta.service_id != hdr.talaria.service_id) {
+                        meta.drop_reason = DROP_FORGED_REPLY;
+                    }
+                } else if (meta.drop_reason == 0) {
+                    if (meta.icmp_relay == 1
+                        && meta.service_id != hdr.talaria.service_id) {
+                        meta.drop_reason = DROP_ICMP_SPOOF;
+                    } else {
+                        service_counter.count((bit<32>)meta.service_id);
+                    }
+                }
+            }
+
+            if (meta.external == 1) {
+                /* An external request: hashed as a node's new flow (it has
+                 * no cookie). Its later fragments carry no ports and
+                 * could not follow a first one, so that is dropped too. */
+                if ((hdr.ipv4.flags & IPV4_FLAG_MF) != 0) {
+                    meta.drop_reason = DROP_FRAGMENT;
+                } else {
+                    service_counter.count((bit<32>)meta.service_id);
+                    lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                }
+            } else if (plain_ports) {
+                endpoint_reply.apply();
+                if (meta.endpoint == 1) {
+                    meta.tunnel_flags = TALARIA_FLAG_REPLY | TALARIA_FLAG_COOKIE_VALID
+                                        | TALARIA_FLAG_ENDPOINT;
+                }
+            }
+            if (meta.drop_reason == 0 && (meta.external == 1 || meta.endpoint == 1)) {
+                /* The unchanged packet becomes the inner one (the hash's,
+                 * DNAT's and pod_node's input); undone if it stays plain.
+                 * A UDP header moves too: the deparser emits inner_udp
+                 * right after the IPv4 header when no tunnel is built. */
+                hdr.inner_ipv4 = hdr.ipv4;
+                if (hdr.udp.isValid()) {
+                    hdr.inner_udp = hdr.udp;
+                    hdr.udp.setInvalid();
+                }
+                meta.inner_from_plain = 1;
+            }
+
+            /* The cookie: a request's may pick the backend; a reply's
+             * must name a backend of its service. */
+            if (meta.drop_reason == 0 && meta.terminate == 1) {
+                if (meta.reply == 1
+                    || (hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) != 0) {
+                    cookie_check.apply();
+                    if (meta.reply == 1) {
+                        if (meta.cookie_ok == 0) {
+                            meta.drop_reason = DROP_FORGED_REPLY;
+                        }
+                    } else if (meta.cookie_ok == 1) {
+                        lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_HIT);
+                    } else {
+                        lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_STALE);
+                    }
+                } else {
+                    lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                }
+                /* An error about a flow whose backend is gone has no
+                 * one to tell, and a later fragment without ports
+                 * cannot be hashed: neither goes elsewhere. */
+                if ((meta.icmp_relay == 1 || meta.cookie_fragment == 1)
+                    && meta.cookie_ok == 0) {
+                    meta.drop_reason = DROP_NO_BACKEND;
+                }
+            }
+
+            if (meta.drop_reason == 0
+                && ((meta.terminate == 1 && meta.reply == 0 && meta.cookie_ok == 0)
+                    || meta.external == 1)) {
+                /* The bucket hash: crc32 over exactly these fields in
+                 * this order (13 bytes), or the client address alone.
+                 * Must match common/src/hash.rs. */
+                if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
+                    hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                         { hdr.inner_ipv4.src_addr },
+                         (bit<64>)4294967296);
+                } else {
+                    hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                         { hdr.inner_ipv4.src_addr,
+                           hdr.inner_ipv4.dst_addr,
+                           hdr.inner_ipv4.protocol,
+                           meta.l4_src_port,
+                           meta.l4_dst_port },
+                         (bit<64>)4294967296);
+                }
+                /* Tofino has no modulo, so bucket counts are powers of
+                 * two and we mask. */
+                meta.bucket = (bucket_t)meta.flow_hash & meta.bucket_mask;
+                lb_bucket.apply();
+            }
 
             /* The backend: where a request goes; for a reply, the node
-             * that must have sent it; for an endpoint reply, the switch's
-             * tunnel source (none: it is routed plain). */
-            if (meta.drop_reason == 0 && (meta.terminate == 1 || meta.endpoint == 1)) {
+             * that must have sent it. A request to a backend without an
+             * agent leaves without a tunnel. */
+            if (meta.drop_reason == 0 && (meta.terminate == 1 || meta.external == 1)) {
                 backend.apply();
-                if (meta.endpoint == 1 && meta.drop_reason != 0) {
-                    meta.drop_reason = 0;
-                    meta.endpoint = 0;
-                }
                 if (meta.reply == 1
                     && (meta.drop_reason != 0 || meta.node_ip != hdr.ipv4.src_addr)) {
                     meta.drop_reason = DROP_FORGED_REPLY;
                 }
-            }
-            if (meta.endpoint == 1) {
-                meta.switch_ip = meta.backend_ip;
+                if (meta.drop_reason == 0 && meta.reply == 0 && meta.node_ip == 0) {
+                    meta.strip = 1;
+                }
             }
 
-            /* Back to the client pod's node. An endpoint reply without one
-             * is routed plain. */
+            /* Back to the client's node. An endpoint reply without one is
+             * routed plain; so is a reply to a client outside the cluster,
+             * stripped of its tunnel, unless it is a notification, which
+             * is for a client node's agent only. */
             if (meta.drop_reason == 0 && (meta.reply == 1 || meta.endpoint == 1)) {
                 pod_node.apply();
-                if (meta.endpoint == 1 && meta.drop_reason != 0) {
-                    meta.drop_reason = 0;
-                    meta.endpoint = 0;
+                if (meta.endpoint == 1) {
+                    if (meta.drop_reason != 0) {
+                        meta.drop_reason = 0;
+                        meta.endpoint = 0;
+                    }
                 } else if (meta.drop_reason == 0) {
+                    lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
+                } else if ((hdr.talaria.flags & TALARIA_FLAG_NOTIFY) == 0) {
+                    meta.drop_reason = 0;
+                    meta.strip = 1;
                     lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
                 }
             }
 
-            if (meta.terminate == 1) {
-                if (meta.drop_reason == 0 && meta.reply == 0) {
-                    /* DNAT to the backend pod, inner checksums updated
-                     * incrementally (the L4 ones cover the address through
-                     * the pseudo header; a later fragment has none, its
-                     * datagram's checksum is in the first fragment). */
-                    inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
-                                          hdr.inner_ipv4.dst_addr,
-                                          meta.backend_ip, 0, 0);
-                    if (meta.icmp_relay == 1) {
-                        /* The quoted reply left the backend from its own
-                         * address and port, as the backend must see it;
-                         * the quoted L4 checksum stays (receivers do not
-                         * check it). */
-                        bit<16> quoted_check = hdr.quoted_ipv4.hdr_checksum;
-                        quoted_ipv4_csum.apply(hdr.quoted_ipv4.hdr_checksum,
-                                               hdr.quoted_ipv4.src_addr,
-                                               meta.backend_ip, 0, 0);
-                        icmp_csum.apply(hdr.inner_icmp.checksum,
-                                        hdr.quoted_ipv4.src_addr, meta.backend_ip,
-                                        hdr.quoted_ports.src_port, meta.backend_port);
-                        icmp_quoted_csum.apply(hdr.inner_icmp.checksum, 0, 0,
-                                               quoted_check,
-                                               hdr.quoted_ipv4.hdr_checksum);
-                        hdr.quoted_ipv4.src_addr = meta.backend_ip;
-                        hdr.quoted_ports.src_port = meta.backend_port;
-                    } else if (hdr.inner_tcp.isValid()) {
-                        inner_tcp_csum.apply(hdr.inner_tcp.checksum,
+            /* The outer source of a tunnel built around a plain packet:
+             * what the node it goes to accepts. An endpoint reply without
+             * one is routed plain; an external request is dropped. */
+            if (meta.drop_reason == 0
+                && (meta.endpoint == 1 || (meta.external == 1 && meta.strip == 0))) {
+                tunnel_source.apply();
+                if (meta.endpoint == 1) {
+                    if (meta.drop_reason != 0) {
+                        meta.drop_reason = 0;
+                        meta.endpoint = 0;
+                    } else {
+                        lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
+                    }
+                }
+            }
+
+            if (meta.drop_reason == 0 && meta.reply == 0
+                && (meta.terminate == 1 || meta.external == 1)) {
+                /* DNAT to the backend pod, inner checksums updated
+                 * incrementally (the L4 ones cover the address through
+                 * the pseudo header; a later fragment has none, its
+                 * datagram's checksum is in the first fragment). */
+                inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
+                                      hdr.inner_ipv4.dst_addr,
+                                      meta.backend_ip, 0, 0);
+                if (meta.icmp_relay == 1) {
+                    /* The quoted reply left the backend from its own
+                     * address and port, as the backend must see it;
+                     * the quoted L4 checksum stays (receivers do not
+                     * check it). */
+                    bit<16> quoted_check = hdr.quoted_ipv4.hdr_checksum;
+                    quoted_ipv4_csum.apply(hdr.quoted_ipv4.hdr_checksum,
+                                           hdr.quoted_ipv4.src_addr,
+                                           meta.backend_ip, 0, 0);
+                    icmp_csum.apply(hdr.inner_icmp.checksum,
+                                    hdr.quoted_ipv4.src_addr, meta.backend_ip,
+                                    hdr.quoted_ports.src_port, meta.backend_port);
+                    icmp_quoted_csum.apply(hdr.inner_icmp.checksum, 0, 0,
+                                           quoted_check,
+                                           hdr.quoted_ipv4.hdr_checksum);
+                    hdr.quoted_ipv4.src_addr = meta.backend_ip;
+                    hdr.quoted_ports.src_port = meta.backend_port;
+                } else if (hdr.inner_tcp.isValid()) {
+                    inner_tcp_csum.apply(hdr.inner_tcp.checksum,
+                                         hdr.inner_ipv4.dst_addr,
+                                         meta.backend_ip,
+                                         hdr.inner_tcp.dst_port,
+                                         meta.backend_port);
+                    hdr.inner_tcp.dst_port = meta.backend_port;
+                } else if (hdr.inner_udp.isValid()) {
+                    /* A zero UDP checksum means "none" and stays zero;
+                     * a computed zero goes out as 0xFFFF (RFC 768). */
+                    if (hdr.inner_udp.checksum != 0) {
+                        inner_udp_csum.apply(hdr.inner_udp.checksum,
                                              hdr.inner_ipv4.dst_addr,
                                              meta.backend_ip,
-                                             hdr.inner_tcp.dst_port,
+                                             hdr.inner_udp.dst_port,
                                              meta.backend_port);
-                        hdr.inner_tcp.dst_port = meta.backend_port;
-                    } else if (hdr.inner_udp.isValid()) {
-                        /* A zero UDP checksum means "none" and stays zero;
-                         * a computed zero goes out as 0xFFFF (RFC 768). */
-                        if (hdr.inner_udp.checksum != 0) {
-                            inner_udp_csum.apply(hdr.inner_udp.checksum,
-                                                 hdr.inner_ipv4.dst_addr,
-                                                 meta.backend_ip,
-                                                 hdr.inner_udp.dst_port,
-                                                 meta.backend_port);
-                            if (hdr.inner_udp.checksum == 0) {
-                                hdr.inner_udp.checksum = 0xffff;
-                            }
+                        if (hdr.inner_udp.checksum == 0) {
+                            hdr.inner_udp.checksum = 0xffff;
                         }
-                        hdr.inner_udp.dst_port = meta.backend_port;
                     }
-                    hdr.inner_ipv4.dst_addr = meta.backend_ip;
-                    /* The cookie travels on to the backend's node, which
-                     * hands it back to the client in the reply. NEW_FLOW
-                     * says the hash chose it: the client holds no valid
-                     * cookie (its backend's node may tell it one). */
+                    hdr.inner_udp.dst_port = meta.backend_port;
+                }
+                hdr.inner_ipv4.dst_addr = meta.backend_ip;
+                /* The cookie travels on to the backend's node, which
+                 * hands it back to the client in the reply. NEW_FLOW
+                 * says the hash chose it: the client holds no valid
+                 * cookie (its backend's node may tell it one). An
+                 * external request's is written into the tunnel built
+                 * for it below. */
+                if (meta.terminate == 1) {
                     hdr.talaria.service_id = meta.service_id;
                     hdr.talaria.backend_id = meta.backend_id;
                     hdr.talaria.flags = (hdr.talaria.flags & ~TALARIA_FLAG_FRAG_PORTS)
@@ -696,47 +798,55 @@ control TalariaIngress(inout headers_t hdr,
                     if (meta.cookie_ok == 0) {
                         hdr.talaria.flags = hdr.talaria.flags | TALARIA_FLAG_NEW_FLOW;
                     }
+                } else {
+                    meta.tunnel_flags = TALARIA_FLAG_COOKIE_VALID | TALARIA_FLAG_NEW_FLOW;
+                    meta.tunnel_service_id = meta.service_id;
+                    meta.tunnel_backend_id = meta.backend_id;
                 }
+            }
 
-                if (meta.drop_reason == 0 && meta.reply == 0 && meta.node_ip == 0) {
-                    /* A backend without an agent: strip the tunnel and
-                     * route the DNATed packet plain, as any router would
-                     * (its TTL checked here, decremented below). */
-                    meta.strip = 1;
-                    hdr.ipv4 = hdr.inner_ipv4;
-                    hdr.ipv4_options.setInvalid();
-                    hdr.udp.setInvalid();
-                    hdr.geneve.setInvalid();
-                    hdr.talaria.setInvalid();
-                    hdr.inner_ipv4.setInvalid();
-                    if (hdr.ipv4.ttl <= 1) {
-                        meta.drop_reason = DROP_TTL_EXPIRED;
-                    }
-                } else if (meta.drop_reason == 0) {
-                    /* Re-originate the tunnel: from the address it came to,
-                     * to the chosen node; routed below. */
-                    hdr.ipv4.src_addr = meta.switch_ip;
-                    hdr.ipv4.dst_addr = meta.node_ip;
-                    hdr.ipv4.ttl = TUNNEL_TTL;
-                    /* A non-zero outer UDP checksum would not be recomputed
-                     * per segment of a GSO packet (docs/design.md). */
+            if (meta.drop_reason == 0 && meta.strip == 1) {
+                /* No tunnel out: route the (DNATed) inner packet plain,
+                 * as any router would (its TTL checked here, decremented
+                 * below). */
+                hdr.ipv4 = hdr.inner_ipv4;
+                hdr.ipv4_options.setInvalid();
+                hdr.udp.setInvalid();
+                hdr.geneve.setInvalid();
+                hdr.talaria.setInvalid();
+                hdr.inner_ipv4.setInvalid();
+                if (hdr.ipv4.ttl <= 1) {
+                    meta.drop_reason = DROP_TTL_EXPIRED;
+                }
+            } else if (meta.drop_reason == 0 && meta.terminate == 1) {
+                /* Re-originate the tunnel: from the address it came to,
+                 * to the chosen node; routed below. */
+                hdr.ipv4.src_addr = meta.switch_ip;
+                hdr.ipv4.dst_addr = meta.node_ip;
+                hdr.ipv4.ttl = TUNNEL_TTL;
+                /* A non-zero outer UDP checksum would not be recomputed
+                 * per segment of a GSO packet (docs/design.md). (A
+                 * terminated tunnel always has its UDP header; p4c cannot
+                 * tell.) */
+                if (hdr.udp.isValid()) {
                     hdr.udp.checksum = 0;
                 }
-            } else if (meta.endpoint == 1) {
-                /* Tunnel it as a node tunnels a reply, cookie from
-                 * endpoint_reply, from the switch's tunnel source. The
-                 * outer source port: crc32 of the flow, as the bucket
-                 * hash (common/src/hash.rs), top 14 bits. */
+            } else if (meta.drop_reason == 0
+                       && (meta.endpoint == 1 || meta.external == 1)) {
+                /* Tunnel a plain packet (an endpoint's reply, unchanged;
+                 * an external request, DNATed) as a node tunnels, to
+                 * meta.node_ip from tunnel_source's address, with the
+                 * option in meta.tunnel_*. The outer source port: crc32
+                 * of the flow as it arrived, as the bucket hash
+                 * (common/src/hash.rs), top 14 bits. hdr.ipv4 is still
+                 * the packet's own header here. */
                 hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
                      { hdr.ipv4.src_addr,
                        hdr.ipv4.dst_addr,
                        hdr.ipv4.protocol,
-                       meta.endpoint_port,
+                       meta.l4_src_port,
                        meta.l4_dst_port },
                      (bit<64>)4294967296);
-                if (hdr.udp.isValid()) {
-                    hdr.inner_udp = hdr.udp;
-                }
                 hdr.udp.setValid();
                 hdr.udp.src_port = TUNNEL_SPORT_BASE | (bit<16>)meta.flow_hash[31:18];
                 hdr.udp.dst_port = GENEVE_UDP_PORT;
@@ -757,10 +867,9 @@ control TalariaIngress(inout headers_t hdr,
                 hdr.talaria.reserved = 0;
                 hdr.talaria.length = TALARIA_OPT_WORDS;
                 hdr.talaria.version = TALARIA_VERSION;
-                hdr.talaria.flags = TALARIA_FLAG_REPLY | TALARIA_FLAG_COOKIE_VALID
-                                    | TALARIA_FLAG_ENDPOINT;
-                hdr.talaria.service_id = meta.endpoint_service_id;
-                hdr.talaria.backend_id = meta.endpoint_backend_id;
+                hdr.talaria.flags = meta.tunnel_flags;
+                hdr.talaria.service_id = meta.tunnel_service_id;
+                hdr.talaria.backend_id = meta.tunnel_backend_id;
                 hdr.ipv4.total_len = hdr.ipv4.total_len + TUNNEL_OVERHEAD;
                 hdr.ipv4.identification = 0;
                 hdr.ipv4.flags = IPV4_FLAG_DF;

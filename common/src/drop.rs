@@ -84,6 +84,10 @@ pub enum DropReason {
     /// Host: a new flow to an `internalTrafficPolicy: Local` Service port
     /// from a node with no local endpoint for it (kube-proxy drops it too).
     NoLocalEndpoint = 28,
+    /// Switch: an external client's request (a plain packet to a Service
+    /// address) whose backend's node has no `tunnel_source` entry, so the
+    /// switch knows no address that node accepts tunnels from.
+    NoTunnelSource = 29,
 }
 
 /// Size of every per-reason drop counter array. Codes are `< DROP_REASON_COUNT`.
@@ -91,7 +95,7 @@ pub const DROP_REASON_COUNT: u32 = 32;
 
 impl DropReason {
     /// Every reason, in code order.
-    pub const ALL: [DropReason; 28] = [
+    pub const ALL: [DropReason; 29] = [
         Self::Malformed,
         Self::GeneveVersion,
         Self::GeneveProtocol,
@@ -120,6 +124,7 @@ impl DropReason {
         Self::ForgedReply,
         Self::ServiceSource,
         Self::NoLocalEndpoint,
+        Self::NoTunnelSource,
     ];
 
     /// The counter index.
@@ -164,6 +169,7 @@ impl DropReason {
             Self::ForgedReply => "forged_reply",
             Self::ServiceSource => "service_source",
             Self::NoLocalEndpoint => "no_local_endpoint",
+            Self::NoTunnelSource => "no_tunnel_source",
         }
     }
 }
@@ -175,14 +181,18 @@ impl DropReason {
 #[cfg_attr(feature = "user", derive(serde::Serialize))]
 #[cfg_attr(feature = "user", serde(rename_all = "snake_case"))]
 pub enum LbEvent {
-    /// A packet without a cookie took the bucket hash.
+    /// A packet without a cookie took the bucket hash: a node's new flow,
+    /// or an external client's request (a plain packet to a Service
+    /// address), which never has one.
     NewFlow = 0,
     /// A packet's cookie was valid and chose the backend.
     CookieHit = 1,
     /// A packet's cookie named a backend not in `cookie_check` for its
     /// service; it was treated as a new flow.
     CookieStale = 2,
-    /// A reply was re-originated towards the client's node.
+    /// A checked reply was re-originated towards the client's node, or
+    /// (a client outside the cluster) stripped and routed plain; or an
+    /// agentless endpoint's plain reply was tunnelled to the client's node.
     Reply = 3,
 }
 

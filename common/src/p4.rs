@@ -26,14 +26,8 @@ pub mod sizes {
     pub const SPOOFED_SOURCE: u32 = 64;
     /// `ENDPOINT_REPLY_SIZE`: endpoints that run no agent.
     pub const ENDPOINT_REPLY: u32 = 16384;
+    /// `TUNNEL_SOURCE_SIZE`: one switch address per node.
+    pub const TUNNEL_SOURCE: u32 = 1024;
     /// `SERVICE_COUNTER_SIZE`: the whole 16-bit service id space.
     pub const SERVICE_COUNTER: u32 = 65536;
 }
-
-/// The `backend` entry that holds, as its `backend_ip`, the address the
-/// switch tunnels endpoint replies from (`endpoint_reply`): a plain packet
-/// came to none of the switch's addresses, and P4 applies a table once per
-/// packet, so the controller writes it where the pipeline already looks.
-/// Backend ids start after it. `TUNNEL_SOURCE_BACKEND_ID` in
-/// `p4/constants.p4`.
-pub const TUNNEL_SOURCE_BACKEND_ID: u32 = 0;

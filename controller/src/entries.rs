@@ -6,12 +6,13 @@ use talaria_tables::{cookie_check, Contents, Entry, EntryKey, Table};
 
 /// Every table the controller writes, in insert order: referenced before
 /// referencing.
-pub const INSERT_ORDER: [Table; 10] = [
+pub const INSERT_ORDER: [Table; 11] = [
     Table::Ipv4Route,
     Table::SpoofedSource,
     Table::TunnelPeer,
     Table::SwitchAddr,
     Table::PodNode,
+    Table::TunnelSource,
     Table::Backend,
     Table::EndpointReply,
     Table::CookieCheck,

@@ -25,11 +25,9 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use talaria_common::p4::TUNNEL_SOURCE_BACKEND_ID;
-
 use talaria_tables::{
     backend, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
-    switch_addr, tunnel_peer, Contents, Entry, EntryKey, Table,
+    switch_addr, tunnel_peer, tunnel_source, Contents, Entry, EntryKey, Table,
 };
 
 use crate::{
@@ -82,6 +80,11 @@ pub struct PlannedPort {
     pub port_name: String,
     /// Switch key.
     pub key: ServiceKey,
+    /// `key.vip` is an address outside the cluster (`externalIPs`,
+    /// LoadBalancer ingress), which external clients reach through the
+    /// switch.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
     /// Allocated service id.
     pub service_id: u16,
     /// Bucket count (0 = no backends, service entry absent).
@@ -119,6 +122,8 @@ pub struct PortPlan {
     pub port_name: String,
     /// Switch key.
     pub key: ServiceKey,
+    /// See [`PlannedPort::external`].
+    pub external: bool,
     /// Allocated service id.
     pub service_id: u16,
     /// sessionAffinity → hash mode.
@@ -209,6 +214,7 @@ impl PortPlan {
             service: self.service.clone(),
             port_name: self.port_name.clone(),
             key: self.key,
+            external: self.external,
             service_id: self.service_id,
             buckets: self.buckets.len(),
             active: self.active.clone(),
@@ -433,6 +439,7 @@ impl Tables for Desired {
                 | Table::SwitchAddr
                 | Table::PodNode
                 | Table::TunnelPeer
+                | Table::TunnelSource
                 | Table::SpoofedSource,
                 _,
             ) => self.fabric.entries_after(t, after),
@@ -448,20 +455,17 @@ impl Tables for Desired {
                     Some(EntryKey::Backend(k)) => Bound::Excluded(k.backend_id),
                     _ => Bound::Unbounded,
                 };
-                // The reserved entry (the fabric's) sorts first.
                 Box::new(
-                    self.fabric.entries_after(t, after).chain(
-                        self.backends
-                            .range((from, Bound::Unbounded))
-                            .filter(|(_, r)| r.entries > 0)
-                            .map(|(id, r)| {
-                                backend::Entry {
-                                    key: backend::Key { backend_id: *id },
-                                    action: r.backend.action(),
-                                }
-                                .into()
-                            }),
-                    ),
+                    self.backends
+                        .range((from, Bound::Unbounded))
+                        .filter(|(_, r)| r.entries > 0)
+                        .map(|(id, r)| {
+                            backend::Entry {
+                                key: backend::Key { backend_id: *id },
+                                action: r.backend.action(),
+                            }
+                            .into()
+                        }),
                 )
             }
             (Table::CookieCheck, after) => {
@@ -910,6 +914,7 @@ impl Planner {
             service: port.service.clone(),
             port_name: port.port_name.clone(),
             key,
+            external: port.external,
             service_id: sid,
             hash_mode: port.hash_mode,
             affinity_timeout_secs: port.affinity_timeout_secs,
@@ -1001,22 +1006,6 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
             switch_addr::Action::TerminateTunnel {},
         );
     }
-    // Where the switch tunnels endpoint replies from (`endpoint_reply`):
-    // P4 applies a table once per packet, so a plain packet that leaves
-    // tunnelled finds the address in the `backend` entry it reserves.
-    if let Some(a) = fabric.switch_addrs.first() {
-        st.backend.insert(
-            backend::Key {
-                backend_id: TUNNEL_SOURCE_BACKEND_ID,
-            },
-            Backend {
-                ip: *a,
-                port: 0,
-                node_ip: Backend::NO_AGENT,
-            }
-            .action(),
-        );
-    }
     for r in &fabric.routes {
         let action = match r.port {
             Some(port) => ipv4_route::Action::Forward {
@@ -1045,9 +1034,17 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
         );
     }
     // A node may tunnel to the switch from the port the switch routes its
-    // address to (and from no other).
+    // address to (and from no other); the switch tunnels plain packets
+    // (external requests, endpoint replies) to it from the first switch
+    // address, which its agent accepts tunnels from.
     let nodes = model.node_ips.values().chain(model.pod_nodes.values());
     for node_ip in nodes {
+        if let Some(a) = fabric.switch_addrs.first() {
+            st.tunnel_source.insert(
+                tunnel_source::Key { node_ip: *node_ip },
+                tunnel_source::Action::SetTunnelSource { switch_ip: *a },
+            );
+        }
         if let Some(port) = route_port(&fabric.routes, *node_ip) {
             st.tunnel_peer.insert(
                 tunnel_peer::Key {
@@ -1067,10 +1064,10 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
     st
 }
 
-/// The first `backend` key a backend holds.
-const FIRST_BACKEND_KEY: backend::Key = backend::Key {
-    backend_id: TUNNEL_SOURCE_BACKEND_ID + 1,
-};
+/// The first `backend` key a backend holds: ids start at 1 ([`IdPool`]).
+/// A switch programmed by an older controller may hold entry 0 (the
+/// tunnel source before `tunnel_source`): not a backend, and deleted.
+const FIRST_BACKEND_KEY: backend::Key = backend::Key { backend_id: 1 };
 
 /// The port of the longest configured route to `addr`, if it forwards.
 fn route_port(routes: &[RouteConfig], addr: Ipv4Addr) -> Option<u16> {

@@ -52,6 +52,7 @@ metadata: {name: web, namespace: default}
 spec:
   type: NodePort
   clusterIP: 10.96.0.10
+  externalIPs: [203.0.113.7]
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
 ---
@@ -152,10 +153,10 @@ async fn sync_restart_resync_rest_and_cli() {
     wait_for("first sync", || ctx.ready().is_ok()).await;
     let want = ctx.desired_len();
     // 1 switch_addr + 1 spoofed_source (the switch address) + 2 pod_node
-    // (the pod CIDR, the node's /32) + 3 backend and the reserved tunnel
-    // source one + 3 cookie + 16 buckets + 1 service (no routes, so no
-    // tunnel_peer).
-    assert_eq!(want, 28);
+    // (the pod CIDR, the node's /32) + 1 tunnel_source (the node) + 3
+    // backend + twice (the ClusterIP, the externalIP) 3 cookie + 16
+    // buckets + 1 service (no routes, so no tunnel_peer).
+    assert_eq!(want, 48);
     assert_eq!(fake_count(&fake), want);
     assert!(
         fake.state.lock().unwrap().pipeline.is_some(),
@@ -190,7 +191,7 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(fake_count(&fake), ctx.desired_len());
     // It takes no new flows, but its cookies stay valid through the quarantine.
     let backends = fake.state.lock().unwrap().tables[&backend_id].len();
-    assert_eq!(backends, 3 + 1, "three backends and the tunnel source");
+    assert_eq!(backends, 3, "three backends");
 
     // Switch restart: empty tables, no pipeline; the controller reconnects,
     // pushes the pipeline and rewrites everything.
@@ -263,6 +264,13 @@ async fn sync_restart_resync_rest_and_cli() {
         port["service_id"].as_u64().is_some_and(|id| id > 0),
         "{body}"
     );
+    assert_eq!(port.get("external"), None, "{body}");
+    // The externalIP: a key of its own, flagged, with its own service id.
+    assert_eq!(v[0]["external_ips"], serde_json::json!(["203.0.113.7"]));
+    let ext = &v[0]["data_path"][1];
+    assert_eq!(ext["key"]["vip"], "203.0.113.7", "{body}");
+    assert_eq!(ext["external"], true, "{body}");
+    assert_ne!(ext["service_id"], port["service_id"], "{body}");
     // Long poll (node agents): an answer for the plan version the caller
     // holds waits until the plan changes, then shows the new one.
     let version = |r: &reqwest::Response| -> u64 {
@@ -358,9 +366,10 @@ async fn sync_restart_resync_rest_and_cli() {
     let (code, body) = get("/v1/switches/s1/tables/service_v4").await;
     assert_eq!(code, 200);
     let t: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(t["entries"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(t["entries"].as_array().unwrap().len(), 2, "{body}");
     assert_eq!(t["key"], serde_json::json!(["vip", "port", "proto"]));
     assert_eq!(t["entries"][0]["match"]["vip"], "10.96.0.10");
+    assert_eq!(t["entries"][1]["match"]["vip"], "203.0.113.7");
     assert_eq!(t["entries"][0]["match"]["proto"], 6);
     assert_eq!(t["entries"][0]["action"], "set_service");
     let (_, body) = get("/v1/switches/s1/tables").await;
@@ -447,12 +456,12 @@ async fn sync_restart_resync_rest_and_cli() {
     .await
     .unwrap();
     assert!(
-        out.0.contains("vip         port  proto  action"),
+        out.0.contains("vip          port  proto  action"),
         "{}",
         out.0
     );
     assert!(
-        out.0.contains("10.96.0.10  80    6      set_service("),
+        out.0.contains("10.96.0.10   80    6      set_service("),
         "{}",
         out.0
     );
@@ -466,6 +475,7 @@ async fn sync_restart_resync_rest_and_cli() {
         "{}",
         out.2
     );
+    assert!(out.2.contains("203.0.113.7:80/TCP (external)"), "{}", out.2);
     assert!(
         out.3.contains("s1") && out.3.contains("not in data path"),
         "{}",

@@ -62,7 +62,7 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
         host_device(cfg)?;
     }
     node.set_config(&node_config(cfg)?)?;
-    let mut cidrs = configured_cidrs(cfg)?;
+    let mut cidrs = k8s::with_service_addrs(configured_cidrs(cfg)?, &cfg.services);
     if cfg.mode == Mode::Kubernetes {
         // The controller's ServiceCIDRs a restarted agent pinned stay
         // steered until the controller answers again

@@ -469,6 +469,23 @@ pub fn merge_cidrs(configured: &[Cidr], controller: &BTreeSet<Cidr>) -> BTreeSet
         .collect()
 }
 
+/// `cidrs` and, as /32s, the addresses of `services` outside them: the
+/// external addresses (externalIPs, LoadBalancer ingress IPs) that the
+/// controller plans as Services of their own. The node then steers its
+/// clients of those to the switch as it steers a ClusterIP's, with cookies,
+/// where kube-proxy short-circuits them to the Service. A ClusterIP is
+/// inside a CIDR and adds nothing.
+pub fn with_service_addrs(mut cidrs: BTreeSet<Cidr>, services: &[ServiceConfig]) -> BTreeSet<Cidr> {
+    let outside: Vec<Cidr> = services
+        .iter()
+        .map(|s| s.vip)
+        .filter(|a| !cidrs.iter().any(|c| network((*a, c.1)) == *c))
+        .map(|a| (a, 32))
+        .collect();
+    cidrs.extend(outside);
+    cidrs
+}
+
 /// What turns the prefixes a node has (in `NODE_SVC_CIDRS`, or routed to
 /// `tlr-host`) into those it wants.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -588,7 +605,8 @@ pub async fn refresh_services(r: Refresh, node: Arc<Mutex<Node>>) {
         }
         match fetch_service_cidrs(&http, &cfg.controller_url).await {
             Ok(theirs) => {
-                let want = merge_cidrs(&configured_cidrs, &theirs);
+                let services = last.as_deref().unwrap_or(&r.services);
+                let want = with_service_addrs(merge_cidrs(&configured_cidrs, &theirs), services);
                 if last_cidrs.as_ref() != Some(&want) {
                     match steer_cidrs(&node, r.host_routes.as_ref(), &want, &configured_cidrs) {
                         Ok(()) => {
@@ -808,6 +826,32 @@ mod tests {
 
     fn cidrs(v: &[&str]) -> BTreeSet<Cidr> {
         v.iter().map(|s| cidr(s)).collect()
+    }
+
+    #[test]
+    fn external_addresses_are_steered_as_host_prefixes() {
+        let svc = |vip: &str| ServiceConfig::new(1, vip.parse().unwrap(), 80, "tcp");
+        let services = [
+            svc("10.96.0.10"),
+            svc("203.0.113.7"),
+            svc("203.0.113.7"),
+            svc("10.200.0.1"),
+        ];
+        let got = with_service_addrs(cidrs(&["10.96.0.0/12"]), &services);
+        assert_eq!(
+            got,
+            cidrs(&["10.96.0.0/12", "10.200.0.1/32", "203.0.113.7/32"])
+        );
+        // An address the controller no longer plans goes with its Service.
+        let have = got;
+        let want = with_service_addrs(cidrs(&["10.96.0.0/12"]), &services[..1]);
+        assert_eq!(
+            cidr_changes(&have, &want, &[cidr("10.96.0.0/12")]),
+            CidrChanges {
+                add: vec![],
+                remove: vec![cidr("10.200.0.1/32"), cidr("203.0.113.7/32")],
+            }
+        );
     }
 
     #[test]

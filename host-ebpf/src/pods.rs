@@ -12,6 +12,7 @@ use talaria_common::maps::PodEntry;
 use tracing::{info, warn};
 
 use crate::{
+    agent::HOST_DEV,
     config::{parse_cidr, parse_mac, Config, Mode},
     netlink::Snapshot,
     node::{link_pin_name, Node, PROG_POD},
@@ -65,9 +66,11 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&BTreeSet<Ipv4Addr>>
         .collect::<Result<Vec<_>>>()?;
     let mut pods: BTreeMap<Ipv4Addr, LocalPod> = BTreeMap::new();
     let mut missing = Vec::new();
+    // Not the host clients' device: its /32s are external Service
+    // addresses (`k8s::with_service_addrs`).
     let veth_route = |ip: Ipv4Addr| {
         snap.host_route_dev(ip)
-            .filter(|l| l.kind == "veth" && l.name != cfg.uplink)
+            .filter(|l| l.kind == "veth" && l.name != cfg.uplink && l.name != HOST_DEV)
     };
     match cfg.mode {
         Mode::Lab => {
@@ -247,6 +250,7 @@ mod tests {
             (3, "vpa", "veth"),
             (4, "vpb", "veth"),
             (5, "br0", "bridge"),
+            (6, HOST_DEV, "veth"),
         ] {
             links.insert(
                 i,
@@ -274,6 +278,7 @@ mod tests {
                 route([10, 244, 1, 3], 32, 4, None),
                 route([10, 244, 1, 9], 32, 5, None), // a bridge: not a pod
                 route([10, 244, 1, 10], 32, 2, None), // the uplink: not a pod
+                route([203, 0, 113, 7], 32, 6, None), // an external Service address
                 route([10, 99, 0, 1], 32, 4, None),  // outside pod_cidrs
                 route([10, 244, 1, 11], 32, 3, Some([10, 244, 1, 2])), // via a gateway
             ],

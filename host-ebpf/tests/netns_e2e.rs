@@ -79,6 +79,11 @@ const SVC_EXT_TCP: u16 = 12;
 const SVC_EXT_UDP: u16 = 13;
 const BACKEND_EXT_TCP: u32 = 301;
 const BACKEND_EXT_UDP: u32 = 302;
+/// A LoadBalancer ingress IP (or externalIP): TCP 80 to pod b, UDP 53 to
+/// pod c, for clients outside the cluster.
+const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const SVC_LB_TCP: u16 = 14;
+const SVC_LB_UDP: u16 = 15;
 
 /// Two nodes, a switch, three pods. Tears everything down on drop.
 struct Lab {
@@ -229,7 +234,7 @@ impl Lab {
             ]
             .concat())
             .unwrap();
-        for net in ["10.244.0.0/16", "10.200.0.0/16"] {
+        for net in ["10.244.0.0/16", "10.200.0.0/16", "203.0.113.0/24"] {
             outside
                 .ip(&["route", "add", net, "via", &gw, "dev", "eth0"])
                 .unwrap();
@@ -310,6 +315,8 @@ impl Lab {
             (SVC2_UDP, BACKEND_B_UDP),
             (SVC_EXT_TCP, BACKEND_EXT_TCP),
             (SVC_EXT_UDP, BACKEND_EXT_UDP),
+            (SVC_LB_TCP, BACKEND_B_TCP),
+            (SVC_LB_UDP, BACKEND_C_UDP),
         ];
         let ext_mac = mac_in(&self.outside.name, "eth0");
         let sw3_mac = mac_in(&self.sw.name, "sw3");
@@ -332,9 +339,12 @@ impl Lab {
             build::backend(BACKEND_C_TCP, POD_C, TCP_PORT, NODE1_IP),
             build::backend(BACKEND_B_UDP, POD_B, UDP_PORT, NODE2_IP),
             build::backend(BACKEND_C_UDP, POD_C, UDP_PORT, NODE1_IP),
-            // No agent delivers to the outside host: the switch, plain;
-            // its replies leave tunnelled from the reserved entry's address.
-            build::backend(0, SWITCH_IP, 0, Ipv4Addr::UNSPECIFIED),
+            // What the switch tunnels plain packets to each node from
+            // (external requests, replies of an agentless endpoint).
+            build::tunnel_source(NODE1_IP, SWITCH_IP),
+            build::tunnel_source(NODE2_IP, SWITCH_IP),
+            service(LB_IP, 80, IPPROTO_TCP, SVC_LB_TCP),
+            service(LB_IP, 53, IPPROTO_UDP, SVC_LB_UDP),
             build::route(host(EXT_IP), 3, sw3_mac, ext_mac),
             service(VIP_EXT, 443, IPPROTO_TCP, SVC_EXT_TCP),
             service(VIP_EXT, 53, IPPROTO_UDP, SVC_EXT_UDP),
@@ -408,6 +418,8 @@ impl Lab {
                     reject: true,
                     ..ServiceConfig::new(SVC_NO_ENDPOINTS, VIP2, NO_ENDPOINTS_PORT, "tcp")
                 },
+                ServiceConfig::new(SVC_LB_TCP, LB_IP, 80, "tcp"),
+                ServiceConfig::new(SVC_LB_UDP, LB_IP, 53, "udp"),
             ],
             pods,
             flow_table_size: 65536,
@@ -516,7 +528,12 @@ fn udp_server<T: Send + 'static>(
 /// A UDP server in pod b that answers each of `n` datagrams with
 /// "<datagram> from <peer addr>".
 fn udp_echo(lab: &Lab, n: usize) -> std::thread::JoinHandle<()> {
-    udp_server(lab.pod("pb"), POD_B, Duration::from_secs(10), move |s| {
+    udp_echo_in(lab.pod("pb"), POD_B, n)
+}
+
+/// [`udp_echo`] in any netns, on `ip`:UDP_PORT.
+fn udp_echo_in(ns: &str, ip: Ipv4Addr, n: usize) -> std::thread::JoinHandle<()> {
+    udp_server(ns, ip, Duration::from_secs(10), move |s| {
         for _ in 0..n {
             let mut buf = [0u8; 1500];
             let (k, peer) = s.recv_from(&mut buf).unwrap();
@@ -549,10 +566,20 @@ fn udp_ask(lab: &Lab, port: u16, to: &[(Ipv4Addr, u16)]) -> Vec<(String, SocketA
 /// From `local` in netns `ns`, sends `text` to VIP:53 and waits for one
 /// reply: (its text, its source).
 fn udp_ask_from(ns: &str, local: (Ipv4Addr, u16), text: &'static str) -> (String, SocketAddr) {
+    udp_ask_from_to(ns, local, (VIP, 53), text)
+}
+
+/// [`udp_ask_from`] to any address.
+fn udp_ask_from_to(
+    ns: &str,
+    local: (Ipv4Addr, u16),
+    to: (Ipv4Addr, u16),
+    text: &'static str,
+) -> (String, SocketAddr) {
     sys::in_netns(ns, move || {
         let s = UdpSocket::bind(local).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.send_to(text.as_bytes(), (VIP, 53)).unwrap();
+        s.send_to(text.as_bytes(), to).unwrap();
         let mut buf = [0u8; 100];
         let (k, from) = s.recv_from(&mut buf).expect("the reply");
         (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
@@ -1264,27 +1291,12 @@ fn a_service_whose_endpoint_runs_no_agent_answers_from_its_vip() {
     assert_eq!(transfer(s, 1000, 1000, Duration::ZERO).0 .0, 1000);
     server.join().unwrap();
 
-    let echo = udp_server(&lab.outside.name, EXT_IP, Duration::from_secs(10), |s| {
-        for _ in 0..2 {
-            let mut buf = [0u8; 1500];
-            let (k, peer) = s.recv_from(&mut buf).unwrap();
-            let text = format!("{} from {peer}", String::from_utf8_lossy(&buf[..k]));
-            s.send_to(text.as_bytes(), peer).unwrap();
-        }
-    });
+    let echo = udp_echo_in(&lab.outside.name, EXT_IP, 2);
     for (ns, client, port) in [
         (lab.pod("pa"), POD_A, 40160),
         (lab.n[0].name.as_str(), NODE1_IP, 40161),
     ] {
-        let (text, from) = sys::in_netns(ns, move || {
-            let s = UdpSocket::bind((client, port)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-            s.send_to(b"api?", (VIP_EXT, 53)).unwrap();
-            let mut buf = [0u8; 100];
-            let (k, from) = s.recv_from(&mut buf).expect("the reply");
-            (String::from_utf8_lossy(&buf[..k]).into_owned(), from)
-        })
-        .unwrap();
+        let (text, from) = udp_ask_from_to(ns, (client, port), (VIP_EXT, 53), "api?");
         assert_eq!(
             (text, from),
             (
@@ -1297,6 +1309,61 @@ fn a_service_whose_endpoint_runs_no_agent_answers_from_its_vip() {
     let st = lab.stats(0);
     assert!(st.event(node_stat::ENDPOINT_REPLY) > 0);
     assert!(st.event(node_stat::ENDPOINT_DIRECT) > 0);
+}
+
+/// A client outside the cluster (no agent) reaches a LoadBalancer ingress
+/// IP through the switch (issue: north-south, item 4): TCP to pod b on
+/// node 2, UDP to pod c on node 1. The backend sees the client's own
+/// address (no SNAT, whatever the externalTrafficPolicy), and the client
+/// gets its replies from the address it used. A one-way UDP flow's
+/// notification, meant for a client's node, never reaches it.
+#[test]
+fn an_external_client_reaches_a_load_balancer_ip() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let server = tcp_server(lab.pod("pb"), POD_B, 2);
+    let (s, line) = connect_to(&lab.outside.name, (LB_IP, 80));
+    let port = s.local_addr().unwrap().port();
+    assert_eq!(line, format!("{POD_B} saw {EXT_IP}:{port}"));
+    let (theirs, mine) = transfer(s, 4 << 20, 1 << 16, Duration::ZERO);
+    assert_eq!(theirs, (4 << 20, mine), "4 MiB there and its hash back");
+    // A pod's node steers it to the switch as a ClusterIP flow, with a
+    // cookie (kube-proxy short-circuits it to the Service too).
+    let learned = lab.stats(0).event(node_stat::COOKIE_LEARN);
+    let (s, line) = connect_to(lab.pod("pa"), (LB_IP, 80));
+    let port = s.local_addr().unwrap().port();
+    assert_eq!(line, format!("{POD_B} saw {POD_A}:{port}"));
+    assert_eq!(transfer(s, 1000, 1000, Duration::ZERO).0 .0, 1000);
+    assert!(lab.stats(0).event(node_stat::COOKIE_LEARN) > learned);
+    server.join().unwrap();
+
+    let echo = udp_echo_in(lab.pod("pc"), POD_C, 1);
+    let (text, from) = udp_ask_from_to(&lab.outside.name, (EXT_IP, 40170), (LB_IP, 53), "lb?");
+    echo.join().unwrap();
+    assert_eq!(text, format!("lb? from {EXT_IP}:40170"));
+    assert_eq!(from, SocketAddr::from((LB_IP, 53)));
+
+    // Unanswered datagrams of one flow: pod c's node notifies on the
+    // third, and the switch drops the notification (no client node).
+    let sink = udp_sink(lab.pod("pc"), POD_C);
+    let heard = sys::in_netns(&lab.outside.name, || {
+        let s = UdpSocket::bind((EXT_IP, 40171)).unwrap();
+        for i in 0..4 {
+            s.send_to(format!("oneway-{i}").as_bytes(), (LB_IP, 53))
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 100];
+        s.recv_from(&mut buf)
+            .ok()
+            .map(|(k, from)| (buf[..k].to_vec(), from))
+    })
+    .unwrap();
+    assert_eq!(heard, None, "the outside host got a datagram");
+    assert_eq!(sink.join().unwrap().len(), 4);
+    assert_eq!(lab.stats(0).event(node_stat::NOTIFY_SENT), 1);
 }
 
 /// `internalTrafficPolicy: Local` (issue: drop-in, endpoint semantics):

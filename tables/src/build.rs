@@ -12,7 +12,7 @@ use std::net::Ipv4Addr;
 use crate::value::{Ipv4Prefix, Mac};
 use crate::{
     backend, cookie_check, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4,
-    spoofed_source, switch_addr, tunnel_peer, Entry,
+    spoofed_source, switch_addr, tunnel_peer, tunnel_source, Entry,
 };
 
 /// `addr/len` exactly as given: unlike [`crate::value::Prefix::new`], host
@@ -146,6 +146,15 @@ pub const fn endpoint_reply(
             service_id: cookie.0,
             backend_id: cookie.1,
         },
+    })
+}
+
+/// `tunnel_source`: node `node_ip` accepts tunnels from the switch address
+/// `switch_ip`.
+pub const fn tunnel_source(node_ip: Ipv4Addr, switch_ip: Ipv4Addr) -> Entry {
+    Entry::TunnelSource(tunnel_source::Entry {
+        key: tunnel_source::Key { node_ip },
+        action: tunnel_source::Action::SetTunnelSource { switch_ip },
     })
 }
 
@@ -284,6 +293,14 @@ mod tests {
                     },
                 }),
                 Table::EndpointReply,
+            ),
+            (
+                tunnel_source(A, B),
+                Entry::TunnelSource(tunnel_source::Entry {
+                    key: tunnel_source::Key { node_ip: A },
+                    action: tunnel_source::Action::SetTunnelSource { switch_ip: B },
+                }),
+                Table::TunnelSource,
             ),
         ];
         for (built, want, table) in cases {

@@ -63,7 +63,8 @@ crate::p4_tables! {
         direct_counter None;
     }
 
-    /// `service_v4`: (ClusterIP, port, protocol) → service.
+    /// `service_v4`: (ClusterIP or external address, port, protocol) →
+    /// service.
     table ServiceV4 in service_v4 = "service_v4", 0x0200_0003 {
         size sizes::SERVICE_V4;
         key { vip: exact Ipv4Addr = 32, port: exact u16 = 16, proto: exact u8 = 8 }
@@ -200,6 +201,24 @@ crate::p4_tables! {
             EndpointReplyMiss = "endpoint_reply_miss", 0x0100_0014,
         }
         default EndpointReplyMiss;
+        direct_counter None;
+    }
+
+    /// `tunnel_source`: node → the switch address that node accepts
+    /// tunnels from, the outer source of a tunnel the switch builds around
+    /// a plain packet (an endpoint's reply, an external client's request).
+    table TunnelSource in tunnel_source = "tunnel_source", 0x0200_000B {
+        size sizes::TUNNEL_SOURCE;
+        key { node_ip: exact Ipv4Addr = 32 }
+        actions {
+            SetTunnelSource = "set_tunnel_source", 0x0100_0015 { switch_ip: Ipv4Addr = 32 },
+        }
+        default_only {
+            /// An external request is dropped as `no_tunnel_source`; an
+            /// endpoint reply is routed plain.
+            TunnelSourceMiss = "tunnel_source_miss", 0x0100_0016,
+        }
+        default TunnelSourceMiss;
         direct_counter None;
     }
 }

@@ -190,6 +190,8 @@ impl RustModel {
                 wire::flags::COOKIE_VALID.into(),
             ),
             ("TALARIA_FLAG_FRAG_PORTS", wire::flags::FRAG_PORTS.into()),
+            ("TALARIA_FLAG_ENDPOINT", wire::flags::ENDPOINT.into()),
+            ("TALARIA_FLAG_NOTIFY", wire::flags::NOTIFY.into()),
             ("HASH_MODE_FIVE_TUPLE", hash::hash_mode::FIVE_TUPLE.into()),
             ("HASH_MODE_CLIENT_IP", hash::hash_mode::CLIENT_IP.into()),
             ("IPV4_ROUTE_SIZE", sizes::IPV4_ROUTE.into()),
@@ -199,6 +201,10 @@ impl RustModel {
             ("LB_BUCKET_SIZE", sizes::LB_BUCKET.into()),
             ("BACKEND_SIZE", sizes::BACKEND.into()),
             ("POD_NODE_SIZE", sizes::POD_NODE.into()),
+            ("TUNNEL_PEER_SIZE", sizes::TUNNEL_PEER.into()),
+            ("SPOOFED_SOURCE_SIZE", sizes::SPOOFED_SOURCE.into()),
+            ("ENDPOINT_REPLY_SIZE", sizes::ENDPOINT_REPLY.into()),
+            ("TUNNEL_SOURCE_SIZE", sizes::TUNNEL_SOURCE.into()),
             ("SERVICE_COUNTER_SIZE", sizes::SERVICE_COUNTER.into()),
         ]
         .into_iter()

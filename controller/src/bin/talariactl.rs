@@ -233,10 +233,16 @@ async fn main() -> Result<()> {
                                 name.clone(),
                                 s(&svc["service_type"]),
                                 format!(
-                                    "{}:{}/{}",
+                                    "{}:{}/{}{}",
                                     s(&p["key"]["vip"]),
                                     p["key"]["port"],
-                                    s(&p["key"]["proto"])
+                                    s(&p["key"]["proto"]),
+                                    // An externalIP or LoadBalancer ingress IP.
+                                    if p["external"] == true {
+                                        " (external)"
+                                    } else {
+                                        ""
+                                    }
                                 ),
                                 p["service_id"].to_string(),
                                 format!(

@@ -43,9 +43,10 @@ pub(super) struct Index {
     /// Service → the slices labelled with its name.
     by_service: BTreeMap<ObjectRef, VecSet<ObjectRef>>,
     pub(super) services: BTreeMap<ObjectRef, ServiceEntry>,
-    /// Key → the Services asking for it. The smallest namespace/name owns
-    /// it (independent of list order, so an incremental update resolves a
-    /// conflict exactly as a full build does).
+    /// Key → the Services asking for it. The smallest namespace/name that
+    /// asks for it as a ClusterIP owns it, else the smallest of all
+    /// (independent of list order, so an incremental update resolves a
+    /// conflict exactly as a full build does; see [`Index::owner`]).
     claims: BTreeMap<ServiceKey, VecSet<ObjectRef>>,
 }
 
@@ -75,9 +76,6 @@ impl<T: Ord> VecSet<T> {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-    fn first(&self) -> Option<&T> {
-        self.0.first()
-    }
 }
 
 impl<'a, T> IntoIterator for &'a VecSet<T> {
@@ -85,6 +83,24 @@ impl<'a, T> IntoIterator for &'a VecSet<T> {
     type IntoIter = std::slice::Iter<'a, T>;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
+    }
+}
+
+impl Index {
+    /// Who owns `key`, and its port: the first claimant asking for it as
+    /// a ClusterIP, else the first (see [`Index::claims`]).
+    fn owner(&self, key: &ServiceKey) -> Option<(&ObjectRef, &ServicePort)> {
+        let port_of = |r: &ObjectRef| {
+            let e = self.services.get(r)?;
+            e.candidates.iter().find(|p| p.key == *key)
+        };
+        let mut claims = self.claims.get(key)?.into_iter();
+        let mut ports = claims.by_ref().filter_map(|r| Some((r, port_of(r)?)));
+        let first = ports.next()?;
+        if !first.1.external {
+            return Some(first);
+        }
+        ports.find(|(_, p)| !p.external).or(Some(first))
     }
 }
 
@@ -171,13 +187,8 @@ impl Model {
         let mut changed = BTreeSet::new();
         let mut involved = BTreeSet::new();
         for key in keys {
-            let claimants = self.index.claims.get(key);
-            involved.extend(claimants.into_iter().flatten().cloned());
-            let port = claimants
-                .and_then(|c| c.first())
-                .and_then(|owner| self.index.services.get(owner))
-                .and_then(|e| e.candidates.iter().find(|p| p.key == *key))
-                .cloned();
+            involved.extend(self.index.claims.get(key).into_iter().flatten().cloned());
+            let port = self.index.owner(key).map(|(_, p)| p.clone());
             let old = match port {
                 Some(p) => self.ports.insert(*key, p),
                 None => self.ports.remove(key),
@@ -187,13 +198,13 @@ impl Model {
             }
         }
         for r in involved {
-            let Some(e) = self.index.services.get_mut(&r) else {
+            let Some(e) = self.index.services.get(&r) else {
                 continue;
             };
             let mut owned = Vec::new();
             let mut duplicates = Vec::new();
             for p in &e.candidates {
-                let owner = self.index.claims.get(&p.key).and_then(|c| c.first());
+                let owner = self.index.owner(&p.key).map(|(o, _)| o);
                 if owner == Some(&r) && !owned.contains(&p.key) {
                     owned.push(p.key);
                 } else {
@@ -207,7 +218,9 @@ impl Model {
                     );
                 }
             }
-            e.duplicates = duplicates;
+            if let Some(e) = self.index.services.get_mut(&r) {
+                e.duplicates = duplicates;
+            }
             if let Some(v) = self.services.get_mut(&r) {
                 v.keys = owned;
             }

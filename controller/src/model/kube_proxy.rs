@@ -397,6 +397,92 @@ fn hint_names<T>(hints: Option<&Vec<T>>, name: fn(&T) -> &String) -> Vec<String>
 
 /// Evaluates one Service with the slices labelled for it: its view (absent
 /// when the Service is unusable) and the data-path ports it asks for.
+/// The addresses outside the cluster that a Service is reached at, which
+/// the switch balances as it does the ClusterIPs (docs/design.md,
+/// "External clients"): `spec.externalIPs`, for any type, as kube-proxy
+/// does; for a LoadBalancer, `status.loadBalancer.ingress[].ip`, unless
+/// its `ipMode` is `Proxy` (the load balancer terminates the connection
+/// and kube-proxy leaves the address to it). Each once, and not a
+/// ClusterIP of its own. What is not served gets a note: hostnames, IPv6,
+/// and the ingress IPs of a Service with `loadBalancerSourceRanges`, which
+/// the switch cannot enforce yet (serving them would open what the
+/// operator closed).
+fn external_addresses(
+    svc: &Service,
+    service_type: &str,
+    view: &mut ServiceView,
+    skipped: &mut Vec<Skipped>,
+) -> Vec<Ipv4Addr> {
+    let spec = svc.spec.as_ref();
+    let mut wanted: Vec<(&str, &str)> = spec
+        .and_then(|s| s.external_ips.as_ref())
+        .into_iter()
+        .flatten()
+        .map(|ip| ("externalIP", ip.as_str()))
+        .collect();
+    if service_type == "LoadBalancer" {
+        let ingress = svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .into_iter()
+            .flatten();
+        let restricted = spec
+            .and_then(|s| s.load_balancer_source_ranges.as_ref())
+            .is_some_and(|r| !r.is_empty());
+        let mut any = false;
+        for i in ingress {
+            any = true;
+            match (&i.ip, &i.hostname) {
+                (Some(_), _) if i.ip_mode.as_deref() == Some("Proxy") => view.notes.push(format!(
+                    "LoadBalancer ingress {}: ipMode Proxy, left to the load balancer (as kube-proxy)",
+                    i.ip.as_deref().unwrap_or_default()
+                )),
+                (Some(ip), _) if restricted => view.notes.push(format!(
+                    "LoadBalancer ingress {ip}: not served, loadBalancerSourceRanges are not \
+                     enforced by the switch yet"
+                )),
+                (Some(ip), _) => wanted.push(("LoadBalancer ingress", ip)),
+                (None, Some(host)) => view.notes.push(format!(
+                    "LoadBalancer ingress hostname {host}: no address to serve"
+                )),
+                (None, None) => {}
+            }
+        }
+        if !any {
+            view.notes
+                .push("LoadBalancer: no ingress assigned yet".into());
+        }
+    }
+    let r = &view.service;
+    let mut served = Vec::new();
+    for (what, ip) in wanted {
+        let addr = parse_ipv4_sloppy(ip).or_else(|| match ip.parse::<IpAddr>() {
+            Ok(IpAddr::V4(v4)) => Some(v4),
+            Ok(IpAddr::V6(_)) => {
+                view.notes
+                    .push(format!("{what} {ip}: IPv6, not in data path yet"));
+                None
+            }
+            Err(_) => {
+                skip(
+                    skipped,
+                    "Service",
+                    r,
+                    "bad_external_ip",
+                    format!("{what} {ip:?} unparseable"),
+                );
+                None
+            }
+        });
+        if let Some(a) = addr.filter(|a| !view.cluster_ips.contains(a) && !served.contains(a)) {
+            served.push(a);
+        }
+    }
+    served
+}
+
 pub(super) fn eval_service(
     nodes: &NodeTopology<'_>,
     svc: &Service,
@@ -569,6 +655,7 @@ fn eval_service_into(
         service: r.clone(),
         service_type: service_type.clone(),
         cluster_ips: Vec::new(),
+        external_ips: Vec::new(),
         headless: false,
         selectorless: spec.selector.as_ref().is_none_or(|s| s.is_empty()),
         ports: Vec::new(),
@@ -652,28 +739,6 @@ fn eval_service_into(
             }
         }
     }
-    if service_type == "LoadBalancer" {
-        let ingress: Vec<String> = svc
-            .status
-            .as_ref()
-            .and_then(|s| s.load_balancer.as_ref())
-            .and_then(|l| l.ingress.as_ref())
-            .map(|i| {
-                i.iter()
-                    .filter_map(|x| x.ip.clone().or(x.hostname.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if ingress.is_empty() {
-            view.notes
-                .push("LoadBalancer: no ingress assigned; not in data path yet".into());
-        } else {
-            view.notes.push(format!(
-                "LoadBalancer ingress {}: not in data path yet",
-                ingress.join(", ")
-            ));
-        }
-    }
     if !matches!(
         service_type.as_str(),
         "ClusterIP" | "NodePort" | "LoadBalancer"
@@ -688,10 +753,7 @@ fn eval_service_into(
         view.notes.push(format!("unknown type {service_type}"));
         return Some(view);
     }
-    for eip in spec.external_ips.iter().flatten() {
-        view.notes
-            .push(format!("externalIP {eip}: not in data path yet"));
-    }
+    view.external_ips = external_addresses(svc, &service_type, &mut view, &mut e.skipped);
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
     let topology = !local_only && wants_topology(svc);
     let hash_mode = match spec.session_affinity.as_deref() {
@@ -817,7 +879,11 @@ fn eval_service_into(
         if proto != Proto::Udp {
             draining.extend(unready);
         }
-        for vip in &view.cluster_ips {
+        // External addresses serve external clients: internalTrafficPolicy
+        // and topology hints are about clients' nodes, which they have not.
+        let cluster = view.cluster_ips.iter().map(|vip| (vip, false));
+        let external = view.external_ips.iter().map(|vip| (vip, true));
+        for (vip, external) in cluster.chain(external) {
             let key = ServiceKey {
                 vip: *vip,
                 port,
@@ -827,13 +893,18 @@ fn eval_service_into(
                 service: r.clone(),
                 port_name: pname.clone(),
                 key,
+                external,
                 hash_mode,
                 affinity_timeout_secs,
                 active: active.clone(),
                 draining: draining.clone(),
                 terminating_fallback: fallback && !active.is_empty(),
-                preferred: preferred.clone(),
-                local_only,
+                preferred: if external {
+                    BTreeMap::new()
+                } else {
+                    preferred.clone()
+                },
+                local_only: local_only && !external,
             });
         }
     }

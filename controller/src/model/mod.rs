@@ -105,6 +105,12 @@ pub struct ServicePort {
     pub port_name: String,
     /// Switch key.
     pub key: ServiceKey,
+    /// `key.vip` is an external address (`externalIPs`, LoadBalancer
+    /// ingress), not a ClusterIP. A ClusterIP claim on the same key wins
+    /// over it, so no Service can take another's ClusterIP by naming it
+    /// as an external address (CVE-2020-8554, which kube-proxy leaves to
+    /// admission control).
+    pub external: bool,
     /// sessionAffinity → hash mode.
     pub hash_mode: HashMode,
     /// `sessionAffinity: ClientIP`: its `timeoutSeconds`, which the

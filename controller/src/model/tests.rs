@@ -198,8 +198,11 @@ endpoints:
     }));
 }
 
+/// externalIPs and LoadBalancer ingress IPs are switch keys of their own,
+/// with the ClusterIP's endpoints; internalTrafficPolicy does not apply
+/// to them (their clients have no node). What cannot be served is noted.
 #[test]
-fn nodeport_lb_externalips_are_reported_not_dropped() {
+fn external_addresses_are_served_like_cluster_ips() {
     let m = run(r#"
 apiVersion: v1
 kind: Service
@@ -207,21 +210,145 @@ metadata: {name: lb, namespace: ns}
 spec:
   type: LoadBalancer
   clusterIP: 10.96.0.13
-  externalIPs: [203.0.113.7]
-  ports: [{port: 80, nodePort: 30080, targetPort: 80}]
-status: {loadBalancer: {ingress: [{ip: 198.51.100.1}]}}
+  internalTrafficPolicy: Local
+  externalIPs: [203.0.113.7, 203.0.113.7, 10.96.0.13, "2001:db8::7", not-an-ip]
+  ports: [{port: 80, nodePort: 30080, targetPort: 8080}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.1}, {ip: 203.0.113.7}, {hostname: lb.example.com}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: ns, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
 "#);
-    let v = &m.services[&ObjectRef {
+    let r = ObjectRef {
         namespace: "ns".into(),
         name: "lb".into(),
-    }];
+    };
+    let v = &m.services[&r];
+    let external: Vec<Ipv4Addr> = vec![
+        "203.0.113.7".parse().unwrap(),
+        "198.51.100.1".parse().unwrap(),
+    ];
+    assert_eq!(v.external_ips, external);
+    let cluster = &m.ports[&key("10.96.0.13", 80, Proto::Tcp)];
+    assert!(!cluster.external && cluster.local_only);
+    for vip in &external {
+        let p = &m.ports[&key(&vip.to_string(), 80, Proto::Tcp)];
+        assert!(p.external, "{vip}");
+        assert!(!p.local_only && p.preferred.is_empty(), "{vip}");
+        assert_eq!(p.active, [be("10.244.1.5", 8080, "192.168.0.11")].into());
+    }
+    assert_eq!(v.keys.len(), 3, "{:?}", v.keys);
     let notes = v.notes.join("\n");
     assert!(notes.contains("nodePort 30080"), "{notes}");
-    assert!(notes.contains("198.51.100.1"), "{notes}");
-    assert!(notes.contains("externalIP 203.0.113.7"), "{notes}");
-    // The ClusterIP part still works, with no endpoints.
-    let p = &m.ports[&key("10.96.0.13", 80, Proto::Tcp)];
-    assert!(p.active.is_empty());
+    assert!(notes.contains("2001:db8::7: IPv6"), "{notes}");
+    assert!(notes.contains("hostname lb.example.com"), "{notes}");
+    assert!(
+        m.skipped
+            .iter()
+            .any(|s| s.reason == "bad_external_ip" && s.detail.contains("not-an-ip")),
+        "{:?}",
+        m.skipped
+    );
+}
+
+/// An ingress IP with `ipMode: Proxy` is the load balancer's to serve
+/// (kube-proxy skips it too); one restricted by `loadBalancerSourceRanges`
+/// is not served, since the switch cannot enforce the ranges yet. Neither
+/// applies to externalIPs, and a ClusterIP-type Service's externalIPs are
+/// served (as kube-proxy does), its ingress status ignored.
+#[test]
+fn proxied_and_restricted_ingress_ips_are_not_served() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: proxied, namespace: ns}
+spec: {type: LoadBalancer, clusterIP: 10.96.0.14, ports: [{port: 80}]}
+status: {loadBalancer: {ingress: [{ip: 198.51.100.2, ipMode: Proxy}, {ip: 198.51.100.3, ipMode: VIP}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ranged, namespace: ns}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.15
+  loadBalancerSourceRanges: [192.0.2.0/24]
+  externalIPs: [203.0.113.8]
+  ports: [{port: 80}]
+status: {loadBalancer: {ingress: [{ip: 198.51.100.4}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: plain, namespace: ns}
+spec: {clusterIP: 10.96.0.16, externalIPs: [203.0.113.9], ports: [{port: 80}]}
+status: {loadBalancer: {ingress: [{ip: 198.51.100.5}]}}
+"#);
+    let served = |name: &str| {
+        m.services[&ObjectRef {
+            namespace: "ns".into(),
+            name: name.into(),
+        }]
+            .external_ips
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(served("proxied"), ["198.51.100.3"]);
+    assert_eq!(served("ranged"), ["203.0.113.8"]);
+    assert_eq!(served("plain"), ["203.0.113.9"]);
+    assert!(!m.ports.contains_key(&key("198.51.100.2", 80, Proto::Tcp)));
+    assert!(!m.ports.contains_key(&key("198.51.100.4", 80, Proto::Tcp)));
+    assert!(!m.ports.contains_key(&key("198.51.100.5", 80, Proto::Tcp)));
+}
+
+/// A Service naming another's ClusterIP as its external address does not
+/// take it, whichever sorts first and whichever comes first
+/// (CVE-2020-8554, which kube-proxy leaves to admission control).
+#[test]
+fn an_external_address_never_takes_a_cluster_ip() {
+    let victim = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: victim, namespace: ns}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
+"#;
+    let thief = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a-thief, namespace: ns}
+spec: {clusterIP: 10.96.0.21, externalIPs: [10.96.0.20], ports: [{port: 80}]}
+"#;
+    let owner = |m: &Model| {
+        m.ports[&key("10.96.0.20", 80, Proto::Tcp)]
+            .service
+            .name
+            .clone()
+    };
+    let full = run(&format!("{victim}\n---\n{thief}"));
+    assert_eq!(owner(&full), "victim");
+    assert!(full
+        .skipped
+        .iter()
+        .any(|s| s.reason == "duplicate_key" && s.object.name == "a-thief"));
+    // Incrementally, thief after victim and victim after thief.
+    use crate::source::{MemorySource, Objects};
+    for (first, second) in [(victim, thief), (thief, victim)] {
+        let (s1, _, _) = objs(first);
+        let (s2, _, _) = objs(second);
+        let src = MemorySource::new();
+        let mut o = Objects::default();
+        o.put_service(s1[0].clone());
+        src.replace(o);
+        let mut m = Model::default();
+        let _ = src.update_model(&mut m, false);
+        src.update(|o| o.put_service(s2[0].clone()));
+        let _ = src.update_model(&mut m, false);
+        assert_eq!(owner(&m), "victim");
+        assert_eq!(m, src.model());
+    }
 }
 
 #[test]

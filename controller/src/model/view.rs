@@ -31,6 +31,9 @@ pub struct ServiceView {
     pub service_type: String,
     /// IPv4 ClusterIPs that the switch serves.
     pub cluster_ips: Vec<Ipv4Addr>,
+    /// IPv4 addresses outside the cluster that the switch serves too:
+    /// `externalIPs` and LoadBalancer ingress IPs.
+    pub external_ips: Vec<Ipv4Addr>,
     /// Headless (`clusterIP: None`).
     pub headless: bool,
     /// Has no selector (endpoints come from user-managed slices).

@@ -19,7 +19,7 @@ use talaria_common::{
 use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
 use talaria_tables::{
     backend, cookie_check, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4,
-    spoofed_source, switch_addr, tunnel_peer,
+    spoofed_source, switch_addr, tunnel_peer, tunnel_source,
     value::{Ipv4Prefix, Mac},
 };
 
@@ -164,6 +164,7 @@ impl Dataplane {
                 _pad: [0; 3],
             }),
             EntryKey::SpoofedSource(k) => MapBytes::from_slice(&be32(k.src_addr).0),
+            EntryKey::TunnelSource(k) => MapBytes::from_slice(&be32(k.node_ip).0),
         })
     }
 
@@ -244,6 +245,10 @@ impl Dataplane {
                     _pad: 0,
                     backend_id,
                 })
+            }
+            Entry::TunnelSource(e) => {
+                let tunnel_source::Action::SetTunnelSource { switch_ip } = e.action;
+                MapBytes::from_slice(&be32(switch_ip).0)
             }
         };
         Ok((key, value))
@@ -375,6 +380,14 @@ impl Dataplane {
                     },
                 })
             }
+            Table::TunnelSource => Entry::TunnelSource(tunnel_source::Entry {
+                key: tunnel_source::Key {
+                    node_ip: addr(from_bytes(key)),
+                },
+                action: tunnel_source::Action::SetTunnelSource {
+                    switch_ip: addr(from_bytes(value)),
+                },
+            }),
         }
     }
 
@@ -428,6 +441,8 @@ pub(crate) fn map_layout(table: Table) -> (usize, usize) {
             size_of::<EndpointReplyKey>(),
             size_of::<EndpointReplyValue>(),
         ),
+        // Node address → switch address.
+        Table::TunnelSource => (size_of::<Be32>(), size_of::<Be32>()),
     }
 }
 
@@ -594,6 +609,7 @@ mod tests {
                 6,
                 (7, 0x8000_0001),
             ),
+            build::tunnel_source(node, Ipv4Addr::new(10, 0, 0, 1)),
         ];
         for e in entries {
             let (k, v) = Dataplane::encode(&e).unwrap();

@@ -136,9 +136,10 @@ fn mutate(rng: &mut XorShiftRng, seed: &[u8], addrs: &[Ipv4Addr]) -> Vec<u8> {
 /// nothing to a stack); a drop is counted under exactly one reason and a
 /// forward under none; a forwarded frame's checksums are right when the
 /// input's were; a frame leaving with a switch address as outer source
-/// is a tunnel re-originated from one a node sent in on its port, or the
+/// is a tunnel re-originated from one a node sent in on its port, the
 /// reply of an endpoint without an agent, tunnelled as that endpoint's
-/// backend; and a forwarded reply came from the node of the backend its
+/// backend, or an external client's request, tunnelled to its backend's
+/// node; and a forwarded reply came from the node of the backend its
 /// cookie names.
 #[test]
 fn fuzzed_frames_keep_the_switch_invariants() {
@@ -220,7 +221,7 @@ fn fuzzed_frames_keep_the_switch_invariants() {
                         why()
                     );
                 }
-            } else {
+            } else if f[opt + 5] & flags::REPLY != 0 {
                 // Only a plain reply of an endpoint without an agent is
                 // tunnelled from a sender that is no node, as that endpoint.
                 let from = endpoint_of(&input);
@@ -230,6 +231,16 @@ fn fuzzed_frames_keep_the_switch_invariants() {
                         && t.backend_node.get(&backend_id) == Some(&Ipv4Addr::UNSPECIFIED),
                     "re-originated a tunnel from {sender}, which is neither a peer nor an \
                      endpoint without an agent ({from:?}): {}",
+                    why()
+                );
+            } else {
+                // An external client's request, tunnelled to the node of
+                // the backend its cookie names.
+                assert_eq!(
+                    t.backend_node.get(&backend_id),
+                    Some(&addr(f, off::OUTER_IP + 16)),
+                    "a tunnel built for {sender}'s request goes to a node that does not host \
+                     its backend: {}",
                     why()
                 );
             }

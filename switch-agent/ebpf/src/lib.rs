@@ -59,5 +59,3 @@ pub use talaria_common::p4::sizes as size;
 /// TTL of the outer header when the switch re-originates a tunnel, before
 /// `ipv4_route` decrements it. Must match `TUNNEL_TTL` in p4/constants.p4.
 pub const TUNNEL_TTL: u8 = 64;
-
-pub use talaria_common::p4::TUNNEL_SOURCE_BACKEND_ID;

@@ -20,14 +20,23 @@
 //!    checked (its source is its service's VIP and port, its cookie names a
 //!    backend of that service, the sender is that backend's node: else
 //!    `forged_reply`) and re-originated towards the client's node
-//!    (`pod_node`); a client's ICMP error about a reply goes to the backend
-//!    its cookie names, the quoted reply rewritten as the backend sent it;
+//!    (`pod_node`), or, to a client outside the cluster, stripped and
+//!    routed plain (not a `NOTIFY`: `no_client_node`); a client's ICMP
+//!    error about a reply goes to the backend its cookie names, the quoted
+//!    reply rewritten as the backend sent it;
 //!    anything else is load-balanced (`service_v4`, `cookie_check`,
 //!    `lb_bucket`, `backend`), DNATed and cookied. The outer header becomes
 //!    (switch address → node, TTL `TUNNEL_TTL`).
-//! 3. Everything else is routed by `ipv4_route` after the TTL check, Geneve
+//! 3. A plain TCP or UDP first fragment without options (UDP to 6081
+//!    excluded) to a Service address in `service_v4` is an external
+//!    client's request: hashed as a new flow (`lb_bucket`, `backend`),
+//!    DNATed, and routed plain to a backend without an agent or tunnelled
+//!    to the backend's node from its `tunnel_source`. Otherwise it may be
+//!    an agentless endpoint's reply (`endpoint_reply`, `pod_node`,
+//!    `tunnel_source`), tunnelled unchanged to the client's node.
+//! 4. Everything else is routed by `ipv4_route` after the TTL check, Geneve
 //!    in transit included, however odd its Geneve part.
-//! 4. `forward`: TTL decrement, MAC rewrite, `bpf_redirect` out of the port.
+//! 5. `forward`: TTL decrement, MAC rewrite, `bpf_redirect` out of the port.
 //!
 //! The P4 and this program agree packet for packet, bytes and counters
 //! (the parity suite in `bmv2-testbed/tests/parity.rs` runs the scenarios
@@ -68,10 +77,7 @@ use talaria_common::{
         TALARIA_OPT_LEN, TALARIA_OPT_TYPE, TALARIA_OPT_WORDS, TALARIA_VERSION,
     },
 };
-use talaria_switch_ebpf::{
-    size, NO_PORT, PORT_COUNT, PORT_DROP_ROWS, ROUTE_DROP_PORT, TUNNEL_SOURCE_BACKEND_ID,
-    TUNNEL_TTL,
-};
+use talaria_switch_ebpf::{size, NO_PORT, PORT_COUNT, PORT_DROP_ROWS, ROUTE_DROP_PORT, TUNNEL_TTL};
 
 // ------------------------------------------------------------------ tables --
 
@@ -125,6 +131,12 @@ static SWITCH_SPOOFED_SOURCE: HashMap<Be32, u32> = HashMap::pinned(size::SPOOFED
 #[map]
 static SWITCH_ENDPOINT_REPLY: HashMap<EndpointReplyKey, EndpointReplyValue> =
     HashMap::pinned(size::ENDPOINT_REPLY, 0);
+
+/// `TalariaIngress.tunnel_source`: node address → the switch address that
+/// node accepts tunnels from (the outer source of a tunnel built around a
+/// plain packet).
+#[map]
+static SWITCH_TUNNEL_SOURCE: HashMap<Be32, Be32> = HashMap::pinned(size::TUNNEL_SOURCE, 0);
 
 // ---------------------------------------------------------------- counters --
 
@@ -262,8 +274,15 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if spoofed(ip.src) {
         return Err(drop(DropReason::SpoofedSource, pkt));
     }
-    if let Some(tunnel) = endpoint_reply(pkt, &ip, ctx, udp_off) {
-        return encap_endpoint_reply(ctx, pkt, &ip, &tunnel);
+    if let Some(ports) = plain_ports(ctx, &ip, udp_off) {
+        // One `service_v4` for both: a request's destination is a Service
+        // address, else the packet may be an endpoint's reply.
+        if let Some(svc) = find_service(ip.dst, ports[1], ip.proto) {
+            return external_request(ctx, pkt, &ip, ports, &svc);
+        }
+        if let Some(tunnel) = endpoint_reply(pkt, &ip, ports) {
+            return encap_plain(ctx, pkt, &ip, ports, &tunnel);
+        }
     }
     if ip.ttl <= 1 {
         return Err(drop(DropReason::TtlExpired, pkt));
@@ -272,46 +291,100 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     forward(ctx, pkt, &route, ip.ttl, ip.ttl - 1, ip.proto)
 }
 
-/// A plain packet that leaves tunnelled: an endpoint's reply, to the
-/// client's node, from the switch's tunnel source.
-struct EndpointTunnel {
-    cookie: EndpointReplyValue,
-    ports: [Be16; 2],
-    node_ip: Be32,
-    switch_ip: Be32,
-}
-
-/// Whether a plain packet is the reply of an endpoint that runs no agent:
-/// a TCP or UDP first fragment without IP options (UDP to 6081 is Geneve
-/// in transit, never a reply) whose (port, source, source port, protocol)
-/// is in `endpoint_reply`, to a client pod whose node `pod_node` knows,
-/// with a tunnel source in the reserved `backend` entry. Anything less is
-/// routed plain.
+/// The ports of a plain packet that may be an external client's request
+/// or an endpoint's reply: a TCP or UDP first fragment without IP options
+/// (UDP to 6081 is Geneve in transit, never either), whose L4 header is
+/// whole where the P4 parser extracts it.
 #[inline(always)]
-fn endpoint_reply(
-    pkt: Pkt,
-    ip: &Ipv4Hdr,
-    ctx: &TcContext,
-    l4_off: usize,
-) -> Option<EndpointTunnel> {
+fn plain_ports(ctx: &TcContext, ip: &Ipv4Hdr, l4_off: usize) -> Option<[Be16; 2]> {
     if ip.header_len() != IPV4_HDR_LEN || ip.frag.get() & IP_FRAG_OFFSET != 0 {
         return None;
     }
-    // Where the P4 parser extracts the whole header.
-    let ports: [Be16; 2] = match ip.proto {
+    match ip.proto {
         IPPROTO_TCP => {
             let tcp: TcpHdr = ctx.load(l4_off).ok()?;
-            [tcp.src_port, tcp.dst_port]
+            Some([tcp.src_port, tcp.dst_port])
         }
         IPPROTO_UDP => {
             let udp: UdpHdr = ctx.load(l4_off).ok()?;
             if udp.dst_port.get() == GENEVE_UDP_PORT {
                 return None;
             }
-            [udp.src_port, udp.dst_port]
+            Some([udp.src_port, udp.dst_port])
         }
-        _ => return None,
+        _ => None,
+    }
+}
+
+/// A tunnel the switch builds around a plain packet: an endpoint's reply
+/// to the client's node, or an external client's request to its backend's
+/// node; from the switch address that node accepts (`tunnel_source`).
+struct PlainTunnel {
+    flags: u8,
+    service_id: u16,
+    backend_id: u32,
+    node_ip: Be32,
+    switch_ip: Be32,
+}
+
+/// `tunnel_source`: the switch address `node` accepts tunnels from.
+#[inline(always)]
+fn tunnel_source(node: Be32) -> Option<Be32> {
+    // SAFETY: plain value read.
+    unsafe { SWITCH_TUNNEL_SOURCE.get(node) }.copied()
+}
+
+/// An external client's request: a plain packet to a Service address (a
+/// LoadBalancer ingress IP, an externalIP). Balanced as a node's new flow
+/// (no cookie: hashed, `new_flow`, the service counter) and DNATed. To a
+/// backend without an agent it is routed plain; to one behind a node it
+/// is tunnelled there from that node's `tunnel_source` (`no_tunnel_source`
+/// without one), flagged `COOKIE_VALID | NEW_FLOW` with the cookie. A
+/// first fragment is `fragment`: its later ones carry no ports and could
+/// not follow it.
+#[inline(always)]
+fn external_request(
+    ctx: &TcContext,
+    pkt: Pkt,
+    ip: &Ipv4Hdr,
+    ports: [Be16; 2],
+    svc: &ServiceValue,
+) -> Result<i32, i32> {
+    if ip.frag.get() & IP_MF != 0 {
+        return Err(drop(DropReason::Fragment, pkt));
+    }
+    count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
+    event(LbEvent::NewFlow, pkt);
+    let backend_id = hashed_backend(svc, ip, ports, pkt)?;
+    let backend =
+        lookup_backend(backend_id, pkt).ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
+    if backend.node_ip == Be32([0; 4]) {
+        dnat(ctx, pkt, IP_OFF, ip, ports[1], &backend)?;
+        if ip.ttl <= 1 {
+            return Err(drop(DropReason::TtlExpired, pkt));
+        }
+        let route = lookup_route(backend.ip, pkt)?;
+        return forward(ctx, pkt, &route, ip.ttl, ip.ttl - 1, ip.proto);
+    }
+    let switch_ip =
+        tunnel_source(backend.node_ip).ok_or_else(|| drop(DropReason::NoTunnelSource, pkt))?;
+    dnat(ctx, pkt, IP_OFF, ip, ports[1], &backend)?;
+    let tunnel = PlainTunnel {
+        flags: flags::COOKIE_VALID | flags::NEW_FLOW,
+        service_id: svc.service_id,
+        backend_id,
+        node_ip: backend.node_ip,
+        switch_ip,
     };
+    encap_plain(ctx, pkt, ip, ports, &tunnel)
+}
+
+/// Whether a plain packet with `ports` is the reply of an endpoint that
+/// runs no agent: its (port, source, source port, protocol) is in
+/// `endpoint_reply`, to a client whose node `pod_node` knows, which has a
+/// `tunnel_source`. Anything less is routed plain.
+#[inline(always)]
+fn endpoint_reply(pkt: Pkt, ip: &Ipv4Hdr, ports: [Be16; 2]) -> Option<PlainTunnel> {
     let key = EndpointReplyKey {
         port: pkt.port as u16,
         endpoint_port: ports[0],
@@ -321,18 +394,20 @@ fn endpoint_reply(
     };
     // SAFETY: plain value read.
     let cookie = *unsafe { SWITCH_ENDPOINT_REPLY.get(key) }?;
-    let switch_ip = lookup_backend(TUNNEL_SOURCE_BACKEND_ID, pkt)?.ip;
-    let node = SWITCH_POD_NODE.get(Key::new(32, ip.dst))?;
+    let node = SWITCH_POD_NODE.get(Key::new(32, ip.dst))?.node_ip;
+    let switch_ip = tunnel_source(node)?;
     event(LbEvent::Reply, pkt);
-    Some(EndpointTunnel {
-        cookie,
-        ports,
-        node_ip: node.node_ip,
+    Some(PlainTunnel {
+        flags: flags::REPLY | flags::COOKIE_VALID | flags::ENDPOINT,
+        service_id: cookie.service_id,
+        backend_id: cookie.backend_id,
+        node_ip: node,
         switch_ip,
     })
 }
 
-/// The outer headers of an endpoint reply, as a node writes them.
+/// The outer headers of a tunnel built around a plain packet, as a node
+/// writes them.
 #[repr(C)]
 struct OuterHdrs {
     ip: Ipv4Hdr,
@@ -340,15 +415,17 @@ struct OuterHdrs {
     encap: [u8; TalariaEncap::LEN],
 }
 
-/// Encapsulates the unchanged packet as a node does a reply (`REPLY |
-/// COOKIE_VALID | ENDPOINT`, outer TTL `TUNNEL_TTL`, UDP checksum 0, source
-/// port from the flow's crc32) and routes it to the client's node.
+/// Encapsulates a plain packet as a node does (outer TTL `TUNNEL_TTL`, DF,
+/// id 0, the packet's TOS, UDP checksum 0, source port from the crc32 of
+/// the flow as it arrived: `ip` and `ports`, its header before any DNAT)
+/// and routes it to the tunnel's node.
 #[inline(always)]
-fn encap_endpoint_reply(
+fn encap_plain(
     ctx: &TcContext,
     pkt: Pkt,
     ip: &Ipv4Hdr,
-    t: &EndpointTunnel,
+    ports: [Be16; 2],
+    t: &PlainTunnel,
 ) -> Result<i32, i32> {
     let route = lookup_route(t.node_ip, pkt)?;
     let err = |_| drop(DropReason::Malformed, pkt);
@@ -361,8 +438,8 @@ fn encap_endpoint_reply(
         src: ip.src,
         dst: ip.dst,
         proto: ip.proto,
-        src_port: t.ports[0],
-        dst_port: t.ports[1],
+        src_port: ports[0],
+        dst_port: ports[1],
     }
     .hash();
     // The lengths follow the inner header, as the P4 computes them (a
@@ -383,12 +460,7 @@ fn encap_endpoint_reply(
             len: Be16::new(inner_len.wrapping_add((ENCAP_OVERHEAD - IPV4_HDR_LEN) as u16)),
             check: Be16::new(0),
         },
-        encap: TalariaEncap::new(
-            flags::REPLY | flags::COOKIE_VALID | flags::ENDPOINT,
-            t.cookie.service_id,
-            t.cookie.backend_id,
-        )
-        .to_bytes(),
+        encap: TalariaEncap::new(t.flags, t.service_id, t.backend_id).to_bytes(),
     };
     ctx.store(IP_OFF, &hdrs, 0).map_err(err)?;
     let out = Pkt {
@@ -563,11 +635,21 @@ fn terminate(
     let reply = opt.flags & flags::REPLY != 0;
     let node_ip = if reply {
         check_reply(ctx, pkt, outer.src, &inner, inner_off, &opt)?;
-        let node = SWITCH_POD_NODE
-            .get(Key::new(32, inner.dst))
-            .ok_or_else(|| drop(DropReason::NoClientNode, pkt))?;
-        event(LbEvent::Reply, pkt);
-        node.node_ip
+        match SWITCH_POD_NODE.get(Key::new(32, inner.dst)) {
+            Some(node) => {
+                event(LbEvent::Reply, pkt);
+                node.node_ip
+            }
+            // A notification is for a client node's agent only.
+            None if opt.flags & flags::NOTIFY != 0 => {
+                return Err(drop(DropReason::NoClientNode, pkt));
+            }
+            // A client outside the cluster: the reply leaves plain.
+            None => {
+                event(LbEvent::Reply, pkt);
+                return strip_tunnel(ctx, pkt, inner_off);
+            }
+        }
     } else {
         load_balance(ctx, pkt, &inner, inner_off, &opt, opt_off, quote)?
     };
@@ -588,7 +670,8 @@ fn terminate(
 }
 
 /// A request to a backend without an agent (node 0.0.0.0), already
-/// DNATed: the outer headers (from the MAC header to the inner IPv4
+/// DNATed, or a checked reply to a client outside the cluster (no
+/// `pod_node`): the outer headers (from the MAC header to the inner IPv4
 /// header) go, and the inner packet is routed plain, TTL checked and
 /// decremented as any router's.
 ///
@@ -706,14 +789,12 @@ fn load_balance(
     if let Some(quote) = quote {
         return relay_icmp_error(ctx, pkt, inner, inner_off, opt, &quote);
     }
-    let check_off = match inner.proto {
-        IPPROTO_TCP => l4_off + TCP_CHECK,
-        IPPROTO_UDP => l4_off + UDP_CHECK,
-        _ => return Err(drop(DropReason::UnsupportedProtocol, pkt)),
-    };
-    let malformed = |_| drop(DropReason::Malformed, pkt);
-    let [src_port, dst_port]: [Be16; 2] = ctx.load(l4_off).map_err(malformed)?;
-    let l4_check: Be16 = ctx.load(check_off).map_err(malformed)?;
+    if inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
+        return Err(drop(DropReason::UnsupportedProtocol, pkt));
+    }
+    let [src_port, dst_port]: [Be16; 2] = ctx
+        .load(l4_off)
+        .map_err(|_| drop(DropReason::Malformed, pkt))?;
 
     let svc = lookup_service(inner.dst, dst_port, inner.proto, pkt)?;
     count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
@@ -726,22 +807,49 @@ fn load_balance(
     };
     let backend =
         lookup_backend(backend_id, pkt).ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
+    dnat(ctx, pkt, inner_off, inner, dst_port, &backend)?;
 
-    // DNAT: inner destination address (IPv4 checksum, L4 pseudo-header)
-    // and port (L4 checksum). A zero UDP checksum means "none" and stays 0.
-    let fix_l4 = inner.proto == IPPROTO_TCP || l4_check.get() != 0;
-    let l4_flags = if inner.proto == IPPROTO_UDP {
-        BPF_F_MARK_MANGLED_0 as u64
+    write_cookie(
+        ctx,
+        pkt,
+        opt_off,
+        opt,
+        (svc.service_id, backend_id),
+        !cookie_ok,
+    )?;
+    Ok(backend.node_ip)
+}
+
+/// DNAT of the TCP or UDP packet whose IPv4 header `ip` (no options) is
+/// at `ip_off`, destination port `dst_port`, to `backend`: destination
+/// address (IPv4 checksum, L4 pseudo-header) and port (L4 checksum), the
+/// checksums updated incrementally. A zero UDP checksum means "none" and
+/// stays 0; one that comes out zero is sent as 0xFFFF.
+#[inline(always)]
+fn dnat(
+    ctx: &TcContext,
+    pkt: Pkt,
+    ip_off: usize,
+    ip: &Ipv4Hdr,
+    dst_port: Be16,
+    backend: &BackendValue,
+) -> Result<(), i32> {
+    let malformed = |_| drop(DropReason::Malformed, pkt);
+    let l4_off = ip_off + IPV4_HDR_LEN;
+    let (check_off, l4_flags) = if ip.proto == IPPROTO_UDP {
+        (l4_off + UDP_CHECK, BPF_F_MARK_MANGLED_0 as u64)
     } else {
-        0
+        (l4_off + TCP_CHECK, 0)
     };
-    ctx.store(inner_off + IP_DST, &backend.ip, 0)
+    let l4_check: Be16 = ctx.load(check_off).map_err(malformed)?;
+    let fix_l4 = ip.proto == IPPROTO_TCP || l4_check.get() != 0;
+    ctx.store(ip_off + IP_DST, &backend.ip, 0)
         .map_err(malformed)?;
-    ctx.l3_csum_replace(inner_off + IP_CHECK, raw32(inner.dst), raw32(backend.ip), 4)
+    ctx.l3_csum_replace(ip_off + IP_CHECK, raw32(ip.dst), raw32(backend.ip), 4)
         .map_err(malformed)?;
     if fix_l4 {
         let flags = l4_flags | BPF_F_PSEUDO_HDR as u64 | 4;
-        ctx.l4_csum_replace(check_off, raw32(inner.dst), raw32(backend.ip), flags)
+        ctx.l4_csum_replace(check_off, raw32(ip.dst), raw32(backend.ip), flags)
             .map_err(malformed)?;
     }
     ctx.store(l4_off + 2, &backend.port, 0).map_err(malformed)?;
@@ -754,16 +862,20 @@ fn load_balance(
         )
         .map_err(malformed)?;
     }
+    Ok(())
+}
 
-    write_cookie(
-        ctx,
-        pkt,
-        opt_off,
-        opt,
-        (svc.service_id, backend_id),
-        !cookie_ok,
-    )?;
-    Ok(backend.node_ip)
+/// `service_v4` without a verdict: the service of (`vip`, `port`, `proto`).
+#[inline(always)]
+fn find_service(vip: Be32, port: Be16, proto: u8) -> Option<ServiceValue> {
+    let key = ServiceKey {
+        vip,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: plain value read.
+    unsafe { SWITCH_SERVICE_V4.get(key) }.copied()
 }
 
 /// The bucket hash: `lb_bucket` at the bucket of the flow (`inner`'s
@@ -871,16 +983,7 @@ fn balance_later_fragment(
 /// `service_v4`: a miss is `no_service`.
 #[inline(always)]
 fn lookup_service(vip: Be32, port: Be16, proto: u8, pkt: Pkt) -> Result<ServiceValue, i32> {
-    let key = ServiceKey {
-        vip,
-        port,
-        proto,
-        _pad: 0,
-    };
-    // SAFETY: plain value read.
-    unsafe { SWITCH_SERVICE_V4.get(key) }
-        .copied()
-        .ok_or_else(|| drop(DropReason::NoService, pkt))
+    find_service(vip, port, proto).ok_or_else(|| drop(DropReason::NoService, pkt))
 }
 
 /// A request's cookie against `cookie_check`, counted as a load-balancer

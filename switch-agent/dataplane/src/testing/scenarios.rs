@@ -24,7 +24,6 @@ use talaria_common::{
     hash::{hash_mode, FlowTuple},
     maps::PacketBytes,
     net::{IPPROTO_TCP, IPPROTO_UDP},
-    p4::TUNNEL_SOURCE_BACKEND_ID,
     wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
 };
 
@@ -77,13 +76,40 @@ const ENDPOINT_LOST: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 5);
 const SVC_AGENTLESS_TCP: u16 = 12;
 const SVC_AGENTLESS_UDP: u16 = 13;
 const SVC_AGENTLESS_LOST: u16 = 14;
-/// The switch's tunnel source for endpoint replies: `backend_ip` of the
-/// reserved `backend` entry TUNNEL_SOURCE_BACKEND_ID. Another of its
-/// addresses than SWITCH, so that it shows where it came from.
-const TUNNEL_SOURCE: Ipv4Addr = SWITCH2;
+
+/// External clients (no agent) of Services on an external address (a
+/// LoadBalancer ingress IP, an externalIP), which `service_v4` holds as
+/// any ClusterIP: TCP balanced over 100, 101 and 102, UDP to 200, TCP to
+/// the agentless ENDPOINT (400), and TCP to a backend on NODE_C, which
+/// has no `tunnel_source`.
+const EXT_VIP: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 10);
+const EXT_CLIENT: Ipv4Addr = Ipv4Addr::new(100, 100, 1, 7);
+const SVC_EXT_TCP: u16 = 15;
+const SVC_EXT_UDP: u16 = 16;
+const SVC_EXT_AGENTLESS: u16 = 17;
+const SVC_EXT_NO_TUNNEL_SOURCE: u16 = 18;
+/// Buckets of SVC_EXT_TCP, by index.
+const EXT_TCP_BUCKETS: [u32; 4] = [101, 100, 102, 101];
+
+/// The switch address a node accepts tunnels from (`tunnel_source`), which
+/// the switch needs for tunnels it builds around plain packets. Node B's
+/// is another than the others', so that the key shows; both differ from
+/// nothing a plain packet carries, so that it shows where it came from.
+fn tunnel_source_of(node: Ipv4Addr) -> Ipv4Addr {
+    if node == NODE_B {
+        SWITCH
+    } else {
+        SWITCH2
+    }
+}
+
+/// The `tunnel_source` entry of `node`.
+fn tunnel_source(node: Ipv4Addr) -> Entry {
+    build::tunnel_source(node, tunnel_source_of(node))
+}
 
 /// (backend id, ip, port, node).
-const BACKENDS: [(u32, Ipv4Addr, u16, Ipv4Addr); 8] = [
+const BACKENDS: [(u32, Ipv4Addr, u16, Ipv4Addr); 9] = [
     (100, Ipv4Addr::new(10, 244, 2, 5), 8080, NODE_B),
     (101, Ipv4Addr::new(10, 244, 2, 6), 8080, NODE_B),
     (102, Ipv4Addr::new(10, 244, 1, 9), 8080, NODE_A),
@@ -93,17 +119,9 @@ const BACKENDS: [(u32, Ipv4Addr, u16, Ipv4Addr); 8] = [
     (400, ENDPOINT, 6443, Ipv4Addr::UNSPECIFIED),
     (401, ENDPOINT, 5300, Ipv4Addr::UNSPECIFIED),
     (402, ENDPOINT_LOST, 6443, Ipv4Addr::UNSPECIFIED),
+    // On a node without a tunnel_source entry.
+    (500, Ipv4Addr::new(10, 244, 3, 5), 8080, NODE_C),
 ];
-
-/// The tunnel source entry.
-fn tunnel_source() -> Entry {
-    build::backend(
-        TUNNEL_SOURCE_BACKEND_ID,
-        TUNNEL_SOURCE,
-        0,
-        Ipv4Addr::UNSPECIFIED,
-    )
-}
 
 /// The MACs `ipv4_route` writes for a route out of `port`: (src, dst).
 pub fn route_mac(port: u16) -> ([u8; 6], [u8; 6]) {
@@ -176,8 +194,45 @@ fn tables() -> Vec<Entry> {
             IPPROTO_TCP,
             (SVC_AGENTLESS_TCP, 400),
         ),
-        tunnel_source(),
+        tunnel_source(NODE_A),
+        tunnel_source(NODE_B),
+        tunnel_source(NODE_LOST),
+        // External clients: their network and the external address's
+        // (where a packet to it that is no Service's goes), the Services
+        // on the external address with their buckets and cookies.
+        route_out(build::prefix(Ipv4Addr::new(100, 100, 1, 0), 24), 2),
+        route_out(build::prefix(Ipv4Addr::new(100, 64, 0, 0), 24), 2),
+        build::service(
+            EXT_VIP,
+            80,
+            IPPROTO_TCP,
+            SVC_EXT_TCP,
+            3,
+            hash_mode::FIVE_TUPLE,
+        ),
+        build::service(
+            EXT_VIP,
+            53,
+            IPPROTO_UDP,
+            SVC_EXT_UDP,
+            0,
+            hash_mode::CLIENT_IP,
+        ),
+        build::service(EXT_VIP, 443, IPPROTO_TCP, SVC_EXT_AGENTLESS, 0, 0),
+        build::service(EXT_VIP, 8443, IPPROTO_TCP, SVC_EXT_NO_TUNNEL_SOURCE, 0, 0),
+        build::bucket(SVC_EXT_UDP, 0, 200),
+        build::bucket(SVC_EXT_AGENTLESS, 0, 400),
+        build::bucket(SVC_EXT_NO_TUNNEL_SOURCE, 0, 500),
+        build::cookie(SVC_EXT_UDP, 200),
+        build::cookie(SVC_EXT_AGENTLESS, 400),
+        build::cookie(SVC_EXT_NO_TUNNEL_SOURCE, 500),
     ];
+    for (b, id) in EXT_TCP_BUCKETS.iter().enumerate() {
+        entries.push(build::bucket(SVC_EXT_TCP, b as u16, *id));
+    }
+    for id in [100, 101, 102] {
+        entries.push(build::cookie(SVC_EXT_TCP, id));
+    }
     for (b, id) in TCP_BUCKETS.iter().enumerate() {
         entries.push(build::bucket(SVC_TCP, b as u16, *id));
     }
@@ -217,6 +272,19 @@ fn hashed_backend(src: Ipv4Addr, sport: u16) -> u32 {
         dst_port: 80.into(),
     };
     TCP_BUCKETS[(t.hash() & 3) as usize]
+}
+
+/// The backend the bucket hash gives an external client's TCP flow of
+/// SVC_EXT_TCP.
+fn ext_hashed_backend(src: Ipv4Addr, sport: u16) -> u32 {
+    let t = FlowTuple {
+        src: Be32(src.octets()),
+        dst: Be32(EXT_VIP.octets()),
+        proto: IPPROTO_TCP,
+        src_port: sport.into(),
+        dst_port: 80.into(),
+    };
+    EXT_TCP_BUCKETS[(t.hash() & 3) as usize]
 }
 
 // ------------------------------------------------------------------ frames --
@@ -441,11 +509,38 @@ fn stripped(inner: &Inner, backend_id: u32, port: u16) -> Verdict {
 }
 
 /// An endpoint's plain reply `ip` (unchanged) as the switch tunnels it to
-/// the client's `node`: outer IPv4 from the tunnel source (DF, id 0, TTL
-/// 64 − 1, the reply's TOS), UDP from 0xC000 | the flow's crc32 >> 18 to
-/// 6081 (checksum 0), Geneve with the Talaria option `REPLY | COOKIE_VALID
-/// | ENDPOINT` and `cookie`; routed out of the node's port.
+/// the client's `node`: [`plain_tunnel`] with `REPLY | COOKIE_VALID |
+/// ENDPOINT` and `cookie`.
 fn endpoint_tunnel(ip: &[u8], cookie: (u16, u32), node: Ipv4Addr) -> Vec<u8> {
+    let flags = flags::REPLY | flags::COOKIE_VALID | flags::ENDPOINT;
+    plain_tunnel(ip, ip, flags, cookie, node)
+}
+
+/// An external client's request `ip` (as it arrived; `out`, DNATed to
+/// `backend_id`) as the switch tunnels it to the backend's node:
+/// [`plain_tunnel`] with `COOKIE_VALID | NEW_FLOW` and the cookie
+/// (`service_id`, `backend_id`).
+fn external_tunnel(ip: &[u8], out: &[u8], service_id: u16, backend_id: u32) -> Verdict {
+    let node = backend(backend_id).2;
+    let flags = flags::COOKIE_VALID | flags::NEW_FLOW;
+    Verdict::Forward {
+        port: node_port(node),
+        bytes: Some(plain_tunnel(ip, out, flags, (service_id, backend_id), node)),
+    }
+}
+
+/// A plain packet `ip` as it arrived, tunnelled as `inner_out` to `node`
+/// as a node tunnels: outer IPv4 from the node's tunnel source (DF, id 0,
+/// TTL 64 − 1, the packet's TOS), UDP from 0xC000 | crc32 of the arrived
+/// flow >> 18 to 6081 (checksum 0), Geneve with the Talaria option
+/// `flags` and `cookie`; routed out of the node's port.
+fn plain_tunnel(
+    ip: &[u8],
+    inner_out: &[u8],
+    flags: u8,
+    cookie: (u16, u32),
+    node: Ipv4Addr,
+) -> Vec<u8> {
     let addr = |at: usize| Ipv4Addr::new(ip[at], ip[at + 1], ip[at + 2], ip[at + 3]);
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let hash = FlowTuple {
@@ -457,11 +552,10 @@ fn endpoint_tunnel(ip: &[u8], cookie: (u16, u32), node: Ipv4Addr) -> Vec<u8> {
     }
     .hash();
     let sport = 0xc000 | (hash >> 18) as u16;
-    let flags = flags::REPLY | flags::COOKIE_VALID | flags::ENDPOINT;
     let mut geneve = talaria(flags, cookie.0, cookie.1);
-    geneve.extend_from_slice(ip);
+    geneve.extend_from_slice(inner_out);
     let outer = ipv4(
-        TUNNEL_SOURCE,
+        tunnel_source_of(node),
         node,
         63,
         IPPROTO_UDP,
@@ -1297,7 +1391,8 @@ fn tables_suite() -> Suite {
             drop(R::Malformed),
         ),
         s(
-            "reply for a pod no node hosts",
+            "reply to an address no node hosts (a client outside the cluster), no route: \
+             stripped, counted, then no_route",
             tunnel_frame(
                 NODE_B,
                 SWITCH,
@@ -1305,9 +1400,9 @@ fn tables_suite() -> Suite {
                 &talaria(flags::REPLY, SVC_TCP, 100),
                 &Inner::tcp(VIP_TCP, 80, Ipv4Addr::new(10, 250, 0, 1), 40000).to_bytes(),
             ),
-            drop(R::NoClientNode),
+            drop(R::NoRoute),
         )
-        .backend_hit(100),
+        .replied(100),
         s(
             "reply with inner IPv4 options passes (no ports needed)",
             tunnel_frame(NODE_B, SWITCH, 64, &talaria(flags::REPLY, SVC_TCP, 100), &{
@@ -1784,6 +1879,7 @@ fn tables_suite() -> Suite {
     ];
     let mut steps: Vec<Step> = scenarios.into_iter().map(Step::Send).collect();
     steps.extend(agentless_steps());
+    steps.extend(external_steps());
     Suite {
         name: "tables",
         ports: 2,
@@ -2017,25 +2113,25 @@ fn agentless_steps() -> Vec<Step> {
             plain_ip(&reply_tcp),
             fwd(1, endpoint_tunnel(&reply_tcp, tcp_cookie, NODE_A)),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
         s(
             "endpoint reply (UDP) tunnelled unchanged to the client's node",
             plain_ip(&reply_udp),
             fwd(1, endpoint_tunnel(&reply_udp, udp_cookie, NODE_A)),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
         s(
             "endpoint reply to a client on another node: tunnelled out of its port",
             plain_ip(&reply_udp_b),
             fwd(2, endpoint_tunnel(&reply_udp_b, udp_cookie, NODE_B)),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
         s(
             "endpoint reply with TTL 1 is tunnelled (the outer TTL is the switch's)",
             plain_ip(&reply_ttl1),
             fwd(1, endpoint_tunnel(&reply_ttl1, tcp_cookie, NODE_A)),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
         s(
             "endpoint reply's first fragment tunnelled like a whole packet",
             plain_ip(&reply_first_fragment),
@@ -2044,13 +2140,13 @@ fn agentless_steps() -> Vec<Step> {
                 endpoint_tunnel(&reply_first_fragment, udp_cookie, NODE_A),
             ),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
         s(
             "endpoint reply in a padded frame: tunnelled, padding kept after it",
             padded(plain_ip(&reply_short)),
             fwd(1, padded(endpoint_tunnel(&reply_short, udp_cookie, NODE_A))),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
         s(
             "endpoint reply cut inside its TCP header: routed plain",
             reply_cut.clone(),
@@ -2061,7 +2157,7 @@ fn agentless_steps() -> Vec<Step> {
             plain_ip(&reply_lost),
             Verdict::Drop(R::NoRoute),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
         s(
             "endpoint reply on a port the endpoint is not behind: routed plain",
             from_far.clone(),
@@ -2081,8 +2177,7 @@ fn agentless_steps() -> Vec<Step> {
             "endpoint reply to an address in no pod CIDR: routed plain",
             to_node.clone(),
             plain_to(&to_node, 2),
-        )
-        .backend_hit(TUNNEL_SOURCE_BACKEND_ID),
+        ),
         s(
             "endpoint reply with IPv4 options: routed plain",
             with_options.clone(),
@@ -2102,22 +2197,295 @@ fn agentless_steps() -> Vec<Step> {
     .into_iter()
     .map(Step::Send)
     .collect();
-    // Without a tunnel source the switch cannot tunnel a reply.
+    // Without a tunnel source for the client's node the switch cannot
+    // tunnel a reply.
     let reply = plain_ip(&reply_tcp);
-    steps.push(Step::Delete(tunnel_source()));
+    steps.push(Step::Delete(tunnel_source(NODE_A)));
     steps.push(Step::Send(s(
-        "endpoint reply without the tunnel source entry: routed plain",
+        "endpoint reply whose client's node has no tunnel_source: routed plain",
         reply.clone(),
         plain_to(&reply, 1),
     )));
-    steps.push(Step::Insert(tunnel_source()));
+    steps.push(Step::Insert(tunnel_source(NODE_A)));
     steps.push(Step::Send(
         s(
             "endpoint reply once the tunnel source is back: tunnelled",
             reply,
             fwd(1, endpoint_tunnel(&reply_tcp, tcp_cookie, NODE_A)),
         )
-        .replied(TUNNEL_SOURCE_BACKEND_ID),
+        .event(E::Reply),
+    ));
+    steps
+}
+
+/// External clients (no agent) of the Services on EXT_VIP: their plain
+/// requests balanced as new flows, DNATed and tunnelled to the backend's
+/// node from its `tunnel_source` (or routed plain to a backend without an
+/// agent); replies to them stripped and routed plain. Against the
+/// standard tables, after the other scenarios.
+fn external_steps() -> Vec<Step> {
+    use DropReason as R;
+    use LbEvent as E;
+    let s = Scenario::new;
+    let fwd = |port, bytes| Verdict::Forward {
+        port,
+        bytes: Some(bytes),
+    };
+    let plain_to = |frame: &[u8], port| fwd(port, routed(frame, port));
+    // A request `inner` to a backend behind a node, tunnelled there.
+    let tunnelled = |inner: &Inner, service_id, backend_id| {
+        external_tunnel(
+            &inner.to_bytes(),
+            &dnat(inner, backend_id).to_bytes(),
+            service_id,
+            backend_id,
+        )
+    };
+
+    let tcp = Inner::tcp(EXT_CLIENT, 40000, EXT_VIP, 80);
+    let first = ext_hashed_backend(EXT_CLIENT, 40000);
+    // Another flow of the client that hashes to another backend.
+    let other_sport = (40001..41000)
+        .find(|p| ext_hashed_backend(EXT_CLIENT, *p) != first)
+        .unwrap();
+    let other = Inner::tcp(EXT_CLIENT, other_sport, EXT_VIP, 80);
+    let other_backend = ext_hashed_backend(EXT_CLIENT, other_sport);
+    // A flow that hashes to the backend on node A, whose tunnel source
+    // differs from node B's.
+    let on_a_sport = (40001..41000)
+        .find(|p| backend(ext_hashed_backend(EXT_CLIENT, *p)).2 == NODE_A)
+        .unwrap();
+    let on_a = Inner::tcp(EXT_CLIENT, on_a_sport, EXT_VIP, 80);
+    let on_a_backend = ext_hashed_backend(EXT_CLIENT, on_a_sport);
+    // Geneve in transit to the external address whose inner TCP port is a
+    // UDP Service port there: not a plain TCP packet, routed unchanged.
+    let transit = tunnel_frame(
+        NODE_A,
+        EXT_VIP,
+        64,
+        &talaria(flags::NEW_FLOW, 0, 0),
+        &Inner::tcp(CLIENT, 40000, VIP_TCP, 53).to_bytes(),
+    );
+    let udp = Inner::udp(EXT_CLIENT, 5353, EXT_VIP, 53);
+    let udp_nocsum = Inner {
+        l4: L4::Udp {
+            src: 5353,
+            dst: 53,
+            csum: false,
+        },
+        ..udp.clone()
+    };
+    let udp_zero = zero_after_dnat(&udp, 200);
+    // TTL 1 and a TOS (DSCP and ECN): the tunnel copies the TOS and keeps
+    // the inner TTL, its own is the switch's.
+    let tos_ttl1 = |ip: &[u8]| ip_with(&ip_with(ip, 1, 0x28), 8, 1);
+    let tcp_ttl1 = tos_ttl1(&tcp.to_bytes());
+    let tcp_ttl1_out = tos_ttl1(&dnat(&tcp, first).to_bytes());
+    let agentless = Inner::tcp(EXT_CLIENT, 40000, EXT_VIP, 443);
+    let agentless_ttl1 = ip_with(&agentless.to_bytes(), 8, 1);
+    let no_tunnel_source = Inner::tcp(EXT_CLIENT, 40000, EXT_VIP, 8443);
+    let no_service = plain_ip(&Inner::tcp(EXT_CLIENT, 40000, EXT_VIP, 81).to_bytes());
+    let mut first_fragment = tcp.clone();
+    first_fragment.frag = 0x2000;
+    let later_fragment = plain_ip(&{
+        let mut r = tcp.clone();
+        r.l4 = L4::Other(IPPROTO_TCP);
+        r.frag = 3;
+        r.payload = vec![0xab; 16];
+        r.to_bytes()
+    });
+    let with_options = plain_ip(&{
+        let mut r = tcp.clone();
+        r.options = vec![1, 1, 1, 0];
+        r.to_bytes()
+    });
+    // A pod's request to the external address, tunnelled by its node:
+    // balanced as to any Service address.
+    let from_pod = Inner::tcp(CLIENT, 40000, EXT_VIP, 80);
+    let from_pod_backend = ext_hashed_backend(CLIENT, 40000);
+
+    // Replies to the external client, from the node of their backend.
+    let reply_opt = talaria(flags::REPLY | flags::COOKIE_VALID, SVC_EXT_TCP, 100);
+    let reply_inner = Inner::tcp(EXT_VIP, 80, EXT_CLIENT, 40000).to_bytes();
+    let reply_ttl1 = ip_with(&reply_inner, 8, 1);
+    let udp_reply_inner = Inner::udp(EXT_VIP, 53, EXT_CLIENT, 5353).to_bytes();
+    let udp_reply_opt = talaria(flags::REPLY | flags::COOKIE_VALID, SVC_EXT_UDP, 200);
+    let notify_inner = Inner {
+        l4: L4::Udp {
+            src: 53,
+            dst: 5353,
+            csum: false,
+        },
+        ..Inner::udp(EXT_VIP, 53, EXT_CLIENT, 5353)
+    }
+    .to_bytes();
+    let notify_opt = talaria(
+        flags::REPLY | flags::COOKIE_VALID | flags::NOTIFY,
+        SVC_EXT_UDP,
+        200,
+    );
+
+    let mut steps: Vec<Step> = [
+        s(
+            "external TCP request to a LoadBalancer address: hashed, DNAT, tunnelled to \
+             the backend's node from its tunnel_source, flagged COOKIE_VALID and NEW_FLOW",
+            plain_ip(&tcp.to_bytes()),
+            tunnelled(&tcp, SVC_EXT_TCP, first),
+        )
+        .load_balanced(SVC_EXT_TCP, E::NewFlow, Some(first)),
+        s(
+            "external TCP request, same 5-tuple again: same backend",
+            plain_ip(&tcp.to_bytes()),
+            tunnelled(&tcp, SVC_EXT_TCP, first),
+        )
+        .load_balanced(SVC_EXT_TCP, E::NewFlow, Some(first)),
+        s(
+            "external TCP request of another flow: the hash picks its backend",
+            plain_ip(&other.to_bytes()),
+            tunnelled(&other, SVC_EXT_TCP, other_backend),
+        )
+        .load_balanced(SVC_EXT_TCP, E::NewFlow, Some(other_backend)),
+        s(
+            "external TCP request to a backend on another node: from that node's tunnel_source",
+            plain_ip(&on_a.to_bytes()),
+            tunnelled(&on_a, SVC_EXT_TCP, on_a_backend),
+        )
+        .load_balanced(SVC_EXT_TCP, E::NewFlow, Some(on_a_backend)),
+        s(
+            "Geneve in transit to an external address, inner TCP to a UDP Service port: \
+             routed plain",
+            transit.clone(),
+            plain_to(&transit, 2),
+        ),
+        s(
+            "external request with TTL 1 and a TOS: tunnelled, TOS copied, inner TTL kept",
+            plain_ip(&tcp_ttl1),
+            external_tunnel(&tcp_ttl1, &tcp_ttl1_out, SVC_EXT_TCP, first),
+        )
+        .load_balanced(SVC_EXT_TCP, E::NewFlow, Some(first)),
+        s(
+            "external UDP request: port rewritten, UDP checksum fixed, tunnelled",
+            plain_ip(&udp.to_bytes()),
+            tunnelled(&udp, SVC_EXT_UDP, 200),
+        )
+        .load_balanced(SVC_EXT_UDP, E::NewFlow, Some(200)),
+        s(
+            "external UDP request without checksum keeps checksum 0",
+            plain_ip(&udp_nocsum.to_bytes()),
+            tunnelled(&udp_nocsum, SVC_EXT_UDP, 200),
+        )
+        .load_balanced(SVC_EXT_UDP, E::NewFlow, Some(200)),
+        s(
+            "external UDP request whose checksum becomes 0 after DNAT: sent as 0xFFFF",
+            plain_ip(&udp_zero.to_bytes()),
+            tunnelled(&udp_zero, SVC_EXT_UDP, 200),
+        )
+        .load_balanced(SVC_EXT_UDP, E::NewFlow, Some(200)),
+        s(
+            "external request to a backend without an agent: DNATed, routed plain",
+            plain_ip(&agentless.to_bytes()),
+            stripped(&agentless, 400, 1),
+        )
+        .load_balanced(SVC_EXT_AGENTLESS, E::NewFlow, Some(400)),
+        s(
+            "external request to a backend without an agent, TTL 1: counted, then ttl_expired",
+            plain_ip(&agentless_ttl1),
+            Verdict::Drop(R::TtlExpired),
+        )
+        .load_balanced(SVC_EXT_AGENTLESS, E::NewFlow, Some(400)),
+        s(
+            "external request whose backend's node has no tunnel_source: counted, then \
+             no_tunnel_source",
+            plain_ip(&no_tunnel_source.to_bytes()),
+            Verdict::Drop(R::NoTunnelSource),
+        )
+        .load_balanced(SVC_EXT_NO_TUNNEL_SOURCE, E::NewFlow, Some(500)),
+        s(
+            "plain packet to an external address, no Service's port: routed plain, unchanged",
+            no_service.clone(),
+            plain_to(&no_service, 2),
+        ),
+        s(
+            "first fragment (MF) of an external request: fragment",
+            plain_ip(&first_fragment.to_bytes()),
+            Verdict::Drop(R::Fragment),
+        ),
+        s(
+            "later fragment to an external address: no ports, routed plain",
+            later_fragment.clone(),
+            plain_to(&later_fragment, 2),
+        ),
+        s(
+            "external request with IPv4 options: routed plain, not balanced",
+            with_options.clone(),
+            plain_to(&with_options, 2),
+        ),
+        s(
+            "external request with the switch's address as its source: spoofed_source",
+            plain_ip(&Inner::tcp(SWITCH, 40000, EXT_VIP, 80).to_bytes()),
+            Verdict::Drop(R::SpoofedSource),
+        ),
+        s(
+            "pod's request to an external address, tunnelled by its node: balanced as any",
+            request(SWITCH, flags::NEW_FLOW, 0, &from_pod),
+            lb_forward(SVC_EXT_TCP, from_pod_backend, &from_pod),
+        )
+        .load_balanced(SVC_EXT_TCP, E::NewFlow, Some(from_pod_backend)),
+        s(
+            "reply to an external client: tunnel stripped, routed plain from the external \
+             address",
+            tunnel_frame(NODE_B, SWITCH, 64, &reply_opt, &reply_inner),
+            plain_to(&plain_ip(&reply_inner), 2),
+        )
+        .replied(100),
+        s(
+            "UDP reply to an external client: stripped, routed plain",
+            tunnel_frame(NODE_B, SWITCH, 64, &udp_reply_opt, &udp_reply_inner),
+            plain_to(&plain_ip(&udp_reply_inner), 2),
+        )
+        .replied(200),
+        s(
+            "reply to an external client with inner TTL 1: counted, then ttl_expired",
+            tunnel_frame(NODE_B, SWITCH, 64, &reply_opt, &reply_ttl1),
+            Verdict::Drop(R::TtlExpired),
+        )
+        .replied(100),
+        s(
+            "one-way UDP notification (NOTIFY) to an external client: no_client_node",
+            tunnel_frame(NODE_B, SWITCH, 64, &notify_opt, &notify_inner),
+            Verdict::Drop(R::NoClientNode),
+        )
+        .backend_hit(200),
+        s(
+            "reply to an external client from a node that does not host its backend: \
+             forged_reply",
+            tunnel_frame(NODE_A, SWITCH, 64, &reply_opt, &reply_inner),
+            Verdict::Drop(R::ForgedReply),
+        )
+        .backend_hit(100),
+    ]
+    .into_iter()
+    .map(Step::Send)
+    .collect();
+    // The tunnel source is per node: without node B's, requests to its
+    // backends cannot be tunnelled.
+    steps.push(Step::Delete(tunnel_source(NODE_B)));
+    steps.push(Step::Send(
+        s(
+            "external request to a node whose tunnel_source was deleted: no_tunnel_source",
+            plain_ip(&udp.to_bytes()),
+            Verdict::Drop(R::NoTunnelSource),
+        )
+        .load_balanced(SVC_EXT_UDP, E::NewFlow, Some(200)),
+    ));
+    steps.push(Step::Insert(tunnel_source(NODE_B)));
+    steps.push(Step::Send(
+        s(
+            "external request once the tunnel_source is back: tunnelled",
+            plain_ip(&udp.to_bytes()),
+            tunnelled(&udp, SVC_EXT_UDP, 200),
+        )
+        .load_balanced(SVC_EXT_UDP, E::NewFlow, Some(200)),
     ));
     steps
 }
