@@ -2297,6 +2297,7 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
         a.services = fake_api::services(&[
             (SVC_TCP, "10.96.0.10", 80, "TCP"),
             (SVC_UDP, "10.96.0.10", 53, "UDP"),
+            (SVC_LB_TCP, "203.0.113.10", 80, "TCP"),
         ]);
     }
     // Served inside node 1's namespace, where the agent runs.
@@ -2331,16 +2332,25 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
         eventually(|| node::pinned_services(&lab.node_pins[0])
             .map(|s| s.len())
             .unwrap_or(0)
-            == 2),
+            == 3),
         "services from the controller"
     );
 
     // Client side: pod a → VIP → backend b on node 2.
-    let server = tcp_server(lab.pod("pb"), POD_B, 1);
+    let server = tcp_server(lab.pod("pb"), POD_B, 2);
     let (s, line) = connect_vip(lab.pod("pa"));
     assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
     let ((n, _), _) = transfer(s, 1 << 20, 64 << 10, Duration::ZERO);
     assert_eq!(n, 1 << 20);
+    // An external address the controller plans is steered as a /32.
+    assert!(
+        eventually(|| node::pinned_service_cidrs(&lab.node_pins[0])
+            .is_ok_and(|c| c.contains(&(LB_IP, 32)))),
+        "the external address steered"
+    );
+    let (s, line) = connect_to(lab.pod("pa"), (LB_IP, 80));
+    assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");
+    assert_eq!(transfer(s, 1000, 1000, Duration::ZERO).0 .0, 1000);
     server.join().unwrap();
 
     // Backend side: the pool moves to pod c on node 1, whose agent must
