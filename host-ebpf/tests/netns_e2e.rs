@@ -1346,22 +1346,13 @@ fn an_external_client_reaches_a_load_balancer_ip() {
     // Unanswered datagrams of one flow: pod c's node notifies on the
     // third, and the switch drops the notification (no client node).
     let sink = udp_sink(lab.pod("pc"), POD_C);
-    let heard = sys::in_netns(&lab.outside.name, || {
-        let s = UdpSocket::bind((EXT_IP, 40171)).unwrap();
-        for i in 0..4 {
-            s.send_to(format!("oneway-{i}").as_bytes(), (LB_IP, 53))
-                .unwrap();
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        s.set_read_timeout(Some(Duration::from_millis(500)))
-            .unwrap();
-        let mut buf = [0u8; 100];
-        s.recv_from(&mut buf)
-            .ok()
-            .map(|(k, from)| (buf[..k].to_vec(), from))
-    })
-    .unwrap();
-    assert_eq!(heard, None, "the outside host got a datagram");
+    udp_send_from(
+        &lab.outside.name,
+        (EXT_IP, 40171),
+        (LB_IP, 53),
+        "oneway",
+        0..4,
+    );
     assert_eq!(sink.join().unwrap().len(), 4);
     assert_eq!(lab.stats(0).event(node_stat::NOTIFY_SENT), 1);
 }
@@ -1520,17 +1511,27 @@ fn udp_sink(pod: &str, ip: Ipv4Addr) -> std::thread::JoinHandle<Vec<String>> {
 /// ms apart, and checks that nothing comes back (the notification is the
 /// node's, not the pod's).
 fn udp_send(lab: &Lab, port: u16, tag: &'static str, i: std::ops::Range<u32>) {
-    sys::in_netns(lab.pod("pa"), move || {
-        let s = UdpSocket::bind((POD_A, port)).unwrap();
+    udp_send_from(lab.pod("pa"), (POD_A, port), (VIP, 53), tag, i);
+}
+
+/// [`udp_send`] from `local` in netns `ns` to `to`.
+fn udp_send_from(
+    ns: &str,
+    local: (Ipv4Addr, u16),
+    to: (Ipv4Addr, u16),
+    tag: &'static str,
+    i: std::ops::Range<u32>,
+) {
+    sys::in_netns(ns, move || {
+        let s = UdpSocket::bind(local).unwrap();
         for i in i {
-            s.send_to(format!("{tag}-{i}").as_bytes(), (VIP, 53))
-                .unwrap();
+            s.send_to(format!("{tag}-{i}").as_bytes(), to).unwrap();
             std::thread::sleep(Duration::from_millis(10));
         }
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut buf = [0u8; 100];
-        assert!(s.recv_from(&mut buf).is_err(), "the pod got no datagram");
+        assert!(s.recv_from(&mut buf).is_err(), "{local:?} got a datagram");
     })
     .unwrap();
 }

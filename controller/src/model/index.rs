@@ -94,8 +94,11 @@ impl Index {
             let e = self.services.get(r)?;
             e.candidates.iter().find(|p| p.key == *key)
         };
-        let mut claims = self.claims.get(key)?.into_iter();
-        let mut ports = claims.by_ref().filter_map(|r| Some((r, port_of(r)?)));
+        let mut ports = self
+            .claims
+            .get(key)?
+            .into_iter()
+            .filter_map(|r| Some((r, port_of(r)?)));
         let first = ports.next()?;
         if !first.1.external {
             return Some(first);

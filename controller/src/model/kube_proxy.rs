@@ -94,6 +94,25 @@ pub(super) fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
     parts.next().is_none().then(|| Ipv4Addr::from(octets))
 }
 
+/// A Service address (ClusterIP, externalIP, ingress IP) as kube-proxy
+/// reads one: IPv4 (sloppily), IPv6 (no data path yet), or none.
+enum ParsedAddr {
+    V4(Ipv4Addr),
+    V6,
+    Bad,
+}
+
+fn parse_service_addr(s: &str) -> ParsedAddr {
+    if let Some(v4) = parse_ipv4_sloppy(s) {
+        return ParsedAddr::V4(v4);
+    }
+    match s.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => ParsedAddr::V4(v4),
+        Ok(IpAddr::V6(_)) => ParsedAddr::V6,
+        Err(_) => ParsedAddr::Bad,
+    }
+}
+
 /// Why kube-proxy would not see an object: it watches Services and
 /// EndpointSlices with the label selector
 /// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`
@@ -435,9 +454,8 @@ fn external_addresses(
         for i in ingress {
             any = true;
             match (&i.ip, &i.hostname) {
-                (Some(_), _) if i.ip_mode.as_deref() == Some("Proxy") => view.notes.push(format!(
-                    "LoadBalancer ingress {}: ipMode Proxy, left to the load balancer (as kube-proxy)",
-                    i.ip.as_deref().unwrap_or_default()
+                (Some(ip), _) if i.ip_mode.as_deref() == Some("Proxy") => view.notes.push(format!(
+                    "LoadBalancer ingress {ip}: ipMode Proxy, left to the load balancer (as kube-proxy)"
                 )),
                 (Some(ip), _) if restricted => view.notes.push(format!(
                     "LoadBalancer ingress {ip}: not served, loadBalancerSourceRanges are not \
@@ -458,14 +476,14 @@ fn external_addresses(
     let r = &view.service;
     let mut served = Vec::new();
     for (what, ip) in wanted {
-        let addr = parse_ipv4_sloppy(ip).or_else(|| match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => Some(v4),
-            Ok(IpAddr::V6(_)) => {
+        let addr = match parse_service_addr(ip) {
+            ParsedAddr::V4(v4) => Some(v4),
+            ParsedAddr::V6 => {
                 view.notes
                     .push(format!("{what} {ip}: IPv6, not in data path yet"));
                 None
             }
-            Err(_) => {
+            ParsedAddr::Bad => {
                 skip(
                     skipped,
                     "Service",
@@ -475,7 +493,7 @@ fn external_addresses(
                 );
                 None
             }
-        });
+        };
         if let Some(a) = addr.filter(|a| !view.cluster_ips.contains(a) && !served.contains(a)) {
             served.push(a);
         }
@@ -710,16 +728,12 @@ fn eval_service_into(
         return Some(view);
     }
     for ip in &ips {
-        if let Some(v4) = parse_ipv4_sloppy(ip) {
-            view.cluster_ips.push(v4);
-            continue;
-        }
-        match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V4(v4)) => view.cluster_ips.push(v4),
-            Ok(IpAddr::V6(_)) => view.notes.push(format!(
+        match parse_service_addr(ip) {
+            ParsedAddr::V4(v4) => view.cluster_ips.push(v4),
+            ParsedAddr::V6 => view.notes.push(format!(
                 "IPv6 ClusterIP {ip}: not in data path yet (IPv4 only)"
             )),
-            Err(_) => skip(
+            ParsedAddr::Bad => skip(
                 &mut e.skipped,
                 "Service",
                 &r,
