@@ -307,6 +307,11 @@ pub mod port_policy {
     /// than `affinity_timeout_s` and the backend still takes new flows
     /// ([`super::AffinityBackend`]).
     pub const AFFINITY: u8 = 0x08;
+    /// The port's address is this node's own, on a nodePort: its pods'
+    /// packets to it are steered like a ClusterIP's, where the node's
+    /// stack would take them (kube-proxy serves them too). Its pods reach
+    /// other nodes' nodePorts plain, through the switch.
+    pub const NODE_PORT: u8 = 0x10;
     /// Preferred backends one node can pick from per port.
     pub const MAX_PREFERRED: usize = 16;
 }

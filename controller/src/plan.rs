@@ -34,7 +34,7 @@ use crate::{
     buckets::{self, BucketPolicy},
     entries::{cookie_entry, Tables, INSERT_ORDER},
     ids::IdPool,
-    model::{Model, ObjectRef, ServicePort},
+    model::{Frontend, Model, ObjectRef, ServicePort},
     types::{Backend, HashMode, Ipv4Prefix, Mac, Proto, ServiceKey},
 };
 
@@ -80,11 +80,9 @@ pub struct PlannedPort {
     pub port_name: String,
     /// Switch key.
     pub key: ServiceKey,
-    /// `key.vip` is an address outside the cluster (`externalIPs`,
-    /// LoadBalancer ingress), which external clients reach through the
-    /// switch.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub external: bool,
+    /// What `key.vip` is: a ClusterIP, a node's address (nodePort), or an
+    /// external address (`externalIPs`, LoadBalancer ingress).
+    pub frontend: Frontend,
     /// Allocated service id.
     pub service_id: u16,
     /// Bucket count (0 = no backends, service entry absent).
@@ -122,8 +120,8 @@ pub struct PortPlan {
     pub port_name: String,
     /// Switch key.
     pub key: ServiceKey,
-    /// See [`PlannedPort::external`].
-    pub external: bool,
+    /// See [`PlannedPort::frontend`].
+    pub frontend: Frontend,
     /// Allocated service id.
     pub service_id: u16,
     /// sessionAffinity → hash mode.
@@ -214,7 +212,7 @@ impl PortPlan {
             service: self.service.clone(),
             port_name: self.port_name.clone(),
             key: self.key,
-            external: self.external,
+            frontend: self.frontend,
             service_id: self.service_id,
             buckets: self.buckets.len(),
             active: self.active.clone(),
@@ -914,7 +912,7 @@ impl Planner {
             service: port.service.clone(),
             port_name: port.port_name.clone(),
             key,
-            external: port.external,
+            frontend: port.frontend,
             service_id: sid,
             hash_mode: port.hash_mode,
             affinity_timeout_secs: port.affinity_timeout_secs,

@@ -3,6 +3,7 @@
 //! HTTP, and the `talariactl` binary.
 
 use std::{
+    collections::BTreeSet,
     net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -52,7 +53,7 @@ metadata: {name: web, namespace: default}
 spec:
   type: NodePort
   clusterIP: 10.96.0.10
-  externalIPs: [203.0.113.7]
+  externalIPs: [203.0.113.7, "2001:db8::7"]
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
 ---
@@ -154,9 +155,10 @@ async fn sync_restart_resync_rest_and_cli() {
     let want = ctx.desired_len();
     // 1 switch_addr + 1 spoofed_source (the switch address) + 2 pod_node
     // (the pod CIDR, the node's /32) + 1 tunnel_source (the node) + 3
-    // backend + twice (the ClusterIP, the externalIP) 3 cookie + 16
-    // buckets + 1 service (no routes, so no tunnel_peer).
-    assert_eq!(want, 48);
+    // backend + three times (the ClusterIP, the node's nodePort, the
+    // externalIP) 3 cookie + 16 buckets + 1 service (no routes, so no
+    // tunnel_peer).
+    assert_eq!(want, 68);
     assert_eq!(fake_count(&fake), want);
     assert!(
         fake.state.lock().unwrap().pipeline.is_some(),
@@ -248,13 +250,6 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v[0]["service"]["name"], "web");
-    assert!(
-        v[0]["notes"][0]
-            .as_str()
-            .unwrap()
-            .contains("nodePort 30080"),
-        "{body}"
-    );
     // What the node agent's Kubernetes mode reads (host-ebpf k8s.rs).
     let port = &v[0]["data_path"][0];
     assert_eq!(port["key"]["vip"], "10.96.0.10");
@@ -264,13 +259,21 @@ async fn sync_restart_resync_rest_and_cli() {
         port["service_id"].as_u64().is_some_and(|id| id > 0),
         "{body}"
     );
-    assert_eq!(port.get("external"), None, "{body}");
-    // The externalIP: a key of its own, flagged, with its own service id.
+    assert_eq!(port["frontend"], "cluster_ip", "{body}");
+    // The node's nodePort and the externalIP: keys of their own, each with
+    // its own service id.
+    let node_port = &v[0]["data_path"][1];
+    assert_eq!(node_port["key"]["vip"], "192.168.0.11", "{body}");
+    assert_eq!(node_port["key"]["port"], 30080, "{body}");
+    assert_eq!(node_port["frontend"], "node_port", "{body}");
     assert_eq!(v[0]["external_ips"], serde_json::json!(["203.0.113.7"]));
-    let ext = &v[0]["data_path"][1];
+    let ext = &v[0]["data_path"][2];
     assert_eq!(ext["key"]["vip"], "203.0.113.7", "{body}");
-    assert_eq!(ext["external"], true, "{body}");
-    assert_ne!(ext["service_id"], port["service_id"], "{body}");
+    assert_eq!(ext["frontend"], "external", "{body}");
+    let ids: BTreeSet<_> = [port, node_port, ext]
+        .map(|p| p["service_id"].as_u64())
+        .into();
+    assert_eq!(ids.len(), 3, "{body}");
     // Long poll (node agents): an answer for the plan version the caller
     // holds waits until the plan changes, then shows the new one.
     let version = |r: &reqwest::Response| -> u64 {
@@ -366,12 +369,25 @@ async fn sync_restart_resync_rest_and_cli() {
     let (code, body) = get("/v1/switches/s1/tables/service_v4").await;
     assert_eq!(code, 200);
     let t: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(t["entries"].as_array().unwrap().len(), 2, "{body}");
     assert_eq!(t["key"], serde_json::json!(["vip", "port", "proto"]));
-    assert_eq!(t["entries"][0]["match"]["vip"], "10.96.0.10");
-    assert_eq!(t["entries"][1]["match"]["vip"], "203.0.113.7");
-    assert_eq!(t["entries"][0]["match"]["proto"], 6);
-    assert_eq!(t["entries"][0]["action"], "set_service");
+    let entries: BTreeSet<String> = t["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            assert_eq!(
+                (&e["match"]["proto"], &e["action"]),
+                (&6.into(), &"set_service".into())
+            );
+            format!(
+                "{}:{}",
+                e["match"]["vip"].as_str().unwrap(),
+                e["match"]["port"]
+            )
+        })
+        .collect();
+    let want = ["10.96.0.10:80", "192.168.0.11:30080", "203.0.113.7:80"];
+    assert_eq!(entries, want.map(String::from).into(), "{body}");
     let (_, body) = get("/v1/switches/s1/tables").await;
     let all: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
@@ -456,12 +472,12 @@ async fn sync_restart_resync_rest_and_cli() {
     .await
     .unwrap();
     assert!(
-        out.0.contains("vip          port  proto  action"),
+        out.0.contains("vip           port   proto  action"),
         "{}",
         out.0
     );
     assert!(
-        out.0.contains("10.96.0.10   80    6      set_service("),
+        out.0.contains("10.96.0.10    80     6      set_service("),
         "{}",
         out.0
     );
@@ -470,8 +486,9 @@ async fn sync_restart_resync_rest_and_cli() {
         j["s1"].as_array().unwrap().len(),
         talaria_tables::Table::ALL.len()
     );
+    assert!(out.2.contains("default/web"), "{}", out.2);
     assert!(
-        out.2.contains("default/web") && out.2.contains("nodePort 30080"),
+        out.2.contains("192.168.0.11:30080/TCP (nodePort)"),
         "{}",
         out.2
     );

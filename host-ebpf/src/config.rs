@@ -195,6 +195,11 @@ pub struct ServiceConfig {
     /// Backend ids taking new flows, for session affinity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active: Vec<u32>,
+    /// `vip` is a node's address and `port` a nodePort. The node keeps it
+    /// for its backends' replies but never steers the address: clients
+    /// reach a nodePort plain, through the switch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub node_port: bool,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -271,6 +276,7 @@ impl ServiceConfig {
             agentless: false,
             affinity_timeout_secs: 0,
             active: Vec::new(),
+            node_port: false,
         }
     }
 
@@ -294,7 +300,8 @@ impl ServiceConfig {
     }
 
     /// The `NODE_PORT_POLICY` value, if the port has a policy: new flows
-    /// to it are refused, or restricted to preferred backends.
+    /// to it are refused, or restricted to preferred backends, or it is a
+    /// nodePort (which a node keeps for its own address only).
     pub fn policy(&self) -> Option<PortPolicy> {
         let n = self.preferred.len().min(port_policy::MAX_PREFERRED);
         let mut p = PortPolicy {
@@ -312,6 +319,11 @@ impl ServiceConfig {
                 }
                 | if self.affinity_timeout_secs > 0 {
                     port_policy::AFFINITY
+                } else {
+                    0
+                }
+                | if self.node_port {
+                    port_policy::NODE_PORT
                 } else {
                     0
                 },

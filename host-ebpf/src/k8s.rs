@@ -193,6 +193,9 @@ struct PlannedPort {
     /// Backend id → backend; only the ids are used.
     #[serde(default)]
     active: BTreeMap<u32, serde::de::IgnoredAny>,
+    /// `cluster_ip`, `node_port` or `external`; absent from a controller
+    /// that had no nodePorts.
+    frontend: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -253,6 +256,7 @@ impl ServiceReport {
                         0 => Vec::new(),
                         _ => p.active.into_keys().collect(),
                     },
+                    node_port: p.frontend.as_deref() == Some("node_port"),
                 }
             })
             .collect();
@@ -474,10 +478,12 @@ pub fn merge_cidrs(configured: &[Cidr], controller: &BTreeSet<Cidr>) -> BTreeSet
 /// controller plans as Services of their own. The node then steers its
 /// clients of those to the switch as it steers a ClusterIP's, with cookies,
 /// where kube-proxy short-circuits them to the Service. A ClusterIP is
-/// inside a CIDR and adds nothing.
+/// inside a CIDR and adds nothing; a nodePort's node address is never
+/// steered (everything else sent to the node would follow it).
 pub fn with_service_addrs(mut cidrs: BTreeSet<Cidr>, services: &[ServiceConfig]) -> BTreeSet<Cidr> {
     let outside: Vec<Cidr> = services
         .iter()
+        .filter(|s| !s.node_port)
         .map(|s| s.vip)
         .filter(|a| !cidrs.iter().any(|c| network((*a, c.1)) == *c))
         .map(|a| (a, 32))
@@ -688,7 +694,9 @@ mod tests {
                  "preferred": {"10.0.0.1": [3, 4], "10.0.0.2": [5]}, "local_only": true, "agentless": true},
                 {"key": {"vip": "10.96.0.10", "port": 53, "proto": "UDP"}, "service_id": 8, "buckets": 0},
                 {"key": {"vip": "10.96.0.11", "port": 80, "proto": "TCP"}, "service_id": 9, "buckets": 16,
-                 "active": {"12": {}, "3": {}}, "draining": {"4": {}}, "affinity_timeout_seconds": 30}
+                 "active": {"12": {}, "3": {}}, "draining": {"4": {}}, "affinity_timeout_seconds": 30},
+                {"key": {"vip": "10.0.0.2", "port": 30080, "proto": "TCP"}, "service_id": 10, "buckets": 16,
+                 "frontend": "node_port"}
              ]},
             {"service": {"namespace": "default", "name": "headless"}, "headless": true, "data_path": []},
             {"service": {"namespace": "default", "name": "noports"}}
@@ -713,6 +721,11 @@ mod tests {
                     affinity_timeout_secs: 30,
                     active: vec![3, 12],
                     ..ServiceConfig::new(9, "10.96.0.11".parse().unwrap(), 80, "tcp")
+                },
+                // A nodePort: known, never steered.
+                ServiceConfig {
+                    node_port: true,
+                    ..ServiceConfig::new(10, "10.0.0.2".parse().unwrap(), 30080, "tcp")
                 },
             ]
         );
@@ -831,11 +844,16 @@ mod tests {
     #[test]
     fn external_addresses_are_steered_as_host_prefixes() {
         let svc = |vip: &str| ServiceConfig::new(1, vip.parse().unwrap(), 80, "tcp");
+        let node_port = ServiceConfig {
+            node_port: true,
+            ..svc("192.168.0.12")
+        };
         let services = [
             svc("10.96.0.10"),
             svc("203.0.113.7"),
             svc("203.0.113.7"),
             svc("10.200.0.1"),
+            node_port,
         ];
         let got = with_service_addrs(cidrs(&["10.96.0.0/12"]), &services);
         assert_eq!(

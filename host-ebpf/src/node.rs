@@ -191,6 +191,9 @@ pub struct Node {
     /// What [`Node::set_services`] last wrote, so that the next call
     /// writes only what changed (None: read the maps' keys first).
     services_written: Option<ServiceMaps>,
+    /// The node's address, from [`Node::set_config`]: the only one whose
+    /// nodePorts it steers.
+    node_ip: Option<Ipv4Addr>,
 }
 
 /// The contents of the maps [`Node::set_services`] owns.
@@ -245,6 +248,7 @@ impl Node {
             pin_dir: pin_dir.map(Path::to_owned),
             links: Default::default(),
             services_written: None,
+            node_ip: None,
         })
     }
 
@@ -388,7 +392,9 @@ impl Node {
     pub fn set_config(&mut self, cfg: &NodeConfig) -> Result<()> {
         let mut a: Array<_, NodeConfig> =
             Array::try_from(self.map_mut(MAP_CONFIG)?).map_err(|e| Error::map(MAP_CONFIG, e))?;
-        a.set(0, cfg, 0).map_err(|e| Error::map(MAP_CONFIG, e))
+        a.set(0, cfg, 0).map_err(|e| Error::map(MAP_CONFIG, e))?;
+        self.node_ip = Some(Ipv4Addr::from(cfg.node_ip.0));
+        Ok(())
     }
 
     /// Sets the uplink's L3 MTU for the path MTU check (0 turns the check
@@ -493,7 +499,10 @@ impl Node {
         let mut want = ServiceMaps::default();
         for s in list {
             want.services.insert(u32::from(s.id), s.map_value()?);
-            if let Some(p) = s.policy() {
+            // Every node's nodePorts are known (for the replies of a
+            // local backend); only the node's own are steered.
+            let elsewhere = s.node_port && self.node_ip != Some(s.vip);
+            if let Some(p) = s.policy().filter(|_| !elsewhere) {
                 want.policies.insert(s.port_key()?, p);
             }
             want.affinity_backends

@@ -84,6 +84,16 @@ const BACKEND_EXT_UDP: u32 = 302;
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const SVC_LB_TCP: u16 = 14;
 const SVC_LB_UDP: u16 = 15;
+/// A NodePort Service's keys at each node's address, as the controller
+/// plans them: TCP to pod b (on node 2), UDP to pod c (on node 1), by
+/// service id per node (`externalTrafficPolicy: Cluster`).
+const NODE_PORT_TCP: u16 = 30080;
+const NODE_PORT_UDP: u16 = 30053;
+const SVC_NP_TCP: [u16; 2] = [16, 17];
+const SVC_NP_UDP: [u16; 2] = [18, 19];
+/// A nodePort with `externalTrafficPolicy: Local` and no endpoint on
+/// either node: the controller writes no switch entry for it.
+const NODE_PORT_NO_LOCAL: u16 = 30081;
 
 /// Two nodes, a switch, three pods. Tears everything down on drop.
 struct Lab {
@@ -317,6 +327,10 @@ impl Lab {
             (SVC_EXT_UDP, BACKEND_EXT_UDP),
             (SVC_LB_TCP, BACKEND_B_TCP),
             (SVC_LB_UDP, BACKEND_C_UDP),
+            (SVC_NP_TCP[0], BACKEND_B_TCP),
+            (SVC_NP_TCP[1], BACKEND_B_TCP),
+            (SVC_NP_UDP[0], BACKEND_C_UDP),
+            (SVC_NP_UDP[1], BACKEND_C_UDP),
         ];
         let ext_mac = mac_in(&self.outside.name, "eth0");
         let sw3_mac = mac_in(&self.sw.name, "sw3");
@@ -345,6 +359,10 @@ impl Lab {
             build::tunnel_source(NODE2_IP, SWITCH_IP),
             service(LB_IP, 80, IPPROTO_TCP, SVC_LB_TCP),
             service(LB_IP, 53, IPPROTO_UDP, SVC_LB_UDP),
+            service(NODE1_IP, NODE_PORT_TCP, IPPROTO_TCP, SVC_NP_TCP[0]),
+            service(NODE2_IP, NODE_PORT_TCP, IPPROTO_TCP, SVC_NP_TCP[1]),
+            service(NODE1_IP, NODE_PORT_UDP, IPPROTO_UDP, SVC_NP_UDP[0]),
+            service(NODE2_IP, NODE_PORT_UDP, IPPROTO_UDP, SVC_NP_UDP[1]),
             build::route(host(EXT_IP), 3, sw3_mac, ext_mac),
             service(VIP_EXT, 443, IPPROTO_TCP, SVC_EXT_TCP),
             service(VIP_EXT, 53, IPPROTO_UDP, SVC_EXT_UDP),
@@ -420,6 +438,10 @@ impl Lab {
                 },
                 ServiceConfig::new(SVC_LB_TCP, LB_IP, 80, "tcp"),
                 ServiceConfig::new(SVC_LB_UDP, LB_IP, 53, "udp"),
+                node_port(SVC_NP_TCP[0], NODE1_IP, NODE_PORT_TCP, "tcp"),
+                node_port(SVC_NP_TCP[1], NODE2_IP, NODE_PORT_TCP, "tcp"),
+                node_port(SVC_NP_UDP[0], NODE1_IP, NODE_PORT_UDP, "udp"),
+                node_port(SVC_NP_UDP[1], NODE2_IP, NODE_PORT_UDP, "udp"),
             ],
             pods,
             flow_table_size: 65536,
@@ -1355,6 +1377,90 @@ fn an_external_client_reaches_a_load_balancer_ip() {
     );
     assert_eq!(sink.join().unwrap().len(), 4);
     assert_eq!(lab.stats(0).event(node_stat::NOTIFY_SENT), 1);
+}
+
+/// A nodePort key as a node agent gets it from the controller.
+fn node_port(id: u16, node_ip: Ipv4Addr, port: u16, proto: &str) -> ServiceConfig {
+    ServiceConfig {
+        node_port: true,
+        ..ServiceConfig::new(id, node_ip, port, proto)
+    }
+}
+
+/// A client outside the cluster reaches a NodePort Service at either
+/// node's address (issue: north-south, item 2): the switch balances the
+/// node's key itself, so TCP to pod b and UDP to pod c work whichever node
+/// is asked, and the backend sees the client's own address (no SNAT, under
+/// either `externalTrafficPolicy`). A pod reaches another node's nodePort
+/// plain, through the switch, as an outside client does; its node learns
+/// no cookie for that flow. Its own node's nodePort its node steers, as
+/// a ClusterIP (the node's stack would take it otherwise). A
+/// nodePort without a switch entry (Local, no endpoint on the node) is
+/// refused by the node itself.
+#[test]
+fn an_external_client_reaches_a_node_port_on_each_node() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let server = tcp_server(lab.pod("pb"), POD_B, 4);
+    for node_ip in [NODE1_IP, NODE2_IP] {
+        let (s, line) = connect_to(&lab.outside.name, (node_ip, NODE_PORT_TCP));
+        let port = s.local_addr().unwrap().port();
+        assert_eq!(
+            line,
+            format!("{POD_B} saw {EXT_IP}:{port}"),
+            "via {node_ip}"
+        );
+        let (theirs, mine) = transfer(s, 1 << 20, 1 << 16, Duration::ZERO);
+        assert_eq!(theirs, (1 << 20, mine), "1 MiB via {node_ip}");
+    }
+    // Pod a, on node 1, to node 2's nodePort: node 1 routes node 2's
+    // address through the switch, as a fabric would.
+    lab.n[0]
+        .ip(&[
+            "route",
+            "add",
+            "10.200.2.0/24",
+            "via",
+            "10.200.1.1",
+            "dev",
+            "uplink",
+        ])
+        .unwrap();
+    let learned = lab.stats(0).event(node_stat::COOKIE_LEARN);
+    let (s, line) = connect_to(lab.pod("pa"), (NODE2_IP, NODE_PORT_TCP));
+    let port = s.local_addr().unwrap().port();
+    assert_eq!(line, format!("{POD_B} saw {POD_A}:{port}"));
+    assert_eq!(transfer(s, 1000, 1000, Duration::ZERO).0 .0, 1000);
+    assert_eq!(lab.stats(0).event(node_stat::COOKIE_LEARN), learned);
+    let (s, line) = connect_to(lab.pod("pa"), (NODE1_IP, NODE_PORT_TCP));
+    let port = s.local_addr().unwrap().port();
+    assert_eq!(line, format!("{POD_B} saw {POD_A}:{port}"));
+    assert_eq!(transfer(s, 1000, 1000, Duration::ZERO).0 .0, 1000);
+    assert!(lab.stats(0).event(node_stat::COOKIE_LEARN) > learned);
+    server.join().unwrap();
+
+    let echo = udp_echo_in(lab.pod("pc"), POD_C, 3);
+    for (ns, client, node_ip) in [
+        (lab.outside.name.as_str(), (EXT_IP, 40180), NODE1_IP),
+        (&lab.outside.name, (EXT_IP, 40181), NODE2_IP),
+        (lab.pod("pa"), (POD_A, 40182), NODE1_IP),
+    ] {
+        let to = (node_ip, NODE_PORT_UDP);
+        let (text, from) = udp_ask_from_to(ns, client, to, "np?");
+        assert_eq!(text, format!("np? from {}", SocketAddr::from(client)));
+        assert_eq!(from, SocketAddr::from(to));
+    }
+    echo.join().unwrap();
+
+    let refused = sys::in_netns(&lab.outside.name, || {
+        let to = SocketAddr::from((NODE1_IP, NODE_PORT_NO_LOCAL));
+        TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(|_| ())
+    })
+    .unwrap();
+    assert_eq!(
+        refused.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
 }
 
 /// `internalTrafficPolicy: Local` (issue: drop-in, endpoint semantics):
@@ -2299,7 +2405,11 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
             (SVC_TCP, "10.96.0.10", 80, "TCP"),
             (SVC_UDP, "10.96.0.10", 53, "UDP"),
             (SVC_LB_TCP, "203.0.113.10", 80, "TCP"),
+            (SVC_NP_TCP[1], "10.200.2.2", NODE_PORT_TCP, "TCP"),
         ]);
+        // The last is node 2's nodePort.
+        let np = a.services.as_array_mut().unwrap().last_mut().unwrap();
+        np["data_path"][0]["frontend"] = "node_port".into();
     }
     // Served inside node 1's namespace, where the agent runs.
     let api_for_ns = api.clone();
@@ -2333,7 +2443,7 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
         eventually(|| node::pinned_services(&lab.node_pins[0])
             .map(|s| s.len())
             .unwrap_or(0)
-            == 3),
+            == 4),
         "services from the controller"
     );
 
@@ -2348,6 +2458,11 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
         eventually(|| node::pinned_service_cidrs(&lab.node_pins[0])
             .is_ok_and(|c| c.contains(&(LB_IP, 32)))),
         "the external address steered"
+    );
+    let steered = node::pinned_service_cidrs(&lab.node_pins[0]).unwrap();
+    assert!(
+        !steered.contains(&(NODE2_IP, 32)),
+        "a nodePort's node address is never steered: {steered:?}"
     );
     let (s, line) = connect_to(lab.pod("pa"), (LB_IP, 80));
     assert!(line.starts_with(&format!("{POD_B} saw {POD_A}:")), "{line}");

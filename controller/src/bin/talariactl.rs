@@ -237,11 +237,10 @@ async fn main() -> Result<()> {
                                     s(&p["key"]["vip"]),
                                     p["key"]["port"],
                                     s(&p["key"]["proto"]),
-                                    // An externalIP or LoadBalancer ingress IP.
-                                    if p["external"] == true {
-                                        " (external)"
-                                    } else {
-                                        ""
+                                    match p["frontend"].as_str() {
+                                        Some("node_port") => " (nodePort)",
+                                        Some("external") => " (external)",
+                                        _ => "",
                                     }
                                 ),
                                 p["service_id"].to_string(),

@@ -87,23 +87,19 @@ impl<'a, T> IntoIterator for &'a VecSet<T> {
 }
 
 impl Index {
-    /// Who owns `key`, and its port: the first claimant asking for it as
-    /// a ClusterIP, else the first (see [`Index::claims`]).
+    /// Who owns `key`, and its port: the first claimant of the first
+    /// [`Frontend`](super::Frontend) kind asking for it (see
+    /// [`Index::claims`]).
     fn owner(&self, key: &ServiceKey) -> Option<(&ObjectRef, &ServicePort)> {
         let port_of = |r: &ObjectRef| {
             let e = self.services.get(r)?;
             e.candidates.iter().find(|p| p.key == *key)
         };
-        let mut ports = self
-            .claims
+        self.claims
             .get(key)?
             .into_iter()
-            .filter_map(|r| Some((r, port_of(r)?)));
-        let first = ports.next()?;
-        if !first.1.external {
-            return Some(first);
-        }
-        ports.find(|(_, p)| !p.external).or(Some(first))
+            .filter_map(|r| Some((r, port_of(r)?)))
+            .min_by_key(|(_, p)| p.frontend)
     }
 }
 

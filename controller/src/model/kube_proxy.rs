@@ -16,8 +16,8 @@ use k8s_openapi::api::{
 
 use super::{
     index::{ServiceEntry, SliceEntry},
-    obj_ref, skip, HealthCheckView, Model, ObjectRef, PortView, ServicePort, ServiceView, Skipped,
-    HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
+    obj_ref, skip, Frontend, HealthCheckView, Model, ObjectRef, PortView, ServicePort, ServiceView,
+    Skipped, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
 use crate::types::{Backend, HashMode, Ipv4Prefix, Proto, ServiceKey};
 
@@ -637,6 +637,66 @@ fn topology_endpoints(
         .collect()
 }
 
+/// A port's endpoints as the switch uses them.
+#[derive(Debug, Clone)]
+struct Endpoints {
+    /// Take new flows.
+    active: BTreeSet<Backend>,
+    /// Keep established flows only.
+    draining: BTreeSet<Backend>,
+    /// `active` are serving-terminating endpoints, for want of ready ones.
+    fallback: bool,
+}
+
+impl Endpoints {
+    /// kube-proxy's choice: the ready endpoints take new flows, or, when
+    /// none is ready, the serving-terminating ones. Serving-terminating
+    /// endpoints that do not take new flows keep their established ones.
+    /// So does a not-ready endpoint for TCP (kube-proxy leaves its
+    /// conntrack entries alone): its cookie stays valid for as long as the
+    /// endpoint exists. UDP flows move at once: kube-proxy deletes the UDP
+    /// conntrack entries of every endpoint that is not serving.
+    fn of(
+        ready: &[(Backend, &EpInfo)],
+        serving_terminating: &[(Backend, &EpInfo)],
+        unready: &[(Backend, &EpInfo)],
+        proto: Proto,
+    ) -> Endpoints {
+        let set = |eps: &[(Backend, &EpInfo)]| eps.iter().map(|(b, _)| *b).collect::<BTreeSet<_>>();
+        let (active, mut draining, fallback) = if ready.is_empty() {
+            (set(serving_terminating), BTreeSet::new(), true)
+        } else {
+            (set(ready), set(serving_terminating), false)
+        };
+        if proto != Proto::Udp {
+            draining.extend(set(unready));
+        }
+        Endpoints {
+            active,
+            draining,
+            fallback,
+        }
+    }
+}
+
+/// The endpoints that run on `node`.
+fn on<'a>(eps: &[(Backend, &'a EpInfo)], node: Ipv4Addr) -> Vec<(Backend, &'a EpInfo)> {
+    eps.iter()
+        .filter(|(_, ep)| ep.home == Some(node))
+        .copied()
+        .collect()
+}
+
+/// The nodePort a Service port is served on at every node's address
+/// (NodePort and LoadBalancer Services; a LoadBalancer may have none,
+/// `allocateLoadBalancerNodePorts: false`).
+fn node_port_of(p: &k8s_openapi::api::core::v1::ServicePort, service_type: &str) -> Option<u16> {
+    if !matches!(service_type, "NodePort" | "LoadBalancer") {
+        return None;
+    }
+    u16::try_from(p.node_port?).ok().filter(|n| *n != 0)
+}
+
 fn eval_service_into(
     nodes: &NodeTopology<'_>,
     svc: &Service,
@@ -742,17 +802,6 @@ fn eval_service_into(
             ),
         }
     }
-    // Modelled but not in the data path yet.
-    if matches!(service_type.as_str(), "NodePort" | "LoadBalancer") {
-        for p in spec.ports.iter().flatten() {
-            if let Some(np) = p.node_port {
-                view.notes.push(format!(
-                    "nodePort {np} (port {}): not in data path yet",
-                    p.port
-                ));
-            }
-        }
-    }
     if !matches!(
         service_type.as_str(),
         "ClusterIP" | "NodePort" | "LoadBalancer"
@@ -769,6 +818,9 @@ fn eval_service_into(
     }
     view.external_ips = external_addresses(svc, &service_type, &mut view, &mut e.skipped);
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
+    // At a node's address only: the switch balances the other external
+    // addresses itself, for every endpoint.
+    let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
     let topology = !local_only && wants_topology(svc);
     let hash_mode = match spec.session_affinity.as_deref() {
         Some("ClientIP") => HashMode::ClientIp,
@@ -856,7 +908,7 @@ fn eval_service_into(
         }
         let mut ready = Vec::new();
         let mut st = Vec::new();
-        let mut unready = BTreeSet::new();
+        let mut unready = Vec::new();
         for ((ip, target), ep) in copies {
             let b = Backend {
                 ip,
@@ -868,7 +920,7 @@ fn eval_service_into(
             } else if ep.is_serving_terminating() {
                 st.push((b, ep));
             } else {
-                unready.insert(b);
+                unready.push((b, ep));
             }
         }
         let preferred = if local_only {
@@ -878,48 +930,49 @@ fn eval_service_into(
         } else {
             BTreeMap::new()
         };
-        let ready: BTreeSet<Backend> = ready.into_iter().map(|(b, _)| b).collect();
-        let st: BTreeSet<Backend> = st.into_iter().map(|(b, _)| b).collect();
-        let (active, mut draining, fallback) = if ready.is_empty() {
-            (st, BTreeSet::new(), true)
-        } else {
-            (ready, st, false)
+        let all = Endpoints::of(&ready, &st, &unready, proto);
+        // `externalTrafficPolicy: Local`, at a node's address: that node's
+        // endpoints only, and none where it has none.
+        let on_node = |node: Ipv4Addr| {
+            let (r, s, u) = (on(&ready, node), on(&st, node), on(&unready, node));
+            Endpoints::of(&r, &s, &u, proto)
         };
-        // A not-ready endpoint takes no new flows but keeps its established
-        // TCP ones (kube-proxy leaves their conntrack entries alone): its
-        // cookie stays valid for as long as the endpoint exists. UDP flows
-        // move at once: kube-proxy deletes the UDP conntrack entries of
-        // every endpoint that is not serving.
-        if proto != Proto::Udp {
-            draining.extend(unready);
-        }
-        // External addresses serve external clients: internalTrafficPolicy
-        // and topology hints are about clients' nodes, which they have not.
-        let cluster = view.cluster_ips.iter().map(|vip| (vip, false));
-        let external = view.external_ips.iter().map(|vip| (vip, true));
-        for (vip, external) in cluster.chain(external) {
-            let key = ServiceKey {
-                vip: *vip,
-                port,
-                proto,
-            };
+        let mut add = |key: ServiceKey, frontend: Frontend, eps: Endpoints| {
+            let per_client_node = !frontend.is_outside();
             e.candidates.push(ServicePort {
                 service: r.clone(),
                 port_name: pname.clone(),
                 key,
-                external,
+                frontend,
                 hash_mode,
                 affinity_timeout_secs,
-                active: active.clone(),
-                draining: draining.clone(),
-                terminating_fallback: fallback && !active.is_empty(),
-                preferred: if external {
-                    BTreeMap::new()
-                } else {
+                terminating_fallback: eps.fallback && !eps.active.is_empty(),
+                active: eps.active,
+                draining: eps.draining,
+                preferred: if per_client_node {
                     preferred.clone()
+                } else {
+                    BTreeMap::new()
                 },
-                local_only: local_only && !external,
+                local_only: local_only && per_client_node,
             });
+        };
+        let key = |vip: Ipv4Addr, port: u16| ServiceKey { vip, port, proto };
+        for vip in &view.cluster_ips {
+            add(key(*vip, port), Frontend::ClusterIp, all.clone());
+        }
+        if let Some(node_port) = node_port_of(p, &service_type) {
+            for node_ip in nodes.ips.values() {
+                let eps = if external_local {
+                    on_node(*node_ip)
+                } else {
+                    all.clone()
+                };
+                add(key(*node_ip, node_port), Frontend::NodePort, eps);
+            }
+        }
+        for vip in &view.external_ips {
+            add(key(*vip, port), Frontend::External, all.clone());
         }
     }
     Some(view)

@@ -14,10 +14,11 @@
 //!   endpoints that do not take new flows keep established flows (cookies).
 //! - Headless (`clusterIP: None`) and ExternalName Services get no data path,
 //!   as in kube-proxy.
-//! - NodePort, LoadBalancer ingress IPs, externalIPs, IPv6 ClusterIPs and
-//!   internalTrafficPolicy Local are modelled and reported as notes, since
-//!   the switch has no data path for them yet. SCTP ports are refused the
-//!   same way (the data path parses TCP and UDP only).
+//! - Each Service port is served at its ClusterIP, at every node's
+//!   InternalIP on its nodePort (NodePort and LoadBalancer), and at its
+//!   external addresses (externalIPs, LoadBalancer ingress IPs), each a
+//!   switch key of its own ([`Frontend`]). IPv6 addresses are reported as
+//!   notes; SCTP ports are refused (the data path parses TCP and UDP only).
 //! - One backend per `ip:port` of a Service port, from `addresses[0]` of
 //!   each endpoint; Services and EndpointSlices labelled
 //!   `service.kubernetes.io/service-proxy-name` or
@@ -96,6 +97,35 @@ pub struct Skipped {
     pub detail: String,
 }
 
+/// What kind of address a switch key's `vip` is, in the order claims on
+/// one key win: a ClusterIP over a node's nodePort over an external
+/// address. The API server allocates the first two without overlap, while
+/// anyone who may write a Service can name any external address; so no
+/// Service can take another's ClusterIP or nodePort by naming it as an
+/// external address (CVE-2020-8554, which kube-proxy leaves to admission
+/// control).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Frontend {
+    /// A ClusterIP, for clients in the cluster.
+    ClusterIp,
+    /// A node's InternalIP on the port's nodePort. Node agents do not
+    /// steer it: their clients reach it plain through the switch, as
+    /// external clients do.
+    NodePort,
+    /// An external address (`externalIPs`, LoadBalancer ingress IP).
+    External,
+}
+
+impl Frontend {
+    /// Whether clients outside the cluster reach the key through the
+    /// switch: everything but a ClusterIP. Per-client-node policies
+    /// (`internalTrafficPolicy`, topology hints) do not apply to it.
+    pub fn is_outside(self) -> bool {
+        self != Frontend::ClusterIp
+    }
+}
+
 /// The load-balanced data path of one (ClusterIP, port, protocol).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct ServicePort {
@@ -105,12 +135,9 @@ pub struct ServicePort {
     pub port_name: String,
     /// Switch key.
     pub key: ServiceKey,
-    /// `key.vip` is an external address (`externalIPs`, LoadBalancer
-    /// ingress), not a ClusterIP. A ClusterIP claim on the same key wins
-    /// over it, so no Service can take another's ClusterIP by naming it
-    /// as an external address (CVE-2020-8554, which kube-proxy leaves to
-    /// admission control).
-    pub external: bool,
+    /// What `key.vip` is; of several claims on one key, the first
+    /// frontend kind wins ([`Frontend`]).
+    pub frontend: Frontend,
     /// sessionAffinity → hash mode.
     pub hash_mode: HashMode,
     /// `sessionAffinity: ClientIP`: its `timeoutSeconds`, which the

@@ -234,16 +234,16 @@ endpoints:
     ];
     assert_eq!(v.external_ips, external);
     let cluster = &m.ports[&key("10.96.0.13", 80, Proto::Tcp)];
-    assert!(!cluster.external && cluster.local_only);
+    assert!(cluster.frontend == Frontend::ClusterIp && cluster.local_only);
     for vip in &external {
         let p = &m.ports[&key(&vip.to_string(), 80, Proto::Tcp)];
-        assert!(p.external, "{vip}");
+        assert_eq!(p.frontend, Frontend::External, "{vip}");
         assert!(!p.local_only && p.preferred.is_empty(), "{vip}");
         assert_eq!(p.active, [be("10.244.1.5", 8080, "192.168.0.11")].into());
     }
-    assert_eq!(v.keys.len(), 3, "{:?}", v.keys);
+    // The ClusterIP, two nodes' nodePort, two external addresses.
+    assert_eq!(v.keys.len(), 5, "{:?}", v.keys);
     let notes = v.notes.join("\n");
-    assert!(notes.contains("nodePort 30080"), "{notes}");
     assert!(notes.contains("2001:db8::7: IPv6"), "{notes}");
     assert!(notes.contains("hostname lb.example.com"), "{notes}");
     assert!(
@@ -253,6 +253,137 @@ endpoints:
         "{:?}",
         m.skipped
     );
+}
+
+/// A nodePort is a switch key at every node's InternalIP (NodePort and
+/// LoadBalancer Services, not a ClusterIP Service that names one). With
+/// `externalTrafficPolicy: Cluster` each has every endpoint; with `Local`
+/// each node's has that node's own (ready ones, else its
+/// serving-terminating ones), and a node without one has none. Neither
+/// policy is about a client's node: `internalTrafficPolicy` does not apply.
+#[test]
+fn node_ports_are_served_at_every_node_address() {
+    let svc = |name: &str, ty: &str, policy: &str, port: u16| {
+        format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: ns}}
+spec:
+  type: {ty}
+  clusterIP: 10.96.0.{port}
+  externalTrafficPolicy: {policy}
+  internalTrafficPolicy: Local
+  selector: {{app: x}}
+  ports: [{{port: 80, nodePort: {np}, targetPort: 8080}}, {{name: dns, port: 53, protocol: UDP, nodePort: {np2}, targetPort: 8053}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: ns, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{port: 8080}}, {{name: dns, port: 8053, protocol: UDP}}]
+endpoints:
+- {{addresses: [10.244.1.5], nodeName: n1}}
+- {{addresses: [10.244.1.6], nodeName: n1, conditions: {{ready: false, serving: true, terminating: true}}}}
+- {{addresses: [10.244.2.5], nodeName: n2, conditions: {{ready: false, serving: true, terminating: true}}}}
+- {{addresses: [10.244.2.6], nodeName: n2, conditions: {{ready: false, serving: false}}}}
+"#,
+            np = 30000 + port,
+            np2 = 31000 + port,
+        )
+    };
+    let m = run(&[
+        svc("cluster", "NodePort", "Cluster", 1),
+        svc("local", "LoadBalancer", "Local", 2),
+        svc("plain", "ClusterIP", "Cluster", 3),
+    ]
+    .join("\n---\n"));
+    let (n1, n2) = ("192.168.0.11", "192.168.0.12");
+    let (b1, b1t) = (be("10.244.1.5", 8080, n1), be("10.244.1.6", 8080, n1));
+    let (b2t, b2u) = (be("10.244.2.5", 8080, n2), be("10.244.2.6", 8080, n2));
+    // Cluster: every node's key has every endpoint, as the ClusterIP.
+    for node in [n1, n2] {
+        let p = &m.ports[&key(node, 30001, Proto::Tcp)];
+        assert_eq!(p.frontend, Frontend::NodePort);
+        assert_eq!(p.active, [b1].into());
+        assert_eq!(p.draining, [b1t, b2t, b2u].into());
+        assert!(!p.local_only && p.preferred.is_empty(), "{p:?}");
+        assert!(m.ports.contains_key(&key(node, 31001, Proto::Udp)));
+    }
+    // Local: n1's own ready endpoint; n2 has none ready, so its
+    // serving-terminating one takes new flows there.
+    let p1 = &m.ports[&key(n1, 30002, Proto::Tcp)];
+    assert_eq!((&p1.active, &p1.draining), (&[b1].into(), &[b1t].into()));
+    let p2 = &m.ports[&key(n2, 30002, Proto::Tcp)];
+    assert_eq!((&p2.active, &p2.draining), (&[b2t].into(), &[b2u].into()));
+    assert!(p2.terminating_fallback && !p1.terminating_fallback);
+    // A UDP port's not-serving endpoint keeps nothing.
+    let u2 = &m.ports[&key(n2, 31002, Proto::Udp)];
+    assert_eq!(u2.draining, BTreeSet::new());
+    // A ClusterIP Service's nodePort field is not served.
+    assert!(!m.ports.contains_key(&key(n1, 30003, Proto::Tcp)));
+    let keys = &m.services[&ObjectRef {
+        namespace: "ns".into(),
+        name: "plain".into(),
+    }]
+        .keys;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+}
+
+/// With `externalTrafficPolicy: Local`, a node without an endpoint of its
+/// own has a key without any: the switch has nothing to balance there.
+#[test]
+fn a_local_node_port_without_local_endpoints_has_none() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: ns}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.30
+  externalTrafficPolicy: Local
+  ports: [{port: 80, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-1, namespace: ns, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+"#);
+    let p = &m.ports[&key("192.168.0.12", 30080, Proto::Tcp)];
+    assert!(p.active.is_empty() && p.draining.is_empty(), "{p:?}");
+    assert_eq!(
+        m.ports[&key("192.168.0.11", 30080, Proto::Tcp)].active,
+        [be("10.244.1.5", 80, "192.168.0.11")].into()
+    );
+}
+
+/// An external address naming a node's address and a nodePort does not
+/// take that nodePort from its Service, whichever sorts first.
+#[test]
+fn an_external_address_never_takes_a_node_port() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: z-owner, namespace: ns}
+spec: {type: NodePort, clusterIP: 10.96.0.40, ports: [{port: 80, nodePort: 30080}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: a-thief, namespace: ns}
+spec: {clusterIP: 10.96.0.41, externalIPs: [192.168.0.11], ports: [{port: 30080}]}
+"#);
+    let p = &m.ports[&key("192.168.0.11", 30080, Proto::Tcp)];
+    assert_eq!(
+        (p.service.name.as_str(), p.frontend),
+        ("z-owner", Frontend::NodePort)
+    );
+    assert!(m
+        .skipped
+        .iter()
+        .any(|s| s.reason == "duplicate_key" && s.object.name == "a-thief"));
 }
 
 /// An ingress IP with `ipMode: Proxy` is the load balancer's to serve

@@ -2,13 +2,15 @@
 //! reverse-flow entries (with substitute client ports where two Services'
 //! flows share a 4-tuple), with FIN/RST tracking.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use talaria_common::{
     be::{Be16, Be32},
     drop::DropReason,
     maps::{
         finished, node_flags, node_stat, port_policy, reusable, reverse_state, subst_port,
         AffinityBackend, AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy,
-        PortSubstKey, ReverseEntry, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT, SUBST_PORT_COUNT,
+        PortSubstKey, ReverseEntry, ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        SUBST_PORT_COUNT,
     },
     net::{tcp_flags, IPPROTO_UDP},
     wire::{flags, TalariaOpt},
@@ -18,7 +20,7 @@ use crate::{
     maps::{
         add_fin, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
         NODE_AFFINITY, NODE_AFFINITY_BACKENDS, NODE_COOKIES, NODE_FLAGS, NODE_PORT_POLICY,
-        NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES,
+        NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES, NODE_SVC_CIDRS,
     },
     skb::now_ns,
 };
@@ -96,6 +98,13 @@ pub(crate) fn learn_cookie(key: &FlowKey, opt: &TalariaOpt, tcp: u8) {
             return;
         }
     }
+    // A reply to a flow this node did not steer (a client of another
+    // node's nodePort, which goes plain through the switch): no packet
+    // would carry its cookie, and the entry would hold one of the
+    // client's flow slots.
+    if !steers(key) {
+        return;
+    }
     let entry = CookieEntry {
         service_id,
         fin_seen: fin_bit,
@@ -119,6 +128,30 @@ pub(crate) fn learn_cookie(key: &FlowKey, opt: &TalariaOpt, tcp: u8) {
         release_flow_slot(key.src, FlowTable::Cookies);
         stat(node_stat::COOKIE_REFUSED);
     }
+}
+
+/// Whether this node steers its clients' flow `key` (client → Service) to
+/// the switch: to an address in `NODE_SVC_CIDRS` (Service CIDRs, external
+/// addresses), or to one of its own nodePorts.
+#[inline(always)]
+pub(crate) fn steers(key: &FlowKey) -> bool {
+    NODE_SVC_CIDRS.get(Key::new(32, key.dst)).is_some()
+        || is_own_node_port(key.dst, key.dst_port, key.proto)
+}
+
+/// Whether (`addr`, `port`, `proto`) is one of this node's own nodePorts
+/// (`port_policy::NODE_PORT`, which the agent sets for its own address
+/// only).
+#[inline(always)]
+pub(crate) fn is_own_node_port(addr: Be32, port: Be16, proto: u8) -> bool {
+    let key = ServiceKey {
+        vip: addr,
+        port,
+        proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only use of a map value.
+    unsafe { NODE_PORT_POLICY.get(&key) }.is_some_and(|p| p.flags & port_policy::NODE_PORT != 0)
 }
 
 /// The backend `client`'s session affinity to a port names, while it is

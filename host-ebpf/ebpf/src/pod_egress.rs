@@ -20,7 +20,7 @@ use talaria_common::{
 
 use crate::{
     encap::{encap, flow_sport},
-    flows::affinity_backend,
+    flows::{affinity_backend, is_own_node_port},
     maps::{
         add_fin, config, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
         NODE_COOKIES, NODE_PODS, NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REQUEST_FRAGS,
@@ -67,7 +67,9 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         _ => return Err(drop_pkt(DropReason::PodSpoof)),
     }
 
-    if NODE_SVC_CIDRS.get(Key::new(32, ip.dst)).is_some() {
+    if NODE_SVC_CIDRS.get(Key::new(32, ip.dst)).is_some()
+        || (ip.dst == cfg.node_ip && to_own_node_port(ctx, &ip))
+    {
         return client_to_service(ctx, cfg, &ip);
     }
     if ip.has_options() {
@@ -140,6 +142,25 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         outer_sport,
         ip.tos,
     )
+}
+
+/// Whether a pod's packet to its node's own address is for one of the
+/// node's nodePorts, where the node's stack would take it: a TCP or UDP
+/// packet to one, or a later fragment of a datagram whose first fragment
+/// was steered.
+#[inline(always)]
+fn to_own_node_port(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
+    if ip.has_options() {
+        return false;
+    }
+    if ip.frag.get() & IPV4_FRAG_OFFSET != 0 {
+        // SAFETY: read-only lookup.
+        return unsafe { NODE_REQUEST_FRAGS.get(&FragKey::of(ip)) }.is_some();
+    }
+    (ip.proto == IPPROTO_TCP || ip.proto == IPPROTO_UDP)
+        && ctx
+            .load::<Be16>(L4_OFF + 2)
+            .is_ok_and(|dport| is_own_node_port(ip.dst, dport, ip.proto))
 }
 
 /// Whether the backend's FIN in this packet crosses the client's: the

@@ -91,6 +91,11 @@ const SVC_EXT_NO_TUNNEL_SOURCE: u16 = 18;
 /// Buckets of SVC_EXT_TCP, by index.
 const EXT_TCP_BUCKETS: [u32; 4] = [101, 100, 102, 101];
 
+/// A nodePort at node B's address, which `service_v4` holds as any
+/// external address: TCP to backend 100.
+const NODE_PORT: u16 = 30080;
+const SVC_NODE_PORT: u16 = 19;
+
 /// The switch address a node accepts tunnels from (`tunnel_source`), which
 /// the switch needs for tunnels it builds around plain packets. Node B's
 /// is another than the others', so that the key shows; both differ from
@@ -226,6 +231,9 @@ fn tables() -> Vec<Entry> {
         build::cookie(SVC_EXT_UDP, 200),
         build::cookie(SVC_EXT_AGENTLESS, 400),
         build::cookie(SVC_EXT_NO_TUNNEL_SOURCE, 500),
+        build::service(NODE_B, NODE_PORT, IPPROTO_TCP, SVC_NODE_PORT, 0, 0),
+        build::bucket(SVC_NODE_PORT, 0, 100),
+        build::cookie(SVC_NODE_PORT, 100),
     ];
     for (b, id) in EXT_TCP_BUCKETS.iter().enumerate() {
         entries.push(build::bucket(SVC_EXT_TCP, b as u16, *id));
@@ -2325,7 +2333,38 @@ fn external_steps() -> Vec<Step> {
         200,
     );
 
+    // A pod on node A reaching node B's nodePort plain (its node steers
+    // no node address), and the reply its backend's node tunnels back.
+    let to_node_port = Inner::tcp(CLIENT, 40000, NODE_B, NODE_PORT);
+    let not_node_port = plain_ip(&Inner::tcp(CLIENT, 40000, NODE_B, 22).to_bytes());
+    let node_port_reply = Inner::tcp(NODE_B, NODE_PORT, CLIENT, 40000).to_bytes();
+    let node_port_reply_opt = talaria(flags::REPLY | flags::COOKIE_VALID, SVC_NODE_PORT, 100);
+    let mut node_port_reply_out =
+        tunnel_frame(SWITCH, NODE_A, 63, &node_port_reply_opt, &node_port_reply);
+    node_port_reply_out[0..6].copy_from_slice(&route_mac(1).1);
+    node_port_reply_out[6..12].copy_from_slice(&route_mac(1).0);
+
     let mut steps: Vec<Step> = [
+        s(
+            "pod's plain request to another node's nodePort, from its node's port: DNAT, \
+             tunnelled to the backend's node",
+            plain_ip(&to_node_port.to_bytes()),
+            tunnelled(&to_node_port, SVC_NODE_PORT, 100),
+        )
+        .load_balanced(SVC_NODE_PORT, E::NewFlow, Some(100)),
+        s(
+            "plain packet to a node's address on a port that is no nodePort: routed to the \
+             node unchanged",
+            not_node_port.clone(),
+            plain_to(&not_node_port, 2),
+        ),
+        s(
+            "reply to a pod's nodePort request: tunnelled to the client's node (pod_node), \
+             from the node address",
+            tunnel_frame(NODE_B, SWITCH, 64, &node_port_reply_opt, &node_port_reply),
+            fwd(1, node_port_reply_out),
+        )
+        .replied(100),
         s(
             "external TCP request to a LoadBalancer address: hashed, DNAT, tunnelled to \
              the backend's node from its tunnel_source, flagged COOKIE_VALID and NEW_FLOW",
