@@ -68,6 +68,11 @@ pub struct BenchArgs {
     /// Load kinds of the sweeps (default: http-short,http-long).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub protos: Vec<Proto>,
+    /// Also measure clients outside the cluster at each Service count of
+    /// the Services sweep: short connections from external host 0 to
+    /// every external Service's LoadBalancer IP (direct: its endpoints).
+    #[arg(long)]
+    pub external: bool,
     /// Run everything on each of these switches in turn and compare them
     /// in the summary (default: the global --switch alone).
     #[arg(long, value_delimiter = ',', value_parser = ["switch-agent", "bmv2"])]
@@ -164,8 +169,14 @@ async fn sweep_mode(
                 }
                 current = Some(svc);
             }
-            for &proto in p.protos {
-                let mut row = match measure(&mut lab, mode, &set, proto, c, dur).await {
+            let mut loads: Vec<(&str, Proto, bool)> =
+                p.protos.iter().map(|&proto| (exp, proto, false)).collect();
+            // IPVS mode has no rules for external Services.
+            if exp == "services" && a.external && mode != Mode::Ipvs {
+                loads.push(("external", Proto::HttpShort, true));
+            }
+            for (exp, proto, outside) in loads {
+                let mut row = match measure(&mut lab, mode, &set, proto, c, dur, outside).await {
                     Ok(r) => r,
                     Err(e) => {
                         let note = format!("measurement failed: {e:#}");
@@ -177,10 +188,11 @@ async fn sweep_mode(
                 row.experiment = exp.into();
                 row.rule_apply_s = apply;
                 progress(&format!(
-                    "{:<12} {:<8} {:<10} svc={:<5} c={:<3} {:>9.0} req/s  p99 {:>7.0} µs  cpu/req {:>6.1} µs  errors {}",
+                    "{:<12} {:<8} {:<10}{} svc={:<5} c={:<3} {:>9.0} req/s  p99 {:>7.0} µs  cpu/req {:>6.1} µs  errors {}",
                     switch.name(),
                     mode.name(),
                     row.proto,
+                    if outside { " (outside)" } else { "" },
                     svc,
                     c,
                     row.rps,
@@ -233,7 +245,7 @@ pub async fn consistency(
         let client = t.client_pods()[0];
         let targets = modes::targets(&t, &set, mode, Proto::Hold, &[0]);
         let exe = LoadRun {
-            client,
+            client: client.into(),
             proto: Proto::Hold,
             targets,
             concurrency: connections,
@@ -541,6 +553,45 @@ fn side_by_side(s: &mut String, rows: &[Row], switches: &[String]) {
     }
 }
 
+/// The external clients' points, with each mode's ratio to direct on the
+/// same switch at the same Service count (measured in the same run).
+fn external_section(s: &mut String, rows: &[Row]) {
+    let ext: Vec<&Row> = rows.iter().filter(|r| r.experiment == "external").collect();
+    if ext.is_empty() {
+        return;
+    }
+    writeln!(s, "## External clients against Services\n").unwrap();
+    writeln!(
+        s,
+        "Short connections from external host x0 (outside the cluster, no agent) to the LoadBalancer IP of every external Service \
+         (talaria: balanced by the switch; iptables, nftables: routed to node-0, DNATed and masqueraded there, as behind a cloud load balancer; \
+         direct: to the Services' endpoints, the lower bound).\n"
+    )
+    .unwrap();
+    writeln!(s, "| mode | switch | Services | concurrency | req/s | ÷ direct | p50 µs | p99 µs | CPU µs/req | kernel µs/req | errors |").unwrap();
+    writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
+    for r in &ext {
+        let direct = find(rows, "external", "direct", &r.switch, &r.proto, r.services);
+        let ratio = direct.map_or("-".to_string(), |d| format!("{:.2}", r.rps / d.rps));
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | {:.0} | {ratio} | {:.0} | {:.0} | {:.1} | {:.1} | {} |",
+            r.mode,
+            r.switch,
+            r.services,
+            r.concurrency,
+            r.rps,
+            r.p50_us,
+            r.p99_us,
+            r.cpu_us_per_req,
+            r.kernel_cpu_us_per_req,
+            r.errors
+        )
+        .unwrap();
+    }
+    writeln!(s).unwrap();
+}
+
 #[allow(clippy::too_many_arguments)]
 fn summary(
     command: &str,
@@ -611,6 +662,7 @@ fn summary(
         }
         writeln!(s).unwrap();
     }
+    external_section(&mut s, rows);
     writeln!(s, "## Connection consistency\n").unwrap();
     writeln!(s, "| variant | switch | connections | pool changes | broken | moved backend | requests | note |").unwrap();
     writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|").unwrap();

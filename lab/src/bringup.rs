@@ -217,13 +217,18 @@ pub fn service_ids(lab: &Lab) -> Result<Vec<serde_json::Value>> {
                 .to_ascii_lowercase();
             // No buckets: no usable endpoint, new flows are refused.
             let reject = p["buckets"].as_u64() == Some(0);
-            out.push(serde_json::json!({
+            let mut s = serde_json::json!({
                 "id": p["service_id"],
                 "vip": p["key"]["vip"],
                 "port": p["key"]["port"],
                 "protocol": proto,
                 "reject": reject,
-            }));
+            });
+            // A node's address: known to the agents, never steered.
+            if p["frontend"] == "node_port" {
+                s["node_port"] = true.into();
+            }
+            out.push(s);
         }
     }
     Ok(out)
@@ -340,7 +345,7 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
         .map_err(|e| anyhow::anyhow!(e))?;
     let t = lab.topo.clone();
     let sw = lab.names.switch();
-    let ports: Vec<(u16, String)> = (0..t.nodes)
+    let ports: Vec<(u16, String)> = (0..t.nodes + t.external_hosts)
         .map(|n| (p4_port(n), crate::topology::switch_port_dev(n)))
         .collect();
     // switch-agent's pins and, in talaria mode, the node agents'.
@@ -483,7 +488,8 @@ pub async fn start_talaria(lab: &mut Lab) -> Result<()> {
         bail!("talaria mode cannot start: {}", missing.join("; "));
     }
     start_switch(lab, true).await?;
-    wait_programmed(lab, lab.topo.services as usize * 2, Duration::from_secs(60)).await?;
+    let keys = ServiceSet::from_topology(&lab.topo).switch_keys(&lab.topo);
+    wait_programmed(lab, keys, Duration::from_secs(60)).await?;
     start_node_agents(lab).await?;
     Ok(())
 }
@@ -688,7 +694,7 @@ async fn wait_programmed(lab: &mut Lab, ports: usize, limit: Duration) -> Result
 pub async fn talaria_apply_services(lab: &mut Lab, set: &ServiceSet) -> Result<()> {
     // write_configs has already rewritten the Services' manifest files.
     // Every Service port is planned, with endpoints or without.
-    let want = set.services.len() * 2;
+    let want = set.switch_keys(&lab.topo);
     // Give the controller a poll and its debounce to notice the new file,
     // else an endpoint-only change would find the old plan "in sync".
     tokio::time::sleep(Duration::from_millis(400)).await;

@@ -121,7 +121,7 @@ pub async fn run(
             (Proto::Udp, "UDP echo"),
         ] {
             println!("      {name} ...");
-            let mut r = measure(&mut lab, Mode::Talaria, &set, proto, 4, per_test).await?;
+            let mut r = measure(&mut lab, Mode::Talaria, &set, proto, 4, per_test, false).await?;
             r.note = backends_note(&lab, &r);
             rows.push((format!("talaria ClusterIP: {name}"), r));
         }
@@ -132,7 +132,7 @@ pub async fn run(
             (Proto::Udp, "UDP echo"),
         ] {
             println!("      {name} ...");
-            let r = measure(&mut lab, Mode::Direct, &set, proto, 4, per_test).await?;
+            let r = measure(&mut lab, Mode::Direct, &set, proto, 4, per_test, false).await?;
             rows.push((format!("direct pod IP: {name}"), r));
         }
     }

@@ -33,9 +33,10 @@ use crate::bench::{chrono_now, csv, loadavg};
 use crate::bringup::{self, controller_status, service_ids, talariactl_in, Daemon};
 use crate::components::Component;
 use crate::manifests::ServiceSet;
-use crate::modes::{self, pick_services, LoadRun, Mode};
+use crate::modes::{self, LoadRun, Mode};
 use crate::netns::Lab;
 use crate::switch::SwitchKind;
+use crate::topology::pick_services;
 use crate::topology::Topology;
 use crate::traffic::{Break, LoadResult, Proto};
 use anyhow::{bail, Context, Result};
@@ -353,7 +354,7 @@ struct Phase {
 impl Run<'_> {
     fn short_load(&self, stop_file: PathBuf) -> LoadRun {
         LoadRun {
-            client: self.short_client,
+            client: self.short_client.into(),
             proto: Proto::HttpShort,
             targets: self.targets.clone(),
             concurrency: self.a.short_concurrency,
@@ -628,7 +629,7 @@ async fn run_phases(
     let hold = modes::start_load(
         lab,
         &LoadRun {
-            client: clients[0],
+            client: clients[0].into(),
             proto: Proto::Hold,
             targets: run.targets.clone(),
             concurrency: a.connections,

@@ -308,7 +308,7 @@ fn main() -> Result<()> {
             let set = ServiceSet::from_topology(&t);
             match mode {
                 Mode::Iptables => print!("{}", rules::iptables_restore(&t, &set)),
-                Mode::Nftables => print!("{}", rules::nft_script(&t, &set)),
+                Mode::Nftables => print!("{}", rules::nft_script(&t, &set, t.node_ip(0))),
                 m => bail!("{} has no host rules", m.name()),
             }
             Ok(())

@@ -3,7 +3,8 @@
 //! node configurations.
 
 use crate::topology::{
-    node_pod_dev, switch_port_dev, Names, Topology, NODE_UPLINK_DEV, POD_DEV, POD_GATEWAY,
+    node_pod_dev, switch_port_dev, Names, Topology, NODE_PORT_BASE, NODE_UPLINK_DEV, POD_DEV,
+    POD_GATEWAY,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -23,6 +24,18 @@ pub struct ServiceSpec {
     /// Endpoints listed but not ready (no new connections; established
     /// ones keep going), as (node, pod).
     pub not_ready: Vec<(u32, u32)>,
+    /// A LoadBalancer's ingress IP and nodePorts; None: a ClusterIP
+    /// Service.
+    pub external: Option<ExternalSpec>,
+}
+
+/// How clients outside the cluster reach an external Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExternalSpec {
+    /// `status.loadBalancer.ingress[0].ip`.
+    pub lb_ip: Ipv4Addr,
+    /// The nodePorts of the `http` and `udp` ports, at every node's address.
+    pub node_ports: [u16; 2],
 }
 
 /// The Services of a lab at one moment; the consistency benchmark edits the
@@ -41,6 +54,7 @@ impl ServiceSet {
 
     /// `count` Services (the benchmark sweeps this) with default endpoints.
     pub fn with_count(t: &Topology, count: u32) -> Self {
+        let external = t.external_service_indices(count);
         let services = (0..count)
             .map(|k| ServiceSpec {
                 index: k,
@@ -48,15 +62,54 @@ impl ServiceSet {
                 cluster_ip: t.cluster_ip(k),
                 endpoints: t.service_endpoints(k),
                 not_ready: Vec::new(),
+                external: external.iter().position(|e| *e == k).map(|i| {
+                    let http = NODE_PORT_BASE + 2 * i as u16;
+                    ExternalSpec {
+                        lb_ip: t.lb_ip(k),
+                        node_ports: [http, http + 1],
+                    }
+                }),
             })
             .collect();
         Self { services }
     }
+
+    /// The external Services, in index order.
+    pub fn external(&self) -> impl Iterator<Item = (&ServiceSpec, ExternalSpec)> {
+        self.services
+            .iter()
+            .filter_map(|s| s.external.map(|e| (s, e)))
+    }
+
+    /// The switch keys the controller plans for these Services on `t`:
+    /// two ports each, at the ClusterIP and, for an external Service, at
+    /// its ingress IP and at every node's address.
+    pub fn switch_keys(&self, t: &Topology) -> usize {
+        let external = self.external().count();
+        2 * (self.services.len() + external * (1 + t.nodes as usize))
+    }
 }
 
 /// A Service as the Kubernetes API serves it (`http` TCP and `udp` UDP
-/// ports, selector `app: <name>`).
+/// ports, selector `app: <name>`): a ClusterIP Service, or a LoadBalancer
+/// with its nodePorts and ingress IP.
 pub fn service_object(t: &Topology, s: &ServiceSpec) -> Value {
+    let mut v = cluster_ip_service(t, s);
+    if let Some(e) = s.external {
+        v["spec"]["type"] = "LoadBalancer".into();
+        v["spec"]["externalTrafficPolicy"] = "Cluster".into();
+        v["spec"]["allocateLoadBalancerNodePorts"] = true.into();
+        for (port, node_port) in e.node_ports.iter().enumerate() {
+            v["spec"]["ports"][port]["nodePort"] = (*node_port).into();
+        }
+        v["status"] = json!({ "loadBalancer": { "ingress": [
+            { "ip": e.lb_ip.to_string(), "ipMode": "VIP" },
+        ] } });
+    }
+    v
+}
+
+fn cluster_ip_service(t: &Topology, s: &ServiceSpec) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -204,7 +257,9 @@ pub struct SwitchConfig {
 
 /// Builds the switch configuration.
 pub fn switch_config(t: &Topology, names: &Names) -> SwitchConfig {
-    let ports: Vec<SwitchPort> = (0..t.nodes)
+    // A node's port and an external host's look alike: the peer is the
+    // link's `.2` (a node's uplink, an external host's eth0).
+    let ports: Vec<SwitchPort> = (0..t.nodes + t.external_hosts)
         .map(|n| SwitchPort {
             port: n,
             dev: switch_port_dev(n),
@@ -214,19 +269,26 @@ pub fn switch_config(t: &Topology, names: &Names) -> SwitchConfig {
             peer_mac: Topology::node_uplink_mac(n),
         })
         .collect();
+    let route = |prefix: String, p: &SwitchPort| SwitchRoute {
+        prefix,
+        port: p.port,
+        dev: p.dev.clone(),
+        src_mac: p.mac.clone(),
+        dst_mac: p.peer_mac.clone(),
+    };
     let mut routes = Vec::new();
     for p in &ports {
-        let (net, len) = t.pod_cidr(p.port);
-        for prefix in [format!("{net}/{len}"), format!("{}/32", p.peer_ip)] {
-            routes.push(SwitchRoute {
-                prefix,
-                port: p.port,
-                dev: p.dev.clone(),
-                src_mac: p.mac.clone(),
-                dst_mac: p.peer_mac.clone(),
-            });
+        if p.port < t.nodes {
+            let (net, len) = t.pod_cidr(p.port);
+            routes.push(route(format!("{net}/{len}"), p));
         }
+        routes.push(route(format!("{}/32", p.peer_ip), p));
     }
+    // LoadBalancer ingress IPs go to node 0, as a cloud load balancer
+    // sends to a node (the kube-proxy baselines catch them there); in
+    // talaria mode the switch serves them before routing.
+    let (net, len) = t.lb_net();
+    routes.push(route(format!("{net}/{len}"), &ports[0]));
     SwitchConfig {
         netns: names.switch(),
         switch_addr: t.switch_addr,
@@ -359,6 +421,30 @@ mod tests {
     }
 
     #[test]
+    fn external_services_are_load_balancers() {
+        let t = Topology::default();
+        let set = ServiceSet::from_topology(&t);
+        let ext: Vec<u32> = set.external().map(|(s, _)| s.index).collect();
+        assert_eq!(ext, [2, 7, 12, 17]);
+        // 20 Services × 2 ports, and 4 × 2 ports at the ingress IP and 3
+        // nodes' addresses.
+        assert_eq!(set.switch_keys(&t), 40 + 32);
+        let d = docs(&services_yaml(&t, &set.services[7..8]));
+        let svc = &d[0];
+        assert_eq!(svc["spec"]["type"], "LoadBalancer");
+        assert_eq!(svc["spec"]["externalTrafficPolicy"], "Cluster");
+        assert_eq!(svc["spec"]["ports"][0]["nodePort"], 30002);
+        assert_eq!(svc["spec"]["ports"][1]["nodePort"], 30003);
+        assert_eq!(
+            svc["status"]["loadBalancer"]["ingress"][0]["ip"],
+            "172.29.0.17"
+        );
+        let plain = docs(&services_yaml(&t, &set.services[0..1]));
+        assert_eq!(plain[0]["spec"]["type"], "ClusterIP");
+        assert!(plain[0]["spec"]["ports"][0].get("nodePort").is_none());
+    }
+
+    #[test]
     fn nodes_carry_pod_cidrs() {
         let t = Topology::default();
         let d = docs(&nodes_yaml(&t));
@@ -374,11 +460,20 @@ mod tests {
             prefix: "tlx".into(),
         };
         let c = switch_config(&t, &names);
-        assert_eq!(c.ports.len(), 3);
-        assert_eq!(c.routes.len(), 6);
+        // Three nodes and the external host.
+        assert_eq!(c.ports.len(), 4);
+        assert_eq!(c.routes.len(), 8);
         assert_eq!(c.routes[2].prefix, "10.244.1.0/24");
         assert_eq!(c.routes[2].dst_mac, Topology::node_uplink_mac(1));
         assert_eq!(c.routes[3].prefix, "172.30.1.2/32");
+        assert_eq!(
+            (c.routes[6].prefix.as_str(), c.routes[6].port),
+            ("172.30.3.2/32", 3)
+        );
+        assert_eq!(
+            (c.routes[7].prefix.as_str(), c.routes[7].port),
+            ("172.29.0.0/16", 0)
+        );
     }
 
     #[test]

@@ -5,9 +5,10 @@
 use crate::bringup::lab_for;
 use crate::cpu::{clk_tck, process_jiffies, CpuTimes};
 use crate::manifests::ServiceSet;
-use crate::modes::{self, pick_services, run_in_pod, LoadRun, Mode};
+use crate::modes::{self, run_load, Client, LoadRun, Mode};
 use crate::netns::Lab;
 use crate::switch::SwitchKind;
+use crate::topology::pick_services;
 use crate::topology::Topology;
 use crate::traffic::{LoadResult, Proto};
 use anyhow::Result;
@@ -59,7 +60,9 @@ pub struct Row {
     pub note: String,
 }
 
-/// Measures one point on a running lab.
+/// Measures one point on a running lab, from the first client pod (to 8
+/// Services spread over the range) or from external host 0 (to every
+/// external Service's LoadBalancer IP).
 pub async fn measure(
     lab: &mut Lab,
     mode: Mode,
@@ -67,14 +70,24 @@ pub async fn measure(
     proto: Proto,
     concurrency: u32,
     duration: Duration,
+    outside: bool,
 ) -> Result<Row> {
-    let picked = pick_services(set.services.len() as u32, 8);
-    let targets = modes::targets(&lab.topo, set, mode, proto, &picked);
-    let client = lab.topo.client_pods()[0];
+    let (client, targets) = if outside {
+        let targets = modes::external_targets(&lab.topo, set, mode, proto);
+        anyhow::ensure!(
+            !targets.is_empty(),
+            "no external Service to reach from outside"
+        );
+        (Client::External(0), targets)
+    } else {
+        let picked = pick_services(set.services.len() as u32, 8);
+        let targets = modes::targets(&lab.topo, set, mode, proto, &picked);
+        (lab.topo.client_pods()[0].into(), targets)
+    };
     let servers = lab.pids("serve-");
     let app0: u64 = servers.iter().map(|&p| process_jiffies(p)).sum();
     let cpu0 = CpuTimes::now();
-    let r: LoadResult = run_in_pod(
+    let r: LoadResult = run_load(
         lab,
         &LoadRun {
             client,
@@ -137,7 +150,7 @@ pub async fn single_run(
     duration: Duration,
 ) -> Result<Row> {
     let (mut lab, set) = lab_for(t, mode, switch).await?;
-    let r = measure(&mut lab, mode, &set, proto, concurrency, duration).await;
+    let r = measure(&mut lab, mode, &set, proto, concurrency, duration, false).await;
     let problems = lab.down();
     anyhow::ensure!(problems.is_empty(), "teardown: {problems:?}");
     r

@@ -1,14 +1,14 @@
 //! Service-load-balancing modes on one topology, and running load in pods.
 
-use crate::manifests::ServiceSet;
+use crate::manifests::{ServiceSet, ServiceSpec};
 use crate::netns::{in_ns, Lab};
 use crate::rules;
-use crate::topology::Topology;
+use crate::topology::{Names, Topology};
 use crate::traffic::{LoadResult, Proto};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use talaria_preflight::{commands, which, Need};
@@ -83,7 +83,8 @@ pub fn iptables_restore_bin() -> &'static str {
 ///
 /// kube-proxy programs every node; the lab programs only the client nodes,
 /// the only ones whose rules are on the path of the measured traffic (DNAT
-/// and its reverse happen on the client's node). This keeps set-up time in
+/// and its reverse happen on the client's node, and on node 0 for external
+/// clients, where the fabric sends LoadBalancer IPs). This keeps set-up time in
 /// check: loading the nftables ruleset for 10k Services takes minutes per
 /// node on this kernel (one anonymous verdict map per Service port, and the
 /// kernel's set-name allocation is linear in the number of sets).
@@ -103,8 +104,8 @@ pub fn apply_rules(lab: &Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
             }
         }
         Mode::Nftables => {
-            let text = rules::nft_script(&lab.topo, set);
             for n in 0..lab.topo.client_nodes {
+                let text = rules::nft_script(&lab.topo, set, lab.topo.node_ip(n));
                 in_ns(&lab.names.node(n), &["nft", "-f", "-"], Some(&text))
                     .with_context(|| format!("nftables rules on node {n}"))?;
             }
@@ -128,16 +129,6 @@ pub fn apply_rules(lab: &Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// `k` Service indices spread evenly over `0..count` (so a linear rule list
-/// is scanned half-way on average).
-pub fn pick_services(count: u32, k: u32) -> Vec<u32> {
-    let k = k.min(count).max(1);
-    (0..k)
-        .map(|i| ((i as u64 * count as u64 + count as u64 / 2) / k as u64) as u32)
-        .map(|x| x.min(count.saturating_sub(1)))
-        .collect()
-}
-
 /// Load targets for a mode: ClusterIP:port, or in `direct` mode every
 /// endpoint pod IP:targetPort of the chosen Services.
 pub fn targets(
@@ -147,36 +138,81 @@ pub fn targets(
     proto: Proto,
     services: &[u32],
 ) -> Vec<SocketAddr> {
-    let udp = proto == Proto::Udp;
-    let mut v = Vec::new();
-    for &k in services {
-        let s = &set.services[k as usize];
-        if mode == Mode::Direct {
-            for &(n, p) in &s.endpoints {
-                v.push(SocketAddr::from((
-                    t.pod_ip(n, p),
-                    if udp { t.udp_port } else { t.http_port },
-                )));
-            }
-        } else {
-            v.push(SocketAddr::from((
-                s.cluster_ip,
-                if udp {
-                    t.service_udp_port
-                } else {
-                    t.service_http_port
-                },
-            )));
-        }
-    }
-    v
+    services
+        .iter()
+        .map(|&k| &set.services[k as usize])
+        .flat_map(|s| service_targets(t, s, s.cluster_ip, mode, proto))
+        .collect()
 }
 
-/// One load run from a client pod.
+/// Load targets for clients outside the cluster: every external Service's
+/// LoadBalancer IP and port, or in `direct` mode its endpoints.
+pub fn external_targets(
+    t: &Topology,
+    set: &ServiceSet,
+    mode: Mode,
+    proto: Proto,
+) -> Vec<SocketAddr> {
+    set.external()
+        .flat_map(|(s, e)| service_targets(t, s, e.lb_ip, mode, proto))
+        .collect()
+}
+
+/// Service `s` at `address`, or in `direct` mode its endpoints.
+fn service_targets(
+    t: &Topology,
+    s: &ServiceSpec,
+    address: Ipv4Addr,
+    mode: Mode,
+    proto: Proto,
+) -> Vec<SocketAddr> {
+    let udp = proto == Proto::Udp;
+    if mode == Mode::Direct {
+        let port = if udp { t.udp_port } else { t.http_port };
+        s.endpoints
+            .iter()
+            .map(|&(n, p)| SocketAddr::from((t.pod_ip(n, p), port)))
+            .collect()
+    } else {
+        let port = if udp {
+            t.service_udp_port
+        } else {
+            t.service_http_port
+        };
+        vec![SocketAddr::from((address, port))]
+    }
+}
+
+/// Where a load generator runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// Pod (node, pod), of a client node.
+    Pod(u32, u32),
+    /// External host `h`: outside the cluster, no agent.
+    External(u32),
+}
+
+impl From<(u32, u32)> for Client {
+    fn from((node, pod): (u32, u32)) -> Self {
+        Client::Pod(node, pod)
+    }
+}
+
+impl Client {
+    /// Its network namespace.
+    pub fn netns(self, names: &Names) -> String {
+        match self {
+            Client::Pod(node, pod) => names.pod(node, pod),
+            Client::External(h) => names.external(h),
+        }
+    }
+}
+
+/// One load run from a client pod or an external host.
 #[derive(Debug, Clone)]
 pub struct LoadRun {
-    /// Client pod (node, pod).
-    pub client: (u32, u32),
+    /// Where it runs.
+    pub client: Client,
     /// Kind of load.
     pub proto: Proto,
     /// Targets.
@@ -193,7 +229,7 @@ pub struct LoadRun {
     pub stop_file: Option<std::path::PathBuf>,
 }
 
-/// A load generator started in a pod.
+/// A load generator started in a pod or an external host.
 pub struct StartedLoad {
     pid: u32,
     /// Its name in the lab (`load-<n>`): its log is `logs/<what>.log`.
@@ -207,11 +243,11 @@ pub struct StartedLoad {
 /// at once (a long and a short load) with logs and results of their own.
 static LOADS: AtomicU32 = AtomicU32::new(0);
 
-/// Starts `talaria-lab load` in the client pod (recorded in the lab state
+/// Starts `talaria-lab load` in the client's netns (recorded in the lab state
 /// while it runs, as `load-<n>`).
 pub fn start_load(lab: &mut Lab, r: &LoadRun) -> Result<StartedLoad> {
     let exe = crate::netns::lab_exe()?;
-    let ns = lab.names.pod(r.client.0, r.client.1);
+    let ns = r.client.netns(&lab.names);
     let targets: Vec<String> = r.targets.iter().map(|a| a.to_string()).collect();
     let what = format!("load-{}", LOADS.fetch_add(1, Ordering::Relaxed));
     let out = lab.run_dir.join("logs").join(format!("{what}.json"));
@@ -275,8 +311,8 @@ pub async fn wait_load(lab: &mut Lab, s: StartedLoad) -> Result<LoadResult> {
     Ok(serde_json::from_str(&text)?)
 }
 
-/// Runs `talaria-lab load` in the client pod and parses its JSON result.
-pub async fn run_in_pod(lab: &mut Lab, r: &LoadRun) -> Result<LoadResult> {
+/// Runs `talaria-lab load` where `r.client` says and parses its JSON result.
+pub async fn run_load(lab: &mut Lab, r: &LoadRun) -> Result<LoadResult> {
     let s = start_load(lab, r)?;
     wait_load(lab, s).await
 }
@@ -284,14 +320,6 @@ pub async fn run_in_pod(lab: &mut Lab, r: &LoadRun) -> Result<LoadResult> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn picks_spread_services() {
-        assert_eq!(pick_services(10, 4), vec![1, 3, 6, 8]);
-        assert_eq!(pick_services(2, 8), vec![0, 1]);
-        assert_eq!(pick_services(10000, 2), vec![2500, 7500]);
-        assert_eq!(pick_services(1, 1), vec![0]);
-    }
 
     #[test]
     fn targets_per_mode() {
@@ -310,6 +338,14 @@ mod tests {
         let v = targets(&t, &set, Mode::Direct, Proto::HttpLong, &[0]);
         assert_eq!(v.len(), 3);
         assert_eq!(v[0], "10.244.1.10:8080".parse().unwrap());
+        // From outside: the LoadBalancer IPs of the 4 external Services,
+        // or their endpoints.
+        let v = external_targets(&t, &set, Mode::Iptables, Proto::HttpShort);
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[1], "172.29.0.17:80".parse().unwrap());
+        let v = external_targets(&t, &set, Mode::Direct, Proto::Udp);
+        assert_eq!(v.len(), 12);
+        assert!(v.iter().all(|a| a.port() == 5353));
     }
 
     #[test]

@@ -393,6 +393,10 @@ impl Lab {
                 self.add_netns(&pod)?;
             }
         }
+        for h in 0..t.external_hosts {
+            let ext = self.names.external(h);
+            self.add_netns(&ext)?;
+        }
         let base = [
             "net.ipv4.ip_forward=1",
             "net.ipv4.conf.all.rp_filter=0",
@@ -416,6 +420,18 @@ impl Lab {
                 pmac = Topology::node_uplink_mac(n),
             ));
         }
+        // External hosts: a switch port each, the peer end their eth0.
+        for h in 0..t.external_hosts {
+            let port = t.external_port(h);
+            swb.push_str(&format!(
+                "link add {dev} address {mac} mtu {mtu} type veth peer name {POD_DEV} address {pmac} mtu {mtu} netns {ext}\n",
+                dev = switch_port_dev(port),
+                mac = Topology::switch_port_mac(port),
+                mtu = t.uplink_mtu,
+                pmac = Topology::node_uplink_mac(port),
+                ext = self.names.external(h),
+            ));
+        }
         ip_batch(&sw, &swb)?;
         let mut swb = String::new();
         for n in 0..t.nodes {
@@ -428,7 +444,33 @@ impl Lab {
                 &format!("{net}/{len}"),
             ));
         }
+        for h in 0..t.external_hosts {
+            let port = t.external_port(h);
+            swb.push_str(&link_end(
+                &switch_port_dev(port),
+                t.switch_port_ip(port),
+                t.external_ip(h),
+                &Topology::node_uplink_mac(port),
+                &format!("{}/32", t.external_ip(h)),
+            ));
+        }
         ip_batch(&sw, &swb)?;
+        // An external host routes everything through the switch and is
+        // tuned as a pod client is (many short connections).
+        for h in 0..t.external_hosts {
+            let ext = self.names.external(h);
+            let port = t.external_port(h);
+            Self::sysctls(&ext, &CLIENT_SYSCTLS)?;
+            let mut xb = String::from("link set lo up\n");
+            xb.push_str(&link_end(
+                POD_DEV,
+                t.external_ip(h),
+                t.switch_port_ip(port),
+                &Topology::switch_port_mac(port),
+                "default",
+            ));
+            ip_batch(&ext, &xb)?;
+        }
         for n in 0..t.nodes {
             let node = self.names.node(n);
             let mut nb = String::from("link set lo up\n");
@@ -464,15 +506,7 @@ impl Lab {
             ip_batch(&node, &nb)?;
             for p in 0..t.pods_per_node {
                 let pod = self.names.pod(n, p);
-                Self::sysctls(
-                    &pod,
-                    &[
-                        "net.ipv6.conf.all.disable_ipv6=1",
-                        "net.ipv6.conf.default.disable_ipv6=1",
-                        "net.ipv4.tcp_tw_reuse=1",
-                        "net.ipv4.ip_local_port_range=1024 65000",
-                    ],
-                )?;
+                Self::sysctls(&pod, &CLIENT_SYSCTLS)?;
                 let pb = format!(
                     "link set lo up\naddr add {ip}/32 dev {POD_DEV}\nlink set {POD_DEV} up\n\
                      neigh replace {POD_GATEWAY} lladdr {gmac} dev {POD_DEV} nud permanent\n\
@@ -573,7 +607,7 @@ impl Lab {
     /// but no `matchall` or `gact`.
     pub fn silence_switch_stack(&self) -> Result<()> {
         let sw = self.names.switch();
-        for n in 0..self.topo.nodes {
+        for n in 0..self.topo.nodes + self.topo.external_hosts {
             let dev = switch_port_dev(n);
             in_ns(
                 &sw,
@@ -819,6 +853,15 @@ impl Lab {
         problems
     }
 }
+
+/// A pod's or an external host's: no IPv6, and ports for many short
+/// connections.
+const CLIENT_SYSCTLS: [&str; 4] = [
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+    "net.ipv4.tcp_tw_reuse=1",
+    "net.ipv4.ip_local_port_range=1024 65000",
+];
 
 /// `ip -batch` lines for one end of a switch–node link: its /24 address,
 /// up, a static neighbour for the far end (nothing on the path answers

@@ -409,6 +409,7 @@ fn spec(t: &Topology, index: u32, endpoint: (u32, u32)) -> ServiceSpec {
         cluster_ip: t.cluster_ip(index),
         endpoints: vec![endpoint],
         not_ready: Vec::new(),
+        external: None,
     }
 }
 

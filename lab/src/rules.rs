@@ -17,12 +17,16 @@
 //!
 //! Chain names use a short stable hash of the service port / endpoint, as
 //! kube-proxy does (it uses base32(sha256); we use FNV-1a, the shape is what
-//! matters). NodePorts, LoadBalancer and the filter-table chains are omitted:
-//! the lab has ClusterIP Services only.
+//! matters). An external Service's LoadBalancer IP and nodePorts get
+//! kube-proxy's `externalTrafficPolicy: Cluster` rules (a `KUBE-EXT-*` /
+//! `external-*` chain that marks for masquerade and goes to the Service's
+//! chain); IPVS mode leaves them out, and the filter-table chains are
+//! omitted.
 
 use crate::manifests::{ServiceSet, ServiceSpec};
 use crate::topology::Topology;
 use std::fmt::Write;
+use std::net::Ipv4Addr;
 
 fn fnv64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -47,6 +51,9 @@ pub fn chain_hash(s: &str) -> String {
 }
 
 struct Port {
+    /// Its place in the Service's ports (and in
+    /// [`crate::manifests::ExternalSpec::node_ports`]).
+    index: usize,
     name: &'static str,
     proto: &'static str,
     port: u16,
@@ -56,12 +63,14 @@ struct Port {
 fn ports(t: &Topology) -> [Port; 2] {
     [
         Port {
+            index: 0,
             name: "http",
             proto: "tcp",
             port: t.service_http_port,
             target: t.http_port,
         },
         Port {
+            index: 1,
             name: "udp",
             proto: "udp",
             port: t.service_udp_port,
@@ -117,6 +126,27 @@ pub fn iptables_restore(t: &Topology, set: &ServiceSet) -> String {
                 port = p.port
             )
             .unwrap();
+            if let Some(e) = s.external {
+                let ext_chain = svc_chain.replacen("KUBE-SVC-", "KUBE-EXT-", 1);
+                writeln!(chains, ":{ext_chain} - [0:0]").unwrap();
+                writeln!(
+                    svc_rules,
+                    "-A KUBE-SERVICES -d {lb}/32 -p {pr} -m comment --comment \"{spn} loadbalancer IP\" -m {pr} --dport {port} -j {ext_chain}",
+                    lb = e.lb_ip,
+                    pr = p.proto,
+                    port = p.port
+                )
+                .unwrap();
+                writeln!(
+                    rules,
+                    "-A KUBE-NODEPORTS -p {pr} -m comment --comment \"{spn}\" -m {pr} --dport {np} -j {ext_chain}\n\
+                     -A {ext_chain} -m comment --comment \"masquerade traffic for {spn} external destinations\" -j KUBE-MARK-MASQ\n\
+                     -A {ext_chain} -j {svc_chain}",
+                    pr = p.proto,
+                    np = e.node_ports[p.index],
+                )
+                .unwrap();
+            }
             writeln!(
                 rules,
                 "-A {svc_chain} ! -s {cluster} -d {vip}/32 -p {pr} -m comment --comment \"{spn} cluster IP\" -m {pr} --dport {port} -j KUBE-MARK-MASQ",
@@ -182,8 +212,10 @@ fn nft_endpoint_chain(t: &Topology, s: &ServiceSpec, proto: &str, pname: &str, e
     )
 }
 
-/// `nft -f` input for one node: replaces table `ip kube-proxy` atomically.
-pub fn nft_script(t: &Topology, set: &ServiceSet) -> String {
+/// `nft -f` input for the node at `node_ip`: replaces table `ip
+/// kube-proxy` atomically. Its nodePorts are served at `node_ip` only
+/// (kube-proxy's `--nodeport-addresses primary`).
+pub fn nft_script(t: &Topology, set: &ServiceSet, node_ip: Ipv4Addr) -> String {
     let cluster = cluster_cidr(t);
     let mut o = String::new();
     o.push_str("add table ip kube-proxy\ndelete table ip kube-proxy\n");
@@ -196,6 +228,7 @@ pub fn nft_script(t: &Topology, set: &ServiceSet) -> String {
     o.push_str("\tchain nat-output {\n\t\ttype nat hook output priority -100; policy accept;\n\t\tjump services\n\t}\n");
     o.push_str("\tchain nat-postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tjump masquerading\n\t}\n");
     let mut elements = Vec::new();
+    let mut node_ports = Vec::new();
     let mut cluster_ips = Vec::new();
     for s in &set.services {
         cluster_ips.push(s.cluster_ip.to_string());
@@ -208,6 +241,22 @@ pub fn nft_script(t: &Topology, set: &ServiceSet) -> String {
                 "{} . {} . {} : goto {chain}",
                 s.cluster_ip, p.proto, p.port
             ));
+            if let Some(e) = s.external {
+                let ext_chain = chain.replacen("service-", "external-", 1);
+                writeln!(
+                    o,
+                    "\tchain {ext_chain} {{\n\t\tjump mark-for-masquerade\n\t\tgoto {chain}\n\t}}"
+                )
+                .unwrap();
+                elements.push(format!(
+                    "{} . {} . {} : goto {ext_chain}",
+                    e.lb_ip, p.proto, p.port
+                ));
+                node_ports.push(format!(
+                    "{} . {} : goto {ext_chain}",
+                    p.proto, e.node_ports[p.index]
+                ));
+            }
             let mut vmap = Vec::new();
             for (i, &(node, pod)) in s.endpoints.iter().enumerate() {
                 let ip = t.pod_ip(node, pod);
@@ -243,8 +292,18 @@ pub fn nft_script(t: &Topology, set: &ServiceSet) -> String {
         writeln!(o, "\t\telements = {{ {} }}", elements.join(",\n\t\t\t")).unwrap();
     }
     o.push_str("\t}\n");
+    o.push_str("\tmap service-nodeports {\n\t\ttype inet_proto . inet_service : verdict\n\t\tcomment \"NodePort traffic\"\n");
+    if !node_ports.is_empty() {
+        writeln!(o, "\t\telements = {{ {} }}", node_ports.join(",\n\t\t\t")).unwrap();
+    }
+    o.push_str("\t}\n");
+    writeln!(
+        o,
+        "\tset nodeport-ips {{\n\t\ttype ipv4_addr\n\t\tcomment \"IPs that accept NodePort traffic\"\n\t\telements = {{ {node_ip} }}\n\t}}"
+    )
+    .unwrap();
     o.push_str(
-        "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t}\n",
+        "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t\tip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports\n\t}\n",
     );
     o.push_str("}\n");
     o
@@ -289,6 +348,7 @@ pub fn ipvs(t: &Topology, set: &ServiceSet) -> IpvsRules {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::manifests::ExternalSpec;
 
     fn small() -> (Topology, ServiceSet) {
         let t = Topology::from_yaml(
@@ -359,7 +419,7 @@ mod tests {
     #[test]
     fn nft_structure() {
         let (t, set) = small();
-        let s = nft_script(&t, &set);
+        let s = nft_script(&t, &set, t.node_ip(0));
         assert!(s.starts_with("add table ip kube-proxy\ndelete table ip kube-proxy\n"));
         assert!(s.contains("type ipv4_addr . inet_proto . inet_service : verdict"));
         assert!(s.contains("ip daddr . meta l4proto . th dport vmap @service-ips"));
@@ -372,13 +432,56 @@ mod tests {
         assert_eq!(s.matches('{').count(), s.matches('}').count());
     }
 
+    /// An external Service's LoadBalancer IP and nodePorts lead, through
+    /// kube-proxy's external chain (masquerade, `externalTrafficPolicy:
+    /// Cluster`), to its Service chain.
+    #[test]
+    fn external_services_have_load_balancer_and_node_port_rules() {
+        let (t, mut set) = small();
+        let e = ExternalSpec {
+            lb_ip: t.lb_ip(1),
+            node_ports: [30000, 30001],
+        };
+        set.services[0].external = None;
+        set.services[1].external = Some(e);
+        let r = iptables_restore(&t, &set);
+        let lb = r
+            .lines()
+            .find(|l| l.contains("-d 172.29.0.11/32 -p tcp"))
+            .expect("the LoadBalancer IP rule");
+        let ext = lb.rsplit("-j ").next().unwrap();
+        assert!(ext.starts_with("KUBE-EXT-"), "{lb}");
+        let svc = ext.replacen("KUBE-EXT-", "KUBE-SVC-", 1);
+        assert!(r.contains(&format!(":{ext} - [0:0]")));
+        assert!(r.contains(&format!("-A KUBE-NODEPORTS -p tcp -m comment --comment \"default/svc-00001:http\" -m tcp --dport 30000 -j {ext}")));
+        assert!(r.contains(&format!("-A {ext} -m comment --comment \"masquerade traffic for default/svc-00001:http external destinations\" -j KUBE-MARK-MASQ\n-A {ext} -j {svc}\n")));
+        assert!(r.contains("--dport 30001 -j KUBE-EXT-"));
+        // Service 0 is no LoadBalancer.
+        assert_eq!(r.matches("loadbalancer IP").count(), 2);
+
+        let s = nft_script(&t, &set, t.node_ip(0));
+        assert!(s.contains("172.29.0.11 . tcp . 80 : goto external-"));
+        assert!(s.contains("tcp . 30000 : goto external-"));
+        assert!(s.contains("udp . 30001 : goto external-"));
+        assert!(s.contains("\t\telements = { 172.30.0.2 }"));
+        assert!(
+            s.contains("ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports")
+        );
+        assert_eq!(
+            s.matches("jump mark-for-masquerade\n\t\tgoto service-")
+                .count(),
+            2
+        );
+        assert_eq!(s.matches('{').count(), s.matches('}').count());
+    }
+
     #[test]
     fn empty_service_has_no_rules() {
         let (t, mut set) = small();
         set.services[1].endpoints.clear();
         let r = iptables_restore(&t, &set);
         assert!(!r.contains("10.96.0.11"));
-        let s = nft_script(&t, &set);
+        let s = nft_script(&t, &set, t.node_ip(0));
         assert!(!s.contains("10.96.0.11 . tcp"));
     }
 

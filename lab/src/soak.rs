@@ -29,9 +29,10 @@
 use crate::bench::{chrono_now, csv, loadavg};
 use crate::bringup::{self, controller_status, talariactl, Daemon, SWITCH_METRICS};
 use crate::manifests::ServiceSet;
-use crate::modes::{self, pick_services, LoadRun, Mode};
+use crate::modes::{self, LoadRun, Mode};
 use crate::netns::{in_ns, Lab, SERVICES_PER_FILE};
 use crate::switch::SwitchKind;
+use crate::topology::pick_services;
 use crate::topology::Topology;
 use crate::traffic::{LoadResult, Proto};
 use anyhow::{bail, Context, Result};
@@ -363,7 +364,7 @@ async fn run(lab: &mut Lab, a: &SoakArgs, mut set: ServiceSet) -> Result<Report>
     let hold = modes::start_load(
         lab,
         &LoadRun {
-            client: clients[0],
+            client: clients[0].into(),
             proto: Proto::Hold,
             targets: targets.clone(),
             concurrency: a.connections,
@@ -376,7 +377,7 @@ async fn run(lab: &mut Lab, a: &SoakArgs, mut set: ServiceSet) -> Result<Report>
     let short = modes::start_load(
         lab,
         &LoadRun {
-            client: clients[1],
+            client: clients[1].into(),
             proto: Proto::HttpShort,
             targets,
             concurrency: a.short_concurrency,

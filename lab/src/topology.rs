@@ -14,6 +14,9 @@
 //! | node `i` pod CIDR | `10.244.i.0/24`, routed by the switch to the node |
 //! | pod `j` of node `i` | `10.244.i.(10+j)/32` (netns `<prefix>-n<i>p<j>`, device `eth0`), default route via `169.254.1.1` onlink |
 //! | ClusterIP of Service `k` | service CIDR base + 10 + `k` |
+//! | external host `h` | `172.30.(nodes+h).2/24` (netns `<prefix>-x<h>`, device `eth0`) on switch port `nodes+h`, no agent |
+//! | LoadBalancer ingress IP of Service `k` | LB CIDR base + 10 + `k` (only the `external_services` Services spread over the range have one) |
+//! | nodePorts of the `i`-th external Service | `30000 + 2i` (http), `30001 + 2i` (udp), at every node's address |
 //!
 //! Pod MTU is the uplink MTU minus the 48 bytes of Geneve + Talaria option.
 
@@ -67,7 +70,27 @@ pub struct Topology {
     pub service_udp_port: u16,
     /// Kubernetes namespace of the generated objects.
     pub namespace: String,
+    /// Hosts outside the cluster, each on a switch port of its own after
+    /// the nodes', running no agent (0..=16).
+    pub external_hosts: u32,
+    /// Services that are LoadBalancers (an ingress IP and nodePorts,
+    /// `externalTrafficPolicy: Cluster`), spread over the Service range as
+    /// the benchmark's targets are; at most all of them.
+    pub external_services: u32,
+    /// Where LoadBalancer ingress IPs come from (a /16). The fabric routes
+    /// it to node 0, as a cloud load balancer sends to a node; in talaria
+    /// mode the switch serves the addresses before routing.
+    pub lb_cidr: String,
 }
+
+/// The first nodePort; the `i`-th external Service has `NODE_PORT_BASE +
+/// 2i` (http) and the next (udp), inside Kubernetes' default range
+/// (30000–32767).
+pub const NODE_PORT_BASE: u16 = 30000;
+/// The nodePorts of Kubernetes' default range from [`NODE_PORT_BASE`] on.
+const NODE_PORTS: u32 = 32767 - NODE_PORT_BASE as u32 + 1;
+/// External Services whose nodePorts fit the default range.
+const MAX_EXTERNAL_SERVICES: u32 = NODE_PORTS / 2;
 
 impl Default for Topology {
     fn default() -> Self {
@@ -87,6 +110,9 @@ impl Default for Topology {
             service_http_port: 80,
             service_udp_port: 53,
             namespace: "default".into(),
+            external_hosts: 1,
+            external_services: 4,
+            lb_cidr: "172.29.0.0/16".into(),
         }
     }
 }
@@ -161,9 +187,22 @@ impl Topology {
                 self.uplink_mtu
             ));
         }
+        if self.external_hosts > 16 || self.nodes + self.external_hosts > 250 {
+            return bad(format!(
+                "external_hosts must be 0..=16, with nodes + external_hosts <= 250, got {}",
+                self.external_hosts
+            ));
+        }
+        if self.external_services > MAX_EXTERNAL_SERVICES {
+            return bad(format!(
+                "external_services must be <= {MAX_EXTERNAL_SERVICES} (their nodePorts), got {}",
+                self.external_services
+            ));
+        }
         base16(&self.service_cidr, "service_cidr")?;
         base16(&self.pod_cidr_base, "pod_cidr_base")?;
         base16(&self.underlay_base, "underlay_base")?;
+        base16(&self.lb_cidr, "lb_cidr")?;
         Ok(())
     }
 
@@ -206,6 +245,37 @@ impl Topology {
     pub fn cluster_ip(&self, k: u32) -> Ipv4Addr {
         let (net, _) = self.service_net();
         Ipv4Addr::from(u32::from(net) + 10 + k)
+    }
+
+    /// The LB CIDR as (network, prefix length).
+    pub fn lb_net(&self) -> (Ipv4Addr, u8) {
+        let b = base16(&self.lb_cidr, "").unwrap();
+        (Ipv4Addr::new(b[0], b[1], 0, 0), 16)
+    }
+
+    /// LoadBalancer ingress IP of Service `k` (if it is an external one).
+    pub fn lb_ip(&self, k: u32) -> Ipv4Addr {
+        let (net, _) = self.lb_net();
+        Ipv4Addr::from(u32::from(net) + 10 + k)
+    }
+
+    /// The switch port of external host `h`: the one after the nodes'.
+    pub fn external_port(&self, h: u32) -> u32 {
+        self.nodes + h
+    }
+
+    /// External host `h`'s address, on its switch port's link.
+    pub fn external_ip(&self, h: u32) -> Ipv4Addr {
+        self.node_ip(self.external_port(h))
+    }
+
+    /// Indices of the external Services among `count`: spread over the
+    /// range, as [`pick_services`] spreads the benchmark's targets.
+    pub fn external_service_indices(&self, count: u32) -> Vec<u32> {
+        if count == 0 || self.external_services == 0 {
+            return Vec::new();
+        }
+        pick_services(count, self.external_services)
     }
 
     /// Deterministic MAC: `02:74:<kind>:<a>:<b>:<side>`.
@@ -285,6 +355,16 @@ impl Topology {
     }
 }
 
+/// `k` Service indices spread evenly over `0..count` (so a linear rule list
+/// is scanned half-way on average).
+pub fn pick_services(count: u32, k: u32) -> Vec<u32> {
+    let k = k.min(count).max(1);
+    (0..k)
+        .map(|i| ((i as u64 * count as u64 + count as u64 / 2) / k as u64) as u32)
+        .map(|x| x.min(count.saturating_sub(1)))
+        .collect()
+}
+
 /// Namespace names of one lab instance, all starting with its unique prefix.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Names {
@@ -304,6 +384,10 @@ impl Names {
     /// Pod `j` of node `i`'s netns.
     pub fn pod(&self, node: u32, pod: u32) -> String {
         format!("{}-n{node}p{pod}", self.prefix)
+    }
+    /// External host `h`'s netns.
+    pub fn external(&self, h: u32) -> String {
+        format!("{}-x{h}", self.prefix)
     }
 }
 
@@ -352,6 +436,34 @@ mod tests {
         assert!(Topology::from_yaml("client_nodes: 4").is_err());
         assert!(Topology::from_yaml("uplink_mtu: 100").is_err());
         assert!(Topology::from_yaml("services: [1]").is_err());
+        assert!(Topology::from_yaml("external_hosts: 17").is_err());
+        assert!(Topology::from_yaml("external_services: 1400").is_err());
+        assert!(Topology::from_yaml("lb_cidr: 172.29.0.0/24").is_err());
+    }
+
+    #[test]
+    fn the_outside_world() {
+        let t = Topology::default();
+        assert_eq!(t.external_port(0), 3);
+        assert_eq!(t.external_ip(0), Ipv4Addr::new(172, 30, 3, 2));
+        assert_eq!(t.lb_ip(7), Ipv4Addr::new(172, 29, 0, 17));
+        assert_eq!(t.external_service_indices(20), vec![2, 7, 12, 17]);
+        assert_eq!(t.external_service_indices(2), vec![0, 1]);
+        assert!(t.external_service_indices(0).is_empty());
+        let none = Topology::from_yaml("external_services: 0").unwrap();
+        assert!(none.external_service_indices(20).is_empty());
+        let n = Names {
+            prefix: "tlab12".into(),
+        };
+        assert_eq!(n.external(0), "tlab12-x0");
+    }
+
+    #[test]
+    fn picks_spread_services() {
+        assert_eq!(pick_services(10, 4), vec![1, 3, 6, 8]);
+        assert_eq!(pick_services(2, 8), vec![0, 1]);
+        assert_eq!(pick_services(10000, 2), vec![2500, 7500]);
+        assert_eq!(pick_services(1, 1), vec![0]);
     }
 
     #[test]

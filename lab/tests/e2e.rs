@@ -19,7 +19,7 @@ use std::time::Duration;
 use talaria_lab::bringup::lab_for;
 use talaria_lab::demo;
 use talaria_lab::manifests::ServiceSet;
-use talaria_lab::modes::{run_in_pod, targets, LoadRun, Mode};
+use talaria_lab::modes::{external_targets, run_load, targets, Client, LoadRun, Mode};
 use talaria_lab::netns::{self, Lab, State, LAB_NEEDS};
 use talaria_lab::switch::SwitchKind;
 use talaria_lab::topology::Topology;
@@ -58,18 +58,35 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
     let (mut lab, set): (Lab, ServiceSet) =
         lab_for(t.clone(), mode, &switch).await.expect("lab up");
     let prefix = lab.prefix().to_string();
-    assert_eq!(lab.state().netns.len(), 1 + 2 + 4);
+    // The switch, 2 nodes, 4 pods, the external host.
+    assert_eq!(lab.state().netns.len(), 1 + 2 + 4 + 1);
     assert_eq!(lab.state().switch, switch.name());
-    let client = t.client_pods()[0];
+    let client = Client::from(t.client_pods()[0]);
+    let external: Vec<u32> = set.external().map(|(s, _)| s.index).collect();
+    assert_eq!(external.len(), 2, "small.yaml's external Services");
     // bmv2 forwards thousands of packets per second, not a million: give
     // it a longer run for the same request count.
     let duration = match switch {
         SwitchKind::SwitchAgent => Duration::from_millis(700),
         SwitchKind::Bmv2 { .. } => Duration::from_millis(1500),
     };
-    for proto in [Proto::HttpShort, Proto::HttpLong, Proto::Udp] {
-        let tg = targets(&t, &set, mode, proto, &[0, 1, 2, 3]);
-        let r = run_in_pod(
+    // From a pod to 4 ClusterIPs, and from outside the cluster to the
+    // LoadBalancer IPs of the 2 external Services (IPVS mode has no rules
+    // for them).
+    let mut loads: Vec<(Client, Proto, Vec<u32>)> = [Proto::HttpShort, Proto::HttpLong, Proto::Udp]
+        .map(|proto| (client, proto, vec![0, 1, 2, 3]))
+        .into();
+    if mode != Mode::Ipvs {
+        for proto in [Proto::HttpShort, Proto::Udp] {
+            loads.push((Client::External(0), proto, external.clone()));
+        }
+    }
+    for (client, proto, services) in loads {
+        let tg = match client {
+            Client::External(_) => external_targets(&t, &set, mode, proto),
+            Client::Pod(..) => targets(&t, &set, mode, proto, &services),
+        };
+        let r = run_load(
             &mut lab,
             &LoadRun {
                 client,
@@ -84,16 +101,17 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
         )
         .await
         .expect("load ran");
-        let what = format!("{mode:?} on {} {proto:?}", switch.name());
+        let what = format!("{mode:?} on {} {proto:?} from {client:?}", switch.name());
         assert!(r.requests > 20, "{what}: {r:?}");
         if r.errors != 0 {
             panic!("{what}: {r:?}\n{}", diagnose(&lab, &t));
         }
         // Only endpoints of the targeted Services answer, and more than one
         // (the rules balance).
-        let allowed: BTreeSet<String> = set.services[..4]
+        let allowed: BTreeSet<String> = services
             .iter()
-            .flat_map(|s| s.endpoints.iter().map(|&(n, p)| Topology::pod_name(n, p)))
+            .flat_map(|&k| &set.services[k as usize].endpoints)
+            .map(|&(n, p)| Topology::pod_name(n, p))
             .collect();
         let seen: BTreeSet<String> = r.backends.keys().cloned().collect();
         assert!(seen.is_subset(&allowed), "{seen:?} not within {allowed:?}");

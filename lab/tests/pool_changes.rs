@@ -23,7 +23,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 use talaria_lab::bringup::{lab_for, talaria_apply_services};
-use talaria_lab::modes::{run_in_pod, start_load, targets, wait_load, LoadRun, Mode};
+use talaria_lab::modes::{run_load, start_load, targets, wait_load, LoadRun, Mode};
 use talaria_lab::switch::SwitchKind;
 use talaria_lab::topology::Topology;
 use talaria_lab::traffic::Proto;
@@ -66,8 +66,8 @@ async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_new_flows_refused(
         interval: Duration::from_millis(50),
         stop_file: Some(lab.run_dir.join(stop)),
     };
-    let hold_run = run(clients[0], Proto::Hold, 8, "hold.stop");
-    let udp_run = run(clients[1], Proto::Udp, 1, "udp.stop");
+    let hold_run = run(clients[0].into(), Proto::Hold, 8, "hold.stop");
+    let udp_run = run(clients[1].into(), Proto::Udp, 1, "udp.stop");
     let hold = start_load(&mut lab, &hold_run).expect("hold load");
     let udp = start_load(&mut lab, &udp_run).expect("udp load");
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -100,7 +100,7 @@ async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_new_flows_refused(
     // A new connection now is refused at once (kube-proxy's REJECT), while
     // the old ones go on: one worker for a second, so a refusal that
     // waited for the 1 s timeout would count once, not tens of times.
-    let refused = run_in_pod(
+    let refused = run_load(
         &mut lab,
         &LoadRun {
             proto: Proto::HttpShort,
