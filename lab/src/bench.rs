@@ -14,7 +14,7 @@
 use crate::bringup::{self, lab_for};
 use crate::manifests::ServiceSet;
 use crate::measure::{measure, Row};
-use crate::modes::{self, apply_rules, LoadRun, Mode};
+use crate::modes::{self, apply_rules, Client, LoadRun, Mode};
 use crate::netns::Lab;
 use crate::plot;
 use crate::switch::SwitchKind;
@@ -68,9 +68,11 @@ pub struct BenchArgs {
     /// Load kinds of the sweeps (default: http-short,http-long).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub protos: Vec<Proto>,
-    /// Also measure clients outside the cluster at each Service count of
-    /// the Services sweep: short connections from external host 0 to
-    /// every external Service's LoadBalancer IP (direct: its endpoints).
+    /// Also measure clients outside the cluster: short connections from
+    /// external host 0 to every external Service's LoadBalancer IP
+    /// (direct: its endpoints) at each Service count of the Services
+    /// sweep, and the consistency experiment from there (talaria and
+    /// iptables).
     #[arg(long)]
     pub external: bool,
     /// Run everything on each of these switches in turn and compare them
@@ -219,16 +221,24 @@ pub async fn consistency(
     changes: u32,
     quick: bool,
 ) -> Result<ConsistencyRow> {
-    let mode = match variant {
+    // `-outside`: the connections come from external host 0 to the
+    // Service's LoadBalancer IP, not from a pod to its ClusterIP.
+    let (base, outside) = match variant.strip_suffix("-outside") {
+        Some(base) => (base, true),
+        None => (variant, false),
+    };
+    let mode = match base {
         "iptables" => Mode::Iptables,
         "nftables" => Mode::Nftables,
         "talaria" | "talaria-hash-only" => Mode::Talaria,
         v => bail!("unknown variant {v}"),
     };
-    // 1 Service whose pool cycles through the 8 backend pods of nodes 1-2.
+    // 1 Service, a LoadBalancer, whose pool cycles through the 8 backend
+    // pods of nodes 1-2.
     let t = Topology {
         services: 1,
         endpoints_per_service: 4,
+        external_services: 1,
         ..Topology::embedded_default()
     };
     let (mut lab, mut set) = lab_for(t.clone(), mode, switch).await?;
@@ -242,10 +252,15 @@ pub async fn consistency(
         let hold = ((gap + Duration::from_secs(1)) * changes + Duration::from_secs(10))
             .min(Duration::from_secs(590));
         let stop_file = lab.run_dir.join("hold.stop");
-        let client = t.client_pods()[0];
-        let targets = modes::targets(&t, &set, mode, Proto::Hold, &[0]);
+        let (client, targets) = if outside {
+            let targets = modes::external_targets(&t, &set, mode, Proto::Hold);
+            (Client::External(0), targets)
+        } else {
+            let targets = modes::targets(&t, &set, mode, Proto::Hold, &[0]);
+            (t.client_pods()[0].into(), targets)
+        };
         let exe = LoadRun {
-            client: client.into(),
+            client,
             proto: Proto::Hold,
             targets,
             concurrency: connections,
@@ -284,11 +299,11 @@ pub async fn consistency(
             broken: r.broken,
             moved: r.moved,
             requests: r.requests,
-            note: if variant == "talaria-hash-only" {
-                "client node agents with ignore_cookies: the switch balances every packet by hash"
-                    .into()
-            } else {
-                String::new()
+            note: match variant {
+                "talaria-hash-only" => "client node agents with ignore_cookies: the switch balances every packet by hash".into(),
+                "talaria-outside" => "clients outside the cluster carry no cookie: the switch balances every packet by hash (the TCP timestamp cookie is not built yet)".into(),
+                _ if outside => "clients outside the cluster, through node-0's conntrack".into(),
+                _ => String::new(),
             },
         })
     }
@@ -413,7 +428,11 @@ pub async fn run(a: BenchArgs, switch: SwitchKind, bmv2_dir: Option<PathBuf>) ->
     }
     let mut cons = Vec::new();
     for switch in switches.iter().filter(|_| !a.no_consistency) {
-        for v in ["talaria", "talaria-hash-only", "iptables"] {
+        let mut variants = vec!["talaria", "talaria-hash-only", "iptables"];
+        if a.external {
+            variants.extend(["talaria-outside", "iptables-outside"]);
+        }
+        for v in variants {
             let what = format!("consistency {v} on {}", switch.name());
             progress(&format!(
                 "{what}: {connections} connections, {} pool changes",
@@ -719,6 +738,13 @@ fn summary(
             )
             .unwrap(),
             _ => writeln!(s, "- Consistency on {switch}: not measured for both talaria variants").unwrap(),
+        }
+        if let (Some(t), Some(i)) = (broken("talaria-outside"), broken("iptables-outside")) {
+            writeln!(
+                s,
+                "- Consistency from outside on {switch}: talaria {t} broken (target 0, needs the TCP timestamp cookie), iptables {i} broken"
+            )
+            .unwrap();
         }
     }
     writeln!(s).unwrap();

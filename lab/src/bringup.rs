@@ -96,18 +96,31 @@ fn tail_log(lab: &Lab, what: &str) -> String {
 
 /// The controller's configuration for a lab: fabric routes and the switch
 /// tunnel address (everything not from Kubernetes objects), and for bmv2
-/// the JSON it pushes as the device config.
+/// the JSON it pushes as the device config. When the switch `balances`
+/// Services (talaria mode), the LoadBalancer CIDR is a blackhole, as the
+/// design asks of an operator (a packet to an ingress IP on a port no
+/// Service serves goes nowhere); else it goes to node 0, whose
+/// kube-proxy rules catch it.
 pub fn controller_config(
     t: &Topology,
     names: &crate::topology::Names,
     manifests: &Path,
     device_config: Option<&Path>,
+    balances: bool,
 ) -> String {
     let sc = crate::manifests::switch_config(t, names);
+    let (lb_net, lb_len) = t.lb_net();
+    let lb_prefix = format!("{lb_net}/{lb_len}");
     let routes: Vec<serde_json::Value> = sc
         .routes
         .iter()
-        .map(|r| serde_json::json!({"prefix": r.prefix, "port": p4_port(r.port), "src_mac": r.src_mac, "dst_mac": r.dst_mac}))
+        .map(|r| {
+            if balances && r.prefix == lb_prefix {
+                serde_json::json!({"prefix": r.prefix})
+            } else {
+                serde_json::json!({"prefix": r.prefix, "port": p4_port(r.port), "src_mac": r.src_mac, "dst_mac": r.dst_mac})
+            }
+        })
         .collect();
     let mut v = serde_json::json!({
         "source": {"kind": "files", "dir": manifests, "poll_ms": 200},
@@ -405,7 +418,13 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
     let cfg = lab.run_dir.join("controller.yaml");
     std::fs::write(
         &cfg,
-        controller_config(&t, &lab.names, &manifests, device_config.as_deref()),
+        controller_config(
+            &t,
+            &lab.names,
+            &manifests,
+            device_config.as_deref(),
+            services,
+        ),
     )?;
     let argv: Vec<String> = vec![
         ctl_bin.to_string_lossy().into_owned(),

@@ -286,7 +286,9 @@ pub fn switch_config(t: &Topology, names: &Names) -> SwitchConfig {
     }
     // LoadBalancer ingress IPs go to node 0, as a cloud load balancer
     // sends to a node (the kube-proxy baselines catch them there); in
-    // talaria mode the switch serves them before routing.
+    // talaria mode the switch serves them before routing, and the
+    // controller's config makes this route a blackhole
+    // (`bringup::controller_config`).
     let (net, len) = t.lb_net();
     routes.push(route(format!("{net}/{len}"), &ports[0]));
     SwitchConfig {

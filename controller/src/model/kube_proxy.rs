@@ -583,19 +583,18 @@ fn local_endpoints(
     ready: &[(Backend, &EpInfo)],
     serving_terminating: &[(Backend, &EpInfo)],
 ) -> BTreeMap<Ipv4Addr, BTreeSet<Backend>> {
-    let mut by_node: BTreeMap<Ipv4Addr, BTreeSet<Backend>> = BTreeMap::new();
-    for (b, ep) in ready {
-        if let Some(home) = ep.home {
-            by_node.entry(home).or_default().insert(*b);
-        }
-    }
-    let with_ready: BTreeSet<Ipv4Addr> = by_node.keys().copied().collect();
-    for (b, ep) in serving_terminating {
-        if let Some(home) = ep.home.filter(|h| !with_ready.contains(h)) {
-            by_node.entry(home).or_default().insert(*b);
-        }
-    }
-    by_node
+    let homes: BTreeSet<Ipv4Addr> = ready
+        .iter()
+        .chain(serving_terminating)
+        .filter_map(|(_, ep)| ep.home)
+        .collect();
+    homes
+        .into_iter()
+        .map(|node| {
+            let (r, s) = (on(ready, node), on(serving_terminating, node));
+            (node, Endpoints::of(&r, &s, &[]).active)
+        })
+        .collect()
 }
 
 /// Topology hints, per node (kube-proxy's `topologyModeFromHints` and
@@ -651,16 +650,12 @@ struct Endpoints {
 impl Endpoints {
     /// kube-proxy's choice: the ready endpoints take new flows, or, when
     /// none is ready, the serving-terminating ones. Serving-terminating
-    /// endpoints that do not take new flows keep their established ones.
-    /// So does a not-ready endpoint for TCP (kube-proxy leaves its
-    /// conntrack entries alone): its cookie stays valid for as long as the
-    /// endpoint exists. UDP flows move at once: kube-proxy deletes the UDP
-    /// conntrack entries of every endpoint that is not serving.
+    /// endpoints that do not take new flows keep their established ones,
+    /// and so do the `keep` ones.
     fn of(
         ready: &[(Backend, &EpInfo)],
         serving_terminating: &[(Backend, &EpInfo)],
-        unready: &[(Backend, &EpInfo)],
-        proto: Proto,
+        keep: &[(Backend, &EpInfo)],
     ) -> Endpoints {
         let set = |eps: &[(Backend, &EpInfo)]| eps.iter().map(|(b, _)| *b).collect::<BTreeSet<_>>();
         let (active, mut draining, fallback) = if ready.is_empty() {
@@ -668,9 +663,7 @@ impl Endpoints {
         } else {
             (set(ready), set(serving_terminating), false)
         };
-        if proto != Proto::Udp {
-            draining.extend(set(unready));
-        }
+        draining.extend(set(keep));
         Endpoints {
             active,
             draining,
@@ -930,12 +923,20 @@ fn eval_service_into(
         } else {
             BTreeMap::new()
         };
-        let all = Endpoints::of(&ready, &st, &unready, proto);
+        // A not-ready endpoint takes no new flows but keeps its established
+        // TCP ones (kube-proxy leaves their conntrack entries alone): its
+        // cookie stays valid for as long as the endpoint exists. UDP flows
+        // move at once: kube-proxy deletes the UDP conntrack entries of
+        // every endpoint that is not serving.
+        if proto == Proto::Udp {
+            unready.clear();
+        }
+        let all = Endpoints::of(&ready, &st, &unready);
         // `externalTrafficPolicy: Local`, at a node's address: that node's
         // endpoints only, and none where it has none.
         let on_node = |node: Ipv4Addr| {
             let (r, s, u) = (on(&ready, node), on(&st, node), on(&unready, node));
-            Endpoints::of(&r, &s, &u, proto)
+            Endpoints::of(&r, &s, &u)
         };
         let mut add = |key: ServiceKey, frontend: Frontend, eps: Endpoints| {
             let per_client_node = !frontend.is_outside();

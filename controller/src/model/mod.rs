@@ -109,9 +109,10 @@ pub struct Skipped {
 pub enum Frontend {
     /// A ClusterIP, for clients in the cluster.
     ClusterIp,
-    /// A node's InternalIP on the port's nodePort. Node agents do not
-    /// steer it: their clients reach it plain through the switch, as
-    /// external clients do.
+    /// A node's InternalIP on the port's nodePort. A node agent steers
+    /// only its own address's (its stack would take them otherwise); its
+    /// clients reach other nodes' plain through the switch, as external
+    /// clients do.
     NodePort,
     /// An external address (`externalIPs`, LoadBalancer ingress IP).
     External,
