@@ -85,8 +85,10 @@ const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const SVC_LB_TCP: u16 = 14;
 const SVC_LB_UDP: u16 = 15;
 /// A NodePort Service's keys at each node's address, as the controller
-/// plans them: TCP to pod b (on node 2), UDP to pod c (on node 1), by
-/// service id per node (`externalTrafficPolicy: Cluster`).
+/// plans them, a service id per node: TCP to pod b (on node 2), UDP to pod
+/// c (on node 1). Node 2's TCP key and node 1's UDP key are what
+/// `externalTrafficPolicy: Local` gives those nodes (their own endpoint);
+/// the other two only `Cluster` can give (an endpoint on the other node).
 const NODE_PORT_TCP: u16 = 30080;
 const NODE_PORT_UDP: u16 = 30053;
 const SVC_NP_TCP: [u16; 2] = [16, 17];
@@ -1390,8 +1392,8 @@ fn node_port(id: u16, node_ip: Ipv4Addr, port: u16, proto: &str) -> ServiceConfi
 /// A client outside the cluster reaches a NodePort Service at either
 /// node's address (issue: north-south, item 2): the switch balances the
 /// node's key itself, so TCP to pod b and UDP to pod c work whichever node
-/// is asked, and the backend sees the client's own address (no SNAT, under
-/// either `externalTrafficPolicy`). A pod reaches another node's nodePort
+/// is asked, and the backend sees the client's own address (no SNAT), both
+/// where the key is `Local`'s and where it is `Cluster`'s. A pod reaches another node's nodePort
 /// plain, through the switch, as an outside client does; its node learns
 /// no cookie for that flow. Its own node's nodePort its node steers, as
 /// a ClusterIP (the node's stack would take it otherwise). A
