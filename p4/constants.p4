@@ -14,6 +14,7 @@
 /* ------------------------------------------------------------ protocols -- */
 
 const bit<16> ETHERTYPE_IPV4 = 0x0800;
+const bit<16> ETHERTYPE_IPV6 = 0x86DD;
 const bit<8>  IP_PROTO_ICMP  = 1;
 const bit<8>  IP_PROTO_TCP   = 6;
 const bit<8>  IP_PROTO_UDP   = 17;
@@ -160,6 +161,8 @@ const bit<32> LB_EVENT_COUNT = 4;
 
 /* Routes of one rack: node /32s, pod CIDRs, uplinks and a default. */
 const bit<32> IPV4_ROUTE_SIZE   = 1024;
+/* IPv6 routes of one rack: node and pod prefixes, uplinks, a default. */
+const bit<32> IPV6_ROUTE_SIZE   = 1024;
 /* Tunnel addresses of this switch; one is enough, a few allow renumbering. */
 const bit<32> SWITCH_ADDR_SIZE  = 16;
 /* (ClusterIP, port, protocol) triples: one per Service port, up to the

@@ -12,6 +12,7 @@
 
 typedef bit<48> mac_addr_t;
 typedef bit<32> ipv4_addr_t;
+typedef bit<128> ipv6_addr_t;
 /* v1model egress_spec width. */
 typedef bit<9>  port_t;
 typedef bit<16> l4_port_t;
@@ -42,6 +43,18 @@ header ipv4_t {
     bit<16>     hdr_checksum;
     ipv4_addr_t src_addr;
     ipv4_addr_t dst_addr;
+}
+
+/* IPv6, routed only: Services and tunnels are IPv4. */
+header ipv6_t {
+    bit<4>      version;
+    bit<8>      traffic_class;
+    bit<20>     flow_label;
+    bit<16>     payload_len;
+    bit<8>      next_hdr;
+    bit<8>      hop_limit;
+    ipv6_addr_t src_addr;
+    ipv6_addr_t dst_addr;
 }
 
 /* Options of an outer (routed) IPv4 header, (ihl - 5) words. Parsed only so
@@ -132,6 +145,7 @@ struct headers_t {
     ethernet_t     ethernet;
     ipv4_t         ipv4;
     ipv4_options_t ipv4_options;
+    ipv6_t         ipv6;
     udp_t          udp;
     geneve_t       geneve;
     /* Valid only when the first Geneve option is not ours. */

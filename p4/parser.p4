@@ -23,6 +23,8 @@
 error {
     /* Outer IPv4 with version != 4 or ihl < 5: malformed. */
     BadIpv4Header,
+    /* IPv6 with version != 6: malformed. */
+    BadIpv6Header,
     /* Inner IPv4 with version != 4 or ihl < 5: malformed if terminated. */
     BadInnerIpv4Header,
     GeneveVersion,
@@ -46,8 +48,17 @@ parser TalariaParser(packet_in packet,
         packet.extract(hdr.ethernet);
         transition select(hdr.ethernet.ether_type) {
             ETHERTYPE_IPV4: parse_ipv4;
+            ETHERTYPE_IPV6: parse_ipv6;
             default: accept;
         }
+    }
+
+    /* IPv6 is routed on its destination alone: nothing past the fixed
+     * header is read. */
+    state parse_ipv6 {
+        packet.extract(hdr.ipv6);
+        verify(hdr.ipv6.version == 6, error.BadIpv6Header);
+        transition accept;
     }
 
     state parse_ipv4 {
@@ -238,6 +249,7 @@ control TalariaDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.ethernet);
         packet.emit(hdr.ipv4);
         packet.emit(hdr.ipv4_options);
+        packet.emit(hdr.ipv6);
         packet.emit(hdr.udp);
         packet.emit(hdr.geneve);
         packet.emit(hdr.foreign_opt);

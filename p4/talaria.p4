@@ -420,6 +420,32 @@ control TalariaIngress(inout headers_t hdr,
         size = TUNNEL_SOURCE_SIZE; // one per node
     }
 
+    /* ---------------------------------------------------- ipv6_route -- */
+
+    /* Send an IPv6 packet out of `port` to the next hop `dst_mac`. */
+    @id(0x01000017)
+    action forward_v6(port_t port, mac_addr_t src_mac, mac_addr_t dst_mac) {
+        standard_metadata.egress_spec = port;
+        hdr.ethernet.src_addr = src_mac;
+        hdr.ethernet.dst_addr = dst_mac;
+        hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
+    }
+
+    /* Routes every IPv6 packet: pod to pod, node to node. The switch
+     * balances no IPv6 Service yet, so this is all it does with one. */
+    @id(0x0200000C)
+    table ipv6_route {
+        key = {
+            hdr.ipv6.dst_addr : lpm @name("dst_addr");
+        }
+        actions = {
+            forward_v6;
+            drop;
+        }
+        default_action = drop();
+        size = IPV6_ROUTE_SIZE; // node and pod prefixes, uplinks, default
+    }
+
     apply {
         /* bmv2 zeroes metadata anyway; say so for other targets. */
         meta.drop_reason = 0;
@@ -433,9 +459,19 @@ control TalariaIngress(inout headers_t hdr,
         meta.external = 0;
         meta.inner_from_plain = 0;
 
-        if (!hdr.ipv4.isValid()) {
-            /* The switch routes IPv4 only; anything else has no route. A
-             * parser error here means the frame ended inside a header. */
+        if (hdr.ipv6.isValid()) {
+            /* Routed as a router would, hop limit and all. The switch
+             * sends no ICMPv6 errors, as it sends no ICMP ones. */
+            if (standard_metadata.parser_error != error.NoError) {
+                meta.drop_reason = DROP_MALFORMED;
+            } else if (hdr.ipv6.hop_limit <= 1) {
+                meta.drop_reason = DROP_TTL_EXPIRED;
+            } else {
+                ipv6_route.apply();
+            }
+        } else if (!hdr.ipv4.isValid()) {
+            /* Neither IPv4 nor IPv6 (ARP included) has no route. A parser
+             * error here means the frame ended inside a header. */
             if (standard_metadata.parser_error == error.NoError) {
                 meta.drop_reason = DROP_NO_ROUTE;
             } else {

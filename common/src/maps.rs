@@ -25,11 +25,20 @@ pub struct Ipv4LpmKey {
     pub addr: Be32,
 }
 
+/// Key of a BPF LPM trie over IPv6: prefix length, then the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Ipv6LpmKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
 // ---------------------------------------------------------------- switch --
 // One map per P4 table of p4/talaria.p4; each mirrors that table's key and
 // action parameters.
 
-/// `ipv4_route` action `forward`. Must match `action forward` in p4/talaria.p4.
+/// `ipv4_route` action `forward`, and `ipv6_route` action `forward_v6`
+/// (the same parameters). Must match both in p4/talaria.p4.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouteValue {
@@ -624,6 +633,7 @@ pub const fn reusable(fin_seen: u8) -> bool {
 
 pod! {
     Ipv4LpmKey = 8,
+    Ipv6LpmKey = 20,
     RouteValue = 16,
     ServiceKey = 8,
     ServiceValue = 8,

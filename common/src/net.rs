@@ -1,4 +1,4 @@
-//! Plain Ethernet, IPv4, UDP and TCP headers, and the Internet checksum.
+//! Plain Ethernet, IPv4, IPv6, UDP and TCP headers, and the Internet checksum.
 //!
 //! Fields are network byte order ([`Be16`], [`Be32`]); every type has
 //! alignment 1 so eBPF code can overlay it at any packet offset.
@@ -8,6 +8,9 @@ use crate::be::{Be16, Be32};
 pub const ETH_HDR_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const IPV4_HDR_LEN: usize = 20;
+pub const ETH_P_IPV6: u16 = 0x86DD;
+/// The fixed IPv6 header; extension headers follow it.
+pub const IPV6_HDR_LEN: usize = 40;
 pub const UDP_HDR_LEN: usize = 8;
 pub const TCP_HDR_LEN: usize = 20;
 /// The don't-fragment bit of [`Ipv4Hdr::frag`].
@@ -52,6 +55,30 @@ pub struct Ipv4Hdr {
     pub dst: Be32,
 }
 crate::assert_size!(Ipv4Hdr, IPV4_HDR_LEN);
+
+/// The fixed IPv6 header.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub version_class_flow: Be32,
+    pub payload_len: Be16,
+    pub next_hdr: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+}
+crate::assert_size!(Ipv6Hdr, IPV6_HDR_LEN);
+
+impl Ipv6Hdr {
+    /// Offset of `hop_limit` in the header.
+    pub const HOP_LIMIT_OFFSET: usize = 7;
+
+    #[inline(always)]
+    pub const fn version(&self) -> u8 {
+        self.version_class_flow.0[0] >> 4
+    }
+}
 
 impl Ipv4Hdr {
     /// Header length in bytes, options included.

@@ -8,6 +8,8 @@
 pub mod sizes {
     /// `IPV4_ROUTE_SIZE`.
     pub const IPV4_ROUTE: u32 = 1024;
+    /// `IPV6_ROUTE_SIZE`.
+    pub const IPV6_ROUTE: u32 = 1024;
     /// `SWITCH_ADDR_SIZE`.
     pub const SWITCH_ADDR: u32 = 16;
     /// `SERVICE_V4_SIZE`.

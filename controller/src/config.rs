@@ -355,6 +355,7 @@ fabric:
   routes:
   - {prefix: 192.168.0.11/32, port: 1, src_mac: "02:00:00:00:00:01", dst_mac: "02:00:00:00:00:11"}
   - {prefix: 0.0.0.0/0}
+  - {prefix: "fd00:10:244::/48", port: 2}
 buckets: {per_backend: 8}
 id_quarantine_ms: 1000
 listen: 127.0.0.1:9999
@@ -362,7 +363,11 @@ listen: 127.0.0.1:9999
         )
         .unwrap();
         assert_eq!(c.switches[0].device_id, 1);
-        assert_eq!(c.fabric.routes.len(), 2);
+        assert_eq!(c.fabric.routes.len(), 3);
+        assert!(matches!(
+            c.fabric.routes[2].prefix,
+            crate::types::IpPrefix::V6(p) if p.len == 48
+        ));
         assert_eq!(c.buckets.per_backend, 8);
         assert_eq!(c.buckets.max, BucketPolicy::default().max);
         assert_eq!(c.id_quarantine_ms, Duration::from_secs(1));

@@ -6,8 +6,9 @@ use talaria_tables::{cookie_check, Contents, Entry, EntryKey, Table};
 
 /// Every table the controller writes, in insert order: referenced before
 /// referencing.
-pub const INSERT_ORDER: [Table; 11] = [
+pub const INSERT_ORDER: [Table; 12] = [
     Table::Ipv4Route,
+    Table::Ipv6Route,
     Table::SpoofedSource,
     Table::TunnelPeer,
     Table::SwitchAddr,

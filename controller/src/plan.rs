@@ -26,8 +26,8 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 use talaria_tables::{
-    backend, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4, spoofed_source,
-    switch_addr, tunnel_peer, tunnel_source, Contents, Entry, EntryKey, Table,
+    backend, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
+    spoofed_source, switch_addr, tunnel_peer, tunnel_source, Contents, Entry, EntryKey, Table,
 };
 
 use crate::{
@@ -35,16 +35,17 @@ use crate::{
     entries::{cookie_entry, Tables, INSERT_ORDER},
     ids::IdPool,
     model::{Frontend, Model, ObjectRef, ServicePort},
-    types::{Backend, HashMode, Ipv4Prefix, Mac, Proto, ServiceKey},
+    types::{Backend, HashMode, IpPrefix, Ipv4Prefix, Mac, Proto, ServiceKey},
 };
 
-/// A static route of the fabric (`ipv4_route`), from the config: fabric
-/// routing is configured, not derived from Kubernetes.
+/// A static route of the fabric (`ipv4_route`, or `ipv6_route` for an IPv6
+/// prefix), from the config: fabric routing is configured, not derived
+/// from Kubernetes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Destination prefix, e.g. `192.168.0.11/32`.
-    pub prefix: Ipv4Prefix,
+    /// Destination prefix, e.g. `192.168.0.11/32` or `fd00:10:244::/48`.
+    pub prefix: IpPrefix,
     /// Egress port; absent = drop.
     #[serde(default)]
     pub port: Option<u16>,
@@ -434,6 +435,7 @@ impl Tables for Desired {
         match (t, after) {
             (
                 Table::Ipv4Route
+                | Table::Ipv6Route
                 | Table::SwitchAddr
                 | Table::PodNode
                 | Table::TunnelPeer
@@ -1005,16 +1007,29 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
         );
     }
     for r in &fabric.routes {
-        let action = match r.port {
-            Some(port) => ipv4_route::Action::Forward {
-                port,
-                src_mac: r.src_mac,
-                dst_mac: r.dst_mac,
-            },
-            None => ipv4_route::Action::Drop {},
-        };
-        st.ipv4_route
-            .insert(ipv4_route::Key { dst_addr: r.prefix }, action);
+        let (src_mac, dst_mac) = (r.src_mac, r.dst_mac);
+        match (r.prefix, r.port) {
+            (IpPrefix::V4(dst_addr), port) => {
+                let action = port.map_or(ipv4_route::Action::Drop {}, |port| {
+                    ipv4_route::Action::Forward {
+                        port,
+                        src_mac,
+                        dst_mac,
+                    }
+                });
+                st.ipv4_route.insert(ipv4_route::Key { dst_addr }, action);
+            }
+            (IpPrefix::V6(dst_addr), port) => {
+                let action = port.map_or(ipv6_route::Action::Drop {}, |port| {
+                    ipv6_route::Action::ForwardV6 {
+                        port,
+                        src_mac,
+                        dst_mac,
+                    }
+                });
+                st.ipv6_route.insert(ipv6_route::Key { dst_addr }, action);
+            }
+        }
     }
     for (p, n) in &model.pod_nodes {
         st.pod_node.insert(
@@ -1071,9 +1086,12 @@ const FIRST_BACKEND_KEY: backend::Key = backend::Key { backend_id: 1 };
 fn route_port(routes: &[RouteConfig], addr: Ipv4Addr) -> Option<u16> {
     routes
         .iter()
-        .filter(|r| r.prefix.contains(addr))
-        .max_by_key(|r| r.prefix.len)
-        .and_then(|r| r.port)
+        .filter_map(|r| match r.prefix {
+            IpPrefix::V4(p) if p.contains(addr) => Some((p.len, r.port)),
+            _ => None,
+        })
+        .max_by_key(|(len, _)| *len)
+        .and_then(|(_, port)| port)
 }
 
 #[cfg(test)]
@@ -1126,9 +1144,44 @@ endpoints:
                 route("192.168.0.11/32", Some(1)),
                 route("192.168.0.0/24", Some(2)),
                 route("192.168.0.12/32", None),
+                route("fd00:10:244:1::/64", Some(1)),
+                route("fd00:dead::/32", None),
             ],
             spoofed_sources: vec!["10.96.0.1".parse().unwrap()],
         }
+    }
+
+    /// IPv6 routes go to `ipv6_route` (a port-less one as a blackhole),
+    /// IPv4 ones to `ipv4_route`; only IPv4 routes name the port a node's
+    /// tunnels come in on, since tunnels are IPv4.
+    #[test]
+    fn routes_go_to_the_table_of_their_family() {
+        let st = fabric_state(&model_with(&[]), &fabric());
+        let v6: Vec<(String, Option<u16>)> = st
+            .ipv6_route
+            .iter()
+            .map(|(k, a)| {
+                let port = match a {
+                    ipv6_route::Action::ForwardV6 { port, .. } => Some(*port),
+                    ipv6_route::Action::Drop {} => None,
+                };
+                (k.dst_addr.to_string(), port)
+            })
+            .collect();
+        assert_eq!(
+            v6,
+            [
+                ("fd00:10:244:1::/64".to_string(), Some(1)),
+                ("fd00:dead::/32".to_string(), None),
+            ]
+        );
+        assert_eq!(st.ipv4_route.len(), 3);
+        let peers: Vec<(u16, String)> = st
+            .tunnel_peer
+            .keys()
+            .map(|k| (k.port, k.node_ip.to_string()))
+            .collect();
+        assert_eq!(peers, [(1, "192.168.0.11".to_string())]);
     }
 
     /// A full plan, as tables.

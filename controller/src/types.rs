@@ -7,7 +7,7 @@ use std::{fmt, net::Ipv4Addr};
 use serde::{Deserialize, Serialize};
 use talaria_tables::{backend, service_v4};
 
-pub use talaria_tables::value::{Ipv4Prefix, Mac};
+pub use talaria_tables::value::{IpPrefix, Ipv4Prefix, Mac};
 
 /// L4 protocol of a Service port that the switch load-balances.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

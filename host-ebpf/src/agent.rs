@@ -315,7 +315,7 @@ pub async fn run(cfg: Config) -> Result<()> {
             }
         });
     }
-    let api_pods: Option<Arc<Mutex<Option<BTreeSet<Ipv4Addr>>>>> = match cfg.mode {
+    let api_pods: Option<Arc<Mutex<Option<k8s::PodIps>>>> = match cfg.mode {
         Mode::Lab => None,
         Mode::Kubernetes => {
             let pods = Arc::new(Mutex::new(None));

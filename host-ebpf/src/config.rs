@@ -1,6 +1,9 @@
 //! The node agent's configuration: YAML, overridden by command-line flags.
 
-use std::{net::Ipv4Addr, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +49,8 @@ pub struct Config {
     pub pods: Vec<PodConfig>,
     /// Lab mode: also take as local pods the `/32` routes (no gateway, main
     /// table) whose device is a veth, following route and link events: a
-    /// new route attaches the pod, a removed route or veth forgets it.
+    /// new route attaches the pod, a removed route or veth forgets it. A
+    /// `/128` over a local pod's veth is one of its IPv6 addresses.
     pub learn_pods_from_routes: bool,
     /// Only pod addresses inside these CIDRs are learned from routes (and,
     /// in Kubernetes mode, taken from the API). Empty: any address.
@@ -212,6 +216,10 @@ fn is_zero(v: &u32) -> bool {
 pub struct PodConfig {
     /// The pod's IPv4 address.
     pub ip: Ipv4Addr,
+    /// The pod's IPv6 addresses (dual stack): the only IPv6 sources its
+    /// veth lets through, besides `::` and link-local ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ipv6: Vec<Ipv6Addr>,
     /// The host-side veth name.
     pub veth: String,
     /// The MAC of the pod's own interface, if known (decapsulated packets
@@ -397,12 +405,17 @@ mod tests {
     fn yaml_with_defaults() {
         let c = Config::from_yaml(
             "uplink: up0\nnode_ip: 10.0.1.1\nswitch_ip: 10.0.0.1\nswitch_mac: 02:00:00:00:00:01\n\
-             pods:\n  - {ip: 10.244.1.2, veth: vp1}\nservices:\n  - {id: 7, vip: 10.96.0.10, port: 80, protocol: tcp}\n",
+             pods:\n  - {ip: 10.244.1.2, veth: vp1}\n  - {ip: 10.244.1.3, ipv6: [\"fd00:244:1::3\"], veth: vp2}\nservices:\n  - {id: 7, vip: 10.96.0.10, port: 80, protocol: tcp}\n",
         )
         .unwrap();
         assert_eq!(c.uplink, "up0");
         assert_eq!(c.flow_table_size, 1 << 20);
         assert_eq!(c.pods[0].veth, "vp1");
+        assert!(c.pods[0].ipv6.is_empty());
+        assert_eq!(
+            c.pods[1].ipv6,
+            ["fd00:244:1::3".parse::<Ipv6Addr>().unwrap()]
+        );
         assert_eq!(c.services[0].proto().unwrap(), 6);
         assert!(Config::from_yaml("bogus: 1").is_err());
         assert_eq!(parse_mac("02:00:00:00:00:01").unwrap(), [2, 0, 0, 0, 0, 1]);

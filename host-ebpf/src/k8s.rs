@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -88,12 +88,16 @@ pub fn node_name(cfg: &KubernetesConfig) -> Result<String> {
         .ok_or_else(|| Error::Invalid("kubernetes.node_name unset and no NODE_NAME".into()))
 }
 
-/// The IPv4 addresses of the pods that need the data path: every pod
-/// with an address, except `hostNetwork` pods (their address is the
-/// node's, with no veth) and pods that have finished (`Succeeded`,
-/// `Failed`: their address may already be reused).
-pub fn pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeSet<Ipv4Addr> {
-    let mut out = BTreeSet::new();
+/// Local pods' addresses from the API: each pod IPv4 address → the same
+/// pod's IPv6 addresses (dual stack), which are behind the same veth.
+pub type PodIps = BTreeMap<Ipv4Addr, BTreeSet<Ipv6Addr>>;
+
+/// The addresses of the pods that need the data path: every pod with an
+/// IPv4 address, except `hostNetwork` pods (their address is the node's,
+/// with no veth) and pods that have finished (`Succeeded`, `Failed`:
+/// their address may already be reused).
+pub fn pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> PodIps {
+    let mut out = PodIps::new();
     for p in pods {
         let host_network = p
             .spec
@@ -111,10 +115,18 @@ pub fn pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeSet<Ipv4Addr
             .flatten()
             .map(|a| a.ip.as_str())
             .chain(status.pod_ip.as_deref());
+        let (mut v4, mut v6) = (Vec::new(), BTreeSet::new());
         for ip in ips {
-            if let Ok(v4) = ip.parse::<Ipv4Addr>() {
-                out.insert(v4);
+            match ip.parse() {
+                Ok(IpAddr::V4(a)) => v4.push(a),
+                Ok(IpAddr::V6(a)) => {
+                    v6.insert(a);
+                }
+                Err(_) => {}
             }
+        }
+        for a in v4 {
+            out.insert(a, v6.clone());
         }
     }
     out
@@ -127,7 +139,7 @@ pub fn pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeSet<Ipv4Addr
 pub async fn watch_pods(
     client: Client,
     node_name: String,
-    out: Arc<Mutex<Option<BTreeSet<Ipv4Addr>>>>,
+    out: Arc<Mutex<Option<PodIps>>>,
     changed: Arc<Notify>,
 ) {
     let api: Api<Pod> = Api::all(client);
@@ -926,7 +938,10 @@ mod tests {
         .into_iter()
         .map(|v| serde_json::from_value(v).unwrap())
         .collect();
-        let ips: Vec<String> = pod_ips(&pods).iter().map(|i| i.to_string()).collect();
-        assert_eq!(ips, vec!["10.244.1.2", "10.244.1.4"]);
+        let ips = pod_ips(&pods);
+        let v4: Vec<String> = ips.keys().map(|i| i.to_string()).collect();
+        assert_eq!(v4, vec!["10.244.1.2", "10.244.1.4"]);
+        let v6: Vec<String> = ips.values().flatten().map(|i| i.to_string()).collect();
+        assert_eq!(v6, vec!["fd00::2"], "pod a's IPv6 address, with its IPv4");
     }
 }

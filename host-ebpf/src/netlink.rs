@@ -1,12 +1,13 @@
-//! Minimal rtnetlink over raw `libc` sockets: dump the links and IPv4
-//! routes of the calling thread's network namespace, and wait for link and
-//! route events. Just enough for the agent to find pod veths (lab mode:
-//! `/32 dev vethX` routes; Kubernetes mode: the route of each pod IP) and
-//! the uplink MTU; no crate of the workspace speaks netlink yet.
+//! Minimal rtnetlink over raw `libc` sockets: dump the links and IPv4 and
+//! IPv6 routes of the calling thread's network namespace, and wait for link
+//! and route events. Just enough for the agent to find pod veths (lab mode:
+//! `/32 dev vethX` routes, and `/128`s for pods' IPv6 addresses; Kubernetes
+//! mode: the route of each pod IP) and the uplink MTU; no crate of the
+//! workspace speaks netlink yet.
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
@@ -24,17 +25,17 @@ pub struct Link {
     pub mtu: u32,
 }
 
-/// One IPv4 route of the main table: `dst/len` via `oif`, with `gateway`
-/// if it has one.
+/// One IPv4 or IPv6 route of the main table: `dst/len` via `oif`, with
+/// `gateway` if it has one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Route {
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub len: u8,
     pub oif: u32,
-    pub gateway: Option<Ipv4Addr>,
+    pub gateway: Option<IpAddr>,
 }
 
-/// The links and main-table IPv4 unicast routes at one moment.
+/// The links and main-table unicast routes at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// By ifindex.
@@ -55,15 +56,17 @@ impl Snapshot {
             }
         })?;
         let mut routes = Vec::new();
-        let mut rtmsg = [0u8; 12];
-        rtmsg[0] = libc::AF_INET as u8;
-        sock.dump(libc::RTM_GETROUTE, &rtmsg, |ty, body| {
-            if ty == libc::RTM_NEWROUTE {
-                if let Some(r) = parse_route(body) {
-                    routes.push(r);
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            let mut rtmsg = [0u8; 12];
+            rtmsg[0] = family as u8;
+            sock.dump(libc::RTM_GETROUTE, &rtmsg, |ty, body| {
+                if ty == libc::RTM_NEWROUTE {
+                    if let Some(r) = parse_route(body) {
+                        routes.push(r);
+                    }
                 }
-            }
-        })?;
+            })?;
+        }
         Ok(Self { links, routes })
     }
 
@@ -81,12 +84,14 @@ impl Snapshot {
     }
 }
 
-/// Blocks on an rtnetlink socket subscribed to link and IPv4 route events
+/// Blocks on an rtnetlink socket subscribed to link and route events
 /// in the calling thread's network namespace and calls `on_event` after
 /// each batch of messages (and after lost events: the caller resyncs from
 /// a fresh [`Snapshot`] anyway). Returns only on a socket error.
 pub fn watch(mut on_event: impl FnMut()) -> Result<()> {
-    let sock = Socket::open((libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE) as u32)?;
+    let sock = Socket::open(
+        (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE) as u32,
+    )?;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         match sock.recv(&mut buf) {
@@ -264,8 +269,17 @@ pub fn parse_link(body: &[u8]) -> Option<Link> {
     Some(l)
 }
 
+/// An address attribute's payload: 4 bytes IPv4, 16 IPv6.
+fn addr_of(p: &[u8]) -> Option<IpAddr> {
+    match p.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(p).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(p).ok()?)),
+        _ => None,
+    }
+}
+
 /// An `RTM_NEWROUTE` body: `rtmsg` (12 bytes) then attributes. Only IPv4
-/// unicast routes of the main table.
+/// and IPv6 unicast routes of the main table.
 pub fn parse_route(body: &[u8]) -> Option<Route> {
     let (family, dst_len, mut table, ty) = (
         *body.first()?,
@@ -273,20 +287,25 @@ pub fn parse_route(body: &[u8]) -> Option<Route> {
         *body.get(4)? as u32,
         *body.get(7)?,
     );
-    if family != libc::AF_INET as u8 || ty != libc::RTN_UNICAST {
+    let any = match i32::from(family) {
+        libc::AF_INET => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        libc::AF_INET6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        _ => return None,
+    };
+    if ty != libc::RTN_UNICAST {
         return None;
     }
     let mut r = Route {
-        dst: Ipv4Addr::UNSPECIFIED,
+        dst: any,
         len: dst_len,
         oif: 0,
         gateway: None,
     };
     for (t, p) in attrs(body.get(12..)?) {
         match t {
-            RTA_DST if p.len() == 4 => r.dst = Ipv4Addr::new(p[0], p[1], p[2], p[3]),
+            RTA_DST => r.dst = addr_of(p)?,
             RTA_OIF => r.oif = u32_of(p)?,
-            RTA_GATEWAY if p.len() == 4 => r.gateway = Some(Ipv4Addr::new(p[0], p[1], p[2], p[3])),
+            RTA_GATEWAY => r.gateway = Some(addr_of(p)?),
             RTA_TABLE => table = u32_of(p)?,
             _ => {}
         }
@@ -327,29 +346,45 @@ mod tests {
             })
         );
 
-        let route_msg = |table: u8, ty: u8| {
-            let mut m = vec![libc::AF_INET as u8, 32, 0, 0, table, 3, 253, ty, 0, 0, 0, 0];
+        let route_msg = |table: u8, ty: u8, dst: IpAddr| {
+            let (family, dst) = match dst {
+                IpAddr::V4(a) => (libc::AF_INET, a.octets().to_vec()),
+                IpAddr::V6(a) => (libc::AF_INET6, a.octets().to_vec()),
+            };
+            let len = dst.len() as u8 * 8;
+            let mut m = vec![family as u8, len, 0, 0, table, 3, 253, ty, 0, 0, 0, 0];
             m.extend(attr(RTA_TABLE, &u32::from(table).to_ne_bytes()));
-            m.extend(attr(RTA_DST, &[10, 244, 1, 2]));
+            m.extend(attr(RTA_DST, &dst));
             m.extend(attr(RTA_OIF, &7u32.to_ne_bytes()));
             m
         };
+        let pod: IpAddr = Ipv4Addr::new(10, 244, 1, 2).into();
         assert_eq!(
-            parse_route(&route_msg(libc::RT_TABLE_MAIN, libc::RTN_UNICAST)),
+            parse_route(&route_msg(libc::RT_TABLE_MAIN, libc::RTN_UNICAST, pod)),
             Some(Route {
-                dst: Ipv4Addr::new(10, 244, 1, 2),
+                dst: pod,
                 len: 32,
+                oif: 7,
+                gateway: None
+            })
+        );
+        let pod_v6: IpAddr = "fd00:244:1::2".parse().unwrap();
+        assert_eq!(
+            parse_route(&route_msg(libc::RT_TABLE_MAIN, libc::RTN_UNICAST, pod_v6)),
+            Some(Route {
+                dst: pod_v6,
+                len: 128,
                 oif: 7,
                 gateway: None
             })
         );
         // Local-table and non-unicast routes are not ours.
         assert_eq!(
-            parse_route(&route_msg(libc::RT_TABLE_LOCAL, libc::RTN_UNICAST)),
+            parse_route(&route_msg(libc::RT_TABLE_LOCAL, libc::RTN_UNICAST, pod)),
             None
         );
         assert_eq!(
-            parse_route(&route_msg(libc::RT_TABLE_MAIN, libc::RTN_LOCAL)),
+            parse_route(&route_msg(libc::RT_TABLE_MAIN, libc::RTN_LOCAL, pod)),
             None
         );
     }

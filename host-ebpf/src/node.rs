@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -50,6 +50,7 @@ fn attach_type(prog: &str) -> TcAttachType {
 pub const MAP_COOKIES: &str = "NODE_COOKIES";
 pub const MAP_REVERSE: &str = "NODE_REVERSE";
 pub const MAP_PODS: &str = "NODE_PODS";
+pub const MAP_PODS_V6: &str = "NODE_PODS_V6";
 pub const MAP_SVC_CIDRS: &str = "NODE_SVC_CIDRS";
 pub const MAP_SERVICES: &str = "NODE_SERVICES";
 pub const MAP_PORT_POLICY: &str = "NODE_PORT_POLICY";
@@ -551,6 +552,13 @@ impl Node {
                 .map_err(|e| Error::map(MAP_PODS, e))?;
         }
         Ok(())
+    }
+
+    /// Replaces the local pods' IPv6 addresses (address → veth ifindex),
+    /// against which their IPv6 sources are checked.
+    pub fn set_pods_v6(&mut self, pods: &[(Ipv6Addr, u32)]) -> Result<()> {
+        let want = pods.iter().map(|(ip, i)| (ip.octets(), *i)).collect();
+        sync_hash_map(self.map_mut(MAP_PODS_V6)?, MAP_PODS_V6, None, &want)
     }
 
     /// The counters, summed over CPUs.

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use talaria_common::maps::PodEntry;
@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use crate::{
     agent::HOST_DEV,
     config::{parse_cidr, parse_mac, Config, Mode},
+    k8s::PodIps,
     netlink::Snapshot,
     node::{link_pin_name, Node, PROG_POD},
     Result,
@@ -23,6 +24,8 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalPod {
     pub ip: Ipv4Addr,
+    /// Its IPv6 addresses (dual stack).
+    pub ipv6: Vec<Ipv6Addr>,
     pub veth: String,
     pub entry: PodEntry,
 }
@@ -55,10 +58,13 @@ fn in_cidrs(ip: Ipv4Addr, cidrs: &[(Ipv4Addr, u8)]) -> bool {
 /// - Lab mode: every configured pod whose veth exists; then, with
 ///   `learn_pods_from_routes`, every `/32` main-table route without a
 ///   gateway whose device is a veth (and whose address is in `pod_cidrs`,
-///   if any), unless the address is configured already.
-/// - Kubernetes mode: every address of `api_pods` (in `pod_cidrs`, if any)
-///   that has such a route; the route's device is the pod's veth.
-pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&BTreeSet<Ipv4Addr>>) -> Result<Plan> {
+///   if any), unless the address is configured already, and every such
+///   `/128` over one of those pods' veths as that pod's IPv6 address (as
+///   CNIs route dual-stack pods).
+/// - Kubernetes mode: every IPv4 address of `api_pods` (in `pod_cidrs`, if
+///   any) that has such a route; the route's device is the pod's veth,
+///   also the one of the pod's IPv6 addresses.
+pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<Plan> {
     let cidrs = cfg
         .pod_cidrs
         .iter()
@@ -89,6 +95,7 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&BTreeSet<Ipv4Addr>>
                     p.ip,
                     LocalPod {
                         ip: p.ip,
+                        ipv6: p.ipv6.clone(),
                         veth: p.veth.clone(),
                         entry: PodEntry {
                             ifindex: link.ifindex,
@@ -100,23 +107,38 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&BTreeSet<Ipv4Addr>>
             }
             if cfg.learn_pods_from_routes {
                 for r in &snap.routes {
-                    if r.len != 32 || pods.contains_key(&r.dst) || !in_cidrs(r.dst, &cidrs) {
+                    let IpAddr::V4(dst) = r.dst else { continue };
+                    if r.len != 32 || pods.contains_key(&dst) || !in_cidrs(dst, &cidrs) {
                         continue;
                     }
-                    if let Some(link) = veth_route(r.dst) {
-                        pods.insert(r.dst, learned(r.dst, link));
+                    if let Some(link) = veth_route(dst) {
+                        pods.insert(dst, learned(dst, link));
+                    }
+                }
+                for r in &snap.routes {
+                    let IpAddr::V6(dst) = r.dst else { continue };
+                    if r.len != 128 || r.gateway.is_some() {
+                        continue;
+                    }
+                    let pod = pods.values_mut().find(|p| p.entry.ifindex == r.oif);
+                    if let Some(p) = pod.filter(|p| !p.ipv6.contains(&dst)) {
+                        p.ipv6.push(dst);
                     }
                 }
             }
         }
         Mode::Kubernetes => {
-            for ip in api_pods.into_iter().flatten() {
+            for (ip, ipv6) in api_pods.into_iter().flatten() {
                 if !in_cidrs(*ip, &cidrs) {
                     continue;
                 }
                 match veth_route(*ip) {
                     Some(link) => {
-                        pods.insert(*ip, learned(*ip, link));
+                        let pod = LocalPod {
+                            ipv6: ipv6.iter().copied().collect(),
+                            ..learned(*ip, link)
+                        };
+                        pods.insert(*ip, pod);
                     }
                     None => missing.push(ip.to_string()),
                 }
@@ -135,6 +157,7 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&BTreeSet<Ipv4Addr>>
 fn learned(ip: Ipv4Addr, link: &crate::netlink::Link) -> LocalPod {
     LocalPod {
         ip,
+        ipv6: Vec::new(),
         veth: link.name.clone(),
         entry: PodEntry {
             ifindex: link.ifindex,
@@ -156,11 +179,11 @@ pub struct PodSync {
 }
 
 impl PodSync {
-    /// Plans from `snap` and applies: `NODE_PODS` is replaced (forgotten
-    /// pods removed), new or re-created veths are attached, vanished ones
-    /// detached (their pinned links removed; the kernel has already
-    /// detached a deleted veth's program), and the uplink MTU is followed
-    /// unless the config fixes it. A veth that fails to attach (it may
+    /// Plans from `snap` and applies: `NODE_PODS` and `NODE_PODS_V6` are
+    /// replaced (forgotten pods removed), new or re-created veths are
+    /// attached, vanished ones detached (their pinned links removed; the
+    /// kernel has already detached a deleted veth's program), and the
+    /// uplink MTU is followed unless the config fixes it. A veth that fails to attach (it may
     /// vanish between the snapshot and the attach) is logged, left out of
     /// the attached set and retried next time.
     pub fn sync(
@@ -168,12 +191,18 @@ impl PodSync {
         node: &mut Node,
         cfg: &Config,
         snap: &Snapshot,
-        api_pods: Option<&BTreeSet<Ipv4Addr>>,
+        api_pods: Option<&PodIps>,
     ) -> Result<Plan> {
         let plan = plan(cfg, snap, api_pods)?;
         let entries: Vec<(Ipv4Addr, PodEntry)> =
             plan.pods.iter().map(|p| (p.ip, p.entry)).collect();
         node.set_pods(&entries)?;
+        let v6: Vec<(Ipv6Addr, u32)> = plan
+            .pods
+            .iter()
+            .flat_map(|p| p.ipv6.iter().map(|a| (*a, p.entry.ifindex)))
+            .collect();
+        node.set_pods_v6(&v6)?;
         let want: BTreeMap<&str, u32> = plan
             .pods
             .iter()
@@ -269,6 +298,12 @@ mod tests {
             oif,
             gateway: gw.map(Into::into),
         };
+        let route_v6 = |dst: &str, oif, gw: Option<&str>| Route {
+            dst: dst.parse().unwrap(),
+            len: 128,
+            oif,
+            gateway: gw.map(|g| g.parse().unwrap()),
+        };
         Snapshot {
             links,
             routes: vec![
@@ -281,6 +316,10 @@ mod tests {
                 route([203, 0, 113, 7], 32, 6, None), // an external Service address
                 route([10, 99, 0, 1], 32, 4, None),  // outside pod_cidrs
                 route([10, 244, 1, 11], 32, 3, Some([10, 244, 1, 2])), // via a gateway
+                route_v6("fd00:244:1::2", 3, None),
+                route_v6("fd00:244:1::3", 4, None),
+                route_v6("fd00:244:1::9", 5, None), // a bridge: no pod's
+                route_v6("fd00:244:1::11", 3, Some("fe80::2")), // via a gateway
             ],
         }
     }
@@ -292,11 +331,13 @@ mod tests {
             pods: vec![
                 PodConfig {
                     ip: "10.244.1.2".parse().unwrap(),
+                    ipv6: vec![v6("fd00:244:1::2"), v6("fd00:244:1::a")],
                     veth: "vpa".into(),
                     mac: Some("02:00:00:00:aa:01".into()),
                 },
                 PodConfig {
                     ip: "10.244.1.4".parse().unwrap(),
+                    ipv6: vec![],
                     veth: "vpd".into(),
                     mac: None,
                 },
@@ -324,6 +365,13 @@ mod tests {
         );
         assert_eq!(p.pods[0].entry.host_mac, [2, 0, 0, 0, 0, 3]);
         assert_eq!(p.missing, vec!["vpd".to_string()]);
+        // IPv6: configured, then the /128s over each pod's veth, once.
+        assert_eq!(
+            p.pods[0].ipv6,
+            [v6("fd00:244:1::2"), v6("fd00:244:1::a")],
+            "configured, the route's address not repeated"
+        );
+        assert_eq!(p.pods[1].ipv6, [v6("fd00:244:1::3")], "learned");
 
         // Without route learning only the configured pods count; without
         // pod_cidrs any veth route does.
@@ -331,7 +379,9 @@ mod tests {
             learn_pods_from_routes: false,
             ..cfg.clone()
         };
-        assert_eq!(plan(&off, &snap(), None).unwrap().pods.len(), 1);
+        let p = plan(&off, &snap(), None).unwrap();
+        assert_eq!(p.pods.len(), 1);
+        assert_eq!(p.pods[0].ipv6.len(), 2, "only the configured IPv6");
         let any = Config {
             pod_cidrs: vec![],
             ..cfg
@@ -347,15 +397,18 @@ mod tests {
             // Ignored in Kubernetes mode.
             pods: vec![PodConfig {
                 ip: "10.244.1.50".parse().unwrap(),
+                ipv6: vec![],
                 veth: "vpa".into(),
                 mac: None,
             }],
             ..Config::default()
         };
-        let api: BTreeSet<Ipv4Addr> = ["10.244.1.3", "10.244.1.7", "10.244.1.9"]
+        let mut api: PodIps = ["10.244.1.3", "10.244.1.7", "10.244.1.9"]
             .iter()
-            .map(|s| s.parse().unwrap())
+            .map(|s| (s.parse().unwrap(), BTreeSet::new()))
             .collect();
+        let pod_v6 = BTreeSet::from([v6("fd00:244:1::33")]);
+        api.insert("10.244.1.3".parse().unwrap(), pod_v6);
         let p = plan(&cfg, &snap(), Some(&api)).unwrap();
         assert_eq!(p.pods.len(), 1);
         assert_eq!(
@@ -363,11 +416,20 @@ mod tests {
             ("vpb", 4)
         );
         assert_eq!(
+            p.pods[0].ipv6,
+            [v6("fd00:244:1::33")],
+            "the pod's IPv6 from the API, not from routes"
+        );
+        assert_eq!(
             p.missing,
             vec!["10.244.1.7".to_string(), "10.244.1.9".to_string()],
             "no route yet, or a route to something that is not a veth"
         );
         assert!(plan(&cfg, &snap(), None).unwrap().pods.is_empty());
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
     }
 
     #[test]

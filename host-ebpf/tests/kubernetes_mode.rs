@@ -21,15 +21,20 @@ use talaria_node::{
 };
 use tokio::sync::Notify;
 
-type Pods = Arc<Mutex<Option<BTreeSet<Ipv4Addr>>>>;
+type Pods = Arc<Mutex<Option<k8s::PodIps>>>;
 
-fn set(ips: &[&str]) -> Option<BTreeSet<Ipv4Addr>> {
-    Some(ips.iter().map(|s| s.parse().unwrap()).collect())
+/// Single-stack pods with these addresses.
+fn set(ips: &[&str]) -> Option<k8s::PodIps> {
+    Some(
+        ips.iter()
+            .map(|s| (s.parse().unwrap(), Default::default()))
+            .collect(),
+    )
 }
 
 /// Waits (at most 100 × 50 ms) until `pods` equals `want`; returns what it
 /// last saw.
-async fn wait_for(pods: &Pods, want: &Option<BTreeSet<Ipv4Addr>>) -> Option<BTreeSet<Ipv4Addr>> {
+async fn wait_for(pods: &Pods, want: &Option<k8s::PodIps>) -> Option<k8s::PodIps> {
     let mut seen = None;
     for _ in 0..100 {
         seen = pods.lock().unwrap().clone();

@@ -20,13 +20,14 @@
 
 use std::{
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
     path::PathBuf,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 use talaria_preflight::{require, LOADS_BPF};
-use talaria_tables::build;
+use talaria_tables::{build, value::Ipv6Prefix};
 
 use talaria_common::{
     drop::DropReason,
@@ -96,6 +97,14 @@ const SVC_NP_UDP: [u16; 2] = [18, 19];
 /// A nodePort with `externalTrafficPolicy: Local` and no endpoint on
 /// either node: the controller writes no switch entry for it.
 const NODE_PORT_NO_LOCAL: u16 = 30081;
+/// IPv6, only where a test asks for it ([`Lab::enable_ipv6`]): the switch
+/// routes it (`ipv6_route`) and balances none. Pods are in fd00:244::/32,
+/// node k's in fd00:244:k::/64; its uplink is fd00:200:k::2/64, the switch
+/// fd00:200:k::1. The agents know the pods' addresses from the start
+/// (`PodConfig::ipv6`), for the IPv6 source check.
+const POD_A_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2);
+const POD_C_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 3);
+const POD_B_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 2);
 
 /// Two nodes, a switch, three pods. Tears everything down on drop.
 struct Lab {
@@ -399,11 +408,13 @@ impl Lab {
             vec![
                 PodConfig {
                     ip: POD_A,
+                    ipv6: vec![POD_A_V6],
                     veth: "vpa".into(),
                     mac: None,
                 },
                 PodConfig {
                     ip: POD_C,
+                    ipv6: vec![POD_C_V6],
                     veth: "vpc".into(),
                     mac: None,
                 },
@@ -411,6 +422,7 @@ impl Lab {
         } else {
             vec![PodConfig {
                 ip: POD_B,
+                ipv6: vec![POD_B_V6],
                 veth: "vpb".into(),
                 mac: None,
             }]
@@ -487,12 +499,77 @@ impl Lab {
                 .unwrap();
         }
     }
+
+    /// IPv6 for pods a, b and c, routed pod → node → switch → node → pod.
+    /// Not in [`Lab::new`]: no other test needs it. As for IPv4, the
+    /// switch answers no NDP, so each node's next hop on it is a permanent
+    /// neighbour; a pod's gateway is fe80::1 on its host-side veth (as
+    /// 169.254.1.1 is), resolved by NDP. Unlike IPv4 (which the node
+    /// programs redirect to pods), the node routes to its pods itself: a
+    /// /128 over the veth. No DAD: the addresses are usable at once.
+    fn enable_ipv6(&self) {
+        for (i, node) in self.n.iter().enumerate() {
+            let k = i as u16 + 1;
+            sys::in_netns(&node.name, || {
+                std::fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+            })
+            .unwrap()
+            .unwrap();
+            let uplink = format!("fd00:200:{k}::2/64");
+            let gw = format!("fd00:200:{k}::1");
+            node.ip(&["-6", "addr", "add", &uplink, "dev", "uplink", "nodad"])
+                .unwrap();
+            let sw_mac = fmt_mac(self.sw_macs[i]);
+            node.ip(&[
+                "-6",
+                "neigh",
+                "add",
+                &gw,
+                "lladdr",
+                &sw_mac,
+                "dev",
+                "uplink",
+                "nud",
+                "permanent",
+            ])
+            .unwrap();
+            // The pod network is behind the switch, but for the node's own
+            // pods.
+            node.ip(&["-6", "route", "add", "fd00:244::/32", "via", &gw])
+                .unwrap();
+        }
+        for (i, veth, tag, ip) in [
+            (0, "vpa", "pa", POD_A_V6),
+            (1, "vpb", "pb", POD_B_V6),
+            (0, "vpc", "pc", POD_C_V6),
+        ] {
+            let node = &self.n[i];
+            node.ip(&["-6", "addr", "add", "fe80::1/64", "dev", veth, "nodad"])
+                .unwrap();
+            node.ip(&["-6", "route", "add", &format!("{ip}/128"), "dev", veth])
+                .unwrap();
+            let pod = |args: &[&str]| {
+                sys::run("ip", &[&["-n", self.pod(tag), "-6"][..], args].concat()).unwrap()
+            };
+            pod(&["addr", "add", &format!("{ip}/128"), "dev", "eth0", "nodad"]);
+            pod(&["route", "add", "default", "via", "fe80::1", "dev", "eth0"]);
+        }
+        let dp = self.dp.as_ref().unwrap();
+        for i in 0..2 {
+            let k = i as u16 + 1;
+            let pods = Ipv6Prefix::new(Ipv6Addr::new(0xfd00, 0x244, k, 0, 0, 0, 0, 0), 64).unwrap();
+            let e = build::route_v6(pods, k, self.sw_macs[i], self.up_macs[i]);
+            dp.insert(&e)
+                .unwrap_or_else(|err| panic!("switch insert {e:?}: {err}"));
+        }
+    }
 }
 
 /// A TCP server in a pod: for each connection, answers a first line with
 /// "<server addr> saw <peer addr>", then sinks bytes and reports
 /// "<count> <fnv hash>" when the client half-closes.
-fn tcp_server(pod: &str, ip: Ipv4Addr, conns: usize) -> std::thread::JoinHandle<()> {
+fn tcp_server(pod: &str, ip: impl Into<IpAddr>, conns: usize) -> std::thread::JoinHandle<()> {
+    let ip = ip.into();
     let (tx, rx) = std::sync::mpsc::channel();
     let h = sys::spawn_in_netns(pod, move || {
         let l = TcpListener::bind((ip, TCP_PORT)).unwrap();
@@ -533,10 +610,11 @@ fn tcp_server(pod: &str, ip: Ipv4Addr, conns: usize) -> std::thread::JoinHandle<
 /// `ip`:UDP_PORT with read timeout `timeout`. Returns once it is bound.
 fn udp_server<T: Send + 'static>(
     pod: &str,
-    ip: Ipv4Addr,
+    ip: impl Into<IpAddr>,
     timeout: Duration,
     serve: impl FnOnce(UdpSocket) -> T + Send + 'static,
 ) -> std::thread::JoinHandle<T> {
+    let ip = ip.into();
     let (ready, bound) = std::sync::mpsc::channel();
     let h = sys::spawn_in_netns(pod, move || {
         let s = UdpSocket::bind((ip, UDP_PORT)).unwrap();
@@ -642,9 +720,9 @@ fn connect_vip(pod: &str) -> (TcpStream, String) {
 }
 
 /// [`connect_vip`] to any address.
-fn connect_to(ns: &str, to: (Ipv4Addr, u16)) -> (TcpStream, String) {
+fn connect_to(ns: &str, to: impl Into<SocketAddr>) -> (TcpStream, String) {
+    let to = to.into();
     sys::in_netns(ns, move || {
-        let to = SocketAddr::from(to);
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {to}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
@@ -1601,7 +1679,7 @@ fn session_affinity_keeps_a_client_on_its_backend_until_the_timeout() {
 
 /// A UDP sink in `pod`: the datagrams it got, until none came for 1.5 s
 /// (at most 64).
-fn udp_sink(pod: &str, ip: Ipv4Addr) -> std::thread::JoinHandle<Vec<String>> {
+fn udp_sink(pod: &str, ip: impl Into<IpAddr>) -> std::thread::JoinHandle<Vec<String>> {
     udp_server(pod, ip, Duration::from_millis(1500), |s| {
         let mut got = Vec::new();
         let mut buf = [0u8; 100];
@@ -1698,6 +1776,7 @@ fn agent_attaches_a_pod_veth_that_appears_later() {
     let mut cfg = lab.node_config(0);
     cfg.pods.push(PodConfig {
         ip: POD_D,
+        ipv6: vec![],
         veth: "vpd".into(),
         mac: None,
     });
@@ -1742,6 +1821,20 @@ fn set_pod_mtu(lab: &Lab, node: usize, veth: &str, tag: &str, mtu: u32) {
 /// `ip route get dst` inside `netns` (shows a learned PMTU as `mtu N`).
 fn route_get(netns: &str, dst: Ipv4Addr) -> String {
     sys::run("ip", &["-n", netns, "route", "get", &dst.to_string()]).unwrap()
+}
+
+fn setsockopt_int(fd: i32, level: libc::c_int, name: libc::c_int, v: libc::c_int) {
+    // SAFETY: an int option from an int.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(rc, 0, "setsockopt: {}", std::io::Error::last_os_error());
 }
 
 fn getsockopt_int(fd: i32, level: libc::c_int, name: libc::c_int) -> libc::c_int {
@@ -2495,4 +2588,226 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
     agent.stop();
     drop(fake);
     let _ = std::fs::remove_file(&cfg_path);
+}
+
+/// Receives one datagram on `s` (with `IPV6_RECVHOPLIMIT` set): its bytes
+/// and the hop limit it arrived with.
+fn recv_with_hop_limit(s: &UdpSocket) -> (Vec<u8>, i32) {
+    let mut buf = [0u8; 1500];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // u64s: cmsg headers must be aligned.
+    let mut control = [0u64; 16];
+    // SAFETY: a zeroed msghdr is valid; it points at the buffers above,
+    // which outlive the call, and the cmsg walk stays within `control` as
+    // the kernel filled it.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&control);
+        let k = libc::recvmsg(s.as_raw_fd(), &mut msg, 0);
+        assert!(k >= 0, "recvmsg: {}", std::io::Error::last_os_error());
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_HOPLIMIT {
+                let hops = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>());
+                return (buf[..k as usize].to_vec(), hops);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    panic!("no IPV6_HOPLIMIT with the datagram")
+}
+
+/// IPv6 pod → pod across the switch (issue 14): the node programs pass
+/// IPv6 untouched, the switch routes it by `ipv6_route` with the hop limit
+/// less one, and drops what no entry routes as `no_route`.
+#[test]
+fn ipv6_pod_to_pod_crosses_the_switch() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let dp = lab.dp.as_ref().unwrap();
+    let port = |p: u16| {
+        dp.port_stats()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.port == p)
+            .unwrap()
+    };
+    let before = [port(1), port(2)];
+
+    // TCP both ways, addresses as they are: nothing NATs IPv6.
+    let server = tcp_server(lab.pod("pb"), POD_B_V6, 1);
+    let (s, line) = connect_to(lab.pod("pa"), (POD_B_V6, TCP_PORT));
+    let local = s.local_addr().unwrap();
+    assert_eq!(local.ip(), IpAddr::V6(POD_A_V6));
+    assert_eq!(line, format!("{POD_B_V6} saw {local}"));
+    let (theirs, mine) = transfer(s, 1 << 20, 1 << 14, Duration::ZERO);
+    assert_eq!(theirs, (1 << 20, mine), "1 MiB there and its hash back");
+    server.join().unwrap();
+    // Through the switch: the MiB left by node 2's port, the answers by
+    // node 1's.
+    let after = [port(1), port(2)];
+    eprintln!(
+        "switch tx: port 1 {:?} → {:?}, port 2 {:?} → {:?}",
+        before[0].tx, after[0].tx, before[1].tx, after[1].tx
+    );
+    assert!(
+        after[1].tx.bytes - before[1].tx.bytes >= 1 << 20,
+        "port 2 tx {:?} → {:?}",
+        before[1].tx,
+        after[1].tx
+    );
+    assert!(
+        after[0].tx.packets > before[0].tx.packets,
+        "port 1 tx {:?} → {:?}",
+        before[0].tx,
+        after[0].tx
+    );
+
+    // A hop limit of 64 arrives as 61: node 1, the switch and node 2 took
+    // one each (the nodes alone would leave 62).
+    let hops = udp_server(lab.pod("pb"), POD_B_V6, Duration::from_secs(5), |s| {
+        setsockopt_int(
+            s.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVHOPLIMIT,
+            1,
+        );
+        recv_with_hop_limit(&s)
+    });
+    sys::in_netns(lab.pod("pa"), || {
+        let s = UdpSocket::bind((POD_A_V6, 0)).unwrap();
+        setsockopt_int(
+            s.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_UNICAST_HOPS,
+            64,
+        );
+        s.send_to(b"hops", (POD_B_V6, UDP_PORT)).unwrap();
+    })
+    .unwrap();
+    assert_eq!(hops.join().unwrap(), (b"hops".to_vec(), 61));
+
+    // fd00:244:3::/64 is in the pod network the nodes send to the switch,
+    // but no node holds it and the switch has no route. Other IPv6 (the
+    // lab's links' router solicitations) may be dropped as no_route
+    // meanwhile: the probes are counted by their size too.
+    const PROBES: u64 = 3;
+    const PAYLOAD: usize = 1000;
+    const FRAME: u64 = 14 + 40 + 8 + PAYLOAD as u64;
+    let unrouted = Ipv6Addr::new(0xfd00, 0x244, 3, 0, 0, 0, 0, 2);
+    let no_route = || {
+        dp.counter(
+            talaria_switch_dataplane::CounterId::Drop,
+            u32::from(DropReason::NoRoute.code()),
+        )
+        .unwrap()
+    };
+    let before = no_route();
+    sys::in_netns(lab.pod("pa"), move || {
+        let s = UdpSocket::bind((POD_A_V6, 0)).unwrap();
+        for _ in 0..PROBES {
+            s.send_to(&[0u8; PAYLOAD], (unrouted, UDP_PORT)).unwrap();
+        }
+    })
+    .unwrap();
+    assert!(
+        eventually(|| {
+            let now = no_route();
+            now.packets >= before.packets + PROBES && now.bytes >= before.bytes + PROBES * FRAME
+        }),
+        "no_route {before:?} → {:?}",
+        no_route()
+    );
+    eprintln!("switch no_route drops: {before:?} → {:?}", no_route());
+    for i in 0..2 {
+        let s = lab.stats(i);
+        assert!(s.drops.iter().all(|d| d.1 == 0), "no drops: {:?}", s.drops);
+    }
+}
+
+/// A pod's IPv6 source is checked as its IPv4 one is (issue 14): from its
+/// own address a datagram crosses to pod b; from pod c's (behind another
+/// veth of the same node) or an unassigned address of its node's /64 it
+/// is dropped at pod a's veth as `pod_spoof` and never arrives. Pod a's
+/// kernel sends from an address only if it has it: the forged ones are
+/// added to its interface (without DAD) for the test.
+#[test]
+fn ipv6_spoofing_from_a_pod_is_dropped() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let unassigned = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0x99);
+    let send = |srcs: Vec<Ipv6Addr>, n: usize| {
+        sys::in_netns(lab.pod("pa"), move || {
+            for src in srcs {
+                let s = UdpSocket::bind((src, 0)).unwrap();
+                for i in 0..n {
+                    let text = format!("{src} {i}");
+                    s.send_to(text.as_bytes(), (POD_B_V6, UDP_PORT)).unwrap();
+                }
+            }
+        })
+        .unwrap()
+    };
+
+    // From its own address first: this also resolves its gateway, whose
+    // neighbour solicitation would otherwise go out from a forged source.
+    let got = udp_server(lab.pod("pb"), POD_B_V6, Duration::from_secs(5), |s| {
+        let mut buf = [0u8; 100];
+        let (k, from) = s.recv_from(&mut buf).expect("pod a's datagram");
+        (String::from_utf8_lossy(&buf[..k]).into_owned(), from.ip())
+    });
+    send(vec![POD_A_V6], 1);
+    assert_eq!(
+        got.join().unwrap(),
+        (format!("{POD_A_V6} 0"), IpAddr::V6(POD_A_V6))
+    );
+
+    for ip in [POD_C_V6, unassigned] {
+        let addr = format!("{ip}/128");
+        sys::run(
+            "ip",
+            &[
+                "-n",
+                lab.pod("pa"),
+                "-6",
+                "addr",
+                "add",
+                &addr,
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        )
+        .unwrap();
+    }
+    const N: usize = 3;
+    let sink = udp_sink(lab.pod("pb"), POD_B_V6);
+    send(vec![POD_C_V6, unassigned, POD_A_V6], N);
+    let want: Vec<String> = (0..N).map(|i| format!("{POD_A_V6} {i}")).collect();
+    assert_eq!(
+        sink.join().unwrap(),
+        want,
+        "only pod a's own address arrives"
+    );
+    let s1 = lab.stats(0);
+    assert_eq!(
+        s1.dropped(DropReason::PodSpoof),
+        2 * N as u64,
+        "{:?}",
+        s1.drops
+    );
+    assert_eq!(
+        s1.drops.iter().map(|d| d.1).sum::<u64>(),
+        2 * N as u64,
+        "nothing else dropped: {:?}",
+        s1.drops
+    );
 }

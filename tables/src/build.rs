@@ -3,15 +3,16 @@
 //! a dozen lines of `Entry::ServiceV4(service_v4::Entry { key, action })`.
 //!
 //! Each returns the [`Entry`] over all tables, with the table's one entry
-//! action (for `ipv4_route`, [`route`] and [`blackhole`]). The values go in
+//! action (for `ipv4_route`, [`route`] and [`blackhole`]; for `ipv6_route`,
+//! [`route_v6`] and [`blackhole_v6`]). The values go in
 //! as given: nothing is checked or normalised, so a test can still build
 //! an entry a switch must refuse (see [`prefix`]).
 
 use std::net::Ipv4Addr;
 
-use crate::value::{Ipv4Prefix, Mac};
+use crate::value::{Ipv4Prefix, Ipv6Prefix, Mac};
 use crate::{
-    backend, cookie_check, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4,
+    backend, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
     spoofed_source, switch_addr, tunnel_peer, tunnel_source, Entry,
 };
 
@@ -38,6 +39,26 @@ pub const fn blackhole(prefix: Ipv4Prefix) -> Entry {
     Entry::Ipv4Route(ipv4_route::Entry {
         key: ipv4_route::Key { dst_addr: prefix },
         action: ipv4_route::Action::Drop {},
+    })
+}
+
+/// `ipv6_route`: `prefix` out of `port`, to the next hop `dst_mac`.
+pub const fn route_v6(prefix: Ipv6Prefix, port: u16, src_mac: [u8; 6], dst_mac: [u8; 6]) -> Entry {
+    Entry::Ipv6Route(ipv6_route::Entry {
+        key: ipv6_route::Key { dst_addr: prefix },
+        action: ipv6_route::Action::ForwardV6 {
+            port,
+            src_mac: Mac(src_mac),
+            dst_mac: Mac(dst_mac),
+        },
+    })
+}
+
+/// `ipv6_route`: a blackhole route, which drops what matches `prefix`.
+pub const fn blackhole_v6(prefix: Ipv6Prefix) -> Entry {
+    Entry::Ipv6Route(ipv6_route::Entry {
+        key: ipv6_route::Key { dst_addr: prefix },
+        action: ipv6_route::Action::Drop {},
     })
 }
 
@@ -167,6 +188,10 @@ mod tests {
     const B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
     const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
     const P: Ipv4Prefix = prefix(Ipv4Addr::new(10, 1, 2, 3), 16);
+    const P6: Ipv6Prefix = Ipv6Prefix {
+        addr: std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
+        len: 8,
+    };
 
     /// Every constructor fills its own table, each argument in its own
     /// field: the values differ, so a swapped pair shows.
@@ -192,6 +217,26 @@ mod tests {
                     action: ipv4_route::Action::Drop {},
                 }),
                 Table::Ipv4Route,
+            ),
+            (
+                route_v6(P6, 3, [1; 6], [2; 6]),
+                Entry::Ipv6Route(ipv6_route::Entry {
+                    key: ipv6_route::Key { dst_addr: P6 },
+                    action: ipv6_route::Action::ForwardV6 {
+                        port: 3,
+                        src_mac: Mac([1; 6]),
+                        dst_mac: Mac([2; 6]),
+                    },
+                }),
+                Table::Ipv6Route,
+            ),
+            (
+                blackhole_v6(P6),
+                Entry::Ipv6Route(ipv6_route::Entry {
+                    key: ipv6_route::Key { dst_addr: P6 },
+                    action: ipv6_route::Action::Drop {},
+                }),
+                Table::Ipv6Route,
             ),
             (
                 switch_addr(A),

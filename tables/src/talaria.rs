@@ -6,7 +6,7 @@
 //! Byte order: P4Runtime carries every value as a big-endian bytestring;
 //! the Rust types here hold host values (`Ipv4Addr`, `u16`, ...).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use talaria_common::p4::sizes;
 
@@ -219,6 +219,22 @@ crate::p4_tables! {
             TunnelSourceMiss = "tunnel_source_miss", 0x0100_0016,
         }
         default TunnelSourceMiss;
+        direct_counter None;
+    }
+
+    /// `ipv6_route`: LPM routing of every IPv6 packet (the switch balances
+    /// no IPv6 Service yet; it routes).
+    table Ipv6Route in ipv6_route = "ipv6_route", 0x0200_000C {
+        size sizes::IPV6_ROUTE;
+        key { dst_addr: lpm Ipv6Addr = 128 }
+        actions {
+            /// Out of `port` to the next hop `dst_mac`; hop limit decrement.
+            ForwardV6 = "forward_v6", 0x0100_0017 { port: u16 = 9, src_mac: Mac = 48, dst_mac: Mac = 48 },
+            /// A blackhole route (and the default: no route).
+            Drop = "drop", 0x0100_0002 {},
+        }
+        default_only {}
+        default Drop;
         direct_counter None;
     }
 }

@@ -210,6 +210,37 @@ impl<A: Value + FromStr> FromStr for Prefix<A> {
     }
 }
 
+/// A prefix of either family, where one list holds both (a fabric's
+/// routes): IPv4 if it parses as such, else IPv6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpPrefix {
+    V4(Ipv4Prefix),
+    V6(Ipv6Prefix),
+}
+
+impl fmt::Display for IpPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4(p) => p.fmt(f),
+            Self::V6(p) => p.fmt(f),
+        }
+    }
+}
+
+impl FromStr for IpPrefix {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let addr = s.split_once('/').map_or(s, |(a, _)| a);
+        if addr.parse::<Ipv4Addr>().is_ok() {
+            s.parse().map(Self::V4)
+        } else if addr.parse::<Ipv6Addr>().is_ok() {
+            s.parse().map(Self::V6)
+        } else {
+            Err(format!("bad address in {s:?}: neither IPv4 nor IPv6"))
+        }
+    }
+}
+
 macro_rules! serde_as_string {
     ($(impl$(<$g:ident: $b:path>)? for $t:ty;)*) => {$(
         impl$(<$g: $b + fmt::Display>)? Serialize for $t {
@@ -227,6 +258,7 @@ macro_rules! serde_as_string {
 }
 serde_as_string! {
     impl for Mac;
+    impl for IpPrefix;
     impl<A: Value> for Prefix<A>;
 }
 
@@ -247,6 +279,20 @@ mod tests {
         assert_eq!(
             Prefix::new(Ipv6Addr::LOCALHOST, 0).unwrap().addr,
             Ipv6Addr::UNSPECIFIED
+        );
+    }
+
+    #[test]
+    fn either_family_parses_as_its_own() {
+        let v4: IpPrefix = "10.1.2.3/16".parse().unwrap();
+        assert_eq!(v4, IpPrefix::V4("10.1.0.0/16".parse().unwrap()));
+        let v6: IpPrefix = "fd00::1".parse().unwrap();
+        assert_eq!(v6.to_string(), "fd00::1/128");
+        assert!("fd00::/129".parse::<IpPrefix>().is_err());
+        assert!("example.com/8".parse::<IpPrefix>().is_err());
+        assert_eq!(
+            serde_json::from_str::<IpPrefix>("\"::/0\"").unwrap(),
+            IpPrefix::V6("::/0".parse().unwrap())
         );
     }
 

@@ -73,6 +73,11 @@ pub(crate) static NODE_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinne
 #[map]
 pub(crate) static NODE_PODS: HashMap<Be32, PodEntry> = HashMap::pinned(4096, 0);
 
+/// The local pods' IPv6 addresses → the ifindex of their host-side veth:
+/// only for the source check (IPv6 passes otherwise untouched).
+#[map]
+pub(crate) static NODE_PODS_V6: HashMap<[u8; 16], u32> = HashMap::pinned(4096, 0);
+
 /// Service CIDRs (LPM on the destination): traffic steered to the switch.
 #[map]
 pub(crate) static NODE_SVC_CIDRS: LpmTrie<Be32, u32> = LpmTrie::pinned(64, 0);

@@ -4,7 +4,7 @@
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, OwnedFd},
 };
 
@@ -12,15 +12,16 @@ use talaria_common::{
     be::{Be16, Be32},
     drop::{DROP_REASON_COUNT, LB_EVENT_COUNT},
     maps::{
-        BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, Ipv4LpmKey, NodeValue,
-        PacketBytes, RouteValue, ServiceKey, ServiceScopedKey, ServiceValue, TunnelPeerKey,
+        BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, Ipv4LpmKey, Ipv6LpmKey,
+        NodeValue, PacketBytes, RouteValue, ServiceKey, ServiceScopedKey, ServiceValue,
+        TunnelPeerKey,
     },
 };
 use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
 use talaria_tables::{
-    backend, cookie_check, endpoint_reply, ipv4_route, lb_bucket, pod_node, service_v4,
+    backend, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
     spoofed_source, switch_addr, tunnel_peer, tunnel_source,
-    value::{Ipv4Prefix, Mac},
+    value::{Ipv4Prefix, Ipv6Prefix, Mac, Prefix, Value},
 };
 
 use crate::{
@@ -51,8 +52,8 @@ impl<const N: usize> MapBytes<N> {
     }
 }
 
-/// The largest map key (`EndpointReplyKey`).
-type KeyBytes = MapBytes<12>;
+/// The largest map key (`Ipv6LpmKey`).
+type KeyBytes = MapBytes<20>;
 /// The largest map value (`RouteValue`).
 type ValueBytes = MapBytes<16>;
 
@@ -80,30 +81,54 @@ fn map_err(e: io::Error) -> TargetError {
 /// `spoofed_source`).
 const PRESENT: u32 = 1;
 
-fn lpm_key(p: &Ipv4Prefix) -> Result<Ipv4LpmKey, TargetError> {
-    if p.len > 32 {
-        return Err(TargetError::Invalid(format!(
-            "prefix length {} > 32",
-            p.len
-        )));
-    }
-    let addr = u32::from(p.addr);
-    let mask = if p.len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - p.len)
-    };
-    if addr & !mask != 0 {
-        return Err(TargetError::Invalid(format!(
-            "{}/{} has host bits set",
+/// `p` as given, if an LPM key may hold it: no longer than the address,
+/// no host bits set.
+fn checked_prefix<A: Value>(p: &Prefix<A>) -> Result<(), TargetError> {
+    match Prefix::new(p.addr, p.len) {
+        None => Err(TargetError::Invalid(format!(
+            "prefix length {} > {}",
+            p.len,
+            A::BITS
+        ))),
+        Some(net) if net != *p => Err(TargetError::Invalid(format!(
+            "{:?}/{} has host bits set",
             p.addr, p.len
-        )));
+        ))),
+        Some(_) => Ok(()),
     }
+}
+
+fn lpm_key(p: &Ipv4Prefix) -> Result<Ipv4LpmKey, TargetError> {
+    checked_prefix(p)?;
     Ok(Ipv4LpmKey {
         prefix_len: u32::from(p.len),
-        addr: Be32::new(addr),
+        addr: be32(p.addr),
     })
 }
+
+fn lpm_key_v6(p: &Ipv6Prefix) -> Result<Ipv6LpmKey, TargetError> {
+    checked_prefix(p)?;
+    Ok(Ipv6LpmKey {
+        prefix_len: u32::from(p.len),
+        addr: p.addr.octets(),
+    })
+}
+
+/// The `RouteValue` of a `forward` (or `forward_v6`) action.
+fn route_value(port: u16, src_mac: Mac, dst_mac: Mac) -> Result<RouteValue, TargetError> {
+    Ok(RouteValue {
+        port: u32::from(port9(port)?),
+        src_mac: src_mac.0,
+        dst_mac: dst_mac.0,
+    })
+}
+
+/// The `RouteValue` of a route's `drop` action.
+const BLACKHOLE: RouteValue = RouteValue {
+    port: ROUTE_DROP_PORT,
+    src_mac: [0; 6],
+    dst_mac: [0; 6],
+};
 
 /// A P4 port number, which must fit the 9 bits of a v1model port.
 fn port9(port: u16) -> Result<u16, TargetError> {
@@ -132,6 +157,7 @@ impl Dataplane {
     fn encode_key(key: &EntryKey) -> Result<KeyBytes, TargetError> {
         Ok(match key {
             EntryKey::Ipv4Route(k) => bytes_of(&lpm_key(&k.dst_addr)?),
+            EntryKey::Ipv6Route(k) => bytes_of(&lpm_key_v6(&k.dst_addr)?),
             EntryKey::SwitchAddr(k) => MapBytes::from_slice(&be32(k.dst_addr).0),
             EntryKey::ServiceV4(k) => bytes_of(&ServiceKey {
                 vip: be32(k.vip),
@@ -178,22 +204,16 @@ impl Dataplane {
                     port,
                     src_mac,
                     dst_mac,
-                } => {
-                    if u32::from(port) >= PORT_COUNT {
-                        return Err(TargetError::Invalid(format!(
-                            "port {port} does not fit 9 bits"
-                        )));
-                    }
-                    RouteValue {
-                        port: u32::from(port),
-                        src_mac: src_mac.0,
-                        dst_mac: dst_mac.0,
-                    }
-                }
-                ipv4_route::Action::Drop {} => RouteValue {
-                    port: ROUTE_DROP_PORT,
-                    ..Default::default()
-                },
+                } => route_value(port, src_mac, dst_mac)?,
+                ipv4_route::Action::Drop {} => BLACKHOLE,
+            }),
+            Entry::Ipv6Route(e) => bytes_of(&match e.action {
+                ipv6_route::Action::ForwardV6 {
+                    port,
+                    src_mac,
+                    dst_mac,
+                } => route_value(port, src_mac, dst_mac)?,
+                ipv6_route::Action::Drop {} => BLACKHOLE,
             }),
             Entry::SwitchAddr(_)
             | Entry::CookieCheck(_)
@@ -260,23 +280,41 @@ impl Dataplane {
             addr: addr(k.addr),
             len: k.prefix_len as u8,
         };
+        // A route's action: `None` for the blackhole, else (port, src, dst).
+        let route = |v: RouteValue| {
+            (v.port != ROUTE_DROP_PORT).then_some((v.port as u16, Mac(v.src_mac), Mac(v.dst_mac)))
+        };
         match table {
-            Table::Ipv4Route => {
-                let v: RouteValue = from_bytes(value);
-                let action = if v.port == ROUTE_DROP_PORT {
-                    ipv4_route::Action::Drop {}
-                } else {
-                    ipv4_route::Action::Forward {
-                        port: v.port as u16,
-                        src_mac: Mac(v.src_mac),
-                        dst_mac: Mac(v.dst_mac),
-                    }
-                };
-                Entry::Ipv4Route(ipv4_route::Entry {
-                    key: ipv4_route::Key {
-                        dst_addr: prefix(from_bytes(key)),
+            Table::Ipv4Route => Entry::Ipv4Route(ipv4_route::Entry {
+                key: ipv4_route::Key {
+                    dst_addr: prefix(from_bytes(key)),
+                },
+                action: match route(from_bytes(value)) {
+                    None => ipv4_route::Action::Drop {},
+                    Some((port, src_mac, dst_mac)) => ipv4_route::Action::Forward {
+                        port,
+                        src_mac,
+                        dst_mac,
                     },
-                    action,
+                },
+            }),
+            Table::Ipv6Route => {
+                let k: Ipv6LpmKey = from_bytes(key);
+                Entry::Ipv6Route(ipv6_route::Entry {
+                    key: ipv6_route::Key {
+                        dst_addr: Ipv6Prefix {
+                            addr: Ipv6Addr::from(k.addr),
+                            len: k.prefix_len as u8,
+                        },
+                    },
+                    action: match route(from_bytes(value)) {
+                        None => ipv6_route::Action::Drop {},
+                        Some((port, src_mac, dst_mac)) => ipv6_route::Action::ForwardV6 {
+                            port,
+                            src_mac,
+                            dst_mac,
+                        },
+                    },
                 })
             }
             Table::SwitchAddr => Entry::SwitchAddr(switch_addr::Entry {
@@ -429,6 +467,7 @@ pub(crate) fn map_layout(table: Table) -> (usize, usize) {
     use std::mem::size_of;
     match table {
         Table::Ipv4Route => (size_of::<Ipv4LpmKey>(), size_of::<RouteValue>()),
+        Table::Ipv6Route => (size_of::<Ipv6LpmKey>(), size_of::<RouteValue>()),
         Table::SwitchAddr => (size_of::<Be32>(), size_of::<u32>()),
         Table::ServiceV4 => (size_of::<ServiceKey>(), size_of::<ServiceValue>()),
         Table::CookieCheck => (size_of::<ServiceScopedKey>(), size_of::<u32>()),
@@ -507,7 +546,7 @@ impl Target for Dataplane {
         match key {
             // A trie lookup answers the longest match, not the exact
             // prefix; these tables are small, so walk them.
-            EntryKey::Ipv4Route(_) | EntryKey::PodNode(_) => {
+            EntryKey::Ipv4Route(_) | EntryKey::Ipv6Route(_) | EntryKey::PodNode(_) => {
                 Ok(self.entries(table)?.into_iter().find(|e| e.key() == *key))
             }
             _ => {

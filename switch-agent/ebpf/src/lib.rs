@@ -15,7 +15,8 @@ pub const NO_PORT: u32 = PORT_COUNT;
 /// has `DROP_REASON_COUNT` cells per row.
 pub const PORT_DROP_ROWS: u32 = PORT_COUNT + 1;
 
-/// `RouteValue::port` meaning "the `drop` action of `ipv4_route`", which
+/// `RouteValue::port` meaning "the `drop` action of `ipv4_route` (or
+/// `ipv6_route`)", which
 /// the shared `RouteValue` has no other way to say. No P4 port (9 bits) can
 /// take this value.
 pub const ROUTE_DROP_PORT: u32 = u32::MAX;

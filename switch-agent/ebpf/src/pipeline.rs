@@ -1,10 +1,13 @@
 //! The switch pipeline: `TalariaIngress` of p4/talaria.p4 (the reference),
 //! with its parser's verdicts, in one pass per packet.
 //!
-//! 1. Ethernet → IPv4. A non-IPv4 frame (ARP, IPv6, LLDP, VLAN-tagged, ...)
-//!    has no route and is dropped as `no_route`, like the P4: a switch port
-//!    forwards only what `ipv4_route` routes, the switch answers no ARP, and
-//!    the lab configures static neighbours. A truncated IPv4 header,
+//! 1. Ethernet → IPv4 or IPv6. Any other frame (ARP, LLDP, VLAN-tagged,
+//!    ...) has no route and is dropped as `no_route`, like the P4: a switch
+//!    port forwards only what `ipv4_route` or `ipv6_route` routes, the
+//!    switch answers no ARP or NDP, and the lab configures static
+//!    neighbours. IPv6 is routed (`route_v6`) and nothing else: a
+//!    truncated header or version ≠ 6 is `malformed`, hop limit ≤ 1
+//!    `ttl_expired`. A truncated IPv4 header,
 //!    version ≠ 4, ihl < 5 or a wrong outer header checksum is `malformed`;
 //!    a source in `spoofed_source` (the switch's own) is `spoofed_source`:
 //!    the outer source, or for a tunnel to the switch that parses, the
@@ -68,8 +71,9 @@ use talaria_common::{
         RouteValue, ServiceKey, ServiceScopedKey, ServiceValue, TunnelPeerKey,
     },
     net::{
-        EthHdr, Ipv4Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ICMP_DEST_UNREACH,
-        ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, UDP_HDR_LEN,
+        EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6,
+        ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_HDR_LEN, UDP_HDR_LEN,
     },
     wire::{
         flags, GeneveHdr, TalariaEncap, TalariaOpt, ENCAP_OVERHEAD, GENEVE_HDR_LEN,
@@ -90,6 +94,10 @@ const NO_PREALLOC: u32 = 1;
 /// `TalariaIngress.ipv4_route`: outer (or plain) destination, LPM → egress.
 #[map]
 static SWITCH_IPV4_ROUTE: LpmTrie<Be32, RouteValue> = LpmTrie::pinned(size::IPV4_ROUTE, 0);
+
+/// `TalariaIngress.ipv6_route`: IPv6 destination, LPM → egress.
+#[map]
+static SWITCH_IPV6_ROUTE: LpmTrie<[u8; 16], RouteValue> = LpmTrie::pinned(size::IPV6_ROUTE, 0);
 
 /// `TalariaIngress.switch_addr`: the switch's own tunnel addresses (value unused).
 #[map]
@@ -249,8 +257,11 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     let vlan_tagged = unsafe { (*ctx.skb.skb).vlan_present } != 0;
     // The kernel moves a VLAN tag out of the frame into skb metadata before
     // TC sees it; for the P4 parser the frame's ethertype is the tag's.
-    if vlan_tagged || eth.ether_type.get() != ETH_P_IP {
-        return Err(drop(DropReason::NoRoute, pkt));
+    match eth.ether_type.get() {
+        _ if vlan_tagged => return Err(drop(DropReason::NoRoute, pkt)),
+        ETH_P_IP => {}
+        ETH_P_IPV6 => return route_v6(ctx, pkt),
+        _ => return Err(drop(DropReason::NoRoute, pkt)),
     }
     let ip: Ipv4Hdr = ctx
         .load(IP_OFF)
@@ -289,6 +300,30 @@ fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     }
     let route = lookup_route(ip.dst, pkt)?;
     forward(ctx, pkt, &route, ip.ttl, ip.ttl - 1, ip.proto)
+}
+
+/// An IPv6 packet: `ipv6_route` and `forward_v6` (no header checksum to
+/// fix).
+#[inline(always)]
+fn route_v6(ctx: &TcContext, pkt: Pkt) -> Result<i32, i32> {
+    let ip: Ipv6Hdr = ctx
+        .load(IP_OFF)
+        .map_err(|_| drop(DropReason::Malformed, pkt))?;
+    if ip.version() != 6 {
+        return Err(drop(DropReason::Malformed, pkt));
+    }
+    if ip.hop_limit <= 1 {
+        return Err(drop(DropReason::TtlExpired, pkt));
+    }
+    let route = match SWITCH_IPV6_ROUTE.get(Key::new(128, ip.dst)) {
+        Some(r) if r.port != ROUTE_DROP_PORT => *r,
+        _ => return Err(drop(DropReason::NoRoute, pkt)),
+    };
+    let ifindex = port_ifindex(&route)?;
+    let err = |_| drop(DropReason::Malformed, pkt);
+    ctx.store(IP_OFF + Ipv6Hdr::HOP_LIMIT_OFFSET, &(ip.hop_limit - 1), 0)
+        .map_err(err)?;
+    redirect(ctx, pkt, &route, ifindex)
 }
 
 /// The ports of a plain packet that may be an external client's request
@@ -1093,8 +1128,7 @@ fn lookup_route(dst: Be32, pkt: Pkt) -> Result<RouteValue, i32> {
 }
 
 /// The `forward` action: the TTL goes from `old_ttl` to `new_ttl` (header
-/// checksum fixed), MACs rewritten, out of the route's port. A port with no
-/// interface behind it loses the packet uncounted, as bmv2 does.
+/// checksum fixed), MACs rewritten, out of the route's port.
 #[inline(always)]
 fn forward(
     ctx: &TcContext,
@@ -1104,21 +1138,35 @@ fn forward(
     new_ttl: u8,
     proto: u8,
 ) -> Result<i32, i32> {
-    let ifindex = match SWITCH_PORT_IFINDEX.get(route.port) {
-        Some(&i) if i != 0 => i,
-        _ => return Err(SHOT),
-    };
+    let ifindex = port_ifindex(route)?;
     let err = |_| drop(DropReason::Malformed, pkt);
     let old = u16::from_be_bytes([old_ttl, proto]);
     let new = u16::from_be_bytes([new_ttl, proto]);
     ctx.store(IP_OFF + IP_TTL, &new_ttl, 0).map_err(err)?;
     ctx.l3_csum_replace(IP_OFF + IP_CHECK, old.to_be() as u64, new.to_be() as u64, 2)
         .map_err(err)?;
+    redirect(ctx, pkt, route, ifindex)
+}
+
+/// The interface behind a route's port. A port with no interface behind
+/// it loses the packet uncounted, as bmv2 does.
+#[inline(always)]
+fn port_ifindex(route: &RouteValue) -> Result<u32, i32> {
+    match SWITCH_PORT_IFINDEX.get(route.port) {
+        Some(&i) if i != 0 => Ok(i),
+        _ => Err(SHOT),
+    }
+}
+
+/// MACs rewritten, out of the route's port (to `ifindex`).
+#[inline(always)]
+fn redirect(ctx: &TcContext, pkt: Pkt, route: &RouteValue, ifindex: u32) -> Result<i32, i32> {
     let macs = Macs {
         dst: route.dst_mac,
         src: route.src_mac,
     };
-    ctx.store(0, &macs, 0).map_err(err)?;
+    ctx.store(0, &macs, 0)
+        .map_err(|_| drop(DropReason::Malformed, pkt))?;
     count(&SWITCH_PORT_TX, route.port, pkt.len);
     // SAFETY: helper call with a plain ifindex.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)

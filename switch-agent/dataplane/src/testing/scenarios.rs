@@ -15,8 +15,15 @@
 //! switch-agent has (drops per ingress port) are checked where the rig can
 //! read them.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
-use talaria_tables::{build, service_v4, value::Ipv4Prefix};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
+use talaria_tables::{
+    build, service_v4,
+    value::{Ipv4Prefix, Ipv6Prefix},
+};
 
 use talaria_common::{
     be::Be32,
@@ -96,6 +103,18 @@ const EXT_TCP_BUCKETS: [u32; 4] = [101, 100, 102, 101];
 const NODE_PORT: u16 = 30080;
 const SVC_NODE_PORT: u16 = 19;
 
+/// IPv6, which the switch routes: node B's pod prefix behind port 2, a
+/// blackholed prefix, and a pod on node A as the sender.
+const POD_NET_B_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0);
+const POD_B_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 5);
+const POD_A_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 7);
+const BLACKHOLE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdead, 0, 0, 0, 0, 0, 0);
+
+/// The /64 at `net`.
+fn v6_net(net: Ipv6Addr) -> Ipv6Prefix {
+    Ipv6Prefix::new(net, 64).expect("a /64")
+}
+
 /// The switch address a node accepts tunnels from (`tunnel_source`), which
 /// the switch needs for tunnels it builds around plain packets. Node B's
 /// is another than the others', so that the key shows; both differ from
@@ -147,6 +166,11 @@ fn tables() -> Vec<Entry> {
         route_out(net(192, 168, 1), 1),
         route_out(net(192, 168, 2), 2),
         build::blackhole(net(203, 0, 113)),
+        {
+            let (src_mac, dst_mac) = route_mac(2);
+            build::route_v6(v6_net(POD_NET_B_V6), 2, src_mac, dst_mac)
+        },
+        build::blackhole_v6(v6_net(BLACKHOLE_V6)),
         build::switch_addr(SWITCH),
         build::switch_addr(SWITCH2),
         build::service(VIP_TCP, 80, IPPROTO_TCP, SVC_TCP, 3, hash_mode::FIVE_TUPLE),
@@ -389,6 +413,30 @@ fn plain(dst: Ipv4Addr, ttl: u8) -> Vec<u8> {
         mac(1),
         &ipv4(NODE_A, dst, ttl, IPPROTO_UDP, &udp(1234, 5678, b"plain")),
     )
+}
+
+/// An IPv6 UDP datagram from pod A's IPv6 address to `dst` (UDP checksum
+/// left 0: the switch reads nothing past the fixed header).
+fn plain_v6(dst: Ipv6Addr, hop_limit: u8) -> Vec<u8> {
+    let payload = udp(1234, 5678, b"plain6");
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[IPPROTO_UDP, hop_limit]);
+    ip.extend_from_slice(&POD_A_V6.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&payload);
+    ethertype(mac(1), 0x86dd, &ip)
+}
+
+/// `frame` as `ipv6_route` forwards it out of `port`: hop limit − 1, MACs
+/// rewritten.
+fn routed_v6(frame: &[u8], port: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    let (src_mac, dst_mac) = route_mac(port);
+    f[0..6].copy_from_slice(&dst_mac);
+    f[6..12].copy_from_slice(&src_mac);
+    f[off::OUTER_IP + 7] -= 1;
+    f
 }
 
 /// `frame` as `ipv4_route` forwards it out of `port`: TTL − 1, header
@@ -1688,7 +1736,34 @@ fn tables_suite() -> Suite {
             drop(R::NoRoute),
         ),
         s(
-            "IPv6 has no route",
+            "IPv6 to a pod prefix is routed, hop limit decremented",
+            plain_v6(POD_B_V6, 64),
+            Verdict::Forward {
+                port: 2,
+                bytes: Some(routed_v6(&plain_v6(POD_B_V6, 64), 2)),
+            },
+        ),
+        s(
+            "IPv6 with hop limit 1 expires",
+            plain_v6(POD_B_V6, 1),
+            drop(R::TtlExpired),
+        ),
+        s(
+            "IPv6 to a blackholed prefix has no route",
+            plain_v6(BLACKHOLE_V6, 64),
+            drop(R::NoRoute),
+        ),
+        s(
+            "IPv6 ethertype with a version-4 header is malformed",
+            {
+                let mut f = plain_v6(POD_B_V6, 64);
+                f[off::OUTER_IP] = 0x40;
+                f
+            },
+            drop(R::Malformed),
+        ),
+        s(
+            "IPv6 without a route (all-nodes multicast) has no route",
             ethertype(mac(1), 0x86dd, &{
                 // A whole header (no next header) from fe80::aa to ff02::1.
                 let mut h = vec![0x60, 0, 0, 0, 0, 0, 59, 255, 0xfe, 0x80];
