@@ -115,12 +115,14 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<
                         pods.insert(dst, learned(dst, link));
                     }
                 }
+                let by_veth: BTreeMap<u32, Ipv4Addr> =
+                    pods.values().map(|p| (p.entry.ifindex, p.ip)).collect();
                 for r in &snap.routes {
                     let IpAddr::V6(dst) = r.dst else { continue };
                     if r.len != 128 || r.gateway.is_some() {
                         continue;
                     }
-                    let pod = pods.values_mut().find(|p| p.entry.ifindex == r.oif);
+                    let pod = by_veth.get(&r.oif).and_then(|ip| pods.get_mut(ip));
                     if let Some(p) = pod.filter(|p| !p.ipv6.contains(&dst)) {
                         p.ipv6.push(dst);
                     }
@@ -183,9 +185,9 @@ impl PodSync {
     /// replaced (forgotten pods removed), new or re-created veths are
     /// attached, vanished ones detached (their pinned links removed; the
     /// kernel has already detached a deleted veth's program), and the
-    /// uplink MTU is followed unless the config fixes it. A veth that fails to attach (it may
-    /// vanish between the snapshot and the attach) is logged, left out of
-    /// the attached set and retried next time.
+    /// uplink MTU is followed unless the config fixes it. A veth that fails
+    /// to attach (it may vanish between the snapshot and the attach) is
+    /// logged, left out of the attached set and retried next time.
     pub fn sync(
         &mut self,
         node: &mut Node,

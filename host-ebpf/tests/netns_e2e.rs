@@ -1471,12 +1471,12 @@ fn node_port(id: u16, node_ip: Ipv4Addr, port: u16, proto: &str) -> ServiceConfi
 /// node's address (issue: north-south, item 2): the switch balances the
 /// node's key itself, so TCP to pod b and UDP to pod c work whichever node
 /// is asked, and the backend sees the client's own address (no SNAT), both
-/// where the key is `Local`'s and where it is `Cluster`'s. A pod reaches another node's nodePort
-/// plain, through the switch, as an outside client does; its node learns
-/// no cookie for that flow. Its own node's nodePort its node steers, as
-/// a ClusterIP (the node's stack would take it otherwise). A
-/// nodePort without a switch entry (Local, no endpoint on the node) is
-/// refused by the node itself.
+/// where the key is `Local`'s and where it is `Cluster`'s. A pod reaches
+/// another node's nodePort plain, through the switch, as an outside client
+/// does; its node learns no cookie for that flow. Its own node's nodePort
+/// its node steers, as a ClusterIP (the node's stack would take it
+/// otherwise). A nodePort without a switch entry (Local, no endpoint on
+/// the node) is refused by the node itself.
 #[test]
 fn an_external_client_reaches_a_node_port_on_each_node() {
     require!(LOADS_BPF);
