@@ -21,6 +21,17 @@ const bit<8>  IP_PROTO_UDP   = 17;
 /* The ICMP errors that quote a packet of a flow. */
 const bit<8>  ICMP_DEST_UNREACH  = 3;
 const bit<8>  ICMP_TIME_EXCEEDED = 11;
+/* TCP `flags` bits the switch reads (RFC 9293). */
+const bit<8>  TCP_FLAG_SYN   = 0x02;
+const bit<8>  TCP_FLAG_ACK   = 0x10;
+/* The first four option bytes of a segment whose options are timestamps
+ * only, or timestamps first: NOP, NOP, kind 8, length 10 (RFC 7323,
+ * appendix A). Must match `NOP_NOP_TIMESTAMP` in common/src/ts_cookie.rs. */
+const bit<32> TCP_OPT_NOP_NOP_TIMESTAMP = 0x0101080a;
+/* TCP data offset (words) from which the options can hold NOP, NOP and a
+ * timestamp option: 20 + 12 bytes. Also the top bit of the 4-bit field, so
+ * the parser tests `>= 8` as a mask. */
+const bit<4>  TCP_DATA_OFFSET_TIMESTAMP = 8;
 /* IPv4 `flags` field (3 bits: reserved, DF, MF): more fragments follow. */
 const bit<3>  IPV4_FLAG_MF   = 0x1;
 /* TTL of the outer header when the switch re-originates a tunnel. */
@@ -59,6 +70,11 @@ const bit<8>  TALARIA_FLAG_ENDPOINT     = 0x10;
  * (with REPLY | COOKIE_VALID): forwarded as any reply, but never stripped
  * to a client outside the cluster (no_client_node). */
 const bit<8>  TALARIA_FLAG_NOTIFY       = 0x20;
+/* A request of a client outside the cluster, which the switch tunnelled:
+ * the backend's node stamps the timestamp cookie into its replies
+ * (common/src/ts_cookie.rs). Only the switch may set it: it clears it on
+ * every request a node tunnels to it. */
+const bit<8>  TALARIA_FLAG_EXTERNAL     = 0x40;
 /* Geneve base header byte 1 of a talaria packet: the C bit (our option is
  * critical). */
 const bit<1>  GENEVE_CRITICAL   = 1;
@@ -152,8 +168,14 @@ const bit<8> LB_EVENT_NEW_FLOW     = 0;
 const bit<8> LB_EVENT_COOKIE_HIT   = 1;
 const bit<8> LB_EVENT_COOKIE_STALE = 2;
 const bit<8> LB_EVENT_REPLY        = 3;
+/* An external client's echoed timestamp cookie named a backend of its
+ * Service (ts_cookie and cookie_check): the request goes there. */
+const bit<8> LB_EVENT_TS_COOKIE_HIT  = 4;
+/* An external client's segment echoed a timestamp, but no ts_cookie entry
+ * of its Service named a backend cookie_check vouches for: hashed. */
+const bit<8> LB_EVENT_TS_COOKIE_MISS = 5;
 
-const bit<32> LB_EVENT_COUNT = 4;
+const bit<32> LB_EVENT_COUNT = 6;
 
 /* ---------------------------------------------------------------- sizes -- */
 /* Table and counter sizes. Must match common/src/p4.rs, which the
@@ -171,6 +193,9 @@ const bit<32> SERVICE_V4_SIZE   = 65536;
 /* Live (service, backend) pairs, including backends in quarantine whose
  * cookies must keep working until the quarantine ends. */
 const bit<32> COOKIE_CHECK_SIZE = 262144;
+/* (service, timestamp cookie) -> backend: one entry per (service, backend)
+ * pair and cookie key, as cookie_check, whose size it shares. */
+const bit<32> TS_COOKIE_SIZE    = 262144;
 /* Buckets of all services together: 10k Services of two ports (TCP and
  * UDP) and 10 backends at 64 buckets each (1.28M), with headroom. */
 const bit<32> LB_BUCKET_SIZE    = 2097152;

@@ -85,6 +85,19 @@ header tcp_t {
     bit<16>   urgent_ptr;
 }
 
+/* The first 12 option bytes of a TCP segment whose options are timestamps
+ * only, or timestamps first (RFC 7323, appendix A): NOP, NOP, kind 8,
+ * length 10, then TSval and TSecr. Extracted from a plain packet only, for
+ * TSecr: an external client echoes in it the timestamp cookie its
+ * backend's node stamped into the low half of TSval (common/src/ts_cookie.rs).
+ * Read, never written. */
+header tcp_timestamp_t {
+    /* TCP_OPT_NOP_NOP_TIMESTAMP. */
+    bit<32> lead;
+    bit<32> tsval;
+    bit<32> tsecr;
+}
+
 /* An ICMP error: type, code, checksum and the 4 bytes before the packet it
  * quotes. */
 header icmp_t {
@@ -153,6 +166,8 @@ struct headers_t {
     talaria_opt_t  talaria;
     ipv4_t         inner_ipv4;
     tcp_t          inner_tcp;
+    /* A plain TCP segment's leading timestamp option. */
+    tcp_timestamp_t tcp_timestamp;
     udp_t          inner_udp;
     /* An inner ICMP error and the packet it is about. */
     icmp_t         inner_icmp;
@@ -170,6 +185,9 @@ struct metadata_t {
     ipv4_addr_t  checked_src;
     /* 1: the packet's cookie passed cookie_check. */
     bit<1>       cookie_ok;
+    /* cookie_check's backend: a tunnel's cookie (hdr.talaria.backend_id),
+     * or the backend ts_cookie named for an external request. */
+    backend_id_t cookie_backend_id;
     /* The outer source on the way out: the tunnel address the packet came
      * to, or for a tunnel built around a plain packet, tunnel_source's. */
     ipv4_addr_t  switch_ip;
@@ -212,8 +230,17 @@ struct metadata_t {
      * all matched: it leaves tunnelled to the client's node. */
     bit<1>       endpoint;
     /* 1: a plain TCP/UDP packet to a Service address (service_v4 hit): an
-     * external client's request, balanced like a node's new flow. */
+     * external client's request, balanced like a node's new flow unless
+     * its timestamp cookie names its backend. */
     bit<1>       external;
+    /* 1: an external request that echoes a timestamp (the option first,
+     * ACK, no SYN): ts_cookie is looked up with the low half of its TSecr,
+     * ts_cookie_value. */
+    bit<1>       ts_echo;
+    bit<16>      ts_cookie_value;
+    /* 1: ts_cookie named a backend (meta.cookie_backend_id), which
+     * cookie_check must still vouch for. */
+    bit<1>       ts_cookie_hit;
     /* 1: inner_ipv4 is a copy of a plain packet's header (and inner_udp
      * holds its UDP header), to be dropped again if the packet stays
      * plain. */

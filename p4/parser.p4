@@ -82,9 +82,41 @@ parser TalariaParser(packet_in packet,
     state parse_ipv4_payload {
         transition select(hdr.ipv4.frag_offset, hdr.ipv4.protocol) {
             (13w0, IP_PROTO_UDP): parse_udp;
-            (13w0, IP_PROTO_TCP): parse_inner_tcp;
+            (13w0, IP_PROTO_TCP): parse_plain_tcp;
             default: accept;
         }
+    }
+
+    /* A plain TCP segment, then its timestamp option if the options start
+     * with NOP, NOP, timestamp (the layout every common stack uses past the
+     * handshake; anything else is payload, as today): an external client's
+     * TSecr carries its timestamp cookie. A header too short for the 12
+     * bytes (the frame ends inside the options it claims) leaves
+     * tcp_timestamp invalid and parser_error PacketTooShort, which the
+     * ingress ignores for a plain packet: it goes on as one without the
+     * option. A tunnel's inner TCP is not read past its fixed header. */
+    state parse_plain_tcp {
+        packet.extract(hdr.inner_tcp);
+        meta.l4_src_port = hdr.inner_tcp.src_port;
+        meta.l4_dst_port = hdr.inner_tcp.dst_port;
+        /* data_offset >= 8 words: its top bit (a mask, which every
+         * target's parser has, where a range may not be). */
+        transition select(hdr.inner_tcp.data_offset) {
+            TCP_DATA_OFFSET_TIMESTAMP &&& TCP_DATA_OFFSET_TIMESTAMP: parse_tcp_options;
+            default: accept;
+        }
+    }
+
+    state parse_tcp_options {
+        transition select(packet.lookahead<bit<32>>()) {
+            TCP_OPT_NOP_NOP_TIMESTAMP: parse_tcp_timestamp;
+            default: accept;
+        }
+    }
+
+    state parse_tcp_timestamp {
+        packet.extract(hdr.tcp_timestamp);
+        transition accept;
     }
 
     state parse_udp {
@@ -256,6 +288,7 @@ control TalariaDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.talaria);
         packet.emit(hdr.inner_ipv4);
         packet.emit(hdr.inner_tcp);
+        packet.emit(hdr.tcp_timestamp);
         packet.emit(hdr.inner_udp);
         packet.emit(hdr.inner_icmp);
         packet.emit(hdr.quoted_ipv4);

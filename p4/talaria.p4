@@ -184,7 +184,7 @@ control TalariaIngress(inout headers_t hdr,
     @id(0x01000007)
     action cookie_valid() {
         meta.cookie_ok = 1;
-        meta.backend_id = hdr.talaria.backend_id;
+        meta.backend_id = meta.cookie_backend_id;
     }
 
     /* The backend is gone or belongs to another service: the packet is
@@ -195,12 +195,15 @@ control TalariaIngress(inout headers_t hdr,
     }
 
     /* The (service, backend) pairs a cookie may name. A host can forge a
-     * cookie, but only to reach a backend of the service it asked for. */
+     * cookie, but only to reach a backend of the service it asked for. The
+     * backend is a tunnel's cookie, or the one ts_cookie found for an
+     * external client's timestamp cookie (meta.cookie_backend_id: one key
+     * for both, as bmv2 applies a table in one place only). */
     @id(0x02000004)
     table cookie_check {
         key = {
             meta.service_id        : exact @name("service_id");
-            hdr.talaria.backend_id : exact @name("backend_id");
+            meta.cookie_backend_id : exact @name("backend_id");
         }
         actions = {
             cookie_valid;
@@ -446,11 +449,52 @@ control TalariaIngress(inout headers_t hdr,
         size = IPV6_ROUTE_SIZE; // node and pod prefixes, uplinks, default
     }
 
+    /* ----------------------------------------------------- ts_cookie -- */
+
+    /* The cookie is this backend's: cookie_check must still vouch for it. */
+    @id(0x01000018)
+    action ts_cookie_hit(backend_id_t backend_id) {
+        meta.ts_cookie_hit = 1;
+        meta.cookie_backend_id = backend_id;
+    }
+
+    /* A forged or outdated cookie, or a value that was never one: the
+     * request is hashed (LB_EVENT_TS_COOKIE_MISS). */
+    @id(0x01000019)
+    action ts_cookie_miss() {
+        meta.ts_cookie_hit = 0;
+    }
+
+    /* An external client's timestamp cookie (the low half of the TSecr it
+     * echoes; common/src/ts_cookie.rs) -> the backend whose node stamped
+     * it, per Service: (service, cookie) -> backend. A client that runs no
+     * agent cannot carry the Talaria option, but echoes what the backend's
+     * node wrote into its TSvals, so its connection stays on its backend
+     * when the Service's pool changes, with no per-connection state here.
+     * The cookie is a keyed hash, so a client can only guess one, and a
+     * guess passes only for a backend of the Service it asked for
+     * (cookie_check). */
+    @id(0x0200000D)
+    table ts_cookie {
+        key = {
+            meta.service_id      : exact @name("service_id");
+            meta.ts_cookie_value : exact @name("cookie");
+        }
+        actions = {
+            ts_cookie_hit;
+            @defaultonly ts_cookie_miss;
+        }
+        default_action = ts_cookie_miss();
+        size = TS_COOKIE_SIZE; // (service, backend) pairs, per cookie key
+    }
+
     apply {
         /* bmv2 zeroes metadata anyway; say so for other targets. */
         meta.drop_reason = 0;
         meta.terminate = 0;
         meta.cookie_ok = 0;
+        meta.ts_echo = 0;
+        meta.ts_cookie_hit = 0;
         meta.reply = 0;
         meta.icmp_relay = 0;
         meta.cookie_fragment = 0;
@@ -640,14 +684,26 @@ control TalariaIngress(inout headers_t hdr,
             }
 
             if (meta.external == 1) {
-                /* An external request: hashed as a node's new flow (it has
-                 * no cookie). Its later fragments carry no ports and
-                 * could not follow a first one, so that is dropped too. */
+                /* An external request: it has no Talaria cookie, but a TCP
+                 * segment that echoes a timestamp (the option first, ACK
+                 * set; a SYN's TSecr means nothing, RFC 7323) may carry a
+                 * timestamp cookie in its TSecr, which ts_cookie maps to a
+                 * backend; else it is hashed as a node's new flow. Its
+                 * later fragments carry no ports and could not follow a
+                 * first one, so that is dropped too. */
                 if ((hdr.ipv4.flags & IPV4_FLAG_MF) != 0) {
                     meta.drop_reason = DROP_FRAGMENT;
                 } else {
                     service_counter.count((bit<32>)meta.service_id);
-                    lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                    if (hdr.tcp_timestamp.isValid()
+                        && (hdr.inner_tcp.flags & TCP_FLAG_ACK) != 0
+                        && (hdr.inner_tcp.flags & TCP_FLAG_SYN) == 0) {
+                        meta.ts_echo = 1;
+                        meta.ts_cookie_value = hdr.tcp_timestamp.tsecr[15:0];
+                        ts_cookie.apply();
+                    } else {
+                        lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                    }
                 }
             } else if (plain_ports) {
                 endpoint_reply.apply();
@@ -670,11 +726,26 @@ control TalariaIngress(inout headers_t hdr,
             }
 
             /* The cookie: a request's may pick the backend; a reply's
-             * must name a backend of its service. */
+             * must name a backend of its service. A tunnel's is in its
+             * option; an external request's is the backend ts_cookie
+             * found, which must pass the same check. */
+            bool check_cookie = false;
             if (meta.drop_reason == 0 && meta.terminate == 1) {
                 if (meta.reply == 1
                     || (hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) != 0) {
-                    cookie_check.apply();
+                    meta.cookie_backend_id = hdr.talaria.backend_id;
+                    check_cookie = true;
+                } else {
+                    lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
+                }
+            } else if (meta.drop_reason == 0 && meta.ts_cookie_hit == 1) {
+                check_cookie = true;
+            }
+            if (check_cookie) {
+                cookie_check.apply();
+            }
+            if (meta.drop_reason == 0 && meta.terminate == 1) {
+                if (check_cookie) {
                     if (meta.reply == 1) {
                         if (meta.cookie_ok == 0) {
                             meta.drop_reason = DROP_FORGED_REPLY;
@@ -684,8 +755,6 @@ control TalariaIngress(inout headers_t hdr,
                     } else {
                         lb_event_counter.count((bit<32>)LB_EVENT_COOKIE_STALE);
                     }
-                } else {
-                    lb_event_counter.count((bit<32>)LB_EVENT_NEW_FLOW);
                 }
                 /* An error about a flow whose backend is gone has no
                  * one to tell, and a later fragment without ports
@@ -694,11 +763,20 @@ control TalariaIngress(inout headers_t hdr,
                     && meta.cookie_ok == 0) {
                     meta.drop_reason = DROP_NO_BACKEND;
                 }
+            } else if (meta.ts_echo == 1) {
+                /* An external request's echo: a hit if ts_cookie named a
+                 * backend cookie_check vouches for; a cookie ts_cookie
+                 * does not know, or whose backend is gone or another
+                 * Service's, is hashed below. */
+                if (meta.cookie_ok == 1) {
+                    lb_event_counter.count((bit<32>)LB_EVENT_TS_COOKIE_HIT);
+                } else {
+                    lb_event_counter.count((bit<32>)LB_EVENT_TS_COOKIE_MISS);
+                }
             }
 
-            if (meta.drop_reason == 0
-                && ((meta.terminate == 1 && meta.reply == 0 && meta.cookie_ok == 0)
-                    || meta.external == 1)) {
+            if (meta.drop_reason == 0 && meta.reply == 0 && meta.cookie_ok == 0
+                && (meta.terminate == 1 || meta.external == 1)) {
                 /* The bucket hash: crc32 over exactly these fields in
                  * this order (13 bytes), or the client address alone.
                  * Must match common/src/hash.rs. */
@@ -825,17 +903,24 @@ control TalariaIngress(inout headers_t hdr,
                  * says the hash chose it: the client holds no valid
                  * cookie (its backend's node may tell it one). An
                  * external request's is written into the tunnel built
-                 * for it below. */
+                 * for it below, flagged EXTERNAL: its node stamps the
+                 * timestamp cookie into the replies. A node may not claim
+                 * EXTERNAL for a request it tunnels (nor send
+                 * FRAG_PORTS on). */
                 if (meta.terminate == 1) {
                     hdr.talaria.service_id = meta.service_id;
                     hdr.talaria.backend_id = meta.backend_id;
-                    hdr.talaria.flags = (hdr.talaria.flags & ~TALARIA_FLAG_FRAG_PORTS)
+                    hdr.talaria.flags = (hdr.talaria.flags
+                                         & ~(TALARIA_FLAG_FRAG_PORTS | TALARIA_FLAG_EXTERNAL))
                                         | TALARIA_FLAG_COOKIE_VALID;
                     if (meta.cookie_ok == 0) {
                         hdr.talaria.flags = hdr.talaria.flags | TALARIA_FLAG_NEW_FLOW;
                     }
                 } else {
-                    meta.tunnel_flags = TALARIA_FLAG_COOKIE_VALID | TALARIA_FLAG_NEW_FLOW;
+                    meta.tunnel_flags = TALARIA_FLAG_COOKIE_VALID | TALARIA_FLAG_EXTERNAL;
+                    if (meta.cookie_ok == 0) {
+                        meta.tunnel_flags = meta.tunnel_flags | TALARIA_FLAG_NEW_FLOW;
+                    }
                     meta.tunnel_service_id = meta.service_id;
                     meta.tunnel_backend_id = meta.backend_id;
                 }

@@ -194,18 +194,27 @@ pub enum LbEvent {
     /// (a client outside the cluster) stripped and routed plain; or an
     /// agentless endpoint's plain reply was tunnelled to the client's node.
     Reply = 3,
+    /// An external client's TCP segment carried a timestamp cookie
+    /// (`ts_cookie`) that named a backend of its service: it went there.
+    TsCookieHit = 4,
+    /// An external client's TCP segment echoed a timestamp that is no
+    /// valid cookie of its service (not stamped, stale or forged): it took
+    /// the bucket hash.
+    TsCookieMiss = 5,
 }
 
 /// Size of the event counter array.
-pub const LB_EVENT_COUNT: u32 = 4;
+pub const LB_EVENT_COUNT: u32 = 6;
 
 impl LbEvent {
     /// Every event, in code order.
-    pub const ALL: [LbEvent; 4] = [
+    pub const ALL: [LbEvent; 6] = [
         Self::NewFlow,
         Self::CookieHit,
         Self::CookieStale,
         Self::Reply,
+        Self::TsCookieHit,
+        Self::TsCookieMiss,
     ];
 
     /// A stable snake_case name, used as a metrics label and in P4 as the
@@ -216,6 +225,8 @@ impl LbEvent {
             Self::CookieHit => "cookie_hit",
             Self::CookieStale => "cookie_stale",
             Self::Reply => "reply",
+            Self::TsCookieHit => "ts_cookie_hit",
+            Self::TsCookieMiss => "ts_cookie_miss",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`net`]: the plain Ethernet/IPv4/UDP/TCP headers and checksum helpers.
 //! - [`p4`]: P4 table, action and counter names, ids and sizes.
 //! - [`rest`]: the headers of the controller's answers to node agents.
+//! - [`ts_cookie`]: the cookie outside TCP clients carry in their timestamps.
 //! - [`be`]: network-byte-order integers.
 #![no_std]
 
@@ -18,6 +19,7 @@ pub mod maps;
 pub mod net;
 pub mod p4;
 pub mod rest;
+pub mod ts_cookie;
 pub mod wire;
 
 /// Fails the build when a type's size differs from its wire or map layout.

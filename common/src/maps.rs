@@ -136,6 +136,24 @@ pub struct EndpointReplyValue {
     pub backend_id: u32,
 }
 
+/// `ts_cookie` key: an external client's timestamp cookie (the low half of
+/// the TSecr it echoes, host order) for a service. Must match
+/// `table ts_cookie` in p4/talaria.p4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TsCookieKey {
+    pub service_id: u16,
+    pub cookie: u16,
+}
+
+/// `ts_cookie` action `ts_cookie_hit`: the backend whose node stamped the
+/// cookie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TsCookieValue {
+    pub backend_id: u32,
+}
+
 /// A packets-and-bytes counter cell (per CPU in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -236,6 +254,28 @@ pub struct ReverseEntry {
     /// (see [`PortSubstKey`]); zero when the key's port is the client's.
     pub client_port: Be16,
     pub last_seen_ns: u64,
+    /// TCP from a client outside the cluster ([`ts_flags::STAMP`]): the
+    /// last real TSval the backend sent, from which the client's echoes
+    /// are restored ([`crate::ts_cookie::restore`]).
+    pub ts_last_real: u32,
+    /// The cookie stamped into the backend's TSvals
+    /// ([`crate::ts_cookie::stamp`]), fixed when the flow starts: a new key
+    /// must not change a live connection's, or the client's PAWS check
+    /// would drop its segments.
+    pub ts_cookie: u16,
+    /// [`ts_flags`] bits.
+    pub ts_flags: u8,
+    pub _pad: u8,
+}
+
+/// [`ReverseEntry::ts_flags`]: the timestamp cookie of an outside client's
+/// TCP flow (`flags::EXTERNAL`, [`crate::ts_cookie`]).
+pub mod ts_flags {
+    /// The backend's TSvals are stamped with `ts_cookie`, the client's
+    /// TSecrs restored.
+    pub const STAMP: u8 = 0x01;
+    /// A stamped TSval went out: `ts_last_real` holds the real one.
+    pub const SENT: u8 = 0x02;
 }
 
 impl ReverseEntry {
@@ -385,6 +425,19 @@ pub struct NodeConfig {
     /// The node's own device towards Services (`node_host_egress`; 0 =
     /// none): replies to the node's address enter its stack through it.
     pub host_ifindex: u32,
+    pub _pad: u32,
+}
+
+/// `NODE_TS_COOKIE` (an array of one element): the key this node stamps
+/// outside clients' TCP timestamps with ([`crate::ts_cookie`]), the first
+/// of the agent's `ts_cookie_key_file`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeTsCookie {
+    pub key: crate::ts_cookie::CookieKey,
+    /// Non-zero: stamp new flows of outside TCP clients with `key`. Zero
+    /// (no key file): stamp none.
+    pub enabled: u32,
     pub _pad: u32,
 }
 
@@ -552,8 +605,14 @@ pub mod node_stat {
     pub const NOTIFY_SENT: u32 = 18;
     /// Such a cookie learned on the client's node.
     pub const NOTIFY_LEARNED: u32 = 19;
+    /// A backend's TCP segment to an outside client with its TSval stamped
+    /// with the flow's cookie ([`super::ts_flags`]).
+    pub const TS_STAMPED: u32 = 20;
+    /// An outside client's TCP segment with its TSecr (an echo of a
+    /// stamped TSval) restored before the backend sees it.
+    pub const TS_RESTORED: u32 = 21;
     /// Size of the array.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 22;
     /// Metric names, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "encap",
@@ -576,6 +635,8 @@ pub mod node_stat {
         "affinity",
         "notify_sent",
         "notify_learned",
+        "ts_stamped",
+        "ts_restored",
     ];
 }
 
@@ -644,10 +705,12 @@ pod! {
     TunnelPeerKey = 8,
     EndpointReplyKey = 12,
     EndpointReplyValue = 8,
+    TsCookieKey = 4,
+    TsCookieValue = 4,
     PacketBytes = 16,
     FlowKey = 16,
     CookieEntry = 16,
-    ReverseEntry = 24,
+    ReverseEntry = 32,
     PortSubstKey = 20,
     PodFlows = 16,
     FragKey = 12,
@@ -660,6 +723,7 @@ pod! {
     AffinityEntry = 16,
     AffinityBackend = 8,
     NodeConfig = 40,
+    NodeTsCookie = 24,
 }
 
 /// `NODE_MTU` (an `Array<u32>` of [`mtu::COUNT`] elements): path MTU

@@ -187,6 +187,88 @@ pub mod tcp_flags {
     pub const ACK: u8 = 0x10;
 }
 
+/// TCP options (RFC 9293, section 3.2), as far as talaria reads them.
+pub mod tcp_opt {
+    /// The most option bytes a TCP header holds (data offset 15 words).
+    pub const MAX_LEN: usize = 40;
+    /// End of option list.
+    pub const EOL: u8 = 0;
+    /// No-operation (padding).
+    pub const NOP: u8 = 1;
+    /// Timestamps (RFC 7323): kind, length 10, TSval, TSecr.
+    pub const TIMESTAMPS: u8 = 8;
+    /// The length of the Timestamps option.
+    pub const TIMESTAMPS_LEN: usize = 10;
+
+    /// One step of the walk of an option list for its Timestamps option.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Step {
+        /// The next option starts at this index.
+        Next(usize),
+        /// The Timestamps option starts at this index (its 10 bytes are
+        /// inside the list).
+        Found(usize),
+        /// No Timestamps option: the list ended (its end, or an EOL), or
+        /// is malformed (a length below 2, a Timestamps option whose length
+        /// is not 10, or running past the end), or a byte was unreadable.
+        End,
+    }
+
+    /// Looks at the option at index `i` of an option list of `len` bytes
+    /// (at most [`MAX_LEN`]) whose `i`th byte is `byte(i)`. eBPF calls it
+    /// once per `bpf_loop` iteration (an open loop of up to 40 steps,
+    /// each of which may advance by 1 or by an unknown length, is more
+    /// paths than the verifier explores), reading the packet a byte at a
+    /// time: no buffer on the stack.
+    #[inline(always)]
+    pub fn step(len: usize, i: usize, byte: impl Fn(usize) -> Option<u8>) -> Step {
+        let len = if len > MAX_LEN { MAX_LEN } else { len };
+        if i >= len {
+            return Step::End;
+        }
+        let Some(kind) = byte(i) else {
+            return Step::End;
+        };
+        if kind == EOL {
+            return Step::End;
+        }
+        if kind == NOP {
+            return Step::Next(i + 1);
+        }
+        if i + 1 >= len {
+            return Step::End;
+        }
+        let opt_len = match byte(i + 1) {
+            Some(l) if l >= 2 => usize::from(l),
+            _ => return Step::End,
+        };
+        if kind != TIMESTAMPS {
+            return Step::Next(i + opt_len);
+        }
+        if opt_len == TIMESTAMPS_LEN && i + TIMESTAMPS_LEN <= len {
+            Step::Found(i)
+        } else {
+            Step::End
+        }
+    }
+
+    /// Where the Timestamps option starts in an option list of `len`
+    /// bytes whose `i`th byte is `byte(i)`: [`step`] from the first
+    /// option on, at most [`MAX_LEN`] times (each advances a byte at
+    /// least).
+    pub fn timestamps_at(len: usize, byte: impl Fn(usize) -> Option<u8>) -> Option<usize> {
+        let mut i = 0;
+        for _ in 0..MAX_LEN {
+            match step(len, i, &byte) {
+                Step::Next(next) => i = next,
+                Step::Found(at) => return Some(at),
+                Step::End => return None,
+            }
+        }
+        None
+    }
+}
+
 /// The one's-complement sum of `b`'s 16-bit big-endian words (an even
 /// length; bounded by it, so the BPF verifier accepts the loop).
 #[inline(always)]
@@ -239,6 +321,74 @@ mod tests {
             dst: Be32([172, 16, 10, 12]),
             ..Default::default()
         }
+    }
+
+    /// Walks `opts`, with bytes after them (the payload) that must not be
+    /// read as options.
+    fn walk(opts: &[u8]) -> Option<usize> {
+        let mut seg = [0xeeu8; tcp_opt::MAX_LEN + 12];
+        seg[..opts.len()].copy_from_slice(opts);
+        seg[opts.len()..opts.len() + 2].copy_from_slice(&[8, 10]);
+        tcp_opt::timestamps_at(opts.len(), |i| seg.get(i).copied())
+    }
+
+    /// `parts` one after the other (at most [`tcp_opt::MAX_LEN`] bytes).
+    fn cat(parts: &[&[u8]]) -> ([u8; tcp_opt::MAX_LEN], usize) {
+        let mut b = [0u8; tcp_opt::MAX_LEN];
+        let mut n = 0;
+        for p in parts {
+            b[n..n + p.len()].copy_from_slice(p);
+            n += p.len();
+        }
+        (b, n)
+    }
+
+    fn walk_parts(parts: &[&[u8]]) -> Option<usize> {
+        let (b, n) = cat(parts);
+        walk(&b[..n])
+    }
+
+    #[test]
+    fn timestamps_are_found_anywhere_in_a_well_formed_option_list() {
+        let ts = [8, 10, 1, 2, 3, 4, 5, 6, 7, 8];
+        // NOP NOP TS (every segment after the handshake).
+        assert_eq!(walk_parts(&[&[1, 1], &ts]), Some(2));
+        // A Linux SYN-ACK: MSS, SACK_PERM, TS, NOP, window scale.
+        assert_eq!(
+            walk_parts(&[&[2, 4, 5, 0xb4, 4, 2], &ts, &[1, 3, 3, 7]]),
+            Some(6)
+        );
+        // MSS, NOP NOP TS, NOP window scale (SACK off).
+        assert_eq!(
+            walk_parts(&[&[2, 4, 5, 0xb4, 1, 1], &ts, &[1, 3, 3, 7]]),
+            Some(6)
+        );
+        // TS at the very end, after SACK blocks.
+        assert_eq!(
+            walk_parts(&[&[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2], &ts]),
+            Some(12)
+        );
+        // The most option bytes there are: 30 bytes of NOPs, then TS.
+        assert_eq!(walk_parts(&[&[1; 30], &ts]), Some(30));
+    }
+
+    #[test]
+    fn malformed_option_lists_have_no_timestamps() {
+        let ts = [8, 10, 1, 2, 3, 4, 5, 6, 7, 8];
+        assert_eq!(walk(&[]), None);
+        assert_eq!(walk(&[1, 1, 1, 1]), None);
+        // EOL before TS.
+        assert_eq!(walk_parts(&[&[0, 1], &ts]), None);
+        // Lengths 0 and 1 (a walk that would never advance, or by one).
+        assert_eq!(walk_parts(&[&[2, 0, 1, 1], &ts]), None);
+        assert_eq!(walk_parts(&[&[2, 1, 1, 1], &ts]), None);
+        // An option running past the header hides the rest.
+        assert_eq!(walk_parts(&[&[1, 1, 2, 40], &ts]), None);
+        // TS truncated by the header's end, or with another length.
+        assert_eq!(walk(&[1, 1, 8, 10, 0, 0, 0, 0]), None);
+        assert_eq!(walk(&[1, 1, 8, 6, 0, 0, 0, 0]), None);
+        // A kind with its length byte missing.
+        assert_eq!(walk(&[1, 1, 1, 2]), None);
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub mod sizes {
     pub const SERVICE_V4: u32 = 65536;
     /// `COOKIE_CHECK_SIZE`.
     pub const COOKIE_CHECK: u32 = 262_144;
+    /// `TS_COOKIE_SIZE`: as `COOKIE_CHECK`, (service, backend) pairs.
+    pub const TS_COOKIE: u32 = 262_144;
     /// `LB_BUCKET_SIZE`.
     pub const LB_BUCKET: u32 = 2_097_152;
     /// `BACKEND_SIZE`.

@@ -60,8 +60,15 @@ pub mod flags {
     /// flow sent requests without one and its backend has not replied
     /// (one-way UDP). The client's node learns the cookie and drops it.
     pub const NOTIFY: u8 = 0x20;
+    /// A request the switch tunnelled for a client outside the cluster
+    /// (with `COOKIE_VALID`): the backend's node stamps the connection's
+    /// TCP timestamps with its cookie and restores the client's echoes
+    /// ([`crate::ts_cookie`]). The switch clears it on every request a node
+    /// sends.
+    pub const EXTERNAL: u8 = 0x40;
     /// Every bit this version defines; others are ignored on receive.
-    pub const KNOWN: u8 = NEW_FLOW | REPLY | COOKIE_VALID | FRAG_PORTS | ENDPOINT | NOTIFY;
+    pub const KNOWN: u8 =
+        NEW_FLOW | REPLY | COOKIE_VALID | FRAG_PORTS | ENDPOINT | NOTIFY | EXTERNAL;
 }
 
 /// Geneve base header byte 1: the `C` bit, set when a critical option is

@@ -327,6 +327,8 @@ async fn counters(State(ctx): State<Arc<Context>>, Path(id): Path<String>) -> Re
                             let mut row = json!({"index": i, "packets": p, "bytes": b});
                             if name.ends_with("drop_counter") {
                                 row["reason"] = json!(drop_reason(i));
+                            } else if name.ends_with("lb_event_counter") {
+                                row["event"] = json!(lb_event(i));
                             }
                             row
                         })
@@ -349,6 +351,15 @@ fn drop_reason(i: i64) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// Event name of an `lb_event_counter` index (common/src/drop.rs).
+fn lb_event(i: i64) -> &'static str {
+    usize::try_from(i)
+        .ok()
+        .and_then(|i| talaria_common::drop::LbEvent::ALL.get(i))
+        .map(|e| e.name())
+        .unwrap_or("unknown")
+}
+
 /// Serves the API on `listener` until the task is dropped. TCP_NODELAY:
 /// a long poll's answer must not wait for the poller's delayed ACK.
 pub async fn serve(ctx: Arc<Context>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
@@ -359,4 +370,31 @@ pub async fn serve(ctx: Arc<Context>, listener: tokio::net::TcpListener) -> std:
         }
     });
     axum::serve(listener, router(ctx)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counter cells are named by their index, as the switch counts them
+    /// (`LB_EVENT_*`, `DROP_*` in p4/constants.p4).
+    #[test]
+    fn counter_indices_are_named() {
+        let events: Vec<&str> = (0..7).map(lb_event).collect();
+        assert_eq!(
+            events,
+            [
+                "new_flow",
+                "cookie_hit",
+                "cookie_stale",
+                "reply",
+                "ts_cookie_hit",
+                "ts_cookie_miss",
+                "unknown"
+            ]
+        );
+        assert_eq!(lb_event(-1), "unknown");
+        assert_eq!(drop_reason(1), "malformed");
+        assert_eq!(drop_reason(0), "unknown");
+    }
 }

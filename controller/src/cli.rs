@@ -69,6 +69,9 @@ pub struct Cli {
     /// Id quarantine in milliseconds.
     #[arg(long)]
     pub id_quarantine_ms: Option<u64>,
+    /// The timestamp-cookie key file (`ts_cookie_key_file`).
+    #[arg(long, env = "TALARIA_TS_COOKIE_KEY_FILE")]
+    pub ts_cookie_key_file: Option<PathBuf>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     pub log: String,
@@ -173,6 +176,9 @@ impl Cli {
         }
         if let Some(q) = self.id_quarantine_ms {
             config.id_quarantine_ms = Duration::from_millis(q);
+        }
+        if let Some(f) = &self.ts_cookie_key_file {
+            config.ts_cookie_key_file = Some(f.clone());
         }
         config.validate()?;
         Ok(config)

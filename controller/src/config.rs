@@ -4,6 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
+use talaria_common::ts_cookie::{self, CookieKey};
 
 use crate::{buckets::BucketPolicy, plan::FabricConfig};
 
@@ -250,6 +251,12 @@ pub struct Config {
     pub follow_ms: Duration,
     /// REST API listen address.
     pub listen: SocketAddr,
+    /// The keys of outside TCP clients' timestamp cookies
+    /// (`talaria_common::ts_cookie::key_file`): the same file, from the same
+    /// Secret, as every node agent's `ts_cookie_key_file`. None: no
+    /// `ts_cookie` entries, and outside clients' connections follow the
+    /// bucket hash only.
+    pub ts_cookie_key_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -276,6 +283,7 @@ impl Default for Config {
             debounce_ms: Duration::from_millis(2),
             follow_ms: Duration::from_secs(10),
             listen: SocketAddr::from(([127, 0, 0, 1], 9080)),
+            ts_cookie_key_file: None,
         }
     }
 }
@@ -313,6 +321,30 @@ impl Config {
             Some(le) => le.validate(),
             None => Ok(()),
         }
+    }
+
+    /// The timestamp-cookie keys of `ts_cookie_key_file`, the current one
+    /// first; none without a file. An unreadable file, a bad line or a file
+    /// without keys is an error: a controller that silently filled no
+    /// `ts_cookie` entries would break outside connections on every change.
+    pub fn ts_cookie_keys(&self) -> Result<Vec<CookieKey>, ConfigError> {
+        let Some(path) = &self.ts_cookie_key_file else {
+            return Ok(Vec::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let keys = ts_cookie::key_file(&text)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|(line, e)| ConfigError::Invalid(format!("{}:{line}: {e}", path.display())))?;
+        if keys.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "{}: no timestamp-cookie key",
+                path.display()
+            )));
+        }
+        Ok(keys)
     }
 
     /// Parses a YAML config.

@@ -26,6 +26,7 @@ use std::{
 };
 
 use serde::Serialize;
+use talaria_common::ts_cookie::CookieKey;
 use talaria_p4rt::{
     p4::{config::v1::P4Info, v1::p4_runtime_client::P4RuntimeClient},
     p4info::Schema,
@@ -57,6 +58,9 @@ pub enum ContextError {
     /// It is not a valid P4Info.
     #[error("invalid P4Info")]
     Schema(#[source] talaria_p4rt::Error),
+    /// The timestamp-cookie key file cannot be used.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Something that yields the cluster objects as a model.
@@ -182,6 +186,8 @@ pub struct Context {
     adopted_term: AtomicU64,
     /// Set once ids were adopted from a switch (or adoption was given up).
     adopted: watch::Sender<bool>,
+    /// The timestamp-cookie keys, read once from `ts_cookie_key_file`.
+    ts_cookie_keys: Vec<CookieKey>,
     last_skipped: Mutex<BTreeSet<Skipped>>,
 }
 
@@ -191,6 +197,12 @@ impl std::fmt::Debug for Context {
             .field("switches", &self.switches.len())
             .finish()
     }
+}
+
+/// A planner with no history for `config`.
+fn new_planner(config: &Config, ts_cookie_keys: &[CookieKey]) -> Planner {
+    Planner::new(config.buckets, config.id_quarantine_ms)
+        .with_ts_cookie_keys(ts_cookie_keys.to_vec())
 }
 
 impl Context {
@@ -216,7 +228,8 @@ impl Context {
                 })
             })
             .collect();
-        let planner = Planner::new(config.buckets, config.id_quarantine_ms);
+        let ts_cookie_keys = config.ts_cookie_keys()?;
+        let planner = new_planner(&config, &ts_cookie_keys);
         let metrics = Metrics::default();
         metrics.leader.set(1);
         for s in &config.switches {
@@ -230,6 +243,7 @@ impl Context {
             let _ = metrics.sync_seconds.get_or_create(&l);
         }
         Ok(Arc::new(Self {
+            ts_cookie_keys,
             config,
             source,
             changed,
@@ -334,7 +348,7 @@ impl Context {
         if p.version == 0 {
             if takeover || !*self.adopted.borrow() {
                 // Afresh: what an earlier read adopted may be stale.
-                p.planner = Planner::new(self.config.buckets, self.config.id_quarantine_ms);
+                p.planner = new_planner(&self.config, &self.ts_cookie_keys);
                 for w in p.planner.adopt(actual) {
                     warn!(switch, "not adopted: {w}");
                 }
@@ -351,7 +365,7 @@ impl Context {
         if !takeover && p.planner.agrees_with(actual) {
             return false;
         }
-        let mut planner = Planner::new(self.config.buckets, self.config.id_quarantine_ms);
+        let mut planner = new_planner(&self.config, &self.ts_cookie_keys);
         for w in planner.adopt(actual) {
             warn!(switch, "not adopted: {w}");
         }

@@ -3,9 +3,10 @@
 //! Order never leaves a dangling reference on the switch:
 //! 1. inserts and modifies, table by table in [`INSERT_ORDER`]
 //!    (routes, switch address, pod nodes, then backend → cookie_check →
-//!    lb_bucket → service_v4): whatever an entry points at exists first;
-//! 2. deletes in the reverse order (service_v4 → lb_bucket → cookie_check →
-//!    backend): nothing still points at what goes away.
+//!    ts_cookie → lb_bucket → service_v4): whatever an entry points at
+//!    exists first;
+//! 2. deletes in the reverse order (service_v4 → lb_bucket → ts_cookie →
+//!    cookie_check → backend): nothing still points at what goes away.
 //!
 //! A shrinking service therefore gets its smaller `bucket_mask` (modify, in
 //! step 1) before its high buckets are deleted (step 2); a removed backend
@@ -24,7 +25,7 @@
 use std::collections::BTreeSet;
 
 use serde::Serialize;
-use talaria_tables::{cookie_check, lb_bucket, Contents, Entry, EntryKey, Table};
+use talaria_tables::{cookie_check, lb_bucket, ts_cookie, Contents, Entry, EntryKey, Table};
 
 use crate::{
     entries::{cookie_entry, Tables, INSERT_ORDER},
@@ -158,6 +159,19 @@ pub fn region_diff(want: &Desired, have: &Contents, ch: &PlanChanges) -> Vec<Bat
                 w.insert(cookie_entry(s, id));
                 backends.insert(id);
             }
+            for e in want.ts_cookie_entries(p) {
+                w.insert(e.into());
+            }
+        }
+        let stamps = ts_cookie::Key {
+            service_id: s,
+            cookie: 0,
+        }..=ts_cookie::Key {
+            service_id: s,
+            cookie: u16::MAX,
+        };
+        for (k, a) in have.ts_cookie.range(stamps) {
+            h.ts_cookie.insert(*k, *a);
         }
         let buckets = lb_bucket::Key {
             service_id: s,

@@ -6,7 +6,7 @@ use talaria_tables::{cookie_check, Contents, Entry, EntryKey, Table};
 
 /// Every table the controller writes, in insert order: referenced before
 /// referencing.
-pub const INSERT_ORDER: [Table; 12] = [
+pub const INSERT_ORDER: [Table; 13] = [
     Table::Ipv4Route,
     Table::Ipv6Route,
     Table::SpoofedSource,
@@ -17,6 +17,7 @@ pub const INSERT_ORDER: [Table; 12] = [
     Table::Backend,
     Table::EndpointReply,
     Table::CookieCheck,
+    Table::TsCookie,
     Table::LbBucket,
     Table::ServiceV4,
 ];

@@ -25,9 +25,11 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
+use talaria_common::ts_cookie::{self as cookies, CookieKey};
 use talaria_tables::{
     backend, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
-    spoofed_source, switch_addr, tunnel_peer, tunnel_source, Contents, Entry, EntryKey, Table,
+    spoofed_source, switch_addr, ts_cookie, tunnel_peer, tunnel_source, Contents, Entry, EntryKey,
+    Table,
 };
 
 use crate::{
@@ -199,6 +201,54 @@ impl PortPlan {
         v
     }
 
+    /// Whether outside TCP clients' connections to this port can be kept
+    /// on their backend by the timestamp cookie: they reach its frontend
+    /// (a nodePort, an external address) and every backend with entries
+    /// runs an agent, which stamps. An agentless backend's real TSvals
+    /// could pass for another backend's cookie, so one of them rules the
+    /// whole port out.
+    pub fn takes_ts_cookies(&self) -> bool {
+        self.frontend.is_outside()
+            && self.key.proto == Proto::Tcp
+            && self.entry_backends().iter().all(|(_, b)| b.has_agent())
+    }
+
+    /// The `ts_cookie` entries, by cookie: each entry backend's cookie under
+    /// each of `keys`. A cookie two backends share (1 in 65,536 per pair
+    /// and key) names neither: their connections follow the hash, as
+    /// without cookies, rather than risk going to the other one.
+    pub fn ts_cookie_entries(&self, keys: &[CookieKey]) -> Vec<ts_cookie::Entry> {
+        if keys.is_empty() || !self.takes_ts_cookies() {
+            return Vec::new();
+        }
+        let mut named: BTreeMap<u16, Option<u32>> = BTreeMap::new();
+        for (id, _) in self.entry_backends() {
+            for key in keys {
+                let c = cookies::cookie(key, self.service_id, id);
+                named
+                    .entry(c)
+                    .and_modify(|b| {
+                        if *b != Some(id) {
+                            *b = None;
+                        }
+                    })
+                    .or_insert(Some(id));
+            }
+        }
+        named
+            .into_iter()
+            .filter_map(|(cookie, id)| {
+                Some(ts_cookie::Entry {
+                    key: ts_cookie::Key {
+                        service_id: self.service_id,
+                        cookie,
+                    },
+                    action: ts_cookie::Action::TsCookieHit { backend_id: id? },
+                })
+            })
+            .collect()
+    }
+
     /// When the first departed backend's quarantine ends.
     fn next_expiry(&self, quarantine: Duration) -> Option<Instant> {
         self.departed
@@ -262,6 +312,9 @@ pub struct Desired {
     endpoint_replies: BTreeMap<endpoint_reply::Key, BTreeSet<(u16, u32)>>,
     /// The fabric's routes, which give those ports.
     routes: Vec<RouteConfig>,
+    /// The timestamp-cookie keys, current first: `ts_cookie` holds each
+    /// port's cookies under all of them.
+    ts_cookie_keys: Arc<[CookieKey]>,
 }
 
 impl Desired {
@@ -286,6 +339,11 @@ impl Desired {
             .get(&id)
             .filter(|r| r.entries > 0)
             .map(|r| r.backend)
+    }
+
+    /// The `ts_cookie` entries of port `p`.
+    pub fn ts_cookie_entries(&self, p: &PortPlan) -> Vec<ts_cookie::Entry> {
+        p.ts_cookie_entries(&self.ts_cookie_keys)
     }
 
     /// The `endpoint_reply` entries `p` asks for: one per backend without
@@ -397,6 +455,10 @@ impl Desired {
                 .sum(),
         );
         c.insert(
+            Table::TsCookie,
+            with().map(|p| self.ts_cookie_entries(p).len()).sum(),
+        );
+        c.insert(
             Table::Backend,
             self.fabric.backend.len() + self.backends.values().filter(|r| r.entries > 0).count(),
         );
@@ -484,6 +546,19 @@ impl Tables for Desired {
                         })
                         .filter(move |k| after.is_none_or(|a| *k > a))
                         .map(|(s, id)| cookie_entry(s, id)),
+                )
+            }
+            (Table::TsCookie, after) => {
+                let (sid, after) = match after {
+                    Some(EntryKey::TsCookie(k)) => (Bound::Included(k.service_id), Some(*k)),
+                    _ => (Bound::Unbounded, None),
+                };
+                Box::new(
+                    self.by_sid
+                        .range((sid, Bound::Unbounded))
+                        .flat_map(|(_, p)| self.ts_cookie_entries(p))
+                        .filter(move |e| after.is_none_or(|a| e.key > a))
+                        .map(Entry::from),
                 )
             }
             (Table::LbBucket, after) => {
@@ -609,6 +684,13 @@ impl Planner {
             errors: BTreeMap::new(),
             expiries: BTreeSet::new(),
         }
+    }
+
+    /// The planner with timestamp-cookie `keys`, the current one first
+    /// ([`crate::config::Config::ts_cookie_keys`]).
+    pub fn with_ts_cookie_keys(mut self, keys: Vec<CookieKey>) -> Self {
+        self.desired.ts_cookie_keys = keys.into();
+        self
     }
 
     /// The desired state.
@@ -1320,6 +1402,87 @@ endpoints:
 
     const READY: &str = "{ready: true}";
     const TERM: &str = "{ready: false, serving: true, terminating: true}";
+
+    /// The planned `ts_cookie` entries of a model whose Service also has
+    /// the external address 203.0.113.7, as (service id, cookie, backend).
+    fn ts_cookies(m: &Model, keys: &[CookieKey]) -> (Planner, Vec<(u16, u16, u32)>) {
+        let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300))
+            .with_ts_cookie_keys(keys.to_vec());
+        let s = plan_state(&mut p, m, Instant::now());
+        let v = s
+            .ts_cookie
+            .iter()
+            .map(|(k, a)| {
+                let ts_cookie::Action::TsCookieHit { backend_id } = *a;
+                (k.service_id, k.cookie, backend_id)
+            })
+            .collect();
+        (p, v)
+    }
+
+    fn external_model(eps: &str) -> Model {
+        let svc = SVC.replace(
+            "clusterIP: 10.96.0.10",
+            "clusterIP: 10.96.0.10\n  externalIPs: [203.0.113.7]",
+        );
+        let (s, e, n) = objs(&format!("{}\n---\n{svc}{eps}", model::tests::NODES));
+        model::build(&s, &e, &n)
+    }
+
+    const THREE_PODS: &str = "- {addresses: [10.244.1.5], nodeName: n1}\n- {addresses: [10.244.1.6], nodeName: n1}\n- {addresses: [10.244.2.7]}\n";
+
+    /// Outside clients' timestamp cookies: one entry per backend and key
+    /// for the external address's TCP port, computed as the nodes stamp
+    /// them; none for the ClusterIP, none without keys, none when a
+    /// backend runs no agent; a cookie two backends share names neither.
+    #[test]
+    fn ts_cookies_name_the_backends_of_external_tcp_ports() {
+        let m = external_model(THREE_PODS);
+        let k1 = CookieKey { k0: 7, k1: 11 };
+        let k2 = CookieKey { k0: 13, k1: 17 };
+        let (p, got) = ts_cookies(&m, &[k1]);
+        let ext = p
+            .desired()
+            .ports()
+            .find(|q| q.frontend == Frontend::External)
+            .unwrap();
+        let ids: Vec<u32> = ext.active.keys().copied().collect();
+        assert_eq!(ids.len(), 3);
+        let want = |keys: &[CookieKey]| {
+            let mut v: Vec<(u16, u16, u32)> = keys
+                .iter()
+                .flat_map(|k| {
+                    ids.iter()
+                        .map(|id| (ext.service_id, cookies::cookie(k, ext.service_id, *id), *id))
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(got, want(&[k1]));
+        // A rotation: the cookies under both keys.
+        assert_eq!(ts_cookies(&m, &[k2, k1]).1, want(&[k1, k2]));
+        assert_eq!(p.desired().counts()[&Table::TsCookie], 3);
+        assert!(ts_cookies(&m, &[]).1.is_empty());
+        // 172.16.0.9 runs no agent: its real TSvals could pass for cookies.
+        let agentless = external_model(&format!("{THREE_PODS}- {{addresses: [172.16.0.9]}}\n"));
+        assert!(ts_cookies(&agentless, &[k1]).1.is_empty());
+
+        // A key under which backends 1 and 2 share a cookie: only 3's stays.
+        let sid = ext.service_id;
+        let (a, b, c) = (ids[0], ids[1], ids[2]);
+        let clash = (1..)
+            .map(|k0| CookieKey { k0, k1: 5 })
+            .find(|k| {
+                cookies::cookie(k, sid, a) == cookies::cookie(k, sid, b)
+                    && cookies::cookie(k, sid, c) != cookies::cookie(k, sid, a)
+            })
+            .unwrap();
+        assert_eq!(
+            ts_cookies(&m, &[clash]).1,
+            vec![(sid, cookies::cookie(&clash, sid, c), c)]
+        );
+    }
 
     #[test]
     fn plan_builds_all_tables() {

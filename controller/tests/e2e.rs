@@ -84,8 +84,22 @@ endpoints:
     o
 }
 
+/// The timestamp-cookie key file every test controller reads, written once.
+fn ts_cookie_key_file() -> std::path::PathBuf {
+    static FILE: std::sync::OnceLock<tempfile::NamedTempFile> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, b"# current\n5f0c9e2ab1d34e7788aa01c2d3e4f506\n")
+            .unwrap();
+        f
+    })
+    .path()
+    .to_path_buf()
+}
+
 fn config(addr: SocketAddr) -> Config {
     Config {
+        ts_cookie_key_file: Some(ts_cookie_key_file()),
         switches: vec![SwitchConfig {
             id: "s1".into(),
             address: format!("http://{addr}"),
@@ -157,8 +171,11 @@ async fn sync_restart_resync_rest_and_cli() {
     // (the pod CIDR, the node's /32) + 1 tunnel_source (the node) + 3
     // backend + three times (the ClusterIP, the node's nodePort, the
     // externalIP) 3 cookie + 16 buckets + 1 service (no routes, so no
-    // tunnel_peer).
-    assert_eq!(want, 68);
+    // tunnel_peer) + twice (the nodePort, the externalIP: TCP ports outside
+    // clients reach) 3 ts_cookie.
+    assert_eq!(want, 74);
+    let ts_cookies = ctx.planned.read().unwrap().planner.desired().counts()[&Table::TsCookie];
+    assert_eq!(ts_cookies, 6);
     assert_eq!(fake_count(&fake), want);
     assert!(
         fake.state.lock().unwrap().pipeline.is_some(),
@@ -434,6 +451,8 @@ async fn sync_restart_resync_rest_and_cli() {
     let (code, body) = get("/v1/switches/s1/counters").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("drop_counter"), "{body}");
+    // The fake switch counts one packet at index 1 of every counter.
+    assert!(body.contains(r#""event":"cookie_hit""#), "{body}");
     let (_, metrics) = get("/metrics").await;
     for m in [
         "talaria_sync_latency_seconds_bucket",
@@ -467,6 +486,7 @@ async fn sync_restart_resync_rest_and_cli() {
             run(&["tables", "dump", "--switch", "s1", "-o", "json"]),
             run(&["services"]),
             run(&["status"]),
+            run(&["counters", "-o", "json"]),
         )
     })
     .await
@@ -498,6 +518,20 @@ async fn sync_restart_resync_rest_and_cli() {
         "{}",
         out.3
     );
+    let counters: serde_json::Value = serde_json::from_str(&out.4).unwrap();
+    let events: Vec<&str> = counters["s1"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(name, _)| name.ends_with("lb_event_counter"))
+        .unwrap()
+        .1
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["event"].as_str())
+        .collect();
+    assert_eq!(events, ["cookie_hit"]);
 
     tasks.abort_all();
     drop(server2);

@@ -21,6 +21,7 @@ use k8s_openapi::api::{
     discovery::v1::EndpointSlice,
 };
 use proptest::prelude::*;
+use talaria_common::ts_cookie::CookieKey;
 use talaria_controller::{
     buckets::BucketPolicy,
     controller::Source,
@@ -29,7 +30,7 @@ use talaria_controller::{
     plan::{FabricConfig, PlanChanges, Planner},
     source::{MemorySource, Objects},
 };
-use talaria_tables::{backend, cookie_check, lb_bucket, service_v4, Contents};
+use talaria_tables::{backend, cookie_check, lb_bucket, service_v4, ts_cookie, Contents};
 
 const QUARANTINE: Duration = Duration::from_secs(30);
 const VIPS: [&str; 3] = ["10.96.0.10", "10.96.0.11", "10.96.0.12"];
@@ -105,7 +106,7 @@ fn service(svc: usize, vip: usize, ports: u8, affinity: bool) -> Service {
     }
     let aff = if affinity { "ClientIP" } else { "None" };
     yaml(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{svc}, namespace: ns}}\nspec: {{clusterIP: {}, sessionAffinity: {aff}, selector: {{app: s{svc}}}, ports: [{}]}}\n",
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{svc}, namespace: ns}}\nspec: {{clusterIP: {}, externalIPs: [203.0.113.{svc}], sessionAffinity: {aff}, selector: {{app: s{svc}}}, ports: [{}]}}\n",
         VIPS[vip],
         p.join(", ")
     ))
@@ -149,6 +150,13 @@ fn fabric() -> FabricConfig {
         switch_addrs: vec!["192.168.0.1".parse().unwrap()],
         ..FabricConfig::default()
     }
+}
+
+/// Two timestamp-cookie keys, as during a rotation: every external TCP
+/// port's cookies under both.
+fn planner() -> Planner {
+    let key = |k0, k1| CookieKey { k0, k1 };
+    Planner::new(policy(), QUARANTINE).with_ts_cookie_keys(vec![key(1, 2), key(3, 4)])
 }
 
 fn policy() -> BucketPolicy {
@@ -198,6 +206,17 @@ fn check_references(s: &Contents, when: &str) {
             "{when}: bucket {k:?} names backend {backend_id} without its entries"
         );
     }
+    for (k, a) in &s.ts_cookie {
+        let ts_cookie::Action::TsCookieHit { backend_id } = *a;
+        let cookie = cookie_check::Key {
+            service_id: k.service_id,
+            backend_id,
+        };
+        assert!(
+            s.cookie_check.contains_key(&cookie),
+            "{when}: ts_cookie {k:?} names backend {backend_id} without its cookie_check entry"
+        );
+    }
     for k in s.cookie_check.keys() {
         assert!(
             s.backend.contains_key(&backend::Key {
@@ -245,8 +264,8 @@ fn run(history: Vec<Change>) {
     src.replace(objects.clone());
 
     let mut model = Model::default();
-    let mut inc = Planner::new(policy(), QUARANTINE);
-    let mut full = Planner::new(policy(), QUARANTINE);
+    let mut inc = planner();
+    let mut full = planner();
     let mut have = Contents::default();
 
     for (step, c) in std::iter::once(None)
@@ -312,7 +331,7 @@ fn run(history: Vec<Change>) {
     let ch = inc.replan(&model, [], now);
     sync(&inc, &mut have, &ch, "after the quarantine");
     assert_eq!(have, inc.desired().state());
-    let mut restarted = Planner::new(policy(), QUARANTINE);
+    let mut restarted = planner();
     assert!(restarted.adopt(&have).is_empty());
     restarted.plan_full(&model, &fabric(), now);
     let batches = diff::diff(&restarted.desired().state(), &have);

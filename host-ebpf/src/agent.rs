@@ -80,6 +80,9 @@ pub fn apply_node(node: &mut Node, cfg: &Config) -> Result<()> {
     node.set_uplink_mtu(uplink_mtu(cfg)?)?;
     node.set_ignore_cookies(cfg.ignore_cookies)?;
     node.set_pod_flow_limit(cfg.pod_flow_limit)?;
+    // Rewritten on every start (the pinned map keeps the last value until
+    // then): the file's first key, or no stamping.
+    node.set_ts_cookie(cfg.ts_cookie_key()?)?;
     if cfg.uplink_udp_segmentation_off {
         disable_uplink_udp_gso(&cfg.uplink);
     }

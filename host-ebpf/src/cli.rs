@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// Override `metrics_addr`.
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Override `ts_cookie_key_file`: the timestamp-cookie keys (one a
+    /// line, 32 hexadecimal digits; the node stamps with the first), e.g. a
+    /// mounted Secret shared with the controller.
+    #[arg(long, env = "TALARIA_TS_COOKIE_KEY_FILE")]
+    pub ts_cookie_key_file: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -97,6 +102,9 @@ impl RunArgs {
         if let Some(a) = &self.metrics_addr {
             cfg.metrics_addr = a.clone();
         }
+        if let Some(f) = &self.ts_cookie_key_file {
+            cfg.ts_cookie_key_file = Some(f.clone());
+        }
         cfg
     }
 }
@@ -116,6 +124,8 @@ mod tests {
             "https://10.0.0.1:6443",
             "--lru-size",
             "64",
+            "--ts-cookie-key-file",
+            "/etc/talaria/ts-cookie-keys",
         ])
         .unwrap();
         let Cmd::Run(run) = cli.cmd else {
@@ -125,6 +135,10 @@ mod tests {
         assert_eq!(c.node_ip, Ipv4Addr::new(10, 0, 1, 1));
         assert_eq!(c.kubernetes.api_server, "https://10.0.0.1:6443");
         assert_eq!(c.flow_table_size, 64);
+        assert_eq!(
+            c.ts_cookie_key_file,
+            Some(PathBuf::from("/etc/talaria/ts-cookie-keys"))
+        );
         assert_eq!(c.uplink, Config::default().uplink);
         assert!(
             Cli::try_parse_from(["talaria-node"]).is_err(),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use talaria_common::{
     be::{Be16, Be32},
     maps::{port_policy, AffinityBackend, PortPolicy, ServiceAddr, ServiceKey},
+    ts_cookie::{self, CookieKey},
 };
 
 use crate::{Error, Result};
@@ -107,6 +108,15 @@ pub struct Config {
     /// `tlr-host`, whose egress hook tunnels them (see
     /// [`crate::agent::serve_host_clients`]).
     pub host_clients: bool,
+    /// The timestamp-cookie keys, shared with the controller: one key a
+    /// line, 32 hexadecimal digits (`openssl rand -hex 16`); blank lines
+    /// and `#` comments are skipped. The node stamps outside TCP clients'
+    /// new connections with the first (`talaria_common::ts_cookie`); the
+    /// controller accepts every key listed, so a new key goes first only
+    /// after the controller has it. Absent: no stamping. A key change
+    /// applies to new connections only: a live one keeps the cookie it
+    /// started with.
+    pub ts_cookie_key_file: Option<PathBuf>,
 }
 
 /// Where the local pods come from.
@@ -259,6 +269,7 @@ impl Default for Config {
             pod_cidrs: Vec::new(),
             rescan_secs: 10,
             kubernetes: KubernetesConfig::default(),
+            ts_cookie_key_file: None,
         }
     }
 }
@@ -268,6 +279,37 @@ impl Config {
     pub fn from_yaml(text: &str) -> Result<Self> {
         serde_yaml::from_str(text).map_err(Error::Config)
     }
+
+    /// The key this node stamps outside clients' timestamps with: the
+    /// first of `ts_cookie_key_file`, or none without one. A file that
+    /// cannot be read, holds no key or a bad line is an error naming the
+    /// file (and the line).
+    pub fn ts_cookie_key(&self) -> Result<Option<CookieKey>> {
+        let Some(path) = &self.ts_cookie_key_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("timestamp-cookie key file {}", path.display()), e))?;
+        parse_ts_cookie_keys(&text, &path.display().to_string())?
+            .first()
+            .copied()
+            .map(Some)
+            .ok_or_else(|| {
+                Error::Invalid(format!(
+                    "{}: no timestamp-cookie key in the file",
+                    path.display()
+                ))
+            })
+    }
+}
+
+/// The keys of a timestamp-cookie key file's `text`, in file order
+/// (`talaria_common::ts_cookie::key_file`); a bad line is an error naming
+/// `origin` (the file) and the line number.
+pub fn parse_ts_cookie_keys(text: &str, origin: &str) -> Result<Vec<CookieKey>> {
+    ts_cookie::key_file(text)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|(line, e)| Error::Invalid(format!("{origin}:{line}: timestamp-cookie key: {e}")))
 }
 
 impl ServiceConfig {
@@ -441,5 +483,64 @@ mod tests {
         assert_eq!(c.kubernetes.node_name, "n1");
         assert_eq!(c.kubernetes.services_refresh_secs, 10);
         assert!(Config::from_yaml("mode: cluster").is_err());
+    }
+
+    #[test]
+    fn ts_cookie_key_files() {
+        let keys = parse_ts_cookie_keys(
+            "# the key nodes stamp with\n00010203040506070809a0b0c0d0e0ff\n\n  # the one before\n  FFEEDDCCBBAA99887766554433221100  \n",
+            "keys",
+        )
+        .unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(
+            (keys[0].k0, keys[0].k1),
+            (0x0001_0203_0405_0607, 0x0809_a0b0_c0d0_e0ff)
+        );
+        assert_eq!(keys[1].k0, 0xffee_ddcc_bbaa_9988);
+        assert!(parse_ts_cookie_keys("# none\n\n", "keys")
+            .unwrap()
+            .is_empty());
+        // Every bad line names the file and the line.
+        for (text, line) in [
+            ("00010203040506070809a0b0c0d0e0ff\nabc\n", 2),
+            ("# x\n\n0g010203040506070809a0b0c0d0e0ff\n", 3),
+            ("00000000000000000000000000000000\n", 1),
+            ("00010203040506070809a0b0c0d0e0ff # inline\n", 1),
+        ] {
+            let e = parse_ts_cookie_keys(text, "/etc/talaria/keys").unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("/etc/talaria/keys:{line}:")),
+                "{text:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_first_key_of_the_file_is_the_one_stamped_with() {
+        let dir = std::env::temp_dir().join(format!("talaria-ts-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("keys");
+        let mut c =
+            Config::from_yaml(&format!("ts_cookie_key_file: {}\n", file.display())).unwrap();
+        std::fs::write(
+            &file,
+            "ffeeddccbbaa99887766554433221100\n00010203040506070809a0b0c0d0e0ff\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.ts_cookie_key().unwrap().unwrap().k0,
+            0xffee_ddcc_bbaa_9988
+        );
+        std::fs::write(&file, "# rotated out\n").unwrap();
+        let e = c.ts_cookie_key().unwrap_err().to_string();
+        assert!(e.contains("no timestamp-cookie key"), "{e}");
+        std::fs::remove_file(&file).unwrap();
+        let e = format!("{:#}", anyhow::Error::from(c.ts_cookie_key().unwrap_err()));
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        c.ts_cookie_key_file = None;
+        assert_eq!(c.ts_cookie_key().unwrap(), None);
+        let _ = std::fs::remove_dir(&dir);
     }
 }

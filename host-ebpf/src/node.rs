@@ -22,10 +22,11 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, CookieEntry, FlowKey,
-        NodeConfig, PodEntry, PodFlows, PortPolicy, PortSubstKey, ReverseEntry, ServiceAddr,
-        ServiceKey, FIN_BACKEND_FIRST, PENDING_BACKEND,
+        NodeConfig, NodeTsCookie, PodEntry, PodFlows, PortPolicy, PortSubstKey, ReverseEntry,
+        ServiceAddr, ServiceKey, FIN_BACKEND_FIRST, PENDING_BACKEND,
     },
     net::IPPROTO_UDP,
+    ts_cookie::CookieKey,
 };
 
 use crate::{config::ServiceConfig, Error, Result, EBPF_OBJECT};
@@ -63,6 +64,7 @@ pub const MAP_FLAGS: &str = "NODE_FLAGS";
 pub const MAP_MTU_STATS: &str = "NODE_MTU_STATS";
 pub const MAP_PORT_SUBST: &str = "NODE_PORT_SUBST";
 pub const MAP_POD_FLOWS: &str = "NODE_POD_FLOWS";
+pub const MAP_TS_COOKIE: &str = "NODE_TS_COOKIE";
 
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -205,6 +207,51 @@ struct ServiceMaps {
     affinity_backends: StdHashMap<AffinityBackend, u8>,
 }
 
+/// Refuses maps pinned in `dir` whose key or value size is not this
+/// build's: a talaria-node whose map layouts changed (a new field in a flow
+/// entry) must not run on the pins of an older one. aya reuses a map
+/// pinned under the name without looking at it, and the verifier would
+/// then reject the programs, or userspace would misread the entries.
+fn check_pinned_layouts(dir: &Path) -> Result<()> {
+    use aya_obj::generated::bpf_map_type::{BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY};
+    let obj = aya_obj::Object::parse(EBPF_OBJECT)
+        .map_err(|e| Error::Invalid(format!("the node's eBPF object: {e}")))?;
+    for (name, def) in &obj.maps {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapData::from_pin(&path)
+            .and_then(|m| m.info())
+            .map_err(|e| Error::Invalid(format!("pinned map {}: {e}", path.display())))?;
+        // An array's length is its index space (counters by code); a hash
+        // map's may differ (`flow_table_size` applies to new pins only).
+        let array = [BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_PERCPU_ARRAY]
+            .map(|t| t as u32)
+            .contains(&def.map_type());
+        let layout = |k: u32, v: u32, n: u32| {
+            let entries = if array {
+                format!(", {n} entries")
+            } else {
+                String::new()
+            };
+            format!("{k}-byte keys, {v}-byte values{entries}")
+        };
+        let pinned = layout(info.key_size(), info.value_size(), info.max_entries());
+        let ours = layout(def.key_size(), def.value_size(), def.max_entries());
+        if pinned != ours {
+            return Err(Error::Invalid(format!(
+                "pinned map {} has {pinned}, this talaria-node's {name} {ours}: it was pinned \
+                 by another version. `talaria-node unpin --pin-dir {}` removes the old pins \
+                 (and the flows they hold)",
+                path.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Node {
     /// Loads and verifies both programs. With `pin_dir`, the maps are
     /// pinned there and maps already pinned there are reused, so a
@@ -228,6 +275,7 @@ impl Node {
         });
         let dir = pin_dir.or(scratch.as_deref()).expect("a pin directory");
         crate::sys::ensure_bpffs(dir)?;
+        check_pinned_layouts(dir)?;
         loader.default_map_pin_directory(dir);
         let loaded = loader
             .load(EBPF_OBJECT)
@@ -422,6 +470,20 @@ impl Node {
             Array::try_from(self.map_mut(MAP_FLAGS)?).map_err(|e| Error::map(MAP_FLAGS, e))?;
         a.set(node_flags::POD_FLOW_LIMIT, limit, 0)
             .map_err(|e| Error::map(MAP_FLAGS, e))
+    }
+
+    /// The key outside TCP clients' new connections are stamped with
+    /// (`talaria_common::ts_cookie`); `None` stamps none. Live connections
+    /// keep the cookie they started with.
+    pub fn set_ts_cookie(&mut self, key: Option<CookieKey>) -> Result<()> {
+        let mut a: Array<_, NodeTsCookie> = Array::try_from(self.map_mut(MAP_TS_COOKIE)?)
+            .map_err(|e| Error::map(MAP_TS_COOKIE, e))?;
+        let value = NodeTsCookie {
+            key: key.unwrap_or_default(),
+            enabled: u32::from(key.is_some()),
+            _pad: 0,
+        };
+        a.set(0, value, 0).map_err(|e| Error::map(MAP_TS_COOKIE, e))
     }
 
     /// The uplink MTU the programs check against (0 = no check).

@@ -104,6 +104,24 @@ pub fn ipv4(t: Tuple, tcp_flags: u8, payload: &[u8]) -> Vec<u8> {
 
 /// [`ipv4`] with the TCP sequence and acknowledgment numbers `seq_ack`.
 pub fn ipv4_tcp(t: Tuple, tcp_flags: u8, seq_ack: (u32, u32), payload: &[u8]) -> Vec<u8> {
+    ipv4_tcp_opts(t, tcp_flags, seq_ack, &[], payload)
+}
+
+/// [`ipv4_tcp`] with TCP options `opts` (a multiple of 4 bytes, at most
+/// 40; ignored for UDP).
+pub fn ipv4_tcp_opts(
+    t: Tuple,
+    tcp_flags: u8,
+    seq_ack: (u32, u32),
+    opts: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    let opts = if t.proto == IPPROTO_TCP { opts } else { &[] };
+    assert!(
+        opts.len().is_multiple_of(4) && opts.len() <= 40,
+        "TCP options"
+    );
+    let payload = &[opts, payload].concat();
     let l4_len = if t.proto == IPPROTO_TCP { 20 } else { 8 } + payload.len();
     let total = 20 + l4_len;
     let mut p = vec![0u8; total];
@@ -122,7 +140,7 @@ pub fn ipv4_tcp(t: Tuple, tcp_flags: u8, seq_ack: (u32, u32), payload: &[u8]) ->
     let check_at = if t.proto == IPPROTO_TCP {
         l4[4..8].copy_from_slice(&seq_ack.0.to_be_bytes());
         l4[8..12].copy_from_slice(&seq_ack.1.to_be_bytes());
-        l4[12] = 0x50;
+        l4[12] = ((5 + opts.len() / 4) as u8) << 4;
         l4[13] = tcp_flags;
         l4[14..16].copy_from_slice(&65535u16.to_be_bytes());
         l4[20..].copy_from_slice(payload);

@@ -33,7 +33,8 @@ use talaria_common::{
     drop::DropReason,
     hash::hash_mode,
     maps::{node_stat, HAIRPIN_SOURCE},
-    net::{IPPROTO_TCP, IPPROTO_UDP},
+    net::{tcp_opt, IPPROTO_TCP, IPPROTO_UDP},
+    ts_cookie::{self, CookieKey},
     wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
 };
 use talaria_node::{
@@ -84,6 +85,13 @@ const BACKEND_EXT_UDP: u32 = 302;
 /// pod c, for clients outside the cluster.
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const SVC_LB_TCP: u16 = 14;
+/// The timestamp-cookie key of every node (and of the switch's
+/// `ts_cookie` entries).
+const TS_KEY_HEX: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+fn ts_key() -> CookieKey {
+    CookieKey::from_hex(TS_KEY_HEX).unwrap()
+}
 const SVC_LB_UDP: u16 = 15;
 /// A NodePort Service's keys at each node's address, as the controller
 /// plans them, a service id per node: TCP to pod b (on node 2), UDP to pod
@@ -116,6 +124,8 @@ struct Lab {
     sw_pin: PathBuf,
     sw_macs: [[u8; 6]; 2],
     up_macs: [[u8; 6]; 2],
+    /// The nodes' `ts_cookie_key_file` ([`TS_KEY`]).
+    ts_keys: PathBuf,
     // Namespaces last: deleted after the pins are gone.
     pods: Vec<NetNs>,
     outside: NetNs,
@@ -133,6 +143,7 @@ impl Drop for Lab {
             let _ = dp.detach();
         }
         let _ = std::fs::remove_dir_all(&self.sw_pin);
+        let _ = std::fs::remove_file(&self.ts_keys);
     }
 }
 
@@ -295,9 +306,18 @@ impl Lab {
         let sw_pin = PathBuf::from(format!("/sys/fs/bpf/talaria/switch/test-{id}"));
         let node_pins =
             [1, 2].map(|i| PathBuf::from(format!("/sys/fs/bpf/talaria/node-test-{id}-{i}")));
+        // The timestamp-cookie key file every node stamps with, as the
+        // controller would share it.
+        let ts_keys = std::env::temp_dir().join(format!("talaria-ts-keys-{id}"));
+        std::fs::write(
+            &ts_keys,
+            format!("# nodes stamp with the first\n{TS_KEY_HEX}\n"),
+        )
+        .unwrap();
         let mut lab = Self {
             id,
             dp: None,
+            ts_keys,
             nodes: [None, None],
             node_pins,
             sw_pin,
@@ -393,6 +413,14 @@ impl Lab {
             ),
         ];
         entries.extend(pools.map(|(svc, backend)| build::cookie(svc, backend)));
+        // Outside clients' timestamp cookies, as the controller writes
+        // them for every backend of an external address.
+        for svc in [SVC_LB_TCP, SVC_NP_TCP[0], SVC_NP_TCP[1]] {
+            for backend in [BACKEND_B_TCP, BACKEND_C_TCP] {
+                let c = ts_cookie::cookie(&ts_key(), svc, backend);
+                entries.push(build::ts_cookie(svc, c, backend));
+            }
+        }
         for b in 0..BUCKETS {
             entries.extend(pools.map(|(svc, backend)| build::bucket(svc, b, backend)));
         }
@@ -461,6 +489,7 @@ impl Lab {
             flow_table_size: 65536,
             pin_dir: self.node_pins[i].clone(),
             metrics_addr: "127.0.0.1:0".into(),
+            ts_cookie_key_file: Some(self.ts_keys.clone()),
             ..Config::default()
         }
     }
@@ -1457,6 +1486,147 @@ fn an_external_client_reaches_a_load_balancer_ip() {
     );
     assert_eq!(sink.join().unwrap().len(), 4);
     assert_eq!(lab.stats(0).event(node_stat::NOTIFY_SENT), 1);
+}
+
+/// Captures, in namespace `ns`, the TCP segments from `from` (address,
+/// port) that carry timestamps: (destination port, TSval) of each, until
+/// the flag is set. Returns once the packet socket is open.
+fn capture_tsvals(
+    ns: &str,
+    from: (Ipv4Addr, u16),
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<(u16, u32)>>,
+) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stopped = stop.clone();
+    let h = sys::spawn_in_netns(ns, move || {
+        // SAFETY: a packet socket owned by this thread, closed at its end;
+        // the buffers outlive the calls.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM,
+                i32::from((libc::ETH_P_IP as u16).to_be()),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "packet socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as u32,
+            )
+        };
+        tx.send(()).unwrap();
+        let mut seen = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        while !stopped.load(Ordering::Relaxed) {
+            // SAFETY: as above.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let Ok(n) = usize::try_from(n) else {
+                continue;
+            };
+            let ip = &buf[..n];
+            if n < 40 || ip[9] != IPPROTO_TCP || ip[12..16] != from.0.octets() {
+                continue;
+            }
+            let tcp = &ip[usize::from(ip[0] & 0xf) * 4..];
+            if tcp.len() < 20 || u16::from_be_bytes([tcp[0], tcp[1]]) != from.1 {
+                continue;
+            }
+            let opts = &tcp[20..(usize::from(tcp[12] >> 4) * 4).clamp(20, tcp.len())];
+            if let Some(at) = tcp_opt::timestamps_at(opts.len(), |i| opts.get(i).copied()) {
+                let tsval = u32::from_be_bytes(opts[at + 2..at + 6].try_into().unwrap());
+                seen.push((u16::from_be_bytes([tcp[2], tcp[3]]), tsval));
+            }
+        }
+        // SAFETY: as above.
+        unsafe { libc::close(fd) };
+        seen
+    })
+    .unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    (stop, h)
+}
+
+/// A client outside the cluster talks TCP with timestamps on (Linux's
+/// default) to a LoadBalancer IP (issue 12, item 5): every TSval it sees
+/// carries, in its low half, the cookie of its backend (stamped by the
+/// backend's node), and the backend sees its own values echoed (restored
+/// by the same node; Linux drops an ACK that echoes a TSval from the
+/// future). When the pool moves to another backend mid-transfer, the
+/// switch keeps the connection on its backend by the cookie the client
+/// echoes (`ts_cookie`), and the transfer ends intact; a new connection
+/// goes to the new backend, with that backend's cookie.
+#[test]
+fn an_outside_clients_timestamps_keep_it_on_its_backend() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    let cookie_b = ts_cookie::cookie(&ts_key(), SVC_LB_TCP, BACKEND_B_TCP);
+    let cookie_c = ts_cookie::cookie(&ts_key(), SVC_LB_TCP, BACKEND_C_TCP);
+    assert_ne!(cookie_b, cookie_c);
+    let (stop, capture) = capture_tsvals(&lab.outside.name, (LB_IP, 80));
+    let server_b = tcp_server(lab.pod("pb"), POD_B, 1);
+    let server_c = tcp_server(lab.pod("pc"), POD_C, 1);
+    let (s, line) = connect_to(&lab.outside.name, (LB_IP, 80));
+    let port_b = s.local_addr().unwrap().port();
+    assert_eq!(line, format!("{POD_B} saw {EXT_IP}:{port_b}"));
+    // ~4 MB over ~1.5 s; the pool changes in the middle.
+    let sender =
+        std::thread::spawn(move || transfer(s, 4 << 20, 16 << 10, Duration::from_millis(6)));
+    std::thread::sleep(Duration::from_millis(500));
+    lab.move_pool(SVC_LB_TCP, BACKEND_C_TCP);
+    let (s2, line2) = connect_to(&lab.outside.name, (LB_IP, 80));
+    let port_c = s2.local_addr().unwrap().port();
+    assert_eq!(
+        line2,
+        format!("{POD_C} saw {EXT_IP}:{port_c}"),
+        "a new connection goes to c"
+    );
+    let ((n, hash), local) = sender.join().unwrap();
+    assert_eq!(
+        (n, hash),
+        (4 << 20, local),
+        "the first connection ended on b, intact"
+    );
+    let ((n2, hash2), local2) = transfer(s2, 1 << 20, 64 << 10, Duration::ZERO);
+    assert_eq!((n2, hash2), (1 << 20, local2));
+    server_b.join().unwrap();
+    server_c.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let seen = capture.join().unwrap();
+    for (port, cookie, node) in [(port_b, cookie_b, 1), (port_c, cookie_c, 0)] {
+        let tsvals: Vec<u32> = seen.iter().filter(|s| s.0 == port).map(|s| s.1).collect();
+        assert!(
+            tsvals.len() >= 3,
+            "segments with timestamps to port {port}: {seen:?}"
+        );
+        assert!(
+            tsvals.iter().all(|v| v & 0xffff == u32::from(cookie)),
+            "every TSval to {port} carries cookie {cookie:#06x}: {tsvals:x?}"
+        );
+        let s = lab.stats(node);
+        assert!(
+            s.event(node_stat::TS_STAMPED) >= tsvals.len() as u64 / 2
+                && s.event(node_stat::TS_RESTORED) > 0,
+            "node {}: {:?}",
+            node + 1,
+            s.events
+        );
+    }
 }
 
 /// A nodePort key as a node agent gets it from the controller.

@@ -15,14 +15,17 @@ use aya::programs::{TestRun, TestRunOptions};
 use talaria_common::{
     be::Be32,
     drop::DropReason,
-    maps::{node_stat, CookieEntry, NodeConfig, PodEntry},
+    maps::{node_stat, ts_flags, CookieEntry, NodeConfig, PodEntry, ReverseEntry},
     net::tcp_flags,
+    ts_cookie::{self, cookie, CookieKey},
     wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_UDP_PORT},
 };
 use talaria_node::{
     config::ServiceConfig,
-    node::{FlowTtl, Node, PROG_POD, PROG_UPLINK},
-    packet::{eth, ip_checksum_ok, ipv4, ipv4_tcp, l4_checksum_ok, talaria, Frame, Tuple},
+    node::{FlowTtl, Node, MAP_COOKIES, MAP_DROPS, MAP_REVERSE, MAP_STATS, PROG_POD, PROG_UPLINK},
+    packet::{
+        eth, ip_checksum_ok, ipv4, ipv4_tcp, ipv4_tcp_opts, l4_checksum_ok, talaria, Frame, Tuple,
+    },
 };
 
 const TC_ACT_OK: u32 = 0;
@@ -1662,7 +1665,8 @@ fn ipv4_src(frame: &[u8]) -> Option<Ipv4Addr> {
 #[test]
 fn fuzzed_packets_keep_the_node_invariants() {
     require!(LOADS_BPF);
-    let n = node();
+    // Stamping on, so that mutated TCP options reach the option walk.
+    let n = stamping_node();
     let iters: usize = std::env::var("TALARIA_FUZZ_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -1692,6 +1696,12 @@ fn fuzzed_packets_keep_the_node_invariants() {
             tcp_flags::SYN,
             b"",
         ),
+        backend_reply(
+            40020,
+            tcp_flags::SYN | tcp_flags::ACK,
+            &linux_syn_opts(0x1234_5678, 1),
+            b"",
+        ),
         eth(
             HOST_VETH_MAC,
             POD_MAC,
@@ -1706,6 +1716,13 @@ fn fuzzed_packets_keep_the_node_invariants() {
         ),
     ];
     let uplink_seeds = [
+        outside_request(40020, tcp_flags::SYN, (1000, 0), &linux_syn_opts(1, 0)),
+        outside_request(
+            40020,
+            tcp_flags::ACK,
+            (1001, 1),
+            &nop_nop_ts(2, 0x1234_0000),
+        ),
         from_switch(
             SWITCH_IP,
             request,
@@ -1852,4 +1869,518 @@ fn fuzzed_packets_keep_the_node_invariants() {
     );
     // The mutations must reach every verdict, or the checks check nothing.
     assert!(seen[..3].iter().all(|c| *c >= iters / 20), "{seen:?}");
+}
+
+// ------------------------------------------- outside clients' TCP timestamps --
+
+/// A client outside the cluster (no agent), reaching the Service through
+/// the switch (`flags::EXTERNAL`).
+const OUTSIDE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 7);
+const TS_KEY: CookieKey = CookieKey {
+    k0: 0x0011_2233_4455_6677,
+    k1: 0x8899_aabb_ccdd_eeff,
+};
+/// The Timestamps option (kind 8, length 10).
+fn ts_opt(tsval: u32, tsecr: u32) -> [u8; 10] {
+    let (v, e) = (tsval.to_be_bytes(), tsecr.to_be_bytes());
+    [8, 10, v[0], v[1], v[2], v[3], e[0], e[1], e[2], e[3]]
+}
+/// `NOP, NOP, TS`: every segment after the handshake.
+fn nop_nop_ts(tsval: u32, tsecr: u32) -> Vec<u8> {
+    [&[1, 1][..], &ts_opt(tsval, tsecr)].concat()
+}
+/// A Linux SYN or SYN-ACK: MSS 1460, SACK permitted, TS, NOP, window
+/// scale 7.
+fn linux_syn_opts(tsval: u32, tsecr: u32) -> Vec<u8> {
+    [
+        &[2, 4, 5, 0xb4, 4, 2][..],
+        &ts_opt(tsval, tsecr),
+        &[1, 3, 3, 7],
+    ]
+    .concat()
+}
+
+/// The TCP options of an IPv4 packet (no Ethernet, no IP options).
+fn tcp_options(ip: &[u8]) -> &[u8] {
+    let doff = usize::from(ip[20 + 12] >> 4) * 4;
+    &ip[40..20 + doff]
+}
+
+/// TSval and TSecr of the Timestamps option at `at` in `ip`'s options.
+fn ts_values(ip: &[u8], at: usize) -> (u32, u32) {
+    let o = &tcp_options(ip)[at..];
+    (
+        u32::from_be_bytes(o[2..6].try_into().unwrap()),
+        u32::from_be_bytes(o[6..10].try_into().unwrap()),
+    )
+}
+
+/// An outside client's request as the switch tunnels it: DNATed to the
+/// backend, flagged `COOKIE_VALID | EXTERNAL` (and `NEW_FLOW`).
+fn outside_request(sport: u16, tcp: u8, seq_ack: (u32, u32), opts: &[u8]) -> Vec<u8> {
+    let t = Tuple::tcp(OUTSIDE, sport, BACKEND, 8080);
+    let enc = TalariaEncap::new(
+        flags::COOKIE_VALID | flags::EXTERNAL | flags::NEW_FLOW,
+        SVC_TCP,
+        42,
+    );
+    from_switch(SWITCH_IP, enc, &ipv4_tcp_opts(t, tcp, seq_ack, opts, b""))
+}
+
+/// The backend's segment to the outside client, as it leaves the pod.
+fn backend_reply(dport: u16, tcp: u8, opts: &[u8], payload: &[u8]) -> Vec<u8> {
+    let t = Tuple::tcp(BACKEND, 8080, OUTSIDE, dport);
+    from_pod_ip(&ipv4_tcp_opts(t, tcp, (5000, 1001), opts, payload))
+}
+
+fn from_pod_ip(ip: &[u8]) -> Vec<u8> {
+    eth(HOST_VETH_MAC, POD_MAC, ip)
+}
+
+/// Runs a request through the uplink: the inner packet delivered.
+fn deliver(n: &Node, frame: &[u8]) -> Vec<u8> {
+    let (verdict, out) = run(n, PROG_UPLINK, frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "delivered to the backend");
+    let ip = Frame::parse(&out).ip;
+    assert!(ip_checksum_ok(&ip) && l4_checksum_ok(&ip), "checksums");
+    ip
+}
+
+/// Runs a backend's segment through its veth: the inner packet tunnelled.
+fn tunnel(n: &Node, frame: &[u8]) -> Vec<u8> {
+    let (verdict, out) = run(n, PROG_POD, frame);
+    assert_eq!(verdict, TC_ACT_REDIRECT, "tunnelled to the switch");
+    let (enc, inner) = check_encap(&out, frame.len() - 14);
+    assert_eq!(enc.opt.flags, flags::REPLY | flags::COOKIE_VALID);
+    assert!(
+        ip_checksum_ok(&inner) && l4_checksum_ok(&inner),
+        "inner checksums (the whole TCP checksum recomputed)"
+    );
+    inner
+}
+
+fn reverse_entry(n: &Node, sport: u16) -> ReverseEntry {
+    let key = Tuple::tcp(BACKEND, 8080, OUTSIDE, sport).key();
+    n.reverse_flows()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .expect("a reverse-flow entry")
+        .1
+}
+
+fn stamping_node() -> Node {
+    let mut n = node();
+    n.set_ts_cookie(Some(TS_KEY)).unwrap();
+    n
+}
+
+#[test]
+fn an_outside_clients_timestamps_carry_the_cookie_and_its_echoes_are_restored() {
+    require!(LOADS_BPF);
+    let mut n = stamping_node();
+    let c = cookie(&TS_KEY, SVC_TCP, 42);
+    let sport = 41000;
+
+    // The SYN: the flow stamps with the cookie of (service, backend); the
+    // SYN's TSecr (0) is left alone.
+    let syn = outside_request(
+        sport,
+        tcp_flags::SYN,
+        (1000, 0),
+        &linux_syn_opts(0x0a0b_0c0d, 0),
+    );
+    let ip = deliver(&n, &syn);
+    assert_eq!(
+        ip,
+        Frame::parse(&syn).talaria().unwrap().1,
+        "the SYN as it came"
+    );
+    let e = reverse_entry(&n, sport);
+    assert_eq!((e.ts_cookie, e.ts_flags), (c, ts_flags::STAMP));
+
+    // A new key applies to new flows only: this one keeps its cookie.
+    n.set_ts_cookie(Some(CookieKey { k0: 1, k1: 2 })).unwrap();
+
+    // The SYN-ACK (MSS, SACK_PERM, TS, NOP, WS): TSval stamped, the high
+    // half kept, everything else as reverse NAT makes it.
+    let real = 0x1234_5678;
+    let synack_opts = linux_syn_opts(real, 0x0a0b_0c0d);
+    let out = tunnel(
+        &n,
+        &backend_reply(sport, tcp_flags::SYN | tcp_flags::ACK, &synack_opts, b""),
+    );
+    let (tsval, tsecr) = ts_values(&out, 6);
+    assert_eq!(tsval, 0x1234_0000 | u32::from(c), "TSval low half = cookie");
+    assert_eq!(tsval, ts_cookie::stamp(real, c));
+    assert_eq!(tsecr, 0x0a0b_0c0d, "the client's own TSval echoed as it is");
+    assert_eq!(&tcp_options(&out)[..6], &synack_opts[..6]);
+    assert_eq!(&tcp_options(&out)[16..], &synack_opts[16..]);
+    let e = reverse_entry(&n, sport);
+    assert_eq!(e.ts_last_real, real);
+    assert_eq!(e.ts_flags, ts_flags::STAMP | ts_flags::SENT);
+    assert_eq!(n.stats().unwrap().event(node_stat::TS_STAMPED), 1);
+
+    // The client's ACK echoes the stamped value: the backend sees its own.
+    let ack = outside_request(
+        sport,
+        tcp_flags::ACK,
+        (1001, 5001),
+        &nop_nop_ts(0x0a0b_0c0e, tsval),
+    );
+    let ip = deliver(&n, &ack);
+    assert_eq!(ts_values(&ip, 2), (0x0a0b_0c0e, real));
+    assert_eq!(n.stats().unwrap().event(node_stat::TS_RESTORED), 1);
+
+    // Data a while later (the clock's high half moved on), with NOP NOP TS.
+    let later = 0x1235_0001;
+    let out = tunnel(
+        &n,
+        &backend_reply(
+            sport,
+            tcp_flags::ACK,
+            &nop_nop_ts(later, 0x0a0b_0c0e),
+            b"data",
+        ),
+    );
+    let (tsval2, _) = ts_values(&out, 2);
+    assert_eq!(tsval2, 0x1235_0000 | u32::from(c));
+    assert_eq!(reverse_entry(&n, sport).ts_last_real, later);
+    // A late echo of the older value: the last value its high half had.
+    let ip = deliver(
+        &n,
+        &outside_request(
+            sport,
+            tcp_flags::ACK,
+            (1001, 5005),
+            &nop_nop_ts(0x0a0b_0c0f, tsval),
+        ),
+    );
+    assert_eq!(ts_values(&ip, 2).1, 0x1234_ffff);
+    // The current one: the last real value.
+    let ip = deliver(
+        &n,
+        &outside_request(
+            sport,
+            tcp_flags::ACK,
+            (1001, 5009),
+            &nop_nop_ts(0x0a0b_0c10, tsval2),
+        ),
+    );
+    assert_eq!(ts_values(&ip, 2).1, later);
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::TS_STAMPED),
+            s.event(node_stat::TS_RESTORED)
+        ),
+        (2, 3)
+    );
+}
+
+#[test]
+fn stamping_walks_every_option_layout_and_leaves_malformed_ones_alone() {
+    require!(LOADS_BPF);
+    let n = stamping_node();
+    let c = cookie(&TS_KEY, SVC_TCP, 42);
+    let real = 0x7777_8888;
+    let ts = ts_opt(real, 0x0102_0304);
+    let pad = |o: Vec<u8>| {
+        let mut o = o;
+        while !o.len().is_multiple_of(4) {
+            o.push(1);
+        }
+        o
+    };
+    // {description, options, where TS is (None: no valid one)}.
+    let cases: Vec<(&str, Vec<u8>, Option<usize>)> = vec![
+        ("NOP NOP TS", nop_nop_ts(real, 0x0102_0304), Some(2)),
+        (
+            "Linux SYN-ACK: MSS SACK_PERM TS NOP WS",
+            linux_syn_opts(real, 0x0102_0304),
+            Some(6),
+        ),
+        (
+            "MSS NOP NOP TS NOP WS (SACK off)",
+            [&[2, 4, 5, 0xb4, 1, 1][..], &ts, &[1, 3, 3, 7]].concat(),
+            Some(6),
+        ),
+        (
+            "NOP NOP TS NOP NOP SACK",
+            [
+                &nop_nop_ts(real, 0x0102_0304)[..],
+                &[1, 1, 5, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+            ]
+            .concat(),
+            Some(2),
+        ),
+        (
+            "SACK blocks, then TS at the end of 40 bytes",
+            [&[1, 1, 5, 26][..], &[9; 24], &[1, 1], &ts].concat(),
+            Some(30),
+        ),
+        ("no options at all", vec![], None),
+        ("MSS only", vec![2, 4, 5, 0xb4], None),
+        ("EOL before TS", pad([&[0, 0][..], &ts].concat()), None),
+        ("length 0 before TS", [&[2, 0][..], &ts].concat(), None),
+        ("length 1 before TS", [&[2, 1][..], &ts].concat(), None),
+        (
+            "an option running past the header",
+            pad([&[1, 1, 5, 36][..], &ts].concat()),
+            None,
+        ),
+        ("TS of length 6", pad(vec![1, 1, 8, 6, 0, 0, 0, 1]), None),
+        (
+            "TS cut off by the header's end",
+            vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 8, 10],
+            None,
+        ),
+        ("only NOPs (40)", vec![1; 40], None),
+    ];
+    for (i, (what, opts, at)) in cases.into_iter().enumerate() {
+        let sport = 42000 + i as u16;
+        deliver(
+            &n,
+            &outside_request(sport, tcp_flags::SYN, (1000, 0), &nop_nop_ts(1, 0)),
+        );
+        let before = n.stats().unwrap().event(node_stat::TS_STAMPED);
+        // The payload looks like a TS option: only the header's count.
+        let frame = backend_reply(sport, tcp_flags::ACK, &opts, &ts_opt(0x5555_5555, 0));
+        let out = tunnel(&n, &frame);
+        let stamped = n.stats().unwrap().event(node_stat::TS_STAMPED) - before;
+        let sent = reverse_entry(&n, sport).ts_flags & ts_flags::SENT != 0;
+        match at {
+            Some(at) => {
+                let mut want = opts.clone();
+                want[at + 2..at + 6].copy_from_slice(&ts_cookie::stamp(real, c).to_be_bytes());
+                assert_eq!(tcp_options(&out), &want[..], "{what}");
+                assert_eq!((stamped, sent), (1, true), "{what}");
+            }
+            None => {
+                assert_eq!(tcp_options(&out), &opts[..], "{what}: options untouched");
+                assert_eq!((stamped, sent), (0, false), "{what}");
+            }
+        }
+        assert_eq!(
+            &out[out.len() - 10..],
+            &ts_opt(0x5555_5555, 0),
+            "{what}: payload untouched"
+        );
+    }
+
+    // A header claiming more than the packet holds: nothing read past it,
+    // nothing stamped.
+    let sport = 42100;
+    deliver(
+        &n,
+        &outside_request(sport, tcp_flags::SYN, (1000, 0), &nop_nop_ts(1, 0)),
+    );
+    let mut ip = ipv4_tcp_opts(
+        Tuple::tcp(BACKEND, 8080, OUTSIDE, sport),
+        tcp_flags::ACK,
+        (1, 1),
+        &[1, 1, 1, 1],
+        b"",
+    );
+    ip[32] = 0xf0;
+    let before = n.stats().unwrap().event(node_stat::TS_STAMPED);
+    let (verdict, _) = run(&n, PROG_POD, &from_pod_ip(&ip));
+    assert!(verdict == TC_ACT_REDIRECT || verdict == TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().event(node_stat::TS_STAMPED), before);
+}
+
+#[test]
+fn echoes_are_restored_only_on_acks_of_flows_that_sent_a_stamp() {
+    require!(LOADS_BPF);
+    let n = stamping_node();
+    let sport = 43000;
+    deliver(
+        &n,
+        &outside_request(sport, tcp_flags::SYN, (1000, 0), &linux_syn_opts(7, 0)),
+    );
+    // Nothing stamped sent yet: an ACK's echo goes as it is.
+    let ack = outside_request(
+        sport,
+        tcp_flags::ACK,
+        (1001, 1),
+        &nop_nop_ts(8, 0x4242_4242),
+    );
+    assert_eq!(ts_values(&deliver(&n, &ack), 2), (8, 0x4242_4242));
+    tunnel(
+        &n,
+        &backend_reply(
+            sport,
+            tcp_flags::SYN | tcp_flags::ACK,
+            &linux_syn_opts(0x0005_0000, 7),
+            b"",
+        ),
+    );
+    // A repeated SYN (no ACK) keeps its TSecr, and the flow its cookie.
+    let syn = outside_request(
+        sport,
+        tcp_flags::SYN,
+        (1000, 0),
+        &linux_syn_opts(9, 0x0005_1234),
+    );
+    assert_eq!(ts_values(&deliver(&n, &syn), 6), (9, 0x0005_1234));
+    assert_eq!(
+        reverse_entry(&n, sport).ts_flags,
+        ts_flags::STAMP | ts_flags::SENT
+    );
+    // Malformed options on the client's side: left alone.
+    let bad = outside_request(
+        sport,
+        tcp_flags::ACK,
+        (1001, 1),
+        &[2, 0, 1, 1, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2],
+    );
+    assert_eq!(
+        tcp_options(&deliver(&n, &bad)),
+        &[2, 0, 1, 1, 1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]
+    );
+    assert_eq!(n.stats().unwrap().event(node_stat::TS_RESTORED), 0);
+}
+
+#[test]
+fn flows_of_clients_inside_or_without_a_key_are_never_stamped() {
+    require!(LOADS_BPF);
+    let mut n = stamping_node();
+    // Compare the options only: reverse NAT rewrites ports and checksum.
+    let check = |n: &Node, sport: u16, enc: TalariaEncap| {
+        let req = ipv4_tcp_opts(
+            Tuple::tcp(OUTSIDE, sport, BACKEND, 8080),
+            tcp_flags::SYN,
+            (1, 0),
+            &linux_syn_opts(3, 0),
+            b"",
+        );
+        assert_eq!(deliver(n, &from_switch(SWITCH_IP, enc, &req)), req);
+        let e = reverse_entry(n, sport);
+        assert_eq!((e.ts_flags, e.ts_cookie), (0, 0), "not stamping");
+        let opts = linux_syn_opts(0x0009_0009, 3);
+        let out = tunnel(
+            n,
+            &backend_reply(sport, tcp_flags::SYN | tcp_flags::ACK, &opts, b""),
+        );
+        assert_eq!(tcp_options(&out), &opts[..], "TSval as the backend sent it");
+        let ack = outside_request(
+            sport,
+            tcp_flags::ACK,
+            (2, 1),
+            &nop_nop_ts(4, 0x0009_0000 | 0x5a5a),
+        );
+        assert_eq!(
+            ts_values(&deliver(n, &ack), 2),
+            (4, 0x0009_5a5a),
+            "TSecr as the client sent it"
+        );
+    };
+    // A client inside the cluster (its node's tunnel: no EXTERNAL).
+    check(
+        &n,
+        44000,
+        TalariaEncap::new(flags::COOKIE_VALID, SVC_TCP, 42),
+    );
+    check(
+        &n,
+        44001,
+        TalariaEncap::new(flags::COOKIE_VALID | flags::NEW_FLOW, SVC_TCP, 42),
+    );
+    // EXTERNAL without a cookie is not a request the node serves.
+    let req = ipv4_tcp_opts(
+        Tuple::tcp(OUTSIDE, 44002, BACKEND, 8080),
+        tcp_flags::SYN,
+        (1, 0),
+        &linux_syn_opts(3, 0),
+        b"",
+    );
+    let (verdict, _) = run(
+        &n,
+        PROG_UPLINK,
+        &from_switch(
+            SWITCH_IP,
+            TalariaEncap::new(flags::EXTERNAL | flags::NEW_FLOW, SVC_TCP, 42),
+            &req,
+        ),
+    );
+    assert_eq!(verdict, TC_ACT_SHOT);
+    // UDP from outside: no timestamps to stamp.
+    let udp = ipv4(Tuple::udp(OUTSIDE, 44003, BACKEND, 5353), 0, b"q");
+    let enc = TalariaEncap::new(
+        flags::COOKIE_VALID | flags::EXTERNAL | flags::NEW_FLOW,
+        SVC_UDP,
+        43,
+    );
+    deliver(&n, &from_switch(SWITCH_IP, enc, &udp));
+    let key = Tuple::udp(BACKEND, 5353, OUTSIDE, 44003).key();
+    let (_, e) = n
+        .reverse_flows()
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .unwrap();
+    assert_eq!(e.ts_flags, 0);
+    // No key: an outside client's flow is not stamped either.
+    n.set_ts_cookie(None).unwrap();
+    check(
+        &n,
+        44004,
+        TalariaEncap::new(
+            flags::COOKIE_VALID | flags::EXTERNAL | flags::NEW_FLOW,
+            SVC_TCP,
+            42,
+        ),
+    );
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::TS_STAMPED),
+            s.event(node_stat::TS_RESTORED)
+        ),
+        (0, 0)
+    );
+}
+
+/// A node's pins left by a build whose map layouts differ (a flow entry
+/// that grew a field) are refused at load, saying what to do, rather than
+/// reused: aya reuses a map pinned under the name without looking at it,
+/// and the verifier or userspace would trip on it later. Its own pins, as
+/// an agent restart finds them, are reused.
+#[test]
+fn pins_of_another_layout_are_refused() {
+    require!(LOADS_BPF);
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let pins = Pins(format!("/sys/fs/bpf/talaria-test-layout-{}", std::process::id()).into());
+    let load = || Node::load(Some(&pins.0), 4096);
+    drop(load().expect("a first load pins its maps"));
+    drop(load().expect("a restart reuses its own pins"));
+    // An older NODE_REVERSE: the cookie map (16-byte values, not 32)
+    // under its name.
+    std::fs::remove_file(pins.0.join(MAP_REVERSE)).unwrap();
+    std::fs::rename(pins.0.join(MAP_COOKIES), pins.0.join(MAP_REVERSE)).unwrap();
+    let refused = |what: &str| {
+        let err = load()
+            .err()
+            .expect("pins of another layout are refused")
+            .to_string();
+        assert!(
+            err.contains(what) && err.contains("talaria-node unpin"),
+            "{err}"
+        );
+    };
+    refused("NODE_REVERSE has 16-byte keys, 16-byte values");
+    std::fs::remove_file(pins.0.join(MAP_REVERSE)).unwrap();
+    drop(load().expect("a missing pin is made afresh"));
+    // An older NODE_STATS, with fewer counters: here the drop counters.
+    std::fs::remove_file(pins.0.join(MAP_STATS)).unwrap();
+    std::fs::rename(pins.0.join(MAP_DROPS), pins.0.join(MAP_STATS)).unwrap();
+    refused(&format!(
+        "{} entries",
+        talaria_common::drop::DROP_REASON_COUNT
+    ));
 }

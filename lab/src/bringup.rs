@@ -42,6 +42,8 @@ spec:
 pub const STANDBY: &str = "talaria-controller-b";
 /// P4Runtime address inside the switch netns.
 pub const P4RT_ADDR: &str = "127.0.0.1:9559";
+/// The switch's id in the controller's config, REST API and talariactl.
+pub const SWITCH_ID: &str = "sw";
 /// switch-agent's Prometheus endpoint, in the switch netns.
 pub const SWITCH_METRICS: &str = "127.0.0.1:9560";
 
@@ -124,7 +126,7 @@ pub fn controller_config(
         .collect();
     let mut v = serde_json::json!({
         "source": {"kind": "files", "dir": manifests, "poll_ms": 200},
-        "switches": [{"id": "sw", "address": format!("http://{P4RT_ADDR}"), "device_id": DEVICE_ID}],
+        "switches": [{"id": SWITCH_ID, "address": format!("http://{P4RT_ADDR}"), "device_id": DEVICE_ID}],
         "fabric": {"switch_addrs": [t.switch_addr.to_string()], "routes": routes},
         "listen": CONTROLLER_REST,
     });
@@ -182,6 +184,41 @@ pub fn talariactl_at(switch_ns: &str, rest: &str, args: &[&str]) -> Result<Strin
     let mut cmd: Vec<&str> = vec![bin.to_str().unwrap_or("talariactl"), "--server", &server];
     cmd.extend_from_slice(args);
     in_ns(switch_ns, &cmd, None)
+}
+
+/// Entries in all the switch's tables, read live through the controller.
+pub fn switch_entries(lab: &Lab) -> Result<u64> {
+    let text = talariactl(
+        lab,
+        &["tables", "dump", "--switch", SWITCH_ID, "-o", "json"],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let tables = v[SWITCH_ID]
+        .as_array()
+        .context("no table dump of the switch")?;
+    Ok(tables
+        .iter()
+        .map(|t| t["entries"].as_array().map_or(0, |e| e.len() as u64))
+        .sum())
+}
+
+/// Packets of the switch's load-balancer event `name` (`lb_event_counter`;
+/// the switch leaves out the cells that counted nothing).
+pub fn lb_event(lab: &Lab, name: &str) -> Result<u64> {
+    let text = talariactl(lab, &["counters", "--switch", SWITCH_ID, "-o", "json"])?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let cells = v[SWITCH_ID]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .find(|(counter, _)| counter.ends_with("lb_event_counter"))
+        .and_then(|(_, cells)| cells.as_array())
+        .context("the switch reported no lb_event_counter")?;
+    Ok(cells
+        .iter()
+        .find(|c| c["event"] == name)
+        .and_then(|c| c["packets"].as_u64())
+        .unwrap_or(0))
 }
 
 /// One controller's `/v1/status`.
@@ -274,7 +311,39 @@ pub(crate) fn node_agent_config(
     if ignore_cookies {
         v["ignore_cookies"] = true.into();
     }
+    if let Some(keys) = ts_cookie_key_file(lab) {
+        v["ts_cookie_key_file"] = serde_json::json!(keys);
+    }
     serde_yaml::to_string(&v).expect("JSON values serialize as YAML")
+}
+
+/// The lab's timestamp-cookie key file, when it runs with the cookies
+/// ([`Lab::ts_cookies`]): what a Secret mounted into the controller and
+/// every node agent would hold. [`write_ts_cookie_key`] writes it.
+pub fn ts_cookie_key_file(lab: &Lab) -> Option<PathBuf> {
+    lab.ts_cookies.then(|| lab.run_dir.join("ts-cookie.keys"))
+}
+
+/// Writes a fresh random key into the lab's key file (readable by root
+/// only), unless it has one.
+fn write_ts_cookie_key(lab: &Lab) -> Result<()> {
+    use std::{io::Read, io::Write, os::unix::fs::OpenOptionsExt};
+    let Some(path) = ts_cookie_key_file(lab) else {
+        return Ok(());
+    };
+    if path.exists() {
+        return Ok(());
+    }
+    let mut key = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut key)?;
+    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn pin_root(lab: &Lab) -> PathBuf {
@@ -303,6 +372,7 @@ async fn start_node_agents(lab: &mut Lab) -> Result<()> {
         .usable()
         .map_err(|e| anyhow::anyhow!(e))?;
     let services = service_ids(lab)?;
+    write_ts_cookie_key(lab)?;
     std::fs::write(
         lab.run_dir.join(AGENT_SERVICES),
         serde_json::to_vec(&services)?,
@@ -426,13 +496,20 @@ pub async fn start_switch(lab: &mut Lab, services: bool) -> Result<()> {
             services,
         ),
     )?;
-    let argv: Vec<String> = vec![
+    let mut argv: Vec<String> = vec![
         ctl_bin.to_string_lossy().into_owned(),
         "--config".into(),
         cfg.to_string_lossy().into_owned(),
         "--p4info".into(),
         p4info.to_string_lossy().into_owned(),
     ];
+    write_ts_cookie_key(lab)?;
+    if let Some(keys) = ts_cookie_key_file(lab) {
+        argv.extend([
+            "--ts-cookie-key-file".into(),
+            keys.to_string_lossy().into_owned(),
+        ]);
+    }
     // An HA lab gives the leader an id history a fresh plan cannot
     // reproduce: a Service planned first (the lowest VIP), then deleted,
     // keeps its service id in quarantine, so every other Service's id is
@@ -526,6 +603,16 @@ pub async fn lab_for_ha(
     switch: &SwitchKind,
     ha: bool,
 ) -> Result<(Lab, ServiceSet)> {
+    lab_for_with(t, mode, switch, |lab| lab.ha = ha).await
+}
+
+/// [`lab_for`], with `setup` applied to the lab before anything starts.
+pub async fn lab_for_with(
+    t: Topology,
+    mode: Mode,
+    switch: &SwitchKind,
+    setup: impl FnOnce(&mut Lab),
+) -> Result<(Lab, ServiceSet)> {
     talaria_preflight::ensure(mode.needs())
         .with_context(|| format!("{} mode cannot run", mode.name()))?;
     if let Some(why) = ipvs_unavailable().filter(|_| mode == Mode::Ipvs) {
@@ -538,7 +625,7 @@ pub async fn lab_for_ha(
         }
     }
     let mut lab = Lab::create(t, mode.name(), switch.clone())?;
-    lab.ha = ha;
+    setup(&mut lab);
     lab.start_servers()?;
     let set = ServiceSet::from_topology(&lab.topo);
     // On an error the lab's Drop tears it down.

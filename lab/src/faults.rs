@@ -30,7 +30,7 @@
 //! and `<out>/faults.csv`.
 
 use crate::bench::{chrono_now, csv, loadavg};
-use crate::bringup::{self, controller_status, service_ids, talariactl_in, Daemon};
+use crate::bringup::{self, controller_status, service_ids, talariactl_in, Daemon, SWITCH_ID};
 use crate::components::Component;
 use crate::manifests::ServiceSet;
 use crate::modes::{self, LoadRun, Mode};
@@ -220,11 +220,11 @@ type Tables = BTreeMap<String, BTreeSet<String>>;
 fn read_tables(switch_ns: &str) -> Result<Tables> {
     let text = talariactl_in(
         switch_ns,
-        &["tables", "dump", "--switch", "sw", "-o", "json"],
+        &["tables", "dump", "--switch", SWITCH_ID, "-o", "json"],
     )?;
     let v: Value = serde_json::from_str(&text).context("talariactl tables dump")?;
     let mut t = Tables::new();
-    for d in v["sw"].as_array().into_iter().flatten() {
+    for d in v[SWITCH_ID].as_array().into_iter().flatten() {
         let name = d["table"].as_str().unwrap_or("?").to_string();
         let mut set: BTreeSet<String> = d["entries"]
             .as_array()

@@ -296,6 +296,11 @@ pub struct Lab {
     /// bench-new-service`) instead of the run dir's manifests; set before
     /// the controller starts.
     pub controller_source: Option<serde_json::Value>,
+    /// The controller and the node agents share a timestamp-cookie key
+    /// ([`crate::bringup::ts_cookie_key_file`]), so outside TCP clients'
+    /// connections keep their backend; off, they follow the bucket hash
+    /// only. Set before the controller starts.
+    pub ts_cookies: bool,
     state: State,
     children: Vec<Child>,
     /// The last launch of each recorded process, by its description.
@@ -335,6 +340,7 @@ impl Lab {
             switch,
             ha: false,
             controller_source: None,
+            ts_cookies: true,
             state,
             children: Vec::new(),
             launches: BTreeMap::new(),

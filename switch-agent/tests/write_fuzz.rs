@@ -21,7 +21,7 @@ use tonic::Code;
 
 /// An entry of any table, from a few keys per table and any action data.
 fn any_entry() -> impl Strategy<Value = Entry> {
-    (0u8..9, 0u8..3, any::<u16>(), any::<u32>()).prop_map(|(table, k, a, b)| {
+    (0u8..10, 0u8..3, any::<u16>(), any::<u32>()).prop_map(|(table, k, a, b)| {
         let ip = |x: u8| Ipv4Addr::new(10, 0, x, 1);
         match table {
             0 => build::route(
@@ -37,6 +37,7 @@ fn any_entry() -> impl Strategy<Value = Entry> {
             5 => build::backend(u32::from(k), ip(a as u8), a, ip(b as u8)),
             6 => build::pod_node(build::prefix(Ipv4Addr::new(10, 244, k, 0), 24), ip(a as u8)),
             7 => build::tunnel_peer(u16::from(k) + 1, ip(a as u8 % 2)),
+            8 => build::ts_cookie(u16::from(k), a % 4, b),
             _ => build::spoofed_source(ip(k)),
         }
     })

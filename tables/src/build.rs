@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use crate::value::{Ipv4Prefix, Ipv6Prefix, Mac};
 use crate::{
     backend, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
-    spoofed_source, switch_addr, tunnel_peer, tunnel_source, Entry,
+    spoofed_source, switch_addr, ts_cookie, tunnel_peer, tunnel_source, Entry,
 };
 
 /// `addr/len` exactly as given: unlike [`crate::value::Prefix::new`], host
@@ -107,6 +107,15 @@ pub const fn cookie(service_id: u16, backend_id: u32) -> Entry {
             backend_id,
         },
         action: cookie_check::Action::CookieValid {},
+    })
+}
+
+/// `ts_cookie`: an external client echoing timestamp cookie `cookie` to
+/// service `service_id` is on `backend_id`.
+pub const fn ts_cookie(service_id: u16, cookie: u16, backend_id: u32) -> Entry {
+    Entry::TsCookie(ts_cookie::Entry {
+        key: ts_cookie::Key { service_id, cookie },
+        action: ts_cookie::Action::TsCookieHit { backend_id },
     })
 }
 
@@ -283,6 +292,17 @@ mod tests {
                     action: cookie_check::Action::CookieValid {},
                 }),
                 Table::CookieCheck,
+            ),
+            (
+                ts_cookie(7, 0xbeef, 100),
+                Entry::TsCookie(ts_cookie::Entry {
+                    key: ts_cookie::Key {
+                        service_id: 7,
+                        cookie: 0xbeef,
+                    },
+                    action: ts_cookie::Action::TsCookieHit { backend_id: 100 },
+                }),
+                Table::TsCookie,
             ),
             (
                 backend(100, A, 8080, B),

@@ -237,6 +237,25 @@ crate::p4_tables! {
         default Drop;
         direct_counter None;
     }
+
+    /// `ts_cookie`: (service, timestamp cookie) → backend, for external
+    /// clients, whose TSecr echoes the cookie their backend's node stamped
+    /// (`talaria_common::ts_cookie`). The backend must pass `cookie_check`
+    /// too.
+    table TsCookie in ts_cookie = "ts_cookie", 0x0200_000D {
+        size sizes::TS_COOKIE;
+        key { service_id: exact u16 = 16, cookie: exact u16 = 16 }
+        actions {
+            /// The cookie is `backend_id`'s.
+            TsCookieHit = "ts_cookie_hit", 0x0100_0018 { backend_id: u32 = 32 },
+        }
+        default_only {
+            /// Unknown cookie: the request is hashed.
+            TsCookieMiss = "ts_cookie_miss", 0x0100_0019,
+        }
+        default TsCookieMiss;
+        direct_counter None;
+    }
 }
 
 /// `service_counter`: packets and bytes client → service, by service id.

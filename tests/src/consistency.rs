@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use talaria_common::{drop, hash, p4::sizes, wire};
+use talaria_common::{drop, hash, p4::sizes, ts_cookie, wire};
 use talaria_p4rt::p4::config::v1 as p4info;
 use talaria_tables::def::{CounterDef, CounterUnit, Scope};
 
@@ -192,6 +192,11 @@ impl RustModel {
             ("TALARIA_FLAG_FRAG_PORTS", wire::flags::FRAG_PORTS.into()),
             ("TALARIA_FLAG_ENDPOINT", wire::flags::ENDPOINT.into()),
             ("TALARIA_FLAG_NOTIFY", wire::flags::NOTIFY.into()),
+            ("TALARIA_FLAG_EXTERNAL", wire::flags::EXTERNAL.into()),
+            (
+                "TCP_OPT_NOP_NOP_TIMESTAMP",
+                ts_cookie::NOP_NOP_TIMESTAMP.get().into(),
+            ),
             ("HASH_MODE_FIVE_TUPLE", hash::hash_mode::FIVE_TUPLE.into()),
             ("HASH_MODE_CLIENT_IP", hash::hash_mode::CLIENT_IP.into()),
             ("IPV4_ROUTE_SIZE", sizes::IPV4_ROUTE.into()),
@@ -199,6 +204,7 @@ impl RustModel {
             ("SWITCH_ADDR_SIZE", sizes::SWITCH_ADDR.into()),
             ("SERVICE_V4_SIZE", sizes::SERVICE_V4.into()),
             ("COOKIE_CHECK_SIZE", sizes::COOKIE_CHECK.into()),
+            ("TS_COOKIE_SIZE", sizes::TS_COOKIE.into()),
             ("LB_BUCKET_SIZE", sizes::LB_BUCKET.into()),
             ("BACKEND_SIZE", sizes::BACKEND.into()),
             ("POD_NODE_SIZE", sizes::POD_NODE.into()),

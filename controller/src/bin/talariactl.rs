@@ -32,6 +32,17 @@ enum Cmd {
         #[command(subcommand)]
         cmd: TablesCmd,
     },
+    /// Switch counters, read live: drops by reason, load-balancer events
+    /// (the outside clients' timestamp-cookie hits and misses among them)
+    /// and traffic by service id; cells that counted nothing are left out.
+    Counters {
+        /// Switch id (default: every switch).
+        #[arg(long)]
+        switch: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// Services and what was programmed for them.
     Services {
         /// Output format.
@@ -137,11 +148,73 @@ fn entry_row(key: &[String], e: &Value) -> Vec<String> {
     row
 }
 
+/// The switch ids `switch` names: itself, or every switch.
+async fn switch_ids(base: &str, switch: Option<String>) -> Result<Vec<String>> {
+    Ok(match switch {
+        Some(s) => vec![s],
+        None => get(base, "/v1/switches")
+            .await?
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["id"].as_str().map(String::from))
+            .collect(),
+    })
+}
+
+/// One counter cell as cells: the counter, what its index means (a drop
+/// reason, an event, a service id), packets and bytes.
+fn counter_row(counter: &str, cell: &Value) -> Vec<String> {
+    let short = counter.rsplit('.').next().unwrap_or(counter);
+    let what = match (&cell["reason"], &cell["event"]) {
+        (Value::String(r), _) => r.clone(),
+        (_, Value::String(e)) => e.clone(),
+        _ => s(&cell["index"]),
+    };
+    vec![
+        short.to_string(),
+        what,
+        s(&cell["packets"]),
+        s(&cell["bytes"]),
+    ]
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     let base = cli.server.as_str();
     match cli.cmd {
+        Cmd::Counters { switch, output } => {
+            let mut all = serde_json::Map::new();
+            for sw in switch_ids(base, switch).await? {
+                let v = get(base, &format!("/v1/switches/{sw}/counters")).await?;
+                all.insert(sw, v);
+            }
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&Value::Object(all))?),
+                Output::Table => {
+                    for (sw, counters) in &all {
+                        println!("== switch {sw}");
+                        let rows: Vec<Vec<String>> = counters
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .flat_map(|(name, cells)| {
+                                cells
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter(|c| c["packets"].as_u64().unwrap_or(0) > 0)
+                                    .map(move |c| counter_row(name, c))
+                            })
+                            .collect();
+                        print_table(&["COUNTER", "INDEX", "PACKETS", "BYTES"], &rows);
+                        println!();
+                    }
+                }
+            }
+        }
         Cmd::Tables {
             cmd:
                 TablesCmd::Dump {
@@ -150,17 +223,7 @@ async fn main() -> Result<()> {
                     output,
                 },
         } => {
-            let switches: Vec<String> = match switch {
-                Some(s) => vec![s],
-                None => get(base, "/v1/switches")
-                    .await?
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|s| s["id"].as_str().map(String::from))
-                    .collect(),
-            };
+            let switches = switch_ids(base, switch).await?;
             let mut all = serde_json::Map::new();
             for sw in &switches {
                 let dumps = match &table {

@@ -8,7 +8,7 @@ use talaria_common::{
     drop::DropReason,
     maps::{
         finished, node_flags, node_stat, port_policy, reusable, reverse_state, subst_port,
-        AffinityBackend, AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy,
+        ts_flags, AffinityBackend, AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy,
         PortSubstKey, ReverseEntry, ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
         SUBST_PORT_COUNT,
     },
@@ -23,6 +23,7 @@ use crate::{
         NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES, NODE_SVC_CIDRS,
     },
     skb::now_ns,
+    tstamp::new_flow_cookie,
 };
 
 /// What a tunnelled packet tells the flow tables: its cookie and TCP flags
@@ -302,21 +303,42 @@ fn one_way_request(state: &mut u8, fl: u8) -> bool {
     false
 }
 
+/// What [`learn_reverse`] tells the uplink about a request.
+pub(crate) struct Reversed {
+    /// The client port the backend pod must see: the client's own, or a
+    /// substitute when another Service's flow holds the 4-tuple
+    /// ([`PortSubstKey`]).
+    pub(crate) port: Be16,
+    /// A UDP flow's request that must tell the client's node its cookie
+    /// (`flags::NOTIFY`).
+    pub(crate) notify: bool,
+    /// The flow's `ts_flags` and `ts_last_real`, for restoring an outside
+    /// client's echo (`tstamp::restore_echo`); zero for a new flow.
+    pub(crate) ts: (u8, u32),
+}
+
+impl Reversed {
+    #[inline(always)]
+    fn port(port: Be16) -> Self {
+        Self {
+            port,
+            notify: false,
+            ts: (0, 0),
+        }
+    }
+}
+
 /// Backend side: remember how to send this flow's replies. `key` is the
 /// backend's view of the flow as it arrived (src = backend pod, dst =
-/// client). Returns the client port the backend pod must see: the
-/// client's own, or a substitute when another Service's flow holds the
-/// 4-tuple ([`PortSubstKey`]); and, for a UDP flow, whether this request
-/// must tell the client's node its cookie (`flags::NOTIFY`). `fin_ack`:
-/// for a client's TCP FIN, the low byte of the acknowledgment that covers
-/// it (`ReverseEntry::state`).
+/// client). `fin_ack`: for a client's TCP FIN, the low byte of the
+/// acknowledgment that covers it (`ReverseEntry::state`).
 #[inline(always)]
 pub(crate) fn learn_reverse(
     key: &FlowKey,
     opt: &TalariaOpt,
     tcp: u8,
     fin_ack: u8,
-) -> Result<(Be16, bool), i32> {
+) -> Result<Reversed, i32> {
     let Learned {
         service_id,
         backend_id,
@@ -355,7 +377,7 @@ pub(crate) fn learn_reverse(
             (true, None) => key.dst_port,
             // Another flow's 4-tuple, and no flow of this one: nothing to
             // end here.
-            (false, None) => return Ok((key.dst_port, false)),
+            (false, None) => return Ok(Reversed::port(key.dst_port)),
         };
         let k = FlowKey {
             dst_port: port,
@@ -370,7 +392,7 @@ pub(crate) fn learn_reverse(
         if substitute.is_some() {
             let _ = NODE_PORT_SUBST.remove(&subst_key);
         }
-        return Ok((port, false));
+        return Ok(Reversed::port(port));
     }
     if opt.flags & flags::COOKIE_VALID == 0 {
         return Err(drop_pkt(DropReason::NoBackend));
@@ -417,16 +439,27 @@ pub(crate) fn learn_reverse(
                     e.fin_seen |= FIN_ACKED;
                 }
                 let notify = udp && one_way_request(&mut e.state, opt.flags);
-                return Ok((port, notify));
+                return Ok(Reversed {
+                    port,
+                    notify,
+                    ts: (e.ts_flags, e.ts_last_real),
+                });
             }
             // A SYN opens a new connection on a reused 4-tuple: the old
             // connection's FINs must not end it in the GC, and a finished
             // entry counts again.
-            if finished(e.fin_seen) && !take_flow_slot(key.src, FlowTable::Reverse) {
+            let reused = finished(e.fin_seen);
+            if reused && !take_flow_slot(key.src, FlowTable::Reverse) {
                 return Err(drop_pkt(DropReason::FlowLimit));
             }
             e.fin_seen = fin_bit;
-            return Ok((port, false));
+            // A new connection gets its cookie afresh; a repeated SYN of a
+            // stamping one keeps it (its SYN-ACK may have gone stamped).
+            if reused || e.ts_flags & ts_flags::STAMP == 0 {
+                (e.ts_cookie, e.ts_flags) = new_flow_cookie(opt, key.proto);
+                e.ts_last_real = 0;
+            }
+            return Ok(Reversed::port(port));
         }
     }
     // SAFETY: read-only copy of a map value.
@@ -434,6 +467,7 @@ pub(crate) fn learn_reverse(
         Some(s) => *s,
         None => return Err(drop_pkt(DropReason::NoService)),
     };
+    let (ts_cookie, ts_flags) = new_flow_cookie(opt, key.proto);
     let mut entry = ReverseEntry {
         vip: svc.vip,
         vip_port: svc.port,
@@ -443,6 +477,10 @@ pub(crate) fn learn_reverse(
         state: 0,
         client_port,
         last_seen_ns: now_ns(),
+        ts_last_real: 0,
+        ts_cookie,
+        ts_flags,
+        _pad: 0,
     };
     if udp {
         one_way_request(&mut entry.state, opt.flags);
@@ -465,5 +503,5 @@ pub(crate) fn learn_reverse(
         return Err(drop_pkt(DropReason::FlowLimit));
     }
     stat(node_stat::REVERSE_LEARN);
-    Ok((port, false))
+    Ok(Reversed::port(port))
 }

@@ -10,7 +10,8 @@
 //! Everything else passes untouched (`TC_ACT_OK`). One file per hook
 //! (`pod_egress`, `uplink_ingress`), the maps (`maps`), and the helpers
 //! they share: encapsulation (`encap`), flow state (`flows`), path MTU
-//! (`mtu`), reverse NAT (`nat`) and skb accessors (`skb`).
+//! (`mtu`), reverse NAT (`nat`), outside clients' timestamp cookie
+//! (`tstamp`) and skb accessors (`skb`).
 //!
 //! Built for `bpfel-unknown-none` only (by aya-build from the agent's
 //! build.rs); on the host this binary is an empty `main` so that
@@ -37,6 +38,8 @@ mod nat;
 mod pod_egress;
 #[cfg(target_arch = "bpf")]
 mod skb;
+#[cfg(target_arch = "bpf")]
+mod tstamp;
 #[cfg(target_arch = "bpf")]
 mod uplink_ingress;
 

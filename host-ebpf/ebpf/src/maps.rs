@@ -11,15 +11,15 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, AffinityEntry,
-        AffinityKey, CookieEntry, FlowKey, FragEntry, FragKey, NodeConfig, PodEntry, PodFlows,
-        PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry, ServiceAddr, ServiceKey,
-        FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        AffinityKey, CookieEntry, FlowKey, FragEntry, FragKey, NodeConfig, NodeTsCookie, PodEntry,
+        PodFlows, PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry, ServiceAddr,
+        ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
 };
 
 use core::intrinsics::{atomic_xadd, atomic_xsub, AtomicOrdering::Relaxed};
 
-use crate::skb::SHOT;
+use crate::{skb::SHOT, uplink_ingress::NoticeScratch};
 
 /// Client side cookie cache: the client pod's flow towards a VIP → the
 /// service and backend id the switch chose (learned from the first reply).
@@ -101,6 +101,17 @@ pub(crate) static NODE_PORT_POLICY: HashMap<ServiceKey, PortPolicy> = HashMap::p
 /// Node-wide settings, element 0. All zero = not configured: pass all.
 #[map]
 static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);
+
+/// The key outside TCP clients' timestamps are stamped with, element 0
+/// (`NodeTsCookie`; disabled when the agent has no key file).
+#[map]
+pub(crate) static NODE_TS_COOKIE: Array<NodeTsCookie> = Array::pinned(1, 0);
+
+/// Scratch space of `uplink_ingress::notify_client` (one per-CPU
+/// element; not pinned: it holds nothing between runs).
+#[map]
+pub(crate) static NODE_NOTICE_SCRATCH: PerCpuArray<NoticeScratch> =
+    PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU event counters, indexed by `node_stat`.
 #[map]

@@ -29,6 +29,7 @@ use crate::{
     mtu::{check_mtu, reject},
     nat::{fragment_reply, icmp_error_reply, icmp_error_request, note_first_fragment, reverse_nat},
     skb::{now_ns, skb_ifindex, tcp_flags_at, IP_OFF, L4_OFF, PASS},
+    tstamp::stamp_reply,
 };
 
 /// Ingress of a pod's host-side veth = packets leaving the pod.
@@ -130,6 +131,10 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
                 key.src,
                 FlowTable::Reverse,
             );
+        }
+        if ip.proto == IPPROTO_TCP {
+            // An outside client's flow: its cookie in the TSval.
+            stamp_reply(ctx, L4_OFF, entry);
         }
     }
     reverse_nat(ctx, &ip, [key.src_port, key.dst_port], &rev)?;

@@ -3,7 +3,9 @@
 //! their pod; everything else passes, unless its source is a Service
 //! address.
 
-use aya_ebpf::{macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    helpers::bpf_skb_load_bytes, macros::classifier, maps::lpm_trie::Key, programs::TcContext,
+};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
@@ -18,11 +20,15 @@ use talaria_common::{
 use crate::{
     encap::{decap, flow_sport},
     flows::{learn_cookie, learn_reverse},
-    maps::{config, drop_pkt, stat, NODE_COOKIES, NODE_PODS, NODE_SERVICES, NODE_SVC_CIDRS},
+    maps::{
+        config, drop_pkt, stat, NODE_COOKIES, NODE_NOTICE_SCRATCH, NODE_PODS, NODE_SERVICES,
+        NODE_SVC_CIDRS,
+    },
     nat::{icmp_error_to_backend, rewrite_addr, rewrite_fragment_addr, rewrite_port, IP_SRC},
     skb::{
         tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS, SHOT,
     },
+    tstamp::restore_echo,
 };
 
 /// Ingress of the node uplink = packets arriving from the switch.
@@ -148,7 +154,12 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         } else {
             0
         };
-        let (port, notify) = learn_reverse(&key, opt, tcp, fin_ack)?;
+        let learnt = learn_reverse(&key, opt, tcp, fin_ack)?;
+        let (port, notify) = (learnt.port, learnt.notify);
+        if inner.proto == IPPROTO_TCP {
+            // An outside client's echo of a stamped TSval.
+            restore_echo(ctx, INNER_L4_OFF, tcp, learnt.ts);
+        }
         if notify && !hairpin && !inner.is_fragment() {
             notify_client(ctx, cfg, &inner, ports, opt);
         }
@@ -196,6 +207,15 @@ struct Notice {
 /// Length of the headers a [`Notice`] replaces.
 const NOTICE_LEN: usize = INNER_L4_OFF + UDP_HDR_LEN;
 
+/// Where [`notify_client`] builds its [`Notice`] and keeps the request's
+/// headers meanwhile: a per-CPU map value, as they would not fit the
+/// program's stack (512 bytes) beside the rest.
+#[repr(C)]
+pub(crate) struct NoticeScratch {
+    request: [u8; NOTICE_LEN],
+    notice: Notice,
+}
+
 /// Tells the client's node the cookie of this request's one-way UDP flow
 /// (`reverse_state`): a copy of the request, turned around as the flow's
 /// reply from the VIP and port of the cookie's service (inner UDP
@@ -219,9 +239,23 @@ fn notify_client(
     let Some(svc) = (unsafe { NODE_SERVICES.get(u32::from(service_id)) }).copied() else {
         return;
     };
-    let Ok(request) = ctx.load::<[u8; NOTICE_LEN]>(0) else {
+    let Some(scratch) = NODE_NOTICE_SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    // SAFETY: this CPU's slot, used only during this run.
+    let scratch = unsafe { &mut *scratch };
+    // SAFETY: a fixed-length copy into the map value.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            0,
+            scratch.request.as_mut_ptr().cast(),
+            NOTICE_LEN as u32,
+        )
+    };
+    if loaded != 0 {
+        return;
+    }
     let outer_len = (ctx.len() as usize - ETH_HDR_LEN) as u16;
     let inner_len = inner.total_len.get();
     let (outer_udp, inner_udp) = (
@@ -242,7 +276,7 @@ fn notify_client(
         outer_udp.to_be_bytes(),
         inner_udp.to_be_bytes(),
     );
-    let notice = Notice {
+    scratch.notice = Notice {
         macs: [cfg.switch_mac, cfg.node_mac],
         ether_type: Be16::new(ETH_P_IP),
         outer: Ipv4Hdr::new(0, outer_len, true, IPPROTO_UDP, cfg.node_ip, cfg.switch_ip),
@@ -265,12 +299,13 @@ fn notify_client(
             0,
         ],
     };
-    if ctx.store(0, &notice, 0).is_ok() && ctx.clone_redirect(cfg.uplink_ifindex, 0).is_ok() {
+    if ctx.store(0, &scratch.notice, 0).is_ok() && ctx.clone_redirect(cfg.uplink_ifindex, 0).is_ok()
+    {
         stat(node_stat::NOTIFY_SENT);
     }
     // The request as it came (a failed store here leaves it to the pod's
     // stack to drop).
-    let _ = ctx.store(0, &request, 0);
+    let _ = ctx.store(0, &scratch.request, 0);
 }
 
 /// A reply of an endpoint without an agent, which the switch tunnelled

@@ -14,13 +14,13 @@ use talaria_common::{
     maps::{
         BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, Ipv4LpmKey, Ipv6LpmKey,
         NodeValue, PacketBytes, RouteValue, ServiceKey, ServiceScopedKey, ServiceValue,
-        TunnelPeerKey,
+        TsCookieKey, TsCookieValue, TunnelPeerKey,
     },
 };
 use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
 use talaria_tables::{
     backend, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
-    spoofed_source, switch_addr, tunnel_peer, tunnel_source,
+    spoofed_source, switch_addr, ts_cookie, tunnel_peer, tunnel_source,
     value::{Ipv4Prefix, Ipv6Prefix, Mac, Prefix, Value},
 };
 
@@ -191,6 +191,10 @@ impl Dataplane {
             }),
             EntryKey::SpoofedSource(k) => MapBytes::from_slice(&be32(k.src_addr).0),
             EntryKey::TunnelSource(k) => MapBytes::from_slice(&be32(k.node_ip).0),
+            EntryKey::TsCookie(k) => bytes_of(&TsCookieKey {
+                service_id: k.service_id,
+                cookie: k.cookie,
+            }),
         })
     }
 
@@ -269,6 +273,10 @@ impl Dataplane {
             Entry::TunnelSource(e) => {
                 let tunnel_source::Action::SetTunnelSource { switch_ip } = e.action;
                 MapBytes::from_slice(&be32(switch_ip).0)
+            }
+            Entry::TsCookie(e) => {
+                let ts_cookie::Action::TsCookieHit { backend_id } = e.action;
+                bytes_of(&TsCookieValue { backend_id })
             }
         };
         Ok((key, value))
@@ -426,6 +434,19 @@ impl Dataplane {
                     switch_ip: addr(from_bytes(value)),
                 },
             }),
+            Table::TsCookie => {
+                let k: TsCookieKey = from_bytes(key);
+                let v: TsCookieValue = from_bytes(value);
+                Entry::TsCookie(ts_cookie::Entry {
+                    key: ts_cookie::Key {
+                        service_id: k.service_id,
+                        cookie: k.cookie,
+                    },
+                    action: ts_cookie::Action::TsCookieHit {
+                        backend_id: v.backend_id,
+                    },
+                })
+            }
         }
     }
 
@@ -482,6 +503,7 @@ pub(crate) fn map_layout(table: Table) -> (usize, usize) {
         ),
         // Node address → switch address.
         Table::TunnelSource => (size_of::<Be32>(), size_of::<Be32>()),
+        Table::TsCookie => (size_of::<TsCookieKey>(), size_of::<TsCookieValue>()),
     }
 }
 
@@ -649,6 +671,7 @@ mod tests {
                 (7, 0x8000_0001),
             ),
             build::tunnel_source(node, Ipv4Addr::new(10, 0, 0, 1)),
+            build::ts_cookie(7, 0xbeef, 70000),
         ];
         for e in entries {
             let (k, v) = Dataplane::encode(&e).unwrap();

@@ -6,7 +6,10 @@
 
 use rand::{RngExt, SeedableRng};
 use rand_xorshift::XorShiftRng;
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
@@ -36,6 +39,8 @@ struct Tables {
     /// (address, port, protocol) of an endpoint without an agent on the
     /// ingress port → the backend its replies are tunnelled as.
     endpoint_replies: BTreeMap<(Ipv4Addr, u16, u8), u32>,
+    /// `cookie_check`: the (service, backend) pairs a cookie may name.
+    cookies: BTreeSet<(u16, u32)>,
 }
 
 impl Tables {
@@ -45,6 +50,7 @@ impl Tables {
             peers: Vec::new(),
             backend_node: BTreeMap::new(),
             endpoint_replies: BTreeMap::new(),
+            cookies: BTreeSet::new(),
         };
         for e in entries {
             match e {
@@ -55,6 +61,9 @@ impl Tables {
                 Entry::Backend(e) => {
                     let backend::Action::SetBackend { node_ip, .. } = e.action;
                     t.backend_node.insert(e.key.backend_id, node_ip);
+                }
+                Entry::CookieCheck(e) => {
+                    t.cookies.insert((e.key.service_id, e.key.backend_id));
                 }
                 Entry::EndpointReply(e) if e.key.port == INGRESS_PORT => {
                     let endpoint_reply::Action::SetEndpointReply { backend_id, .. } = e.action;
@@ -211,8 +220,18 @@ fn fuzzed_frames_keep_the_switch_invariants() {
         if t.switch_addrs.contains(&outer_src) {
             assert!(tunnel, "a non-tunnel left from a switch address: {}", why());
             let backend_id = u32::from_be_bytes(f[opt + 8..opt + 12].try_into().unwrap());
+            let service_id = u16::from_be_bytes([f[opt + 6], f[opt + 7]]);
             let sender = addr(&input, off::OUTER_IP + 12);
             if t.peers.contains(&sender) {
+                // Only the switch says a request is an outside client's:
+                // one a node tunnelled to it leaves without EXTERNAL.
+                let tunnelled_in = t.switch_addrs.contains(&addr(&input, off::OUTER_IP + 16));
+                assert!(
+                    !tunnelled_in
+                        || f[opt + 5] & (flags::REPLY | flags::EXTERNAL) != flags::EXTERNAL,
+                    "a node's request left flagged EXTERNAL: {}",
+                    why()
+                );
                 if f[opt + 5] & flags::REPLY != 0 {
                     assert_eq!(
                         t.backend_node.get(&backend_id),
@@ -235,7 +254,21 @@ fn fuzzed_frames_keep_the_switch_invariants() {
                 );
             } else {
                 // An external client's request, tunnelled to the node of
-                // the backend its cookie names.
+                // the backend its cookie names, flagged EXTERNAL; a backend
+                // its timestamp cookie chose (no NEW_FLOW) is one
+                // cookie_check vouches for.
+                assert!(
+                    f[opt + 5] & flags::EXTERNAL != 0,
+                    "an external request's tunnel without EXTERNAL: {}",
+                    why()
+                );
+                assert!(
+                    f[opt + 5] & flags::NEW_FLOW != 0
+                        || t.cookies.contains(&(service_id, backend_id)),
+                    "a timestamp cookie chose backend {backend_id}, which cookie_check does not \
+                     hold for service {service_id}: {}",
+                    why()
+                );
                 assert_eq!(
                     t.backend_node.get(&backend_id),
                     Some(&addr(f, off::OUTER_IP + 16)),

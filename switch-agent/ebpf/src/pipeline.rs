@@ -32,9 +32,14 @@
 //!    (switch address → node, TTL `TUNNEL_TTL`).
 //! 3. A plain TCP or UDP first fragment without options (UDP to 6081
 //!    excluded) to a Service address in `service_v4` is an external
-//!    client's request: hashed as a new flow (`lb_bucket`, `backend`),
-//!    DNATed, and routed plain to a backend without an agent or tunnelled
-//!    to the backend's node from its `tunnel_source`. Otherwise it may be
+//!    client's request. A TCP segment that echoes a timestamp (options
+//!    starting NOP, NOP, timestamp, all 12 bytes there; ACK, no SYN) goes
+//!    to the backend its timestamp cookie (TSecr's low half) names in
+//!    `ts_cookie`, if `cookie_check` vouches for it (`ts_cookie_hit`),
+//!    else (`ts_cookie_miss`) and without an echo (`new_flow`) it is hashed
+//!    (`lb_bucket`); then `backend`, DNAT, and it is routed plain to a
+//!    backend without an agent or tunnelled to the backend's node from its
+//!    `tunnel_source`, flagged `EXTERNAL`. Otherwise it may be
 //!    an agentless endpoint's reply (`endpoint_reply`, `pod_node`,
 //!    `tunnel_source`), tunnelled unchanged to the client's node.
 //! 4. Everything else is routed by `ipv4_route` after the TTL check, Geneve
@@ -68,13 +73,15 @@ use talaria_common::{
     hash::{bucket_of, hash_mode, FlowTuple},
     maps::{
         BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, NodeValue, PacketBytes,
-        RouteValue, ServiceKey, ServiceScopedKey, ServiceValue, TunnelPeerKey,
+        RouteValue, ServiceKey, ServiceScopedKey, ServiceValue, TsCookieKey, TsCookieValue,
+        TunnelPeerKey,
     },
     net::{
-        EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6,
+        tcp_flags, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6,
         ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_HDR_LEN, UDP_HDR_LEN,
+        IPV4_HDR_LEN, TCP_HDR_LEN, UDP_HDR_LEN,
     },
+    ts_cookie::NOP_NOP_TIMESTAMP,
     wire::{
         flags, GeneveHdr, TalariaEncap, TalariaOpt, ENCAP_OVERHEAD, GENEVE_HDR_LEN,
         GENEVE_PROTO_IPV4, GENEVE_UDP_PORT, OPT_HDR_LEN, OPT_TYPE_CRITICAL, TALARIA_OPT_CLASS,
@@ -145,6 +152,12 @@ static SWITCH_ENDPOINT_REPLY: HashMap<EndpointReplyKey, EndpointReplyValue> =
 /// plain packet).
 #[map]
 static SWITCH_TUNNEL_SOURCE: HashMap<Be32, Be32> = HashMap::pinned(size::TUNNEL_SOURCE, 0);
+
+/// `TalariaIngress.ts_cookie`: (service id, timestamp cookie) → the backend
+/// whose node stamped it, for external clients.
+#[map]
+static SWITCH_TS_COOKIE: HashMap<TsCookieKey, TsCookieValue> =
+    HashMap::pinned(size::TS_COOKIE, NO_PREALLOC);
 
 // ---------------------------------------------------------------- counters --
 
@@ -370,13 +383,17 @@ fn tunnel_source(node: Be32) -> Option<Be32> {
 }
 
 /// An external client's request: a plain packet to a Service address (a
-/// LoadBalancer ingress IP, an externalIP). Balanced as a node's new flow
-/// (no cookie: hashed, `new_flow`, the service counter) and DNATed. To a
+/// LoadBalancer ingress IP, an externalIP). It has no Talaria cookie: a
+/// segment that echoes a timestamp goes where its timestamp cookie says
+/// (`ts_cookie`, checked against `cookie_check`: `ts_cookie_hit`), else it
+/// is hashed as a node's new flow (`ts_cookie_miss` with an echo,
+/// `new_flow` without); the service counter either way. Then DNATed (the
+/// timestamps untouched: the backend's node restores the echo). To a
 /// backend without an agent it is routed plain; to one behind a node it
 /// is tunnelled there from that node's `tunnel_source` (`no_tunnel_source`
-/// without one), flagged `COOKIE_VALID | NEW_FLOW` with the cookie. A
-/// first fragment is `fragment`: its later ones carry no ports and could
-/// not follow it.
+/// without one), flagged `COOKIE_VALID | EXTERNAL`, and `NEW_FLOW` if
+/// hashed, with the cookie. A first fragment is `fragment`: its later
+/// ones carry no ports and could not follow it.
 #[inline(always)]
 fn external_request(
     ctx: &TcContext,
@@ -389,8 +406,33 @@ fn external_request(
         return Err(drop(DropReason::Fragment, pkt));
     }
     count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
-    event(LbEvent::NewFlow, pkt);
-    let backend_id = hashed_backend(svc, ip, ports, pkt)?;
+    let echo = if ip.proto == IPPROTO_TCP {
+        ts_echo(ctx, IP_OFF + IPV4_HDR_LEN)
+    } else {
+        None
+    };
+    let by_cookie = match echo {
+        None => {
+            event(LbEvent::NewFlow, pkt);
+            None
+        }
+        Some(cookie) => {
+            let found = ts_cookie_backend(svc.service_id, cookie);
+            event(
+                if found.is_some() {
+                    LbEvent::TsCookieHit
+                } else {
+                    LbEvent::TsCookieMiss
+                },
+                pkt,
+            );
+            found
+        }
+    };
+    let (backend_id, fresh) = match by_cookie {
+        Some(id) => (id, 0),
+        None => (hashed_backend(svc, ip, ports, pkt)?, flags::NEW_FLOW),
+    };
     let backend =
         lookup_backend(backend_id, pkt).ok_or_else(|| drop(DropReason::NoBackend, pkt))?;
     if backend.node_ip == Be32([0; 4]) {
@@ -405,13 +447,60 @@ fn external_request(
         tunnel_source(backend.node_ip).ok_or_else(|| drop(DropReason::NoTunnelSource, pkt))?;
     dnat(ctx, pkt, IP_OFF, ip, ports[1], &backend)?;
     let tunnel = PlainTunnel {
-        flags: flags::COOKIE_VALID | flags::NEW_FLOW,
+        flags: flags::COOKIE_VALID | flags::EXTERNAL | fresh,
         service_id: svc.service_id,
         backend_id,
         node_ip: backend.node_ip,
         switch_ip,
     };
     encap_plain(ctx, pkt, ip, ports, &tunnel)
+}
+
+/// The first 12 option bytes of a segment with timestamps first: NOP, NOP,
+/// kind 8, length 10, TSval, TSecr (`tcp_timestamp_t` in p4/headers.p4).
+#[repr(C)]
+struct TcpTimestamp {
+    lead: Be32,
+    tsval: Be32,
+    tsecr: Be32,
+}
+
+/// The timestamp cookie a plain TCP segment at `tcp_off` echoes: the low
+/// half of its TSecr, if its options open with NOP, NOP, timestamp and the
+/// 12 bytes are all there (the P4 parser's `parse_plain_tcp` and
+/// `parse_tcp_timestamp`; a frame that ends inside them is a segment
+/// without the option), and it is an ACK but no SYN (a SYN's TSecr means
+/// nothing, RFC 7323).
+#[inline(always)]
+fn ts_echo(ctx: &TcContext, tcp_off: usize) -> Option<u16> {
+    let tcp: TcpHdr = ctx.load(tcp_off).ok()?;
+    if tcp.data_off >> 4 < 8 {
+        return None;
+    }
+    let ts: TcpTimestamp = ctx.load(tcp_off + TCP_HDR_LEN).ok()?;
+    if ts.lead != NOP_NOP_TIMESTAMP
+        || tcp.flags & tcp_flags::ACK == 0
+        || tcp.flags & tcp_flags::SYN != 0
+    {
+        return None;
+    }
+    Some(ts.tsecr.get() as u16)
+}
+
+/// `ts_cookie`, then `cookie_check`: the backend of service `service_id`
+/// whose node stamped `cookie`, if the service still has it.
+#[inline(always)]
+fn ts_cookie_backend(service_id: u16, cookie: u16) -> Option<u32> {
+    // SAFETY: plain value read.
+    let hit = unsafe { SWITCH_TS_COOKIE.get(TsCookieKey { service_id, cookie }) }?;
+    let key = ServiceScopedKey {
+        service_id,
+        _pad: 0,
+        id: hit.backend_id,
+    };
+    // SAFETY: plain value read.
+    unsafe { SWITCH_COOKIE_CHECK.get(key) }?;
+    Some(hit.backend_id)
 }
 
 /// Whether a plain packet with `ports` is the reply of an endpoint that
@@ -822,7 +911,7 @@ fn load_balance(
     }
     let l4_off = inner_off + IPV4_HDR_LEN;
     if let Some(quote) = quote {
-        return relay_icmp_error(ctx, pkt, inner, inner_off, opt, &quote);
+        return relay_icmp_error(ctx, pkt, inner, inner_off, opt, opt_off, &quote);
     }
     if inner.proto != IPPROTO_TCP && inner.proto != IPPROTO_UDP {
         return Err(drop(DropReason::UnsupportedProtocol, pkt));
@@ -948,7 +1037,8 @@ fn hashed_backend(
 /// The cookie travels on to the backend's node, which hands it back to the
 /// client in the reply; a later fragment's ports give way to it. `NEW_FLOW`
 /// when `hashed`: the client holds no valid cookie (its backend's node may
-/// tell it one).
+/// tell it one). `EXTERNAL` goes: only the switch says a request is an
+/// outside client's.
 #[inline(always)]
 fn write_cookie(
     ctx: &TcContext,
@@ -960,7 +1050,7 @@ fn write_cookie(
 ) -> Result<(), i32> {
     let fresh = if hashed { flags::NEW_FLOW } else { 0 };
     let cookie = Cookie {
-        flags: (opt.flags & !flags::FRAG_PORTS) | flags::COOKIE_VALID | fresh,
+        flags: (opt.flags & !(flags::FRAG_PORTS | flags::EXTERNAL)) | flags::COOKIE_VALID | fresh,
         service_id: Be16::new(service_id),
         backend_id: Be32::new(backend_id),
     };
@@ -1061,6 +1151,7 @@ fn relay_icmp_error(
     inner: &Ipv4Hdr,
     inner_off: usize,
     opt: &TalariaOpt,
+    opt_off: usize,
     quote: &Quote,
 ) -> Result<Be32, i32> {
     let spoof = || drop(DropReason::IcmpSpoof, pkt);
@@ -1107,6 +1198,8 @@ fn relay_icmp_error(
         .map_err(malformed)?;
     ctx.l3_csum_replace(inner_off + IP_CHECK, raw32(inner.dst), raw32(backend.ip), 4)
         .map_err(malformed)?;
+    let cookie = (svc.service_id, opt.backend_id.get());
+    write_cookie(ctx, pkt, opt_off, opt, cookie, false)?;
     Ok(backend.node_ip)
 }
 

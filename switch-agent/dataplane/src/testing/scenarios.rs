@@ -98,6 +98,14 @@ const SVC_EXT_NO_TUNNEL_SOURCE: u16 = 18;
 /// Buckets of SVC_EXT_TCP, by index.
 const EXT_TCP_BUCKETS: [u32; 4] = [101, 100, 102, 101];
 
+/// Timestamp cookies (`ts_cookie`) of SVC_EXT_TCP: one naming backend 102
+/// (node A), one naming backend 200, which is SVC_EXT_UDP's and not in
+/// SVC_EXT_TCP's `cookie_check` (stale, or a guess at another Service's
+/// backend), and one with no entry (forged).
+const TS_COOKIE_102: u16 = 0xbeef;
+const TS_COOKIE_OTHER_SERVICE: u16 = 0x5a1e;
+const TS_COOKIE_FORGED: u16 = 0x0bad;
+
 /// A nodePort at node B's address, which `service_v4` holds as any
 /// external address: TCP to backend 100.
 const NODE_PORT: u16 = 30080;
@@ -258,6 +266,8 @@ fn tables() -> Vec<Entry> {
         build::service(NODE_B, NODE_PORT, IPPROTO_TCP, SVC_NODE_PORT, 0, 0),
         build::bucket(SVC_NODE_PORT, 0, 100),
         build::cookie(SVC_NODE_PORT, 100),
+        build::ts_cookie(SVC_EXT_TCP, TS_COOKIE_102, 102),
+        build::ts_cookie(SVC_EXT_TCP, TS_COOKIE_OTHER_SERVICE, 200),
     ];
     for (b, id) in EXT_TCP_BUCKETS.iter().enumerate() {
         entries.push(build::bucket(SVC_EXT_TCP, b as u16, *id));
@@ -573,16 +583,59 @@ fn endpoint_tunnel(ip: &[u8], cookie: (u16, u32), node: Ipv4Addr) -> Vec<u8> {
 }
 
 /// An external client's request `ip` (as it arrived; `out`, DNATed to
-/// `backend_id`) as the switch tunnels it to the backend's node:
-/// [`plain_tunnel`] with `COOKIE_VALID | NEW_FLOW` and the cookie
-/// (`service_id`, `backend_id`).
+/// `backend_id`) as the switch tunnels it to the backend's node after the
+/// hash chose it: [`plain_tunnel`] with `COOKIE_VALID | EXTERNAL |
+/// NEW_FLOW` and the cookie (`service_id`, `backend_id`).
 fn external_tunnel(ip: &[u8], out: &[u8], service_id: u16, backend_id: u32) -> Verdict {
+    external_tunnel_flagged(ip, out, flags::NEW_FLOW, service_id, backend_id)
+}
+
+/// [`external_tunnel`] with `COOKIE_VALID | EXTERNAL | fresh`: `fresh` is
+/// `NEW_FLOW` when the hash chose the backend, 0 when the timestamp
+/// cookie did.
+fn external_tunnel_flagged(
+    ip: &[u8],
+    out: &[u8],
+    fresh: u8,
+    service_id: u16,
+    backend_id: u32,
+) -> Verdict {
     let node = backend(backend_id).2;
-    let flags = flags::COOKIE_VALID | flags::NEW_FLOW;
+    let flags = flags::COOKIE_VALID | flags::EXTERNAL | fresh;
     Verdict::Forward {
         port: node_port(node),
         bytes: Some(plain_tunnel(ip, out, flags, (service_id, backend_id), node)),
     }
+}
+
+/// The IPv4 packet of `inner` (TCP, no IP options) with TCP flags
+/// `tcp_flags` and the option bytes `options` between its TCP header and
+/// payload; the data offset says `doff` words (the options' length when
+/// `None`: a multiple of 4). Checksums fresh.
+fn tcp_with_options(inner: &Inner, tcp_flags: u8, options: &[u8], doff: Option<u8>) -> Vec<u8> {
+    let ip = inner.to_bytes();
+    let mut seg = ip[20..40].to_vec();
+    seg[12] = doff.unwrap_or((20 + options.len() as u8) / 4) << 4;
+    seg[13] = tcp_flags;
+    seg.extend_from_slice(options);
+    seg.extend_from_slice(&ip[40..]);
+    let c = super::l4_checksum(inner.src, inner.dst, IPPROTO_TCP, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut out = ip[..20].to_vec();
+    out[2..4].copy_from_slice(&((20 + seg.len()) as u16).to_be_bytes());
+    let c = ipv4_checksum(&out);
+    out[10..12].copy_from_slice(&c.to_be_bytes());
+    out.extend_from_slice(&seg);
+    out
+}
+
+/// TCP options NOP, NOP, timestamps (`tsval`, `tsecr`): the 12 bytes the
+/// switch reads a timestamp cookie from.
+fn nop_nop_ts(tsval: u32, tsecr: u32) -> Vec<u8> {
+    let mut o = vec![1, 1, 8, 10];
+    o.extend_from_slice(&tsval.to_be_bytes());
+    o.extend_from_slice(&tsecr.to_be_bytes());
+    o
 }
 
 /// A plain packet `ip` as it arrived, tunnelled as `inner_out` to `node`
@@ -1963,6 +2016,7 @@ fn tables_suite() -> Suite {
     let mut steps: Vec<Step> = scenarios.into_iter().map(Step::Send).collect();
     steps.extend(agentless_steps());
     steps.extend(external_steps());
+    steps.extend(ts_cookie_steps());
     Suite {
         name: "tables",
         ports: 2,
@@ -2303,8 +2357,9 @@ fn agentless_steps() -> Vec<Step> {
 
 /// External clients (no agent) of the Services on EXT_VIP: their plain
 /// requests balanced as new flows, DNATed and tunnelled to the backend's
-/// node from its `tunnel_source` (or routed plain to a backend without an
-/// agent); replies to them stripped and routed plain. Against the
+/// node from its `tunnel_source`, flagged EXTERNAL (or routed plain to a
+/// backend without an agent); replies to them stripped and routed plain.
+/// Timestamp cookies: [`ts_cookie_steps`]. Against the
 /// standard tables, after the other scenarios.
 fn external_steps() -> Vec<Step> {
     use DropReason as R;
@@ -2442,7 +2497,7 @@ fn external_steps() -> Vec<Step> {
         .replied(100),
         s(
             "external TCP request to a LoadBalancer address: hashed, DNAT, tunnelled to \
-             the backend's node from its tunnel_source, flagged COOKIE_VALID and NEW_FLOW",
+             the backend's node from its tunnel_source, flagged COOKIE_VALID, EXTERNAL and NEW_FLOW",
             plain_ip(&tcp.to_bytes()),
             tunnelled(&tcp, SVC_EXT_TCP, first),
         )
@@ -2602,6 +2657,172 @@ fn external_steps() -> Vec<Step> {
         .load_balanced(SVC_EXT_UDP, E::NewFlow, Some(200)),
     ));
     steps
+}
+
+/// External clients' timestamp cookies: a TCP segment to SVC_EXT_TCP that
+/// echoes a timestamp (NOP, NOP, timestamp first; ACK, no SYN) goes to the
+/// backend `ts_cookie` names for the low half of its TSecr, if
+/// `cookie_check` vouches for it; anything else is hashed. The timestamps
+/// pass unchanged (the backend's node restores the echo), and the tunnel
+/// says EXTERNAL, without NEW_FLOW when the cookie chose.
+fn ts_cookie_steps() -> Vec<Step> {
+    use LbEvent as E;
+    let s = Scenario::new;
+    const ACK: u8 = 0x10;
+    const PSH_ACK: u8 = 0x18;
+    const SYN: u8 = 0x02;
+    // A flow the hash sends elsewhere than the cookie's backend, 102.
+    let sport = (40000..41000)
+        .find(|p| ext_hashed_backend(EXT_CLIENT, *p) != 102)
+        .unwrap();
+    let hashed = ext_hashed_backend(EXT_CLIENT, sport);
+    let tcp = Inner::tcp(EXT_CLIENT, sport, EXT_VIP, 80);
+    let echo = |cookie: u16| 0x0123_0000 | u32::from(cookie);
+    // `inner` with `flags` and `options` (data offset `doff`) to backend
+    // `backend_id`, tunnelled with `fresh`.
+    let case = |inner: &Inner, flags: u8, options: &[u8], doff: Option<u8>, backend_id, fresh| {
+        let ip = tcp_with_options(inner, flags, options, doff);
+        let out = tcp_with_options(&dnat(inner, backend_id), flags, options, doff);
+        (
+            plain_ip(&ip),
+            external_tunnel_flagged(&ip, &out, fresh, SVC_EXT_TCP, backend_id),
+        )
+    };
+    let ts = |cookie| nop_nop_ts(0x0000_0042, echo(cookie));
+    let step = |name, (input, verdict): (Vec<u8>, Verdict), e, backend_id| {
+        s(name, input, verdict).load_balanced(SVC_EXT_TCP, e, Some(backend_id))
+    };
+    // Timestamps first, then SACK permitted padded with NOPs: still read.
+    let mut ts_then_more = ts(TS_COOKIE_102);
+    ts_then_more.extend_from_slice(&[1, 1, 4, 2]);
+    // MSS first, then timestamps: not the layout the switch reads.
+    let mut mss_first = vec![2, 4, 0x05, 0xb4];
+    mss_first.extend_from_slice(&ts(TS_COOKIE_102));
+    // Nothing after the options: the payload is what the TCP header claims.
+    let bare = Inner {
+        payload: vec![],
+        ..tcp.clone()
+    };
+    let nat = flags::NEW_FLOW;
+    // A node's requests with EXTERNAL set: the switch clears it.
+    let from_pod = Inner::tcp(CLIENT, 40000, VIP_TCP, 80);
+    let from_pod_backend = hashed_backend(CLIENT, 40000);
+    vec![
+        step(
+            "external TCP segment echoing a valid timestamp cookie: to the cookie's backend, \
+             not the hash's; EXTERNAL without NEW_FLOW, timestamps unchanged",
+            case(&tcp, PSH_ACK, &ts(TS_COOKIE_102), None, 102, 0),
+            E::TsCookieHit,
+            102,
+        ),
+        step(
+            "external pure ACK echoing a valid timestamp cookie: to the cookie's backend",
+            case(&bare, ACK, &ts(TS_COOKIE_102), None, 102, 0),
+            E::TsCookieHit,
+            102,
+        ),
+        step(
+            "timestamp cookie followed by more options: still read",
+            case(&tcp, PSH_ACK, &ts_then_more, None, 102, 0),
+            E::TsCookieHit,
+            102,
+        ),
+        step(
+            "forged timestamp cookie (no ts_cookie entry): hashed, ts_cookie_miss",
+            case(&tcp, PSH_ACK, &ts(TS_COOKIE_FORGED), None, hashed, nat),
+            E::TsCookieMiss,
+            hashed,
+        ),
+        step(
+            "timestamp cookie naming another Service's backend (not in cookie_check): \
+             hashed, ts_cookie_miss, never to that backend",
+            case(
+                &tcp,
+                PSH_ACK,
+                &ts(TS_COOKIE_OTHER_SERVICE),
+                None,
+                hashed,
+                nat,
+            ),
+            E::TsCookieMiss,
+            hashed,
+        ),
+        step(
+            "SYN with timestamps whose TSecr matches a cookie: new flow, hashed",
+            case(&tcp, SYN, &ts(TS_COOKIE_102), None, hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        step(
+            "SYN-ACK with timestamps whose TSecr matches a cookie: new flow, hashed",
+            case(&tcp, SYN | ACK, &ts(TS_COOKIE_102), None, hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        step(
+            "segment without ACK echoing a cookie: new flow, hashed",
+            case(&tcp, 0x08, &ts(TS_COOKIE_102), None, hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        step(
+            "timestamps not first (MSS before them): new flow, hashed",
+            case(&tcp, PSH_ACK, &mss_first, None, hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        step(
+            "NOP NOP timestamp lead but data offset 7 (8 option bytes): new flow, hashed",
+            case(&tcp, PSH_ACK, &ts(TS_COOKIE_102), Some(7), hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        step(
+            "data offset 8 but the frame ends after the lead (4 option bytes): new flow, \
+             hashed, the packet otherwise as today",
+            case(&bare, ACK, &[1, 1, 8, 10], Some(8), hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        step(
+            "data offset 8 but the frame ends with the TCP header: new flow, hashed",
+            case(&bare, ACK, &[], Some(8), hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        step(
+            "data offset 8, 11 of the 12 option bytes: new flow, hashed",
+            case(&bare, ACK, &ts(TS_COOKIE_102)[..11], Some(8), hashed, nat),
+            E::NewFlow,
+            hashed,
+        ),
+        s(
+            "node's tunnelled request claiming EXTERNAL: the switch clears it",
+            request(SWITCH, flags::NEW_FLOW | flags::EXTERNAL, 0, &from_pod),
+            lb_forward(SVC_TCP, from_pod_backend, &from_pod),
+        )
+        .load_balanced(SVC_TCP, E::NewFlow, Some(from_pod_backend)),
+        s(
+            "node's cookied request claiming EXTERNAL: cookie kept, EXTERNAL cleared",
+            request(
+                SWITCH,
+                flags::COOKIE_VALID | flags::EXTERNAL,
+                from_pod_backend,
+                &from_pod,
+            ),
+            lb_verdict(
+                SWITCH,
+                flags::COOKIE_VALID,
+                SVC_TCP,
+                from_pod_backend,
+                &from_pod,
+            ),
+        )
+        .load_balanced(SVC_TCP, E::CookieHit, Some(from_pod_backend)),
+    ]
+    .into_iter()
+    .map(Step::Send)
+    .collect()
 }
 
 /// A connection keeps its backend while the pool changes, until the
