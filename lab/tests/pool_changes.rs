@@ -89,7 +89,11 @@ async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_new_flows_refused(
         .expect("pool applied");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     // Then the last endpoint goes too: no endpoint at all, but the TCP
-    // connections' endpoints are in their quarantine, so they go on.
+    // connections' endpoints are in their quarantine, so they go on. The
+    // UDP flow stops first: from now on every datagram would go
+    // unanswered, as many as fit the time until the end, which a loaded
+    // machine stretches.
+    std::fs::write(udp_run.stop_file.as_ref().unwrap(), b"stop").unwrap();
     set.services[0].endpoints.clear();
     lab.write_configs(&set).expect("manifests");
     talaria_apply_services(&mut lab, &set)
@@ -146,7 +150,7 @@ async fn tcp_stays_on_unready_and_deleted_endpoints_udp_moves_new_flows_refused(
         after > before,
         "UDP moved to {spare} and stayed there for the 3 s after the change: {udp:?}"
     );
-    // Unanswered: the datagrams in flight at a change, and those sent once
-    // no endpoint was left.
-    assert!(udp.errors <= 5, "{udp:?}");
+    // Unanswered: the datagrams in flight at the two changes, and the one
+    // in flight when the flow stopped.
+    assert!(udp.errors <= 3, "{udp:?}");
 }
