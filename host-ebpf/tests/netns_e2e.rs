@@ -613,6 +613,22 @@ fn tcp_server(pod: &str, ip: impl Into<IpAddr>, conns: usize) -> std::thread::Jo
                     line.push(b[0]);
                 }
                 writeln!(s, "{ip} saw {peer}").unwrap();
+                // `get N`: N pseudo-random bytes back, then close (the
+                // server's bulk direction).
+                if let Some(n) = std::str::from_utf8(&line)
+                    .ok()
+                    .and_then(|l| l.strip_prefix("get "))
+                {
+                    let mut left: usize = n.parse().unwrap();
+                    let (mut buf, mut x) = (vec![0u8; 1 << 16], PSEUDO_RANDOM_SEED);
+                    while left > 0 {
+                        let k = buf.len().min(left);
+                        pseudo_random(&mut buf[..k], &mut x);
+                        s.write_all(&buf[..k]).unwrap();
+                        left -= k;
+                    }
+                    return;
+                }
                 let (mut n, mut h) = (0u64, Fnv::default());
                 let mut buf = vec![0u8; 1 << 16];
                 loop {
@@ -750,17 +766,46 @@ fn connect_vip(pod: &str) -> (TcpStream, String) {
 
 /// [`connect_vip`] to any address.
 fn connect_to(ns: &str, to: impl Into<SocketAddr>) -> (TcpStream, String) {
+    connect_saying(ns, to, "hello")
+}
+
+/// [`connect_to`], opening with `first` (a [`tcp_server`] command).
+fn connect_saying(ns: &str, to: impl Into<SocketAddr>, first: &str) -> (TcpStream, String) {
     let to = to.into();
+    let first = format!("{first}\n");
     sys::in_netns(ns, move || {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connect {to}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         assert_eq!(s.peer_addr().unwrap(), to);
-        s.write_all(b"hello\n").unwrap();
+        s.write_all(first.as_bytes()).unwrap();
         let line = read_line(&mut s);
         (s, line)
     })
     .unwrap()
+}
+
+/// Where [`pseudo_random`] starts.
+const PSEUDO_RANDOM_SEED: u32 = 0x1234_5678;
+
+/// Fills `buf` from the xorshift32 state `x`.
+fn pseudo_random(buf: &mut [u8], x: &mut u32) {
+    for b in buf {
+        *x ^= *x << 13;
+        *x ^= *x >> 17;
+        *x ^= *x << 5;
+        *b = *x as u8;
+    }
+}
+
+/// Reads `s` to its end (after a `get N`): (bytes read, whether they are
+/// the N bytes [`tcp_server`] sends).
+fn download(mut s: TcpStream, n: usize) -> (usize, bool) {
+    let mut got = Vec::with_capacity(n);
+    s.read_to_end(&mut got).unwrap();
+    let mut want = vec![0u8; n];
+    pseudo_random(&mut want, &mut PSEUDO_RANDOM_SEED.clone());
+    (got.len(), got == want)
 }
 
 /// Sends `total` pseudo-random bytes over `s` in `chunk`s, pausing `pause`
@@ -769,16 +814,11 @@ fn connect_to(ns: &str, to: impl Into<SocketAddr>) -> (TcpStream, String) {
 fn transfer(mut s: TcpStream, total: usize, chunk: usize, pause: Duration) -> ((u64, u64), u64) {
     let mut h = Fnv::default();
     let mut buf = vec![0u8; chunk];
-    let mut x = 0x1234_5678u32;
+    let mut x = PSEUDO_RANDOM_SEED;
     let mut sent = 0;
     while sent < total {
         let k = chunk.min(total - sent);
-        for b in &mut buf[..k] {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *b = x as u8;
-        }
+        pseudo_random(&mut buf[..k], &mut x);
         s.write_all(&buf[..k]).unwrap();
         h.update(&buf[..k]);
         sent += k;
@@ -1580,7 +1620,7 @@ fn an_outside_clients_timestamps_keep_it_on_its_backend() {
     assert_ne!(cookie_b, cookie_c);
     let (stop, capture) = capture_tsvals(&lab.outside.name, (LB_IP, 80));
     let server_b = tcp_server(lab.pod("pb"), POD_B, 1);
-    let server_c = tcp_server(lab.pod("pc"), POD_C, 1);
+    let server_c = tcp_server(lab.pod("pc"), POD_C, 2);
     let (s, line) = connect_to(&lab.outside.name, (LB_IP, 80));
     let port_b = s.local_addr().unwrap().port();
     assert_eq!(line, format!("{POD_B} saw {EXT_IP}:{port_b}"));
@@ -1604,11 +1644,41 @@ fn an_outside_clients_timestamps_keep_it_on_its_backend() {
     );
     let ((n2, hash2), local2) = transfer(s2, 1 << 20, 64 << 10, Duration::ZERO);
     assert_eq!((n2, hash2), (1 << 20, local2));
+    // The backend's bulk direction, every segment stamped and its checksum
+    // updated. Pod c computes full checksums (no tx checksum offload), so
+    // the outside host verifies each in software: a wrong one would be
+    // dropped again and again and stall the download into its timeout.
+    sys::run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            lab.pod("pc"),
+            "ethtool",
+            "-K",
+            "eth0",
+            "tx",
+            "off",
+        ],
+    )
+    .unwrap();
+    let (s3, line3) = connect_saying(&lab.outside.name, (LB_IP, 80), "get 8388608");
+    let port_d = s3.local_addr().unwrap().port();
+    assert_eq!(line3, format!("{POD_C} saw {EXT_IP}:{port_d}"));
+    assert_eq!(
+        download(s3, 8 << 20),
+        (8 << 20, true),
+        "8 MiB from c, intact"
+    );
     server_b.join().unwrap();
     server_c.join().unwrap();
     stop.store(true, Ordering::Relaxed);
     let seen = capture.join().unwrap();
-    for (port, cookie, node) in [(port_b, cookie_b, 1), (port_c, cookie_c, 0)] {
+    for (port, cookie, node) in [
+        (port_b, cookie_b, 1),
+        (port_c, cookie_c, 0),
+        (port_d, cookie_c, 0),
+    ] {
         let tsvals: Vec<u32> = seen.iter().filter(|s| s.0 == port).map(|s| s.1).collect();
         assert!(
             tsvals.len() >= 3,
