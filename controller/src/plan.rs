@@ -201,28 +201,23 @@ impl PortPlan {
         v
     }
 
-    /// Whether outside TCP clients' connections to this port can be kept
-    /// on their backend by the timestamp cookie: they reach its frontend
-    /// (a nodePort, an external address) and every backend with entries
-    /// runs an agent, which stamps. An agentless backend's real TSvals
-    /// could pass for another backend's cookie, so one of them rules the
-    /// whole port out.
-    pub fn takes_ts_cookies(&self) -> bool {
-        self.frontend.is_outside()
-            && self.key.proto == Proto::Tcp
-            && self.entry_backends().iter().all(|(_, b)| b.has_agent())
-    }
-
     /// The `ts_cookie` entries, by cookie: each entry backend's cookie under
-    /// each of `keys`. A cookie two backends share (1 in 65,536 per pair
-    /// and key) names neither: their connections follow the hash, as
-    /// without cookies, rather than risk going to the other one.
+    /// each of `keys`, for a TCP port outside clients reach (a nodePort, an
+    /// external address). None when some backend runs no agent: its real
+    /// TSvals, unstamped, could pass for another backend's cookie. A cookie
+    /// two backends share (1 in 65,536 per pair and key) names neither:
+    /// their connections follow the hash, as without cookies, rather than
+    /// risk going to the other one.
     pub fn ts_cookie_entries(&self, keys: &[CookieKey]) -> Vec<ts_cookie::Entry> {
-        if keys.is_empty() || !self.takes_ts_cookies() {
+        if keys.is_empty() || !self.frontend.is_outside() || self.key.proto != Proto::Tcp {
+            return Vec::new();
+        }
+        let backends = self.entry_backends();
+        if !backends.iter().all(|(_, b)| b.has_agent()) {
             return Vec::new();
         }
         let mut named: BTreeMap<u16, Option<u32>> = BTreeMap::new();
-        for (id, _) in self.entry_backends() {
+        for (id, _) in backends {
             for key in keys {
                 let c = cookies::cookie(key, self.service_id, id);
                 named

@@ -858,20 +858,7 @@ fn tcp_and_udp_reach_a_backend_replies_come_from_the_vip_and_cookies_are_learned
     // Real checksums: no tx checksum offload on either pod, so the
     // receiver verifies every L4 checksum in software.
     for tag in ["pa", "pb"] {
-        sys::run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                lab.pod(tag),
-                "ethtool",
-                "-K",
-                "eth0",
-                "tx",
-                "off",
-            ],
-        )
-        .unwrap();
+        full_checksums(lab.pod(tag));
     }
     let server = tcp_server(lab.pod("pb"), POD_B, 1);
     let (s, line) = connect_vip(lab.pod("pa"));
@@ -931,6 +918,13 @@ fn tcp_and_udp_reach_a_backend_replies_come_from_the_vip_and_cookies_are_learned
     for s in [&s1, &s2] {
         assert!(s.drops.iter().all(|d| d.1 == 0), "no drops: {:?}", s.drops);
     }
+}
+
+/// Turns `pod`'s tx checksum offload off: its packets leave with full L4
+/// checksums, which a receiver verifies in software.
+fn full_checksums(pod: &str) {
+    let args = ["netns", "exec", pod, "ethtool", "-K", "eth0", "tx", "off"];
+    sys::run("ip", &args).unwrap();
 }
 
 fn ethtool_on(pod: &str, feature: &str) -> bool {
@@ -1648,20 +1642,7 @@ fn an_outside_clients_timestamps_keep_it_on_its_backend() {
     // updated. Pod c computes full checksums (no tx checksum offload), so
     // the outside host verifies each in software: a wrong one would be
     // dropped again and again and stall the download into its timeout.
-    sys::run(
-        "ip",
-        &[
-            "netns",
-            "exec",
-            lab.pod("pc"),
-            "ethtool",
-            "-K",
-            "eth0",
-            "tx",
-            "off",
-        ],
-    )
-    .unwrap();
+    full_checksums(lab.pod("pc"));
     let (s3, line3) = connect_saying(&lab.outside.name, (LB_IP, 80), "get 8388608");
     let port_d = s3.local_addr().unwrap().port();
     assert_eq!(line3, format!("{POD_C} saw {EXT_IP}:{port_d}"));
