@@ -42,6 +42,8 @@ const bit<8>  TUNNEL_TTL     = 64;
 
 const bit<16> GENEVE_UDP_PORT   = 6081;
 const bit<16> GENEVE_PROTO_IPV4 = 0x0800;
+/* An IPv6 inner packet (an IPv6 Service's) over the same IPv4 underlay. */
+const bit<16> GENEVE_PROTO_IPV6 = 0x86DD;
 /* Geneve option type bit: "drop the packet if you do not know me". */
 const bit<8>  OPT_TYPE_CRITICAL = 0x80;
 const bit<16> TALARIA_OPT_CLASS = 0xFF7A;
@@ -213,6 +215,14 @@ const bit<32> SPOOFED_SOURCE_SIZE = 64;
 const bit<32> ENDPOINT_REPLY_SIZE = 16384;
 /* The switch address each node accepts tunnels from: one per node. */
 const bit<32> TUNNEL_SOURCE_SIZE = 1024;
+/* service_v6: (IPv6 ClusterIP, port, protocol) triples, one per IPv6
+ * Service port (their service ids share the 16-bit space with IPv4's). */
+const bit<32> SERVICE_V6_SIZE   = 16384;
+/* IPv6 backend ids in use (one id space with backend), quarantined ones
+ * included. */
+const bit<32> BACKEND_V6_SIZE   = 65536;
+/* IPv6 pod CIDRs: one per node. */
+const bit<32> POD_NODE_V6_SIZE  = 1024;
 /* Service ids are 16 bits, so the per-service counter covers the whole id
  * space and needs no bounds check. */
 const bit<32> SERVICE_COUNTER_SIZE = 65536;

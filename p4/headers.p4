@@ -45,7 +45,8 @@ header ipv4_t {
     ipv4_addr_t dst_addr;
 }
 
-/* IPv6, routed only: Services and tunnels are IPv4. */
+/* IPv6: a plain packet's (routed only), or a tunnel's inner one (an IPv6
+ * Service's request or reply; the tunnel itself is IPv4). */
 header ipv6_t {
     bit<4>      version;
     bit<8>      traffic_class;
@@ -165,6 +166,9 @@ struct headers_t {
     geneve_opt_t   foreign_opt;
     talaria_opt_t  talaria;
     ipv4_t         inner_ipv4;
+    /* A tunnel's inner IPv6 packet (Geneve protocol 0x86DD), instead of
+     * inner_ipv4: an IPv6 Service's, balanced and checked as IPv4's. */
+    ipv6_t         inner_ipv6;
     tcp_t          inner_tcp;
     /* A plain TCP segment's leading timestamp option. */
     tcp_timestamp_t tcp_timestamp;
@@ -203,6 +207,9 @@ struct metadata_t {
     /* service_v4's key: the VIP, port and protocol a request goes to, or
      * that a reply (or the reply an ICMP error quotes) comes from. */
     ipv4_addr_t  service_addr;
+    /* service_v6's VIP, for an inner IPv6 packet (port and protocol as
+     * for service_v4). */
+    ipv6_addr_t  service_addr_v6;
     l4_port_t    service_port;
     bit<8>       service_proto;
     /* From service_v4 (a reply's: the cookie's until checked). */
@@ -216,6 +223,8 @@ struct metadata_t {
     backend_id_t backend_id;
     /* From backend. */
     ipv4_addr_t  backend_ip;
+    /* From backend_v6, for an inner IPv6 packet. */
+    ipv6_addr_t  backend_ip_v6;
     l4_port_t    backend_port;
     /* The node the packet is tunnelled to: the backend's, or for a reply the
      * client's (pod_node); for a reply first the backend's, which must be

@@ -27,6 +27,9 @@ error {
     BadIpv6Header,
     /* Inner IPv4 with version != 4 or ihl < 5: malformed if terminated. */
     BadInnerIpv4Header,
+    /* Inner IPv6 (Geneve protocol 0x86DD) with version != 6: malformed if
+     * terminated. */
+    BadInnerIpv6Header,
     GeneveVersion,
     GeneveProtocol,
     OptionLength,
@@ -130,7 +133,9 @@ parser TalariaParser(packet_in packet,
     state parse_geneve {
         packet.extract(hdr.geneve);
         verify(hdr.geneve.version == 0, error.GeneveVersion);
-        verify(hdr.geneve.protocol_type == GENEVE_PROTO_IPV4, error.GeneveProtocol);
+        verify(hdr.geneve.protocol_type == GENEVE_PROTO_IPV4
+                   || hdr.geneve.protocol_type == GENEVE_PROTO_IPV6,
+               error.GeneveProtocol);
         transition select(hdr.geneve.opt_len) {
             0: no_talaria_option;
             default: parse_option;
@@ -169,7 +174,24 @@ parser TalariaParser(packet_in packet,
                    && hdr.geneve.opt_len == TALARIA_GENEVE_OPT_LEN,
                error.OptionLength);
         verify(hdr.talaria.version == TALARIA_VERSION, error.TalariaVersion);
-        transition parse_inner_ipv4;
+        transition select(hdr.geneve.protocol_type) {
+            GENEVE_PROTO_IPV6: parse_inner_ipv6;
+            default: parse_inner_ipv4;
+        }
+    }
+
+    /* An IPv6 Service's packet. Its ports are read only when TCP or UDP
+     * follows the fixed header directly: an extension header (a Fragment
+     * header included) or any other next header stays unparsed, and the
+     * ingress drops it (unsupported_protocol). */
+    state parse_inner_ipv6 {
+        packet.extract(hdr.inner_ipv6);
+        verify(hdr.inner_ipv6.version == 6, error.BadInnerIpv6Header);
+        transition select(hdr.inner_ipv6.next_hdr) {
+            IP_PROTO_TCP: parse_inner_tcp;
+            IP_PROTO_UDP: parse_inner_udp;
+            default: accept;
+        }
     }
 
     state parse_inner_ipv4 {
@@ -287,6 +309,7 @@ control TalariaDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.foreign_opt);
         packet.emit(hdr.talaria);
         packet.emit(hdr.inner_ipv4);
+        packet.emit(hdr.inner_ipv6);
         packet.emit(hdr.inner_tcp);
         packet.emit(hdr.tcp_timestamp);
         packet.emit(hdr.inner_udp);

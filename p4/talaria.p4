@@ -47,6 +47,37 @@ control Csum16Update(inout bit<16> csum,
     }
 }
 
+/* Csum16Update for a 128-bit address: an inner IPv6 packet's TCP or UDP
+ * checksum after DNAT (IPv6 has no header checksum; the L4 pseudo header
+ * holds both addresses whole). */
+control Csum16Update128(inout bit<16> csum,
+                        in bit<128> old_addr, in bit<128> new_addr,
+                        in bit<16> old_port, in bit<16> new_port) {
+    apply {
+        bit<32> sum = (bit<32>)(~csum)
+                    + (bit<32>)(~(old_addr[127:112]))
+                    + (bit<32>)(~(old_addr[111:96]))
+                    + (bit<32>)(~(old_addr[95:80]))
+                    + (bit<32>)(~(old_addr[79:64]))
+                    + (bit<32>)(~(old_addr[63:48]))
+                    + (bit<32>)(~(old_addr[47:32]))
+                    + (bit<32>)(~(old_addr[31:16]))
+                    + (bit<32>)(~(old_addr[15:0]))
+                    + (bit<32>)(new_addr[127:112])
+                    + (bit<32>)(new_addr[111:96])
+                    + (bit<32>)(new_addr[95:80])
+                    + (bit<32>)(new_addr[79:64])
+                    + (bit<32>)(new_addr[63:48])
+                    + (bit<32>)(new_addr[47:32])
+                    + (bit<32>)(new_addr[31:16])
+                    + (bit<32>)(new_addr[15:0])
+                    + (bit<32>)(~old_port) + (bit<32>)new_port;
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        csum = ~(sum[15:0]);
+    }
+}
+
 control TalariaIngress(inout headers_t hdr,
                        inout metadata_t meta,
                        inout standard_metadata_t standard_metadata) {
@@ -80,6 +111,9 @@ control TalariaIngress(inout headers_t hdr,
     Csum16Update() icmp_quoted_csum;
     /* A stripped tunnel's IPv4 header after the TTL decrement. */
     Csum16Update() strip_ttl_csum;
+    /* An inner IPv6 packet's L4 checksum after DNAT. */
+    Csum16Update128() inner_tcp6_csum;
+    Csum16Update128() inner_udp6_csum;
 
     /* ---------------------------------------------------- ipv4_route -- */
 
@@ -434,8 +468,10 @@ control TalariaIngress(inout headers_t hdr,
         hdr.ipv6.hop_limit = hdr.ipv6.hop_limit - 1;
     }
 
-    /* Routes every IPv6 packet: pod to pod, node to node. The switch
-     * balances no IPv6 Service yet, so this is all it does with one. */
+    /* Routes every plain IPv6 packet: pod to pod, node to node. IPv6
+     * Services come tunnelled over IPv4 (service_v6); a plain IPv6 packet
+     * to a Service address is not balanced but routed as any other (no
+     * route, or a blackhole one, drops it as no_route). */
     @id(0x0200000C)
     table ipv6_route {
         key = {
@@ -488,6 +524,71 @@ control TalariaIngress(inout headers_t hdr,
         size = TS_COOKIE_SIZE; // (service, backend) pairs, per cookie key
     }
 
+    /* ---------------------------------------------------- service_v6 -- */
+
+    /* service_v4 for an inner IPv6 packet: (IPv6 ClusterIP, port,
+     * protocol) -> service, a request's destination or a reply's source.
+     * Its actions are service_v4's; a dual-stack Service has an entry in
+     * each, with service ids of their own (one id space). */
+    @id(0x0200000E)
+    table service_v6 {
+        key = {
+            meta.service_addr_v6    : exact @name("vip");
+            meta.service_port       : exact @name("port");
+            meta.service_proto      : exact @name("proto");
+        }
+        actions = {
+            set_service;
+            @defaultonly service_miss;
+        }
+        default_action = service_miss();
+        size = SERVICE_V6_SIZE; // one entry per IPv6 Service port
+    }
+
+    /* ---------------------------------------------------- backend_v6 -- */
+
+    /* An IPv6 backend pod's address and port, and its node (the underlay
+     * is IPv4). */
+    @id(0x0100001A)
+    action set_backend_v6(ipv6_addr_t backend_ip, l4_port_t backend_port,
+                          ipv4_addr_t node_ip) {
+        meta.backend_ip_v6 = backend_ip;
+        meta.backend_port = backend_port;
+        meta.node_ip = node_ip;
+    }
+
+    /* backend for an inner IPv6 packet; backend ids are one space over
+     * both tables. No direct counter. */
+    @id(0x0200000F)
+    table backend_v6 {
+        key = {
+            meta.backend_id : exact @name("backend_id");
+        }
+        actions = {
+            set_backend_v6;
+            @defaultonly backend_miss;
+        }
+        default_action = backend_miss();
+        size = BACKEND_V6_SIZE; // IPv6 backend ids, quarantined ones included
+    }
+
+    /* --------------------------------------------------- pod_node_v6 -- */
+
+    /* pod_node for an inner IPv6 reply: the client pod's IPv6 address ->
+     * its node, from the Nodes' IPv6 pod CIDRs. */
+    @id(0x02000010)
+    table pod_node_v6 {
+        key = {
+            hdr.inner_ipv6.dst_addr : lpm @name("pod_addr");
+        }
+        actions = {
+            set_client_node;
+            @defaultonly pod_node_miss;
+        }
+        default_action = pod_node_miss();
+        size = POD_NODE_V6_SIZE; // one IPv6 pod CIDR per node
+    }
+
     apply {
         /* bmv2 zeroes metadata anyway; say so for other targets. */
         meta.drop_reason = 0;
@@ -528,8 +629,12 @@ control TalariaIngress(inout headers_t hdr,
             if (hdr.udp.isValid() && hdr.udp.dst_port == GENEVE_UDP_PORT) {
                 switch_addr.apply();
             }
+            /* An inner IPv6 source cannot pass for the switch's IPv4
+             * addresses, and never leaves plain: its outer source is
+             * checked. */
             if (meta.terminate == 1
-                && standard_metadata.parser_error == error.NoError) {
+                && standard_metadata.parser_error == error.NoError
+                && hdr.inner_ipv4.isValid()) {
                 meta.checked_src = hdr.inner_ipv4.src_addr;
             } else {
                 meta.checked_src = hdr.ipv4.src_addr;
@@ -564,10 +669,19 @@ control TalariaIngress(inout headers_t hdr,
                 }
 
                 if (meta.drop_reason == 0) {
-                    if ((hdr.talaria.flags & TALARIA_FLAG_REPLY) != 0) {
+                    if (hdr.inner_ipv6.isValid()
+                        && !hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
+                        /* An inner IPv6 packet is TCP or UDP right after
+                         * its fixed header, request or reply: no
+                         * extension headers (so no fragments), no
+                         * ICMPv6. */
+                        meta.drop_reason = DROP_UNSUPPORTED_PROTOCOL;
+                    } else if ((hdr.talaria.flags & TALARIA_FLAG_REPLY) != 0) {
                         /* Backend to client: its claims are checked below
                          * against the same tables a request uses. */
                         meta.reply = 1;
+                    } else if (hdr.inner_ipv6.isValid()) {
+                        /* An IPv6 request with ports. */
                     } else if (hdr.inner_ipv4.ihl != 5) {
                         meta.drop_reason = DROP_IP_OPTIONS;
                     } else if (hdr.inner_ipv4.frag_offset != 0) {
@@ -609,9 +723,14 @@ control TalariaIngress(inout headers_t hdr,
                 lookup_service = meta.drop_reason == 0;
                 if (meta.reply == 1) {
                     meta.service_id = hdr.talaria.service_id;
-                    meta.service_addr = hdr.inner_ipv4.src_addr;
+                    if (hdr.inner_ipv6.isValid()) {
+                        meta.service_addr_v6 = hdr.inner_ipv6.src_addr;
+                        meta.service_proto = hdr.inner_ipv6.next_hdr;
+                    } else {
+                        meta.service_addr = hdr.inner_ipv4.src_addr;
+                        meta.service_proto = hdr.inner_ipv4.protocol;
+                    }
                     meta.service_port = meta.l4_src_port;
-                    meta.service_proto = hdr.inner_ipv4.protocol;
                     if (!hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
                         lookup_service = false;
                     }
@@ -624,6 +743,10 @@ control TalariaIngress(inout headers_t hdr,
                     /* No ports to look the service up by: the cookie's. */
                     meta.service_id = hdr.talaria.service_id;
                     lookup_service = false;
+                } else if (hdr.inner_ipv6.isValid()) {
+                    meta.service_addr_v6 = hdr.inner_ipv6.dst_addr;
+                    meta.service_port = meta.l4_dst_port;
+                    meta.service_proto = hdr.inner_ipv6.next_hdr;
                 } else {
                     meta.service_addr = hdr.inner_ipv4.dst_addr;
                     meta.service_port = meta.l4_dst_port;
@@ -660,7 +783,14 @@ control TalariaIngress(inout headers_t hdr,
              * shared by tunnels, external requests and endpoint replies. */
 
             if (lookup_service) {
-                service_v4.apply();
+                /* An inner IPv6 packet's Service is service_v6's; the
+                 * rest of its way shares the tables that know no address
+                 * family (cookie_check, lb_bucket). */
+                if (hdr.inner_ipv6.isValid()) {
+                    service_v6.apply();
+                } else {
+                    service_v4.apply();
+                }
                 if (meta.terminate == 0) {
                     /* A miss is any plain packet. */
                     if (meta.drop_reason == 0) {
@@ -778,9 +908,24 @@ control TalariaIngress(inout headers_t hdr,
             if (meta.drop_reason == 0 && meta.reply == 0 && meta.cookie_ok == 0
                 && (meta.terminate == 1 || meta.external == 1)) {
                 /* The bucket hash: crc32 over exactly these fields in
-                 * this order (13 bytes), or the client address alone.
-                 * Must match common/src/hash.rs. */
-                if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
+                 * this order (13 bytes; 37 for IPv6), or the client
+                 * address alone. Must match common/src/hash.rs (FlowTuple,
+                 * FlowTuple6). */
+                if (hdr.inner_ipv6.isValid()) {
+                    if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
+                        hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                             { hdr.inner_ipv6.src_addr },
+                             (bit<64>)4294967296);
+                    } else {
+                        hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
+                             { hdr.inner_ipv6.src_addr,
+                               hdr.inner_ipv6.dst_addr,
+                               hdr.inner_ipv6.next_hdr,
+                               meta.l4_src_port,
+                               meta.l4_dst_port },
+                             (bit<64>)4294967296);
+                    }
+                } else if (meta.hash_mode == HASH_MODE_CLIENT_IP) {
                     hash(meta.flow_hash, HashAlgorithm.crc32, (bit<32>)0,
                          { hdr.inner_ipv4.src_addr },
                          (bit<64>)4294967296);
@@ -803,13 +948,23 @@ control TalariaIngress(inout headers_t hdr,
              * that must have sent it. A request to a backend without an
              * agent leaves without a tunnel. */
             if (meta.drop_reason == 0 && (meta.terminate == 1 || meta.external == 1)) {
-                backend.apply();
+                if (hdr.inner_ipv6.isValid()) {
+                    backend_v6.apply();
+                } else {
+                    backend.apply();
+                }
                 if (meta.reply == 1
                     && (meta.drop_reason != 0 || meta.node_ip != hdr.ipv4.src_addr)) {
                     meta.drop_reason = DROP_FORGED_REPLY;
                 }
                 if (meta.drop_reason == 0 && meta.reply == 0 && meta.node_ip == 0) {
-                    meta.strip = 1;
+                    if (hdr.inner_ipv6.isValid()) {
+                        /* An IPv6 request is not stripped (no
+                         * endpoints without an agent for IPv6 yet). */
+                        meta.drop_reason = DROP_NO_BACKEND;
+                    } else {
+                        meta.strip = 1;
+                    }
                 }
             }
 
@@ -818,7 +973,11 @@ control TalariaIngress(inout headers_t hdr,
              * stripped of its tunnel, unless it is a notification, which
              * is for a client node's agent only. */
             if (meta.drop_reason == 0 && (meta.reply == 1 || meta.endpoint == 1)) {
-                pod_node.apply();
+                if (hdr.inner_ipv6.isValid()) {
+                    pod_node_v6.apply();
+                } else {
+                    pod_node.apply();
+                }
                 if (meta.endpoint == 1) {
                     if (meta.drop_reason != 0) {
                         meta.drop_reason = 0;
@@ -826,7 +985,9 @@ control TalariaIngress(inout headers_t hdr,
                     }
                 } else if (meta.drop_reason == 0) {
                     lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
-                } else if ((hdr.talaria.flags & TALARIA_FLAG_NOTIFY) == 0) {
+                } else if ((hdr.talaria.flags & TALARIA_FLAG_NOTIFY) == 0
+                           && !hdr.inner_ipv6.isValid()) {
+                    /* (An IPv6 reply has no plain way out: no_client_node.) */
                     meta.drop_reason = 0;
                     meta.strip = 1;
                     lb_event_counter.count((bit<32>)LB_EVENT_REPLY);
@@ -854,50 +1015,79 @@ control TalariaIngress(inout headers_t hdr,
                 /* DNAT to the backend pod, inner checksums updated
                  * incrementally (the L4 ones cover the address through
                  * the pseudo header; a later fragment has none, its
-                 * datagram's checksum is in the first fragment). */
-                inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
-                                      hdr.inner_ipv4.dst_addr,
-                                      meta.backend_ip, 0, 0);
-                if (meta.icmp_relay == 1) {
-                    /* The quoted reply left the backend from its own
-                     * address and port, as the backend must see it;
-                     * the quoted L4 checksum stays (receivers do not
-                     * check it). */
-                    bit<16> quoted_check = hdr.quoted_ipv4.hdr_checksum;
-                    quoted_ipv4_csum.apply(hdr.quoted_ipv4.hdr_checksum,
-                                           hdr.quoted_ipv4.src_addr,
-                                           meta.backend_ip, 0, 0);
-                    icmp_csum.apply(hdr.inner_icmp.checksum,
-                                    hdr.quoted_ipv4.src_addr, meta.backend_ip,
-                                    hdr.quoted_ports.src_port, meta.backend_port);
-                    icmp_quoted_csum.apply(hdr.inner_icmp.checksum, 0, 0,
-                                           quoted_check,
-                                           hdr.quoted_ipv4.hdr_checksum);
-                    hdr.quoted_ipv4.src_addr = meta.backend_ip;
-                    hdr.quoted_ports.src_port = meta.backend_port;
-                } else if (hdr.inner_tcp.isValid()) {
-                    inner_tcp_csum.apply(hdr.inner_tcp.checksum,
-                                         hdr.inner_ipv4.dst_addr,
-                                         meta.backend_ip,
-                                         hdr.inner_tcp.dst_port,
-                                         meta.backend_port);
-                    hdr.inner_tcp.dst_port = meta.backend_port;
-                } else if (hdr.inner_udp.isValid()) {
-                    /* A zero UDP checksum means "none" and stays zero;
-                     * a computed zero goes out as 0xFFFF (RFC 768). */
-                    if (hdr.inner_udp.checksum != 0) {
-                        inner_udp_csum.apply(hdr.inner_udp.checksum,
+                 * datagram's checksum is in the first fragment). IPv6 has
+                 * no header checksum; its TCP or UDP one covers both
+                 * addresses whole. */
+                if (hdr.inner_ipv6.isValid()) {
+                    if (hdr.inner_tcp.isValid()) {
+                        inner_tcp6_csum.apply(hdr.inner_tcp.checksum,
+                                              hdr.inner_ipv6.dst_addr,
+                                              meta.backend_ip_v6,
+                                              hdr.inner_tcp.dst_port,
+                                              meta.backend_port);
+                        hdr.inner_tcp.dst_port = meta.backend_port;
+                    } else if (hdr.inner_udp.isValid()) {
+                        /* As IPv4's: zero stays zero (IPv6 forbids it,
+                         * but the switch repairs nothing), a computed
+                         * zero goes out as 0xFFFF. */
+                        if (hdr.inner_udp.checksum != 0) {
+                            inner_udp6_csum.apply(hdr.inner_udp.checksum,
+                                                  hdr.inner_ipv6.dst_addr,
+                                                  meta.backend_ip_v6,
+                                                  hdr.inner_udp.dst_port,
+                                                  meta.backend_port);
+                            if (hdr.inner_udp.checksum == 0) {
+                                hdr.inner_udp.checksum = 0xffff;
+                            }
+                        }
+                        hdr.inner_udp.dst_port = meta.backend_port;
+                    }
+                    hdr.inner_ipv6.dst_addr = meta.backend_ip_v6;
+                } else {
+                    inner_ipv4_csum.apply(hdr.inner_ipv4.hdr_checksum,
+                                          hdr.inner_ipv4.dst_addr,
+                                          meta.backend_ip, 0, 0);
+                    if (meta.icmp_relay == 1) {
+                        /* The quoted reply left the backend from its own
+                         * address and port, as the backend must see it;
+                         * the quoted L4 checksum stays (receivers do not
+                         * check it). */
+                        bit<16> quoted_check = hdr.quoted_ipv4.hdr_checksum;
+                        quoted_ipv4_csum.apply(hdr.quoted_ipv4.hdr_checksum,
+                                               hdr.quoted_ipv4.src_addr,
+                                               meta.backend_ip, 0, 0);
+                        icmp_csum.apply(hdr.inner_icmp.checksum,
+                                        hdr.quoted_ipv4.src_addr, meta.backend_ip,
+                                        hdr.quoted_ports.src_port, meta.backend_port);
+                        icmp_quoted_csum.apply(hdr.inner_icmp.checksum, 0, 0,
+                                               quoted_check,
+                                               hdr.quoted_ipv4.hdr_checksum);
+                        hdr.quoted_ipv4.src_addr = meta.backend_ip;
+                        hdr.quoted_ports.src_port = meta.backend_port;
+                    } else if (hdr.inner_tcp.isValid()) {
+                        inner_tcp_csum.apply(hdr.inner_tcp.checksum,
                                              hdr.inner_ipv4.dst_addr,
                                              meta.backend_ip,
-                                             hdr.inner_udp.dst_port,
+                                             hdr.inner_tcp.dst_port,
                                              meta.backend_port);
-                        if (hdr.inner_udp.checksum == 0) {
-                            hdr.inner_udp.checksum = 0xffff;
+                        hdr.inner_tcp.dst_port = meta.backend_port;
+                    } else if (hdr.inner_udp.isValid()) {
+                        /* A zero UDP checksum means "none" and stays zero;
+                         * a computed zero goes out as 0xFFFF (RFC 768). */
+                        if (hdr.inner_udp.checksum != 0) {
+                            inner_udp_csum.apply(hdr.inner_udp.checksum,
+                                                 hdr.inner_ipv4.dst_addr,
+                                                 meta.backend_ip,
+                                                 hdr.inner_udp.dst_port,
+                                                 meta.backend_port);
+                            if (hdr.inner_udp.checksum == 0) {
+                                hdr.inner_udp.checksum = 0xffff;
+                            }
                         }
+                        hdr.inner_udp.dst_port = meta.backend_port;
                     }
-                    hdr.inner_udp.dst_port = meta.backend_port;
+                    hdr.inner_ipv4.dst_addr = meta.backend_ip;
                 }
-                hdr.inner_ipv4.dst_addr = meta.backend_ip;
                 /* The cookie travels on to the backend's node, which
                  * hands it back to the client in the reply. NEW_FLOW
                  * says the hash chose it: the client holds no valid

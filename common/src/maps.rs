@@ -154,6 +154,34 @@ pub struct TsCookieValue {
     pub backend_id: u32,
 }
 
+/// `service_v6` key: [`ServiceKey`] for an IPv6 VIP (the value is
+/// [`ServiceValue`]). Must match `table service_v6` in p4/talaria.p4.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceV6Key {
+    pub vip: [u8; 16],
+    pub port: Be16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `backend_v6` action `set_backend_v6`: an IPv6 pod's address and port,
+/// and its node (the underlay is IPv4). Key: the backend id (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendV6Value {
+    pub ip: [u8; 16],
+    pub port: Be16,
+    pub _pad: u16,
+    pub node_ip: Be32,
+}
+
+// `pod_node_v6`: key `Ipv6LpmKey`, value `NodeValue`.
+pod! {
+    ServiceV6Key = 20,
+    BackendV6Value = 24,
+}
+
 /// A packets-and-bytes counter cell (per CPU in the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -409,6 +437,156 @@ pub struct ServiceAddr {
     pub port: Be16,
     pub proto: u8,
     pub _pad: u8,
+}
+
+// ---- node, IPv6 Services (inner IPv6 over the IPv4 underlay) ----
+
+/// An IPv6 flow as a pod sees it ([`FlowKey`] with 16-byte addresses):
+/// the key of `NODE_COOKIES_V6` (client → VIP6) and `NODE_REVERSE_V6`
+/// (backend pod → client).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: Be16,
+    pub dst_port: Be16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey6 {
+    /// The same flow keyed from its other end.
+    #[inline(always)]
+    pub fn reversed(self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            src_port: self.dst_port,
+            dst_port: self.src_port,
+            ..self
+        }
+    }
+
+    /// The switch's hash input for this flow (client side: dst = the VIP).
+    #[inline(always)]
+    pub fn tuple(&self) -> crate::hash::FlowTuple6 {
+        crate::hash::FlowTuple6 {
+            src: self.src,
+            dst: self.dst,
+            proto: self.proto,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+        }
+    }
+
+    /// The outer UDP source port of this flow's tunnel: the addresses'
+    /// words and the ports folded and mixed as the IPv4 flows' are, into
+    /// 49152–65535 (ECMP entropy; cheap enough for every packet).
+    #[inline(always)]
+    pub fn outer_sport(&self) -> u16 {
+        let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        let src = w(&self.src, 0) ^ w(&self.src, 4) ^ w(&self.src, 8) ^ w(&self.src, 12);
+        let dst = w(&self.dst, 0) ^ w(&self.dst, 4) ^ w(&self.dst, 8) ^ w(&self.dst, 12);
+        let ports = u32::from_ne_bytes([
+            self.src_port.0[0],
+            self.src_port.0[1],
+            self.dst_port.0[0],
+            self.dst_port.0[1],
+        ]);
+        let mut h = src ^ dst.rotate_left(16) ^ ports ^ self.proto as u32;
+        h = h.wrapping_mul(0x9e37_79b1);
+        h ^= h >> 15;
+        0xc000 | (h >> 18) as u16
+    }
+}
+
+/// Backend side, IPv6: how to send a backend pod's reply ([`ReverseEntry`]
+/// without port substitution, one-way UDP notification or timestamp
+/// cookies, which IPv6 flows do not have). Key: the backend's
+/// [`FlowKey6`] towards the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReverseEntry6 {
+    pub vip: [u8; 16],
+    pub vip_port: Be16,
+    pub service_id: u16,
+    pub backend_id: u32,
+    pub fin_seen: u8,
+    pub _pad: [u8; 7],
+    pub last_seen_ns: u64,
+}
+
+/// [`ServiceAddr`] of an IPv6 Service port (`NODE_SERVICES_V6`). Key:
+/// the service id widened to `u32` (one id space over both families).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceAddr6 {
+    pub vip: [u8; 16],
+    pub port: Be16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+pod! {
+    FlowKey6 = 40,
+    ReverseEntry6 = 40,
+    ServiceAddr6 = 20,
+}
+
+#[cfg(test)]
+mod node_v6_tests {
+    use super::*;
+
+    fn key() -> FlowKey6 {
+        let mut src = [0u8; 16];
+        src[..2].copy_from_slice(&[0xfd, 0x00]);
+        src[15] = 2;
+        let mut dst = [0u8; 16];
+        dst[..4].copy_from_slice(&[0xfd, 0x00, 0x00, 0x96]);
+        dst[15] = 10;
+        FlowKey6 {
+            src,
+            dst,
+            src_port: Be16::new(40000),
+            dst_port: Be16::new(80),
+            proto: 6,
+            _pad: [0; 3],
+        }
+    }
+
+    #[test]
+    fn flow_key6_reverses_and_hashes_as_the_switch() {
+        let k = key();
+        let r = k.reversed();
+        assert_eq!((r.src, r.dst), (k.dst, k.src));
+        assert_eq!((r.src_port.get(), r.dst_port.get()), (80, 40000));
+        assert_eq!(r.reversed(), k);
+        // The switch's vector (hash.rs `flow6_vectors`).
+        assert_eq!(k.tuple().hash(), 0x94e7_19e5);
+    }
+
+    #[test]
+    fn outer_sport6_is_in_the_dynamic_range_and_spreads() {
+        let mut seen = [false; 0x4000];
+        for p in 0..256u16 {
+            let k = FlowKey6 {
+                src_port: Be16::new(40000 + p),
+                ..key()
+            };
+            let s = k.outer_sport();
+            assert!(s >= 0xc000, "{s}");
+            assert_eq!(s, k.outer_sport(), "stable");
+            seen[usize::from(s - 0xc000)] = true;
+        }
+        let distinct = seen.iter().filter(|s| **s).count();
+        assert!(distinct > 200, "{distinct}");
+        // Every address word counts.
+        let mut k = key();
+        let a = k.outer_sport();
+        k.src[7] ^= 1;
+        assert_ne!(a, k.outer_sport());
+    }
 }
 
 /// Node-wide settings, one element of an array map.

@@ -32,6 +32,12 @@ pub mod sizes {
     pub const ENDPOINT_REPLY: u32 = 16384;
     /// `TUNNEL_SOURCE_SIZE`: one switch address per node.
     pub const TUNNEL_SOURCE: u32 = 1024;
+    /// `SERVICE_V6_SIZE`.
+    pub const SERVICE_V6: u32 = 16384;
+    /// `BACKEND_V6_SIZE`.
+    pub const BACKEND_V6: u32 = 65536;
+    /// `POD_NODE_V6_SIZE`.
+    pub const POD_NODE_V6: u32 = 1024;
     /// `SERVICE_COUNTER_SIZE`: the whole 16-bit service id space.
     pub const SERVICE_COUNTER: u32 = 65536;
 }

@@ -16,6 +16,9 @@ use crate::{
 pub const GENEVE_UDP_PORT: u16 = 6081;
 /// Geneve protocol type for an IPv4 payload (an EtherType).
 pub const GENEVE_PROTO_IPV4: u16 = 0x0800;
+/// Geneve protocol type for an IPv6 payload: IPv6 Services ride the same
+/// IPv4 underlay, told apart by this field alone.
+pub const GENEVE_PROTO_IPV6: u16 = 0x86DD;
 /// Geneve base header length.
 pub const GENEVE_HDR_LEN: usize = 8;
 /// Geneve option header length (class, type, length).

@@ -236,8 +236,9 @@ async fn status(State(ctx): State<Arc<Context>>) -> Json<Value> {
     Json(v)
 }
 
-/// The ServiceCIDRs' IPv4 prefixes, with the plan version they belong to
-/// (a change to them alone makes a new version: see `reconcile`).
+/// The ServiceCIDRs' prefixes (IPv4, then IPv6), with the plan version
+/// they belong to (a change to them alone makes a new version: see
+/// `reconcile`).
 async fn service_cidrs(State(ctx): State<Arc<Context>>) -> Response {
     let p = ctx.planned.read().expect("poisoned");
     (

@@ -354,8 +354,8 @@ impl Context {
                 }
                 info!(
                     switch,
-                    services = actual.service_v4.len(),
-                    backends = actual.backend.len(),
+                    services = actual.service_v4.len() + actual.service_v6.len(),
+                    backends = actual.backend.len() + actual.backend_v6.len(),
                     "adopted ids from switch"
                 );
                 self.adopted.send_replace(true);
@@ -384,8 +384,8 @@ impl Context {
         info!(
             switch,
             takeover,
-            services = actual.service_v4.len(),
-            backends = actual.backend.len(),
+            services = actual.service_v4.len() + actual.service_v6.len(),
+            backends = actual.backend.len() + actual.backend_v6.len(),
             version = p.version,
             "adopted the ids in the switch and re-planned on top"
         );

@@ -2,11 +2,12 @@
 //!
 //! Order never leaves a dangling reference on the switch:
 //! 1. inserts and modifies, table by table in [`INSERT_ORDER`]
-//!    (routes, switch address, pod nodes, then backend → cookie_check →
-//!    ts_cookie → lb_bucket → service_v4): whatever an entry points at
-//!    exists first;
-//! 2. deletes in the reverse order (service_v4 → lb_bucket → ts_cookie →
-//!    cookie_check → backend): nothing still points at what goes away.
+//!    (routes, switch address, pod nodes, then backend → backend_v6 →
+//!    cookie_check → ts_cookie → lb_bucket → service_v4 → service_v6):
+//!    whatever an entry points at exists first;
+//! 2. deletes in the reverse order (service_v6 → service_v4 → lb_bucket →
+//!    ts_cookie → cookie_check → backend_v6 → backend): nothing still
+//!    points at what goes away.
 //!
 //! A shrinking service therefore gets its smaller `bucket_mask` (modify, in
 //! step 1) before its high buckets are deleted (step 2); a removed backend
@@ -25,7 +26,9 @@
 use std::collections::BTreeSet;
 
 use serde::Serialize;
-use talaria_tables::{cookie_check, lb_bucket, ts_cookie, Contents, Entry, EntryKey, Table};
+use talaria_tables::{
+    backend, backend_v6, cookie_check, lb_bucket, ts_cookie, Contents, Entry, EntryKey, Table,
+};
 
 use crate::{
     entries::{cookie_entry, Tables, INSERT_ORDER},
@@ -104,24 +107,26 @@ pub fn update_count(batches: &[Batch]) -> usize {
 pub fn region_diff(want: &Desired, have: &Contents, ch: &PlanChanges) -> Vec<Batch> {
     let mut keys: BTreeSet<ServiceKey> = ch.keys.clone();
     let mut sids: BTreeSet<u16> = ch.sids.clone();
-    let sid_of = |a: &talaria_tables::service_v4::Action| {
-        let talaria_tables::service_v4::Action::SetService { service_id, .. } = *a;
-        service_id
+    // The service ids of the switch's service_v4 and service_v6 entries.
+    let have_services = || {
+        have.entries(Table::ServiceV4)
+            .chain(have.entries(Table::ServiceV6))
+            .filter_map(|e| ServiceKey::from_entry(&e)?.ok())
     };
+    let sid_of = |e: Entry| Some(ServiceKey::from_entry(&e)?.ok()?.1 .0);
     loop {
         let before = (keys.len(), sids.len());
         for k in &keys {
             sids.extend(want.port(k).map(|p| p.service_id));
-            sids.extend(have.service_v4.get(&k.table_key()).map(sid_of));
+            sids.extend(have.get(&k.entry_key()).and_then(sid_of));
         }
         for s in &sids {
             keys.extend(want.port_by_sid(*s).map(|p| p.key));
         }
         keys.extend(
-            have.service_v4
-                .iter()
-                .filter(|(_, a)| sids.contains(&sid_of(a)))
-                .filter_map(|(k, _)| ServiceKey::from_table_key(k)),
+            have_services()
+                .filter(|(_, (sid, _, _))| sids.contains(sid))
+                .map(|(k, _)| k),
         );
         if (keys.len(), sids.len()) == before {
             break;
@@ -131,6 +136,7 @@ pub fn region_diff(want: &Desired, have: &Contents, ch: &PlanChanges) -> Vec<Bat
         ipv4_route: c.ipv4_route.clone(),
         switch_addr: c.switch_addr.clone(),
         pod_node: c.pod_node.clone(),
+        pod_node_v6: c.pod_node_v6.clone(),
         ..Contents::default()
     };
     let mut w = fabric(&want.fabric);
@@ -143,11 +149,10 @@ pub fn region_diff(want: &Desired, have: &Contents, ch: &PlanChanges) -> Vec<Bat
     let mut backends: BTreeSet<u32> = ch.backends.clone();
     for k in &keys {
         if let Some(e) = want.port(k).and_then(|p| p.service_entry()) {
-            w.insert(e.into());
+            w.insert(e);
         }
-        let tk = k.table_key();
-        if let Some(a) = have.service_v4.get(&tk) {
-            h.service_v4.insert(tk, *a);
+        if let Some(e) = have.get(&k.entry_key()) {
+            h.insert(e);
         }
     }
     for &s in &sids {
@@ -197,13 +202,19 @@ pub fn region_diff(want: &Desired, have: &Contents, ch: &PlanChanges) -> Vec<Bat
             backends.insert(k.backend_id);
         }
     }
+    // An id is in one table or the other (one id space); a switch may
+    // hold it in both, which the diff then cleans up.
     for id in backends {
-        let key = talaria_tables::backend::Key { backend_id: id };
         if let Some(b) = want.backend(id) {
-            w.backend.insert(key, b.action());
+            w.insert(b.entry(id));
         }
+        let key = backend::Key { backend_id: id };
         if let Some(a) = have.backend.get(&key) {
             h.backend.insert(key, *a);
+        }
+        let key = backend_v6::Key { backend_id: id };
+        if let Some(a) = have.backend_v6.get(&key) {
+            h.backend_v6.insert(key, *a);
         }
     }
     diff(&w, &h)
@@ -363,7 +374,6 @@ impl FullDiff {
 mod tests {
     use super::*;
     use crate::types::{Backend, HashMode, Proto, ServiceKey};
-    use talaria_tables::{backend, service_v4};
 
     fn be(i: u8) -> Backend {
         Backend {
@@ -384,8 +394,7 @@ mod tests {
     fn svc(id: u16, buckets: u16, backends: &[u32]) -> Contents {
         let mut s = Contents::default();
         for &b in backends {
-            s.backend
-                .insert(backend::Key { backend_id: b }, be(b as u8).action());
+            s.insert(be(b as u8).entry(b));
             s.insert(cookie_entry(id, b));
         }
         for k in 0..buckets {
@@ -399,14 +408,7 @@ mod tests {
                 },
             );
         }
-        s.service_v4.insert(
-            key().table_key(),
-            service_v4::Action::SetService {
-                service_id: id,
-                bucket_mask: buckets - 1,
-                hash_mode: HashMode::FiveTuple.value(),
-            },
-        );
+        s.insert(key().entry(id, buckets - 1, HashMode::FiveTuple.value()));
         s
     }
 

@@ -6,20 +6,27 @@ use talaria_tables::{cookie_check, Contents, Entry, EntryKey, Table};
 
 /// Every table the controller writes, in insert order: referenced before
 /// referencing.
-pub const INSERT_ORDER: [Table; 13] = [
+/// IPv6 Services' tables sit with their IPv4 twins: `pod_node_v6` with
+/// `pod_node`, `backend_v6` with `backend` (before the `cookie_check` and
+/// `lb_bucket` entries that name its ids), `service_v6` with `service_v4`
+/// (after the buckets it points at).
+pub const INSERT_ORDER: [Table; 16] = [
     Table::Ipv4Route,
     Table::Ipv6Route,
     Table::SpoofedSource,
     Table::TunnelPeer,
     Table::SwitchAddr,
     Table::PodNode,
+    Table::PodNodeV6,
     Table::TunnelSource,
     Table::Backend,
+    Table::BackendV6,
     Table::EndpointReply,
     Table::CookieCheck,
     Table::TsCookie,
     Table::LbBucket,
     Table::ServiceV4,
+    Table::ServiceV6,
 ];
 
 /// Switch tables as key-ordered entry streams: what a diff merges.
@@ -53,4 +60,20 @@ pub fn cookie_entry(service_id: u16, backend_id: u32) -> Entry {
         action: cookie_check::Action::CookieValid {},
     }
     .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table is written, once.
+    #[test]
+    fn insert_order_names_every_table_once() {
+        let mut order = INSERT_ORDER.to_vec();
+        order.sort();
+        order.dedup();
+        let mut all = Table::ALL.to_vec();
+        all.sort();
+        assert_eq!(order, all);
+    }
 }

@@ -18,7 +18,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ops::Bound,
     sync::Arc,
     time::{Duration, Instant},
@@ -27,7 +27,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use talaria_common::ts_cookie::{self as cookies, CookieKey};
 use talaria_tables::{
-    backend, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
+    backend, backend_v6, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, pod_node_v6,
     spoofed_source, switch_addr, ts_cookie, tunnel_peer, tunnel_source, Contents, Entry, EntryKey,
     Table,
 };
@@ -157,15 +157,15 @@ impl PortPlan {
         !self.buckets.is_empty() || !self.draining.is_empty() || !self.departed.is_empty()
     }
 
-    /// The `service_v4` entry, when the port has entries.
-    pub fn service_entry(&self) -> Option<service_v4::Entry> {
-        self.has_entries().then(|| service_v4::Entry {
-            key: self.key.table_key(),
-            action: service_v4::Action::SetService {
-                service_id: self.service_id,
-                bucket_mask: self.buckets.len().saturating_sub(1) as u16,
-                hash_mode: self.hash_mode.value(),
-            },
+    /// The `service_v4` (or, for an IPv6 VIP, `service_v6`) entry, when
+    /// the port has entries.
+    pub fn service_entry(&self) -> Option<Entry> {
+        self.has_entries().then(|| {
+            self.key.entry(
+                self.service_id,
+                self.buckets.len().saturating_sub(1) as u16,
+                self.hash_mode.value(),
+            )
         })
     }
 
@@ -352,10 +352,14 @@ impl Desired {
             .into_iter()
             .filter(|(_, b)| !b.has_agent())
             .filter_map(move |(id, b)| {
-                let port = route_port(&self.routes, b.ip)?;
+                // IPv4 only: the model skips IPv6 endpoints without an agent.
+                let IpAddr::V4(ip) = b.ip else {
+                    return None;
+                };
+                let port = route_port(&self.routes, ip)?;
                 let key = endpoint_reply::Key {
                     port,
-                    endpoint_addr: b.ip,
+                    endpoint_addr: ip,
                     endpoint_port: b.port,
                     proto,
                 };
@@ -441,7 +445,14 @@ impl Desired {
         let mut c = self.fabric.counts();
         c.insert(Table::EndpointReply, self.endpoint_replies.len());
         let with = || self.by_key.values().filter(|p| p.has_entries());
-        c.insert(Table::ServiceV4, with().count());
+        c.insert(
+            Table::ServiceV4,
+            with().filter(|p| p.key.vip.is_ipv4()).count(),
+        );
+        c.insert(
+            Table::ServiceV6,
+            with().filter(|p| p.key.vip.is_ipv6()).count(),
+        );
         c.insert(Table::LbBucket, with().map(|p| p.buckets.len()).sum());
         c.insert(
             Table::CookieCheck,
@@ -453,9 +464,19 @@ impl Desired {
             Table::TsCookie,
             with().map(|p| self.ts_cookie_entries(p).len()).sum(),
         );
+        let backends = |table| {
+            self.backends
+                .values()
+                .filter(|r| r.entries > 0 && r.backend.table() == table)
+                .count()
+        };
         c.insert(
             Table::Backend,
-            self.fabric.backend.len() + self.backends.values().filter(|r| r.entries > 0).count(),
+            self.fabric.backend.len() + backends(Table::Backend),
+        );
+        c.insert(
+            Table::BackendV6,
+            self.fabric.backend_v6.len() + backends(Table::BackendV6),
         );
         c
     }
@@ -497,7 +518,8 @@ impl Tables for Desired {
                 | Table::PodNode
                 | Table::TunnelPeer
                 | Table::TunnelSource
-                | Table::SpoofedSource,
+                | Table::SpoofedSource
+                | Table::PodNodeV6,
                 _,
             ) => self.fabric.entries_after(t, after),
             (Table::EndpointReply, after) => {
@@ -507,22 +529,18 @@ impl Tables for Desired {
                 };
                 Box::new(self.endpoint_reply_entries(from))
             }
-            (Table::Backend, after) => {
+            // One id space, two tables: each backend in its family's.
+            (Table::Backend | Table::BackendV6, after) => {
                 let from = match after {
                     Some(EntryKey::Backend(k)) => Bound::Excluded(k.backend_id),
+                    Some(EntryKey::BackendV6(k)) => Bound::Excluded(k.backend_id),
                     _ => Bound::Unbounded,
                 };
                 Box::new(
                     self.backends
                         .range((from, Bound::Unbounded))
-                        .filter(|(_, r)| r.entries > 0)
-                        .map(|(id, r)| {
-                            backend::Entry {
-                                key: backend::Key { backend_id: *id },
-                                action: r.backend.action(),
-                            }
-                            .into()
-                        }),
+                        .filter(move |(_, r)| r.entries > 0 && r.backend.table() == t)
+                        .map(|(id, r)| r.backend.entry(*id)),
                 )
             }
             (Table::CookieCheck, after) => {
@@ -576,28 +594,32 @@ impl Tables for Desired {
                         }),
                 )
             }
-            (Table::ServiceV4, after) => {
+            (Table::ServiceV4 | Table::ServiceV6, after) => {
                 // Ports are ordered by ServiceKey, which orders like the
-                // table key (TCP 6 before UDP 17); a cursor read from the
-                // switch may name a protocol no port has, so start at its
-                // (vip, port) and compare table keys.
-                let (from, after) = match after {
-                    Some(EntryKey::ServiceV4(k)) => {
-                        let first = ServiceKey {
-                            vip: k.vip,
-                            port: k.port,
-                            proto: Proto::Tcp,
-                        };
-                        (Bound::Included(first), Some(*k))
-                    }
-                    _ => (Bound::Unbounded, None),
+                // table keys (IPv4 VIPs before IPv6 ones, TCP 6 before UDP
+                // 17); a cursor read from the switch may name a protocol no
+                // port has, so start at its (vip, port) and compare table
+                // keys.
+                let cursor = |vip: IpAddr, port| ServiceKey {
+                    vip,
+                    port,
+                    proto: Proto::Tcp,
                 };
+                let from = match after {
+                    Some(EntryKey::ServiceV4(k)) => Bound::Included(cursor(k.vip.into(), k.port)),
+                    Some(EntryKey::ServiceV6(k)) => Bound::Included(cursor(k.vip.into(), k.port)),
+                    _ if t == Table::ServiceV6 => {
+                        Bound::Included(cursor(Ipv6Addr::UNSPECIFIED.into(), 0))
+                    }
+                    _ => Bound::Unbounded,
+                };
+                let after = after.copied();
                 Box::new(
                     self.by_key
                         .range((from, Bound::Unbounded))
+                        .take_while(move |(k, _)| k.table() == t)
                         .filter_map(|(_, p)| p.service_entry())
-                        .filter(move |e| after.is_none_or(|a| e.key > a))
-                        .map(Entry::from),
+                        .filter(move |e| after.is_none_or(|a| e.key() > a)),
                 )
             }
         }
@@ -714,27 +736,23 @@ impl Planner {
     /// the next diff).
     pub fn adopt(&mut self, actual: &Contents) -> Vec<String> {
         let mut warnings = Vec::new();
-        for (k, a) in &actual.service_v4 {
-            let service_v4::Action::SetService {
-                service_id,
-                bucket_mask,
-                ..
-            } = *a;
-            let Some(key) = ServiceKey::from_table_key(k) else {
-                warnings.push(format!(
-                    "service_v4 {}:{} protocol {}: not balanced",
-                    k.vip, k.port, k.proto
-                ));
-                continue;
+        for e in service_entries(actual) {
+            let (key, (service_id, bucket_mask, _)) = match e {
+                Ok(k) => k,
+                Err(what) => {
+                    warnings.push(format!("{what}: not balanced"));
+                    continue;
+                }
             };
+            let table = key.table().alias();
             if let Err(e) = self.service_ids.adopt(key, u64::from(service_id)) {
-                warnings.push(format!("service_v4 {key}: {e}"));
+                warnings.push(format!("{table} {key}: {e}"));
                 continue;
             }
             let size = usize::from(bucket_mask) + 1;
             if !size.is_power_of_two() {
                 warnings.push(format!(
-                    "service_v4 {key}: bucket_mask {bucket_mask} not 2^k-1"
+                    "{table} {key}: bucket_mask {bucket_mask} not 2^k-1"
                 ));
                 continue;
             }
@@ -752,21 +770,17 @@ impl Planner {
                 .collect();
             self.adopted.insert(service_id, v);
         }
-        for (k, a) in actual.backend.range(FIRST_BACKEND_KEY..) {
-            let b = Backend::from_action(a);
-            if let Err(e) = self.backend_ids.adopt(b, u64::from(k.backend_id)) {
-                warnings.push(format!("backend {} ({b}): {e}", k.backend_id));
+        for (id, b) in backend_entries(actual) {
+            if let Err(e) = self.backend_ids.adopt(b, u64::from(id)) {
+                warnings.push(format!("{} {id} ({b}): {e}", b.table().alias()));
             }
         }
         for k in actual.cookie_check.keys() {
-            let backend = actual.backend.get(&backend::Key {
-                backend_id: k.backend_id,
-            });
-            if let Some(a) = backend {
+            if let Some(b) = backend_of(actual, k.backend_id) {
                 self.adopted_cookies
                     .entry(k.service_id)
                     .or_default()
-                    .insert(k.backend_id, Backend::from_action(a));
+                    .insert(k.backend_id, b);
             }
         }
         warnings
@@ -778,9 +792,8 @@ impl Planner {
     /// not know yet is no disagreement). A standby that disagrees adopts
     /// the switch's ids afresh.
     pub fn agrees_with(&self, actual: &Contents) -> bool {
-        let services = actual.service_v4.iter().all(|(k, a)| {
-            let service_v4::Action::SetService { service_id, .. } = *a;
-            let Some(key) = ServiceKey::from_table_key(k) else {
+        let services = service_entries(actual).all(|e| {
+            let Ok((key, (service_id, _, _))) = e else {
                 return true;
             };
             let sid = u64::from(service_id);
@@ -788,9 +801,8 @@ impl Planner {
                 && self.service_ids.key_of(sid).is_none_or(|k| *k == key)
         });
         services
-            && actual.backend.range(FIRST_BACKEND_KEY..).all(|(k, a)| {
-                let b = Backend::from_action(a);
-                let bid = u64::from(k.backend_id);
+            && backend_entries(actual).all(|(id, b)| {
+                let bid = u64::from(id);
                 self.backend_ids.get(&b).is_none_or(|id| id == bid)
                     && self.backend_ids.key_of(bid).is_none_or(|x| *x == b)
             })
@@ -1114,6 +1126,15 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
             pod_node::Action::SetClientNode { node_ip: *n },
         );
     }
+    // IPv6 clients' replies: their node is reached over the IPv4 underlay.
+    // (Host-network IPv6 clients, at a node's own IPv6 address, are not
+    // served: the model knows nodes by their IPv4 InternalIP only.)
+    for (p, n) in &model.pod_nodes_v6 {
+        st.pod_node_v6.insert(
+            pod_node_v6::Key { pod_addr: *p },
+            pod_node_v6::Action::SetClientNode { node_ip: *n },
+        );
+    }
     // Host-network clients: replies to a node's own address go back to it.
     for n in model.node_ips.values().chain(model.pod_nodes.values()) {
         st.pod_node.insert(
@@ -1158,6 +1179,43 @@ fn fabric_state(model: &Model, fabric: &FabricConfig) -> Contents {
 /// A switch programmed by an older controller may hold entry 0 (the
 /// tunnel source before `tunnel_source`): not a backend, and deleted.
 const FIRST_BACKEND_KEY: backend::Key = backend::Key { backend_id: 1 };
+/// [`FIRST_BACKEND_KEY`] of `backend_v6`.
+const FIRST_BACKEND_V6_KEY: backend_v6::Key = backend_v6::Key { backend_id: 1 };
+
+/// The service ports of a switch's `service_v4` and `service_v6` entries,
+/// with their `set_service` parameters (an entry whose protocol is not
+/// balanced as `Err`, shown).
+#[allow(clippy::type_complexity)]
+fn service_entries(
+    actual: &Contents,
+) -> impl Iterator<Item = Result<(ServiceKey, (u16, u16, u8)), String>> + '_ {
+    actual
+        .entries(Table::ServiceV4)
+        .chain(actual.entries(Table::ServiceV6))
+        .filter_map(|e| ServiceKey::from_entry(&e))
+}
+
+/// The backends of a switch's `backend` and `backend_v6` entries, by id
+/// (from 1).
+fn backend_entries(actual: &Contents) -> impl Iterator<Item = (u32, Backend)> + '_ {
+    let v4 = actual
+        .backend
+        .range(FIRST_BACKEND_KEY..)
+        .map(|(k, a)| (k.backend_id, Backend::from_action(a)));
+    let v6 = actual
+        .backend_v6
+        .range(FIRST_BACKEND_V6_KEY..)
+        .map(|(k, a)| (k.backend_id, Backend::from_action_v6(a)));
+    v4.chain(v6)
+}
+
+/// The backend a switch holds under `id`, in either table.
+fn backend_of(actual: &Contents, id: u32) -> Option<Backend> {
+    let v4 = actual.backend.get(&backend::Key { backend_id: id });
+    let v6 = || actual.backend_v6.get(&backend_v6::Key { backend_id: id });
+    v4.map(Backend::from_action)
+        .or_else(|| v6().map(Backend::from_action_v6))
+}
 
 /// The port of the longest configured route to `addr`, if it forwards.
 fn route_port(routes: &[RouteConfig], addr: Ipv4Addr) -> Option<u16> {
@@ -1175,6 +1233,7 @@ fn route_port(routes: &[RouteConfig], addr: Ipv4Addr) -> Option<u16> {
 mod tests {
     use super::*;
     use crate::{diff::diff, model, model::tests::objs};
+    use talaria_tables::service_v4;
 
     const SVC: &str = r#"
 apiVersion: v1
@@ -1331,12 +1390,12 @@ endpoints:
         let web = p
             .desired()
             .ports()
-            .find(|q| q.key.vip.octets()[3] == 10)
+            .find(|q| q.key.vip.to_string() == "10.96.0.10")
             .unwrap();
         let (id, _) = web
             .active
             .iter()
-            .find(|(_, b)| b.ip.octets()[0] == 192)
+            .find(|(_, b)| b.ip.to_string() == "192.168.0.11")
             .unwrap();
         let expected = endpoint_reply::Entry {
             key: endpoint_reply::Key {
@@ -1537,6 +1596,166 @@ endpoints:
             "no buckets for draining"
         );
         assert!(backend_ids(s).iter().all(|id| *id != 0));
+    }
+
+    /// A dual-stack Service and its IPv6 endpoints and pod CIDR.
+    const DUAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  clusterIPs: [10.96.0.10, "fd00:96::a"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-4, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+- {addresses: [10.244.1.6], nodeName: n1}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-6, namespace: default, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+"#;
+
+    fn dual_stack(v6_eps: &[&str]) -> Model {
+        let mut y = format!("{}\n---\n{DUAL}", model::tests::NODES);
+        for ip in v6_eps {
+            y.push_str(&format!("- {{addresses: [\"{ip}\"], nodeName: n1}}\n"));
+        }
+        if v6_eps.is_empty() {
+            y.push_str("  []\n");
+        }
+        let (s, e, n) = objs(&y);
+        model::build(&s, &e, &n)
+    }
+
+    /// A dual-stack Service: a `service_v4` and a `service_v6` entry, each
+    /// with a service id and buckets of its own naming its family's
+    /// backends only; the IPv6 backends in `backend_v6`, with ids from the
+    /// one backend id space; the IPv6 pod CIDR in `pod_node_v6`. A
+    /// restarted planner adopts it all and writes nothing.
+    #[test]
+    fn dual_stack_services_get_a_port_per_family() {
+        let m = dual_stack(&["fd00::5", "fd00::6", "fd00::7"]);
+        let t0 = Instant::now();
+        let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        let s = plan_state(&mut p, &m, t0);
+        assert_eq!((s.service_v4.len(), s.service_v6.len()), (1, 1));
+        assert_eq!((s.backend.len(), s.backend_v6.len()), (2, 3));
+        let pod6: Vec<(String, String)> = s
+            .pod_node_v6
+            .iter()
+            .map(|(k, a)| {
+                let pod_node_v6::Action::SetClientNode { node_ip } = *a;
+                (k.pod_addr.to_string(), node_ip.to_string())
+            })
+            .collect();
+        assert_eq!(
+            pod6,
+            [("fd00::/64".to_string(), "192.168.0.11".to_string())]
+        );
+        let (v4, v6) = {
+            let mut ports = p.desired().ports().cloned();
+            (ports.next().unwrap(), ports.next().unwrap())
+        };
+        assert!(v4.key.vip.is_ipv4() && v6.key.vip.is_ipv6());
+        assert_ne!(v4.service_id, v6.service_id);
+        let (ids4, ids6): (BTreeSet<u32>, BTreeSet<u32>) = (
+            v4.active.keys().copied().collect(),
+            v6.active.keys().copied().collect(),
+        );
+        assert!(ids4.is_disjoint(&ids6), "one backend id space");
+        assert_eq!(
+            s.backend_v6
+                .keys()
+                .map(|k| k.backend_id)
+                .collect::<BTreeSet<_>>(),
+            ids6
+        );
+        for (sid, ids) in [(v4.service_id, &ids4), (v6.service_id, &ids6)] {
+            let named: BTreeSet<u32> = s
+                .lb_bucket
+                .iter()
+                .filter(|(k, _)| k.service_id == sid)
+                .map(|(_, a)| {
+                    let lb_bucket::Action::SelectBackend { backend_id } = *a;
+                    backend_id
+                })
+                .collect();
+            assert_eq!(&named, ids, "service {sid}'s buckets");
+        }
+        let view = serde_json::to_value(v6.view()).unwrap();
+        assert_eq!(view["key"]["vip"], "fd00:96::a");
+        let counts = p.desired().counts();
+        assert_eq!(counts[&Table::ServiceV6], 1);
+        assert_eq!(counts[&Table::BackendV6], 3);
+        assert_eq!(counts[&Table::Backend], 2);
+        assert_eq!(p.desired().len(), s.total());
+
+        // A restart adopts both families' ids and writes nothing.
+        let mut q = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        assert!(q.adopt(&s).is_empty());
+        assert!(q.agrees_with(&s));
+        assert!(diff(&plan_state(&mut q, &m, t0), &s).is_empty());
+
+        // An IPv6 endpoint leaves: its id is quarantined, and the region
+        // diff touches the IPv6 port only.
+        let fewer = dual_stack(&["fd00::5", "fd00::6"]);
+        let ch = p.replan(&fewer, fewer.ports.keys().copied(), t0);
+        assert_eq!(ch.sids, [v6.service_id].into());
+        let b = crate::diff::region_diff(p.desired(), &s, &ch);
+        let tables: BTreeSet<Table> = b.iter().map(|b| b.table).collect();
+        assert_eq!(tables, [Table::LbBucket].into(), "{b:?}");
+        let later = t0 + Duration::from_secs(301);
+        let ch = p.replan(&fewer, [], later);
+        let mut have = s.clone();
+        crate::diff::apply(&mut have, &crate::diff::region_diff(p.desired(), &s, &ch));
+        assert_eq!(have.backend_v6.len(), 2);
+        assert_eq!(have.service_v6.len(), 1);
+        assert_eq!(have, p.desired().state());
+        // The IPv6 port's endpoints all go: after the quarantine its
+        // entries are deleted, the IPv4 port's kept.
+        let none = dual_stack(&[]);
+        p.replan(&none, none.ports.keys().copied(), later);
+        let s2 = plan_state(&mut p, &none, later + Duration::from_secs(301));
+        assert_eq!((s2.service_v4.len(), s2.service_v6.len()), (1, 0));
+        assert_eq!((s2.backend.len(), s2.backend_v6.len()), (2, 0));
+    }
+
+    /// A full diff writes the IPv6 tables in dependency order, also when
+    /// produced chunk by chunk from the compact desired state.
+    #[test]
+    fn ipv6_tables_are_written_after_what_they_reference() {
+        let m = dual_stack(&["fd00::5"]);
+        let mut p = Planner::new(BucketPolicy::default(), Duration::from_secs(300));
+        let s = plan_state(&mut p, &m, Instant::now());
+        let order: Vec<Table> = diff(&s, &Contents::default())
+            .iter()
+            .map(|b| b.table)
+            .collect();
+        let at = |t| order.iter().position(|x| *x == t).unwrap();
+        assert!(at(Table::PodNode) < at(Table::PodNodeV6));
+        assert!(at(Table::BackendV6) < at(Table::CookieCheck));
+        assert!(at(Table::BackendV6) < at(Table::LbBucket));
+        assert!(at(Table::LbBucket) < at(Table::ServiceV6));
+        let mut gen = crate::diff::FullDiff::default();
+        let mut have = Contents::default();
+        while let Some(c) = gen.next_chunk(p.desired(), &have, 1) {
+            for e in c.entries {
+                have.insert(e);
+            }
+        }
+        assert_eq!(have, s);
     }
 
     #[test]

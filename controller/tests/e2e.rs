@@ -156,6 +156,177 @@ fn fake_applied(f: &FakeSwitch) -> u64 {
     f.state.lock().unwrap().applied
 }
 
+/// A dual-stack Service with one IPv4 and two IPv6 endpoints, on a Node
+/// with an IPv6 pod CIDR.
+fn dual_stack_objects() -> Objects {
+    let mut o = Objects::default();
+    let y = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+spec: {podCIDR: 10.244.1.0/24, podCIDRs: [10.244.1.0/24, "fd00:10:244:1::/64"]}
+status: {addresses: [{type: InternalIP, address: 192.168.0.11}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dual, namespace: default}
+spec:
+  clusterIPs: [10.96.0.20, "fd00:96::a"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: dual}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dual-4, namespace: default, labels: {kubernetes.io/service-name: dual}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.1.5], nodeName: n1}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dual-6, namespace: default, labels: {kubernetes.io/service-name: dual}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: ["fd00:10:244:1::5"], nodeName: n1}
+- {addresses: ["fd00:10:244:1::6"], nodeName: n1}
+"#;
+    for doc in serde_yaml::Deserializer::from_str(y) {
+        let v: serde_yaml::Value = serde::Deserialize::deserialize(doc).unwrap();
+        match v["kind"].as_str().unwrap() {
+            "Node" => o.put_node(serde_yaml::from_value::<Node>(v).unwrap()),
+            "Service" => o.put_service(serde_yaml::from_value::<Service>(v).unwrap()),
+            _ => o.put_slice(serde_yaml::from_value::<EndpointSlice>(v).unwrap()),
+        }
+    }
+    o
+}
+
+/// A dual-stack Service end to end: the IPv6 tables written to a switch
+/// (and not again by a restarted controller), dumped by REST and
+/// `talariactl` with IPv6 addresses, and the IPv6 VIP in `/v1/services`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_service_tables_rest_and_cli() {
+    init_log();
+    let fake = FakeSwitch::default();
+    let server = fake::spawn(fake.clone(), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let src = MemorySource::new();
+    src.replace(dual_stack_objects());
+    let (ctx, mut tasks) = start(config(server.addr), src.clone());
+    wait_for("first sync", || ctx.ready().is_ok()).await;
+    assert_eq!(fake_count(&fake), ctx.desired_len());
+    let len = |t: Table| {
+        fake.state
+            .lock()
+            .unwrap()
+            .tables
+            .get(&t.id())
+            .map_or(0, |t| t.len())
+    };
+    assert_eq!(len(Table::ServiceV6), 1);
+    assert_eq!(len(Table::BackendV6), 2);
+    assert_eq!(len(Table::PodNodeV6), 1);
+    assert_eq!((len(Table::ServiceV4), len(Table::Backend)), (1, 1));
+    assert_eq!(len(Table::LbBucket), 32, "16 buckets per family");
+
+    // A restarted controller adopts the IPv6 ids too and writes nothing.
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let rpcs = fake.state.lock().unwrap().write_rpcs;
+    let (ctx, mut tasks) = start(config(server.addr), src.clone());
+    wait_for("sync after controller restart", || ctx.ready().is_ok()).await;
+    assert_eq!(fake.state.lock().unwrap().write_rpcs, rpcs, "restart wrote");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = listener.local_addr().unwrap();
+    tasks.spawn({
+        let ctx = ctx.clone();
+        async move {
+            let _ = talaria_controller::api::serve(ctx, listener).await;
+        }
+    });
+    let base = format!("http://{api}");
+    let spec = Arc::new(openapi::Spec::load());
+    let get = |p: &str| {
+        let url = format!("{base}{p}");
+        let (spec, template) = (spec.clone(), spec.template(p));
+        async move {
+            let r = reqwest::get(&url).await.unwrap();
+            let (code, body) = (r.status().as_u16(), r.text().await.unwrap());
+            spec.check(&template, code, &body);
+            (code, body)
+        }
+    };
+    let (code, body) = get("/v1/services").await;
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v[0]["cluster_ips"],
+        serde_json::json!(["10.96.0.20", "fd00:96::a"])
+    );
+    let vips: Vec<&str> = v[0]["data_path"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["key"]["vip"].as_str().unwrap())
+        .collect();
+    assert_eq!(vips, ["10.96.0.20", "fd00:96::a"], "{body}");
+    let v6 = &v[0]["data_path"][1];
+    let ips: BTreeSet<&str> = v6["active"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|b| b["ip"].as_str().unwrap())
+        .collect();
+    assert_eq!(ips, ["fd00:10:244:1::5", "fd00:10:244:1::6"].into());
+    let (code, body) = get("/v1/switches/s1/tables/service_v6").await;
+    assert_eq!(code, 200, "{body}");
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(t["entries"][0]["match"]["vip"], "fd00:96::a", "{body}");
+    assert_eq!(t["entries"][0]["action"], "set_service", "{body}");
+    let (_, body) = get("/v1/switches/s1/tables/backend_v6").await;
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        t["entries"][0]["params"]["backend_ip"], "fd00:10:244:1::5",
+        "{body}"
+    );
+    assert_eq!(
+        t["entries"][0]["params"]["node_ip"], "192.168.0.11",
+        "{body}"
+    );
+    let (_, body) = get("/v1/switches/s1/tables/pod_node_v6").await;
+    assert!(body.contains("fd00:10:244:1::/64"), "{body}");
+    let (_, body) = get("/v1/status").await;
+    assert!(!body.contains("not in data path"), "{body}");
+
+    let cli = env!("CARGO_BIN_EXE_talariactl");
+    let base2 = base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(cli)
+                .arg("--server")
+                .arg(&base2)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{args:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        (
+            run(&["tables", "dump", "--table", "service_v6"]),
+            run(&["services"]),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(out.0.contains("fd00:96::a"), "{}", out.0);
+    assert!(out.1.contains("[fd00:96::a]:80/TCP"), "{}", out.1);
+    tasks.abort_all();
+    drop(server);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_restart_resync_rest_and_cli() {
     init_log();
@@ -417,7 +588,7 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(get("/v1/status").await.0, 200);
     assert_eq!(
         get("/v1/service-cidrs").await,
-        (200, r#"["10.96.0.0/12"]"#.into())
+        (200, r#"["10.96.0.0/12","fd00:10:96::/108"]"#.into())
     );
     // A new ServiceCIDR alone changes no switch entry, yet it wakes the
     // node agents' long poll: they steer the CIDRs (host-ebpf k8s.rs).
@@ -446,7 +617,7 @@ async fn sync_restart_resync_rest_and_cli() {
     assert_eq!(version(&r), now, "the CIDRs name their plan version");
     assert_eq!(
         r.text().await.unwrap(),
-        r#"["10.96.0.0/12","10.100.0.0/16"]"#
+        r#"["10.96.0.0/12","10.100.0.0/16","fd00:10:96::/108"]"#
     );
     let (code, body) = get("/v1/switches/s1/counters").await;
     assert_eq!(code, 200, "{body}");
@@ -634,6 +805,23 @@ async fn against_switch_agent_binary() {
         st.sessions >= 2 && st.updates_written == want && st.connected
     })
     .await;
+
+    // A dual-stack Service: the IPv6 tables are taken by switch-agent, and
+    // read back by a restarted controller that then writes nothing.
+    src.replace(dual_stack_objects());
+    wait_for("dual-stack planned", || {
+        let ports = ctx.planned_ports();
+        ports.len() == 2 && ports.iter().any(|p| p.key.vip.is_ipv6())
+    })
+    .await;
+    wait_for("dual-stack synced", || ctx.ready().is_ok()).await;
+    assert_eq!(ctx.switches[0].status.read().unwrap().write_errors, 0);
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let (ctx, mut tasks) = start(config(addr), src.clone());
+    wait_for("sync after controller restart", || ctx.ready().is_ok()).await;
+    let st = ctx.switches[0].status.read().unwrap().clone();
+    assert_eq!((st.updates_written, st.write_errors), (0, 0));
     tasks.abort_all();
     agent.kill().unwrap();
     let _ = agent.wait();

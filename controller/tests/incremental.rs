@@ -1,7 +1,8 @@
 //! Incremental reconcile ≡ full reconcile.
 //!
 //! A random history of object changes (Services, EndpointSlices, Nodes,
-//! with clock steps across the id quarantine) is fed two ways:
+//! with clock steps across the id quarantine; IPv4, IPv6 and dual-stack
+//! Services, IPv4 and IPv6 slices and pod CIDRs) is fed two ways:
 //! - incrementally, as the controller does: the source's change log →
 //!   `Model::apply` → `Planner::replan` → `region_diff` applied to a
 //!   simulated switch;
@@ -30,10 +31,13 @@ use talaria_controller::{
     plan::{FabricConfig, PlanChanges, Planner},
     source::{MemorySource, Objects},
 };
-use talaria_tables::{backend, cookie_check, lb_bucket, service_v4, ts_cookie, Contents};
+use talaria_tables::{
+    backend, backend_v6, cookie_check, lb_bucket, service_v4, service_v6, ts_cookie, Contents,
+};
 
 const QUARANTINE: Duration = Duration::from_secs(30);
 const VIPS: [&str; 3] = ["10.96.0.10", "10.96.0.11", "10.96.0.12"];
+const VIPS6: [&str; 3] = ["fd00:96::a", "fd00:96::b", "fd00:96::c"];
 const SERVICES: usize = 4;
 
 #[derive(Debug, Clone)]
@@ -43,6 +47,8 @@ enum Change {
         vip: usize,
         ports: u8,
         affinity: bool,
+        /// 0: IPv4 (the common case), 1: dual-stack, 2: IPv6 only.
+        families: u8,
     },
     RemoveService(usize),
     PutSlice {
@@ -52,6 +58,8 @@ enum Change {
         label: usize,
         /// (pod index, condition: 0 ready, 1 serving+terminating, 2 not ready)
         endpoints: Vec<(u8, u8)>,
+        /// An IPv6 slice (pod 11 is then outside every IPv6 pod CIDR).
+        v6: bool,
     },
     RemoveSlice {
         svc: usize,
@@ -64,21 +72,34 @@ enum Change {
 
 fn change() -> impl Strategy<Value = Change> {
     prop_oneof![
-        3 => (0..SERVICES, 0..VIPS.len(), 1u8..4, any::<bool>()).prop_map(
-            |(svc, vip, ports, affinity)| Change::PutService { svc, vip, ports, affinity }
-        ),
+        3 => (
+            0..SERVICES,
+            0..VIPS.len(),
+            1u8..4,
+            any::<bool>(),
+            prop_oneof![2 => Just(0u8), 2 => Just(1u8), 1 => Just(2u8)],
+        )
+            .prop_map(|(svc, vip, ports, affinity, families)| Change::PutService {
+                svc,
+                vip,
+                ports,
+                affinity,
+                families,
+            }),
         1 => (0..SERVICES).prop_map(Change::RemoveService),
         6 => (
             0..SERVICES,
             0..2usize,
             prop_oneof![4 => Just(None), 1 => (0..SERVICES).prop_map(Some)],
             proptest::collection::vec((0u8..12, 0u8..3), 0..6),
+            prop_oneof![3 => Just(false), 2 => Just(true)],
         )
-            .prop_map(|(svc, slot, label, endpoints)| Change::PutSlice {
+            .prop_map(|(svc, slot, label, endpoints, v6)| Change::PutSlice {
                 svc,
                 slot,
                 label: label.unwrap_or(svc),
                 endpoints,
+                v6,
             }),
         1 => (0..SERVICES, 0..2usize).prop_map(|(svc, slot)| Change::RemoveSlice { svc, slot }),
         1 => any::<bool>().prop_map(Change::MoveNode),
@@ -90,13 +111,14 @@ fn yaml<T: serde::de::DeserializeOwned>(y: &str) -> T {
     serde_yaml::from_str(y).unwrap()
 }
 
-fn node(name: &str, cidr: &str, ip: &str) -> Node {
+/// A Node with an IPv4 and an IPv6 pod CIDR.
+fn node(name: &str, cidr: &str, cidr6: &str, ip: &str) -> Node {
     yaml(&format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}}}\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n"
+        "apiVersion: v1\nkind: Node\nmetadata: {{name: {name}}}\nspec: {{podCIDR: {cidr}, podCIDRs: [{cidr}, \"{cidr6}\"]}}\nstatus: {{addresses: [{{type: InternalIP, address: {ip}}}]}}\n"
     ))
 }
 
-fn service(svc: usize, vip: usize, ports: u8, affinity: bool) -> Service {
+fn service(svc: usize, vip: usize, ports: u8, affinity: bool, families: u8) -> Service {
     let mut p = Vec::new();
     if ports & 1 != 0 {
         p.push("{name: http, port: 80, targetPort: http}");
@@ -105,14 +127,18 @@ fn service(svc: usize, vip: usize, ports: u8, affinity: bool) -> Service {
         p.push("{name: dns, port: 53, protocol: UDP, targetPort: 5353}");
     }
     let aff = if affinity { "ClientIP" } else { "None" };
+    let ips = match families {
+        0 => VIPS[vip].to_string(),
+        1 => format!("{}, \"{}\"", VIPS[vip], VIPS6[vip]),
+        _ => format!("\"{}\"", VIPS6[vip]),
+    };
     yaml(&format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{svc}, namespace: ns}}\nspec: {{clusterIP: {}, externalIPs: [203.0.113.{svc}], sessionAffinity: {aff}, selector: {{app: s{svc}}}, ports: [{}]}}\n",
-        VIPS[vip],
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s{svc}, namespace: ns}}\nspec: {{clusterIPs: [{ips}], externalIPs: [203.0.113.{svc}], sessionAffinity: {aff}, selector: {{app: s{svc}}}, ports: [{}]}}\n",
         p.join(", ")
     ))
 }
 
-fn slice(svc: usize, slot: usize, label: usize, endpoints: &[(u8, u8)]) -> EndpointSlice {
+fn slice(svc: usize, slot: usize, label: usize, endpoints: &[(u8, u8)], v6: bool) -> EndpointSlice {
     let mut eps = String::new();
     for (pod, cond) in endpoints {
         let cond = match cond {
@@ -120,11 +146,14 @@ fn slice(svc: usize, slot: usize, label: usize, endpoints: &[(u8, u8)]) -> Endpo
             1 => "{ready: false, serving: true, terminating: true}",
             _ => "{ready: false}",
         };
-        // Pods 0..6 on n1, 6..12 on n2 (found through the pod CIDR).
-        let (ip, node) = if *pod < 6 {
-            (format!("10.244.1.{}", pod + 1), "nodeName: n1, ")
-        } else {
-            (format!("10.244.2.{}", pod + 1), "")
+        // Pods 0..6 on n1, 6..12 on n2 (found through the pod CIDR); IPv6
+        // pod 11 is in no pod CIDR (no agent: skipped).
+        let (ip, node) = match (v6, *pod) {
+            (false, p @ 0..6) => (format!("10.244.1.{}", p + 1), "nodeName: n1, "),
+            (false, p) => (format!("10.244.2.{}", p + 1), ""),
+            (true, p @ 0..6) => (format!("\"fd00:1::{}\"", p + 1), "nodeName: n1, "),
+            (true, 11) => ("\"fd99::1\"".to_string(), ""),
+            (true, p) => (format!("\"fd00:2::{}\"", p + 1), ""),
         };
         eps.push_str(&format!(
             "- {{addresses: [{ip}], {node}conditions: {cond}}}\n"
@@ -134,7 +163,8 @@ fn slice(svc: usize, slot: usize, label: usize, endpoints: &[(u8, u8)]) -> Endpo
         eps.push_str("  []\n");
     }
     yaml(&format!(
-        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{svc}-{slot}, namespace: ns, labels: {{kubernetes.io/service-name: s{label}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{eps}"
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{svc}-{slot}, namespace: ns, labels: {{kubernetes.io/service-name: s{label}}}}}\naddressType: {}\nports: [{{name: http, port: 8080}}, {{name: dns, port: 5353, protocol: UDP}}]\nendpoints:\n{eps}",
+        if v6 { "IPv6" } else { "IPv4" }
     ))
 }
 
@@ -170,12 +200,30 @@ fn policy() -> BucketPolicy {
 
 /// Panics if `s` holds an entry that points at a missing one.
 fn check_references(s: &Contents, when: &str) {
-    for (key, a) in &s.service_v4 {
-        let service_v4::Action::SetService {
-            service_id,
-            bucket_mask,
-            ..
-        } = *a;
+    let services = s
+        .service_v4
+        .iter()
+        .map(|(k, a)| {
+            let service_v4::Action::SetService {
+                service_id,
+                bucket_mask,
+                ..
+            } = *a;
+            (format!("{k:?}"), service_id, bucket_mask)
+        })
+        .chain(s.service_v6.iter().map(|(k, a)| {
+            let service_v6::Action::SetService {
+                service_id,
+                bucket_mask,
+                ..
+            } = *a;
+            (format!("{k:?}"), service_id, bucket_mask)
+        }));
+    let has_backend = |backend_id| {
+        s.backend.contains_key(&backend::Key { backend_id })
+            || s.backend_v6.contains_key(&backend_v6::Key { backend_id })
+    };
+    for (key, service_id, bucket_mask) in services {
         // Mask 0 and no bucket: a port without active backends, kept for
         // the flows of its draining and departed ones.
         let bucketless = bucket_mask == 0
@@ -201,8 +249,7 @@ fn check_references(s: &Contents, when: &str) {
             backend_id,
         };
         assert!(
-            s.cookie_check.contains_key(&cookie)
-                && s.backend.contains_key(&backend::Key { backend_id }),
+            s.cookie_check.contains_key(&cookie) && has_backend(backend_id),
             "{when}: bucket {k:?} names backend {backend_id} without its entries"
         );
     }
@@ -219,10 +266,44 @@ fn check_references(s: &Contents, when: &str) {
     }
     for k in s.cookie_check.keys() {
         assert!(
-            s.backend.contains_key(&backend::Key {
-                backend_id: k.backend_id
-            }),
+            has_backend(k.backend_id),
             "{when}: cookie_check {k:?} without backend"
+        );
+    }
+    // Every port's buckets name a backend in its family's table (the one
+    // the switch reads for its packets).
+    let v6_sids: std::collections::BTreeSet<u16> = s
+        .service_v6
+        .values()
+        .map(|a| {
+            let service_v6::Action::SetService { service_id, .. } = *a;
+            service_id
+        })
+        .collect();
+    let v4_sids: std::collections::BTreeSet<u16> = s
+        .service_v4
+        .values()
+        .map(|a| {
+            let service_v4::Action::SetService { service_id, .. } = *a;
+            service_id
+        })
+        .collect();
+    for (k, a) in &s.lb_bucket {
+        let lb_bucket::Action::SelectBackend { backend_id } = *a;
+        // Before its service entry is written (or after it is deleted), a
+        // service id's family is not known here: either table will do.
+        let v4 = s.backend.contains_key(&backend::Key { backend_id });
+        let v6 = s.backend_v6.contains_key(&backend_v6::Key { backend_id });
+        let found = if v6_sids.contains(&k.service_id) {
+            v6
+        } else if v4_sids.contains(&k.service_id) {
+            v4
+        } else {
+            v4 || v6
+        };
+        assert!(
+            found,
+            "{when}: bucket {k:?} names backend {backend_id}, not in its family's table"
         );
     }
 }
@@ -259,8 +340,8 @@ fn run(history: Vec<Change>) {
     let mut now = t0;
     let src = MemorySource::new();
     let mut objects = Objects::default();
-    objects.put_node(node("n1", "10.244.1.0/24", "192.168.0.11"));
-    objects.put_node(node("n2", "10.244.2.0/24", "192.168.0.12"));
+    objects.put_node(node("n1", "10.244.1.0/24", "fd00:1::/64", "192.168.0.11"));
+    objects.put_node(node("n2", "10.244.2.0/24", "fd00:2::/64", "192.168.0.12"));
     src.replace(objects.clone());
 
     let mut model = Model::default();
@@ -280,7 +361,8 @@ fn run(history: Vec<Change>) {
                 vip,
                 ports,
                 affinity,
-            }) => src.update(|o| o.put_service(service(svc, vip, ports, affinity))),
+                families,
+            }) => src.update(|o| o.put_service(service(svc, vip, ports, affinity, families))),
             Some(Change::RemoveService(svc)) => {
                 src.update(|o| o.remove_service(&oref(format!("s{svc}"))))
             }
@@ -289,7 +371,8 @@ fn run(history: Vec<Change>) {
                 slot,
                 label,
                 endpoints,
-            }) => src.update(|o| o.put_slice(slice(svc, slot, label, &endpoints))),
+                v6,
+            }) => src.update(|o| o.put_slice(slice(svc, slot, label, &endpoints, v6))),
             Some(Change::RemoveSlice { svc, slot }) => {
                 src.update(|o| o.remove_slice(&oref(format!("s{svc}-{slot}"))))
             }
@@ -299,7 +382,7 @@ fn run(history: Vec<Change>) {
                 } else {
                     "192.168.0.12"
                 };
-                src.update(|o| o.put_node(node("n2", "10.244.2.0/24", ip)))
+                src.update(|o| o.put_node(node("n2", "10.244.2.0/24", "fd00:2::/64", ip)))
             }
             Some(Change::Tick(s)) => now += Duration::from_secs(s),
         }
@@ -355,20 +438,65 @@ fn departed_backend_expires_without_other_changes() {
             vip: 0,
             ports: 1,
             affinity: false,
+            families: 0,
         },
         Change::PutSlice {
             svc: 0,
             slot: 0,
             label: 0,
             endpoints: vec![(0, 0), (1, 0)],
+            v6: false,
         },
         Change::PutSlice {
             svc: 0,
             slot: 0,
             label: 0,
             endpoints: vec![(0, 0)],
+            v6: false,
         },
         Change::Tick(20),
         Change::Tick(20),
+    ]);
+}
+
+/// A dual-stack Service whose IPv6 slice turns into an IPv4 one and back,
+/// with an IPv6 endpoint leaving and its id expiring, and the Service
+/// becoming IPv6-only: both families' tables follow, in order.
+#[test]
+fn dual_stack_service_through_family_changes() {
+    let put = |endpoints: Vec<(u8, u8)>, v6| Change::PutSlice {
+        svc: 0,
+        slot: 1,
+        label: 0,
+        endpoints,
+        v6,
+    };
+    let service = |families| Change::PutService {
+        svc: 0,
+        vip: 1,
+        ports: 3,
+        affinity: false,
+        families,
+    };
+    run(vec![
+        service(1),
+        Change::PutSlice {
+            svc: 0,
+            slot: 0,
+            label: 0,
+            endpoints: vec![(0, 0), (7, 0)],
+            v6: false,
+        },
+        put(vec![(0, 0), (1, 0), (7, 1), (11, 0)], true),
+        put(vec![(0, 0), (7, 1)], true),
+        Change::Tick(20),
+        put(vec![(0, 0), (2, 0)], false),
+        Change::Tick(20),
+        put(vec![(3, 0), (8, 2)], true),
+        service(2),
+        Change::MoveNode(true),
+        Change::Tick(40),
+        service(0),
+        Change::RemoveService(0),
     ]);
 }

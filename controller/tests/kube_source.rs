@@ -133,7 +133,7 @@ async fn reflectors_list_watch_bookmark_and_relist_on_410() {
         src.model()
             .ports
             .keys()
-            .any(|k| k.vip == "10.96.0.99".parse::<std::net::Ipv4Addr>().unwrap())
+            .any(|k| k.vip == "10.96.0.99".parse::<std::net::IpAddr>().unwrap())
     })
     .await;
     assert!(api.lock().unwrap().lists[&Resource::Services] > lists_before);
@@ -197,10 +197,10 @@ async fn kube_proxy_selector_and_service_cidrs() {
     );
     wait_for("ServiceCIDR watch event applied", || {
         let _ = src.update_model(&mut m, false);
-        m.service_cidrs.len() == 2
+        m.service_cidrs.len() == 3
     })
     .await;
-    assert_eq!(cidrs(&m), ["10.96.0.0/12", "10.100.0.0/16"]);
+    assert_eq!(cidrs(&m), ["10.96.0.0/12", "10.100.0.0/16", "fd00::/108"]);
     task.abort();
 }
 

@@ -53,7 +53,7 @@ fn node() -> Node {
         _pad: 0,
     })
     .unwrap();
-    n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])
+    n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0).into(), 12)])
         .unwrap();
     n.set_services(&[ServiceConfig::new(7, VIP, 80, "tcp")])
         .unwrap();

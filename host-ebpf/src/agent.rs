@@ -12,7 +12,7 @@ use std::{
 
 use talaria_common::{
     be::Be32,
-    maps::{CookieEntry, NodeConfig, ReverseEntry},
+    maps::{CookieEntry, NodeConfig, ReverseEntry, ReverseEntry6},
     wire::ENCAP_OVERHEAD,
 };
 use tokio::sync::Notify;
@@ -150,10 +150,11 @@ fn host_device(cfg: &Config) -> Result<()> {
 /// the node's address, and its egress hook tunnels them like a pod's
 /// packets straight out of the uplink. A device of its own keeps that
 /// hook off the uplink, which every pod's tunnel leaves by. kube-proxy
-/// needs no route (its DNAT happens before routing).
-pub fn serve_host_clients(node: &mut Node, cfg: &Config, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+/// needs no route (its DNAT happens before routing). IPv4 only: the hook
+/// serves no IPv6 Service, so IPv6 prefixes are not routed.
+pub fn serve_host_clients(node: &mut Node, cfg: &Config, cidrs: &[Cidr]) -> Result<()> {
     let src = cfg.node_ip.to_string();
-    for (addr, len) in cidrs {
+    for (addr, len) in cidrs.iter().filter(|c| c.0.is_ipv4()) {
         let cidr = format!("{addr}/{len}");
         sys::run(
             "ip",
@@ -198,16 +199,22 @@ impl HostRoutes {
             return Ok(());
         }
         let src = self.src.to_string();
+        // IPv4 only: `node_host_egress` serves no IPv6 Service.
         let add: Vec<String> = changes
             .add
             .iter()
+            .filter(|c| c.0.is_ipv4())
             .map(|(a, l)| format!("{a}/{l}"))
             .collect();
         let remove: Vec<String> = changes
             .remove
             .iter()
+            .filter(|c| c.0.is_ipv4())
             .map(|(a, l)| format!("{a}/{l}"))
             .collect();
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
         sys::in_netns_file(self.netns.clone(), move || -> Result<()> {
             for c in &add {
                 sys::run("ip", &["route", "replace", c, "dev", HOST_DEV, "src", &src])?;
@@ -227,7 +234,7 @@ fn parse_routes(out: &str) -> BTreeSet<Cidr> {
         .filter_map(|l| l.split_whitespace().next())
         .filter_map(|d| match d.contains('/') {
             true => parse_cidr(d).ok(),
-            false => d.parse().ok().map(|a| (a, 32)),
+            false => d.parse::<Ipv4Addr>().ok().map(|a| (a.into(), 32)),
         })
         .collect()
 }
@@ -289,10 +296,15 @@ pub async fn run(cfg: Config) -> Result<()> {
                     Ok((c, r)) => g.gc_removed_total += (c + r) as u64,
                     Err(e) => warn!(error = %e, "gc"),
                 }
-                g.cookies =
-                    node::count_pinned::<CookieEntry>(&pin_dir, node::MAP_COOKIES).unwrap_or(0);
-                g.reverse_flows =
-                    node::count_pinned::<ReverseEntry>(&pin_dir, node::MAP_REVERSE).unwrap_or(0);
+                // Both families' entries.
+                g.cookies = node::count_pinned::<CookieEntry>(&pin_dir, node::MAP_COOKIES)
+                    .unwrap_or(0)
+                    + node::count_pinned6::<CookieEntry>(&pin_dir, node::MAP_COOKIES_V6)
+                        .unwrap_or(0);
+                g.reverse_flows = node::count_pinned::<ReverseEntry>(&pin_dir, node::MAP_REVERSE)
+                    .unwrap_or(0)
+                    + node::count_pinned6::<ReverseEntry6>(&pin_dir, node::MAP_REVERSE_V6)
+                        .unwrap_or(0);
             }
         });
     }

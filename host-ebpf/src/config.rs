@@ -1,7 +1,7 @@
 //! The node agent's configuration: YAML, overridden by command-line flags.
 
 use std::{
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
 };
 
@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use talaria_common::{
     be::{Be16, Be32},
-    maps::{port_policy, AffinityBackend, PortPolicy, ServiceAddr, ServiceKey},
+    maps::{port_policy, AffinityBackend, PortPolicy, ServiceAddr, ServiceAddr6, ServiceKey},
     ts_cookie::{self, CookieKey},
 };
 
@@ -37,7 +37,7 @@ pub struct Config {
     /// packets), as `aa:bb:cc:dd:ee:ff`.
     pub switch_mac: String,
     /// Service CIDRs (ClusterIP ranges) steered to the switch, e.g.
-    /// `10.96.0.0/12`. Kubernetes mode adds the cluster's ServiceCIDRs
+    /// `10.96.0.0/12` or `fd00:96::/108`. Kubernetes mode adds the cluster's ServiceCIDRs
     /// from the controller (`GET /v1/service-cidrs`) and never removes
     /// these.
     pub service_cidrs: Vec<String>,
@@ -176,8 +176,9 @@ pub const DEFAULT_CONTROLLER_URL: &str = "http://talaria-controller.talaria-syst
 pub struct ServiceConfig {
     /// The id the controller gave the Service (carried in the Talaria option).
     pub id: u16,
-    /// The ClusterIP.
-    pub vip: Ipv4Addr,
+    /// The ClusterIP, IPv4 or IPv6 (a dual-stack Service has a service id
+    /// per family).
+    pub vip: IpAddr,
     /// The Service port.
     pub port: u16,
     /// `tcp` or `udp`.
@@ -314,10 +315,10 @@ pub fn parse_ts_cookie_keys(text: &str, origin: &str) -> Result<Vec<CookieKey>> 
 
 impl ServiceConfig {
     /// A Service port with no policy: new flows go by the switch's hash.
-    pub fn new(id: u16, vip: Ipv4Addr, port: u16, protocol: &str) -> Self {
+    pub fn new(id: u16, vip: impl Into<IpAddr>, port: u16, protocol: &str) -> Self {
         Self {
             id,
-            vip,
+            vip: vip.into(),
             port,
             protocol: protocol.into(),
             reject: false,
@@ -339,10 +340,16 @@ impl ServiceConfig {
         }
     }
 
-    /// The `NODE_PORT_POLICY` key.
+    /// The `NODE_PORT_POLICY` key (IPv4 only: IPv6 ports have no policy).
     pub fn port_key(&self) -> Result<ServiceKey> {
+        let IpAddr::V4(vip) = self.vip else {
+            return Err(Error::Invalid(format!(
+                "service {}: IPv6 ports have no port policy",
+                self.id
+            )));
+        };
         Ok(ServiceKey {
-            vip: Be32(self.vip.octets()),
+            vip: Be32(vip.octets()),
             port: Be16::new(self.port),
             proto: self.proto()?,
             _pad: 0,
@@ -403,15 +410,54 @@ impl ServiceConfig {
         })
     }
 
-    /// The `NODE_SERVICES` value: what replies are reverse-NATed to.
-    pub fn map_value(&self) -> Result<ServiceAddr> {
-        Ok(ServiceAddr {
-            vip: Be32(self.vip.octets()),
-            port: Be16::new(self.port),
-            proto: self.proto()?,
-            _pad: 0,
+    /// The `NODE_SERVICES` (IPv4) or `NODE_SERVICES_V6` value: what
+    /// replies are reverse-NATed to.
+    pub fn map_value(&self) -> Result<ServiceValue> {
+        let (port, proto) = (Be16::new(self.port), self.proto()?);
+        Ok(match self.vip {
+            IpAddr::V4(vip) => ServiceValue::V4(ServiceAddr {
+                vip: Be32(vip.octets()),
+                port,
+                proto,
+                _pad: 0,
+            }),
+            IpAddr::V6(vip) => ServiceValue::V6(ServiceAddr6 {
+                vip: vip.octets(),
+                port,
+                proto,
+                _pad: 0,
+            }),
         })
     }
+}
+
+/// A Service's value in the map of its VIP's family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceValue {
+    /// `NODE_SERVICES`.
+    V4(ServiceAddr),
+    /// `NODE_SERVICES_V6`.
+    V6(ServiceAddr6),
+}
+
+/// A prefix of either family (address, length).
+pub type Cidr = (IpAddr, u8);
+
+/// `cidr` with its host bits clear, so that `10.96.0.1/12` from a config
+/// and `10.96.0.0/12` from the controller are one prefix (and one route).
+pub fn network(cidr: Cidr) -> Cidr {
+    let (addr, len) = cidr;
+    let addr = match addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    };
+    (addr, len)
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -427,16 +473,26 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// Parses `a.b.c.d/len`.
-pub fn parse_cidr(s: &str) -> Result<(Ipv4Addr, u8)> {
+/// Parses `a.b.c.d/len` or `ipv6/len`.
+pub fn parse_cidr(s: &str) -> Result<Cidr> {
     let bad = || Error::Invalid(format!("CIDR {s:?}"));
     let (a, l) = s.split_once('/').ok_or_else(bad)?;
-    let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+    let addr: IpAddr = a.parse().map_err(|_| bad())?;
     let len: u8 = l.parse().map_err(|_| bad())?;
-    if len > 32 {
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    if len > max {
         return Err(bad());
     }
     Ok((addr, len))
+}
+
+/// Parses an IPv4 `a.b.c.d/len` (pod CIDRs, which are matched against
+/// IPv4 pod addresses only).
+pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8)> {
+    match parse_cidr(s)? {
+        (IpAddr::V4(a), l) => Ok((a, l)),
+        _ => Err(Error::Invalid(format!("IPv4 CIDR {s:?}"))),
+    }
 }
 
 #[cfg(test)]
@@ -463,9 +519,15 @@ mod tests {
         assert_eq!(parse_mac("02:00:00:00:00:01").unwrap(), [2, 0, 0, 0, 0, 1]);
         assert_eq!(
             parse_cidr("10.96.0.0/12").unwrap(),
-            (Ipv4Addr::new(10, 96, 0, 0), 12)
+            (Ipv4Addr::new(10, 96, 0, 0).into(), 12)
         );
         assert!(parse_cidr("10.96.0.0/33").is_err());
+        assert_eq!(
+            parse_cidr("fd00:96::/108").unwrap(),
+            ("fd00:96::".parse::<IpAddr>().unwrap(), 108)
+        );
+        assert!(parse_cidr("fd00:96::/129").is_err());
+        assert!(parse_cidr4("fd00:96::/108").is_err());
         assert_eq!(c.mode, Mode::Lab);
         assert!(c.learn_pods_from_routes);
         assert_eq!(c.uplink_mtu, None);

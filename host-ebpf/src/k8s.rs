@@ -212,7 +212,7 @@ struct PlannedPort {
 
 #[derive(serde::Deserialize)]
 struct PortKey {
-    vip: Ipv4Addr,
+    vip: IpAddr,
     port: u16,
     proto: String,
 }
@@ -430,19 +430,10 @@ pub async fn fetch_answer(
     })
 }
 
-/// An IPv4 prefix (address, length).
-pub type Cidr = (Ipv4Addr, u8);
-
-/// `cidr` with its host bits clear, so that `10.96.0.1/12` from a config
-/// and `10.96.0.0/12` from the controller are one prefix (and one route).
-pub fn network(cidr: Cidr) -> Cidr {
-    let (addr, len) = cidr;
-    let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-    (Ipv4Addr::from(u32::from(addr) & mask), len)
-}
+pub use crate::config::{network, Cidr};
 
 /// The prefixes of a controller `GET /v1/service-cidrs` answer (an array
-/// of `"a.b.c.d/len"`).
+/// of `"a.b.c.d/len"` and `"ipv6/len"`).
 pub fn service_cidrs_from_json(v: &serde_json::Value) -> Result<BTreeSet<Cidr>> {
     let bad = |what: String| Error::Invalid(format!("controller /v1/service-cidrs: {what}"));
     v.as_array()
@@ -457,8 +448,8 @@ pub fn service_cidrs_from_json(v: &serde_json::Value) -> Result<BTreeSet<Cidr>> 
         .collect()
 }
 
-/// Fetches `GET <controller_url>/v1/service-cidrs`: the IPv4 prefixes of
-/// the cluster's ServiceCIDR objects, as the controller knows them.
+/// Fetches `GET <controller_url>/v1/service-cidrs`: the prefixes (both
+/// families) of the cluster's ServiceCIDR objects, as the controller knows them.
 pub async fn fetch_service_cidrs(
     http: &reqwest::Client,
     controller_url: &str,
@@ -497,8 +488,12 @@ pub fn with_service_addrs(mut cidrs: BTreeSet<Cidr>, services: &[ServiceConfig])
         .iter()
         .filter(|s| !s.node_port)
         .map(|s| s.vip)
-        .filter(|a| !cidrs.iter().any(|c| network((*a, c.1)) == *c))
-        .map(|a| (a, 32))
+        .filter(|a| {
+            !cidrs
+                .iter()
+                .any(|c| c.0.is_ipv4() == a.is_ipv4() && network((*a, c.1)) == *c)
+        })
+        .map(|a| (a, if a.is_ipv4() { 32 } else { 128 }))
         .collect();
     cidrs.extend(outside);
     cidrs
@@ -721,23 +716,23 @@ mod tests {
                     preferred: vec![3, 4],
                     local_only: true,
                     agentless: true,
-                    ..ServiceConfig::new(7, "10.96.0.10".parse().unwrap(), 80, "tcp")
+                    ..ServiceConfig::new(7, "10.96.0.10".parse::<IpAddr>().unwrap(), 80, "tcp")
                 },
                 // No buckets: no usable endpoint.
                 ServiceConfig {
                     reject: true,
-                    ..ServiceConfig::new(8, "10.96.0.10".parse().unwrap(), 53, "udp")
+                    ..ServiceConfig::new(8, "10.96.0.10".parse::<IpAddr>().unwrap(), 53, "udp")
                 },
                 // Session affinity: the active ids come along.
                 ServiceConfig {
                     affinity_timeout_secs: 30,
                     active: vec![3, 12],
-                    ..ServiceConfig::new(9, "10.96.0.11".parse().unwrap(), 80, "tcp")
+                    ..ServiceConfig::new(9, "10.96.0.11".parse::<IpAddr>().unwrap(), 80, "tcp")
                 },
                 // A nodePort: known, never steered.
                 ServiceConfig {
                     node_port: true,
-                    ..ServiceConfig::new(10, "10.0.0.2".parse().unwrap(), 30080, "tcp")
+                    ..ServiceConfig::new(10, "10.0.0.2".parse::<IpAddr>().unwrap(), 30080, "tcp")
                 },
             ]
         );
@@ -754,7 +749,7 @@ mod tests {
         let merged = merge_services(
             &[ServiceConfig::new(
                 8,
-                "10.96.0.99".parse().unwrap(),
+                "10.96.0.99".parse::<IpAddr>().unwrap(),
                 1,
                 "tcp",
             )],
@@ -797,7 +792,12 @@ mod tests {
         };
         let config = |id: u16, reject: bool| ServiceConfig {
             reject,
-            ..ServiceConfig::new(id, format!("10.96.0.{id}").parse().unwrap(), 80, "tcp")
+            ..ServiceConfig::new(
+                id,
+                format!("10.96.0.{id}").parse::<IpAddr>().unwrap(),
+                80,
+                "tcp",
+            )
         };
         let mut plan = held_from_json(&json!([port("a", 1, 16), port("b", 2, 16)]), me).unwrap();
         assert_eq!(plan.held(), None, "a full answer without a version");
@@ -855,7 +855,7 @@ mod tests {
 
     #[test]
     fn external_addresses_are_steered_as_host_prefixes() {
-        let svc = |vip: &str| ServiceConfig::new(1, vip.parse().unwrap(), 80, "tcp");
+        let svc = |vip: &str| ServiceConfig::new(1, vip.parse::<IpAddr>().unwrap(), 80, "tcp");
         let node_port = ServiceConfig {
             node_port: true,
             ..svc("192.168.0.12")
@@ -881,6 +881,44 @@ mod tests {
                 add: vec![],
                 remove: vec![cidr("10.200.0.1/32"), cidr("203.0.113.7/32")],
             }
+        );
+    }
+
+    #[test]
+    fn ipv6_services_and_cidrs() {
+        let v = json!([
+            {"service": {"namespace": "default", "name": "dual"}, "data_path": [
+                {"key": {"vip": "10.96.0.10", "port": 80, "proto": "TCP"}, "service_id": 7, "buckets": 16},
+                {"key": {"vip": "fd00:96::a", "port": 80, "proto": "TCP"}, "service_id": 8, "buckets": 16}
+            ]}
+        ]);
+        let s = services_from_json(&v, "10.0.0.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            s,
+            vec![
+                ServiceConfig::new(7, "10.96.0.10".parse::<IpAddr>().unwrap(), 80, "tcp"),
+                ServiceConfig::new(8, "fd00:96::a".parse::<IpAddr>().unwrap(), 80, "tcp"),
+            ]
+        );
+        let got = service_cidrs_from_json(&json!(["10.96.0.0/12", "fd00:96::1/108"])).unwrap();
+        assert_eq!(
+            got,
+            cidrs(&["10.96.0.0/12", "fd00:96::/108"]),
+            "host bits clear"
+        );
+        assert!(service_cidrs_from_json(&json!(["fd00:96::/129"])).is_err());
+        assert_eq!(network(cidr("fd00:96::1234/112")), cidr("fd00:96::/112"));
+        assert_eq!(network(cidr("fd00::1/0")), cidr("::/0"));
+        // An IPv6 address outside the CIDRs is steered as a /128; one
+        // inside is not, and an IPv4 prefix never covers an IPv6 address.
+        let svc = |vip: &str| ServiceConfig::new(1, vip.parse::<IpAddr>().unwrap(), 80, "tcp");
+        let got = with_service_addrs(
+            cidrs(&["0.0.0.0/0", "fd00:96::/108"]),
+            &[svc("fd00:96::a"), svc("2001:db8::7")],
+        );
+        assert_eq!(
+            got,
+            cidrs(&["0.0.0.0/0", "fd00:96::/108", "2001:db8::7/128"])
         );
     }
 

@@ -3,7 +3,7 @@
 use std::{
     collections::{BTreeSet, HashMap as StdHashMap},
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -22,14 +22,18 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, CookieEntry, FlowKey,
-        NodeConfig, NodeTsCookie, PodEntry, PodFlows, PortPolicy, PortSubstKey, ReverseEntry,
-        ServiceAddr, ServiceKey, FIN_BACKEND_FIRST, PENDING_BACKEND,
+        FlowKey6, NodeConfig, NodeTsCookie, PodEntry, PodFlows, PortPolicy, PortSubstKey,
+        ReverseEntry, ReverseEntry6, ServiceAddr, ServiceAddr6, ServiceKey, FIN_BACKEND_FIRST,
+        PENDING_BACKEND,
     },
     net::IPPROTO_UDP,
     ts_cookie::CookieKey,
 };
 
-use crate::{config::ServiceConfig, Error, Result, EBPF_OBJECT};
+use crate::{
+    config::{Cidr, ServiceConfig, ServiceValue},
+    Error, Result, EBPF_OBJECT,
+};
 
 /// Program on the ingress of each pod's host-side veth.
 pub const PROG_POD: &str = "node_pod_egress";
@@ -65,6 +69,10 @@ pub const MAP_MTU_STATS: &str = "NODE_MTU_STATS";
 pub const MAP_PORT_SUBST: &str = "NODE_PORT_SUBST";
 pub const MAP_POD_FLOWS: &str = "NODE_POD_FLOWS";
 pub const MAP_TS_COOKIE: &str = "NODE_TS_COOKIE";
+pub const MAP_SVC_CIDRS_V6: &str = "NODE_SVC_CIDRS_V6";
+pub const MAP_SERVICES_V6: &str = "NODE_SERVICES_V6";
+pub const MAP_COOKIES_V6: &str = "NODE_COOKIES_V6";
+pub const MAP_REVERSE_V6: &str = "NODE_REVERSE_V6";
 
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -168,21 +176,55 @@ pub fn pinned_services(pin_dir: &Path) -> Result<Vec<(u32, ServiceAddr)>> {
 }
 
 /// The prefixes in a `NODE_SVC_CIDRS` map.
-fn service_cidrs_of(map: &Map) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
+fn service_cidrs_of(map: &Map) -> Result<BTreeSet<Cidr>> {
     let t: LpmTrie<_, [u8; 4], u32> =
         LpmTrie::try_from(map).map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
     t.keys()
         .map(|k| {
             let k = k.map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
             // Key::prefix_len is at most 32: the map's keys are 4 bytes.
-            Ok((Ipv4Addr::from(k.data()), k.prefix_len() as u8))
+            Ok((Ipv4Addr::from(k.data()).into(), k.prefix_len() as u8))
         })
         .collect()
 }
 
-/// The service CIDRs in a running node's pinned `NODE_SVC_CIDRS`.
-pub fn pinned_service_cidrs(pin_dir: &Path) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
-    service_cidrs_of(&open_pinned(pin_dir, MAP_SVC_CIDRS)?)
+/// The prefixes in a `NODE_SVC_CIDRS_V6` map.
+fn service_cidrs6_of(map: &Map) -> Result<BTreeSet<Cidr>> {
+    let t: LpmTrie<_, [u8; 16], u32> =
+        LpmTrie::try_from(map).map_err(|e| Error::map(MAP_SVC_CIDRS_V6, e))?;
+    t.keys()
+        .map(|k| {
+            let k = k.map_err(|e| Error::map(MAP_SVC_CIDRS_V6, e))?;
+            // At most 128: the map's keys are 16 bytes.
+            Ok((Ipv6Addr::from(k.data()).into(), k.prefix_len() as u8))
+        })
+        .collect()
+}
+
+/// The service CIDRs in a running node's pinned `NODE_SVC_CIDRS` and
+/// `NODE_SVC_CIDRS_V6`.
+pub fn pinned_service_cidrs(pin_dir: &Path) -> Result<BTreeSet<Cidr>> {
+    let mut all = service_cidrs_of(&open_pinned(pin_dir, MAP_SVC_CIDRS)?)?;
+    all.extend(service_cidrs6_of(&open_pinned(pin_dir, MAP_SVC_CIDRS_V6)?)?);
+    Ok(all)
+}
+
+/// The IPv6 services in a running node's pinned `NODE_SERVICES_V6`,
+/// sorted by id.
+pub fn pinned_services_v6(pin_dir: &Path) -> Result<Vec<(u32, ServiceAddr6)>> {
+    let map = open_pinned(pin_dir, MAP_SERVICES_V6)?;
+    let h: HashMap<_, u32, ServiceAddr6> =
+        HashMap::try_from(&map).map_err(|e| Error::map(MAP_SERVICES_V6, e))?;
+    let mut out: Vec<(u32, ServiceAddr6)> = h.iter().filter_map(|r| r.ok()).collect();
+    out.sort_by_key(|s| s.0);
+    Ok(out)
+}
+
+/// Number of entries in a pinned IPv6 flow map whose values are `V`.
+pub fn count_pinned6<V: aya::Pod>(pin_dir: &Path, name: &'static str) -> Result<usize> {
+    let map = open_pinned(pin_dir, name)?;
+    let h: HashMap<_, FlowKey6, V> = HashMap::try_from(&map).map_err(|e| Error::map(name, e))?;
+    Ok(h.keys().filter(|k| k.is_ok()).count())
 }
 
 /// The node programs, loaded, and their maps.
@@ -204,8 +246,14 @@ pub struct Node {
 struct ServiceMaps {
     policies: StdHashMap<ServiceKey, PortPolicy>,
     services: StdHashMap<u32, ServiceAddr>,
+    services6: StdHashMap<u32, ServiceAddr6>,
     affinity_backends: StdHashMap<AffinityBackend, u8>,
 }
+
+/// Maps the agent rewrites whole at start from its own sources (the local
+/// pods): one pinned with another layout is replaced, not refused.
+/// (`NODE_PODS_V6` held only an ifindex before IPv6 Services.)
+const REBUILT_MAPS: [&str; 1] = [MAP_PODS_V6];
 
 /// Refuses maps pinned in `dir` whose key or value size is not this
 /// build's: a talaria-node whose map layouts changed (a new field in a flow
@@ -239,6 +287,15 @@ fn check_pinned_layouts(dir: &Path) -> Result<()> {
         };
         let pinned = layout(info.key_size(), info.value_size(), info.max_entries());
         let ours = layout(def.key_size(), def.value_size(), def.max_entries());
+        if pinned != ours && REBUILT_MAPS.contains(&name.as_str()) {
+            // Holds nothing the agent does not write again at start: the
+            // old pin goes, and the map is created anew. Programs still
+            // attached keep the old map until they are replaced.
+            std::fs::remove_file(&path)
+                .map_err(|e| Error::io(format!("remove {}", path.display()), e))?;
+            tracing::info!(map = %name, %pinned, %ours, "re-pinned a map of another layout");
+            continue;
+        }
         if pinned != ours {
             return Err(Error::Invalid(format!(
                 "pinned map {} has {pinned}, this talaria-node's {name} {ours}: it was pinned \
@@ -261,7 +318,9 @@ impl Node {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(MAP_COOKIES, flow_table_size)
-            .map_max_entries(MAP_REVERSE, flow_table_size);
+            .map_max_entries(MAP_REVERSE, flow_table_size)
+            .map_max_entries(MAP_COOKIES_V6, flow_table_size)
+            .map_max_entries(MAP_REVERSE_V6, flow_table_size);
         // The maps are declared pinned-by-name; without a pin directory they
         // are pinned in a private scratch directory that is removed right
         // after loading (the maps live on as long as this process holds them).
@@ -494,62 +553,66 @@ impl Node {
             .map_err(|e| Error::map(MAP_MTU, e))
     }
 
-    /// The service CIDRs in `NODE_SVC_CIDRS`.
-    pub fn service_cidrs(&self) -> Result<BTreeSet<(Ipv4Addr, u8)>> {
-        service_cidrs_of(self.map(MAP_SVC_CIDRS)?)
+    /// The service CIDRs in `NODE_SVC_CIDRS` and `NODE_SVC_CIDRS_V6`.
+    pub fn service_cidrs(&self) -> Result<BTreeSet<Cidr>> {
+        let mut all = service_cidrs_of(self.map(MAP_SVC_CIDRS)?)?;
+        all.extend(service_cidrs6_of(self.map(MAP_SVC_CIDRS_V6)?)?);
+        Ok(all)
     }
 
-    /// Adds service CIDRs (present ones stay).
-    pub fn add_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+    /// Adds service CIDRs (present ones stay), each to its family's map.
+    pub fn add_service_cidrs(&mut self, cidrs: &[Cidr]) -> Result<()> {
+        let (v4, v6) = split_cidrs(cidrs);
         let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
             .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
-        for (a, l) in cidrs {
-            t.insert(&lpm_trie::Key::new(u32::from(*l), a.octets()), 1, 0)
+        for k in &v4 {
+            t.insert(k, 1, 0)
                 .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
+        }
+        let mut t: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS_V6)?)
+            .map_err(|e| Error::map(MAP_SVC_CIDRS_V6, e))?;
+        for k in &v6 {
+            t.insert(k, 1, 0)
+                .map_err(|e| Error::map(MAP_SVC_CIDRS_V6, e))?;
         }
         Ok(())
     }
 
     /// Removes service CIDRs (absent ones are no error).
-    pub fn remove_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+    pub fn remove_service_cidrs(&mut self, cidrs: &[Cidr]) -> Result<()> {
+        let (v4, v6) = split_cidrs(cidrs);
+        let absent_ok = |r: std::result::Result<(), aya::maps::MapError>, name| match r {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. }))
+                if io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::map(name, e)),
+        };
         let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
             .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
-        for (a, l) in cidrs {
-            match t.remove(&lpm_trie::Key::new(u32::from(*l), a.octets())) {
-                Ok(()) => {}
-                Err(aya::maps::MapError::SyscallError(SyscallError { io_error, .. }))
-                    if io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(Error::map(MAP_SVC_CIDRS, e)),
-            }
+        for k in &v4 {
+            absent_ok(t.remove(k), MAP_SVC_CIDRS)?;
+        }
+        let mut t: LpmTrie<_, [u8; 16], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS_V6)?)
+            .map_err(|e| Error::map(MAP_SVC_CIDRS_V6, e))?;
+        for k in &v6 {
+            absent_ok(t.remove(k), MAP_SVC_CIDRS_V6)?;
         }
         Ok(())
     }
 
-    /// Replaces the service CIDRs.
-    pub fn set_service_cidrs(&mut self, cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
-        let mut t: LpmTrie<_, [u8; 4], u32> = LpmTrie::try_from(self.map_mut(MAP_SVC_CIDRS)?)
-            .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
-        let want: Vec<lpm_trie::Key<[u8; 4]>> = cidrs
-            .iter()
-            .map(|(a, l)| lpm_trie::Key::new(u32::from(*l), a.octets()))
+    /// Replaces the service CIDRs (both families).
+    pub fn set_service_cidrs(&mut self, cidrs: &[Cidr]) -> Result<()> {
+        let want: Vec<Cidr> = cidrs.iter().map(|c| crate::config::network(*c)).collect();
+        let stale: Vec<Cidr> = self
+            .service_cidrs()?
+            .into_iter()
+            .filter(|c| !want.contains(c))
             .collect();
-        let stale: Vec<_> = t
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| {
-                !want
-                    .iter()
-                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-            })
-            .collect();
-        for k in stale {
-            t.remove(&k).map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
-        }
-        for k in &want {
-            t.insert(k, 1, 0)
-                .map_err(|e| Error::map(MAP_SVC_CIDRS, e))?;
-        }
-        Ok(())
+        self.remove_service_cidrs(&stale)?;
+        self.add_service_cidrs(cidrs)
     }
 
     /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`),
@@ -561,10 +624,19 @@ impl Node {
     pub fn set_services(&mut self, list: &[ServiceConfig]) -> Result<()> {
         let mut want = ServiceMaps::default();
         for s in list {
-            want.services.insert(u32::from(s.id), s.map_value()?);
+            let v4 = match s.map_value()? {
+                ServiceValue::V4(v) => v,
+                ServiceValue::V6(v) => {
+                    // IPv6 ports have no policy (REJECT, Local, affinity):
+                    // new flows go by the switch's hash.
+                    want.services6.insert(u32::from(s.id), v);
+                    continue;
+                }
+            };
+            want.services.insert(u32::from(s.id), v4);
             // Every node's nodePorts are known (for the replies of a
             // local backend); only the node's own are steered.
-            let elsewhere = s.node_port && self.node_ip != Some(s.vip);
+            let elsewhere = s.node_port && self.node_ip.map(IpAddr::V4) != Some(s.vip);
             if let Some(p) = s.policy().filter(|_| !elsewhere) {
                 want.policies.insert(s.port_key()?, p);
             }
@@ -586,6 +658,12 @@ impl Node {
             MAP_SERVICES,
             have.map(|h| &h.services),
             &want.services,
+        )?;
+        sync_hash_map(
+            self.map_mut(MAP_SERVICES_V6)?,
+            MAP_SERVICES_V6,
+            have.map(|h| &h.services6),
+            &want.services6,
         )?;
         sync_hash_map(
             self.map_mut(MAP_AFFINITY_BACKENDS)?,
@@ -616,10 +694,11 @@ impl Node {
         Ok(())
     }
 
-    /// Replaces the local pods' IPv6 addresses (address → veth ifindex),
-    /// against which their IPv6 sources are checked.
-    pub fn set_pods_v6(&mut self, pods: &[(Ipv6Addr, u32)]) -> Result<()> {
-        let want = pods.iter().map(|(ip, i)| (ip.octets(), *i)).collect();
+    /// Replaces the local pods' IPv6 addresses (address → veth and MACs,
+    /// as the pod's IPv4 entry), against which their IPv6 sources are
+    /// checked and to which IPv6 Service traffic is delivered.
+    pub fn set_pods_v6(&mut self, pods: &[(Ipv6Addr, PodEntry)]) -> Result<()> {
+        let want = pods.iter().map(|(ip, e)| (ip.octets(), *e)).collect();
         sync_hash_map(self.map_mut(MAP_PODS_V6)?, MAP_PODS_V6, None, &want)
     }
 
@@ -644,6 +723,29 @@ impl Node {
         let h: HashMap<_, FlowKey, ReverseEntry> =
             HashMap::try_from(self.map(MAP_REVERSE)?).map_err(|e| Error::map(MAP_REVERSE, e))?;
         Ok(h.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Every cached cookie of IPv6 flows (client side).
+    pub fn cookies6(&self) -> Result<Vec<(FlowKey6, CookieEntry)>> {
+        let h: HashMap<_, FlowKey6, CookieEntry> = HashMap::try_from(self.map(MAP_COOKIES_V6)?)
+            .map_err(|e| Error::map(MAP_COOKIES_V6, e))?;
+        Ok(h.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Every reverse-flow entry of IPv6 flows (backend side).
+    pub fn reverse_flows6(&self) -> Result<Vec<(FlowKey6, ReverseEntry6)>> {
+        let h: HashMap<_, FlowKey6, ReverseEntry6> = HashMap::try_from(self.map(MAP_REVERSE_V6)?)
+            .map_err(|e| Error::map(MAP_REVERSE_V6, e))?;
+        Ok(h.iter().filter_map(|r| r.ok()).collect())
+    }
+
+    /// Inserts a cookie of an IPv6 flow (tests).
+    pub fn insert_cookie6(&mut self, key: &FlowKey6, entry: &CookieEntry) -> Result<()> {
+        let mut h: HashMap<_, FlowKey6, CookieEntry> =
+            HashMap::try_from(self.map_mut(MAP_COOKIES_V6)?)
+                .map_err(|e| Error::map(MAP_COOKIES_V6, e))?;
+        h.insert(key, entry, 0)
+            .map_err(|e| Error::map(MAP_COOKIES_V6, e))
     }
 
     /// Inserts a cookie (tests and benches: a warm cache).
@@ -703,7 +805,49 @@ impl Node {
         )?;
         self.sweep_substitutes()?;
         self.recount_pod_flows(&cookie_pods, &reverse_pods)?;
-        Ok((cookies, reverse))
+        // IPv6 flows: the same rules (they hold no pod flow slots).
+        let cookies6 = self.sweep6(MAP_COOKIES_V6, |k, v: &CookieEntry| {
+            flow_expired(
+                now_ns,
+                ttl,
+                (k.proto, v.last_seen_ns, v.fin_seen),
+                ttl.fin_grace_ns,
+            )
+        })?;
+        let reverse6 = self.sweep6(MAP_REVERSE_V6, |k, v: &ReverseEntry6| {
+            let finished_ttl = reverse_ttl(v.fin_seen);
+            flow_expired(
+                now_ns,
+                ttl,
+                (k.proto, v.last_seen_ns, v.fin_seen),
+                finished_ttl,
+            )
+        })?;
+        Ok((cookies + cookies6, reverse + reverse6))
+    }
+
+    /// [`Node::sweep`] of an IPv6 flow map, which counts nothing per pod.
+    fn sweep6<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        dead: impl Fn(&FlowKey6, &V) -> bool,
+    ) -> Result<usize> {
+        let mut map: HashMap<_, FlowKey6, V> =
+            HashMap::try_from(self.map_mut(name)?).map_err(|e| Error::map(name, e))?;
+        let keys: Vec<FlowKey6> = map
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| dead(k, v))
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        for k in &keys {
+            // Looked at again just before deleting, as in `sweep`.
+            if map.get(k, 0).is_ok_and(|v| dead(k, &v)) && map.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// Writes the exact per-pod entry counts the sweep saw
@@ -826,6 +970,39 @@ impl Node {
         }
         Ok((removed, left))
     }
+}
+
+/// Whether an IPv6 flow entry (`proto`, last packet, FIN bits) has served
+/// its time: UDP after `udp_idle_ns` idle, TCP `finished_ttl` after both
+/// FINs (an RST removes it in the data path).
+fn flow_expired(
+    now_ns: u64,
+    ttl: &FlowTtl,
+    (proto, last, fin): (u8, u64, u8),
+    finished_ttl: u64,
+) -> bool {
+    let idle = now_ns.saturating_sub(last);
+    if proto == IPPROTO_UDP {
+        idle > ttl.udp_idle_ns
+    } else {
+        finished(fin) && idle > finished_ttl
+    }
+}
+
+/// LPM keys of `NODE_SVC_CIDRS` and of `NODE_SVC_CIDRS_V6`.
+type LpmKeys = (Vec<lpm_trie::Key<[u8; 4]>>, Vec<lpm_trie::Key<[u8; 16]>>);
+
+/// `cidrs` (host bits clear) as LPM keys of `NODE_SVC_CIDRS` and of
+/// `NODE_SVC_CIDRS_V6`.
+fn split_cidrs(cidrs: &[Cidr]) -> LpmKeys {
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for c in cidrs {
+        match crate::config::network(*c) {
+            (IpAddr::V4(a), l) => v4.push(lpm_trie::Key::new(u32::from(l), a.octets())),
+            (IpAddr::V6(a), l) => v6.push(lpm_trie::Key::new(u32::from(l), a.octets())),
+        }
+    }
+    (v4, v6)
 }
 
 /// How long the GC keeps flow state, in nanoseconds of

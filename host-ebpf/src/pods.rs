@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::{
     agent::HOST_DEV,
-    config::{parse_cidr, parse_mac, Config, Mode},
+    config::{parse_cidr4, parse_mac, Config, Mode},
     k8s::PodIps,
     netlink::Snapshot,
     node::{link_pin_name, Node, PROG_POD},
@@ -68,7 +68,7 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<
     let cidrs = cfg
         .pod_cidrs
         .iter()
-        .map(|c| parse_cidr(c))
+        .map(|c| parse_cidr4(c))
         .collect::<Result<Vec<_>>>()?;
     let mut pods: BTreeMap<Ipv4Addr, LocalPod> = BTreeMap::new();
     let mut missing = Vec::new();
@@ -199,10 +199,10 @@ impl PodSync {
         let entries: Vec<(Ipv4Addr, PodEntry)> =
             plan.pods.iter().map(|p| (p.ip, p.entry)).collect();
         node.set_pods(&entries)?;
-        let v6: Vec<(Ipv6Addr, u32)> = plan
+        let v6: Vec<(Ipv6Addr, PodEntry)> = plan
             .pods
             .iter()
-            .flat_map(|p| p.ipv6.iter().map(|a| (*a, p.entry.ifindex)))
+            .flat_map(|p| p.ipv6.iter().map(|a| (*a, p.entry)))
             .collect();
         node.set_pods_v6(&v6)?;
         let want: BTreeMap<&str, u32> = plan

@@ -113,6 +113,14 @@ const NODE_PORT_NO_LOCAL: u16 = 30081;
 const POD_A_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 2);
 const POD_C_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 3);
 const POD_B_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 2);
+/// The IPv6 ClusterIP of the dual-stack Service whose IPv4 one is [`VIP`]:
+/// TCP 80 and UDP 53 to pod b's IPv6 address, service and backend ids of
+/// their own (one id space with IPv4's). Served once pods have IPv6.
+const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa);
+const SVC_V6_TCP: u16 = 20;
+const SVC_V6_UDP: u16 = 21;
+const BACKEND_B_TCP_V6: u32 = 111;
+const BACKEND_B_UDP_V6: u32 = 211;
 
 /// Two nodes, a switch, three pods. Tears everything down on drop.
 struct Lab {
@@ -193,6 +201,11 @@ fn unique_id() -> String {
         std::process::id() % 100_000,
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Node `k`'s IPv6 pods: fd00:244:k::/64.
+fn pod_cidr_v6(k: u16) -> Ipv6Prefix {
+    Ipv6Prefix::new(Ipv6Addr::new(0xfd00, 0x244, k, 0, 0, 0, 0, 0), 64).unwrap()
 }
 
 fn mac_in(ns: &str, ifname: &'static str) -> [u8; 6] {
@@ -362,6 +375,8 @@ impl Lab {
             (SVC_NP_TCP[1], BACKEND_B_TCP),
             (SVC_NP_UDP[0], BACKEND_C_UDP),
             (SVC_NP_UDP[1], BACKEND_C_UDP),
+            (SVC_V6_TCP, BACKEND_B_TCP_V6),
+            (SVC_V6_UDP, BACKEND_B_UDP_V6),
         ];
         let ext_mac = mac_in(&self.outside.name, "eth0");
         let sw3_mac = mac_in(&self.sw.name, "sw3");
@@ -376,6 +391,26 @@ impl Lab {
             build::pod_node(pod_cidr(2), NODE2_IP),
             build::pod_node(host(NODE1_IP), NODE1_IP),
             build::pod_node(host(NODE2_IP), NODE2_IP),
+            build::pod_node_v6(pod_cidr_v6(1), NODE1_IP),
+            build::pod_node_v6(pod_cidr_v6(2), NODE2_IP),
+            build::service_v6(
+                VIP_V6,
+                80,
+                IPPROTO_TCP,
+                SVC_V6_TCP,
+                BUCKETS - 1,
+                hash_mode::FIVE_TUPLE,
+            ),
+            build::service_v6(
+                VIP_V6,
+                53,
+                IPPROTO_UDP,
+                SVC_V6_UDP,
+                BUCKETS - 1,
+                hash_mode::FIVE_TUPLE,
+            ),
+            build::backend_v6(BACKEND_B_TCP_V6, POD_B_V6, TCP_PORT, NODE2_IP),
+            build::backend_v6(BACKEND_B_UDP_V6, POD_B_V6, UDP_PORT, NODE2_IP),
             service(VIP, 80, IPPROTO_TCP, SVC_TCP),
             service(VIP, 53, IPPROTO_UDP, SVC_UDP),
             service(VIP2, 8080, IPPROTO_TCP, SVC2_TCP),
@@ -460,7 +495,7 @@ impl Lab {
             node_ip: [NODE1_IP, NODE2_IP][i],
             switch_ip: SWITCH_IP,
             switch_mac: fmt_mac(self.sw_macs[i]),
-            service_cidrs: vec!["10.96.0.0/12".into()],
+            service_cidrs: vec!["10.96.0.0/12".into(), "fd00:96::/108".into()],
             services: vec![
                 ServiceConfig::new(SVC_TCP, VIP, 80, "tcp"),
                 ServiceConfig::new(SVC_UDP, VIP, 53, "udp"),
@@ -484,6 +519,8 @@ impl Lab {
                 node_port(SVC_NP_TCP[1], NODE2_IP, NODE_PORT_TCP, "tcp"),
                 node_port(SVC_NP_UDP[0], NODE1_IP, NODE_PORT_UDP, "udp"),
                 node_port(SVC_NP_UDP[1], NODE2_IP, NODE_PORT_UDP, "udp"),
+                ServiceConfig::new(SVC_V6_TCP, VIP_V6, 80, "tcp"),
+                ServiceConfig::new(SVC_V6_UDP, VIP_V6, 53, "udp"),
             ],
             pods,
             flow_table_size: 65536,
@@ -586,8 +623,7 @@ impl Lab {
         let dp = self.dp.as_ref().unwrap();
         for i in 0..2 {
             let k = i as u16 + 1;
-            let pods = Ipv6Prefix::new(Ipv6Addr::new(0xfd00, 0x244, k, 0, 0, 0, 0, 0), 64).unwrap();
-            let e = build::route_v6(pods, k, self.sw_macs[i], self.up_macs[i]);
+            let e = build::route_v6(pod_cidr_v6(k), k, self.sw_macs[i], self.up_macs[i]);
             dp.insert(&e)
                 .unwrap_or_else(|err| panic!("switch insert {e:?}: {err}"));
         }
@@ -719,10 +755,11 @@ fn udp_ask_from(ns: &str, local: (Ipv4Addr, u16), text: &'static str) -> (String
 /// [`udp_ask_from`] to any address.
 fn udp_ask_from_to(
     ns: &str,
-    local: (Ipv4Addr, u16),
-    to: (Ipv4Addr, u16),
+    local: impl Into<SocketAddr>,
+    to: impl Into<SocketAddr>,
     text: &'static str,
 ) -> (String, SocketAddr) {
+    let (local, to) = (local.into(), to.into());
     sys::in_netns(ns, move || {
         let s = UdpSocket::bind(local).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -849,6 +886,22 @@ fn in_csum_errors(pod: &str) -> u64 {
         total
     })
     .unwrap()
+}
+
+/// Checksum errors counted in `pod`'s IPv6 stack: [`in_csum_errors`]
+/// (whose `Tcp:` line counts TCP over both families) and UDP over IPv6
+/// (`/proc/net/snmp6`).
+fn csum_errors6(pod: &str) -> u64 {
+    let udp6 = sys::in_netns(pod, || {
+        let snmp6 = std::fs::read_to_string("/proc/thread-self/net/snmp6").unwrap();
+        snmp6
+            .lines()
+            .find_map(|l| l.strip_prefix("Udp6InCsumErrors"))
+            .map(|v| v.trim().parse::<u64>().unwrap())
+            .expect("Udp6InCsumErrors in snmp6")
+    })
+    .unwrap();
+    in_csum_errors(pod) + udp6
 }
 
 #[test]
@@ -2772,12 +2825,12 @@ fn kubernetes_mode_takes_pods_from_the_api_and_services_from_the_controller() {
     // An external address the controller plans is steered as a /32.
     assert!(
         eventually(|| node::pinned_service_cidrs(&lab.node_pins[0])
-            .is_ok_and(|c| c.contains(&(LB_IP, 32)))),
+            .is_ok_and(|c| c.contains(&(LB_IP.into(), 32)))),
         "the external address steered"
     );
     let steered = node::pinned_service_cidrs(&lab.node_pins[0]).unwrap();
     assert!(
-        !steered.contains(&(NODE2_IP, 32)),
+        !steered.contains(&(NODE2_IP.into(), 32)),
         "a nodePort's node address is never steered: {steered:?}"
     );
     let (s, line) = connect_to(lab.pod("pa"), (LB_IP, 80));
@@ -3031,4 +3084,163 @@ fn ipv6_spoofing_from_a_pod_is_dropped() {
         "nothing else dropped: {:?}",
         s1.drops
     );
+}
+
+/// IPv6 ClusterIP Services (issue 14): TCP and UDP to VIP6:port reach pod
+/// b's IPv6 address through the switch (`service_v6`, `backend_v6`,
+/// IPv6 inside the IPv4 tunnel), the replies come from the VIP (pod a's
+/// sockets are connected to it), the client's node learns one cookie per
+/// flow and later packets carry it. Pods a and b send full checksums, so
+/// the receivers verify every rewritten one.
+#[test]
+fn ipv6_clusterip_tcp_and_udp_reach_a_backend_and_replies_come_from_the_vip() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    for tag in ["pa", "pb"] {
+        full_checksums(lab.pod(tag));
+    }
+    let server = tcp_server(lab.pod("pb"), POD_B_V6, 1);
+    let (s, line) = connect_to(lab.pod("pa"), (VIP_V6, 80));
+    let local = s.local_addr().unwrap();
+    assert_eq!(local.ip(), IpAddr::V6(POD_A_V6));
+    // The backend saw the client's own address: no SNAT.
+    assert_eq!(line, format!("{POD_B_V6} saw {local}"));
+    let ((n, hash), mine) = transfer(s, 200_000, 10_000, Duration::ZERO);
+    assert_eq!((n, hash), (200_000, mine));
+    server.join().unwrap();
+
+    let udp = udp_server(lab.pod("pb"), POD_B_V6, Duration::from_secs(10), |s| {
+        for _ in 0..3 {
+            let mut buf = [0u8; 1500];
+            let (k, peer) = s.recv_from(&mut buf).unwrap();
+            let text = format!("{} from {peer}", String::from_utf8_lossy(&buf[..k]));
+            s.send_to(text.as_bytes(), peer).unwrap();
+        }
+    });
+    let client = SocketAddr::from((POD_A_V6, 40053));
+    for q in ["q0", "q1", "q2"] {
+        let (text, from) = udp_ask_from_to(lab.pod("pa"), client, (VIP_V6, 53), q);
+        assert_eq!(from, SocketAddr::from((VIP_V6, 53)), "UDP reply source");
+        assert_eq!(text, format!("{q} from {client}"));
+    }
+    udp.join().unwrap();
+
+    let cookies = lab.nodes[0].as_ref().unwrap().cookies6().unwrap();
+    let mut learned: Vec<(u16, u32)> = cookies
+        .iter()
+        .map(|(_, c)| (c.service_id, c.backend_id))
+        .collect();
+    learned.sort();
+    learned.dedup();
+    assert!(
+        learned.contains(&(SVC_V6_UDP, BACKEND_B_UDP_V6)),
+        "UDP cookie: {learned:?}"
+    );
+    let s1 = lab.stats(0);
+    let s2 = lab.stats(1);
+    eprintln!("node1 {:?}\nnode2 {:?}", s1.events, s2.events);
+    assert_eq!(
+        s1.event(node_stat::CACHE_MISS),
+        2,
+        "only the first packet of each flow lacks a cookie"
+    );
+    assert!(
+        s1.event(node_stat::COOKIE_LEARN) >= 2,
+        "one cookie per flow"
+    );
+    assert!(
+        s1.event(node_stat::CACHE_HIT) > 10,
+        "later packets carry it"
+    );
+    assert!(s2.event(node_stat::REVERSE_NAT) > 3 && s2.event(node_stat::REVERSE_LEARN) >= 2);
+    assert_eq!(
+        csum_errors6(lab.pod("pa")) + csum_errors6(lab.pod("pb")),
+        0,
+        "checksum errors"
+    );
+    for s in [&s1, &s2] {
+        assert!(s.drops.iter().all(|d| d.1 == 0), "no drops: {:?}", s.drops);
+    }
+}
+
+/// A dual-stack Service (issue 14): its IPv4 and IPv6 ClusterIPs are two
+/// service ids, each with buckets of its own filled from its family's
+/// endpoints. Pod a reaches pod b through both at once, and each flow's
+/// cookie names its own family's service and backend. Then the IPv6
+/// buckets move to a backend that does not exist: a new IPv6 flow fails
+/// (`no_backend`), the IPv4 side and the open IPv6 connection (its cookie
+/// still valid) are untouched.
+#[test]
+fn a_dual_stack_service_is_reached_on_both_families_with_buckets_of_its_own() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let v4 = tcp_server(lab.pod("pb"), POD_B, 2);
+    let v6 = tcp_server(lab.pod("pb"), POD_B_V6, 2);
+    let (s4, line4) = connect_vip(lab.pod("pa"));
+    let (s6, line6) = connect_to(lab.pod("pa"), (VIP_V6, 80));
+    assert!(
+        line4.starts_with(&format!("{POD_B} saw {POD_A}:")),
+        "{line4}"
+    );
+    assert!(
+        line6.starts_with(&format!("{POD_B_V6} saw [{POD_A_V6}]:")),
+        "{line6}"
+    );
+    let node = lab.nodes[0].as_ref().unwrap();
+    let v4_cookie = |port: u16| {
+        node.cookies()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.src_port.get() == port && k.proto == IPPROTO_TCP)
+            .map(|(_, c)| (c.service_id, c.backend_id))
+    };
+    let v6_cookie = |port: u16| {
+        node.cookies6()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| k.src_port.get() == port && k.proto == IPPROTO_TCP)
+            .map(|(_, c)| (c.service_id, c.backend_id))
+    };
+    let p4 = s4.local_addr().unwrap().port();
+    let p6 = s6.local_addr().unwrap().port();
+    assert_eq!(v4_cookie(p4), Some((SVC_TCP, BACKEND_B_TCP)));
+    assert_eq!(v6_cookie(p6), Some((SVC_V6_TCP, BACKEND_B_TCP_V6)));
+
+    // The IPv6 port's buckets go to a backend id no table knows.
+    let no_backend = || {
+        lab.dp
+            .as_ref()
+            .unwrap()
+            .counter(
+                talaria_switch_dataplane::CounterId::Drop,
+                u32::from(DropReason::NoBackend.code()),
+            )
+            .unwrap()
+            .packets
+    };
+    let before = no_backend();
+    lab.move_pool(SVC_V6_TCP, 999);
+    let refused = sys::in_netns(lab.pod("pa"), || {
+        TcpStream::connect_timeout(&SocketAddr::from((VIP_V6, 80)), Duration::from_secs(2))
+    })
+    .unwrap();
+    assert!(refused.is_err(), "a new IPv6 flow has no backend");
+    assert!(no_backend() > before, "counted as no_backend");
+    // IPv4 is another service id: untouched.
+    let (s4b, line4b) = connect_vip(lab.pod("pa"));
+    assert!(line4b.starts_with(&format!("{POD_B} saw")), "{line4b}");
+    // Open connections of both families still carry their cookies.
+    for s in [s4, s6, s4b] {
+        let ((n, hash), mine) = transfer(s, 100_000, 10_000, Duration::ZERO);
+        assert_eq!((n, hash), (100_000, mine));
+    }
+    v4.join().unwrap();
+    // The IPv6 server still waits for its second connection: give it one
+    // by its own address, not the Service.
+    let (s, _) = connect_to(lab.pod("pa"), (POD_B_V6, TCP_PORT));
+    let ((n, _), _) = transfer(s, 10, 10, Duration::ZERO);
+    assert_eq!(n, 10);
+    v6.join().unwrap();
 }

@@ -18,13 +18,17 @@ use talaria_common::{
     maps::{node_stat, ts_flags, CookieEntry, NodeConfig, PodEntry, ReverseEntry},
     net::tcp_flags,
     ts_cookie::{self, cookie, CookieKey},
-    wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_UDP_PORT},
+    wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_PROTO_IPV6, GENEVE_UDP_PORT},
 };
 use talaria_node::{
     config::ServiceConfig,
-    node::{FlowTtl, Node, MAP_COOKIES, MAP_DROPS, MAP_REVERSE, MAP_STATS, PROG_POD, PROG_UPLINK},
+    node::{
+        FlowTtl, Node, MAP_COOKIES, MAP_DROPS, MAP_PODS, MAP_PODS_V6, MAP_REVERSE, MAP_STATS,
+        PROG_POD, PROG_UPLINK,
+    },
     packet::{
-        eth, ip_checksum_ok, ipv4, ipv4_tcp, ipv4_tcp_opts, l4_checksum_ok, talaria, Frame, Tuple,
+        eth, eth6, ip_checksum_ok, ipv4, ipv4_tcp, ipv4_tcp_opts, ipv6, l4_checksum6_ok,
+        l4_checksum_ok, talaria, Frame, Tuple, Tuple6,
     },
 };
 
@@ -66,7 +70,7 @@ fn node() -> Node {
         _pad: 0,
     })
     .unwrap();
-    n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0), 12)])
+    n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0).into(), 12)])
         .unwrap();
     let svc = |id, vip: Ipv4Addr, port, protocol: &str, reject| ServiceConfig {
         reject,
@@ -264,7 +268,12 @@ fn ipv6_sources_are_checked() {
     require!(LOADS_BPF);
     let mut n = node();
     let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
-    n.set_pods_v6(&[(v6("fd00:244:1::2"), 1), (v6("fd00:244:1::3"), 2)])
+    let on = |ifindex| PodEntry {
+        ifindex,
+        mac: POD_MAC,
+        host_mac: HOST_VETH_MAC,
+    };
+    n.set_pods_v6(&[(v6("fd00:244:1::2"), on(1)), (v6("fd00:244:1::3"), on(2))])
         .unwrap();
     // UDP with an empty payload to fd00:244:2::2.
     let frame = |src: Ipv6Addr| {
@@ -2383,4 +2392,497 @@ fn pins_of_another_layout_are_refused() {
         "{} entries",
         talaria_common::drop::DROP_REASON_COUNT
     ));
+    std::fs::remove_file(pins.0.join(MAP_STATS)).unwrap();
+    // NODE_PODS_V6 of another layout (before IPv6 Services its values
+    // were an ifindex; here NODE_PODS' shape) is made afresh, not
+    // refused: the pod sync writes it whole at start.
+    std::fs::remove_file(pins.0.join(MAP_PODS_V6)).unwrap();
+    std::fs::rename(pins.0.join(MAP_PODS), pins.0.join(MAP_PODS_V6)).unwrap();
+    drop(load().expect("NODE_PODS_V6 of another layout is replaced"));
+    let info = aya::maps::MapData::from_pin(pins.0.join(MAP_PODS_V6))
+        .unwrap()
+        .info()
+        .unwrap();
+    assert_eq!((info.key_size(), info.value_size()), (16, 16));
+}
+
+// ------------------------------------------------------------ IPv6 --
+
+const SVC6_TCP: u16 = 20;
+const SVC6_UDP: u16 = 21;
+
+fn v6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+/// [`node`] with IPv6 Services (fd00:96::a TCP 80, fd00:96::b UDP 53, in
+/// fd00:96::/108) and two local dual-stack pods.
+fn node6() -> Node {
+    let mut n = node();
+    n.set_service_cidrs(&[
+        (Ipv4Addr::new(10, 96, 0, 0).into(), 12),
+        (v6("fd00:96::").into(), 108),
+    ])
+    .unwrap();
+    n.set_services(&[
+        ServiceConfig::new(SVC_TCP, VIP, 80, "tcp"),
+        ServiceConfig::new(SVC6_TCP, v6("fd00:96::a"), 80, "tcp"),
+        ServiceConfig::new(SVC6_UDP, v6("fd00:96::b"), 53, "udp"),
+    ])
+    .unwrap();
+    let pod = PodEntry {
+        ifindex: 1,
+        mac: POD_MAC,
+        host_mac: HOST_VETH_MAC,
+    };
+    n.set_pods_v6(&[(v6("fd00:244:1::2"), pod), (v6("fd00:244:1::3"), pod)])
+        .unwrap();
+    n
+}
+
+/// An IPv6 packet in a Talaria tunnel from the switch (Geneve protocol
+/// 0x86DD).
+fn from_switch6(enc: TalariaEncap, inner: &[u8]) -> Vec<u8> {
+    let mut enc = enc;
+    enc.geneve.protocol = talaria_common::be::Be16::new(GENEVE_PROTO_IPV6);
+    from_switch(SWITCH_IP, enc, inner)
+}
+
+/// Checks an encapsulated IPv6 packet's outer headers (as
+/// [`check_encap`] does for IPv4, plus the EtherType and the Geneve
+/// protocol) and returns (option flags, service id, backend id, outer
+/// source port, inner packet).
+fn check_encap6(out: &[u8], inner_len: usize) -> (u8, u16, u32, u16, Vec<u8>) {
+    assert_eq!(out.len(), 14 + inner_len + ENCAP_OVERHEAD, "grown by 48");
+    assert_eq!(&out[12..14], &[0x08, 0x00], "outer EtherType IPv4");
+    let f = Frame::parse(out);
+    assert_eq!((f.dst_mac, f.src_mac), (SWITCH_MAC, NODE_MAC));
+    assert_eq!((f.ip_src(), f.ip_dst()), (NODE_IP, SWITCH_IP));
+    assert!(ip_checksum_ok(&f.ip), "outer IPv4 checksum");
+    assert_eq!(
+        usize::from(u16::from_be_bytes([f.ip[2], f.ip[3]])),
+        f.ip.len()
+    );
+    let t = f.tuple();
+    assert_eq!(t.dport, GENEVE_UDP_PORT);
+    assert!(t.sport >= 49152, "outer sport {}", t.sport);
+    assert_eq!(&f.ip[26..28], &[0, 0], "outer UDP checksum 0");
+    let g = &f.ip[28..48];
+    assert_eq!(u16::from_be_bytes([g[2], g[3]]), GENEVE_PROTO_IPV6);
+    let mut enc = TalariaEncap::default();
+    enc.geneve.ver_opt_len = g[0];
+    enc.geneve.flags = g[1];
+    enc.geneve.protocol = talaria_common::be::Be16::new(0x0800);
+    enc.opt.class = talaria_common::be::Be16([g[8], g[9]]);
+    (enc.opt.opt_type, enc.opt.len, enc.opt.version) = (g[10], g[11], g[12]);
+    enc.validate().expect("the rest of the header as IPv4's");
+    let service_id = u16::from_be_bytes([g[14], g[15]]);
+    let backend_id = u32::from_be_bytes([g[16], g[17], g[18], g[19]]);
+    (g[13], service_id, backend_id, t.sport, f.ip[48..].to_vec())
+}
+
+#[test]
+fn ipv6_client_flow_is_tunnelled_and_learns_its_cookie() {
+    require!(LOADS_BPF);
+    let n = node6();
+    let flow = Tuple6::tcp(v6("fd00:244:1::2"), 40000, v6("fd00:96::a"), 80);
+    let syn = ipv6(flow, tcp_flags::SYN, b"");
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &syn));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (fl, _, _, sport, inner) = check_encap6(&out, syn.len());
+    assert_eq!(fl, flags::NEW_FLOW);
+    assert_eq!(inner, syn, "the inner packet unchanged");
+    assert_eq!(sport, flow.key().outer_sport());
+
+    // The switch's reply: learned, decapsulated, delivered to the pod.
+    let synack = ipv6(flow.reversed(), tcp_flags::SYN | tcp_flags::ACK, b"");
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC6_TCP, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch6(enc, &synack));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, eth6(POD_MAC, HOST_VETH_MAC, &synack), "decapsulated");
+    let cookies = n.cookies6().unwrap();
+    assert_eq!(cookies.len(), 1);
+    assert_eq!(cookies[0].0, flow.key(), "keyed on the client's flow");
+    assert_eq!(
+        (cookies[0].1.service_id, cookies[0].1.backend_id),
+        (SVC6_TCP, 42)
+    );
+    assert!(n.cookies().unwrap().is_empty(), "nothing in the IPv4 cache");
+
+    // The next packet carries the cookie; a FIN is recorded, an RST ends it.
+    let ack = ipv6(flow, tcp_flags::ACK | tcp_flags::FIN, b"GET /");
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &ack));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (fl, svc, backend, _, inner) = check_encap6(&out, ack.len());
+    assert_eq!((fl, svc, backend), (flags::COOKIE_VALID, SVC6_TCP, 42));
+    assert_eq!(inner, ack);
+    assert_eq!(n.cookies6().unwrap()[0].1.fin_seen, 1, "the client's FIN");
+    let rst = ipv6(flow, tcp_flags::RST, b"");
+    assert_eq!(
+        run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &rst)).0,
+        TC_ACT_REDIRECT
+    );
+    assert!(
+        n.cookies6().unwrap().is_empty(),
+        "an RST forgets the cookie"
+    );
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::CACHE_MISS),
+            s.event(node_stat::CACHE_HIT),
+            s.event(node_stat::COOKIE_LEARN),
+            s.event(node_stat::DECAP),
+            s.event(node_stat::ENCAP),
+            s.event(node_stat::FLOW_RESET),
+        ),
+        (1, 2, 1, 1, 3, 1)
+    );
+    assert_eq!(total_drops(&n), 0);
+}
+
+fn reverse_nat6_roundtrip(tcp: bool) {
+    let n = node6();
+    let (vip, port, svc) = if tcp {
+        (v6("fd00:96::a"), 80, SVC6_TCP)
+    } else {
+        (v6("fd00:96::b"), 53, SVC6_UDP)
+    };
+    let mk = if tcp { Tuple6::tcp } else { Tuple6::udp };
+    let client = v6("fd00:244:2::2");
+    // After the switch's DNAT: a client on another node → backend:8080.
+    let request = mk(client, 40000, v6("fd00:244:1::3"), 8080);
+    let req = ipv6(request, tcp_flags::SYN, b"ping");
+    let enc = TalariaEncap::new(flags::COOKIE_VALID | flags::NEW_FLOW, svc, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch6(enc, &req));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        eth6(POD_MAC, HOST_VETH_MAC, &req),
+        "delivered as it came"
+    );
+    let rev = n.reverse_flows6().unwrap();
+    assert_eq!(rev.len(), 1);
+    assert_eq!(rev[0].0, request.reversed().key(), "backend → client");
+    assert_eq!(
+        (rev[0].1.vip, rev[0].1.vip_port.get()),
+        (vip.octets(), port)
+    );
+    assert_eq!((rev[0].1.service_id, rev[0].1.backend_id), (svc, 42));
+
+    let reply = ipv6(
+        request.reversed(),
+        tcp_flags::SYN | tcp_flags::ACK,
+        b"pong!",
+    );
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (fl, s, b, sport, inner) = check_encap6(&out, reply.len());
+    assert_eq!((fl, s, b), (flags::REPLY | flags::COOKIE_VALID, svc, 42));
+    assert_eq!(
+        Tuple6::of(&inner),
+        mk(vip, port, client, 40000),
+        "from VIP6:port"
+    );
+    assert!(l4_checksum6_ok(&inner), "L4 checksum after the reverse NAT");
+    assert_eq!(&inner[40 + if tcp { 20 } else { 8 }..], b"pong!");
+    assert_eq!(sport, mk(vip, port, client, 40000).key().outer_sport());
+    let s = n.stats().unwrap();
+    assert_eq!(
+        (
+            s.event(node_stat::REVERSE_LEARN),
+            s.event(node_stat::REVERSE_NAT)
+        ),
+        (1, 1)
+    );
+    if tcp {
+        // The backend resets: the entry goes, the RST still reaches the client.
+        let rst = ipv6(request.reversed(), tcp_flags::RST, b"");
+        let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &rst));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        assert!(n.reverse_flows6().unwrap().is_empty());
+    }
+    assert_eq!(total_drops(&n), 0);
+}
+
+#[test]
+fn ipv6_reverse_nat_on_tcp_reply() {
+    require!(LOADS_BPF);
+    reverse_nat6_roundtrip(true);
+}
+
+#[test]
+fn ipv6_reverse_nat_on_udp_reply() {
+    require!(LOADS_BPF);
+    reverse_nat6_roundtrip(false);
+}
+
+#[test]
+fn ipv6_what_is_not_served_is_dropped_or_passes() {
+    require!(LOADS_BPF);
+    let n = node6();
+    let pod = v6("fd00:244:1::2");
+    let to_vip = ipv6(Tuple6::udp(pod, 40000, v6("fd00:96::b"), 53), 0, b"q");
+    // A fragment header or a hop-by-hop header before the UDP one, and
+    // ICMPv6 (an echo request): dropped, each with its reason.
+    for (next, reason) in [
+        (44u8, DropReason::Fragment),
+        (0, DropReason::IpOptions),
+        (58, DropReason::UnsupportedProtocol),
+    ] {
+        let mut p = to_vip.clone();
+        p[6] = next;
+        let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &p));
+        assert_eq!(verdict, TC_ACT_SHOT, "next header {next}");
+        assert_eq!(n.stats().unwrap().dropped(reason), 1, "{reason:?}");
+    }
+    // Pod to pod, and neighbour discovery: untouched.
+    let other = ipv6(
+        Tuple6::tcp(pod, 40000, v6("fd00:244:2::2"), 80),
+        tcp_flags::SYN,
+        b"",
+    );
+    let f = eth6(HOST_VETH_MAC, POD_MAC, &other);
+    assert_eq!(run(&n, PROG_POD, &f), (TC_ACT_OK, f.clone()));
+    let mut ns = ipv6(
+        Tuple6::udp(v6("fe80::1"), 0, v6("ff02::1:ff00:1"), 0),
+        0,
+        &[0; 16],
+    );
+    ns[6] = 58;
+    let f = eth6(HOST_VETH_MAC, POD_MAC, &ns);
+    assert_eq!(run(&n, PROG_POD, &f), (TC_ACT_OK, f.clone()));
+    // From the switch: to no local pod, of no known Service.
+    let req = ipv6(
+        Tuple6::tcp(v6("fd00:244:2::2"), 40000, v6("fd00:244:1::99"), 8080),
+        tcp_flags::SYN,
+        b"",
+    );
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, SVC6_TCP, 42);
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch6(enc, &req)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(n.stats().unwrap().dropped(DropReason::UnknownPod), 1);
+    let req = ipv6(
+        Tuple6::tcp(v6("fd00:244:2::2"), 40000, v6("fd00:244:1::3"), 8080),
+        tcp_flags::SYN,
+        b"",
+    );
+    let enc = TalariaEncap::new(flags::COOKIE_VALID, 99, 42);
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch6(enc, &req)).0,
+        TC_ACT_SHOT
+    );
+    assert_eq!(n.stats().unwrap().dropped(DropReason::NoService), 1);
+    // A plain IPv6 packet from a VIP6 on the uplink.
+    let plain = eth6(
+        NODE_MAC,
+        SWITCH_MAC,
+        &ipv6(
+            Tuple6::tcp(v6("fd00:96::a"), 80, v6("fd00:244:1::2"), 40000),
+            tcp_flags::ACK,
+            b"",
+        ),
+    );
+    assert_eq!(run(&n, PROG_UPLINK, &plain).0, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::ServiceSource), 1);
+    assert_eq!(total_drops(&n), 6, "nothing else dropped");
+}
+
+#[test]
+fn ipv6_services_and_cidrs_go_to_their_maps_and_the_gc_covers_ipv6_flows() {
+    require!(LOADS_BPF);
+    let mut n = node6();
+    let cidrs = n.service_cidrs().unwrap();
+    assert!(cidrs.contains(&(v6("fd00:96::").into(), 108)), "{cidrs:?}");
+    assert!(cidrs.contains(&(Ipv4Addr::new(10, 96, 0, 0).into(), 12)));
+    n.set_service_cidrs(&[(Ipv4Addr::new(10, 96, 0, 0).into(), 12)])
+        .unwrap();
+    assert_eq!(n.service_cidrs().unwrap().len(), 1, "the IPv6 one removed");
+    n.add_service_cidrs(&[(v6("fd00:96::1").into(), 108)])
+        .unwrap();
+    assert!(
+        n.service_cidrs()
+            .unwrap()
+            .contains(&(v6("fd00:96::").into(), 108)),
+        "host bits cleared"
+    );
+
+    let udp = Tuple6::udp(v6("fd00:244:1::2"), 40004, v6("fd00:96::b"), 53);
+    let tcp_open = Tuple6::tcp(v6("fd00:244:1::2"), 40005, v6("fd00:96::a"), 80);
+    let tcp_done = Tuple6::tcp(v6("fd00:244:1::2"), 40006, v6("fd00:96::a"), 80);
+    let e = CookieEntry {
+        service_id: SVC6_TCP,
+        backend_id: 1,
+        last_seen_ns: 1_000,
+        ..Default::default()
+    };
+    n.insert_cookie6(&udp.key(), &e).unwrap();
+    n.insert_cookie6(&tcp_open.key(), &e).unwrap();
+    n.insert_cookie6(&tcp_done.key(), &CookieEntry { fin_seen: 3, ..e })
+        .unwrap();
+    let ttl = FlowTtl {
+        udp_idle_ns: 10_000,
+        fin_grace_ns: 10_000,
+        time_wait_ns: 10_000,
+    };
+    assert_eq!(n.gc(2_000, &ttl).unwrap(), (0, 0), "nothing idle yet");
+    assert_eq!(n.gc(1_000_000, &ttl).unwrap(), (2, 0));
+    let left: Vec<_> = n.cookies6().unwrap().into_iter().map(|c| c.0).collect();
+    assert_eq!(left, vec![tcp_open.key()], "an open TCP flow stays");
+}
+
+/// Checks that `out` is the ICMPv6 Packet Too Big that replaces `orig` (an
+/// IPv6 packet from `POD_MAC` to `HOST_VETH_MAC`): MACs swapped, from
+/// `orig`'s destination to its source, hop limit 64, type 2 code 0, MTU
+/// `mtu`, 1280 bytes of IPv6 quoting the first 1232 bytes of `orig`, and
+/// a checksum that verifies over the pseudo-header.
+fn check_packet_too_big(out: &[u8], orig: &[u8], mtu: u32) {
+    use talaria_common::net::{fold, sum16};
+    assert_eq!(
+        (&out[0..6], &out[6..12], &out[12..14]),
+        (&POD_MAC[..], &HOST_VETH_MAC[..], &[0x86, 0xdd][..]),
+        "to the pod, EtherType IPv6"
+    );
+    let ip = &out[14..];
+    assert_eq!(ip.len(), 1280, "as long as RFC 4443 allows, no longer");
+    assert_eq!(
+        &ip[0..4],
+        &[0x60, 0, 0, 0],
+        "version 6, class 0, no flow label"
+    );
+    assert_eq!(u16::from_be_bytes([ip[4], ip[5]]), 1240, "payload length");
+    assert_eq!((ip[6], ip[7]), (58, 64), "ICMPv6, hop limit 64");
+    assert_eq!(
+        &ip[8..24],
+        &orig[24..40],
+        "from the address the pod sent to"
+    );
+    assert_eq!(&ip[24..40], &orig[8..24], "to the pod");
+    assert_eq!((ip[40], ip[41]), (2, 0), "Packet Too Big, code 0");
+    assert_eq!(
+        u32::from_be_bytes([ip[44], ip[45], ip[46], ip[47]]),
+        mtu,
+        "the MTU"
+    );
+    assert_eq!(&ip[48..], &orig[..1232], "quotes the start of the packet");
+    let pseudo = sum16(&ip[8..40]) + 58 + 1240;
+    assert_eq!(fold(pseudo + sum16(&ip[40..])), 0xffff, "ICMPv6 checksum");
+    assert_ne!(&ip[42..44], &[0, 0], "a checksum was written");
+}
+
+#[test]
+fn ipv6_too_big_for_the_uplink_is_answered_with_packet_too_big() {
+    require!(LOADS_BPF);
+    use talaria_common::maps::mtu_stat;
+    let mut n = node6();
+    n.set_uplink_mtu(1500).unwrap();
+    let pod = v6("fd00:244:1::2");
+    let vip_tcp = v6("fd00:96::a");
+    let flow = Tuple6::tcp(pod, 40000, vip_tcp, 80);
+    let tcp = |len: usize| ipv6(flow, tcp_flags::ACK, &vec![0x5a; len]);
+    let frag_needed = |n: &Node| n.stats().unwrap().mtu_event(mtu_stat::FRAG_NEEDED);
+
+    // 40 + 20 + 1392 + 48 = 1500 fits: tunnelled as before.
+    let fits = tcp(1392);
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &fits));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (_, _, _, _, inner) = check_encap6(&out, fits.len());
+    assert_eq!(inner, fits);
+    assert_eq!(out.len() - 14, 1500, "a full uplink-MTU packet");
+
+    // One byte more: Packet Too Big back to the pod, MTU 1500 − 48.
+    let big = tcp(1393);
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &big));
+    assert_eq!(verdict, TC_ACT_REDIRECT, "redirected back to the pod");
+    check_packet_too_big(&out, &big, 1452);
+    assert_eq!(frag_needed(&n), 1);
+    let s = n.stats().unwrap();
+    assert_eq!(s.event(node_stat::ENCAP), 1, "only the packet that fit");
+    assert_eq!(s.mtu_event(mtu_stat::TOO_BIG_NO_DF), 0);
+
+    // UDP: the same (every IPv6 packet is as if DF were set).
+    let udp = ipv6(Tuple6::udp(pod, 40001, v6("fd00:96::b"), 53), 0, &[7; 1405]);
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &udp));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check_packet_too_big(&out, &udp, 1452);
+
+    // A GSO packet is checked by its segments (40 + 20 + 1393 + 48 >
+    // 1500), as IPv4's; the quote is the start of the super-packet.
+    let gso = tcp(3000);
+    let (verdict, out) = test_run(
+        &n,
+        PROG_POD,
+        &eth6(HOST_VETH_MAC, POD_MAC, &gso),
+        Some(&gso_ctx(1393, 3)),
+    );
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check_packet_too_big(&out, &gso, 1452);
+    assert_eq!(frag_needed(&n), 3);
+    // (The fitting case of a GSO skb cannot be run here, see
+    // `gso_packet_whose_segments_do_not_fit_gets_frag_needed`.)
+
+    // Inner MTU exactly the IPv6 minimum: 1280 fits, 1281 gets MTU 1280.
+    n.set_uplink_mtu(1328).unwrap();
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &tcp(1220)));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check_encap6(&out, 1280);
+    let big = tcp(1221);
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &big));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check_packet_too_big(&out, &big, 1280);
+
+    // An uplink too small for IPv6 (1300 − 48 < 1280): the MTU reported
+    // is never below 1280, and a packet of 1280 bytes or less, which a
+    // Packet Too Big could not shrink, is dropped and counted.
+    n.set_uplink_mtu(1300).unwrap();
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &big));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check_packet_too_big(&out, &big, 1280);
+    let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &tcp(1220)));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    let s = n.stats().unwrap();
+    assert_eq!(s.mtu_event(mtu_stat::FRAG_NEEDED), 5);
+    assert_eq!(s.mtu_event(mtu_stat::TOO_BIG_NO_DF), 1);
+    assert_eq!(total_drops(&n), 0, "a Packet Too Big is an answer");
+    assert_eq!(
+        (s.event(node_stat::CACHE_MISS), s.event(node_stat::ENCAP)),
+        (2, 2),
+        "only the two packets that fit reached the cookie cache"
+    );
+}
+
+#[test]
+fn ipv6_too_big_backend_reply_gets_packet_too_big_before_reverse_nat() {
+    require!(LOADS_BPF);
+    use talaria_common::maps::mtu_stat;
+    let mut n = node6();
+    n.set_uplink_mtu(1500).unwrap();
+    let client = v6("fd00:244:2::2");
+    let request = Tuple6::tcp(client, 40000, v6("fd00:244:1::3"), 8080);
+    let req = ipv6(request, tcp_flags::SYN, b"");
+    let enc = TalariaEncap::new(flags::COOKIE_VALID | flags::NEW_FLOW, SVC6_TCP, 42);
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch6(enc, &req)).0,
+        TC_ACT_REDIRECT
+    );
+    // The backend pod (MTU 1500) answers with a 1500-byte segment: the
+    // error goes to the backend, "from" the client it was sending to, and
+    // quotes the reply as the backend sent it (before reverse NAT).
+    let reply = ipv6(request.reversed(), tcp_flags::ACK, &[9; 1440]);
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    check_packet_too_big(&out, &reply, 1452);
+    assert_eq!(&out[14 + 8..14 + 24], &client.octets());
+    let s = n.stats().unwrap();
+    assert_eq!(s.mtu_event(mtu_stat::FRAG_NEEDED), 1);
+    assert_eq!(s.event(node_stat::REVERSE_NAT), 0);
+    assert_eq!(n.reverse_flows6().unwrap().len(), 1, "flow state untouched");
+    // A reply that fits is reverse-NATed and tunnelled as before.
+    let small = ipv6(request.reversed(), tcp_flags::ACK, &[9; 100]);
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &small));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (_, _, _, _, inner) = check_encap6(&out, small.len());
+    assert!(l4_checksum6_ok(&inner));
 }

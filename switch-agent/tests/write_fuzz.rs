@@ -5,7 +5,10 @@
 //! else succeeds, and a read returns exactly what the model holds. Keys
 //! come from a small space so that updates meet each other.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use proptest::prelude::*;
 use talaria_p4rt::p4::v1::{entity, update::Type as UpdateType, Entity, Update};
@@ -15,14 +18,16 @@ use talaria_switch_dataplane::{testing::TestSwitch, Target};
 use talaria_tables::{
     build,
     p4runtime::{encode, encode_key},
+    value::Ipv6Prefix,
     Entry, EntryKey, Table,
 };
 use tonic::Code;
 
 /// An entry of any table, from a few keys per table and any action data.
 fn any_entry() -> impl Strategy<Value = Entry> {
-    (0u8..10, 0u8..3, any::<u16>(), any::<u32>()).prop_map(|(table, k, a, b)| {
+    (0u8..13, 0u8..3, any::<u16>(), any::<u32>()).prop_map(|(table, k, a, b)| {
         let ip = |x: u8| Ipv4Addr::new(10, 0, x, 1);
+        let ip6 = |x: u16| Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, x);
         match table {
             0 => build::route(
                 build::prefix(Ipv4Addr::new(10, k, 0, 0), 16),
@@ -38,6 +43,16 @@ fn any_entry() -> impl Strategy<Value = Entry> {
             6 => build::pod_node(build::prefix(Ipv4Addr::new(10, 244, k, 0), 24), ip(a as u8)),
             7 => build::tunnel_peer(u16::from(k) + 1, ip(a as u8 % 2)),
             8 => build::ts_cookie(u16::from(k), a % 4, b),
+            9 => build::service_v6(ip6(u16::from(k)), 80, 17, a, 3, (b % 2) as u8),
+            10 => build::backend_v6(u32::from(k), ip6(a), a, ip(b as u8)),
+            11 => build::pod_node_v6(
+                Ipv6Prefix::new(
+                    Ipv6Addr::new(0xfd00, 0x244, u16::from(k), 0, 0, 0, 0, 0),
+                    64,
+                )
+                .expect("a /64"),
+                ip(a as u8),
+            ),
             _ => build::spoofed_source(ip(k)),
         }
     })

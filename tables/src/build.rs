@@ -8,12 +8,13 @@
 //! as given: nothing is checked or normalised, so a test can still build
 //! an entry a switch must refuse (see [`prefix`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::value::{Ipv4Prefix, Ipv6Prefix, Mac};
 use crate::{
-    backend, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
-    spoofed_source, switch_addr, ts_cookie, tunnel_peer, tunnel_source, Entry,
+    backend, backend_v6, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node,
+    pod_node_v6, service_v4, service_v6, spoofed_source, switch_addr, ts_cookie, tunnel_peer,
+    tunnel_source, Entry,
 };
 
 /// `addr/len` exactly as given: unlike [`crate::value::Prefix::new`], host
@@ -91,6 +92,25 @@ pub const fn service(
     })
 }
 
+/// `service_v6`: [`service`] for an IPv6 `vip`.
+pub const fn service_v6(
+    vip: Ipv6Addr,
+    port: u16,
+    proto: u8,
+    service_id: u16,
+    bucket_mask: u16,
+    hash_mode: u8,
+) -> Entry {
+    Entry::ServiceV6(service_v6::Entry {
+        key: service_v6::Key { vip, port, proto },
+        action: service_v6::Action::SetService {
+            service_id,
+            bucket_mask,
+            hash_mode,
+        },
+    })
+}
+
 /// `lb_bucket`: bucket `bucket` of service `service_id` picks `backend_id`.
 pub const fn bucket(service_id: u16, bucket: u16, backend_id: u32) -> Entry {
     Entry::LbBucket(lb_bucket::Entry {
@@ -128,6 +148,27 @@ pub const fn backend(backend_id: u32, ip: Ipv4Addr, port: u16, node_ip: Ipv4Addr
             backend_port: port,
             node_ip,
         },
+    })
+}
+
+/// `backend_v6`: `backend_id` is the IPv6 pod `ip`:`port` on node
+/// `node_ip`.
+pub const fn backend_v6(backend_id: u32, ip: Ipv6Addr, port: u16, node_ip: Ipv4Addr) -> Entry {
+    Entry::BackendV6(backend_v6::Entry {
+        key: backend_v6::Key { backend_id },
+        action: backend_v6::Action::SetBackendV6 {
+            backend_ip: ip,
+            backend_port: port,
+            node_ip,
+        },
+    })
+}
+
+/// `pod_node_v6`: IPv6 client pods in `prefix` live on node `node_ip`.
+pub const fn pod_node_v6(prefix: Ipv6Prefix, node_ip: Ipv4Addr) -> Entry {
+    Entry::PodNodeV6(pod_node_v6::Entry {
+        key: pod_node_v6::Key { pod_addr: prefix },
+        action: pod_node_v6::Action::SetClientNode { node_ip },
     })
 }
 
@@ -198,9 +239,10 @@ mod tests {
     const C: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 3);
     const P: Ipv4Prefix = prefix(Ipv4Addr::new(10, 1, 2, 3), 16);
     const P6: Ipv6Prefix = Ipv6Prefix {
-        addr: std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
+        addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0),
         len: 8,
     };
+    const A6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa);
 
     /// Every constructor fills its own table, each argument in its own
     /// field: the values differ, so a swapped pair shows.
@@ -358,6 +400,42 @@ mod tests {
                     },
                 }),
                 Table::EndpointReply,
+            ),
+            (
+                service_v6(A6, 80, 17, 7, 3, 1),
+                Entry::ServiceV6(service_v6::Entry {
+                    key: service_v6::Key {
+                        vip: A6,
+                        port: 80,
+                        proto: 17,
+                    },
+                    action: service_v6::Action::SetService {
+                        service_id: 7,
+                        bucket_mask: 3,
+                        hash_mode: 1,
+                    },
+                }),
+                Table::ServiceV6,
+            ),
+            (
+                backend_v6(100, A6, 8080, B),
+                Entry::BackendV6(backend_v6::Entry {
+                    key: backend_v6::Key { backend_id: 100 },
+                    action: backend_v6::Action::SetBackendV6 {
+                        backend_ip: A6,
+                        backend_port: 8080,
+                        node_ip: B,
+                    },
+                }),
+                Table::BackendV6,
+            ),
+            (
+                pod_node_v6(P6, C),
+                Entry::PodNodeV6(pod_node_v6::Entry {
+                    key: pod_node_v6::Key { pod_addr: P6 },
+                    action: pod_node_v6::Action::SetClientNode { node_ip: C },
+                }),
+                Table::PodNodeV6,
             ),
             (
                 tunnel_source(A, B),

@@ -256,6 +256,62 @@ crate::p4_tables! {
         default TsCookieMiss;
         direct_counter None;
     }
+
+    /// `service_v6`: `service_v4` for IPv6 (ClusterIP or external
+    /// address, port, protocol) → service; a dual-stack Service has one
+    /// entry here and one there, each with its own service id and buckets.
+    table ServiceV6 in service_v6 = "service_v6", 0x0200_000E {
+        size sizes::SERVICE_V6;
+        key { vip: exact Ipv6Addr = 128, port: exact u16 = 16, proto: exact u8 = 8 }
+        actions {
+            /// As in `service_v4`.
+            SetService = "set_service", 0x0100_0005 {
+                service_id: u16 = 16,
+                bucket_mask: u16 = 16,
+                hash_mode: u8 = 8,
+            },
+        }
+        default_only {
+            ServiceMiss = "service_miss", 0x0100_0006,
+        }
+        default ServiceMiss;
+        direct_counter None;
+    }
+
+    /// `backend_v6`: backend id → an IPv6 pod's address and port, and its
+    /// node (the underlay is IPv4). Backend ids are one space over both
+    /// tables; an IPv6 request reads this one.
+    table BackendV6 in backend_v6 = "backend_v6", 0x0200_000F {
+        size sizes::BACKEND_V6;
+        key { backend_id: exact u32 = 32 }
+        actions {
+            SetBackendV6 = "set_backend_v6", 0x0100_001A {
+                backend_ip: Ipv6Addr = 128,
+                backend_port: u16 = 16,
+                node_ip: Ipv4Addr = 32,
+            },
+        }
+        default_only {
+            BackendMiss = "backend_miss", 0x0100_000C,
+        }
+        default BackendMiss;
+        direct_counter None;
+    }
+
+    /// `pod_node_v6`: `pod_node` for IPv6 clients (LPM on the nodes' IPv6
+    /// pod CIDRs) → the client's node, for replies.
+    table PodNodeV6 in pod_node_v6 = "pod_node_v6", 0x0200_0010 {
+        size sizes::POD_NODE_V6;
+        key { pod_addr: lpm Ipv6Addr = 128 }
+        actions {
+            SetClientNode = "set_client_node", 0x0100_000D { node_ip: Ipv4Addr = 32 },
+        }
+        default_only {
+            PodNodeMiss = "pod_node_miss", 0x0100_000E,
+        }
+        default PodNodeMiss;
+        direct_counter None;
+    }
 }
 
 /// `service_counter`: packets and bytes client → service, by service id.

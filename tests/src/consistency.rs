@@ -170,6 +170,7 @@ impl RustModel {
         let mut constants: Vec<(String, u128)> = vec![
             ("GENEVE_UDP_PORT", wire::GENEVE_UDP_PORT.into()),
             ("GENEVE_PROTO_IPV4", wire::GENEVE_PROTO_IPV4.into()),
+            ("GENEVE_PROTO_IPV6", wire::GENEVE_PROTO_IPV6.into()),
             ("OPT_TYPE_CRITICAL", wire::OPT_TYPE_CRITICAL.into()),
             ("TALARIA_OPT_CLASS", wire::TALARIA_OPT_CLASS.into()),
             ("TALARIA_OPT_TYPE", wire::TALARIA_OPT_TYPE.into()),
@@ -212,6 +213,9 @@ impl RustModel {
             ("SPOOFED_SOURCE_SIZE", sizes::SPOOFED_SOURCE.into()),
             ("ENDPOINT_REPLY_SIZE", sizes::ENDPOINT_REPLY.into()),
             ("TUNNEL_SOURCE_SIZE", sizes::TUNNEL_SOURCE.into()),
+            ("SERVICE_V6_SIZE", sizes::SERVICE_V6.into()),
+            ("BACKEND_V6_SIZE", sizes::BACKEND_V6.into()),
+            ("POD_NODE_V6_SIZE", sizes::POD_NODE_V6.into()),
             ("SERVICE_COUNTER_SIZE", sizes::SERVICE_COUNTER.into()),
         ]
         .into_iter()

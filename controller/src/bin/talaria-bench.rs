@@ -296,7 +296,7 @@ async fn main() -> Result<()> {
         // backend: buckets are written last (after the backend and its
         // cookie_check), so this is the moment new flows can reach it.
         let key = ServiceKey {
-            vip: vip(s),
+            vip: vip(s).into(),
             port: 80,
             proto: Proto::Tcp,
         };

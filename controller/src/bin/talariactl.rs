@@ -297,7 +297,7 @@ async fn main() -> Result<()> {
                                 s(&svc["service_type"]),
                                 format!(
                                     "{}:{}/{}{}",
-                                    s(&p["key"]["vip"]),
+                                    bracketed(s(&p["key"]["vip"])),
                                     p["key"]["port"],
                                     s(&p["key"]["proto"]),
                                     match p["frontend"].as_str() {
@@ -409,4 +409,13 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// An address for `addr:port`: an IPv6 one in brackets.
+fn bracketed(addr: String) -> String {
+    if addr.contains(':') {
+        format!("[{addr}]")
+    } else {
+        addr
+    }
 }

@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use k8s_openapi::api::{
@@ -19,15 +19,16 @@ use super::{
     obj_ref, skip, Frontend, HealthCheckView, Model, ObjectRef, PortView, ServicePort, ServiceView,
     Skipped, HEADLESS_LABEL, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL,
 };
-use crate::types::{Backend, HashMode, Ipv4Prefix, Proto, ServiceKey};
+use crate::types::{Backend, HashMode, IpPrefix, Proto, ServiceKey};
 
 /// Endpoint after condition evaluation, before the per-port join. Kept
 /// whatever its conditions: an unusable copy of an address can still win
 /// the deduplication over a usable one ([`pick_copy`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct EpInfo {
-    /// `addresses[0]`, the only address kube-proxy uses.
-    pub(super) ip: Ipv4Addr,
+    /// `addresses[0]`, the only address kube-proxy uses, of its slice's
+    /// `addressType`.
+    pub(super) ip: IpAddr,
     /// Where the switch sends it: the node whose pod CIDR holds its
     /// address (that node's agent delivers it), else
     /// [`Backend::NO_AGENT`] (the switch delivers it plain: a node's own
@@ -95,10 +96,10 @@ pub(super) fn parse_ipv4_sloppy(s: &str) -> Option<Ipv4Addr> {
 }
 
 /// A Service address (ClusterIP, externalIP, ingress IP) as kube-proxy
-/// reads one: IPv4 (sloppily), IPv6 (no data path yet), or none.
+/// reads one: IPv4 (sloppily), IPv6, or none.
 enum ParsedAddr {
     V4(Ipv4Addr),
-    V6,
+    V6(Ipv6Addr),
     Bad,
 }
 
@@ -108,8 +109,32 @@ fn parse_service_addr(s: &str) -> ParsedAddr {
     }
     match s.parse::<IpAddr>() {
         Ok(IpAddr::V4(v4)) => ParsedAddr::V4(v4),
-        Ok(IpAddr::V6(_)) => ParsedAddr::V6,
+        Ok(IpAddr::V6(v6)) => ParsedAddr::V6(v6),
         Err(_) => ParsedAddr::Bad,
+    }
+}
+
+/// An address family: an EndpointSlice's `addressType`, a ClusterIP's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
     }
 }
 
@@ -126,9 +151,12 @@ pub(super) fn not_for_kube_proxy(
         .find(|l| labels.contains_key(*l))
 }
 
-/// One usable slice: its ports (name, proto) → number, and its endpoints.
+/// One usable slice: its family, its ports (name, proto) → number, and
+/// its endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(super) struct SliceInfo {
+    /// `addressType`: its endpoints serve the ClusterIPs of this family.
+    pub(super) family: Family,
     /// (name, protocol) → port number, sorted, unique (a slice has few).
     pub(super) ports: Vec<((String, Proto), u16)>,
     pub(super) endpoints: Vec<EpInfo>,
@@ -187,12 +215,14 @@ pub(super) fn build_nodes<'a>(
             cidrs.extend(spec.and_then(|s| s.pod_cidr.clone()));
         }
         for c in cidrs {
-            if c.contains(':') {
-                continue; // IPv6 pod CIDR: no IPv6 data path.
-            }
-            match c.parse::<Ipv4Prefix>() {
-                Ok(p) => {
+            match c.parse::<IpPrefix>() {
+                Ok(IpPrefix::V4(p)) => {
                     m.pod_nodes.insert(p, ip);
+                }
+                // An IPv6 pod CIDR: its pods are reached over the IPv4
+                // underlay, at the node's InternalIP.
+                Ok(IpPrefix::V6(p)) => {
+                    m.pod_nodes_v6.insert(p, ip);
                 }
                 Err(e) => skip(skipped, "Node", &r, "bad_pod_cidr", e),
             }
@@ -200,12 +230,12 @@ pub(super) fn build_nodes<'a>(
     }
 }
 
-/// The union of the IPv4 `spec.cidrs` of `cidrs` (IPv6 ones have no data
-/// path), and what could not be read. Filtered by kube-proxy's label
-/// selector like Services, as kube-proxy's one informer factory does.
+/// The union of the `spec.cidrs` of `cidrs`, IPv4 and IPv6, and what could
+/// not be read. Filtered by kube-proxy's label selector like Services, as
+/// kube-proxy's one informer factory does.
 pub(super) fn service_cidrs<'a>(
     cidrs: impl IntoIterator<Item = &'a ServiceCIDR>,
-) -> (BTreeSet<Ipv4Prefix>, Vec<Skipped>) {
+) -> (BTreeSet<IpPrefix>, Vec<Skipped>) {
     let mut set = BTreeSet::new();
     let mut skipped = Vec::new();
     for c in cidrs {
@@ -214,10 +244,7 @@ pub(super) fn service_cidrs<'a>(
         }
         let r = obj_ref(&c.metadata);
         for cidr in c.spec.iter().flat_map(|s| s.cidrs.iter().flatten()) {
-            if cidr.contains(':') {
-                continue; // IPv6: no IPv6 data path.
-            }
-            match cidr.parse::<Ipv4Prefix>() {
+            match cidr.parse::<IpPrefix>() {
                 Ok(p) => {
                     set.insert(p);
                 }
@@ -273,19 +300,20 @@ fn eval_slice_info(
         // Left to another proxy, or a headless Service's: not ours.
         return None;
     }
-    if s.address_type != "IPv4" {
-        skip(
-            skipped,
-            "EndpointSlice",
-            r,
-            "unsupported_address_type",
-            format!(
-                "addressType {} has no data path (IPv4 only)",
-                s.address_type
-            ),
-        );
-        return None;
-    }
+    let family = match s.address_type.as_str() {
+        "IPv4" => Family::V4,
+        "IPv6" => Family::V6,
+        other => {
+            skip(
+                skipped,
+                "EndpointSlice",
+                r,
+                "unsupported_address_type",
+                format!("addressType {other} has no data path (IPv4 and IPv6 only)"),
+            );
+            return None;
+        }
+    };
     let Some(svc_name) = s
         .metadata
         .labels
@@ -347,13 +375,17 @@ fn eval_slice_info(
             );
             continue;
         };
-        let Some(ip) = parse_ipv4_sloppy(a) else {
+        let ip = match family {
+            Family::V4 => parse_ipv4_sloppy(a).map(IpAddr::V4),
+            Family::V6 => a.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        };
+        let Some(ip) = ip else {
             skip(
                 skipped,
                 "EndpointSlice",
                 r,
                 "bad_address",
-                format!("address {a:?} is not IPv4"),
+                format!("address {a:?} is not {}", family.name()),
             );
             continue;
         };
@@ -375,12 +407,35 @@ fn eval_slice_info(
         // The address decides where packets go; nodeName only where it
         // runs (a hostNetwork pod is at its node's address, not in a pod
         // CIDR, and no agent there can deliver to it).
-        let pod_node = m
-            .pod_nodes
-            .iter()
-            .filter(|(p, _)| p.contains(ip))
-            .max_by_key(|(p, _)| p.len)
-            .map(|(_, n)| *n);
+        let pod_node = match ip {
+            IpAddr::V4(ip) => m
+                .pod_nodes
+                .iter()
+                .filter(|(p, _)| p.contains(ip))
+                .max_by_key(|(p, _)| p.len)
+                .map(|(_, n)| *n),
+            IpAddr::V6(ip) => m
+                .pod_nodes_v6
+                .iter()
+                .filter(|(p, _)| p.contains(ip))
+                .max_by_key(|(p, _)| p.len)
+                .map(|(_, n)| *n),
+        };
+        if ip.is_ipv6() && pod_node.is_none() {
+            // The switch delivers endpoints without an agent plain, and
+            // tunnels their replies back (`endpoint_reply`): IPv4 only.
+            skip(
+                skipped,
+                "EndpointSlice",
+                r,
+                "ipv6_without_agent",
+                format!(
+                    "IPv6 address {ip} is in no node's IPv6 pod CIDR: IPv6 endpoints \
+                     without an agent are not served"
+                ),
+            );
+            continue;
+        }
         let home = ep
             .node_name
             .as_ref()
@@ -399,6 +454,7 @@ fn eval_slice_info(
             name: svc_name.clone(),
         },
         SliceInfo {
+            family,
             ports: ports.into_iter().collect(),
             endpoints,
         },
@@ -478,7 +534,7 @@ fn external_addresses(
     for (what, ip) in wanted {
         let addr = match parse_service_addr(ip) {
             ParsedAddr::V4(v4) => Some(v4),
-            ParsedAddr::V6 => {
+            ParsedAddr::V6(_) => {
                 view.notes
                     .push(format!("{what} {ip}: IPv6, not in data path yet"));
                 None
@@ -494,11 +550,82 @@ fn external_addresses(
                 None
             }
         };
-        if let Some(a) = addr.filter(|a| !view.cluster_ips.contains(a) && !served.contains(a)) {
+        if let Some(a) =
+            addr.filter(|a| !view.cluster_ips.contains(&IpAddr::V4(*a)) && !served.contains(a))
+        {
             served.push(a);
         }
     }
     served
+}
+
+/// What of a Service with an IPv6 ClusterIP the switch does not serve,
+/// noted (and skipped where the input is inconsistent):
+/// - a ClusterIP whose family no EndpointSlice of the Service has, while
+///   the other family's do (it gets no endpoints: kube-proxy's proxier of
+///   its family sees none either);
+/// - nodePorts and external addresses of an IPv6-only Service (kube-proxy's
+///   IPv4 proxier ignores a Service without an IPv4 ClusterIP, and the
+///   switch serves neither IPv6 nodePorts nor IPv6 external addresses);
+/// - the IPv6 half of a dual-stack Service's nodePorts (served at the
+///   nodes' IPv4 InternalIPs only).
+fn ipv6_limits(
+    spec: &k8s_openapi::api::core::v1::ServiceSpec,
+    service_type: &str,
+    my_slices: &[SliceInfo],
+    view: &mut ServiceView,
+    skipped: &mut Vec<Skipped>,
+) {
+    for ip in view.cluster_ips.clone() {
+        let family = Family::of(ip);
+        let (mine, other) = my_slices
+            .iter()
+            .fold((0, 0), |(m, o), s| match s.family == family {
+                true => (m + 1, o),
+                false => (m, o + 1),
+            });
+        if mine == 0 && other > 0 {
+            let other = match family {
+                Family::V4 => Family::V6,
+                Family::V6 => Family::V4,
+            };
+            let detail = format!(
+                "{} ClusterIP {ip} has only {} EndpointSlices: no endpoints",
+                family.name(),
+                other.name()
+            );
+            skip(
+                skipped,
+                "Service",
+                &view.service,
+                "endpoint_family_mismatch",
+                detail.clone(),
+            );
+            view.notes.push(detail);
+        }
+    }
+    if !view.cluster_ips.iter().any(|ip| ip.is_ipv6()) {
+        return;
+    }
+    let node_ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .any(|p| node_port_of(p, service_type).is_some());
+    if !view.cluster_ips.iter().any(|ip| ip.is_ipv4()) {
+        if node_ports || !view.external_ips.is_empty() {
+            view.notes.push(
+                "IPv6-only Service: its nodePorts and external addresses are not served \
+                 (no IPv6 nodePorts or external addresses yet)"
+                    .into(),
+            );
+        }
+        view.external_ips.clear();
+    } else if node_ports {
+        view.notes.push(
+            "nodePorts: served at the nodes' IPv4 InternalIPs only (no IPv6 nodePorts yet)".into(),
+        );
+    }
 }
 
 pub(super) fn eval_service(
@@ -531,8 +658,12 @@ fn health_check(svc: &Service, my_slices: &[SliceInfo]) -> Option<HealthCheckVie
     let node_port = u16::try_from(spec.health_check_node_port?)
         .ok()
         .filter(|p| *p > 0 && wanted)?;
-    let mut by_node: BTreeMap<Ipv4Addr, BTreeSet<Ipv4Addr>> = BTreeMap::new();
-    for ep in my_slices.iter().flat_map(|s| &s.endpoints) {
+    let mut by_node: BTreeMap<Ipv4Addr, BTreeSet<IpAddr>> = BTreeMap::new();
+    // Load balancers reach nodes over IPv4, the only family whose
+    // nodePorts and external addresses the switch serves: IPv6 endpoints
+    // are not counted (a dual-stack pod would count twice).
+    let v4 = my_slices.iter().filter(|s| s.family == Family::V4);
+    for ep in v4.flat_map(|s| &s.endpoints) {
         if let Some(home) = ep.home.filter(|_| ep.is_ready()) {
             by_node.entry(home).or_default().insert(ep.ip);
         }
@@ -782,10 +913,8 @@ fn eval_service_into(
     }
     for ip in &ips {
         match parse_service_addr(ip) {
-            ParsedAddr::V4(v4) => view.cluster_ips.push(v4),
-            ParsedAddr::V6 => view.notes.push(format!(
-                "IPv6 ClusterIP {ip}: not in data path yet (IPv4 only)"
-            )),
+            ParsedAddr::V4(v4) => view.cluster_ips.push(v4.into()),
+            ParsedAddr::V6(v6) => view.cluster_ips.push(v6.into()),
             ParsedAddr::Bad => skip(
                 &mut e.skipped,
                 "Service",
@@ -810,6 +939,7 @@ fn eval_service_into(
         return Some(view);
     }
     view.external_ips = external_addresses(svc, &service_type, &mut view, &mut e.skipped);
+    ipv6_limits(spec, &service_type, my_slices, &mut view, &mut e.skipped);
     let local_only = spec.internal_traffic_policy.as_deref() == Some("Local");
     // At a node's address only: the switch balances the other external
     // addresses itself, for every endpoint.
@@ -882,7 +1012,7 @@ fn eval_service_into(
         // Gather endpoints for this port from all slices with a matching
         // (name, protocol) port, one copy per ip:port (`pick_copy`).
         let wanted = (pname.clone(), proto);
-        let mut copies: BTreeMap<(Ipv4Addr, u16), &EpInfo> = BTreeMap::new();
+        let mut copies: BTreeMap<(IpAddr, u16), &EpInfo> = BTreeMap::new();
         for s in my_slices {
             let Ok(i) = s.ports.binary_search_by(|(k, _)| k.cmp(&wanted)) else {
                 continue;
@@ -899,81 +1029,102 @@ fn eval_service_into(
                     .or_insert(ep);
             }
         }
-        let mut ready = Vec::new();
-        let mut st = Vec::new();
-        let mut unready = Vec::new();
-        for ((ip, target), ep) in copies {
-            let b = Backend {
-                ip,
-                port: target,
-                node_ip: ep.node_ip,
-            };
-            if ep.is_ready() {
-                ready.push((b, ep));
-            } else if ep.is_serving_terminating() {
-                st.push((b, ep));
-            } else {
-                unready.push((b, ep));
+        // Each ClusterIP from the endpoints of its family, as kube-proxy's
+        // per-family proxiers do; nodePorts and external addresses (IPv4)
+        // from the IPv4 ones.
+        for family in [Family::V4, Family::V6] {
+            let vips: Vec<IpAddr> = view
+                .cluster_ips
+                .iter()
+                .copied()
+                .filter(|ip| Family::of(*ip) == family)
+                .collect();
+            if vips.is_empty() {
+                continue;
             }
-        }
-        let preferred = if local_only {
-            local_endpoints(&ready, &st)
-        } else if topology {
-            topology_endpoints(nodes, &ready)
-        } else {
-            BTreeMap::new()
-        };
-        // A not-ready endpoint takes no new flows but keeps its established
-        // TCP ones (kube-proxy leaves their conntrack entries alone): its
-        // cookie stays valid for as long as the endpoint exists. UDP flows
-        // move at once: kube-proxy deletes the UDP conntrack entries of
-        // every endpoint that is not serving.
-        if proto == Proto::Udp {
-            unready.clear();
-        }
-        let all = Endpoints::of(&ready, &st, &unready);
-        // `externalTrafficPolicy: Local`, at a node's address: that node's
-        // endpoints only, and none where it has none.
-        let on_node = |node: Ipv4Addr| {
-            let (r, s, u) = (on(&ready, node), on(&st, node), on(&unready, node));
-            Endpoints::of(&r, &s, &u)
-        };
-        let mut add = |key: ServiceKey, frontend: Frontend, eps: Endpoints| {
-            let per_client_node = !frontend.is_outside();
-            e.candidates.push(ServicePort {
-                service: r.clone(),
-                port_name: pname.clone(),
-                key,
-                frontend,
-                hash_mode,
-                affinity_timeout_secs,
-                terminating_fallback: eps.fallback && !eps.active.is_empty(),
-                active: eps.active,
-                draining: eps.draining,
-                preferred: if per_client_node {
-                    preferred.clone()
-                } else {
-                    BTreeMap::new()
-                },
-                local_only: local_only && per_client_node,
-            });
-        };
-        let key = |vip: Ipv4Addr, port: u16| ServiceKey { vip, port, proto };
-        for vip in &view.cluster_ips {
-            add(key(*vip, port), Frontend::ClusterIp, all.clone());
-        }
-        if let Some(node_port) = node_port_of(p, &service_type) {
-            for node_ip in nodes.ips.values() {
-                let eps = if external_local {
-                    on_node(*node_ip)
-                } else {
-                    all.clone()
+            let mut ready = Vec::new();
+            let mut st = Vec::new();
+            let mut unready = Vec::new();
+            for ((ip, target), ep) in &copies {
+                if Family::of(*ip) != family {
+                    continue;
+                }
+                let b = Backend {
+                    ip: *ip,
+                    port: *target,
+                    node_ip: ep.node_ip,
                 };
-                add(key(*node_ip, node_port), Frontend::NodePort, eps);
+                if ep.is_ready() {
+                    ready.push((b, *ep));
+                } else if ep.is_serving_terminating() {
+                    st.push((b, *ep));
+                } else {
+                    unready.push((b, *ep));
+                }
             }
-        }
-        for vip in &view.external_ips {
-            add(key(*vip, port), Frontend::External, all.clone());
+            let preferred = if local_only {
+                local_endpoints(&ready, &st)
+            } else if topology {
+                topology_endpoints(nodes, &ready)
+            } else {
+                BTreeMap::new()
+            };
+            // A not-ready endpoint takes no new flows but keeps its
+            // established TCP ones (kube-proxy leaves their conntrack
+            // entries alone): its cookie stays valid for as long as the
+            // endpoint exists. UDP flows move at once: kube-proxy deletes
+            // the UDP conntrack entries of every endpoint that is not
+            // serving.
+            if proto == Proto::Udp {
+                unready.clear();
+            }
+            let all = Endpoints::of(&ready, &st, &unready);
+            // `externalTrafficPolicy: Local`, at a node's address: that
+            // node's endpoints only, and none where it has none.
+            let on_node = |node: Ipv4Addr| {
+                let (r, s, u) = (on(&ready, node), on(&st, node), on(&unready, node));
+                Endpoints::of(&r, &s, &u)
+            };
+            let mut add = |key: ServiceKey, frontend: Frontend, eps: Endpoints| {
+                let per_client_node = !frontend.is_outside();
+                e.candidates.push(ServicePort {
+                    service: r.clone(),
+                    port_name: pname.clone(),
+                    key,
+                    frontend,
+                    hash_mode,
+                    affinity_timeout_secs,
+                    terminating_fallback: eps.fallback && !eps.active.is_empty(),
+                    active: eps.active,
+                    draining: eps.draining,
+                    preferred: if per_client_node {
+                        preferred.clone()
+                    } else {
+                        BTreeMap::new()
+                    },
+                    local_only: local_only && per_client_node,
+                });
+            };
+            let key = |vip: IpAddr, port: u16| ServiceKey { vip, port, proto };
+            for vip in vips {
+                add(key(vip, port), Frontend::ClusterIp, all.clone());
+            }
+            if family != Family::V4 {
+                continue;
+            }
+            if let Some(node_port) = node_port_of(p, &service_type) {
+                for node_ip in nodes.ips.values() {
+                    let eps = if external_local {
+                        on_node(*node_ip)
+                    } else {
+                        all.clone()
+                    };
+                    add(key((*node_ip).into(), node_port), Frontend::NodePort, eps);
+                }
+            }
+            for vip in &view.external_ips {
+                add(key((*vip).into(), port), Frontend::External, all.clone());
+            }
         }
     }
     Some(view)

@@ -17,14 +17,18 @@
 //! - Each Service port is served at its ClusterIP, at every node's
 //!   InternalIP on its nodePort (NodePort and LoadBalancer), and at its
 //!   external addresses (externalIPs, LoadBalancer ingress IPs), each a
-//!   switch key of its own ([`Frontend`]). IPv6 addresses are reported as
-//!   notes; SCTP ports are refused (the data path parses TCP and UDP only).
+//!   switch key of its own ([`Frontend`]). Every ClusterIP of a dual-stack
+//!   Service is served, each from the EndpointSlices of its family (as
+//!   kube-proxy's per-family proxiers do); nodePorts and external
+//!   addresses are IPv4 only (IPv6 ones are reported as notes); SCTP ports
+//!   are refused (the data path parses TCP and UDP only).
 //! - One backend per `ip:port` of a Service port, from `addresses[0]` of
 //!   each endpoint; Services and EndpointSlices labelled
 //!   `service.kubernetes.io/service-proxy-name` or
 //!   `service.kubernetes.io/headless` are not ours.
 //! - ServiceCIDRs (`networking.k8s.io/v1`): the union of their
-//!   `spec.cidrs`, for the REST API (node agents steer them to the switch).
+//!   `spec.cidrs`, both families, for the REST API (node agents steer them
+//!   to the switch).
 
 mod index;
 mod kube_proxy;
@@ -44,7 +48,7 @@ use k8s_openapi::api::{
 };
 use serde::Serialize;
 
-use crate::types::{Backend, HashMode, Ipv4Prefix, ServiceKey};
+use crate::types::{Backend, HashMode, IpPrefix, Ipv4Prefix, Ipv6Prefix, ServiceKey};
 use index::Index;
 use kube_proxy::{build_nodes, eval_service, eval_slice, NodeTopology};
 pub use view::{HealthCheckView, PortView, ServiceView};
@@ -169,15 +173,18 @@ pub struct Model {
     pub services: BTreeMap<ObjectRef, ServiceView>,
     /// pod CIDR → node InternalIP, for `pod_node`.
     pub pod_nodes: BTreeMap<Ipv4Prefix, Ipv4Addr>,
+    /// IPv6 pod CIDR → node InternalIP, for `pod_node_v6` (the node is
+    /// reached over the IPv4 underlay).
+    pub pod_nodes_v6: BTreeMap<Ipv6Prefix, Ipv4Addr>,
     /// Node name → InternalIP.
     pub node_ips: BTreeMap<String, Ipv4Addr>,
     /// Node InternalIP → its `topology.kubernetes.io/zone` label.
     pub node_zones: BTreeMap<Ipv4Addr, String>,
     /// Objects or parts skipped, with reasons (sorted, no duplicates).
     pub skipped: Vec<Skipped>,
-    /// The IPv4 `spec.cidrs` of every ServiceCIDR object (IPv6 ones have no
-    /// data path). Node agents add them to their configured service CIDRs.
-    pub service_cidrs: BTreeSet<Ipv4Prefix>,
+    /// The `spec.cidrs` of every ServiceCIDR object, IPv4 and IPv6. Node
+    /// agents add them to their configured service CIDRs.
+    pub service_cidrs: BTreeSet<IpPrefix>,
     /// The health checks node agents serve, by Service (copies of the
     /// views' `health_check`, so a change to them is cheap to spot).
     pub health_checks: BTreeMap<ObjectRef, HealthCheckView>,

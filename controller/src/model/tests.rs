@@ -497,8 +497,8 @@ spec: {clusterIP: 10.96.0.14, ports: [{port: 80, protocol: SCTP}, {name: b, port
 ---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {name: v6, namespace: ns, labels: {kubernetes.io/service-name: sctp}}
-addressType: IPv6
+metadata: {name: fqdn, namespace: ns, labels: {kubernetes.io/service-name: sctp}}
+addressType: FQDN
 endpoints: []
 ---
 apiVersion: discovery.k8s.io/v1
@@ -531,6 +531,164 @@ endpoints:
     assert_eq!(
         m.ports[&key("10.96.0.14", 81, Proto::Tcp)].active,
         [be("172.16.0.1", 81, "0.0.0.0")].into()
+    );
+}
+
+/// A dual-stack Service: one port per (ClusterIP, port, protocol), each
+/// with the endpoints of its family's slices only, as kube-proxy's two
+/// proxiers see them. IPv6 pods are found through the Nodes' IPv6 pod
+/// CIDRs; nodePorts stay IPv4.
+#[test]
+fn dual_stack_services_serve_each_cluster_ip_from_its_family() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: ns}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ipFamilies: [IPv6, IPv4]
+  clusterIP: "fd00:96::a"
+  clusterIPs: ["fd00:96::a", 10.96.0.10]
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: 8080, nodePort: 30080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: ns, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+- {addresses: [10.244.1.6], nodeName: n1, conditions: {ready: false}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: ns, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: http, port: 8080}]
+endpoints:
+- {addresses: ["fd00::5"], nodeName: n1}
+- {addresses: ["fd00::6"], nodeName: n1, conditions: {ready: false, serving: true, terminating: true}}
+- {addresses: ["fd00:0::5"], nodeName: n1}
+- {addresses: [10.244.1.7], nodeName: n1}
+- {addresses: ["fd99::7"], nodeName: n2}
+"#);
+    assert_eq!(m.pod_nodes_v6.len(), 1);
+    assert_eq!(
+        m.pod_nodes_v6[&"fd00::/64".parse().unwrap()],
+        "192.168.0.11".parse::<Ipv4Addr>().unwrap()
+    );
+    let v6 = &m.ports[&key("fd00:96::a", 80, Proto::Tcp)];
+    assert_eq!(v6.frontend, Frontend::ClusterIp);
+    // fd00:0::5 is fd00::5 again: one backend per address.
+    assert_eq!(v6.active, [be("fd00::5", 8080, "192.168.0.11")].into());
+    assert_eq!(v6.draining, [be("fd00::6", 8080, "192.168.0.11")].into());
+    let v4 = &m.ports[&key("10.96.0.10", 80, Proto::Tcp)];
+    assert_eq!(v4.active, [be("10.244.1.5", 8080, "192.168.0.11")].into());
+    assert_eq!(v4.draining, [be("10.244.1.6", 8080, "192.168.0.11")].into());
+    // nodePorts at the nodes' IPv4 addresses, with the IPv4 endpoints.
+    for n in ["192.168.0.11", "192.168.0.12"] {
+        let p = &m.ports[&key(n, 30080, Proto::Tcp)];
+        assert_eq!((p.frontend, &p.active), (Frontend::NodePort, &v4.active));
+    }
+    assert_eq!(m.ports.len(), 4, "{:?}", m.ports.keys());
+    let view = &m.services[&ObjectRef {
+        namespace: "ns".into(),
+        name: "web".into(),
+    }];
+    let ips: Vec<String> = view.cluster_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["fd00:96::a", "10.96.0.10"]);
+    assert!(
+        view.notes
+            .iter()
+            .any(|n| n.contains("IPv4 InternalIPs only")),
+        "{:?}",
+        view.notes
+    );
+    // An IPv4 address in an IPv6 slice, and an IPv6 address in no
+    // node's IPv6 pod CIDR (no agent: not served), are skipped; nothing
+    // else is lost.
+    let skipped: Vec<(&str, &str)> = m
+        .skipped
+        .iter()
+        .map(|s| (s.reason, s.detail.as_str()))
+        .collect();
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+    assert!(
+        skipped
+            .iter()
+            .any(|(r, d)| *r == "bad_address" && d.contains("10.244.1.7") && d.contains("IPv6")),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped
+            .iter()
+            .any(|(r, d)| *r == "ipv6_without_agent" && d.contains("fd99::7")),
+        "{skipped:?}"
+    );
+}
+
+/// A ClusterIP with EndpointSlices of the other family only gets no
+/// endpoints and a warning; an IPv6-only Service's nodePorts and external
+/// addresses are not served (kube-proxy's IPv4 proxier ignores it).
+#[test]
+fn a_cluster_ip_without_slices_of_its_family_is_reported() {
+    let m = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: v6only, namespace: ns}
+spec:
+  type: NodePort
+  clusterIPs: ["fd00:96::b"]
+  externalIPs: [203.0.113.9]
+  ports: [{port: 80, nodePort: 30081}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: v6only-1, namespace: ns, labels: {kubernetes.io/service-name: v6only}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ok, namespace: ns}
+spec: {clusterIP: 10.96.0.20, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ok-1, namespace: ns, labels: {kubernetes.io/service-name: ok}}
+addressType: IPv4
+ports: [{port: 80}]
+endpoints:
+- {addresses: [10.244.1.5], nodeName: n1}
+"#);
+    let keys: Vec<String> = m.ports.keys().map(ToString::to_string).collect();
+    assert_eq!(keys, ["10.96.0.20:80/TCP", "[fd00:96::b]:80/TCP"]);
+    let p = &m.ports[&key("fd00:96::b", 80, Proto::Tcp)];
+    assert!(p.active.is_empty() && p.draining.is_empty());
+    assert_eq!(
+        m.ports[&key("10.96.0.20", 80, Proto::Tcp)].active,
+        [be("10.244.1.5", 80, "192.168.0.11")].into()
+    );
+    let s: Vec<_> = m.skipped.iter().map(|s| (s.reason, &s.detail)).collect();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].0, "endpoint_family_mismatch");
+    assert!(
+        s[0].1.contains("IPv6 ClusterIP fd00:96::b has only IPv4"),
+        "{s:?}"
+    );
+    let view = &m.services[&ObjectRef {
+        namespace: "ns".into(),
+        name: "v6only".into(),
+    }];
+    assert!(view.external_ips.is_empty());
+    assert!(
+        view.notes.iter().any(|n| n.contains("IPv6-only Service")),
+        "{:?}",
+        view.notes
     );
 }
 
@@ -852,7 +1010,7 @@ spec: {cidrs: [10.100.0.0/16, 10.96.0.0/16, 10.300.0.0/16]}
     o.put_service_cidr(extra);
     let m = o.model();
     let got: Vec<String> = m.service_cidrs.iter().map(ToString::to_string).collect();
-    assert_eq!(got, ["10.96.0.0/16", "10.100.0.0/16"]);
+    assert_eq!(got, ["10.96.0.0/16", "10.100.0.0/16", "fd00:10:96::/112"]);
     assert_eq!(m.skipped.len(), 1, "{:?}", m.skipped);
     assert_eq!(
         (m.skipped[0].kind, m.skipped[0].reason),
@@ -864,7 +1022,7 @@ spec: {cidrs: [10.100.0.0/16, 10.96.0.0/16, 10.300.0.0/16]}
     src.replace(o.clone());
     let mut m = Model::default();
     let _ = src.update_model(&mut m, false);
-    assert_eq!(m.service_cidrs.len(), 2);
+    assert_eq!(m.service_cidrs.len(), 3);
     src.update(|o| {
         o.remove_service_cidr(&ObjectRef {
             namespace: String::new(),
@@ -875,10 +1033,10 @@ spec: {cidrs: [10.100.0.0/16, 10.96.0.0/16, 10.300.0.0/16]}
         src.update_model(&mut m, false),
         Delta::Ports(BTreeSet::new())
     );
-    assert_eq!(m.service_cidrs.len(), 1);
+    assert_eq!(m.service_cidrs.len(), 2);
     assert!(m.skipped.is_empty(), "{:?}", m.skipped);
     let _ = src.update_model(&mut m, true);
-    assert_eq!(m.service_cidrs.len(), 1);
+    assert_eq!(m.service_cidrs.len(), 2);
     assert_eq!(m, src.model());
 }
 
@@ -995,13 +1153,24 @@ mod fuzz {
                     prop_assert!(b.port != 0, "{key}: {b}");
                     // Delivered by the agent of the node whose pod CIDR
                     // holds it, or by the switch when none does.
-                    let cidr_node = m
-                        .pod_nodes
-                        .iter()
-                        .filter(|(p, _)| p.contains(b.ip))
-                        .max_by_key(|(p, _)| p.len);
+                    let cidr_node = match b.ip {
+                        std::net::IpAddr::V4(ip) => m
+                            .pod_nodes
+                            .iter()
+                            .filter(|(p, _)| p.contains(ip))
+                            .max_by_key(|(p, _)| p.len)
+                            .map(|(_, n)| n),
+                        std::net::IpAddr::V6(ip) => m
+                            .pod_nodes_v6
+                            .iter()
+                            .filter(|(p, _)| p.contains(ip))
+                            .max_by_key(|(p, _)| p.len)
+                            .map(|(_, n)| n),
+                    };
+                    // Of the family of its port's VIP.
+                    prop_assert_eq!(b.ip.is_ipv4(), key.vip.is_ipv4(), "{}: {}", key, b);
                     match cidr_node {
-                        Some((_, n)) => prop_assert!(b.node_ip == *n && node_ips.contains(n), "{key}: {b}"),
+                        Some(n) => prop_assert!(b.node_ip == *n && node_ips.contains(n), "{key}: {b}"),
                         None => prop_assert!(!b.has_agent(), "{key}: {b} outside every pod CIDR"),
                     }
                 }

@@ -1,6 +1,9 @@
 //! What the REST API shows of a Service.
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use serde::Serialize;
 
@@ -29,8 +32,8 @@ pub struct ServiceView {
     pub service: ObjectRef,
     /// spec.type.
     pub service_type: String,
-    /// IPv4 ClusterIPs that the switch serves.
-    pub cluster_ips: Vec<Ipv4Addr>,
+    /// ClusterIPs that the switch serves, IPv4 and IPv6 (`spec.clusterIPs`).
+    pub cluster_ips: Vec<IpAddr>,
     /// IPv4 addresses outside the cluster that the switch serves too:
     /// `externalIPs` and LoadBalancer ingress IPs.
     pub external_ips: Vec<Ipv4Addr>,

@@ -11,7 +11,7 @@
 //! (`pod_egress`, `uplink_ingress`), the maps (`maps`), and the helpers
 //! they share: encapsulation (`encap`), flow state (`flows`), path MTU
 //! (`mtu`), reverse NAT (`nat`), outside clients' timestamp cookie
-//! (`tstamp`) and skb accessors (`skb`).
+//! (`tstamp`), skb accessors (`skb`) and IPv6 Services (`v6`).
 //!
 //! Built for `bpfel-unknown-none` only (by aya-build from the agent's
 //! build.rs); on the host this binary is an empty `main` so that
@@ -42,6 +42,8 @@ mod skb;
 mod tstamp;
 #[cfg(target_arch = "bpf")]
 mod uplink_ingress;
+#[cfg(target_arch = "bpf")]
+mod v6;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -11,9 +11,10 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, AffinityEntry,
-        AffinityKey, CookieEntry, FlowKey, FragEntry, FragKey, NodeConfig, NodeTsCookie, PodEntry,
-        PodFlows, PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry, ServiceAddr,
-        ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        AffinityKey, CookieEntry, FlowKey, FlowKey6, FragEntry, FragKey, NodeConfig, NodeTsCookie,
+        PodEntry, PodFlows, PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry,
+        ReverseEntry6, ServiceAddr, ServiceAddr6, ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND,
+        FIN_FROM_CLIENT,
     },
 };
 
@@ -73,10 +74,31 @@ pub(crate) static NODE_FRAGS: LruHashMap<FragKey, FragEntry> = LruHashMap::pinne
 #[map]
 pub(crate) static NODE_PODS: HashMap<Be32, PodEntry> = HashMap::pinned(4096, 0);
 
-/// The local pods' IPv6 addresses → the ifindex of their host-side veth:
-/// only for the source check (IPv6 passes otherwise untouched).
+/// The local pods' IPv6 addresses → their host-side veth and MACs (as
+/// `NODE_PODS`): the source check, and delivery of IPv6 Service traffic.
 #[map]
-pub(crate) static NODE_PODS_V6: HashMap<[u8; 16], u32> = HashMap::pinned(4096, 0);
+pub(crate) static NODE_PODS_V6: HashMap<[u8; 16], PodEntry> = HashMap::pinned(4096, 0);
+
+/// IPv6 Service CIDRs (LPM on the destination): traffic steered to the
+/// switch, inner IPv6 in the IPv4 tunnel.
+#[map]
+pub(crate) static NODE_SVC_CIDRS_V6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(64, 0);
+
+/// IPv6 Services by id → VIP6, port and protocol (one id space with
+/// `NODE_SERVICES`).
+#[map]
+pub(crate) static NODE_SERVICES_V6: HashMap<u32, ServiceAddr6> = HashMap::pinned(65536, 0);
+
+/// `NODE_COOKIES` of IPv6 flows (client → VIP6). Sized by the agent
+/// like `NODE_COOKIES`.
+#[map]
+pub(crate) static NODE_COOKIES_V6: HashMap<FlowKey6, CookieEntry> =
+    HashMap::pinned(1 << 20, BPF_F_NO_PREALLOC);
+
+/// `NODE_REVERSE` of IPv6 flows (backend pod → client).
+#[map]
+pub(crate) static NODE_REVERSE_V6: HashMap<FlowKey6, ReverseEntry6> =
+    HashMap::pinned(1 << 20, BPF_F_NO_PREALLOC);
 
 /// Service CIDRs (LPM on the destination): traffic steered to the switch.
 #[map]

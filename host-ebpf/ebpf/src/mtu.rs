@@ -4,8 +4,9 @@
 //! (also port unreachable, for a Service port without endpoints).
 
 use aya_ebpf::{
+    bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     bindings::BPF_F_INGRESS,
-    helpers::{bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
+    helpers::{bpf_csum_diff, bpf_redirect, bpf_redirect_peer, bpf_skb_change_tail},
     programs::TcContext,
 };
 use talaria_common::{
@@ -13,7 +14,7 @@ use talaria_common::{
     maps::{mtu, mtu_stat},
     net::{fold, sum16, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPV4_DF},
     net::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH},
-    net::{IPV4_HDR_LEN, UDP_HDR_LEN},
+    net::{IPV4_HDR_LEN, IPV6_HDR_LEN, UDP_HDR_LEN},
     wire::ENCAP_OVERHEAD,
 };
 
@@ -164,7 +165,7 @@ fn dest_unreachable(ctx: &TcContext, ip: &Ipv4Hdr, code: u8, next_hop: u16) -> i
 /// whose own packet entered nowhere (`node_host_egress`): in again through
 /// the device it was leaving by.
 #[inline(always)]
-fn answer(ctx: &TcContext) -> i32 {
+pub(crate) fn answer(ctx: &TcContext) -> i32 {
     let ifindex = skb_ifindex(ctx);
     if skb_ingress_ifindex(ctx) == 0 {
         // SAFETY: plain helper call.
@@ -174,4 +175,130 @@ fn answer(ctx: &TcContext) -> i32 {
         unsafe { bpf_redirect_peer(ifindex, 0) };
     }
     REDIRECT
+}
+
+/// The IPv6 minimum link MTU (RFC 8200 §5): no Packet Too Big reports
+/// less, and an ICMPv6 error is at most this long (RFC 4443 §2.4(c)).
+pub(crate) const IPV6_MIN_MTU: u32 = 1280;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// Bytes of the offending packet a Packet Too Big quotes: as much as fits
+/// in 1280 bytes after the IPv6 and ICMPv6 headers (1232). Sent only
+/// about packets longer than 1280 bytes, so there always are that many.
+const PTB_QUOTE_LEN: usize = IPV6_MIN_MTU as usize - IPV6_HDR_LEN - 8;
+/// The headers the Packet Too Big gets in front of the quote.
+const PTB_HDRS_LEN: usize = IPV6_HDR_LEN + 8;
+
+/// The ICMPv6 checksum's pseudo-header (RFC 8200 §8.1) followed by the
+/// ICMPv6 header, summed in one go.
+#[repr(C)]
+struct PtbPseudo {
+    src: [u8; 16],
+    dst: [u8; 16],
+    len: [u8; 4],
+    next: [u8; 4],
+    icmp: [u8; 8],
+}
+
+/// Adds `len` bytes (a multiple of 4, at most 512: what every kernel's
+/// `bpf_csum_diff` takes) at `p` to the one's complement sum `seed`.
+#[inline(always)]
+fn csum_add(p: *const u8, len: u32, seed: u32) -> Result<u32, i32> {
+    // SAFETY: the verifier checks that `p` has `len` readable bytes.
+    let r = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *mut u32, len, seed) };
+    if r < 0 {
+        return Err(drop_pkt(DropReason::Malformed));
+    }
+    Ok(r as u32)
+}
+
+/// Rewrites a pod's IPv6 packet (no extension headers, longer than 1280
+/// bytes) in place into an ICMPv6 Packet Too Big (type 2, code 0, MTU
+/// `mtu`) and hands it straight back to the pod ([`answer`]), as
+/// [`dest_unreachable`] does for IPv4 (RFC 8201; RFC 4443 §3.2):
+///
+/// - Addresses: source = the packet's destination (the VIP6, or on the
+///   backend side the client the reply was going to), destination = the
+///   pod, for the reasons [`dest_unreachable`] gives: Linux takes a Packet
+///   Too Big from any source and matches the quoted header to its socket
+///   (TCP also checks the quoted sequence number); the node has no IPv6
+///   address a pod could reach anyway. Hop limit 64, as Linux's
+///   `icmp6_send` and the IPv4 answer use (255 is for neighbour discovery,
+///   whose receivers check it; no PTB receiver does). Traffic class 0,
+///   flow label 0.
+/// - The quote: the first 1232 bytes of the packet, so that the message is
+///   1280 bytes, the most RFC 4443 §2.4(c) allows.
+/// - How: `bpf_skb_change_tail` trims the skb to Ethernet + 1232 bytes
+///   (clearing its GSO state), `adjust_room(+48, MAC)` opens room for the
+///   IPv6 and ICMPv6 headers after the Ethernet header (the network header
+///   moves with it), and the checksum (pseudo-header, ICMPv6 header and
+///   quote) is summed with `bpf_csum_diff` over the packet itself, which
+///   would not fit the stack. As with IPv4, a skb the pod marked
+///   CHECKSUM_PARTIAL keeps the mark, and the pod's stack takes it as
+///   verified; otherwise `adjust_room` leaves it CHECKSUM_NONE and the
+///   pod verifies the checksum.
+/// - Called from [`crate::v6::pod_egress6`] itself, not from below
+///   `steer6`/`reply6`: there its frame would overflow the 512-byte stack
+///   of the call chain.
+#[inline(never)]
+pub(crate) fn packet_too_big6(ctx: &TcContext, mtu: u32) -> i32 {
+    match try_packet_too_big6(ctx, mtu) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn try_packet_too_big6(ctx: &TcContext, mtu: u32) -> Result<i32, i32> {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let macs: [u8; 12] = ctx.load(0).map_err(err)?;
+    let m = mtu.to_be_bytes();
+    let mut ps = PtbPseudo {
+        // From the address the pod sent to, to the pod.
+        src: ctx.load(IP_OFF + 24).map_err(err)?,
+        dst: ctx.load(IP_OFF + 8).map_err(err)?,
+        len: ((PTB_HDRS_LEN - IPV6_HDR_LEN + PTB_QUOTE_LEN) as u32).to_be_bytes(),
+        next: [0, 0, 0, IPPROTO_ICMPV6],
+        icmp: [ICMPV6_PKT_TOOBIG, 0, 0, 0, m[0], m[1], m[2], m[3]],
+    };
+    // The quote, summed where it is: linear for its first bytes.
+    let end = (IP_OFF + PTB_QUOTE_LEN) as u32;
+    ctx.pull_data(end).map_err(err)?;
+    let (data, data_end) = (ctx.data(), ctx.data_end());
+    if data + IP_OFF + PTB_QUOTE_LEN > data_end {
+        return Err(drop_pkt(DropReason::Malformed));
+    }
+    let q = (data + IP_OFF) as *const u8;
+    let mut sum = csum_add((&raw const ps).cast(), size_of::<PtbPseudo>() as u32, 0)?;
+    // 1232 = 512 + 512 + 208.
+    sum = csum_add(q, 512, sum)?;
+    // SAFETY: within the bytes checked against data_end above.
+    sum = csum_add(unsafe { q.add(512) }, 512, sum)?;
+    // SAFETY: as above.
+    sum = csum_add(unsafe { q.add(1024) }, (PTB_QUOTE_LEN - 1024) as u32, sum)?;
+    let check = !fold(sum);
+    ps.icmp[2..4].copy_from_slice(&check.to_ne_bytes());
+
+    // SAFETY: plain helper call on this program's skb.
+    let rc = unsafe { bpf_skb_change_tail(ctx.skb.skb, end, 0) };
+    if rc != 0 {
+        return Err(drop_pkt(DropReason::Malformed));
+    }
+    ctx.adjust_room(PTB_HDRS_LEN as i32, BPF_ADJ_ROOM_MAC, 0)
+        .map_err(err)?;
+    // Written piece by piece, to keep this subprogram's stack small: the
+    // MACs swapped (the EtherType stays IPv6), the IPv6 header's first 8
+    // bytes, its addresses, the ICMPv6 header.
+    let swapped: [[u8; 6]; 2] = [
+        [macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]],
+        [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]],
+    ];
+    ctx.store(0, &swapped, 0).map_err(err)?;
+    let l = (PTB_HDRS_LEN - IPV6_HDR_LEN + PTB_QUOTE_LEN) as u16;
+    let l = l.to_be_bytes();
+    let first: [u8; 8] = [0x60, 0, 0, 0, l[0], l[1], IPPROTO_ICMPV6, 64];
+    ctx.store(IP_OFF, &first, 0).map_err(err)?;
+    ctx.store(IP_OFF + 8, &ps.src, 0).map_err(err)?;
+    ctx.store(IP_OFF + 24, &ps.dst, 0).map_err(err)?;
+    ctx.store(IP_OFF + IPV6_HDR_LEN, &ps.icmp, 0).map_err(err)?;
+    Ok(answer(ctx))
 }

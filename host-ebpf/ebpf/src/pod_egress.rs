@@ -12,8 +12,8 @@ use talaria_common::{
         FIN_FROM_CLIENT, PENDING_BACKEND,
     },
     net::{
-        tcp_flags, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, IPV4_FRAG_OFFSET,
+        tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+        IPV4_FRAG_OFFSET,
     },
     wire::{flags, GENEVE_UDP_PORT},
 };
@@ -23,34 +23,41 @@ use crate::{
     flows::{affinity_backend, is_own_node_port},
     maps::{
         add_fin, config, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
-        NODE_COOKIES, NODE_PODS, NODE_PODS_V6, NODE_PORT_POLICY, NODE_PORT_SUBST,
-        NODE_REQUEST_FRAGS, NODE_REVERSE, NODE_SVC_CIDRS,
+        NODE_COOKIES, NODE_PODS, NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REQUEST_FRAGS,
+        NODE_REVERSE, NODE_SVC_CIDRS,
     },
     mtu::{check_mtu, reject},
     nat::{fragment_reply, icmp_error_reply, icmp_error_request, note_first_fragment, reverse_nat},
     skb::{now_ns, skb_ifindex, tcp_flags_at, IP_OFF, L4_OFF, PASS},
     tstamp::stamp_reply,
+    v6::pod_egress6,
 };
 
-/// Ingress of a pod's host-side veth = packets leaving the pod.
+/// Ingress of a pod's host-side veth = packets leaving the pod. IPv4 and
+/// IPv6 each in a BPF subprogram of their own: inlined together, their
+/// frames would not fit the 512 bytes of stack.
 #[classifier]
 pub fn node_pod_egress(ctx: TcContext) -> i32 {
-    match try_pod_egress(&ctx) {
+    let Ok(eth) = ctx.load::<EthHdr>(0) else {
+        return PASS;
+    };
+    match eth.ether_type.get() {
+        ETH_P_IP => pod_egress4(&ctx),
+        ETH_P_IPV6 => pod_egress6(&ctx),
+        _ => PASS,
+    }
+}
+
+#[inline(never)]
+fn pod_egress4(ctx: &TcContext) -> i32 {
+    match try_pod_egress(ctx) {
         Ok(a) | Err(a) => a,
     }
 }
 
+#[inline(always)]
 fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
-    let eth: EthHdr = ctx.load(0).map_err(|_| PASS)?;
-    let ipv6 = match eth.ether_type.get() {
-        ETH_P_IP => false,
-        ETH_P_IPV6 => true,
-        _ => return Ok(PASS),
-    };
     let cfg = config().ok_or(PASS)?;
-    if ipv6 {
-        return check_ipv6_source(ctx);
-    }
     let ip: Ipv4Hdr = ctx
         .load(IP_OFF)
         .map_err(|_| drop_pkt(DropReason::Malformed))?;
@@ -152,28 +159,6 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
         outer_sport,
         ip.tos,
     )
-}
-
-/// A pod's IPv6 packet passes untouched (no Service is IPv6 yet) if its
-/// source is an address of the pod behind this veth, the unspecified
-/// address (duplicate address detection) or link-local (neighbour
-/// discovery with its gateway; Linux forwards no link-local source, so
-/// such a packet never leaves the node).
-#[inline(always)]
-fn check_ipv6_source(ctx: &TcContext) -> Result<i32, i32> {
-    let ip: Ipv6Hdr = ctx
-        .load(IP_OFF)
-        .map_err(|_| drop_pkt(DropReason::Malformed))?;
-    if ip.src[0] == 0xfe && ip.src[1] & 0xc0 == 0x80 {
-        return Ok(PASS);
-    }
-    // SAFETY: read-only use of a map value.
-    match unsafe { NODE_PODS_V6.get(&ip.src) } {
-        Some(ifindex) if *ifindex == skb_ifindex(ctx) => Ok(PASS),
-        // As two words: a byte-array comparison would be a memcmp call.
-        _ if u128::from_ne_bytes(ip.src) == 0 => Ok(PASS),
-        _ => Err(drop_pkt(DropReason::PodSpoof)),
-    }
 }
 
 /// Whether a pod's packet to its node's own address is for one of the

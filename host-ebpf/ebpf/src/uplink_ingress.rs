@@ -11,10 +11,12 @@ use talaria_common::{
     drop::DropReason,
     maps::{node_stat, FlowKey, NodeConfig, HAIRPIN_SOURCE},
     net::{
-        tcp_flags, EthHdr, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_FRAG_OFFSET, IPV4_HDR_LEN, UDP_HDR_LEN,
+        tcp_flags, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_FRAG_OFFSET, IPV4_HDR_LEN, UDP_HDR_LEN,
     },
-    wire::{flags, TalariaEncap, TalariaOpt, GENEVE_UDP_PORT},
+    wire::{
+        flags, TalariaEncap, TalariaOpt, GENEVE_PROTO_IPV4, GENEVE_PROTO_IPV6, GENEVE_UDP_PORT,
+    },
 };
 
 use crate::{
@@ -22,27 +24,54 @@ use crate::{
     flows::{learn_cookie, learn_reverse},
     maps::{
         config, drop_pkt, stat, NODE_COOKIES, NODE_NOTICE_SCRATCH, NODE_PODS, NODE_SERVICES,
-        NODE_SVC_CIDRS,
+        NODE_SVC_CIDRS, NODE_SVC_CIDRS_V6,
     },
     nat::{icmp_error_to_backend, rewrite_addr, rewrite_fragment_addr, rewrite_port, IP_SRC},
     skb::{
         tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS, SHOT,
     },
     tstamp::restore_echo,
+    v6::uplink_ingress6,
 };
 
-/// Ingress of the node uplink = packets arriving from the switch.
+/// Ingress of the node uplink = packets arriving from the switch. The
+/// inner IPv4 and IPv6 paths are BPF subprograms of their own, picked by
+/// the Geneve protocol field before anything is checked (both check the
+/// outer headers the same way, [`tunnel_opt`]): in one frame, the IPv6
+/// path's 16-byte addresses and the IPv4 path's calls overflow the 512
+/// bytes of stack.
 #[classifier]
 pub fn node_uplink_ingress(ctx: TcContext) -> i32 {
-    match try_uplink_ingress(&ctx) {
+    let inner_ipv6 = ctx
+        .load::<Be16>(GENEVE_OFF + 2)
+        .is_ok_and(|p| p.get() == GENEVE_PROTO_IPV6);
+    if inner_ipv6 {
+        uplink_ingress6(&ctx)
+    } else {
+        uplink_ingress4(&ctx)
+    }
+}
+
+#[inline(never)]
+fn uplink_ingress4(ctx: &TcContext) -> i32 {
+    match try_uplink_ingress(ctx) {
         Ok(a) | Err(a) => a,
     }
 }
 
-fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
+/// The checks every packet from the uplink goes through: a Talaria tunnel
+/// to this node from the switch, well formed, gives its option and
+/// whether its inner packet is IPv6 (Geneve protocol 0x86DD; the rest of
+/// the header is checked as for IPv4). Anything else is `Err` with its
+/// verdict: it passes, unless its source is a Service address.
+#[inline(always)]
+pub(crate) fn tunnel_opt(ctx: &TcContext) -> Result<(TalariaOpt, bool), i32> {
     let eth: EthHdr = ctx.load(0).map_err(|_| PASS)?;
+    if eth.ether_type.get() == ETH_P_IPV6 {
+        return Err(plain_ipv6(ctx));
+    }
     if eth.ether_type.get() != ETH_P_IP {
-        return Ok(PASS);
+        return Err(PASS);
     }
     let outer: Ipv4Hdr = ctx.load(IP_OFF).map_err(|_| PASS)?;
     let geneve = outer.proto == IPPROTO_UDP
@@ -59,7 +88,7 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
         if NODE_SVC_CIDRS.get(Key::new(32, outer.src)).is_some() {
             return Err(drop_pkt(DropReason::ServiceSource));
         }
-        return Ok(PASS);
+        return Err(PASS);
     }
     // Talaria packets are accepted from the switch only: its tunnel
     // address, and its MAC, so that another host on the uplink's segment
@@ -68,17 +97,33 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     if outer.src != cfg.switch_ip || eth.src != cfg.switch_mac {
         return Err(drop_pkt(DropReason::TunnelSource));
     }
-    let enc: TalariaEncap = ctx
+    let mut enc: TalariaEncap = ctx
         .load(GENEVE_OFF)
         .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    // An inner IPv6 packet says so in the protocol field alone.
+    let inner_ipv6 = enc.geneve.protocol.get() == GENEVE_PROTO_IPV6;
+    if inner_ipv6 {
+        enc.geneve.protocol = Be16::new(GENEVE_PROTO_IPV4);
+    }
     enc.validate().map_err(|e| drop_pkt(e.drop_reason()))?;
+    Ok((enc.opt, inner_ipv6))
+}
+
+#[inline(always)]
+fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
+    let (opt, inner_ipv6) = tunnel_opt(ctx)?;
+    if inner_ipv6 {
+        // Dispatched to `uplink_ingress6` by the same field: not here.
+        return Err(drop_pkt(DropReason::Malformed));
+    }
+    let cfg = config().ok_or(PASS)?;
     let inner: Ipv4Hdr = ctx
         .load(INNER_IP_OFF)
         .map_err(|_| drop_pkt(DropReason::Malformed))?;
     if inner.has_options() {
         return Err(drop_pkt(DropReason::IpOptions));
     }
-    let opt = &enc.opt;
+    let opt = &opt;
     let first_fragment = inner.frag.get() & IPV4_FRAG_OFFSET == 0;
     // SAFETY: read-only copy of a map value.
     let pod = unsafe { NODE_PODS.get(inner.dst) }.copied();
@@ -174,6 +219,20 @@ fn try_uplink_ingress(ctx: &TcContext) -> Result<i32, i32> {
     }
 
     decap(ctx, to)
+}
+
+/// Plain IPv6 from the uplink passes, unless its source is an IPv6
+/// Service address (`service_source`, as for IPv4): a VIP6's replies come
+/// only inside the tunnel.
+#[inline(always)]
+fn plain_ipv6(ctx: &TcContext) -> i32 {
+    let Ok(ip) = ctx.load::<Ipv6Hdr>(IP_OFF) else {
+        return PASS;
+    };
+    if config().is_some() && NODE_SVC_CIDRS_V6.get(Key::new(128, ip.src)).is_some() {
+        return drop_pkt(DropReason::ServiceSource);
+    }
+    PASS
 }
 
 /// The low byte of the acknowledgment number that covers the FIN of this

@@ -12,15 +12,16 @@ use talaria_common::{
     be::{Be16, Be32},
     drop::{DROP_REASON_COUNT, LB_EVENT_COUNT},
     maps::{
-        BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, Ipv4LpmKey, Ipv6LpmKey,
-        NodeValue, PacketBytes, RouteValue, ServiceKey, ServiceScopedKey, ServiceValue,
-        TsCookieKey, TsCookieValue, TunnelPeerKey,
+        BackendV6Value, BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue,
+        Ipv4LpmKey, Ipv6LpmKey, NodeValue, PacketBytes, RouteValue, ServiceKey, ServiceScopedKey,
+        ServiceV6Key, ServiceValue, TsCookieKey, TsCookieValue, TunnelPeerKey,
     },
 };
 use talaria_switch_ebpf::{size, PORT_COUNT, ROUTE_DROP_PORT};
 use talaria_tables::{
-    backend, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node, service_v4,
-    spoofed_source, switch_addr, ts_cookie, tunnel_peer, tunnel_source,
+    backend, backend_v6, cookie_check, endpoint_reply, ipv4_route, ipv6_route, lb_bucket, pod_node,
+    pod_node_v6, service_v4, service_v6, spoofed_source, switch_addr, ts_cookie, tunnel_peer,
+    tunnel_source,
     value::{Ipv4Prefix, Ipv6Prefix, Mac, Prefix, Value},
 };
 
@@ -52,10 +53,10 @@ impl<const N: usize> MapBytes<N> {
     }
 }
 
-/// The largest map key (`Ipv6LpmKey`).
+/// The largest map key (`Ipv6LpmKey`, `ServiceV6Key`).
 type KeyBytes = MapBytes<20>;
-/// The largest map value (`RouteValue`).
-type ValueBytes = MapBytes<16>;
+/// The largest map value (`BackendV6Value`).
+type ValueBytes = MapBytes<24>;
 
 /// The bytes of a `repr(C)` map key or value without padding.
 fn bytes_of<T: aya::Pod, const N: usize>(v: &T) -> MapBytes<N> {
@@ -195,6 +196,14 @@ impl Dataplane {
                 service_id: k.service_id,
                 cookie: k.cookie,
             }),
+            EntryKey::ServiceV6(k) => bytes_of(&ServiceV6Key {
+                vip: k.vip.octets(),
+                port: Be16::new(k.port),
+                proto: k.proto,
+                _pad: 0,
+            }),
+            EntryKey::BackendV6(k) => MapBytes::from_slice(&k.backend_id.to_ne_bytes()),
+            EntryKey::PodNodeV6(k) => bytes_of(&lpm_key_v6(&k.pod_addr)?),
         })
     }
 
@@ -277,6 +286,38 @@ impl Dataplane {
             Entry::TsCookie(e) => {
                 let ts_cookie::Action::TsCookieHit { backend_id } = e.action;
                 bytes_of(&TsCookieValue { backend_id })
+            }
+            Entry::ServiceV6(e) => {
+                let service_v6::Action::SetService {
+                    service_id,
+                    bucket_mask,
+                    hash_mode,
+                } = e.action;
+                bytes_of(&ServiceValue {
+                    service_id,
+                    bucket_mask,
+                    hash_mode,
+                    _pad: [0; 3],
+                })
+            }
+            Entry::BackendV6(e) => {
+                let backend_v6::Action::SetBackendV6 {
+                    backend_ip,
+                    backend_port,
+                    node_ip,
+                } = e.action;
+                bytes_of(&BackendV6Value {
+                    ip: backend_ip.octets(),
+                    port: Be16::new(backend_port),
+                    _pad: 0,
+                    node_ip: be32(node_ip),
+                })
+            }
+            Entry::PodNodeV6(e) => {
+                let pod_node_v6::Action::SetClientNode { node_ip } = e.action;
+                bytes_of(&NodeValue {
+                    node_ip: be32(node_ip),
+                })
             }
         };
         Ok((key, value))
@@ -447,6 +488,50 @@ impl Dataplane {
                     },
                 })
             }
+            Table::ServiceV6 => {
+                let k: ServiceV6Key = from_bytes(key);
+                let v: ServiceValue = from_bytes(value);
+                Entry::ServiceV6(service_v6::Entry {
+                    key: service_v6::Key {
+                        vip: Ipv6Addr::from(k.vip),
+                        port: k.port.get(),
+                        proto: k.proto,
+                    },
+                    action: service_v6::Action::SetService {
+                        service_id: v.service_id,
+                        bucket_mask: v.bucket_mask,
+                        hash_mode: v.hash_mode,
+                    },
+                })
+            }
+            Table::BackendV6 => {
+                let v: BackendV6Value = from_bytes(value);
+                Entry::BackendV6(backend_v6::Entry {
+                    key: backend_v6::Key {
+                        backend_id: from_bytes(key),
+                    },
+                    action: backend_v6::Action::SetBackendV6 {
+                        backend_ip: Ipv6Addr::from(v.ip),
+                        backend_port: v.port.get(),
+                        node_ip: addr(v.node_ip),
+                    },
+                })
+            }
+            Table::PodNodeV6 => {
+                let k: Ipv6LpmKey = from_bytes(key);
+                let v: NodeValue = from_bytes(value);
+                Entry::PodNodeV6(pod_node_v6::Entry {
+                    key: pod_node_v6::Key {
+                        pod_addr: Ipv6Prefix {
+                            addr: Ipv6Addr::from(k.addr),
+                            len: k.prefix_len as u8,
+                        },
+                    },
+                    action: pod_node_v6::Action::SetClientNode {
+                        node_ip: addr(v.node_ip),
+                    },
+                })
+            }
         }
     }
 
@@ -504,6 +589,9 @@ pub(crate) fn map_layout(table: Table) -> (usize, usize) {
         // Node address → switch address.
         Table::TunnelSource => (size_of::<Be32>(), size_of::<Be32>()),
         Table::TsCookie => (size_of::<TsCookieKey>(), size_of::<TsCookieValue>()),
+        Table::ServiceV6 => (size_of::<ServiceV6Key>(), size_of::<ServiceValue>()),
+        Table::BackendV6 => (size_of::<u32>(), size_of::<BackendV6Value>()),
+        Table::PodNodeV6 => (size_of::<Ipv6LpmKey>(), size_of::<NodeValue>()),
     }
 }
 
@@ -568,7 +656,10 @@ impl Target for Dataplane {
         match key {
             // A trie lookup answers the longest match, not the exact
             // prefix; these tables are small, so walk them.
-            EntryKey::Ipv4Route(_) | EntryKey::Ipv6Route(_) | EntryKey::PodNode(_) => {
+            EntryKey::Ipv4Route(_)
+            | EntryKey::Ipv6Route(_)
+            | EntryKey::PodNode(_)
+            | EntryKey::PodNodeV6(_) => {
                 Ok(self.entries(table)?.into_iter().find(|e| e.key() == *key))
             }
             _ => {

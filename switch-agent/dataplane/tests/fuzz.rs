@@ -24,7 +24,7 @@ use talaria_switch_dataplane::{
     },
     CounterId, Dataplane, Entry, Target,
 };
-use talaria_tables::{backend, endpoint_reply, tunnel_peer};
+use talaria_tables::{backend, backend_v6, endpoint_reply, tunnel_peer};
 
 const TC_ACT_SHOT: u32 = 2;
 const TC_ACT_REDIRECT: u32 = 7;
@@ -60,6 +60,12 @@ impl Tables {
                 }
                 Entry::Backend(e) => {
                     let backend::Action::SetBackend { node_ip, .. } = e.action;
+                    t.backend_node.insert(e.key.backend_id, node_ip);
+                }
+                // One backend id space over both tables: an IPv6 reply's
+                // cookie names a `backend_v6` entry.
+                Entry::BackendV6(e) => {
+                    let backend_v6::Action::SetBackendV6 { node_ip, .. } = e.action;
                     t.backend_node.insert(e.key.backend_id, node_ip);
                 }
                 Entry::CookieCheck(e) => {

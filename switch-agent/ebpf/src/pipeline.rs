@@ -29,7 +29,14 @@
 //!    reply rewritten as the backend sent it;
 //!    anything else is load-balanced (`service_v4`, `cookie_check`,
 //!    `lb_bucket`, `backend`), DNATed and cookied. The outer header becomes
-//!    (switch address → node, TTL `TUNNEL_TTL`).
+//!    (switch address → node, TTL `TUNNEL_TTL`). A tunnel whose Geneve
+//!    protocol is 0x86DD carries an IPv6 Service's packet (`terminate_v6`,
+//!    a subprogram of its own): the same walk with `service_v6`,
+//!    `backend_v6` (FlowTuple6 hash, L4 checksum over both 128-bit
+//!    addresses) and `pod_node_v6`, for TCP or UDP right after the fixed
+//!    header only (`unsupported_protocol` otherwise); an IPv6 reply without
+//!    a client node and an IPv6 backend without a node are drops
+//!    (`no_client_node`, `no_backend`), never stripped.
 //! 3. A plain TCP or UDP first fragment without options (UDP to 6081
 //!    excluded) to a Service address in `service_v4` is an external
 //!    client's request. A TCP segment that echoes a timestamp (options
@@ -62,7 +69,7 @@ use aya_ebpf::{
         BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L4_UDP, BPF_F_ADJ_ROOM_FIXED_GSO,
         BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_SHOT,
     },
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect, bpf_skb_load_bytes},
     macros::{classifier, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
     programs::TcContext,
@@ -70,22 +77,22 @@ use aya_ebpf::{
 use talaria_common::{
     be::{Be16, Be32},
     drop::{DropReason, LbEvent, DROP_REASON_COUNT, LB_EVENT_COUNT},
-    hash::{bucket_of, hash_mode, FlowTuple},
+    hash::{bucket_of, crc32_step, hash_mode, FlowTuple},
     maps::{
-        BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, NodeValue, PacketBytes,
-        RouteValue, ServiceKey, ServiceScopedKey, ServiceValue, TsCookieKey, TsCookieValue,
-        TunnelPeerKey,
+        BackendV6Value, BackendValue, BucketValue, EndpointReplyKey, EndpointReplyValue, NodeValue,
+        PacketBytes, RouteValue, ServiceKey, ServiceScopedKey, ServiceV6Key, ServiceValue,
+        TsCookieKey, TsCookieValue, TunnelPeerKey,
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6,
         ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_HDR_LEN, TCP_HDR_LEN, UDP_HDR_LEN,
+        IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, UDP_HDR_LEN,
     },
     ts_cookie::NOP_NOP_TIMESTAMP,
     wire::{
         flags, GeneveHdr, TalariaEncap, TalariaOpt, ENCAP_OVERHEAD, GENEVE_HDR_LEN,
-        GENEVE_PROTO_IPV4, GENEVE_UDP_PORT, OPT_HDR_LEN, OPT_TYPE_CRITICAL, TALARIA_OPT_CLASS,
-        TALARIA_OPT_LEN, TALARIA_OPT_TYPE, TALARIA_OPT_WORDS, TALARIA_VERSION,
+        GENEVE_PROTO_IPV4, GENEVE_PROTO_IPV6, GENEVE_UDP_PORT, OPT_HDR_LEN, OPT_TYPE_CRITICAL,
+        TALARIA_OPT_CLASS, TALARIA_OPT_LEN, TALARIA_OPT_TYPE, TALARIA_OPT_WORDS, TALARIA_VERSION,
     },
 };
 use talaria_switch_ebpf::{size, NO_PORT, PORT_COUNT, PORT_DROP_ROWS, ROUTE_DROP_PORT, TUNNEL_TTL};
@@ -159,6 +166,23 @@ static SWITCH_TUNNEL_SOURCE: HashMap<Be32, Be32> = HashMap::pinned(size::TUNNEL_
 static SWITCH_TS_COOKIE: HashMap<TsCookieKey, TsCookieValue> =
     HashMap::pinned(size::TS_COOKIE, NO_PREALLOC);
 
+/// `TalariaIngress.service_v6`: (IPv6 VIP, port, proto) → service id,
+/// bucket mask, hash mode (`service_v4`'s action).
+#[map]
+static SWITCH_SERVICE_V6: HashMap<ServiceV6Key, ServiceValue> =
+    HashMap::pinned(size::SERVICE_V6, NO_PREALLOC);
+
+/// `TalariaIngress.backend_v6`: backend id (host order) → IPv6 backend
+/// address, port and (IPv4) node. No direct counter.
+#[map]
+static SWITCH_BACKEND_V6: HashMap<u32, BackendV6Value> =
+    HashMap::pinned(size::BACKEND_V6, NO_PREALLOC);
+
+/// `TalariaIngress.pod_node_v6`: IPv6 client pod address, LPM → the
+/// client's node.
+#[map]
+static SWITCH_POD_NODE_V6: LpmTrie<[u8; 16], NodeValue> = LpmTrie::pinned(size::POD_NODE_V6, 0);
+
 // ---------------------------------------------------------------- counters --
 
 /// Direct counter of `backend`, per CPU; userspace creates and deletes the cell with the entry.
@@ -212,6 +236,8 @@ const IP_TTL: usize = 8;
 const IP_CHECK: usize = 10;
 const IP_SRC: usize = 12;
 const IP_DST: usize = 16;
+/// Offset of the destination inside an IPv6 header.
+const IP6_DST: usize = 24;
 /// Offsets of the checksum inside TCP and UDP headers.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
@@ -247,9 +273,18 @@ struct Pkt {
 #[classifier]
 pub fn switch_ingress(ctx: TcContext) -> i32 {
     match try_switch_ingress(&ctx) {
+        Ok(V6_HANDOFF) => terminate_v6(&ctx),
         Ok(action) | Err(action) => action,
     }
 }
+
+/// What `try_switch_ingress` returns for a tunnel to the switch whose
+/// Geneve part parsed and whose inner packet is IPv6: `terminate_v6`
+/// takes it from there, called from `switch_ingress` so that its frame
+/// and `try_switch_ingress`'s are never on the stack together (each is
+/// most of the 512 bytes a program and its calls may use). No TC action
+/// has this value.
+const V6_HANDOFF: i32 = i32::MIN;
 
 fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
     let len = ctx.len();
@@ -627,13 +662,14 @@ fn ipv4_checksum_ok(ctx: &TcContext, ip: &Ipv4Hdr) -> bool {
 fn parse_tunnel(
     ctx: &TcContext,
     geneve_off: usize,
-) -> Result<(TalariaOpt, Ipv4Hdr, Option<Quote>), DropReason> {
+) -> Result<(TalariaOpt, Option<(Ipv4Hdr, Option<Quote>)>), DropReason> {
     let malformed = |_| DropReason::Malformed;
     let geneve: GeneveHdr = ctx.load(geneve_off).map_err(malformed)?;
     if geneve.version() != 0 {
         return Err(DropReason::GeneveVersion);
     }
-    if geneve.protocol.get() != GENEVE_PROTO_IPV4 {
+    let protocol = geneve.protocol.get();
+    if protocol != GENEVE_PROTO_IPV4 && protocol != GENEVE_PROTO_IPV6 {
         return Err(DropReason::GeneveProtocol);
     }
     if geneve.options_len() == 0 {
@@ -659,6 +695,10 @@ fn parse_tunnel(
         return Err(DropReason::TalariaVersion);
     }
     let inner_off = geneve_off + ENCAP_LEN;
+    if protocol == GENEVE_PROTO_IPV6 {
+        // An IPv6 Service's packet: `terminate_v6` parses the rest.
+        return Ok((opt, None));
+    }
     let inner: Ipv4Hdr = ctx.load(inner_off).map_err(malformed)?;
     if inner.version_ihl >> 4 != 4 || inner.header_len() < IPV4_HDR_LEN {
         return Err(DropReason::Malformed);
@@ -678,7 +718,7 @@ fn parse_tunnel(
             _ => {}
         }
     }
-    Ok((opt, inner, quote))
+    Ok((opt, Some((inner, quote))))
 }
 
 /// Whether `src` is in `spoofed_source`: an address no port may send from.
@@ -733,7 +773,7 @@ fn terminate(
     // `spoofed_source` checks the inner source of a tunnel that parses (it
     // may leave plain, to a backend without an agent; `tunnel_peer` checks
     // the outer one), else the outer source, before the parser's verdict.
-    let (opt, inner, quote) = parse_tunnel(ctx, geneve_off).map_err(|reason| {
+    let (opt, inner) = parse_tunnel(ctx, geneve_off).map_err(|reason| {
         let reason = if spoofed(outer.src) {
             DropReason::SpoofedSource
         } else {
@@ -741,18 +781,13 @@ fn terminate(
         };
         drop(reason, pkt)
     })?;
+    let Some((inner, quote)) = inner else {
+        return Ok(V6_HANDOFF);
+    };
     if spoofed(inner.src) {
         return Err(drop(DropReason::SpoofedSource, pkt));
     }
-    let peer = TunnelPeerKey {
-        port: pkt.port as u16,
-        _pad: 0,
-        node_ip: outer.src,
-    };
-    // SAFETY: plain value read.
-    if unsafe { SWITCH_TUNNEL_PEER.get(peer) }.is_none() {
-        return Err(drop(DropReason::TunnelPeer, pkt));
-    }
+    check_peer(pkt, outer.src)?;
     let opt_off = geneve_off + GENEVE_HDR_LEN;
     let inner_off = geneve_off + ENCAP_LEN;
 
@@ -781,6 +816,36 @@ fn terminate(
     if !reply && node_ip == Be32([0; 4]) {
         return strip_tunnel(ctx, pkt, inner_off);
     }
+    reoriginate(ctx, pkt, outer, udp_off, udp, node_ip)
+}
+
+/// `tunnel_peer`: the tunnel's sender `node_ip` is a node on the port the
+/// packet came in on.
+#[inline(always)]
+fn check_peer(pkt: Pkt, node_ip: Be32) -> Result<(), i32> {
+    let peer = TunnelPeerKey {
+        port: pkt.port as u16,
+        _pad: 0,
+        node_ip,
+    };
+    // SAFETY: plain value read.
+    if unsafe { SWITCH_TUNNEL_PEER.get(peer) }.is_none() {
+        return Err(drop(DropReason::TunnelPeer, pkt));
+    }
+    Ok(())
+}
+
+/// The outer header of a terminated tunnel becomes (the address it came
+/// to → `node_ip`, TTL `TUNNEL_TTL`, UDP checksum 0), routed.
+#[inline(always)]
+fn reoriginate(
+    ctx: &TcContext,
+    pkt: Pkt,
+    outer: &Ipv4Hdr,
+    udp_off: usize,
+    udp: &UdpHdr,
+    node_ip: Be32,
+) -> Result<i32, i32> {
     let route = lookup_route(node_ip, pkt)?;
     // Re-originate: from the address the tunnel came to, to the node.
     let err = |_| drop(DropReason::Malformed, pkt);
@@ -791,6 +856,272 @@ fn terminate(
             .map_err(err)?;
     }
     forward(ctx, pkt, &route, outer.ttl, TUNNEL_TTL - 1, outer.proto)
+}
+
+/// `terminate_v6`'s working memory, one per CPU: the inner IPv6 header and
+/// the keys built from it live here rather than on the stack, where LLVM
+/// would hold every byte of an address in a register of its own and spill
+/// them all (a frame the verifier refuses).
+#[repr(C)]
+struct V6Scratch {
+    inner: Ipv6Hdr,
+    /// The inner TCP or UDP source and destination ports.
+    ports: [Be16; 2],
+    service: ServiceV6Key,
+    client: Key<[u8; 16]>,
+}
+
+/// Not a table: scratch memory of `terminate_v6`, never pinned.
+#[map]
+static SWITCH_V6_SCRATCH: PerCpuArray<V6Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// A tunnel to the switch whose inner packet is IPv6 (an IPv6 Service's):
+/// as IPv4's, with `service_v6`, `backend_v6` and `pod_node_v6`, and
+/// `spoofed_source` on the outer source (an IPv6 source cannot pass for
+/// the switch's addresses). Only TCP or UDP right after the fixed header
+/// (`unsupported_protocol` otherwise: extension headers, fragments,
+/// ICMPv6). A reply is checked as IPv4's and goes to the client's node
+/// (`no_client_node` without one: nothing leaves plain); a request to a
+/// backend without a node is `no_backend`.
+///
+/// A BPF subprogram (`inline(never)`) with a frame of its own, entered
+/// after `try_switch_ingress` checked the packet up to the Talaria option
+/// (`V6_HANDOFF`): the outer headers and the option are read again.
+#[inline(never)]
+fn terminate_v6(ctx: &TcContext) -> i32 {
+    let len = ctx.len();
+    // SAFETY: the context pointer is the kernel's __sk_buff.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain value read of a map the loader fills.
+    let port = unsafe { SWITCH_IFINDEX_PORT.get(ifindex) }
+        .copied()
+        .unwrap_or(NO_PORT);
+    let pkt = Pkt { len, port };
+    let Some(scratch) = SWITCH_V6_SCRATCH.get_ptr_mut(0) else {
+        return SHOT;
+    };
+    // SAFETY: this CPU's cell, used by this one program run only.
+    let scratch = unsafe { &mut *scratch };
+    match try_terminate_v6(ctx, pkt, scratch) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+#[inline(always)]
+fn try_terminate_v6(ctx: &TcContext, pkt: Pkt, sc: &mut V6Scratch) -> Result<i32, i32> {
+    let malformed = |_| drop(DropReason::Malformed, pkt);
+    let outer: Ipv4Hdr = ctx.load(IP_OFF).map_err(malformed)?;
+    let udp_off = IP_OFF + outer.header_len();
+    let geneve_off = udp_off + UDP_HDR_LEN;
+    let opt_off = geneve_off + GENEVE_HDR_LEN;
+    let inner_off = geneve_off + ENCAP_LEN;
+    // `spoofed_source` checks the outer source (an IPv6 one cannot pass
+    // for the switch), before the parser's verdict on the inner packet.
+    if spoofed(outer.src) {
+        return Err(drop(DropReason::SpoofedSource, pkt));
+    }
+    // The P4 parser's `parse_inner_ipv6`: the header, then TCP or UDP if
+    // it follows directly (whole, where the P4 extracts it).
+    // SAFETY: the helper writes the 40 bytes of a plain-bytes header into
+    // this CPU's scratch cell.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            inner_off as u32,
+            (&mut sc.inner as *mut Ipv6Hdr).cast(),
+            IPV6_HDR_LEN as u32,
+        )
+    };
+    if loaded != 0 {
+        return Err(drop(DropReason::Malformed, pkt));
+    }
+    if sc.inner.version() != 6 {
+        return Err(drop(DropReason::Malformed, pkt));
+    }
+    let next_hdr = sc.inner.next_hdr;
+    let l4_off = inner_off + IPV6_HDR_LEN;
+    match next_hdr {
+        IPPROTO_TCP => ctx.load::<TcpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
+        IPPROTO_UDP => ctx.load::<UdpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
+        _ => {}
+    }
+    check_peer(pkt, outer.src)?;
+    if next_hdr != IPPROTO_TCP && next_hdr != IPPROTO_UDP {
+        return Err(drop(DropReason::UnsupportedProtocol, pkt));
+    }
+    sc.ports = ctx.load(l4_off).map_err(malformed)?;
+    let udp: UdpHdr = ctx.load(udp_off).map_err(malformed)?;
+    let opt: TalariaOpt = ctx.load(opt_off).map_err(malformed)?;
+    let node_ip = if opt.flags & flags::REPLY != 0 {
+        check_reply_v6(pkt, outer.src, sc, &opt)?;
+        sc.client = Key::new(128, sc.inner.dst);
+        let node = SWITCH_POD_NODE_V6
+            .get(&sc.client)
+            .ok_or_else(|| drop(DropReason::NoClientNode, pkt))?;
+        event(LbEvent::Reply, pkt);
+        node.node_ip
+    } else {
+        load_balance_v6(ctx, pkt, sc, inner_off, &opt, opt_off)?
+    };
+    reoriginate(ctx, pkt, &outer, udp_off, &udp, node_ip)
+}
+
+/// [`check_reply`] for an IPv6 reply: its source VIP, port and protocol
+/// are the cookie's service in `service_v6`, the cookie names a backend
+/// of that service, `sender` is its node (`backend_v6`).
+#[inline(always)]
+fn check_reply_v6(pkt: Pkt, sender: Be32, sc: &mut V6Scratch, opt: &TalariaOpt) -> Result<(), i32> {
+    let forged = || drop(DropReason::ForgedReply, pkt);
+    let service_id = opt.service_id.get();
+    sc.service = ServiceV6Key {
+        vip: sc.inner.src,
+        port: sc.ports[0],
+        proto: sc.inner.next_hdr,
+        _pad: 0,
+    };
+    // SAFETY: plain value reads.
+    match unsafe { SWITCH_SERVICE_V6.get(&sc.service) } {
+        Some(svc) if svc.service_id == service_id => {}
+        _ => return Err(forged()),
+    }
+    let backend_id = opt.backend_id.get();
+    let ckey = ServiceScopedKey {
+        service_id,
+        _pad: 0,
+        id: backend_id,
+    };
+    // SAFETY: plain value reads.
+    if unsafe { SWITCH_COOKIE_CHECK.get(ckey) }.is_none() {
+        return Err(forged());
+    }
+    match unsafe { SWITCH_BACKEND_V6.get(backend_id) } {
+        Some(b) if b.node_ip == sender => Ok(()),
+        _ => Err(forged()),
+    }
+}
+
+/// [`load_balance`] for an IPv6 request: `service_v6`, cookie or bucket
+/// (the 37-byte `FlowTuple6` hash), `backend_v6`; DNAT and cookie write.
+/// Returns the backend's node.
+#[inline(always)]
+fn load_balance_v6(
+    ctx: &TcContext,
+    pkt: Pkt,
+    sc: &mut V6Scratch,
+    inner_off: usize,
+    opt: &TalariaOpt,
+    opt_off: usize,
+) -> Result<Be32, i32> {
+    sc.service = ServiceV6Key {
+        vip: sc.inner.dst,
+        port: sc.ports[1],
+        proto: sc.inner.next_hdr,
+        _pad: 0,
+    };
+    // SAFETY: plain value read.
+    let svc = *unsafe { SWITCH_SERVICE_V6.get(&sc.service) }
+        .ok_or_else(|| drop(DropReason::NoService, pkt))?;
+    count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
+    let cookie_ok = check_cookie(svc.service_id, opt, pkt);
+    let backend_id = if cookie_ok {
+        opt.backend_id.get()
+    } else {
+        bucket_backend(&svc, flow_hash_v6(sc, svc.hash_mode), pkt)?
+    };
+    // SAFETY: plain value read.
+    let backend = match unsafe { SWITCH_BACKEND_V6.get(backend_id) } {
+        // No IPv6 endpoints without an agent: nowhere to strip to.
+        Some(b) if b.node_ip != Be32([0; 4]) => b,
+        _ => return Err(drop(DropReason::NoBackend, pkt)),
+    };
+    dnat_v6(ctx, pkt, inner_off, sc, backend)?;
+    write_cookie(
+        ctx,
+        pkt,
+        opt_off,
+        opt,
+        (svc.service_id, backend_id),
+        !cookie_ok,
+    )?;
+    Ok(backend.node_ip)
+}
+
+/// [`dnat`] for the TCP or UDP packet whose IPv6 header is at `ip_off`:
+/// the destination address and port, the L4 checksum (whose pseudo
+/// header holds the whole address) updated incrementally; no header
+/// checksum. A zero UDP checksum stays 0, as IPv4's.
+#[inline(always)]
+fn dnat_v6(
+    ctx: &TcContext,
+    pkt: Pkt,
+    ip_off: usize,
+    sc: &V6Scratch,
+    backend: &BackendV6Value,
+) -> Result<(), i32> {
+    let malformed = |_| drop(DropReason::Malformed, pkt);
+    let l4_off = ip_off + IPV6_HDR_LEN;
+    let udp = sc.inner.next_hdr == IPPROTO_UDP;
+    let (check_off, l4_flags) = if udp {
+        (l4_off + UDP_CHECK, BPF_F_MARK_MANGLED_0 as u64)
+    } else {
+        (l4_off + TCP_CHECK, 0)
+    };
+    let l4_check: Be16 = ctx.load(check_off).map_err(malformed)?;
+    let fix_l4 = !udp || l4_check.get() != 0;
+    ctx.store(ip_off + IP6_DST, &backend.ip, 0)
+        .map_err(malformed)?;
+    if fix_l4 {
+        let flags = l4_flags | BPF_F_PSEUDO_HDR as u64 | 4;
+        for w in 0..4 {
+            let (old, new) = (word(&sc.inner.dst, w), word(&backend.ip, w));
+            ctx.l4_csum_replace(check_off, old, new, flags)
+                .map_err(malformed)?;
+        }
+    }
+    ctx.store(l4_off + 2, &backend.port, 0).map_err(malformed)?;
+    if fix_l4 {
+        ctx.l4_csum_replace(
+            check_off,
+            raw16(sc.ports[1]),
+            raw16(backend.port),
+            l4_flags | 2,
+        )
+        .map_err(malformed)?;
+    }
+    Ok(())
+}
+
+/// The bucket hash of an IPv6 flow: crc32 over `FlowTuple6`'s 37 bytes
+/// (source, destination, next header, ports), or under `CLIENT_IP` over
+/// the source alone (`FlowTuple6::client_ip_hash`), read from the scratch.
+#[inline(always)]
+fn flow_hash_v6(sc: &V6Scratch, mode: u8) -> u32 {
+    let mut state = crc32_bytes(!0, &sc.inner.src);
+    if mode == hash_mode::CLIENT_IP {
+        return !state;
+    }
+    state = crc32_bytes(state, &sc.inner.dst);
+    state = crc32_step(state, sc.inner.next_hdr);
+    state = crc32_bytes(state, &sc.ports[0].0);
+    state = crc32_bytes(state, &sc.ports[1].0);
+    !state
+}
+
+/// crc32 steps over `bytes`.
+#[inline(always)]
+fn crc32_bytes(mut state: u32, bytes: &[u8]) -> u32 {
+    for &b in bytes {
+        state = crc32_step(state, b);
+    }
+    state
+}
+
+/// Word `w` (0..4) of an IPv6 address as the checksum helpers take it
+/// (memory order).
+#[inline(always)]
+fn word(addr: &[u8; 16], w: usize) -> u64 {
+    let i = 4 * w;
+    u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]) as u64
 }
 
 /// A request to a backend without an agent (node 0.0.0.0), already
@@ -1023,6 +1354,13 @@ fn hashed_backend(
     } else {
         tuple.hash()
     };
+    bucket_backend(svc, hash, pkt)
+}
+
+/// `lb_bucket` at the bucket of `hash`: the backend id (`no_bucket`
+/// without one).
+#[inline(always)]
+fn bucket_backend(svc: &ServiceValue, hash: u32, pkt: Pkt) -> Result<u32, i32> {
     let bkey = ServiceScopedKey {
         service_id: svc.service_id,
         _pad: 0,

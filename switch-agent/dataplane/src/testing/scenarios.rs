@@ -21,17 +21,17 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 use talaria_tables::{
-    build, service_v4,
+    build, service_v4, service_v6,
     value::{Ipv4Prefix, Ipv6Prefix},
 };
 
 use talaria_common::{
     be::Be32,
     drop::{DropReason, LbEvent, DROP_REASON_COUNT, LB_EVENT_COUNT},
-    hash::{hash_mode, FlowTuple},
+    hash::{hash_mode, FlowTuple, FlowTuple6},
     maps::PacketBytes,
     net::{IPPROTO_TCP, IPPROTO_UDP},
-    wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
+    wire::{flags, TalariaEncap, GENEVE_PROTO_IPV6, GENEVE_UDP_PORT},
 };
 
 use super::{eth, ipv4, ipv4_checksum, mac, off, talaria, tunnel_frame, udp, Inner, L4};
@@ -121,6 +121,90 @@ const BLACKHOLE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xdead, 0, 0, 0, 0, 0, 0);
 /// The /64 at `net`.
 fn v6_net(net: Ipv6Addr) -> Ipv6Prefix {
     Ipv6Prefix::new(net, 64).expect("a /64")
+}
+
+/// IPv6 Services, tunnelled over the IPv4 underlay (Geneve protocol
+/// 0x86DD): a client pod on node A (POD_A_V6), IPv6 pod prefixes of
+/// nodes A and B in `pod_node_v6`, and Services on VIP6 with four buckets
+/// over backends 600..603 (TCP and UDP, each with both hash modes), one
+/// whose bucket names a backend `backend_v6` lacks, and one whose backend
+/// has no node.
+const POD_NET_A_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+/// A client no node's IPv6 pod prefix holds.
+const STRANGER_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 7);
+const SVC6_TCP: u16 = 30;
+const SVC6_TCP_AFFINITY: u16 = 31;
+const SVC6_UDP: u16 = 32;
+const SVC6_UDP_HASH: u16 = 33;
+const SVC6_UNKNOWN_BACKEND: u16 = 34;
+const SVC6_NO_NODE: u16 = 35;
+/// (service, port, proto, hash mode) of the balanced IPv6 Services.
+const SERVICES_V6: [(u16, u16, u8, u8); 4] = [
+    (SVC6_TCP, 80, IPPROTO_TCP, hash_mode::FIVE_TUPLE),
+    (SVC6_TCP_AFFINITY, 81, IPPROTO_TCP, hash_mode::CLIENT_IP),
+    (SVC6_UDP, 53, IPPROTO_UDP, hash_mode::CLIENT_IP),
+    (SVC6_UDP_HASH, 54, IPPROTO_UDP, hash_mode::FIVE_TUPLE),
+];
+/// Buckets of every Service in SERVICES_V6, by index.
+const BUCKETS_V6: [u32; 4] = [600, 601, 602, 603];
+/// (backend id, ip, port, node) of `backend_v6`.
+const BACKENDS_V6: [(u32, Ipv6Addr, u16, Ipv4Addr); 5] = [
+    (
+        600,
+        Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 5),
+        8080,
+        NODE_B,
+    ),
+    (
+        601,
+        Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 6),
+        8080,
+        NODE_B,
+    ),
+    (
+        602,
+        Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 9),
+        8080,
+        NODE_A,
+    ),
+    (
+        603,
+        Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 0xa),
+        8081,
+        NODE_A,
+    ),
+    // Without a node (an endpoint without an agent): not served for IPv6.
+    (
+        620,
+        Ipv6Addr::new(0xfd00, 0x172, 0, 0, 0, 0, 0, 0x10),
+        6443,
+        Ipv4Addr::UNSPECIFIED,
+    ),
+];
+
+/// The IPv6 entries of [`tables`].
+fn tables_v6() -> Vec<Entry> {
+    let mut entries = vec![
+        build::pod_node_v6(v6_net(POD_NET_A_V6), NODE_A),
+        build::pod_node_v6(v6_net(POD_NET_B_V6), NODE_B),
+        build::service_v6(VIP6, 82, IPPROTO_TCP, SVC6_UNKNOWN_BACKEND, 0, 0),
+        build::bucket(SVC6_UNKNOWN_BACKEND, 0, 699),
+        build::service_v6(VIP6, 83, IPPROTO_TCP, SVC6_NO_NODE, 0, 0),
+        build::bucket(SVC6_NO_NODE, 0, 620),
+        build::cookie(SVC6_NO_NODE, 620),
+    ];
+    for (service, port, proto, mode) in SERVICES_V6 {
+        entries.push(build::service_v6(VIP6, port, proto, service, 3, mode));
+        for (b, id) in BUCKETS_V6.iter().enumerate() {
+            entries.push(build::bucket(service, b as u16, *id));
+            entries.push(build::cookie(service, *id));
+        }
+    }
+    for (backend_id, ip, port, node_ip) in BACKENDS_V6 {
+        entries.push(build::backend_v6(backend_id, ip, port, node_ip));
+    }
+    entries
 }
 
 /// The switch address a node accepts tunnels from (`tunnel_source`), which
@@ -284,6 +368,7 @@ fn tables() -> Vec<Entry> {
     for (backend_id, ip, port, node_ip) in BACKENDS {
         entries.push(build::backend(backend_id, ip, port, node_ip));
     }
+    entries.extend(tables_v6());
     entries
 }
 
@@ -781,6 +866,10 @@ impl Suite {
                     let service_v4::Action::SetService { service_id, .. } = e.action;
                     w.services.push(service_id)
                 }
+                Entry::ServiceV6(e) => {
+                    let service_v6::Action::SetService { service_id, .. } = e.action;
+                    w.services.push(service_id)
+                }
                 Entry::Backend(e) => w.backends.push(e.key.backend_id),
                 _ => {}
             }
@@ -1112,6 +1201,9 @@ pub fn checksums(f: &[u8]) -> Vec<String> {
 
 /// The IPv4 header and TCP/UDP checksum problems of the packet at `ip`.
 fn packet_checksums(which: &str, ip: &[u8], out: &mut Vec<String>) {
+    if ip.first().map(|b| b >> 4) == Some(6) {
+        return packet_checksums_v6(which, ip, out);
+    }
     let ihl = usize::from(ip.first().copied().unwrap_or(0) & 0x0f) * 4;
     if ihl < 20 || ip.len() < ihl {
         return;
@@ -1860,8 +1952,13 @@ fn tables_suite() -> Suite {
             drop(R::GeneveVersion),
         ),
         s(
-            "Geneve protocol IPv6",
+            "Geneve protocol IPv6 around an IPv4 packet: a bad inner IPv6 header",
             with(&|p| p[off::GENEVE + 2..off::GENEVE + 4].copy_from_slice(&[0x86, 0xdd])),
+            drop(R::Malformed),
+        ),
+        s(
+            "Geneve protocol neither IPv4 nor IPv6 (ARP)",
+            with(&|p| p[off::GENEVE + 2..off::GENEVE + 4].copy_from_slice(&[0x08, 0x06])),
             drop(R::GeneveProtocol),
         ),
         s(
@@ -2017,6 +2114,7 @@ fn tables_suite() -> Suite {
     steps.extend(agentless_steps());
     steps.extend(external_steps());
     steps.extend(ts_cookie_steps());
+    steps.extend(ipv6_service_steps());
     Suite {
         name: "tables",
         ports: 2,
@@ -2825,6 +2923,597 @@ fn ts_cookie_steps() -> Vec<Step> {
     .collect()
 }
 
+// ---------------------------------------------------------- IPv6 Services --
+
+/// An inner IPv6 packet of an IPv6 Service's flow: TCP or UDP right after
+/// the fixed header (checksums computed over the IPv6 pseudo header), or
+/// `L4::Other(next header)` with the payload as is.
+#[derive(Clone, Debug)]
+struct Inner6 {
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    l4: L4,
+    payload: Vec<u8>,
+}
+
+impl Inner6 {
+    fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            l4: L4::Tcp {
+                src: sport,
+                dst: dport,
+            },
+            payload: b"hello6".to_vec(),
+        }
+    }
+
+    fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Self {
+        Self {
+            src,
+            dst,
+            l4: L4::Udp {
+                src: sport,
+                dst: dport,
+                csum: true,
+            },
+            payload: b"query6".to_vec(),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let (next, mut l4) = match self.l4 {
+            L4::Tcp { src, dst } => {
+                let mut h = vec![0u8; 20];
+                h[0..2].copy_from_slice(&src.to_be_bytes());
+                h[2..4].copy_from_slice(&dst.to_be_bytes());
+                h[4..8].copy_from_slice(&1u32.to_be_bytes());
+                h[12] = 5 << 4;
+                h[13] = 0x18;
+                h[14..16].copy_from_slice(&512u16.to_be_bytes());
+                (IPPROTO_TCP, h)
+            }
+            L4::Udp { src, dst, .. } => {
+                let mut h = vec![0u8; 8];
+                h[0..2].copy_from_slice(&src.to_be_bytes());
+                h[2..4].copy_from_slice(&dst.to_be_bytes());
+                h[4..6].copy_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                (IPPROTO_UDP, h)
+            }
+            L4::Other(p) => (p, vec![]),
+        };
+        l4.extend_from_slice(&self.payload);
+        match self.l4 {
+            L4::Tcp { .. } => {
+                let c = l4_checksum_v6(self.src, self.dst, next, &l4);
+                l4[16..18].copy_from_slice(&c.to_be_bytes());
+            }
+            L4::Udp { csum: true, .. } => {
+                let c = match l4_checksum_v6(self.src, self.dst, next, &l4) {
+                    0 => 0xffff,
+                    c => c,
+                };
+                l4[6..8].copy_from_slice(&c.to_be_bytes());
+            }
+            _ => {}
+        }
+        let mut out = vec![0x60, 0, 0, 0];
+        out.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[next, 64]);
+        out.extend_from_slice(&self.src.octets());
+        out.extend_from_slice(&self.dst.octets());
+        out.extend_from_slice(&l4);
+        out
+    }
+}
+
+/// The TCP or UDP checksum of `segment` (its checksum field taken as 0)
+/// over the IPv6 pseudo header (RFC 8200, 8.1).
+fn l4_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, segment: &[u8]) -> u16 {
+    let mut seg = segment.to_vec();
+    let off = if next == IPPROTO_TCP { 16 } else { 6 };
+    seg[off] = 0;
+    seg[off + 1] = 0;
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
+    let init: u32 = pseudo
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], c[1]])))
+        .sum();
+    super::checksum(&seg, init)
+}
+
+/// [`packet_checksums`] for an IPv6 packet: its TCP or UDP checksum, when
+/// one follows the fixed header.
+fn packet_checksums_v6(which: &str, ip: &[u8], out: &mut Vec<String>) {
+    if ip.len() < 40 {
+        return;
+    }
+    let addr = |at: usize| Ipv6Addr::from(<[u8; 16]>::try_from(&ip[at..at + 16]).unwrap());
+    let end = (40 + usize::from(word(ip, 4))).min(ip.len());
+    let seg = &ip[40..end];
+    let l4 = match ip[6] {
+        IPPROTO_TCP if seg.len() >= 20 => Some(("TCP", 16, 0)),
+        IPPROTO_UDP if seg.len() >= 8 && word(seg, 6) != 0 => Some(("UDP", 6, 0xffff)),
+        _ => None,
+    };
+    if let Some((name, at, zero)) = l4 {
+        let want = match l4_checksum_v6(addr(8), addr(24), ip[6], seg) {
+            0 => zero,
+            c => c,
+        };
+        if word(seg, at) != want {
+            out.push(format!(
+                "{which}{name} checksum {:#06x}, expected {want:#06x}",
+                word(seg, at)
+            ));
+        }
+    }
+}
+
+/// The Geneve header and Talaria option of an IPv6 Service's tunnel:
+/// [`talaria`] with protocol 0x86DD.
+fn talaria6(flags: u8, service_id: u16, backend_id: u32) -> Vec<u8> {
+    let mut g = talaria(flags, service_id, backend_id);
+    g[2..4].copy_from_slice(&GENEVE_PROTO_IPV6.to_be_bytes());
+    g
+}
+
+fn backend_v6(id: u32) -> (Ipv6Addr, u16, Ipv4Addr) {
+    let (_, ip, port, node) = BACKENDS_V6
+        .iter()
+        .copied()
+        .find(|b| b.0 == id)
+        .expect("known IPv6 backend");
+    (ip, port, node)
+}
+
+/// The backend the bucket hash gives `inner` (to one of SERVICES_V6):
+/// `FlowTuple6`'s 5-tuple hash, or its client-IP hash.
+fn hashed_backend_v6(inner: &Inner6, mode: u8) -> u32 {
+    let (proto, src_port, dst_port) = match inner.l4 {
+        L4::Tcp { src, dst } => (IPPROTO_TCP, src, dst),
+        L4::Udp { src, dst, .. } => (IPPROTO_UDP, src, dst),
+        L4::Other(_) => unreachable!("a flow with ports"),
+    };
+    let t = FlowTuple6 {
+        src: inner.src.octets(),
+        dst: inner.dst.octets(),
+        proto,
+        src_port: src_port.into(),
+        dst_port: dst_port.into(),
+    };
+    let hash = if mode == hash_mode::CLIENT_IP {
+        t.client_ip_hash()
+    } else {
+        t.hash()
+    };
+    BUCKETS_V6[(hash & 3) as usize]
+}
+
+/// `inner` after the switch's DNAT to IPv6 backend `backend_id`.
+fn dnat_v6(inner: &Inner6, backend_id: u32) -> Inner6 {
+    let (ip, port, _) = backend_v6(backend_id);
+    let mut out = inner.clone();
+    out.dst = ip;
+    out.l4 = match inner.l4 {
+        L4::Tcp { src, .. } => L4::Tcp { src, dst: port },
+        L4::Udp { src, csum, .. } => L4::Udp {
+            src,
+            dst: port,
+            csum,
+        },
+        other => other,
+    };
+    out
+}
+
+/// [`zero_after_dnat`] for IPv6: `inner` with two payload bytes that make
+/// its L4 checksum come out as exactly zero once DNATed to `backend_id`.
+fn zero_after_dnat_v6(inner: &Inner6, backend_id: u32) -> Inner6 {
+    let mut out = inner.clone();
+    out.payload = vec![0, 0, b'z', b'e', b'r', b'o'];
+    let after = dnat_v6(&out, backend_id);
+    let next = if matches!(inner.l4, L4::Tcp { .. }) {
+        IPPROTO_TCP
+    } else {
+        IPPROTO_UDP
+    };
+    let seg = after.to_bytes()[40..].to_vec();
+    let fill = l4_checksum_v6(after.src, after.dst, next, &seg);
+    out.payload[0..2].copy_from_slice(&fill.to_be_bytes());
+    out
+}
+
+/// An IPv6 Service's packet as node `from` tunnels it to the switch.
+fn tunnel6(from: Ipv4Addr, opt: &[u8], inner: &[u8]) -> Vec<u8> {
+    tunnel_frame(from, SWITCH, 64, opt, inner)
+}
+
+/// A tunnel the switch re-originated to `node` (from SWITCH, TTL 63,
+/// MACs of the route to it) with option `opt` around `inner`.
+fn reoriginated6(node: Ipv4Addr, opt: &[u8], inner: &[u8]) -> Verdict {
+    let port = node_port(node);
+    let (src_mac, dst_mac) = route_mac(port);
+    let mut frame = tunnel_frame(SWITCH, node, 63, opt, inner);
+    frame[0..6].copy_from_slice(&dst_mac);
+    frame[6..12].copy_from_slice(&src_mac);
+    Verdict::Forward {
+        port,
+        bytes: Some(frame),
+    }
+}
+
+/// An IPv6 request `inner` that came with `in_flags`, DNATed to
+/// `backend_id` of `service_id` and tunnelled to its node.
+fn lb_verdict_v6(in_flags: u8, service_id: u16, backend_id: u32, inner: &Inner6) -> Verdict {
+    let opt = talaria6(in_flags | flags::COOKIE_VALID, service_id, backend_id);
+    reoriginated6(
+        backend_v6(backend_id).2,
+        &opt,
+        &dnat_v6(inner, backend_id).to_bytes(),
+    )
+}
+
+/// IPv6 Services over the IPv4 underlay (Geneve protocol 0x86DD): what
+/// IPv4 Services get (new flows with either hash mode, cookies, replies
+/// checked and re-originated), and the clean drops of what IPv6 does not
+/// have yet (extension headers and fragments, ICMPv6, endpoints without
+/// an agent, clients outside the cluster).
+fn ipv6_service_steps() -> Vec<Step> {
+    use DropReason as R;
+    use LbEvent as E;
+    let s = Scenario::new;
+    let drop = Verdict::Drop;
+    let new_flow = |flags| talaria6(flags, 0, 0);
+
+    let mut steps = Vec::new();
+    // A new flow of each Service (TCP and UDP, both hash modes).
+    for (service, port, proto, mode) in SERVICES_V6 {
+        let inner = if proto == IPPROTO_TCP {
+            Inner6::tcp(POD_A_V6, 40000, VIP6, port)
+        } else {
+            Inner6::udp(POD_A_V6, 5353, VIP6, port)
+        };
+        let backend = hashed_backend_v6(&inner, mode);
+        let name = match (proto, mode) {
+            (IPPROTO_TCP, hash_mode::FIVE_TUPLE) => {
+                "IPv6 new TCP flow: service_v6, 5-tuple bucket, backend_v6, DNAT, cookie, to its node"
+            }
+            (IPPROTO_TCP, _) => "IPv6 new TCP flow, ClientIP affinity: the source address hashed",
+            (_, hash_mode::FIVE_TUPLE) => "IPv6 new UDP flow, 5-tuple hash, UDP checksum fixed",
+            _ => "IPv6 new UDP flow, ClientIP affinity, UDP checksum fixed",
+        };
+        steps.push(Step::Send(
+            s(
+                name,
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &inner.to_bytes()),
+                lb_verdict_v6(flags::NEW_FLOW, service, backend, &inner),
+            )
+            .load_balanced(service, E::NewFlow, None),
+        ));
+    }
+
+    let tcp = Inner6::tcp(POD_A_V6, 40000, VIP6, 80);
+    let hashed = hashed_backend_v6(&tcp, hash_mode::FIVE_TUPLE);
+    let cookie = *BUCKETS_V6.iter().find(|b| **b != hashed).unwrap();
+    // Two flows whose 5-tuple hashes differ but whose client is the same:
+    // affinity keeps them together.
+    let other_sport = (40001..41000)
+        .find(|p| {
+            hashed_backend_v6(&Inner6::tcp(POD_A_V6, *p, VIP6, 80), hash_mode::FIVE_TUPLE) != hashed
+        })
+        .unwrap();
+    let other = Inner6::tcp(POD_A_V6, other_sport, VIP6, 80);
+    let affinity = Inner6::tcp(POD_A_V6, other_sport, VIP6, 81);
+    let mut udp_nocsum = Inner6::udp(POD_A_V6, 5353, VIP6, 53);
+    udp_nocsum.l4 = L4::Udp {
+        src: 5353,
+        dst: 53,
+        csum: false,
+    };
+    // Checksums that come out at exactly zero after the DNAT (the bucket
+    // hash reads no payload, so the backend stays the flow's).
+    let udp_flow = Inner6::udp(POD_A_V6, 5353, VIP6, 53);
+    let udp_zero_backend = hashed_backend_v6(&udp_flow, hash_mode::CLIENT_IP);
+    let udp_zero = zero_after_dnat_v6(&udp_flow, udp_zero_backend);
+    let tcp_zero = zero_after_dnat_v6(&tcp, hashed);
+    let tcp_zero_backend = hashed;
+    let bad_l4 = {
+        let mut input = tcp.to_bytes();
+        checksum_off_by_one(&mut input, 40 + 16);
+        let mut output = dnat_v6(&tcp, hashed).to_bytes();
+        checksum_off_by_one(&mut output, 40 + 16);
+        (input, output)
+    };
+    // An inner packet whose next header is `next` (an extension header, or
+    // ICMPv6) with `payload` after the fixed header.
+    let other_next = |next, payload: &[u8]| Inner6 {
+        l4: L4::Other(next),
+        payload: payload.to_vec(),
+        ..tcp.clone()
+    };
+    // A Fragment header (first fragment, more follow) before TCP.
+    let fragment = {
+        let mut p = vec![IPPROTO_TCP, 0, 0, 1, 0, 0, 0x12, 0x34];
+        p.extend_from_slice(&tcp.to_bytes()[40..]);
+        other_next(44, &p)
+    };
+    // Hop-by-hop options (PadN) before TCP.
+    let hop_by_hop = {
+        let mut p = vec![IPPROTO_TCP, 0, 1, 4, 0, 0, 0, 0];
+        p.extend_from_slice(&tcp.to_bytes()[40..]);
+        other_next(0, &p)
+    };
+    // An ICMPv6 echo request to the VIP.
+    let ping = other_next(58, &[128, 0, 0, 0, 0, 1, 0, 1]);
+
+    // Replies: backend 600 (node B) of SVC6_TCP, to the client on node A.
+    let reply_inner = Inner6::tcp(VIP6, 80, POD_A_V6, 40000);
+    let reply_opt =
+        |service, backend| talaria6(flags::REPLY | flags::COOKIE_VALID, service, backend);
+    let ok_reply = reply_opt(SVC6_TCP, 600);
+    let stranger_reply = Inner6::tcp(VIP6, 80, STRANGER_V6, 40000);
+    let udp_reply = Inner6::udp(VIP6, 53, POD_B_V6, 5353);
+
+    steps.extend(
+        [
+            s(
+                "IPv6 5-tuple flows of one client spread (another source port, another backend)",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &other.to_bytes()),
+                lb_verdict_v6(
+                    flags::NEW_FLOW,
+                    SVC6_TCP,
+                    hashed_backend_v6(&other, hash_mode::FIVE_TUPLE),
+                    &other,
+                ),
+            )
+            .load_balanced(SVC6_TCP, E::NewFlow, None),
+            s(
+                "IPv6 ClientIP affinity: another source port, the same backend",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &affinity.to_bytes()),
+                lb_verdict_v6(
+                    flags::NEW_FLOW,
+                    SVC6_TCP_AFFINITY,
+                    hashed_backend_v6(&affinity, hash_mode::CLIENT_IP),
+                    &affinity,
+                ),
+            )
+            .load_balanced(SVC6_TCP_AFFINITY, E::NewFlow, None),
+            s(
+                "IPv6 valid cookie wins over the hash",
+                tunnel6(
+                    NODE_A,
+                    &talaria6(flags::COOKIE_VALID, 0, cookie),
+                    &tcp.to_bytes(),
+                ),
+                lb_verdict_v6(flags::COOKIE_VALID, SVC6_TCP, cookie, &tcp),
+            )
+            .load_balanced(SVC6_TCP, E::CookieHit, None),
+            s(
+                "IPv6 stale cookie (removed backend): counted, rehashed, flagged a new flow",
+                tunnel6(
+                    NODE_A,
+                    &talaria6(flags::COOKIE_VALID, 0, 999),
+                    &tcp.to_bytes(),
+                ),
+                lb_verdict_v6(
+                    flags::COOKIE_VALID | flags::NEW_FLOW,
+                    SVC6_TCP,
+                    hashed,
+                    &tcp,
+                ),
+            )
+            .load_balanced(SVC6_TCP, E::CookieStale, None),
+            s(
+                "IPv6 stale cookie (an IPv4 backend): counted, rehashed",
+                tunnel6(
+                    NODE_A,
+                    &talaria6(flags::COOKIE_VALID, 0, 100),
+                    &tcp.to_bytes(),
+                ),
+                lb_verdict_v6(
+                    flags::COOKIE_VALID | flags::NEW_FLOW,
+                    SVC6_TCP,
+                    hashed,
+                    &tcp,
+                ),
+            )
+            .load_balanced(SVC6_TCP, E::CookieStale, None),
+            s(
+                "IPv6 request: the EXTERNAL and FRAG_PORTS flags a node sets are cleared",
+                tunnel6(
+                    NODE_A,
+                    &new_flow(flags::NEW_FLOW | flags::EXTERNAL | flags::FRAG_PORTS),
+                    &tcp.to_bytes(),
+                ),
+                lb_verdict_v6(flags::NEW_FLOW, SVC6_TCP, hashed, &tcp),
+            )
+            .load_balanced(SVC6_TCP, E::NewFlow, None),
+            s(
+                "IPv6 UDP without checksum keeps checksum 0",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &udp_nocsum.to_bytes()),
+                lb_verdict_v6(
+                    flags::NEW_FLOW,
+                    SVC6_UDP,
+                    hashed_backend_v6(&udp_nocsum, hash_mode::CLIENT_IP),
+                    &udp_nocsum,
+                ),
+            )
+            .load_balanced(SVC6_UDP, E::NewFlow, None),
+            s(
+                "IPv6 UDP checksum that becomes 0 after DNAT is sent as 0xFFFF",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &udp_zero.to_bytes()),
+                lb_verdict_v6(flags::NEW_FLOW, SVC6_UDP, udp_zero_backend, &udp_zero),
+            )
+            .load_balanced(SVC6_UDP, E::NewFlow, None),
+            s(
+                "IPv6 TCP checksum that becomes 0 after DNAT stays 0x0000",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &tcp_zero.to_bytes()),
+                lb_verdict_v6(flags::NEW_FLOW, SVC6_TCP, tcp_zero_backend, &tcp_zero),
+            )
+            .load_balanced(SVC6_TCP, E::NewFlow, None),
+            s(
+                "IPv6 inner TCP checksum wrong on arrival stays wrong after DNAT",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &bad_l4.0),
+                reoriginated6(
+                    backend_v6(hashed).2,
+                    &talaria6(flags::NEW_FLOW | flags::COOKIE_VALID, SVC6_TCP, hashed),
+                    &bad_l4.1,
+                ),
+            )
+            .load_balanced(SVC6_TCP, E::NewFlow, None),
+            s(
+                "IPv6 no service for (VIP, port, proto)",
+                tunnel6(
+                    NODE_A,
+                    &new_flow(flags::NEW_FLOW),
+                    &Inner6::tcp(POD_A_V6, 40000, VIP6, 443).to_bytes(),
+                ),
+                drop(R::NoService),
+            ),
+            s(
+                "IPv6 no service for the protocol (UDP to a TCP port)",
+                tunnel6(
+                    NODE_A,
+                    &new_flow(flags::NEW_FLOW),
+                    &Inner6::udp(POD_A_V6, 5353, VIP6, 80).to_bytes(),
+                ),
+                drop(R::NoService),
+            ),
+            s(
+                "IPv6 bucket names a backend backend_v6 lacks",
+                tunnel6(
+                    NODE_A,
+                    &new_flow(flags::NEW_FLOW),
+                    &Inner6::tcp(POD_A_V6, 40000, VIP6, 82).to_bytes(),
+                ),
+                drop(R::NoBackend),
+            )
+            .load_balanced(SVC6_UNKNOWN_BACKEND, E::NewFlow, None),
+            s(
+                "IPv6 backend without a node (no agent): not served, no_backend",
+                tunnel6(
+                    NODE_A,
+                    &new_flow(flags::NEW_FLOW),
+                    &Inner6::tcp(POD_A_V6, 40000, VIP6, 83).to_bytes(),
+                ),
+                drop(R::NoBackend),
+            )
+            .load_balanced(SVC6_NO_NODE, E::NewFlow, None),
+            s(
+                "IPv6 inner with a Fragment header: unsupported_protocol",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &fragment.to_bytes()),
+                drop(R::UnsupportedProtocol),
+            ),
+            s(
+                "IPv6 inner with a hop-by-hop options header: unsupported_protocol",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &hop_by_hop.to_bytes()),
+                drop(R::UnsupportedProtocol),
+            ),
+            s(
+                "IPv6 inner ICMPv6 (echo request) to a VIP: unsupported_protocol",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &ping.to_bytes()),
+                drop(R::UnsupportedProtocol),
+            ),
+            s(
+                "IPv6 inner ICMPv6 error tunnelled as a reply: unsupported_protocol",
+                tunnel6(NODE_B, &ok_reply, &ping.to_bytes()),
+                drop(R::UnsupportedProtocol),
+            ),
+            s(
+                "IPv6 inner header cut short",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &tcp.to_bytes()[..30]),
+                drop(R::Malformed),
+            ),
+            s(
+                "IPv6 inner TCP header cut short",
+                tunnel6(NODE_A, &new_flow(flags::NEW_FLOW), &tcp.to_bytes()[..50]),
+                drop(R::Malformed),
+            ),
+            s(
+                "IPv6 tunnel from a node that is no peer on this port",
+                tunnel6(NODE_C, &new_flow(flags::NEW_FLOW), &tcp.to_bytes()),
+                drop(R::TunnelPeer),
+            ),
+            s(
+                "IPv6 tunnel with the switch's address as its outer source",
+                tunnel6(SWITCH2, &new_flow(flags::NEW_FLOW), &tcp.to_bytes()),
+                drop(R::SpoofedSource),
+            ),
+            s(
+                "IPv6 reply checked and re-originated towards the client's node (pod_node_v6)",
+                tunnel6(NODE_B, &ok_reply, &reply_inner.to_bytes()),
+                reoriginated6(NODE_A, &ok_reply, &reply_inner.to_bytes()),
+            )
+            .event(E::Reply),
+            s(
+                "IPv6 UDP reply to a client on node B",
+                tunnel6(NODE_B, &reply_opt(SVC6_UDP, 600), &udp_reply.to_bytes()),
+                reoriginated6(NODE_B, &reply_opt(SVC6_UDP, 600), &udp_reply.to_bytes()),
+            )
+            .event(E::Reply),
+            s(
+                "IPv6 forged reply: its source is another service's than its cookie's",
+                tunnel6(
+                    NODE_B,
+                    &reply_opt(SVC6_TCP_AFFINITY, 600),
+                    &reply_inner.to_bytes(),
+                ),
+                drop(R::ForgedReply),
+            ),
+            s(
+                "IPv6 forged reply: from a source no service_v6 entry holds",
+                tunnel6(
+                    NODE_B,
+                    &ok_reply,
+                    &Inner6::tcp(VIP6, 443, POD_A_V6, 40000).to_bytes(),
+                ),
+                drop(R::ForgedReply),
+            ),
+            s(
+                "IPv6 forged reply: the cookie names no backend of the service",
+                tunnel6(NODE_B, &reply_opt(SVC6_TCP, 999), &reply_inner.to_bytes()),
+                drop(R::ForgedReply),
+            ),
+            s(
+                "IPv6 forged reply: the sender is not the backend's node",
+                tunnel6(NODE_A, &reply_opt(SVC6_TCP, 600), &reply_inner.to_bytes()),
+                drop(R::ForgedReply),
+            ),
+            s(
+                "IPv6 reply to a client no pod_node_v6 prefix holds: no_client_node",
+                tunnel6(NODE_B, &ok_reply, &stranger_reply.to_bytes()),
+                drop(R::NoClientNode),
+            ),
+            s(
+                "plain IPv6 TCP to an IPv6 Service address is routed, not balanced (no route)",
+                {
+                    let mut f = plain_v6(VIP6, 64);
+                    f[off::OUTER_IP + 6] = IPPROTO_TCP;
+                    f
+                },
+                drop(R::NoRoute),
+            ),
+            s(
+                "plain IPv6 to a pod prefix is still routed",
+                plain_v6(POD_B_V6, 64),
+                Verdict::Forward {
+                    port: 2,
+                    bytes: Some(routed_v6(&plain_v6(POD_B_V6, 64), 2)),
+                },
+            ),
+        ]
+        .into_iter()
+        .map(Step::Send),
+    );
+    steps
+}
+
 /// A connection keeps its backend while the pool changes, until the
 /// backend's quarantine ends.
 fn pool_change() -> Suite {
@@ -2941,6 +3630,18 @@ mod tests {
         let out = dnat(&tcp, 100).to_bytes();
         assert_eq!(word(&out, 20 + 16), 0);
         assert!(checksums(&lb_frame(SWITCH, 0, SVC_TCP, 100, &out)).is_empty());
+    }
+
+    #[test]
+    fn zero_after_dnat_v6_sums_to_zero() {
+        let udp = zero_after_dnat_v6(&Inner6::udp(POD_A_V6, 5353, VIP6, 53), 600);
+        assert_eq!(word(&dnat_v6(&udp, 600).to_bytes(), 40 + 6), 0xffff);
+        let tcp = zero_after_dnat_v6(&Inner6::tcp(POD_A_V6, 40000, VIP6, 80), 601);
+        let out = dnat_v6(&tcp, 601).to_bytes();
+        assert_eq!(word(&out, 40 + 16), 0);
+        let mut checked = Vec::new();
+        packet_checksums_v6("", &out, &mut checked);
+        assert!(checked.is_empty(), "{checked:?}");
     }
 
     #[test]
