@@ -8,7 +8,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use serde::{Deserialize, Serialize};
@@ -117,18 +117,10 @@ impl ServiceKey {
 
     /// Its `set_service` entry in the table of its family.
     pub fn entry(&self, service_id: u16, bucket_mask: u16, hash_mode: u8) -> Entry {
-        match self.entry_key() {
-            EntryKey::ServiceV6(key) => service_v6::Entry {
-                key,
-                action: service_v6::Action::SetService {
-                    service_id,
-                    bucket_mask,
-                    hash_mode,
-                },
-            }
-            .into(),
-            EntryKey::ServiceV4(key) => service_v4::Entry {
-                key,
+        let (port, proto) = (self.port, self.proto.number());
+        match self.vip {
+            IpAddr::V4(vip) => service_v4::Entry {
+                key: service_v4::Key { vip, port, proto },
                 action: service_v4::Action::SetService {
                     service_id,
                     bucket_mask,
@@ -136,28 +128,37 @@ impl ServiceKey {
                 },
             }
             .into(),
-            _ => unreachable!("a service key is a service_v4 or service_v6 key"),
+            IpAddr::V6(vip) => service_v6::Entry {
+                key: service_v6::Key { vip, port, proto },
+                action: service_v6::Action::SetService {
+                    service_id,
+                    bucket_mask,
+                    hash_mode,
+                },
+            }
+            .into(),
         }
+    }
+
+    /// The Service port of a service table key's fields, if its protocol
+    /// is one talaria balances.
+    fn from_key_fields(vip: IpAddr, port: u16, proto: u8) -> Option<Self> {
+        Some(Self {
+            vip,
+            port,
+            proto: Proto::from_number(proto)?,
+        })
     }
 
     /// The Service port a `service_v4` key names, if its protocol is one
     /// talaria balances.
     pub fn from_table_key(k: &service_v4::Key) -> Option<Self> {
-        Some(Self {
-            vip: k.vip.into(),
-            port: k.port,
-            proto: Proto::from_number(k.proto)?,
-        })
+        Self::from_key_fields(k.vip.into(), k.port, k.proto)
     }
 
-    /// The Service port a `service_v6` key names, if its protocol is one
-    /// talaria balances.
+    /// [`Self::from_table_key`] of a `service_v6` key.
     pub fn from_table_key_v6(k: &service_v6::Key) -> Option<Self> {
-        Some(Self {
-            vip: k.vip.into(),
-            port: k.port,
-            proto: Proto::from_number(k.proto)?,
-        })
+        Self::from_key_fields(k.vip.into(), k.port, k.proto)
     }
 
     /// The Service port a `service_v4` or `service_v6` entry names, and
@@ -166,22 +167,20 @@ impl ServiceKey {
     /// for an entry of another table.
     #[allow(clippy::type_complexity)]
     pub fn from_entry(e: &Entry) -> Option<Result<(Self, (u16, u16, u8)), String>> {
-        match e {
+        let (table, vip, port, proto, params) = match e {
             Entry::ServiceV4(e) => {
                 let service_v4::Action::SetService {
                     service_id,
                     bucket_mask,
                     hash_mode,
                 } = e.action;
-                Some(
-                    Self::from_table_key(&e.key)
-                        .map(|k| (k, (service_id, bucket_mask, hash_mode)))
-                        .ok_or_else(|| {
-                            format!(
-                                "service_v4 {}:{} protocol {}",
-                                e.key.vip, e.key.port, e.key.proto
-                            )
-                        }),
+                let params = (service_id, bucket_mask, hash_mode);
+                (
+                    "service_v4",
+                    e.key.vip.into(),
+                    e.key.port,
+                    e.key.proto,
+                    params,
                 )
             }
             Entry::ServiceV6(e) => {
@@ -190,34 +189,28 @@ impl ServiceKey {
                     bucket_mask,
                     hash_mode,
                 } = e.action;
-                Some(
-                    Self::from_table_key_v6(&e.key)
-                        .map(|k| (k, (service_id, bucket_mask, hash_mode)))
-                        .ok_or_else(|| {
-                            format!(
-                                "service_v6 [{}]:{} protocol {}",
-                                e.key.vip, e.key.port, e.key.proto
-                            )
-                        }),
+                let params = (service_id, bucket_mask, hash_mode);
+                (
+                    "service_v6",
+                    e.key.vip.into(),
+                    e.key.port,
+                    e.key.proto,
+                    params,
                 )
             }
-            _ => None,
-        }
-    }
-}
-
-/// `addr:port`, an IPv6 address in brackets.
-fn fmt_addr_port(f: &mut fmt::Formatter<'_>, ip: IpAddr, port: u16) -> fmt::Result {
-    match ip {
-        IpAddr::V4(a) => write!(f, "{a}:{port}"),
-        IpAddr::V6(a) => write!(f, "[{a}]:{port}"),
+            _ => return None,
+        };
+        Some(
+            Self::from_key_fields(vip, port, proto)
+                .map(|k| (k, params))
+                .ok_or_else(|| format!("{table} {} protocol {proto}", SocketAddr::new(vip, port))),
+        )
     }
 }
 
 impl fmt::Display for ServiceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_addr_port(f, self.vip, self.port)?;
-        write!(f, "/{}", self.proto)
+        write!(f, "{}/{}", SocketAddr::new(self.vip, self.port), self.proto)
     }
 }
 
@@ -319,7 +312,7 @@ impl Backend {
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_addr_port(f, self.ip, self.port)?;
+        write!(f, "{}", SocketAddr::new(self.ip, self.port))?;
         if self.has_agent() {
             write!(f, "@{}", self.node_ip)
         } else {

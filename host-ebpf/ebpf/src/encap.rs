@@ -126,14 +126,7 @@ pub(crate) fn encap_family(
 /// (host-ebpf/README.md, "MTU and GSO").
 #[inline(always)]
 pub(crate) fn decap(ctx: &TcContext, to: Option<&PodEntry>) -> Result<i32, i32> {
-    let room_flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
-    ctx.adjust_room(
-        -(ENCAP_OVERHEAD as i32),
-        BPF_ADJ_ROOM_MAC,
-        room_flags as u64,
-    )
-    .map_err(|_| drop_pkt(DropReason::Malformed))?;
-    stat(node_stat::DECAP);
+    strip_tunnel(ctx, BPF_F_ADJ_ROOM_DECAP_L3_IPV4)?;
     let Some(pod) = to else {
         let host = config().map_or(0, |c| c.host_ifindex);
         if host == 0 {
@@ -156,14 +149,7 @@ pub(crate) fn decap(ctx: &TcContext, to: Option<&PodEntry>) -> Result<i32, i32> 
 /// here (the Ethernet header stays, and it said IPv4).
 #[inline(always)]
 pub(crate) fn decap6(ctx: &TcContext, pod: &PodEntry) -> Result<i32, i32> {
-    let room_flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
-    ctx.adjust_room(
-        -(ENCAP_OVERHEAD as i32),
-        BPF_ADJ_ROOM_MAC,
-        room_flags as u64,
-    )
-    .map_err(|_| drop_pkt(DropReason::Malformed))?;
-    stat(node_stat::DECAP);
+    strip_tunnel(ctx, BPF_F_ADJ_ROOM_DECAP_L3_IPV6)?;
     let eth = EthHdr {
         dst: pod.mac,
         src: pod.host_mac,
@@ -174,4 +160,20 @@ pub(crate) fn decap6(ctx: &TcContext, pod: &PodEntry) -> Result<i32, i32> {
     // SAFETY: plain helper call. Straight into the pod's namespace.
     unsafe { bpf_redirect_peer(pod.ifindex, 0) };
     Ok(REDIRECT)
+}
+
+/// Removes the outer IPv4, UDP, Geneve and option headers in front of the
+/// inner packet, whose family `decap_l3` (`BPF_F_ADJ_ROOM_DECAP_L3_*`)
+/// names; GSO sizes stay as they are.
+#[inline(always)]
+fn strip_tunnel(ctx: &TcContext, decap_l3: u32) -> Result<(), i32> {
+    let room_flags = BPF_F_ADJ_ROOM_FIXED_GSO | decap_l3;
+    ctx.adjust_room(
+        -(ENCAP_OVERHEAD as i32),
+        BPF_ADJ_ROOM_MAC,
+        room_flags as u64,
+    )
+    .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    stat(node_stat::DECAP);
+    Ok(())
 }

@@ -433,12 +433,7 @@ fn try_uplink_ingress6(ctx: &TcContext, opt: &TalariaOpt) -> Result<i32, i32> {
     } else {
         learn_reverse6(&key, opt, tcp)?;
     }
-    deliver6(ctx, &pod)
-}
-
-#[inline(always)]
-fn deliver6(ctx: &TcContext, pod: &PodEntry) -> Result<i32, i32> {
-    decap6(ctx, pod)
+    decap6(ctx, &pod)
 }
 
 /// Client side: remember which backend the switch chose for this flow

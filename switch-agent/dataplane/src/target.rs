@@ -232,19 +232,30 @@ impl Dataplane {
             | Entry::CookieCheck(_)
             | Entry::TunnelPeer(_)
             | Entry::SpoofedSource(_) => MapBytes::from_slice(&PRESENT.to_ne_bytes()),
-            Entry::ServiceV4(e) => {
-                let service_v4::Action::SetService {
-                    service_id,
-                    bucket_mask,
-                    hash_mode,
-                } = e.action;
-                bytes_of(&ServiceValue {
-                    service_id,
-                    bucket_mask,
-                    hash_mode,
-                    _pad: [0; 3],
-                })
-            }
+            // Both families' services share `set_service`.
+            Entry::ServiceV4(service_v4::Entry {
+                action:
+                    service_v4::Action::SetService {
+                        service_id,
+                        bucket_mask,
+                        hash_mode,
+                    },
+                ..
+            })
+            | Entry::ServiceV6(service_v6::Entry {
+                action:
+                    service_v6::Action::SetService {
+                        service_id,
+                        bucket_mask,
+                        hash_mode,
+                    },
+                ..
+            }) => bytes_of(&ServiceValue {
+                service_id: *service_id,
+                bucket_mask: *bucket_mask,
+                hash_mode: *hash_mode,
+                _pad: [0; 3],
+            }),
             Entry::LbBucket(e) => {
                 let lb_bucket::Action::SelectBackend { backend_id } = e.action;
                 bytes_of(&BucketValue { backend_id })
@@ -262,12 +273,17 @@ impl Dataplane {
                     node_ip: be32(node_ip),
                 })
             }
-            Entry::PodNode(e) => {
-                let pod_node::Action::SetClientNode { node_ip } = e.action;
-                bytes_of(&NodeValue {
-                    node_ip: be32(node_ip),
-                })
-            }
+            // Both families' client nodes share `set_client_node`.
+            Entry::PodNode(pod_node::Entry {
+                action: pod_node::Action::SetClientNode { node_ip },
+                ..
+            })
+            | Entry::PodNodeV6(pod_node_v6::Entry {
+                action: pod_node_v6::Action::SetClientNode { node_ip },
+                ..
+            }) => bytes_of(&NodeValue {
+                node_ip: be32(*node_ip),
+            }),
             Entry::EndpointReply(e) => {
                 let endpoint_reply::Action::SetEndpointReply {
                     service_id,
@@ -287,19 +303,6 @@ impl Dataplane {
                 let ts_cookie::Action::TsCookieHit { backend_id } = e.action;
                 bytes_of(&TsCookieValue { backend_id })
             }
-            Entry::ServiceV6(e) => {
-                let service_v6::Action::SetService {
-                    service_id,
-                    bucket_mask,
-                    hash_mode,
-                } = e.action;
-                bytes_of(&ServiceValue {
-                    service_id,
-                    bucket_mask,
-                    hash_mode,
-                    _pad: [0; 3],
-                })
-            }
             Entry::BackendV6(e) => {
                 let backend_v6::Action::SetBackendV6 {
                     backend_ip,
@@ -310,12 +313,6 @@ impl Dataplane {
                     ip: backend_ip.octets(),
                     port: Be16::new(backend_port),
                     _pad: 0,
-                    node_ip: be32(node_ip),
-                })
-            }
-            Entry::PodNodeV6(e) => {
-                let pod_node_v6::Action::SetClientNode { node_ip } = e.action;
-                bytes_of(&NodeValue {
                     node_ip: be32(node_ip),
                 })
             }
