@@ -216,8 +216,10 @@ const bit<32> ENDPOINT_REPLY_SIZE = 16384;
 /* The switch address each node accepts tunnels from: one per node. */
 const bit<32> TUNNEL_SOURCE_SIZE = 1024;
 /* service_v6: (IPv6 ClusterIP, port, protocol) triples, one per IPv6
- * Service port (their service ids share the 16-bit space with IPv4's). */
-const bit<32> SERVICE_V6_SIZE   = 16384;
+ * Service port, as many as service_v4 holds: an IPv6-only cluster has as
+ * many Service ports as an IPv4 one (their service ids share the 16-bit
+ * space with IPv4's). */
+const bit<32> SERVICE_V6_SIZE   = 65536;
 /* IPv6 backend ids in use (one id space with backend), quarantined ones
  * included. */
 const bit<32> BACKEND_V6_SIZE   = 65536;

@@ -314,11 +314,7 @@ impl ReverseEntry {
             src: self.vip,
             src_port: self.vip_port,
             dst: key.client(),
-            dst_port: if self.client_port.get() != 0 {
-                self.client_port
-            } else {
-                key.dst_port
-            },
+            dst_port: self.clients_port(key.dst_port),
             ..key
         }
     }
@@ -485,9 +481,7 @@ impl FlowKey6 {
     /// 49152–65535 (ECMP entropy; cheap enough for every packet).
     #[inline(always)]
     pub fn outer_sport(&self) -> u16 {
-        let w = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-        let src = w(&self.src, 0) ^ w(&self.src, 4) ^ w(&self.src, 8) ^ w(&self.src, 12);
-        let dst = w(&self.dst, 0) ^ w(&self.dst, 4) ^ w(&self.dst, 8) ^ w(&self.dst, 12);
+        let (src, dst) = (fold6(&self.src), fold6(&self.dst));
         let ports = u32::from_ne_bytes([
             self.src_port.0[0],
             self.src_port.0[1],
@@ -501,10 +495,23 @@ impl FlowKey6 {
     }
 }
 
+/// The XOR of an IPv6 address's four native-order words: the address
+/// as one word, for the flow hashes.
+#[inline(always)]
+fn fold6(a: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    w(0) ^ w(4) ^ w(8) ^ w(12)
+}
+
 /// Backend side, IPv6: how to send a backend pod's reply ([`ReverseEntry`]
-/// without port substitution, one-way UDP notification or timestamp
-/// cookies, which IPv6 flows do not have). Key: the backend's
-/// [`FlowKey6`] towards the client.
+/// without one-way UDP notification or timestamp cookies, which IPv6
+/// flows do not have). Key: the backend's [`FlowKey6`] towards the
+/// client.
+///
+/// `client_port` was padding before IPv6 port substitution (always 0,
+/// "the key's port is the client's"): the size and the other fields'
+/// offsets are those of that layout, so pinned maps of older nodes stay
+/// in use.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReverseEntry6 {
@@ -513,8 +520,31 @@ pub struct ReverseEntry6 {
     pub service_id: u16,
     pub backend_id: u32,
     pub fin_seen: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// As [`ReverseEntry::client_port`]: the client's own port when the
+    /// key holds a substitute for it ([`PortSubstKey6`]), else 0.
+    pub client_port: Be16,
+    pub _pad2: [u8; 4],
     pub last_seen_ns: u64,
+}
+
+// The layout before `client_port` (pinned maps of running nodes).
+const _: () = assert!(core::mem::offset_of!(ReverseEntry6, fin_seen) == 24);
+const _: () = assert!(core::mem::offset_of!(ReverseEntry6, client_port) == 26);
+const _: () = assert!(core::mem::offset_of!(ReverseEntry6, last_seen_ns) == 32);
+
+impl ReverseEntry6 {
+    /// The reply flow `key` (backend → client) as the client sees it: from
+    /// VIP6 and the Service port, to the client's own port.
+    #[inline(always)]
+    pub fn client_view(&self, key: FlowKey6) -> FlowKey6 {
+        FlowKey6 {
+            src: self.vip,
+            src_port: self.vip_port,
+            dst_port: self.clients_port(key.dst_port),
+            ..key
+        }
+    }
 }
 
 /// [`ServiceAddr`] of an IPv6 Service port (`NODE_SERVICES_V6`). Key:
@@ -528,10 +558,14 @@ pub struct ServiceAddr6 {
     pub _pad: u8,
 }
 
+/// [`PortSubstKey`] of an IPv6 flow (`NODE_PORT_SUBST_V6`).
+pub type PortSubstKey6 = PortSubstKey<FlowKey6>;
+
 pod! {
     FlowKey6 = 40,
     ReverseEntry6 = 40,
     ServiceAddr6 = 20,
+    PortSubstKey6 = 44,
 }
 
 #[cfg(test)]
@@ -587,6 +621,71 @@ mod node_v6_tests {
         k.src[7] ^= 1;
         assert_ne!(a, k.outer_sport());
     }
+
+    #[test]
+    fn substitute_candidates_are_in_the_range_and_per_client_and_service() {
+        let in_range = |p: u16| (1024..32768).contains(&p) || p >= 61000;
+        // The backend's view: dst = the client.
+        let k = key().reversed();
+        let tries: [u16; 8] = core::array::from_fn(|i| k.subst_candidate(9, i as u32).get());
+        assert!(tries.iter().all(|p| in_range(*p)), "{tries:?}");
+        let mut distinct = tries.to_vec();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 8, "{tries:?}");
+        assert_eq!(k.subst_candidate(9, 0), k.subst_candidate(9, 0), "stable");
+        assert_ne!(k.subst_candidate(9, 0), k.subst_candidate(10, 0));
+        // Every word of the client's address counts; the backend's not.
+        let mut other = k;
+        other.dst[9] ^= 1;
+        assert_ne!(k.subst_candidate(9, 0), other.subst_candidate(9, 0));
+        let mut other = k;
+        other.src[9] ^= 1;
+        assert_eq!(k.subst_candidate(9, 0), other.subst_candidate(9, 0));
+        // IPv4's candidates are those it had before the families shared
+        // them: (client word ^ client port << 16) + service, mixed.
+        let k4 = FlowKey {
+            src: Be32([10, 244, 1, 3]),
+            dst: Be32([10, 244, 2, 2]),
+            src_port: Be16::new(8080),
+            dst_port: Be16::new(40000),
+            proto: 6,
+            _pad: [0; 3],
+        };
+        let h = (u32::from_ne_bytes(k4.dst.0) ^ (40000u32 << 16))
+            .wrapping_add(9)
+            .wrapping_mul(0x9e37_79b1);
+        for i in 0..8 {
+            let want = subst_port((h >> 16).wrapping_add(i * 2654) % SUBST_PORT_COUNT);
+            assert_eq!(k4.subst_candidate(9, i).get(), want);
+        }
+    }
+
+    #[test]
+    fn reverse_entry6_restores_the_clients_own_port() {
+        let k = key().reversed();
+        let mut e = ReverseEntry6 {
+            vip: [0xfd; 16],
+            vip_port: Be16::new(53),
+            service_id: 9,
+            ..Default::default()
+        };
+        let seen = e.client_view(k);
+        assert_eq!((seen.src, seen.src_port.get()), ([0xfd; 16], 53));
+        assert_eq!((seen.dst, seen.dst_port), (k.dst, k.dst_port));
+        // Keyed on a substitute for client port 40001.
+        e.client_port = Be16::new(40001);
+        let on_subst = k.with_client_port(Be16::new(1500));
+        assert_eq!(e.client_view(on_subst).dst_port.get(), 40001);
+        let subst = PortSubstKey6::new(k.with_client_port(Be16::new(40001)), 9);
+        assert!(subst.held_by(&e));
+        assert!(!PortSubstKey6::new(k, 9).held_by(&e), "another client port");
+        assert!(!PortSubstKey6 {
+            service_id: 10,
+            ..subst
+        }
+        .held_by(&e));
+    }
 }
 
 /// Node-wide settings, one element of an array map.
@@ -626,16 +725,130 @@ pub struct NodeTsCookie {
 /// are then the same 4-tuple at the backend. The first one keeps it; the
 /// second's client port is replaced by a free one (as kube-proxy's SNAT
 /// does on a clash), so the backend sees two flows and every reply finds
-/// its own VIP. Key: the flow as it arrives (the backend's [`FlowKey`]
-/// with the client's own port) and its Service; value: the substitute
-/// port ([`Be16`]); the [`ReverseEntry`] is keyed on the substitute.
+/// its own VIP. Key: the flow as it arrives (the backend's [`FlowKey`],
+/// or [`FlowKey6`] in [`PortSubstKey6`], with the client's own port) and
+/// its Service; value: the substitute port ([`Be16`]); the
+/// [`ReverseEntry`] is keyed on the substitute.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct PortSubstKey {
-    pub flow: FlowKey,
+pub struct PortSubstKey<K = FlowKey> {
+    pub flow: K,
     pub service_id: u16,
     pub _pad: [u8; 2],
 }
+
+impl<K: BackendKey> PortSubstKey<K> {
+    /// The substitute of flow `flow` (as it arrives) of Service
+    /// `service_id`.
+    #[inline(always)]
+    pub fn new(flow: K, service_id: u16) -> Self {
+        Self {
+            flow,
+            service_id,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Whether `e`, the entry on this flow's substitute, is this flow's.
+    #[inline(always)]
+    pub fn held_by(&self, e: &impl ReverseFlow) -> bool {
+        e.service_id() == self.service_id && e.client_port() == self.flow.client_port()
+    }
+}
+
+/// A backend-side flow key of either family ([`FlowKey`], [`FlowKey6`]:
+/// src = the backend pod, dst = the client), as port substitution sees
+/// it.
+pub trait BackendKey: Copy {
+    /// The client's port.
+    fn client_port(&self) -> Be16;
+    /// The same flow from client port `port`.
+    fn with_client_port(&self, port: Be16) -> Self;
+    /// The client's address as one word.
+    fn client_word(&self) -> u32;
+
+    /// The `i`th candidate substitute port of this flow for Service
+    /// `service_id`: hashed from (client, client port, service), so one
+    /// client connection's flows always try the same ports, and spread
+    /// over the substitute range ([`subst_port`]).
+    #[inline(always)]
+    fn subst_candidate(&self, service_id: u16, i: u32) -> Be16 {
+        let h = (self.client_word() ^ u32::from(self.client_port().get()).rotate_left(16))
+            .wrapping_add(u32::from(service_id))
+            .wrapping_mul(0x9e37_79b1);
+        let offset = (h >> 16).wrapping_add(i.wrapping_mul(2654)) % SUBST_PORT_COUNT;
+        Be16::new(subst_port(offset))
+    }
+}
+
+macro_rules! backend_key {
+    ($($ty:ty => $word:expr),*) => {$(
+        impl BackendKey for $ty {
+            #[inline(always)]
+            fn client_port(&self) -> Be16 {
+                self.dst_port
+            }
+
+            #[inline(always)]
+            fn with_client_port(&self, port: Be16) -> Self {
+                Self {
+                    dst_port: port,
+                    ..*self
+                }
+            }
+
+            #[inline(always)]
+            fn client_word(&self) -> u32 {
+                $word(&self.dst)
+            }
+        }
+    )*};
+}
+
+backend_key!(FlowKey => |a: &Be32| u32::from_ne_bytes(a.0), FlowKey6 => fold6);
+
+/// A backend-side flow entry of either family ([`ReverseEntry`],
+/// [`ReverseEntry6`]): whose flow it holds, and its FIN bits.
+pub trait ReverseFlow {
+    fn service_id(&self) -> u16;
+    /// The client's own port when the key holds a substitute, else 0.
+    fn client_port(&self) -> Be16;
+    fn fin_seen(&self) -> u8;
+
+    /// The client's own port of this entry's flow, keyed on client port
+    /// `key_port`.
+    #[inline(always)]
+    fn clients_port(&self, key_port: Be16) -> Be16 {
+        if self.client_port().get() != 0 {
+            self.client_port()
+        } else {
+            key_port
+        }
+    }
+}
+
+macro_rules! reverse_flow {
+    ($($ty:ty),*) => {$(
+        impl ReverseFlow for $ty {
+            #[inline(always)]
+            fn service_id(&self) -> u16 {
+                self.service_id
+            }
+
+            #[inline(always)]
+            fn client_port(&self) -> Be16 {
+                self.client_port
+            }
+
+            #[inline(always)]
+            fn fin_seen(&self) -> u8 {
+                self.fin_seen
+            }
+        }
+    )*};
+}
+
+reverse_flow!(ReverseEntry, ReverseEntry6);
 
 /// Backend side: the fragments of a reply datagram. Only the first
 /// fragment holds the ports that find the reverse-flow entry, so the

@@ -32,8 +32,8 @@ pub mod sizes {
     pub const ENDPOINT_REPLY: u32 = 16384;
     /// `TUNNEL_SOURCE_SIZE`: one switch address per node.
     pub const TUNNEL_SOURCE: u32 = 1024;
-    /// `SERVICE_V6_SIZE`.
-    pub const SERVICE_V6: u32 = 16384;
+    /// `SERVICE_V6_SIZE`: as many IPv6 Service ports as IPv4 ones.
+    pub const SERVICE_V6: u32 = 65536;
     /// `BACKEND_V6_SIZE`.
     pub const BACKEND_V6: u32 = 65536;
     /// `POD_NODE_V6_SIZE`.

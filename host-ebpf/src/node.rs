@@ -21,10 +21,10 @@ use talaria_common::{
     be::Be16,
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
-        finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, CookieEntry, FlowKey,
-        FlowKey6, NodeConfig, NodeTsCookie, PodEntry, PodFlows, PortPolicy, PortSubstKey,
-        ReverseEntry, ReverseEntry6, ServiceAddr, ServiceAddr6, ServiceKey, FIN_BACKEND_FIRST,
-        PENDING_BACKEND,
+        finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, BackendKey, CookieEntry,
+        FlowKey, FlowKey6, NodeConfig, NodeTsCookie, PodEntry, PodFlows, PortPolicy, PortSubstKey,
+        PortSubstKey6, ReverseEntry, ReverseEntry6, ReverseFlow, ServiceAddr, ServiceAddr6,
+        ServiceKey, FIN_BACKEND_FIRST, PENDING_BACKEND,
     },
     net::IPPROTO_UDP,
     ts_cookie::CookieKey,
@@ -73,6 +73,7 @@ pub const MAP_SVC_CIDRS_V6: &str = "NODE_SVC_CIDRS_V6";
 pub const MAP_SERVICES_V6: &str = "NODE_SERVICES_V6";
 pub const MAP_COOKIES_V6: &str = "NODE_COOKIES_V6";
 pub const MAP_REVERSE_V6: &str = "NODE_REVERSE_V6";
+pub const MAP_PORT_SUBST_V6: &str = "NODE_PORT_SUBST_V6";
 
 /// Counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -739,6 +740,14 @@ impl Node {
         Ok(h.iter().filter_map(|r| r.ok()).collect())
     }
 
+    /// Every substitute client port of IPv6 flows (backend side): the
+    /// flow as it arrived and its Service → the substitute.
+    pub fn port_substitutes6(&self) -> Result<Vec<(PortSubstKey6, Be16)>> {
+        let h: HashMap<_, PortSubstKey6, Be16> = HashMap::try_from(self.map(MAP_PORT_SUBST_V6)?)
+            .map_err(|e| Error::map(MAP_PORT_SUBST_V6, e))?;
+        Ok(h.iter().filter_map(|r| r.ok()).collect())
+    }
+
     /// Inserts a cookie of an IPv6 flow (tests).
     pub fn insert_cookie6(&mut self, key: &FlowKey6, entry: &CookieEntry) -> Result<()> {
         let mut h: HashMap<_, FlowKey6, CookieEntry> =
@@ -803,7 +812,7 @@ impl Node {
             },
             |k, v: &ReverseEntry| open(k, v.fin_seen),
         )?;
-        self.sweep_substitutes()?;
+        self.sweep_substitutes::<FlowKey, ReverseEntry>(MAP_PORT_SUBST, MAP_REVERSE)?;
         self.recount_pod_flows(&cookie_pods, &reverse_pods)?;
         // IPv6 flows: the same rules (they hold no pod flow slots).
         let cookies6 = self.sweep6(MAP_COOKIES_V6, |k, v: &CookieEntry| {
@@ -823,6 +832,7 @@ impl Node {
                 finished_ttl,
             )
         })?;
+        self.sweep_substitutes::<FlowKey6, ReverseEntry6>(MAP_PORT_SUBST_V6, MAP_REVERSE_V6)?;
         Ok((cookies + cookies6, reverse + reverse6))
     }
 
@@ -895,31 +905,36 @@ impl Node {
             .collect())
     }
 
-    /// Removes substitute ports whose flow is gone: no reverse-flow entry
-    /// on the substitute, or another flow's (it took the port after this
-    /// sweep's own walk of the reverse entries freed it).
-    fn sweep_substitutes(&mut self) -> Result<usize> {
-        let subst: HashMap<_, PortSubstKey, Be16> = HashMap::try_from(self.map(MAP_PORT_SUBST)?)
-            .map_err(|e| Error::map(MAP_PORT_SUBST, e))?;
-        let all: Vec<(PortSubstKey, Be16)> = subst.iter().filter_map(|r| r.ok()).collect();
-        let reverse: HashMap<_, FlowKey, ReverseEntry> =
-            HashMap::try_from(self.map(MAP_REVERSE)?).map_err(|e| Error::map(MAP_REVERSE, e))?;
-        let dead: Vec<PortSubstKey> = all
+    /// Removes the substitute ports (map `subst_name`, of the family
+    /// whose reverse-flow entries are `reverse_name`) whose flow is gone:
+    /// no reverse-flow entry on the substitute, or another flow's (it took
+    /// the port after this sweep's own walk of the reverse entries freed
+    /// it).
+    fn sweep_substitutes<K, V>(
+        &mut self,
+        subst_name: &'static str,
+        reverse_name: &'static str,
+    ) -> Result<usize>
+    where
+        K: BackendKey + aya::Pod,
+        V: ReverseFlow + aya::Pod,
+        PortSubstKey<K>: aya::Pod,
+    {
+        let subst: HashMap<_, PortSubstKey<K>, Be16> =
+            HashMap::try_from(self.map(subst_name)?).map_err(|e| Error::map(subst_name, e))?;
+        let all: Vec<(PortSubstKey<K>, Be16)> = subst.iter().filter_map(|r| r.ok()).collect();
+        let reverse: HashMap<_, K, V> =
+            HashMap::try_from(self.map(reverse_name)?).map_err(|e| Error::map(reverse_name, e))?;
+        let dead: Vec<PortSubstKey<K>> = all
             .into_iter()
             .filter(|(k, port)| {
-                let held = FlowKey {
-                    dst_port: *port,
-                    ..k.flow
-                };
-                reverse.get(&held, 0).map_or(true, |e| {
-                    e.service_id != k.service_id || e.client_port != k.flow.dst_port
-                })
+                let held = k.flow.with_client_port(*port);
+                reverse.get(&held, 0).map_or(true, |e| !k.held_by(&e))
             })
             .map(|(k, _)| k)
             .collect();
-        let mut subst: HashMap<_, PortSubstKey, Be16> =
-            HashMap::try_from(self.map_mut(MAP_PORT_SUBST)?)
-                .map_err(|e| Error::map(MAP_PORT_SUBST, e))?;
+        let mut subst: HashMap<_, PortSubstKey<K>, Be16> =
+            HashMap::try_from(self.map_mut(subst_name)?).map_err(|e| Error::map(subst_name, e))?;
         for k in &dead {
             let _ = subst.remove(k);
         }

@@ -37,6 +37,8 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
 const SWITCH_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
 const SVC6_UDP: u16 = 21;
 const SVC6_TCP: u16 = 20;
+/// A second UDP Service (fd00:96::c:53) on the same pod.
+const SVC6_UDP2: u16 = 22;
 const BACKEND: u32 = 42;
 
 fn v6(s: &str) -> Ipv6Addr {
@@ -139,6 +141,7 @@ impl Lab6 {
             node.set_services(&[
                 ServiceConfig::new(SVC6_UDP, vip6(), 53, "udp"),
                 ServiceConfig::new(SVC6_TCP, vip6(), 80, "tcp"),
+                ServiceConfig::new(SVC6_UDP2, v6("fd00:96::c"), 53, "udp"),
             ])?;
             let entry = PodEntry {
                 ifindex: sys::ifindex("vp")?,
@@ -257,9 +260,48 @@ fn send_frame(fd: &OwnedFd, frame: &[u8]) {
 
 /// A tunnel frame from the switch carrying the IPv6 packet `inner`.
 fn tunnel(lab: &Lab6, fl: u8, inner: &[u8]) -> Vec<u8> {
-    let mut enc = TalariaEncap::new(fl, SVC6_UDP, BACKEND);
+    tunnel_of(lab, SVC6_UDP, fl, inner)
+}
+
+/// [`tunnel`] with the cookie of Service `service_id`.
+fn tunnel_of(lab: &Lab6, service_id: u16, fl: u8, inner: &[u8]) -> Vec<u8> {
+    let mut enc = TalariaEncap::new(fl, service_id, BACKEND);
     enc.geneve.protocol = Be16::new(GENEVE_PROTO_IPV6);
     talaria(lab.uplink_mac, lab.sw_mac, SWITCH_IP, NODE_IP, enc, inner)
+}
+
+/// Waits (bounded) until a UDP socket of the pod listens on `port`.
+fn wait_udp_listening(lab: &Lab6, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let filter = format!("sport = :{port}");
+    while !lab
+        .pod
+        .exec("ss", &["-Hlun", &filter])
+        .is_ok_and(|o| !o.trim().is_empty())
+    {
+        assert!(Instant::now() < deadline, "no UDP socket on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The pod's UDP echo server on port 5353, bound before this returns:
+/// it answers `count` datagrams and returns their sources.
+fn udp_echo(lab: &Lab6, count: usize) -> std::thread::JoinHandle<Vec<SocketAddr>> {
+    let echo = sys::spawn_in_netns(&lab.pod.name, move || {
+        let s = UdpSocket::bind((pod_ip(), 5353)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        (0..count)
+            .map(|_| {
+                let (n, from) = s.recv_from(&mut buf).expect("the request reaches the pod");
+                s.send_to(&buf[..n], from).unwrap();
+                from
+            })
+            .collect()
+    })
+    .unwrap();
+    wait_udp_listening(lab, 5353);
+    echo
 }
 
 /// (option flags, service id, backend id, inner packet) of a tunnel frame
@@ -329,32 +371,14 @@ fn an_ipv6_pod_reaches_a_service_and_serves_one_through_the_tunnel() {
 
     // Backend side: a request the switch DNATed to the pod's port 5353;
     // the pod echoes it, and the reply leaves from VIP6:53.
-    let echo = sys::spawn_in_netns(&lab.pod.name, || {
-        let s = UdpSocket::bind((pod_ip(), 5353)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 64];
-        let (n, from) = s.recv_from(&mut buf).expect("the request reaches the pod");
-        s.send_to(&buf[..n], from).unwrap();
-        from
-    })
-    .unwrap();
-    // The echo socket is bound before the request goes (bounded wait).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lab
-        .pod
-        .exec("ss", &["-Hlun", "sport", "= :5353"])
-        .is_ok_and(|o| !o.trim().is_empty())
-    {
-        assert!(Instant::now() < deadline, "echo server not listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let echo = udp_echo(&lab, 1);
     let remote = v6("fd00:244:2::2");
     let request = ipv6(Tuple6::udp(remote, 40000, pod_ip(), 5353), 0, b"ping");
     send_frame(
         &sock,
         &tunnel(&lab, flags::COOKIE_VALID | flags::NEW_FLOW, &request),
     );
-    assert_eq!(echo.join().unwrap(), SocketAddr::from((remote, 40000)));
+    assert_eq!(echo.join().unwrap(), [SocketAddr::from((remote, 40000))]);
     let (fl, svc, backend, inner) = parse_tunnel(&lab, &next_tunnel(&sock));
     assert_eq!(
         (fl, svc, backend),
@@ -374,6 +398,50 @@ fn an_ipv6_pod_reaches_a_service_and_serves_one_through_the_tunnel() {
         "{:?}",
         s.drops.iter().filter(|d| d.1 > 0).collect::<Vec<_>>()
     );
+}
+
+/// Two IPv6 Services share the pod as their backend (port 5353), and one
+/// client reaches both from one source port (a UDP socket that sends to
+/// one VIP6, then the other; the lab's load generator rotating VIP6s lost
+/// most answers to `port_exhausted` before IPv6 had substitute ports).
+/// The second flow reaches the pod's socket from a substitute port (the
+/// pod's kernel checks the rewritten checksum), and each echo leaves from
+/// its own VIP6 to the client's own port.
+#[test]
+fn two_ipv6_services_sharing_a_backend_from_one_client_port_both_work() {
+    require!(LOADS_BPF);
+    let lab = Lab6::new(true);
+    let sock = switch_socket(&lab.sw.name);
+    let echo = udp_echo(&lab, 2);
+    let remote = v6("fd00:244:2::2");
+    let request = ipv6(Tuple6::udp(remote, 40000, pod_ip(), 5353), 0, b"ping");
+    let services = [(SVC6_UDP, vip6()), (SVC6_UDP2, v6("fd00:96::c"))];
+    let mut echoes = Vec::new();
+    for (svc, _) in services {
+        send_frame(
+            &sock,
+            &tunnel_of(&lab, svc, flags::COOKIE_VALID | flags::NEW_FLOW, &request),
+        );
+        echoes.push(parse_tunnel(&lab, &next_tunnel(&sock)));
+    }
+    let sources = echo.join().unwrap();
+    assert_eq!(sources[0], SocketAddr::from((remote, 40000)));
+    let subst = sources[1].port();
+    assert_eq!(sources[1], SocketAddr::from((remote, subst)));
+    assert_ne!(subst, 40000, "the second flow's client port is replaced");
+    for ((svc, vip), (fl, s, backend, inner)) in services.into_iter().zip(echoes) {
+        assert_eq!(
+            (fl, s, backend),
+            (flags::REPLY | flags::COOKIE_VALID, svc, BACKEND)
+        );
+        assert_eq!(Tuple6::of(&inner), Tuple6::udp(vip, 53, remote, 40000));
+        assert_eq!(&inner[48..], b"ping");
+        assert!(l4_checksum6_ok(&inner), "checksum after the reverse NAT");
+    }
+    let s = lab.node().stats().unwrap();
+    assert_eq!(s.event(talaria_common::maps::node_stat::PORT_SUBST), 1);
+    let drops: u64 = s.drops.iter().map(|d| d.1).sum();
+    assert_eq!(drops, 0, "{:?}", s.drops);
 }
 
 /// Rewrites the acknowledgment number of an IPv6 TCP packet (no

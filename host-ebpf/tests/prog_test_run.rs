@@ -2410,13 +2410,17 @@ fn pins_of_another_layout_are_refused() {
 
 const SVC6_TCP: u16 = 20;
 const SVC6_UDP: u16 = 21;
+/// Second IPv6 Services (fd00:96::c:8443), on the same backends.
+const SVC6_2_TCP: u16 = 22;
+const SVC6_2_UDP: u16 = 23;
 
 fn v6(s: &str) -> Ipv6Addr {
     s.parse().unwrap()
 }
 
-/// [`node`] with IPv6 Services (fd00:96::a TCP 80, fd00:96::b UDP 53, in
-/// fd00:96::/108) and two local dual-stack pods.
+/// [`node`] with IPv6 Services (fd00:96::a TCP 80, fd00:96::b UDP 53,
+/// fd00:96::c TCP and UDP 8443, in fd00:96::/108) and two local
+/// dual-stack pods.
 fn node6() -> Node {
     let mut n = node();
     n.set_service_cidrs(&[
@@ -2428,6 +2432,8 @@ fn node6() -> Node {
         ServiceConfig::new(SVC_TCP, VIP, 80, "tcp"),
         ServiceConfig::new(SVC6_TCP, v6("fd00:96::a"), 80, "tcp"),
         ServiceConfig::new(SVC6_UDP, v6("fd00:96::b"), 53, "udp"),
+        ServiceConfig::new(SVC6_2_TCP, v6("fd00:96::c"), 8443, "tcp"),
+        ServiceConfig::new(SVC6_2_UDP, v6("fd00:96::c"), 8443, "udp"),
     ])
     .unwrap();
     let pod = PodEntry {
@@ -2615,6 +2621,210 @@ fn ipv6_reverse_nat_on_tcp_reply() {
 fn ipv6_reverse_nat_on_udp_reply() {
     require!(LOADS_BPF);
     reverse_nat6_roundtrip(false);
+}
+
+/// [`shared_backend_same_client_port`] for IPv6: two IPv6 Services share
+/// a backend, one client reaches both from one source port. The first
+/// flow keeps the 4-tuple; the second is delivered from a substitute
+/// client port (`NODE_PORT_SUBST_V6`), each reply leaves from its own
+/// VIP6 to the client's own port, and an RST (either side's) or the GC
+/// ends a flow and its substitute, never the other flow.
+fn shared_backend_same_client_port6(tcp: bool) {
+    let mut n = node6();
+    let mk = if tcp { Tuple6::tcp } else { Tuple6::udp };
+    let (syn, ack) = if tcp {
+        (tcp_flags::SYN, tcp_flags::ACK)
+    } else {
+        (0, 0)
+    };
+    let (svc1, vip1, port1) = if tcp {
+        (SVC6_TCP, v6("fd00:96::a"), 80)
+    } else {
+        (SVC6_UDP, v6("fd00:96::b"), 53)
+    };
+    let (svc2, vip2, port2) = if tcp {
+        (SVC6_2_TCP, v6("fd00:96::c"), 8443)
+    } else {
+        (SVC6_2_UDP, v6("fd00:96::c"), 8443)
+    };
+    let (client, backend) = (v6("fd00:244:2::2"), v6("fd00:244:1::3"));
+    // After the switch's DNAT both arrive as client:40000 → backend:8080.
+    let request = mk(client, 40000, backend, 8080);
+    let req = ipv6(request, syn, b"one");
+    let first = TalariaEncap::new(flags::COOKIE_VALID, svc1, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch6(first, &req));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(
+        out,
+        eth6(POD_MAC, HOST_VETH_MAC, &req),
+        "the first flow keeps its port"
+    );
+    let port_subst = |n: &Node| n.stats().unwrap().event(node_stat::PORT_SUBST);
+    // The second Service's request: the client port the backend sees.
+    let second = TalariaEncap::new(flags::COOKIE_VALID, svc2, 42);
+    let deliver2 = |n: &Node, fl: u8, payload: &[u8]| {
+        let (verdict, out) = run(
+            n,
+            PROG_UPLINK,
+            &from_switch6(second, &ipv6(request, fl, payload)),
+        );
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let seen = &out[14..];
+        assert!(l4_checksum6_ok(seen), "L4 checksum after the port rewrite");
+        assert_eq!(&seen[40 + if tcp { 20 } else { 8 }..], payload);
+        Tuple6::of(seen)
+    };
+    let seen = deliver2(&n, syn, b"two");
+    let subst = seen.sport;
+    assert_ne!(subst, 40000, "the second flow's client port is replaced");
+    assert!(
+        (1024..32768).contains(&subst) || subst >= 61000,
+        "substitutes stay out of the ephemeral range and the privileged ports: {subst}"
+    );
+    assert_eq!(seen, mk(client, subst, backend, 8080));
+    assert_eq!(port_subst(&n), 1);
+    // Its next packet takes the same substitute, without a new one.
+    assert_eq!(deliver2(&n, ack, b"again").sport, subst);
+    assert_eq!(port_subst(&n), 1);
+    let mut rev = n.reverse_flows6().unwrap();
+    rev.sort_by_key(|(k, _)| k.dst_port.get() != 40000);
+    let held: Vec<_> = rev
+        .iter()
+        .map(|(k, e)| (k.dst_port.get(), e.service_id, e.client_port.get()))
+        .collect();
+    assert_eq!(
+        held,
+        [(40000, svc1, 0), (subst, svc2, 40000)],
+        "each entry records whose port its key holds"
+    );
+    let substitutes = n.port_substitutes6().unwrap();
+    assert_eq!(substitutes.len(), 1);
+    let (k, p) = substitutes[0];
+    assert_eq!(
+        (k.flow, k.service_id, p.get()),
+        (request.reversed().key(), svc2, subst)
+    );
+
+    // Each reply from its own VIP6, to the client's own port, hashed as
+    // the client's flow for the outer source port.
+    let reply = |n: &Node, from_port: u16, fl: u8| {
+        let r = ipv6(mk(backend, 8080, client, from_port), fl, b"reply");
+        let (verdict, out) = run(n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &r));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (fl, svc, b, sport, inner) = check_encap6(&out, r.len());
+        assert_eq!((fl, b), (flags::REPLY | flags::COOKIE_VALID, 42));
+        assert!(l4_checksum6_ok(&inner), "L4 checksum after the reverse NAT");
+        assert_eq!(sport, Tuple6::of(&inner).key().outer_sport());
+        (svc, Tuple6::of(&inner))
+    };
+    for (from_port, vip, port, svc) in [(40000, vip1, port1, svc1), (subst, vip2, port2, svc2)] {
+        assert_eq!(
+            reply(&n, from_port, ack),
+            (svc, mk(vip, port, client, 40000))
+        );
+    }
+    assert_eq!(total_drops(&n), 0);
+
+    if tcp {
+        // The backend resets the second flow: its entry and substitute
+        // go, the RST reaches the client from VIP6 2 to its own port.
+        assert_eq!(
+            reply(&n, subst, tcp_flags::RST),
+            (svc2, mk(vip2, port2, client, 40000))
+        );
+        let rev = n.reverse_flows6().unwrap();
+        assert_eq!((rev.len(), rev[0].1.service_id), (1, svc1));
+        assert!(n.port_substitutes6().unwrap().is_empty());
+        // A new connection of the second Service gets a substitute
+        // afresh; the client's RST ends it and its substitute, and leaves
+        // the first flow alone.
+        let again = deliver2(&n, tcp_flags::SYN, b"");
+        assert_ne!(again.sport, 40000);
+        assert_eq!(port_subst(&n), 2);
+        deliver2(&n, tcp_flags::RST, b"");
+        let rev = n.reverse_flows6().unwrap();
+        assert_eq!((rev.len(), rev[0].1.service_id), (1, svc1));
+        assert!(n.port_substitutes6().unwrap().is_empty());
+        assert_eq!(n.stats().unwrap().event(node_stat::FLOW_RESET), 2);
+        assert_eq!(
+            reply(&n, 40000, ack),
+            (svc1, mk(vip1, port1, client, 40000))
+        );
+    } else {
+        // The GC: both flows idle out, and the substitute goes with its
+        // flow's entry.
+        let ttl = FlowTtl::from_secs(120, 10, 65);
+        let t0 = talaria_node::node::monotonic_ns();
+        assert_eq!(n.gc(t0 + 60_000_000_000, &ttl).unwrap(), (0, 0));
+        assert_eq!(n.port_substitutes6().unwrap().len(), 1, "still in use");
+        assert_eq!(n.gc(t0 + 200_000_000_000, &ttl).unwrap(), (0, 2));
+        assert!(n.port_substitutes6().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn ipv6_two_services_sharing_a_backend_from_one_tcp_client_port() {
+    require!(LOADS_BPF);
+    shared_backend_same_client_port6(true);
+}
+
+#[test]
+fn ipv6_two_services_sharing_a_backend_from_one_udp_client_port() {
+    require!(LOADS_BPF);
+    shared_backend_same_client_port6(false);
+}
+
+/// As [`a_backend_that_closed_first_keeps_its_4_tuple_for_its_time_wait`],
+/// for IPv6 (which does not tell a simultaneous close from the client's):
+/// a finished flow's 4-tuple goes to another Service's new flow only once
+/// the backend holds nothing, the client having closed first and
+/// acknowledged the backend's FIN; until then that flow gets a substitute.
+#[test]
+fn ipv6_a_finished_flows_4_tuple_is_taken_over_only_once_the_backend_holds_nothing() {
+    require!(LOADS_BPF);
+    let n = node6();
+    let (client, backend) = (v6("fd00:244:2::2"), v6("fd00:244:1::3"));
+    let send = |port: u16, svc: u16, fl: u8| {
+        let t = Tuple6::tcp(client, port, backend, 8080);
+        let enc = TalariaEncap::new(flags::COOKIE_VALID, svc, 42);
+        let (verdict, out) = run(&n, PROG_UPLINK, &from_switch6(enc, &ipv6(t, fl, b"")));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        Tuple6::of(&out[14..]).sport
+    };
+    let backend_fin = |port: u16| {
+        let t = Tuple6::tcp(backend, 8080, client, port);
+        let fin = ipv6(t, tcp_flags::FIN | tcp_flags::ACK, b"");
+        let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &fin));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+    };
+    let fin_ack = tcp_flags::FIN | tcp_flags::ACK;
+    // Backend first on 40012; client first on 40013, its last ACK gone
+    // by; client first on 40015, the backend still in LAST_ACK.
+    send(40012, SVC6_TCP, tcp_flags::SYN);
+    backend_fin(40012);
+    send(40012, SVC6_TCP, fin_ack);
+    send(40013, SVC6_TCP, tcp_flags::SYN);
+    send(40013, SVC6_TCP, fin_ack);
+    backend_fin(40013);
+    send(40013, SVC6_TCP, tcp_flags::ACK);
+    send(40015, SVC6_TCP, tcp_flags::SYN);
+    send(40015, SVC6_TCP, fin_ack);
+    backend_fin(40015);
+
+    assert_ne!(
+        send(40012, SVC6_2_TCP, tcp_flags::SYN),
+        40012,
+        "the backend's TIME_WAIT is kept clear"
+    );
+    assert_eq!(send(40013, SVC6_2_TCP, tcp_flags::SYN), 40013, "taken over");
+    assert_ne!(
+        send(40015, SVC6_2_TCP, tcp_flags::SYN),
+        40015,
+        "the backend's LAST_ACK"
+    );
+    assert_eq!(n.stats().unwrap().event(node_stat::PORT_SUBST), 2);
+    assert_eq!(n.port_substitutes6().unwrap().len(), 2);
+    assert_eq!(total_drops(&n), 0);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use crate::modes::{self, apply_rules, Client, LoadRun, Mode};
 use crate::netns::Lab;
 use crate::plot;
 use crate::switch::SwitchKind;
-use crate::topology::Topology;
+use crate::topology::{IpFamily, Topology};
 use crate::traffic::Proto;
 use anyhow::{bail, Result};
 use serde::Serialize;
@@ -79,6 +79,13 @@ pub struct BenchArgs {
     /// in the summary (default: the global --switch alone).
     #[arg(long, value_delimiter = ',', value_parser = ["switch-agent", "bmv2"])]
     pub switches: Vec<String>,
+    /// Address families of the sweeps (default: ipv4,ipv6). Each family
+    /// gets a lab of its own per mode, whose Services are single-stack of
+    /// that family (ip6tables and table `ip6 kube-proxy` for IPv6), so
+    /// that IPv6 points compare like for like and IPv4 points are those
+    /// of an IPv4 cluster. The consistency experiment is IPv4.
+    #[arg(long, value_delimiter = ',')]
+    pub families: Vec<IpFamily>,
 }
 
 /// One consistency result.
@@ -150,10 +157,12 @@ struct Plan<'a> {
     secs: u64,
 }
 
-/// Runs the throughput/latency/CPU sweeps for one mode on a fresh lab.
+/// Runs the throughput/latency/CPU sweeps for one mode on a fresh lab
+/// whose Services are of `family`.
 async fn sweep_mode(
     a: &BenchArgs,
     mode: Mode,
+    family: IpFamily,
     switch: &SwitchKind,
     p: &Plan<'_>,
     rows: &mut Vec<Row>,
@@ -163,7 +172,18 @@ async fn sweep_mode(
     let first = services.first().copied().unwrap_or(a.sweep_services);
     let t = Topology {
         services: first.max(1),
+        service_families: vec![family],
         ..Topology::embedded_default()
+    };
+    let unmeasured = |exp: &str, svc, c, note| Row {
+        experiment: exp.into(),
+        mode: mode.name().into(),
+        switch: switch.name().into(),
+        family: family.name().into(),
+        services: svc,
+        concurrency: c,
+        note,
+        ..Default::default()
     };
     let (mut lab, _) = lab_for(t.clone(), mode, switch).await?;
     let dur = Duration::from_secs(secs);
@@ -179,8 +199,8 @@ async fn sweep_mode(
                     Ok(s) => apply = s,
                     Err(e) => {
                         let note = format!("{svc} Services could not be programmed: {e:#}");
-                        progress(&format!("{}: {note}", mode.name()));
-                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch.name().into(), services: svc, concurrency: c, note, ..Default::default() });
+                        progress(&format!("{} {}: {note}", mode.name(), family.name()));
+                        rows.push(unmeasured(exp, svc, c, note));
                         current = None;
                         continue;
                     }
@@ -189,8 +209,9 @@ async fn sweep_mode(
             }
             let mut loads: Vec<(&str, Proto, bool)> =
                 p.protos.iter().map(|&proto| (exp, proto, false)).collect();
-            // IPVS mode has no rules for external Services.
-            if exp == "services" && a.external && mode != Mode::Ipvs {
+            // IPVS mode has no rules for external Services, and they
+            // have IPv4 addresses only.
+            if exp == "services" && a.external && mode != Mode::Ipvs && family == IpFamily::IPv4 {
                 loads.push(("external", Proto::HttpShort, true));
             }
             for (exp, proto, outside) in loads {
@@ -198,17 +219,18 @@ async fn sweep_mode(
                     Ok(r) => r,
                     Err(e) => {
                         let note = format!("measurement failed: {e:#}");
-                        progress(&format!("{}: {note}", mode.name()));
-                        rows.push(Row { experiment: exp.into(), mode: mode.name().into(), switch: switch.name().into(), services: svc, concurrency: c, note, ..Default::default() });
+                        progress(&format!("{} {}: {note}", mode.name(), family.name()));
+                        rows.push(unmeasured(exp, svc, c, note));
                         continue;
                     }
                 };
                 row.experiment = exp.into();
                 row.rule_apply_s = apply;
                 progress(&format!(
-                    "{:<12} {:<8} {:<10}{} svc={:<5} c={:<3} {:>9.0} req/s  p99 {:>7.0} µs  cpu/req {:>6.1} µs  errors {}",
+                    "{:<12} {:<8} {} {:<10}{} svc={:<5} c={:<3} {:>9.0} req/s  p99 {:>7.0} µs  cpu/req {:>6.1} µs  errors {}",
                     switch.name(),
                     mode.name(),
+                    row.family,
                     row.proto,
                     if outside { " (outside)" } else { "" },
                     svc,
@@ -451,14 +473,21 @@ pub async fn run(a: BenchArgs, switch: SwitchKind, bmv2_dir: Option<PathBuf>) ->
     std::fs::create_dir_all(&a.out)?;
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+    let families = if a.families.is_empty() {
+        vec![IpFamily::IPv4, IpFamily::IPv6]
+    } else {
+        a.families.clone()
+    };
     for switch in &switches {
         for &mode in modes_list.iter().filter(|_| !a.consistency_only) {
-            let what = format!("{} on {}", mode.name(), switch.name());
-            progress(&format!("{what}: fresh lab"));
-            if let Err(e) = sweep_mode(&a, mode, switch, &plan, &mut rows).await {
-                let msg = format!("{what}: not measured: {e:#}");
-                progress(&msg);
-                notes.push(msg);
+            for &family in &families {
+                let what = format!("{} {} on {}", mode.name(), family.name(), switch.name());
+                progress(&format!("{what}: fresh lab"));
+                if let Err(e) = sweep_mode(&a, mode, family, switch, &plan, &mut rows).await {
+                    let msg = format!("{what}: not measured: {e:#}");
+                    progress(&msg);
+                    notes.push(msg);
+                }
             }
         }
     }
@@ -532,23 +561,87 @@ pub(crate) fn loadavg() -> String {
         .unwrap_or_default()
 }
 
-fn find<'a>(
-    rows: &'a [Row],
-    exp: &str,
-    mode: &str,
-    switch: &str,
-    proto: &str,
-    svc: u32,
-) -> Option<&'a Row> {
+/// Where a point was measured: experiment, switch, address family, load
+/// kind and Services; a mode's point there is compared with another's.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    exp: &'a str,
+    switch: &'a str,
+    family: &'a str,
+    proto: &'a str,
+    services: u32,
+}
+
+impl<'a> At<'a> {
+    fn of(r: &'a Row) -> Self {
+        Self {
+            exp: &r.experiment,
+            switch: &r.switch,
+            family: &r.family,
+            proto: &r.proto,
+            services: r.services,
+        }
+    }
+}
+
+fn find<'a>(rows: &'a [Row], at: At<'_>, mode: &str) -> Option<&'a Row> {
     // A point where every request failed counts as not measured.
     rows.iter().find(|r| {
-        r.experiment == exp
+        r.experiment == at.exp
             && r.mode == mode
-            && r.switch == switch
-            && r.proto == proto
-            && r.services == svc
+            && r.switch == at.switch
+            && r.family == at.family
+            && r.proto == at.proto
+            && r.services == at.services
             && r.requests > 0
     })
+}
+
+/// The families of a run, in the order they ran.
+fn families_of(rows: &[Row]) -> Vec<&str> {
+    let mut v: Vec<&str> = Vec::new();
+    for r in rows {
+        if !r.family.is_empty() && !v.contains(&r.family.as_str()) {
+            v.push(&r.family);
+        }
+    }
+    v
+}
+
+/// Each mode's Services-sweep points as a ratio to `direct` at the same
+/// switch, family, load and Service count (measured in the same run): the
+/// figure a data-path change must not lower.
+fn against_direct(s: &mut String, rows: &[Row]) {
+    let pts: Vec<(&Row, f64)> = rows
+        .iter()
+        .filter(|r| r.experiment == "services" && r.mode != "direct" && r.requests > 0)
+        .filter_map(|r| Some((r, r.rps / find(rows, At::of(r), "direct")?.rps)))
+        .collect();
+    if pts.is_empty() {
+        return;
+    }
+    writeln!(
+        s,
+        "## Against direct
+"
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "Requests per second ÷ direct's at the same switch, family, load and Service count. For IPv6, every mode runs on a lab of its own whose Services are IPv6 single-stack (ip6tables, table `ip6 kube-proxy`); pods are dual-stack and the underlay IPv4.\n"
+    )
+    .unwrap();
+    writeln!(s, "| mode | switch | family | conn | Services | ÷ direct |").unwrap();
+    writeln!(s, "|---|---|---|---|---:|---:|").unwrap();
+    for (r, ratio) in pts {
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {ratio:.2} |",
+            r.mode, r.switch, r.family, r.proto, r.services
+        )
+        .unwrap();
+    }
+    writeln!(s).unwrap();
 }
 
 /// The switches of a run, in the order they ran.
@@ -577,23 +670,23 @@ fn side_by_side(s: &mut String, rows: &[Row], switches: &[String]) {
         writeln!(s, "## {first} and {other} side by side\n").unwrap();
         writeln!(
             s,
-            "| mode | conn | Services | concurrency | req/s {first} | req/s {other} | req/s {first} ÷ {other} | p50 µs {first} | p50 µs {other} | p99 µs {first} | p99 µs {other} | p50 {other} ÷ {first} | CPU µs/req {first} | CPU µs/req {other} | errors {first} / {other} |"
+            "| mode | family | conn | Services | concurrency | req/s {first} | req/s {other} | req/s {first} ÷ {other} | p50 µs {first} | p50 µs {other} | p99 µs {first} | p99 µs {other} | p50 {other} ÷ {first} | CPU µs/req {first} | CPU µs/req {other} | errors {first} / {other} |"
         )
         .unwrap();
         writeln!(
             s,
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         )
         .unwrap();
         let mut seen = Vec::new();
         for a in rows.iter().filter(|r| &r.switch == first && r.requests > 0) {
-            let key = (&a.mode, &a.proto, a.services, a.concurrency);
+            let key = (&a.mode, &a.family, &a.proto, a.services, a.concurrency);
             if seen.contains(&key) {
                 continue;
             }
             let Some(b) = rows.iter().find(|b| {
                 &b.switch == other
-                    && (&b.mode, &b.proto, b.services, b.concurrency) == key
+                    && (&b.mode, &b.family, &b.proto, b.services, b.concurrency) == key
                     && b.requests > 0
             }) else {
                 continue;
@@ -601,8 +694,8 @@ fn side_by_side(s: &mut String, rows: &[Row], switches: &[String]) {
             seen.push(key);
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} / {} |",
-                a.mode, a.proto, a.services, a.concurrency, a.rps, b.rps, a.rps / b.rps,
+                "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1} | {} / {} |",
+                a.mode, a.family, a.proto, a.services, a.concurrency, a.rps, b.rps, a.rps / b.rps,
                 a.p50_us, b.p50_us, a.p99_us, b.p99_us, b.p50_us / a.p50_us,
                 a.cpu_us_per_req, b.cpu_us_per_req, a.errors, b.errors
             )
@@ -630,7 +723,7 @@ fn external_section(s: &mut String, rows: &[Row]) {
     writeln!(s, "| mode | switch | Services | concurrency | req/s | ÷ direct | p50 µs | p99 µs | CPU µs/req | kernel µs/req | errors |").unwrap();
     writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|").unwrap();
     for r in &ext {
-        let direct = find(rows, "external", "direct", &r.switch, &r.proto, r.services);
+        let direct = find(rows, At::of(r), "direct");
         let ratio = direct.map_or("-".to_string(), |d| format!("{:.2}", r.rps / d.rps));
         writeln!(
             s,
@@ -705,22 +798,23 @@ fn summary(
         ("concurrency", "Throughput and latency against concurrency"),
     ] {
         writeln!(s, "## {title}\n").unwrap();
-        writeln!(s, "| mode | switch | conn | Services | concurrency | req/s | avg µs | p50 µs | p90 µs | p99 µs | CPU µs/req | kernel µs/req | errors | rules s |").unwrap();
+        writeln!(s, "| mode | switch | family | conn | Services | concurrency | req/s | avg µs | p50 µs | p90 µs | p99 µs | CPU µs/req | kernel µs/req | errors | rules s |").unwrap();
         writeln!(
             s,
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         )
         .unwrap();
         for r in rows.iter().filter(|r| r.experiment == exp) {
             writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {:.2} |",
-                r.mode, r.switch, r.proto, r.services, r.concurrency, r.rps, r.avg_us, r.p50_us, r.p90_us, r.p99_us, r.cpu_us_per_req, r.kernel_cpu_us_per_req, r.errors, r.rule_apply_s
+                "| {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {:.2} |",
+                r.mode, r.switch, r.family, r.proto, r.services, r.concurrency, r.rps, r.avg_us, r.p50_us, r.p90_us, r.p99_us, r.cpu_us_per_req, r.kernel_cpu_us_per_req, r.errors, r.rule_apply_s
             )
             .unwrap();
         }
         writeln!(s).unwrap();
     }
+    against_direct(&mut s, rows);
     external_section(&mut s, rows);
     writeln!(s, "## Connection consistency\n").unwrap();
     writeln!(s, "Switch entries (all tables): before the connections open / with all open / after the last change. Timestamp cookies: packets the switch sent by an outside client's cookie / that echoed none valid.\n").unwrap();
@@ -751,15 +845,24 @@ fn summary(
         .map(|r| r.services)
         .max()
         .unwrap_or(0);
-    for (switch, proto) in switches
-        .iter()
-        .flat_map(|sw| ["HttpShort", "HttpLong"].map(|p| (sw, p)))
-    {
-        let g = |m| find(rows, "services", m, switch, proto, big);
+    let families = families_of(rows);
+    for (switch, family, proto) in switches.iter().flat_map(|sw| {
+        families
+            .iter()
+            .flat_map(move |f| ["HttpShort", "HttpLong"].map(|p| (sw, *f, p)))
+    }) {
+        let at = At {
+            exp: "services",
+            switch,
+            family,
+            proto,
+            services: big,
+        };
+        let g = |m| find(rows, at, m);
         match (g("talaria"), g("iptables"), g("direct")) {
             (Some(t), Some(i), Some(d)) => writeln!(
                 s,
-                "- {switch}, {proto} at {big} Services: talaria/iptables = {:.2} (target >= 1.5), talaria/direct = {:.2} (target >= 0.85), CPU/req talaria vs iptables {:+.0}% (target <= -40%)",
+                "- {switch}, {family}, {proto} at {big} Services: talaria/iptables = {:.2} (target >= 1.5), talaria/direct = {:.2} (target >= 0.85), CPU/req talaria vs iptables {:+.0}% (target <= -40%)",
                 t.rps / i.rps,
                 t.rps / d.rps,
                 (t.cpu_us_per_req / i.cpu_us_per_req - 1.0) * 100.0
@@ -767,12 +870,12 @@ fn summary(
             .unwrap(),
             (None, Some(i), Some(d)) => writeln!(
                 s,
-                "- {switch}, {proto} at {big} Services: talaria not measured; iptables/direct = {:.2}, CPU/req iptables vs direct {:+.0}%",
+                "- {switch}, {family}, {proto} at {big} Services: talaria not measured; iptables/direct = {:.2}, CPU/req iptables vs direct {:+.0}%",
                 i.rps / d.rps,
                 (i.cpu_us_per_req / d.cpu_us_per_req - 1.0) * 100.0
             )
             .unwrap(),
-            _ => writeln!(s, "- {switch}, {proto} at {big} Services: not enough modes measured to compare").unwrap(),
+            _ => writeln!(s, "- {switch}, {family}, {proto} at {big} Services: not enough modes measured to compare").unwrap(),
         }
     }
     for switch in &switches {
@@ -820,6 +923,7 @@ mod tests {
             mode: "talaria".into(),
             switch: switch.into(),
             proto: "HttpShort".into(),
+            family: "ipv4".into(),
             services: 100,
             concurrency: 10,
             requests: 100,
@@ -848,7 +952,7 @@ mod tests {
         let lines: Vec<&str> = s.lines().filter(|l| l.starts_with("| talaria")).collect();
         assert_eq!(
             lines,
-            ["| talaria | HttpShort | 100 | 10 | 15000 | 600 | 25.0 | 500 | 6000 | 1000 | 12000 | 12.0 | 0.0 | 0.0 | 0 / 0 |"]
+            ["| talaria | ipv4 | HttpShort | 100 | 10 | 15000 | 600 | 25.0 | 500 | 6000 | 1000 | 12000 | 12.0 | 0.0 | 0.0 | 0 / 0 |"]
         );
     }
 
@@ -865,10 +969,46 @@ mod tests {
         assert!(l
             .next()
             .unwrap()
-            .starts_with("experiment,mode,switch,proto,services"));
+            .starts_with("experiment,mode,switch,proto,family,services"));
         assert!(l
             .next()
             .unwrap()
-            .starts_with("\"\",\"direct\",\"\",\"\",0,0,0.00,3,0,1.50"));
+            .starts_with("\"\",\"direct\",\"\",\"\",\"\",0,0,0.00,3,0,1.50"));
+    }
+
+    /// Each mode's points over direct's at the same switch, family, load
+    /// and Service count, never across families.
+    #[test]
+    fn ratios_to_direct_stay_within_a_family() {
+        let row = |mode: &str, family: &str, services, rps| Row {
+            experiment: "services".into(),
+            mode: mode.into(),
+            switch: "switch-agent".into(),
+            proto: "HttpShort".into(),
+            family: family.into(),
+            services,
+            requests: 10,
+            rps,
+            ..Default::default()
+        };
+        let rows = [
+            row("direct", "ipv4", 10, 1000.0),
+            row("talaria", "ipv4", 10, 950.0),
+            row("direct", "ipv6", 10, 800.0),
+            row("talaria", "ipv6", 10, 720.0),
+            // No direct point at 10,000 IPv6 Services: no ratio.
+            row("talaria", "ipv6", 10000, 700.0),
+        ];
+        let mut s = String::new();
+        against_direct(&mut s, &rows);
+        let lines: Vec<&str> = s.lines().filter(|l| l.starts_with("| talaria")).collect();
+        assert_eq!(
+            lines,
+            [
+                "| talaria | switch-agent | ipv4 | HttpShort | 10 | 0.95 |",
+                "| talaria | switch-agent | ipv6 | HttpShort | 10 | 0.90 |"
+            ]
+        );
+        assert_eq!(families_of(&rows), ["ipv4", "ipv6"]);
     }
 }

@@ -295,14 +295,20 @@ pub(crate) fn node_agent_config(
     let pods: Vec<serde_json::Value> = nc
         .pods
         .iter()
-        .map(|p| serde_json::json!({"ip": p.ip, "veth": p.dev, "mac": p.mac}))
+        .map(|p| {
+            let mut v = serde_json::json!({"ip": p.ip, "veth": p.dev, "mac": p.mac});
+            if let Some(ip) = p.ipv6 {
+                v["ipv6"] = serde_json::json!([ip]);
+            }
+            v
+        })
         .collect();
     let mut v = serde_json::json!({
         "uplink": nc.uplink,
         "node_ip": nc.node_ip,
         "switch_ip": nc.switch_addr,
         "switch_mac": nc.gateway_mac,
-        "service_cidrs": [nc.service_cidr],
+        "service_cidrs": nc.service_cidrs,
         "services": services,
         "pods": pods,
         "pin_dir": node_pin_dir(lab, n),

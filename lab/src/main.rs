@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use talaria_lab::manifests::{self, ServiceSet};
-use talaria_lab::modes::Mode;
+use talaria_lab::modes::{iptables_restore_bin, Mode};
 use talaria_lab::netns::{self, State};
 use talaria_lab::switch::{SwitchKind, BMV2_DIR_ENV, SWITCH_ENV};
 use talaria_lab::topology::{Names, Topology};
@@ -162,6 +162,10 @@ enum Cmd {
         /// File to create once listening.
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Listen on IPv6 as well (a dual-stack pod): one socket of each
+        /// kind on `[::]`, which takes IPv4 too.
+        #[arg(long)]
+        ipv6: bool,
         /// Exit after this many seconds (bounded lifetime).
         #[arg(long, default_value_t = 4 * 3600)]
         max_seconds: u64,
@@ -228,11 +232,13 @@ fn main() -> Result<()> {
             http_port,
             udp_port,
             ready_file,
+            ipv6,
             max_seconds,
         } => rt.block_on(traffic::serve(
             name,
             http_port,
             udp_port,
+            ipv6,
             ready_file,
             Duration::from_secs(max_seconds),
         )),
@@ -306,10 +312,21 @@ fn main() -> Result<()> {
                 t.services = s;
             }
             let set = ServiceSet::from_topology(&t);
-            match mode {
-                Mode::Iptables => print!("{}", rules::iptables_restore(&t, &set)),
-                Mode::Nftables => print!("{}", rules::nft_script(&t, &set, t.node_ip(0))),
-                m => bail!("{} has no host rules", m.name()),
+            // One ruleset per Service family, as kube-proxy's proxiers.
+            for &family in &t.service_families {
+                match mode {
+                    Mode::Iptables => {
+                        print!(
+                            "# {}\n{}",
+                            iptables_restore_bin(family),
+                            rules::iptables_restore(&t, &set, family)
+                        )
+                    }
+                    Mode::Nftables => {
+                        print!("{}", rules::nft_script(&t, &set, family, t.node_ip(0)))
+                    }
+                    m => bail!("{} has no host rules", m.name()),
+                }
             }
             Ok(())
         }

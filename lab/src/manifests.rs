@@ -3,22 +3,23 @@
 //! node configurations.
 
 use crate::topology::{
-    node_pod_dev, switch_port_dev, Names, Topology, NODE_PORT_BASE, NODE_UPLINK_DEV, POD_DEV,
-    POD_GATEWAY,
+    node_pod_dev, switch_port_dev, IpFamily, Names, Topology, NODE_PORT_BASE, NODE_UPLINK_DEV,
+    POD_DEV, POD_GATEWAY,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// One Service as the lab sees it: a ClusterIP with its current endpoints.
+/// One Service as the lab sees it: its ClusterIPs with its current endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// Service index (names and ClusterIP derive from it).
     pub index: u32,
     /// Service name.
     pub name: String,
-    /// ClusterIP.
-    pub cluster_ip: Ipv4Addr,
+    /// ClusterIPs, one per family of [`Topology::service_families`],
+    /// primary first.
+    pub cluster_ips: Vec<IpAddr>,
     /// Ready endpoints as (node, pod).
     pub endpoints: Vec<(u32, u32)>,
     /// Endpoints listed but not ready (no new connections; established
@@ -46,6 +47,16 @@ pub struct ServiceSet {
     pub services: Vec<ServiceSpec>,
 }
 
+impl ServiceSpec {
+    /// The ClusterIP of `family`, if the Service has one.
+    pub fn cluster_ip_of(&self, family: IpFamily) -> Option<IpAddr> {
+        self.cluster_ips
+            .iter()
+            .copied()
+            .find(|ip| IpFamily::of(*ip) == family)
+    }
+}
+
 impl ServiceSet {
     /// The topology's Services with their default endpoints.
     pub fn from_topology(t: &Topology) -> Self {
@@ -59,7 +70,7 @@ impl ServiceSet {
             .map(|k| ServiceSpec {
                 index: k,
                 name: Topology::service_name(k),
-                cluster_ip: t.cluster_ip(k),
+                cluster_ips: t.cluster_ips(k),
                 endpoints: t.service_endpoints(k),
                 not_ready: Vec::new(),
                 external: external.iter().position(|e| *e == k).map(|i| {
@@ -82,11 +93,12 @@ impl ServiceSet {
     }
 
     /// The switch keys the controller plans for these Services on `t`:
-    /// two ports each, at the ClusterIP and, for an external Service, at
+    /// two ports each, at every ClusterIP and, for an external Service, at
     /// its ingress IP and at every node's address.
     pub fn switch_keys(&self, t: &Topology) -> usize {
         let external = self.external().count();
-        2 * (self.services.len() + external * (1 + t.nodes as usize))
+        let cluster_ips: usize = self.services.iter().map(|s| s.cluster_ips.len()).sum();
+        2 * (cluster_ips + external * (1 + t.nodes as usize))
     }
 }
 
@@ -110,6 +122,13 @@ pub fn service_object(t: &Topology, s: &ServiceSpec) -> Value {
 }
 
 fn cluster_ip_service(t: &Topology, s: &ServiceSpec) -> Value {
+    let ips: Vec<String> = s.cluster_ips.iter().map(IpAddr::to_string).collect();
+    let families: Vec<IpFamily> = s.cluster_ips.iter().map(|ip| IpFamily::of(*ip)).collect();
+    let policy = if families.len() > 1 {
+        "RequireDualStack"
+    } else {
+        "SingleStack"
+    };
     json!({
         "apiVersion": "v1",
         "kind": "Service",
@@ -120,10 +139,10 @@ fn cluster_ip_service(t: &Topology, s: &ServiceSpec) -> Value {
         },
         "spec": {
             "type": "ClusterIP",
-            "clusterIP": s.cluster_ip.to_string(),
-            "clusterIPs": [s.cluster_ip.to_string()],
-            "ipFamilies": ["IPv4"],
-            "ipFamilyPolicy": "SingleStack",
+            "clusterIP": ips.first(),
+            "clusterIPs": ips,
+            "ipFamilies": families,
+            "ipFamilyPolicy": policy,
             "internalTrafficPolicy": "Cluster",
             "sessionAffinity": "None",
             "selector": { "app": s.name },
@@ -135,16 +154,25 @@ fn cluster_ip_service(t: &Topology, s: &ServiceSpec) -> Value {
     })
 }
 
-/// The EndpointSlice of a Service (`<name>-lab01`): its endpoints, ready or
-/// not.
-pub fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
+/// The EndpointSlices of a Service, one per family of its ClusterIPs, as
+/// the EndpointSlice controller keeps them.
+pub fn endpoint_slice_objects(t: &Topology, s: &ServiceSpec) -> Vec<Value> {
+    s.cluster_ips
+        .iter()
+        .map(|ip| endpoint_slice_object(t, s, IpFamily::of(*ip)))
+        .collect()
+}
+
+/// The EndpointSlice of a Service's `family` (`<name>-lab01` for IPv4,
+/// `<name>-lab06` for IPv6): its endpoints, ready or not.
+pub fn endpoint_slice_object(t: &Topology, s: &ServiceSpec, family: IpFamily) -> Value {
     let ready = s.endpoints.iter().map(|e| (e, true));
     let not_ready = s.not_ready.iter().map(|e| (e, false));
     let endpoints: Vec<Value> = ready
         .chain(not_ready)
         .map(|(&(n, p), ready)| {
             json!({
-                "addresses": [t.pod_ip(n, p).to_string()],
+                "addresses": [t.pod_ip_of(family, n, p).to_string()],
                 "conditions": { "ready": ready, "serving": ready, "terminating": false },
                 "nodeName": Topology::node_name(n),
                 "targetRef": { "kind": "Pod", "name": Topology::pod_name(n, p), "namespace": t.namespace },
@@ -155,14 +183,14 @@ pub fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
         "metadata": {
-            "name": format!("{}-lab01", s.name),
+            "name": format!("{}-lab0{}", s.name, if family == IpFamily::IPv4 { 1 } else { 6 }),
             "namespace": t.namespace,
             "labels": {
                 "kubernetes.io/service-name": s.name,
                 "endpointslice.kubernetes.io/managed-by": "talaria-lab",
             },
         },
-        "addressType": "IPv4",
+        "addressType": family,
         "ports": [
             { "name": "http", "protocol": "TCP", "port": t.http_port },
             { "name": "udp", "protocol": "UDP", "port": t.udp_port },
@@ -171,14 +199,19 @@ pub fn endpoint_slice_object(t: &Topology, s: &ServiceSpec) -> Value {
     })
 }
 
-/// Node `n` (its pod CIDR and InternalIP).
+/// Node `n` (its pod CIDRs and InternalIP).
 pub fn node_object(t: &Topology, n: u32) -> Value {
     let (net, len) = t.pod_cidr(n);
+    let mut cidrs = vec![format!("{net}/{len}")];
+    if t.ipv6() {
+        let (net, len) = t.pod_cidr_v6(n);
+        cidrs.push(format!("{net}/{len}"));
+    }
     json!({
         "apiVersion": "v1",
         "kind": "Node",
         "metadata": { "name": Topology::node_name(n) },
-        "spec": { "podCIDR": format!("{net}/{len}"), "podCIDRs": [format!("{net}/{len}")] },
+        "spec": { "podCIDR": cidrs[0], "podCIDRs": cidrs },
         "status": { "addresses": [
             { "type": "InternalIP", "address": t.node_ip(n).to_string() },
             { "type": "Hostname", "address": Topology::node_name(n) },
@@ -198,14 +231,14 @@ fn multi_doc(objs: impl IntoIterator<Item = Value>) -> String {
 /// Services and their EndpointSlices, one multi-document YAML stream.
 pub fn services_yaml(t: &Topology, services: &[ServiceSpec]) -> String {
     multi_doc(
-        services
-            .iter()
-            .flat_map(|s| [service_object(t, s), endpoint_slice_object(t, s)]),
+        services.iter().flat_map(|s| {
+            std::iter::once(service_object(t, s)).chain(endpoint_slice_objects(t, s))
+        }),
     )
 }
 
-/// The lab's Nodes (pod CIDR and InternalIP), for the controller's `pod_node`
-/// table.
+/// The lab's Nodes (pod CIDRs and InternalIP), for the controller's
+/// `pod_node` and `pod_node_v6` tables.
 pub fn nodes_yaml(t: &Topology) -> String {
     multi_doc((0..t.nodes).map(|n| node_object(t, n)))
 }
@@ -227,7 +260,8 @@ pub struct SwitchPort {
     pub peer_mac: String,
 }
 
-/// One `ipv4_route` entry: prefix → forward(port, src_mac, dst_mac).
+/// One fabric route (`ipv4_route`, or `ipv6_route` for an IPv6 prefix):
+/// prefix → forward(port, src_mac, dst_mac).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SwitchRoute {
     /// Destination prefix, e.g. `10.244.1.0/24`.
@@ -251,7 +285,7 @@ pub struct SwitchConfig {
     pub switch_addr: Ipv4Addr,
     /// Ports.
     pub ports: Vec<SwitchPort>,
-    /// `ipv4_route` entries: each node's pod CIDR and uplink address.
+    /// Fabric routes: each node's pod CIDRs and uplink address.
     pub routes: Vec<SwitchRoute>,
 }
 
@@ -281,6 +315,10 @@ pub fn switch_config(t: &Topology, names: &Names) -> SwitchConfig {
         if p.port < t.nodes {
             let (net, len) = t.pod_cidr(p.port);
             routes.push(route(format!("{net}/{len}"), p));
+            if t.ipv6() {
+                let (net, len) = t.pod_cidr_v6(p.port);
+                routes.push(route(format!("{net}/{len}"), p));
+            }
         }
         routes.push(route(format!("{}/32", p.peer_ip), p));
     }
@@ -308,6 +346,9 @@ pub struct NodePod {
     pub dev: String,
     /// Pod address.
     pub ip: Ipv4Addr,
+    /// Pod IPv6 address (a dual-stack lab's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Addr>,
     /// Pod MAC (eth0 inside the pod).
     pub mac: String,
     /// MAC of the node-side veth.
@@ -337,8 +378,8 @@ pub struct NodeConfig {
     pub gateway_ip: Ipv4Addr,
     /// Node pod CIDR.
     pub pod_cidr: String,
-    /// Service CIDR.
-    pub service_cidr: String,
+    /// Service CIDRs: IPv4, and IPv6 in a dual-stack lab.
+    pub service_cidrs: Vec<String>,
     /// Pod MTU.
     pub pod_mtu: u32,
     /// Pod device inside each pod netns.
@@ -351,6 +392,10 @@ pub struct NodeConfig {
 pub fn node_config(t: &Topology, names: &Names, n: u32) -> NodeConfig {
     let (net, len) = t.pod_cidr(n);
     let (snet, slen) = t.service_net();
+    let mut service_cidrs = vec![format!("{snet}/{slen}")];
+    if t.ipv6() {
+        service_cidrs.push(t.service_cidr_v6.clone());
+    }
     NodeConfig {
         node_name: Topology::node_name(n),
         netns: names.node(n),
@@ -361,7 +406,7 @@ pub fn node_config(t: &Topology, names: &Names, n: u32) -> NodeConfig {
         gateway_mac: Topology::switch_port_mac(n),
         gateway_ip: t.switch_port_ip(n),
         pod_cidr: format!("{net}/{len}"),
-        service_cidr: format!("{snet}/{slen}"),
+        service_cidrs,
         pod_mtu: t.pod_mtu(),
         pod_dev: POD_DEV.into(),
         pods: (0..t.pods_per_node)
@@ -369,6 +414,7 @@ pub fn node_config(t: &Topology, names: &Names, n: u32) -> NodeConfig {
                 name: Topology::pod_name(n, p),
                 dev: node_pod_dev(p),
                 ip: t.pod_ip(n, p),
+                ipv6: t.ipv6().then(|| t.pod_ip_v6(n, p)),
                 mac: Topology::pod_mac(n, p),
                 host_mac: Topology::node_pod_veth_mac(n, p),
                 netns: names.pod(n, p),
@@ -489,6 +535,7 @@ mod tests {
         assert_eq!(c.pods[3].ip, Ipv4Addr::new(10, 244, 1, 13));
         assert_eq!(c.pod_mtu, 1452);
         assert_eq!(c.netns, "tlx-n1");
-        assert_eq!(c.service_cidr, "10.96.0.0/16");
+        assert_eq!(c.service_cidrs, ["10.96.0.0/16"]);
+        assert_eq!(c.pods[3].ipv6, None);
     }
 }

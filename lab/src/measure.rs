@@ -9,7 +9,7 @@ use crate::modes::{self, run_load, Client, LoadRun, Mode};
 use crate::netns::Lab;
 use crate::switch::SwitchKind;
 use crate::topology::pick_services;
-use crate::topology::Topology;
+use crate::topology::{IpFamily, Topology};
 use crate::traffic::{LoadResult, Proto};
 use anyhow::Result;
 use serde::Serialize;
@@ -26,6 +26,8 @@ pub struct Row {
     pub switch: String,
     /// Load kind.
     pub proto: String,
+    /// Address family of the targets (`ipv4`, `ipv6`).
+    pub family: String,
     /// Services programmed.
     pub services: u32,
     /// Concurrency.
@@ -61,8 +63,8 @@ pub struct Row {
 }
 
 /// Measures one point on a running lab, from the first client pod (to 8
-/// Services spread over the range) or from external host 0 (to every
-/// external Service's LoadBalancer IP).
+/// Services spread over the range, at their primary family's ClusterIPs)
+/// or from external host 0 (to every external Service's LoadBalancer IP).
 pub async fn measure(
     lab: &mut Lab,
     mode: Mode,
@@ -84,6 +86,9 @@ pub async fn measure(
         let targets = modes::targets(&lab.topo, set, mode, proto, &picked);
         (lab.topo.client_pods()[0].into(), targets)
     };
+    let family = targets
+        .first()
+        .map_or(lab.topo.service_families[0], |a| IpFamily::of(a.ip()));
     let servers = lab.pids("serve-");
     let app0: u64 = servers.iter().map(|&p| process_jiffies(p)).sum();
     let cpu0 = CpuTimes::now();
@@ -121,6 +126,7 @@ pub async fn measure(
         mode: mode.name().into(),
         switch: lab.switch.name().into(),
         proto: r.proto.clone(),
+        family: family.name().into(),
         services: set.services.len() as u32,
         concurrency,
         duration_s: r.duration_s,

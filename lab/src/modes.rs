@@ -3,12 +3,12 @@
 use crate::manifests::{ServiceSet, ServiceSpec};
 use crate::netns::{in_ns, Lab};
 use crate::rules;
-use crate::topology::{Names, Topology};
+use crate::topology::{IpFamily, Names, Topology};
 use crate::traffic::{LoadResult, Proto};
 use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 use serde::{Deserialize, Serialize};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use talaria_preflight::{commands, which, Need};
@@ -68,13 +68,18 @@ pub fn ipvs_unavailable() -> Option<String> {
         .map(|p| format!("ipvs: skipped: the kernel has IPVS but {p} is not installed (scripts/setup.sh installs it)"))
 }
 
-/// The iptables-restore to use: legacy (kube-proxy's classic backend) when
-/// installed, else the distribution default.
-pub fn iptables_restore_bin() -> &'static str {
-    if which("iptables-legacy-restore").is_some() {
-        "iptables-legacy-restore"
+/// The iptables-restore (IPv4) or ip6tables-restore (IPv6) to use: legacy
+/// (kube-proxy's classic backend) when installed, else the distribution
+/// default.
+pub fn iptables_restore_bin(family: IpFamily) -> &'static str {
+    let (legacy, default) = match family {
+        IpFamily::IPv4 => ("iptables-legacy-restore", "iptables-restore"),
+        IpFamily::IPv6 => ("ip6tables-legacy-restore", "ip6tables-restore"),
+    };
+    if which(legacy).is_some() {
+        legacy
     } else {
-        "iptables-restore"
+        default
     }
 }
 
@@ -93,19 +98,27 @@ pub fn apply_rules(lab: &Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
     match mode {
         Mode::Direct | Mode::Talaria => {}
         Mode::Iptables => {
-            let text = rules::iptables_restore(&lab.topo, set);
-            for n in 0..lab.topo.client_nodes {
-                in_ns(
-                    &lab.names.node(n),
-                    &[iptables_restore_bin(), "-w"],
-                    Some(&text),
-                )
-                .with_context(|| format!("iptables rules on node {n}"))?;
+            for &family in &lab.topo.service_families {
+                let text = rules::iptables_restore(&lab.topo, set, family);
+                for n in 0..lab.topo.client_nodes {
+                    in_ns(
+                        &lab.names.node(n),
+                        &[iptables_restore_bin(family), "-w"],
+                        Some(&text),
+                    )
+                    .with_context(|| format!("{} rules on node {n}", family.name()))?;
+                }
             }
         }
         Mode::Nftables => {
             for n in 0..lab.topo.client_nodes {
-                let text = rules::nft_script(&lab.topo, set, lab.topo.node_ip(n));
+                // Both families' tables in one transaction.
+                let text: String = lab
+                    .topo
+                    .service_families
+                    .iter()
+                    .map(|&f| rules::nft_script(&lab.topo, set, f, lab.topo.node_ip(n)))
+                    .collect();
                 in_ns(&lab.names.node(n), &["nft", "-f", "-"], Some(&text))
                     .with_context(|| format!("nftables rules on node {n}"))?;
             }
@@ -129,8 +142,9 @@ pub fn apply_rules(lab: &Lab, mode: Mode, set: &ServiceSet) -> Result<f64> {
     Ok(t0.elapsed().as_secs_f64())
 }
 
-/// Load targets for a mode: ClusterIP:port, or in `direct` mode every
-/// endpoint pod IP:targetPort of the chosen Services.
+/// Load targets for a mode: ClusterIP:port of the Services' primary
+/// family, or in `direct` mode every endpoint pod IP:targetPort of the
+/// chosen Services.
 pub fn targets(
     t: &Topology,
     set: &ServiceSet,
@@ -138,10 +152,24 @@ pub fn targets(
     proto: Proto,
     services: &[u32],
 ) -> Vec<SocketAddr> {
+    targets_of(t, set, mode, proto, services, t.service_families[0])
+}
+
+/// [`targets`] over `family`: the Services' ClusterIPs of that family (a
+/// Service without one is left out), or their endpoints' addresses of it.
+pub fn targets_of(
+    t: &Topology,
+    set: &ServiceSet,
+    mode: Mode,
+    proto: Proto,
+    services: &[u32],
+    family: IpFamily,
+) -> Vec<SocketAddr> {
     services
         .iter()
         .map(|&k| &set.services[k as usize])
-        .flat_map(|s| service_targets(t, s, s.cluster_ip, mode, proto))
+        .filter_map(|s| Some((s, s.cluster_ip_of(family)?)))
+        .flat_map(|(s, ip)| service_targets(t, s, ip, mode, proto))
         .collect()
 }
 
@@ -154,24 +182,26 @@ pub fn external_targets(
     proto: Proto,
 ) -> Vec<SocketAddr> {
     set.external()
-        .flat_map(|(s, e)| service_targets(t, s, e.lb_ip, mode, proto))
+        .flat_map(|(s, e)| service_targets(t, s, e.lb_ip.into(), mode, proto))
         .collect()
 }
 
-/// Service `s` at `address`, or in `direct` mode its endpoints.
+/// Service `s` at `address`, or in `direct` mode its endpoints' addresses
+/// of the same family.
 fn service_targets(
     t: &Topology,
     s: &ServiceSpec,
-    address: Ipv4Addr,
+    address: IpAddr,
     mode: Mode,
     proto: Proto,
 ) -> Vec<SocketAddr> {
     let udp = proto == Proto::Udp;
     if mode == Mode::Direct {
         let port = if udp { t.udp_port } else { t.http_port };
+        let family = IpFamily::of(address);
         s.endpoints
             .iter()
-            .map(|&(n, p)| SocketAddr::from((t.pod_ip(n, p), port)))
+            .map(|&(n, p)| SocketAddr::from((t.pod_ip_of(family, n, p), port)))
             .collect()
     } else {
         let port = if udp {

@@ -12,14 +12,15 @@ use crate::cpu::process_start_time;
 use crate::manifests::{self, ServiceSet};
 use crate::switch::SwitchKind;
 use crate::topology::{
-    node_pod_dev, switch_port_dev, Names, Topology, NODE_UPLINK_DEV, POD_DEV, POD_GATEWAY,
+    node_pod_dev, switch_port_dev, Names, Topology, GATEWAY_V6, NODE_UPLINK_DEV, POD_DEV,
+    POD_GATEWAY,
 };
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -410,13 +411,15 @@ impl Lab {
             "net.ipv6.conf.all.disable_ipv6=1",
             "net.ipv6.conf.default.disable_ipv6=1",
         ];
+        // The switch netns never has IPv6: the switch forwards it itself.
         Self::sysctls(&sw, &base)?;
+        let node_sysctls: &[&str] = if t.ipv6() { &NODE_SYSCTLS_V6 } else { &base };
         // Switch side: one veth per node, created straight into both netns.
         let mut swb = String::from("link set lo up\n");
         swb.push_str(&format!("addr add {}/32 dev lo\n", t.switch_addr));
         for n in 0..t.nodes {
             let node = self.names.node(n);
-            Self::sysctls(&node, &base)?;
+            Self::sysctls(&node, node_sysctls)?;
             swb.push_str(&format!(
                 "link add {dev} address {mac} mtu {mtu} type veth peer name {up} address {pmac} mtu {mtu} netns {node}\n",
                 dev = switch_port_dev(n),
@@ -508,18 +511,43 @@ impl Lab {
                     Topology::pod_mac(n, p)
                 ));
                 nb.push_str(&format!("route replace {}/32 dev {dev}\n", t.pod_ip(n, p)));
+                if t.ipv6() {
+                    nb.push_str(&host_route_v6(
+                        &dev,
+                        t.pod_ip_v6(n, p),
+                        &Topology::pod_mac(n, p),
+                    ));
+                }
+            }
+            if t.ipv6() {
+                // Everything IPv6 but the node's own pods goes to the switch.
+                nb.push_str(&gateway_v6(NODE_UPLINK_DEV, &Topology::switch_port_mac(n)));
             }
             ip_batch(&node, &nb)?;
             for p in 0..t.pods_per_node {
                 let pod = self.names.pod(n, p);
-                Self::sysctls(&pod, &CLIENT_SYSCTLS)?;
-                let pb = format!(
+                let gmac = Topology::node_pod_veth_mac(n, p);
+                Self::sysctls(
+                    &pod,
+                    if t.ipv6() {
+                        &CLIENT_SYSCTLS_V6
+                    } else {
+                        &CLIENT_SYSCTLS
+                    },
+                )?;
+                let mut pb = format!(
                     "link set lo up\naddr add {ip}/32 dev {POD_DEV}\nlink set {POD_DEV} up\n\
                      neigh replace {POD_GATEWAY} lladdr {gmac} dev {POD_DEV} nud permanent\n\
                      route replace default via {POD_GATEWAY} dev {POD_DEV} onlink\n",
                     ip = t.pod_ip(n, p),
-                    gmac = Topology::node_pod_veth_mac(n, p),
                 );
+                if t.ipv6() {
+                    pb.push_str(&format!(
+                        "addr add {}/128 dev {POD_DEV} nodad\n",
+                        t.pod_ip_v6(n, p)
+                    ));
+                    pb.push_str(&gateway_v6(POD_DEV, &gmac));
+                }
                 ip_batch(&pod, &pb)?;
             }
         }
@@ -828,6 +856,10 @@ impl Lab {
                 "--ready-file".into(),
                 rf.to_string_lossy().into_owned(),
             ];
+            let mut argv = argv;
+            if t.ipv6() {
+                argv.push("--ipv6".into());
+            }
             let pid = self.spawn(&self.names.pod(n, p), &format!("serve-{name}"), &argv)?;
             ready.push((rf, pid, name));
         }
@@ -868,6 +900,45 @@ const CLIENT_SYSCTLS: [&str; 4] = [
     "net.ipv4.tcp_tw_reuse=1",
     "net.ipv4.ip_local_port_range=1024 65000",
 ];
+
+/// A dual-stack lab's pod: IPv6 on, but no router solicitations (its
+/// route is static) and no DAD (its address is its own by construction).
+const CLIENT_SYSCTLS_V6: [&str; 6] = [
+    "net.ipv6.conf.all.router_solicitations=0",
+    "net.ipv6.conf.default.router_solicitations=0",
+    "net.ipv6.conf.all.accept_dad=0",
+    "net.ipv6.conf.default.accept_dad=0",
+    "net.ipv4.tcp_tw_reuse=1",
+    "net.ipv4.ip_local_port_range=1024 65000",
+];
+
+/// A dual-stack lab's node: it forwards IPv6 as it forwards IPv4.
+const NODE_SYSCTLS_V6: [&str; 5] = [
+    "net.ipv4.ip_forward=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+    "net.ipv6.conf.all.forwarding=1",
+    "net.ipv6.conf.default.accept_dad=0",
+];
+
+/// `ip -batch` lines for an IPv6 default route through [`GATEWAY_V6`] on
+/// `dev`, resolved by a static neighbour to `gateway_mac`: nothing on the
+/// lab's links answers NDP for it.
+fn gateway_v6(dev: &str, gateway_mac: &str) -> String {
+    format!(
+        "neigh replace {GATEWAY_V6} lladdr {gateway_mac} dev {dev} nud permanent\n\
+         route replace ::/0 via {GATEWAY_V6} dev {dev}\n"
+    )
+}
+
+/// `ip -batch` lines for a node's route to its pod's IPv6 address over
+/// the pod's veth, with the pod's MAC as a static neighbour.
+fn host_route_v6(dev: &str, ip: Ipv6Addr, mac: &str) -> String {
+    format!(
+        "neigh replace {ip} lladdr {mac} dev {dev} nud permanent\n\
+         route replace {ip}/128 dev {dev}\n"
+    )
+}
 
 /// `ip -batch` lines for one end of a switch–node link: its /24 address,
 /// up, a static neighbour for the far end (nothing on the path answers

@@ -33,7 +33,7 @@ use crate::manifests::{endpoint_slice_object, node_object, service_object, Servi
 use crate::netns::Lab;
 use crate::stats::percentile;
 use crate::switch::SwitchKind;
-use crate::topology::Topology;
+use crate::topology::{IpFamily, Topology};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -406,7 +406,7 @@ fn spec(t: &Topology, index: u32, endpoint: (u32, u32)) -> ServiceSpec {
     ServiceSpec {
         index,
         name: format!("new-{index:05}"),
-        cluster_ip: t.cluster_ip(index),
+        cluster_ips: vec![t.cluster_ip(index).into()],
         endpoints: vec![endpoint],
         not_ready: Vec::new(),
         external: None,
@@ -422,7 +422,10 @@ fn seed(api: &Shared, t: &Topology, existing: u32) {
     for k in 0..existing {
         let s = spec(t, k, backends[k as usize % backends.len()]);
         a.put(Resource::Services, service_object(t, &s));
-        a.put(Resource::EndpointSlices, endpoint_slice_object(t, &s));
+        a.put(
+            Resource::EndpointSlices,
+            endpoint_slice_object(t, &s, IpFamily::IPv4),
+        );
     }
     for n in 0..t.nodes {
         a.put(Resource::Nodes, node_object(t, n));
@@ -611,7 +614,10 @@ fn measure_one(
     a: &NewServiceArgs,
 ) -> Sample {
     let spec = spec(t, index, endpoint);
-    let (service, slice) = (service_object(t, &spec), endpoint_slice_object(t, &spec));
+    let (service, slice) = (
+        service_object(t, &spec),
+        endpoint_slice_object(t, &spec, IpFamily::IPv4),
+    );
     let created = {
         let mut api = api.lock().expect("fake API state");
         api.put(Resource::Services, service);
@@ -619,7 +625,7 @@ fn measure_one(
         // Both watch events are in the watches' queues.
         Instant::now()
     };
-    let to = SocketAddr::V4(SocketAddrV4::new(spec.cluster_ip, t.service_http_port));
+    let to = SocketAddr::V4(SocketAddrV4::new(t.cluster_ip(index), t.service_http_port));
     let deadline = created + Duration::from_millis(a.give_up_ms);
     let p = probe(
         to,
@@ -636,7 +642,7 @@ fn measure_one(
     });
     Sample {
         name: spec.name,
-        vip: spec.cluster_ip,
+        vip: t.cluster_ip(index),
         endpoint: want,
         latency: p.completed.map(|c| c - created),
         sent: p.sent.map(|c| c.saturating_duration_since(created)),

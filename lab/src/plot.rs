@@ -82,8 +82,8 @@ pub fn line_chart(
     Ok(())
 }
 
-/// One line per mode and switch; labelled by mode alone when the run had
-/// one switch.
+/// One line per mode, switch and address family; labelled by mode, with
+/// the switch and the family when the run had more than one of them.
 fn series(
     rows: &[Row],
     exp: &str,
@@ -91,36 +91,37 @@ fn series(
     x: fn(&Row) -> f64,
     y: fn(&Row) -> f64,
 ) -> Vec<Series> {
-    let mut lines: Vec<(&str, &str)> = Vec::new();
+    let key = |r: &'_ Row| (r.mode.clone(), r.switch.clone(), r.family.clone());
+    let mut lines: Vec<(String, String, String)> = Vec::new();
     for r in rows
         .iter()
         .filter(|r| r.experiment == exp && r.proto == proto)
     {
-        if !lines.contains(&(&r.mode, &r.switch)) {
-            lines.push((&r.mode, &r.switch));
+        if !lines.contains(&key(r)) {
+            lines.push(key(r));
         }
     }
     let one_switch = rows.iter().all(|r| r.switch == rows[0].switch);
+    let one_family = rows.iter().all(|r| r.family == rows[0].family);
     lines
         .into_iter()
-        .map(|(m, sw)| {
+        .map(|line| {
             let mut pts: Vec<(f64, f64)> = rows
                 .iter()
                 .filter(|r| {
-                    r.experiment == exp
-                        && r.proto == proto
-                        && r.mode == m
-                        && r.switch == sw
-                        && r.requests > 0
+                    r.experiment == exp && r.proto == proto && key(r) == line && r.requests > 0
                 })
                 .map(|r| (x(r), y(r)))
                 .collect();
             pts.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let label = if one_switch {
-                m.to_string()
-            } else {
-                format!("{m} ({sw})")
-            };
+            let (m, sw, family) = line;
+            let mut label = m;
+            if !one_family {
+                label = format!("{label} {family}");
+            }
+            if !one_switch {
+                label = format!("{label} ({sw})");
+            }
             (label, pts)
         })
         .collect()
@@ -189,6 +190,7 @@ mod tests {
             mode: mode.into(),
             switch: switch.into(),
             proto: "HttpShort".into(),
+            family: "ipv4".into(),
             services,
             concurrency,
             requests: 1,
@@ -212,6 +214,14 @@ mod tests {
         let files = all(&dir, &rows).unwrap();
         let svg = std::fs::read_to_string(dir.join(&files[0])).unwrap();
         assert!(svg.contains("direct (bmv2)") && svg.contains("iptables (switch-agent)"));
+        // Two families: their lines apart, labelled with the family.
+        rows.extend([10, 1000].map(|s| Row {
+            family: "ipv6".into(),
+            ..row("direct", "bmv2", s, 10)
+        }));
+        let files = all(&dir, &rows).unwrap();
+        let svg = std::fs::read_to_string(dir.join(&files[0])).unwrap();
+        assert!(svg.contains("direct ipv6 (bmv2)") && svg.contains("direct ipv4 (bmv2)"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

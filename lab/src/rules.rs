@@ -1,6 +1,12 @@
 //! kube-proxy baselines: the rule structure kube-proxy programs on every
 //! node, generated from a [`ServiceSet`].
 //!
+//! Like kube-proxy, which runs one proxier per address family, the
+//! iptables and nftables rules are generated per family: `ip6tables` and
+//! table `ip6 kube-proxy` carry the IPv6 ClusterIPs and endpoints. The
+//! lab's LoadBalancer IPs and node addresses are IPv4, so only the IPv4
+//! rules have external Services' rules.
+//!
 //! - [`iptables_restore`]: iptables mode (`KUBE-SERVICES` → `KUBE-SVC-*` with
 //!   `-m statistic --mode random --probability` → `KUBE-SEP-*` DNAT, plus
 //!   `KUBE-MARK-MASQ`/`KUBE-POSTROUTING` for hairpin and off-cluster sources),
@@ -23,10 +29,10 @@
 //! chain); IPVS mode leaves them out, and the filter-table chains are
 //! omitted.
 
-use crate::manifests::{ServiceSet, ServiceSpec};
-use crate::topology::Topology;
+use crate::manifests::{ExternalSpec, ServiceSet, ServiceSpec};
+use crate::topology::{IpFamily, Topology};
 use std::fmt::Write;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 fn fnv64(s: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
@@ -79,17 +85,26 @@ fn ports(t: &Topology) -> [Port; 2] {
     ]
 }
 
-fn cluster_cidr(t: &Topology) -> String {
-    let (net, _) = t.pod_cidr(0);
-    format!("{net}/16")
+/// The Services of `set` that have a ClusterIP of `family`, with it, and
+/// their external addresses where that family has them (IPv4 only).
+fn services_of(
+    set: &ServiceSet,
+    family: IpFamily,
+) -> impl Iterator<Item = (&ServiceSpec, IpAddr, Option<ExternalSpec>)> {
+    set.services.iter().filter_map(move |s| {
+        let vip = s.cluster_ip_of(family)?;
+        Some((s, vip, s.external.filter(|_| family == IpFamily::IPv4)))
+    })
 }
 
-/// iptables-restore input for the nat table of one node (every node gets the
-/// same rules, as with kube-proxy).
-pub fn iptables_restore(t: &Topology, set: &ServiceSet) -> String {
+/// `iptables-restore` (IPv4) or `ip6tables-restore` (IPv6) input for the
+/// nat table of one node (every node gets the same rules, as with
+/// kube-proxy).
+pub fn iptables_restore(t: &Topology, set: &ServiceSet, family: IpFamily) -> String {
     let mut chains = String::new();
     let mut rules = String::new();
-    let cluster = cluster_cidr(t);
+    let cluster = t.cluster_cidr(family);
+    let host = family.host_len();
     let ns = &t.namespace;
     for c in [
         "KUBE-SERVICES",
@@ -109,11 +124,10 @@ pub fn iptables_restore(t: &Topology, set: &ServiceSet) -> String {
          -A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n",
     );
     let mut svc_rules = String::new();
-    for s in &set.services {
+    for (s, vip, external) in services_of(set, family) {
         for p in ports(t) {
             let spn = format!("{ns}/{}:{}", s.name, p.name);
             let svc_chain = format!("KUBE-SVC-{}", chain_hash(&format!("{spn}:{}", p.proto)));
-            let vip = s.cluster_ip;
             if s.endpoints.is_empty() {
                 // kube-proxy rejects in the filter table; the nat table has no rule.
                 continue;
@@ -121,12 +135,12 @@ pub fn iptables_restore(t: &Topology, set: &ServiceSet) -> String {
             writeln!(chains, ":{svc_chain} - [0:0]").unwrap();
             writeln!(
                 svc_rules,
-                "-A KUBE-SERVICES -d {vip}/32 -p {pr} -m comment --comment \"{spn} cluster IP\" -m {pr} --dport {port} -j {svc_chain}",
+                "-A KUBE-SERVICES -d {vip}/{host} -p {pr} -m comment --comment \"{spn} cluster IP\" -m {pr} --dport {port} -j {svc_chain}",
                 pr = p.proto,
                 port = p.port
             )
             .unwrap();
-            if let Some(e) = s.external {
+            if let Some(e) = external {
                 let ext_chain = svc_chain.replacen("KUBE-SVC-", "KUBE-EXT-", 1);
                 writeln!(chains, ":{ext_chain} - [0:0]").unwrap();
                 writeln!(
@@ -149,15 +163,15 @@ pub fn iptables_restore(t: &Topology, set: &ServiceSet) -> String {
             }
             writeln!(
                 rules,
-                "-A {svc_chain} ! -s {cluster} -d {vip}/32 -p {pr} -m comment --comment \"{spn} cluster IP\" -m {pr} --dport {port} -j KUBE-MARK-MASQ",
+                "-A {svc_chain} ! -s {cluster} -d {vip}/{host} -p {pr} -m comment --comment \"{spn} cluster IP\" -m {pr} --dport {port} -j KUBE-MARK-MASQ",
                 pr = p.proto,
                 port = p.port
             )
             .unwrap();
             let n = s.endpoints.len();
             for (i, &(node, pod)) in s.endpoints.iter().enumerate() {
-                let ip = t.pod_ip(node, pod);
-                let ep = format!("{ip}:{}", p.target);
+                let ip = t.pod_ip_of(family, node, pod);
+                let ep = SocketAddr::from((ip, p.target));
                 let sep_chain = format!(
                     "KUBE-SEP-{}",
                     chain_hash(&format!("{spn}:{}:{ep}", p.proto))
@@ -179,7 +193,7 @@ pub fn iptables_restore(t: &Topology, set: &ServiceSet) -> String {
                 }
                 writeln!(
                     rules,
-                    "-A {sep_chain} -s {ip}/32 -m comment --comment \"{spn}\" -j KUBE-MARK-MASQ"
+                    "-A {sep_chain} -s {ip}/{host} -m comment --comment \"{spn}\" -j KUBE-MARK-MASQ"
                 )
                 .unwrap();
                 writeln!(
@@ -202,24 +216,37 @@ fn nft_service_chain(t: &Topology, s: &ServiceSpec, proto: &str, pname: &str) ->
     format!("service-{}-{spn}", &chain_hash(&spn)[..8])
 }
 
-fn nft_endpoint_chain(t: &Topology, s: &ServiceSpec, proto: &str, pname: &str, ep: &str) -> String {
+/// `endpoint-<hash>-<ns>/<svc>/<proto>/<port>__<ip>/<port>`: nft chain
+/// names take no `:` or brackets, so an IPv6 address is written with dots.
+fn nft_endpoint_chain(
+    t: &Topology,
+    s: &ServiceSpec,
+    proto: &str,
+    pname: &str,
+    ep: SocketAddr,
+) -> String {
     let spn = format!("{}/{}/{proto}/{pname}", t.namespace, s.name);
-    let key = format!("{spn}__{ep}");
-    format!(
-        "endpoint-{}-{}",
-        &chain_hash(&key)[..8],
-        key.replace(':', "/")
-    )
+    let key = format!(
+        "{spn}__{}/{}",
+        ep.ip().to_string().replace(':', "."),
+        ep.port()
+    );
+    format!("endpoint-{}-{key}", &chain_hash(&key)[..8])
 }
 
 /// `nft -f` input for the node at `node_ip`: replaces table `ip
-/// kube-proxy` atomically. Its nodePorts are served at `node_ip` only
-/// (kube-proxy's `--nodeport-addresses primary`).
-pub fn nft_script(t: &Topology, set: &ServiceSet, node_ip: Ipv4Addr) -> String {
-    let cluster = cluster_cidr(t);
+/// kube-proxy` (IPv4) or `ip6 kube-proxy` (IPv6) atomically. Its nodePorts
+/// are served at `node_ip` only (kube-proxy's `--nodeport-addresses
+/// primary`), so the IPv6 table has none.
+pub fn nft_script(t: &Topology, set: &ServiceSet, family: IpFamily, node_ip: Ipv4Addr) -> String {
+    let cluster = t.cluster_cidr(family);
+    let (table, addr_type, ip) = match family {
+        IpFamily::IPv4 => ("ip kube-proxy", "ipv4_addr", "ip"),
+        IpFamily::IPv6 => ("ip6 kube-proxy", "ipv6_addr", "ip6"),
+    };
     let mut o = String::new();
-    o.push_str("add table ip kube-proxy\ndelete table ip kube-proxy\n");
-    o.push_str("table ip kube-proxy {\n\tcomment \"rules for kube-proxy\"\n");
+    writeln!(o, "add table {table}\ndelete table {table}").unwrap();
+    writeln!(o, "table {table} {{\n\tcomment \"rules for kube-proxy\"").unwrap();
     o.push_str("\tchain mark-for-masquerade {\n\t\tmeta mark set meta mark or 0x4000\n\t}\n");
     o.push_str(
         "\tchain masquerading {\n\t\tmeta mark & 0x4000 == 0 return\n\t\tmeta mark set meta mark ^ 0x4000\n\t\tmasquerade fully-random\n\t}\n",
@@ -230,18 +257,15 @@ pub fn nft_script(t: &Topology, set: &ServiceSet, node_ip: Ipv4Addr) -> String {
     let mut elements = Vec::new();
     let mut node_ports = Vec::new();
     let mut cluster_ips = Vec::new();
-    for s in &set.services {
-        cluster_ips.push(s.cluster_ip.to_string());
+    for (s, vip, external) in services_of(set, family) {
+        cluster_ips.push(vip.to_string());
         for p in ports(t) {
             if s.endpoints.is_empty() {
                 continue;
             }
             let chain = nft_service_chain(t, s, p.proto, p.name);
-            elements.push(format!(
-                "{} . {} . {} : goto {chain}",
-                s.cluster_ip, p.proto, p.port
-            ));
-            if let Some(e) = s.external {
+            elements.push(format!("{vip} . {} . {} : goto {chain}", p.proto, p.port));
+            if let Some(e) = external {
                 let ext_chain = chain.replacen("service-", "external-", 1);
                 writeln!(
                     o,
@@ -259,12 +283,12 @@ pub fn nft_script(t: &Topology, set: &ServiceSet, node_ip: Ipv4Addr) -> String {
             }
             let mut vmap = Vec::new();
             for (i, &(node, pod)) in s.endpoints.iter().enumerate() {
-                let ip = t.pod_ip(node, pod);
-                let ep = format!("{ip}:{}", p.target);
-                let echain = nft_endpoint_chain(t, s, p.proto, p.name, &ep);
+                let addr = t.pod_ip_of(family, node, pod);
+                let ep = SocketAddr::from((addr, p.target));
+                let echain = nft_endpoint_chain(t, s, p.proto, p.name, ep);
                 writeln!(
                     o,
-                    "\tchain {echain} {{\n\t\tip saddr {ip} jump mark-for-masquerade\n\t\tmeta l4proto {} dnat to {ep}\n\t}}",
+                    "\tchain {echain} {{\n\t\t{ip} saddr {addr} jump mark-for-masquerade\n\t\tmeta l4proto {} dnat to {ep}\n\t}}",
                     p.proto
                 )
                 .unwrap();
@@ -272,8 +296,7 @@ pub fn nft_script(t: &Topology, set: &ServiceSet, node_ip: Ipv4Addr) -> String {
             }
             writeln!(
                 o,
-                "\tchain {chain} {{\n\t\tip daddr {} {} dport {} ip saddr != {cluster} jump mark-for-masquerade\n\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
-                s.cluster_ip,
+                "\tchain {chain} {{\n\t\t{ip} daddr {vip} {} dport {} {ip} saddr != {cluster} jump mark-for-masquerade\n\t\tnumgen random mod {} vmap {{ {} }}\n\t}}",
                 p.proto,
                 p.port,
                 s.endpoints.len(),
@@ -282,12 +305,16 @@ pub fn nft_script(t: &Topology, set: &ServiceSet, node_ip: Ipv4Addr) -> String {
             .unwrap();
         }
     }
-    o.push_str("\tset cluster-ips {\n\t\ttype ipv4_addr\n\t\tcomment \"Active ClusterIPs\"\n");
+    writeln!(
+        o,
+        "\tset cluster-ips {{\n\t\ttype {addr_type}\n\t\tcomment \"Active ClusterIPs\""
+    )
+    .unwrap();
     if !cluster_ips.is_empty() {
         writeln!(o, "\t\telements = {{ {} }}", cluster_ips.join(", ")).unwrap();
     }
     o.push_str("\t}\n");
-    o.push_str("\tmap service-ips {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n\t\tcomment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\"\n");
+    writeln!(o, "\tmap service-ips {{\n\t\ttype {addr_type} . inet_proto . inet_service : verdict\n\t\tcomment \"ClusterIP, ExternalIP and LoadBalancer IP traffic\"").unwrap();
     if !elements.is_empty() {
         writeln!(o, "\t\telements = {{ {} }}", elements.join(",\n\t\t\t")).unwrap();
     }
@@ -299,12 +326,18 @@ pub fn nft_script(t: &Topology, set: &ServiceSet, node_ip: Ipv4Addr) -> String {
     o.push_str("\t}\n");
     writeln!(
         o,
-        "\tset nodeport-ips {{\n\t\ttype ipv4_addr\n\t\tcomment \"IPs that accept NodePort traffic\"\n\t\telements = {{ {node_ip} }}\n\t}}"
+        "\tset nodeport-ips {{\n\t\ttype {addr_type}\n\t\tcomment \"IPs that accept NodePort traffic\""
     )
     .unwrap();
-    o.push_str(
-        "\tchain services {\n\t\tip daddr . meta l4proto . th dport vmap @service-ips\n\t\tip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports\n\t}\n",
-    );
+    if family == IpFamily::IPv4 {
+        writeln!(o, "\t\telements = {{ {node_ip} }}").unwrap();
+    }
+    o.push_str("\t}\n");
+    writeln!(
+        o,
+        "\tchain services {{\n\t\t{ip} daddr . meta l4proto . th dport vmap @service-ips\n\t\t{ip} daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports\n\t}}"
+    )
+    .unwrap();
     o.push_str("}\n");
     o
 }
@@ -328,17 +361,25 @@ pub fn ipvs(t: &Topology, set: &ServiceSet) -> IpvsRules {
     let mut addresses = format!("link add {IPVS_DEVICE} type dummy\nlink set {IPVS_DEVICE} up\n");
     let mut servers = String::new();
     for s in &set.services {
-        writeln!(addresses, "addr add {}/32 dev {IPVS_DEVICE}", s.cluster_ip).unwrap();
-        if s.endpoints.is_empty() {
-            continue;
-        }
-        for p in ports(t) {
-            let kind = if p.proto == "udp" { "-u" } else { "-t" };
-            let vs = format!("{}:{}", s.cluster_ip, p.port);
-            writeln!(servers, "-A {kind} {vs} -s rr").unwrap();
-            for &(node, pod) in &s.endpoints {
-                let rs = format!("{}:{}", t.pod_ip(node, pod), p.target);
-                writeln!(servers, "-a {kind} {vs} -r {rs} -m -w 1").unwrap();
+        for &vip in &s.cluster_ips {
+            let family = IpFamily::of(vip);
+            writeln!(
+                addresses,
+                "addr add {vip}/{} dev {IPVS_DEVICE}",
+                family.host_len()
+            )
+            .unwrap();
+            if s.endpoints.is_empty() {
+                continue;
+            }
+            for p in ports(t) {
+                let kind = if p.proto == "udp" { "-u" } else { "-t" };
+                let vs = SocketAddr::from((vip, p.port));
+                writeln!(servers, "-A {kind} {vs} -s rr").unwrap();
+                for &(node, pod) in &s.endpoints {
+                    let rs = SocketAddr::from((t.pod_ip_of(family, node, pod), p.target));
+                    writeln!(servers, "-a {kind} {vs} -r {rs} -m -w 1").unwrap();
+                }
             }
         }
     }
@@ -373,7 +414,7 @@ mod tests {
     #[test]
     fn iptables_structure() {
         let (t, set) = small();
-        let r = iptables_restore(&t, &set);
+        let r = iptables_restore(&t, &set, IpFamily::IPv4);
         assert!(r.starts_with("*nat\n") && r.ends_with("COMMIT\n"));
         // 2 services x 2 ports: 4 KUBE-SVC chains, 12 KUBE-SEP chains.
         assert_eq!(r.lines().filter(|l| l.starts_with(":KUBE-SVC-")).count(), 4);
@@ -412,14 +453,14 @@ mod tests {
             "nodes: 2\npods_per_node: 1\nservices: 1\nendpoints_per_service: 1",
         )
         .unwrap();
-        let r = iptables_restore(&t, &ServiceSet::from_topology(&t));
+        let r = iptables_restore(&t, &ServiceSet::from_topology(&t), IpFamily::IPv4);
         assert!(!r.contains("statistic"));
     }
 
     #[test]
     fn nft_structure() {
         let (t, set) = small();
-        let s = nft_script(&t, &set, t.node_ip(0));
+        let s = nft_script(&t, &set, IpFamily::IPv4, t.node_ip(0));
         assert!(s.starts_with("add table ip kube-proxy\ndelete table ip kube-proxy\n"));
         assert!(s.contains("type ipv4_addr . inet_proto . inet_service : verdict"));
         assert!(s.contains("ip daddr . meta l4proto . th dport vmap @service-ips"));
@@ -444,7 +485,7 @@ mod tests {
         };
         set.services[0].external = None;
         set.services[1].external = Some(e);
-        let r = iptables_restore(&t, &set);
+        let r = iptables_restore(&t, &set, IpFamily::IPv4);
         let lb = r
             .lines()
             .find(|l| l.contains("-d 172.29.0.11/32 -p tcp"))
@@ -459,7 +500,7 @@ mod tests {
         // Service 0 is no LoadBalancer.
         assert_eq!(r.matches("loadbalancer IP").count(), 2);
 
-        let s = nft_script(&t, &set, t.node_ip(0));
+        let s = nft_script(&t, &set, IpFamily::IPv4, t.node_ip(0));
         assert!(s.contains("172.29.0.11 . tcp . 80 : goto external-"));
         assert!(s.contains("tcp . 30000 : goto external-"));
         assert!(s.contains("udp . 30001 : goto external-"));
@@ -479,9 +520,9 @@ mod tests {
     fn empty_service_has_no_rules() {
         let (t, mut set) = small();
         set.services[1].endpoints.clear();
-        let r = iptables_restore(&t, &set);
+        let r = iptables_restore(&t, &set, IpFamily::IPv4);
         assert!(!r.contains("10.96.0.11"));
-        let s = nft_script(&t, &set, t.node_ip(0));
+        let s = nft_script(&t, &set, IpFamily::IPv4, t.node_ip(0));
         assert!(!s.contains("10.96.0.11 . tcp"));
     }
 
@@ -494,12 +535,13 @@ mod tests {
         // binds them all), but only Services with endpoints get servers.
         assert!(r.addresses.starts_with("link add kube-ipvs0 type dummy\n"));
         for s in &set.services {
-            assert!(r
-                .addresses
-                .contains(&format!("addr add {}/32 dev kube-ipvs0\n", s.cluster_ip)));
+            assert!(r.addresses.contains(&format!(
+                "addr add {}/32 dev kube-ipvs0\n",
+                s.cluster_ips[0]
+            )));
         }
         let s0 = &set.services[0];
-        let vs = format!("{}:{}", s0.cluster_ip, t.service_http_port);
+        let vs = format!("{}:{}", s0.cluster_ips[0], t.service_http_port);
         assert!(r.servers.contains(&format!("-A -t {vs} -s rr\n")));
         let reals: Vec<&str> = r
             .servers
@@ -511,8 +553,57 @@ mod tests {
         assert!(reals.contains(
             &format!("-a -t {vs} -r {}:{} -m -w 1", t.pod_ip(n, p), t.http_port).as_str()
         ));
-        let udp_vs = format!("-A -u {}:{} -s rr", s0.cluster_ip, t.service_udp_port);
+        let udp_vs = format!("-A -u {}:{} -s rr", s0.cluster_ips[0], t.service_udp_port);
         assert!(r.servers.contains(&udp_vs));
-        assert!(!r.servers.contains(&set.services[1].cluster_ip.to_string()));
+        assert!(!r
+            .servers
+            .contains(&set.services[1].cluster_ips[0].to_string()));
+    }
+
+    /// A dual-stack Service set gets kube-proxy's second proxier: the same
+    /// rule structure over the IPv6 ClusterIPs and endpoints, with no
+    /// external rules (the lab's LoadBalancer IPs are IPv4).
+    #[test]
+    fn ipv6_rules_mirror_ipv4() {
+        let t = Topology::from_yaml(
+            "nodes: 2\npods_per_node: 3\nservices: 2\nendpoints_per_service: 3\nexternal_services: 1\nservice_families: [IPv4, IPv6]",
+        )
+        .unwrap();
+        let set = ServiceSet::from_topology(&t);
+        let v4 = iptables_restore(&t, &set, IpFamily::IPv4);
+        let v6 = iptables_restore(&t, &set, IpFamily::IPv6);
+        assert!(v4.contains("loadbalancer IP") && !v6.contains("loadbalancer IP"));
+        assert!(!v4.contains("fd00:"));
+        assert!(v6.contains("-A KUBE-SERVICES -d fd00:10:96::a/128 -p tcp"));
+        assert!(v6.contains("! -s fd00:10:244::/56 -d fd00:10:96::b/128 -p udp"));
+        assert!(v6.contains("-A KUBE-SEP-"));
+        assert!(v6.contains("-s fd00:10:244:1::a/128 -m comment"));
+        assert!(v6.contains("-j DNAT --to-destination [fd00:10:244:1::a]:8080"));
+        assert_eq!(
+            v6.lines().filter(|l| l.starts_with(":KUBE-SEP-")).count(),
+            12
+        );
+
+        let n6 = nft_script(&t, &set, IpFamily::IPv6, t.node_ip(0));
+        assert!(n6.starts_with("add table ip6 kube-proxy\ndelete table ip6 kube-proxy\n"));
+        assert!(n6.contains("type ipv6_addr . inet_proto . inet_service : verdict"));
+        assert!(n6.contains("fd00:10:96::a . tcp . 80 : goto service-"));
+        assert!(n6.contains("ip6 saddr fd00:10:244:1::a jump mark-for-masquerade"));
+        assert!(n6.contains("-default/svc-00000/tcp/http__fd00.10.244.1..a/8080 {"));
+        assert!(n6.contains("meta l4proto udp dnat to [fd00:10:244:1::a]:5353"));
+        assert!(n6.contains("ip6 daddr fd00:10:96::a tcp dport 80 ip6 saddr != fd00:10:244::/56"));
+        assert!(!n6.contains("172.") && !n6.contains("external-"));
+        assert_eq!(n6.matches('{').count(), n6.matches('}').count());
+        let n4 = nft_script(&t, &set, IpFamily::IPv4, t.node_ip(0));
+        assert!(!n4.contains("fd00:") && n4.contains("external-"));
+
+        let r = ipvs(&t, &set);
+        assert!(r
+            .addresses
+            .contains("addr add fd00:10:96::a/128 dev kube-ipvs0\n"));
+        assert!(r.servers.contains("-A -t [fd00:10:96::a]:80 -s rr\n"));
+        assert!(r
+            .servers
+            .contains("-a -u [fd00:10:96::a]:53 -r [fd00:10:244:1::a]:5353 -m -w 1\n"));
     }
 }

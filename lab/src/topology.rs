@@ -18,10 +18,20 @@
 //! | LoadBalancer ingress IP of Service `k` | LB CIDR base + 10 + `k` (only the `external_services` Services spread over the range have one) |
 //! | nodePorts of the `i`-th external Service | `30000 + 2i` (http), `30001 + 2i` (udp), at every node's address |
 //!
+//! When `service_families` names IPv6, pods are dual-stack as well (the
+//! underlay stays IPv4: IPv6 Services ride the IPv4 tunnel):
+//!
+//! | what | address |
+//! |---|---|
+//! | node `i` IPv6 pod CIDR | `fd00:10:244:i::/64`, routed by the switch (`ipv6_route`) to the node |
+//! | pod `j` of node `i` | `fd00:10:244:i::(10+j)/128`, default route via `fe80::1` (a static neighbour, as for IPv4) |
+//! | IPv6 ClusterIP of Service `k` | IPv6 service CIDR base + 10 + `k` |
+//! | node `i`'s IPv6 next hop | `fe80::1` on its uplink, a static neighbour (the switch answers no NDP) |
+//!
 //! Pod MTU is the uplink MTU minus the 48 bytes of Geneve + Talaria option.
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Bytes the Talaria encapsulation adds: outer IPv4 20 + UDP 8 + Geneve 8 + option 12.
 pub const ENCAP_OVERHEAD: u32 = 48;
@@ -29,6 +39,58 @@ pub const ENCAP_OVERHEAD: u32 = 48;
 /// Gateway address pods use; it lives on no interface (a static neighbour
 /// entry in the pod resolves it to the node-side veth).
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The IPv6 gateway of pods and nodes: link-local, on no interface
+/// (static neighbours resolve it, as [`POD_GATEWAY`] is resolved).
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// An address family, spelled as Kubernetes spells it in a Service's
+/// `spec.ipFamilies`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum IpFamily {
+    /// IPv4.
+    IPv4,
+    /// IPv6.
+    IPv6,
+}
+
+impl IpFamily {
+    /// `ipv4` or `ipv6` (command lines, tables).
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::IPv4 => "ipv4",
+            IpFamily::IPv6 => "ipv6",
+        }
+    }
+
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => IpFamily::IPv4,
+            IpAddr::V6(_) => IpFamily::IPv6,
+        }
+    }
+
+    /// A host route's prefix length: 32 or 128.
+    pub fn host_len(self) -> u8 {
+        match self {
+            IpFamily::IPv4 => 32,
+            IpFamily::IPv6 => 128,
+        }
+    }
+}
+
+impl std::str::FromStr for IpFamily {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "ipv4" => Ok(IpFamily::IPv4),
+            "ipv6" => Ok(IpFamily::IPv6),
+            _ => Err(format!("{s:?}: expected ipv4 or ipv6")),
+        }
+    }
+}
 
 /// The embedded default topology.
 pub const DEFAULT_YAML: &str = include_str!("../topologies/default.yaml");
@@ -81,6 +143,15 @@ pub struct Topology {
     /// it to node 0, as a cloud load balancer sends to a node; in talaria
     /// mode the switch serves the addresses before routing.
     pub lb_cidr: String,
+    /// The families of every generated Service, primary first, as its
+    /// `spec.ipFamilies`: `[IPv4]`, `[IPv6]`, or both (dual-stack,
+    /// `RequireDualStack`). With IPv6 among them the pods are dual-stack.
+    /// LoadBalancer ingress IPs and nodePorts stay IPv4.
+    pub service_families: Vec<IpFamily>,
+    /// IPv6 service CIDR (a /108); IPv6 ClusterIPs are allocated from base + 10.
+    pub service_cidr_v6: String,
+    /// Base of the IPv6 pod CIDRs (a /56); node `i` gets the `i`-th /64.
+    pub pod_cidr_v6_base: String,
 }
 
 /// The first nodePort; the `i`-th external Service has `NODE_PORT_BASE +
@@ -113,6 +184,9 @@ impl Default for Topology {
             external_hosts: 1,
             external_services: 4,
             lb_cidr: "172.29.0.0/16".into(),
+            service_families: vec![IpFamily::IPv4],
+            service_cidr_v6: "fd00:10:96::/108".into(),
+            pod_cidr_v6_base: "fd00:10:244::/56".into(),
         }
     }
 }
@@ -142,6 +216,18 @@ fn base16(cidr: &str, field: &str) -> Result<[u8; 2], TopologyError> {
     }
     let o = addr.octets();
     Ok([o[0], o[1]])
+}
+
+/// The network address of an IPv6 CIDR that must be exactly a `/len`.
+fn base_v6(cidr: &str, len: u8, field: &str) -> Result<Ipv6Addr, TopologyError> {
+    let bad = || TopologyError::Invalid(format!("{field}: {cidr:?} must be an IPv6 /{len}"));
+    let (addr, l) = cidr.split_once('/').ok_or_else(bad)?;
+    let addr: Ipv6Addr = addr.parse().map_err(|_| bad())?;
+    if l != len.to_string() {
+        return Err(bad());
+    }
+    let host_bits = u128::MAX.checked_shr(u32::from(len)).unwrap_or(0);
+    Ok(Ipv6Addr::from(u128::from(addr) & !host_bits))
 }
 
 impl Topology {
@@ -203,7 +289,20 @@ impl Topology {
         base16(&self.pod_cidr_base, "pod_cidr_base")?;
         base16(&self.underlay_base, "underlay_base")?;
         base16(&self.lb_cidr, "lb_cidr")?;
+        base_v6(&self.service_cidr_v6, 108, "service_cidr_v6")?;
+        base_v6(&self.pod_cidr_v6_base, 56, "pod_cidr_v6_base")?;
+        let f = &self.service_families;
+        if f.is_empty() || f.len() > 2 || (f.len() == 2 && f[0] == f[1]) {
+            return bad(format!(
+                "service_families must be [IPv4], [IPv6] or both, got {f:?}"
+            ));
+        }
         Ok(())
+    }
+
+    /// Whether pods have IPv6 addresses (some Service family is IPv6).
+    pub fn ipv6(&self) -> bool {
+        self.service_families.contains(&IpFamily::IPv6)
     }
 
     /// Pod MTU: uplink MTU minus the encapsulation.
@@ -233,6 +332,62 @@ impl Topology {
     pub fn pod_ip(&self, node: u32, pod: u32) -> Ipv4Addr {
         let b = base16(&self.pod_cidr_base, "").unwrap();
         Ipv4Addr::new(b[0], b[1], node as u8, (10 + pod) as u8)
+    }
+
+    /// Node `i`'s IPv6 pod CIDR as (network, prefix length).
+    pub fn pod_cidr_v6(&self, node: u32) -> (Ipv6Addr, u8) {
+        let b = base_v6(&self.pod_cidr_v6_base, 56, "").unwrap();
+        (Ipv6Addr::from(u128::from(b) | u128::from(node) << 64), 64)
+    }
+
+    /// Pod `j` of node `i`'s IPv6 address.
+    pub fn pod_ip_v6(&self, node: u32, pod: u32) -> Ipv6Addr {
+        let (net, _) = self.pod_cidr_v6(node);
+        Ipv6Addr::from(u128::from(net) + 10 + u128::from(pod))
+    }
+
+    /// Pod `j` of node `i`'s address of `family`.
+    pub fn pod_ip_of(&self, family: IpFamily, node: u32, pod: u32) -> IpAddr {
+        match family {
+            IpFamily::IPv4 => self.pod_ip(node, pod).into(),
+            IpFamily::IPv6 => self.pod_ip_v6(node, pod).into(),
+        }
+    }
+
+    /// The pod network of `family` as a CIDR: the IPv4 /16 or the IPv6
+    /// /56 every node's pod CIDR comes from (kube-proxy's
+    /// `--cluster-cidr`).
+    pub fn cluster_cidr(&self, family: IpFamily) -> String {
+        match family {
+            IpFamily::IPv4 => {
+                let (net, _) = self.pod_cidr(0);
+                format!("{net}/16")
+            }
+            IpFamily::IPv6 => {
+                let b = base_v6(&self.pod_cidr_v6_base, 56, "").unwrap();
+                format!("{b}/56")
+            }
+        }
+    }
+
+    /// The IPv6 service CIDR as (network, prefix length).
+    pub fn service_net_v6(&self) -> (Ipv6Addr, u8) {
+        (base_v6(&self.service_cidr_v6, 108, "").unwrap(), 108)
+    }
+
+    /// The ClusterIPs of Service `k`, one per Service family, primary
+    /// first.
+    pub fn cluster_ips(&self, k: u32) -> Vec<IpAddr> {
+        self.service_families
+            .iter()
+            .map(|f| match f {
+                IpFamily::IPv4 => self.cluster_ip(k).into(),
+                IpFamily::IPv6 => {
+                    let (net, _) = self.service_net_v6();
+                    Ipv6Addr::from(u128::from(net) + 10 + u128::from(k)).into()
+                }
+            })
+            .collect()
     }
 
     /// The service CIDR as (network, prefix length).
@@ -270,9 +425,15 @@ impl Topology {
     }
 
     /// Indices of the external Services among `count`: spread over the
-    /// range, as [`pick_services`] spreads the benchmark's targets.
+    /// range, as [`pick_services`] spreads the benchmark's targets; none
+    /// when the Services have no IPv4 family.
     pub fn external_service_indices(&self, count: u32) -> Vec<u32> {
-        if count == 0 || self.external_services == 0 {
+        // Ingress IPs and node addresses are IPv4: an IPv6-only Service
+        // has neither.
+        if count == 0
+            || self.external_services == 0
+            || !self.service_families.contains(&IpFamily::IPv4)
+        {
             return Vec::new();
         }
         pick_services(count, self.external_services)
@@ -476,6 +637,52 @@ mod tests {
         assert_eq!(t.cluster_ip(0), Ipv4Addr::new(10, 96, 0, 10));
         assert_eq!(t.cluster_ip(9999), Ipv4Addr::new(10, 96, 39, 25));
         assert_eq!(Topology::pod_mac(1, 3), "02:74:02:01:03:01");
+        assert_eq!(t.cluster_ips(0), [IpAddr::from([10, 96, 0, 10])]);
+    }
+
+    #[test]
+    fn the_dual_stack_topology_is_the_default_with_both_families() {
+        let t = Topology::from_yaml(include_str!("../topologies/dual-stack.yaml")).unwrap();
+        assert_eq!(t.service_families, [IpFamily::IPv4, IpFamily::IPv6]);
+        let v4 = Topology {
+            service_families: vec![IpFamily::IPv4],
+            ..t
+        };
+        assert_eq!(v4, Topology::default());
+    }
+
+    #[test]
+    fn ipv6_address_plan() {
+        let t = Topology::from_yaml("service_families: [IPv6, IPv4]").unwrap();
+        assert!(t.ipv6());
+        assert!(!Topology::default().ipv6());
+        let v6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+        assert_eq!(t.pod_cidr_v6(2), (v6("fd00:10:244:2::"), 64));
+        assert_eq!(t.pod_ip_v6(1, 3), v6("fd00:10:244:1::d"));
+        assert_eq!(t.cluster_cidr(IpFamily::IPv6), "fd00:10:244::/56");
+        assert_eq!(t.cluster_cidr(IpFamily::IPv4), "10.244.0.0/16");
+        assert_eq!(
+            t.cluster_ips(9999),
+            [
+                IpAddr::V6(v6("fd00:10:96::2719")),
+                IpAddr::V4(Ipv4Addr::new(10, 96, 39, 25))
+            ]
+        );
+        for bad in [
+            "service_families: []",
+            "service_families: [IPv4, IPv4]",
+            "service_families: [IPv5]",
+            "service_cidr_v6: fd00:10:96::/64",
+            "pod_cidr_v6_base: 10.0.0.0/56",
+        ] {
+            assert!(Topology::from_yaml(bad).is_err(), "{bad}");
+        }
+        assert_eq!("IPv6".parse::<IpFamily>(), Ok(IpFamily::IPv6));
+        // LoadBalancers have IPv4 ingress IPs: dual-stack Services may be
+        // LoadBalancers, IPv6-only ones are not.
+        assert_eq!(t.external_service_indices(20), [2, 7, 12, 17]);
+        let v6_only = Topology::from_yaml("service_families: [IPv6]").unwrap();
+        assert!(v6_only.external_service_indices(20).is_empty());
     }
 
     #[test]

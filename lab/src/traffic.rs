@@ -8,7 +8,7 @@
 use crate::stats::Latency;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,16 +20,24 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 pub const MAX_DURATION: Duration = Duration::from_secs(3600);
 
 /// Runs the HTTP and UDP echo servers until `lifetime` passes (bounded, so a
-/// server orphaned by a crashed lab dies on its own).
+/// server orphaned by a crashed lab dies on its own). With `ipv6` they
+/// listen on `[::]`, which (`net.ipv6.bindv6only` being 0 in a pod) takes
+/// IPv4 as well; else on `0.0.0.0`, for a pod without IPv6.
 pub async fn serve(
     name: String,
     http_port: u16,
     udp_port: u16,
+    ipv6: bool,
     ready_file: Option<PathBuf>,
     lifetime: Duration,
 ) -> anyhow::Result<()> {
-    let tcp = TcpListener::bind(("0.0.0.0", http_port)).await?;
-    let udp = UdpSocket::bind(("0.0.0.0", udp_port)).await?;
+    let any = if ipv6 {
+        IpAddr::from(Ipv6Addr::UNSPECIFIED)
+    } else {
+        IpAddr::from(Ipv4Addr::UNSPECIFIED)
+    };
+    let tcp = TcpListener::bind((any, http_port)).await?;
+    let udp = UdpSocket::bind((any, udp_port)).await?;
     if let Some(f) = ready_file {
         std::fs::write(f, format!("{}\n", std::process::id()))?;
     }
@@ -355,7 +363,14 @@ async fn worker(id: usize, spec: Arc<LoadSpec>, sh: Arc<Shared>) -> WorkerOut {
             }
         }
         Proto::Udp => {
-            let sock = match UdpSocket::bind("0.0.0.0:0").await {
+            // A dual-stack socket when any target is IPv6: it reaches
+            // IPv4 targets too.
+            let any: SocketAddr = if spec.targets.iter().any(SocketAddr::is_ipv6) {
+                (Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let sock = match UdpSocket::bind(any).await {
                 Ok(s) => s,
                 Err(e) => {
                     out.fail(format!("bind: {e}"));
@@ -540,6 +555,7 @@ mod tests {
             "pod-x".into(),
             http,
             udp,
+            false,
             Some(ready.clone()),
             Duration::from_secs(30),
         ));

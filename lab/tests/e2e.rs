@@ -15,14 +15,15 @@
 //! that is a failure.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 use talaria_lab::bringup::lab_for;
 use talaria_lab::demo;
 use talaria_lab::manifests::ServiceSet;
-use talaria_lab::modes::{external_targets, run_load, targets, Client, LoadRun, Mode};
+use talaria_lab::modes::{external_targets, run_load, targets_of, Client, LoadRun, Mode};
 use talaria_lab::netns::{self, Lab, State, LAB_NEEDS};
 use talaria_lab::switch::SwitchKind;
-use talaria_lab::topology::Topology;
+use talaria_lab::topology::{IpFamily, Topology};
 use talaria_lab::traffic::Proto;
 use talaria_preflight::{require, Need};
 
@@ -51,10 +52,22 @@ fn components_built(mode: Mode, switch: &SwitchKind) -> bool {
 }
 
 async fn exercise(mode: Mode, switch: SwitchKind) {
+    exercise_on(small(), mode, switch).await;
+}
+
+/// [`small`] with dual-stack Services: every ClusterIP of both families
+/// must work, IPv6 the same way as IPv4.
+fn small_dual_stack() -> Topology {
+    Topology {
+        service_families: vec![IpFamily::IPv4, IpFamily::IPv6],
+        ..small()
+    }
+}
+
+async fn exercise_on(t: Topology, mode: Mode, switch: SwitchKind) {
     if !components_built(mode, &switch) {
         return;
     }
-    let t = small();
     let (mut lab, set): (Lab, ServiceSet) =
         lab_for(t.clone(), mode, &switch).await.expect("lab up");
     let prefix = lab.prefix().to_string();
@@ -70,22 +83,37 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
         SwitchKind::SwitchAgent => Duration::from_millis(700),
         SwitchKind::Bmv2 { .. } => Duration::from_millis(1500),
     };
-    // From a pod to 4 ClusterIPs, and from outside the cluster to the
-    // LoadBalancer IPs of the 2 external Services (IPVS mode has no rules
-    // for them).
-    let mut loads: Vec<(Client, Proto, Vec<u32>)> = [Proto::HttpShort, Proto::HttpLong, Proto::Udp]
-        .map(|proto| (client, proto, vec![0, 1, 2, 3]))
-        .into();
-    if mode != Mode::Ipvs {
-        for proto in [Proto::HttpShort, Proto::Udp] {
-            loads.push((Client::External(0), proto, external.clone()));
+    // From a pod to 4 ClusterIPs of each Service family, and from outside
+    // the cluster to the LoadBalancer IPs of the 2 external Services (IPVS
+    // mode has no rules for them). Keep-alive once, over the primary
+    // family.
+    let all = vec![0, 1, 2, 3];
+    let mut loads: Vec<(Client, Proto, Vec<SocketAddr>, Vec<u32>)> = Vec::new();
+    for (i, &family) in t.service_families.iter().enumerate() {
+        let protos: &[Proto] = if i == 0 {
+            &[Proto::HttpShort, Proto::HttpLong, Proto::Udp]
+        } else {
+            &[Proto::HttpShort, Proto::Udp]
+        };
+        for &proto in protos {
+            let tg = targets_of(&t, &set, mode, proto, &all, family);
+            assert_eq!(tg.len(), if mode == Mode::Direct { 8 } else { 4 });
+            assert!(tg.iter().all(|a| IpFamily::of(a.ip()) == family), "{tg:?}");
+            loads.push((client, proto, tg, all.clone()));
         }
     }
-    for (client, proto, services) in loads {
-        let tg = match client {
-            Client::External(_) => external_targets(&t, &set, mode, proto),
-            Client::Pod(..) => targets(&t, &set, mode, proto, &services),
-        };
+    if mode != Mode::Ipvs {
+        for proto in [Proto::HttpShort, Proto::Udp] {
+            let tg = external_targets(&t, &set, mode, proto);
+            loads.push((Client::External(0), proto, tg, external.clone()));
+        }
+    }
+    for (client, proto, tg, services) in loads {
+        let what = format!(
+            "{mode:?} on {} {proto:?} from {client:?} to {}",
+            switch.name(),
+            tg[0]
+        );
         let r = run_load(
             &mut lab,
             &LoadRun {
@@ -101,7 +129,6 @@ async fn exercise(mode: Mode, switch: SwitchKind) {
         )
         .await
         .expect("load ran");
-        let what = format!("{mode:?} on {} {proto:?} from {client:?}", switch.name());
         assert!(r.requests > 20, "{what}: {r:?}");
         if r.errors != 0 {
             panic!("{what}: {r:?}\n{}", diagnose(&lab, &t));
@@ -249,6 +276,40 @@ async fn nftables_mode_over_bmv2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn talaria_mode_over_bmv2() {
     end_to_end(Mode::Talaria, SwitchKind::bmv2()).await;
+}
+
+/// `mode` on `switch` with dual-stack Services: IPv6 ClusterIPs through
+/// the switch (talaria), through ip6tables and table `ip6 kube-proxy`
+/// (the baselines), and IPv6 pod addresses routed by the switch (direct).
+async fn dual_stack(mode: Mode, switch: SwitchKind) {
+    require!(needs(mode, &switch));
+    common::use_test_labs();
+    exercise_on(small_dual_stack(), mode, switch).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_direct_over_switch_agent() {
+    dual_stack(Mode::Direct, SwitchKind::SwitchAgent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_iptables_over_switch_agent() {
+    dual_stack(Mode::Iptables, SwitchKind::SwitchAgent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_nftables_over_switch_agent() {
+    dual_stack(Mode::Nftables, SwitchKind::SwitchAgent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_talaria_over_switch_agent() {
+    dual_stack(Mode::Talaria, SwitchKind::SwitchAgent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_talaria_over_bmv2() {
+    dual_stack(Mode::Talaria, SwitchKind::bmv2()).await;
 }
 
 /// IPVS where the kernel has it; elsewhere the mode must say why it

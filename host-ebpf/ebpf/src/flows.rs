@@ -7,10 +7,9 @@ use talaria_common::{
     be::{Be16, Be32},
     drop::DropReason,
     maps::{
-        finished, node_flags, node_stat, port_policy, reusable, reverse_state, subst_port,
-        ts_flags, AffinityBackend, AffinityEntry, AffinityKey, CookieEntry, FlowKey, PortPolicy,
-        PortSubstKey, ReverseEntry, ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
-        SUBST_PORT_COUNT,
+        finished, node_flags, node_stat, port_policy, reverse_state, ts_flags, AffinityBackend,
+        AffinityEntry, AffinityKey, BackendKey, CookieEntry, FlowKey, PortPolicy, PortSubstKey,
+        ReverseEntry, ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
     net::{tcp_flags, IPPROTO_UDP},
     wire::{flags, TalariaOpt},
@@ -23,6 +22,7 @@ use crate::{
         NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES, NODE_SVC_CIDRS,
     },
     skb::now_ns,
+    subst::{Held, Keyed},
     tstamp::new_flow_cookie,
 };
 
@@ -213,48 +213,6 @@ fn remember_affinity(key: &FlowKey, service_id: u16, backend_id: u32) {
     let _ = NODE_AFFINITY.insert(&key, &entry, 0);
 }
 
-/// The client port a backend's new flow gets when another Service's flow
-/// holds its 4-tuple: the first of a few hashed candidates in the
-/// substitute range that no flow uses.
-#[inline(always)]
-fn free_substitute(key: &FlowKey, service_id: u16) -> Option<Be16> {
-    let h = (u32::from_ne_bytes(key.dst.0) ^ u32::from(key.dst_port.get()).rotate_left(16))
-        .wrapping_add(u32::from(service_id))
-        .wrapping_mul(0x9e37_79b1);
-    for i in 0..SUBST_TRIES {
-        let offset = (h >> 16).wrapping_add(i.wrapping_mul(2654)) % SUBST_PORT_COUNT;
-        let port = Be16::new(subst_port(offset));
-        let candidate = FlowKey {
-            dst_port: port,
-            ..*key
-        };
-        // SAFETY: read-only copy of a map value.
-        if unsafe { NODE_REVERSE.get(&candidate) }.is_none_or(|e| reusable(e.fin_seen)) {
-            return Some(port);
-        }
-    }
-    None
-}
-
-/// Whether the reverse entry on substitute `port` is this flow's (`key`,
-/// `service_id`), or the port is free. A substitute whose flow ended can be
-/// taken by another flow before the GC drops it from `NODE_PORT_SUBST`;
-/// it is not this flow's any more.
-#[inline(always)]
-fn holds_or_free(key: &FlowKey, service_id: u16, port: Be16) -> bool {
-    let k = FlowKey {
-        dst_port: port,
-        ..*key
-    };
-    // SAFETY: read-only copy of a map value.
-    match unsafe { NODE_REVERSE.get(&k) } {
-        Some(e) => {
-            (e.service_id == service_id && e.client_port == key.dst_port) || reusable(e.fin_seen)
-        }
-        None => true,
-    }
-}
-
 /// The backend side's entry of the flow `key` (the backend's view, client
 /// port as the client sent it) of Service `service_id`, and the client
 /// port it is keyed on: the client's own, or the flow's substitute.
@@ -266,24 +224,13 @@ pub(crate) fn find_reverse(key: &FlowKey, service_id: u16) -> Option<(Be16, Reve
             return Some((key.dst_port, e));
         }
     }
-    let subst_key = PortSubstKey {
-        flow: *key,
-        service_id,
-        _pad: [0; 2],
-    };
+    let subst_key = PortSubstKey::new(*key, service_id);
     // SAFETY: as above.
     let port = unsafe { NODE_PORT_SUBST.get(&subst_key) }.copied()?;
-    let k = FlowKey {
-        dst_port: port,
-        ..*key
-    };
     // SAFETY: as above.
-    let e = unsafe { NODE_REVERSE.get(&k) }.copied()?;
-    (e.service_id == service_id && e.client_port == key.dst_port).then_some((port, e))
+    let e = unsafe { NODE_REVERSE.get(&key.with_client_port(port)) }.copied()?;
+    subst_key.held_by(&e).then_some((port, e))
 }
-
-/// Candidates tried before a flow is refused (`port_exhausted`).
-const SUBST_TRIES: u32 = 8;
 
 /// Backend side: a request of a flow in `state`, with the option's flags
 /// `fl`: whether it is the one after which the client's node must be told
@@ -346,82 +293,28 @@ pub(crate) fn learn_reverse(
         fin,
         rst,
     } = Learned::from(opt, tcp);
-    let subst_key = PortSubstKey {
-        flow: *key,
-        service_id,
-        _pad: [0; 2],
-    };
     // Which entry holds this flow: the 4-tuple's own, or its substitute's.
-    // The entry on the 4-tuple is this flow's only if it is this Service's
-    // and not another flow's substitute that happens to be this client
-    // port (clients may use any port, substitutes included).
-    // SAFETY: read-only copies of map values.
-    // Another flow's entry whose backend kept no TIME_WAIT (the client
-    // closed first) holds nothing: a new flow takes its 4-tuple over.
-    let own = unsafe { NODE_REVERSE.get(key) }
-        .copied()
-        .filter(|e| !reusable(e.fin_seen));
-    let own_is_ours = own.is_some_and(|e| e.service_id == service_id && e.client_port.get() == 0);
-    let substitute = if own_is_ours {
-        None
-    } else {
-        // Another flow has the 4-tuple, or had it when this one started (a
-        // substituted flow keeps its port after the other ends).
-        unsafe { NODE_PORT_SUBST.get(&subst_key) }
-            .copied()
-            .filter(|p| holds_or_free(key, service_id, *p))
-    };
+    let held = Held::of(key, service_id);
     if rst {
-        let port = match (own.is_none() || own_is_ours, substitute) {
-            (_, Some(p)) => p,
-            (true, None) => key.dst_port,
-            // Another flow's 4-tuple, and no flow of this one: nothing to
-            // end here.
-            (false, None) => return Ok(Reversed::port(key.dst_port)),
+        let Some(port) = held.reset(key, service_id) else {
+            return Ok(Reversed::port(key.dst_port));
         };
-        let k = FlowKey {
-            dst_port: port,
-            ..*key
-        };
+        let k = key.with_client_port(port);
         // SAFETY: read-only copy of a map value.
         if let Some(e) = unsafe { NODE_REVERSE.get(&k) }.copied() {
             if remove_flow(&NODE_REVERSE, &k, e.fin_seen, FlowTable::Reverse) {
                 stat(node_stat::FLOW_RESET);
             }
         }
-        if substitute.is_some() {
-            let _ = NODE_PORT_SUBST.remove(&subst_key);
-        }
         return Ok(Reversed::port(port));
     }
     if opt.flags & flags::COOKIE_VALID == 0 {
         return Err(drop_pkt(DropReason::NoBackend));
     }
-    let port = match substitute {
-        Some(p) => p,
-        None if own.is_some() && !own_is_ours => {
-            let p = free_substitute(key, service_id)
-                .ok_or_else(|| drop_pkt(DropReason::PortExhausted))?;
-            if NODE_PORT_SUBST.insert(&subst_key, &p, 0).is_err() {
-                return Err(drop_pkt(DropReason::PortExhausted));
-            }
-            stat(node_stat::PORT_SUBST);
-            p
-        }
-        None => key.dst_port,
-    };
-    let k = FlowKey {
-        dst_port: port,
-        ..*key
-    };
+    let Keyed { port, client_port } = held.keyed(key, service_id)?;
+    let k = key.with_client_port(port);
     let fin_bit = if fin { FIN_FROM_CLIENT } else { 0 };
     let udp = key.proto == IPPROTO_UDP;
-    // What the entry says of the client's port: none when the key holds it.
-    let client_port = if port == key.dst_port {
-        Be16::new(0)
-    } else {
-        key.dst_port
-    };
     if let Some(e) = NODE_REVERSE.get_ptr_mut(&k) {
         // SAFETY: a map value pointer, valid during this run.
         let e = unsafe { &mut *e };

@@ -9,9 +9,10 @@
 //!
 //! Everything else passes untouched (`TC_ACT_OK`). One file per hook
 //! (`pod_egress`, `uplink_ingress`), the maps (`maps`), and the helpers
-//! they share: encapsulation (`encap`), flow state (`flows`), path MTU
-//! (`mtu`), reverse NAT (`nat`), outside clients' timestamp cookie
-//! (`tstamp`), skb accessors (`skb`) and IPv6 Services (`v6`).
+//! they share: encapsulation (`encap`), flow state (`flows`), substitute
+//! client ports of both families (`subst`), path MTU (`mtu`), reverse NAT
+//! (`nat`), outside clients' timestamp cookie (`tstamp`), skb accessors
+//! (`skb`) and IPv6 Services (`v6`).
 //!
 //! Built for `bpfel-unknown-none` only (by aya-build from the agent's
 //! build.rs); on the host this binary is an empty `main` so that
@@ -38,6 +39,8 @@ mod nat;
 mod pod_egress;
 #[cfg(target_arch = "bpf")]
 mod skb;
+#[cfg(target_arch = "bpf")]
+mod subst;
 #[cfg(target_arch = "bpf")]
 mod tstamp;
 #[cfg(target_arch = "bpf")]

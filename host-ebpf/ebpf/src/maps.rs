@@ -12,9 +12,9 @@ use talaria_common::{
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, AffinityEntry,
         AffinityKey, CookieEntry, FlowKey, FlowKey6, FragEntry, FragKey, NodeConfig, NodeTsCookie,
-        PodEntry, PodFlows, PortPolicy, PortSubstKey, RequestFragEntry, ReverseEntry,
-        ReverseEntry6, ServiceAddr, ServiceAddr6, ServiceKey, FIN_BACKEND_FIRST, FIN_FROM_BACKEND,
-        FIN_FROM_CLIENT,
+        PodEntry, PodFlows, PortPolicy, PortSubstKey, PortSubstKey6, RequestFragEntry,
+        ReverseEntry, ReverseEntry6, ServiceAddr, ServiceAddr6, ServiceKey, FIN_BACKEND_FIRST,
+        FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
 };
 
@@ -99,6 +99,11 @@ pub(crate) static NODE_COOKIES_V6: HashMap<FlowKey6, CookieEntry> =
 #[map]
 pub(crate) static NODE_REVERSE_V6: HashMap<FlowKey6, ReverseEntry6> =
     HashMap::pinned(1 << 20, BPF_F_NO_PREALLOC);
+
+/// `NODE_PORT_SUBST` of IPv6 flows (`PortSubstKey6`).
+#[map]
+pub(crate) static NODE_PORT_SUBST_V6: LruHashMap<PortSubstKey6, Be16> =
+    LruHashMap::pinned(1 << 16, 0);
 
 /// Service CIDRs (LPM on the destination): traffic steered to the switch.
 #[map]

@@ -8,8 +8,8 @@ use talaria_common::{
     drop::DropReason,
     maps::{
         node_stat, port_policy, reverse_state, CookieEntry, FlowKey, FragKey, NodeConfig,
-        PortSubstKey, RequestFragEntry, ReverseEntry, FIN_BACKEND_FIRST, FIN_FROM_BACKEND,
-        FIN_FROM_CLIENT, PENDING_BACKEND,
+        RequestFragEntry, ReverseEntry, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        PENDING_BACKEND,
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -23,12 +23,13 @@ use crate::{
     flows::{affinity_backend, is_own_node_port},
     maps::{
         add_fin, config, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
-        NODE_COOKIES, NODE_PODS, NODE_PORT_POLICY, NODE_PORT_SUBST, NODE_REQUEST_FRAGS,
-        NODE_REVERSE, NODE_SVC_CIDRS,
+        NODE_COOKIES, NODE_PODS, NODE_PORT_POLICY, NODE_REQUEST_FRAGS, NODE_REVERSE,
+        NODE_SVC_CIDRS,
     },
     mtu::{check_mtu, reject},
     nat::{fragment_reply, icmp_error_reply, icmp_error_request, note_first_fragment, reverse_nat},
     skb::{now_ns, skb_ifindex, tcp_flags_at, IP_OFF, L4_OFF, PASS},
+    subst::forget_substitute,
     tstamp::stamp_reply,
     v6::pod_egress6,
 };
@@ -108,16 +109,7 @@ fn try_pod_egress(ctx: &TcContext) -> Result<i32, i32> {
     let rev = *entry;
     if tcp & tcp_flags::RST != 0 {
         remove_flow(&NODE_REVERSE, &key, rev.fin_seen, FlowTable::Reverse);
-        if rev.client_port.get() != 0 {
-            let _ = NODE_PORT_SUBST.remove(&PortSubstKey {
-                flow: FlowKey {
-                    dst_port: rev.client_port,
-                    ..key
-                },
-                service_id: rev.service_id,
-                _pad: [0; 2],
-            });
-        }
+        forget_substitute(&key, &rev);
         stat(node_stat::FLOW_RESET);
     } else {
         entry.last_seen_ns = now_ns();

@@ -5,22 +5,26 @@
 //! packets to an address in `NODE_SVC_CIDRS_V6` go to the switch with the
 //! flow's cookie (`NODE_COOKIES_V6`) or as new; requests arriving for a
 //! local backend pod record a reverse entry (`NODE_REVERSE_V6`) and are
-//! delivered; the backend's replies get VIP6:port back as their source and
-//! go to the switch flagged `REPLY | COOKIE_VALID`; replies arriving for a
-//! local client teach its node the cookie. Not here (IPv4 only): port
-//! substitution, fragments, port policies (REJECT, Local, preferred,
-//! affinity), one-way UDP notification, timestamp cookies, nodePorts and
-//! external addresses, ICMPv6 errors (relayed from backends; the node's
-//! own Packet Too Big is sent, see [`check_mtu6`]), hairpin, per-pod flow
-//! limits.
+//! delivered, from a substitute client port when another Service's flow
+//! holds their 4-tuple (`NODE_PORT_SUBST_V6`, by IPv4's rules:
+//! [`crate::subst`]); the backend's replies get VIP6:port (and the
+//! client's own port) back and go to the switch flagged `REPLY |
+//! COOKIE_VALID`; replies arriving for a local client teach its node the
+//! cookie. Not here (IPv4 only): fragments, port policies (REJECT, Local,
+//! preferred, affinity), one-way UDP notification, timestamp cookies,
+//! nodePorts and external addresses, ICMPv6 errors (relayed from
+//! backends; the node's own Packet Too Big is sent, see [`check_mtu6`]),
+//! hairpin, per-pod flow limits, simultaneous-close detection (a backend
+//! FIN that crosses the client's counts as a passive close).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        finished, mtu, mtu_stat, node_flags, node_stat, CookieEntry, FlowKey6, PodEntry,
-        ReverseEntry6, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT, PENDING_BACKEND,
+        finished, mtu, mtu_stat, node_flags, node_stat, BackendKey, CookieEntry, FlowKey6,
+        ReverseEntry6, FIN_ACKED, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        PENDING_BACKEND,
     },
     net::{tcp_flags, Ipv6Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV6_HDR_LEN, UDP_HDR_LEN},
     wire::{flags, TalariaOpt, ENCAP_OVERHEAD},
@@ -35,6 +39,7 @@ use crate::{
     mtu::IPV6_MIN_MTU,
     nat::rewrite_port,
     skb::{now_ns, skb_ifindex, tcp_flags_at, INNER_IP_OFF, IP_OFF, PASS, REDIRECT, SHOT},
+    subst::{forget_substitute, Held, Keyed},
     uplink_ingress::tunnel_opt,
 };
 
@@ -113,8 +118,10 @@ pub(crate) fn pod_egress6(ctx: &TcContext) -> i32 {
 const TOO_BIG6: i32 = 0x100;
 
 /// A TCP or UDP packet leaving a pod: if it is a reply of a local backend
-/// pod (`NODE_REVERSE_V6`), its source becomes VIP6:port and it is
-/// tunnelled to the switch with the flow's cookie; anything else passes.
+/// pod (`NODE_REVERSE_V6`), its source becomes VIP6:port (and its
+/// destination port the client's own, if the flow has a substitute) and
+/// it is tunnelled to the switch with the flow's cookie; anything else
+/// passes.
 /// A subprogram of its own, as are [`steer6`] and [`encap6`]: inlined into
 /// one, the IPv6 path's 16-byte addresses and headers overflow the stack.
 #[inline(never)]
@@ -140,6 +147,7 @@ fn try_reply6(ctx: &TcContext) -> Result<i32, i32> {
     let rev = *entry;
     if tcp & tcp_flags::RST != 0 {
         let _ = NODE_REVERSE_V6.remove(&key);
+        forget_substitute(&key, &rev);
         stat(node_stat::FLOW_RESET);
     } else {
         entry.last_seen_ns = now_ns();
@@ -156,14 +164,12 @@ fn try_reply6(ctx: &TcContext) -> Result<i32, i32> {
         &rev.vip,
     )?;
     rewrite_port(ctx, ip.next_hdr, L4_OFF6, 0, key.src_port, rev.vip_port)?;
-    stat(node_stat::REVERSE_NAT);
-    // The flow as the client sees it, from VIP6:port.
-    let sport = FlowKey6 {
-        src: rev.vip,
-        src_port: rev.vip_port,
-        ..key
+    if rev.client_port.get() != 0 {
+        rewrite_port(ctx, ip.next_hdr, L4_OFF6, 2, key.dst_port, rev.client_port)?;
     }
-    .outer_sport();
+    stat(node_stat::REVERSE_NAT);
+    // The flow as the client sees it, from VIP6:port to its own port.
+    let sport = rev.client_view(key).outer_sport();
     Ok(encap6(
         ctx,
         flags::REPLY | flags::COOKIE_VALID,
@@ -431,7 +437,11 @@ fn try_uplink_ingress6(ctx: &TcContext, opt: &TalariaOpt) -> Result<i32, i32> {
     if opt.flags & flags::REPLY != 0 {
         learn_cookie6(&key, opt, tcp);
     } else {
-        learn_reverse6(&key, opt, tcp)?;
+        let port = learn_reverse6(&key, opt, tcp)?;
+        if port != key.dst_port {
+            // The backend pod sees this flow from a substitute port.
+            rewrite_port(ctx, inner.next_hdr, INNER_L4_OFF6, 0, key.dst_port, port)?;
+        }
     }
     decap6(ctx, &pod)
 }
@@ -490,47 +500,56 @@ fn learn_cookie6(key: &FlowKey6, opt: &TalariaOpt, tcp: u8) {
 }
 
 /// Backend side: remember how to send this flow's replies (`key`: backend
-/// pod → client, as the request arrived). Another Service's open flow on
-/// the same 4-tuple (one client reaching two Services that share this
-/// backend from one port) cannot be told apart without the IPv4 path's
-/// substitute ports: the new flow is refused (`port_exhausted`), the
-/// first keeps its replies right.
+/// pod → client, as the request arrived); returns the client port the
+/// backend pod must see. As IPv4's [`crate::flows::learn_reverse`]: the
+/// first flow on a 4-tuple keeps it; another Service's flow on it (one
+/// client reaching two Services that share this backend from one port)
+/// gets a substitute client port ([`Held`]), and its entry is keyed on
+/// the substitute with the client's own port in `client_port`. An RST
+/// ends the flow's entry and its substitute.
 #[inline(always)]
-fn learn_reverse6(key: &FlowKey6, opt: &TalariaOpt, tcp: u8) -> Result<(), i32> {
+fn learn_reverse6(key: &FlowKey6, opt: &TalariaOpt, tcp: u8) -> Result<Be16, i32> {
+    let (service_id, backend_id) = (opt.service_id.get(), opt.backend_id.get());
+    let held = Held::of(key, service_id);
     if tcp & tcp_flags::RST != 0 {
-        if NODE_REVERSE_V6.remove(key).is_ok() {
+        let Some(port) = held.reset(key, service_id) else {
+            return Ok(key.dst_port);
+        };
+        if NODE_REVERSE_V6.remove(&key.with_client_port(port)).is_ok() {
             stat(node_stat::FLOW_RESET);
         }
-        return Ok(());
+        return Ok(port);
     }
     if opt.flags & flags::COOKIE_VALID == 0 {
         return Err(drop_pkt(DropReason::NoBackend));
     }
-    let (service_id, backend_id) = (opt.service_id.get(), opt.backend_id.get());
+    let Keyed { port, client_port } = held.keyed(key, service_id)?;
+    let k = key.with_client_port(port);
     let syn = tcp & tcp_flags::SYN != 0;
     let fin_bit = if tcp & tcp_flags::FIN != 0 {
         FIN_FROM_CLIENT
     } else {
         0
     };
-    if let Some(e) = NODE_REVERSE_V6.get_ptr_mut(key) {
+    if let Some(e) = NODE_REVERSE_V6.get_ptr_mut(&k) {
         // SAFETY: a map value pointer, valid during this run.
         let e = unsafe { &mut *e };
-        if e.service_id == service_id && e.backend_id == backend_id {
+        // This flow's entry, not another client port's that had this one
+        // as its substitute.
+        if e.service_id == service_id && e.backend_id == backend_id && e.client_port == client_port
+        {
             e.last_seen_ns = now_ns();
             e.fin_seen = if syn {
                 fin_bit
             } else {
                 with_fin(e.fin_seen, fin_bit)
             };
-            return Ok(());
-        }
-        // Another Service's flow holds the 4-tuple: it may be taken over
-        // only once finished without the backend's TIME_WAIT.
-        if e.service_id != service_id
-            && !(finished(e.fin_seen) && e.fin_seen & FIN_BACKEND_FIRST == 0)
-        {
-            return Err(drop_pkt(DropReason::PortExhausted));
+            // After both FINs the client only acknowledges: the backend's
+            // connection is closed, its 4-tuple free (`reusable`).
+            if !syn && fin_bit == 0 && key.proto == IPPROTO_TCP && finished(e.fin_seen) {
+                e.fin_seen |= FIN_ACKED;
+            }
+            return Ok(port);
         }
     }
     // SAFETY: read-only copy of a map value.
@@ -543,14 +562,16 @@ fn learn_reverse6(key: &FlowKey6, opt: &TalariaOpt, tcp: u8) -> Result<(), i32> 
         service_id,
         backend_id,
         fin_seen: fin_bit,
-        _pad: [0; 7],
+        _pad: 0,
+        client_port,
+        _pad2: [0; 4],
         last_seen_ns: now_ns(),
     };
-    if NODE_REVERSE_V6.insert(key, &entry, 0).is_err() {
+    if NODE_REVERSE_V6.insert(&k, &entry, 0).is_err() {
         // The table is full: a flow whose replies cannot be reverse-NATed
         // must not start.
         return Err(drop_pkt(DropReason::FlowLimit));
     }
     stat(node_stat::REVERSE_LEARN);
-    Ok(())
+    Ok(port)
 }
