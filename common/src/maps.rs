@@ -329,6 +329,13 @@ impl ReverseEntry {
 /// instead.
 pub const HAIRPIN_SOURCE: Be32 = Be32([169, 254, 77, 1]);
 
+/// [`HAIRPIN_SOURCE`] for IPv6: `100::a9fe:4d01`, in the discard-only
+/// prefix `100::/64` (RFC 6666), so no pod or node owns it and no router
+/// would carry it off the node. Not link-local as IPv4's is: `fe80::/64`
+/// is on-link in every pod, which would look for it by neighbour
+/// discovery instead of sending its replies by its default route.
+pub const HAIRPIN_SOURCE6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 169, 254, 77, 1];
+
 /// A pod hosted on this node. Key: the pod IP (`Be32`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -464,6 +471,18 @@ impl FlowKey6 {
         }
     }
 
+    /// The client of a backend-side key (src = backend pod): `dst`, or the
+    /// backend pod itself for a hairpin flow ([`HAIRPIN_SOURCE6`]).
+    #[inline(always)]
+    pub fn client(&self) -> [u8; 16] {
+        // As words: a byte-array comparison would be a memcmp call in BPF.
+        if u128::from_ne_bytes(self.dst) == u128::from_ne_bytes(HAIRPIN_SOURCE6) {
+            self.src
+        } else {
+            self.dst
+        }
+    }
+
     /// The switch's hash input for this flow (client side: dst = the VIP).
     #[inline(always)]
     pub fn tuple(&self) -> crate::hash::FlowTuple6 {
@@ -541,6 +560,7 @@ impl ReverseEntry6 {
         FlowKey6 {
             src: self.vip,
             src_port: self.vip_port,
+            dst: key.client(),
             dst_port: self.clients_port(key.dst_port),
             ..key
         }
@@ -685,6 +705,14 @@ mod node_v6_tests {
             ..subst
         }
         .held_by(&e));
+        // A hairpin flow's client is the backend pod itself.
+        let hairpin = FlowKey6 {
+            dst: HAIRPIN_SOURCE6,
+            ..k
+        };
+        assert_eq!(hairpin.client(), k.src);
+        assert_eq!(e.client_view(hairpin).dst, k.src);
+        assert_eq!(k.client(), k.dst);
     }
 }
 

@@ -32,7 +32,7 @@ use talaria_tables::{build, value::Ipv6Prefix};
 use talaria_common::{
     drop::DropReason,
     hash::hash_mode,
-    maps::{node_stat, HAIRPIN_SOURCE},
+    maps::{node_stat, HAIRPIN_SOURCE, HAIRPIN_SOURCE6},
     net::{tcp_opt, IPPROTO_TCP, IPPROTO_UDP},
     ts_cookie::{self, CookieKey},
     wire::{flags, TalariaEncap, GENEVE_UDP_PORT},
@@ -3084,6 +3084,47 @@ fn ipv6_spoofing_from_a_pod_is_dropped() {
         "nothing else dropped: {:?}",
         s1.drops
     );
+}
+
+/// A pod that reaches its own IPv6 Service and is chosen as its backend
+/// is answered, as over IPv4 (`a_pod_reaches_itself_through_its_service`):
+/// as the server it sees the connection come from `HAIRPIN_SOURCE6`, as
+/// the client it talks to VIP6. Without the rewrite the pod's kernel
+/// would answer its own SYN from itself to itself, locally, and the
+/// connection would be reset.
+#[test]
+fn a_pod_reaches_itself_through_its_ipv6_service() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let hairpin = Ipv6Addr::from(HAIRPIN_SOURCE6);
+    let server = tcp_server(lab.pod("pb"), POD_B_V6, 1);
+    let (s, line) = connect_to(lab.pod("pb"), (VIP_V6, 80));
+    let port = s.local_addr().unwrap().port();
+    let seen = SocketAddr::from((hairpin, port));
+    assert_eq!(line, format!("{POD_B_V6} saw {seen}"));
+    let (theirs, mine) = transfer(s, 1 << 20, 1 << 14, Duration::ZERO);
+    assert_eq!(theirs, (1 << 20, mine), "1 MiB there and its hash back");
+    server.join().unwrap();
+
+    let udp = udp_server(lab.pod("pb"), POD_B_V6, Duration::from_secs(10), |s| {
+        let mut buf = [0u8; 1500];
+        let (k, peer) = s.recv_from(&mut buf).unwrap();
+        let text = format!("{} from {peer}", String::from_utf8_lossy(&buf[..k]));
+        s.send_to(text.as_bytes(), peer).unwrap();
+    });
+    let client = SocketAddr::from((POD_B_V6, 40130));
+    let (text, from) = udp_ask_from_to(lab.pod("pb"), client, (VIP_V6, 53), "me");
+    udp.join().unwrap();
+    let seen = SocketAddr::from((hairpin, 40130));
+    assert_eq!(
+        (text, from),
+        (format!("me from {seen}"), SocketAddr::from((VIP_V6, 53)))
+    );
+    for node in [0, 1] {
+        let drops = lab.stats(node).drops;
+        assert!(drops.iter().all(|d| d.1 == 0), "no drops: {drops:?}");
+    }
 }
 
 /// IPv6 ClusterIP Services (issue 14): TCP and UDP to VIP6:port reach pod

@@ -15,7 +15,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use talaria_common::{
     be::Be32,
     drop::DropReason,
-    maps::{node_stat, ts_flags, CookieEntry, NodeConfig, PodEntry, ReverseEntry},
+    maps::{node_stat, ts_flags, CookieEntry, NodeConfig, PodEntry, ReverseEntry, HAIRPIN_SOURCE6},
     net::tcp_flags,
     ts_cookie::{self, cookie, CookieKey},
     wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_PROTO_IPV6, GENEVE_UDP_PORT},
@@ -2608,6 +2608,56 @@ fn reverse_nat6_roundtrip(tcp: bool) {
         assert_eq!(verdict, TC_ACT_REDIRECT);
         assert!(n.reverse_flows6().unwrap().is_empty());
     }
+    assert_eq!(total_drops(&n), 0);
+}
+
+/// A pod reaching its own IPv6 Service, chosen as its own backend: the
+/// request comes back from the switch with the pod's address as source
+/// and destination. It is delivered from `HAIRPIN_SOURCE6` (L4 checksum
+/// fixed), the reverse entry is keyed on that, and the pod's answer to it
+/// leaves from VIP6:port back to the pod itself, as IPv4's hairpin does.
+#[test]
+fn ipv6_hairpin_comes_from_the_hairpin_source_and_its_reply_returns_to_the_pod() {
+    require!(LOADS_BPF);
+    let n = node6();
+    let (pod, vip) = (v6("fd00:244:1::3"), v6("fd00:96::a"));
+    let hairpin = Ipv6Addr::from(HAIRPIN_SOURCE6);
+    // After the switch's DNAT: the pod → itself, port 8080.
+    let req = ipv6(Tuple6::tcp(pod, 40000, pod, 8080), tcp_flags::SYN, b"ping");
+    let enc = TalariaEncap::new(flags::COOKIE_VALID | flags::NEW_FLOW, SVC6_TCP, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch6(enc, &req));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let delivered = &out[14..];
+    assert_eq!(
+        Tuple6::of(delivered),
+        Tuple6::tcp(hairpin, 40000, pod, 8080),
+        "from the hairpin source"
+    );
+    assert!(l4_checksum6_ok(delivered), "L4 checksum after the rewrite");
+    assert_eq!(&delivered[60..], b"ping");
+    let rev = n.reverse_flows6().unwrap();
+    assert_eq!(rev.len(), 1);
+    assert_eq!(rev[0].0, Tuple6::tcp(pod, 8080, hairpin, 40000).key());
+
+    // The pod answers the hairpin source by its default route.
+    let answer = Tuple6::tcp(pod, 8080, hairpin, 40000);
+    let reply = ipv6(answer, tcp_flags::SYN | tcp_flags::ACK, b"pong!");
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &reply));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (fl, s, b, sport, inner) = check_encap6(&out, reply.len());
+    assert_eq!(
+        (fl, s, b),
+        (flags::REPLY | flags::COOKIE_VALID, SVC6_TCP, 42)
+    );
+    let seen = Tuple6::tcp(vip, 80, pod, 40000);
+    assert_eq!(Tuple6::of(&inner), seen, "from VIP6:port to the pod itself");
+    assert!(l4_checksum6_ok(&inner), "L4 checksum after the reverse NAT");
+    assert_eq!(&inner[60..], b"pong!");
+    assert_eq!(
+        sport,
+        seen.key().outer_sport(),
+        "hashed as the client sees it"
+    );
     assert_eq!(total_drops(&n), 0);
 }
 

@@ -31,7 +31,7 @@ use crate::{
         tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS, SHOT,
     },
     tstamp::restore_echo,
-    v6::uplink_ingress6,
+    v6::{request6, uplink_ingress6, REQUEST6},
 };
 
 /// Ingress of the node uplink = packets arriving from the switch. The
@@ -46,7 +46,10 @@ pub fn node_uplink_ingress(ctx: TcContext) -> i32 {
         .load::<Be16>(GENEVE_OFF + 2)
         .is_ok_and(|p| p.get() == GENEVE_PROTO_IPV6);
     if inner_ipv6 {
-        uplink_ingress6(&ctx)
+        match uplink_ingress6(&ctx) {
+            REQUEST6 => request6(&ctx),
+            verdict => verdict,
+        }
     } else {
         uplink_ingress4(&ctx)
     }

@@ -14,7 +14,7 @@
 //! preferred, affinity), one-way UDP notification, timestamp cookies,
 //! nodePorts and external addresses, ICMPv6 errors (relayed from
 //! backends; the node's own Packet Too Big is sent, see [`check_mtu6`]),
-//! hairpin, per-pod flow limits, simultaneous-close detection (a backend
+//! per-pod flow limits, simultaneous-close detection (a backend
 //! FIN that crosses the client's counts as a passive close).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
@@ -23,11 +23,11 @@ use talaria_common::{
     drop::DropReason,
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, BackendKey, CookieEntry, FlowKey6,
-        ReverseEntry6, FIN_ACKED, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
-        PENDING_BACKEND,
+        PodEntry, ReverseEntry6, FIN_ACKED, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        HAIRPIN_SOURCE6, PENDING_BACKEND,
     },
     net::{tcp_flags, Ipv6Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV6_HDR_LEN, UDP_HDR_LEN},
-    wire::{flags, TalariaOpt, ENCAP_OVERHEAD},
+    wire::{flags, TalariaEncap, TalariaOpt, ENCAP_OVERHEAD},
 };
 
 use crate::{
@@ -38,7 +38,9 @@ use crate::{
     },
     mtu::IPV6_MIN_MTU,
     nat::rewrite_port,
-    skb::{now_ns, skb_ifindex, tcp_flags_at, INNER_IP_OFF, IP_OFF, PASS, REDIRECT, SHOT},
+    skb::{
+        now_ns, skb_ifindex, tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, IP_OFF, PASS, REDIRECT, SHOT,
+    },
     subst::{forget_substitute, Held, Keyed},
     uplink_ingress::tunnel_opt,
 };
@@ -47,8 +49,16 @@ use crate::{
 const L4_OFF6: usize = IP_OFF + IPV6_HDR_LEN;
 /// The inner L4 header of an IPv6 tunnel packet on the uplink.
 const INNER_L4_OFF6: usize = INNER_IP_OFF + IPV6_HDR_LEN;
-/// Offset of the source address in an IPv6 header.
+/// Offsets of the source and destination addresses in an IPv6 header.
 const IP6_SRC: usize = 8;
+const IP6_DST: usize = 24;
+
+/// Whether `a` is [`HAIRPIN_SOURCE6`] (as words: a byte-array comparison
+/// would be a memcmp call).
+#[inline(always)]
+fn is_hairpin_source6(a: &[u8; 16]) -> bool {
+    u128::from_ne_bytes(*a) == u128::from_ne_bytes(HAIRPIN_SOURCE6)
+}
 
 /// IPv6 next-header values that are extension headers talaria does not
 /// walk (hop-by-hop, routing, destination options), and the fragment
@@ -155,6 +165,10 @@ fn try_reply6(ctx: &TcContext) -> Result<i32, i32> {
             entry.fin_seen = with_fin(entry.fin_seen, FIN_FROM_BACKEND);
         }
     }
+    // The pod answers its own connection: the reply goes back to it.
+    if !unhairpin6(ctx, ip.next_hdr) {
+        return Err(SHOT);
+    }
     rewrite_addr6(
         ctx,
         ip.next_hdr,
@@ -164,6 +178,7 @@ fn try_reply6(ctx: &TcContext) -> Result<i32, i32> {
         &rev.vip,
     )?;
     rewrite_port(ctx, ip.next_hdr, L4_OFF6, 0, key.src_port, rev.vip_port)?;
+
     if rev.client_port.get() != 0 {
         rewrite_port(ctx, ip.next_hdr, L4_OFF6, 2, key.dst_port, rev.client_port)?;
     }
@@ -177,6 +192,24 @@ fn try_reply6(ctx: &TcContext) -> Result<i32, i32> {
         rev.backend_id,
         u32::from(sport) << 8 | u32::from(traffic_class(&ip)),
     ))
+}
+
+/// A hairpin reply (to [`HAIRPIN_SOURCE6`]) gets the pod's own address,
+/// its source, as destination; anything else is left alone. False when
+/// the packet could not be read or rewritten (counted `malformed`). A
+/// subprogram reading the addresses from the packet itself: in `reply6`'s
+/// frame they grew it by 120 bytes and the pod hook's call chain past
+/// 512.
+#[inline(never)]
+fn unhairpin6(ctx: &TcContext, proto: u8) -> bool {
+    let Ok([src, dst]) = ctx.load::<[[u8; 16]; 2]>(IP_OFF + IP6_SRC) else {
+        drop_pkt(DropReason::Malformed);
+        return false;
+    };
+    if !is_hairpin_source6(&dst) {
+        return true;
+    }
+    rewrite_addr6(ctx, proto, L4_OFF6, IP_OFF + IP6_DST, &dst, &src).is_ok()
 }
 
 /// Tunnels the IPv6 packet to the switch ([`encap_family`]); `sport_tos`:
@@ -431,19 +464,84 @@ fn try_uplink_ingress6(ctx: &TcContext, opt: &TalariaOpt) -> Result<i32, i32> {
     let Some(pod) = (unsafe { NODE_PODS_V6.get(&inner.dst) }).copied() else {
         return Err(drop_pkt(DropReason::UnknownPod));
     };
-    let tcp = tcp_flags_at(ctx, inner.next_hdr, INNER_L4_OFF6);
-    // Keyed from the local pod's side: src = the pod, dst = the peer.
-    let key = flow_key6(ctx, &inner, INNER_L4_OFF6)?.reversed();
-    if opt.flags & flags::REPLY != 0 {
-        learn_cookie6(&key, opt, tcp);
-    } else {
-        let port = learn_reverse6(&key, opt, tcp)?;
-        if port != key.dst_port {
-            // The backend pod sees this flow from a substitute port.
-            rewrite_port(ctx, inner.next_hdr, INNER_L4_OFF6, 0, key.dst_port, port)?;
-        }
+    if opt.flags & flags::REPLY == 0 {
+        return Ok(REQUEST6);
     }
+    let tcp = tcp_flags_at(ctx, inner.next_hdr, INNER_L4_OFF6);
+    // Keyed from the client pod's side: src = the pod, dst = the VIP6.
+    let key = flow_key6(ctx, &inner, INNER_L4_OFF6)?.reversed();
+    learn_cookie6(&key, opt, tcp);
     decap6(ctx, &pod)
+}
+
+/// Not a TC verdict: what [`uplink_ingress6`] returns for a request it
+/// checked, which the uplink hook then hands to [`request6`]. Called from
+/// below `uplink_ingress6`, request6's frame would overflow the 512 bytes
+/// of stack the call chain shares.
+pub(crate) const REQUEST6: i32 = 0x101;
+
+/// A request [`uplink_ingress6`] checked (outer headers, option, inner
+/// header, a local pod as its destination), for that backend pod: its
+/// reverse entry is learned, its source becomes [`HAIRPIN_SOURCE6`] if
+/// the pod is its own client and its source port the flow's substitute if
+/// it has one, and it is delivered.
+#[inline(never)]
+pub(crate) fn request6(ctx: &TcContext) -> i32 {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let (Ok(enc), Ok(inner)) = (
+        ctx.load::<TalariaEncap>(GENEVE_OFF).map_err(err),
+        ctx.load::<Ipv6Hdr>(INNER_IP_OFF).map_err(err),
+    ) else {
+        return SHOT;
+    };
+    // SAFETY: read-only copy of a map value.
+    let Some(pod) = (unsafe { NODE_PODS_V6.get(&inner.dst) }).copied() else {
+        return drop_pkt(DropReason::UnknownPod);
+    };
+    match try_request6(ctx, &inner, &enc.opt, &pod) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn try_request6(
+    ctx: &TcContext,
+    inner: &Ipv6Hdr,
+    opt: &TalariaOpt,
+    pod: &PodEntry,
+) -> Result<i32, i32> {
+    let tcp = tcp_flags_at(ctx, inner.next_hdr, INNER_L4_OFF6);
+    // Keyed from the backend pod's side: src = the pod, dst = the client.
+    let key = flow_key6(ctx, inner, INNER_L4_OFF6)?.reversed();
+    // Hairpin: the switch chose the client pod itself as the backend,
+    // whose kernel would take a packet from its own address as its own
+    // (the answer would never leave the pod): it comes from
+    // HAIRPIN_SOURCE6 instead, and the flow is keyed on that.
+    let hairpin = u128::from_ne_bytes(inner.src) == u128::from_ne_bytes(inner.dst);
+    let key = if hairpin {
+        FlowKey6 {
+            dst: HAIRPIN_SOURCE6,
+            ..key
+        }
+    } else {
+        key
+    };
+    let port = learn_reverse6(&key, opt, tcp)?;
+    if hairpin {
+        rewrite_addr6(
+            ctx,
+            inner.next_hdr,
+            INNER_L4_OFF6,
+            INNER_IP_OFF + IP6_SRC,
+            &inner.src,
+            &HAIRPIN_SOURCE6,
+        )?;
+    }
+    if port != key.dst_port {
+        // The backend pod sees this flow from a substitute port.
+        rewrite_port(ctx, inner.next_hdr, INNER_L4_OFF6, 0, key.dst_port, port)?;
+    }
+    decap6(ctx, pod)
 }
 
 /// Client side: remember which backend the switch chose for this flow
