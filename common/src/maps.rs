@@ -336,6 +336,13 @@ pub const HAIRPIN_SOURCE: Be32 = Be32([169, 254, 77, 1]);
 /// discovery instead of sending its replies by its default route.
 pub const HAIRPIN_SOURCE6: [u8; 16] = [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 169, 254, 77, 1];
 
+/// Whether `a` is [`HAIRPIN_SOURCE6`] (as one word: a byte-array
+/// comparison would be a memcmp call in BPF).
+#[inline(always)]
+pub fn is_hairpin_source6(a: &[u8; 16]) -> bool {
+    u128::from_ne_bytes(*a) == u128::from_ne_bytes(HAIRPIN_SOURCE6)
+}
+
 /// A pod hosted on this node. Key: the pod IP (`Be32`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -475,8 +482,7 @@ impl FlowKey6 {
     /// backend pod itself for a hairpin flow ([`HAIRPIN_SOURCE6`]).
     #[inline(always)]
     pub fn client(&self) -> [u8; 16] {
-        // As words: a byte-array comparison would be a memcmp call in BPF.
-        if u128::from_ne_bytes(self.dst) == u128::from_ne_bytes(HAIRPIN_SOURCE6) {
+        if is_hairpin_source6(&self.dst) {
             self.src
         } else {
             self.dst

@@ -404,22 +404,18 @@ impl Lab {
             let ext = self.names.external(h);
             self.add_netns(&ext)?;
         }
-        let base = [
-            "net.ipv4.ip_forward=1",
-            "net.ipv4.conf.all.rp_filter=0",
-            "net.ipv4.conf.default.rp_filter=0",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1",
-        ];
         // The switch netns never has IPv6: the switch forwards it itself.
-        Self::sysctls(&sw, &base)?;
-        let node_sysctls: &[&str] = if t.ipv6() { &NODE_SYSCTLS_V6 } else { &base };
+        Self::sysctls(&sw, &[&FORWARDING[..], &NO_IPV6].concat())?;
+        let node_ipv6: &[&str] = if t.ipv6() { &NODE_IPV6 } else { &NO_IPV6 };
+        let node_sysctls = [&FORWARDING[..], node_ipv6].concat();
+        let pod_ipv6: &[&str] = if t.ipv6() { &POD_IPV6 } else { &NO_IPV6 };
+        let pod_sysctls = [&CLIENT[..], pod_ipv6].concat();
         // Switch side: one veth per node, created straight into both netns.
         let mut swb = String::from("link set lo up\n");
         swb.push_str(&format!("addr add {}/32 dev lo\n", t.switch_addr));
         for n in 0..t.nodes {
             let node = self.names.node(n);
-            Self::sysctls(&node, node_sysctls)?;
+            Self::sysctls(&node, &node_sysctls)?;
             swb.push_str(&format!(
                 "link add {dev} address {mac} mtu {mtu} type veth peer name {up} address {pmac} mtu {mtu} netns {node}\n",
                 dev = switch_port_dev(n),
@@ -469,7 +465,7 @@ impl Lab {
         for h in 0..t.external_hosts {
             let ext = self.names.external(h);
             let port = t.external_port(h);
-            Self::sysctls(&ext, &CLIENT_SYSCTLS)?;
+            Self::sysctls(&ext, &[&CLIENT[..], &NO_IPV6].concat())?;
             let mut xb = String::from("link set lo up\n");
             xb.push_str(&link_end(
                 POD_DEV,
@@ -527,14 +523,7 @@ impl Lab {
             for p in 0..t.pods_per_node {
                 let pod = self.names.pod(n, p);
                 let gmac = Topology::node_pod_veth_mac(n, p);
-                Self::sysctls(
-                    &pod,
-                    if t.ipv6() {
-                        &CLIENT_SYSCTLS_V6
-                    } else {
-                        &CLIENT_SYSCTLS
-                    },
-                )?;
+                Self::sysctls(&pod, &pod_sysctls)?;
                 let mut pb = format!(
                     "link set lo up\naddr add {ip}/32 dev {POD_DEV}\nlink set {POD_DEV} up\n\
                      neigh replace {POD_GATEWAY} lladdr {gmac} dev {POD_DEV} nud permanent\n\
@@ -892,32 +881,38 @@ impl Lab {
     }
 }
 
-/// A pod's or an external host's: no IPv6, and ports for many short
-/// connections.
-const CLIENT_SYSCTLS: [&str; 4] = [
-    "net.ipv6.conf.all.disable_ipv6=1",
-    "net.ipv6.conf.default.disable_ipv6=1",
+/// The switch's and the nodes': they forward, with no reverse-path filter.
+const FORWARDING: [&str; 3] = [
+    "net.ipv4.ip_forward=1",
+    "net.ipv4.conf.all.rp_filter=0",
+    "net.ipv4.conf.default.rp_filter=0",
+];
+
+/// A pod's or an external host's: ports for many short connections.
+const CLIENT: [&str; 2] = [
     "net.ipv4.tcp_tw_reuse=1",
     "net.ipv4.ip_local_port_range=1024 65000",
+];
+
+/// No IPv6: the switch's, the external hosts', and everything's in a lab
+/// whose Services are IPv4 only.
+const NO_IPV6: [&str; 2] = [
+    "net.ipv6.conf.all.disable_ipv6=1",
+    "net.ipv6.conf.default.disable_ipv6=1",
+];
+
+/// A dual-stack lab's node: it forwards IPv6 as it forwards IPv4.
+const NODE_IPV6: [&str; 2] = [
+    "net.ipv6.conf.all.forwarding=1",
+    "net.ipv6.conf.default.accept_dad=0",
 ];
 
 /// A dual-stack lab's pod: IPv6 on, but no router solicitations (its
 /// route is static) and no DAD (its address is its own by construction).
-const CLIENT_SYSCTLS_V6: [&str; 6] = [
+const POD_IPV6: [&str; 4] = [
     "net.ipv6.conf.all.router_solicitations=0",
     "net.ipv6.conf.default.router_solicitations=0",
     "net.ipv6.conf.all.accept_dad=0",
-    "net.ipv6.conf.default.accept_dad=0",
-    "net.ipv4.tcp_tw_reuse=1",
-    "net.ipv4.ip_local_port_range=1024 65000",
-];
-
-/// A dual-stack lab's node: it forwards IPv6 as it forwards IPv4.
-const NODE_SYSCTLS_V6: [&str; 5] = [
-    "net.ipv4.ip_forward=1",
-    "net.ipv4.conf.all.rp_filter=0",
-    "net.ipv4.conf.default.rp_filter=0",
-    "net.ipv6.conf.all.forwarding=1",
     "net.ipv6.conf.default.accept_dad=0",
 ];
 

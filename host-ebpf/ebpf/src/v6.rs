@@ -22,9 +22,9 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        finished, mtu, mtu_stat, node_flags, node_stat, BackendKey, CookieEntry, FlowKey6,
-        PodEntry, ReverseEntry6, FIN_ACKED, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
-        HAIRPIN_SOURCE6, PENDING_BACKEND,
+        finished, is_hairpin_source6, mtu, mtu_stat, node_flags, node_stat, BackendKey,
+        CookieEntry, FlowKey6, PodEntry, ReverseEntry6, FIN_ACKED, FIN_BACKEND_FIRST,
+        FIN_FROM_BACKEND, FIN_FROM_CLIENT, HAIRPIN_SOURCE6, PENDING_BACKEND,
     },
     net::{tcp_flags, Ipv6Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV6_HDR_LEN, UDP_HDR_LEN},
     wire::{flags, TalariaEncap, TalariaOpt, ENCAP_OVERHEAD},
@@ -52,13 +52,6 @@ const INNER_L4_OFF6: usize = INNER_IP_OFF + IPV6_HDR_LEN;
 /// Offsets of the source and destination addresses in an IPv6 header.
 const IP6_SRC: usize = 8;
 const IP6_DST: usize = 24;
-
-/// Whether `a` is [`HAIRPIN_SOURCE6`] (as words: a byte-array comparison
-/// would be a memcmp call).
-#[inline(always)]
-fn is_hairpin_source6(a: &[u8; 16]) -> bool {
-    u128::from_ne_bytes(*a) == u128::from_ne_bytes(HAIRPIN_SOURCE6)
-}
 
 /// IPv6 next-header values that are extension headers talaria does not
 /// walk (hop-by-hop, routing, destination options), and the fragment
@@ -197,9 +190,10 @@ fn try_reply6(ctx: &TcContext) -> Result<i32, i32> {
 /// A hairpin reply (to [`HAIRPIN_SOURCE6`]) gets the pod's own address,
 /// its source, as destination; anything else is left alone. False when
 /// the packet could not be read or rewritten (counted `malformed`). A
-/// subprogram reading the addresses from the packet itself: in `reply6`'s
-/// frame they grew it by 120 bytes and the pod hook's call chain past
-/// 512.
+/// subprogram reading the addresses from the packet itself, the check
+/// included: even the comparison alone, in `reply6`'s frame, takes the
+/// pod hook's call chain past 512 bytes (528 with it, 560 with the
+/// addresses).
 #[inline(never)]
 fn unhairpin6(ctx: &TcContext, proto: u8) -> bool {
     let Ok([src, dst]) = ctx.load::<[[u8; 16]; 2]>(IP_OFF + IP6_SRC) else {
