@@ -18,6 +18,14 @@ const bit<16> ETHERTYPE_IPV6 = 0x86DD;
 const bit<8>  IP_PROTO_ICMP  = 1;
 const bit<8>  IP_PROTO_TCP   = 6;
 const bit<8>  IP_PROTO_UDP   = 17;
+/* An inner IPv6 packet may be ICMPv6: a backend's error about its flow (a
+ * reply), or a client's error about a reply it got (a request, relayed to
+ * the backend). */
+const bit<8>  IP_PROTO_ICMPV6 = 58;
+/* ICMPv6 types with this bit clear (below 128) are errors, which quote the
+ * packet they are about; the rest are informational (RFC 4443, 2.1): the
+ * boundary `ICMPV6_INFO_MIN` in common/src/net.rs. */
+const bit<8>  ICMPV6_INFO_BIT = 0x80;
 /* The ICMP errors that quote a packet of a flow. */
 const bit<8>  ICMP_DEST_UNREACH  = 3;
 const bit<8>  ICMP_TIME_EXCEEDED = 11;

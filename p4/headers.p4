@@ -99,8 +99,8 @@ header tcp_timestamp_t {
     bit<32> tsecr;
 }
 
-/* An ICMP error: type, code, checksum and the 4 bytes before the packet it
- * quotes. */
+/* An ICMP or ICMPv6 error: type, code, checksum and the 4 bytes before the
+ * packet it quotes (the two share this layout: RFC 792, RFC 4443). */
 header icmp_t {
     bit<8>  icmp_type;
     bit<8>  code;
@@ -108,8 +108,9 @@ header icmp_t {
     bit<32> rest;
 }
 
-/* The ports of the TCP or UDP header an ICMP error quotes (RFC 792 quotes
- * at least the first 8 bytes of it). */
+/* The ports of the TCP or UDP header an ICMP or ICMPv6 error quotes (RFC
+ * 792 quotes at least the first 8 bytes of it; RFC 4443 as much as fits in
+ * 1280 bytes). */
 header l4_ports_t {
     l4_port_t src_port;
     l4_port_t dst_port;
@@ -173,9 +174,12 @@ struct headers_t {
     /* A plain TCP segment's leading timestamp option. */
     tcp_timestamp_t tcp_timestamp;
     udp_t          inner_udp;
-    /* An inner ICMP error and the packet it is about. */
+    /* An inner ICMP error and the packet it is about; for an inner IPv6
+     * request, a client's ICMPv6 error and the IPv6 reply it quotes
+     * (quoted_ipv6 instead of quoted_ipv4). */
     icmp_t         inner_icmp;
     ipv4_t         quoted_ipv4;
+    ipv6_t         quoted_ipv6;
     l4_ports_t     quoted_ports;
 }
 
@@ -200,7 +204,8 @@ struct metadata_t {
     l4_port_t    l4_dst_port;
     /* 1: a REPLY (backend to client), which is checked, not balanced. */
     bit<1>       reply;
-    /* 1: a client's ICMP error about a reply, relayed to the backend. */
+    /* 1: a client's ICMP or ICMPv6 error about a reply, relayed to the
+     * backend. */
     bit<1>       icmp_relay;
     /* 1: a later request fragment that goes where its cookie says. */
     bit<1>       cookie_fragment;

@@ -183,13 +183,43 @@ parser TalariaParser(packet_in packet,
     /* An IPv6 Service's packet. Its ports are read only when TCP or UDP
      * follows the fixed header directly: an extension header (a Fragment
      * header included) or any other next header stays unparsed, and the
-     * ingress drops it (unsupported_protocol). */
+     * ingress drops it (unsupported_protocol), but for ICMPv6. In a request
+     * ICMPv6 is parsed (a client's error about a reply, relayed to the
+     * backend); in a reply (a backend's error about its flow) it goes on
+     * unread: the reply path reads nothing of it, and a reply whose ICMPv6
+     * message is cut short stays a reply rather than a parser error. */
     state parse_inner_ipv6 {
         packet.extract(hdr.inner_ipv6);
         verify(hdr.inner_ipv6.version == 6, error.BadInnerIpv6Header);
-        transition select(hdr.inner_ipv6.next_hdr) {
-            IP_PROTO_TCP: parse_inner_tcp;
-            IP_PROTO_UDP: parse_inner_udp;
+        transition select(hdr.inner_ipv6.next_hdr, hdr.talaria.flags) {
+            (IP_PROTO_TCP, _): parse_inner_tcp;
+            (IP_PROTO_UDP, _): parse_inner_udp;
+            (IP_PROTO_ICMPV6, 0 &&& TALARIA_FLAG_REPLY): parse_inner_icmp6;
+            default: accept;
+        }
+    }
+
+    /* A client's ICMPv6 error quotes the reply it is about: the ICMPv6
+     * header (icmp_t's layout), then for an error (type below 128) the
+     * quoted IPv6 header and, when TCP or UDP follows it directly, its
+     * ports. An informational message (an echo request) or a quote with
+     * extension headers stays unparsed past what was read, and the ingress
+     * drops it (unsupported_protocol). As for IPv4's quote, each header
+     * must be whole: a frame that ends inside one is a parser error
+     * (malformed). */
+    state parse_inner_icmp6 {
+        packet.extract(hdr.inner_icmp);
+        transition select(hdr.inner_icmp.icmp_type) {
+            0 &&& ICMPV6_INFO_BIT: parse_quoted_ipv6;
+            default: accept;
+        }
+    }
+
+    state parse_quoted_ipv6 {
+        packet.extract(hdr.quoted_ipv6);
+        transition select(hdr.quoted_ipv6.next_hdr) {
+            IP_PROTO_TCP: parse_quoted_ports;
+            IP_PROTO_UDP: parse_quoted_ports;
             default: accept;
         }
     }
@@ -313,8 +343,11 @@ control TalariaDeparser(packet_out packet, in headers_t hdr) {
         packet.emit(hdr.inner_tcp);
         packet.emit(hdr.tcp_timestamp);
         packet.emit(hdr.inner_udp);
+        /* An ICMP error's quote: IPv4's or IPv6's header (never both),
+         * then its ports. */
         packet.emit(hdr.inner_icmp);
         packet.emit(hdr.quoted_ipv4);
+        packet.emit(hdr.quoted_ipv6);
         packet.emit(hdr.quoted_ports);
     }
 }

@@ -114,6 +114,11 @@ control TalariaIngress(inout headers_t hdr,
     /* An inner IPv6 packet's L4 checksum after DNAT. */
     Csum16Update128() inner_tcp6_csum;
     Csum16Update128() inner_udp6_csum;
+    /* A relayed ICMPv6 error's checksum: over the inner destination (in
+     * its pseudo header) and the quoted source port, then over the quoted
+     * source address. */
+    Csum16Update128() icmp6_csum;
+    Csum16Update128() icmp6_quoted_csum;
 
     /* ---------------------------------------------------- ipv4_route -- */
 
@@ -670,18 +675,36 @@ control TalariaIngress(inout headers_t hdr,
 
                 if (meta.drop_reason == 0) {
                     if (hdr.inner_ipv6.isValid()
-                        && !hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()) {
+                        && !hdr.inner_tcp.isValid() && !hdr.inner_udp.isValid()
+                        && !hdr.quoted_ports.isValid()
+                        && ((hdr.talaria.flags & TALARIA_FLAG_REPLY) == 0
+                            || hdr.inner_ipv6.next_hdr != IP_PROTO_ICMPV6)) {
                         /* An inner IPv6 packet is TCP or UDP right after
-                         * its fixed header, request or reply: no
-                         * extension headers (so no fragments), no
-                         * ICMPv6. */
+                         * its fixed header, or a reply that is ICMPv6
+                         * right after it (an error a backend sent about
+                         * its flow: checked as any reply without ports,
+                         * its type unread, as IPv4's), or a request that
+                         * is a client's ICMPv6 error quoting TCP or UDP
+                         * ports (relayed below). No extension headers (so
+                         * no fragments), request, reply or quote; no other
+                         * ICMPv6 request (an echo request, an error whose
+                         * quote has no ports the parser could read). */
                         meta.drop_reason = DROP_UNSUPPORTED_PROTOCOL;
                     } else if ((hdr.talaria.flags & TALARIA_FLAG_REPLY) != 0) {
                         /* Backend to client: its claims are checked below
                          * against the same tables a request uses. */
                         meta.reply = 1;
                     } else if (hdr.inner_ipv6.isValid()) {
-                        /* An IPv6 request with ports. */
+                        /* An IPv6 request with ports, or a client's ICMPv6
+                         * error about a reply it got: relayed as IPv4's
+                         * (below), with the same checks. */
+                        if (hdr.quoted_ports.isValid()) {
+                            meta.icmp_relay = 1;
+                            if ((hdr.talaria.flags & TALARIA_FLAG_COOKIE_VALID) == 0
+                                || hdr.quoted_ipv6.dst_addr != hdr.inner_ipv6.src_addr) {
+                                meta.drop_reason = DROP_ICMP_SPOOF;
+                            }
+                        }
                     } else if (hdr.inner_ipv4.ihl != 5) {
                         meta.drop_reason = DROP_IP_OPTIONS;
                     } else if (hdr.inner_ipv4.frag_offset != 0) {
@@ -718,8 +741,9 @@ control TalariaIngress(inout headers_t hdr,
                 }
 
                 /* The Service: a request's destination, a reply's source.
-                 * A reply without ports (an ICMP error, a later fragment)
-                 * keeps the service its cookie names, for cookie_check. */
+                 * A reply without ports (an ICMP or ICMPv6 error, a later
+                 * IPv4 fragment) keeps the service its cookie names, for
+                 * cookie_check. */
                 lookup_service = meta.drop_reason == 0;
                 if (meta.reply == 1) {
                     meta.service_id = hdr.talaria.service_id;
@@ -736,9 +760,14 @@ control TalariaIngress(inout headers_t hdr,
                     }
                 } else if (meta.icmp_relay == 1) {
                     /* The reply the error quotes came from the service. */
-                    meta.service_addr = hdr.quoted_ipv4.src_addr;
+                    if (hdr.inner_ipv6.isValid()) {
+                        meta.service_addr_v6 = hdr.quoted_ipv6.src_addr;
+                        meta.service_proto = hdr.quoted_ipv6.next_hdr;
+                    } else {
+                        meta.service_addr = hdr.quoted_ipv4.src_addr;
+                        meta.service_proto = hdr.quoted_ipv4.protocol;
+                    }
                     meta.service_port = hdr.quoted_ports.src_port;
-                    meta.service_proto = hdr.quoted_ipv4.protocol;
                 } else if (meta.cookie_fragment == 1) {
                     /* No ports to look the service up by: the cookie's. */
                     meta.service_id = hdr.talaria.service_id;
@@ -1019,7 +1048,21 @@ control TalariaIngress(inout headers_t hdr,
                  * no header checksum; its TCP or UDP one covers both
                  * addresses whole. */
                 if (hdr.inner_ipv6.isValid()) {
-                    if (hdr.inner_tcp.isValid()) {
+                    if (meta.icmp_relay == 1) {
+                        /* As IPv4's relay: the quoted reply left the
+                         * backend from its own address and port. The
+                         * ICMPv6 checksum covers the inner destination
+                         * (pseudo header) and the quote; the quoted L4
+                         * checksum stays. */
+                        icmp6_csum.apply(hdr.inner_icmp.checksum,
+                                         hdr.inner_ipv6.dst_addr, meta.backend_ip_v6,
+                                         hdr.quoted_ports.src_port, meta.backend_port);
+                        icmp6_quoted_csum.apply(hdr.inner_icmp.checksum,
+                                                hdr.quoted_ipv6.src_addr,
+                                                meta.backend_ip_v6, 0, 0);
+                        hdr.quoted_ipv6.src_addr = meta.backend_ip_v6;
+                        hdr.quoted_ports.src_port = meta.backend_port;
+                    } else if (hdr.inner_tcp.isValid()) {
                         inner_tcp6_csum.apply(hdr.inner_tcp.checksum,
                                               hdr.inner_ipv6.dst_addr,
                                               meta.backend_ip_v6,

@@ -41,7 +41,8 @@ pub enum DropReason {
     IpOptions = 13,
     /// Inner IPv4 fragment on a load-balanced path (no L4 ports to hash).
     Fragment = 14,
-    /// Inner protocol other than TCP or UDP on a load-balanced path.
+    /// Inner protocol other than TCP or UDP on a load-balanced path (an
+    /// ICMP or ICMPv6 error about a Service flow excepted: it is relayed).
     UnsupportedProtocol = 15,
     /// A reply whose client pod address maps to no node.
     NoClientNode = 16,

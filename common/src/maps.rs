@@ -573,10 +573,11 @@ impl ReverseEntry6 {
     }
 }
 
-/// [`ServiceAddr`] of an IPv6 Service port (`NODE_SERVICES_V6`). Key:
-/// the service id widened to `u32` (one id space over both families).
+/// [`ServiceAddr`] of an IPv6 Service port (`NODE_SERVICES_V6`; key: the
+/// service id widened to `u32`, one id space over both families), and the
+/// key of its port policy (`NODE_PORT_POLICY_V6`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ServiceAddr6 {
     pub vip: [u8; 16],
     pub port: Be16,
@@ -845,6 +846,7 @@ backend_key!(FlowKey => |a: &Be32| u32::from_ne_bytes(a.0), FlowKey6 => fold6);
 /// [`ReverseEntry6`]): whose flow it holds, and its FIN bits.
 pub trait ReverseFlow {
     fn service_id(&self) -> u16;
+    fn backend_id(&self) -> u32;
     /// The client's own port when the key holds a substitute, else 0.
     fn client_port(&self) -> Be16;
     fn fin_seen(&self) -> u8;
@@ -867,6 +869,11 @@ macro_rules! reverse_flow {
             #[inline(always)]
             fn service_id(&self) -> u16 {
                 self.service_id
+            }
+
+            #[inline(always)]
+            fn backend_id(&self) -> u32 {
+                self.backend_id
             }
 
             #[inline(always)]

@@ -28,6 +28,16 @@ pub const ICMP_PORT_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMPv6 type destination unreachable.
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+/// Destination unreachable code: port unreachable (kube-proxy's REJECT).
+pub const ICMPV6_PORT_UNREACH: u8 = 4;
+/// ICMPv6 type Packet Too Big.
+pub const ICMPV6_PKT_TOOBIG: u8 = 2;
+/// ICMPv6 types below this are errors, which quote the packet they are
+/// about; the rest are informational (RFC 4443 §2.1).
+pub const ICMPV6_INFO_MIN: u8 = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

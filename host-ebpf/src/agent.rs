@@ -271,6 +271,10 @@ const FIRST_SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(cfg: Config) -> Result<()> {
+    // Before anything else: a SIGTERM during start-up (a DaemonSet rolled
+    // over at once) waits for it, and the agent exits cleanly after.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::io("signal handler", e))?;
     let mut node = Node::load(Some(&cfg.pin_dir), cfg.flow_table_size)?;
     apply_node(&mut node, &cfg)?;
     info!(uplink = %cfg.uplink, mode = ?cfg.mode, pin_dir = %cfg.pin_dir.display(), "talaria-node attached to the uplink");
@@ -460,8 +464,6 @@ pub async fn run(cfg: Config) -> Result<()> {
         tokio::spawn(metrics::serve(listener, move || metrics::render(&registry)));
     }
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Error::io("signal handler", e))?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

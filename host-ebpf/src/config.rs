@@ -340,11 +340,11 @@ impl ServiceConfig {
         }
     }
 
-    /// The `NODE_PORT_POLICY` key (IPv4 only: IPv6 ports have no policy).
+    /// The `NODE_PORT_POLICY` key of an IPv4 port.
     pub fn port_key(&self) -> Result<ServiceKey> {
         let IpAddr::V4(vip) = self.vip else {
             return Err(Error::Invalid(format!(
-                "service {}: IPv6 ports have no port policy",
+                "service {}: an IPv6 port's policy is keyed by port_key6",
                 self.id
             )));
         };
@@ -390,6 +390,17 @@ impl ServiceConfig {
         };
         p.preferred[..n].copy_from_slice(&self.preferred[..n]);
         (p.flags != 0 || n > 0).then_some(p)
+    }
+
+    /// The `NODE_PORT_POLICY_V6` value, if the IPv6 port has a policy: new
+    /// flows to it are refused, or restricted to preferred backends.
+    /// Session affinity, endpoints without an agent and nodePorts are IPv4
+    /// only (an IPv6 port with affinity has the switch's ClientIP hash).
+    pub fn policy6(&self) -> Option<PortPolicy> {
+        let mut p = self.policy()?;
+        p.flags &= port_policy::REJECT | port_policy::LOCAL_ONLY;
+        p.affinity_timeout_s = 0;
+        (p.flags != 0 || p.count > 0).then_some(p)
     }
 
     /// The `NODE_AFFINITY_BACKENDS` keys: with session affinity, the
@@ -498,6 +509,35 @@ pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_ports_policy_keeps_what_ipv6_serves() {
+        let vip: IpAddr = "fd00:96::a".parse().unwrap();
+        let full = ServiceConfig {
+            reject: true,
+            preferred: vec![7, 8],
+            local_only: true,
+            agentless: true,
+            affinity_timeout_secs: 60,
+            node_port: true,
+            ..ServiceConfig::new(3, vip, 80, "tcp")
+        };
+        let p = full.policy6().unwrap();
+        assert_eq!(p.flags, port_policy::REJECT | port_policy::LOCAL_ONLY);
+        assert_eq!(
+            (p.service_id, p.count, &p.preferred[..2]),
+            (3, 2, &[7, 8][..])
+        );
+        assert_eq!(p.affinity_timeout_s, 0);
+        let affinity_only = ServiceConfig {
+            affinity_timeout_secs: 60,
+            agentless: true,
+            ..ServiceConfig::new(3, vip, 80, "tcp")
+        };
+        assert!(affinity_only.policy().is_some());
+        assert_eq!(affinity_only.policy6(), None, "nothing IPv6 serves");
+        assert!(ServiceConfig::new(3, vip, 80, "tcp").port_key().is_err());
+    }
 
     #[test]
     fn yaml_with_defaults() {

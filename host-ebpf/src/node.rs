@@ -71,6 +71,7 @@ pub const MAP_POD_FLOWS: &str = "NODE_POD_FLOWS";
 pub const MAP_TS_COOKIE: &str = "NODE_TS_COOKIE";
 pub const MAP_SVC_CIDRS_V6: &str = "NODE_SVC_CIDRS_V6";
 pub const MAP_SERVICES_V6: &str = "NODE_SERVICES_V6";
+pub const MAP_PORT_POLICY_V6: &str = "NODE_PORT_POLICY_V6";
 pub const MAP_COOKIES_V6: &str = "NODE_COOKIES_V6";
 pub const MAP_REVERSE_V6: &str = "NODE_REVERSE_V6";
 pub const MAP_PORT_SUBST_V6: &str = "NODE_PORT_SUBST_V6";
@@ -246,6 +247,7 @@ pub struct Node {
 #[derive(Default)]
 struct ServiceMaps {
     policies: StdHashMap<ServiceKey, PortPolicy>,
+    policies6: StdHashMap<ServiceAddr6, PortPolicy>,
     services: StdHashMap<u32, ServiceAddr>,
     services6: StdHashMap<u32, ServiceAddr6>,
     affinity_backends: StdHashMap<AffinityBackend, u8>,
@@ -616,9 +618,10 @@ impl Node {
         self.add_service_cidrs(cidrs)
     }
 
-    /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`),
-    /// the ports whose new flows are refused, go to preferred backends or
-    /// keep session affinity (`NODE_PORT_POLICY`), and the backends such
+    /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`,
+    /// `NODE_SERVICES_V6`), the ports whose new flows are refused, go to
+    /// preferred backends or keep session affinity (`NODE_PORT_POLICY`;
+    /// IPv6: `NODE_PORT_POLICY_V6`, no affinity), and the backends such
     /// an affinity may name (`NODE_AFFINITY_BACKENDS`). Only what changed
     /// since the last call is written (a new Service in a large cluster
     /// costs a few map writes, not one per Service).
@@ -628,8 +631,9 @@ impl Node {
             let v4 = match s.map_value()? {
                 ServiceValue::V4(v) => v,
                 ServiceValue::V6(v) => {
-                    // IPv6 ports have no policy (REJECT, Local, affinity):
-                    // new flows go by the switch's hash.
+                    if let Some(p) = s.policy6() {
+                        want.policies6.insert(v, p);
+                    }
                     want.services6.insert(u32::from(s.id), v);
                     continue;
                 }
@@ -653,6 +657,12 @@ impl Node {
             MAP_PORT_POLICY,
             have.map(|h| &h.policies),
             &want.policies,
+        )?;
+        sync_hash_map(
+            self.map_mut(MAP_PORT_POLICY_V6)?,
+            MAP_PORT_POLICY_V6,
+            have.map(|h| &h.policies6),
+            &want.policies6,
         )?;
         sync_hash_map(
             self.map_mut(MAP_SERVICES)?,

@@ -432,6 +432,52 @@ pub fn l4_checksum6_ok(ip: &[u8]) -> bool {
     fold(pseudo + sum16(l4)) == 0xffff
 }
 
+/// An ICMPv6 error (`icmp_type`/`code`; `value`: the MTU of a Packet Too
+/// Big, the pointer of a parameter problem, else 0) from `src` to `dst`
+/// quoting `quoted` (an IPv6 packet) as far as the message stays within
+/// 1280 bytes (RFC 4443 §2.4(c)), with a real checksum.
+pub fn icmp6_error(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    icmp_type: u8,
+    code: u8,
+    value: u32,
+    quoted: &[u8],
+) -> Vec<u8> {
+    let q = &quoted[..quoted.len().min(1280 - 48)];
+    let len = 8 + q.len();
+    let mut p = vec![0u8; 40 + len];
+    p[0] = 0x60;
+    p[4..6].copy_from_slice(&(len as u16).to_be_bytes());
+    p[6] = talaria_common::net::IPPROTO_ICMPV6;
+    p[7] = 64;
+    p[8..24].copy_from_slice(&src.octets());
+    p[24..40].copy_from_slice(&dst.octets());
+    p[40] = icmp_type;
+    p[41] = code;
+    p[44..48].copy_from_slice(&value.to_be_bytes());
+    p[48..].copy_from_slice(q);
+    let c = !fold(icmp6_sum(&p));
+    p[42..44].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// The one's complement sum of an IPv6/ICMPv6 packet's message and its
+/// pseudo-header.
+fn icmp6_sum(ip: &[u8]) -> u32 {
+    let len = usize::from(u16::from_be_bytes([ip[4], ip[5]]));
+    sum16(&ip[8..40])
+        + len as u32
+        + u32::from(talaria_common::net::IPPROTO_ICMPV6)
+        + sum16(&ip[40..40 + len])
+}
+
+/// Whether the ICMPv6 checksum of an IPv6/ICMPv6 packet (no Ethernet, no
+/// extension headers) verifies.
+pub fn icmp6_checksum_ok(ip: &[u8]) -> bool {
+    fold(icmp6_sum(ip)) == 0xffff
+}
+
 /// Prepends an Ethernet header with EtherType IPv6.
 pub fn eth6(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
     let mut p = eth(dst, src, ip);
@@ -458,5 +504,13 @@ mod ipv6_tests {
             assert_eq!(t.key().reversed(), t.reversed().key());
         }
         assert_eq!(&eth6([1; 6], [2; 6], &[0x60])[12..15], &[0x86, 0xdd, 0x60]);
+        let udp = ipv6(Tuple6::udp(a, 40000, b, 53), 0, &[7; 2000]);
+        let e = icmp6_error(b, a, 1, 4, 0, &udp);
+        assert_eq!(e.len(), 1280, "quoted as far as 1280 bytes go");
+        assert!(icmp6_checksum_ok(&e));
+        assert_eq!(&e[48..88], &udp[..40]);
+        let mut bad = e.clone();
+        bad[9] ^= 1;
+        assert!(!icmp6_checksum_ok(&bad), "the pseudo-header counts");
     }
 }

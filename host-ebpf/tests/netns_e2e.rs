@@ -119,6 +119,8 @@ const POD_B_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 2);
 const VIP_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0xa);
 const SVC_V6_TCP: u16 = 20;
 const SVC_V6_UDP: u16 = 21;
+/// A TCP port of VIP_V6 without endpoints (NO_ENDPOINTS_PORT): refused.
+const SVC_V6_NO_ENDPOINTS: u16 = 22;
 const BACKEND_B_TCP_V6: u32 = 111;
 const BACKEND_B_UDP_V6: u32 = 211;
 
@@ -521,6 +523,10 @@ impl Lab {
                 node_port(SVC_NP_UDP[1], NODE2_IP, NODE_PORT_UDP, "udp"),
                 ServiceConfig::new(SVC_V6_TCP, VIP_V6, 80, "tcp"),
                 ServiceConfig::new(SVC_V6_UDP, VIP_V6, 53, "udp"),
+                ServiceConfig {
+                    reject: true,
+                    ..ServiceConfig::new(SVC_V6_NO_ENDPOINTS, VIP_V6, NO_ENDPOINTS_PORT, "tcp")
+                },
             ],
             pods,
             flow_table_size: 65536,
@@ -1340,12 +1346,53 @@ fn udp_gso_datagrams_reach_the_backend() {
 fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     require!(LOADS_BPF);
     let lab = Lab::new();
-    // Nothing listens on backend b's UDP port: its kernel answers with ICMP
-    // port unreachable, which must reach the client as coming from the
-    // VIP about VIP:53 (a connected UDP socket then reports ECONNREFUSED).
-    let err = sys::in_netns(lab.pod("pa"), || {
-        let s = UdpSocket::bind((POD_A, 0)).unwrap();
-        s.connect((VIP, 53)).unwrap();
+    port_unreachable_from_a_backend(&lab, POD_A.into(), VIP.into());
+}
+
+/// A pod's connection to an IPv6 port without endpoints is refused at
+/// once by its node (kube-proxy's REJECT: ICMPv6 port unreachable from
+/// the VIP6), not left to time out.
+#[test]
+fn a_connection_to_an_ipv6_port_without_endpoints_is_refused() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    let refused = sys::in_netns(lab.pod("pa"), || {
+        TcpStream::connect_timeout(
+            &SocketAddr::from((VIP_V6, NO_ENDPOINTS_PORT)),
+            Duration::from_secs(5),
+        )
+        .unwrap_err()
+    })
+    .unwrap();
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "{refused}"
+    );
+    // At least the SYN; a refusal that arrives while connect() still holds
+    // the socket is only noted, and the retransmitted SYN's ends it.
+    assert!(lab.stats(0).event(node_stat::REJECTED) >= 1);
+}
+
+/// [`icmp_port_unreachable_from_a_backend_reaches_the_client`] over IPv6:
+/// the backend's ICMPv6 error goes through the switch as a reply.
+#[test]
+fn icmpv6_port_unreachable_from_a_backend_reaches_the_client() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    port_unreachable_from_a_backend(&lab, POD_A_V6.into(), VIP_V6.into());
+}
+
+/// Nothing listens on backend b's UDP port: its kernel answers with port
+/// unreachable, which must reach the client as coming from the VIP about
+/// VIP:53 (a connected UDP socket then reports ECONNREFUSED; its kernel
+/// checked the checksum and matched the quote to the socket).
+fn port_unreachable_from_a_backend(lab: &Lab, client: IpAddr, vip: IpAddr) {
+    let err = sys::in_netns(lab.pod("pa"), move || {
+        let s = UdpSocket::bind((client, 0)).unwrap();
+        s.connect((vip, 53)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         s.send(b"anyone?").unwrap();
         let mut buf = [0u8; 100];
@@ -1354,21 +1401,42 @@ fn icmp_port_unreachable_from_a_backend_reaches_the_client() {
     .unwrap();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     assert!(lab.stats(1).event(node_stat::REVERSE_NAT) >= 1);
+    for node in [0, 1] {
+        let drops = lab.stats(node).drops;
+        assert!(drops.iter().all(|d| d.1 == 0), "no drops: {drops:?}");
+    }
 }
 
 /// A client's ICMP error about a reply reaches the backend that sent it,
-/// as conntrack relays RELATED errors (issue: ICMP errors): pod a's socket
-/// is gone when backend b's second datagram arrives, so pod a's kernel
-/// answers it with port unreachable to the VIP, and b's connected socket
-/// reports ECONNREFUSED. The kernel rate-limits ICMP errors host-wide
-/// (`icmp_msgs_per_sec`, shared with every test running beside this one),
-/// so b sends again, at most 10 times 300 ms apart, until the error comes.
+/// as conntrack relays RELATED errors (issue: ICMP errors).
 #[test]
 fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
     require!(LOADS_BPF);
     let lab = Lab::new();
+    clients_port_unreachable_about_a_reply(&lab, POD_A.into(), POD_B.into(), VIP.into());
+}
+
+/// [`a_clients_port_unreachable_about_a_reply_reaches_the_backend`] over
+/// IPv6: the switch rewrites the client's ICMPv6 error as the backend
+/// must see it (destination, quoted source address and port, ICMPv6
+/// checksum).
+#[test]
+fn a_clients_icmpv6_port_unreachable_about_a_reply_reaches_the_backend() {
+    require!(LOADS_BPF);
+    let lab = Lab::new();
+    lab.enable_ipv6();
+    clients_port_unreachable_about_a_reply(&lab, POD_A_V6.into(), POD_B_V6.into(), VIP_V6.into());
+}
+
+/// Pod a (`client`) asks backend b (`backend`) through `vip`:53; its
+/// socket is gone when b's second datagram arrives, so its kernel answers
+/// that with port unreachable, which must reach b's connected socket as
+/// ECONNREFUSED. The kernel rate-limits ICMP errors host-wide
+/// (`icmp_msgs_per_sec`, shared with every test running beside this one),
+/// so b sends again, at most 10 times 300 ms apart, until the error comes.
+fn clients_port_unreachable_about_a_reply(lab: &Lab, client: IpAddr, backend: IpAddr, vip: IpAddr) {
     let (closed, client_gone) = std::sync::mpsc::channel::<()>();
-    let backend = udp_server(lab.pod("pb"), POD_B, Duration::from_secs(5), move |s| {
+    let server = udp_server(lab.pod("pb"), backend, Duration::from_secs(5), move |s| {
         let mut buf = [0u8; 100];
         let (_, peer) = s.recv_from(&mut buf).unwrap();
         s.connect(peer).unwrap();
@@ -1390,17 +1458,17 @@ fn a_clients_port_unreachable_about_a_reply_reaches_the_backend() {
         (peer, last)
     });
     sys::in_netns(lab.pod("pa"), move || {
-        let s = UdpSocket::bind((POD_A, 40120)).unwrap();
+        let s = UdpSocket::bind((client, 40120)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.send_to(b"hello", (VIP, 53)).unwrap();
+        s.send_to(b"hello", (vip, 53)).unwrap();
         let mut buf = [0u8; 100];
         s.recv_from(&mut buf).expect("the first reply");
         drop(s);
         closed.send(()).unwrap();
     })
     .unwrap();
-    let (peer, second) = backend.join().unwrap();
-    assert_eq!(peer, SocketAddr::from((POD_A, 40120)));
+    let (peer, second) = server.join().unwrap();
+    assert_eq!(peer, SocketAddr::from((client, 40120)));
     let err = second.expect_err("the client's port unreachable reached the backend");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     let sent = lab.stats(0).event(node_stat::ICMP_RELAY);

@@ -16,7 +16,7 @@ use talaria_common::{
     be::Be32,
     drop::DropReason,
     maps::{node_stat, ts_flags, CookieEntry, NodeConfig, PodEntry, ReverseEntry, HAIRPIN_SOURCE6},
-    net::tcp_flags,
+    net::{tcp_flags, IPPROTO_TCP},
     ts_cookie::{self, cookie, CookieKey},
     wire::{flags, TalariaEncap, ENCAP_OVERHEAD, GENEVE_PROTO_IPV6, GENEVE_UDP_PORT},
 };
@@ -2948,6 +2948,303 @@ fn ipv6_what_is_not_served_is_dropped_or_passes() {
     assert_eq!(run(&n, PROG_UPLINK, &plain).0, TC_ACT_SHOT);
     assert_eq!(n.stats().unwrap().dropped(DropReason::ServiceSource), 1);
     assert_eq!(total_drops(&n), 6, "nothing else dropped");
+}
+
+/// Two UDP Services (`SVC6_UDP`, `SVC6_2_UDP`) share backend
+/// fd00:244:1::3, and one client reaches both from one port: returns the
+/// requests' tuple after the switch's DNAT, and the substitute client port
+/// from which the second flow reaches the backend.
+fn two_udp_flows_sharing_a_backend6(n: &Node) -> (Tuple6, u16) {
+    let request = Tuple6::udp(v6("fd00:244:2::2"), 40000, v6("fd00:244:1::3"), 8080);
+    for svc in [SVC6_UDP, SVC6_2_UDP] {
+        let enc = TalariaEncap::new(flags::COOKIE_VALID, svc, 42);
+        let req = from_switch6(enc, &ipv6(request, 0, b"query"));
+        assert_eq!(run(n, PROG_UPLINK, &req).0, TC_ACT_REDIRECT);
+    }
+    let subst = n
+        .reverse_flows6()
+        .unwrap()
+        .iter()
+        .find(|(_, e)| e.client_port.get() == 40000)
+        .map(|(k, _)| k.dst_port.get())
+        .expect("the second flow has a substitute");
+    (request, subst)
+}
+
+/// A backend pod's ICMPv6 error about a Service flow (here port
+/// unreachable, as its kernel sends when no socket listens) goes back to
+/// the client as IPv4's does: from VIP6, quoting the client's own packet
+/// to VIP6:port (its own port too, where the flow has a substitute), with
+/// the ICMPv6 checksum fixed, tunnelled as a reply with the flow's cookie;
+/// on the client's node it is delivered as it is. Only the backend may
+/// send it; messages that are not errors about a Service flow pass.
+#[test]
+fn ipv6_icmp_error_from_a_backend_is_reverse_natted() {
+    require!(LOADS_BPF);
+    use talaria_common::maps::mtu_stat;
+    use talaria_node::packet::{icmp6_checksum_ok, icmp6_error};
+    let mut n = node6();
+    let (request, subst) = two_udp_flows_sharing_a_backend6(&n);
+    let (client, backend) = (request.src, request.dst);
+
+    let services = [
+        (40000, v6("fd00:96::b"), 53, SVC6_UDP),
+        (subst, v6("fd00:96::c"), 8443, SVC6_2_UDP),
+    ];
+    for (port, vip, vip_port, svc) in services {
+        let delivered = ipv6(Tuple6::udp(client, port, backend, 8080), 0, b"query");
+        let error = icmp6_error(backend, client, 1, 4, 0, &delivered);
+        let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &error));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "service {svc}");
+        let (fl, s, b, sport, inner) = check_encap6(&out, error.len());
+        assert_eq!((fl, s, b), (flags::REPLY | flags::COOKIE_VALID, svc, 42));
+        assert!(
+            icmp6_checksum_ok(&inner),
+            "ICMPv6 checksum after the rewrite"
+        );
+        let client_view = Tuple6::udp(client, 40000, vip, vip_port);
+        let expected = icmp6_error(vip, client, 1, 4, 0, &ipv6(client_view, 0, b"query"));
+        // All as the client sent it to VIP6, but the checksums: the
+        // ICMPv6 one (checked above) and the quoted UDP one, left alone.
+        let (icmp_check, quoted_check) = (42..44, 94..96);
+        let strip = |p: &[u8]| {
+            let mut p = p.to_vec();
+            p[icmp_check.clone()].fill(0);
+            p[quoted_check.clone()].fill(0);
+            p
+        };
+        assert_eq!(strip(&inner), strip(&expected), "service {svc}");
+        assert_eq!(&inner[quoted_check.clone()], &delivered[46..48]);
+        assert_eq!(
+            sport,
+            client_view.reversed().key().outer_sport(),
+            "hashed as the client's flow"
+        );
+    }
+    assert_eq!(total_drops(&n), 0);
+
+    // Another pod on the node may not speak for the flow.
+    let req = ipv6(request, 0, b"query");
+    let spoofed = icmp6_error(v6("fd00:244:1::2"), client, 1, 4, 0, &req);
+    let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &spoofed));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::IcmpSpoof), 1);
+    // An echo request, and an error about no Service flow: untouched.
+    let ping = icmp6_error(backend, client, 128, 0, 0x0001_0001, b"");
+    let unknown = icmp6_error(
+        backend,
+        client,
+        1,
+        4,
+        0,
+        &ipv6(Tuple6::udp(client, 40001, backend, 8080), 0, b""),
+    );
+    for p in [ping, unknown] {
+        let f = eth6(HOST_VETH_MAC, POD_MAC, &p);
+        assert_eq!(run(&n, PROG_POD, &f), (TC_ACT_OK, f.clone()));
+    }
+    // An error too big for the tunnel is dropped, not answered.
+    n.set_uplink_mtu(1300).unwrap();
+    let long = icmp6_error(backend, client, 1, 4, 0, &ipv6(request, 0, &[0; 1300]));
+    let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &long));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(
+        n.stats().unwrap().mtu_event(mtu_stat::TOO_BIG_ICMP),
+        1,
+        "no error about an error"
+    );
+
+    // The client's node delivers the relayed error as it is, learning
+    // nothing.
+    let pod = v6("fd00:244:1::2");
+    let relayed = icmp6_error(
+        v6("fd00:96::b"),
+        pod,
+        1,
+        4,
+        0,
+        &ipv6(Tuple6::udp(pod, 40000, v6("fd00:96::b"), 53), 0, b"query"),
+    );
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC6_UDP, 42);
+    let (verdict, out) = run(&n, PROG_UPLINK, &from_switch6(enc, &relayed));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(out, eth6(POD_MAC, HOST_VETH_MAC, &relayed));
+    assert!(n.cookies6().unwrap().is_empty(), "nothing learned");
+}
+
+/// A client pod's ICMPv6 error about a reply it got (port unreachable
+/// when its socket is gone) goes to the backend that sent the reply, as
+/// IPv4's does: tunnelled with the flow's cookie, unchanged (the switch
+/// rewrites it as the backend sent the reply); on the backend's node, the
+/// relayed error is delivered if it is about the backend's flow that the
+/// cookie names, quoting the client port the backend knows (its
+/// substitute, if the flow has one).
+#[test]
+fn ipv6_icmp_error_from_a_client_about_a_reply_goes_to_its_backend() {
+    require!(LOADS_BPF);
+    use talaria_node::packet::{icmp6_checksum_ok, icmp6_error};
+    let n = node6();
+    let (pod, vip) = (v6("fd00:244:1::2"), v6("fd00:96::b"));
+    let flow = Tuple6::udp(pod, 40000, vip, 53);
+    let reply = ipv6(flow.reversed(), 0, b"answer");
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC6_UDP, 42);
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch6(enc, &reply)).0,
+        TC_ACT_REDIRECT
+    );
+    let icmp_relay = |n: &Node| n.stats().unwrap().event(node_stat::ICMP_RELAY);
+
+    // Client side: the pod's socket is gone when the next reply comes.
+    let error = icmp6_error(pod, vip, 1, 4, 0, &reply);
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &error));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (fl, svc, backend, sport, inner) = check_encap6(&out, error.len());
+    assert_eq!((fl, svc, backend), (flags::COOKIE_VALID, SVC6_UDP, 42));
+    assert_eq!(inner, error, "unchanged: the switch rewrites it");
+    assert_eq!(sport, flow.key().outer_sport(), "the flow's outer port");
+    assert_eq!(icmp_relay(&n), 1);
+    // About a reply to another pod, or about no flow of this one, or no
+    // error at all (an echo request): not relayed.
+    let dropped = |n: &Node, r| n.stats().unwrap().dropped(r);
+    let other_pod = ipv6(Tuple6::udp(vip, 53, v6("fd00:244:1::3"), 40000), 0, b"");
+    let no_flow = ipv6(Tuple6::udp(vip, 53, pod, 40001), 0, b"");
+    for quoted in [other_pod, no_flow] {
+        let e = icmp6_error(pod, vip, 1, 4, 0, &quoted);
+        let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &e));
+        assert_eq!(verdict, TC_ACT_SHOT);
+    }
+    assert_eq!(dropped(&n, DropReason::IcmpSpoof), 2);
+    let ping = icmp6_error(pod, vip, 128, 0, 0x0001_0001, b"");
+    let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &ping));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(dropped(&n, DropReason::UnsupportedProtocol), 1);
+
+    // Backend side.
+    let (request, subst) = two_udp_flows_sharing_a_backend6(&n);
+    let (client, backend) = (request.src, request.dst);
+    // The client's error as the switch relays it: to the backend, quoting
+    // the reply as the backend sent it, to the client's own port.
+    let backend_reply = ipv6(request.reversed(), 0, b"answer");
+    let relayed = icmp6_error(client, backend, 1, 4, 0, &backend_reply);
+    for (svc, port) in [(SVC6_UDP, 40000), (SVC6_2_UDP, subst)] {
+        let enc = TalariaEncap::new(flags::COOKIE_VALID, svc, 42);
+        let (verdict, out) = run(&n, PROG_UPLINK, &from_switch6(enc, &relayed));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "service {svc}");
+        let delivered = &out[14..];
+        assert!(icmp6_checksum_ok(delivered), "ICMPv6 checksum");
+        let quoted = Tuple6::of(&delivered[48..]);
+        assert_eq!(quoted, Tuple6::udp(backend, 8080, client, port));
+        // All else as relayed (bytes 42..44: the ICMPv6 checksum).
+        let mut expected = relayed.clone();
+        expected[90..92].copy_from_slice(&port.to_be_bytes());
+        expected[42..44].copy_from_slice(&delivered[42..44]);
+        assert_eq!(delivered, &expected[..]);
+    }
+    assert_eq!(icmp_relay(&n), 3);
+    // Another backend's cookie, or a flow of no Service it names: dropped.
+    for (svc, backend_id) in [(SVC6_UDP, 43), (SVC6_TCP, 42)] {
+        let enc = TalariaEncap::new(flags::COOKIE_VALID, svc, backend_id);
+        let (verdict, _) = run(&n, PROG_UPLINK, &from_switch6(enc, &relayed));
+        assert_eq!(verdict, TC_ACT_SHOT);
+    }
+    assert_eq!(dropped(&n, DropReason::IcmpSpoof), 4);
+    assert_eq!(icmp_relay(&n), 3);
+}
+
+/// IPv6 ports follow their policy as IPv4's do: a port without a usable
+/// endpoint is refused with an ICMPv6 port unreachable from the VIP6 back
+/// into the pod (kube-proxy's REJECT; for TCP too), a port with preferred
+/// backends sends its new flows with one of them as the cookie, and a
+/// Local port with none here drops them. Established flows (a cached
+/// cookie) are not asked again.
+#[test]
+fn ipv6_new_flows_follow_their_ports_policy() {
+    require!(LOADS_BPF);
+    use talaria_node::packet::icmp6_error;
+    let mut n = node6();
+    let with = |id, vip: &str, port, protocol: &str, reject, preferred: Vec<u32>, local_only| {
+        ServiceConfig {
+            reject,
+            preferred,
+            local_only,
+            // IPv4-only policies, which an IPv6 port ignores.
+            affinity_timeout_secs: 60,
+            agentless: true,
+            ..ServiceConfig::new(id, v6(vip), port, protocol)
+        }
+    };
+    n.set_services(&[
+        with(SVC6_TCP, "fd00:96::a", 80, "tcp", true, vec![], false),
+        with(SVC6_UDP, "fd00:96::b", 53, "udp", true, vec![], false),
+        with(
+            SVC6_2_TCP,
+            "fd00:96::c",
+            8443,
+            "tcp",
+            false,
+            vec![42, 43],
+            true,
+        ),
+        with(SVC6_2_UDP, "fd00:96::c", 8443, "udp", false, vec![], true),
+    ])
+    .unwrap();
+    let pod = v6("fd00:244:1::2");
+    for (t, fl) in [
+        (
+            Tuple6::tcp(pod, 40000, v6("fd00:96::a"), 80),
+            tcp_flags::SYN,
+        ),
+        (Tuple6::udp(pod, 40001, v6("fd00:96::b"), 53), 0),
+    ] {
+        let pkt = ipv6(t, fl, b"x");
+        let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &pkt));
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{t:?}: back to the pod");
+        let quoted = if t.proto == IPPROTO_TCP { 60 } else { 48 };
+        let refusal = icmp6_error(t.dst, t.src, 1, 4, 0, &pkt[..quoted]);
+        assert_eq!(
+            out,
+            eth6(POD_MAC, HOST_VETH_MAC, &refusal),
+            "{t:?}: port unreachable from the VIP6, quoting the IPv6 and L4 headers"
+        );
+    }
+    assert_eq!(n.stats().unwrap().event(node_stat::REJECTED), 2);
+
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 40000..40032 {
+        let t = Tuple6::tcp(pod, sport, v6("fd00:96::c"), 8443);
+        let syn = ipv6(t, tcp_flags::SYN, b"");
+        let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &syn));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (fl, svc, backend, _, inner) = check_encap6(&out, syn.len());
+        assert_eq!((fl, svc, inner), (flags::COOKIE_VALID, SVC6_2_TCP, syn));
+        seen.insert(backend);
+    }
+    assert_eq!(
+        seen,
+        [42, 43].into(),
+        "both preferred backends, nothing else"
+    );
+    assert_eq!(n.stats().unwrap().event(node_stat::PREFERRED), 32);
+    let udp = ipv6(Tuple6::udp(pod, 5000, v6("fd00:96::c"), 8443), 0, b"q");
+    let (verdict, _) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &udp));
+    assert_eq!(verdict, TC_ACT_SHOT);
+    assert_eq!(n.stats().unwrap().dropped(DropReason::NoLocalEndpoint), 1);
+
+    // A flow whose cookie the node learned before the port lost its
+    // endpoints goes on with it, as conntrack keeps an established flow.
+    let flow = Tuple6::tcp(pod, 41000, v6("fd00:96::a"), 80);
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC6_TCP, 42);
+    let synack = ipv6(flow.reversed(), tcp_flags::SYN | tcp_flags::ACK, b"");
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch6(enc, &synack)).0,
+        TC_ACT_REDIRECT
+    );
+    let ack = ipv6(flow, tcp_flags::ACK, b"GET /");
+    let (verdict, out) = run(&n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &ack));
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    let (fl, svc, backend, _, _) = check_encap6(&out, ack.len());
+    assert_eq!((fl, svc, backend), (flags::COOKIE_VALID, SVC6_TCP, 42));
+    assert_eq!(n.stats().unwrap().event(node_stat::REJECTED), 2);
 }
 
 #[test]

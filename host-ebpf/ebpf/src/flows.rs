@@ -8,8 +8,8 @@ use talaria_common::{
     drop::DropReason,
     maps::{
         finished, node_flags, node_stat, port_policy, reverse_state, ts_flags, AffinityBackend,
-        AffinityEntry, AffinityKey, BackendKey, CookieEntry, FlowKey, PortPolicy, PortSubstKey,
-        ReverseEntry, ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        AffinityEntry, AffinityKey, BackendKey, CookieEntry, FlowKey, PortPolicy, ReverseEntry,
+        ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
     net::{tcp_flags, IPPROTO_UDP},
     wire::{flags, TalariaOpt},
@@ -19,7 +19,7 @@ use crate::{
     maps::{
         add_fin, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
         NODE_AFFINITY, NODE_AFFINITY_BACKENDS, NODE_COOKIES, NODE_FLAGS, NODE_PORT_POLICY,
-        NODE_PORT_SUBST, NODE_REVERSE, NODE_SERVICES, NODE_SVC_CIDRS,
+        NODE_REVERSE, NODE_SERVICES, NODE_SVC_CIDRS,
     },
     skb::now_ns,
     subst::{Held, Keyed},
@@ -213,25 +213,6 @@ fn remember_affinity(key: &FlowKey, service_id: u16, backend_id: u32) {
     let _ = NODE_AFFINITY.insert(&key, &entry, 0);
 }
 
-/// The backend side's entry of the flow `key` (the backend's view, client
-/// port as the client sent it) of Service `service_id`, and the client
-/// port it is keyed on: the client's own, or the flow's substitute.
-#[inline(always)]
-pub(crate) fn find_reverse(key: &FlowKey, service_id: u16) -> Option<(Be16, ReverseEntry)> {
-    // SAFETY: read-only copies of map values.
-    if let Some(e) = unsafe { NODE_REVERSE.get(key) }.copied() {
-        if e.service_id == service_id && e.client_port.get() == 0 {
-            return Some((key.dst_port, e));
-        }
-    }
-    let subst_key = PortSubstKey::new(*key, service_id);
-    // SAFETY: as above.
-    let port = unsafe { NODE_PORT_SUBST.get(&subst_key) }.copied()?;
-    // SAFETY: as above.
-    let e = unsafe { NODE_REVERSE.get(&key.with_client_port(port)) }.copied()?;
-    subst_key.held_by(&e).then_some((port, e))
-}
-
 /// Backend side: a request of a flow in `state`, with the option's flags
 /// `fl`: whether it is the one after which the client's node must be told
 /// the cookie ([`reverse_state`]).
@@ -254,7 +235,7 @@ fn one_way_request(state: &mut u8, fl: u8) -> bool {
 pub(crate) struct Reversed {
     /// The client port the backend pod must see: the client's own, or a
     /// substitute when another Service's flow holds the 4-tuple
-    /// ([`PortSubstKey`]).
+    /// ([`talaria_common::maps::PortSubstKey`]).
     pub(crate) port: Be16,
     /// A UDP flow's request that must tell the client's node its cookie
     /// (`flags::NOTIFY`).

@@ -125,6 +125,13 @@ pub(crate) static NODE_REQUEST_FRAGS: LruHashMap<FragKey, RequestFragEntry> =
 #[map]
 pub(crate) static NODE_PORT_POLICY: HashMap<ServiceKey, PortPolicy> = HashMap::pinned(65536, 0);
 
+/// [`NODE_PORT_POLICY`] of IPv6 ports: (VIP6, port, protocol) → refused,
+/// or preferred backends (session affinity and agentless endpoints are
+/// not for IPv6).
+#[map]
+pub(crate) static NODE_PORT_POLICY_V6: HashMap<ServiceAddr6, PortPolicy> =
+    HashMap::pinned(65536, 0);
+
 /// Node-wide settings, element 0. All zero = not configured: pass all.
 #[map]
 static NODE_CONFIG: Array<NodeConfig> = Array::pinned(1, 0);

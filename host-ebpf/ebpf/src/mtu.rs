@@ -13,8 +13,11 @@ use talaria_common::{
     drop::DropReason,
     maps::{mtu, mtu_stat},
     net::{fold, sum16, Ipv4Hdr, ETH_HDR_LEN, ETH_P_IP, IPPROTO_ICMP, IPPROTO_TCP, IPV4_DF},
+    net::{
+        ICMPV6_DEST_UNREACH, ICMPV6_PKT_TOOBIG, ICMPV6_PORT_UNREACH, IPPROTO_ICMPV6, IPV4_HDR_LEN,
+        IPV6_HDR_LEN, UDP_HDR_LEN,
+    },
     net::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_PORT_UNREACH},
-    net::{IPV4_HDR_LEN, IPV6_HDR_LEN, UDP_HDR_LEN},
     wire::ENCAP_OVERHEAD,
 };
 
@@ -180,19 +183,25 @@ pub(crate) fn answer(ctx: &TcContext) -> i32 {
 /// The IPv6 minimum link MTU (RFC 8200 §5): no Packet Too Big reports
 /// less, and an ICMPv6 error is at most this long (RFC 4443 §2.4(c)).
 pub(crate) const IPV6_MIN_MTU: u32 = 1280;
-const IPPROTO_ICMPV6: u8 = 58;
-const ICMPV6_PKT_TOOBIG: u8 = 2;
 /// Bytes of the offending packet a Packet Too Big quotes: as much as fits
 /// in 1280 bytes after the IPv6 and ICMPv6 headers (1232). Sent only
 /// about packets longer than 1280 bytes, so there always are that many.
 const PTB_QUOTE_LEN: usize = IPV6_MIN_MTU as usize - IPV6_HDR_LEN - 8;
-/// The headers the Packet Too Big gets in front of the quote.
-const PTB_HDRS_LEN: usize = IPV6_HDR_LEN + 8;
+/// Bytes a port unreachable (REJECT) quotes: the IPv6 header and the
+/// fixed TCP header, or the UDP header (the ports, and TCP's sequence
+/// number, which Linux checks against the socket); every such packet has
+/// that many. Not fewer for TCP: `bpf_skb_change_tail` will not trim a
+/// CHECKSUM_PARTIAL skb (a pod's, with offloads) short of its L4 checksum
+/// field, which is at byte 16 of TCP.
+const REJECT_QUOTE_TCP: usize = IPV6_HDR_LEN + 20;
+const REJECT_QUOTE_UDP: usize = IPV6_HDR_LEN + UDP_HDR_LEN;
+/// The headers an ICMPv6 answer gets in front of its quote.
+const ICMP6_HDRS_LEN: usize = IPV6_HDR_LEN + 8;
 
 /// The ICMPv6 checksum's pseudo-header (RFC 8200 §8.1) followed by the
 /// ICMPv6 header, summed in one go.
 #[repr(C)]
-struct PtbPseudo {
+struct Icmp6Pseudo {
     src: [u8; 16],
     dst: [u8; 16],
     len: [u8; 4],
@@ -212,69 +221,97 @@ fn csum_add(p: *const u8, len: u32, seed: u32) -> Result<u32, i32> {
     Ok(r as u32)
 }
 
-/// Rewrites a pod's IPv6 packet (no extension headers, longer than 1280
-/// bytes) in place into an ICMPv6 Packet Too Big (type 2, code 0, MTU
-/// `mtu`) and hands it straight back to the pod ([`answer`]), as
-/// [`dest_unreachable`] does for IPv4 (RFC 8201; RFC 4443 §3.2):
-///
-/// - Addresses: source = the packet's destination (the VIP6, or on the
-///   backend side the client the reply was going to), destination = the
-///   pod, for the reasons [`dest_unreachable`] gives: Linux takes a Packet
-///   Too Big from any source and matches the quoted header to its socket
-///   (TCP also checks the quoted sequence number); the node has no IPv6
-///   address a pod could reach anyway. Hop limit 64, as Linux's
-///   `icmp6_send` and the IPv4 answer use (255 is for neighbour discovery,
-///   whose receivers check it; no PTB receiver does). Traffic class 0,
-///   flow label 0.
-/// - The quote: the first 1232 bytes of the packet, so that the message is
-///   1280 bytes, the most RFC 4443 §2.4(c) allows.
-/// - How: `bpf_skb_change_tail` trims the skb to Ethernet + 1232 bytes
-///   (clearing its GSO state), `adjust_room(+48, MAC)` opens room for the
-///   IPv6 and ICMPv6 headers after the Ethernet header (the network header
-///   moves with it), and the checksum (pseudo-header, ICMPv6 header and
-///   quote) is summed with `bpf_csum_diff` over the packet itself, which
-///   would not fit the stack. As with IPv4, a skb the pod marked
-///   CHECKSUM_PARTIAL keeps the mark, and the pod's stack takes it as
-///   verified; otherwise `adjust_room` leaves it CHECKSUM_NONE and the
-///   pod verifies the checksum.
-/// - Called from [`crate::v6::pod_egress6`] itself, not from below
-///   `steer6`/`reply6`: there its frame would overflow the 512-byte stack
-///   of the call chain.
+/// Answers a pod's too-big IPv6 packet (no extension headers, longer than
+/// 1280 bytes) with an ICMPv6 Packet Too Big (type 2, code 0, MTU `mtu`;
+/// RFC 8201, RFC 4443 §3.2), as [`dest_unreachable`] does for IPv4. It
+/// quotes the first 1232 bytes of the packet, so that the message is 1280
+/// bytes, the most RFC 4443 §2.4(c) allows. See [`answer6`].
 #[inline(never)]
 pub(crate) fn packet_too_big6(ctx: &TcContext, mtu: u32) -> i32 {
-    match try_packet_too_big6(ctx, mtu) {
+    let m = mtu.to_be_bytes();
+    let icmp = [ICMPV6_PKT_TOOBIG, 0, 0, 0, m[0], m[1], m[2], m[3]];
+    match answer6::<PTB_QUOTE_LEN>(ctx, icmp) {
         Ok(a) | Err(a) => a,
     }
 }
 
+/// Refuses a pod's new IPv6 flow to a port without a usable endpoint with
+/// an ICMPv6 port unreachable (type 1, code 4) from the VIP6, as
+/// kube-proxy's REJECT does (ip6tables' default answer, for TCP too). See
+/// [`answer6`].
+#[inline(never)]
+pub(crate) fn port_unreachable6(ctx: &TcContext) -> i32 {
+    let icmp = [ICMPV6_DEST_UNREACH, ICMPV6_PORT_UNREACH, 0, 0, 0, 0, 0, 0];
+    let tcp = ctx.load::<u8>(IP_OFF + 6).is_ok_and(|p| p == IPPROTO_TCP);
+    let answered = if tcp {
+        answer6::<REJECT_QUOTE_TCP>(ctx, icmp)
+    } else {
+        answer6::<REJECT_QUOTE_UDP>(ctx, icmp)
+    };
+    match answered {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+/// Rewrites a pod's IPv6 packet (no extension headers, at least `QUOTE`
+/// bytes long) in place into the ICMPv6 error `icmp` (its header, the
+/// checksum left 0) quoting its first `QUOTE` bytes, and hands it straight
+/// back to the pod ([`answer`]):
+///
+/// - Addresses: source = the packet's destination (the VIP6, or on the
+///   backend side the client the reply was going to), destination = the
+///   pod, for the reasons [`dest_unreachable`] gives: Linux takes these
+///   errors from any source and matches the quoted header to its socket
+///   (TCP also checks the quoted sequence number); the node has no IPv6
+///   address a pod could reach anyway. Hop limit 64, as Linux's
+///   `icmp6_send` and the IPv4 answer use (255 is for neighbour discovery,
+///   whose receivers check it; no error receiver does). Traffic class 0,
+///   flow label 0.
+/// - How: `bpf_skb_change_tail` trims the skb to Ethernet + `QUOTE` bytes
+///   (clearing its GSO state), `adjust_room(+48, MAC)` opens room for the
+///   IPv6 and ICMPv6 headers after the Ethernet header (the network header
+///   moves with it), and the checksum (pseudo-header, ICMPv6 header and
+///   quote) is summed with `bpf_csum_diff` over the packet itself, in
+///   pieces of at most 512 bytes: a 1232-byte quote would not fit the
+///   stack. As with IPv4, a skb the pod marked CHECKSUM_PARTIAL keeps the
+///   mark, and the pod's stack takes it as verified; otherwise
+///   `adjust_room` leaves it CHECKSUM_NONE and the pod verifies the
+///   checksum.
+/// - Called from [`crate::v6::pod_egress6`] itself, not from below
+///   `steer6`/`reply6`: there its frame would overflow the 512-byte stack
+///   of the call chain.
 #[inline(always)]
-fn try_packet_too_big6(ctx: &TcContext, mtu: u32) -> Result<i32, i32> {
+fn answer6<const QUOTE: usize>(ctx: &TcContext, icmp: [u8; 8]) -> Result<i32, i32> {
     let err = |_| drop_pkt(DropReason::Malformed);
     let macs: [u8; 12] = ctx.load(0).map_err(err)?;
-    let m = mtu.to_be_bytes();
-    let mut ps = PtbPseudo {
+    let mut ps = Icmp6Pseudo {
         // From the address the pod sent to, to the pod.
         src: ctx.load(IP_OFF + 24).map_err(err)?,
         dst: ctx.load(IP_OFF + 8).map_err(err)?,
-        len: ((PTB_HDRS_LEN - IPV6_HDR_LEN + PTB_QUOTE_LEN) as u32).to_be_bytes(),
+        len: ((ICMP6_HDRS_LEN - IPV6_HDR_LEN + QUOTE) as u32).to_be_bytes(),
         next: [0, 0, 0, IPPROTO_ICMPV6],
-        icmp: [ICMPV6_PKT_TOOBIG, 0, 0, 0, m[0], m[1], m[2], m[3]],
+        icmp,
     };
     // The quote, summed where it is: linear for its first bytes.
-    let end = (IP_OFF + PTB_QUOTE_LEN) as u32;
+    let end = (IP_OFF + QUOTE) as u32;
     ctx.pull_data(end).map_err(err)?;
     let (data, data_end) = (ctx.data(), ctx.data_end());
-    if data + IP_OFF + PTB_QUOTE_LEN > data_end {
+    if data + IP_OFF + QUOTE > data_end {
         return Err(drop_pkt(DropReason::Malformed));
     }
     let q = (data + IP_OFF) as *const u8;
-    let mut sum = csum_add((&raw const ps).cast(), size_of::<PtbPseudo>() as u32, 0)?;
-    // 1232 = 512 + 512 + 208.
-    sum = csum_add(q, 512, sum)?;
-    // SAFETY: within the bytes checked against data_end above.
-    sum = csum_add(unsafe { q.add(512) }, 512, sum)?;
-    // SAFETY: as above.
-    sum = csum_add(unsafe { q.add(1024) }, (PTB_QUOTE_LEN - 1024) as u32, sum)?;
+    let mut sum = csum_add((&raw const ps).cast(), size_of::<Icmp6Pseudo>() as u32, 0)?;
+    let mut done = 0;
+    while done < QUOTE {
+        let piece = if QUOTE - done > 512 {
+            512
+        } else {
+            QUOTE - done
+        };
+        // SAFETY: within the bytes checked against data_end above.
+        sum = csum_add(unsafe { q.add(done) }, piece as u32, sum)?;
+        done += piece;
+    }
     let check = !fold(sum);
     ps.icmp[2..4].copy_from_slice(&check.to_ne_bytes());
 
@@ -283,7 +320,7 @@ fn try_packet_too_big6(ctx: &TcContext, mtu: u32) -> Result<i32, i32> {
     if rc != 0 {
         return Err(drop_pkt(DropReason::Malformed));
     }
-    ctx.adjust_room(PTB_HDRS_LEN as i32, BPF_ADJ_ROOM_MAC, 0)
+    ctx.adjust_room(ICMP6_HDRS_LEN as i32, BPF_ADJ_ROOM_MAC, 0)
         .map_err(err)?;
     // Written piece by piece, to keep this subprogram's stack small: the
     // MACs swapped (the EtherType stays IPv6), the IPv6 header's first 8
@@ -293,8 +330,7 @@ fn try_packet_too_big6(ctx: &TcContext, mtu: u32) -> Result<i32, i32> {
         [macs[0], macs[1], macs[2], macs[3], macs[4], macs[5]],
     ];
     ctx.store(0, &swapped, 0).map_err(err)?;
-    let l = (PTB_HDRS_LEN - IPV6_HDR_LEN + PTB_QUOTE_LEN) as u16;
-    let l = l.to_be_bytes();
+    let l = ((ICMP6_HDRS_LEN - IPV6_HDR_LEN + QUOTE) as u16).to_be_bytes();
     let first: [u8; 8] = [0x60, 0, 0, 0, l[0], l[1], IPPROTO_ICMPV6, 64];
     ctx.store(IP_OFF, &first, 0).map_err(err)?;
     ctx.store(IP_OFF + 8, &ps.src, 0).map_err(err)?;

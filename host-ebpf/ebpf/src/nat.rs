@@ -19,10 +19,10 @@ use talaria_common::{
 
 use crate::{
     encap::{decap, encap, flow_sport},
-    flows::find_reverse,
     maps::{drop_pkt, stat, NODE_COOKIES, NODE_FRAGS, NODE_REVERSE},
     mtu::check_mtu,
     skb::{INNER_L4_OFF, IP_OFF, L4_OFF, PASS},
+    subst::find_reverse,
 };
 
 /// The offset of the L4 checksum of a TCP or UDP header at `l4_off`, and

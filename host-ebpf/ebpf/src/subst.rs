@@ -173,6 +173,28 @@ impl Held {
     }
 }
 
+/// The backend side's entry of the flow `key` (the backend's view, client
+/// port as the client sent it) of Service `service_id`, and the client
+/// port it is keyed on: the client's own, or the flow's substitute.
+#[inline(always)]
+pub(crate) fn find_reverse<K: Backend>(
+    key: &K,
+    service_id: u16,
+) -> Option<(Be16, &'static K::Entry)> {
+    // SAFETY: read-only uses of map values, valid during this run.
+    if let Some(e) = unsafe { K::reverse().get(key) } {
+        if e.service_id() == service_id && e.client_port().get() == 0 {
+            return Some((key.client_port(), e));
+        }
+    }
+    let subst_key = PortSubstKey::new(*key, service_id);
+    // SAFETY: as above.
+    let port = unsafe { K::substitutes().get(&subst_key) }.copied()?;
+    // SAFETY: as above.
+    let e = unsafe { K::reverse().get(&key.with_client_port(port)) }?;
+    subst_key.held_by(e).then_some((port, e))
+}
+
 /// The backend reset the flow whose entry `e` is keyed on `key` (the
 /// backend's view, as its packet left): its substitute goes too. A BPF
 /// subprogram: its two keys in `reply6`'s frame would overflow the

@@ -31,7 +31,7 @@ use crate::{
         tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, INNER_L4_OFF, IP_OFF, OUTER_UDP_OFF, PASS, SHOT,
     },
     tstamp::restore_echo,
-    v6::{request6, uplink_ingress6, REQUEST6},
+    v6::{icmp6_error_to_backend, request6, uplink_ingress6, ERROR_TO_BACKEND6, REQUEST6},
 };
 
 /// Ingress of the node uplink = packets arriving from the switch. The
@@ -48,6 +48,7 @@ pub fn node_uplink_ingress(ctx: TcContext) -> i32 {
     if inner_ipv6 {
         match uplink_ingress6(&ctx) {
             REQUEST6 => request6(&ctx),
+            ERROR_TO_BACKEND6 => icmp6_error_to_backend(&ctx),
             verdict => verdict,
         }
     } else {

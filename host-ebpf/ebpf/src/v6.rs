@@ -10,23 +10,30 @@
 //! [`crate::subst`]); the backend's replies get VIP6:port (and the
 //! client's own port) back and go to the switch flagged `REPLY |
 //! COOKIE_VALID`; replies arriving for a local client teach its node the
-//! cookie. Not here (IPv4 only): fragments, port policies (REJECT, Local,
-//! preferred, affinity), one-way UDP notification, timestamp cookies,
-//! nodePorts and external addresses, ICMPv6 errors (relayed from
-//! backends; the node's own Packet Too Big is sent, see [`check_mtu6`]),
-//! per-pod flow limits, simultaneous-close detection (a backend
-//! FIN that crosses the client's counts as a passive close).
+//! cookie. ICMPv6 errors about a flow are relayed both ways: a backend
+//! pod's goes back to its client as a reply does
+//! ([`icmp6_error_reply`]), a client pod's about a reply goes to the
+//! backend that sent it ([`icmp6_error_request`],
+//! [`icmp6_error_to_backend`]); and the node answers a pod's too-big
+//! packet with a Packet Too Big ([`check_mtu6`]). New flows follow their
+//! port's policy ([`new_flow6`]: REJECT, Local, preferred backends). Not
+//! here (IPv4 only): fragments, session affinity on the node (IPv6 has
+//! the switch's ClientIP hash), endpoints without an agent, one-way UDP
+//! notification, timestamp cookies, nodePorts and external addresses,
+//! per-pod flow limits, simultaneous-close detection (a backend FIN that
+//! crosses the client's counts as a passive close).
 
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        finished, is_hairpin_source6, mtu, mtu_stat, node_flags, node_stat, BackendKey,
-        CookieEntry, FlowKey6, PodEntry, ReverseEntry6, FIN_ACKED, FIN_BACKEND_FIRST,
-        FIN_FROM_BACKEND, FIN_FROM_CLIENT, HAIRPIN_SOURCE6, PENDING_BACKEND,
+        finished, is_hairpin_source6, mtu, mtu_stat, node_flags, node_stat, port_policy,
+        BackendKey, CookieEntry, FlowKey6, PodEntry, ReverseEntry6, ServiceAddr6, FIN_ACKED,
+        FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT, HAIRPIN_SOURCE6, PENDING_BACKEND,
     },
     net::{tcp_flags, Ipv6Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV6_HDR_LEN, UDP_HDR_LEN},
+    net::{ICMPV6_INFO_MIN, IPPROTO_ICMPV6},
     wire::{flags, TalariaEncap, TalariaOpt, ENCAP_OVERHEAD},
 };
 
@@ -34,14 +41,14 @@ use crate::{
     encap::{decap6, encap_family},
     maps::{
         config, count_mtu, drop_pkt, stat, NODE_COOKIES_V6, NODE_FLAGS, NODE_MTU, NODE_PODS_V6,
-        NODE_REVERSE_V6, NODE_SERVICES_V6, NODE_SVC_CIDRS_V6,
+        NODE_PORT_POLICY_V6, NODE_REVERSE_V6, NODE_SERVICES_V6, NODE_SVC_CIDRS_V6,
     },
-    mtu::IPV6_MIN_MTU,
+    mtu::{port_unreachable6, IPV6_MIN_MTU},
     nat::rewrite_port,
     skb::{
         now_ns, skb_ifindex, tcp_flags_at, GENEVE_OFF, INNER_IP_OFF, IP_OFF, PASS, REDIRECT, SHOT,
     },
-    subst::{forget_substitute, Held, Keyed},
+    subst::{find_reverse, forget_substitute, Held, Keyed},
     uplink_ingress::tunnel_opt,
 };
 
@@ -52,6 +59,11 @@ const INNER_L4_OFF6: usize = INNER_IP_OFF + IPV6_HDR_LEN;
 /// Offsets of the source and destination addresses in an IPv6 header.
 const IP6_SRC: usize = 8;
 const IP6_DST: usize = 24;
+/// An ICMPv6 error quotes the packet it is about after its header; here,
+/// a pod's error.
+const ICMP6_HDR_LEN: usize = 8;
+const ICMP6_CHECK_OFF: usize = L4_OFF6 + 2;
+const EMB6_OFF: usize = L4_OFF6 + ICMP6_HDR_LEN;
 
 /// IPv6 next-header values that are extension headers talaria does not
 /// walk (hop-by-hop, routing, destination options), and the fragment
@@ -64,8 +76,13 @@ const NEXTHDR_DEST: u8 = 60;
 /// The traffic class of `ip` (the outer IPv4 TOS copies it).
 #[inline(always)]
 fn traffic_class(ip: &Ipv6Hdr) -> u8 {
-    let b = ip.version_class_flow.0;
-    (b[0] << 4) | (b[1] >> 4)
+    traffic_class_of(&ip.version_class_flow.0)
+}
+
+/// The traffic class in the first bytes of an IPv6 header.
+#[inline(always)]
+fn traffic_class_of(head: &[u8; 4]) -> u8 {
+    (head[0] << 4) | (head[1] >> 4)
 }
 
 /// Whether `a` is in the IPv6 Service CIDRs.
@@ -80,8 +97,9 @@ fn is_service6(a: [u8; 16]) -> bool {
 /// its gateway; Linux forwards no link-local source, so such a packet
 /// never leaves the node): those two pass untouched, whatever their
 /// destination. Then: to an IPv6 Service address, steered to the switch;
-/// a TCP or UDP reply of a local backend pod, reverse-NATed and steered;
-/// anything else passes (pod to pod, neighbour discovery).
+/// a TCP or UDP reply of a local backend pod, or its ICMPv6 error about a
+/// Service flow, reverse-NATed and steered; anything else passes (pod to
+/// pod, neighbour discovery).
 #[inline(never)]
 pub(crate) fn pod_egress6(ctx: &TcContext) -> i32 {
     if config().is_none() {
@@ -104,21 +122,26 @@ pub(crate) fn pod_egress6(ctx: &TcContext) -> i32 {
         client_to_service6(ctx, ip.next_hdr)
     } else if ip.next_hdr == IPPROTO_TCP || ip.next_hdr == IPPROTO_UDP {
         reply6(ctx)
+    } else if ip.next_hdr == IPPROTO_ICMPV6 {
+        return icmp6_error_reply(ctx);
     } else {
         return PASS;
     };
     // Answered from here, the shallowest subprogram: below `steer6` or
-    // `reply6` the Packet Too Big's frame would overflow the 512-byte
-    // stack the call chain shares.
-    if verdict == TOO_BIG6 {
-        return packet_too_big6(ctx);
+    // `reply6` the answer's frame would overflow the 512-byte stack the
+    // call chain shares.
+    match verdict {
+        TOO_BIG6 => packet_too_big6(ctx),
+        REJECT6 => port_unreachable6(ctx),
+        _ => verdict,
     }
-    verdict
 }
 
-/// Not a TC verdict: what [`check_mtu6`] returns up to [`pod_egress6`]
-/// for a packet to be answered with a Packet Too Big.
+/// Not TC verdicts: what [`check_mtu6`] returns up to [`pod_egress6`] for
+/// a packet to be answered with a Packet Too Big, and [`new_flow6`] for
+/// one to be refused with a port unreachable.
 const TOO_BIG6: i32 = 0x100;
+const REJECT6: i32 = 0x103;
 
 /// A TCP or UDP packet leaving a pod: if it is a reply of a local backend
 /// pod (`NODE_REVERSE_V6`), its source becomes VIP6:port (and its
@@ -175,16 +198,24 @@ fn try_reply6(ctx: &TcContext) -> Result<i32, i32> {
     if rev.client_port.get() != 0 {
         rewrite_port(ctx, ip.next_hdr, L4_OFF6, 2, key.dst_port, rev.client_port)?;
     }
+    Ok(tunnel_reply6(ctx, &key, &rev, traffic_class(&ip)))
+}
+
+/// Tunnels a reverse-NATed packet of the flow `key` (the backend's view)
+/// to the switch as a reply, with the flow's cookie and the outer source
+/// port of the flow as the client sees it, from VIP6:port to its own
+/// port.
+#[inline(always)]
+fn tunnel_reply6(ctx: &TcContext, key: &FlowKey6, rev: &ReverseEntry6, tos: u8) -> i32 {
     stat(node_stat::REVERSE_NAT);
-    // The flow as the client sees it, from VIP6:port to its own port.
-    let sport = rev.client_view(key).outer_sport();
-    Ok(encap6(
+    let sport = rev.client_view(*key).outer_sport();
+    encap6(
         ctx,
         flags::REPLY | flags::COOKIE_VALID,
         rev.service_id,
         rev.backend_id,
-        u32::from(sport) << 8 | u32::from(traffic_class(&ip)),
-    ))
+        u32::from(sport) << 8 | u32::from(tos),
+    )
 }
 
 /// A hairpin reply (to [`HAIRPIN_SOURCE6`]) gets the pod's own address,
@@ -206,6 +237,223 @@ fn unhairpin6(ctx: &TcContext, proto: u8) -> bool {
     rewrite_addr6(ctx, proto, L4_OFF6, IP_OFF + IP6_DST, &dst, &src).is_ok()
 }
 
+/// A local backend pod's ICMPv6 error (any error type, RFC 4443 §2.1:
+/// destination unreachable, Packet Too Big, time exceeded, parameter
+/// problem) about a Service flow, as IPv4's
+/// [`crate::nat::icmp_error_reply`]: the quoted packet went client →
+/// backend, so it is matched to the flow's reverse entry and rewritten as
+/// the client must see it, from and about VIP6:port (outer source, quoted
+/// destination address and port, the quoted client port if the flow has a
+/// substitute; the ICMPv6 checksum covers them all, the outer source
+/// through the pseudo-header), then tunnelled like a reply. Only the
+/// backend the quoted packet was addressed to may send it (the spoof
+/// check vouches for the source): `icmp_spoof` otherwise. One that does
+/// not fit the tunnel is dropped (`too_big_icmp`: no error about an
+/// error). The quoted L4 checksum stays, as receivers do not check it.
+/// Anything else (informational messages, neighbour discovery, errors
+/// about other traffic) passes.
+#[inline(never)]
+fn icmp6_error_reply(ctx: &TcContext) -> i32 {
+    match try_icmp6_error_reply(ctx) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn try_icmp6_error_reply(ctx: &TcContext) -> Result<i32, i32> {
+    // The quoted packet went client → backend; keyed from the backend's
+    // side, as the reverse entry is.
+    let Some(key) = quoted_flow6(ctx, L4_OFF6).map(|q| q.reversed()) else {
+        return Ok(PASS);
+    };
+    // SAFETY: read-only use of a map value, valid during this run.
+    let Some(rev) = (unsafe { NODE_REVERSE_V6.get(&key) }) else {
+        return Ok(PASS);
+    };
+    // Of the outer header only what is needed, not all of it: this frame
+    // is on the pod hook's deepest call chain.
+    let (Ok(head), Ok(payload_len), Ok(src)) = (
+        ctx.load::<[u8; 4]>(IP_OFF),
+        ctx.load::<Be16>(IP_OFF + 4),
+        ctx.load::<[u8; 16]>(IP_OFF + IP6_SRC),
+    ) else {
+        return Err(drop_pkt(DropReason::Malformed));
+    };
+    // The source, the backend pod (the spoof check vouched for it), must
+    // be the quoted packet's destination.
+    if u128::from_ne_bytes(src) != u128::from_ne_bytes(key.src) {
+        return Err(drop_pkt(DropReason::IcmpSpoof));
+    }
+    icmp6_fits(payload_len)?;
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let pseudo = aya_ebpf::bindings::BPF_F_PSEUDO_HDR as u64;
+    csum_replace16(ctx, ICMP6_CHECK_OFF, pseudo, &key.src, &rev.vip)?;
+    ctx.store(IP_OFF + IP6_SRC, &rev.vip, 0).map_err(err)?;
+    csum_replace16(ctx, ICMP6_CHECK_OFF, 0, &key.src, &rev.vip)?;
+    ctx.store(EMB6_OFF + IP6_DST, &rev.vip, 0).map_err(err)?;
+    rewrite_quoted_port(ctx, L4_OFF6, 2, key.src_port, rev.vip_port)?;
+    if rev.client_port.get() != 0 {
+        // The quoted packet came from the substitute port; the client
+        // knows only its own.
+        rewrite_quoted_port(ctx, L4_OFF6, 0, key.dst_port, rev.client_port)?;
+    }
+    Ok(tunnel_reply6(ctx, &key, rev, traffic_class_of(&head)))
+}
+
+/// Rewrites a port of the packet an ICMPv6 error at `icmp_off` quotes (at
+/// `at` in its L4 header: 0 the source, 2 the destination) from `old` to
+/// `new`, with the ICMPv6 checksum.
+#[inline(always)]
+fn rewrite_quoted_port(
+    ctx: &TcContext,
+    icmp_off: usize,
+    at: usize,
+    old: Be16,
+    new: Be16,
+) -> Result<(), i32> {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let raw16 = |v: Be16| u64::from(u16::from_ne_bytes(v.0));
+    ctx.l4_csum_replace(icmp_off + 2, raw16(old), raw16(new), 2)
+        .map_err(err)?;
+    ctx.store(icmp_off + ICMP6_HDR_LEN + IPV6_HDR_LEN + at, &new, 0)
+        .map_err(err)
+}
+
+/// The flow an ICMPv6 error at `icmp_off` quotes, keyed as its quoted
+/// packet's sender saw it, if it is one talaria relays: an error (type
+/// below 128) about a TCP or UDP packet without extension headers.
+#[inline(always)]
+fn quoted_flow6(ctx: &TcContext, icmp_off: usize) -> Option<FlowKey6> {
+    let icmp_type: u8 = ctx.load(icmp_off).ok()?;
+    let emb: Ipv6Hdr = ctx.load(icmp_off + ICMP6_HDR_LEN).ok()?;
+    if icmp_type >= ICMPV6_INFO_MIN || (emb.next_hdr != IPPROTO_TCP && emb.next_hdr != IPPROTO_UDP)
+    {
+        return None;
+    }
+    let [src_port, dst_port]: [Be16; 2] = ctx.load(icmp_off + ICMP6_HDR_LEN + IPV6_HDR_LEN).ok()?;
+    Some(FlowKey6 {
+        src: emb.src,
+        dst: emb.dst,
+        src_port,
+        dst_port,
+        proto: emb.next_hdr,
+        _pad: [0; 3],
+    })
+}
+
+/// The reply a client's ICMPv6 error at `icmp_off` quotes (the packet
+/// from `ip_off`'s destination to its source), as its sender saw it.
+/// Anything else is not relayed: no quoted ports (`unsupported_protocol`,
+/// an echo request among them), or someone else's reply (`icmp_spoof`).
+#[inline(always)]
+fn quoted_reply6(ctx: &TcContext, ip_off: usize, icmp_off: usize) -> Result<FlowKey6, i32> {
+    let quoted =
+        quoted_flow6(ctx, icmp_off).ok_or_else(|| drop_pkt(DropReason::UnsupportedProtocol))?;
+    let [src, dst]: [[u8; 16]; 2] = ctx
+        .load(ip_off + IP6_SRC)
+        .map_err(|_| drop_pkt(DropReason::Malformed))?;
+    let same = |a: &[u8; 16], b: &[u8; 16]| u128::from_ne_bytes(*a) == u128::from_ne_bytes(*b);
+    if !same(&quoted.src, &dst) || !same(&quoted.dst, &src) {
+        return Err(drop_pkt(DropReason::IcmpSpoof));
+    }
+    Ok(quoted)
+}
+
+/// A client pod's ICMPv6 error to a VIP6 about a reply it got from it
+/// (port unreachable from a closed socket, Packet Too Big), as IPv4's
+/// [`crate::nat::icmp_error_request`]: the quoted packet is VIP6:port →
+/// the pod, a flow of the pod's cookie cache, whose cookie takes the
+/// error through the switch to the backend that sent the reply (the
+/// switch rewrites the destination and the quoted source to that
+/// backend). An error about no flow of the pod is `icmp_spoof`; a
+/// message that is no error (an echo request) is not served
+/// (`unsupported_protocol`), as with kube-proxy.
+#[inline(never)]
+fn icmp6_error_request(ctx: &TcContext) -> i32 {
+    match try_icmp6_error_request(ctx) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn try_icmp6_error_request(ctx: &TcContext) -> Result<i32, i32> {
+    // The reply went from the VIP6 to the pod: the flow is the reverse.
+    let key = quoted_reply6(ctx, IP_OFF, L4_OFF6)?.reversed();
+    // SAFETY: read-only use of a map value, valid during this run.
+    let Some(flow) = (unsafe { NODE_COOKIES_V6.get(&key) }) else {
+        return Err(drop_pkt(DropReason::IcmpSpoof));
+    };
+    let (Ok(head), Ok(payload_len)) = (ctx.load::<[u8; 4]>(IP_OFF), ctx.load::<Be16>(IP_OFF + 4))
+    else {
+        return Err(drop_pkt(DropReason::Malformed));
+    };
+    icmp6_fits(payload_len)?;
+    stat(node_stat::ICMP_RELAY);
+    Ok(encap6(
+        ctx,
+        flags::COOKIE_VALID,
+        flow.service_id,
+        flow.backend_id,
+        u32::from(key.outer_sport()) << 8 | u32::from(traffic_class_of(&head)),
+    ))
+}
+
+/// An ICMPv6 error of `payload_len` bytes after its IPv6 header fits the
+/// tunnel; one that does not is dropped (`too_big_icmp`: no error about
+/// an error).
+#[inline(always)]
+fn icmp6_fits(payload_len: Be16) -> Result<(), i32> {
+    let len = IPV6_HDR_LEN as u32 + u32::from(payload_len.get());
+    if NODE_MTU
+        .get(mtu::UPLINK_MTU)
+        .is_some_and(|m| *m != 0 && len + ENCAP_OVERHEAD as u32 > *m)
+    {
+        count_mtu(mtu_stat::TOO_BIG_ICMP);
+        return Err(SHOT);
+    }
+    Ok(())
+}
+
+/// Not a TC verdict: what [`uplink_ingress6`] returns for a client's
+/// ICMPv6 error relayed by the switch, which the uplink hook then hands to
+/// [`icmp6_error_to_backend`] (as [`REQUEST6`], for the stack).
+pub(crate) const ERROR_TO_BACKEND6: i32 = 0x102;
+
+/// The switch's relay of a client's ICMPv6 error ([`icmp6_error_request`])
+/// to a local backend pod, as IPv4's [`crate::nat::icmp_error_to_backend`]:
+/// the quoted packet is now backend → client as the backend sent it. It
+/// is delivered only if it belongs to the backend's flow that the cookie
+/// names (`icmp_spoof` otherwise), with the quoted client port turned
+/// into the substitute the backend knows the client by, if the flow has
+/// one.
+#[inline(never)]
+pub(crate) fn icmp6_error_to_backend(ctx: &TcContext) -> i32 {
+    match try_icmp6_error_to_backend(ctx) {
+        Ok(a) | Err(a) => a,
+    }
+}
+
+#[inline(always)]
+fn try_icmp6_error_to_backend(ctx: &TcContext) -> Result<i32, i32> {
+    let err = |_| drop_pkt(DropReason::Malformed);
+    let opt = ctx.load::<TalariaEncap>(GENEVE_OFF).map_err(err)?.opt;
+    let dst: [u8; 16] = ctx.load(INNER_IP_OFF + IP6_DST).map_err(err)?;
+    // SAFETY: read-only copy of a map value.
+    let Some(pod) = (unsafe { NODE_PODS_V6.get(&dst) }).copied() else {
+        return Err(drop_pkt(DropReason::UnknownPod));
+    };
+    // The backend's view of its flow, as its reply left it.
+    let key = quoted_reply6(ctx, INNER_IP_OFF, INNER_L4_OFF6)?;
+    let (port, _) = find_reverse(&key, opt.service_id.get())
+        .filter(|(_, e)| e.backend_id == opt.backend_id.get())
+        .ok_or_else(|| drop_pkt(DropReason::IcmpSpoof))?;
+    if port != key.dst_port {
+        rewrite_quoted_port(ctx, INNER_L4_OFF6, 2, key.dst_port, port)?;
+    }
+    stat(node_stat::ICMP_RELAY);
+    decap6(ctx, &pod)
+}
+
 /// Tunnels the IPv6 packet to the switch ([`encap_family`]); `sport_tos`:
 /// the outer UDP source port << 8 | the outer TOS.
 #[inline(never)]
@@ -220,15 +468,17 @@ fn encap6(ctx: &TcContext, fl: u8, service_id: u16, backend_id: u32, sport_tos: 
 }
 
 /// A pod's IPv6 packet to a Service address: TCP and UDP without
-/// extension headers are tunnelled; anything else is dropped and counted
+/// extension headers are tunnelled, and so is an ICMPv6 error about a
+/// reply ([`icmp6_error_request`]); anything else is dropped and counted
 /// (the VIP is reachable only through the switch, so passing it would
 /// only send it to be dropped there): a fragment header `fragment`, the
-/// other extension headers `ip_options` (as IPv4 options are), ICMPv6 and
-/// other protocols `unsupported_protocol`.
+/// other extension headers `ip_options` (as IPv4 options are), other
+/// protocols `unsupported_protocol`.
 #[inline(always)]
 fn client_to_service6(ctx: &TcContext, next_hdr: u8) -> i32 {
     match next_hdr {
         IPPROTO_TCP | IPPROTO_UDP => steer6(ctx),
+        IPPROTO_ICMPV6 => icmp6_error_request(ctx),
         NEXTHDR_FRAGMENT => drop_pkt(DropReason::Fragment),
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => drop_pkt(DropReason::IpOptions),
         _ => drop_pkt(DropReason::UnsupportedProtocol),
@@ -309,7 +559,7 @@ fn try_steer6(ctx: &TcContext) -> Result<i32, i32> {
         }
         None => {
             stat(node_stat::CACHE_MISS);
-            (flags::NEW_FLOW, 0, 0)
+            new_flow6(&key)?
         }
     };
     let (fl, service_id, backend_id) = sent;
@@ -320,6 +570,40 @@ fn try_steer6(ctx: &TcContext) -> Result<i32, i32> {
         backend_id,
         u32::from(key.outer_sport()) << 8 | u32::from(traffic_class(ip)),
     ))
+}
+
+/// A new flow's option (flags, service id, backend id), by its port's
+/// policy (`NODE_PORT_POLICY_V6`), as IPv4's: refused (`Err(REJECT6)`, which
+/// [`pod_egress6`] answers), sent with a preferred backend picked by the
+/// flow's hash as its cookie (`internalTrafficPolicy: Local`, topology
+/// hints), dropped (Local without a local endpoint,
+/// `no_local_endpoint`), or left to the switch's bucket hash.
+#[inline(always)]
+fn new_flow6(key: &FlowKey6) -> Result<(u8, u16, u32), i32> {
+    let port = ServiceAddr6 {
+        vip: key.dst,
+        port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only use of a map value, valid during this run.
+    let Some(policy) = (unsafe { NODE_PORT_POLICY_V6.get(&port) }) else {
+        return Ok((flags::NEW_FLOW, 0, 0));
+    };
+    if policy.flags & port_policy::REJECT != 0 {
+        stat(node_stat::REJECTED);
+        return Err(REJECT6);
+    }
+    if policy.count > 0 {
+        let i = usize::from(key.outer_sport()) % usize::from(policy.count);
+        if let Some(backend_id) = policy.preferred.get(i) {
+            stat(node_stat::PREFERRED);
+            return Ok((flags::COOKIE_VALID, policy.service_id, *backend_id));
+        }
+    } else if policy.flags & port_policy::LOCAL_ONLY != 0 {
+        return Err(drop_pkt(DropReason::NoLocalEndpoint));
+    }
+    Ok((flags::NEW_FLOW, 0, 0))
 }
 
 /// The path MTU check of an IPv6 packet to be tunnelled, as IPv4's
@@ -401,22 +685,39 @@ fn rewrite_addr6(
     old: &[u8; 16],
     new: &[u8; 16],
 ) -> Result<(), i32> {
-    let err = |_| drop_pkt(DropReason::Malformed);
     let (check_off, mangled) = if proto == IPPROTO_TCP {
         (l4_off + 16, 0)
     } else {
         (l4_off + 6, aya_ebpf::bindings::BPF_F_MARK_MANGLED_0 as u64)
     };
-    let flags = aya_ebpf::bindings::BPF_F_PSEUDO_HDR as u64 | mangled | 4;
+    let pseudo = aya_ebpf::bindings::BPF_F_PSEUDO_HDR as u64;
+    csum_replace16(ctx, check_off, pseudo | mangled, old, new)?;
+    ctx.store(addr_off, new, 0)
+        .map_err(|_| drop_pkt(DropReason::Malformed))
+}
+
+/// Updates the checksum at `check_off` for 16 bytes (an IPv6 address)
+/// going from `old` to `new`, one 32-bit word at a time; `flags`: those of
+/// `l4_csum_replace` besides the size (`BPF_F_PSEUDO_HDR` for an address
+/// of the pseudo-header).
+#[inline(always)]
+fn csum_replace16(
+    ctx: &TcContext,
+    check_off: usize,
+    flags: u64,
+    old: &[u8; 16],
+    new: &[u8; 16],
+) -> Result<(), i32> {
     let word =
         |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]) as u64;
     for i in [0, 4, 8, 12] {
         let (o, n) = (word(old, i), word(new, i));
         if o != n {
-            ctx.l4_csum_replace(check_off, o, n, flags).map_err(err)?;
+            ctx.l4_csum_replace(check_off, o, n, flags | 4)
+                .map_err(|_| drop_pkt(DropReason::Malformed))?;
         }
     }
-    ctx.store(addr_off, new, 0).map_err(err)
+    Ok(())
 }
 
 /// A Talaria packet from the switch whose inner packet is IPv6 (Geneve
@@ -424,7 +725,8 @@ fn rewrite_addr6(
 /// request for a local backend pod records the flow's reverse entry, a
 /// reply for a local client pod teaches the node its cookie; both are
 /// decapsulated and delivered to the pod. Only TCP and UDP without
-/// extension headers, to a local pod's IPv6 address.
+/// extension headers, and ICMPv6 (errors about a flow, either way), to a
+/// local pod's IPv6 address.
 #[inline(never)]
 pub(crate) fn uplink_ingress6(ctx: &TcContext) -> i32 {
     let opt = match tunnel_opt(ctx) {
@@ -446,8 +748,12 @@ fn try_uplink_ingress6(ctx: &TcContext, opt: &TalariaOpt) -> Result<i32, i32> {
     if inner.version() != 6 {
         return Err(drop_pkt(DropReason::Malformed));
     }
+    let reply = opt.flags & flags::REPLY != 0;
     match inner.next_hdr {
         IPPROTO_TCP | IPPROTO_UDP => {}
+        // An error about a flow: a backend's, reverse-NATed by its node,
+        // or a client's, relayed by the switch.
+        IPPROTO_ICMPV6 => {}
         NEXTHDR_FRAGMENT => return Err(drop_pkt(DropReason::Fragment)),
         NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
             return Err(drop_pkt(DropReason::IpOptions))
@@ -458,8 +764,16 @@ fn try_uplink_ingress6(ctx: &TcContext, opt: &TalariaOpt) -> Result<i32, i32> {
     let Some(pod) = (unsafe { NODE_PODS_V6.get(&inner.dst) }).copied() else {
         return Err(drop_pkt(DropReason::UnknownPod));
     };
-    if opt.flags & flags::REPLY == 0 {
-        return Ok(REQUEST6);
+    if !reply {
+        return Ok(if inner.next_hdr == IPPROTO_ICMPV6 {
+            ERROR_TO_BACKEND6
+        } else {
+            REQUEST6
+        });
+    }
+    if inner.next_hdr == IPPROTO_ICMPV6 {
+        // Nothing to learn from an error: delivered as it is.
+        return decap6(ctx, &pod);
     }
     let tcp = tcp_flags_at(ctx, inner.next_hdr, INNER_L4_OFF6);
     // Keyed from the client pod's side: src = the pod, dst = the VIP6.

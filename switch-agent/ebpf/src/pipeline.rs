@@ -34,9 +34,20 @@
 //!    a subprogram of its own): the same walk with `service_v6`,
 //!    `backend_v6` (FlowTuple6 hash, L4 checksum over both 128-bit
 //!    addresses) and `pod_node_v6`, for TCP or UDP right after the fixed
-//!    header only (`unsupported_protocol` otherwise); an IPv6 reply without
-//!    a client node and an IPv6 backend without a node are drops
-//!    (`no_client_node`, `no_backend`), never stripped.
+//!    header, or a `REPLY` whose next header is ICMPv6 (a backend's error
+//!    about its flow, checked as an IPv4 reply without ports: no
+//!    `service_v6` lookup, its ICMPv6 message unread), or a request whose
+//!    next header is ICMPv6: a client's error (type < 128) quoting an IPv6
+//!    header with TCP or UDP right after it, parsed down to the quoted
+//!    ports (each whole, else `malformed`) and relayed to the backend as
+//!    IPv4's (`relay_icmp6_error`, a subprogram too: `icmp_spoof`,
+//!    `no_service`, `no_backend`; inner destination, quoted source address
+//!    and port rewritten, ICMPv6 checksum updated over its pseudo header
+//!    and the quote). Nothing else (`unsupported_protocol`: extension
+//!    headers, fragments, informational ICMPv6 such as echo requests,
+//!    quotes without ports); an IPv6 reply without a client node and an
+//!    IPv6 backend without a node are drops (`no_client_node`,
+//!    `no_backend`), never stripped.
 //! 3. A plain TCP or UDP first fragment without options (UDP to 6081
 //!    excluded) to a Service address in `service_v4` is an external
 //!    client's request. A TCP segment that echoes a timestamp (options
@@ -85,8 +96,8 @@ use talaria_common::{
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, Ipv6Hdr, TcpHdr, UdpHdr, ETH_HDR_LEN, ETH_P_IP, ETH_P_IPV6,
-        ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-        IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, UDP_HDR_LEN,
+        ICMPV6_INFO_MIN, ICMP_DEST_UNREACH, ICMP_TIME_EXCEEDED, IPPROTO_ICMP, IPPROTO_ICMPV6,
+        IPPROTO_TCP, IPPROTO_UDP, IPV4_HDR_LEN, IPV6_HDR_LEN, TCP_HDR_LEN, UDP_HDR_LEN,
     },
     ts_cookie::NOP_NOP_TIMESTAMP,
     wire::{
@@ -236,13 +247,14 @@ const IP_TTL: usize = 8;
 const IP_CHECK: usize = 10;
 const IP_SRC: usize = 12;
 const IP_DST: usize = 16;
-/// Offset of the destination inside an IPv6 header.
+/// Offsets of the source and destination inside an IPv6 header.
+const IP6_SRC: usize = 8;
 const IP6_DST: usize = 24;
 /// Offsets of the checksum inside TCP and UDP headers.
 const TCP_CHECK: usize = 16;
 const UDP_CHECK: usize = 6;
-/// Offset of the checksum inside an ICMP header, and the header's length
-/// (the quoted packet follows it).
+/// Offset of the checksum inside an ICMP (or ICMPv6) header, and the
+/// header's length (the quoted packet follows it).
 const ICMP_CHECK: usize = 2;
 const ICMP_HDR_LEN: usize = 8;
 /// Offset of `flags` inside the Talaria option.
@@ -282,8 +294,9 @@ pub fn switch_ingress(ctx: TcContext) -> i32 {
 /// Geneve part parsed and whose inner packet is IPv6: `terminate_v6`
 /// takes it from there, called from `switch_ingress` so that its frame
 /// and `try_switch_ingress`'s are never on the stack together (each is
-/// most of the 512 bytes a program and its calls may use). No TC action
-/// has this value.
+/// most of the 512 bytes a program and its calls may use). Also what
+/// `relay_icmp6_error` returns for a reply's ICMPv6, which `terminate_v6`
+/// goes on with. No TC action has this value.
 const V6_HANDOFF: i32 = i32::MIN;
 
 fn try_switch_ingress(ctx: &TcContext) -> Result<i32, i32> {
@@ -865,10 +878,26 @@ fn reoriginate(
 #[repr(C)]
 struct V6Scratch {
     inner: Ipv6Hdr,
-    /// The inner TCP or UDP source and destination ports.
+    /// The inner TCP or UDP source and destination ports (left as they
+    /// were for ICMPv6, which has none).
     ports: [Be16; 2],
     service: ServiceV6Key,
     client: Key<[u8; 16]>,
+    /// A client's ICMPv6 error (a request): the IPv6 header it quotes and
+    /// that header's TCP or UDP ports (`hdr.quoted_ipv6`,
+    /// `hdr.quoted_ports`; stale otherwise).
+    quoted: Ipv6Hdr,
+    quoted_ports: [Be16; 2],
+}
+
+/// Where, in a tunnel to the switch with outer header `outer`, its UDP
+/// header, the Talaria option and the inner packet start (what
+/// `terminate_v6` and `relay_icmp6_error` read again).
+#[inline(always)]
+fn tunnel_offsets(outer: &Ipv4Hdr) -> (usize, usize, usize) {
+    let udp_off = IP_OFF + outer.header_len();
+    let geneve_off = udp_off + UDP_HDR_LEN;
+    (udp_off, geneve_off + GENEVE_HDR_LEN, geneve_off + ENCAP_LEN)
 }
 
 /// Not a table: scratch memory of `terminate_v6`, never pinned.
@@ -878,11 +907,15 @@ static SWITCH_V6_SCRATCH: PerCpuArray<V6Scratch> = PerCpuArray::with_max_entries
 /// A tunnel to the switch whose inner packet is IPv6 (an IPv6 Service's):
 /// as IPv4's, with `service_v6`, `backend_v6` and `pod_node_v6`, and
 /// `spoofed_source` on the outer source (an IPv6 source cannot pass for
-/// the switch's addresses). Only TCP or UDP right after the fixed header
-/// (`unsupported_protocol` otherwise: extension headers, fragments,
-/// ICMPv6). A reply is checked as IPv4's and goes to the client's node
-/// (`no_client_node` without one: nothing leaves plain); a request to a
-/// backend without a node is `no_backend`.
+/// the switch's addresses). Only TCP or UDP right after the fixed header,
+/// or ICMPv6 right after it: in a reply, an error a backend sent about its
+/// flow (re-originated unchanged, its message unread); in a request, a
+/// client's error about a reply it got, quoting TCP or UDP ports
+/// (`relay_icmp6_error`). `unsupported_protocol` otherwise: extension
+/// headers, fragments, ICMPv6 echo requests, quotes without ports. A reply
+/// is checked as IPv4's and goes to the client's node (`no_client_node`
+/// without one: nothing leaves plain); a request to a backend without a
+/// node is `no_backend`.
 ///
 /// A BPF subprogram (`inline(never)`) with a frame of its own, entered
 /// after `try_switch_ingress` checked the packet up to the Talaria option
@@ -911,30 +944,17 @@ fn terminate_v6(ctx: &TcContext) -> i32 {
 fn try_terminate_v6(ctx: &TcContext, pkt: Pkt, sc: &mut V6Scratch) -> Result<i32, i32> {
     let malformed = |_| drop(DropReason::Malformed, pkt);
     let outer: Ipv4Hdr = ctx.load(IP_OFF).map_err(malformed)?;
-    let udp_off = IP_OFF + outer.header_len();
-    let geneve_off = udp_off + UDP_HDR_LEN;
-    let opt_off = geneve_off + GENEVE_HDR_LEN;
-    let inner_off = geneve_off + ENCAP_LEN;
+    let (udp_off, opt_off, inner_off) = tunnel_offsets(&outer);
     // `spoofed_source` checks the outer source (an IPv6 one cannot pass
     // for the switch), before the parser's verdict on the inner packet.
     if spoofed(outer.src) {
         return Err(drop(DropReason::SpoofedSource, pkt));
     }
     // The P4 parser's `parse_inner_ipv6`: the header, then TCP or UDP if
-    // it follows directly (whole, where the P4 extracts it).
-    // SAFETY: the helper writes the 40 bytes of a plain-bytes header into
-    // this CPU's scratch cell.
-    let loaded = unsafe {
-        bpf_skb_load_bytes(
-            ctx.skb.skb.cast(),
-            inner_off as u32,
-            (&mut sc.inner as *mut Ipv6Hdr).cast(),
-            IPV6_HDR_LEN as u32,
-        )
-    };
-    if loaded != 0 {
-        return Err(drop(DropReason::Malformed, pkt));
-    }
+    // it follows directly (whole, where the P4 extracts it); a request's
+    // ICMPv6 (a client's error about a reply) goes its own way, a reply's
+    // comes back (`V6_HANDOFF`) unread, as anything else.
+    load_ipv6(ctx, inner_off, &mut sc.inner).map_err(malformed)?;
     if sc.inner.version() != 6 {
         return Err(drop(DropReason::Malformed, pkt));
     }
@@ -943,16 +963,27 @@ fn try_terminate_v6(ctx: &TcContext, pkt: Pkt, sc: &mut V6Scratch) -> Result<i32
     match next_hdr {
         IPPROTO_TCP => ctx.load::<TcpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
         IPPROTO_UDP => ctx.load::<UdpHdr>(l4_off).map(|_| ()).map_err(malformed)?,
+        IPPROTO_ICMPV6 => {
+            // A subprogram call, off the TCP and UDP paths.
+            let action = relay_icmp6_error(ctx, pkt, sc);
+            if action != V6_HANDOFF {
+                return Ok(action);
+            }
+        }
         _ => {}
     }
     check_peer(pkt, outer.src)?;
-    if next_hdr != IPPROTO_TCP && next_hdr != IPPROTO_UDP {
-        return Err(drop(DropReason::UnsupportedProtocol, pkt));
-    }
-    sc.ports = ctx.load(l4_off).map_err(malformed)?;
     let udp: UdpHdr = ctx.load(udp_off).map_err(malformed)?;
     let opt: TalariaOpt = ctx.load(opt_off).map_err(malformed)?;
-    let node_ip = if opt.flags & flags::REPLY != 0 {
+    let reply = opt.flags & flags::REPLY != 0;
+    match next_hdr {
+        IPPROTO_TCP | IPPROTO_UDP => sc.ports = ctx.load(l4_off).map_err(malformed)?,
+        // A reply without ports: an ICMPv6 error its backend's node
+        // vouches for (`check_reply_v6`), whatever its type.
+        IPPROTO_ICMPV6 if reply => {}
+        _ => return Err(drop(DropReason::UnsupportedProtocol, pkt)),
+    }
+    let node_ip = if reply {
         check_reply_v6(pkt, outer.src, sc, &opt)?;
         sc.client = Key::new(128, sc.inner.dst);
         let node = SWITCH_POD_NODE_V6
@@ -966,23 +997,169 @@ fn try_terminate_v6(ctx: &TcContext, pkt: Pkt, sc: &mut V6Scratch) -> Result<i32
     reoriginate(ctx, pkt, &outer, udp_off, &udp, node_ip)
 }
 
+/// Copies the IPv6 header at `off` into `hdr` (scratch memory): an error
+/// if the packet ends inside it.
+#[inline(always)]
+fn load_ipv6(ctx: &TcContext, off: usize, hdr: &mut Ipv6Hdr) -> Result<(), i64> {
+    // SAFETY: the helper writes the 40 bytes of a plain-bytes header into
+    // memory `hdr` owns.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb.cast(),
+            off as u32,
+            (hdr as *mut Ipv6Hdr).cast(),
+            IPV6_HDR_LEN as u32,
+        )
+    };
+    if loaded != 0 {
+        return Err(loaded);
+    }
+    Ok(())
+}
+
+/// The P4 parser's `parse_inner_icmp6` and what follows it, for an IPv6
+/// request: the ICMPv6 header, and for an error (type < 128) the quoted
+/// IPv6 header (into `sc.quoted`) and, when TCP or UDP follows it
+/// directly, its ports (`sc.quoted_ports`). Each must be whole where the
+/// P4 extracts it, as IPv4's [`parse_icmp_error`]. Whether the quote has
+/// ports (`hdr.quoted_ports` valid in the P4).
+#[inline(always)]
+fn parse_icmp6_error(ctx: &TcContext, icmp_off: usize, sc: &mut V6Scratch) -> Result<bool, i64> {
+    let [icmp_type, ..]: [u8; ICMP_HDR_LEN] = ctx.load(icmp_off)?;
+    if icmp_type >= ICMPV6_INFO_MIN {
+        return Ok(false);
+    }
+    let quoted_off = icmp_off + ICMP_HDR_LEN;
+    load_ipv6(ctx, quoted_off, &mut sc.quoted)?;
+    let next_hdr = sc.quoted.next_hdr;
+    if next_hdr != IPPROTO_TCP && next_hdr != IPPROTO_UDP {
+        return Ok(false);
+    }
+    sc.quoted_ports = ctx.load(quoted_off + IPV6_HDR_LEN)?;
+    Ok(true)
+}
+
+/// `terminate_v6` from here for an inner IPv6 packet whose next header is
+/// ICMPv6 (its header in `sc`): a reply's goes back (`V6_HANDOFF`: checked
+/// as a reply without ports, its message unread); a request's is
+/// [`relay_icmp_error`] for a client's ICMPv6 error about a reply it got.
+/// Parsed down to the quoted ports (`parse_icmp6_error`: `malformed` if
+/// cut short), then `tunnel_peer`; an echo request or a quote without
+/// ports is `unsupported_protocol`. The cookie must be valid and the
+/// client the quoted packet's destination, else `icmp_spoof`; the quoted
+/// source (VIP, port, next header) must be in `service_v6` (`no_service`)
+/// as the cookie's service (`icmp_spoof`); `cookie_check` must vouch for
+/// the cookie's backend and `backend_v6` give it a node (`no_backend`: a
+/// gone backend has no one to tell, an error cannot be hashed, and IPv6
+/// has no agentless endpoints to strip to). The inner destination and the
+/// quoted source address and port become the backend's, as the backend
+/// sent the reply; the ICMPv6 checksum is updated incrementally over all
+/// three (the inner destination is in its pseudo header; the quoted L4
+/// checksum stays). The cookie goes on as a request's (`NEW_FLOW` never
+/// set), and the tunnel is re-originated to the backend's node.
+///
+/// A BPF subprogram (`inline(never)`), so that none of this grows
+/// `terminate_v6`'s frame or the TCP and UDP paths; it reads the outer
+/// headers and the option again.
+#[inline(never)]
+fn relay_icmp6_error(ctx: &TcContext, pkt: Pkt, sc: &mut V6Scratch) -> i32 {
+    match try_relay_icmp6_error(ctx, pkt, sc) {
+        Ok(action) | Err(action) => action,
+    }
+}
+
+#[inline(always)]
+fn try_relay_icmp6_error(ctx: &TcContext, pkt: Pkt, sc: &mut V6Scratch) -> Result<i32, i32> {
+    let malformed = |_| drop(DropReason::Malformed, pkt);
+    let outer: Ipv4Hdr = ctx.load(IP_OFF).map_err(malformed)?;
+    let (udp_off, opt_off, inner_off) = tunnel_offsets(&outer);
+    let icmp_off = inner_off + IPV6_HDR_LEN;
+    let opt: TalariaOpt = ctx.load(opt_off).map_err(malformed)?;
+    if opt.flags & flags::REPLY != 0 {
+        // The P4 parser reads no further.
+        return Ok(V6_HANDOFF);
+    }
+    let quoted = parse_icmp6_error(ctx, icmp_off, sc).map_err(malformed)?;
+    check_peer(pkt, outer.src)?;
+    if !quoted {
+        return Err(drop(DropReason::UnsupportedProtocol, pkt));
+    }
+    let udp: UdpHdr = ctx.load(udp_off).map_err(malformed)?;
+
+    let spoof = || drop(DropReason::IcmpSpoof, pkt);
+    if opt.flags & flags::COOKIE_VALID == 0 || sc.quoted.dst != sc.inner.src {
+        return Err(spoof());
+    }
+    sc.service = ServiceV6Key {
+        vip: sc.quoted.src,
+        port: sc.quoted_ports[0],
+        proto: sc.quoted.next_hdr,
+        _pad: 0,
+    };
+    // SAFETY: plain value read.
+    let svc = *unsafe { SWITCH_SERVICE_V6.get(&sc.service) }
+        .ok_or_else(|| drop(DropReason::NoService, pkt))?;
+    if svc.service_id != opt.service_id.get() {
+        return Err(spoof());
+    }
+    count(&SWITCH_SERVICE_COUNTER, svc.service_id as u32, pkt.len);
+    if !check_cookie(svc.service_id, &opt, pkt) {
+        return Err(drop(DropReason::NoBackend, pkt));
+    }
+    let backend_id = opt.backend_id.get();
+    // SAFETY: plain value read.
+    let backend = match unsafe { SWITCH_BACKEND_V6.get(backend_id) } {
+        Some(b) if b.node_ip != Be32([0; 4]) => b,
+        _ => return Err(drop(DropReason::NoBackend, pkt)),
+    };
+
+    let quoted_off = icmp_off + ICMP_HDR_LEN;
+    let check_off = icmp_off + ICMP_CHECK;
+    for w in 0..4 {
+        let new = word(&backend.ip, w);
+        ctx.l4_csum_replace(
+            check_off,
+            word(&sc.inner.dst, w),
+            new,
+            BPF_F_PSEUDO_HDR as u64 | 4,
+        )
+        .map_err(malformed)?;
+        ctx.l4_csum_replace(check_off, word(&sc.quoted.src, w), new, 4)
+            .map_err(malformed)?;
+    }
+    ctx.l4_csum_replace(check_off, raw16(sc.quoted_ports[0]), raw16(backend.port), 2)
+        .map_err(malformed)?;
+    ctx.store(quoted_off + IP6_SRC, &backend.ip, 0)
+        .map_err(malformed)?;
+    ctx.store(quoted_off + IPV6_HDR_LEN, &backend.port, 0)
+        .map_err(malformed)?;
+    ctx.store(inner_off + IP6_DST, &backend.ip, 0)
+        .map_err(malformed)?;
+    write_cookie(ctx, pkt, opt_off, &opt, (svc.service_id, backend_id), false)?;
+    reoriginate(ctx, pkt, &outer, udp_off, &udp, backend.node_ip)
+}
+
 /// [`check_reply`] for an IPv6 reply: its source VIP, port and protocol
-/// are the cookie's service in `service_v6`, the cookie names a backend
-/// of that service, `sender` is its node (`backend_v6`).
+/// are the cookie's service in `service_v6` (when it has ports: not an
+/// ICMPv6 error), the cookie names a backend of that service, `sender` is
+/// its node (`backend_v6`).
 #[inline(always)]
 fn check_reply_v6(pkt: Pkt, sender: Be32, sc: &mut V6Scratch, opt: &TalariaOpt) -> Result<(), i32> {
     let forged = || drop(DropReason::ForgedReply, pkt);
     let service_id = opt.service_id.get();
-    sc.service = ServiceV6Key {
-        vip: sc.inner.src,
-        port: sc.ports[0],
-        proto: sc.inner.next_hdr,
-        _pad: 0,
-    };
-    // SAFETY: plain value reads.
-    match unsafe { SWITCH_SERVICE_V6.get(&sc.service) } {
-        Some(svc) if svc.service_id == service_id => {}
-        _ => return Err(forged()),
+    let next_hdr = sc.inner.next_hdr;
+    if next_hdr == IPPROTO_TCP || next_hdr == IPPROTO_UDP {
+        sc.service = ServiceV6Key {
+            vip: sc.inner.src,
+            port: sc.ports[0],
+            proto: next_hdr,
+            _pad: 0,
+        };
+        // SAFETY: plain value reads.
+        match unsafe { SWITCH_SERVICE_V6.get(&sc.service) } {
+            Some(svc) if svc.service_id == service_id => {}
+            _ => return Err(forged()),
+        }
     }
     let backend_id = opt.backend_id.get();
     let ckey = ServiceScopedKey {

@@ -30,7 +30,7 @@ use talaria_common::{
     drop::{DropReason, LbEvent, DROP_REASON_COUNT, LB_EVENT_COUNT},
     hash::{hash_mode, FlowTuple, FlowTuple6},
     maps::PacketBytes,
-    net::{IPPROTO_TCP, IPPROTO_UDP},
+    net::{IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP},
     wire::{flags, TalariaEncap, GENEVE_PROTO_IPV6, GENEVE_UDP_PORT},
 };
 
@@ -2927,7 +2927,8 @@ fn ts_cookie_steps() -> Vec<Step> {
 
 /// An inner IPv6 packet of an IPv6 Service's flow: TCP or UDP right after
 /// the fixed header (checksums computed over the IPv6 pseudo header), or
-/// `L4::Other(next header)` with the payload as is.
+/// `L4::Other(next header)` with the payload as is (an ICMPv6 message
+/// built with its checksum by [`Inner6::icmp6_error`]).
 #[derive(Clone, Debug)]
 struct Inner6 {
     src: Ipv6Addr,
@@ -2959,6 +2960,22 @@ impl Inner6 {
                 csum: true,
             },
             payload: b"query6".to_vec(),
+        }
+    }
+
+    /// An ICMPv6 error (`icmp_type`, `code`, 4 unused bytes) about
+    /// `quoted`, the start of the packet it is about, from `src` to `dst`,
+    /// its checksum over the IPv6 pseudo header (RFC 4443, 2.3).
+    fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, icmp_type: u8, code: u8, quoted: &[u8]) -> Self {
+        let mut msg = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+        msg.extend_from_slice(quoted);
+        let c = l4_checksum_v6(src, dst, IPPROTO_ICMPV6, &msg);
+        msg[2..4].copy_from_slice(&c.to_be_bytes());
+        Self {
+            src,
+            dst,
+            l4: L4::Other(IPPROTO_ICMPV6),
+            payload: msg,
         }
     }
 
@@ -3008,11 +3025,16 @@ impl Inner6 {
     }
 }
 
-/// The TCP or UDP checksum of `segment` (its checksum field taken as 0)
-/// over the IPv6 pseudo header (RFC 8200, 8.1).
+/// The TCP, UDP or ICMPv6 checksum of `segment` (its checksum field taken
+/// as 0) over the IPv6 pseudo header (RFC 8200, 8.1).
 fn l4_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, segment: &[u8]) -> u16 {
     let mut seg = segment.to_vec();
-    let off = if next == IPPROTO_TCP { 16 } else { 6 };
+    let off = match next {
+        IPPROTO_TCP => 16,
+        IPPROTO_UDP => 6,
+        IPPROTO_ICMPV6 => 2,
+        _ => panic!("no checksum known for next header {next}"),
+    };
     seg[off] = 0;
     seg[off + 1] = 0;
     let mut pseudo = Vec::new();
@@ -3027,8 +3049,8 @@ fn l4_checksum_v6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, segment: &[u8]) -> u16
     super::checksum(&seg, init)
 }
 
-/// [`packet_checksums`] for an IPv6 packet: its TCP or UDP checksum, when
-/// one follows the fixed header.
+/// [`packet_checksums`] for an IPv6 packet: its TCP, UDP or ICMPv6
+/// checksum, when one follows the fixed header.
 fn packet_checksums_v6(which: &str, ip: &[u8], out: &mut Vec<String>) {
     if ip.len() < 40 {
         return;
@@ -3039,6 +3061,7 @@ fn packet_checksums_v6(which: &str, ip: &[u8], out: &mut Vec<String>) {
     let l4 = match ip[6] {
         IPPROTO_TCP if seg.len() >= 20 => Some(("TCP", 16, 0)),
         IPPROTO_UDP if seg.len() >= 8 && word(seg, 6) != 0 => Some(("UDP", 6, 0xffff)),
+        IPPROTO_ICMPV6 if seg.len() >= 4 => Some(("ICMPv6", 2, 0)),
         _ => None,
     };
     if let Some((name, at, zero)) = l4 {
@@ -3161,9 +3184,11 @@ fn lb_verdict_v6(in_flags: u8, service_id: u16, backend_id: u32, inner: &Inner6)
 
 /// IPv6 Services over the IPv4 underlay (Geneve protocol 0x86DD): what
 /// IPv4 Services get (new flows with either hash mode, cookies, replies
-/// checked and re-originated), and the clean drops of what IPv6 does not
-/// have yet (extension headers and fragments, ICMPv6, endpoints without
-/// an agent, clients outside the cluster).
+/// checked and re-originated, a backend's ICMPv6 error as a reply without
+/// ports, a client's ICMPv6 error about a reply relayed to its backend),
+/// and the clean drops of what IPv6 does not have yet (extension headers
+/// and fragments, ICMPv6 but those errors, endpoints without an agent,
+/// clients outside the cluster).
 fn ipv6_service_steps() -> Vec<Step> {
     use DropReason as R;
     use LbEvent as E;
@@ -3259,6 +3284,63 @@ fn ipv6_service_steps() -> Vec<Step> {
     let ok_reply = reply_opt(SVC6_TCP, 600);
     let stranger_reply = Inner6::tcp(VIP6, 80, STRANGER_V6, 40000);
     let udp_reply = Inner6::udp(VIP6, 53, POD_B_V6, 5353);
+
+    // Backend 600's port unreachable about the request POD_A_V6:40000 ->
+    // VIP6:80, reverse-NATed by node B (the VIP its source and in the
+    // quote: the IPv6 header and the first 8 TCP bytes) and tunnelled back
+    // as a reply without ports; `to` is the client.
+    let port_unreachable = |to: Ipv6Addr| {
+        let quote = Inner6::tcp(to, 40000, VIP6, 80).to_bytes();
+        Inner6::icmp6_error(VIP6, to, 1, 4, &quote[..48]).to_bytes()
+    };
+    let icmp6_error = port_unreachable(POD_A_V6);
+    // The same error behind a Fragment header (only fragment).
+    let icmp6_error_fragment = {
+        let mut p = vec![IPPROTO_ICMPV6, 0, 0, 0, 0, 0, 0x56, 0x78];
+        p.extend_from_slice(&icmp6_error[40..]);
+        Inner6 {
+            src: VIP6,
+            dst: POD_A_V6,
+            l4: L4::Other(44),
+            payload: p,
+        }
+    };
+    // The client's port unreachable about `reply` (its socket had closed),
+    // the IPv6 header and first 8 L4 bytes quoted, as node A tunnels it to
+    // the switch with `opt`.
+    let client_error6 = |opt: &[u8], reply: &Inner6| {
+        let quote = reply.to_bytes();
+        let error = Inner6::icmp6_error(POD_A_V6, VIP6, 1, 4, &quote[..48]);
+        tunnel6(NODE_A, opt, &error.to_bytes())
+    };
+    let relay_opt = |service, backend| talaria6(flags::COOKIE_VALID, service, backend);
+    // The same error about backend 600's reply, relayed to it: to its own
+    // address, about the reply as it sent it (its address and port), the
+    // ICMPv6 checksum right again.
+    let relayed_error6 = {
+        let (ip, port, node) = backend_v6(600);
+        let quote = Inner6::tcp(ip, port, POD_A_V6, 40000).to_bytes();
+        let error = Inner6::icmp6_error(POD_A_V6, ip, 1, 4, &quote[..48]);
+        reoriginated6(node, &relay_opt(SVC6_TCP, 600), &error.to_bytes())
+    };
+    // Backend 600's reply behind a Fragment header (only fragment): an
+    // error's quote without ports at a fixed offset.
+    let fragmented_reply = {
+        let mut p = vec![IPPROTO_TCP, 0, 0, 0, 0, 0, 0x9a, 0xbc];
+        p.extend_from_slice(&reply_inner.to_bytes()[40..]);
+        Inner6 {
+            src: VIP6,
+            dst: POD_A_V6,
+            l4: L4::Other(44),
+            payload: p,
+        }
+    };
+    // The client's error with a quote that ends inside the quoted ports.
+    let cut_error6 = {
+        let quote = reply_inner.to_bytes();
+        let error = Inner6::icmp6_error(POD_A_V6, VIP6, 1, 4, &quote[..42]);
+        tunnel6(NODE_A, &relay_opt(SVC6_TCP, 600), &error.to_bytes())
+    };
 
     steps.extend(
         [
@@ -3421,9 +3503,73 @@ fn ipv6_service_steps() -> Vec<Step> {
                 drop(R::UnsupportedProtocol),
             ),
             s(
-                "IPv6 inner ICMPv6 error tunnelled as a reply: unsupported_protocol",
-                tunnel6(NODE_B, &ok_reply, &ping.to_bytes()),
+                "IPv6 ICMPv6 error behind a Fragment header, as a reply: unsupported_protocol",
+                tunnel6(NODE_B, &ok_reply, &icmp6_error_fragment.to_bytes()),
                 drop(R::UnsupportedProtocol),
+            ),
+            s(
+                "IPv6 client's ICMPv6 error about a reply: to the backend its cookie names, \
+                 inner destination and quoted source rewritten, ICMPv6 checksum updated",
+                client_error6(&relay_opt(SVC6_TCP, 600), &reply_inner),
+                relayed_error6,
+            )
+            .load_balanced(SVC6_TCP, E::CookieHit, None),
+            s(
+                "IPv6 client's ICMPv6 error about a reply, without a cookie: icmp_spoof",
+                client_error6(&new_flow(flags::NEW_FLOW), &reply_inner),
+                drop(R::IcmpSpoof),
+            ),
+            s(
+                "IPv6 client's ICMPv6 error quoting a reply to another address: icmp_spoof",
+                client_error6(
+                    &relay_opt(SVC6_TCP, 600),
+                    &Inner6::tcp(VIP6, 80, POD_B_V6, 40000),
+                ),
+                drop(R::IcmpSpoof),
+            ),
+            s(
+                "IPv6 client's ICMPv6 error quoting another Service's reply than its cookie's: \
+                 icmp_spoof",
+                client_error6(
+                    &relay_opt(SVC6_TCP, 600),
+                    &Inner6::tcp(VIP6, 81, POD_A_V6, 40000),
+                ),
+                drop(R::IcmpSpoof),
+            ),
+            s(
+                "IPv6 client's ICMPv6 error quoting a reply from no Service: no_service",
+                client_error6(
+                    &relay_opt(SVC6_TCP, 600),
+                    &Inner6::tcp(VIP6, 443, POD_A_V6, 40000),
+                ),
+                drop(R::NoService),
+            ),
+            s(
+                "IPv6 client's ICMPv6 error whose cookie names a gone backend: no_backend",
+                client_error6(&relay_opt(SVC6_TCP, 999), &reply_inner),
+                drop(R::NoBackend),
+            )
+            .load_balanced(SVC6_TCP, E::CookieStale, None),
+            s(
+                "IPv6 client's ICMPv6 error whose cookie names a backend without a node: \
+                 no_backend",
+                client_error6(
+                    &relay_opt(SVC6_NO_NODE, 620),
+                    &Inner6::tcp(VIP6, 83, POD_A_V6, 40000),
+                ),
+                drop(R::NoBackend),
+            )
+            .load_balanced(SVC6_NO_NODE, E::CookieHit, None),
+            s(
+                "IPv6 client's ICMPv6 error quoting a reply behind a Fragment header: \
+                 unsupported_protocol",
+                client_error6(&relay_opt(SVC6_TCP, 600), &fragmented_reply),
+                drop(R::UnsupportedProtocol),
+            ),
+            s(
+                "IPv6 client's ICMPv6 error quoting a cut-off reply (inside the ports): malformed",
+                cut_error6,
+                drop(R::Malformed),
             ),
             s(
                 "IPv6 inner header cut short",
@@ -3488,6 +3634,29 @@ fn ipv6_service_steps() -> Vec<Step> {
             s(
                 "IPv6 reply to a client no pod_node_v6 prefix holds: no_client_node",
                 tunnel6(NODE_B, &ok_reply, &stranger_reply.to_bytes()),
+                drop(R::NoClientNode),
+            ),
+            s(
+                "IPv6 backend's ICMPv6 error tunnelled as a reply: cookie and node checked, \
+                 re-originated unchanged towards the client's node",
+                tunnel6(NODE_B, &ok_reply, &icmp6_error),
+                reoriginated6(NODE_A, &ok_reply, &icmp6_error),
+            )
+            .event(E::Reply),
+            s(
+                "IPv6 ICMPv6 error as a reply whose cookie names no backend of the service",
+                tunnel6(NODE_B, &reply_opt(SVC6_TCP, 999), &icmp6_error),
+                drop(R::ForgedReply),
+            ),
+            s(
+                "IPv6 ICMPv6 error as a reply from a node that is not the backend's",
+                tunnel6(NODE_A, &ok_reply, &icmp6_error),
+                drop(R::ForgedReply),
+            ),
+            s(
+                "IPv6 ICMPv6 error as a reply to a client no pod_node_v6 prefix holds: \
+                 no_client_node",
+                tunnel6(NODE_B, &ok_reply, &port_unreachable(STRANGER_V6)),
                 drop(R::NoClientNode),
             ),
             s(
@@ -3642,6 +3811,21 @@ mod tests {
         let mut checked = Vec::new();
         packet_checksums_v6("", &out, &mut checked);
         assert!(checked.is_empty(), "{checked:?}");
+    }
+
+    #[test]
+    fn icmp6_error_checksum_verifies_over_the_pseudo_header() {
+        let quote = Inner6::tcp(POD_A_V6, 40000, VIP6, 80).to_bytes();
+        let ip = Inner6::icmp6_error(VIP6, POD_A_V6, 1, 4, &quote[..48]).to_bytes();
+        assert_eq!(
+            (ip[6], ip.len(), &ip[40..42]),
+            (IPPROTO_ICMPV6, 40 + 8 + 48, &[1, 4][..])
+        );
+        let mut summed = ip[8..40].to_vec();
+        summed.extend_from_slice(&((ip.len() - 40) as u32).to_be_bytes());
+        summed.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+        summed.extend_from_slice(&ip[40..]);
+        assert_eq!(crate::testing::checksum(&summed, 0), 0);
     }
 
     #[test]
