@@ -413,6 +413,15 @@ pub struct AffinityKey {
     pub _pad: u16,
 }
 
+/// [`AffinityKey`] of an IPv6 client (`NODE_AFFINITY_V6`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AffinityKey6 {
+    pub client: [u8; 16],
+    pub service_id: u16,
+    pub _pad: u16,
+}
+
 /// `NODE_AFFINITY` value: the backend the client's last new flow to the
 /// port went to, and when (`bpf_ktime_get_ns()`).
 #[repr(C)]
@@ -592,6 +601,7 @@ pod! {
     FlowKey6 = 40,
     ReverseEntry6 = 40,
     ServiceAddr6 = 20,
+    AffinityKey6 = 20,
     PortSubstKey6 = 44,
 }
 

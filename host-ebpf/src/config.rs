@@ -54,7 +54,8 @@ pub struct Config {
     /// `/128` over a local pod's veth is one of its IPv6 addresses.
     pub learn_pods_from_routes: bool,
     /// Only pod addresses inside these CIDRs are learned from routes (and,
-    /// in Kubernetes mode, taken from the API). Empty: any address.
+    /// in Kubernetes mode, taken from the API). Empty: any address. IPv4
+    /// prefixes: an IPv6-only pod (Kubernetes mode) is not filtered.
     pub pod_cidrs: Vec<String>,
     /// Full resync of links, routes and pods this often, besides the
     /// netlink events (a safety net for lost events).
@@ -393,13 +394,12 @@ impl ServiceConfig {
     }
 
     /// The `NODE_PORT_POLICY_V6` value, if the IPv6 port has a policy: new
-    /// flows to it are refused, or restricted to preferred backends.
-    /// Session affinity, endpoints without an agent and nodePorts are IPv4
-    /// only (an IPv6 port with affinity has the switch's ClientIP hash).
+    /// flows to it are refused, restricted to preferred backends, or keep
+    /// session affinity. Endpoints without an agent and nodePorts are IPv4
+    /// only.
     pub fn policy6(&self) -> Option<PortPolicy> {
         let mut p = self.policy()?;
-        p.flags &= port_policy::REJECT | port_policy::LOCAL_ONLY;
-        p.affinity_timeout_s = 0;
+        p.flags &= port_policy::REJECT | port_policy::LOCAL_ONLY | port_policy::AFFINITY;
         (p.flags != 0 || p.count > 0).then_some(p)
     }
 
@@ -523,19 +523,22 @@ mod tests {
             ..ServiceConfig::new(3, vip, 80, "tcp")
         };
         let p = full.policy6().unwrap();
-        assert_eq!(p.flags, port_policy::REJECT | port_policy::LOCAL_ONLY);
+        assert_eq!(
+            p.flags,
+            port_policy::REJECT | port_policy::LOCAL_ONLY | port_policy::AFFINITY
+        );
         assert_eq!(
             (p.service_id, p.count, &p.preferred[..2]),
             (3, 2, &[7, 8][..])
         );
-        assert_eq!(p.affinity_timeout_s, 0);
-        let affinity_only = ServiceConfig {
-            affinity_timeout_secs: 60,
+        assert_eq!(p.affinity_timeout_s, 60);
+        let ipv4_only = ServiceConfig {
             agentless: true,
+            node_port: true,
             ..ServiceConfig::new(3, vip, 80, "tcp")
         };
-        assert!(affinity_only.policy().is_some());
-        assert_eq!(affinity_only.policy6(), None, "nothing IPv6 serves");
+        assert!(ipv4_only.policy().is_some());
+        assert_eq!(ipv4_only.policy6(), None, "nothing IPv6 serves");
         assert!(ServiceConfig::new(3, vip, 80, "tcp").port_key().is_err());
     }
 

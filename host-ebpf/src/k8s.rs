@@ -88,14 +88,16 @@ pub fn node_name(cfg: &KubernetesConfig) -> Result<String> {
         .ok_or_else(|| Error::Invalid("kubernetes.node_name unset and no NODE_NAME".into()))
 }
 
-/// Local pods' addresses from the API: each pod IPv4 address → the same
-/// pod's IPv6 addresses (dual stack), which are behind the same veth.
-pub type PodIps = BTreeMap<Ipv4Addr, BTreeSet<Ipv6Addr>>;
+/// Local pods' addresses from the API: the address each pod's veth is
+/// found by (its host route: the pod's IPv4 address, or for an IPv6-only
+/// pod its first IPv6 one) → the same pod's IPv6 addresses (dual stack,
+/// or IPv6 only), which are behind the same veth.
+pub type PodIps = BTreeMap<IpAddr, BTreeSet<Ipv6Addr>>;
 
 /// The addresses of the pods that need the data path: every pod with an
-/// IPv4 address, except `hostNetwork` pods (their address is the node's,
-/// with no veth) and pods that have finished (`Succeeded`, `Failed`:
-/// their address may already be reused).
+/// address, except `hostNetwork` pods (their address is the node's, with
+/// no veth) and pods that have finished (`Succeeded`, `Failed`: their
+/// address may already be reused).
 pub fn pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> PodIps {
     let mut out = PodIps::new();
     for p in pods {
@@ -125,8 +127,14 @@ pub fn pod_ips<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> PodIps {
                 Err(_) => {}
             }
         }
+        if v4.is_empty() {
+            // IPv6 only: found by its first address.
+            if let Some(first) = v6.first() {
+                out.insert(IpAddr::V6(*first), v6.clone());
+            }
+        }
         for a in v4 {
-            out.insert(a, v6.clone());
+            out.insert(IpAddr::V4(a), v6.clone());
         }
     }
     out
@@ -972,14 +980,23 @@ mod tests {
                    "status": {"phase": "Pending"}}),
             json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "b"}, "spec": {"containers": []},
                    "status": {"phase": "Pending", "podIP": "10.244.1.4"}}),
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "six"}, "spec": {"containers": []},
+                   "status": {"phase": "Running", "podIP": "fd00::7", "podIPs": [{"ip": "fd00::7"}]}}),
         ]
         .into_iter()
         .map(|v| serde_json::from_value(v).unwrap())
         .collect();
         let ips = pod_ips(&pods);
-        let v4: Vec<String> = ips.keys().map(|i| i.to_string()).collect();
-        assert_eq!(v4, vec!["10.244.1.2", "10.244.1.4"]);
-        let v6: Vec<String> = ips.values().flatten().map(|i| i.to_string()).collect();
-        assert_eq!(v6, vec!["fd00::2"], "pod a's IPv6 address, with its IPv4");
+        let keys: Vec<String> = ips.keys().map(|i| i.to_string()).collect();
+        assert_eq!(keys, vec!["10.244.1.2", "10.244.1.4", "fd00::7"]);
+        let v6: Vec<Vec<String>> = ips
+            .values()
+            .map(|a| a.iter().map(|i| i.to_string()).collect())
+            .collect();
+        assert_eq!(
+            v6,
+            vec![vec!["fd00::2"], vec![], vec!["fd00::7"]],
+            "pod a's IPv6 address with its IPv4; an IPv6-only pod by its own"
+        );
     }
 }

@@ -76,10 +76,11 @@ impl Snapshot {
     }
 
     /// The device of the host route `ip/32` (no gateway), if any.
-    pub fn host_route_dev(&self, ip: Ipv4Addr) -> Option<&Link> {
+    pub fn host_route_dev(&self, ip: IpAddr) -> Option<&Link> {
+        let host_len = if ip.is_ipv4() { 32 } else { 128 };
         self.routes
             .iter()
-            .find(|r| r.len == 32 && r.dst == ip && r.gateway.is_none())
+            .find(|r| r.len == host_len && r.dst == ip && r.gateway.is_none())
             .and_then(|r| self.links.get(&r.oif))
     }
 }

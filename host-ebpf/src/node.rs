@@ -620,8 +620,8 @@ impl Node {
 
     /// Replaces the services: id → VIP, port, protocol (`NODE_SERVICES`,
     /// `NODE_SERVICES_V6`), the ports whose new flows are refused, go to
-    /// preferred backends or keep session affinity (`NODE_PORT_POLICY`;
-    /// IPv6: `NODE_PORT_POLICY_V6`, no affinity), and the backends such
+    /// preferred backends or keep session affinity (`NODE_PORT_POLICY`,
+    /// `NODE_PORT_POLICY_V6`), and the backends such
     /// an affinity may name (`NODE_AFFINITY_BACKENDS`). Only what changed
     /// since the last call is written (a new Service in a large cluster
     /// costs a few map writes, not one per Service).
@@ -635,6 +635,8 @@ impl Node {
                         want.policies6.insert(v, p);
                     }
                     want.services6.insert(u32::from(s.id), v);
+                    want.affinity_backends
+                        .extend(s.affinity_backends().map(|b| (b, 1)));
                     continue;
                 }
             };

@@ -23,8 +23,10 @@ use crate::{
 /// A local pod resolved to its host-side veth.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalPod {
-    pub ip: Ipv4Addr,
-    /// Its IPv6 addresses (dual stack).
+    /// Its IPv4 address: none for an IPv6-only pod (Kubernetes mode), whose
+    /// IPv4 packets are then all spoofed (`pod_spoof`).
+    pub ip: Option<Ipv4Addr>,
+    /// Its IPv6 addresses (dual stack, or IPv6 only).
     pub ipv6: Vec<Ipv6Addr>,
     pub veth: String,
     pub entry: PodEntry,
@@ -33,7 +35,7 @@ pub struct LocalPod {
 /// The outcome of planning.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Pods whose veth exists, sorted by address.
+    /// Pods whose veth exists, sorted by address (IPv6-only ones last).
     pub pods: Vec<LocalPod>,
     /// What could not be resolved yet: configured veths that do not exist
     /// (lab), or pod addresses without a `/32` route to a veth
@@ -63,18 +65,21 @@ fn in_cidrs(ip: Ipv4Addr, cidrs: &[(Ipv4Addr, u8)]) -> bool {
 ///   CNIs route dual-stack pods).
 /// - Kubernetes mode: every IPv4 address of `api_pods` (in `pod_cidrs`, if
 ///   any) that has such a route; the route's device is the pod's veth,
-///   also the one of the pod's IPv6 addresses.
+///   also the one of the pod's IPv6 addresses. An IPv6-only pod is found
+///   the same way by the `/128` of its first IPv6 address (`pod_cidrs`,
+///   IPv4 prefixes, do not filter it).
 pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<Plan> {
     let cidrs = cfg
         .pod_cidrs
         .iter()
         .map(|c| parse_cidr4(c))
         .collect::<Result<Vec<_>>>()?;
-    let mut pods: BTreeMap<Ipv4Addr, LocalPod> = BTreeMap::new();
+    // Keyed by the address the pod's veth was found by.
+    let mut pods: BTreeMap<IpAddr, LocalPod> = BTreeMap::new();
     let mut missing = Vec::new();
     // Not the host clients' device: its /32s are external Service
     // addresses (`k8s::with_service_addrs`).
-    let veth_route = |ip: Ipv4Addr| {
+    let veth_route = |ip: IpAddr| {
         snap.host_route_dev(ip)
             .filter(|l| l.kind == "veth" && l.name != cfg.uplink && l.name != HOST_DEV)
     };
@@ -92,9 +97,9 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<
                     .transpose()?
                     .unwrap_or_default();
                 pods.insert(
-                    p.ip,
+                    p.ip.into(),
                     LocalPod {
-                        ip: p.ip,
+                        ip: Some(p.ip),
                         ipv6: p.ipv6.clone(),
                         veth: p.veth.clone(),
                         entry: PodEntry {
@@ -108,15 +113,15 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<
             if cfg.learn_pods_from_routes {
                 for r in &snap.routes {
                     let IpAddr::V4(dst) = r.dst else { continue };
-                    if r.len != 32 || pods.contains_key(&dst) || !in_cidrs(dst, &cidrs) {
+                    if r.len != 32 || pods.contains_key(&r.dst) || !in_cidrs(dst, &cidrs) {
                         continue;
                     }
-                    if let Some(link) = veth_route(dst) {
-                        pods.insert(dst, learned(dst, link));
+                    if let Some(link) = veth_route(r.dst) {
+                        pods.insert(r.dst, learned(Some(dst), link));
                     }
                 }
-                let by_veth: BTreeMap<u32, Ipv4Addr> =
-                    pods.values().map(|p| (p.entry.ifindex, p.ip)).collect();
+                let by_veth: BTreeMap<u32, IpAddr> =
+                    pods.iter().map(|(k, p)| (p.entry.ifindex, *k)).collect();
                 for r in &snap.routes {
                     let IpAddr::V6(dst) = r.dst else { continue };
                     if r.len != 128 || r.gateway.is_some() {
@@ -130,19 +135,21 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<
             }
         }
         Mode::Kubernetes => {
-            for (ip, ipv6) in api_pods.into_iter().flatten() {
-                if !in_cidrs(*ip, &cidrs) {
-                    continue;
-                }
-                match veth_route(*ip) {
+            for (addr, ipv6) in api_pods.into_iter().flatten() {
+                let ip = match *addr {
+                    IpAddr::V4(a) if !in_cidrs(a, &cidrs) => continue,
+                    IpAddr::V4(a) => Some(a),
+                    IpAddr::V6(_) => None,
+                };
+                match veth_route(*addr) {
                     Some(link) => {
                         let pod = LocalPod {
                             ipv6: ipv6.iter().copied().collect(),
-                            ..learned(*ip, link)
+                            ..learned(ip, link)
                         };
-                        pods.insert(*ip, pod);
+                        pods.insert(*addr, pod);
                     }
-                    None => missing.push(ip.to_string()),
+                    None => missing.push(addr.to_string()),
                 }
             }
         }
@@ -156,7 +163,7 @@ pub fn plan(cfg: &Config, snap: &Snapshot, api_pods: Option<&PodIps>) -> Result<
 /// A pod found through its route: its own MAC is unknown (decapsulated
 /// packets are delivered with `bpf_redirect_peer`, which marks them for
 /// the host anyway).
-fn learned(ip: Ipv4Addr, link: &crate::netlink::Link) -> LocalPod {
+fn learned(ip: Option<Ipv4Addr>, link: &crate::netlink::Link) -> LocalPod {
     LocalPod {
         ip,
         ipv6: Vec::new(),
@@ -196,8 +203,11 @@ impl PodSync {
         api_pods: Option<&PodIps>,
     ) -> Result<Plan> {
         let plan = plan(cfg, snap, api_pods)?;
-        let entries: Vec<(Ipv4Addr, PodEntry)> =
-            plan.pods.iter().map(|p| (p.ip, p.entry)).collect();
+        let entries: Vec<(Ipv4Addr, PodEntry)> = plan
+            .pods
+            .iter()
+            .filter_map(|p| Some((p.ip?, p.entry)))
+            .collect();
         node.set_pods(&entries)?;
         let v6: Vec<(Ipv6Addr, PodEntry)> = plan
             .pods
@@ -351,7 +361,7 @@ mod tests {
         let got: Vec<(String, &str, u32)> = p
             .pods
             .iter()
-            .map(|p| (p.ip.to_string(), p.veth.as_str(), p.entry.ifindex))
+            .map(|p| (p.ip.unwrap().to_string(), p.veth.as_str(), p.entry.ifindex))
             .collect();
         assert_eq!(
             got,
@@ -411,11 +421,23 @@ mod tests {
             .collect();
         let pod_v6 = BTreeSet::from([v6("fd00:244:1::33")]);
         api.insert("10.244.1.3".parse().unwrap(), pod_v6);
+        // IPv6-only pods, found by the /128 of their first address (one
+        // over a veth, one over a bridge, one without a route yet).
+        for a in ["fd00:244:1::2", "fd00:244:1::9", "fd00:244:1::77"] {
+            api.insert(
+                a.parse().unwrap(),
+                BTreeSet::from([v6(a), v6("fd00:244:1::f")]),
+            );
+        }
         let p = plan(&cfg, &snap(), Some(&api)).unwrap();
-        assert_eq!(p.pods.len(), 1);
+        assert_eq!(p.pods.len(), 2);
         assert_eq!(
-            (p.pods[0].veth.as_str(), p.pods[0].entry.ifindex),
-            ("vpb", 4)
+            (
+                p.pods[0].ip,
+                p.pods[0].veth.as_str(),
+                p.pods[0].entry.ifindex
+            ),
+            (Some("10.244.1.3".parse().unwrap()), "vpb", 4)
         );
         assert_eq!(
             p.pods[0].ipv6,
@@ -423,8 +445,23 @@ mod tests {
             "the pod's IPv6 from the API, not from routes"
         );
         assert_eq!(
+            (
+                p.pods[1].ip,
+                p.pods[1].veth.as_str(),
+                p.pods[1].entry.ifindex
+            ),
+            (None, "vpa", 3),
+            "IPv6 only: no IPv4 address, its veth by its /128"
+        );
+        assert_eq!(p.pods[1].ipv6, [v6("fd00:244:1::2"), v6("fd00:244:1::f")]);
+        assert_eq!(
             p.missing,
-            vec!["10.244.1.7".to_string(), "10.244.1.9".to_string()],
+            [
+                "10.244.1.7",
+                "10.244.1.9",
+                "fd00:244:1::9",
+                "fd00:244:1::77"
+            ],
             "no route yet, or a route to something that is not a veth"
         );
         assert!(plan(&cfg, &snap(), None).unwrap().pods.is_empty());

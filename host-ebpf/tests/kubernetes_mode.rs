@@ -9,7 +9,7 @@ mod fake_api;
 
 use std::{
     collections::BTreeSet,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -23,11 +23,15 @@ use tokio::sync::Notify;
 
 type Pods = Arc<Mutex<Option<k8s::PodIps>>>;
 
-/// Single-stack pods with these addresses.
+/// Single-stack pods with these addresses (an IPv6-only pod is found by
+/// its own address).
 fn set(ips: &[&str]) -> Option<k8s::PodIps> {
     Some(
         ips.iter()
-            .map(|s| (s.parse().unwrap(), Default::default()))
+            .map(|s| match s.parse().unwrap() {
+                IpAddr::V4(a) => (IpAddr::V4(a), BTreeSet::new()),
+                IpAddr::V6(a) => (IpAddr::V6(a), BTreeSet::from([a])),
+            })
             .collect(),
     )
 }
@@ -52,6 +56,7 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
     {
         let mut a = api.lock().unwrap();
         a.put_pod(pod("a", "n1", "10.244.1.2", false));
+        a.put_pod(pod("six", "n1", "fd00:244:1::7", false));
         a.put_pod(pod("host", "n1", "10.200.1.2", true));
         a.put_pod(pod("other", "n2", "10.244.2.2", false));
         a.services = services(&[(7, "10.96.0.10", 80, "TCP"), (8, "10.96.0.10", 53, "UDP")]);
@@ -74,11 +79,11 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
             pods.clone(),
             changed.clone(),
         ));
-        let want = set(&["10.244.1.2"]);
+        let want = set(&["10.244.1.2", "fd00:244:1::7"]);
         assert_eq!(
             wait_for(&pods, &want).await,
             want,
-            "this node's pod, not the hostNetwork one, not n2's"
+            "this node's pods (one IPv6 only), not the hostNetwork one, not n2's"
         );
         // A pod arrives on this node, another on n2; then a pod goes.
         api.lock()
@@ -87,10 +92,10 @@ fn pods_of_this_node_from_the_api_and_services_from_the_controller() {
         api.lock()
             .unwrap()
             .put_pod(pod("c", "n2", "10.244.2.3", false));
-        let want = set(&["10.244.1.2", "10.244.1.3"]);
+        let want = set(&["10.244.1.2", "10.244.1.3", "fd00:244:1::7"]);
         assert_eq!(wait_for(&pods, &want).await, want);
         api.lock().unwrap().delete_pod("a");
-        let want = set(&["10.244.1.3"]);
+        let want = set(&["10.244.1.3", "fd00:244:1::7"]);
         assert_eq!(wait_for(&pods, &want).await, want);
         watch.abort();
         let selectors = api.lock().unwrap().field_selectors();

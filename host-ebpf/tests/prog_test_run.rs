@@ -2950,6 +2950,54 @@ fn ipv6_what_is_not_served_is_dropped_or_passes() {
     assert_eq!(total_drops(&n), 6, "nothing else dropped");
 }
 
+/// `sessionAffinity: ClientIP` on an IPv6 port, kept on the client's node
+/// as IPv4's (`NODE_AFFINITY_V6`): once a client's flow learned its
+/// backend, the client's new flows go with that backend as their cookie,
+/// until it takes no new flows.
+#[test]
+fn ipv6_session_affinity_keeps_a_client_on_its_backend() {
+    require!(LOADS_BPF);
+    let mut n = node6();
+    let affinity = |active: Vec<u32>| ServiceConfig {
+        affinity_timeout_secs: 60,
+        active,
+        ..ServiceConfig::new(SVC6_TCP, v6("fd00:96::a"), 80, "tcp")
+    };
+    n.set_services(&[affinity(vec![42, 43])]).unwrap();
+    let (pod, vip) = (v6("fd00:244:1::2"), v6("fd00:96::a"));
+    let syn_from = |n: &Node, sport| {
+        let syn = ipv6(Tuple6::tcp(pod, sport, vip, 80), tcp_flags::SYN, b"");
+        let (verdict, out) = run(n, PROG_POD, &eth6(HOST_VETH_MAC, POD_MAC, &syn));
+        assert_eq!(verdict, TC_ACT_REDIRECT);
+        let (fl, svc, backend, _, _) = check_encap6(&out, syn.len());
+        (fl, svc, backend)
+    };
+    assert_eq!(syn_from(&n, 40000), (flags::NEW_FLOW, 0, 0), "nothing yet");
+    // The switch chose 43 for it: the client's backend from now on.
+    let synack = ipv6(
+        Tuple6::tcp(vip, 80, pod, 40000),
+        tcp_flags::SYN | tcp_flags::ACK,
+        b"",
+    );
+    let enc = TalariaEncap::new(flags::REPLY | flags::COOKIE_VALID, SVC6_TCP, 43);
+    assert_eq!(
+        run(&n, PROG_UPLINK, &from_switch6(enc, &synack)).0,
+        TC_ACT_REDIRECT
+    );
+    for sport in 40001..40009 {
+        assert_eq!(
+            syn_from(&n, sport),
+            (flags::COOKIE_VALID, SVC6_TCP, 43),
+            "a new connection from port {sport}"
+        );
+    }
+    assert_eq!(n.stats().unwrap().event(node_stat::AFFINITY), 8);
+    // 43 takes no new flows: the switch's hash again.
+    n.set_services(&[affinity(vec![42])]).unwrap();
+    assert_eq!(syn_from(&n, 40010), (flags::NEW_FLOW, 0, 0));
+    assert_eq!(n.stats().unwrap().event(node_stat::AFFINITY), 8);
+}
+
 /// Two UDP Services (`SVC6_UDP`, `SVC6_2_UDP`) share backend
 /// fd00:244:1::3, and one client reaches both from one port: returns the
 /// requests' tuple after the switch's DNAT, and the substitute client port
@@ -3167,8 +3215,7 @@ fn ipv6_new_flows_follow_their_ports_policy() {
             reject,
             preferred,
             local_only,
-            // IPv4-only policies, which an IPv6 port ignores.
-            affinity_timeout_secs: 60,
+            // An IPv4-only policy, which an IPv6 port ignores.
             agentless: true,
             ..ServiceConfig::new(id, v6(vip), port, protocol)
         }

@@ -2,14 +2,14 @@
 //! reverse-flow entries (with substitute client ports where two Services'
 //! flows share a 4-tuple), with FIN/RST tracking.
 
-use aya_ebpf::maps::lpm_trie::Key;
+use aya_ebpf::maps::{lpm_trie::Key, LruHashMap};
 use talaria_common::{
     be::{Be16, Be32},
     drop::DropReason,
     maps::{
         finished, node_flags, node_stat, port_policy, reverse_state, ts_flags, AffinityBackend,
-        AffinityEntry, AffinityKey, BackendKey, CookieEntry, FlowKey, PortPolicy, ReverseEntry,
-        ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        AffinityEntry, AffinityKey, AffinityKey6, BackendKey, CookieEntry, FlowKey, PortPolicy,
+        ReverseEntry, ServiceKey, FIN_ACKED, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
     net::{tcp_flags, IPPROTO_UDP},
     wire::{flags, TalariaOpt},
@@ -18,8 +18,8 @@ use talaria_common::{
 use crate::{
     maps::{
         add_fin, drop_pkt, release_flow_slot, remove_flow, stat, take_flow_slot, FlowTable,
-        NODE_AFFINITY, NODE_AFFINITY_BACKENDS, NODE_COOKIES, NODE_FLAGS, NODE_PORT_POLICY,
-        NODE_REVERSE, NODE_SERVICES, NODE_SVC_CIDRS,
+        NODE_AFFINITY, NODE_AFFINITY_BACKENDS, NODE_AFFINITY_V6, NODE_COOKIES, NODE_FLAGS,
+        NODE_PORT_POLICY, NODE_REVERSE, NODE_SERVICES, NODE_SVC_CIDRS,
     },
     skb::now_ns,
     subst::{Held, Keyed},
@@ -123,7 +123,14 @@ pub(crate) fn learn_cookie(key: &FlowKey, opt: &TalariaOpt, tcp: u8) {
     }
     if NODE_COOKIES.insert(key, entry, 0).is_ok() {
         stat(node_stat::COOKIE_LEARN);
-        remember_affinity(key, service_id, backend_id);
+        let client = AffinityKey {
+            client: key.src,
+            service_id,
+            _pad: 0,
+        };
+        // SAFETY: read-only lookup.
+        let policy = unsafe { NODE_PORT_POLICY.get(&key.service_key()) };
+        remember_affinity(client, policy, backend_id);
     } else if new_flow {
         // The table is full: the flow goes on uncached.
         release_flow_slot(key.src, FlowTable::Cookies);
@@ -155,23 +162,49 @@ pub(crate) fn is_own_node_port(addr: Be32, port: Be16, proto: u8) -> bool {
     unsafe { NODE_PORT_POLICY.get(&key) }.is_some_and(|p| p.flags & port_policy::NODE_PORT != 0)
 }
 
-/// The backend `client`'s session affinity to a port names, while it is
-/// younger than the port's timeout and still takes new flows; its clock
-/// restarts, as kube-proxy's affinity set is updated by every new
-/// connection.
+/// A family's session-affinity map, by its key: a client and a port (by
+/// its service id).
+pub(crate) trait Affinity: Copy + 'static {
+    fn service_id(&self) -> u16;
+    fn map() -> &'static LruHashMap<Self, AffinityEntry>;
+}
+
+impl Affinity for AffinityKey {
+    #[inline(always)]
+    fn service_id(&self) -> u16 {
+        self.service_id
+    }
+
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, AffinityEntry> {
+        &NODE_AFFINITY
+    }
+}
+
+impl Affinity for AffinityKey6 {
+    #[inline(always)]
+    fn service_id(&self) -> u16 {
+        self.service_id
+    }
+
+    #[inline(always)]
+    fn map() -> &'static LruHashMap<Self, AffinityEntry> {
+        &NODE_AFFINITY_V6
+    }
+}
+
+/// The backend the session affinity `key` (a client, a port of `policy`)
+/// names, while it is younger than the port's timeout and still takes new
+/// flows; its clock restarts, as kube-proxy's affinity set is updated by
+/// every new connection.
 #[inline(always)]
-pub(crate) fn affinity_backend(client: Be32, policy: &PortPolicy) -> Option<u32> {
+pub(crate) fn affinity_backend<K: Affinity>(key: K, policy: &PortPolicy) -> Option<u32> {
     if policy.flags & port_policy::AFFINITY == 0 {
         return None;
     }
-    let key = AffinityKey {
-        client,
-        service_id: policy.service_id,
-        _pad: 0,
-    };
     // SAFETY: a map value pointer, valid during this run; a race with
     // another CPU only loses a timestamp.
-    let e = unsafe { &mut *NODE_AFFINITY.get_ptr_mut(&key)? };
+    let e = unsafe { &mut *K::map().get_ptr_mut(&key)? };
     let live = AffinityBackend {
         service_id: policy.service_id,
         _pad: 0,
@@ -189,15 +222,15 @@ pub(crate) fn affinity_backend(client: Be32, policy: &PortPolicy) -> Option<u32>
     Some(e.backend_id)
 }
 
-/// A client's flow learned its backend: for a port with session affinity,
-/// that backend is the client's until the timeout.
+/// A client's flow learned its backend: for a port with session affinity
+/// (`policy`, the port's), that backend is the client's (`key`) until the
+/// timeout.
 #[inline(always)]
-fn remember_affinity(key: &FlowKey, service_id: u16, backend_id: u32) {
-    // SAFETY: read-only lookup.
-    let Some(policy) = (unsafe { NODE_PORT_POLICY.get(&key.service_key()) }) else {
+pub(crate) fn remember_affinity<K: Affinity>(key: K, policy: Option<&PortPolicy>, backend_id: u32) {
+    let Some(policy) = policy else {
         return;
     };
-    if policy.flags & port_policy::AFFINITY == 0 || policy.service_id != service_id {
+    if policy.flags & port_policy::AFFINITY == 0 || policy.service_id != key.service_id() {
         return;
     }
     let entry = AffinityEntry {
@@ -205,12 +238,7 @@ fn remember_affinity(key: &FlowKey, service_id: u16, backend_id: u32) {
         _pad: 0,
         last_ns: now_ns(),
     };
-    let key = AffinityKey {
-        client: key.src,
-        service_id,
-        _pad: 0,
-    };
-    let _ = NODE_AFFINITY.insert(&key, &entry, 0);
+    let _ = K::map().insert(&key, &entry, 0);
 }
 
 /// Backend side: a request of a flow in `state`, with the option's flags

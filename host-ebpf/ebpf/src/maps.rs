@@ -11,10 +11,10 @@ use talaria_common::{
     drop::{DropReason, DROP_REASON_COUNT},
     maps::{
         finished, mtu, mtu_stat, node_flags, node_stat, AffinityBackend, AffinityEntry,
-        AffinityKey, CookieEntry, FlowKey, FlowKey6, FragEntry, FragKey, NodeConfig, NodeTsCookie,
-        PodEntry, PodFlows, PortPolicy, PortSubstKey, PortSubstKey6, RequestFragEntry,
-        ReverseEntry, ReverseEntry6, ServiceAddr, ServiceAddr6, ServiceKey, FIN_BACKEND_FIRST,
-        FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        AffinityKey, AffinityKey6, CookieEntry, FlowKey, FlowKey6, FragEntry, FragKey, NodeConfig,
+        NodeTsCookie, PodEntry, PodFlows, PortPolicy, PortSubstKey, PortSubstKey6,
+        RequestFragEntry, ReverseEntry, ReverseEntry6, ServiceAddr, ServiceAddr6, ServiceKey,
+        FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
     },
 };
 
@@ -37,6 +37,11 @@ pub(crate) static NODE_COOKIES: HashMap<FlowKey, CookieEntry> =
 /// timeout.
 #[map]
 pub(crate) static NODE_AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::pinned(65536, 0);
+
+/// [`NODE_AFFINITY`] of IPv6 clients.
+#[map]
+pub(crate) static NODE_AFFINITY_V6: LruHashMap<AffinityKey6, AffinityEntry> =
     LruHashMap::pinned(65536, 0);
 
 /// The backends a remembered affinity may still name (`AffinityBackend`),

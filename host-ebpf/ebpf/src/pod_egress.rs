@@ -7,9 +7,9 @@ use talaria_common::{
     be::Be16,
     drop::DropReason,
     maps::{
-        node_stat, port_policy, reverse_state, CookieEntry, FlowKey, FragKey, NodeConfig,
-        RequestFragEntry, ReverseEntry, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
-        PENDING_BACKEND,
+        node_stat, port_policy, reverse_state, AffinityKey, CookieEntry, FlowKey, FragKey,
+        NodeConfig, RequestFragEntry, ReverseEntry, FIN_BACKEND_FIRST, FIN_FROM_BACKEND,
+        FIN_FROM_CLIENT, PENDING_BACKEND,
     },
     net::{
         tcp_flags, EthHdr, Ipv4Hdr, ETH_P_IP, ETH_P_IPV6, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
@@ -351,7 +351,12 @@ fn new_flow(
         return Err(reject(ctx, ip));
     }
     let mut sent = (flags::NEW_FLOW, 0, PENDING_BACKEND);
-    if let Some(backend_id) = affinity_backend(key.src, policy) {
+    let client = AffinityKey {
+        client: key.src,
+        service_id: policy.service_id,
+        _pad: 0,
+    };
+    if let Some(backend_id) = affinity_backend(client, policy) {
         stat(node_stat::AFFINITY);
         sent = (flags::COOKIE_VALID, policy.service_id, backend_id);
     } else if policy.count > 0 {

@@ -16,10 +16,10 @@
 //! backend that sent it ([`icmp6_error_request`],
 //! [`icmp6_error_to_backend`]); and the node answers a pod's too-big
 //! packet with a Packet Too Big ([`check_mtu6`]). New flows follow their
-//! port's policy ([`new_flow6`]: REJECT, Local, preferred backends). Not
-//! here (IPv4 only): fragments, session affinity on the node (IPv6 has
-//! the switch's ClientIP hash), endpoints without an agent, one-way UDP
-//! notification, timestamp cookies, nodePorts and external addresses,
+//! port's policy ([`new_flow6`]: REJECT, session affinity, Local,
+//! preferred backends). Not here (IPv4 only): fragments, endpoints
+//! without an agent, one-way UDP notification, timestamp cookies,
+//! nodePorts and external addresses,
 //! per-pod flow limits, simultaneous-close detection (a backend FIN that
 //! crosses the client's counts as a passive close).
 
@@ -29,8 +29,9 @@ use talaria_common::{
     drop::DropReason,
     maps::{
         finished, is_hairpin_source6, mtu, mtu_stat, node_flags, node_stat, port_policy,
-        BackendKey, CookieEntry, FlowKey6, PodEntry, ReverseEntry6, ServiceAddr6, FIN_ACKED,
-        FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT, HAIRPIN_SOURCE6, PENDING_BACKEND,
+        AffinityKey6, BackendKey, CookieEntry, FlowKey6, PodEntry, PortPolicy, ReverseEntry6,
+        ServiceAddr6, FIN_ACKED, FIN_BACKEND_FIRST, FIN_FROM_BACKEND, FIN_FROM_CLIENT,
+        HAIRPIN_SOURCE6, PENDING_BACKEND,
     },
     net::{tcp_flags, Ipv6Hdr, IPPROTO_TCP, IPPROTO_UDP, IPV6_HDR_LEN, UDP_HDR_LEN},
     net::{ICMPV6_INFO_MIN, IPPROTO_ICMPV6},
@@ -39,6 +40,7 @@ use talaria_common::{
 
 use crate::{
     encap::{decap6, encap_family},
+    flows::{affinity_backend, remember_affinity},
     maps::{
         config, count_mtu, drop_pkt, stat, NODE_COOKIES_V6, NODE_FLAGS, NODE_MTU, NODE_PODS_V6,
         NODE_PORT_POLICY_V6, NODE_REVERSE_V6, NODE_SERVICES_V6, NODE_SVC_CIDRS_V6,
@@ -574,25 +576,28 @@ fn try_steer6(ctx: &TcContext) -> Result<i32, i32> {
 
 /// A new flow's option (flags, service id, backend id), by its port's
 /// policy (`NODE_PORT_POLICY_V6`), as IPv4's: refused (`Err(REJECT6)`, which
-/// [`pod_egress6`] answers), sent with a preferred backend picked by the
-/// flow's hash as its cookie (`internalTrafficPolicy: Local`, topology
-/// hints), dropped (Local without a local endpoint,
-/// `no_local_endpoint`), or left to the switch's bucket hash.
+/// [`pod_egress6`] answers), sent with the client's session affinity's
+/// backend or a preferred backend picked by the flow's hash as its cookie
+/// (`internalTrafficPolicy: Local`, topology hints), dropped (Local
+/// without a local endpoint, `no_local_endpoint`), or left to the switch's
+/// bucket hash.
 #[inline(always)]
 fn new_flow6(key: &FlowKey6) -> Result<(u8, u16, u32), i32> {
-    let port = ServiceAddr6 {
-        vip: key.dst,
-        port: key.dst_port,
-        proto: key.proto,
-        _pad: 0,
-    };
-    // SAFETY: read-only use of a map value, valid during this run.
-    let Some(policy) = (unsafe { NODE_PORT_POLICY_V6.get(&port) }) else {
+    let Some(policy) = port_policy6(key) else {
         return Ok((flags::NEW_FLOW, 0, 0));
     };
     if policy.flags & port_policy::REJECT != 0 {
         stat(node_stat::REJECTED);
         return Err(REJECT6);
+    }
+    let client = AffinityKey6 {
+        client: key.src,
+        service_id: policy.service_id,
+        _pad: 0,
+    };
+    if let Some(backend_id) = affinity_backend(client, policy) {
+        stat(node_stat::AFFINITY);
+        return Ok((flags::COOKIE_VALID, policy.service_id, backend_id));
     }
     if policy.count > 0 {
         let i = usize::from(key.outer_sport()) % usize::from(policy.count);
@@ -604,6 +609,19 @@ fn new_flow6(key: &FlowKey6) -> Result<(u8, u16, u32), i32> {
         return Err(drop_pkt(DropReason::NoLocalEndpoint));
     }
     Ok((flags::NEW_FLOW, 0, 0))
+}
+
+/// The policy of the port a client's flow `key` goes to, if it has one.
+#[inline(always)]
+fn port_policy6(key: &FlowKey6) -> Option<&'static PortPolicy> {
+    let port = ServiceAddr6 {
+        vip: key.dst,
+        port: key.dst_port,
+        proto: key.proto,
+        _pad: 0,
+    };
+    // SAFETY: read-only use of a map value, valid during this run.
+    unsafe { NODE_PORT_POLICY_V6.get(&port) }
 }
 
 /// The path MTU check of an IPv6 packet to be tunnelled, as IPv4's
@@ -900,6 +918,12 @@ fn learn_cookie6(key: &FlowKey6, opt: &TalariaOpt, tcp: u8) {
     };
     if NODE_COOKIES_V6.insert(key, &entry, 0).is_ok() {
         stat(node_stat::COOKIE_LEARN);
+        let client = AffinityKey6 {
+            client: key.src,
+            service_id,
+            _pad: 0,
+        };
+        remember_affinity(client, port_policy6(key), backend_id);
     } else {
         stat(node_stat::COOKIE_REFUSED);
     }
