@@ -326,10 +326,14 @@ fn rewrite_quoted_port(
 /// below 128) about a TCP or UDP packet without extension headers.
 #[inline(always)]
 fn quoted_flow6(ctx: &TcContext, icmp_off: usize) -> Option<FlowKey6> {
+    // The type first: most ICMPv6 a pod sends (neighbour discovery, echo)
+    // is no error, and its quote need not be read.
     let icmp_type: u8 = ctx.load(icmp_off).ok()?;
+    if icmp_type >= ICMPV6_INFO_MIN {
+        return None;
+    }
     let emb: Ipv6Hdr = ctx.load(icmp_off + ICMP6_HDR_LEN).ok()?;
-    if icmp_type >= ICMPV6_INFO_MIN || (emb.next_hdr != IPPROTO_TCP && emb.next_hdr != IPPROTO_UDP)
-    {
+    if emb.next_hdr != IPPROTO_TCP && emb.next_hdr != IPPROTO_UDP {
         return None;
     }
     let [src_port, dst_port]: [Be16; 2] = ctx.load(icmp_off + ICMP6_HDR_LEN + IPV6_HDR_LEN).ok()?;
